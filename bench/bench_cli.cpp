@@ -1,0 +1,15 @@
+// `dsv3 bench ...`: one subcommand per benchmark, each defined in its own bench_*.cpp.
+#include <CLI/CLI.hpp>
+
+#include "benches.h"
+#include "commands.h"
+
+namespace dsv3::cli {
+
+void register_bench(CLI::App& app) {
+  CLI::App* bench = app.add_subcommand("bench", "Measure kernels and models (see docs/PERF.md)");
+  bench->require_subcommand(1);
+  dsv3::bench::add_gemm(*bench);
+}
+
+}  // namespace dsv3::cli

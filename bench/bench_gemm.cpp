@@ -1,0 +1,86 @@
+// dsv3 bench gemm --m M --n N --k K --dtype f32|bf16 [--form fprop|dgrad|wgrad]
+//                 [--threads T] [--json]
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <random>
+#include <string>
+
+#include "bench_util.h"
+#include "core/check.h"
+#include "core/dtype.h"
+#include "core/parallel.h"
+#include "core/tensor.h"
+#include "kernels/gemm.h"
+
+namespace dsv3::bench {
+
+namespace {
+
+struct GemmOpts {
+  int64_t m = 2048, n = 2048, k = 2048;
+  std::string dtype = "f32";
+  std::string form = "fprop";
+  int threads = 0;
+  double seconds = 1.0;
+  bool json = false;
+};
+
+void run_gemm(const GemmOpts& o) {
+  DSV3_CHECK(o.m > 0 && o.n > 0 && o.k > 0, "--m, --n and --k must be positive");
+  const int threads = resolve_threads(o.threads);
+  // Operand shapes for each form of y = x·Wᵀ (kernels/gemm.h); M,N,K are the GEMM's.
+  bool ta = false, tb = true;
+  if (o.form == "dgrad") tb = false;
+  else if (o.form == "wgrad") { ta = true; tb = false; }
+  else DSV3_CHECK(o.form == "fprop", "--form must be fprop, dgrad or wgrad, got '", o.form, "'");
+  const int64_t lda = ta ? o.m : o.k, ldb = tb ? o.k : o.n;
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  Tensor c = Tensor::empty(DType::F32, {o.m, o.n});
+  Timing t;
+  if (o.dtype == "f32") {
+    Tensor a = Tensor::empty(DType::F32, {o.m * o.k}), b = Tensor::empty(DType::F32, {o.k * o.n});
+    for (int64_t i = 0; i < a.numel(); ++i) a.ptr<float>()[i] = u(rng);
+    for (int64_t i = 0; i < b.numel(); ++i) b.ptr<float>()[i] = u(rng);
+    GemmF32 p{o.m, o.n, o.k, a.ptr<float>(), lda, ta, b.ptr<float>(), ldb, tb, c.ptr<float>(), o.n, false};
+    t = time_it([&] { gemm_f32(p, threads); }, o.seconds);
+  } else if (o.dtype == "bf16") {
+    Tensor a = Tensor::empty(DType::BF16, {o.m * o.k}), b = Tensor::empty(DType::BF16, {o.k * o.n});
+    for (int64_t i = 0; i < a.numel(); ++i) a.ptr<uint16_t>()[i] = f32_to_bf16(u(rng));
+    for (int64_t i = 0; i < b.numel(); ++i) b.ptr<uint16_t>()[i] = f32_to_bf16(u(rng));
+    GemmBF16 p{o.m, o.n, o.k, a.ptr<uint16_t>(), lda, ta, b.ptr<uint16_t>(), ldb, tb, c.ptr<float>(), o.n, false};
+    t = time_it([&] { gemm_bf16(p, threads); }, o.seconds);
+  } else {
+    DSV3_FAIL("--dtype must be f32, bf16 or fp8, got '", o.dtype, "'");
+  }
+  const double gflops = 2.0 * double(o.m) * double(o.n) * double(o.k) / t.median_s * 1e-9;
+  if (o.json) {
+    std::printf("{\"bench\":\"gemm\",\"dtype\":\"%s\",\"form\":\"%s\",\"m\":%lld,\"n\":%lld,"
+                "\"k\":%lld,\"threads\":%d,\"reps\":%d,\"median_ms\":%.4f,\"gflops\":%.2f}\n",
+                o.dtype.c_str(), o.form.c_str(), (long long)o.m, (long long)o.n,
+                (long long)o.k, threads, t.reps, t.median_s * 1e3, gflops);
+  } else {
+    std::printf("gemm %s %s M=%lld N=%lld K=%lld threads=%d: %.1f GFLOP/s (median of %d, %.3f ms)\n",
+                o.dtype.c_str(), o.form.c_str(), (long long)o.m, (long long)o.n,
+                (long long)o.k, threads, gflops, t.reps, t.median_s * 1e3);
+  }
+}
+
+}  // namespace
+
+void add_gemm(CLI::App& bench) {
+  auto o = std::make_shared<GemmOpts>();
+  CLI::App* s = bench.add_subcommand("gemm", "GEMM throughput in GFLOP/s");
+  s->add_option("--m", o->m, "rows of the output (tokens)")->capture_default_str();
+  s->add_option("--n", o->n, "columns of the output (output features)")->capture_default_str();
+  s->add_option("--k", o->k, "contraction length (input features)")->capture_default_str();
+  s->add_option("--dtype", o->dtype, "f32 | bf16 | fp8")->capture_default_str();
+  s->add_option("--form", o->form, "fprop (x·Wᵀ) | dgrad (dy·W) | wgrad (dyᵀ·x)")->capture_default_str();
+  s->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
+  s->add_option("--seconds", o->seconds, "time budget per measurement")->capture_default_str();
+  s->add_flag("--json", o->json, "print one JSON object");
+  s->callback([o] { run_gemm(*o); });
+}
+
+}  // namespace dsv3::bench

@@ -1,0 +1,9 @@
+#pragma once
+
+namespace CLI { class App; }
+
+namespace dsv3::bench {
+
+void add_gemm(CLI::App& bench);  // bench_gemm.cpp: dsv3 bench gemm
+
+}  // namespace dsv3::bench

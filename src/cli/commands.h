@@ -1,0 +1,11 @@
+// Registration functions, one per subcommand file. A subcommand's callback may throw
+// dsv3::Error; main() prints it as "dsv3: error: ..." and exits 1.
+#pragma once
+
+namespace CLI { class App; }
+
+namespace dsv3::cli {
+
+void register_bench(CLI::App& app);  // bench/bench_cli.cpp
+
+}  // namespace dsv3::cli
