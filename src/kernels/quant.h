@@ -20,6 +20,11 @@ inline constexpr int64_t fp8_blocks(int64_t n) { return (n + kFp8Block - 1) / kF
 // x [M,K] with row stride ldx (elements) -> q [M,K] (row stride ldq), scale [M, blocks(K)].
 void quantize_fp8_1x128(const void* x, DType xtype, int64_t M, int64_t K, int64_t ldx,
                         uint8_t* q, int64_t ldq, float* scale, int threads = 0);
+// Tiles of 128 rows x 1 column, written transposed so that the long side is contiguous:
+// x [M,K] -> q [K,M] (row stride ldq), scale [K, blocks(M)]. This is the layout the Wgrad
+// GEMM consumes (contraction over tokens), DeepSeek-V3's "128x1" backward tiles.
+void quantize_fp8_128x1_t(const void* x, DType xtype, int64_t M, int64_t K, int64_t ldx,
+                          uint8_t* q, int64_t ldq, float* scale, int threads = 0);
 // w [N,K] -> q [N,K], scale [blocks(N), blocks(K)].
 void quantize_fp8_128x128(const void* w, DType wtype, int64_t N, int64_t K, int64_t ldw,
                           uint8_t* q, int64_t ldq, float* scale, int threads = 0);
@@ -33,6 +38,8 @@ void dequantize_fp8_128x128(const uint8_t* q, int64_t N, int64_t K, int64_t ldq,
 
 void quantize_fp8_1x128_ref(const void* x, DType xtype, int64_t M, int64_t K, int64_t ldx,
                             uint8_t* q, int64_t ldq, float* scale);
+void quantize_fp8_128x1_t_ref(const void* x, DType xtype, int64_t M, int64_t K, int64_t ldx,
+                              uint8_t* q, int64_t ldq, float* scale);
 void quantize_fp8_128x128_ref(const void* w, DType wtype, int64_t N, int64_t K, int64_t ldw,
                               uint8_t* q, int64_t ldq, float* scale);
 void dequantize_fp8_1x128_ref(const uint8_t* q, int64_t M, int64_t K, int64_t ldq,
