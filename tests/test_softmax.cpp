@@ -50,7 +50,9 @@ TEST(Softmax, ForwardMatchesScalarTwin) {
             EXPECT_NEAR(a, b, rel * b) << isa_name(isa) << " C=" << C << " t=" << t;
             s += a;
           }
-          if (n > 0) EXPECT_NEAR(s, 1.0, (n + 4) * kEps);
+          if (n > 0) {
+            EXPECT_NEAR(s, 1.0, (n + 4) * kEps);
+          }
         }
       }
       // In place.
