@@ -1,6 +1,7 @@
 // AVX-512 activations (kernels/activation.h): the same operation sequence as
-// activation_ref.cpp with exp512 (simd_avx512.h) in place of expf and no FMA contraction,
-// so the only difference from the scalar twin is the exp's rounding.
+// activation_ref.cpp with exp512 (simd_avx512.h) in place of expf. Differences from the
+// scalar twin: the exp's rounding, and GCC may fuse a mul+add into an FMA here (C++ default
+// -ffp-contract=fast), which only drops a rounding; tests/test_activation.cpp allows both.
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsic headers as
 // "may be used uninitialized" (a false positive); silence it for this file only.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"

@@ -1,6 +1,7 @@
 // AVX-512 RMSNorm (kernels/norm.h). Row sums use two 16-lane accumulators (two FMA
-// chains in flight); the per-element arithmetic matches norm_ref.cpp operation for
-// operation, so only the rounding of the sums differs from the scalar twin.
+// chains in flight); the per-element arithmetic follows norm_ref.cpp operation for
+// operation, so the twins differ by the rounding of the sums (and at most one rounding per
+// element where GCC fuses r·g − k·x into an FMA).
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsic headers as
 // "may be used uninitialized" (a false positive); silence it for this file only.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"

@@ -19,7 +19,8 @@
 //
 // Tables are computed in double and rounded once to float (PyTorch's float32 table loses
 // ~pos·2^-24 rad of angle; at 128K positions that is ~0.01 rad, so we do not mimic it).
-// Backward is the inverse rotation (the rotation is orthogonal), i.e. rotation by −angle.
+// Backward is the transpose of the forward: rotation by −angle with the same table, which
+// is the inverse rotation whenever the table amplitude is 1 (all released configs).
 #pragma once
 #include <cstdint>
 

@@ -1,7 +1,9 @@
 // AVX-512 interleaved-pair rotation (kernels/rope.h): 8 pairs per vector. cos/sin of the 8
 // pairs are duplicated into both lanes of each pair, the partner of every element comes
 // from an in-lane swap, and out = x·C + swap(x)·S with S = (−s, +s, ...). Same operations
-// as rope_ref.cpp, no FMA: bit-identical.
+// as rope_ref.cpp and no FMA, so the two are bit-identical. GCC's C++ default
+// -ffp-contract=fast would fuse mul+add of plain intrinsics into an FMA; the products use
+// the explicit-rounding form (same instruction, round-to-nearest), which it never fuses.
 // GCC 12 reports its own _mm512_undefined_* placeholders inside the intrinsic headers as
 // "may be used uninitialized" (a false positive); silence it for this file only.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -14,6 +16,10 @@
 #include "kernels/simd_avx512.h"
 
 namespace dsv3 {
+
+namespace {
+constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+}  // namespace
 
 void rope_rows_avx512(float* out, int64_t out_st, int64_t out_sh, const float* x,
                       int64_t x_st, int64_t x_sh, const int32_t* pos, int64_t T, int64_t H,
@@ -39,7 +45,7 @@ void rope_rows_avx512(float* out, int64_t out_st, int64_t out_sh, const float* x
       for (int64_t h = 0; h < H; ++h) {
         const __m512 v = _mm512_maskz_loadu_ps(m16, x + t * x_st + h * x_sh + 2 * i);
         const __m512 sw = _mm512_permute_ps(v, 0xB1);  // (x1, x0, x3, x2, ...)
-        const __m512 r = _mm512_add_ps(_mm512_mul_ps(v, vc), _mm512_mul_ps(sw, vs));
+        const __m512 r = _mm512_add_ps(_mm512_mul_round_ps(v, vc, kRn), _mm512_mul_round_ps(sw, vs, kRn));
         _mm512_mask_storeu_ps(out + t * out_st + h * out_sh + 2 * i, m16, r);
       }
     }
