@@ -33,24 +33,24 @@ inline __m512 dsilu512(__m512 g, __m512 s) {
 void exp_f32_avx512(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = lanes_mask(n - i);
-    _mm512_mask_storeu_ps(y + i, m, exp512(_mm512_maskz_loadu_ps(m, x + i)));
+    store16(y + i, m, exp512(load16_m(m, x + i)));
   }
 }
 
 void silu_forward_avx512(float* out, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = lanes_mask(n - i);
-    const __m512 g = _mm512_maskz_loadu_ps(m, x + i);
-    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(g, sigmoid512(g)));
+    const __m512 g = load16_m(m, x + i);
+    store16(out + i, m, _mm512_mul_ps(g, sigmoid512(g)));
   }
 }
 
 void silu_backward_avx512(float* dx, const float* dout, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = lanes_mask(n - i);
-    const __m512 g = _mm512_maskz_loadu_ps(m, x + i);
-    const __m512 d = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dout + i), dsilu512(g, sigmoid512(g)));
-    _mm512_mask_storeu_ps(dx + i, m, d);
+    const __m512 g = load16_m(m, x + i);
+    const __m512 d = _mm512_mul_ps(load16_m(m, dout + i), dsilu512(g, sigmoid512(g)));
+    store16(dx + i, m, d);
   }
 }
 
@@ -62,9 +62,9 @@ void swiglu_forward_avx512(float* h, int64_t ld_h, const float* gate, int64_t ld
     float* hr = h + t * ld_h;
     for (int64_t i = 0; i < I; i += 16) {
       const __mmask16 m = lanes_mask(I - i);
-      const __m512 g = _mm512_maskz_loadu_ps(m, gr + i);
-      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(g, sigmoid512(g)), _mm512_maskz_loadu_ps(m, ur + i));
-      _mm512_mask_storeu_ps(hr + i, m, v);
+      const __m512 g = load16_m(m, gr + i);
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(g, sigmoid512(g)), load16_m(m, ur + i));
+      store16(hr + i, m, v);
     }
   }
 }
@@ -76,14 +76,14 @@ void swiglu_backward_avx512(float* dgate, int64_t ld_dgate, float* dup, int64_t 
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t i = 0; i < I; i += 16) {
       const __mmask16 m = lanes_mask(I - i);
-      const __m512 g = _mm512_maskz_loadu_ps(m, gate + t * ld_gate + i);
-      const __m512 u = _mm512_maskz_loadu_ps(m, up + t * ld_up + i);
-      const __m512 d = _mm512_maskz_loadu_ps(m, dh + t * ld_dh + i);
+      const __m512 g = load16_m(m, gate + t * ld_gate + i);
+      const __m512 u = load16_m(m, up + t * ld_up + i);
+      const __m512 d = load16_m(m, dh + t * ld_dh + i);
       const __m512 s = sigmoid512(g);
       const __m512 dg = _mm512_mul_ps(_mm512_mul_ps(d, u), dsilu512(g, s));
       const __m512 du = _mm512_mul_ps(d, _mm512_mul_ps(g, s));
-      _mm512_mask_storeu_ps(dgate + t * ld_dgate + i, m, dg);
-      _mm512_mask_storeu_ps(dup + t * ld_dup + i, m, du);
+      store16(dgate + t * ld_dgate + i, m, dg);
+      store16(dup + t * ld_dup + i, m, du);
     }
   }
 }

@@ -21,7 +21,7 @@ void cross_entropy_backward_avx512(float* logits, int64_t ld, const float* lse,
     float* row = logits + t * ld;
     if (targets[t] == ignore_index) {
       for (int64_t v = 0; v < V; v += 16)
-        _mm512_mask_storeu_ps(row + v, lanes_mask(V - v), _mm512_setzero_ps());
+        store16(row + v, lanes_mask(V - v), _mm512_setzero_ps());
       continue;
     }
     const float g = dloss_scale * (dloss ? dloss[t] : 1.0f);
@@ -31,8 +31,8 @@ void cross_entropy_backward_avx512(float* logits, int64_t ld, const float* lse,
       _mm512_storeu_ps(row + v, _mm512_mul_ps(exp512(_mm512_sub_ps(_mm512_loadu_ps(row + v), vl)), vg));
     if (v < V) {
       const __mmask16 m = lanes_mask(V - v);
-      _mm512_mask_storeu_ps(row + v, m,
-                            _mm512_mul_ps(exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + v), vl)), vg));
+      store16(row + v, m,
+                            _mm512_mul_ps(exp512(_mm512_sub_ps(load16_m(m, row + v), vl)), vg));
     }
     row[targets[t]] -= g;
   }

@@ -61,10 +61,17 @@ void rmsnorm_backward_dx_ref(float* dx, int64_t lddx, const float* dout, int64_t
 void rmsnorm_backward_dw_ref(float* dw, const float* dout, int64_t lddo, const float* x,
                              int64_t ldx, const float* rstd, int64_t T, int64_t c0,
                              int64_t c1) {
-  for (int64_t c = c0; c < c1; ++c) {
-    double s = 0;
-    for (int64_t t = 0; t < T; ++t) s += double(dout[t * lddo + c] * x[t * ldx + c]) * rstd[t];
-    dw[c] += float(s);
+  // Column blocks so the rows stream contiguously (see norm_avx512.cpp); per column the
+  // rows are summed in order.
+  constexpr int64_t kBlock = 256;
+  double acc[kBlock];
+  for (int64_t b = c0; b < c1; b += kBlock) {
+    const int64_t n = c1 - b < kBlock ? c1 - b : kBlock;
+    for (int64_t c = 0; c < n; ++c) acc[c] = 0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < n; ++c)
+        acc[c] += double(dout[t * lddo + b + c] * x[t * ldx + b + c]) * rstd[t];
+    for (int64_t c = 0; c < n; ++c) dw[b + c] += float(acc[c]);
   }
 }
 

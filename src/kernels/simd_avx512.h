@@ -15,6 +15,17 @@ inline __mmask16 lanes_mask(int64_t n) {
   return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
 }
 
+// Loads / stores of the first lanes selected by m. Masked stores are slow on Zen 4 (a
+// full-vector masked store costs several times a plain one), so full vectors take the
+// plain instruction; the branch is perfectly predicted inside a row loop.
+inline __m512 load16_m(__mmask16 m, const float* p) {
+  return m == 0xffff ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
+}
+inline void store16(float* p, __mmask16 m, __m512 v) {
+  if (m == 0xffff) _mm512_storeu_ps(p, v);
+  else _mm512_mask_storeu_ps(p, m, v);
+}
+
 // exp(x) for 16 floats. exp(x) = 2^n · exp(r), n = round(x·log2 e), r = x − n·ln2 with a
 // two-part (Cody–Waite) ln2 so r is exact to ~2^-40; |r| ≤ ln2/2 ≈ 0.347, where the degree-7
 // Taylor polynomial's truncation error r^8/8! ≤ 5.2e-9 ≈ 0.04 ulp. Horner in FMA adds

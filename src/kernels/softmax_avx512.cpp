@@ -44,9 +44,9 @@ inline float sum_exp(float* y, const float* x, int64_t C, float m, float scale) 
   }
   for (; c < C; c += 16) {
     const __mmask16 k = lanes_mask(C - c);
-    __m512 e = exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + c), vm), vs));
+    __m512 e = exp512(_mm512_mul_ps(_mm512_sub_ps(load16_m(k, x + c), vm), vs));
     e = _mm512_maskz_mov_ps(k, e);
-    if (y) _mm512_mask_storeu_ps(y + c, k, e);
+    if (y) store16(y + c, k, e);
     s0 = _mm512_add_ps(s0, e);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
@@ -71,10 +71,10 @@ void softmax_forward_avx512(float* y, const float* x, int64_t T, int64_t C, floa
     const __m512 inv = _mm512_set1_ps(float(1.0 / double(s)));
     for (int64_t c = 0; c < len; c += 16) {
       const __mmask16 k = lanes_mask(len - c);
-      _mm512_mask_storeu_ps(yr + c, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, yr + c), inv));
+      store16(yr + c, k, _mm512_mul_ps(load16_m(k, yr + c), inv));
     }
     for (int64_t c = len; c < C; c += 16)
-      _mm512_mask_storeu_ps(yr + c, lanes_mask(C - c), _mm512_setzero_ps());
+      store16(yr + c, lanes_mask(C - c), _mm512_setzero_ps());
   }
 }
 
@@ -88,14 +88,14 @@ void softmax_backward_avx512(float* dx, const float* dy, const float* y, int64_t
     __m512 s0 = _mm512_setzero_ps();
     for (int64_t c = 0; c < C; c += 16) {
       const __mmask16 k = lanes_mask(C - c);
-      s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, g + c), _mm512_maskz_loadu_ps(k, yr + c), s0);
+      s0 = _mm512_fmadd_ps(load16_m(k, g + c), load16_m(k, yr + c), s0);
     }
     const __m512 s = _mm512_set1_ps(_mm512_reduce_add_ps(s0));
     for (int64_t c = 0; c < C; c += 16) {
       const __mmask16 k = lanes_mask(C - c);
-      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(vsc, _mm512_maskz_loadu_ps(k, yr + c)),
-                                     _mm512_sub_ps(_mm512_maskz_loadu_ps(k, g + c), s));
-      _mm512_mask_storeu_ps(d + c, k, v);
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(vsc, load16_m(k, yr + c)),
+                                     _mm512_sub_ps(load16_m(k, g + c), s));
+      store16(d + c, k, v);
     }
   }
 }
@@ -105,7 +105,7 @@ float log_softmax_row_avx512(float* out, const float* x, int64_t C) {
   const __m512 v = _mm512_set1_ps(lse);
   for (int64_t c = 0; c < C; c += 16) {
     const __mmask16 k = lanes_mask(C - c);
-    _mm512_mask_storeu_ps(out + c, k, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + c), v));
+    store16(out + c, k, _mm512_sub_ps(load16_m(k, x + c), v));
   }
   return lse;
 }
