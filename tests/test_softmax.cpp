@@ -179,6 +179,27 @@ TEST(Argmax, FirstMaximumIgnoringNaN) {
   }
 }
 
+TEST(Softmax, MinusInfinityEntries) {
+  for (Isa isa : kIsas) {
+    IsaScope scope(isa);
+    // −inf entries get exactly 0; a row of only −inf becomes zeros (not NaN).
+    Floats x(2 * 19), y(2 * 19);
+    testing::fill_uniform(x.data(), 2 * 19, -1.f, 1.f, 3);
+    for (int64_t c = 0; c < 19; c += 2) x[c] = -INFINITY;
+    for (int64_t c = 19; c < 38; ++c) x[c] = -INFINITY;
+    softmax_forward(y.data(), x.data(), 2, 19);
+    double s = 0;
+    for (int64_t c = 0; c < 19; ++c) {
+      if (c % 2 == 0) {
+        EXPECT_EQ(y[c], 0.f);
+      }
+      s += y[c];
+    }
+    EXPECT_NEAR(s, 1.0, 23 * kEps);
+    for (int64_t c = 19; c < 38; ++c) EXPECT_EQ(y[c], 0.f) << isa_name(isa);
+  }
+}
+
 TEST(Softmax, RejectsBadInput) {
   float a[4] = {};
   const int32_t bad_len[1] = {5};

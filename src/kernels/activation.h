@@ -10,6 +10,8 @@
 // output. Accuracy: the AVX-512 exp is ≤ 2 ulp from the true exp (glibc's expf, used by
 // the scalar twins, ≤ 1 ulp), and the rest of the arithmetic is the same operation
 // sequence, so fast and scalar differ by a few ulp (tests/test_activation.cpp states it).
+// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels; Scalar and Avx2 run the
+// scalar twins (*_ref), which are also what the tests compare against.
 #pragma once
 #include <cstdint>
 

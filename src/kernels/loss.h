@@ -10,6 +10,8 @@
 //
 // For the mean loss over the n non-ignored targets of a batch (count_valid_targets), pass
 // dloss_scale = 1/n. logits are [T, V] with row stride ld (elements).
+// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels; Scalar and Avx2 run the
+// scalar twins (*_ref), which are also what the tests compare against.
 #pragma once
 #include <cstdint>
 

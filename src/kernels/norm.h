@@ -14,7 +14,8 @@
 //
 // dw is reduced over rows column-block by column-block, so results do not depend on the
 // thread count. threads = 0 uses default_threads(). Each function dispatches on
-// active_isa(); *_ref are the scalar twins (sums in double), also the fallback.
+// active_isa(): Avx512 runs the *_avx512 kernels, Scalar and Avx2 the scalar twins *_ref
+// (sums in double), which are also what the tests compare against.
 #pragma once
 #include <cstdint>
 

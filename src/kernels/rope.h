@@ -21,6 +21,8 @@
 // ~pos·2^-24 rad of angle; at 128K positions that is ~0.01 rad, so we do not mimic it).
 // Backward is the transpose of the forward: rotation by −angle with the same table, which
 // is the inverse rotation whenever the table amplitude is 1 (all released configs).
+// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels; Scalar and Avx2 run the
+// scalar twins (*_ref), which are also what the tests compare against.
 #pragma once
 #include <cstdint>
 

@@ -5,13 +5,16 @@
 //
 // scale > 0 multiplies the logits (the attention softmax scale, rope.h's
 // attention_softmax_scale); len = valid_len[t] gives causal masking without materialising
-// −inf (nullptr: every row has length C; len = 0 gives a row of zeros). Backward:
+// −inf (nullptr: every row has length C; len = 0, or a row whose valid entries are all −inf,
+// gives a row of zeros). Backward:
 //
 //   dx[c] = scale · y[c] · (dy[c] − Σ_j dy[j]·y[j])        (written; may alias dy)
 //
 // which is zero where y is zero, so masked entries get no gradient. The scalar twins sum in
 // double; the AVX-512 path sums in float (16 lanes) with the ≤ 2 ulp exp of simd_avx512.h.
 // Rows are contiguous: x, y, dy, dx are [T, C] with row stride C.
+// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels; Scalar and Avx2 run the
+// scalar twins (*_ref), which are also what the tests compare against.
 #pragma once
 #include <cstdint>
 

@@ -67,6 +67,10 @@ void softmax_forward_avx512(float* y, const float* x, int64_t T, int64_t C, floa
     float* yr = y + t * C;
     const int64_t len = valid_len ? valid_len[t] : C;
     const float m = row_max_avx512(xr, len);
+    if (m == -INFINITY) {  // empty or fully masked by −inf: all zeros, as the twin
+      for (int64_t c = 0; c < C; c += 16) store16(yr + c, lanes_mask(C - c), _mm512_setzero_ps());
+      continue;
+    }
     const float s = sum_exp(yr, xr, len, m, scale);
     const __m512 inv = _mm512_set1_ps(float(1.0 / double(s)));
     for (int64_t c = 0; c < len; c += 16) {

@@ -28,6 +28,10 @@ void softmax_forward_ref(float* y, const float* x, int64_t T, int64_t C, float s
     float* yr = y + t * C;
     const int64_t len = valid_len ? valid_len[t] : C;
     const float m = row_max_ref(xr, len);
+    if (m == -INFINITY) {  // empty or fully masked by −inf: no mass anywhere, all zeros
+      for (int64_t c = 0; c < C; ++c) yr[c] = 0.0f;
+      continue;
+    }
     double s = 0;
     for (int64_t c = 0; c < len; ++c) {
       const float e = std::exp((xr[c] - m) * scale);

@@ -5,6 +5,8 @@
 // fill the tail in index order). Fast and scalar paths return identical results: both run
 // the same insertion into a sorted buffer; the AVX-512 path only skips, 16 at a time,
 // entries that are not greater than the current k-th value (which could not be inserted).
+// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels; Scalar and Avx2 run the
+// scalar twins (*_ref), which are also what the tests compare against.
 #pragma once
 #include <cstdint>
 
