@@ -76,7 +76,9 @@ void rmsnorm_forward_bf16_avx512(uint16_t* out, int64_t ldo, float* rstd, const 
       const __mmask16 m = lanes_mask(C - c);
       const __m512 v = _mm512_mul_ps(_mm512_mul_ps(load16_m(m, xr + c), vr),
                                      load16_m(m, w + c));
-      _mm256_mask_storeu_epi16(o + c, m, f32_to_bf16_512(v));
+      const __m256i b = f32_to_bf16_512(v);
+      if (m == 0xffff) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c), b);
+      else _mm256_mask_storeu_epi16(o + c, m, b);
     }
     if (rstd) rstd[t] = r;
   }
