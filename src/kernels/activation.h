@@ -10,8 +10,8 @@
 // output. Accuracy: the AVX-512 exp is ≤ 2 ulp from the true exp (glibc's expf, used by
 // the scalar twins, ≤ 1 ulp), and the rest of the arithmetic is the same operation
 // sequence, so fast and scalar differ by a few ulp (tests/test_activation.cpp states it).
-// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels; Scalar and Avx2 run the
-// scalar twins (*_ref), which are also what the tests compare against.
+// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels, Avx2 the *_avx2 ones,
+// Scalar the scalar twins (*_ref), which are also what the tests compare against.
 #pragma once
 #include <cstdint>
 
@@ -21,6 +21,7 @@ namespace dsv3 {
 void exp_f32(float* y, const float* x, int64_t n, int threads = 0);
 void exp_f32_ref(float* y, const float* x, int64_t n);
 void exp_f32_avx512(float* y, const float* x, int64_t n);
+void exp_f32_avx2(float* y, const float* x, int64_t n);
 
 // out[i] = silu(x[i]); dx[i] = dout[i] · silu'(x[i]). Pointers may alias (in place).
 void silu_forward(float* out, const float* x, int64_t n, int threads = 0);
@@ -51,5 +52,13 @@ void swiglu_backward_avx512(float* dgate, int64_t ld_dgate, float* dup, int64_t 
                             const float* dh, int64_t ld_dh, const float* gate,
                             int64_t ld_gate, const float* up, int64_t ld_up, int64_t T,
                             int64_t I);
+
+void silu_forward_avx2(float* out, const float* x, int64_t n);
+void silu_backward_avx2(float* dx, const float* dout, const float* x, int64_t n);
+void swiglu_forward_avx2(float* h, int64_t ld_h, const float* gate, int64_t ld_gate,
+                         const float* up, int64_t ld_up, int64_t T, int64_t I);
+void swiglu_backward_avx2(float* dgate, int64_t ld_dgate, float* dup, int64_t ld_dup,
+                          const float* dh, int64_t ld_dh, const float* gate, int64_t ld_gate,
+                          const float* up, int64_t ld_up, int64_t T, int64_t I);
 
 }  // namespace dsv3

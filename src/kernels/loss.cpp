@@ -26,11 +26,11 @@ void cross_entropy_forward(float* losses, float* lse, const float* logits, int64
                            const int32_t* targets, int64_t T, int64_t V, int32_t ignore_index,
                            int threads) {
   check_args("cross_entropy_forward", targets, T, V, ld, ignore_index);
-  const bool fast = active_isa() == Isa::Avx512;
+  auto* lse_row = pick(row_logsumexp_avx512, row_logsumexp_avx2, row_logsumexp_ref);
   parallel_rows(T, T * V, threads, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const float* row = logits + t * ld;
-      const float l = fast ? row_logsumexp_avx512(row, V) : row_logsumexp_ref(row, V);
+      const float l = lse_row(row, V);
       if (lse) lse[t] = l;
       if (losses) losses[t] = targets[t] == ignore_index ? 0.0f : l - row[targets[t]];
     }
@@ -41,9 +41,9 @@ void cross_entropy_backward(float* logits, int64_t ld, const float* lse, const i
                             const float* dloss, float dloss_scale, int64_t T, int64_t V,
                             int32_t ignore_index, int threads) {
   check_args("cross_entropy_backward", targets, T, V, ld, ignore_index);
-  const bool fast = active_isa() == Isa::Avx512;
+  auto* f = pick(cross_entropy_backward_avx512, cross_entropy_backward_avx2,
+                 cross_entropy_backward_ref);
   parallel_rows(T, T * V, threads, [&](int64_t b, int64_t e) {
-    auto* f = fast ? cross_entropy_backward_avx512 : cross_entropy_backward_ref;
     f(logits + b * ld, ld, lse + b, targets + b, dloss ? dloss + b : nullptr, dloss_scale, e - b,
       V, ignore_index);
   });
@@ -53,14 +53,15 @@ void cross_entropy_forward_backward(float* losses, float* logits, int64_t ld,
                                     const int32_t* targets, float dloss_scale, int64_t T,
                                     int64_t V, int32_t ignore_index, int threads) {
   check_args("cross_entropy_forward_backward", targets, T, V, ld, ignore_index);
-  const bool fast = active_isa() == Isa::Avx512;
+  auto* lse_row = pick(row_logsumexp_avx512, row_logsumexp_avx2, row_logsumexp_ref);
+  auto* f = pick(cross_entropy_backward_avx512, cross_entropy_backward_avx2,
+                 cross_entropy_backward_ref);
   // Row by row inside each thread's range: the row is still in L2 for the backward.
   parallel_rows(T, T * V, threads, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       float* row = logits + t * ld;
-      const float l = fast ? row_logsumexp_avx512(row, V) : row_logsumexp_ref(row, V);
+      const float l = lse_row(row, V);
       if (losses) losses[t] = targets[t] == ignore_index ? 0.0f : l - row[targets[t]];
-      auto* f = fast ? cross_entropy_backward_avx512 : cross_entropy_backward_ref;
       f(row, ld, &l, targets + t, nullptr, dloss_scale, 1, V, ignore_index);
     }
   });

@@ -10,8 +10,8 @@
 //
 // For the mean loss over the n non-ignored targets of a batch (count_valid_targets), pass
 // dloss_scale = 1/n. logits are [T, V] with row stride ld (elements).
-// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels; Scalar and Avx2 run the
-// scalar twins (*_ref), which are also what the tests compare against.
+// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels, Avx2 the *_avx2 ones,
+// Scalar the scalar twins (*_ref), which are also what the tests compare against.
 #pragma once
 #include <cstdint>
 
@@ -47,5 +47,9 @@ void cross_entropy_backward_avx512(float* logits, int64_t ld, const float* lse,
                                    const int32_t* targets, const float* dloss,
                                    float dloss_scale, int64_t T, int64_t V,
                                    int32_t ignore_index);
+
+void cross_entropy_backward_avx2(float* logits, int64_t ld, const float* lse,
+                                 const int32_t* targets, const float* dloss, float dloss_scale,
+                                 int64_t T, int64_t V, int32_t ignore_index);
 
 }  // namespace dsv3

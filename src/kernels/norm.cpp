@@ -23,11 +23,11 @@ void check_shape(const char* what, int64_t T, int64_t C, int64_t ld_out, int64_t
 void rmsnorm_forward(float* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
                      const float* w, int64_t T, int64_t C, float eps, int threads) {
   check_shape("rmsnorm_forward", T, C, ldo, ldx, eps);
-  const bool fast = active_isa() == Isa::Avx512;
+  const Isa isa = active_isa();
+  auto* f = isa == Isa::Avx512 ? rmsnorm_forward_avx512
+            : isa == Isa::Avx2 ? rmsnorm_forward_avx2 : rmsnorm_forward_ref;
   parallel_rows(T, T * C, threads, [&](int64_t b, int64_t e) {
-    float* r = rstd ? rstd + b : nullptr;
-    if (fast) rmsnorm_forward_avx512(out + b * ldo, ldo, r, x + b * ldx, ldx, w, e - b, C, eps);
-    else rmsnorm_forward_ref(out + b * ldo, ldo, r, x + b * ldx, ldx, w, e - b, C, eps);
+    f(out + b * ldo, ldo, rstd ? rstd + b : nullptr, x + b * ldx, ldx, w, e - b, C, eps);
   });
 }
 
@@ -35,13 +35,11 @@ void rmsnorm_forward_bf16(uint16_t* out, int64_t ldo, float* rstd, const float* 
                           int64_t ldx, const float* w, int64_t T, int64_t C, float eps,
                           int threads) {
   check_shape("rmsnorm_forward_bf16", T, C, ldo, ldx, eps);
-  const bool fast = active_isa() == Isa::Avx512;
+  const Isa isa = active_isa();
+  auto* f = isa == Isa::Avx512 ? rmsnorm_forward_bf16_avx512
+            : isa == Isa::Avx2 ? rmsnorm_forward_bf16_avx2 : rmsnorm_forward_bf16_ref;
   parallel_rows(T, T * C, threads, [&](int64_t b, int64_t e) {
-    float* r = rstd ? rstd + b : nullptr;
-    if (fast)
-      rmsnorm_forward_bf16_avx512(out + b * ldo, ldo, r, x + b * ldx, ldx, w, e - b, C, eps);
-    else
-      rmsnorm_forward_bf16_ref(out + b * ldo, ldo, r, x + b * ldx, ldx, w, e - b, C, eps);
+    f(out + b * ldo, ldo, rstd ? rstd + b : nullptr, x + b * ldx, ldx, w, e - b, C, eps);
   });
 }
 
@@ -51,24 +49,23 @@ void rmsnorm_backward(float* dx, int64_t lddx, float* dw, const float* dout, int
   check_shape("rmsnorm_backward", T, C, lddx, lddo, 0.f);
   DSV3_CHECK(ldx >= C, "rmsnorm_backward: ldx ", ldx, " < C=", C);
   DSV3_CHECK(!(accumulate_dx && dx == dout), "rmsnorm_backward: dx aliases dout, cannot accumulate");
-  const bool fast = active_isa() == Isa::Avx512;
+  const Isa isa = active_isa();
+  auto* fdw = isa == Isa::Avx512 ? rmsnorm_backward_dw_avx512
+              : isa == Isa::Avx2 ? rmsnorm_backward_dw_avx2 : rmsnorm_backward_dw_ref;
+  auto* fdx = isa == Isa::Avx512 ? rmsnorm_backward_dx_avx512
+              : isa == Isa::Avx2 ? rmsnorm_backward_dx_avx2 : rmsnorm_backward_dx_ref;
   // dw before dx: dx may overwrite dout in place. Column blocks of 64 keep the AVX-512
   // loop on full vectors; each block sums its rows in a fixed order (deterministic).
   if (dw) {
     const int64_t nblk = (C + 63) / 64;
     parallel_rows(nblk, T * C, threads, [&](int64_t b, int64_t e) {
       const int64_t c0 = b * 64, c1 = e * 64 < C ? e * 64 : C;
-      if (fast) rmsnorm_backward_dw_avx512(dw, dout, lddo, x, ldx, rstd, T, c0, c1);
-      else rmsnorm_backward_dw_ref(dw, dout, lddo, x, ldx, rstd, T, c0, c1);
+      fdw(dw, dout, lddo, x, ldx, rstd, T, c0, c1);
     });
   }
   parallel_rows(T, T * C, threads, [&](int64_t b, int64_t e) {
-    if (fast)
-      rmsnorm_backward_dx_avx512(dx + b * lddx, lddx, dout + b * lddo, lddo, x + b * ldx, ldx,
-                                 w, rstd + b, e - b, C, accumulate_dx);
-    else
-      rmsnorm_backward_dx_ref(dx + b * lddx, lddx, dout + b * lddo, lddo, x + b * ldx, ldx, w,
-                              rstd + b, e - b, C, accumulate_dx);
+    fdx(dx + b * lddx, lddx, dout + b * lddo, lddo, x + b * ldx, ldx, w, rstd + b, e - b, C,
+        accumulate_dx);
   });
 }
 

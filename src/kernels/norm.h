@@ -14,8 +14,8 @@
 //
 // dw is reduced over rows column-block by column-block, so results do not depend on the
 // thread count. threads = 0 uses default_threads(). Each function dispatches on
-// active_isa(): Avx512 runs the *_avx512 kernels, Scalar and Avx2 the scalar twins *_ref
-// (sums in double), which are also what the tests compare against.
+// active_isa(): Avx512 runs the *_avx512 kernels, Avx2 the *_avx2 ones, Scalar the scalar
+// twins *_ref (sums in double), which are also what the tests compare against.
 #pragma once
 #include <cstdint>
 
@@ -62,5 +62,15 @@ void rmsnorm_backward_dw_avx512(float* dw, const float* dout, int64_t lddo, cons
                                 int64_t c1);
 void rmsnorm_backward_dw_ref(float* dw, const float* dout, int64_t lddo, const float* x,
                              int64_t ldx, const float* rstd, int64_t T, int64_t c0, int64_t c1);
+
+void rmsnorm_forward_avx2(float* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
+                          const float* w, int64_t T, int64_t C, float eps);
+void rmsnorm_forward_bf16_avx2(uint16_t* out, int64_t ldo, float* rstd, const float* x,
+                               int64_t ldx, const float* w, int64_t T, int64_t C, float eps);
+void rmsnorm_backward_dx_avx2(float* dx, int64_t lddx, const float* dout, int64_t lddo,
+                              const float* x, int64_t ldx, const float* w, const float* rstd,
+                              int64_t T, int64_t C, bool accumulate_dx);
+void rmsnorm_backward_dw_avx2(float* dw, const float* dout, int64_t lddo, const float* x,
+                              int64_t ldx, const float* rstd, int64_t T, int64_t c0, int64_t c1);
 
 }  // namespace dsv3

@@ -6,9 +6,17 @@
 
 #include <cstdint>
 
+#include "core/cpu.h"
 #include "core/parallel.h"
 
 namespace dsv3 {
+
+// The kernel for the active ISA level (core/cpu.h).
+template <class F>
+F* pick(F* avx512, F* avx2, F* ref) {
+  const Isa isa = active_isa();
+  return isa == Isa::Avx512 ? avx512 : isa == Isa::Avx2 ? avx2 : ref;
+}
 
 // Below this many elements of work, one thread.
 inline constexpr int64_t kParallelMinWork = 1 << 15;

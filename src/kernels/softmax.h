@@ -13,8 +13,8 @@
 // which is zero where y is zero, so masked entries get no gradient. The scalar twins sum in
 // double; the AVX-512 path sums in float (16 lanes) with the ≤ 2 ulp exp of simd_avx512.h.
 // Rows are contiguous: x, y, dy, dx are [T, C] with row stride C.
-// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels; Scalar and Avx2 run the
-// scalar twins (*_ref), which are also what the tests compare against.
+// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels, Avx2 the *_avx2 ones (argmax: the twin),
+// Scalar the scalar twins (*_ref), which are also what the tests compare against.
 #pragma once
 #include <cstdint>
 
@@ -47,11 +47,20 @@ void softmax_backward_avx512(float* dx, const float* dy, const float* y, int64_t
 float log_softmax_row_avx512(float* out, const float* x, int64_t C);
 int64_t argmax_row_avx512(const float* x, int64_t C);
 
-// Row reductions shared with loss.h: max over x[0..C) (−inf for C = 0; NaN ignored) and
+// Row reductions shared with loss.h (row_logsumexp dispatches on the ISA): max over x[0..C) (−inf for C = 0; NaN ignored) and
 // logsumexp = m + log Σ exp(x − m) with m that max.
+float row_logsumexp(const float* x, int64_t C);
 float row_max_ref(const float* x, int64_t C);
 float row_logsumexp_ref(const float* x, int64_t C);
 float row_max_avx512(const float* x, int64_t C);
 float row_logsumexp_avx512(const float* x, int64_t C);
+
+void softmax_forward_avx2(float* y, const float* x, int64_t T, int64_t C, float scale,
+                          const int32_t* valid_len);
+void softmax_backward_avx2(float* dx, const float* dy, const float* y, int64_t T, int64_t C,
+                           float scale);
+float log_softmax_row_avx2(float* out, const float* x, int64_t C);
+float row_max_avx2(const float* x, int64_t C);
+float row_logsumexp_avx2(const float* x, int64_t C);
 
 }  // namespace dsv3
