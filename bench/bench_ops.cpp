@@ -87,11 +87,17 @@ void run_ops(const OpsOpts& o) {
       {"rmsnorm_fwd", "T x 7168", f * (2.0 * T * C + C),
        [&] { rmsnorm_forward(y.data(), C, rstd.data(), x.data(), C, w.data(), T, C, 1e-6f, th); }},
       {"rmsnorm_bwd", "T x 7168", f * (4.0 * T * C + 3.0 * C),
-       [&] { rmsnorm_backward(y.data(), C, dw.data(), dy.data(), C, x.data(), C, w.data(), rstd.data(), T, C, false, th); }},
+       [&] {
+         rmsnorm_backward(y.data(), C, dw.data(), dy.data(), C, x.data(), C, w.data(), rstd.data(),
+                          T, C, false, th);
+       }},
       {"swiglu_fwd", "T x 2048", f * 3.0 * T * I,
        [&] { swiglu_forward(h.data(), I, gu.data(), 2 * I, gu.data() + I, 2 * I, T, I, th); }},
       {"swiglu_bwd", "T x 2048", f * 5.0 * T * I,
-       [&] { swiglu_backward(y.data(), 2 * I, y.data() + I, 2 * I, h.data(), I, gu.data(), 2 * I, gu.data() + I, 2 * I, T, I, th); }},
+       [&] {
+         swiglu_backward(y.data(), 2 * I, y.data() + I, 2 * I, h.data(), I, gu.data(), 2 * I,
+                         gu.data() + I, 2 * I, T, I, th);
+       }},
       {"softmax_causal_fwd", "T x T", f * 2.0 * T * T,
        [&] { softmax_forward(y.data(), att.data(), T, T, sc, len.data(), th); }},
       {"softmax_bwd", "T x T", f * 3.0 * T * T,
@@ -100,7 +106,10 @@ void run_ops(const OpsOpts& o) {
        [&] { rope_forward(q.data(), H * R, R, q.data(), H * R, R, pos.data(), T, H, tab, th); }},
       {"cross_entropy_fwd_bwd", "16 x 129280", f * 2.0 * Tv * V,
        // In place: after the first call the buffer holds gradients, the same amount of work.
-       [&] { cross_entropy_forward_backward(loss.data(), logits.data(), V, tgt.data(), 1.0f / Tv, Tv, V, -100, th); }},
+       [&] {
+         cross_entropy_forward_backward(loss.data(), logits.data(), V, tgt.data(), 1.0f / Tv, Tv, V,
+                                        -100, th);
+       }},
       {"topk_route_8of256", "T x 256", f * double(T * E),
        [&] { topk_forward(tv.data(), ti.data(), scores.data(), E, T, E, 8, th); }},
       {"topk_sample_50ofV", "1 x 129280", f * double(V),
@@ -119,18 +128,19 @@ void run_ops(const OpsOpts& o) {
     const double gbs = c.bytes / fast.median_s * 1e-9, gbs2 = c.bytes / avx2.median_s * 1e-9,
                  gbs_s = c.bytes / slow.median_s * 1e-9;
     if (o.json)
-      std::printf("{\"bench\":\"ops\",\"op\":\"%s\",\"shape\":\"%s\",\"tokens\":%lld,\"threads\":%d,"
-                  "\"isa\":\"%s\",\"median_us\":%.2f,\"gbps\":%.2f,\"avx2_median_us\":%.2f,"
-                  "\"scalar_median_us\":%.2f,\"scalar_gbps\":%.2f,\"speedup\":%.2f}\n",
-                  c.name.c_str(), c.shape.c_str(), (long long)T, th, isa_name(best),
-                  fast.median_s * 1e6, gbs, avx2.median_s * 1e6, slow.median_s * 1e6, gbs_s,
-                  slow.median_s / fast.median_s);
+      std::printf(
+          "{\"bench\":\"ops\",\"op\":\"%s\",\"shape\":\"%s\",\"tokens\":%lld,\"threads\":%d,"
+          "\"isa\":\"%s\",\"median_us\":%.2f,\"gbps\":%.2f,\"avx2_median_us\":%.2f,"
+          "\"scalar_median_us\":%.2f,\"scalar_gbps\":%.2f,\"speedup\":%.2f}\n",
+          c.name.c_str(), c.shape.c_str(), (long long)T, th, isa_name(best), fast.median_s * 1e6,
+          gbs, avx2.median_s * 1e6, slow.median_s * 1e6, gbs_s, slow.median_s / fast.median_s);
     else
-      std::printf("%-22s %-13s T=%lld th=%d  %s %8.1f us %5.1f GB/s | avx2 %8.1f us %5.1f GB/s | "
-                  "scalar %9.1f us %5.1f GB/s | x%.1f\n",
-                  c.name.c_str(), c.shape.c_str(), (long long)T, th, isa_name(best),
-                  fast.median_s * 1e6, gbs, avx2.median_s * 1e6, gbs2, slow.median_s * 1e6, gbs_s,
-                  slow.median_s / fast.median_s);
+      std::printf(
+          "%-22s %-13s T=%lld th=%d  %s %8.1f us %5.1f GB/s | avx2 %8.1f us %5.1f GB/s | "
+          "scalar %9.1f us %5.1f GB/s | x%.1f\n",
+          c.name.c_str(), c.shape.c_str(), (long long)T, th, isa_name(best), fast.median_s * 1e6,
+          gbs, avx2.median_s * 1e6, gbs2, slow.median_s * 1e6, gbs_s,
+          slow.median_s / fast.median_s);
   }
 }
 
@@ -138,7 +148,8 @@ void run_ops(const OpsOpts& o) {
 
 void add_ops(CLI::App& bench) {
   auto o = std::make_shared<OpsOpts>();
-  CLI::App* s = bench.add_subcommand("ops", "Row kernels (norm, SwiGLU, softmax, RoPE, CE, top-k): fast vs scalar");
+  CLI::App* s = bench.add_subcommand(
+      "ops", "Row kernels (norm, SwiGLU, softmax, RoPE, CE, top-k): fast vs scalar");
   s->add_option("--tokens", o->tokens, "tokens T (rows)")->capture_default_str();
   s->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
   s->add_option("--seconds", o->seconds, "time budget per measurement")->capture_default_str();

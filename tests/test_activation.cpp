@@ -29,7 +29,8 @@ TEST(Exp, WithinTwoUlpOfDoubleExp) {
     IsaScope scope(isa);
     exp_f32(y.data(), x.data(), n, 1);
     double worst = 0;
-    for (int64_t i = 0; i < n; ++i) worst = std::max(worst, testing::ulp_error(y[i], std::exp(double(x[i]))));
+    for (int64_t i = 0; i < n; ++i)
+      worst = std::max(worst, testing::ulp_error(y[i], std::exp(double(x[i]))));
     // glibc expf is < 1 ulp; exp512's bound is 2 ulp (simd_avx512.h).
     EXPECT_LE(worst, 2.0) << isa_name(isa);
     std::printf("exp %s: max error %.3f ulp\n", isa_name(isa), worst);
@@ -110,7 +111,8 @@ TEST(SwiGLU, MatchesScalarTwinStrided) {
       for (int64_t t = 0; t < T; ++t)
         for (int64_t i = 0; i < I; ++i) {
           const float g = gate[t * ld_in + i], u = up[t * ld_in + i], d = dh[t * ld_h + i];
-          EXPECT_NEAR(h[t * ld_h + i], hr[t * ld_h + i], kRel * std::fabs(hr[t * ld_h + i]) + 1e-37);
+          EXPECT_NEAR(h[t * ld_h + i], hr[t * ld_h + i],
+                      kRel * std::fabs(hr[t * ld_h + i]) + 1e-37);
           EXPECT_NEAR(dg[t * ld_in + i], dgr[t * ld_in + i],
                       kRel * std::fabs(d * u) * (2 + std::fabs(g)) + 1e-37);
           EXPECT_NEAR(dg[t * ld_in + I + i], dgr[t * ld_in + I + i],
@@ -144,8 +146,10 @@ TEST(SwiGLU, BackwardMatchesFiniteDifferences) {
     };
     const float d = 1e-2f;
     for (int64_t i = 0; i < I; ++i) {
-      const double fd_g = (L(i, g[i] + d, u[i]) - L(i, g[i] - d, u[i])) / (double(g[i] + d) - double(g[i] - d));
-      const double fd_u = (L(i, g[i], u[i] + d) - L(i, g[i], u[i] - d)) / (double(u[i] + d) - double(u[i] - d));
+      const double fd_g =
+          (L(i, g[i] + d, u[i]) - L(i, g[i] - d, u[i])) / (double(g[i] + d) - double(g[i] - d));
+      const double fd_u =
+          (L(i, g[i], u[i] + d) - L(i, g[i], u[i] - d)) / (double(u[i] + d) - double(u[i] - d));
       const double tol = 1e-4 * (1 + std::fabs(g[i] * u[i]) + std::fabs(dh[i] * u[i]));
       EXPECT_NEAR(dg[i], fd_g, tol) << isa_name(isa) << " i=" << i;
       EXPECT_NEAR(du[i], fd_u, tol) << isa_name(isa) << " i=" << i;

@@ -26,7 +26,9 @@ double sum_rel(int64_t n) { return (double(n) / 32 + 9) * kEps; }
 // |Δlse| between paths: the sums of exps differ by ≤ 3 eps (exp) + sum_rel(V) relative
 // (the twin's double sum is exact to ~1e-16), log passes a relative error through as an
 // absolute one, and log and the final add round once each: ≤ 2 eps·|lse|.
-double lse_tol(int64_t V, double lse) { return 3 * kEps + sum_rel(V) + 2 * kEps * std::fabs(lse) + 1e-30; }
+double lse_tol(int64_t V, double lse) {
+  return 3 * kEps + sum_rel(V) + 2 * kEps * std::fabs(lse) + 1e-30;
+}
 
 TEST(CrossEntropy, ForwardBackwardMatchScalarTwin) {
   for (Isa isa : kIsas) {
@@ -47,18 +49,23 @@ TEST(CrossEntropy, ForwardBackwardMatchScalarTwin) {
         if (tg[size_t(t)] == kIgnore) {
           EXPECT_EQ(loss[t], 0.f);
         } else {
-          EXPECT_NEAR(loss[t], lossr[t], tl + kEps * std::fabs(lossr[t])) << isa_name(isa) << " V=" << V;
+          EXPECT_NEAR(loss[t], lossr[t], tl + kEps * std::fabs(lossr[t]))
+              << isa_name(isa) << " V=" << V;
         }
       }
       for (int64_t i = 0; i < T * ld; ++i) y[i] = yr[i] = x[i];
       const float scale = 1.0f / float(count_valid_targets(tg.data(), T, kIgnore));
       cross_entropy_backward(y.data(), ld, lser.data(), tg.data(), dl.data(), scale, T, V, kIgnore);
-      cross_entropy_backward_ref(yr.data(), ld, lser.data(), tg.data(), dl.data(), scale, T, V, kIgnore);
+      cross_entropy_backward_ref(yr.data(), ld, lser.data(), tg.data(), dl.data(), scale, T, V,
+                                 kIgnore);
       for (int64_t t = 0; t < T; ++t) {
         const float g = scale * dl[t];
         for (int64_t v = 0; v < V; ++v) {
           const float a = y[t * ld + v], b = yr[t * ld + v];
-          if (tg[size_t(t)] == kIgnore) { ASSERT_EQ(a, 0.f); continue; }
+          if (tg[size_t(t)] == kIgnore) {
+            ASSERT_EQ(a, 0.f);
+            continue;
+          }
           // Same lse and argument x − lse: the exps differ by ≤ 3 eps, ·g one rounding
           // each; at the target, p·g − g adds one rounding of ≤ eps·|g|.
           const double p = std::fabs(b) + (v == tg[size_t(t)] ? g : 0.f);
@@ -70,7 +77,10 @@ TEST(CrossEntropy, ForwardBackwardMatchScalarTwin) {
       }
       // The fused call equals forward then backward on the same path.
       Floats z(T * ld), zl(T);
-      for (int64_t i = 0; i < T * ld; ++i) { z[i] = x[i]; y[i] = x[i]; }
+      for (int64_t i = 0; i < T * ld; ++i) {
+        z[i] = x[i];
+        y[i] = x[i];
+      }
       cross_entropy_forward_backward(zl.data(), z.data(), ld, tg.data(), scale, T, V, kIgnore);
       cross_entropy_backward(y.data(), ld, lse.data(), tg.data(), nullptr, scale, T, V, kIgnore);
       for (int64_t t = 0; t < T; ++t) EXPECT_EQ(zl[t], loss[t]);
@@ -118,10 +128,13 @@ TEST(CrossEntropy, BackwardMatchesFiniteDifferences) {
     cross_entropy_forward(nullptr, lse.data(), g.data(), V, tg, T, V, kIgnore);
     cross_entropy_backward(g.data(), V, lse.data(), tg, dl, 1.0f, T, V, kIgnore);
     const float d = 1e-2f;
-    for (int64_t i : {int64_t(0), int64_t(4), int64_t(11), int64_t(V + 3), int64_t(V + 28), int64_t(2 * V - 2)}) {
+    for (int64_t i : {int64_t(0), int64_t(4), int64_t(11), int64_t(V + 3), int64_t(V + 28),
+                      int64_t(2 * V - 2)}) {
       const float keep = x[i];
-      x[i] = keep + d; const double lp = L();
-      x[i] = keep - d; const double lm = L();
+      x[i] = keep + d;
+      const double lp = L();
+      x[i] = keep - d;
+      const double lm = L();
       x[i] = keep;
       EXPECT_NEAR(g[i], (lp - lm) / (2.0 * d), 1e-4) << isa_name(isa) << " i=" << i;
     }
@@ -137,7 +150,8 @@ TEST(CrossEntropy, ChunkedEqualsWholeAndMean) {
   const int64_t n = count_valid_targets(tg.data(), T, kIgnore);
   EXPECT_EQ(n, T - 8);
   for (int64_t i = 0; i < T * V; ++i) whole[i] = chunked[i] = x[i];
-  cross_entropy_forward_backward(lw.data(), whole.data(), V, tg.data(), 1.0f / float(n), T, V, kIgnore);
+  cross_entropy_forward_backward(lw.data(), whole.data(), V, tg.data(), 1.0f / float(n), T, V,
+                                 kIgnore);
   for (int64_t t0 = 0; t0 < T; t0 += 8) {
     const int64_t rows = std::min<int64_t>(8, T - t0);
     cross_entropy_forward_backward(lc.data() + t0, chunked.data() + t0 * V, V, tg.data() + t0,

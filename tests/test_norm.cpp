@@ -68,7 +68,10 @@ TEST(RmsNorm, ZeroRowAndNullRstd) {
   for (Isa isa : kIsas) {
     IsaScope scope(isa);
     Floats x(33), w(33), out(33);
-    for (int i = 0; i < 33; ++i) { x[i] = 0.f; w[i] = 1.f; }
+    for (int i = 0; i < 33; ++i) {
+      x[i] = 0.f;
+      w[i] = 1.f;
+    }
     rmsnorm_forward(out.data(), 33, nullptr, x.data(), 33, w.data(), 1, 33, 1e-6f);
     for (int i = 0; i < 33; ++i) EXPECT_EQ(out[i], 0.f);
   }
@@ -103,14 +106,16 @@ TEST(RmsNorm, BackwardMatchesScalarTwin) {
         const double dk = (sum_rel(C) + 2 * kEps) * double(r) * r * r * sabs / C;
         for (int64_t c = 0; c < C; ++c) {
           const double xv = x[t * ldx + c], gw = double(dout[t * ldd + c]) * w[c];
-          const double tol = dk * std::fabs(xv) + 3 * kEps * (std::fabs(r * gw) + std::fabs(k * xv)) + 1e-30;
+          const double tol =
+              dk * std::fabs(xv) + 3 * kEps * (std::fabs(r * gw) + std::fabs(k * xv)) + 1e-30;
           EXPECT_NEAR(dx[t * ldd + c], dxr[t * ldd + c], tol) << isa_name(isa) << " C=" << C;
         }
       }
       // dw[c] += Σ_t g·x·r: float sum of T terms, per column, vs double.
       for (int64_t c = 0; c < C; ++c) {
         double sabs = 0;
-        for (int64_t t = 0; t < kT; ++t) sabs += std::fabs(dout[t * ldd + c] * x[t * ldx + c] * rstd[t]);
+        for (int64_t t = 0; t < kT; ++t)
+          sabs += std::fabs(dout[t * ldd + c] * x[t * ldx + c] * rstd[t]);
         EXPECT_NEAR(dw[c], dwr[c], (kT + 4) * kEps * (sabs + 0.25)) << isa_name(isa) << " C=" << C;
       }
     }
@@ -127,19 +132,23 @@ TEST(RmsNorm, BackwardAccumulateInPlaceAndThreadInvariance) {
     IsaScope scope(isa);
     Floats dx1(T * C), dx2(T * C), dw1(C), dw2(C), acc(T * C), inplace(T * C);
     for (int64_t c = 0; c < C; ++c) dw1[c] = dw2[c] = 0.f;
-    rmsnorm_backward(dx1.data(), C, dw1.data(), dout.data(), C, x.data(), C, w.data(), rstd.data(), T, C, false, 1);
-    rmsnorm_backward(dx2.data(), C, dw2.data(), dout.data(), C, x.data(), C, w.data(), rstd.data(), T, C, false, 2);
+    rmsnorm_backward(dx1.data(), C, dw1.data(), dout.data(), C, x.data(), C, w.data(), rstd.data(),
+                     T, C, false, 1);
+    rmsnorm_backward(dx2.data(), C, dw2.data(), dout.data(), C, x.data(), C, w.data(), rstd.data(),
+                     T, C, false, 2);
     for (int64_t i = 0; i < T * C; ++i) ASSERT_EQ(dx1[i], dx2[i]);
     for (int64_t c = 0; c < C; ++c) ASSERT_EQ(dw1[c], dw2[c]);
     // accumulate_dx adds the same values onto what was there.
     for (int64_t i = 0; i < T * C; ++i) acc[i] = 1.5f;
-    rmsnorm_backward(acc.data(), C, nullptr, dout.data(), C, x.data(), C, w.data(), rstd.data(), T, C, true);
+    rmsnorm_backward(acc.data(), C, nullptr, dout.data(), C, x.data(), C, w.data(), rstd.data(), T,
+                     C, true);
     for (int64_t i = 0; i < T * C; ++i) ASSERT_EQ(acc[i], 1.5f + dx1[i]);
     // In place over dout (dw computed before dx overwrites it).
     Floats dw3(C);
     for (int64_t c = 0; c < C; ++c) dw3[c] = 0.f;
     for (int64_t i = 0; i < T * C; ++i) inplace[i] = dout[i];
-    rmsnorm_backward(inplace.data(), C, dw3.data(), inplace.data(), C, x.data(), C, w.data(), rstd.data(), T, C, false);
+    rmsnorm_backward(inplace.data(), C, dw3.data(), inplace.data(), C, x.data(), C, w.data(),
+                     rstd.data(), T, C, false);
     for (int64_t i = 0; i < T * C; ++i) ASSERT_EQ(inplace[i], dx1[i]);
     for (int64_t c = 0; c < C; ++c) ASSERT_EQ(dw3[c], dw1[c]);
   }
@@ -164,19 +173,24 @@ TEST(RmsNorm, BackwardMatchesFiniteDifferences) {
     IsaScope scope(isa);
     rmsnorm_forward(y.data(), C, rstd.data(), x.data(), C, w.data(), T, C, 1e-6f);
     for (int64_t c = 0; c < C; ++c) dw[c] = 0.f;
-    rmsnorm_backward(dx.data(), C, dw.data(), dout.data(), C, x.data(), C, w.data(), rstd.data(), T, C, false);
+    rmsnorm_backward(dx.data(), C, dw.data(), dout.data(), C, x.data(), C, w.data(), rstd.data(), T,
+                     C, false);
     const float d = 1e-2f;
     for (int64_t i : {int64_t(0), int64_t(7), int64_t(C + 3), int64_t(2 * C - 1)}) {
       const float keep = x[i];
-      x[i] = keep + d; const double lp = L();
-      x[i] = keep - d; const double lm = L();
+      x[i] = keep + d;
+      const double lp = L();
+      x[i] = keep - d;
+      const double lm = L();
       x[i] = keep;
       EXPECT_NEAR(dx[i], (lp - lm) / (2.0 * d), 2e-3) << isa_name(isa) << " x" << i;
     }
     for (int64_t c : {int64_t(0), int64_t(5), C - 1}) {
       const float keep = w[c];
-      w[c] = keep + d; const double lp = L();
-      w[c] = keep - d; const double lm = L();
+      w[c] = keep + d;
+      const double lp = L();
+      w[c] = keep - d;
+      const double lm = L();
       w[c] = keep;
       EXPECT_NEAR(dw[c], (lp - lm) / (2.0 * d), 2e-3) << isa_name(isa) << " w" << c;
     }

@@ -59,16 +59,29 @@ std::vector<RefConfig> load_reference() {
       std::string k;
       in >> cur.name;
       while (in >> k) {
-        if (k == "dim") in >> cur.dim;
-        else if (k == "theta") in >> cur.theta;
-        else if (k == "factor") in >> cur.scaling.factor;
-        else if (k == "orig") in >> cur.scaling.original_max_position_embeddings;
-        else if (k == "beta_fast") in >> cur.scaling.beta_fast;
-        else if (k == "beta_slow") in >> cur.scaling.beta_slow;
-        else if (k == "mscale") in >> cur.scaling.mscale;
-        else if (k == "mscale_all_dim") in >> cur.scaling.mscale_all_dim;
-        else if (k == "qk_head_dim") in >> cur.qk_head_dim;
-        else if (k == "yarn") { int y; in >> y; cur.yarn = y != 0; }
+        if (k == "dim")
+          in >> cur.dim;
+        else if (k == "theta")
+          in >> cur.theta;
+        else if (k == "factor")
+          in >> cur.scaling.factor;
+        else if (k == "orig")
+          in >> cur.scaling.original_max_position_embeddings;
+        else if (k == "beta_fast")
+          in >> cur.scaling.beta_fast;
+        else if (k == "beta_slow")
+          in >> cur.scaling.beta_slow;
+        else if (k == "mscale")
+          in >> cur.scaling.mscale;
+        else if (k == "mscale_all_dim")
+          in >> cur.scaling.mscale_all_dim;
+        else if (k == "qk_head_dim")
+          in >> cur.qk_head_dim;
+        else if (k == "yarn") {
+          int y;
+          in >> y;
+          cur.yarn = y != 0;
+        }
       }
     } else if (key == "softmax_scale") {
       in >> cur.softmax_scale;
@@ -78,8 +91,11 @@ std::vector<RefConfig> load_reference() {
       int64_t p;
       std::string which;
       in >> p >> which;
-      if (which == "cos") { cur.pos.push_back(p); cur.cos.push_back(read_doubles(in)); }
-      else cur.sin.push_back(read_doubles(in));
+      if (which == "cos") {
+        cur.pos.push_back(p);
+        cur.cos.push_back(read_doubles(in));
+      } else
+        cur.sin.push_back(read_doubles(in));
     } else if (key == "end") {
       out.push_back(cur);
     }
@@ -99,8 +115,10 @@ TEST(Yarn, TablesMatchPyTorchReference) {
     // Both sides compute theta^(−2i/dim) in double (pow may differ by an ulp) and the
     // same blend: 8 double ulps.
     for (int64_t i = 0; i < half; ++i)
-      EXPECT_NEAR(freq[size_t(i)], r.freq[size_t(i)], 8 * 2.2e-16 * r.freq[size_t(i)]) << r.name << " i=" << i;
-    EXPECT_NEAR(attention_softmax_scale(r.qk_head_dim, ys), r.softmax_scale, kEps * r.softmax_scale) << r.name;
+      EXPECT_NEAR(freq[size_t(i)], r.freq[size_t(i)], 8 * 2.2e-16 * r.freq[size_t(i)])
+          << r.name << " i=" << i;
+    EXPECT_NEAR(attention_softmax_scale(r.qk_head_dim, ys), r.softmax_scale, kEps * r.softmax_scale)
+        << r.name;
     // Tables: one row at a time, at the reference positions. The angle pos·freq agrees to
     // ~1e5 · 8 · 2^-52 ≈ 2e-10 rad; our float entries are one rounding of a double, so
     // they are within half a float ulp (≤ 2^-24·|v|) plus that.
@@ -108,8 +126,12 @@ TEST(Yarn, TablesMatchPyTorchReference) {
       std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
       rope_build_table(c.data(), s.data(), r.pos[j], 1, r.dim, r.theta, ys);
       for (int64_t i = 0; i < half; ++i) {
-        EXPECT_NEAR(c[size_t(i)], r.cos[j][size_t(i)], std::fabs(r.cos[j][size_t(i)]) * 0x1p-24 + 1e-9) << r.name << " pos " << r.pos[j] << " i=" << i;
-        EXPECT_NEAR(s[size_t(i)], r.sin[j][size_t(i)], std::fabs(r.sin[j][size_t(i)]) * 0x1p-24 + 1e-9) << r.name << " pos " << r.pos[j] << " i=" << i;
+        EXPECT_NEAR(c[size_t(i)], r.cos[j][size_t(i)],
+                    std::fabs(r.cos[j][size_t(i)]) * 0x1p-24 + 1e-9)
+            << r.name << " pos " << r.pos[j] << " i=" << i;
+        EXPECT_NEAR(s[size_t(i)], r.sin[j][size_t(i)],
+                    std::fabs(r.sin[j][size_t(i)]) * 0x1p-24 + 1e-9)
+            << r.name << " pos " << r.pos[j] << " i=" << i;
       }
     }
   }
@@ -157,17 +179,22 @@ TEST(Rope, AvxMatchesScalarBitExactStrided) {
         for (int64_t i = 0; i < n; ++i) out[i] = x[i];
         // In place, like the model does on q_pe / k_pe.
         if (inverse)
-          rope_backward(out.data() + L.off, L.st, L.sh, out.data() + L.off, L.st, L.sh, pos.data(), L.T, L.H, tab);
+          rope_backward(out.data() + L.off, L.st, L.sh, out.data() + L.off, L.st, L.sh, pos.data(),
+                        L.T, L.H, tab);
         else
-          rope_forward(out.data() + L.off, L.st, L.sh, out.data() + L.off, L.st, L.sh, pos.data(), L.T, L.H, tab);
-        for (int64_t i = 0; i < n; ++i) ASSERT_EQ(out[i], ref[i]) << isa_name(isa) << " dim=" << L.dim << " i=" << i;
+          rope_forward(out.data() + L.off, L.st, L.sh, out.data() + L.off, L.st, L.sh, pos.data(),
+                       L.T, L.H, tab);
+        for (int64_t i = 0; i < n; ++i)
+          ASSERT_EQ(out[i], ref[i]) << isa_name(isa) << " dim=" << L.dim << " i=" << i;
       }
     }
     // Backward undoes forward: a rotation by −θ after +θ with float cos/sin (c² + s² = 1
     // within 2·2^-24) and 3 roundings per op: |Δ| ≤ 8 eps·(|x0| + |x1|).
-    rope_forward(out.data() + L.off, L.st, L.sh, x.data() + L.off, L.st, L.sh, pos.data(), L.T, L.H, tab);
+    rope_forward(out.data() + L.off, L.st, L.sh, x.data() + L.off, L.st, L.sh, pos.data(), L.T, L.H,
+                 tab);
     for (int64_t i = 0; i < n; ++i) back[i] = out[i];
-    rope_backward(back.data() + L.off, L.st, L.sh, out.data() + L.off, L.st, L.sh, pos.data(), L.T, L.H, tab);
+    rope_backward(back.data() + L.off, L.st, L.sh, out.data() + L.off, L.st, L.sh, pos.data(), L.T,
+                  L.H, tab);
     for (int64_t t = 0; t < L.T; ++t)
       for (int64_t h = 0; h < L.H; ++h)
         for (int64_t i = 0; i < L.dim; ++i) {
@@ -201,15 +228,18 @@ TEST(Rope, BackwardIsAdjointAndMatchesFiniteDifferences) {
     EXPECT_NEAR(a, b, 1e-5) << isa_name(isa);
     auto L = [&] {
       Floats o(T * H * D);
-      rope_rows_ref(o.data(), H * D, D, x.data(), H * D, D, pos, T, H, c.data(), s.data(), D, false);
+      rope_rows_ref(o.data(), H * D, D, x.data(), H * D, D, pos, T, H, c.data(), s.data(), D,
+                    false);
       double sum = 0;
       for (int64_t i = 0; i < T * H * D; ++i) sum += double(dout[i]) * o[i];
       return sum;
     };
     for (int64_t i : {int64_t(0), int64_t(1), int64_t(D + 7), int64_t(T * H * D - 1)}) {
       const float keep = x[i];
-      x[i] = keep + 0.25f; const double lp = L();
-      x[i] = keep - 0.25f; const double lm = L();
+      x[i] = keep + 0.25f;
+      const double lp = L();
+      x[i] = keep - 0.25f;
+      const double lm = L();
       x[i] = keep;
       EXPECT_NEAR(dx[i], (lp - lm) / 0.5, 1e-5) << isa_name(isa) << " i=" << i;
     }

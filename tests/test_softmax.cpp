@@ -88,7 +88,8 @@ TEST(Softmax, BackwardMatchesScalarTwin) {
         const double ds = sum_rel(C) * sabs + kEps * std::fabs(s);
         for (int64_t c = 0; c < C; ++c) {
           const double sy = scale * y[t * C + c];
-          const double tol = sy * ds + 3 * kEps * sy * (std::fabs(dy[t * C + c]) + std::fabs(s)) + 1e-38;
+          const double tol =
+              sy * ds + 3 * kEps * sy * (std::fabs(dy[t * C + c]) + std::fabs(s)) + 1e-38;
           EXPECT_NEAR(dx[t * C + c], dxr[t * C + c], tol) << isa_name(isa) << " C=" << C;
         }
       }
@@ -118,10 +119,13 @@ TEST(Softmax, BackwardMatchesFiniteDifferences) {
     softmax_forward(y.data(), x.data(), T, C, scale, len);
     softmax_backward(dx.data(), w.data(), y.data(), T, C, scale);
     const float d = 1e-2f;
-    for (int64_t i : {int64_t(0), int64_t(9), int64_t(C - 1), int64_t(C + 4), int64_t(C + 10), int64_t(C + 15)}) {
+    for (int64_t i : {int64_t(0), int64_t(9), int64_t(C - 1), int64_t(C + 4), int64_t(C + 10),
+                      int64_t(C + 15)}) {
       const float keep = x[i];
-      x[i] = keep + d; const double lp = L();
-      x[i] = keep - d; const double lm = L();
+      x[i] = keep + d;
+      const double lp = L();
+      x[i] = keep - d;
+      const double lm = L();
       x[i] = keep;
       EXPECT_NEAR(dx[i], (lp - lm) / (2.0 * d), 1e-4) << isa_name(isa) << " i=" << i;
     }

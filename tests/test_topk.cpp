@@ -21,7 +21,8 @@ using testing::IsaScope;
 using testing::kIsas;
 
 // The first k of a stable sort by descending value, NaN last (independent of the kernel).
-void sort_reference(const float* x, int64_t C, int64_t k, std::vector<float>* v, std::vector<int32_t>* i) {
+void sort_reference(const float* x, int64_t C, int64_t k, std::vector<float>* v,
+                    std::vector<int32_t>* i) {
   std::vector<int32_t> idx(static_cast<size_t>(C));
   std::iota(idx.begin(), idx.end(), 0);
   std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
@@ -31,7 +32,10 @@ void sort_reference(const float* x, int64_t C, int64_t k, std::vector<float>* v,
   });
   v->assign(size_t(k), 0.f);
   i->assign(size_t(k), 0);
-  for (int64_t j = 0; j < k; ++j) { (*i)[size_t(j)] = idx[size_t(j)]; (*v)[size_t(j)] = x[idx[size_t(j)]]; }
+  for (int64_t j = 0; j < k; ++j) {
+    (*i)[size_t(j)] = idx[size_t(j)];
+    (*v)[size_t(j)] = x[idx[size_t(j)]];
+  }
 }
 
 void check_case(const float* x, int64_t ld, int64_t T, int64_t C, int64_t k, const char* what) {
@@ -42,8 +46,10 @@ void check_case(const float* x, int64_t ld, int64_t T, int64_t C, int64_t k, con
     IsaScope scope(isa);
     topk_forward(vf.data(), jf.data(), x, ld, T, C, k);
     for (int64_t j = 0; j < T * k; ++j) {
-      ASSERT_EQ(jf[size_t(j)], ir[size_t(j)]) << what << " " << isa_name(isa) << " C=" << C << " k=" << k;
-      ASSERT_TRUE(vf[size_t(j)] == vr[size_t(j)] || (std::isnan(vf[size_t(j)]) && std::isnan(vr[size_t(j)])));
+      ASSERT_EQ(jf[size_t(j)], ir[size_t(j)])
+          << what << " " << isa_name(isa) << " C=" << C << " k=" << k;
+      ASSERT_TRUE(vf[size_t(j)] == vr[size_t(j)] ||
+                  (std::isnan(vf[size_t(j)]) && std::isnan(vr[size_t(j)])));
     }
   }
   for (int64_t t = 0; t < T; ++t) {
@@ -51,12 +57,14 @@ void check_case(const float* x, int64_t ld, int64_t T, int64_t C, int64_t k, con
     std::vector<int32_t> si;
     sort_reference(x + t * ld, C, k, &sv, &si);
     for (int64_t j = 0; j < k; ++j)
-      ASSERT_EQ(ir[size_t(t * k + j)], si[size_t(j)]) << what << " C=" << C << " k=" << k << " t=" << t << " j=" << j;
+      ASSERT_EQ(ir[size_t(t * k + j)], si[size_t(j)])
+          << what << " C=" << C << " k=" << k << " t=" << t << " j=" << j;
   }
 }
 
 TEST(TopK, RandomRowsWithTies) {
-  for (int64_t C : {int64_t(1), int64_t(3), int64_t(17), int64_t(127), int64_t(129), int64_t(256), int64_t(1000)}) {
+  for (int64_t C : {int64_t(1), int64_t(3), int64_t(17), int64_t(127), int64_t(129), int64_t(256),
+                    int64_t(1000)}) {
     const int64_t T = 4, ld = C + 5;
     Floats x(T * ld);
     testing::fill_uniform(x.data(), T * ld, -1.f, 1.f, uint32_t(C));

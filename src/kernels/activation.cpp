@@ -19,8 +19,7 @@ void parallel_elems(int64_t n, int threads, const Body& body) {
   });
 }
 
-void check_rows(const char* what, int64_t T, int64_t I, int64_t ld_a, int64_t ld_b,
-                int64_t ld_c) {
+void check_rows(const char* what, int64_t T, int64_t I, int64_t ld_a, int64_t ld_b, int64_t ld_c) {
   DSV3_CHECK(T >= 0 && I >= 0, what, ": negative shape T=", T, " I=", I);
   DSV3_CHECK(ld_a >= I && ld_b >= I && ld_c >= I, what, ": row strides must be >= I=", I);
 }
@@ -45,8 +44,8 @@ void silu_backward(float* dx, const float* dout, const float* x, int64_t n, int 
   parallel_elems(n, threads, [&](int64_t i, int64_t len) { f(dx + i, dout + i, x + i, len); });
 }
 
-void swiglu_forward(float* h, int64_t ld_h, const float* gate, int64_t ld_gate,
-                    const float* up, int64_t ld_up, int64_t T, int64_t I, int threads) {
+void swiglu_forward(float* h, int64_t ld_h, const float* gate, int64_t ld_gate, const float* up,
+                    int64_t ld_up, int64_t T, int64_t I, int threads) {
   check_rows("swiglu_forward", T, I, ld_h, ld_gate, ld_up);
   auto* f = pick(swiglu_forward_avx512, swiglu_forward_avx2, swiglu_forward_ref);
   parallel_rows(T, T * I, threads, [&](int64_t b, int64_t e) {
@@ -54,9 +53,9 @@ void swiglu_forward(float* h, int64_t ld_h, const float* gate, int64_t ld_gate,
   });
 }
 
-void swiglu_backward(float* dgate, int64_t ld_dgate, float* dup, int64_t ld_dup,
-                     const float* dh, int64_t ld_dh, const float* gate, int64_t ld_gate,
-                     const float* up, int64_t ld_up, int64_t T, int64_t I, int threads) {
+void swiglu_backward(float* dgate, int64_t ld_dgate, float* dup, int64_t ld_dup, const float* dh,
+                     int64_t ld_dh, const float* gate, int64_t ld_gate, const float* up,
+                     int64_t ld_up, int64_t T, int64_t I, int threads) {
   check_rows("swiglu_backward", T, I, ld_dgate, ld_dup, ld_dh);
   check_rows("swiglu_backward", T, I, ld_gate, ld_up, I);
   auto* f = pick(swiglu_backward_avx512, swiglu_backward_avx2, swiglu_backward_ref);

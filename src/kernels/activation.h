@@ -28,19 +28,19 @@ void silu_forward(float* out, const float* x, int64_t n, int threads = 0);
 void silu_backward(float* dx, const float* dout, const float* x, int64_t n, int threads = 0);
 
 // gate, up [T, I] (strides ld_gate, ld_up) -> h [T, I] (ld_h).
-void swiglu_forward(float* h, int64_t ld_h, const float* gate, int64_t ld_gate,
-                    const float* up, int64_t ld_up, int64_t T, int64_t I, int threads = 0);
+void swiglu_forward(float* h, int64_t ld_h, const float* gate, int64_t ld_gate, const float* up,
+                    int64_t ld_up, int64_t T, int64_t I, int threads = 0);
 // dh [T, I] (ld_dh) -> dgate (ld_dgate), dup (ld_dup), both written. dgate/dup may alias
 // gate/up (in place, same strides): each element is read before it is written.
-void swiglu_backward(float* dgate, int64_t ld_dgate, float* dup, int64_t ld_dup,
-                     const float* dh, int64_t ld_dh, const float* gate, int64_t ld_gate,
-                     const float* up, int64_t ld_up, int64_t T, int64_t I, int threads = 0);
+void swiglu_backward(float* dgate, int64_t ld_dgate, float* dup, int64_t ld_dup, const float* dh,
+                     int64_t ld_dh, const float* gate, int64_t ld_gate, const float* up,
+                     int64_t ld_up, int64_t T, int64_t I, int threads = 0);
 
 // Scalar twins (single-threaded) and the AVX-512 row kernels behind the dispatchers.
 void silu_forward_ref(float* out, const float* x, int64_t n);
 void silu_backward_ref(float* dx, const float* dout, const float* x, int64_t n);
-void swiglu_forward_ref(float* h, int64_t ld_h, const float* gate, int64_t ld_gate,
-                        const float* up, int64_t ld_up, int64_t T, int64_t I);
+void swiglu_forward_ref(float* h, int64_t ld_h, const float* gate, int64_t ld_gate, const float* up,
+                        int64_t ld_up, int64_t T, int64_t I);
 void swiglu_backward_ref(float* dgate, int64_t ld_dgate, float* dup, int64_t ld_dup,
                          const float* dh, int64_t ld_dh, const float* gate, int64_t ld_gate,
                          const float* up, int64_t ld_up, int64_t T, int64_t I);
@@ -49,9 +49,8 @@ void silu_backward_avx512(float* dx, const float* dout, const float* x, int64_t 
 void swiglu_forward_avx512(float* h, int64_t ld_h, const float* gate, int64_t ld_gate,
                            const float* up, int64_t ld_up, int64_t T, int64_t I);
 void swiglu_backward_avx512(float* dgate, int64_t ld_dgate, float* dup, int64_t ld_dup,
-                            const float* dh, int64_t ld_dh, const float* gate,
-                            int64_t ld_gate, const float* up, int64_t ld_up, int64_t T,
-                            int64_t I);
+                            const float* dh, int64_t ld_dh, const float* gate, int64_t ld_gate,
+                            const float* up, int64_t ld_up, int64_t T, int64_t I);
 
 void silu_forward_avx2(float* out, const float* x, int64_t n);
 void silu_backward_avx2(float* dx, const float* dout, const float* x, int64_t n);

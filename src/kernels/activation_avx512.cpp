@@ -70,9 +70,8 @@ void swiglu_forward_avx512(float* h, int64_t ld_h, const float* gate, int64_t ld
 }
 
 void swiglu_backward_avx512(float* dgate, int64_t ld_dgate, float* dup, int64_t ld_dup,
-                            const float* dh, int64_t ld_dh, const float* gate,
-                            int64_t ld_gate, const float* up, int64_t ld_up, int64_t T,
-                            int64_t I) {
+                            const float* dh, int64_t ld_dh, const float* gate, int64_t ld_gate,
+                            const float* up, int64_t ld_up, int64_t T, int64_t I) {
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t i = 0; i < I; i += 16) {
       const __mmask16 m = lanes_mask(I - i);

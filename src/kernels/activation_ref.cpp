@@ -28,8 +28,8 @@ void silu_backward_ref(float* dx, const float* dout, const float* x, int64_t n) 
   }
 }
 
-void swiglu_forward_ref(float* h, int64_t ld_h, const float* gate, int64_t ld_gate,
-                        const float* up, int64_t ld_up, int64_t T, int64_t I) {
+void swiglu_forward_ref(float* h, int64_t ld_h, const float* gate, int64_t ld_gate, const float* up,
+                        int64_t ld_up, int64_t T, int64_t I) {
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < I; ++i) {
       const float g = gate[t * ld_gate + i];

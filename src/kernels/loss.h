@@ -29,8 +29,8 @@ void cross_entropy_backward(float* logits, int64_t ld, const float* lse, const i
 // Both in one call (the usual training step on a chunk): losses [T] (nullable) and then the
 // logits turned into dlogits in place.
 void cross_entropy_forward_backward(float* losses, float* logits, int64_t ld,
-                                    const int32_t* targets, float dloss_scale, int64_t T,
-                                    int64_t V, int32_t ignore_index, int threads = 0);
+                                    const int32_t* targets, float dloss_scale, int64_t T, int64_t V,
+                                    int32_t ignore_index, int threads = 0);
 // Number of targets != ignore_index.
 int64_t count_valid_targets(const int32_t* targets, int64_t T, int32_t ignore_index);
 // Mean of losses over non-ignored targets (double sum); 0 when there are none.
@@ -38,15 +38,13 @@ double mean_loss(const float* losses, const int32_t* targets, int64_t T, int32_t
 
 // Scalar twins and AVX-512 row kernels (internal).
 void cross_entropy_forward_ref(float* losses, float* lse, const float* logits, int64_t ld,
-                               const int32_t* targets, int64_t T, int64_t V,
-                               int32_t ignore_index);
-void cross_entropy_backward_ref(float* logits, int64_t ld, const float* lse,
-                                const int32_t* targets, const float* dloss, float dloss_scale,
-                                int64_t T, int64_t V, int32_t ignore_index);
+                               const int32_t* targets, int64_t T, int64_t V, int32_t ignore_index);
+void cross_entropy_backward_ref(float* logits, int64_t ld, const float* lse, const int32_t* targets,
+                                const float* dloss, float dloss_scale, int64_t T, int64_t V,
+                                int32_t ignore_index);
 void cross_entropy_backward_avx512(float* logits, int64_t ld, const float* lse,
-                                   const int32_t* targets, const float* dloss,
-                                   float dloss_scale, int64_t T, int64_t V,
-                                   int32_t ignore_index);
+                                   const int32_t* targets, const float* dloss, float dloss_scale,
+                                   int64_t T, int64_t V, int32_t ignore_index);
 
 void cross_entropy_backward_avx2(float* logits, int64_t ld, const float* lse,
                                  const int32_t* targets, const float* dloss, float dloss_scale,

@@ -7,8 +7,7 @@
 namespace dsv3 {
 
 void cross_entropy_forward_ref(float* losses, float* lse, const float* logits, int64_t ld,
-                               const int32_t* targets, int64_t T, int64_t V,
-                               int32_t ignore_index) {
+                               const int32_t* targets, int64_t T, int64_t V, int32_t ignore_index) {
   for (int64_t t = 0; t < T; ++t) {
     const float* row = logits + t * ld;
     const float l = row_logsumexp_ref(row, V);
@@ -17,9 +16,9 @@ void cross_entropy_forward_ref(float* losses, float* lse, const float* logits, i
   }
 }
 
-void cross_entropy_backward_ref(float* logits, int64_t ld, const float* lse,
-                                const int32_t* targets, const float* dloss, float dloss_scale,
-                                int64_t T, int64_t V, int32_t ignore_index) {
+void cross_entropy_backward_ref(float* logits, int64_t ld, const float* lse, const int32_t* targets,
+                                const float* dloss, float dloss_scale, int64_t T, int64_t V,
+                                int32_t ignore_index) {
   for (int64_t t = 0; t < T; ++t) {
     float* row = logits + t * ld;
     if (targets[t] == ignore_index) {
@@ -30,7 +29,7 @@ void cross_entropy_backward_ref(float* logits, int64_t ld, const float* lse,
     const float l = lse[t];
     for (int64_t v = 0; v < V; ++v) row[v] = std::exp(row[v] - l) * g;
     // (p − 1)·g computed as p·g − g: the same value the fused loop would give to one
-    // rounding, and the AVX-512 path does exactly this.
+    // rounding, and the vector paths do exactly this.
     row[targets[t]] -= g;
   }
 }

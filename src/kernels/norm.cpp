@@ -10,8 +10,7 @@ namespace dsv3 {
 
 namespace {
 
-void check_shape(const char* what, int64_t T, int64_t C, int64_t ld_out, int64_t ld_in,
-                 float eps) {
+void check_shape(const char* what, int64_t T, int64_t C, int64_t ld_out, int64_t ld_in, float eps) {
   DSV3_CHECK(T >= 0 && C > 0, what, ": need T >= 0 and C > 0, got T=", T, " C=", C);
   DSV3_CHECK(ld_out >= C && ld_in >= C, what, ": row strides (", ld_out, ", ", ld_in,
              ") must be >= C=", C);
@@ -25,35 +24,39 @@ void rmsnorm_forward(float* out, int64_t ldo, float* rstd, const float* x, int64
   check_shape("rmsnorm_forward", T, C, ldo, ldx, eps);
   const Isa isa = active_isa();
   auto* f = isa == Isa::Avx512 ? rmsnorm_forward_avx512
-            : isa == Isa::Avx2 ? rmsnorm_forward_avx2 : rmsnorm_forward_ref;
+            : isa == Isa::Avx2 ? rmsnorm_forward_avx2
+                               : rmsnorm_forward_ref;
   parallel_rows(T, T * C, threads, [&](int64_t b, int64_t e) {
     f(out + b * ldo, ldo, rstd ? rstd + b : nullptr, x + b * ldx, ldx, w, e - b, C, eps);
   });
 }
 
-void rmsnorm_forward_bf16(uint16_t* out, int64_t ldo, float* rstd, const float* x,
-                          int64_t ldx, const float* w, int64_t T, int64_t C, float eps,
-                          int threads) {
+void rmsnorm_forward_bf16(uint16_t* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
+                          const float* w, int64_t T, int64_t C, float eps, int threads) {
   check_shape("rmsnorm_forward_bf16", T, C, ldo, ldx, eps);
   const Isa isa = active_isa();
   auto* f = isa == Isa::Avx512 ? rmsnorm_forward_bf16_avx512
-            : isa == Isa::Avx2 ? rmsnorm_forward_bf16_avx2 : rmsnorm_forward_bf16_ref;
+            : isa == Isa::Avx2 ? rmsnorm_forward_bf16_avx2
+                               : rmsnorm_forward_bf16_ref;
   parallel_rows(T, T * C, threads, [&](int64_t b, int64_t e) {
     f(out + b * ldo, ldo, rstd ? rstd + b : nullptr, x + b * ldx, ldx, w, e - b, C, eps);
   });
 }
 
 void rmsnorm_backward(float* dx, int64_t lddx, float* dw, const float* dout, int64_t lddo,
-                      const float* x, int64_t ldx, const float* w, const float* rstd,
-                      int64_t T, int64_t C, bool accumulate_dx, int threads) {
+                      const float* x, int64_t ldx, const float* w, const float* rstd, int64_t T,
+                      int64_t C, bool accumulate_dx, int threads) {
   check_shape("rmsnorm_backward", T, C, lddx, lddo, 0.f);
   DSV3_CHECK(ldx >= C, "rmsnorm_backward: ldx ", ldx, " < C=", C);
-  DSV3_CHECK(!(accumulate_dx && dx == dout), "rmsnorm_backward: dx aliases dout, cannot accumulate");
+  DSV3_CHECK(!(accumulate_dx && dx == dout),
+             "rmsnorm_backward: dx aliases dout, cannot accumulate");
   const Isa isa = active_isa();
   auto* fdw = isa == Isa::Avx512 ? rmsnorm_backward_dw_avx512
-              : isa == Isa::Avx2 ? rmsnorm_backward_dw_avx2 : rmsnorm_backward_dw_ref;
+              : isa == Isa::Avx2 ? rmsnorm_backward_dw_avx2
+                                 : rmsnorm_backward_dw_ref;
   auto* fdx = isa == Isa::Avx512 ? rmsnorm_backward_dx_avx512
-              : isa == Isa::Avx2 ? rmsnorm_backward_dx_avx2 : rmsnorm_backward_dx_ref;
+              : isa == Isa::Avx2 ? rmsnorm_backward_dx_avx2
+                                 : rmsnorm_backward_dx_ref;
   // dw before dx: dx may overwrite dout in place. Column blocks of 64 keep the AVX-512
   // loop on full vectors; each block sums its rows in a fixed order (deterministic).
   if (dw) {

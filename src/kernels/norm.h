@@ -26,47 +26,45 @@ void rmsnorm_forward(float* out, int64_t ldo, float* rstd, const float* x, int64
                      const float* w, int64_t T, int64_t C, float eps, int threads = 0);
 // The same with BF16 output (raw bit patterns, round to nearest even as f32_to_bf16):
 // the input of a BF16 GEMM.
-void rmsnorm_forward_bf16(uint16_t* out, int64_t ldo, float* rstd, const float* x,
-                          int64_t ldx, const float* w, int64_t T, int64_t C, float eps,
-                          int threads = 0);
+void rmsnorm_forward_bf16(uint16_t* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
+                          const float* w, int64_t T, int64_t C, float eps, int threads = 0);
 // dout [T, C] (lddo), x [T, C] (ldx), w [C], rstd [T] from forward ->
 // dx [T, C] (lddx; overwritten, or added to when accumulate_dx), dw [C] += (nullptr: skip).
 // dx may alias dout when lddx == lddo (in place) and accumulate_dx is false.
 void rmsnorm_backward(float* dx, int64_t lddx, float* dw, const float* dout, int64_t lddo,
-                      const float* x, int64_t ldx, const float* w, const float* rstd,
-                      int64_t T, int64_t C, bool accumulate_dx, int threads = 0);
+                      const float* x, int64_t ldx, const float* w, const float* rstd, int64_t T,
+                      int64_t C, bool accumulate_dx, int threads = 0);
 
 // Scalar twins (single-threaded).
 void rmsnorm_forward_ref(float* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
                          const float* w, int64_t T, int64_t C, float eps);
-void rmsnorm_forward_bf16_ref(uint16_t* out, int64_t ldo, float* rstd, const float* x,
-                              int64_t ldx, const float* w, int64_t T, int64_t C, float eps);
-void rmsnorm_backward_ref(float* dx, int64_t lddx, float* dw, const float* dout,
-                          int64_t lddo, const float* x, int64_t ldx, const float* w,
-                          const float* rstd, int64_t T, int64_t C, bool accumulate_dx);
+void rmsnorm_forward_bf16_ref(uint16_t* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
+                              const float* w, int64_t T, int64_t C, float eps);
+void rmsnorm_backward_ref(float* dx, int64_t lddx, float* dw, const float* dout, int64_t lddo,
+                          const float* x, int64_t ldx, const float* w, const float* rstd, int64_t T,
+                          int64_t C, bool accumulate_dx);
 
 // Row-range kernels behind the dispatcher (internal). *_dx_* handle rows, *_dw_* a block
 // of columns [c0, c1) over all T rows.
-void rmsnorm_forward_avx512(float* out, int64_t ldo, float* rstd, const float* x,
-                            int64_t ldx, const float* w, int64_t T, int64_t C, float eps);
+void rmsnorm_forward_avx512(float* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
+                            const float* w, int64_t T, int64_t C, float eps);
 void rmsnorm_forward_bf16_avx512(uint16_t* out, int64_t ldo, float* rstd, const float* x,
                                  int64_t ldx, const float* w, int64_t T, int64_t C, float eps);
 void rmsnorm_backward_dx_avx512(float* dx, int64_t lddx, const float* dout, int64_t lddo,
-                                const float* x, int64_t ldx, const float* w,
-                                const float* rstd, int64_t T, int64_t C, bool accumulate_dx);
+                                const float* x, int64_t ldx, const float* w, const float* rstd,
+                                int64_t T, int64_t C, bool accumulate_dx);
 void rmsnorm_backward_dx_ref(float* dx, int64_t lddx, const float* dout, int64_t lddo,
                              const float* x, int64_t ldx, const float* w, const float* rstd,
                              int64_t T, int64_t C, bool accumulate_dx);
 void rmsnorm_backward_dw_avx512(float* dw, const float* dout, int64_t lddo, const float* x,
-                                int64_t ldx, const float* rstd, int64_t T, int64_t c0,
-                                int64_t c1);
+                                int64_t ldx, const float* rstd, int64_t T, int64_t c0, int64_t c1);
 void rmsnorm_backward_dw_ref(float* dw, const float* dout, int64_t lddo, const float* x,
                              int64_t ldx, const float* rstd, int64_t T, int64_t c0, int64_t c1);
 
 void rmsnorm_forward_avx2(float* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
                           const float* w, int64_t T, int64_t C, float eps);
-void rmsnorm_forward_bf16_avx2(uint16_t* out, int64_t ldo, float* rstd, const float* x,
-                               int64_t ldx, const float* w, int64_t T, int64_t C, float eps);
+void rmsnorm_forward_bf16_avx2(uint16_t* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
+                               const float* w, int64_t T, int64_t C, float eps);
 void rmsnorm_backward_dx_avx2(float* dx, int64_t lddx, const float* dout, int64_t lddo,
                               const float* x, int64_t ldx, const float* w, const float* rstd,
                               int64_t T, int64_t C, bool accumulate_dx);

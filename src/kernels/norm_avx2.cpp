@@ -15,7 +15,8 @@ namespace {
 
 // Σ a[c]·b[c] (or Σ (a[c]·w[c])·b[c] when w) over one row, in float.
 inline float dot_row(const float* a, const float* b, const float* w, int64_t C) {
-  __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                 _mm256_setzero_ps()};
   int64_t c = 0;
   for (; c + 32 <= C; c += 32)
     for (int j = 0; j < 4; ++j) {
@@ -41,7 +42,8 @@ inline float row_rstd(const float* x, int64_t C, float eps) {
 inline __m128i f32_to_bf16_8(__m256 v) {
   const __m256i u = _mm256_castps_si256(v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
+  __m256i r =
+      _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
   const __m256i abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
   const __m256i nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f800000));  // abs < 2^31
   const __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x0040));
@@ -62,13 +64,14 @@ void rmsnorm_forward_avx2(float* out, int64_t ldo, float* rstd, const float* x, 
     const float r = row_rstd(xr, C, eps);
     const __m256 vr = _mm256_set1_ps(r);
     for (int64_t c = 0; c < C; c += 8)
-      store8(o + c, C - c, _mm256_mul_ps(_mm256_mul_ps(load8(xr + c, C - c), vr), load8(w + c, C - c)));
+      store8(o + c, C - c,
+             _mm256_mul_ps(_mm256_mul_ps(load8(xr + c, C - c), vr), load8(w + c, C - c)));
     if (rstd) rstd[t] = r;
   }
 }
 
-void rmsnorm_forward_bf16_avx2(uint16_t* out, int64_t ldo, float* rstd, const float* x,
-                               int64_t ldx, const float* w, int64_t T, int64_t C, float eps) {
+void rmsnorm_forward_bf16_avx2(uint16_t* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
+                               const float* w, int64_t T, int64_t C, float eps) {
   for (int64_t t = 0; t < T; ++t) {
     const float* xr = x + t * ldx;
     uint16_t* o = out + t * ldo;

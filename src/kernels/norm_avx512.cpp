@@ -47,8 +47,8 @@ inline float row_rstd(const float* x, int64_t C, float eps) {
 
 }  // namespace
 
-void rmsnorm_forward_avx512(float* out, int64_t ldo, float* rstd, const float* x,
-                            int64_t ldx, const float* w, int64_t T, int64_t C, float eps) {
+void rmsnorm_forward_avx512(float* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
+                            const float* w, int64_t T, int64_t C, float eps) {
   for (int64_t t = 0; t < T; ++t) {
     const float* xr = x + t * ldx;
     float* o = out + t * ldo;
@@ -56,8 +56,7 @@ void rmsnorm_forward_avx512(float* out, int64_t ldo, float* rstd, const float* x
     const __m512 vr = _mm512_set1_ps(r);
     for (int64_t c = 0; c < C; c += 16) {
       const __mmask16 m = lanes_mask(C - c);
-      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(load16_m(m, xr + c), vr),
-                                     load16_m(m, w + c));
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(load16_m(m, xr + c), vr), load16_m(m, w + c));
       store16(o + c, m, v);
     }
     if (rstd) rstd[t] = r;
@@ -65,8 +64,7 @@ void rmsnorm_forward_avx512(float* out, int64_t ldo, float* rstd, const float* x
 }
 
 void rmsnorm_forward_bf16_avx512(uint16_t* out, int64_t ldo, float* rstd, const float* x,
-                                 int64_t ldx, const float* w, int64_t T, int64_t C,
-                                 float eps) {
+                                 int64_t ldx, const float* w, int64_t T, int64_t C, float eps) {
   for (int64_t t = 0; t < T; ++t) {
     const float* xr = x + t * ldx;
     uint16_t* o = out + t * ldo;
@@ -74,19 +72,20 @@ void rmsnorm_forward_bf16_avx512(uint16_t* out, int64_t ldo, float* rstd, const 
     const __m512 vr = _mm512_set1_ps(r);
     for (int64_t c = 0; c < C; c += 16) {
       const __mmask16 m = lanes_mask(C - c);
-      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(load16_m(m, xr + c), vr),
-                                     load16_m(m, w + c));
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(load16_m(m, xr + c), vr), load16_m(m, w + c));
       const __m256i b = f32_to_bf16_512(v);
-      if (m == 0xffff) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c), b);
-      else _mm256_mask_storeu_epi16(o + c, m, b);
+      if (m == 0xffff)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c), b);
+      else
+        _mm256_mask_storeu_epi16(o + c, m, b);
     }
     if (rstd) rstd[t] = r;
   }
 }
 
 void rmsnorm_backward_dx_avx512(float* dx, int64_t lddx, const float* dout, int64_t lddo,
-                                const float* x, int64_t ldx, const float* w,
-                                const float* rstd, int64_t T, int64_t C, bool accumulate_dx) {
+                                const float* x, int64_t ldx, const float* w, const float* rstd,
+                                int64_t T, int64_t C, bool accumulate_dx) {
   for (int64_t t = 0; t < T; ++t) {
     const float* g = dout + t * lddo;
     const float* xr = x + t * ldx;
@@ -97,10 +96,8 @@ void rmsnorm_backward_dx_avx512(float* dx, int64_t lddx, const float* dout, int6
     const __m512 vr = _mm512_set1_ps(r), vk = _mm512_set1_ps(k);
     for (int64_t c = 0; c < C; c += 16) {
       const __mmask16 m = lanes_mask(C - c);
-      const __m512 gw = _mm512_mul_ps(load16_m(m, g + c),
-                                      load16_m(m, w + c));
-      __m512 v = _mm512_sub_ps(_mm512_mul_ps(vr, gw),
-                               _mm512_mul_ps(vk, load16_m(m, xr + c)));
+      const __m512 gw = _mm512_mul_ps(load16_m(m, g + c), load16_m(m, w + c));
+      __m512 v = _mm512_sub_ps(_mm512_mul_ps(vr, gw), _mm512_mul_ps(vk, load16_m(m, xr + c)));
       if (accumulate_dx) v = _mm512_add_ps(load16_m(m, d + c), v);
       store16(d + c, m, v);
     }
@@ -108,8 +105,7 @@ void rmsnorm_backward_dx_avx512(float* dx, int64_t lddx, const float* dout, int6
 }
 
 void rmsnorm_backward_dw_avx512(float* dw, const float* dout, int64_t lddo, const float* x,
-                                int64_t ldx, const float* rstd, int64_t T, int64_t c0,
-                                int64_t c1) {
+                                int64_t ldx, const float* rstd, int64_t T, int64_t c0, int64_t c1) {
   // Blocks of kDwBlock columns: the block's sums stay in L1 while the rows stream through
   // contiguously (walking one column down T rows instead would stride by the row length,
   // 28 KB for C = 7168, and hit the same L1 set every row). Each column still sums its

@@ -1,5 +1,5 @@
 // Scalar twins of the RMSNorm kernels (kernels/norm.h): sums in double, everything else
-// in float in the same order as the AVX-512 path, so the two differ only by the rounding
+// in float in the same order as the vector paths, so they differ only by the rounding
 // of the row sums.
 #include <cmath>
 
@@ -29,8 +29,8 @@ void rmsnorm_forward_ref(float* out, int64_t ldo, float* rstd, const float* x, i
   }
 }
 
-void rmsnorm_forward_bf16_ref(uint16_t* out, int64_t ldo, float* rstd, const float* x,
-                              int64_t ldx, const float* w, int64_t T, int64_t C, float eps) {
+void rmsnorm_forward_bf16_ref(uint16_t* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
+                              const float* w, int64_t T, int64_t C, float eps) {
   for (int64_t t = 0; t < T; ++t) {
     const float* xr = x + t * ldx;
     uint16_t* o = out + t * ldo;
@@ -59,8 +59,7 @@ void rmsnorm_backward_dx_ref(float* dx, int64_t lddx, const float* dout, int64_t
 }
 
 void rmsnorm_backward_dw_ref(float* dw, const float* dout, int64_t lddo, const float* x,
-                             int64_t ldx, const float* rstd, int64_t T, int64_t c0,
-                             int64_t c1) {
+                             int64_t ldx, const float* rstd, int64_t T, int64_t c0, int64_t c1) {
   // Column blocks so the rows stream contiguously (see norm_avx512.cpp); per column the
   // rows are summed in order.
   constexpr int64_t kBlock = 256;
@@ -75,9 +74,9 @@ void rmsnorm_backward_dw_ref(float* dw, const float* dout, int64_t lddo, const f
   }
 }
 
-void rmsnorm_backward_ref(float* dx, int64_t lddx, float* dw, const float* dout,
-                          int64_t lddo, const float* x, int64_t ldx, const float* w,
-                          const float* rstd, int64_t T, int64_t C, bool accumulate_dx) {
+void rmsnorm_backward_ref(float* dx, int64_t lddx, float* dw, const float* dout, int64_t lddo,
+                          const float* x, int64_t ldx, const float* w, const float* rstd, int64_t T,
+                          int64_t C, bool accumulate_dx) {
   // dw first: dx may overwrite dout in place.
   if (dw) rmsnorm_backward_dw_ref(dw, dout, lddo, x, ldx, rstd, T, 0, C);
   rmsnorm_backward_dx_ref(dx, lddx, dout, lddo, x, ldx, w, rstd, T, C, accumulate_dx);

@@ -25,8 +25,8 @@ void check_yarn(const RopeScaling& y) {
   DSV3_CHECK(y.original_max_position_embeddings > 0,
              "rope_scaling.original_max_position_embeddings must be > 0, got ",
              y.original_max_position_embeddings);
-  DSV3_CHECK(y.beta_fast > 0 && y.beta_slow > 0, "rope_scaling.beta_fast/beta_slow must be > 0, got ",
-             y.beta_fast, "/", y.beta_slow);
+  DSV3_CHECK(y.beta_fast > 0 && y.beta_slow > 0,
+             "rope_scaling.beta_fast/beta_slow must be > 0, got ", y.beta_fast, "/", y.beta_slow);
 }
 
 }  // namespace

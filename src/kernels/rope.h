@@ -68,8 +68,8 @@ void rope_backward(float* dx, int64_t dx_st, int64_t dx_sh, const float* dout, i
 void rope_rows_ref(float* out, int64_t out_st, int64_t out_sh, const float* x, int64_t x_st,
                    int64_t x_sh, const int32_t* pos, int64_t T, int64_t H, const float* cos,
                    const float* sin, int64_t dim, bool inverse);
-void rope_rows_avx512(float* out, int64_t out_st, int64_t out_sh, const float* x,
-                      int64_t x_st, int64_t x_sh, const int32_t* pos, int64_t T, int64_t H,
-                      const float* cos, const float* sin, int64_t dim, bool inverse);
+void rope_rows_avx512(float* out, int64_t out_st, int64_t out_sh, const float* x, int64_t x_st,
+                      int64_t x_sh, const int32_t* pos, int64_t T, int64_t H, const float* cos,
+                      const float* sin, int64_t dim, bool inverse);
 
 }  // namespace dsv3

@@ -21,16 +21,15 @@ namespace {
 constexpr int kRn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 }  // namespace
 
-void rope_rows_avx512(float* out, int64_t out_st, int64_t out_sh, const float* x,
-                      int64_t x_st, int64_t x_sh, const int32_t* pos, int64_t T, int64_t H,
-                      const float* cos, const float* sin, int64_t dim, bool inverse) {
+void rope_rows_avx512(float* out, int64_t out_st, int64_t out_sh, const float* x, int64_t x_st,
+                      int64_t x_sh, const int32_t* pos, int64_t T, int64_t H, const float* cos,
+                      const float* sin, int64_t dim, bool inverse) {
   const int64_t half = dim / 2;
   const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
   // Sign flip on even lanes (forward: −s for the even output) or odd lanes (inverse).
-  const __m512i even = _mm512_setr_epi32(int(0x80000000u), 0, int(0x80000000u), 0,
-                                         int(0x80000000u), 0, int(0x80000000u), 0,
-                                         int(0x80000000u), 0, int(0x80000000u), 0,
-                                         int(0x80000000u), 0, int(0x80000000u), 0);
+  const __m512i even = _mm512_setr_epi32(
+      int(0x80000000u), 0, int(0x80000000u), 0, int(0x80000000u), 0, int(0x80000000u), 0,
+      int(0x80000000u), 0, int(0x80000000u), 0, int(0x80000000u), 0, int(0x80000000u), 0);
   const __m512i flip = inverse ? _mm512_slli_epi64(even, 32) : even;
   // Per token, the duplicated cos/sin vectors of up to kBlocks groups of 8 pairs are built
   // once and reused by every head; the heads are then walked contiguously.
@@ -45,8 +44,10 @@ void rope_rows_avx512(float* out, int64_t out_st, int64_t out_sh, const float* x
         const int64_t rem = i1 - i < 8 ? i1 - i : 8;
         const __mmask8 m8 = __mmask8((1u << rem) - 1u);
         const int64_t j = (i - i0) / 8;
-        vc[j] = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, c + i)));
-        const __m512 sv = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, s + i)));
+        vc[j] =
+            _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, c + i)));
+        const __m512 sv =
+            _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, s + i)));
         vs[j] = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(sv), flip));
       }
       for (int64_t h = 0; h < H; ++h) {

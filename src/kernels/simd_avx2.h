@@ -18,8 +18,10 @@ inline __m256 load8(const float* p, int64_t n) {
   return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes_mask8(n));
 }
 inline void store8(float* p, int64_t n, __m256 v) {
-  if (n >= 8) _mm256_storeu_ps(p, v);
-  else _mm256_maskstore_ps(p, lanes_mask8(n), v);
+  if (n >= 8)
+    _mm256_storeu_ps(p, v);
+  else
+    _mm256_maskstore_ps(p, lanes_mask8(n), v);
 }
 
 inline float hsum8(__m256 v) {

@@ -25,8 +25,8 @@ void softmax_forward(float* y, const float* x, int64_t T, int64_t C, float scale
   });
 }
 
-void softmax_backward(float* dx, const float* dy, const float* y, int64_t T, int64_t C,
-                      float scale, int threads) {
+void softmax_backward(float* dx, const float* dy, const float* y, int64_t T, int64_t C, float scale,
+                      int threads) {
   DSV3_CHECK(T >= 0 && C >= 0, "softmax_backward: negative shape T=", T, " C=", C);
   auto* f = pick(softmax_backward_avx512, softmax_backward_avx2, softmax_backward_ref);
   parallel_rows(T, T * C, threads, [&](int64_t b, int64_t e) {
@@ -40,8 +40,7 @@ float log_softmax_row(float* out, const float* x, int64_t C) {
 }
 
 int64_t argmax_row(const float* x, int64_t C) {
-  DSV3_CHECK(C > 0 && C < (int64_t(1) << 31), "argmax_row: row length ", C,
-             " outside [1, 2^31)");
+  DSV3_CHECK(C > 0 && C < (int64_t(1) << 31), "argmax_row: row length ", C, " outside [1, 2^31)");
   // AVX2 CPUs use the scalar twin: argmax is one pass of compares, not worth a third copy.
   return pick(argmax_row_avx512, argmax_row_ref, argmax_row_ref)(x, C);
 }

@@ -11,10 +11,11 @@
 //   dx[c] = scale · y[c] · (dy[c] − Σ_j dy[j]·y[j])        (written; may alias dy)
 //
 // which is zero where y is zero, so masked entries get no gradient. The scalar twins sum in
-// double; the AVX-512 path sums in float (16 lanes) with the ≤ 2 ulp exp of simd_avx512.h.
+// double; the AVX-512 / AVX2 paths sum in float (32 partial sums) with the ≤ 2 ulp vector
+// exp of simd_avx512.h / simd_avx2.h.
 // Rows are contiguous: x, y, dy, dx are [T, C] with row stride C.
-// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels, Avx2 the *_avx2 ones (argmax: the twin),
-// Scalar the scalar twins (*_ref), which are also what the tests compare against.
+// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels, Avx2 the *_avx2 ones (argmax:
+// the twin), Scalar the scalar twins (*_ref), which the tests compare against.
 #pragma once
 #include <cstdint>
 
@@ -42,12 +43,13 @@ float log_softmax_row_ref(float* out, const float* x, int64_t C);
 int64_t argmax_row_ref(const float* x, int64_t C);
 void softmax_forward_avx512(float* y, const float* x, int64_t T, int64_t C, float scale,
                             const int32_t* valid_len);
-void softmax_backward_avx512(float* dx, const float* dy, const float* y, int64_t T,
-                             int64_t C, float scale);
+void softmax_backward_avx512(float* dx, const float* dy, const float* y, int64_t T, int64_t C,
+                             float scale);
 float log_softmax_row_avx512(float* out, const float* x, int64_t C);
 int64_t argmax_row_avx512(const float* x, int64_t C);
 
-// Row reductions shared with loss.h (row_logsumexp dispatches on the ISA): max over x[0..C) (−inf for C = 0; NaN ignored) and
+// Row reductions shared with loss.h (row_logsumexp dispatches on the ISA): max over
+// x[0..C) (−inf for C = 0; NaN ignored) and
 // logsumexp = m + log Σ exp(x − m) with m that max.
 float row_logsumexp(const float* x, int64_t C);
 float row_max_ref(const float* x, int64_t C);

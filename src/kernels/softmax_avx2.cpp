@@ -16,13 +16,15 @@ namespace {
 inline __m256 load8_ninf(const float* p, int64_t n) {
   if (n >= 8) return _mm256_loadu_ps(p);
   const __m256i m = lanes_mask8(n);
-  return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(p, m),
+                          _mm256_castsi256_ps(m));
 }
 
 // Σ exp((x[c] − m)·scale) over [0, C); when y, also stores each exp in y.
 inline float sum_exp(float* y, const float* x, int64_t C, float m, float scale) {
   const __m256 vm = _mm256_set1_ps(m), vs = _mm256_set1_ps(scale);
-  __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                 _mm256_setzero_ps()};
   int64_t c = 0;
   for (; c + 32 <= C; c += 32)
     for (int j = 0; j < 4; ++j) {
@@ -72,7 +74,8 @@ void softmax_forward_avx2(float* y, const float* x, int64_t T, int64_t C, float 
     }
     const float s = sum_exp(yr, xr, len, m, scale);
     const __m256 inv = _mm256_set1_ps(float(1.0 / double(s)));
-    for (int64_t c = 0; c < len; c += 8) store8(yr + c, len - c, _mm256_mul_ps(load8(yr + c, len - c), inv));
+    for (int64_t c = 0; c < len; c += 8)
+      store8(yr + c, len - c, _mm256_mul_ps(load8(yr + c, len - c), inv));
     for (int64_t c = len; c < C; c += 8) store8(yr + c, C - c, _mm256_setzero_ps());
   }
 }
@@ -84,15 +87,19 @@ void softmax_backward_avx2(float* dx, const float* dy, const float* y, int64_t T
     const float* g = dy + t * C;
     const float* yr = y + t * C;
     float* d = dx + t * C;
-    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
     int64_t c = 0;
     for (; c + 32 <= C; c += 32)
       for (int j = 0; j < 4; ++j)
-        s[j] = _mm256_fmadd_ps(_mm256_loadu_ps(g + c + 8 * j), _mm256_loadu_ps(yr + c + 8 * j), s[j]);
+        s[j] =
+            _mm256_fmadd_ps(_mm256_loadu_ps(g + c + 8 * j), _mm256_loadu_ps(yr + c + 8 * j), s[j]);
     for (; c < C; c += 8) s[0] = _mm256_fmadd_ps(load8(g + c, C - c), load8(yr + c, C - c), s[0]);
-    const __m256 vs = _mm256_set1_ps(hsum8(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]))));
+    const __m256 vs =
+        _mm256_set1_ps(hsum8(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]))));
     for (c = 0; c < C; c += 8) {
-      const __m256 v = _mm256_mul_ps(_mm256_mul_ps(vsc, load8(yr + c, C - c)), _mm256_sub_ps(load8(g + c, C - c), vs));
+      const __m256 v = _mm256_mul_ps(_mm256_mul_ps(vsc, load8(yr + c, C - c)),
+                                     _mm256_sub_ps(load8(g + c, C - c), vs));
       store8(d + c, C - c, v);
     }
   }

@@ -24,7 +24,8 @@ float row_max_avx512(const float* x, int64_t C) {
     m0 = _mm512_max_ps(_mm512_loadu_ps(x + c), m0);
     m1 = _mm512_max_ps(_mm512_loadu_ps(x + c + 16), m1);
   }
-  for (; c < C; c += 16) m0 = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, lanes_mask(C - c), x + c), m0);
+  for (; c < C; c += 16)
+    m0 = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, lanes_mask(C - c), x + c), m0);
   return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
 }
 
@@ -38,7 +39,10 @@ inline float sum_exp(float* y, const float* x, int64_t C, float m, float scale) 
   for (; c + 32 <= C; c += 32) {
     const __m512 e0 = exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), vm), vs));
     const __m512 e1 = exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c + 16), vm), vs));
-    if (y) { _mm512_storeu_ps(y + c, e0); _mm512_storeu_ps(y + c + 16, e1); }
+    if (y) {
+      _mm512_storeu_ps(y + c, e0);
+      _mm512_storeu_ps(y + c + 16, e1);
+    }
     s0 = _mm512_add_ps(s0, e0);
     s1 = _mm512_add_ps(s1, e1);
   }
@@ -77,13 +81,12 @@ void softmax_forward_avx512(float* y, const float* x, int64_t T, int64_t C, floa
       const __mmask16 k = lanes_mask(len - c);
       store16(yr + c, k, _mm512_mul_ps(load16_m(k, yr + c), inv));
     }
-    for (int64_t c = len; c < C; c += 16)
-      store16(yr + c, lanes_mask(C - c), _mm512_setzero_ps());
+    for (int64_t c = len; c < C; c += 16) store16(yr + c, lanes_mask(C - c), _mm512_setzero_ps());
   }
 }
 
-void softmax_backward_avx512(float* dx, const float* dy, const float* y, int64_t T,
-                             int64_t C, float scale) {
+void softmax_backward_avx512(float* dx, const float* dy, const float* y, int64_t T, int64_t C,
+                             float scale) {
   const __m512 vsc = _mm512_set1_ps(scale);
   for (int64_t t = 0; t < T; ++t) {
     const float* g = dy + t * C;

@@ -67,7 +67,10 @@ int64_t argmax_row_ref(const float* x, int64_t C) {
   int64_t best = 0;
   float bv = -INFINITY;
   for (int64_t c = 0; c < C; ++c)
-    if (x[c] > bv) { bv = x[c]; best = c; }
+    if (x[c] > bv) {
+      bv = x[c];
+      best = c;
+    }
   return best;
 }
 

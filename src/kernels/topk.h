@@ -13,8 +13,8 @@
 namespace dsv3 {
 
 // x [T, C] (row stride ld) -> values [T, k], indices [T, k]; 1 ≤ k ≤ C.
-void topk_forward(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T,
-                  int64_t C, int64_t k, int threads = 0);
+void topk_forward(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T, int64_t C,
+                  int64_t k, int threads = 0);
 
 // Scalar twin and AVX-512 row kernel (internal).
 void topk_rows_ref(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T,

@@ -15,8 +15,7 @@ void topk_rows_ref(float* values, int32_t* indices, const float* x, int64_t ld, 
     int32_t* idx = indices + t * k;
     for (int64_t c = 0; c < k; ++c) insert(vals, idx, c, k, row[c], int32_t(c));
     for (int64_t c = k; c < C; ++c)
-      if (topk_beats(row[c], vals[k - 1]))
-        insert(vals, idx, k, k, row[c], int32_t(c));
+      if (topk_beats(row[c], vals[k - 1])) insert(vals, idx, k, k, row[c], int32_t(c));
   }
 }
 
