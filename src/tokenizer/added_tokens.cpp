@@ -1,0 +1,123 @@
+#include "tokenizer/added_tokens.h"
+
+#include "core/check.h"
+
+namespace dsv3::tok {
+
+using nlohmann::json;
+
+namespace {
+
+bool get_flag(const json& e, const char* key, size_t i) {
+  if (!e.contains(key) || e[key].is_null()) return false;
+  DSV3_CHECK(e[key].is_boolean(), "added_tokens[", i, "].", key, ": expected true or false");
+  return e[key].get<bool>();
+}
+
+bool is_ascii_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+bool is_word_byte(char c) {
+  // Approximates HF's char::is_alphanumeric on the neighbouring character: ASCII letters,
+  // digits, '_' and any non-ASCII byte (a letter in most scripts).
+  const auto u = uint8_t(c);
+  return (u >= '0' && u <= '9') || (u >= 'A' && u <= 'Z') || (u >= 'a' && u <= 'z') ||
+         u == '_' || u >= 0x80;
+}
+
+}  // namespace
+
+std::vector<AddedToken> parse_added_tokens(const json& j) {
+  std::vector<AddedToken> out;
+  if (j.is_null()) return out;
+  DSV3_CHECK(j.is_array(), "added_tokens: expected an array");
+  for (size_t i = 0; i < j.size(); ++i) {
+    const json& e = j[i];
+    DSV3_CHECK(e.is_object(), "added_tokens[", i, "]: expected an object");
+    DSV3_CHECK(e.contains("id") && e["id"].is_number_integer() && e["id"].get<int64_t>() >= 0 &&
+                   e["id"].get<int64_t>() < (int64_t(1) << 30),
+               "added_tokens[", i, "].id: missing or not a non-negative integer");
+    DSV3_CHECK(e.contains("content") && e["content"].is_string() &&
+                   !e["content"].get<std::string>().empty(),
+               "added_tokens[", i, "].content: missing or empty");
+    AddedToken t;
+    t.id = int32_t(e["id"].get<int64_t>());
+    t.content = e["content"].get<std::string>();
+    t.special = get_flag(e, "special", i);
+    t.normalized = get_flag(e, "normalized", i);
+    t.lstrip = get_flag(e, "lstrip", i);
+    t.rstrip = get_flag(e, "rstrip", i);
+    t.single_word = get_flag(e, "single_word", i);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+json added_token_json(const AddedToken& t) {
+  return {{"id", t.id},           {"content", t.content}, {"single_word", t.single_word},
+          {"lstrip", t.lstrip},   {"rstrip", t.rstrip},   {"normalized", t.normalized},
+          {"special", t.special}};
+}
+
+void AddedMatcher::build(const std::vector<const AddedToken*>& tokens) {
+  tokens_ = tokens;
+  child_.clear();
+  terminal_.assign(1, -1);
+  std::fill(first_byte_, first_byte_ + 256, false);
+  for (size_t k = 0; k < tokens_.size(); ++k) {
+    const std::string& c = tokens_[k]->content;
+    first_byte_[uint8_t(c[0])] = true;
+    int32_t node = 0;
+    for (char ch : c) {
+      const uint64_t key = (uint64_t(node) << 8) | uint8_t(ch);
+      auto it = child_.find(key);
+      if (it == child_.end()) {
+        it = child_.emplace(key, int32_t(terminal_.size())).first;
+        terminal_.push_back(-1);
+      }
+      node = it->second;
+    }
+    if (terminal_[size_t(node)] < 0) terminal_[size_t(node)] = int32_t(k);  // first wins
+  }
+}
+
+int32_t AddedMatcher::longest_at(std::string_view text, uint32_t pos, uint32_t end,
+                                 uint32_t& len) const {
+  int32_t best = -1, node = 0;
+  for (uint32_t i = pos; i < end; ++i) {
+    const auto it = child_.find((uint64_t(node) << 8) | uint8_t(text[i]));
+    if (it == child_.end()) break;
+    node = it->second;
+    if (terminal_[size_t(node)] >= 0) {
+      best = terminal_[size_t(node)];
+      len = i + 1 - pos;
+    }
+  }
+  return best;
+}
+
+void AddedMatcher::split(std::string_view text, uint32_t begin, uint32_t end,
+                         std::vector<Segment>& out) const {
+  uint32_t plain = begin;  // start of the pending plain-text span
+  for (uint32_t i = begin; i < end; ++i) {
+    if (!first_byte_[uint8_t(text[i])]) continue;
+    uint32_t len = 0;
+    const int32_t k = longest_at(text, i, end, len);
+    if (k < 0) continue;
+    const AddedToken& t = *tokens_[size_t(k)];
+    uint32_t s = i, e = i + len;
+    if (t.single_word && ((s > begin && is_word_byte(text[s - 1])) ||
+                          (e < end && is_word_byte(text[e]))))
+      continue;
+    if (t.lstrip)
+      while (s > plain && is_ascii_space(text[s - 1])) --s;
+    if (t.rstrip)
+      while (e < end && is_ascii_space(text[e])) ++e;
+    if (s > plain) out.push_back({plain, s, -1});
+    out.push_back({s, e, t.id});
+    plain = e;
+    i = e - 1;
+  }
+  if (plain < end) out.push_back({plain, end, -1});
+}
+
+}  // namespace dsv3::tok
