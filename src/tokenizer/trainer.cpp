@@ -199,11 +199,6 @@ std::string to_tokenizer_json(const Tokenizer& t) {
     const std::string_view b = bpe.token_bytes(id);
     return bpe.is_literal(id) ? std::string(b) : bytes_to_bytelevel(b);
   };
-  ordered_json vocab = ordered_json::object();
-  for (int32_t id = 0; id < bpe.size(); ++id)
-    if (bpe.has_id(id)) vocab[key_of(id)] = id;
-  ordered_json merges = ordered_json::array();
-  for (const auto& [a, b] : bpe.merge_list()) merges.push_back(key_of(a) + " " + key_of(b));
   ordered_json added = ordered_json::array();
   for (const AddedToken& a : t.added_tokens())
     added.push_back({{"id", a.id}, {"content", a.content}, {"single_word", a.single_word},
@@ -237,18 +232,33 @@ std::string to_tokenizer_json(const Tokenizer& t) {
       {"post_processor", post},
       {"decoder",
        {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", nullptr},
-        {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr},
-        {"fuse_unk", false},
-        {"byte_fallback", false},
-        {"ignore_merges", bpe.ignore_merges()},
-        {"vocab", vocab},
-        {"merges", merges}}}};
-  return j.dump(1, ' ', false) + "\n";
+      {"model", "@MODEL@"}};
+  // The model is written by hand: ordered_json's inserts are linear, far too slow for a
+  // 128K vocabulary, and HF's own files list the vocabulary in id order.
+  std::string model = str_cat(
+      "{\n  \"type\": \"BPE\",\n  \"dropout\": null,\n  \"unk_token\": null,\n",
+      "  \"continuing_subword_prefix\": null,\n  \"end_of_word_suffix\": null,\n",
+      "  \"fuse_unk\": false,\n  \"byte_fallback\": false,\n  \"ignore_merges\": ",
+      bpe.ignore_merges() ? "true" : "false", ",\n  \"vocab\": {");
+  bool first = true;
+  for (int32_t id = 0; id < bpe.size(); ++id) {
+    if (!bpe.has_id(id)) continue;
+    model += str_cat(first ? "\n   " : ",\n   ", ordered_json(key_of(id)).dump(), ": ", id);
+    first = false;
+  }
+  model += "\n  },\n  \"merges\": [";
+  first = true;
+  for (const auto& [a, b] : bpe.merge_list()) {
+    model += str_cat(first ? "\n   " : ",\n   ", ordered_json(key_of(a) + " " + key_of(b)).dump());
+    first = false;
+  }
+  model += "\n  ]\n }";
+  std::string out = j.dump(1, ' ', false);
+  const size_t at = out.find("\"@MODEL@\"");
+  DSV3_ASSERT(at != std::string::npos);
+  out.replace(at, 9, model);
+  return out + "\n";
+
 }
 
 }  // namespace dsv3::tok
