@@ -28,6 +28,7 @@ async function main() {
   }
   fs.writeFileSync(outFile, out.join('\n') + '\n');
   console.error(`${lines.length} strings encoded; references disagree on ${disagree}`);
+  if (disagree) process.exitCode = 2;
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });
