@@ -77,6 +77,23 @@ add('DeepSeek-V3 是一个强大的混合专家（MoE）语言模型，总参数
     'In 2024年, the model scored 90.2% on MMLU（大规模多任务语言理解）.', 'Mixing 日本語 and 한국어 and English and 中文 in 1 line!',
     '价格：¥1,299.00（含税）', '第1章 第2节 第10页', 'Emoji in 中文😀句子里', 'Café ☕ costs €3.50 — or £3, or ¥500.');
 
+// Seeded random mixtures (xorshift32): fragments from every class above glued at random, so
+// that boundaries between scripts, digits, punctuation and whitespace fall everywhere.
+let seed = 0x9e3779b9;
+const rnd = (n) => { seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0; return seed % n; };
+const frags = ['the', ' cat', 'Hello', 'x', '_', '42', '7', '12345', '３', '٣', '²', '你好', '世界', 'の', 'カナ', 'ｶ', '한국',
+  'мир', 'é', 'e\u0301', '\u0301', '😀', '👨‍👩‍👧', '🇯🇵', '️', '‍', ' ', '  ', '\t', '\n', '\r\n', '\r', '\u00a0', '\u3000', '\u2028',
+  '.', ',', '!', '?', '...', '—', '-', "'", '"', '(', ')', '[', '{', '<', '>', '/', '\\', '#', '$', '%', '&', '*', '+', '=', '@', '^', '`', '|', '~',
+  '«', '»', '¿', '¡', '§', '©', '°', '€', '£', '¥', '₹', '→', '∑', '√', '∞', '≤', '★', '♪', '「', '」', '。', '、', '！', '？', '：', '（', '）',
+  'ـ', 'ٌ', 'ं', 'क', 'ि', '्', 'ไ', '้', 'ü', 'ß', 'Σ', 'ς', 'İ', 'ǅ', 'ꙮ', '\u0000', '\u007f', '\ufeff', '\u200b', '<｜User｜>',
+  '<｜end▁of▁sentence｜>', '<｜', '｜>', 'def', '()', ':\n    ', '{\n', '};', '==', '!=', '&&', '0x', 'ff', '1e9', '3.14'];
+for (let i = 0; i < 400; ++i) {
+  let s = '';
+  const n = 1 + rnd(12);
+  for (let k = 0; k < n; ++k) s += frags[rnd(frags.length)];
+  add(s);
+}
+
 // Every string once, in order.
 const seen = new Set();
 for (const s of S) {
