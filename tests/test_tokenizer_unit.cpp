@@ -128,6 +128,16 @@ TEST(TokenizerLoad, TinyTokenizerEncodesAndDecodes) {
   EXPECT_THROW(t->decode({8}), Error);
 }
 
+TEST(TokenizerLoad, AddedTokensWithSeveralFirstBytes) {
+  // Tokens starting with different bytes take the bitmap scan instead of memchr.
+  json j = tiny();
+  j["added_tokens"].push_back({{"id", 8}, {"content", "cc"}, {"special", false}});
+  j["added_tokens"].push_back({{"id", 9}, {"content", "ccc"}, {"special", false}});
+  const auto t = Tokenizer::from_json(j.dump());
+  EXPECT_EQ(t->encode("accca<s>cc"), (std::vector<int32_t>{0, 9, 0, 6, 8}));
+  EXPECT_EQ(t->encode("acab"), (std::vector<int32_t>{0, 2, 4}));
+}
+
 // Loads a broken variant and checks that the error names the field.
 void expect_error(const json& j, const std::string& field) {
   try {

@@ -1,5 +1,7 @@
 #include "tokenizer/added_tokens.h"
 
+#include <cstring>
+
 #include "core/check.h"
 
 namespace dsv3::tok {
@@ -78,6 +80,12 @@ void AddedMatcher::build(const std::vector<const AddedToken*>& tokens) {
     }
     if (terminal_[size_t(node)] < 0) terminal_[size_t(node)] = int32_t(k);  // first wins
   }
+  single_first_ = -1;
+  for (int b = 0; b < 256; ++b) {
+    if (!first_byte_[b]) continue;
+    if (single_first_ >= 0) { single_first_ = -1; break; }
+    single_first_ = b;
+  }
 }
 
 int32_t AddedMatcher::longest_at(std::string_view text, uint32_t pos, uint32_t end,
@@ -99,7 +107,14 @@ void AddedMatcher::split(std::string_view text, uint32_t begin, uint32_t end,
                          std::vector<Segment>& out) const {
   uint32_t plain = begin;  // start of the pending plain-text span
   for (uint32_t i = begin; i < end; ++i) {
-    if (!first_byte_[uint8_t(text[i])]) continue;
+    if (single_first_ >= 0) {
+      // Every token starts with the same byte (DeepSeek-V3: '<'): memchr skips to it.
+      const void* hit = std::memchr(text.data() + i, single_first_, end - i);
+      if (!hit) break;
+      i = uint32_t(static_cast<const char*>(hit) - text.data());
+    } else if (!first_byte_[uint8_t(text[i])]) {
+      continue;
+    }
     uint32_t len = 0;
     const int32_t k = longest_at(text, i, end, len);
     if (k < 0) continue;

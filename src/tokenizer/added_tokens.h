@@ -44,6 +44,7 @@ class AddedMatcher {
   std::unordered_map<uint64_t, int32_t> child_;  // (node << 8 | byte) -> node
   std::vector<int32_t> terminal_;                // node -> index into tokens_, or -1
   bool first_byte_[256] = {};
+  int single_first_ = -1;  // the one byte all tokens start with, or -1
 };
 
 }  // namespace dsv3::tok

@@ -74,7 +74,8 @@ Regex::Regex(const std::string& pattern, const std::string& where) : pattern_(pa
     DSV3_FAIL(where, ": regex does not compile at offset ", err_off, ": ",
               reinterpret_cast<const char*>(msg));
   }
-  pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter on failure
+  // Falls back to the interpreter when JIT is unavailable (pcre2_jit_match needs JIT code).
+  jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
   code_ = code;
 }
 
@@ -90,7 +91,8 @@ void Regex::find_all(std::string_view text, uint32_t begin, uint32_t end,
   while (pos < n) {
     // The text was made valid UTF-8 before pre-tokenization, and pieces begin and end on
     // character boundaries, so PCRE2 need not re-check it.
-    const int rc = pcre2_match(code, subject, n, pos, PCRE2_NO_UTF_CHECK, md, nullptr);
+    const int rc = jit_ ? pcre2_jit_match(code, subject, n, pos, PCRE2_NO_UTF_CHECK, md, nullptr)
+                        : pcre2_match(code, subject, n, pos, PCRE2_NO_UTF_CHECK, md, nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     DSV3_CHECK(rc >= 0, "regex match failed (PCRE2 error ", rc, ") for pattern ", pattern_);
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);

@@ -15,6 +15,7 @@ namespace dsv3::tok {
 using nlohmann::json;
 
 // word bytes -> ids, in flat arrays (open addressing) so that a hit allocates nothing.
+// Sized so a few MB of mixed-language text fit before the cache is cleared.
 // Cleared wholesale when full: text reuses a small set of words, so a cold restart is cheap.
 class WordCache {
  public:
@@ -43,7 +44,7 @@ class WordCache {
   }
 
  private:
-  static constexpr size_t kSlots = size_t(1) << 16;
+  static constexpr size_t kSlots = size_t(1) << 18;  // 6 MB; ~130K distinct words
   static constexpr size_t kMaxWord = 256;  // longer words are rare; not worth caching
   static constexpr uint32_t kEmpty = ~0u;
   struct Slot {
