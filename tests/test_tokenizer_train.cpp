@@ -123,6 +123,28 @@ TEST(TokenizerTrain, TrainedFileEncodesLikeHuggingFace) {
   }
 }
 
+TEST(TokenizerTrain, OtherPreTokenizersEncodeLikeHuggingFace) {
+  // The trained model under other pipelines (GPT-2's ByteLevel regex, Digits, each Split
+  // behaviour, String patterns, invert, add_prefix_space): ids from the Rust HF tokenizers
+  // (tools/tokenizer/gen_variants.js).
+  auto base = nlohmann::json::parse(read_text(std::string(kDataDir) + "trained_tokenizer.json"));
+  const auto texts = read_jsonl(std::string(kDataDir) + "parity_strings.jsonl");
+  const auto variants = read_jsonl(std::string(kDataDir) + "pretokenizer_variants.jsonl");
+  ASSERT_GE(variants.size(), 9u);
+  for (const auto& v : variants) {
+    base["pre_tokenizer"] = v["pre_tokenizer"];
+    const auto t = Tokenizer::from_json(base.dump());
+    ASSERT_EQ(v["ids"].size(), texts.size());
+    int bad = 0;
+    for (size_t i = 0; i < texts.size(); ++i) {
+      const std::string text = texts[i];
+      if (t->encode(text) != ids_of(v["ids"][i]) && ++bad <= 3)
+        ADD_FAILURE() << v["name"] << ": ids differ for " << texts[i].dump();
+    }
+    EXPECT_EQ(bad, 0) << v["name"];
+  }
+}
+
 TEST(TokenizerTrain, SpecialTokensAreNeverLearned) {
   TrainOptions opt;
   opt.vocab_size = 2 + 256 + 50;

@@ -61,11 +61,66 @@ bool get_bool(const json& j, const char* key, bool dflt, const std::string& wher
   return j[key].get<bool>();
 }
 
+// HF runs these patterns with Oniguruma, whose Unicode \s and \w differ from PCRE2's with
+// UCP (10.42): PCRE2's \s also matches U+180E (through \h), and its \w is only L, N and
+// '_'. Rewrites them to Oniguruma's sets: \s = [\t-\r\x{85}\p{Z}]; \w = Unicode's word
+// class of UTS #18 (Alphabetic, marks, decimal digits, connector punctuation; not ZWJ)
+// plus the Latin-1 digits ² ³ ¹ ¼ ½ ¾ that Oniguruma's 8-bit table also counts as word
+// characters (checked against HF on tests/data/tokenizer/pretokenizer_variants.jsonl).
+// Inside a character class \s and \w become the bare ranges and \S gains U+180E; \W
+// there stays PCRE2's (a class cannot subtract; tokenizer files do not use it).
+std::string to_oniguruma_classes(const std::string& p) {
+  static const char* kSpace = "\\t-\\r\\x{85}\\p{Z}";
+  static const char* kWord =
+      "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE}";
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const char c = p[i];
+    if (c == '\\' && i + 1 < p.size()) {
+      const char e = p[++i];
+      const bool space = e == 's' || e == 'S', word = e == 'w' || e == 'W';
+      if (space || word) {
+        const char* set = space ? kSpace : kWord;
+        const bool negated = e == 'S' || e == 'W';
+        if (!in_class) out += str_cat(negated ? "[^" : "[", set, "]");
+        else if (!negated) out += set;
+        else if (space) out += "\\S\\x{180E}";
+        else out += "\\W";
+      } else {
+        out += c;
+        out += e;
+      }
+      continue;
+    }
+    if (!in_class && c == '[') {
+      in_class = true;
+      out += c;
+      // A ']' right after '[' or '[^' is a literal member, not the end of the class.
+      if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
+      if (i + 1 < p.size() && p[i + 1] == ']') out += p[++i];
+      continue;
+    }
+    if (in_class && c == '[' && i + 1 < p.size() && p[i + 1] == ':') {  // [:alpha:]
+      const size_t end = p.find(":]", i + 2);
+      if (end != std::string::npos) {
+        out.append(p, i, end + 2 - i);
+        i = end + 1;
+        continue;
+      }
+    }
+    if (in_class && c == ']') in_class = false;
+    out += c;
+  }
+  return out;
+}
+
 }  // namespace
 
-Regex::Regex(const std::string& pattern, const std::string& where) : pattern_(pattern) {
+Regex::Regex(const std::string& source, const std::string& where) : pattern_(source) {
   int err = 0;
   PCRE2_SIZE err_off = 0;
+  const std::string pattern = to_oniguruma_classes(source);
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
                                    PCRE2_UTF | PCRE2_UCP, &err, &err_off, nullptr);
   if (!code) {
