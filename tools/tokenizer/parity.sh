@@ -35,6 +35,10 @@ echo "chat template: live Jinja renders equal the committed cases"
 node gen_invalid.js "$T/invalid.jsonl"
 cmp "$T/invalid.jsonl" $D/invalid_utf8_expected.jsonl
 
+node gen_variants.js "$T/variants.jsonl"
+cmp "$T/variants.jsonl" $D/pretokenizer_variants.jsonl
+echo "pre-tokenizer variants: live HF ids equal the committed ones"
+
 # A fresh tokenizer trained by dsv3 on a bigger corpus (this repository's text).
 cat ../../README.md ../../src/*/*.h ../../src/*/*.cpp $D/train_corpus.txt > "$T/corpus.txt"
 "$DSV3" tokenizer train --vocab-size 3000 --input "$T/corpus.txt" --out "$T/trained.json"
