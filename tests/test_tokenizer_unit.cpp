@@ -138,6 +138,19 @@ TEST(TokenizerLoad, AddedTokensWithSeveralFirstBytes) {
   EXPECT_EQ(t->encode("acab"), (std::vector<int32_t>{0, 2, 4}));
 }
 
+TEST(TokenizerLoad, AddedTokenStripAndSingleWord) {
+  // lstrip/rstrip swallow Unicode whitespace (Rust's char::is_whitespace) around the
+  // token; single_word tokens only match between non-word characters.
+  json j = tiny();
+  j["added_tokens"].push_back({{"id", 8}, {"content", "[M]"}, {"lstrip", true}, {"rstrip", true}});
+  j["added_tokens"].push_back({{"id", 9}, {"content", "cab"}, {"single_word", true}});
+  const auto t = Tokenizer::from_json(j.dump());
+  EXPECT_EQ(t->encode("a \u3000\t[M] \nb"), (std::vector<int32_t>{0, 8, 1}));
+  EXPECT_EQ(t->encode("a[M]b"), (std::vector<int32_t>{0, 8, 1}));
+  EXPECT_EQ(t->encode(" cab "), (std::vector<int32_t>{3, 9, 3}));
+  EXPECT_EQ(t->encode("acab"), (std::vector<int32_t>{0, 2, 4}));  // 'a' before: not a word
+}
+
 // Loads a broken variant and checks that the error names the field.
 void expect_error(const json& j, const std::string& field) {
   try {

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "tokenizer/utf8.h"
 
 namespace dsv3::tok {
 
@@ -16,7 +17,28 @@ bool get_flag(const json& e, const char* key, size_t i) {
   return e[key].get<bool>();
 }
 
-bool is_ascii_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+// Rust's char::is_whitespace (the White_Space property), which HF's lstrip/rstrip use.
+bool is_white_space(uint32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+         c == 0x205F || c == 0x3000;
+}
+
+// Length of the whitespace character ending at text[i] (exclusive), not before lo; or 0.
+uint32_t space_before(std::string_view text, uint32_t lo, uint32_t i) {
+  uint32_t s = i - 1;  // back to the lead byte (a character is at most 4 bytes)
+  while (s > lo && i - s < 4 && (uint8_t(text[s]) & 0xC0) == 0x80) --s;
+  const int n = utf8_seq_len(text, s);
+  if (n <= 0 || s + uint32_t(n) != i) return 0;
+  return is_white_space(decode_utf8_at(text, s, n)) ? uint32_t(n) : 0;
+}
+
+// Length of the whitespace character starting at text[i], or 0.
+uint32_t space_after(std::string_view text, uint32_t i, uint32_t end) {
+  const int n = utf8_seq_len(text.substr(0, end), i);
+  if (n <= 0) return 0;
+  return is_white_space(decode_utf8_at(text, i, n)) ? uint32_t(n) : 0;
+}
 
 bool is_word_byte(char c) {
   // Approximates HF's char::is_alphanumeric on the neighbouring character: ASCII letters,
@@ -121,12 +143,14 @@ void AddedMatcher::split(std::string_view text, uint32_t begin, uint32_t end,
     const AddedToken& t = *tokens_[size_t(k)];
     uint32_t s = i, e = i + len;
     if (t.single_word && ((s > begin && is_word_byte(text[s - 1])) ||
-                          (e < end && is_word_byte(text[e]))))
+                          (e < end && is_word_byte(text[e])))) {
+      i = e - 1;  // HF's automaton resumes after the rejected match, not inside it
       continue;
+    }
     if (t.lstrip)
-      while (s > plain && is_ascii_space(text[s - 1])) --s;
+      for (uint32_t n; s > plain && (n = space_before(text, plain, s)) > 0;) s -= n;
     if (t.rstrip)
-      while (e < end && is_ascii_space(text[e])) ++e;
+      for (uint32_t n; e < end && (n = space_after(text, e, end)) > 0;) e += n;
     if (s > plain) out.push_back({plain, s, -1});
     out.push_back({s, e, t.id});
     plain = e;
