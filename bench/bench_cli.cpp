@@ -11,6 +11,7 @@ void register_bench(CLI::App& app) {
   bench->require_subcommand(1);
   dsv3::bench::add_gemm(*bench);
   dsv3::bench::add_ops(*bench);
+  dsv3::bench::add_tokenize(*bench);
 }
 
 }  // namespace dsv3::cli

@@ -7,5 +7,6 @@ namespace CLI { class App; }
 namespace dsv3::cli {
 
 void register_bench(CLI::App& app);  // bench/bench_cli.cpp
+void register_tokenize(CLI::App& app);  // cmd_tokenize.cpp: tokenize, detokenize, tokenizer
 
 }  // namespace dsv3::cli
