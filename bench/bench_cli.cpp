@@ -10,6 +10,8 @@ void register_bench(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Measure kernels and models (see docs/PERF.md)");
   bench->require_subcommand(1);
   dsv3::bench::add_gemm(*bench);
+  dsv3::bench::add_gemv(*bench);
+  dsv3::bench::add_membw(*bench);
 }
 
 }  // namespace dsv3::cli

@@ -5,5 +5,7 @@ namespace CLI { class App; }
 namespace dsv3::bench {
 
 void add_gemm(CLI::App& bench);  // bench_gemm.cpp: dsv3 bench gemm
+void add_gemv(CLI::App& bench);   // bench_gemv.cpp: dsv3 bench gemv
+void add_membw(CLI::App& bench);  // bench_gemv.cpp: dsv3 bench membw
 
 }  // namespace dsv3::bench
