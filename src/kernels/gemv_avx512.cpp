@@ -14,6 +14,9 @@
 //            back, VPUNPCK[LH]BW forms the words and VDPBF16PS multiplies them with x·s
 //            split into BF16 hi + lo parts (≈16 significant bits, see gemv.h).
 #include <immintrin.h>
+// GCC 12's own intrinsic headers build "undefined" vectors from uninitialised locals.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <cstddef>
 #include <cstdint>
@@ -89,9 +92,11 @@ void rows_bf16(const uint16_t* w, int64_t ldw, int64_t K, const float* xp, int64
       we[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
       wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
     }
-#define PAIR(j, r, m, a, b)                                                  \
-    a = _mm512_fmadd_ps(we[r], _mm512_load_ps(xp + (m) * xstride + k), a);       \
-    b = _mm512_fmadd_ps(wo[r], _mm512_load_ps(xp + (m) * xstride + k + 16), b);
+#define PAIR(j, r, m, a, b)                                                    \
+    {                                                                          \
+      a = _mm512_fmadd_ps(we[r], _mm512_load_ps(xp + (m) * xstride + k), a);      \
+      b = _mm512_fmadd_ps(wo[r], _mm512_load_ps(xp + (m) * xstride + k + 16), b); \
+    }
     DSV3_PAIRS(PAIR)
 #undef PAIR
   };
