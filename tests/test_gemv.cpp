@@ -163,9 +163,12 @@ TEST(Gemv, NonFiniteInputsGiveNonFiniteOutputs) {
   std::vector<float> s(fp8_blocks(N) * fp8_blocks(K), 0.5f), x(K, 1.f), y(N);
   for (Isa isa : isas()) {
     set_isa(isa);
-    GemvFP8 p{1, N, K, w.data(), K, s.data(), x.data(), K, y.data(), N, false, Fp8Path::Auto};
-    gemv_fp8(p, 2);
-    for (int64_t n = 0; n < N; ++n) EXPECT_EQ(std::isfinite(y[n]), n != 3) << isa_name(isa) << " n=" << n;
+    for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8}) {
+      GemvFP8 p{1, N, K, w.data(), K, s.data(), x.data(), K, y.data(), N, false, path};
+      gemv_fp8(p, 2);
+      for (int64_t n = 0; n < N; ++n)
+        EXPECT_EQ(std::isfinite(y[n]), n != 3) << isa_name(isa) << " path " << int(path) << " n=" << n;
+    }
   }
   x[7] = INFINITY;
   for (Isa isa : isas()) {

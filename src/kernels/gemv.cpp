@@ -36,12 +36,19 @@ float* scratch_floats(size_t n) {
 
 }  // namespace
 
+int64_t gemv_scratch_floats(int64_t M, int64_t K) { return M * ((K + 63) / 64 * 64 + 64); }
+
 void gemv_bf16(const GemvBF16& p, int threads) {
   check_args(p, "gemv_bf16");
   if (p.N == 0) return;
   if (active_isa() == Isa::Avx512) {
-    float* s = scratch_floats(size_t(avx512::gemv_scratch_floats(p.M, p.K)));
+    float* s = scratch_floats(size_t(gemv_scratch_floats(p.M, p.K)));
     avx512::gemv_bf16(p, resolve_threads(threads), s);
+    return;
+  }
+  if (active_isa() == Isa::Avx2) {
+    float* s = scratch_floats(size_t(gemv_scratch_floats(p.M, p.K)));
+    avx2::gemv_bf16(p, resolve_threads(threads), s);
     return;
   }
   gemv_bf16_ref(p);
@@ -53,10 +60,15 @@ void gemv_fp8(const GemvFP8& p, int threads) {
   if (p.N == 0) return;
   if (active_isa() == Isa::Avx512) {
     const int t = resolve_threads(threads);
-    float* s = scratch_floats(size_t(t) * size_t(avx512::gemv_scratch_floats(p.M, p.K)));
+    float* s = scratch_floats(size_t(t) * size_t(gemv_scratch_floats(p.M, p.K)));
     // The LUT path handles NaN codes exactly and measured faster (docs in gemv_avx512.cpp).
     const Fp8Path path = p.path == Fp8Path::Auto ? Fp8Path::BF16Lut : p.path;
     avx512::gemv_fp8(p, path, t, s);
+    return;
+  }
+  if (active_isa() == Isa::Avx2) {
+    const int t = resolve_threads(threads);
+    avx2::gemv_fp8(p, t, scratch_floats(size_t(t) * size_t(gemv_scratch_floats(p.M, p.K))));
     return;
   }
   gemv_fp8_ref(p);

@@ -13,8 +13,7 @@
 // BF16 hi+lo pair (≈16 significant bits); the K term covers F32 accumulation.
 // (Assumes |x·s| < 2^100 so that x·s and its BF16 split stay finite.)
 // NaN/inf: an inf or NaN in x, or a NaN weight code (0x7f/0xff), makes the affected y
-// non-finite (inf or NaN; paths may differ on which). Exception: Fp8Path::F16 decodes NaN
-// codes as finite numbers; real checkpoints hold none, and Auto never picks it.
+// non-finite (inf or NaN; paths may differ on which).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -32,8 +31,8 @@ struct GemvBF16 {
 };
 
 // How the FP8 path turns codes into numbers in registers (gemv_avx512.cpp explains them;
-// `dsv3 bench gemv --path` compares them). Auto = BF16Lut, the faster of the two that
-// meet the contract above. BF16LutX8 skips the low half of x·s — x·s is rounded to BF16
+// `dsv3 bench gemv --path` compares them). On AVX-512, Auto = BF16Lut, the faster of the
+// two that meet the contract above; the AVX2 path always converts through F16. BF16LutX8 skips the low half of x·s — x·s is rounded to BF16
 // as DeepSeek-V3's BF16 inference does with activations — for about 2/3 of the work per
 // byte; its contract is looser: |y - y_exact| ≤ (2^-8 + 2·K·2^-24)·S.
 enum class Fp8Path { Auto, F16, BF16Lut, BF16LutX8 };

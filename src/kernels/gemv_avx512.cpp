@@ -15,7 +15,8 @@
 // one also in a variant without the low half of x, BF16LutX8):
 //   F16:     sign-extend the byte to 16 bits, shift left 7 and clear bit 14: that is the
 //            F16 bit pattern of e4m3·2^-8 (exact, subnormals included); VCVTPH2PS then FMA
-//            with x·s·2^8 in F32. NaN codes decode as finite numbers on this path.
+//            with x·s·2^8 in F32. That decodes NaN codes as finite numbers, so a compare
+//            flags them and makes the row's outputs NaN.
 //   BF16LUT: two VPERMI2B lookups over 128-entry tables give the high and low byte of the
 //            BF16 value of each code (exact, NaN included), one VPTERNLOG puts the sign
 //            back, VPUNPCK[LH]BW forms the words and VDPBF16PS multiplies them with x·s
@@ -150,11 +151,15 @@ void rows_fp8_f16(const uint8_t* w, int64_t ldw, int64_t K, const float* xs, int
                   float* y, int64_t ldy, bool accumulate) {
   static_assert((R == 1 || M == 1) && R * M <= 4, "GEMV tiles: R rows x 1, or 1 row x M");
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  const __m512i c7f = _mm512_set1_epi8(0x7f);
+  __mmask64 nan_codes[4] = {0, 0, 0, 0};  // per row: lanes that held a NaN code
   auto step = [&](int64_t k, __mmask64 mask) DSV3_INLINE {
     __m512 f[4][4];
     for (int r = 0; r < R; ++r) {
       _mm_prefetch(reinterpret_cast<const char*>(w + r * ldw + k) + kPrefetchBytes, _MM_HINT_T1);
-      fp8x64_to_f32(_mm512_maskz_loadu_epi8(mask, w + r * ldw + k), f[r]);
+      const __m512i c = _mm512_maskz_loadu_epi8(mask, w + r * ldw + k);
+      nan_codes[r] |= _mm512_cmpeq_epi8_mask(_mm512_and_si512(c, c7f), c7f);
+      fp8x64_to_f32(c, f[r]);
     }
 #define PAIR(j, r, m, a, b)                                                  \
     {                                                                        \
@@ -170,7 +175,10 @@ void rows_fp8_f16(const uint8_t* w, int64_t ldw, int64_t K, const float* xs, int
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) step(k, ~__mmask64(0));
   if (k < K) step(k, tail_mask64(K - k));
-#define PAIR(j, r, m, a, b) store_y(y + (m) * ldy + (r), _mm512_reduce_add_ps(_mm512_add_ps(a, b)), accumulate);
+#define PAIR(j, r, m, a, b)                                                               \
+  store_y(y + (m) * ldy + (r),                                                            \
+          _mm512_reduce_add_ps(_mm512_add_ps(a, b)) + (nan_codes[r] ? __builtin_nanf("") : 0.f), \
+          accumulate);
   DSV3_PAIRS(PAIR)
 #undef PAIR
 }
@@ -301,8 +309,6 @@ void range_fp8(const GemvFP8& p, const Fp8Lut& lut, Fp8Path path, int64_t n0, in
 }
 
 }  // namespace
-
-int64_t gemv_scratch_floats(int64_t M, int64_t K) { return M * (round_up(K, 64) + 64); }
 
 void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
   // One x layout shared by all threads (it does not depend on the row).
