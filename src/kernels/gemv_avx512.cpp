@@ -7,8 +7,8 @@
 // and BF16 paths at M = 1 take 8 rows with one accumulator each (measured +7-9% over 4
 // rows: x is re-read half as often).
 // Memory (measured with CPU-time A/B runs on the shared 2-core box, see the report):
-// 4 rows at a time over all of K beat one row at a time (x, 4 bytes per column, then
-// streams from L2 at up to 4x the weight bytes) and beat K panels sized for L1 (each
+// several rows at a time over all of K beat one row at a time (x, 4 bytes per column,
+// then streams from L2 at up to 4x the weight bytes) and beat K panels sized for L1 (each
 // panel jump restarts the hardware prefetchers). A software prefetch into L2 (T1) 4 KiB
 // ahead on each row lifted single-thread FP8 from ≈0.65 to ≈0.85 of the streaming-read
 // bandwidth (T0 at 0.5-2 KiB: no gain; T1 at 2-8 KiB: 0.8-0.88).
