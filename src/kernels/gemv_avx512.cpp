@@ -79,10 +79,10 @@ void prep_x_bf16(const float* x, int64_t K, float* xp) {
   }
 }
 
-// Four (row of W, row of x) pairs at most: R rows of W by one row of x (R = 4, the M = 1
-// decode case) or one row of W by M rows of x. Accumulators are named variables, not an
-// array: GCC 12 keeps arrays of more than two vectors in memory and stores them every
-// iteration.
+// Accumulators are named variables, not arrays: GCC 12 keeps arrays of more than two
+// vectors in memory and stores them every iteration.
+// F16 path tiles: four (row of W, row of x) pairs at most, R rows by one row of x or one
+// row by M rows of x, two accumulators each.
 #define DSV3_INLINE __attribute__((always_inline))
 #define DSV3_PAIRS(PAIR)                                                   \
   PAIR(0, 0, 0, a0, b0)                                                    \
@@ -90,68 +90,66 @@ void prep_x_bf16(const float* x, int64_t K, float* xp) {
   if constexpr (R * M > 2) PAIR(2, R > 1 ? 2 : 0, M > 1 ? 2 : 0, a2, b2) \
   if constexpr (R * M > 3) PAIR(3, R > 1 ? 3 : 0, M > 1 ? 3 : 0, a3, b3)
 
-template <int R, int M>
-void rows_bf16(const uint16_t* w, int64_t ldw, int64_t K, const float* xp, int64_t xstride,
-               float* y, int64_t ldy, bool accumulate) {
-  static_assert((R == 1 || M == 1) && R * M <= 4, "GEMV tiles: R rows x 1, or 1 row x M");
-  const __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  auto step = [&](int64_t k, __mmask32 mask) DSV3_INLINE {
-    // Even and odd elements of each row, as F32 (exact: BF16 is the top half of F32).
-    __m512 we[4], wo[4];
-    for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + r * ldw + k) + kPrefetchBytes, _MM_HINT_T1);
-      const __m512i v = _mm512_maskz_loadu_epi16(mask, w + r * ldw + k);
-      we[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-      wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
-    }
-#define PAIR(j, r, m, a, b)                                                    \
-    {                                                                          \
-      a = _mm512_fmadd_ps(we[r], _mm512_load_ps(xp + (m) * xstride + k), a);      \
-      b = _mm512_fmadd_ps(wo[r], _mm512_load_ps(xp + (m) * xstride + k + 16), b); \
-    }
-    DSV3_PAIRS(PAIR)
-#undef PAIR
-  };
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) step(k, ~__mmask32(0));
-  if (k < K) step(k, (__mmask32(1) << (K - k)) - 1);
-#define PAIR(j, r, m, a, b) store_y(y + (m) * ldy + (r), _mm512_reduce_add_ps(_mm512_add_ps(a, b)), accumulate);
-  DSV3_PAIRS(PAIR)
-#undef PAIR
-}
+// Tiles of R rows of W x M rows of x, one accumulator per (row, x row) pair, R·M ≤ 8:
+// (8,1), (4,2), (2,3), (2,4), and (1,M) for leftover rows. More rows per pass means x (4
+// bytes per column per x row) is re-read less often per weight byte; measured: 8 rows at
+// M = 1 +7-9% over 4; M = 2 at 4 rows 0.26 -> 0.7 of membw (FP8) vs one row per pass.
+// At M = 3-4 the FP8 path is compute-bound (4 VDPBF16PS per x row per 64 codes).
+// TILE_ROW(r, A0..A3): converts row r, then feeds x rows 0..M-1 into A0..A(M-1).
+#define DSV3_TILE_ROWS(TILE_ROW)                                      \
+  if constexpr (M == 1) {                                             \
+    TILE_ROW(0, a0, z, z, z) if constexpr (R > 1) TILE_ROW(1, a1, z, z, z) \
+    if constexpr (R > 2) { TILE_ROW(2, a2, z, z, z) TILE_ROW(3, a3, z, z, z) } \
+    if constexpr (R > 4) { TILE_ROW(4, a4, z, z, z) TILE_ROW(5, a5, z, z, z) \
+                           TILE_ROW(6, a6, z, z, z) TILE_ROW(7, a7, z, z, z) } \
+  } else if constexpr (M == 2) {                                      \
+    TILE_ROW(0, a0, a1, z, z) if constexpr (R > 1) TILE_ROW(1, a2, a3, z, z) \
+    if constexpr (R > 2) { TILE_ROW(2, a4, a5, z, z) TILE_ROW(3, a6, a7, z, z) } \
+  } else {                                                            \
+    TILE_ROW(0, a0, a1, a2, a3) if constexpr (R > 1) TILE_ROW(1, a4, a5, a6, a7) \
+  }
+#define DSV3_TILE_STORE(r, A0, A1, A2, A3)                                                 \
+  {                                                                                        \
+    store_y(y + (r), _mm512_reduce_add_ps(A0), accumulate);                                \
+    if constexpr (M > 1) store_y(y + ldy + (r), _mm512_reduce_add_ps(A1), accumulate);     \
+    if constexpr (M > 2) store_y(y + 2 * ldy + (r), _mm512_reduce_add_ps(A2), accumulate); \
+    if constexpr (M > 3) store_y(y + 3 * ldy + (r), _mm512_reduce_add_ps(A3), accumulate); \
+  }
 
-// M = 1, eight rows at a time (one accumulator each): x, 4 bytes per column, is re-read
-// once per 8 rows of W (measured faster than 4, as for FP8).
-void rows8_bf16(const uint16_t* w, int64_t ldw, int64_t K, const float* xp, float* y, bool accumulate) {
+template <int R, int M>
+void tile_bf16(const uint16_t* w, int64_t ldw, int64_t K, const float* xp, int64_t xstride,
+               float* y, int64_t ldy, bool accumulate) {
+  static_assert(R * M <= 8, "GEMV tile too large");
   const __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  __m512 z = a0;  // unused slots
   auto step = [&](int64_t k, __mmask32 mask) DSV3_INLINE {
-    const __m512 xe = _mm512_load_ps(xp + k), xo = _mm512_load_ps(xp + k + 16);
-#define ROW(r, a)                                                                                   \
+#define TILE_ROW(r, A0, A1, A2, A3)                                                                 \
     {                                                                                               \
       _mm_prefetch(reinterpret_cast<const char*>(w + (r) * ldw + k) + kPrefetchBytes, _MM_HINT_T1); \
       const __m512i v = _mm512_maskz_loadu_epi16(mask, w + (r) * ldw + k);                          \
-      a = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, a);                    \
-      a = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi_mask)), xo, a);                \
+      const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));                              \
+      const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));                          \
+      A0 = _mm512_fmadd_ps(wo, _mm512_load_ps(xp + k + 16), _mm512_fmadd_ps(we, _mm512_load_ps(xp + k), A0)); \
+      if constexpr (M > 1) A1 = _mm512_fmadd_ps(wo, _mm512_load_ps(xp + xstride + k + 16), _mm512_fmadd_ps(we, _mm512_load_ps(xp + xstride + k), A1)); \
+      if constexpr (M > 2) A2 = _mm512_fmadd_ps(wo, _mm512_load_ps(xp + 2 * xstride + k + 16), _mm512_fmadd_ps(we, _mm512_load_ps(xp + 2 * xstride + k), A2)); \
+      if constexpr (M > 3) A3 = _mm512_fmadd_ps(wo, _mm512_load_ps(xp + 3 * xstride + k + 16), _mm512_fmadd_ps(we, _mm512_load_ps(xp + 3 * xstride + k), A3)); \
     }
-    ROW(0, a0) ROW(1, a1) ROW(2, a2) ROW(3, a3) ROW(4, a4) ROW(5, a5) ROW(6, a6) ROW(7, a7)
-#undef ROW
+    DSV3_TILE_ROWS(TILE_ROW)
+#undef TILE_ROW
   };
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) step(k, ~__mmask32(0));
   if (k < K) step(k, (__mmask32(1) << (K - k)) - 1);
-  const __m512 v[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
-  for (int r = 0; r < 8; ++r) store_y(y + r, _mm512_reduce_add_ps(v[r]), accumulate);
+  (void)z;
+  DSV3_TILE_ROWS(DSV3_TILE_STORE)
 }
 
 template <int R, int M>
 void range_bf16(const GemvBF16& p, int64_t n0, int64_t n1, const float* xp, int64_t xs) {
   int64_t n = n0;
-  if constexpr (M == 1)
-    for (; n + 8 <= n1; n += 8) rows8_bf16(p.w + n * p.ldw, p.ldw, p.K, xp, p.y + n, p.accumulate);
-  for (; n + R <= n1; n += R) rows_bf16<R, M>(p.w + n * p.ldw, p.ldw, p.K, xp, xs, p.y + n, p.ldy, p.accumulate);
-  for (; n < n1; ++n) rows_bf16<1, M>(p.w + n * p.ldw, p.ldw, p.K, xp, xs, p.y + n, p.ldy, p.accumulate);
+  for (; n + R <= n1; n += R) tile_bf16<R, M>(p.w + n * p.ldw, p.ldw, p.K, xp, xs, p.y + n, p.ldy, p.accumulate);
+  for (; n < n1; ++n) tile_bf16<1, M>(p.w + n * p.ldw, p.ldw, p.K, xp, xs, p.y + n, p.ldy, p.accumulate);
 }
 
 // ---- FP8 via F16 ------------------------------------------------------------------------
@@ -263,80 +261,48 @@ void prep_x_lut(const float* x, int64_t K, const float* s, uint16_t* xs) {
   }
 }
 
-// kLo: also multiply by the low BF16 part of x·s (Fp8Path::BF16Lut, ≈16-bit x); without
-// it x·s is used rounded to BF16 (Fp8Path::BF16LutX8).
+// FP8 LUT tiles, as tile_bf16. kLo: also multiply by the low BF16 part of x·s
+// (Fp8Path::BF16Lut, ≈16-bit x); without it x·s is used rounded to BF16 (BF16LutX8).
 template <int R, int M, bool kLo>
-void rows_fp8_lut(const Fp8Lut& t, const uint8_t* w, int64_t ldw, int64_t K, const uint16_t* xs,
+void tile_fp8_lut(const Fp8Lut& t, const uint8_t* w, int64_t ldw, int64_t K, const uint16_t* xs,
                   int64_t xstride, float* y, int64_t ldy, bool accumulate) {
-  static_assert((R == 1 || M == 1) && R * M <= 4, "GEMV tiles: R rows x 1, or 1 row x M");
-  const __m512i sign = _mm512_set1_epi8(int8_t(0x80));
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  auto step = [&](int64_t k, __mmask64 mask) DSV3_INLINE {
-    __m512bh wa[4], wb[4];
-    for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + r * ldw + k) + kPrefetchBytes, _MM_HINT_T1);
-      const __m512i c = _mm512_maskz_loadu_epi8(mask, w + r * ldw + k);
-      // hi | (c & 0x80): truth table A | (B & C) = 0xF0 | (0xCC & 0xAA) = 0xF8.
-      const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.hi0, c, t.hi1), c, sign, 0xF8);
-      const __m512i lo = _mm512_permutex2var_epi8(t.lo0, c, t.lo1);
-      wa[r] = (__m512bh)_mm512_unpacklo_epi8(lo, hi);
-      wb[r] = (__m512bh)_mm512_unpackhi_epi8(lo, hi);
-    }
-#define PAIR(j, r, m, a, b)                                                          \
-    {                                                                                \
-      const uint16_t* xm = xs + (m) * xstride + 2 * k;                               \
-      a = _mm512_dpbf16_ps(a, wa[r], (__m512bh)_mm512_load_si512(xm));              \
-      b = _mm512_dpbf16_ps(b, wb[r], (__m512bh)_mm512_load_si512(xm + 32));         \
-      if (kLo) {                                                                     \
-        a = _mm512_dpbf16_ps(a, wa[r], (__m512bh)_mm512_load_si512(xm + 64));       \
-        b = _mm512_dpbf16_ps(b, wb[r], (__m512bh)_mm512_load_si512(xm + 96));       \
-      }                                                                              \
-    }
-    DSV3_PAIRS(PAIR)
-#undef PAIR
-  };
-  int64_t k = 0;
-  for (; k + 64 <= K; k += 64) step(k, ~__mmask64(0));
-  if (k < K) step(k, tail_mask64(K - k));
-#define PAIR(j, r, m, a, b) store_y(y + (m) * ldy + (r), _mm512_reduce_add_ps(_mm512_add_ps(a, b)), accumulate);
-  DSV3_PAIRS(PAIR)
-#undef PAIR
-}
-
-// M = 1, eight rows at a time (one accumulator each): x·s, 4 bytes per column, is then
-// read from L1/L2 once per 8 rows of W instead of once per 4.
-template <bool kLo>
-void rows8_fp8_lut(const Fp8Lut& t, const uint8_t* w, int64_t ldw, int64_t K, const uint16_t* xs,
-                   float* y, bool accumulate) {
+  static_assert(R * M <= 8, "GEMV tile too large");
   const __m512i sign = _mm512_set1_epi8(int8_t(0x80));
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  __m512 z = a0;  // unused slots
   auto step = [&](int64_t k, __mmask64 mask) DSV3_INLINE {
-    const uint16_t* xm = xs + 2 * k;
-    const __m512bh xah = (__m512bh)_mm512_load_si512(xm), xbh = (__m512bh)_mm512_load_si512(xm + 32);
-    const __m512bh xal = (__m512bh)_mm512_load_si512(xm + 64), xbl = (__m512bh)_mm512_load_si512(xm + 96);
-#define ROW(r, a)                                                                                    \
-    {                                                                                                \
-      _mm_prefetch(reinterpret_cast<const char*>(w + (r) * ldw + k) + kPrefetchBytes, _MM_HINT_T1);  \
+#define DSV3_LUT_DOT(A, j)                                                                  \
+    {                                                                                       \
+      const uint16_t* xm = xs + (j) * xstride + 2 * k;                                      \
+      A = _mm512_dpbf16_ps(A, wa, (__m512bh)_mm512_load_si512(xm));                         \
+      A = _mm512_dpbf16_ps(A, wb, (__m512bh)_mm512_load_si512(xm + 32));                    \
+      if (kLo) {                                                                            \
+        A = _mm512_dpbf16_ps(A, wa, (__m512bh)_mm512_load_si512(xm + 64));                 \
+        A = _mm512_dpbf16_ps(A, wb, (__m512bh)_mm512_load_si512(xm + 96));                 \
+      }                                                                                     \
+    }
+#define TILE_ROW(r, A0, A1, A2, A3)                                                                 \
+    {                                                                                               \
+      _mm_prefetch(reinterpret_cast<const char*>(w + (r) * ldw + k) + kPrefetchBytes, _MM_HINT_T1); \
       const __m512i c = _mm512_maskz_loadu_epi8(mask, w + (r) * ldw + k);                            \
       const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.hi0, c, t.hi1), c, sign, 0xF8); \
       const __m512i lo = _mm512_permutex2var_epi8(t.lo0, c, t.lo1);                                  \
       const __m512bh wa = (__m512bh)_mm512_unpacklo_epi8(lo, hi);                                    \
       const __m512bh wb = (__m512bh)_mm512_unpackhi_epi8(lo, hi);                                    \
-      a = _mm512_dpbf16_ps(a, wa, xah);                                                              \
-      a = _mm512_dpbf16_ps(a, wb, xbh);                                                              \
-      if (kLo) {                                                                                     \
-        a = _mm512_dpbf16_ps(a, wa, xal);                                                            \
-        a = _mm512_dpbf16_ps(a, wb, xbl);                                                            \
-      }                                                                                              \
+      DSV3_LUT_DOT(A0, 0)                                                                           \
+      if constexpr (M > 1) DSV3_LUT_DOT(A1, 1)                                                      \
+      if constexpr (M > 2) DSV3_LUT_DOT(A2, 2)                                                      \
+      if constexpr (M > 3) DSV3_LUT_DOT(A3, 3)                                                      \
     }
-    ROW(0, a0) ROW(1, a1) ROW(2, a2) ROW(3, a3) ROW(4, a4) ROW(5, a5) ROW(6, a6) ROW(7, a7)
-#undef ROW
+    DSV3_TILE_ROWS(TILE_ROW)
+#undef TILE_ROW
+#undef DSV3_LUT_DOT
   };
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) step(k, ~__mmask64(0));
   if (k < K) step(k, tail_mask64(K - k));
-  const __m512 v[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
-  for (int r = 0; r < 8; ++r) store_y(y + r, _mm512_reduce_add_ps(v[r]), accumulate);
+  (void)z;
+  DSV3_TILE_ROWS(DSV3_TILE_STORE)
 }
 
 // Rows [n0, n1) of W against M rows of x: x is re-prepared whenever the rows enter a new
@@ -361,16 +327,15 @@ void range_fp8(const GemvFP8& p, const Fp8Lut& lut, Fp8Path path, int64_t n0, in
     if (path == Fp8Path::F16) {
       for (; n + R <= b1; n += R) rows_fp8_f16<R, M>(w + n * p.ldw, p.ldw, p.K, xf, xstride, p.y + n, p.ldy, p.accumulate);
       for (; n < b1; ++n) rows_fp8_f16<1, M>(w + n * p.ldw, p.ldw, p.K, xf, xstride, p.y + n, p.ldy, p.accumulate);
-    } else if (path == Fp8Path::BF16Lut) {
-      if constexpr (M == 1)
-        for (; n + 8 <= b1; n += 8) rows8_fp8_lut<true>(lut, w + n * p.ldw, p.ldw, p.K, xh, p.y + n, p.accumulate);
-      for (; n + R <= b1; n += R) rows_fp8_lut<R, M, true>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate);
-      for (; n < b1; ++n) rows_fp8_lut<1, M, true>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate);
     } else {
-      if constexpr (M == 1)
-        for (; n + 8 <= b1; n += 8) rows8_fp8_lut<false>(lut, w + n * p.ldw, p.ldw, p.K, xh, p.y + n, p.accumulate);
-      for (; n + R <= b1; n += R) rows_fp8_lut<R, M, false>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate);
-      for (; n < b1; ++n) rows_fp8_lut<1, M, false>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate);
+      constexpr int T = M == 1 ? 8 : M == 2 ? 4 : 2;  // tile rows
+      const bool lo = path == Fp8Path::BF16Lut;
+      for (; n + T <= b1; n += T)
+        lo ? tile_fp8_lut<T, M, true>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate)
+           : tile_fp8_lut<T, M, false>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate);
+      for (; n < b1; ++n)
+        lo ? tile_fp8_lut<1, M, true>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate)
+           : tile_fp8_lut<1, M, false>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate);
     }
     b0 = b1;
   }
@@ -387,10 +352,10 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
     switch (p.M) {
-      case 1: range_bf16<4, 1>(p, n0, n1, scratch, xs); break;
-      case 2: range_bf16<1, 2>(p, n0, n1, scratch, xs); break;
-      case 3: range_bf16<1, 3>(p, n0, n1, scratch, xs); break;
-      default: range_bf16<1, 4>(p, n0, n1, scratch, xs); break;
+      case 1: range_bf16<8, 1>(p, n0, n1, scratch, xs); break;
+      case 2: range_bf16<4, 2>(p, n0, n1, scratch, xs); break;
+      case 3: range_bf16<2, 3>(p, n0, n1, scratch, xs); break;
+      default: range_bf16<2, 4>(p, n0, n1, scratch, xs); break;
     }
   }
 }
