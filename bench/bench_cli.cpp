@@ -12,6 +12,8 @@ void register_bench(CLI::App& app) {
   dsv3::bench::add_gemm(*bench);
   dsv3::bench::add_ops(*bench);
   dsv3::bench::add_tokenize(*bench);
+  dsv3::bench::add_gemv(*bench);
+  dsv3::bench::add_membw(*bench);
 }
 
 }  // namespace dsv3::cli

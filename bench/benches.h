@@ -7,5 +7,7 @@ namespace dsv3::bench {
 void add_gemm(CLI::App& bench);  // bench_gemm.cpp: dsv3 bench gemm
 void add_ops(CLI::App& bench);   // bench_ops.cpp: dsv3 bench ops
 void add_tokenize(CLI::App& bench);  // bench_tokenizer.cpp: dsv3 bench tokenize
+void add_gemv(CLI::App& bench);   // bench_gemv.cpp: dsv3 bench gemv
+void add_membw(CLI::App& bench);  // bench_gemv.cpp: dsv3 bench membw
 
 }  // namespace dsv3::bench

@@ -1,0 +1,61 @@
+// The decode matrix-vector product: y[M,N] = x[M,K] · W[N,K]ᵀ for M = 1..4 rows of x
+// (one token, or a few draft tokens for multi-token prediction), W in BF16 or in FP8 E4M3
+// with one scale per 128x128 block (kernels/quant.h layout; the checkpoint's
+// `weight_scale_inv`, W = fp8 · s). x and y are F32; accumulate adds into y.
+//
+// Batch-1 decode streams every weight once per token, so the kernels are built to run at
+// memory bandwidth: W is read once, converted in registers, rows split over threads.
+//
+// Numerical contract (tests/test_gemv.cpp checks it): with S[m,n] = Σ_k |w[n,k]·s|·|x[m,k]|
+//   |y - y_exact| ≤ (2^-15 + 2·(K+2)·2^-24) · S   (+ |y_in|·2^-24 terms with accumulate)
+// for both the fast paths and the scalar references (gemv_*_ref), where y_exact is the
+// exact sum of the decoded weights times x (Fp8Path::BF16LutX8: 2^-8 instead of 2^-15). The 2^-15 term covers paths that carry x as a
+// BF16 hi+lo pair (≈16 significant bits); the K term covers F32 accumulation.
+// (Assumes |x·s| < 2^100 so that x·s and its BF16 split stay finite.)
+// NaN/inf: an inf or NaN in x, or a NaN weight code (0x7f/0xff), makes the affected y
+// non-finite (inf or NaN; paths may differ on which).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace dsv3 {
+
+inline constexpr int kGemvMaxM = 4;
+
+struct GemvBF16 {
+  int64_t M = 1, N = 0, K = 0;
+  const uint16_t* w = nullptr; int64_t ldw = 0;  // [N, K] BF16 bit patterns
+  const float* x = nullptr; int64_t ldx = 0;     // [M, K]
+  float* y = nullptr; int64_t ldy = 0;           // [M, N]
+  bool accumulate = false;
+};
+
+// How the FP8 path turns codes into numbers in registers (gemv_avx512.cpp explains them;
+// `dsv3 bench gemv --path` compares them). On AVX-512, Auto = BF16Lut, the faster of the
+// two that meet the contract above; the AVX2 path always converts through F16. BF16LutX8 skips the low half of x·s — x·s is rounded to BF16
+// as DeepSeek-V3's BF16 inference does with activations — for about 2/3 of the work per
+// byte; its contract is looser: |y - y_exact| ≤ (2^-8 + 2·K·2^-24)·S.
+enum class Fp8Path { Auto, F16, BF16Lut, BF16LutX8 };
+
+struct GemvFP8 {
+  int64_t M = 1, N = 0, K = 0;
+  const uint8_t* w = nullptr; int64_t ldw = 0;  // [N, K] E4M3 codes
+  const float* w_scale = nullptr;               // [ceil(N/128), ceil(K/128)]
+  const float* x = nullptr; int64_t ldx = 0;    // [M, K]
+  float* y = nullptr; int64_t ldy = 0;          // [M, N]
+  bool accumulate = false;
+  Fp8Path path = Fp8Path::Auto;
+};
+
+// threads = 0 uses default_threads(); dispatch on active_isa().
+void gemv_bf16(const GemvBF16& p, int threads = 0);
+void gemv_fp8(const GemvFP8& p, int threads = 0);
+void gemv_bf16_ref(const GemvBF16& p);
+void gemv_fp8_ref(const GemvFP8& p);
+
+// Reads `bytes` bytes at p with the widest loads the active ISA has, split over threads,
+// and returns a value that depends on every byte (so the reads cannot be optimised away).
+// This is what `dsv3 bench membw` times: the streaming-read bandwidth GEMV is judged by.
+uint64_t stream_read(const void* p, size_t bytes, int threads = 0);
+
+}  // namespace dsv3
