@@ -23,11 +23,11 @@ static_assert(NR == 32, "the microkernels hold a row of the tile in two zmm regi
 // The B micro-panel (kc/kunit x NR x 4 bytes) is reused by every A micro-panel of the
 // block and should stay in L1 alongside the streaming A panel: 24 KB. The A block (MC x kc)
 // lives in L2 (~half of it), the B block (kc x NC) in L3.
-constexpr int64_t kKcF32 = 192;          // 192 x 32 x 4 B = 24 KB B micro-panel
-constexpr int64_t kMcF32 = MR * 36;      // 504 x 192 x 4 B = 378 KB A block
-constexpr int64_t kKcBf16 = 384;         // 192 pairs x 32 x 4 B = 24 KB
-constexpr int64_t kMcBf16 = MR * 36;     // 504 x 384 x 2 B = 378 KB
-constexpr int64_t kKcFp8 = 384;          // 3 promotion blocks of 128
+constexpr int64_t kKcF32 = 512;          // 512 x 32 x 4 B = 64 KB B micro-panel
+constexpr int64_t kMcF32 = MR * 16;      // 224 x 512 x 4 B = 448 KB A block
+constexpr int64_t kKcBf16 = 1024;        // 512 pairs x 32 x 4 B = 64 KB
+constexpr int64_t kMcBf16 = MR * 24;     // 336 x 1024 x 2 B = 672 KB
+constexpr int64_t kKcFp8 = 1024;         // 8 promotion blocks of 128
 constexpr int64_t kNc = 4096;            // B block 3 MB (F32) in L3
 constexpr int64_t kFp8Blk = 128;         // DeepSeek-V3's promotion interval N_C (report §3.3)
 static_assert(kKcFp8 % kFp8Blk == 0, "FP8 K blocks must not straddle a scale block");
@@ -246,12 +246,14 @@ struct OpFP8 {
 void gemm_f32_avx512(const GemmF32& p, int threads) {
   OpF32 op;
   op.p = &p;
+
   gemm_blocked(op, p.M, p.N, p.K, threads);
 }
 
 void gemm_bf16_avx512(const GemmBF16& p, int threads) {
   OpBF16 op;
   op.p = &p;
+
   gemm_blocked(op, p.M, p.N, p.K, threads);
 }
 

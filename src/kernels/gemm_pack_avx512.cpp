@@ -189,27 +189,34 @@ void pack_b_bf16_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, 
   }
 }
 
-// FP8: decode rows to BF16 in a small stack buffer, then pack as BF16.
-constexpr int64_t kMaxKcFp8 = 512;
+// FP8: decode a chunk of 128 K (one scale block) to BF16 in a small stack buffer, pack it
+// as BF16 items (64 per chunk), repeat.
+constexpr int64_t kChunk = 128;
 
 void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
                         int64_t kc, uint32_t* dst) {
   const E4m3Lut lut;
-  alignas(64) uint16_t tmp[MR * kMaxKcFp8];  // [mr, kc] decoded rows
-  for (int r = 0; r < mr; ++r) e4m3_to_bf16(lut, A + (i0 + r) * lda + k0, kc, tmp + r * kc);
-  pack_a_bf16_avx512(tmp, kc, false, 0, mr, 0, kc, dst);
+  alignas(64) uint16_t tmp[MR * kChunk];  // [mr, chunk] decoded rows
+  for (int64_t k = 0; k < kc; k += kChunk) {
+    const int64_t n = kc - k < kChunk ? kc - k : kChunk;
+    for (int r = 0; r < mr; ++r) e4m3_to_bf16(lut, A + (i0 + r) * lda + k0 + k, n, tmp + r * n);
+    pack_a_bf16_avx512(tmp, n, false, 0, mr, 0, n, dst + (k / 2) * MR);
+  }
 }
 
 void pack_b_e4m3_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
                         int64_t k0, int64_t kc, uint32_t* dst) {
   const E4m3Lut lut;
-  alignas(64) uint16_t tmp[NR * kMaxKcFp8];
-  if (trans) {  // [nr, kc] decoded columns
-    for (int c = 0; c < nr; ++c) e4m3_to_bf16(lut, B + (j0 + c) * ldb + k0, kc, tmp + c * kc);
-    pack_b_bf16_avx512(tmp, kc, true, 0, nr, 0, kc, dst);
-  } else {  // [kc, nr] decoded rows
-    for (int64_t k = 0; k < kc; ++k) e4m3_to_bf16(lut, B + (k0 + k) * ldb + j0, nr, tmp + k * nr);
-    pack_b_bf16_avx512(tmp, nr, false, 0, nr, 0, kc, dst);
+  alignas(64) uint16_t tmp[NR * kChunk];
+  for (int64_t k = 0; k < kc; k += kChunk) {
+    const int64_t n = kc - k < kChunk ? kc - k : kChunk;
+    if (trans) {  // [nr, n] decoded columns
+      for (int c = 0; c < nr; ++c) e4m3_to_bf16(lut, B + (j0 + c) * ldb + k0 + k, n, tmp + c * n);
+      pack_b_bf16_avx512(tmp, n, true, 0, nr, 0, n, dst + (k / 2) * NR);
+    } else {  // [n, nr] decoded rows
+      for (int64_t t = 0; t < n; ++t) e4m3_to_bf16(lut, B + (k0 + k + t) * ldb + j0, nr, tmp + t * nr);
+      pack_b_bf16_avx512(tmp, nr, false, 0, nr, 0, n, dst + (k / 2) * NR);
+    }
   }
 }
 
