@@ -36,7 +36,12 @@ struct Mat {
     a = (a + 63) / 64 * 64 + sizeof(T);
     p = reinterpret_cast<T*>(a);
   }
+  Mat(const Mat&) = delete;  // p points into store
+  Mat& operator=(const Mat&) = delete;
+  Mat(Mat&&) = default;  // moving a vector keeps its buffer, so p stays valid
+  Mat& operator=(Mat&&) = default;
   T& at(int64_t i, int64_t j) { return p[i * ld + j]; }
+  const T& at(int64_t i, int64_t j) const { return p[i * ld + j]; }
 };
 
 // The ISA levels this CPU can run, lowest first; each test restores the best level.

@@ -42,6 +42,8 @@ void gemm_bf16_ref(const GemmBF16& p) {
 // the decoded operands (each product is exact: at most 8 x 4 significant bits), then
 // C += partial * (scale_a * scale_b), blocks in increasing K.
 void gemm_fp8_ref(const GemmFP8& p) {
+  float e4m3[256];  // decode table
+  for (int c = 0; c < 256; ++c) e4m3[c] = e4m3_to_f32(uint8_t(c));
   const int64_t nkb = fp8_blocks(p.K);
   for (int64_t i = 0; i < p.M; ++i) {
     for (int64_t j = 0; j < p.N; ++j) {
@@ -50,8 +52,8 @@ void gemm_fp8_ref(const GemmFP8& p) {
         const int64_t k0 = kb * kFp8Block, k1 = std::min<int64_t>(p.K, k0 + kFp8Block);
         float partial = 0.f;
         for (int64_t k = k0; k < k1; ++k) {
-          const float a = p.A_bf16 ? bf16_to_f32(p.A_bf16[i * p.lda + k]) : e4m3_to_f32(p.A[i * p.lda + k]);
-          const float b = e4m3_to_f32(p.trans_b ? p.B[j * p.ldb + k] : p.B[k * p.ldb + j]);
+          const float a = p.A_bf16 ? bf16_to_f32(p.A_bf16[i * p.lda + k]) : e4m3[p.A[i * p.lda + k]];
+          const float b = e4m3[p.trans_b ? p.B[j * p.ldb + k] : p.B[k * p.ldb + j]];
           partial += a * b;
         }
         const float sa = p.A_bf16 ? 1.f : p.a_scale[i * p.lda_scale + kb];
