@@ -1,4 +1,4 @@
-// dsv3 bench gemm --m M --n N --k K --dtype f32|bf16 [--form fprop|dgrad|wgrad]
+// dsv3 bench gemm --m M --n N --k K --dtype f32|bf16|fp8 [--form fprop|dgrad|wgrad]
 //                 [--threads T] [--json]
 #include <CLI/CLI.hpp>
 
@@ -12,6 +12,7 @@
 #include "core/parallel.h"
 #include "core/tensor.h"
 #include "kernels/gemm.h"
+#include "kernels/quant.h"
 
 namespace dsv3::bench {
 
@@ -51,6 +52,30 @@ void run_gemm(const GemmOpts& o) {
     for (int64_t i = 0; i < b.numel(); ++i) b.ptr<uint16_t>()[i] = f32_to_bf16(u(rng));
     GemmBF16 p{o.m, o.n, o.k, a.ptr<uint16_t>(), lda, ta, b.ptr<uint16_t>(), ldb, tb, c.ptr<float>(), o.n, false};
     t = time_it([&] { gemm_bf16(p, threads); }, o.seconds);
+  } else if (o.dtype == "fp8") {
+    // DeepSeek-V3 layouts (kernels/gemm.h): A [M,K] with 1x128 scales; B the weight with
+    // 128x128 block scales ([N,K] fprop, [K,N] dgrad) or, for wgrad, the activations
+    // quantised along tokens with 128x1 scales ([N,K]). Random codes, NaN codes avoided.
+    std::uniform_int_distribution<int> code(0, 255);
+    auto fill = [&](Tensor& t) {
+      for (int64_t i = 0; i < t.numel(); ++i) t.ptr<uint8_t>()[i] = uint8_t(code(rng) & 0xF7);
+    };
+    const int64_t kb = fp8_blocks(o.k);
+    Tensor a = Tensor::empty(DType::U8, {o.m * o.k}), b = Tensor::empty(DType::U8, {o.k * o.n});
+    fill(a);
+    fill(b);
+    Tensor sa = Tensor::empty(DType::F32, {o.m * kb});
+    Tensor sb = Tensor::empty(DType::F32, {(o.n + 127) * kb + (o.k + 127) * fp8_blocks(o.n)});
+    for (int64_t i = 0; i < sa.numel(); ++i) sa.ptr<float>()[i] = 0.5f + 0.001f * float(i % 97);
+    for (int64_t i = 0; i < sb.numel(); ++i) sb.ptr<float>()[i] = 0.25f + 0.001f * float(i % 89);
+    GemmFP8 p;
+    p.M = o.m; p.N = o.n; p.K = o.k;
+    p.A = a.ptr<uint8_t>(); p.lda = o.k; p.a_scale = sa.ptr<float>(); p.lda_scale = kb;
+    p.B = b.ptr<uint8_t>(); p.trans_b = o.form != "dgrad"; p.ldb = p.trans_b ? o.k : o.n;
+    p.b_layout = o.form == "wgrad" ? Fp8BLayout::Col128 : Fp8BLayout::Block128;
+    p.b_scale = sb.ptr<float>(); p.ldb_scale = p.trans_b ? kb : fp8_blocks(o.n);
+    p.C = c.ptr<float>(); p.ldc = o.n;
+    t = time_it([&] { gemm_fp8(p, threads); }, o.seconds);
   } else {
     DSV3_FAIL("--dtype must be f32, bf16 or fp8, got '", o.dtype, "'");
   }
