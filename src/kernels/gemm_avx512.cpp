@@ -97,12 +97,15 @@ void ukr_bf16(int64_t ks, const uint32_t* a, const uint32_t* b, float* c, int64_
 }
 
 // FP8 (decoded to BF16 by packing): each 128-K block starts from fresh accumulators and
-// is promoted into C as C += partial * (sa * sb) (report §3.3). sa [blocks][MR] row
-// scales, sb [blocks][NR] column scales.
+// is promoted as partial * (sa * sb) (report §3.3) into an FP32 tile sum that stays in a
+// small contiguous buffer (C rows a multiple of 4 KB apart would all fight for one L1 set
+// at every block), added to C once per call. Relative to the reference's C += ... per
+// block this only reassociates the FP32 sum of block results (gemm.h tolerance).
 template <int M>
 void ukr_fp8(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, const float* sb,
              float* c, int64_t ldc, int nr, bool add) {
   constexpr int64_t kSteps = kFp8Blk / 2;
+  alignas(64) float t[M * NR];  // [M, NR] sum of promoted block results
   for (int64_t blk = 0; blk * kSteps < ks; ++blk) {
     __m512 c0[M], c1[M];
 #pragma GCC unroll 14
@@ -122,10 +125,19 @@ void ukr_fp8(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, 
 #pragma GCC unroll 14
     for (int i = 0; i < M; ++i) {
       const __m512 si = _mm512_set1_ps(sa[blk * MR + i]);
-      store_row(c + i * ldc, _mm512_mul_ps(c0[i], _mm512_mul_ps(si, s0)),
-                _mm512_mul_ps(c1[i], _mm512_mul_ps(si, s1)), nr, add || blk > 0);
+      __m512 v0 = _mm512_mul_ps(c0[i], _mm512_mul_ps(si, s0));
+      __m512 v1 = _mm512_mul_ps(c1[i], _mm512_mul_ps(si, s1));
+      if (blk > 0) {
+        v0 = _mm512_add_ps(_mm512_load_ps(t + i * NR), v0);
+        v1 = _mm512_add_ps(_mm512_load_ps(t + i * NR + 16), v1);
+      }
+      _mm512_store_ps(t + i * NR, v0);
+      _mm512_store_ps(t + i * NR + 16, v1);
     }
   }
+#pragma GCC unroll 14
+  for (int i = 0; i < M; ++i)
+    store_row(c + i * ldc, _mm512_load_ps(t + i * NR), _mm512_load_ps(t + i * NR + 16), nr, add);
 }
 
 // Calls KERNEL<mr>(args...) for the tile height mr in 1..14.

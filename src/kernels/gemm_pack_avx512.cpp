@@ -74,6 +74,14 @@ void pack_cols_t32(const char* src, int64_t ld_bytes, int nr, int64_t kc, int el
   }
 }
 
+// Word indices that interleave two registers of 32 BF16 (rows k and k+1) into pairs:
+// out0 = (a0,b0,a1,b1,...,a15,b15), out1 = the same for columns 16..31.
+alignas(64) constexpr uint16_t kPairIdx[64] = {
+    0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+    8,  40, 9,  41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47,
+    16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+    24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+
 // The 128 magnitudes of E4M3 as BF16, in 4 registers for vpermi2w lookups.
 struct E4m3Lut {
   __m512i t[4];
@@ -83,18 +91,20 @@ struct E4m3Lut {
   }
 };
 
+// Up to 32 E4M3 codes (the first n) -> 32 BF16 values, zero past n: two 64-entry
+// lookups of the magnitude (vpermi2w), the sign moved from bit 7 to bit 15.
+inline __m512i e4m3x32_to_bf16(const E4m3Lut& lut, const uint8_t* src, int64_t n) {
+  const __m512i v = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask32(n), src));
+  const __m512i lo = _mm512_permutex2var_epi16(lut.t[0], v, lut.t[1]);
+  const __m512i hi = _mm512_permutex2var_epi16(lut.t[2], v, lut.t[3]);
+  const __m512i r = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(v, _mm512_set1_epi16(0x40)), lo, hi);
+  return _mm512_or_si512(r, _mm512_slli_epi16(_mm512_and_si512(v, _mm512_set1_epi16(0x80)), 8));
+}
+
 // n E4M3 codes -> n BF16 values.
 void e4m3_to_bf16(const E4m3Lut& lut, const uint8_t* src, int64_t n, uint16_t* dst) {
-  const __m512i m40 = _mm512_set1_epi16(0x40), m80 = _mm512_set1_epi16(0x80);
-  for (int64_t i = 0; i < n; i += 32) {
-    const __mmask32 m = mask32(n - i);
-    const __m512i v = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, src + i));
-    const __m512i lo = _mm512_permutex2var_epi16(lut.t[0], v, lut.t[1]);
-    const __m512i hi = _mm512_permutex2var_epi16(lut.t[2], v, lut.t[3]);
-    __m512i r = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(v, m40), lo, hi);
-    r = _mm512_or_si512(r, _mm512_slli_epi16(_mm512_and_si512(v, m80), 8));
-    _mm512_mask_storeu_epi16(dst + i, m, r);
-  }
+  for (int64_t i = 0; i < n; i += 32)
+    _mm512_mask_storeu_epi16(dst + i, mask32(n - i), e4m3x32_to_bf16(lut, src + i, n - i));
 }
 
 }  // namespace
@@ -172,12 +182,7 @@ void pack_b_bf16_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, 
   }
   // B stored [K,N]: item (s, c) = (B[2s][c], B[2s+1][c]); a two-source word permute
   // interleaves rows 2s and 2s+1.
-  alignas(64) static constexpr uint16_t kIdx[64] = {
-      0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
-      8,  40, 9,  41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47,
-      16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
-      24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-  const __m512i idx0 = _mm512_load_si512(kIdx), idx1 = _mm512_load_si512(kIdx + 32);
+  const __m512i idx0 = _mm512_load_si512(kPairIdx), idx1 = _mm512_load_si512(kPairIdx + 32);
   const __mmask32 m = mask32(nr);
   const int64_t ks = (kc + 1) / 2;
   for (int64_t s = 0; s < ks; ++s) {
@@ -204,19 +209,35 @@ void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64
   }
 }
 
+// B is the big operand of skinny-M GEMMs, so its decode is fused into the transpose /
+// interleave: each 32-code load becomes one register of BF16 pairs directly.
 void pack_b_e4m3_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
                         int64_t k0, int64_t kc, uint32_t* dst) {
   const E4m3Lut lut;
-  alignas(64) uint16_t tmp[NR * kChunk];
-  for (int64_t k = 0; k < kc; k += kChunk) {
-    const int64_t n = kc - k < kChunk ? kc - k : kChunk;
-    if (trans) {  // [nr, n] decoded columns
-      for (int c = 0; c < nr; ++c) e4m3_to_bf16(lut, B + (j0 + c) * ldb + k0 + k, n, tmp + c * n);
-      pack_b_bf16_avx512(tmp, n, true, 0, nr, 0, n, dst + (k / 2) * NR);
-    } else {  // [n, nr] decoded rows
-      for (int64_t t = 0; t < n; ++t) e4m3_to_bf16(lut, B + (k0 + k + t) * ldb + j0, nr, tmp + t * nr);
-      pack_b_bf16_avx512(tmp, nr, false, 0, nr, 0, n, dst + (k / 2) * NR);
+  const int64_t items = (kc + 1) / 2;
+  if (trans) {  // column c = the K-contiguous run B + (j0+c)*ldb + k0
+    for (int c0 = 0; c0 < NR; c0 += 16) {
+      const int rows = nr - c0;
+      for (int64_t t0 = 0; t0 < items; t0 += 16) {
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i)
+          r[i] = i < rows ? _mm512_castsi512_ps(e4m3x32_to_bf16(lut, B + (j0 + c0 + i) * ldb + k0 + 2 * t0, kc - 2 * t0))
+                          : _mm512_setzero_ps();
+        transpose16(r);
+        const int64_t nt = items - t0 < 16 ? items - t0 : 16;
+        for (int t = 0; t < nt; ++t) _mm512_store_ps((float*)(dst + (t0 + t) * NR + c0), r[t]);
+      }
     }
+    return;
+  }
+  // B stored [K,N]: decode rows 2s and 2s+1, interleave them into pairs.
+  const __m512i idx0 = _mm512_load_si512(kPairIdx), idx1 = _mm512_load_si512(kPairIdx + 32);
+  for (int64_t s = 0; s < items; ++s) {
+    const uint8_t* r0 = B + (k0 + 2 * s) * ldb + j0;
+    const __m512i v0 = e4m3x32_to_bf16(lut, r0, nr);
+    const __m512i v1 = 2 * s + 1 < kc ? e4m3x32_to_bf16(lut, r0 + ldb, nr) : _mm512_setzero_si512();
+    _mm512_store_si512(dst + s * NR, _mm512_permutex2var_epi16(v0, idx0, v1));
+    _mm512_store_si512(dst + s * NR + 16, _mm512_permutex2var_epi16(v0, idx1, v1));
   }
 }
 
