@@ -256,6 +256,7 @@ struct OpFP8 {
 }  // namespace
 
 void gemm_f32_avx512(const GemmF32& p, int threads) {
+  if (p.M <= kSmallM && !p.trans_a && p.trans_b) return gemm_small_f32_avx512(p, threads);
   OpF32 op;
   op.p = &p;
 
@@ -263,6 +264,7 @@ void gemm_f32_avx512(const GemmF32& p, int threads) {
 }
 
 void gemm_bf16_avx512(const GemmBF16& p, int threads) {
+  if (p.M <= kSmallM && !p.trans_a && p.trans_b) return gemm_small_bf16_avx512(p, threads);
   OpBF16 op;
   op.p = &p;
 
@@ -270,6 +272,7 @@ void gemm_bf16_avx512(const GemmBF16& p, int threads) {
 }
 
 void gemm_fp8_avx512(const GemmFP8& p, int threads) {
+  if (p.M <= kSmallM && p.trans_b) return gemm_small_fp8_avx512(p, threads);
   OpFP8 op;
   op.p = &p;
   gemm_blocked(op, p.M, p.N, p.K, threads);

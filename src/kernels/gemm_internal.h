@@ -30,6 +30,11 @@ void gemm_f32_avx512(const GemmF32& p, int threads);
 void gemm_bf16_avx512(const GemmBF16& p, int threads);
 void gemm_fp8_avx512(const GemmFP8& p, int threads);
 void gemm_f32_avx2(const GemmF32& p, int threads);
+// Skinny fprop (M <= kSmallM, !trans_a, trans_b): no packing (gemm_small_avx512.cpp).
+inline constexpr int64_t kSmallM = 4;
+void gemm_small_f32_avx512(const GemmF32& p, int threads);
+void gemm_small_bf16_avx512(const GemmBF16& p, int threads);
+void gemm_small_fp8_avx512(const GemmFP8& p, int threads);
 
 // Packing (gemm_pack_avx512.cpp). A micro-panel: mr <= kMR512 rows of op(A) over kc
 // elements of K, as dst[kstep][kMR512] 32-bit items (an F32, or a BF16 pair k, k+1);

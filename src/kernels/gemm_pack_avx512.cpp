@@ -18,8 +18,8 @@ namespace {
 
 constexpr int MR = kMR512, NR = kNR512;
 
-inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
-inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << n) - 1); }
+inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
+inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1); }
 
 // In-register transpose of 16 rows of 16 32-bit items: r[i][j] -> r[j][i].
 inline void transpose16(__m512 r[16]) {
@@ -82,24 +82,7 @@ alignas(64) constexpr uint16_t kPairIdx[64] = {
     16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
     24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
 
-// The 128 magnitudes of E4M3 as BF16, in 4 registers for vpermi2w lookups.
-struct E4m3Lut {
-  __m512i t[4];
-  E4m3Lut() {
-    const uint16_t* tab = e4m3_bf16_table();
-    for (int i = 0; i < 4; ++i) t[i] = _mm512_loadu_si512(tab + 32 * i);
-  }
-};
-
-// Up to 32 E4M3 codes (the first n) -> 32 BF16 values, zero past n: two 64-entry
-// lookups of the magnitude (vpermi2w), the sign moved from bit 7 to bit 15.
-inline __m512i e4m3x32_to_bf16(const E4m3Lut& lut, const uint8_t* src, int64_t n) {
-  const __m512i v = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask32(n), src));
-  const __m512i lo = _mm512_permutex2var_epi16(lut.t[0], v, lut.t[1]);
-  const __m512i hi = _mm512_permutex2var_epi16(lut.t[2], v, lut.t[3]);
-  const __m512i r = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(v, _mm512_set1_epi16(0x40)), lo, hi);
-  return _mm512_or_si512(r, _mm512_slli_epi16(_mm512_and_si512(v, _mm512_set1_epi16(0x80)), 8));
-}
+#include "kernels/gemm_e4m3_avx512.inc"
 
 // n E4M3 codes -> n BF16 values.
 void e4m3_to_bf16(const E4m3Lut& lut, const uint8_t* src, int64_t n, uint16_t* dst) {

@@ -1,0 +1,174 @@
+// Skinny-M GEMMs without packing (decode: M = 1..4 tokens against a weight W [N,K]).
+// With so few rows the packed path would spend more time copying W (the whole cost is
+// streaming W from memory once) than multiplying, so here each W row is read once, in
+// place, and dotted with the M rows of A: accumulators hold K-lanes, reduced at the end.
+// Only the fprop form (A [M,K], B = W stored [N,K]): both operands K-contiguous.
+// GCC 12 flags _mm512_undefined_*() inside its own intrinsics (reduce_add) as uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#include <omp.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/gemm_internal.h"
+
+namespace dsv3::detail {
+
+namespace {
+
+inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
+inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1); }
+
+#include "kernels/gemm_e4m3_avx512.inc"
+
+constexpr int kNB = 4;  // W rows per step: M x 4 accumulators, 4 independent W streams
+
+inline void put(float* c, float v, bool add) { *c = add ? *c + v : v; }
+
+// Splits the N columns over threads (in steps of kNB) and calls body(j0, j1).
+template <class Body>
+void over_columns(int64_t M, int64_t N, int64_t K, int threads, Body body) {
+  if (2.0 * double(M) * double(N) * double(K) < 262144.0) threads = 1;
+  const int64_t steps = (N + kNB - 1) / kNB;
+  if (threads > steps) threads = int(steps);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int nthr = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t base = steps / nthr, rem = steps % nthr;
+    const int64_t s0 = tid * base + (tid < rem ? tid : rem), s1 = s0 + base + (tid < rem ? 1 : 0);
+    const int64_t j0 = s0 * kNB, j1 = s1 * kNB < N ? s1 * kNB : N;
+    if (j0 < j1) body(j0, j1);
+  }
+}
+
+template <int M, int NB>
+void dot_f32(const GemmF32& p, int64_t j) {
+  __m512 s[M][NB];
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < NB; ++n) s[m][n] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < p.K; k += 16) {
+    const __mmask16 mk = mask16(p.K - k);
+    __m512 w[NB];
+    for (int n = 0; n < NB; ++n) w[n] = _mm512_maskz_loadu_ps(mk, p.B + (j + n) * p.ldb + k);
+    for (int m = 0; m < M; ++m) {
+      const __m512 a = _mm512_maskz_loadu_ps(mk, p.A + m * p.lda + k);
+      for (int n = 0; n < NB; ++n) s[m][n] = _mm512_fmadd_ps(a, w[n], s[m][n]);
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < NB; ++n) put(p.C + m * p.ldc + j + n, _mm512_reduce_add_ps(s[m][n]), p.accumulate);
+}
+
+template <int M, int NB>
+void dot_bf16(const GemmBF16& p, int64_t j) {
+  __m512 s[M][NB];
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < NB; ++n) s[m][n] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < p.K; k += 32) {  // vdpbf16ps pairs lanes 2l, 2l+1 of both rows
+    const __mmask32 mk = mask32(p.K - k);
+    __m512bh w[NB];
+    for (int n = 0; n < NB; ++n) w[n] = (__m512bh)_mm512_maskz_loadu_epi16(mk, p.B + (j + n) * p.ldb + k);
+    for (int m = 0; m < M; ++m) {
+      const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(mk, p.A + m * p.lda + k);
+      for (int n = 0; n < NB; ++n) s[m][n] = _mm512_dpbf16_ps(s[m][n], a, w[n]);
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < NB; ++n) put(p.C + m * p.ldc + j + n, _mm512_reduce_add_ps(s[m][n]), p.accumulate);
+}
+
+// FP8: a16 [M,K] is A decoded to BF16 (row stride K); per 128-K block the partial lanes
+// are scaled by sa·sb and summed (report §3.3 promotion; the lane sums reassociate).
+template <int M, int NB>
+void dot_fp8(const GemmFP8& p, const uint16_t* a16, const E4m3Lut& lut, int64_t j) {
+  __m512 tot[M][NB];
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < NB; ++n) tot[m][n] = _mm512_setzero_ps();
+  for (int64_t k0 = 0, kb = 0; k0 < p.K; k0 += 128, ++kb) {
+    __m512 s[M][NB];
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < NB; ++n) s[m][n] = _mm512_setzero_ps();
+    const int64_t k1 = p.K < k0 + 128 ? p.K : k0 + 128;
+    for (int64_t k = k0; k < k1; k += 32) {
+      __m512bh w[NB];
+      for (int n = 0; n < NB; ++n) w[n] = (__m512bh)e4m3x32_to_bf16(lut, p.B + (j + n) * p.ldb + k, k1 - k);
+      for (int m = 0; m < M; ++m) {
+        const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(mask32(k1 - k), a16 + m * p.K + k);
+        for (int n = 0; n < NB; ++n) s[m][n] = _mm512_dpbf16_ps(s[m][n], a, w[n]);
+      }
+    }
+    for (int n = 0; n < NB; ++n) {
+      const int64_t jn = j + n;
+      const float sb = p.b_layout == Fp8BLayout::Col128 ? p.b_scale[jn * p.ldb_scale + kb]
+                                                        : p.b_scale[(jn / 128) * p.ldb_scale + kb];
+      for (int m = 0; m < M; ++m) {
+        const float sa = p.A_bf16 ? 1.f : p.a_scale[m * p.lda_scale + kb];
+        tot[m][n] = _mm512_fmadd_ps(s[m][n], _mm512_set1_ps(sa * sb), tot[m][n]);
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < NB; ++n) put(p.C + m * p.ldc + j + n, _mm512_reduce_add_ps(tot[m][n]), p.accumulate);
+}
+
+template <int M, class P, class Dot>
+void columns(const P& p, int64_t j0, int64_t j1, Dot dot) {
+  (void)p;
+  int64_t j = j0;
+  for (; j + kNB <= j1; j += kNB) dot.template operator()<M, kNB>(j);
+  for (; j < j1; ++j) dot.template operator()<M, 1>(j);
+}
+
+}  // namespace
+
+void gemm_small_f32_avx512(const GemmF32& p, int threads) {
+  over_columns(p.M, p.N, p.K, threads, [&](int64_t j0, int64_t j1) {
+    auto dot = [&]<int M, int NB>(int64_t j) { dot_f32<M, NB>(p, j); };
+    switch (p.M) {
+      case 1: columns<1>(p, j0, j1, dot); break;
+      case 2: columns<2>(p, j0, j1, dot); break;
+      case 3: columns<3>(p, j0, j1, dot); break;
+      default: columns<4>(p, j0, j1, dot); break;
+    }
+  });
+}
+
+void gemm_small_bf16_avx512(const GemmBF16& p, int threads) {
+  over_columns(p.M, p.N, p.K, threads, [&](int64_t j0, int64_t j1) {
+    auto dot = [&]<int M, int NB>(int64_t j) { dot_bf16<M, NB>(p, j); };
+    switch (p.M) {
+      case 1: columns<1>(p, j0, j1, dot); break;
+      case 2: columns<2>(p, j0, j1, dot); break;
+      case 3: columns<3>(p, j0, j1, dot); break;
+      default: columns<4>(p, j0, j1, dot); break;
+    }
+  });
+}
+
+void gemm_small_fp8_avx512(const GemmFP8& p, int threads) {
+  // A decoded once to BF16 ([M,K], shared read-only by the threads).
+  uint16_t* a16 = (uint16_t*)gemm_scratch(size_t(p.M * p.K) * 2 + 64);
+  {
+    const E4m3Lut lut;
+    for (int64_t m = 0; m < p.M; ++m)
+      for (int64_t k = 0; k < p.K; k += 32) {
+        const __m512i v = p.A_bf16 ? _mm512_maskz_loadu_epi16(mask32(p.K - k), p.A_bf16 + m * p.lda + k)
+                                   : e4m3x32_to_bf16(lut, p.A + m * p.lda + k, p.K - k);
+        _mm512_mask_storeu_epi16(a16 + m * p.K + k, mask32(p.K - k), v);
+      }
+  }
+  over_columns(p.M, p.N, p.K, threads, [&](int64_t j0, int64_t j1) {
+    const E4m3Lut lut;
+    auto dot = [&]<int M, int NB>(int64_t j) { dot_fp8<M, NB>(p, a16, lut, j); };
+    switch (p.M) {
+      case 1: columns<1>(p, j0, j1, dot); break;
+      case 2: columns<2>(p, j0, j1, dot); break;
+      case 3: columns<3>(p, j0, j1, dot); break;
+      default: columns<4>(p, j0, j1, dot); break;
+    }
+  });
+}
+
+}  // namespace dsv3::detail
