@@ -8,6 +8,9 @@
 # Env: SECONDS_PER=1 (time per measurement), SHAPES="MxNxK ..." to override the list,
 #      BEST=1 to report the best run instead of the median (this machine is shared/noisy).
 set -euo pipefail
+# Every side runs with OMP_WAIT_POLICY=PASSIVE: on a shared, oversubscribed machine an
+# OpenMP thread spinning at a join holds a core its partner needs (20 ms stalls measured).
+export OMP_WAIT_POLICY=PASSIVE
 BUILD=${1:-build/release}
 THREADS=${2:-2}
 FORM=${3:-fprop}
@@ -35,9 +38,9 @@ for s in $SHAPES; do
   IFS=x read -r M N K <<< "$s"
   ours() { "$DSV3" bench gemm --m "$M" --n "$N" --k "$K" --dtype "$1" --form "$FORM" --threads "$THREADS" --seconds "$SECS" --json | get $FIELD; }
   f32=$(ours f32)
-  ob=$(OMP_WAIT_POLICY=PASSIVE "$OBLAS" "$M" "$N" "$K" "$THREADS" "$FORM" | get $FIELD)
+  ob=$("$OBLAS" "$M" "$N" "$K" "$THREADS" "$FORM" | get $FIELD)
   bf=$(ours bf16)
-  tb=$(OMP_WAIT_POLICY=PASSIVE ATEN_CPU_CAPABILITY=avx512 /usr/bin/python3 "$HERE/compare_torch.py" --dtype bf16 --form "$FORM" --threads "$THREADS" --seconds "$SECS" "$s" | get $FIELD)
+  tb=$(ATEN_CPU_CAPABILITY=avx512 /usr/bin/python3 "$HERE/compare_torch.py" --dtype bf16 --form "$FORM" --threads "$THREADS" --seconds "$SECS" "$s" | get $FIELD)
   f8=$(ours fp8)
   echo "| $s | $f32 | $ob | $(ratio "$f32" "$ob") | $bf | $tb | $(ratio "$bf" "$tb") | $f8 | $(ratio "$f8" "$bf") |"
 done

@@ -132,6 +132,28 @@ TEST(Gemm, LargeShapesBothGrids) {
   }
 }
 
+// Called from inside a parallel region (a layer already split over threads), the GEMM
+// gets a team of one and must still cover every part of C.
+TEST(Gemm, InsideParallelRegion) {
+  std::mt19937 rng(9);
+  std::vector<float> out(2, 0.f);
+#pragma omp parallel num_threads(2)
+  {
+    std::mt19937 local(rng());
+    int failures = 0;
+#pragma omp critical
+    {
+      // Sequential (critical) so that gtest's failure reporting is not raced.
+      for (Shape s : {Shape{60, 100, 80}, Shape{3, 300, 300}, Shape{700, 30, 40}}) {
+        run_case<float>(s, false, true, false, 2, local, id, id);
+        run_case<uint16_t>(s, true, false, true, 3, local, bf16_f, f32_to_bf16);
+      }
+      failures = ::testing::Test::HasFailure();
+    }
+    (void)failures;
+  }
+}
+
 TEST(Gemm, ZeroSizes) {
   std::vector<float> c(6, 5.f), a(6, 1.f), b(6, 1.f);
   gemm_f32({2, 3, 0, a.data(), 1, false, b.data(), 3, false, c.data(), 3, true});

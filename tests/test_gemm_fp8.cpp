@@ -30,6 +30,14 @@ using testing::Mat;
 
 enum class Form { Fprop, Dgrad, Wgrad, FpropBf16A };
 
+// A copy of m (whose rows are stored densely from m.p) with row stride cols + pad.
+Mat<float> padded(const Mat<float>& m, int64_t pad) {
+  Mat<float> r(m.rows, m.cols, pad);
+  for (int64_t i = 0; i < m.rows; ++i)
+    for (int64_t j = 0; j < m.cols; ++j) r.at(i, j) = m.p[i * m.cols + j];
+  return r;
+}
+
 struct Fp8Case {
   // Operands as the GEMM sees them.
   Mat<uint8_t> a, b;       // A [M,K]; B [N,K] (trans) or [K,N]
@@ -80,6 +88,9 @@ struct Fp8Case {
         p.trans_b = true;
       }
     }
+    // The quantisers write dense scale rows; give the GEMM strided ones.
+    sa = padded(sa, 3);
+    sb = padded(sb, 2);
     p.A = a.p; p.lda = a.ld; p.a_scale = sa.p; p.lda_scale = sa.ld;
     p.B = b.p; p.ldb = b.ld; p.b_scale = sb.p; p.ldb_scale = sb.ld;
     if (f == Form::FpropBf16A) {

@@ -61,7 +61,12 @@ template <int M>
 void ukr_f32(int64_t ks, const float* a, const float* b, float* c, int64_t ldc, int nr, bool add) {
   __m512 c0[M], c1[M];
 #pragma GCC unroll 14
-  for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int i = 0; i < M; ++i) {
+    c0[i] = c1[i] = _mm512_setzero_ps();
+    // The tile of C is needed only at the end: start fetching it now.
+    _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch((const char*)(c + i * ldc + 31), _MM_HINT_T0);
+  }
   for (int64_t k = 0; k < ks; ++k) {
     const __m512 b0 = _mm512_load_ps(b + k * NR), b1 = _mm512_load_ps(b + k * NR + 16);
 #pragma GCC unroll 14

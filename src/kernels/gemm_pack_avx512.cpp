@@ -48,30 +48,39 @@ inline void transpose16(__m512 r[16]) {
   }
 }
 
-// B stored with K contiguous per column (trans_b): column c of the panel is the run
-// src + c*ld (elements of elem_bytes = 4 or 2) holding kc elements. Writes
-// dst[item][NR], item = 32 bits (ceil(kc*elem_bytes/4) items), zero padded.
-void pack_cols_t32(const char* src, int64_t ld_bytes, int nr, int64_t kc, int elem_bytes,
-                   uint32_t* dst) {
-  const int per_item = 4 / elem_bytes;
-  const int64_t items = (kc + per_item - 1) / per_item;
-  for (int c0 = 0; c0 < NR; c0 += 16) {
-    const int rows = nr - c0;
+// The transposing pack shared by every operand stored with K contiguous (A not
+// transposed, B transposed): `rows` source runs of 32-bit items (row i, items t0..t0+15
+// come from load(i, t0)) become dst[item][W], W = the panel width (MR or NR), lanes
+// past `rows` zero. 16x16 blocks go through registers.
+template <int W, class Load>
+void pack_t32(Load load, int rows, int64_t items, uint32_t* dst) {
+  for (int c0 = 0; c0 < W; c0 += 16) {
+    const int lanes = W - c0 < 16 ? W - c0 : 16;
     for (int64_t t0 = 0; t0 < items; t0 += 16) {
       __m512 r[16];
-      const int64_t left = kc - t0 * per_item;  // source elements left in each column
-      for (int i = 0; i < 16; ++i) {
-        if (i >= rows) { r[i] = _mm512_setzero_ps(); continue; }
-        const char* p = src + (c0 + i) * ld_bytes + t0 * 4;
-        r[i] = elem_bytes == 4
-                   ? _mm512_maskz_loadu_ps(mask16(left), p)
-                   : _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask32(left), p));
-      }
+      for (int i = 0; i < 16; ++i) r[i] = c0 + i < rows ? load(c0 + i, t0) : _mm512_setzero_ps();
       transpose16(r);
       const int64_t nt = items - t0 < 16 ? items - t0 : 16;
-      for (int t = 0; t < nt; ++t) _mm512_store_ps((float*)(dst + (t0 + t) * NR + c0), r[t]);
+      for (int t = 0; t < nt; ++t) {
+        float* d = (float*)(dst + (t0 + t) * W + c0);
+        if (lanes == 16) _mm512_storeu_ps(d, r[t]);
+        else _mm512_mask_storeu_ps(d, mask16(lanes), r[t]);
+      }
     }
   }
+}
+
+// Runs of F32 (elem_bytes 4) or BF16 (2, two per item) at src + i*ld_bytes, kc elements.
+template <int W>
+void pack_runs(const char* src, int64_t ld_bytes, int rows, int64_t kc, int elem_bytes, uint32_t* dst) {
+  const int per_item = 4 / elem_bytes;
+  const int64_t items = (kc + per_item - 1) / per_item;
+  pack_t32<W>([&](int i, int64_t t0) {
+        const char* p = src + i * ld_bytes + t0 * 4;
+        const int64_t left = kc - t0 * per_item;  // source elements left in the run
+        return elem_bytes == 4 ? _mm512_maskz_loadu_ps(mask16(left), p)
+                               : _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask32(left), p));
+      }, rows, items, dst);
 }
 
 // Word indices that interleave two registers of 32 BF16 (rows k and k+1) into pairs:
@@ -83,12 +92,6 @@ alignas(64) constexpr uint16_t kPairIdx[64] = {
     24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
 
 #include "kernels/gemm_e4m3_avx512.inc"
-
-// n E4M3 codes -> n BF16 values.
-void e4m3_to_bf16(const E4m3Lut& lut, const uint8_t* src, int64_t n, uint16_t* dst) {
-  for (int64_t i = 0; i < n; i += 32)
-    _mm512_mask_storeu_epi16(dst + i, mask32(n - i), e4m3x32_to_bf16(lut, src + i, n - i));
-}
 
 }  // namespace
 
@@ -102,20 +105,13 @@ void pack_a_f32_avx512(const float* A, int64_t lda, bool trans, int64_t i0, int 
     }
     return;
   }
-  for (int r = 0; r < MR; ++r) {
-    if (r >= mr) {
-      for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = 0.f;
-      continue;
-    }
-    const float* s = A + (i0 + r) * lda + k0;
-    for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = s[k];
-  }
+  pack_runs<MR>((const char*)(A + i0 * lda + k0), lda * 4, mr, kc, 4, (uint32_t*)dst);
 }
 
 void pack_b_f32_avx512(const float* B, int64_t ldb, bool trans, int64_t j0, int nr,
                        int64_t k0, int64_t kc, float* dst) {
   if (trans) {
-    pack_cols_t32((const char*)(B + j0 * ldb + k0), ldb * 4, nr, kc, 4, (uint32_t*)dst);
+    pack_runs<NR>((const char*)(B + j0 * ldb + k0), ldb * 4, nr, kc, 4, (uint32_t*)dst);
     return;
   }
   const __mmask16 m0 = mask16(nr), m1 = mask16(nr > 16 ? nr - 16 : 0);
@@ -141,26 +137,13 @@ void pack_a_bf16_avx512(const uint16_t* A, int64_t lda, bool trans, int64_t i0, 
     }
     return;
   }
-  for (int r = 0; r < MR; ++r) {
-    if (r >= mr) {
-      for (int64_t s = 0; s < ks; ++s) dst[s * MR + r] = 0;
-      continue;
-    }
-    const uint16_t* src = A + (i0 + r) * lda + k0;
-    const int64_t full = kc / 2;
-    for (int64_t s = 0; s < full; ++s) {
-      uint32_t v;
-      std::memcpy(&v, src + 2 * s, 4);
-      dst[s * MR + r] = v;
-    }
-    if (kc & 1) dst[full * MR + r] = src[kc - 1];
-  }
+  pack_runs<MR>((const char*)(A + i0 * lda + k0), lda * 2, mr, kc, 2, dst);
 }
 
 void pack_b_bf16_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
                         int64_t k0, int64_t kc, uint32_t* dst) {
   if (trans) {
-    pack_cols_t32((const char*)(B + j0 * ldb + k0), ldb * 2, nr, kc, 2, dst);
+    pack_runs<NR>((const char*)(B + j0 * ldb + k0), ldb * 2, nr, kc, 2, dst);
     return;
   }
   // B stored [K,N]: item (s, c) = (B[2s][c], B[2s+1][c]); a two-source word permute
@@ -177,19 +160,14 @@ void pack_b_bf16_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, 
   }
 }
 
-// FP8: decode a chunk of 128 K (one scale block) to BF16 in a small stack buffer, pack it
-// as BF16 items (64 per chunk), repeat.
-constexpr int64_t kChunk = 128;
-
+// FP8: the decode is fused into the loads of the BF16 packing (each 32-code load
+// becomes one register of BF16 pairs).
 void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
                         int64_t kc, uint32_t* dst) {
   const E4m3Lut lut;
-  alignas(64) uint16_t tmp[MR * kChunk];  // [mr, chunk] decoded rows
-  for (int64_t k = 0; k < kc; k += kChunk) {
-    const int64_t n = kc - k < kChunk ? kc - k : kChunk;
-    for (int r = 0; r < mr; ++r) e4m3_to_bf16(lut, A + (i0 + r) * lda + k0 + k, n, tmp + r * n);
-    pack_a_bf16_avx512(tmp, n, false, 0, mr, 0, n, dst + (k / 2) * MR);
-  }
+  pack_t32<MR>([&](int i, int64_t t0) {
+        return _mm512_castsi512_ps(e4m3x32_to_bf16(lut, A + (i0 + i) * lda + k0 + 2 * t0, kc - 2 * t0));
+      }, mr, (kc + 1) / 2, dst);
 }
 
 // B is the big operand of skinny-M GEMMs, so its decode is fused into the transpose /
@@ -199,18 +177,9 @@ void pack_b_e4m3_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, i
   const E4m3Lut lut;
   const int64_t items = (kc + 1) / 2;
   if (trans) {  // column c = the K-contiguous run B + (j0+c)*ldb + k0
-    for (int c0 = 0; c0 < NR; c0 += 16) {
-      const int rows = nr - c0;
-      for (int64_t t0 = 0; t0 < items; t0 += 16) {
-        __m512 r[16];
-        for (int i = 0; i < 16; ++i)
-          r[i] = i < rows ? _mm512_castsi512_ps(e4m3x32_to_bf16(lut, B + (j0 + c0 + i) * ldb + k0 + 2 * t0, kc - 2 * t0))
-                          : _mm512_setzero_ps();
-        transpose16(r);
-        const int64_t nt = items - t0 < 16 ? items - t0 : 16;
-        for (int t = 0; t < nt; ++t) _mm512_store_ps((float*)(dst + (t0 + t) * NR + c0), r[t]);
-      }
-    }
+    pack_t32<NR>([&](int c, int64_t t0) {
+          return _mm512_castsi512_ps(e4m3x32_to_bf16(lut, B + (j0 + c) * ldb + k0 + 2 * t0, kc - 2 * t0));
+        }, nr, items, dst);
     return;
   }
   // B stored [K,N]: decode rows 2s and 2s+1, interleave them into pairs.
