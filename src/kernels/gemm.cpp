@@ -109,6 +109,7 @@ void gemm_bf16(const GemmBF16& p, int threads) {
   if (trivial(p)) return;
   threads = resolve_threads(threads);
   if (active_isa() >= Isa::Avx512) return detail::gemm_bf16_avx512(p, threads);
+  if (active_isa() >= Isa::Avx2) return detail::gemm_bf16_avx2(p, threads);
   gemm_bf16_ref(p);
 }
 

@@ -30,6 +30,7 @@ void gemm_f32_avx512(const GemmF32& p, int threads);
 void gemm_bf16_avx512(const GemmBF16& p, int threads);
 void gemm_fp8_avx512(const GemmFP8& p, int threads);
 void gemm_f32_avx2(const GemmF32& p, int threads);
+void gemm_bf16_avx2(const GemmBF16& p, int threads);
 // Skinny fprop (M <= kSmallM, !trans_a, trans_b): no packing (gemm_small_avx512.cpp).
 inline constexpr int64_t kSmallM = 4;
 void gemm_small_f32_avx512(const GemmF32& p, int threads);

@@ -1,4 +1,5 @@
-// AVX2 + FMA F32 GEMM: the fallback for CPUs without AVX-512 (or without its BF16 part).
+// AVX2 + FMA GEMMs: the fallback for CPUs without AVX-512 (or without its BF16 part).
+// BF16 operands are widened to F32 (exact) while packing and share the F32 kernel.
 // Same blocked loop nest as the AVX-512 path (gemm_driver.inc), a 6x16 microkernel:
 // 12 ymm accumulators + 2 B vectors + 1 broadcast = 15 of the 16 ymm registers, 12 FMAs
 // per 2 vector loads + 6 broadcasts; 12 chains cover 2 FMA pipes x 4-cycle latency.
@@ -7,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/gemm_internal.h"
 
@@ -53,19 +55,28 @@ void ukr(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int 
   }
 }
 
-struct OpF32 {
+inline float widen(float v) { return v; }
+inline float widen(uint16_t v) {  // BF16 bits -> F32
+  const uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <class P>
+struct OpAvx2 {
   static constexpr int MR = 6, NR = 16;
   int64_t KC = kKc, MC = kMc, NC = kNc;
   size_t a_panel_bytes = size_t(kKc) * MR * 4;  // 6144: a multiple of 64
   size_t b_panel_bytes = size_t(kKc) * NR * 4;
-  const GemmF32* p;
+  const P* p;
   // dst[k][MR]; rows past mr are zero.
   void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* d) const {
     float* dst = (float*)d;
     for (int64_t k = 0; k < kc; ++k)
       for (int r = 0; r < MR; ++r) {
         const int64_t i = i0 + r, kk = k0 + k;
-        dst[k * MR + r] = r >= mr ? 0.f : p->trans_a ? p->A[kk * p->lda + i] : p->A[i * p->lda + kk];
+        dst[k * MR + r] = r >= mr ? 0.f : widen(p->trans_a ? p->A[kk * p->lda + i] : p->A[i * p->lda + kk]);
       }
   }
   // dst[k][NR]; columns past nr are zero.
@@ -73,14 +84,14 @@ struct OpF32 {
     float* dst = (float*)d;
     if (p->trans_b) {
       for (int c = 0; c < NR; ++c) {
-        const float* s = p->B + (j0 + c) * p->ldb + k0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = c < nr ? s[k] : 0.f;
+        const auto* s = p->B + (j0 + c) * p->ldb + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = c < nr ? widen(s[k]) : 0.f;
       }
       return;
     }
     for (int64_t k = 0; k < kc; ++k) {
-      const float* s = p->B + (k0 + k) * p->ldb + j0;
-      for (int c = 0; c < NR; ++c) dst[k * NR + c] = c < nr ? s[c] : 0.f;
+      const auto* s = p->B + (k0 + k) * p->ldb + j0;
+      for (int c = 0; c < NR; ++c) dst[k * NR + c] = c < nr ? widen(s[c]) : 0.f;
     }
   }
   void kernel(int mr, int nr, int64_t, int64_t kc, const char* a, const char* b, int64_t i,
@@ -103,7 +114,13 @@ struct OpF32 {
 }  // namespace
 
 void gemm_f32_avx2(const GemmF32& p, int threads) {
-  OpF32 op;
+  OpAvx2<GemmF32> op;
+  op.p = &p;
+  gemm_blocked(op, p.M, p.N, p.K, threads);
+}
+
+void gemm_bf16_avx2(const GemmBF16& p, int threads) {
+  OpAvx2<GemmBF16> op;
   op.p = &p;
   gemm_blocked(op, p.M, p.N, p.K, threads);
 }
