@@ -37,6 +37,9 @@ void ukr(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int 
       c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
     }
   }
+  // Unrolled so the accumulators stay registers (a runtime-indexed c0[i] would force
+  // GCC to keep the arrays in memory, inside the k loop too).
+#pragma GCC unroll 6
   for (int i = 0; i < M; ++i) {
     float* ci = c + i * ldc;
     if (nr == NR) {
