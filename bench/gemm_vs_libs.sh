@@ -6,7 +6,9 @@
 # Prints a markdown table of GFLOP/s (median of a ~1 s run each; `best` with --best) and
 # ratios. usage: bench/gemm_vs_libs.sh [build_dir=build/release] [threads=2] [form=fprop]
 # Env: SECONDS_PER=1 (time per measurement), SHAPES="MxNxK ..." to override the list,
-#      BEST=1 to report the best run instead of the median (this machine is shared/noisy).
+#      BEST=1 to report the best run instead of the median (this machine is shared/noisy),
+#      CPU=1 to report FLOPs per process CPU-second (use with threads=1: per-core speed,
+#      nearly immune to other processes; with more threads it also counts spin-waiting).
 set -euo pipefail
 # Every side runs with OMP_WAIT_POLICY=PASSIVE: on a shared, oversubscribed machine an
 # OpenMP thread spinning at a join holds a core its partner needs (20 ms stalls measured).
@@ -17,6 +19,7 @@ FORM=${3:-fprop}
 SECS=${SECONDS_PER:-1}
 FIELD=gflops
 [[ "${BEST:-0}" == 1 ]] && FIELD=gflops_best
+[[ "${CPU:-0}" == 1 ]] && FIELD=gflops_cpu
 HERE=$(cd "$(dirname "$0")" && pwd)
 DSV3=$BUILD/dsv3
 OBLAS=$BUILD/bench_openblas

@@ -1,6 +1,7 @@
 // Scalar reference GEMMs: the definition the fast kernels are tested against, and the
-// portable fallback. Accumulates in double so the reference error is far below the
-// kernels' (the tests derive their tolerances from K and the input magnitudes).
+// portable fallback. F32/BF16 accumulate in double so the reference error is far below
+// the kernels' (the tests derive their tolerances from K and the input magnitudes); FP8
+// follows DeepSeek-V3's definition literally (FP32 per 128-K block, then promoted).
 #include "kernels/gemm.h"
 
 #include <algorithm>
