@@ -277,7 +277,7 @@ void gemm_bf16_avx512(const GemmBF16& p, int threads) {
 }
 
 void gemm_fp8_avx512(const GemmFP8& p, int threads) {
-  if (p.M <= kSmallM && p.trans_b) return gemm_small_fp8_avx512(p, threads);
+  if (p.M <= kSmallMFp8 && p.trans_b) return gemm_small_fp8_avx512(p, threads);
   OpFP8 op;
   op.p = &p;
   gemm_blocked(op, p.M, p.N, p.K, threads);

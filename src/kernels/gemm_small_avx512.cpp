@@ -1,4 +1,5 @@
-// Skinny-M GEMMs without packing (decode: M = 1..4 tokens against a weight W [N,K]).
+// Skinny-M GEMMs without packing (decode, or MoE experts with few tokens: M <= kSmallM
+// rows against a weight W [N,K]).
 // With so few rows the packed path would spend more time copying W (the whole cost is
 // streaming W from memory once) than multiplying, so here each W row is read once, in
 // place, and dotted with the M rows of A: accumulators hold K-lanes, reduced at the end.
@@ -23,7 +24,9 @@ inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : n
 
 #include "kernels/gemm_e4m3_avx512.inc"
 
-constexpr int kNB = 4;  // W rows per step: M x 4 accumulators, 4 independent W streams
+constexpr int kNB = 4;  // the widest column step (tiles below)
+// Every loop over the register tile is unrolled (#pragma GCC unroll): a runtime index into
+// the accumulator arrays would keep them in memory.
 
 inline void put(float* c, float v, bool add) { *c = add ? *c + v : v; }
 
@@ -44,106 +47,145 @@ void over_columns(int64_t M, int64_t N, int64_t K, int threads, Body body) {
 }
 
 template <int M, int NB>
-void dot_f32(const GemmF32& p, int64_t j) {
+void dot_f32(const GemmF32& p, int64_t i0, int64_t j) {
   __m512 s[M][NB];
+  #pragma GCC unroll 8
   for (int m = 0; m < M; ++m)
+    #pragma GCC unroll 8
     for (int n = 0; n < NB; ++n) s[m][n] = _mm512_setzero_ps();
   for (int64_t k = 0; k < p.K; k += 16) {
     const __mmask16 mk = mask16(p.K - k);
     __m512 w[NB];
+    #pragma GCC unroll 8
     for (int n = 0; n < NB; ++n) w[n] = _mm512_maskz_loadu_ps(mk, p.B + (j + n) * p.ldb + k);
+    #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
-      const __m512 a = _mm512_maskz_loadu_ps(mk, p.A + m * p.lda + k);
+      const __m512 a = _mm512_maskz_loadu_ps(mk, p.A + (i0 + m) * p.lda + k);
+      #pragma GCC unroll 8
       for (int n = 0; n < NB; ++n) s[m][n] = _mm512_fmadd_ps(a, w[n], s[m][n]);
     }
   }
+  #pragma GCC unroll 8
   for (int m = 0; m < M; ++m)
-    for (int n = 0; n < NB; ++n) put(p.C + m * p.ldc + j + n, _mm512_reduce_add_ps(s[m][n]), p.accumulate);
+    #pragma GCC unroll 8
+    for (int n = 0; n < NB; ++n) put(p.C + (i0 + m) * p.ldc + j + n, _mm512_reduce_add_ps(s[m][n]), p.accumulate);
 }
 
 template <int M, int NB>
-void dot_bf16(const GemmBF16& p, int64_t j) {
+void dot_bf16(const GemmBF16& p, int64_t i0, int64_t j) {
   __m512 s[M][NB];
+  #pragma GCC unroll 8
   for (int m = 0; m < M; ++m)
+    #pragma GCC unroll 8
     for (int n = 0; n < NB; ++n) s[m][n] = _mm512_setzero_ps();
   for (int64_t k = 0; k < p.K; k += 32) {  // vdpbf16ps pairs lanes 2l, 2l+1 of both rows
     const __mmask32 mk = mask32(p.K - k);
     __m512bh w[NB];
+    #pragma GCC unroll 8
     for (int n = 0; n < NB; ++n) w[n] = (__m512bh)_mm512_maskz_loadu_epi16(mk, p.B + (j + n) * p.ldb + k);
+    #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
-      const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(mk, p.A + m * p.lda + k);
+      const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(mk, p.A + (i0 + m) * p.lda + k);
+      #pragma GCC unroll 8
       for (int n = 0; n < NB; ++n) s[m][n] = _mm512_dpbf16_ps(s[m][n], a, w[n]);
     }
   }
+  #pragma GCC unroll 8
   for (int m = 0; m < M; ++m)
-    for (int n = 0; n < NB; ++n) put(p.C + m * p.ldc + j + n, _mm512_reduce_add_ps(s[m][n]), p.accumulate);
+    #pragma GCC unroll 8
+    for (int n = 0; n < NB; ++n) put(p.C + (i0 + m) * p.ldc + j + n, _mm512_reduce_add_ps(s[m][n]), p.accumulate);
 }
 
 // FP8: a16 [M,K] is A decoded to BF16 (row stride K); per 128-K block the partial lanes
 // are scaled by sa·sb and summed (report §3.3 promotion; the lane sums reassociate).
 template <int M, int NB>
-void dot_fp8(const GemmFP8& p, const uint16_t* a16, const E4m3Lut& lut, int64_t j) {
+void dot_fp8(const GemmFP8& p, const uint16_t* a16, const E4m3Lut& lut, int64_t i0, int64_t j) {
   __m512 tot[M][NB];
+  #pragma GCC unroll 8
   for (int m = 0; m < M; ++m)
+    #pragma GCC unroll 8
     for (int n = 0; n < NB; ++n) tot[m][n] = _mm512_setzero_ps();
   for (int64_t k0 = 0, kb = 0; k0 < p.K; k0 += 128, ++kb) {
     __m512 s[M][NB];
+    #pragma GCC unroll 8
     for (int m = 0; m < M; ++m)
+      #pragma GCC unroll 8
       for (int n = 0; n < NB; ++n) s[m][n] = _mm512_setzero_ps();
     const int64_t k1 = p.K < k0 + 128 ? p.K : k0 + 128;
     for (int64_t k = k0; k < k1; k += 32) {
       __m512bh w[NB];
+      #pragma GCC unroll 8
       for (int n = 0; n < NB; ++n) w[n] = (__m512bh)e4m3x32_to_bf16(lut, p.B + (j + n) * p.ldb + k, k1 - k);
+      #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
-        const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(mask32(k1 - k), a16 + m * p.K + k);
+        const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(mask32(k1 - k), a16 + (i0 + m) * p.K + k);
+        #pragma GCC unroll 8
         for (int n = 0; n < NB; ++n) s[m][n] = _mm512_dpbf16_ps(s[m][n], a, w[n]);
       }
     }
+    #pragma GCC unroll 8
     for (int n = 0; n < NB; ++n) {
       const int64_t jn = j + n;
       const float sb = p.b_layout == Fp8BLayout::Col128 ? p.b_scale[jn * p.ldb_scale + kb]
                                                         : p.b_scale[(jn / 128) * p.ldb_scale + kb];
+      #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
-        const float sa = p.A_bf16 ? 1.f : p.a_scale[m * p.lda_scale + kb];
+        const float sa = p.A_bf16 ? 1.f : p.a_scale[(i0 + m) * p.lda_scale + kb];
         tot[m][n] = _mm512_fmadd_ps(s[m][n], _mm512_set1_ps(sa * sb), tot[m][n]);
       }
     }
   }
+  #pragma GCC unroll 8
   for (int m = 0; m < M; ++m)
-    for (int n = 0; n < NB; ++n) put(p.C + m * p.ldc + j + n, _mm512_reduce_add_ps(tot[m][n]), p.accumulate);
+    #pragma GCC unroll 8
+    for (int n = 0; n < NB; ++n) put(p.C + (i0 + m) * p.ldc + j + n, _mm512_reduce_add_ps(tot[m][n]), p.accumulate);
 }
 
-template <int M, class P, class Dot>
-void columns(const P& p, int64_t j0, int64_t j1, Dot dot) {
-  (void)p;
-  int64_t j = j0;
-  for (; j + kNB <= j1; j += kNB) dot.template operator()<M, kNB>(j);
-  for (; j < j1; ++j) dot.template operator()<M, 1>(j);
+template <int W, class Dot>
+void rows_w(int mg, const Dot& dot, int64_t i0, int64_t j) {
+  switch (mg) {
+    case 1: dot.template operator()<1, W>(i0, j); break;
+    case 2: dot.template operator()<2, W>(i0, j); break;
+    case 3: dot.template operator()<3, W>(i0, j); break;
+    case 4: dot.template operator()<4, W>(i0, j); break;
+    case 5: dot.template operator()<5, W>(i0, j); break;
+    case 6: dot.template operator()<6, W>(i0, j); break;
+    case 7: dot.template operator()<7, W>(i0, j); break;
+    default: dot.template operator()<8, W>(i0, j); break;
+  }
+}
+
+// Columns [j0, j1) in steps of nb W rows; for each step every group of <= kRows rows of A,
+// so the nb W rows are read from memory once and reused from L1 by the later groups.
+// Tiles: up to 4 rows x 4 columns or 8 rows x 2 columns = 16 accumulators, 8-10 loads
+// per 16 FMAs / dot products.
+constexpr int kRows = 8;
+template <class Dot>
+void tiles(int64_t M, int64_t j0, int64_t j1, const Dot& dot) {
+  const int nb = M <= 4 ? 4 : 2;
+  for (int64_t j = j0; j < j1;) {
+    const int w = j + nb <= j1 ? nb : 1;
+    for (int64_t i0 = 0; i0 < M; i0 += kRows) {
+      const int mg = int(M - i0 < kRows ? M - i0 : kRows);
+      if (w == 4) rows_w<4>(mg, dot, i0, j);
+      else if (w == 2) rows_w<2>(mg, dot, i0, j);
+      else rows_w<1>(mg, dot, i0, j);
+    }
+    j += w;
+  }
 }
 
 }  // namespace
 
 void gemm_small_f32_avx512(const GemmF32& p, int threads) {
   over_columns(p.M, p.N, p.K, threads, [&](int64_t j0, int64_t j1) {
-    auto dot = [&]<int M, int NB>(int64_t j) { dot_f32<M, NB>(p, j); };
-    switch (p.M) {
-      case 1: columns<1>(p, j0, j1, dot); break;
-      case 2: columns<2>(p, j0, j1, dot); break;
-      case 3: columns<3>(p, j0, j1, dot); break;
-      default: columns<4>(p, j0, j1, dot); break;
-    }
+    tiles(p.M, j0, j1, [&]<int M, int NB>(int64_t i0, int64_t j) { dot_f32<M, NB>(p, i0, j); });
   });
 }
 
 void gemm_small_bf16_avx512(const GemmBF16& p, int threads) {
   over_columns(p.M, p.N, p.K, threads, [&](int64_t j0, int64_t j1) {
-    auto dot = [&]<int M, int NB>(int64_t j) { dot_bf16<M, NB>(p, j); };
-    switch (p.M) {
-      case 1: columns<1>(p, j0, j1, dot); break;
-      case 2: columns<2>(p, j0, j1, dot); break;
-      case 3: columns<3>(p, j0, j1, dot); break;
-      default: columns<4>(p, j0, j1, dot); break;
-    }
+    tiles(p.M, j0, j1, [&]<int M, int NB>(int64_t i0, int64_t j) { dot_bf16<M, NB>(p, i0, j); });
   });
 }
 
@@ -161,13 +203,7 @@ void gemm_small_fp8_avx512(const GemmFP8& p, int threads) {
   }
   over_columns(p.M, p.N, p.K, threads, [&](int64_t j0, int64_t j1) {
     const E4m3Lut lut;
-    auto dot = [&]<int M, int NB>(int64_t j) { dot_fp8<M, NB>(p, a16, lut, j); };
-    switch (p.M) {
-      case 1: columns<1>(p, j0, j1, dot); break;
-      case 2: columns<2>(p, j0, j1, dot); break;
-      case 3: columns<3>(p, j0, j1, dot); break;
-      default: columns<4>(p, j0, j1, dot); break;
-    }
+    tiles(p.M, j0, j1, [&]<int M, int NB>(int64_t i0, int64_t j) { dot_fp8<M, NB>(p, a16, lut, i0, j); });
   });
 }
 
