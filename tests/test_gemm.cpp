@@ -124,13 +124,17 @@ TEST(Gemm, F32AllPathsMatchReference) { run_all<float>(id, id); }
 
 TEST(Gemm, BF16AllPathsMatchReference) { run_all<uint16_t>(bf16_f, f32_to_bf16); }
 
-// A large, thread-split problem whose grid splits M (tall) and one that splits N (skinny).
+// Large, thread-split problems: a grid that splits M (tall), one that splits N (skinny),
+// and the unpacked skinny kernels for a few dozen rows against a big W (gemm_avx512.cpp
+// takes them when N·K >= 2^19 (F32) / 2^21 (BF16)).
 TEST(Gemm, LargeShapesBothGrids) {
   std::mt19937 rng(3);
   for (Shape s : {Shape{testing::kFull ? 600 : 100, 70, 520}, Shape{5, testing::kFull ? 5000 : 700, 200}}) {
     run_case<float>(s, false, true, false, 2, rng, id, id);
     run_case<uint16_t>(s, false, false, true, 2, rng, bf16_f, f32_to_bf16);
   }
+  run_case<float>(testing::kFull ? Shape{40, 300, 1800} : Shape{19, 600, 900}, false, true, true, 2, rng, id, id);
+  run_case<uint16_t>(Shape{testing::kFull ? 30 : 17, 1030, 2040}, false, true, false, 2, rng, bf16_f, f32_to_bf16);
 }
 
 // Called from inside a parallel region (a layer already split over threads), the GEMM

@@ -20,15 +20,17 @@ constexpr int MR = kMR512, NR = kNR512;
 static_assert(NR == 32, "the microkernels hold a row of the tile in two zmm registers");
 
 // Cache blocking for Zen 4 (32 KB L1D, 1 MB L2 per core, 32 MB shared L3), in K elements.
-// The B micro-panel (kc/kunit x NR x 4 bytes) is reused by every A micro-panel of the
-// block and should stay in L1 alongside the streaming A panel: 24 KB. The A block (MC x kc)
-// lives in L2 (~half of it), the B block (kc x NC) in L3.
+// Measured (per-core GFLOP/s at 1024x2048x2048, KC from 128 to 1536): the textbook choice,
+// a B micro-panel that fits L1 (KC 192 F32), loses ~15% to KC 512: a k step needs only
+// 128 B of B + 56 B of A per 28 FMA cycles, which L2 (32 B/cycle) streams easily, while a
+// longer KC halves the C tile traffic and the loop overheads. So: A block (MC x kc) in
+// L2, B micro-panels streamed from L2, the B block (kc x NC) in L3.
 constexpr int64_t kKcF32 = 512;          // 512 x 32 x 4 B = 64 KB B micro-panel
 constexpr int64_t kMcF32 = MR * 16;      // 224 x 512 x 4 B = 448 KB A block
 constexpr int64_t kKcBf16 = 1024;        // 512 pairs x 32 x 4 B = 64 KB
 constexpr int64_t kMcBf16 = MR * 24;     // 336 x 1024 x 2 B = 672 KB
 constexpr int64_t kKcFp8 = 1024;         // 8 promotion blocks of 128
-constexpr int64_t kNc = 4096;            // B block 3 MB (F32) in L3
+constexpr int64_t kNc = 4096;            // B block 8 MB (F32) in L3
 constexpr int64_t kFp8Blk = 128;         // DeepSeek-V3's promotion interval N_C (report §3.3)
 static_assert(kKcFp8 % kFp8Blk == 0, "FP8 K blocks must not straddle a scale block");
 static_assert(kKcBf16 % 2 == 0 && kKcF32 % 16 == 0, "KC must keep panels 64-byte aligned");
@@ -260,8 +262,20 @@ struct OpFP8 {
 
 }  // namespace
 
+// When the unpacked skinny kernels (gemm_small_avx512.cpp) beat packing, from per-core
+// GFLOP/s on Zen 4 (M = 8..64 against N x K = 256x256 .. 2048x2048): always for a few
+// rows; for a few dozen rows when W is big (streaming it from L3/DRAM, which packing
+// would do three times, dominates); never for small, cache-resident W, where the packed
+// kernel's higher peak wins. FP8 pays the E4M3 decode per group of 4 rows unpacked but
+// once per 14 rows packed, so it switches early.
+namespace {
+bool small_f32(int64_t M, int64_t N, int64_t K) { return M <= 16 || (M <= 64 && N * K >= (int64_t(1) << 19)); }
+bool small_bf16(int64_t M, int64_t N, int64_t K) { return M <= 16 || (M <= 32 && N * K >= (int64_t(1) << 21)); }
+constexpr int64_t kSmallMFp8 = 6;
+}  // namespace
+
 void gemm_f32_avx512(const GemmF32& p, int threads) {
-  if (p.M <= kSmallM && !p.trans_a && p.trans_b) return gemm_small_f32_avx512(p, threads);
+  if (!p.trans_a && p.trans_b && small_f32(p.M, p.N, p.K)) return gemm_small_f32_avx512(p, threads);
   OpF32 op;
   op.p = &p;
 
@@ -269,7 +283,7 @@ void gemm_f32_avx512(const GemmF32& p, int threads) {
 }
 
 void gemm_bf16_avx512(const GemmBF16& p, int threads) {
-  if (p.M <= kSmallM && !p.trans_a && p.trans_b) return gemm_small_bf16_avx512(p, threads);
+  if (!p.trans_a && p.trans_b && small_bf16(p.M, p.N, p.K)) return gemm_small_bf16_avx512(p, threads);
   OpBF16 op;
   op.p = &p;
 

@@ -31,12 +31,7 @@ void gemm_bf16_avx512(const GemmBF16& p, int threads);
 void gemm_fp8_avx512(const GemmFP8& p, int threads);
 void gemm_f32_avx2(const GemmF32& p, int threads);
 void gemm_bf16_avx2(const GemmBF16& p, int threads);
-// Skinny fprop (M <= kSmallM, !trans_a, trans_b): no packing (gemm_small_avx512.cpp).
-// Thresholds measured on Zen 4 (per-core GFLOP/s, N=1408, K=2048): the unpacked kernels
-// win up to M=16 for F32/BF16. FP8 pays its E4M3 decode per row group there, so the
-// packed path (decode once per element, reused by 14 rows) wins from M ~ 8.
-inline constexpr int64_t kSmallM = 16;
-inline constexpr int64_t kSmallMFp8 = 6;
+// Skinny fprop (small M, !trans_a, trans_b): no packing (gemm_small_avx512.cpp).
 void gemm_small_f32_avx512(const GemmF32& p, int threads);
 void gemm_small_bf16_avx512(const GemmBF16& p, int threads);
 void gemm_small_fp8_avx512(const GemmFP8& p, int threads);

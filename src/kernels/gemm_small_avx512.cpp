@@ -1,5 +1,5 @@
-// Skinny-M GEMMs without packing (decode, or MoE experts with few tokens: M <= kSmallM
-// rows against a weight W [N,K]).
+// Skinny-M GEMMs without packing (decode, or MoE experts with few tokens against a big
+// weight W [N,K]; when is decided in gemm_avx512.cpp).
 // With so few rows the packed path would spend more time copying W (the whole cost is
 // streaming W from memory once) than multiplying, so here each W row is read once, in
 // place, and dotted with the M rows of A: accumulators hold K-lanes, reduced at the end.
@@ -147,28 +147,24 @@ void rows_w(int mg, const Dot& dot, int64_t i0, int64_t j) {
     case 1: dot.template operator()<1, W>(i0, j); break;
     case 2: dot.template operator()<2, W>(i0, j); break;
     case 3: dot.template operator()<3, W>(i0, j); break;
-    case 4: dot.template operator()<4, W>(i0, j); break;
-    case 5: dot.template operator()<5, W>(i0, j); break;
-    case 6: dot.template operator()<6, W>(i0, j); break;
-    case 7: dot.template operator()<7, W>(i0, j); break;
-    default: dot.template operator()<8, W>(i0, j); break;
+    default: dot.template operator()<4, W>(i0, j); break;
   }
 }
 
-// Columns [j0, j1) in steps of nb W rows; for each step every group of <= kRows rows of A,
-// so the nb W rows are read from memory once and reused from L1 by the later groups.
-// Tiles: up to 4 rows x 4 columns or 8 rows x 2 columns = 16 accumulators, 8-10 loads
-// per 16 FMAs / dot products.
-constexpr int kRows = 8;
+// Columns [j0, j1) in steps of 4 W rows; for each step every group of <= 4 rows of A,
+// so the 4 W rows are read from memory once and reused from L1 by the later groups while
+// A (M x K, at most 64 rows) streams from L2. Tile: 4 x 4 = 16 accumulators, 8 loads per
+// 16 FMAs / dot products (measured better than 8 x 2, whose 8 A rows per step saturate
+// the L2 -> L1 path). The 16 horizontal sums per tile cost ~8% at K = 2048, more for short
+// K, which is why short-K shapes stay on the packed path (gemm_avx512.cpp).
+constexpr int kRows = 4;
 template <class Dot>
 void tiles(int64_t M, int64_t j0, int64_t j1, const Dot& dot) {
-  const int nb = M <= 4 ? 4 : 2;
   for (int64_t j = j0; j < j1;) {
-    const int w = j + nb <= j1 ? nb : 1;
+    const int w = j + kNB <= j1 ? kNB : 1;
     for (int64_t i0 = 0; i0 < M; i0 += kRows) {
       const int mg = int(M - i0 < kRows ? M - i0 : kRows);
-      if (w == 4) rows_w<4>(mg, dot, i0, j);
-      else if (w == 2) rows_w<2>(mg, dot, i0, j);
+      if (w == kNB) rows_w<kNB>(mg, dot, i0, j);
       else rows_w<1>(mg, dot, i0, j);
     }
     j += w;
