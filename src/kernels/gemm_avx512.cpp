@@ -271,7 +271,7 @@ struct OpFP8 {
 namespace {
 bool small_f32(int64_t M, int64_t N, int64_t K) { return M <= 16 || (M <= 64 && N * K >= (int64_t(1) << 19)); }
 bool small_bf16(int64_t M, int64_t N, int64_t K) { return M <= 16 || (M <= 32 && N * K >= (int64_t(1) << 21)); }
-constexpr int64_t kSmallMFp8 = 6;
+constexpr int64_t kSmallMFp8 = 10;
 }  // namespace
 
 void gemm_f32_avx512(const GemmF32& p, int threads) {
