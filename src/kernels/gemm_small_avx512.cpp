@@ -95,7 +95,7 @@ void dot_bf16(const GemmBF16& p, int64_t i0, int64_t j) {
 }
 
 // FP8 decode for the unpacked path, 64 codes at a time: the low and high bytes of the
-// BF16 value of each magnitude come from two 128-byte tables (vpermi2b, AVMX512-VBMI),
+// BF16 value of each magnitude come from two 128-byte tables (vpermi2b, AVX512-VBMI),
 // the sign is bit 7 of the high byte, and unpacking bytes to words yields 2 x 32 BF16
 // in the in-lane order of vpunpck{l,h}bw: out0 = codes 16L+0..7, out1 = codes 16L+8..15
 // of each 128-bit lane L. A is stored in that same order (permute64 below), so the dot
