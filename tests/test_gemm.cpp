@@ -134,6 +134,9 @@ TEST(Gemm, LargeShapesBothGrids) {
     run_case<uint16_t>(s, false, false, true, 2, rng, bf16_f, f32_to_bf16);
   }
   run_case<float>(testing::kFull ? Shape{40, 300, 1800} : Shape{19, 600, 900}, false, true, true, 2, rng, id, id);
+  // More rows than one A block (MC = 518) per thread: the multi-block loops.
+  run_case<float>(Shape{1100, 40, 30}, true, false, false, 1, rng, id, id);
+  run_case<uint16_t>(Shape{1100, 40, 30}, false, true, true, 2, rng, bf16_f, f32_to_bf16);
   run_case<uint16_t>(Shape{testing::kFull ? 30 : 17, 1030, 2040}, false, true, false, 2, rng, bf16_f, f32_to_bf16);
 }
 
