@@ -14,7 +14,13 @@
 //
 // threads = 0 uses default_threads() (core/parallel.h). Each entry point dispatches on
 // active_isa() (core/cpu.h) and has a scalar reference twin, gemm_*_ref, kept for tests
-// and as the portable fallback.
+// and as the portable fallback. Paths: AVX-512 (F32 FMA, BF16/FP8 vdpbf16ps; packed 14x32
+// register tiles, or for M <= 4 fprop an unpacked dot-product kernel), AVX2 (F32 and
+// BF16-widened-to-F32, 6x16 tiles), scalar (the references). Any thread count works;
+// called from inside a parallel region the GEMM runs on the calling thread.
+// The fast paths accumulate in FP32 (in a different order than the references): per
+// element |C - exact| <= ~(K + K/16 + 2)·2^-24·(Σ_k |a_ik·b_kj| + |C0|) (tests/test_gemm.cpp).
+// BF16 products are exact in FP32; vdpbf16ps treats BF16 subnormal inputs as zero.
 #pragma once
 #include <cstdint>
 
@@ -37,9 +43,46 @@ struct GemmBF16 {
   bool accumulate = false;
 };
 
+// FP8 block-scaled GEMM as DeepSeek-V3 trains with it (report §3.3, SPEC §3): operands are
+// E4M3 codes with FP32 scales (value = decode(code) · scale), and the FP32 accumulation is
+// "promoted" every 128 elements of K: each 128-K block's partial sum starts from fresh
+// accumulators and is then added as  C += partial · (scale_a · scale_b).
+//
+//   A  op(A) = A, stored [M,K] (row stride lda), always K-contiguous. Either
+//        E4M3 codes `A` with a_scale [M, blocks(K)] (row stride lda_scale): one scale per
+//        row per 128 columns of K, the layout of quantize_fp8_1x128 (quant.h); or
+//        BF16 `A_bf16` (high-precision activations; scale 1), when A_bf16 != nullptr.
+//   B  E4M3 codes. b_layout says how its scales are laid out:
+//        Block128: weights, one scale per 128x128 block of the *stored* matrix, the layout
+//          of quantize_fp8_128x128. trans_b: B stored [N,K] (fprop x·Wᵀ), b_scale
+//          [blocks(N), blocks(K)]; !trans_b: B stored [K,N] (dgrad dy·W), b_scale
+//          [blocks(K), blocks(N)]. Row stride of b_scale: ldb_scale.
+//        Col128: one scale per column j per 128 rows of K, B stored [N,K] (trans_b must be
+//          true), b_scale [N, blocks(K)] — the layout of quantize_fp8_128x1_t, which the
+//          wgrad GEMM dW = dyᵀ·x consumes (A = dyᵀ quantised along tokens the same way).
+//   C  [M,N] FP32, row stride ldc; accumulate adds to it.
+enum class Fp8BLayout { Block128, Col128 };
+
+struct GemmFP8 {
+  int64_t M = 0, N = 0, K = 0;
+  const uint8_t* A = nullptr; int64_t lda = 0;
+  const float* a_scale = nullptr; int64_t lda_scale = 0;
+  const uint16_t* A_bf16 = nullptr;  // used instead of A / a_scale when set
+  const uint8_t* B = nullptr; int64_t ldb = 0; bool trans_b = true;
+  Fp8BLayout b_layout = Fp8BLayout::Block128;
+  const float* b_scale = nullptr; int64_t ldb_scale = 0;
+  float* C = nullptr; int64_t ldc = 0;
+  bool accumulate = false;
+};
+
 void gemm_f32(const GemmF32& p, int threads = 0);
 void gemm_f32_ref(const GemmF32& p);
 void gemm_bf16(const GemmBF16& p, int threads = 0);
 void gemm_bf16_ref(const GemmBF16& p);
+void gemm_fp8(const GemmFP8& p, int threads = 0);
+// Block by block as defined above: each 128-K partial is a sequential FP32 sum of exact
+// FP32 products of the decoded operands; the kernels sum in another order (within a block
+// only), which changes a partial by at most ~128·eps·Σ|a||b| over that block.
+void gemm_fp8_ref(const GemmFP8& p);
 
 }  // namespace dsv3

@@ -1,0 +1,303 @@
+// AVX-512 GEMMs (F32 with FMA, BF16 and FP8 with vdpbf16ps): the 14x32 microkernels, the
+// operand policies for the shared blocked loop nest (gemm_driver.inc) and the entry points.
+// GCC 12 flags _mm512_undefined_ps() inside its own intrinsics as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#include <omp.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/gemm_internal.h"
+
+namespace dsv3::detail {
+
+namespace {
+
+#include "kernels/gemm_driver.inc"
+
+constexpr int MR = kMR512, NR = kNR512;
+static_assert(NR == 32, "the microkernels hold a row of the tile in two zmm registers");
+
+// Cache blocking for Zen 4 (32 KB L1D, 1 MB L2 per core, 32 MB shared L3), in K elements.
+// Measured (per-core GFLOP/s at 1024x2048x2048, KC from 128 to 1536): the textbook choice,
+// a B micro-panel that fits L1 (KC 192 F32), loses ~15% to KC 512: a k step needs only
+// 128 B of B + 56 B of A per 28 FMA cycles, which L2 (32 B/cycle) streams easily, while a
+// longer KC halves the C tile traffic and the loop overheads. So: A block (MC x kc) in
+// L2, B micro-panels streamed from L2, the B block (kc x NC) in L3. MC = 518 (an A block
+// as big as L2) measured 3-5% faster than 224/336 at M = 512..2048: up to 518 rows take
+// the driver's one-A-block path, whose B panels never leave L2 (gemm_driver.inc).
+constexpr int64_t kKcF32 = 512;          // 512 x 32 x 4 B = 64 KB B micro-panel
+constexpr int64_t kMcF32 = MR * 37;      // 518 x 512 x 4 B = 1 MB A block
+constexpr int64_t kKcBf16 = 1024;        // 512 pairs x 32 x 4 B = 64 KB
+constexpr int64_t kMcBf16 = MR * 37;     // 518 x 1024 x 2 B = 1 MB
+constexpr int64_t kKcFp8 = 1024;         // 8 promotion blocks of 128
+constexpr int64_t kNc = 4096;            // B block 8 MB (F32) in L3
+constexpr int64_t kFp8Blk = 128;         // DeepSeek-V3's promotion interval N_C (report §3.3)
+static_assert(kKcFp8 % kFp8Blk == 0, "FP8 K blocks must not straddle a scale block");
+static_assert(kKcBf16 % 2 == 0 && kKcF32 % 16 == 0, "KC must keep panels 64-byte aligned");
+
+inline size_t round64(size_t n) { return (n + 63) / 64 * 64; }
+
+// Writes a finished tile row: C = acc, or C += acc when add. nr < 32 masks the N edge.
+inline void store_row(float* c, __m512 v0, __m512 v1, int nr, bool add) {
+  if (nr == NR) {
+    if (add) {
+      v0 = _mm512_add_ps(_mm512_loadu_ps(c), v0);
+      v1 = _mm512_add_ps(_mm512_loadu_ps(c + 16), v1);
+    }
+    _mm512_storeu_ps(c, v0);
+    _mm512_storeu_ps(c + 16, v1);
+    return;
+  }
+  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
+  const __mmask16 m1 = nr <= 16 ? __mmask16(0) : __mmask16((1u << (nr - 16)) - 1);
+  if (add) {
+    v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c), v0);
+    v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), v1);
+  }
+  _mm512_mask_storeu_ps(c, m0, v0);
+  _mm512_mask_storeu_ps(c + 16, m1, v1);
+}
+
+// F32: c[M x 32] (+)= a[ks][MR] . b[ks][NR].
+template <int M>
+void ukr_f32(int64_t ks, const float* a, const float* b, float* c, int64_t ldc, int nr, bool add) {
+  __m512 c0[M], c1[M];
+#pragma GCC unroll 14
+  for (int i = 0; i < M; ++i) {
+    c0[i] = c1[i] = _mm512_setzero_ps();
+    // The tile of C is needed only at the end: start fetching it now.
+    _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch((const char*)(c + i * ldc + 31), _MM_HINT_T0);
+  }
+  for (int64_t k = 0; k < ks; ++k) {
+    const __m512 b0 = _mm512_load_ps(b + k * NR), b1 = _mm512_load_ps(b + k * NR + 16);
+#pragma GCC unroll 14
+    for (int i = 0; i < M; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[k * MR + i]);
+      c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+    }
+  }
+#pragma GCC unroll 14
+  for (int i = 0; i < M; ++i) store_row(c + i * ldc, c0[i], c1[i], nr, add);
+}
+
+// BF16: items are K pairs; vdpbf16ps adds both products of a pair into an FP32 lane.
+template <int M>
+void ukr_bf16(int64_t ks, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, int nr,
+              bool add) {
+  __m512 c0[M], c1[M];
+#pragma GCC unroll 14
+  for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < ks; ++k) {
+    const __m512bh b0 = (__m512bh)_mm512_load_si512(b + k * NR);
+    const __m512bh b1 = (__m512bh)_mm512_load_si512(b + k * NR + 16);
+#pragma GCC unroll 14
+    for (int i = 0; i < M; ++i) {
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(a[k * MR + i]));
+      c0[i] = _mm512_dpbf16_ps(c0[i], ai, b0);
+      c1[i] = _mm512_dpbf16_ps(c1[i], ai, b1);
+    }
+  }
+#pragma GCC unroll 14
+  for (int i = 0; i < M; ++i) store_row(c + i * ldc, c0[i], c1[i], nr, add);
+}
+
+// FP8 (decoded to BF16 by packing): each 128-K block starts from fresh accumulators and
+// is promoted as partial * (sa * sb) (report §3.3) into an FP32 tile sum that stays in a
+// small contiguous buffer (C rows a multiple of 4 KB apart would all fight for one L1 set
+// at every block), added to C once per call. Relative to the reference's C += ... per
+// block this only reassociates the FP32 sum of block results (gemm.h tolerance).
+template <int M>
+void ukr_fp8(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, const float* sb,
+             float* c, int64_t ldc, int nr, bool add) {
+  constexpr int64_t kSteps = kFp8Blk / 2;
+  alignas(64) float t[M * NR];  // [M, NR] sum of promoted block results
+  for (int64_t blk = 0; blk * kSteps < ks; ++blk) {
+    __m512 c0[M], c1[M];
+#pragma GCC unroll 14
+    for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+    const int64_t k1 = min64(ks, (blk + 1) * kSteps);
+    for (int64_t k = blk * kSteps; k < k1; ++k) {
+      const __m512bh b0 = (__m512bh)_mm512_load_si512(b + k * NR);
+      const __m512bh b1 = (__m512bh)_mm512_load_si512(b + k * NR + 16);
+#pragma GCC unroll 14
+      for (int i = 0; i < M; ++i) {
+        const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(a[k * MR + i]));
+        c0[i] = _mm512_dpbf16_ps(c0[i], ai, b0);
+        c1[i] = _mm512_dpbf16_ps(c1[i], ai, b1);
+      }
+    }
+    const __m512 s0 = _mm512_load_ps(sb + blk * NR), s1 = _mm512_load_ps(sb + blk * NR + 16);
+#pragma GCC unroll 14
+    for (int i = 0; i < M; ++i) {
+      const __m512 si = _mm512_set1_ps(sa[blk * MR + i]);
+      __m512 v0 = _mm512_mul_ps(c0[i], _mm512_mul_ps(si, s0));
+      __m512 v1 = _mm512_mul_ps(c1[i], _mm512_mul_ps(si, s1));
+      if (blk > 0) {
+        v0 = _mm512_add_ps(_mm512_load_ps(t + i * NR), v0);
+        v1 = _mm512_add_ps(_mm512_load_ps(t + i * NR + 16), v1);
+      }
+      _mm512_store_ps(t + i * NR, v0);
+      _mm512_store_ps(t + i * NR + 16, v1);
+    }
+  }
+#pragma GCC unroll 14
+  for (int i = 0; i < M; ++i)
+    store_row(c + i * ldc, _mm512_load_ps(t + i * NR), _mm512_load_ps(t + i * NR + 16), nr, add);
+}
+
+// Calls KERNEL<mr>(args...) for the tile height mr in 1..14.
+#define DSV3_DISPATCH_MR(mr, KERNEL, ...)                   \
+  switch (mr) {                                             \
+    case 1: KERNEL<1>(__VA_ARGS__); break;                  \
+    case 2: KERNEL<2>(__VA_ARGS__); break;                  \
+    case 3: KERNEL<3>(__VA_ARGS__); break;                  \
+    case 4: KERNEL<4>(__VA_ARGS__); break;                  \
+    case 5: KERNEL<5>(__VA_ARGS__); break;                  \
+    case 6: KERNEL<6>(__VA_ARGS__); break;                  \
+    case 7: KERNEL<7>(__VA_ARGS__); break;                  \
+    case 8: KERNEL<8>(__VA_ARGS__); break;                  \
+    case 9: KERNEL<9>(__VA_ARGS__); break;                  \
+    case 10: KERNEL<10>(__VA_ARGS__); break;                \
+    case 11: KERNEL<11>(__VA_ARGS__); break;                \
+    case 12: KERNEL<12>(__VA_ARGS__); break;                \
+    case 13: KERNEL<13>(__VA_ARGS__); break;                \
+    default: KERNEL<14>(__VA_ARGS__); break;                \
+  }
+static_assert(MR == 14, "DSV3_DISPATCH_MR lists the heights 1..14");
+
+struct OpF32 {
+  static constexpr int MR = kMR512, NR = kNR512;
+  int64_t KC = kKcF32, MC = kMcF32, NC = kNc;
+  size_t a_panel_bytes = round64(size_t(kKcF32) * MR * 4);
+  size_t b_panel_bytes = round64(size_t(kKcF32) * NR * 4);
+  const GemmF32* p;
+  void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* dst) const {
+    pack_a_f32_avx512(p->A, p->lda, p->trans_a, i0, mr, k0, kc, (float*)dst);
+  }
+  void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* dst) const {
+    pack_b_f32_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (float*)dst);
+  }
+  void kernel(int mr, int nr, int64_t, int64_t kc, const char* a, const char* b, int64_t i,
+              int64_t j, bool first) const {
+    float* c = p->C + i * p->ldc + j;
+    const bool add = !first || p->accumulate;
+    DSV3_DISPATCH_MR(mr, ukr_f32, kc, (const float*)a, (const float*)b, c, p->ldc, nr, add)
+  }
+};
+
+struct OpBF16 {
+  static constexpr int MR = kMR512, NR = kNR512;
+  int64_t KC = kKcBf16, MC = kMcBf16, NC = kNc;
+  size_t a_panel_bytes = round64(size_t(kKcBf16 / 2) * MR * 4);
+  size_t b_panel_bytes = round64(size_t(kKcBf16 / 2) * NR * 4);
+  const GemmBF16* p;
+  void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* dst) const {
+    pack_a_bf16_avx512(p->A, p->lda, p->trans_a, i0, mr, k0, kc, (uint32_t*)dst);
+  }
+  void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* dst) const {
+    pack_b_bf16_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (uint32_t*)dst);
+  }
+  void kernel(int mr, int nr, int64_t, int64_t kc, const char* a, const char* b, int64_t i,
+              int64_t j, bool first) const {
+    float* c = p->C + i * p->ldc + j;
+    const bool add = !first || p->accumulate;
+    DSV3_DISPATCH_MR(mr, ukr_bf16, (kc + 1) / 2, (const uint32_t*)a, (const uint32_t*)b, c,
+                     p->ldc, nr, add)
+  }
+};
+
+// FP8 panels: the BF16-decoded items, then the per-block scales at a fixed offset.
+struct OpFP8 {
+  static constexpr int MR = kMR512, NR = kNR512;
+  static constexpr int64_t kBlocks = kKcFp8 / kFp8Blk;
+  static constexpr size_t kAScaleOff = size_t(kKcFp8 / 2) * MR * 4;
+  static constexpr size_t kBScaleOff = size_t(kKcFp8 / 2) * NR * 4;
+  int64_t KC = kKcFp8, MC = kMcBf16, NC = kNc;
+  size_t a_panel_bytes = round64(kAScaleOff + size_t(kBlocks) * MR * 4);
+  size_t b_panel_bytes = round64(kBScaleOff + size_t(kBlocks) * NR * 4);
+  const GemmFP8* p;
+  void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* dst) const {
+    float* sa = (float*)(dst + kAScaleOff);  // [kBlocks][MR]
+    const int64_t nblk = ceil_div(kc, kFp8Blk), kb0 = k0 / kFp8Blk;
+    if (p->A_bf16) {
+      pack_a_bf16_avx512(p->A_bf16, p->lda, false, i0, mr, k0, kc, (uint32_t*)dst);
+      for (int64_t b = 0; b < nblk; ++b)
+        for (int r = 0; r < MR; ++r) sa[b * MR + r] = r < mr ? 1.f : 0.f;
+      return;
+    }
+    pack_a_e4m3_avx512(p->A, p->lda, i0, mr, k0, kc, (uint32_t*)dst);
+    for (int64_t b = 0; b < nblk; ++b)
+      for (int r = 0; r < MR; ++r)
+        sa[b * MR + r] = r < mr ? p->a_scale[(i0 + r) * p->lda_scale + kb0 + b] : 0.f;
+  }
+  void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* dst) const {
+    pack_b_e4m3_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (uint32_t*)dst);
+    float* sb = (float*)(dst + kBScaleOff);  // [kBlocks][NR]
+    const int64_t nblk = ceil_div(kc, kFp8Blk), kb0 = k0 / kFp8Blk;
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t kb = kb0 + b;
+      for (int c = 0; c < NR; ++c) {
+        float s = 0.f;
+        if (c < nr) {
+          const int64_t j = j0 + c;
+          if (p->b_layout == Fp8BLayout::Col128) s = p->b_scale[j * p->ldb_scale + kb];
+          else if (p->trans_b) s = p->b_scale[(j / kFp8Blk) * p->ldb_scale + kb];
+          else s = p->b_scale[kb * p->ldb_scale + j / kFp8Blk];
+        }
+        sb[b * NR + c] = s;
+      }
+    }
+  }
+  void kernel(int mr, int nr, int64_t, int64_t kc, const char* a, const char* b, int64_t i,
+              int64_t j, bool first) const {
+    float* c = p->C + i * p->ldc + j;
+    const bool add = !first || p->accumulate;
+    DSV3_DISPATCH_MR(mr, ukr_fp8, (kc + 1) / 2, (const uint32_t*)a, (const uint32_t*)b,
+                     (const float*)(a + kAScaleOff), (const float*)(b + kBScaleOff), c, p->ldc,
+                     nr, add)
+  }
+};
+
+}  // namespace
+
+// When the unpacked skinny kernels (gemm_small_avx512.cpp) beat packing, from per-core
+// GFLOP/s on Zen 4 (M = 8..64 against N x K = 256x256 .. 2048x2048): always for a few
+// rows; for a few dozen rows when W is big (streaming it from L3/DRAM, which packing
+// would do three times, dominates); never for small, cache-resident W, where the packed
+// kernel's higher peak wins. FP8 pays the E4M3 decode per group of 4 rows unpacked but
+// once per 14 rows packed, so it switches early (M = 8: 90-102 vs 78-84 GFLOP/s,
+// M = 12 even, M = 16: 101 vs 118-122).
+namespace {
+bool small_f32(int64_t M, int64_t N, int64_t K) { return M <= 16 || (M <= 64 && N * K >= (int64_t(1) << 19)); }
+bool small_bf16(int64_t M, int64_t N, int64_t K) { return M <= 16 || (M <= 32 && N * K >= (int64_t(1) << 21)); }
+constexpr int64_t kSmallMFp8 = 10;
+}  // namespace
+
+void gemm_f32_avx512(const GemmF32& p, int threads) {
+  if (!p.trans_a && p.trans_b && small_f32(p.M, p.N, p.K)) return gemm_small_f32_avx512(p, threads);
+  OpF32 op;
+  op.p = &p;
+
+  gemm_blocked(op, p.M, p.N, p.K, threads);
+}
+
+void gemm_bf16_avx512(const GemmBF16& p, int threads) {
+  if (!p.trans_a && p.trans_b && small_bf16(p.M, p.N, p.K)) return gemm_small_bf16_avx512(p, threads);
+  OpBF16 op;
+  op.p = &p;
+
+  gemm_blocked(op, p.M, p.N, p.K, threads);
+}
+
+void gemm_fp8_avx512(const GemmFP8& p, int threads) {
+  if (p.M <= kSmallMFp8 && p.trans_b) return gemm_small_fp8_avx512(p, threads);
+  OpFP8 op;
+  op.p = &p;
+  gemm_blocked(op, p.M, p.N, p.K, threads);
+}
+
+}  // namespace dsv3::detail

@@ -1,0 +1,57 @@
+// Internal to the GEMM kernels (not a public API): the per-ISA entry points, the packing
+// routines they share, and the workspace. Plain declarations only, so that the *_avx512 /
+// *_avx2 files may include this header (CMakeLists.txt: no STL templates there).
+// gemm.cpp calls an ISA entry point only when active_isa() allows it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/gemm.h"
+
+namespace dsv3::detail {
+
+// Register tile of the AVX-512 microkernels: 14 rows x 32 columns of FP32 accumulators.
+// 28 zmm accumulators + 2 B vectors + 1 broadcast = 31 of the 32 zmm registers. Per k step
+// the tile does 28 FMAs (or vdpbf16ps) against 2 vector loads + 14 broadcast loads, so the
+// FMA pipes, not the load ports, bound it; 28 independent chains cover the 4-cycle FMA
+// latency many times over. (6x64 would need 4 B loads per 24 FMAs and waste more rows of
+// skinny M; the M edge uses exact-height instances of the same kernel, so nothing is lost
+// to padding rows.)
+inline constexpr int kMR512 = 14;
+inline constexpr int kNR512 = 32;
+
+// A 64-byte aligned scratch buffer of at least `bytes`, owned by the calling thread and
+// reused by every GEMM it runs (grown, never shrunk): packing never allocates per tile.
+void* gemm_scratch(size_t bytes);
+// E4M3 code -> BF16 bits (exact: every E4M3 value is a BF16 value); 256 entries.
+const uint16_t* e4m3_bf16_table();
+
+void gemm_f32_avx512(const GemmF32& p, int threads);
+void gemm_bf16_avx512(const GemmBF16& p, int threads);
+void gemm_fp8_avx512(const GemmFP8& p, int threads);
+void gemm_f32_avx2(const GemmF32& p, int threads);
+void gemm_bf16_avx2(const GemmBF16& p, int threads);
+// Skinny fprop (small M, !trans_a, trans_b): no packing (gemm_small_avx512.cpp).
+void gemm_small_f32_avx512(const GemmF32& p, int threads);
+void gemm_small_bf16_avx512(const GemmBF16& p, int threads);
+void gemm_small_fp8_avx512(const GemmFP8& p, int threads);
+
+// Packing (gemm_pack_avx512.cpp). A micro-panel: mr <= kMR512 rows of op(A) over kc
+// elements of K, as dst[kstep][kMR512] 32-bit items (an F32, or a BF16 pair k, k+1);
+// B micro-panel: nr <= kNR512 columns of op(B), as dst[kstep][kNR512]. Padding rows,
+// columns and the odd K tail of a BF16 pair are zero.
+void pack_a_f32_avx512(const float* A, int64_t lda, bool trans, int64_t i0, int mr,
+                       int64_t k0, int64_t kc, float* dst);
+void pack_b_f32_avx512(const float* B, int64_t ldb, bool trans, int64_t j0, int nr,
+                       int64_t k0, int64_t kc, float* dst);
+void pack_a_bf16_avx512(const uint16_t* A, int64_t lda, bool trans, int64_t i0, int mr,
+                        int64_t k0, int64_t kc, uint32_t* dst);
+void pack_b_bf16_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
+                        int64_t k0, int64_t kc, uint32_t* dst);
+// E4M3 codes, converted to BF16 on the way (via e4m3_bf16_table()).
+void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
+                        int64_t kc, uint32_t* dst);
+void pack_b_e4m3_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
+                        int64_t k0, int64_t kc, uint32_t* dst);
+
+}  // namespace dsv3::detail

@@ -1,0 +1,242 @@
+// FP8 block-scaled GEMM (gemm.h, DeepSeek-V3 report §3.3): operands made by the quantisers
+// of quant.h in the three layouts training uses (fprop 1x128 x 128x128 with W [N,K], dgrad
+// with W [K,N], wgrad 128x1 both sides), plus BF16 activations.
+//  1. gemm_fp8 (every ISA path) against gemm_fp8_ref. Both sum each 128-K block in FP32,
+//     in different orders; both partials are within gamma_128·Σ_blk|a||b| of the exact
+//     block sum, and the block promotions C += partial·(sa·sb) then add at most a few u
+//     per block. Tolerance: 2·(128 + blocks(K) + 4)·u·(Σ_k |a·sa||b·sb| + |C0|).
+//  2. gemm_fp8_ref against F32 GEMM of the dequantised operands: both compute the same
+//     exact products up to FP32 rounding (dequantised values are code·scale rounded once),
+//     tolerance 4·(K + 8)·u·(Σ|a·sa||b·sb| + |C0|).
+//  3. gemm_fp8_ref against the F32 GEMM of the original (unquantised) operands: E4M3 keeps
+//     3 mantissa bits, so each operand is within 2^-4 relative (plus subnormal flushes near
+//     amax/448·2^-9), tolerance (2·2^-4 + 2^-8)·Σ|x||w| + 2^-9-scale slack.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/check.h"
+#include "core/dtype.h"
+#include "gemm_test_util.h"
+#include "kernels/gemm.h"
+#include "kernels/quant.h"
+
+namespace dsv3 {
+namespace {
+
+using testing::IsaGuard;
+using testing::kU;
+using testing::Mat;
+
+enum class Form { Fprop, Dgrad, Wgrad, FpropBf16A };
+
+// A copy of m (whose rows are stored densely from m.p) with row stride cols + pad.
+Mat<float> padded(const Mat<float>& m, int64_t pad) {
+  Mat<float> r(m.rows, m.cols, pad);
+  for (int64_t i = 0; i < m.rows; ++i)
+    for (int64_t j = 0; j < m.cols; ++j) r.at(i, j) = m.p[i * m.cols + j];
+  return r;
+}
+
+struct Fp8Case {
+  // Operands as the GEMM sees them.
+  Mat<uint8_t> a, b;       // A [M,K]; B [N,K] (trans) or [K,N]
+  Mat<float> sa, sb;       // scale grids
+  Mat<uint16_t> a16;       // BF16 A (FpropBf16A)
+  Mat<float> xa, xb;       // original F32 operands, as op(A) [M,K] and op(B) [K,N]
+  GemmFP8 p;
+  Fp8Case(Form f, int64_t M, int64_t N, int64_t K, std::mt19937& rng)
+      : a(M, K, 3), b(f == Form::Dgrad ? K : N, f == Form::Dgrad ? N : K, 5),
+        sa(M, fp8_blocks(K), 1), sb(1, 1, 0), a16(M, K, 2), xa(M, K, 0), xb(K, N, 0) {
+    std::normal_distribution<float> g(0.f, 1.f);
+    // Rows of very different magnitude exercise the per-tile scales.
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t k = 0; k < K; ++k) xa.at(i, k) = g(rng) * (i % 3 == 0 ? 100.f : 0.01f + float(k % 7));
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < N; ++j) xb.at(k, j) = g(rng) * (j % 5 == 0 ? 0.001f : 1.f);
+    p.M = M; p.N = N; p.K = K;
+    p.C = nullptr;
+    if (f == Form::Wgrad) {
+      // dW = dyᵀ·x: A = dyᵀ and B = xᵀ, each quantised along tokens by the 128x1 quantiser
+      // from its [tokens, features] storage.
+      Mat<float> dy(K, M, 0), x(K, N, 0);
+      for (int64_t t = 0; t < K; ++t) {
+        for (int64_t i = 0; i < M; ++i) dy.at(t, i) = xa.at(i, t);
+        for (int64_t j = 0; j < N; ++j) x.at(t, j) = xb.at(t, j);
+      }
+      quantize_fp8_128x1_t_ref(dy.p, DType::F32, K, M, dy.ld, a.p, a.ld, sa.p);
+      sa.ld = fp8_blocks(K);
+      sb = Mat<float>(N, fp8_blocks(K), 2);
+      quantize_fp8_128x1_t_ref(x.p, DType::F32, K, N, x.ld, b.p, b.ld, sb.p);
+      // quantize_fp8_128x1_t writes scale rows of blocks(K) floats, dense.
+      sb.ld = fp8_blocks(K);
+      p.b_layout = Fp8BLayout::Col128;
+      p.trans_b = true;
+    } else {
+      quantize_fp8_1x128_ref(xa.p, DType::F32, M, K, xa.ld, a.p, a.ld, sa.p);
+      sa.ld = fp8_blocks(K);
+      if (f == Form::Dgrad) {  // W stored [K,N] (= [out, in]); blocks over the stored matrix
+        sb = Mat<float>(fp8_blocks(K), fp8_blocks(N), 0);
+        quantize_fp8_128x128_ref(xb.p, DType::F32, K, N, xb.ld, b.p, b.ld, sb.p);
+        p.trans_b = false;
+      } else {  // W stored [N,K]
+        Mat<float> w(N, K, 0);
+        for (int64_t j = 0; j < N; ++j)
+          for (int64_t k = 0; k < K; ++k) w.at(j, k) = xb.at(k, j);
+        sb = Mat<float>(fp8_blocks(N), fp8_blocks(K), 0);
+        quantize_fp8_128x128_ref(w.p, DType::F32, N, K, w.ld, b.p, b.ld, sb.p);
+        p.trans_b = true;
+      }
+    }
+    // The quantisers write dense scale rows; give the GEMM strided ones.
+    sa = padded(sa, 3);
+    sb = padded(sb, 2);
+    p.A = a.p; p.lda = a.ld; p.a_scale = sa.p; p.lda_scale = sa.ld;
+    p.B = b.p; p.ldb = b.ld; p.b_scale = sb.p; p.ldb_scale = sb.ld;
+    if (f == Form::FpropBf16A) {
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t k = 0; k < K; ++k) a16.at(i, k) = f32_to_bf16(xa.at(i, k));
+      p.A_bf16 = a16.p; p.lda = a16.ld;
+    }
+  }
+  // Decoded, scaled operand values as the GEMM defines them.
+  double av(int64_t i, int64_t k) const {
+    if (p.A_bf16) return bf16_to_f32(p.A_bf16[i * p.lda + k]);
+    return double(e4m3_to_f32(p.A[i * p.lda + k])) * p.a_scale[i * p.lda_scale + k / 128];
+  }
+  double bv(int64_t k, int64_t j) const {
+    const float code = e4m3_to_f32(p.trans_b ? p.B[j * p.ldb + k] : p.B[k * p.ldb + j]);
+    float s;
+    if (p.b_layout == Fp8BLayout::Col128) s = p.b_scale[j * p.ldb_scale + k / 128];
+    else if (p.trans_b) s = p.b_scale[(j / 128) * p.ldb_scale + k / 128];
+    else s = p.b_scale[(k / 128) * p.ldb_scale + j / 128];
+    return double(code) * s;
+  }
+};
+
+struct Shape {
+  int64_t M, N, K;
+};
+
+std::vector<Shape> shapes() {
+  std::vector<Shape> s = {{1, 1, 1}, {3, 7, 127}, {17, 33, 128}, {15, 129, 129},
+                          {2, 3, 300}, {31, 65, 257}, {1, 40, 1100}, {6, 130, 257}, {9, 45, 260}, {530, 9, 130}};
+  if (testing::kFull)
+    s.insert(s.end(), {{65, 257, 385}, {129, 63, 1030}, {300, 130, 200}, {7, 300, 2100}});
+  return s;
+}
+
+const char* form_name(Form f) {
+  return f == Form::Fprop ? "fprop" : f == Form::Dgrad ? "dgrad" : f == Form::Wgrad ? "wgrad" : "fprop-bf16A";
+}
+
+// Σ_k |a·sa||b·sb| per element, from the decoded operands.
+Mat<float> abs_sums(const Fp8Case& c) {
+  const GemmFP8& p = c.p;
+  Mat<float> ad(p.M, p.K, 0), bd(p.K, p.N, 0), S(p.M, p.N, 0);
+  for (int64_t i = 0; i < p.M; ++i)
+    for (int64_t k = 0; k < p.K; ++k) ad.at(i, k) = float(std::fabs(c.av(i, k)));
+  for (int64_t k = 0; k < p.K; ++k)
+    for (int64_t j = 0; j < p.N; ++j) bd.at(k, j) = float(std::fabs(c.bv(k, j)));
+  gemm_f32_ref({p.M, p.N, p.K, ad.p, ad.ld, false, bd.p, bd.ld, false, S.p, S.ld, false});
+  return S;
+}
+
+TEST(GemmFp8, AllPathsMatchReference) {
+  IsaGuard guard;
+  std::mt19937 rng(11);
+  int n = 0;
+  for (const Shape& s : shapes()) {
+    for (Form f : {Form::Fprop, Form::Dgrad, Form::Wgrad, Form::FpropBf16A}) {
+      const Fp8Case c(f, s.M, s.N, s.K, rng);
+      const Mat<float> S = abs_sums(c);
+      for (bool acc : {false, true}) {
+        Mat<float> C0(s.M, s.N, 0), R(s.M, s.N, 0);
+        for (int64_t i = 0; i < s.M; ++i)
+          for (int64_t j = 0; j < s.N; ++j) C0.at(i, j) = R.at(i, j) = float((i + 2 * j) % 5) - 2.f;
+        GemmFP8 p = c.p;
+        p.accumulate = acc;
+        p.C = R.p; p.ldc = R.ld;
+        gemm_fp8_ref(p);
+        for (Isa isa : testing::isas()) {
+          // The scalar path is gemm_fp8_ref itself: once is enough to check the dispatch.
+          if (isa == Isa::Scalar && (acc || s.M * s.N * s.K > 100000)) continue;
+          set_isa(isa);
+          Mat<float> C(s.M, s.N, 3);
+          for (int64_t i = 0; i < s.M; ++i) {
+            for (int64_t j = 0; j < s.N; ++j) C.at(i, j) = C0.at(i, j);
+            C.at(i, s.N) = 777.f;
+          }
+          p.C = C.p; p.ldc = C.ld;
+          gemm_fp8(p, 1 + (n++ % 2));
+          const double nblk = double(fp8_blocks(s.K));
+          int bad = 0;
+          for (int64_t i = 0; i < s.M; ++i) {
+            for (int64_t j = 0; j < s.N; ++j) {
+              const double sum = double(S.p[i * S.ld + j]) + (acc ? 2.0 : 0.0);
+              const double tol = 2.0 * (128.0 + nblk + 4.0) * kU * sum;
+              const double err = std::fabs(double(C.at(i, j)) - double(R.at(i, j)));
+              if (!(err <= tol) && bad++ < 5)
+                ADD_FAILURE() << form_name(f) << " isa=" << isa_name(isa) << " M=" << s.M
+                              << " N=" << s.N << " K=" << s.K << " acc=" << acc << " at (" << i
+                              << "," << j << "): got " << C.at(i, j) << " want " << R.at(i, j)
+                              << " tol " << tol;
+            }
+            ASSERT_EQ(C.at(i, s.N), 777.f) << "wrote past N";
+          }
+        }
+      }
+    }
+  }
+}
+
+// The reference against plain F32 GEMMs: of the dequantised operands (tight), and of the
+// original operands (FP8 quantisation error).
+TEST(GemmFp8, ReferenceMatchesDequantisedAndOriginal) {
+  std::mt19937 rng(5);
+  for (const Shape& s : std::vector<Shape>{{5, 9, 300}, {33, 130, 257}, {2, 260, 129}}) {
+    for (Form f : {Form::Fprop, Form::Dgrad, Form::Wgrad, Form::FpropBf16A}) {
+      Fp8Case c(f, s.M, s.N, s.K, rng);
+      Mat<float> R(s.M, s.N, 0);
+      GemmFP8 p = c.p;
+      p.C = R.p; p.ldc = R.ld;
+      gemm_fp8_ref(p);
+      for (int64_t i = 0; i < s.M; ++i) {
+        for (int64_t j = 0; j < s.N; ++j) {
+          double deq = 0, sum_deq = 0, orig = 0, sum_orig = 0;
+          for (int64_t k = 0; k < s.K; ++k) {
+            const double a = float(c.av(i, k)), b = float(c.bv(k, j));  // dequantised F32
+            deq += a * b;
+            sum_deq += std::fabs(a * b);
+            orig += double(c.xa.at(i, k)) * c.xb.at(k, j);
+            sum_orig += std::fabs(double(c.xa.at(i, k)) * c.xb.at(k, j));
+          }
+          const double r = R.at(i, j);
+          ASSERT_LE(std::fabs(r - deq), 4.0 * double(s.K + 8) * kU * sum_deq + 1e-30)
+              << form_name(f) << " (" << i << "," << j << ")";
+          ASSERT_LE(std::fabs(r - orig), (2.0 / 16 + 1.0 / 256) * sum_orig + 1e-6 * sum_orig)
+              << form_name(f) << " (" << i << "," << j << ")";
+        }
+      }
+    }
+  }
+}
+
+TEST(GemmFp8, BadArgumentsThrow) {
+  std::mt19937 rng(1);
+  Fp8Case c(Form::Fprop, 4, 4, 200, rng);
+  std::vector<float> C(16);
+  GemmFP8 p = c.p;
+  p.C = C.data(); p.ldc = 4;
+  p.lda_scale = 1;  // < blocks(K) = 2
+  EXPECT_THROW(gemm_fp8(p), Error);
+  p = c.p; p.C = C.data(); p.ldc = 4;
+  p.b_layout = Fp8BLayout::Col128; p.trans_b = false; p.ldb = 4;
+  EXPECT_THROW(gemm_fp8(p), Error);
+  p = c.p; p.C = C.data(); p.ldc = 4;
+  p.b_scale = nullptr;
+  EXPECT_THROW(gemm_fp8(p), Error);
+}
+
+}  // namespace
+}  // namespace dsv3
