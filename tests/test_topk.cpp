@@ -121,6 +121,7 @@ TEST(TopK, RejectsBadK) {
   EXPECT_THROW(topk_forward(v, i, x, 4, 1, 4, 0), Error);
   EXPECT_THROW(topk_forward(v, i, x, 4, 1, 4, 5), Error);
   EXPECT_THROW(topk_forward(v, i, x, 2, 1, 4, 2), Error);
+  EXPECT_THROW(topk_forward(v, nullptr, x, 4, 1, 4, 2), Error);
 }
 
 }  // namespace
