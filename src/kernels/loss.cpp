@@ -72,12 +72,15 @@ void cross_entropy_forward_backward(float* losses, float* logits, int64_t ld,
 }
 
 int64_t count_valid_targets(const int32_t* targets, int64_t T, int32_t ignore_index) {
+  DSV3_CHECK(T >= 0 && (T == 0 || targets), "count_valid_targets: negative T=", T, " or null targets");
   int64_t n = 0;
   for (int64_t t = 0; t < T; ++t) n += targets[t] != ignore_index;
   return n;
 }
 
 double mean_loss(const float* losses, const int32_t* targets, int64_t T, int32_t ignore_index) {
+  DSV3_CHECK(T >= 0 && (T == 0 || (losses && targets)), "mean_loss: negative T=", T,
+             " or null pointer");
   double s = 0;
   int64_t n = 0;
   for (int64_t t = 0; t < T; ++t)
