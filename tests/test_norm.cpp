@@ -214,6 +214,7 @@ TEST(RmsNorm, RejectsBadShapes) {
   EXPECT_THROW(rmsnorm_forward(a, 4, a, a, 4, a, 1, 4, -1.f), Error);
   EXPECT_THROW(rmsnorm_backward(a, 4, a, a, 4, a, 4, a, a, 1, 4, true), Error);  // dx == dout
   EXPECT_THROW(rmsnorm_forward(a, 4, a, nullptr, 4, a, 1, 4, 1e-6f), Error);
+  EXPECT_THROW(rmsnorm_backward(a, 4, nullptr, a, 5, a, 4, a, a, 1, 4, false), Error);  // in place, lddx != lddo
   EXPECT_THROW(rmsnorm_backward(a, 4, a, a + 4, 4, a, 4, a, nullptr, 1, 4, false), Error);  // rstd
 }
 

@@ -53,6 +53,8 @@ void rmsnorm_backward(float* dx, int64_t lddx, float* dw, const float* dout, int
   DSV3_CHECK(T == 0 || (dx && dout && x && w && rstd), "rmsnorm_backward: null pointer");
   DSV3_CHECK(!(accumulate_dx && dx == dout),
              "rmsnorm_backward: dx aliases dout, cannot accumulate");
+  DSV3_CHECK(dx != dout || lddx == lddo, "rmsnorm_backward: dx aliases dout with a different row stride (",
+             lddx, " vs ", lddo, ")");
   const Isa isa = active_isa();
   auto* fdw = isa == Isa::Avx512 ? rmsnorm_backward_dw_avx512
               : isa == Isa::Avx2 ? rmsnorm_backward_dw_avx2
