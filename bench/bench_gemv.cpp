@@ -91,6 +91,7 @@ double membw_pass(const Buffer& buf, int threads, uint64_t* sink, double* cpu_gb
 
 void run_membw(const MembwOpts& o) {
   DSV3_CHECK(o.mb >= 64, "--mb must be at least 64 (far larger than L3), got ", o.mb);
+  DSV3_CHECK(o.mb <= (int64_t(1) << 30), "--mb ", o.mb, " is too large");  // << 20 must not wrap
   const int threads = resolve_threads(o.threads);
   Buffer buf(size_t(o.mb) << 20);
   fill_random(buf.as<uint8_t>(), buf.size(), 7);
@@ -129,6 +130,9 @@ struct GemvOpts {
 void run_gemv(const GemvOpts& o) {
   DSV3_CHECK(o.n > 0 && o.k > 0, "--n and --k must be positive");
   DSV3_CHECK(o.m >= 1 && o.m <= kGemvMaxM, "--m must be 1..", kGemvMaxM, ", got ", o.m);
+  DSV3_CHECK(o.membw_mb >= 1 && o.membw_mb <= (int64_t(1) << 30), "--membw-mb must be in [1, 2^30], got ",
+             o.membw_mb);
+  DSV3_CHECK(o.n <= (int64_t(1) << 40) / o.k, "--n x --k = ", o.n, " x ", o.k, " is too large");
   DSV3_CHECK(o.dtype == "bf16" || o.dtype == "fp8", "--dtype must be bf16 or fp8, got '", o.dtype, "'");
   Fp8Path path = Fp8Path::Auto;
   if (o.path == "f16") path = Fp8Path::F16;

@@ -161,6 +161,8 @@ TEST(Activation, RejectsBadShapes) {
   float a[4] = {};
   EXPECT_THROW(silu_forward(a, a, -1), Error);
   EXPECT_THROW(swiglu_forward(a, 1, a, 1, a, 1, 1, 2), Error);  // stride < I
+  EXPECT_THROW(silu_forward(a, nullptr, 4), Error);
+  EXPECT_THROW(swiglu_forward(a, 1, nullptr, 1, a, 1, 1, 1), Error);
 }
 
 }  // namespace

@@ -182,6 +182,10 @@ TEST(CrossEntropy, RejectsBadTargets) {
   EXPECT_THROW(cross_entropy_forward_backward(l, x, 4, neg, 1.f, 1, 4, kIgnore), Error);
   const int32_t ok[1] = {0};
   EXPECT_THROW(cross_entropy_forward(l, l, x, 2, ok, 1, 4, kIgnore), Error);  // ld < V
+  EXPECT_THROW(cross_entropy_forward(l, l, x, 4, nullptr, 1, 4, kIgnore), Error);
+  EXPECT_THROW(count_valid_targets(nullptr, 2, kIgnore), Error);
+  EXPECT_THROW(mean_loss(nullptr, ok, 1, kIgnore), Error);
+  EXPECT_THROW(cross_entropy_backward(x, 4, nullptr, ok, nullptr, 1.f, 1, 4, kIgnore), Error);  // lse
 }
 
 }  // namespace

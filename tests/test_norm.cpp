@@ -8,6 +8,7 @@
 #include "core/check.h"
 #include "core/dtype.h"
 #include "kernels/norm.h"
+#include "kernels/row_parallel.h"
 #include "ops_testing.h"
 
 namespace dsv3 {
@@ -123,7 +124,10 @@ TEST(RmsNorm, BackwardMatchesScalarTwin) {
 }
 
 TEST(RmsNorm, BackwardAccumulateInPlaceAndThreadInvariance) {
-  const int64_t T = 67, C = 257;  // enough work to fork threads
+  // T·C = 33667 ≥ kParallelMinWork (row_parallel.h): below it every call runs on one thread
+  // and the comparison below could not fail.
+  const int64_t T = 131, C = 257;
+  static_assert(T * C >= kParallelMinWork);
   Floats x(T * C), w(C), dout(T * C), rstd(T), y(T * C);
   fill_row_data(x, w, T, C, C, 9);
   testing::fill_uniform(dout.data(), T * C, -1.f, 1.f, 10);
@@ -136,6 +140,12 @@ TEST(RmsNorm, BackwardAccumulateInPlaceAndThreadInvariance) {
                      T, C, false, 1);
     rmsnorm_backward(dx2.data(), C, dw2.data(), dout.data(), C, x.data(), C, w.data(), rstd.data(),
                      T, C, false, 2);
+    for (int64_t i = 0; i < T * C; ++i) ASSERT_EQ(dx1[i], dx2[i]);
+    for (int64_t c = 0; c < C; ++c) ASSERT_EQ(dw1[c], dw2[c]);
+    // More threads than rows and than dw's 5 column blocks.
+    for (int64_t c = 0; c < C; ++c) dw2[c] = 0.f;
+    rmsnorm_backward(dx2.data(), C, dw2.data(), dout.data(), C, x.data(), C, w.data(), rstd.data(),
+                     T, C, false, 200);
     for (int64_t i = 0; i < T * C; ++i) ASSERT_EQ(dx1[i], dx2[i]);
     for (int64_t c = 0; c < C; ++c) ASSERT_EQ(dw1[c], dw2[c]);
     // accumulate_dx adds the same values onto what was there.
@@ -203,6 +213,9 @@ TEST(RmsNorm, RejectsBadShapes) {
   EXPECT_THROW(rmsnorm_forward(a, 2, a, a, 4, a, 1, 4, 1e-6f), Error);
   EXPECT_THROW(rmsnorm_forward(a, 4, a, a, 4, a, 1, 4, -1.f), Error);
   EXPECT_THROW(rmsnorm_backward(a, 4, a, a, 4, a, 4, a, a, 1, 4, true), Error);  // dx == dout
+  EXPECT_THROW(rmsnorm_forward(a, 4, a, nullptr, 4, a, 1, 4, 1e-6f), Error);
+  EXPECT_THROW(rmsnorm_backward(a, 4, nullptr, a, 5, a, 4, a, a, 1, 4, false), Error);  // in place, lddx != lddo
+  EXPECT_THROW(rmsnorm_backward(a, 4, a, a + 4, 4, a, 4, a, nullptr, 1, 4, false), Error);  // rstd
 }
 
 }  // namespace

@@ -255,6 +255,8 @@ TEST(Rope, RejectsBadInput) {
   const RopeTable odd{c, s, 2, 3};
   const int32_t ok[1] = {0};
   EXPECT_THROW(rope_forward(x, 4, 4, x, 4, 4, ok, 1, 1, odd), Error);
+  EXPECT_THROW(rope_forward(x, 4, 4, x, 4, 4, nullptr, 1, 1, tab), Error);
+  EXPECT_THROW(rope_forward(x, 4, 4, x, 4, 2, ok, 1, 1, tab), Error);  // in place, other head stride
   double f[4];
   EXPECT_THROW(rope_frequencies(f, 5, 10000.0, nullptr), Error);
   RopeScaling ys;

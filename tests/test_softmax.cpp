@@ -211,6 +211,9 @@ TEST(Softmax, RejectsBadInput) {
   EXPECT_THROW(softmax_forward(a, a, 1, 4, 0.f), Error);
   EXPECT_THROW(argmax_row(a, 0), Error);
   EXPECT_THROW(log_softmax_row(a, a, 0), Error);
+  EXPECT_THROW(softmax_forward(a, nullptr, 1, 4), Error);
+  EXPECT_THROW(softmax_backward(a, a, nullptr, 1, 4), Error);
+  EXPECT_THROW(argmax_row(nullptr, 4), Error);
 }
 
 }  // namespace

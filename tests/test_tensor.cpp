@@ -37,6 +37,11 @@ TEST(TensorView, RejectsBadShapes) {
   EXPECT_THROW(TensorView(nullptr, DType::F32, 7, shape), Error);
   int64_t neg[2] = {2, -1};
   EXPECT_THROW(TensorView(nullptr, DType::F32, 2, neg), Error);
+  // Element counts past int64 are errors, not a wrapped (UB) product.
+  int64_t huge[2] = {int64_t(1) << 32, int64_t(1) << 32};
+  EXPECT_THROW(TensorView(nullptr, DType::F32, 2, huge), Error);
+  EXPECT_THROW(Tensor::empty(DType::F32, {int64_t(1) << 62, 4}), Error);  // bytes wrap to 0
+  EXPECT_THROW(Tensor::empty(DType::F32, {3, -1}), Error);
 }
 
 TEST(Buffer, AlignedAndZeroed) {
@@ -47,6 +52,8 @@ TEST(Buffer, AlignedAndZeroed) {
   }
   Tensor t = Tensor::empty(DType::BF16, {3, 5});
   EXPECT_EQ(t.view.nbytes(), 30u);
+  // Rounding up to kAlign must not wrap to a 0-byte allocation.
+  EXPECT_THROW(Buffer(SIZE_MAX - 10), Error);
 }
 
 TEST(Arena, BumpsAlignsResetsAndReportsExhaustion) {
@@ -67,6 +74,8 @@ TEST(Arena, BumpsAlignsResetsAndReportsExhaustion) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("arena exhausted"), std::string::npos);
   }
+  EXPECT_THROW(a.alloc(SIZE_MAX - 8), Error);  // start + bytes used to wrap past the check
+  EXPECT_THROW(a.view(DType::F32, {int64_t(1) << 62, 4}), Error);
 }
 
 TEST(Cpu, SetIsaClampsToBest) {

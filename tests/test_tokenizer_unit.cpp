@@ -186,6 +186,10 @@ TEST(TokenizerLoad, MalformedFilesNameTheField) {
   expect_error(j, "pre_tokenizer.pretokenizers[0].behavior");
   j = tiny(); j["added_tokens"][0].erase("content"); expect_error(j, "added_tokens[0].content");
   j = tiny(); j["added_tokens"][1]["id"] = -3; expect_error(j, "added_tokens[1].id");
+  // Huge but in-range ids: rejected before any table is sized by them (used to allocate
+  // tens of GB and get OOM-killed).
+  j = tiny(); j["added_tokens"][1]["id"] = (1 << 30) - 1; expect_error(j, "added_tokens[1].id");
+  j = tiny(); j["model"]["vocab"]["abc"] = (1 << 30) - 1; expect_error(j, "model.vocab");
   j = tiny(); j["post_processor"] = {{"type", "RobertaProcessing"}}; expect_error(j, "post_processor.type");
 }
 

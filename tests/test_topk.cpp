@@ -10,6 +10,7 @@
 
 #include "core/check.h"
 #include "kernels/softmax.h"
+#include "kernels/row_parallel.h"
 #include "kernels/topk.h"
 #include "ops_testing.h"
 
@@ -99,7 +100,8 @@ TEST(TopK, InfAndNaN) {
 // Routing: 8 of 256 experts for many tokens (threads over rows), and sampling: top-50 of
 // the 129280-entry vocabulary; top-1 equals argmax.
 TEST(TopK, ModelShapes) {
-  const int64_t T = 64, E = 256;
+  const int64_t T = 128, E = 256;  // T·E = kParallelMinWork: the default threads do fork
+  static_assert(T * E >= kParallelMinWork);
   Floats s(T * E);
   testing::fill_uniform(s.data(), T * E, 0.f, 1.f, 5);
   check_case(s.data(), E, T, E, 8, "routing");
@@ -119,6 +121,7 @@ TEST(TopK, RejectsBadK) {
   EXPECT_THROW(topk_forward(v, i, x, 4, 1, 4, 0), Error);
   EXPECT_THROW(topk_forward(v, i, x, 4, 1, 4, 5), Error);
   EXPECT_THROW(topk_forward(v, i, x, 2, 1, 4, 2), Error);
+  EXPECT_THROW(topk_forward(v, nullptr, x, 4, 1, 4, 2), Error);
 }
 
 }  // namespace

@@ -1,9 +1,29 @@
 #include "core/tensor.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 namespace dsv3 {
+
+namespace {
+
+// Bytes of a dense tensor, checked: a negative dimension or an element/byte count that
+// overflows int64 is a user error (the unchecked product was signed-overflow UB and could
+// wrap to a small allocation).
+size_t checked_bytes(DType dtype, std::initializer_list<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) {
+    DSV3_CHECK(s >= 0, "negative dimension ", s);
+    DSV3_CHECK(s == 0 || n <= INT64_MAX / s, "tensor shape overflows int64");
+    n *= s;
+  }
+  const int64_t es = int64_t(dtype_size(dtype));
+  DSV3_CHECK(n <= INT64_MAX / es, "tensor of ", n, " elements is too large");
+  return size_t(n * es);
+}
+
+}  // namespace
 
 TensorView::TensorView(void* data, DType dtype, int nd, const int64_t* shp)
     : data(data), dtype(dtype), ndim(nd) {
@@ -12,6 +32,7 @@ TensorView::TensorView(void* data, DType dtype, int nd, const int64_t* shp)
   int64_t s = 1;
   for (int d = nd - 1; d >= 0; --d) {
     DSV3_CHECK(shp[d] >= 0, "negative dimension ", shp[d]);
+    DSV3_CHECK(shp[d] == 0 || s <= INT64_MAX / shp[d], "tensor shape overflows int64");
     shape[d] = shp[d];
     stride[d] = s;
     s *= shp[d];
@@ -82,6 +103,7 @@ void Buffer::Free::operator()(void* p) const { std::free(p); }
 
 Buffer::Buffer(size_t bytes) : size_(bytes) {
   if (bytes == 0) return;
+  DSV3_CHECK(bytes <= SIZE_MAX - kAlign, "out of memory allocating ", bytes, " bytes");
   const size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
   void* p = std::aligned_alloc(kAlign, rounded);
   DSV3_CHECK(p != nullptr, "out of memory allocating ", bytes, " bytes");
@@ -91,26 +113,22 @@ Buffer::Buffer(size_t bytes) : size_(bytes) {
 
 Tensor Tensor::empty(DType dtype, std::initializer_list<int64_t> shape) {
   Tensor t;
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  t.buffer = Buffer(size_t(n) * dtype_size(dtype));
+  t.buffer = Buffer(checked_bytes(dtype, shape));
   t.view = TensorView(t.buffer.data(), dtype, shape);
   return t;
 }
 
 void* Arena::alloc(size_t bytes, size_t align) {
   const size_t start = (used_ + align - 1) / align * align;
-  DSV3_CHECK(start + bytes <= buf_.size(), "activation arena exhausted: need ", start + bytes,
-             " bytes, have ", buf_.size());
+  DSV3_CHECK(start >= used_ && start <= buf_.size() && bytes <= buf_.size() - start,
+             "activation arena exhausted: need ", start, " + ", bytes, " bytes, have ", buf_.size());
   used_ = start + bytes;
   if (used_ > high_) high_ = used_;
   return static_cast<char*>(buf_.data()) + start;
 }
 
 TensorView Arena::view(DType dtype, std::initializer_list<int64_t> shape) {
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  return TensorView(alloc(size_t(n) * dtype_size(dtype)), dtype, shape);
+  return TensorView(alloc(checked_bytes(dtype, shape)), dtype, shape);
 }
 
 }  // namespace dsv3

@@ -28,18 +28,21 @@ void check_rows(const char* what, int64_t T, int64_t I, int64_t ld_a, int64_t ld
 
 void exp_f32(float* y, const float* x, int64_t n, int threads) {
   DSV3_CHECK(n >= 0, "exp_f32: negative length ", n);
+  DSV3_CHECK(n == 0 || (y && x), "exp_f32: null pointer");
   auto* f = pick(exp_f32_avx512, exp_f32_avx2, exp_f32_ref);
   parallel_elems(n, threads, [&](int64_t i, int64_t len) { f(y + i, x + i, len); });
 }
 
 void silu_forward(float* out, const float* x, int64_t n, int threads) {
   DSV3_CHECK(n >= 0, "silu_forward: negative length ", n);
+  DSV3_CHECK(n == 0 || (out && x), "silu_forward: null pointer");
   auto* f = pick(silu_forward_avx512, silu_forward_avx2, silu_forward_ref);
   parallel_elems(n, threads, [&](int64_t i, int64_t len) { f(out + i, x + i, len); });
 }
 
 void silu_backward(float* dx, const float* dout, const float* x, int64_t n, int threads) {
   DSV3_CHECK(n >= 0, "silu_backward: negative length ", n);
+  DSV3_CHECK(n == 0 || (dx && dout && x), "silu_backward: null pointer");
   auto* f = pick(silu_backward_avx512, silu_backward_avx2, silu_backward_ref);
   parallel_elems(n, threads, [&](int64_t i, int64_t len) { f(dx + i, dout + i, x + i, len); });
 }
@@ -47,6 +50,7 @@ void silu_backward(float* dx, const float* dout, const float* x, int64_t n, int 
 void swiglu_forward(float* h, int64_t ld_h, const float* gate, int64_t ld_gate, const float* up,
                     int64_t ld_up, int64_t T, int64_t I, int threads) {
   check_rows("swiglu_forward", T, I, ld_h, ld_gate, ld_up);
+  DSV3_CHECK(T == 0 || I == 0 || (h && gate && up), "swiglu_forward: null pointer");
   auto* f = pick(swiglu_forward_avx512, swiglu_forward_avx2, swiglu_forward_ref);
   parallel_rows(T, T * I, threads, [&](int64_t b, int64_t e) {
     f(h + b * ld_h, ld_h, gate + b * ld_gate, ld_gate, up + b * ld_up, ld_up, e - b, I);
@@ -58,6 +62,7 @@ void swiglu_backward(float* dgate, int64_t ld_dgate, float* dup, int64_t ld_dup,
                      int64_t ld_up, int64_t T, int64_t I, int threads) {
   check_rows("swiglu_backward", T, I, ld_dgate, ld_dup, ld_dh);
   check_rows("swiglu_backward", T, I, ld_gate, ld_up, I);
+  DSV3_CHECK(T == 0 || I == 0 || (dgate && dup && dh && gate && up), "swiglu_backward: null pointer");
   auto* f = pick(swiglu_backward_avx512, swiglu_backward_avx2, swiglu_backward_ref);
   parallel_rows(T, T * I, threads, [&](int64_t b, int64_t e) {
     f(dgate + b * ld_dgate, ld_dgate, dup + b * ld_dup, ld_dup, dh + b * ld_dh, ld_dh,

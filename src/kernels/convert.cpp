@@ -2,6 +2,7 @@
 // reference and the fallback.
 #include "kernels/convert.h"
 
+#include <cstdint>
 #include <cstring>
 
 #include "core/check.h"
@@ -66,6 +67,7 @@ void convert_f32_to_e4m3(const float* x, uint8_t* y, int64_t n) {
 void convert(const void* x, DType xt, void* y, DType yt, int64_t n) {
   check_n(n, x, y, "convert");
   if (xt == yt) {
+    DSV3_CHECK(n <= INT64_MAX / int64_t(dtype_size(xt)), "convert: length ", n, " too large");
     std::memmove(y, x, size_t(n) * dtype_size(xt));
     return;
   }

@@ -22,6 +22,7 @@ void check_shape(const char* what, int64_t T, int64_t C, int64_t ld_out, int64_t
 void rmsnorm_forward(float* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
                      const float* w, int64_t T, int64_t C, float eps, int threads) {
   check_shape("rmsnorm_forward", T, C, ldo, ldx, eps);
+  DSV3_CHECK(T == 0 || (out && x && w), "rmsnorm_forward: null pointer");
   const Isa isa = active_isa();
   auto* f = isa == Isa::Avx512 ? rmsnorm_forward_avx512
             : isa == Isa::Avx2 ? rmsnorm_forward_avx2
@@ -34,6 +35,7 @@ void rmsnorm_forward(float* out, int64_t ldo, float* rstd, const float* x, int64
 void rmsnorm_forward_bf16(uint16_t* out, int64_t ldo, float* rstd, const float* x, int64_t ldx,
                           const float* w, int64_t T, int64_t C, float eps, int threads) {
   check_shape("rmsnorm_forward_bf16", T, C, ldo, ldx, eps);
+  DSV3_CHECK(T == 0 || (out && x && w), "rmsnorm_forward_bf16: null pointer");
   const Isa isa = active_isa();
   auto* f = isa == Isa::Avx512 ? rmsnorm_forward_bf16_avx512
             : isa == Isa::Avx2 ? rmsnorm_forward_bf16_avx2
@@ -48,8 +50,11 @@ void rmsnorm_backward(float* dx, int64_t lddx, float* dw, const float* dout, int
                       int64_t C, bool accumulate_dx, int threads) {
   check_shape("rmsnorm_backward", T, C, lddx, lddo, 0.f);
   DSV3_CHECK(ldx >= C, "rmsnorm_backward: ldx ", ldx, " < C=", C);
+  DSV3_CHECK(T == 0 || (dx && dout && x && w && rstd), "rmsnorm_backward: null pointer");
   DSV3_CHECK(!(accumulate_dx && dx == dout),
              "rmsnorm_backward: dx aliases dout, cannot accumulate");
+  DSV3_CHECK(dx != dout || lddx == lddo, "rmsnorm_backward: dx aliases dout with a different row stride (",
+             lddx, " vs ", lddo, ")");
   const Isa isa = active_isa();
   auto* fdw = isa == Isa::Avx512 ? rmsnorm_backward_dw_avx512
               : isa == Isa::Avx2 ? rmsnorm_backward_dw_avx2

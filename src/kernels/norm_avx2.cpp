@@ -33,7 +33,7 @@ inline float dot_row(const float* a, const float* b, const float* w, int64_t C) 
 }
 
 inline float row_rstd(const float* x, int64_t C, float eps) {
-  return 1.0f / std::sqrt(dot_row(x, x, nullptr, C) / float(C) + eps);
+  return 1.0f / sqrtf(dot_row(x, x, nullptr, C) / float(C) + eps);
 }
 
 // Round-to-nearest-even F32 -> BF16 of 8 values, as f32_to_bf16 (core/dtype.h), by

@@ -42,7 +42,7 @@ inline float dot_row(const float* a, const float* b, const float* w, int64_t C) 
 
 inline float row_rstd(const float* x, int64_t C, float eps) {
   const float ss = dot_row(x, x, nullptr, C);
-  return 1.0f / std::sqrt(ss / float(C) + eps);
+  return 1.0f / sqrtf(ss / float(C) + eps);
 }
 
 }  // namespace

@@ -94,6 +94,9 @@ void rope_apply(const char* what, float* out, int64_t out_st, int64_t out_sh, co
   DSV3_CHECK(T >= 0 && H >= 0, what, ": negative shape T=", T, " H=", H);
   DSV3_CHECK(tab.cos && tab.sin && tab.dim > 0 && tab.dim % 2 == 0, what,
              ": the table is empty or its dim ", tab.dim, " is odd");
+  DSV3_CHECK(T == 0 || H == 0 || (out && x && pos), what, ": null pointer");
+  DSV3_CHECK(out != x || (out_st == x_st && out_sh == x_sh), what,
+             ": in place needs the same strides for input and output");
   for (int64_t t = 0; t < T; ++t)
     DSV3_CHECK(pos[t] >= 0 && pos[t] < tab.n_pos, what, ": position ", pos[t], " of token ", t,
                " outside the table [0, ", tab.n_pos, ")");

@@ -15,6 +15,7 @@ void softmax_forward(float* y, const float* x, int64_t T, int64_t C, float scale
                      const int32_t* valid_len, int threads) {
   DSV3_CHECK(T >= 0 && C >= 0, "softmax_forward: negative shape T=", T, " C=", C);
   DSV3_CHECK(scale > 0, "softmax_forward: scale must be > 0, got ", scale);
+  DSV3_CHECK(T == 0 || C == 0 || (y && x), "softmax_forward: null pointer");
   if (valid_len)
     for (int64_t t = 0; t < T; ++t)
       DSV3_CHECK(valid_len[t] >= 0 && valid_len[t] <= C, "softmax_forward: valid_len[", t,
@@ -28,6 +29,7 @@ void softmax_forward(float* y, const float* x, int64_t T, int64_t C, float scale
 void softmax_backward(float* dx, const float* dy, const float* y, int64_t T, int64_t C, float scale,
                       int threads) {
   DSV3_CHECK(T >= 0 && C >= 0, "softmax_backward: negative shape T=", T, " C=", C);
+  DSV3_CHECK(T == 0 || C == 0 || (dx && dy && y), "softmax_backward: null pointer");
   auto* f = pick(softmax_backward_avx512, softmax_backward_avx2, softmax_backward_ref);
   parallel_rows(T, T * C, threads, [&](int64_t b, int64_t e) {
     f(dx + b * C, dy + b * C, y + b * C, e - b, C, scale);
@@ -36,11 +38,13 @@ void softmax_backward(float* dx, const float* dy, const float* y, int64_t T, int
 
 float log_softmax_row(float* out, const float* x, int64_t C) {
   DSV3_CHECK(C > 0, "log_softmax_row: empty row");
+  DSV3_CHECK(out && x, "log_softmax_row: null pointer");
   return pick(log_softmax_row_avx512, log_softmax_row_avx2, log_softmax_row_ref)(out, x, C);
 }
 
 int64_t argmax_row(const float* x, int64_t C) {
   DSV3_CHECK(C > 0 && C < (int64_t(1) << 31), "argmax_row: row length ", C, " outside [1, 2^31)");
+  DSV3_CHECK(x, "argmax_row: null pointer");
   // AVX2 CPUs use the scalar twin: argmax is one pass of compares, not worth a third copy.
   return pick(argmax_row_avx512, argmax_row_ref, argmax_row_ref)(x, C);
 }

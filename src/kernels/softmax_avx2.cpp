@@ -58,7 +58,7 @@ float row_max_avx2(const float* x, int64_t C) {
 float row_logsumexp_avx2(const float* x, int64_t C) {
   const float m = row_max_avx2(x, C);
   if (m == -INFINITY) return m;
-  return m + std::log(sum_exp(nullptr, x, C, m, 1.0f));
+  return m + logf(sum_exp(nullptr, x, C, m, 1.0f));
 }
 
 void softmax_forward_avx2(float* y, const float* x, int64_t T, int64_t C, float scale,

@@ -61,7 +61,7 @@ inline float sum_exp(float* y, const float* x, int64_t C, float m, float scale) 
 float row_logsumexp_avx512(const float* x, int64_t C) {
   const float m = row_max_avx512(x, C);
   if (m == -INFINITY) return m;
-  return m + std::log(sum_exp(nullptr, x, C, m, 1.0f));
+  return m + logf(sum_exp(nullptr, x, C, m, 1.0f));
 }
 
 void softmax_forward_avx512(float* y, const float* x, int64_t T, int64_t C, float scale,

@@ -13,6 +13,7 @@ void topk_forward(float* values, int32_t* indices, const float* x, int64_t ld, i
              " outside [1, 2^31) or negative T=", T);
   DSV3_CHECK(k >= 1 && k <= C, "topk_forward: k=", k, " must be in [1, C=", C, "]");
   DSV3_CHECK(ld >= C, "topk_forward: row stride ", ld, " < C=", C);
+  DSV3_CHECK(T == 0 || (values && indices && x), "topk_forward: null pointer");
   const bool fast = active_isa() == Isa::Avx512;
   parallel_rows(T, T * C, threads, [&](int64_t b, int64_t e) {
     if (fast)

@@ -86,6 +86,10 @@ Bpe Bpe::from_json(const json& m) {
                " out of range");
     max_id = std::max(max_id, int32_t(id));
   }
+  // Tables below are sized by the largest id: a corrupt file with one huge id would
+  // allocate gigabytes. Real vocabularies are (nearly) dense.
+  DSV3_CHECK(int64_t(max_id) < 2 * int64_t(vocab.size()) + 1024, "model.vocab: largest id ",
+             max_id, " but only ", vocab.size(), " tokens (ids this sparse are not supported)");
   std::vector<std::string> tokens(size_t(max_id + 1));
   bpe.present_.assign(size_t(max_id + 1), 0);
   bpe.literal_.assign(size_t(max_id + 1), 0);

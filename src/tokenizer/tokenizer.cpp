@@ -176,6 +176,11 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(const std::string& tokenizer_jso
                "decoder: expected type ByteLevel (only byte-level BPE is supported)");
     t->bpe_ = Bpe::from_json(j["model"]);
     t->added_ = parse_added_tokens(j.value("added_tokens", json()));
+    // build() sizes its per-id tables by the largest id: bound it as for model.vocab.
+    const int64_t max_ok = 2 * (int64_t(t->bpe_.size()) + int64_t(t->added_.size())) + 1024;
+    for (size_t k = 0; k < t->added_.size(); ++k)
+      DSV3_CHECK(t->added_[k].id < max_ok, "added_tokens[", k, "].id: ", t->added_[k].id,
+                 " is far beyond the ", t->bpe_.size(), "-token vocabulary");
     parse_post_processor(j.value("post_processor", json()), t->prefix_ids_, t->suffix_ids_);
   } catch (const Error& e) {
     throw Error(str_cat(origin, ": ", e.what()));
