@@ -10,6 +10,7 @@ void register_bench(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Measure kernels and models (see docs/PERF.md)");
   bench->require_subcommand(1);
   dsv3::bench::add_gemm(*bench);
+  dsv3::bench::add_load(*bench);
 }
 
 }  // namespace dsv3::cli

@@ -7,5 +7,7 @@ namespace CLI { class App; }
 namespace dsv3::cli {
 
 void register_bench(CLI::App& app);  // bench/bench_cli.cpp
+void register_inspect(CLI::App& app);  // cmd_inspect.cpp
+void register_convert(CLI::App& app);  // cmd_convert.cpp
 
 }  // namespace dsv3::cli

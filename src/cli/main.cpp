@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("dsv3 ") + DSV3_VERSION + " (" +
                                         dsv3::isa_name(dsv3::best_isa()) + " kernels)");
   dsv3::cli::register_bench(app);
+  dsv3::cli::register_inspect(app);
+  dsv3::cli::register_convert(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
