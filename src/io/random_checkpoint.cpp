@@ -94,7 +94,7 @@ uint64_t write_random_checkpoint(const ModelConfig& c0, const std::string& dir,
     const int64_t n = s.numel();
     if (dt != DType::F8_E4M3) {
       w.add({s.name, dt, dims(s), [key, kind, dt, n](void* dst, size_t) {
-               #pragma omp parallel for schedule(static)
+               #pragma omp parallel for schedule(static) if (n > (1 << 18))
                for (int64_t i = 0; i < n; ++i) store_from_f32(dst, dt, size_t(i), value(key, kind, i));
              }});
       continue;
@@ -110,7 +110,7 @@ uint64_t write_random_checkpoint(const ModelConfig& c0, const std::string& dir,
       if (state->done) return;
       Buffer x(size_t(N * K) * sizeof(float));  // [N, K]
       float* xf = x.as<float>();
-      #pragma omp parallel for schedule(static)
+      #pragma omp parallel for schedule(static) if (N * K > (1 << 18))
       for (int64_t i = 0; i < N * K; ++i) xf[i] = value(key, kind, i);
       state->q = Buffer(size_t(N * K));
       state->scale = Buffer(size_t(fp8_blocks(N) * fp8_blocks(K)) * sizeof(float));
