@@ -33,7 +33,8 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   DSV3_CHECK(f != nullptr, tmp, ": cannot create (", std::strerror(errno), ")");
-  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size() &&
+                  std::fflush(f) == 0 && ::fdatasync(::fileno(f)) == 0;
   const bool closed = std::fclose(f) == 0;
   if (!ok || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;

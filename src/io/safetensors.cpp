@@ -138,7 +138,9 @@ uint64_t SafetensorsWriter::finish() {
     }
     if (std::fwrite(buf.data(), 1, n, f) != n) fail("write");
   }
-  if (std::fflush(f) != 0) fail("flush");
+  // Data reaches the disk before the rename publishes the file: after a crash the path
+  // holds either the old file or the complete new one, never a torn one.
+  if (std::fflush(f) != 0 || ::fdatasync(::fileno(f)) != 0) fail("flush");
   if (std::fclose(f) != 0) {
     std::remove(tmp.c_str());
     DSV3_FAIL(tmp, ": close failed (", std::strerror(errno), ")");
