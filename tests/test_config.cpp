@@ -136,8 +136,11 @@ TEST(Config, JsonRoundTripKeepsEverything) {
     const json orig = json::parse(cfg_text(f)), back = json::parse(out);
     for (const auto& [k, v] : orig.items()) {
       ASSERT_TRUE(back.contains(k)) << f << ": lost '" << k << "'";
-      if (v.is_number()) EXPECT_DOUBLE_EQ(back[k].get<double>(), v.get<double>()) << f << " " << k;
-      else if (!v.is_object()) EXPECT_EQ(back[k], v) << f << " " << k;
+      if (v.is_number()) {
+        EXPECT_DOUBLE_EQ(back[k].get<double>(), v.get<double>()) << f << " " << k;
+      } else if (!v.is_object()) {
+        EXPECT_EQ(back[k], v) << f << " " << k;
+      }
     }
   }
 }
@@ -198,6 +201,8 @@ TEST(Config, ErrorsNameTheKey) {
   expect_error(j, {"rope_scaling.type", "linear"});
   j = v3(); j["rope_scaling"]["beta_fast"] = 0.5;
   expect_error(j, {"beta_fast", "beta_slow"});
+  j = v3(); j["attention_bias"] = true;
+  expect_error(j, {"'attention_bias' must be false"});
   j = v3(); j["qk_rope_head_dim"] = 63;
   expect_error(j, {"'qk_rope_head_dim' must be even"});
   j = v3(); j["q_lora_rank"] = nullptr;

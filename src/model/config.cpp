@@ -249,6 +249,8 @@ void validate_model_config(const ModelConfig& c, const std::string& where) {
              c.qk_rope_head_dim);
   DSV3_CHECK(c.hidden_act == "silu", where, ": 'hidden_act' must be \"silu\" (SwiGLU experts), got \"",
              c.hidden_act, "\"");
+  DSV3_CHECK(!c.attention_bias, where, ": 'attention_bias' must be false: MLA's projections have "
+             "no bias tensors (SPEC §6)");
   DSV3_CHECK(c.scoring_func == "sigmoid" || c.scoring_func == "softmax", where,
              ": 'scoring_func' must be \"sigmoid\" or \"softmax\", got \"", c.scoring_func, "\"");
   DSV3_CHECK(c.topk_method == "noaux_tc" || c.topk_method == "greedy" ||
