@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -18,6 +19,7 @@
 #include "core/check.h"
 #include "io/checkpoint.h"
 #include "io/convert.h"
+#include "io/model_writer.h"
 #include "io/random_checkpoint.h"
 #include "kernels/quant.h"
 #include "model/config.h"
@@ -336,6 +338,81 @@ TEST(Checkpoint, ConvertFp8ToBf16AndBack) {
   }
   // Refuses to overwrite a checkpoint.
   expect_has(error_of([&] { convert_checkpoint(src, bf, o); }), {bf, "already holds a checkpoint"});
+}
+
+// The trainer's path: F32 parameters -> a checkpoint in each format, read back exactly.
+TEST(Checkpoint, ModelWriterFromF32Parameters) {
+  const ModelConfig c = tiny_v3_config();
+  std::map<std::string, std::vector<float>> params;
+  for (const WeightSpec& s : expected_weights(c)) {
+    auto& p = params[s.name];
+    p.resize(size_t(s.numel()));
+    for (size_t i = 0; i < p.size(); ++i) p[i] = random_weight_value(5, s.name, int(s.kind), int64_t(i));
+  }
+  auto get = [&](const WeightSpec& s) {
+    return TensorView(params.at(s.name).data(), DType::F32, s.ndim, s.shape);
+  };
+  for (CheckpointFormat f : {CheckpointFormat::F32, CheckpointFormat::BF16, CheckpointFormat::FP8}) {
+    const std::string dir = temp_dir(std::string("mw_") + checkpoint_format_name(f));
+    ModelWriteOptions o;
+    o.format = f;
+    o.max_shard_bytes = 300 * 1024;
+    write_model_checkpoint(c, dir, get, o);
+    const ModelConfig rc = load_model_config(dir + "/config.json");
+    EXPECT_EQ(rc.has_quantization, f == CheckpointFormat::FP8);
+    const Checkpoint ck(dir);
+    EXPECT_GT(ck.shard_names().size(), 1u);
+    (void)load_weights(rc, ck);
+    for (const WeightSpec& s : expected_weights(c)) {
+      const std::vector<float>& x = params.at(s.name);
+      const TensorView v = ck.get(s.name).view;
+      if (f == CheckpointFormat::FP8 && s.kind == WeightKind::Linear) {
+        const int64_t N = s.shape[0], K = s.shape[1];
+        std::vector<uint8_t> q(size_t(N * K));
+        std::vector<float> sc(size_t(fp8_blocks(N) * fp8_blocks(K)));
+        quantize_fp8_128x128_ref(x.data(), DType::F32, N, K, K, q.data(), K, sc.data());
+        ASSERT_EQ(std::memcmp(v.data, q.data(), q.size()), 0) << s.name;
+        ASSERT_EQ(std::memcmp(ck.get(scale_name(s.name)).view.data, sc.data(), sc.size() * 4), 0) << s.name;
+        continue;
+      }
+      const bool f32 = f == CheckpointFormat::F32 || s.kind == WeightKind::RouterBias;
+      ASSERT_EQ(v.dtype, f32 ? DType::F32 : DType::BF16) << s.name;
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_EQ(f32_bits(load_as_f32(v.data, v.dtype, i)), f32_bits(f32 ? x[i] : bf16_to_f32(f32_to_bf16(x[i]))))
+            << s.name << " [" << i << "]";
+    }
+  }
+  // A parameter of the wrong shape is named.
+  expect_has(error_of([&] {
+               write_model_checkpoint(c, temp_dir("mw_bad"), [&](const WeightSpec& s) {
+                 TensorView v = get(s);
+                 if (s.name == "model.norm.weight") v.shape[0] = 7;
+                 return v;
+               }, {});
+             }),
+             {"model.norm.weight", "[7]", "[160]"});
+}
+
+TEST(Checkpoint, ConvertF32NarrowsToBf16) {
+  const ModelConfig c = tiny_v3_config();
+  const std::string src = make("cv32", c, CheckpointFormat::F32, 1), dst = temp_dir("cv32_out");
+  ConvertOptions o;
+  o.to = "bf16";
+  const ConvertStats st = convert_checkpoint(src, dst, o);
+  EXPECT_EQ(st.dequantised, 0);
+  EXPECT_GT(st.narrowed, 0);
+  const Checkpoint a(src), b(dst);
+  EXPECT_EQ(load_model_config(dst + "/config.json").torch_dtype, "bfloat16");
+  for (const WeightSpec& s : expected_weights(c)) {
+    const TensorView x = a.get(s.name).view, y = b.get(s.name).view;
+    const bool keep = s.kind == WeightKind::RouterBias;
+    ASSERT_EQ(y.dtype, keep ? DType::F32 : DType::BF16) << s.name;
+    for (int64_t i = 0; i < s.numel(); ++i) {
+      const float v = x.ptr<float>()[i];
+      ASSERT_EQ(f32_bits(load_as_f32(y.data, y.dtype, size_t(i))), f32_bits(keep ? v : bf16_to_f32(f32_to_bf16(v))))
+          << s.name;
+    }
+  }
 }
 
 // The CLI on generated directories: inspect succeeds, reports absent weights for a

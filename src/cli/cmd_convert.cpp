@@ -30,10 +30,10 @@ void run_convert(const ConvertCliOpts& o) {
   };
   const ConvertStats st = convert_checkpoint(o.in, o.out, co);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("converted %s -> %s (%s): %lld tensors (%lld quantised, %lld dequantised, %lld copied), "
+  std::printf("converted %s -> %s (%s): %lld tensors (%lld quantised, %lld dequantised, %lld to BF16, %lld copied), "
               "%.3f GB -> %.3f GB in %zu shard(s), %.1f s\n",
               o.in.c_str(), o.out.c_str(), o.to.c_str(), (long long)st.tensors, (long long)st.quantised,
-              (long long)st.dequantised, (long long)st.copied, double(st.bytes_in) * 1e-9,
+              (long long)st.dequantised, (long long)st.narrowed, (long long)st.copied, double(st.bytes_in) * 1e-9,
               double(st.bytes_out) * 1e-9, st.shards, s);
 }
 

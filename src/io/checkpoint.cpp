@@ -15,6 +15,8 @@
 
 #include "core/check.h"
 #include "io/json_strict.h"
+#include "kernels/quant.h"
+#include "model/weights.h"
 
 namespace dsv3 {
 
@@ -218,6 +220,46 @@ std::vector<std::string> CheckpointWriter::finish() {
   }
   groups_.clear();
   return names;
+}
+
+std::vector<CheckpointWriter::Tensor> fp8_weight_group(
+    const std::string& name, int64_t N, int64_t K, std::function<TensorView(Buffer& scratch)> source) {
+  struct Quantised {
+    Buffer q, scale;  // [N, K] codes, [ceil(N/128), ceil(K/128)] scales
+    bool done = false;
+  };
+  auto st = std::make_shared<Quantised>();
+  // The writer orders tensors by element size, so the scale (F32) is usually asked for
+  // first: quantise once, keep both, release each after it is copied.
+  auto compute = [st, N, K, source = std::move(source)] {
+    if (st->done) return;
+    Buffer scratch, wide;
+    TensorView v = source(scratch);
+    DSV3_CHECK(v.ndim == 2 && v.shape[0] == N && v.shape[1] == K && v.is_contiguous(),
+               "fp8_weight_group: source has shape ", v.shape_str(), ", expected [", N, ", ", K, "]");
+    if (v.dtype == DType::F16) {  // the quantiser reads F32 or BF16
+      wide = Buffer(size_t(N * K) * sizeof(float));
+      for (int64_t i = 0; i < N * K; ++i) wide.as<float>()[i] = f16_to_f32(v.ptr<uint16_t>()[i]);
+      v = TensorView(wide.data(), DType::F32, {N, K});
+    }
+    st->q = Buffer(size_t(N * K));
+    st->scale = Buffer(size_t(fp8_blocks(N) * fp8_blocks(K)) * sizeof(float));
+    quantize_fp8_128x128(v.data, v.dtype, N, K, K, st->q.as<uint8_t>(), K, st->scale.as<float>());
+    st->done = true;
+  };
+  std::vector<CheckpointWriter::Tensor> g;
+  g.push_back({name, DType::F8_E4M3, {N, K}, [st, compute](void* d, size_t nb) {
+                 compute();
+                 std::memcpy(d, st->q.data(), nb);
+                 st->q = Buffer();
+               }});
+  g.push_back({scale_name(name), DType::F32, {fp8_blocks(N), fp8_blocks(K)},
+               [st, compute](void* d, size_t nb) {
+                 compute();
+                 std::memcpy(d, st->scale.data(), nb);
+                 st->scale = Buffer();
+               }});
+  return g;
 }
 
 }  // namespace dsv3

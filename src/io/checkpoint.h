@@ -86,6 +86,13 @@ class CheckpointWriter {
   std::vector<std::vector<Tensor>> groups_;
 };
 
+// A linear weight [N, K] written as F8_E4M3 plus its F32 `<name>_scale_inv`
+// [ceil(N/128), ceil(K/128)] (kernels/quant.h, scale = amax/448 per 128x128 block), as one
+// shard group. `source(scratch)` returns the weight as a contiguous F32, BF16 or F16 view
+// (it may allocate it in scratch); it runs once, when the writer first needs either tensor.
+std::vector<CheckpointWriter::Tensor> fp8_weight_group(
+    const std::string& name, int64_t N, int64_t K, std::function<TensorView(Buffer& scratch)> source);
+
 // Writes text to dir/name atomically (temp file + rename).
 void write_file_atomic(const std::string& path, const std::string& text);
 std::string read_text_file(const std::string& path);

@@ -4,7 +4,6 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
-#include <memory>
 
 #include "core/check.h"
 #include "io/checkpoint.h"
@@ -79,47 +78,25 @@ ConvertStats convert_checkpoint(const std::string& in_dir, const std::string& ou
       continue;
     }
     if (!(to_fp8 && linear)) {
-      ++st.copied;
-      w.add({name, v.dtype, dims(v), [v](void* d, size_t n) { copy_fill(v, d, n); }});
+      // The released layout: BF16 everywhere but the router bias (F32).
+      const bool narrow = kind != kinds.end() && kind->second != WeightKind::RouterBias &&
+                          (v.dtype == DType::F32 || v.dtype == DType::F16);
+      if (narrow) {
+        ++st.narrowed;
+        w.add({name, DType::BF16, dims(v), [v](void* d, size_t) {
+                 const int64_t n = v.numel();
+                 for (int64_t i = 0; i < n; ++i)
+                   store_from_f32(d, DType::BF16, size_t(i), load_as_f32(v.data, v.dtype, size_t(i)));
+               }});
+      } else {
+        ++st.copied;
+        w.add({name, v.dtype, dims(v), [v](void* d, size_t n) { copy_fill(v, d, n); }});
+      }
       continue;
     }
     // Quantise a BF16/F32/F16 linear weight [N, K] per 128x128 block, once for both tensors.
     ++st.quantised;
-    const int64_t N = v.shape[0], K = v.shape[1];
-    struct Quantised {
-      Buffer q, scale;
-      bool done = false;
-    };
-    auto state = std::make_shared<Quantised>();
-    auto compute = [state, v, N, K] {
-      if (state->done) return;
-      const void* src = v.data;
-      DType st_type = v.dtype;
-      Buffer tmp;
-      if (v.dtype == DType::F16) {  // the quantiser reads F32 or BF16
-        tmp = Buffer(size_t(N * K) * sizeof(float));
-        for (int64_t i = 0; i < N * K; ++i) tmp.as<float>()[i] = load_as_f32(v.data, DType::F16, size_t(i));
-        src = tmp.data();
-        st_type = DType::F32;
-      }
-      state->q = Buffer(size_t(N * K));
-      state->scale = Buffer(size_t(fp8_blocks(N) * fp8_blocks(K)) * sizeof(float));
-      quantize_fp8_128x128(src, st_type, N, K, K, state->q.as<uint8_t>(), K, state->scale.as<float>());
-      state->done = true;
-    };
-    std::vector<CheckpointWriter::Tensor> g;
-    g.push_back({name, DType::F8_E4M3, dims(v), [state, compute](void* d, size_t n) {
-                   compute();
-                   std::memcpy(d, state->q.data(), n);
-                   state->q = Buffer();
-                 }});
-    g.push_back({scale_name(name), DType::F32, {fp8_blocks(N), fp8_blocks(K)},
-                 [state, compute](void* d, size_t n) {
-                   compute();
-                   std::memcpy(d, state->scale.data(), n);
-                   state->scale = Buffer();
-                 }});
-    w.add_group(std::move(g));
+    w.add_group(fp8_weight_group(name, v.shape[0], v.shape[1], [v](Buffer&) { return v; }));
   }
   const std::vector<std::string> shards = w.finish();
   st.shards = shards.size();
@@ -130,7 +107,7 @@ ConvertStats convert_checkpoint(const std::string& in_dir, const std::string& ou
 
   cfg.has_quantization = to_fp8;
   cfg.quantization_config = QuantizationConfig{};
-  if (!to_fp8 && cfg.torch_dtype == "float32") cfg.torch_dtype = "bfloat16";
+  cfg.torch_dtype = "bfloat16";
   write_file_atomic((fs::path(out_dir) / "config.json").string(), model_config_to_json(cfg));
   for (const char* f : kSideFiles) {
     const fs::path src = fs::path(in_dir) / f;

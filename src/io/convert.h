@@ -1,8 +1,9 @@
 // `dsv3 convert`: rewrite a Hugging Face DeepSeek checkpoint directory with its linear
 // weights in BF16 (dequantising F8_E4M3 128x128 blocks: W = fp8 * weight_scale_inv) or in
 // FP8 (quantising BF16/F32/F16 linear weights per 128x128 block, scale = amax/448, report
-// §3.3). Every other tensor is copied bit for bit; config.json gains or loses
-// quantization_config; tokenizer and generation files are copied.
+// §3.3). Other F32/F16 tensors of the model are rounded to BF16 (except
+// e_score_correction_bias, F32 as released); everything else is copied bit for bit.
+// config.json gains or loses quantization_config; tokenizer and generation files are copied.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -18,7 +19,7 @@ struct ConvertOptions {
 };
 
 struct ConvertStats {
-  int64_t tensors = 0, quantised = 0, dequantised = 0, copied = 0;
+  int64_t tensors = 0, quantised = 0, dequantised = 0, narrowed = 0, copied = 0;
   uint64_t bytes_in = 0, bytes_out = 0;
   size_t shards = 0;
 };

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <memory>
 
 #include "core/check.h"
 #include "io/checkpoint.h"
@@ -99,38 +98,14 @@ uint64_t write_random_checkpoint(const ModelConfig& c0, const std::string& dir,
              }});
       continue;
     }
-    // FP8: quantise once, whichever of the two tensors the writer asks for first.
-    struct Quantised {
-      Buffer q, scale;
-      bool done = false;
-    };
-    auto state = std::make_shared<Quantised>();
     const int64_t N = s.shape[0], K = s.shape[1];
-    auto compute = [state, key, kind, N, K] {
-      if (state->done) return;
-      Buffer x(size_t(N * K) * sizeof(float));  // [N, K]
-      float* xf = x.as<float>();
+    w.add_group(fp8_weight_group(s.name, N, K, [key, kind, N, K](Buffer& scratch) {
+      scratch = Buffer(size_t(N * K) * sizeof(float));  // [N, K]
+      float* x = scratch.as<float>();
       #pragma omp parallel for schedule(static) if (N * K > (1 << 18))
-      for (int64_t i = 0; i < N * K; ++i) xf[i] = value(key, kind, i);
-      state->q = Buffer(size_t(N * K));
-      state->scale = Buffer(size_t(fp8_blocks(N) * fp8_blocks(K)) * sizeof(float));
-      quantize_fp8_128x128(xf, DType::F32, N, K, K, state->q.as<uint8_t>(), K,
-                           state->scale.as<float>());
-      state->done = true;
-    };
-    std::vector<CheckpointWriter::Tensor> group;
-    group.push_back({s.name, DType::F8_E4M3, dims(s), [state, compute](void* dst, size_t nb) {
-                       compute();
-                       std::memcpy(dst, state->q.data(), nb);
-                       state->q = Buffer();
-                     }});
-    group.push_back({scale_name(s.name), DType::F32, {fp8_blocks(N), fp8_blocks(K)},
-                     [state, compute](void* dst, size_t nb) {
-                       compute();
-                       std::memcpy(dst, state->scale.data(), nb);
-                       state->scale = Buffer();
-                     }});
-    w.add_group(std::move(group));
+      for (int64_t i = 0; i < N * K; ++i) x[i] = value(key, kind, i);
+      return TensorView(x, DType::F32, {N, K});
+    }));
   }
   write_file_atomic((std::filesystem::path(dir) / "config.json").string(), model_config_to_json(c));
   w.finish();
