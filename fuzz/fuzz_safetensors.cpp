@@ -18,6 +18,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (e.begin != pos || !dsv3::safetensors_nbytes(e.dtype, e.shape, e.ndim, &n) ||
           e.end - e.begin != n)
         std::abort();
+      // numel() as TensorView computes it, in order: must not overflow int64.
+      int64_t numel = 1;
+      for (int d = 0; d < e.ndim; ++d)
+        if (__builtin_mul_overflow(numel, e.shape[d], &numel)) std::abort();
       pos = e.end;
     }
     if (pos != h.data_size || 8 + h.header_len + h.data_size != size) std::abort();

@@ -168,6 +168,11 @@ TEST(Safetensors, RejectsBadEntries) {
   EXPECT_ERROR_HAS(image(R"({"w":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904],)"
                          R"("data_offsets":[0,4]}})", 4),
                    "'w'", "overflows");
+  // Zero elements, but the other dimensions multiply past int64: still rejected, so that
+  // no later numel() can overflow.
+  EXPECT_ERROR_HAS(image(R"({"w":{"dtype":"F32","shape":[4611686018427387904,0,4611686018427387904],)"
+                         R"("data_offsets":[0,0]}})", 0),
+                   "'w'", "overflows");
   EXPECT_ERROR_HAS(image(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", 4),
                    "'w'", "begin > end");
   EXPECT_ERROR_HAS(image(R"({"w":{"dtype":"F32","shape":[1]}})", 0), "'w'", "data_offsets");

@@ -87,19 +87,19 @@ std::string SafetensorsEntry::shape_str() const {
 }
 
 bool safetensors_nbytes(DType dtype, const int64_t* shape, int ndim, uint64_t* out) {
+  // The product of the non-zero dimensions and the element size must fit in int64 even
+  // when another dimension is 0: TensorView::numel() multiplies them in order, and an
+  // overflow there would be undefined behaviour on a file we accepted.
+  constexpr uint64_t kMax = uint64_t(std::numeric_limits<int64_t>::max());
   uint64_t n = dtype_size(dtype);
+  bool zero = false;
   for (int d = 0; d < ndim; ++d) {
     const uint64_t s = uint64_t(shape[d]);
-    if (s != 0 && n > std::numeric_limits<uint64_t>::max() / s) {
-      // A zero dimension later still makes the size 0 — but an overflowing prefix is a
-      // malformed header either way, so reject unless some dimension is 0.
-      for (int k = d + 1; k < ndim; ++k)
-        if (shape[k] == 0) { *out = 0; return true; }
-      return false;
-    }
+    if (s == 0) { zero = true; continue; }
+    if (n > kMax / s) return false;
     n *= s;
   }
-  *out = n;
+  *out = zero ? 0 : n;
   return true;
 }
 
