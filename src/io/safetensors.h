@@ -92,7 +92,7 @@ class SafetensorsWriter {
   void set_metadata(std::string key, std::string value) { metadata_[std::move(key)] = std::move(value); }
   // Writes path.tmp.<pid> then renames it onto path. Returns the bytes of tensor data.
   uint64_t finish();
-  // Bytes the file will have in all.
+  // Bytes of data of one tensor (throws when the shape is too large).
   static uint64_t tensor_bytes(DType dtype, const std::vector<int64_t>& shape);
 
  private:
@@ -107,7 +107,8 @@ class SafetensorsWriter {
   std::map<std::string, std::string> metadata_;
 };
 
-// The byte size of prod(shape) elements of dtype; false on overflow of u64.
+// The byte size of prod(shape) elements of dtype; false when the product of the non-zero
+// dimensions times the element size overflows int64 (even if another dimension is 0).
 bool safetensors_nbytes(DType dtype, const int64_t* shape, int ndim, uint64_t* out);
 
 }  // namespace dsv3
