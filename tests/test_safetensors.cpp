@@ -108,7 +108,9 @@ TEST(Safetensors, RoundTripBitIdentical) {
     const TensorView v = f.view(*e);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data) % dtype_size(t.dt), 0u);
     ASSERT_EQ(v.nbytes(), t.bytes.size());
-    if (!t.bytes.empty()) EXPECT_EQ(std::memcmp(v.data, t.bytes.data(), t.bytes.size()), 0) << t.name;
+    if (!t.bytes.empty()) {
+      EXPECT_EQ(std::memcmp(v.data, t.bytes.data(), t.bytes.size()), 0) << t.name;
+    }
   }
   EXPECT_EQ(f.find("missing"), nullptr);
 
