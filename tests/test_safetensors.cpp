@@ -237,5 +237,15 @@ TEST(Safetensors, WriterRejectsBadInput) {
     EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos);
 }
 
+class Cleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    const std::string prefix = "dsv3_st_" + std::to_string(::getpid()) + "_";
+    for (const auto& e : fs::directory_iterator(fs::temp_directory_path()))
+      if (e.path().filename().string().rfind(prefix, 0) == 0) fs::remove_all(e.path());
+  }
+};
+const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new Cleanup);
+
 }  // namespace
 }  // namespace dsv3
