@@ -1,15 +1,12 @@
 // Checkpoint directories: the sharded index and its shards (checkpoint.h).
 #include "io/checkpoint.h"
 
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -21,29 +18,6 @@
 namespace dsv3 {
 
 namespace fs = std::filesystem;
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  DSV3_CHECK(f.good(), path, ": cannot open (", std::strerror(errno), ")");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  DSV3_CHECK(!f.bad(), path, ": read failed");
-  return ss.str();
-}
-
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  DSV3_CHECK(f != nullptr, tmp, ": cannot create (", std::strerror(errno), ")");
-  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size() &&
-                  std::fflush(f) == 0 && ::fdatasync(::fileno(f)) == 0;
-  const bool closed = std::fclose(f) == 0;
-  if (!ok || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    std::remove(tmp.c_str());
-    DSV3_FAIL(path, ": write failed (", std::strerror(err), ")");
-  }
-}
 
 namespace {
 

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "io/file_util.h"
 #include "io/safetensors.h"
 
 namespace dsv3 {
@@ -92,9 +93,5 @@ class CheckpointWriter {
 // (it may allocate it in scratch); it runs once, when the writer first needs either tensor.
 std::vector<CheckpointWriter::Tensor> fp8_weight_group(
     const std::string& name, int64_t N, int64_t K, std::function<TensorView(Buffer& scratch)> source);
-
-// Writes text to dir/name atomically (temp file + rename).
-void write_file_atomic(const std::string& path, const std::string& text);
-std::string read_text_file(const std::string& path);
 
 }  // namespace dsv3

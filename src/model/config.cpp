@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
-#include "io/checkpoint.h"
+#include "io/file_util.h"
 #include "io/json_strict.h"
 
 namespace dsv3 {
