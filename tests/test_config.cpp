@@ -201,6 +201,14 @@ TEST(Config, ErrorsNameTheKey) {
   expect_error(j, {"rope_scaling.type", "linear"});
   j = v3(); j["rope_scaling"]["beta_fast"] = 0.5;
   expect_error(j, {"beta_fast", "beta_slow"});
+  // Sizes that would overflow the derived numbers (found by fuzz/fuzz_config.cpp) or make
+  // loops endless.
+  j = v3(); j["hidden_size"] = 4444444444444447168LL;
+  expect_error(j, {"'hidden_size'", "exceeds the supported maximum"});
+  j = v3(); j["hidden_size"] = 1 << 30; j["vocab_size"] = 1 << 30; j["intermediate_size"] = 1 << 30;
+  expect_error(j, {"more than 2^62 parameters"});
+  j = v3(); j["num_hidden_layers"] = int64_t(1) << 40;
+  expect_error(j, {"'num_hidden_layers'", "exceeds"});
   j = v3(); j["attention_bias"] = true;
   expect_error(j, {"'attention_bias' must be false"});
   j = v3(); j["qk_rope_head_dim"] = 63;

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <set>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -222,6 +223,10 @@ ModelConfig load_model_config(const std::string& path) {
   return parse_model_config(read_text_file(path), path);
 }
 
+namespace {
+bool counts_fit(const ModelConfig& c);
+}  // namespace
+
 void validate_model_config(const ModelConfig& c, const std::string& where) {
   auto positive = [&](const char* key, int64_t v) {
     DSV3_CHECK(v > 0, where, ": '", key, "' must be positive, got ", v);
@@ -240,6 +245,24 @@ void validate_model_config(const ModelConfig& c, const std::string& where) {
   positive("qk_nope_head_dim", c.qk_nope_head_dim);
   positive("v_head_dim", c.v_head_dim);
   positive("max_position_embeddings", c.max_position_embeddings);
+  // Bounds that keep every loop short and every size inside int32 (kernels index with
+  // int64 but shapes this large are certainly a corrupt file).
+  auto at_most = [&](const char* key, int64_t v, int64_t hi) {
+    DSV3_CHECK(v <= hi, where, ": '", key, "' = ", v, " exceeds the supported maximum ", hi);
+  };
+  constexpr int64_t kMaxDim = (int64_t(1) << 31) - 1;
+  for (auto [key, v] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
+                        {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
+                        {"moe_intermediate_size", c.moe_intermediate_size},
+                        {"num_attention_heads", c.num_attention_heads},
+                        {"kv_lora_rank", c.kv_lora_rank}, {"q_lora_rank", c.q_lora_rank},
+                        {"qk_rope_head_dim", c.qk_rope_head_dim}, {"qk_nope_head_dim", c.qk_nope_head_dim},
+                        {"v_head_dim", c.v_head_dim}})
+    at_most(key, v, kMaxDim);
+  at_most("num_hidden_layers", c.num_hidden_layers, 1 << 16);
+  at_most("num_nextn_predict_layers", c.num_nextn_predict_layers, 1 << 10);
+  at_most("n_routed_experts", c.n_routed_experts, 1 << 20);
+  at_most("n_shared_experts", c.n_shared_experts, 1 << 20);
   non_negative("q_lora_rank", c.q_lora_rank);
   non_negative("num_nextn_predict_layers", c.num_nextn_predict_layers);
   non_negative("n_shared_experts", c.n_shared_experts);
@@ -309,6 +332,8 @@ void validate_model_config(const ModelConfig& c, const std::string& where) {
                ": 'quantization_config.activation_scheme' must be \"dynamic\", got \"",
                q.activation_scheme, "\"");
   }
+  DSV3_CHECK(counts_fit(c), where, ": the sizes give more than 2^62 parameters or KV-cache "
+             "elements (hidden_size, vocab_size, layers, experts...): not a real model");
 }
 
 std::string model_config_to_json(const ModelConfig& c) {
@@ -380,58 +405,95 @@ std::string model_config_to_json(const ModelConfig& c) {
   return j.dump(1) + "\n";
 }
 
-ParamCounts count_parameters(const ModelConfig& c) {
-  const int64_t H = c.hidden_size, V = c.vocab_size, nh = c.num_attention_heads;
+namespace {
+
+// The counts as T: double to bound them (no overflow possible), int64_t for the exact
+// numbers once the bound holds. Every term is a product of positive sizes, so when the
+// totals fit, so does every intermediate.
+template <class T>
+struct CountsT {
+  T embedding = 0, attention = 0, dense_mlp = 0, routed_experts = 0, shared_experts = 0,
+    router = 0, norms = 0, lm_head = 0, mtp = 0, activated = 0, kv_mla = 0, kv_mha = 0;
+};
+
+template <class T>
+CountsT<T> count_impl(const ModelConfig& c) {
+  const T H = T(c.hidden_size), V = T(c.vocab_size), nh = T(c.num_attention_heads);
+  const T q_lora = T(c.q_lora_rank), kv_lora = T(c.kv_lora_rank), rope = T(c.qk_rope_head_dim);
+  const T nope = T(c.qk_nope_head_dim), vd = T(c.v_head_dim);
   // MLA (SPEC §1): W_DQ [q_lora,H] + q_a_layernorm + W_UQ [nh*qk_head, q_lora], or one
   // q_proj [nh*qk_head, H]; W_DKV;W_KR [kv_lora+rope, H] + kv_a_layernorm;
   // W_UK;W_UV [nh*(nope+v), kv_lora]; o_proj [H, nh*v].
-  const int64_t q = c.has_q_lora()
-                        ? H * c.q_lora_rank + c.q_lora_rank + c.q_lora_rank * nh * c.qk_head_dim()
-                        : H * nh * c.qk_head_dim();
-  const int64_t attn = q + H * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank +
-                       c.kv_lora_rank * nh * (c.qk_nope_head_dim + c.v_head_dim) +
-                       nh * c.v_head_dim * H;
-  const int64_t expert = 3 * H * c.moe_intermediate_size;  // gate, up, down
-  const int64_t router = c.n_routed_experts * H + (c.has_router_bias() ? c.n_routed_experts : 0);
-  ParamCounts p;
+  const T q = c.has_q_lora() ? H * q_lora + q_lora + q_lora * nh * (nope + rope) : H * nh * (nope + rope);
+  const T attn = q + H * (kv_lora + rope) + kv_lora + kv_lora * nh * (nope + vd) + nh * vd * H;
+  const T expert = T(3) * H * T(c.moe_intermediate_size);  // gate, up, down
+  const T E = T(c.n_routed_experts), S = T(c.n_shared_experts);
+  const T router = E * H + (c.has_router_bias() ? E : T(0));
+  const T dense = T(3) * H * T(c.intermediate_size);
+  CountsT<T> p;
   p.embedding = V * H;
-  p.lm_head = c.tie_word_embeddings ? 0 : V * H;
-  p.norms = H;  // model.norm
-  int64_t moe_layers = 0;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    p.attention += attn;
-    p.norms += 2 * H;
-    if (c.is_moe_layer(l)) {
-      ++moe_layers;
-      p.routed_experts += c.n_routed_experts * expert;
-      p.shared_experts += c.n_shared_experts * expert;
-      p.router += router;
-    } else {
-      p.dense_mlp += 3 * H * c.intermediate_size;
-    }
-  }
+  p.lm_head = c.tie_word_embeddings ? T(0) : V * H;
+  T moe_layers = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.is_moe_layer(l) ? T(1) : T(0);
+  const T L = T(c.num_hidden_layers), dense_layers = L - moe_layers;
+  p.attention = L * attn;
+  p.norms = H + T(2) * H * L;  // model.norm + two per layer
+  p.routed_experts = moe_layers * E * expert;
+  p.shared_experts = moe_layers * S * expert;
+  p.router = moe_layers * router;
+  p.dense_mlp = dense_layers * dense;
   for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
-    const int64_t l = c.num_hidden_layers + k;
-    const int64_t ffn = c.is_moe_layer(l)
-                            ? (c.n_routed_experts + c.n_shared_experts) * expert + router
-                            : 3 * H * c.intermediate_size;
+    const T ffn = c.is_moe_layer(c.num_hidden_layers + k) ? (E + S) * expert + router : dense;
     // enorm, hnorm, eh_proj [H, 2H], the block, shared_head.norm, shared_head.head and the
     // module's own embed_tokens copy.
-    p.mtp += 2 * H + 2 * H * H + attn + 2 * H + ffn + H + V * H + V * H;
+    p.mtp += T(2) * H + T(2) * H * H + attn + T(2) * H + ffn + H + V * H + V * H;
   }
   // The embedding is a row lookup, not a matmul: it is not "activated" compute. This is
   // the convention behind the published figures (V3 37B, V2-Lite 2.4B; see test_config).
-  p.activated = p.main_total() - p.embedding - p.routed_experts +
-                moe_layers * c.num_experts_per_tok * expert;
+  p.activated = p.attention + p.dense_mlp + p.shared_experts + p.router + p.norms + p.lm_head +
+                moe_layers * T(c.num_experts_per_tok) * expert;
+  p.kv_mla = L * (kv_lora + rope);
+  p.kv_mha = L * nh * (nope + rope + vd);
+  return p;
+}
+
+// Largest count accepted: 2^62, half of int64, so sums of the parts cannot overflow.
+constexpr double kMaxCount = 4.611686018427387904e18;
+
+bool counts_fit(const ModelConfig& c) {
+  const CountsT<double> d = count_impl<double>(c);
+  const double total = d.embedding + d.attention + d.dense_mlp + d.routed_experts +
+                       d.shared_experts + d.router + d.norms + d.lm_head + d.mtp;
+  return total < kMaxCount && d.kv_mha < kMaxCount && d.kv_mla < kMaxCount;
+}
+
+}  // namespace
+
+ParamCounts count_parameters(const ModelConfig& c) {
+  DSV3_CHECK(counts_fit(c), "config: the parameter count overflows 64 bits (sizes too large)");
+  const CountsT<int64_t> i = count_impl<int64_t>(c);
+  ParamCounts p;
+  p.embedding = i.embedding;
+  p.attention = i.attention;
+  p.dense_mlp = i.dense_mlp;
+  p.routed_experts = i.routed_experts;
+  p.shared_experts = i.shared_experts;
+  p.router = i.router;
+  p.norms = i.norms;
+  p.lm_head = i.lm_head;
+  p.mtp = i.mtp;
+  p.activated = i.activated;
   return p;
 }
 
 int64_t kv_cache_elems_mla(const ModelConfig& c) {
-  return c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim);
+  DSV3_CHECK(counts_fit(c), "config: the KV-cache size overflows 64 bits (sizes too large)");
+  return count_impl<int64_t>(c).kv_mla;
 }
 
 int64_t kv_cache_elems_mha(const ModelConfig& c) {
-  return c.num_hidden_layers * c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim);
+  DSV3_CHECK(counts_fit(c), "config: the KV-cache size overflows 64 bits (sizes too large)");
+  return count_impl<int64_t>(c).kv_mha;
 }
 
 }  // namespace dsv3
