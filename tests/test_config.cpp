@@ -197,6 +197,12 @@ TEST(Config, ErrorsNameTheKey) {
   expect_error(j, {"weight_block_size", "[128, 128]", "[64, 64]"});
   j = v3(); j["quantization_config"]["fmt"] = "e5m2";
   expect_error(j, {"quantization_config.fmt", "e5m2"});
+  // Wrong types inside the nested objects (the fuzzer found these messages read a
+  // dangling string).
+  j = v3(); j["quantization_config"]["fmt"] = 5;
+  expect_error(j, {"quantization_config", "'fmt' must be a string"});
+  j = v3(); j["rope_scaling"]["factor"] = "40";
+  expect_error(j, {"rope_scaling", "'factor' must be a number"});
   j = v3(); j["rope_scaling"]["type"] = "linear";
   expect_error(j, {"rope_scaling.type", "linear"});
   j = v3(); j["rope_scaling"]["beta_fast"] = 0.5;

@@ -79,7 +79,7 @@ class Reader {
 
  private:
   const json& j_;
-  const std::string& where_;
+  std::string where_;  // a copy: callers pass temporaries ("<file> quantization_config")
   std::set<std::string> seen_;
 };
 
