@@ -14,6 +14,7 @@ void register_bench(CLI::App& app) {
   dsv3::bench::add_tokenize(*bench);
   dsv3::bench::add_gemv(*bench);
   dsv3::bench::add_membw(*bench);
+  dsv3::bench::add_load(*bench);
 }
 
 }  // namespace dsv3::cli

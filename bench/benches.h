@@ -9,5 +9,6 @@ void add_ops(CLI::App& bench);   // bench_ops.cpp: dsv3 bench ops
 void add_tokenize(CLI::App& bench);  // bench_tokenizer.cpp: dsv3 bench tokenize
 void add_gemv(CLI::App& bench);   // bench_gemv.cpp: dsv3 bench gemv
 void add_membw(CLI::App& bench);  // bench_gemv.cpp: dsv3 bench membw
+void add_load(CLI::App& bench);  // bench_load.cpp: dsv3 bench load
 
 }  // namespace dsv3::bench

@@ -8,5 +8,7 @@ namespace dsv3::cli {
 
 void register_bench(CLI::App& app);  // bench/bench_cli.cpp
 void register_tokenize(CLI::App& app);  // cmd_tokenize.cpp: tokenize, detokenize, tokenizer
+void register_inspect(CLI::App& app);  // cmd_inspect.cpp
+void register_convert(CLI::App& app);  // cmd_convert.cpp
 
 }  // namespace dsv3::cli

@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
                                         dsv3::isa_name(dsv3::best_isa()) + " kernels)");
   dsv3::cli::register_bench(app);
   dsv3::cli::register_tokenize(app);
+  dsv3::cli::register_inspect(app);
+  dsv3::cli::register_convert(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every figure of docs/PERF.md in one run, each beside its alternative measured in the
+# same run. Run it on an idle machine (it prints the load average first).
+# usage: bench/perf_all.sh [build_dir=build/release] [out_dir=perf-out]
+set -uo pipefail
+BUILD=${1:-build/release}
+OUT=${2:-perf-out}
+mkdir -p "$OUT"
+DSV3=$BUILD/dsv3
+echo "dsv3 perf run $(date -u +%FT%TZ): $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$($DSV3 --version)"
+echo
+echo "== memory bandwidth (streaming read, AVX-512) and decode GEMV, 2 threads"
+for policy in default passive; do
+  env_policy=()
+  [[ $policy == passive ]] && env_policy=(env OMP_WAIT_POLICY=passive)
+  for dt in fp8 bf16; do
+    k=18432; [[ $dt == bf16 ]] && k=9216
+    echo "-- OMP_WAIT_POLICY=$policy gemv $dt 7168x$k"
+    "${env_policy[@]}" "$DSV3" bench gemv --n 7168 --k $k --dtype $dt --threads 2 --json | tee -a "$OUT/gemv.jsonl"
+  done
+done
+echo
+echo "== GEMM, 2 threads, fprop (median; all sides OMP_WAIT_POLICY=PASSIVE)"
+bench/gemm_vs_libs.sh "$BUILD" 2 fprop | tee "$OUT/gemm_2t_fprop.md"
+echo
+echo "== GEMM, 1 thread, per CPU-second, dgrad and wgrad"
+CPU=1 SHAPES="2048x2048x2048 512x7168x2048 64x1408x2048" bench/gemm_vs_libs.sh "$BUILD" 1 dgrad | tee "$OUT/gemm_1t_dgrad.md"
+CPU=1 SHAPES="2048x2048x2048 7168x2048x512 1408x2048x64" bench/gemm_vs_libs.sh "$BUILD" 1 wgrad | tee "$OUT/gemm_1t_wgrad.md"
+echo
+echo "== row kernels, 1 thread: dsv3 vs PyTorch"
+"$DSV3" bench ops --tokens 64 --threads 1 --seconds 0.3 | tee "$OUT/ops.txt"
+OMP_WAIT_POLICY=PASSIVE ATEN_CPU_CAPABILITY=avx512 /usr/bin/python3 bench/ext/torch_ops.py --tokens 64 --threads 1 --seconds 0.3 | tee -a "$OUT/ops.txt"
+echo
+echo "== tokenizer encode, 1 thread: dsv3 vs Rust HF tokenizers (npm binding)"
+tools/tokenizer/bench.sh "$DSV3" | tee "$OUT/tokenizer.txt"
+echo
+if "$DSV3" bench load --help >/dev/null 2>&1; then
+  echo "== checkpoint open (mmap) vs full read, 2 GB generated checkpoint"
+  "$DSV3" bench load --size-gb 2 | tee "$OUT/load.txt"
+fi
