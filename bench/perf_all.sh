@@ -21,6 +21,12 @@ for policy in default passive; do
   done
 done
 echo
+echo "== OpenMP wait policy: our GEMM 2048^3 f32 and bf16, default vs passive"
+for dt in f32 bf16; do
+  "$DSV3" bench gemm --m 2048 --n 2048 --k 2048 --dtype $dt --threads 2 --json | tee -a "$OUT/policy.jsonl"
+  OMP_WAIT_POLICY=passive "$DSV3" bench gemm --m 2048 --n 2048 --k 2048 --dtype $dt --threads 2 --json | tee -a "$OUT/policy.jsonl"
+done
+echo
 echo "== GEMM, 2 threads, fprop (median; all sides OMP_WAIT_POLICY=PASSIVE)"
 bench/gemm_vs_libs.sh "$BUILD" 2 fprop | tee "$OUT/gemm_2t_fprop.md"
 echo

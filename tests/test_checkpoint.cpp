@@ -456,6 +456,47 @@ TEST(Checkpoint, CliInspectAndErrors) {
   expect_has(out, {"dsv3: error:", "model-00002-of-00002.safetensors"});
 }
 
+// `dsv3 init` writes a directory that loads with a full weight-map check; `inspect` takes
+// a bare config.json too; init refuses to overwrite a model and names a bad config.
+TEST(Checkpoint, CliInitAndBareConfig) {
+  const char* bin = std::getenv("DSV3_BIN");
+  if (!bin) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
+  auto run = [&](const std::string& args, int* rc) {
+    std::string out;
+    std::FILE* p = ::popen((std::string(bin) + " " + args + " 2>&1").c_str(), "r");
+    char buf[4096];
+    while (std::fgets(buf, sizeof buf, p)) out += buf;
+    *rc = ::pclose(p);
+    return out;
+  };
+  int rc = 0;
+  const std::string dir = temp_dir("cli_init");
+  std::string out = run("init --config tiny-v3 --format fp8 --shards 2 --out " + dir, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  out = run("inspect --json " + dir, &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const nlohmann::json j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["weights"]["check"], "ok");
+  EXPECT_EQ(j["parameters"]["total"].get<int64_t>(), count_parameters(tiny_v3_config()).total());
+  out = run("init --config tiny-v3 --out " + dir, &rc);
+  EXPECT_NE(rc, 0);
+  expect_has(out, {"dsv3: error:", "already holds a model"});
+
+  out = run("inspect configs/deepseek-v3-671b.json", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  expect_has(out, {"absent", "671.03B"});
+  const std::string bad = temp_dir("cli_badcfg") + ".json";
+  {
+    std::FILE* f = std::fopen(bad.c_str(), "w");
+    std::fputs("{\"model_type\": \"deepseek_v3\", \"hidden_size\": \"big\"}", f);
+    std::fclose(f);
+  }
+  out = run("init --config " + bad + " --out " + temp_dir("cli_init2"), &rc);
+  EXPECT_NE(rc, 0);
+  expect_has(out, {"dsv3: error:", "hidden_size"});
+  fs::remove(bad);
+}
+
 class Cleanup : public ::testing::Environment {
  public:
   void TearDown() override {

@@ -65,7 +65,10 @@ struct InspectOpts {
 };
 
 int run_inspect(const InspectOpts& o) {
-  const fs::path cfg_path = fs::path(o.dir) / "config.json";
+  // A bare config.json (e.g. configs/deepseek-v3-671b.json) is inspected as a directory
+  // holding only that file.
+  const bool bare_config = fs::is_regular_file(o.dir);
+  const fs::path cfg_path = bare_config ? fs::path(o.dir) : fs::path(o.dir) / "config.json";
   DSV3_CHECK(fs::is_regular_file(cfg_path), o.dir, ": no config.json");
   const ModelConfig c = load_model_config(cfg_path.string());
   const ParamCounts p = count_parameters(c);
@@ -119,7 +122,7 @@ int run_inspect(const InspectOpts& o) {
 
   std::string weights_error;
   ojson w;
-  const bool present = Checkpoint::has_weights(o.dir);
+  const bool present = !bare_config && Checkpoint::has_weights(o.dir);
   w["present"] = present;
   if (present) {
     const Checkpoint ck(o.dir);
@@ -216,7 +219,7 @@ int run_inspect(const InspectOpts& o) {
 void register_inspect(CLI::App& app) {
   auto o = std::make_shared<InspectOpts>();
   CLI::App* s = app.add_subcommand("inspect", "Describe a Hugging Face DeepSeek-V3/V2 model directory");
-  s->add_option("dir", o->dir, "model directory (config.json [+ safetensors])")->required();
+  s->add_option("dir", o->dir, "model directory (config.json [+ safetensors]), or a config.json file")->required();
   s->add_flag("--json", o->json, "print one JSON object");
   s->add_flag("--no-check", o->no_check, "skip the weight-map check");
   s->callback([o] { run_inspect(*o); });

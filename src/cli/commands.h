@@ -10,5 +10,6 @@ void register_bench(CLI::App& app);  // bench/bench_cli.cpp
 void register_tokenize(CLI::App& app);  // cmd_tokenize.cpp: tokenize, detokenize, tokenizer
 void register_inspect(CLI::App& app);  // cmd_inspect.cpp
 void register_convert(CLI::App& app);  // cmd_convert.cpp
+void register_init(CLI::App& app);     // cmd_init.cpp
 
 }  // namespace dsv3::cli
