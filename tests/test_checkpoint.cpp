@@ -4,6 +4,8 @@
 // asserted to name the file and the tensor.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -487,9 +489,11 @@ TEST(Checkpoint, CliInitAndBareConfig) {
   expect_has(out, {"absent", "671.03B"});
   const std::string bad = temp_dir("cli_badcfg") + ".json";
   {
-    std::FILE* f = std::fopen(bad.c_str(), "w");
-    std::fputs("{\"model_type\": \"deepseek_v3\", \"hidden_size\": \"big\"}", f);
-    std::fclose(f);
+    // The real V3 config with one key of the wrong type.
+    std::ifstream in("configs/deepseek-v3-671b.json");
+    nlohmann::json cfg = nlohmann::json::parse(in);
+    cfg["hidden_size"] = "big";
+    std::ofstream(bad) << cfg.dump();
   }
   out = run("init --config " + bad + " --out " + temp_dir("cli_init2"), &rc);
   EXPECT_NE(rc, 0);
