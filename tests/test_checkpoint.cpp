@@ -417,19 +417,22 @@ TEST(Checkpoint, ConvertF32NarrowsToBf16) {
   }
 }
 
+// Runs `bin args` with stderr folded into stdout; *rc gets pclose's status.
+std::string run_cli(const char* bin, const std::string& args, int* rc) {
+  std::string out;
+  std::FILE* p = ::popen((std::string(bin) + " " + args + " 2>&1").c_str(), "r");
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  *rc = ::pclose(p);
+  return out;
+}
+
 // The CLI on generated directories: inspect succeeds, reports absent weights for a
 // config-only directory, and a broken directory exits non-zero with a one-line error.
 TEST(Checkpoint, CliInspectAndErrors) {
   const char* bin = std::getenv("DSV3_BIN");
   if (!bin) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
-  auto run = [&](const std::string& args, int* rc) {
-    std::string out;
-    std::FILE* p = ::popen((std::string(bin) + " " + args + " 2>&1").c_str(), "r");
-    char buf[4096];
-    while (std::fgets(buf, sizeof buf, p)) out += buf;
-    *rc = ::pclose(p);
-    return out;
-  };
+  auto run = [&](const std::string& args, int* rc) { return run_cli(bin, args, rc); };
   int rc = 0;
   const std::string dir = make("cli", tiny_v3_config(), CheckpointFormat::FP8, 2);
   std::string out = run("inspect " + dir, &rc);
@@ -463,14 +466,7 @@ TEST(Checkpoint, CliInspectAndErrors) {
 TEST(Checkpoint, CliInitAndBareConfig) {
   const char* bin = std::getenv("DSV3_BIN");
   if (!bin) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
-  auto run = [&](const std::string& args, int* rc) {
-    std::string out;
-    std::FILE* p = ::popen((std::string(bin) + " " + args + " 2>&1").c_str(), "r");
-    char buf[4096];
-    while (std::fgets(buf, sizeof buf, p)) out += buf;
-    *rc = ::pclose(p);
-    return out;
-  };
+  auto run = [&](const std::string& args, int* rc) { return run_cli(bin, args, rc); };
   int rc = 0;
   const std::string dir = temp_dir("cli_init");
   std::string out = run("init --config tiny-v3 --format fp8 --shards 2 --out " + dir, &rc);
