@@ -47,7 +47,7 @@ for shape in "2048 2048 2048" "512 7168 2048"; do
   set -- $shape
   "$dsv3" bench gemm --m $1 --n $2 --k $3 --dtype f32 --threads 2
   OPENBLAS_NUM_THREADS=2 "$bin"/bench_openblas $1 $2 $3 2 | python3 -c \
-    'import json,sys; j=json.load(sys.stdin); print(f"openblas sgemm M={j[\"m\"]} N={j[\"n\"]} K={j[\"k\"]}: {j[\"gflops\"]:.1f} GFLOP/s")'
+    'import json,sys; j=json.load(sys.stdin); print("openblas sgemm M=%d N=%d K=%d: %.1f GFLOP/s" % (j["m"], j["n"], j["k"], j["gflops"]))'
   "$dsv3" bench gemm --m $1 --n $2 --k $3 --dtype bf16 --threads 2
   "$dsv3" bench gemm --m $1 --n $2 --k $3 --dtype fp8 --threads 2
 done
