@@ -12,6 +12,7 @@
 
 #include "commands.h"
 #include "core/check.h"
+#include "io/checkpoint.h"
 #include "io/random_checkpoint.h"
 #include "model/config.h"
 
@@ -35,8 +36,9 @@ void run_init(const InitOpts& o) {
   else c = load_model_config(o.config);
   DSV3_CHECK(o.shards >= 1, "--shards must be at least 1, got ", o.shards);
   namespace fs = std::filesystem;
-  DSV3_CHECK(!fs::exists(fs::path(o.out) / "config.json"), o.out,
-             ": already holds a model (config.json); choose an empty directory");
+  // Shards left in the directory would mix with ours (convert makes the same check).
+  DSV3_CHECK(!fs::exists(fs::path(o.out) / "config.json") && !Checkpoint::has_weights(o.out),
+             o.out, ": already holds a model (config.json or safetensors); choose an empty directory");
   RandomCheckpointOptions opt;
   opt.format = parse_checkpoint_format(o.format);
   opt.shards = o.shards;
