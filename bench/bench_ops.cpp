@@ -63,7 +63,7 @@ void run_ops(const OpsOpts& o) {
   auto gu = random_floats(T * 2 * I, -4, 4, 5), h = random_floats(T * I, 0, 1, 6);
   auto q = random_floats(T * H * R, -1, 1, 7);
   std::vector<float> cs(static_cast<size_t>(T * R / 2)), sn(cs.size());
-  RopeScaling ys;
+  YarnParams ys;
   ys.factor = 40;
   ys.mscale_all_dim = 1;
   rope_build_table(cs.data(), sn.data(), 0, T, R, 10000.0, &ys);

@@ -27,7 +27,7 @@ struct RefConfig {
   int64_t dim = 0, qk_head_dim = 0;
   double theta = 0;
   bool yarn = false;
-  RopeScaling scaling;
+  YarnParams scaling;
   double softmax_scale = 0;
   std::vector<double> freq;
   std::vector<int64_t> pos;
@@ -107,7 +107,7 @@ TEST(Yarn, TablesMatchPyTorchReference) {
   const std::vector<RefConfig> refs = load_reference();
   ASSERT_EQ(refs.size(), 4u);
   for (const RefConfig& r : refs) {
-    const RopeScaling* ys = r.yarn ? &r.scaling : nullptr;
+    const YarnParams* ys = r.yarn ? &r.scaling : nullptr;
     const int64_t half = r.dim / 2;
     std::vector<double> freq(static_cast<size_t>(half));
     rope_frequencies(freq.data(), r.dim, r.theta, ys);
@@ -143,7 +143,7 @@ TEST(Yarn, MscaleAndScaleHelpers) {
   EXPECT_DOUBLE_EQ(yarn_get_mscale(40.0, 1.0), 0.1 * std::log(40.0) + 1.0);
   // No scaling: plain 1/sqrt(d).
   EXPECT_FLOAT_EQ(attention_softmax_scale(192, nullptr), float(1.0 / std::sqrt(192.0)));
-  RopeScaling none;  // factor 1
+  YarnParams none;  // factor 1
   EXPECT_FLOAT_EQ(attention_softmax_scale(192, &none), float(1.0 / std::sqrt(192.0)));
 }
 
@@ -160,7 +160,7 @@ TEST(Rope, AvxMatchesScalarBitExactStrided) {
                             {7, 2, 34, 70, 35, 0}};             // 17 pairs: 8 + 8 + 1
   for (const Layout& L : layouts) {
     std::vector<float> c(size_t(n_pos * L.dim / 2)), s(c.size());
-    RopeScaling ys;  // DeepSeek-V3's: table amplitude mscale/mscale_all_dim = 1
+    YarnParams ys;  // DeepSeek-V3's: table amplitude mscale/mscale_all_dim = 1
     ys.factor = 40;
     ys.mscale_all_dim = 1;
     rope_build_table(c.data(), s.data(), 0, n_pos, L.dim, 10000.0, &ys);
@@ -259,7 +259,7 @@ TEST(Rope, RejectsBadInput) {
   EXPECT_THROW(rope_forward(x, 4, 4, x, 4, 2, ok, 1, 1, tab), Error);  // in place, other head stride
   double f[4];
   EXPECT_THROW(rope_frequencies(f, 5, 10000.0, nullptr), Error);
-  RopeScaling ys;
+  YarnParams ys;
   ys.factor = 4;
   ys.original_max_position_embeddings = 0;
   EXPECT_THROW(rope_frequencies(f, 8, 10000.0, &ys), Error);

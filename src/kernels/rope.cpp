@@ -19,9 +19,9 @@ double correction_dim(double num_rotations, int64_t dim, double theta, double ma
          (2.0 * std::log(theta));
 }
 
-bool yarn_active(const RopeScaling* yarn) { return yarn && yarn->factor > 1.0; }
+bool yarn_active(const YarnParams* yarn) { return yarn && yarn->factor > 1.0; }
 
-void check_yarn(const RopeScaling& y) {
+void check_yarn(const YarnParams& y) {
   DSV3_CHECK(y.original_max_position_embeddings > 0,
              "rope_scaling.original_max_position_embeddings must be > 0, got ",
              y.original_max_position_embeddings);
@@ -36,7 +36,7 @@ double yarn_get_mscale(double scale, double mscale) {
   return 0.1 * mscale * std::log(scale) + 1.0;
 }
 
-float attention_softmax_scale(int64_t qk_head_dim, const RopeScaling* yarn) {
+float attention_softmax_scale(int64_t qk_head_dim, const YarnParams* yarn) {
   DSV3_CHECK(qk_head_dim > 0, "attention_softmax_scale: qk_head_dim must be > 0");
   double s = 1.0 / std::sqrt(double(qk_head_dim));
   if (yarn_active(yarn)) {
@@ -46,7 +46,7 @@ float attention_softmax_scale(int64_t qk_head_dim, const RopeScaling* yarn) {
   return float(s);
 }
 
-void rope_frequencies(double* freq, int64_t dim, double theta, const RopeScaling* yarn) {
+void rope_frequencies(double* freq, int64_t dim, double theta, const YarnParams* yarn) {
   DSV3_CHECK(dim > 0 && dim % 2 == 0, "rope: head dim must be even and > 0, got ", dim);
   DSV3_CHECK(theta > 1.0, "rope_theta must be > 1, got ", theta);
   const int64_t half = dim / 2;
@@ -69,7 +69,7 @@ void rope_frequencies(double* freq, int64_t dim, double theta, const RopeScaling
 }
 
 void rope_build_table(float* cos, float* sin, int64_t pos0, int64_t n_pos, int64_t dim,
-                      double theta, const RopeScaling* yarn) {
+                      double theta, const YarnParams* yarn) {
   DSV3_CHECK(pos0 >= 0 && n_pos >= 0, "rope_build_table: bad position range ", pos0, " + ", n_pos);
   const int64_t half = dim / 2;
   double freq[512];

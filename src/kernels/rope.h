@@ -28,8 +28,9 @@
 
 namespace dsv3 {
 
-// config.json "rope_scaling" of type "yarn"; factor ≤ 1 means no scaling.
-struct RopeScaling {
+// The numbers of config.json "rope_scaling" of type "yarn" (model/config.h RopeScaling);
+// factor ≤ 1 means no scaling.
+struct YarnParams {
   double factor = 1.0;
   int64_t original_max_position_embeddings = 4096;
   double beta_fast = 32.0, beta_slow = 1.0;
@@ -39,12 +40,12 @@ struct RopeScaling {
 // 0.1·mscale·ln(scale) + 1, or 1 when scale ≤ 1 (YaRN's attention temperature).
 double yarn_get_mscale(double scale, double mscale);
 // 1/sqrt(qk_head_dim) · m², m = yarn_get_mscale(factor, mscale_all_dim) (yarn may be null).
-float attention_softmax_scale(int64_t qk_head_dim, const RopeScaling* yarn);
+float attention_softmax_scale(int64_t qk_head_dim, const YarnParams* yarn);
 // freq [dim/2] in double (yarn may be null: plain RoPE).
-void rope_frequencies(double* freq, int64_t dim, double theta, const RopeScaling* yarn);
+void rope_frequencies(double* freq, int64_t dim, double theta, const YarnParams* yarn);
 // cos, sin [n_pos, dim/2] for positions pos0 .. pos0+n_pos−1.
 void rope_build_table(float* cos, float* sin, int64_t pos0, int64_t n_pos, int64_t dim,
-                      double theta, const RopeScaling* yarn);
+                      double theta, const YarnParams* yarn);
 
 // A built table: cos, sin [n_pos, dim/2], row p for position p.
 struct RopeTable {
