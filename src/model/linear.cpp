@@ -1,0 +1,138 @@
+#include "model/linear.h"
+
+#include <cstring>
+
+#include "core/check.h"
+#include "core/dtype.h"
+#include "kernels/convert.h"
+#include "kernels/gemm.h"
+#include "kernels/gemv.h"
+
+namespace dsv3 {
+
+int64_t linear_out(const Weight& w) { return w.w.shape[0]; }
+int64_t linear_in(const Weight& w) { return w.w.shape[1]; }
+
+void round_to_bf16(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+}
+
+namespace {
+
+template <class T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+// F16 weights: dequantise one row at a time (no DeepSeek release uses F16; correctness only).
+void linear_f16(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
+                LinearScratch& s, bool accumulate) {
+  const int64_t N = linear_out(w), K = linear_in(w);
+  grow(s.w_row, size_t(K));
+  for (int64_t n = 0; n < N; ++n) {
+    dequantize_rows(s.w_row.data(), w, n, 1);
+    for (int64_t m = 0; m < M; ++m) {
+      float acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += bf16_to_f32(f32_to_bf16(x[m * ldx + k])) * s.w_row[size_t(k)];
+      y[m * ldy + n] = accumulate ? y[m * ldy + n] + acc : acc;
+    }
+  }
+}
+
+}  // namespace
+
+void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
+                    LinearScratch& s, bool accumulate, int threads) {
+  const int64_t N = linear_out(w), K = linear_in(w);
+  DSV3_ASSERT(w.w.ndim == 2 && M >= 0);
+  if (M == 0) return;
+  const DType dt = w.w.dtype;
+  if (dt == DType::F32) {
+    GemmF32 g;
+    g.M = M; g.N = N; g.K = K;
+    g.A = x; g.lda = ldx;
+    g.B = w.w.ptr<float>(); g.ldb = K; g.trans_b = true;
+    g.C = y; g.ldc = ldy; g.accumulate = accumulate;
+    gemm_f32(g, threads);
+    return;
+  }
+  if (dt == DType::F16) return linear_f16(y, ldy, x, ldx, M, w, s, accumulate);
+  DSV3_ASSERT(dt == DType::BF16 || dt == DType::F8_E4M3);
+  if (M <= kGemvMaxM) {
+    // Decode: the weight streams once; x is rounded to BF16 first (docs/numerics.md).
+    grow(s.x_round, size_t(M * K));
+    for (int64_t m = 0; m < M; ++m) {
+      std::memcpy(&s.x_round[size_t(m * K)], x + m * ldx, size_t(K) * sizeof(float));
+      round_to_bf16(&s.x_round[size_t(m * K)], K);
+    }
+    if (dt == DType::BF16) {
+      GemvBF16 g;
+      g.M = M; g.N = N; g.K = K;
+      g.w = w.w.ptr<uint16_t>(); g.ldw = K;
+      g.x = s.x_round.data(); g.ldx = K;
+      g.y = y; g.ldy = ldy; g.accumulate = accumulate;
+      gemv_bf16(g, threads);
+    } else {
+      GemvFP8 g;
+      g.M = M; g.N = N; g.K = K;
+      g.w = w.w.ptr<uint8_t>(); g.ldw = K; g.w_scale = w.scale.ptr<float>();
+      g.x = s.x_round.data(); g.ldx = K;
+      g.y = y; g.ldy = ldy; g.accumulate = accumulate;
+      gemv_fp8(g, threads);
+    }
+    return;
+  }
+  grow(s.x_bf16, size_t(M * K));
+  for (int64_t m = 0; m < M; ++m) convert_f32_to_bf16(x + m * ldx, &s.x_bf16[size_t(m * K)], K);
+  if (dt == DType::BF16) {
+    GemmBF16 g;
+    g.M = M; g.N = N; g.K = K;
+    g.A = s.x_bf16.data(); g.lda = K;
+    g.B = w.w.ptr<uint16_t>(); g.ldb = K; g.trans_b = true;
+    g.C = y; g.ldc = ldy; g.accumulate = accumulate;
+    gemm_bf16(g, threads);
+  } else {
+    GemmFP8 g;
+    g.M = M; g.N = N; g.K = K;
+    g.A_bf16 = s.x_bf16.data(); g.lda = K;
+    g.B = w.w.ptr<uint8_t>(); g.ldb = K; g.trans_b = true;
+    g.b_layout = Fp8BLayout::Block128;
+    g.b_scale = w.scale.ptr<float>(); g.ldb_scale = w.scale.shape[1];
+    g.C = y; g.ldc = ldy; g.accumulate = accumulate;
+    gemm_fp8(g, threads);
+  }
+}
+
+void dequantize_rows(float* out, const Weight& w, int64_t r0, int64_t n) {
+  const int64_t K = linear_in(w);
+  DSV3_ASSERT(r0 >= 0 && r0 + n <= linear_out(w));
+  for (int64_t r = r0; r < r0 + n; ++r) {
+    float* o = out + (r - r0) * K;
+    switch (w.w.dtype) {
+      case DType::F32: std::memcpy(o, w.w.ptr<float>() + r * K, size_t(K) * sizeof(float)); break;
+      case DType::BF16: convert_bf16_to_f32(w.w.ptr<uint16_t>() + r * K, o, K); break;
+      case DType::F16: convert_f16_to_f32(w.w.ptr<uint16_t>() + r * K, o, K); break;
+      case DType::F8_E4M3: {
+        convert_e4m3_to_f32(w.w.ptr<uint8_t>() + r * K, o, K);
+        const float* sc = w.scale.ptr<float>() + (r / 128) * w.scale.shape[1];
+        for (int64_t k = 0; k < K; ++k) o[k] *= sc[k / 128];
+        break;
+      }
+      default: DSV3_ASSERT(false);
+    }
+  }
+}
+
+std::vector<float> weight_to_f32(const Weight& w) {
+  const int64_t n = w.w.numel();
+  std::vector<float> out(static_cast<size_t>(n));
+  switch (w.w.dtype) {
+    case DType::F32: std::memcpy(out.data(), w.w.data, size_t(n) * sizeof(float)); break;
+    case DType::BF16: convert_bf16_to_f32(w.w.ptr<uint16_t>(), out.data(), n); break;
+    case DType::F16: convert_f16_to_f32(w.w.ptr<uint16_t>(), out.data(), n); break;
+    default: DSV3_FAIL("weight of dtype ", dtype_name(w.w.dtype), " cannot be a norm or bias");
+  }
+  return out;
+}
+
+}  // namespace dsv3

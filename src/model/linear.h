@@ -1,0 +1,43 @@
+// A linear layer y = x · Wᵀ over a checkpoint weight used in place (F32, BF16, F16 or FP8
+// E4M3 with 128x128 block scales), under the contract of docs/numerics.md: activations
+// enter a BF16/FP8 matmul rounded to BF16 (as DeepSeek-V3's BF16 inference feeds them),
+// weights are exact (FP8: decode(code)·scale), accumulation is FP32.
+//
+// Dispatch: M ≤ kGemvMaxM rows go to the decode GEMV kernels (kernels/gemv.h: weight-streaming,
+// memory-bound), more rows to the packed GEMMs (kernels/gemm.h). F16 weights (no released
+// DeepSeek checkpoint uses them) take a slow row-by-row path.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/weights.h"
+
+namespace dsv3 {
+
+// Scratch a caller keeps across calls so that steady-state decoding does not allocate.
+struct LinearScratch {
+  std::vector<uint16_t> x_bf16;  // [M, K] BF16 copy of x (GEMM paths)
+  std::vector<float> x_round;    // [M, K] x rounded to BF16, as F32 (GEMV paths)
+  std::vector<float> w_row;      // [K] one dequantised row (F16 path)
+};
+
+int64_t linear_out(const Weight& w);  // N (rows of W)
+int64_t linear_in(const Weight& w);   // K (columns of W)
+
+// y [M, N] (row stride ldy) = x [M, K] (row stride ldx) · Wᵀ; accumulate adds into y.
+// threads = 0: default_threads(); 1 inside a caller's parallel region.
+void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
+                    LinearScratch& s, bool accumulate = false, int threads = 0);
+
+// Rows [r0, r0 + n) of W dequantised to F32 into out [n, K] (row stride K): the absorbed
+// MLA form needs W_UK / W_UV slices of kv_b_proj whose row offsets need not be multiples
+// of 128, so the block scale is looked up per row.
+void dequantize_rows(float* out, const Weight& w, int64_t r0, int64_t n);
+
+// A 1-D weight (norm gain, router bias) converted to F32.
+std::vector<float> weight_to_f32(const Weight& w);
+
+// x rounded to BF16 precision in place (round to nearest even), kept as F32.
+void round_to_bf16(float* x, int64_t n);
+
+}  // namespace dsv3

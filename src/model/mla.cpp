@@ -1,0 +1,163 @@
+#include "model/mla.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/check.h"
+#include "core/parallel.h"
+#include "kernels/gemm.h"
+#include "kernels/norm.h"
+#include "kernels/softmax.h"
+
+namespace dsv3 {
+namespace {
+
+template <class T>
+T* grow(std::vector<T>& v, int64_t n) {
+  if (v.size() < size_t(n)) v.resize(size_t(n));
+  return v.data();
+}
+
+// C [M,N] (ldc) = A [M,K] (lda) · op(B); op(B) = Bᵀ when trans_b (B stored [N,K]).
+void matmul(float* C, int64_t ldc, const float* A, int64_t lda, const float* B, int64_t ldb,
+            bool trans_b, int64_t M, int64_t N, int64_t K, bool accumulate, int threads) {
+  GemmF32 g;
+  g.M = M; g.N = N; g.K = K;
+  g.A = A; g.lda = lda;
+  g.B = B; g.ldb = ldb; g.trans_b = trans_b;
+  g.C = C; g.ldc = ldc; g.accumulate = accumulate;
+  gemm_f32(g, threads);
+}
+
+// Query rows per attention chunk so that the score block stays around 32 MB.
+int64_t chunk_rows(int64_t rows_per_token, int64_t S) {
+  const int64_t budget = (int64_t(32) << 20) / int64_t(sizeof(float));
+  return std::max<int64_t>(1, budget / std::max<int64_t>(1, rows_per_token * S));
+}
+
+void attention_naive(float* o, int64_t T, int64_t p0, const float* cache, const MlaLayer& L,
+                     const MlaContext& ctx, MlaScratch& s) {
+  const ModelConfig& c = *ctx.c;
+  const int64_t nh = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
+  const int64_t dv = c.v_head_dim, dq = c.qk_head_dim(), R = mla_cache_row(c);
+  const int64_t S = p0 + T, dkv = dn + dv;
+  // K_nope and V of every position, from the cached latent: [S, heads, nope + v].
+  float* kvb = grow(s.kvb, S * nh * dkv);
+  linear_forward(kvb, nh * dkv, cache, R, S, L.w->kv_b_proj, s.lin, false, ctx.threads);
+  const int64_t tc = chunk_rows(1, S);
+  float* scores = grow(s.scores, std::min(tc, T) * S);
+  int32_t* valid = grow(s.valid, T);
+  for (int64_t t = 0; t < T; ++t) valid[t] = int32_t(p0 + t + 1);
+  for (int64_t h = 0; h < nh; ++h) {
+    for (int64_t t0 = 0; t0 < T; t0 += tc) {
+      const int64_t m = std::min(tc, T - t0);
+      const float* qh = s.q.data() + t0 * nh * dq + h * dq;
+      // scores = q_nope·k_noneᵀ + q_pe·k_peᵀ   [m, S]
+      matmul(scores, S, qh, nh * dq, kvb + h * dkv, nh * dkv, true, m, S, dn, false, ctx.threads);
+      matmul(scores, S, qh + dn, nh * dq, cache + c.kv_lora_rank, R, true, m, S, dr, true,
+             ctx.threads);
+      softmax_forward(scores, scores, m, S, ctx.softmax_scale, valid + t0, ctx.threads);
+      // o_h = P · V_h   [m, v]
+      matmul(o + t0 * nh * dv + h * dv, nh * dv, scores, S, kvb + h * dkv + dn, nh * dkv, false,
+             m, dv, S, false, ctx.threads);
+    }
+  }
+}
+
+void attention_absorbed(float* o, int64_t T, int64_t p0, const float* cache, const MlaLayer& L,
+                        const MlaContext& ctx, MlaScratch& s) {
+  const ModelConfig& c = *ctx.c;
+  const int64_t nh = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
+  const int64_t dv = c.v_head_dim, dq = c.qk_head_dim(), dc = c.kv_lora_rank;
+  const int64_t R = mla_cache_row(c), S = p0 + T, dkv = dn + dv;
+  const Weight& wkv_b = L.w->kv_b_proj;
+  const int nt = resolve_threads(ctx.threads);
+  if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
+  float* qcat = grow(s.qcat, T * nh * R);  // [T, heads, kv_lora + rope]
+  float* olat = grow(s.olat, T * nh * dc);  // [T, heads, kv_lora]
+  const float* q = s.q.data();
+
+  // q_lat[t,h,:] = q_nope[t,h,:] · W_UK_h, W_UK_h = kv_b_proj rows [h·(nope+v), +nope).
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t h = 0; h < nh; ++h) {
+    std::vector<float>& wbuf = s.per_thread[size_t(omp_get_thread_num())];
+    if (wbuf.size() < size_t(std::max(dn, dv) * dc)) wbuf.resize(size_t(std::max(dn, dv) * dc));
+    dequantize_rows(wbuf.data(), wkv_b, h * dkv, dn);
+    matmul(qcat + h * R, nh * R, q + h * dq, nh * dq, wbuf.data(), dc, false, T, dc, dn, false, 1);
+    for (int64_t t = 0; t < T; ++t)
+      std::memcpy(qcat + (t * nh + h) * R + dc, q + t * nh * dq + h * dq + dn,
+                  size_t(dr) * sizeof(float));
+  }
+
+  // Attention over the latent cache, all heads of a token as rows of one GEMM.
+  const int64_t tc = chunk_rows(nh, S);
+  float* scores = grow(s.scores, std::min(tc, T) * nh * S);
+  int32_t* valid = grow(s.valid, std::min(tc, T) * nh);
+  for (int64_t t0 = 0; t0 < T; t0 += tc) {
+    const int64_t m = std::min(tc, T - t0), rows = m * nh;
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t h = 0; h < nh; ++h) valid[t * nh + h] = int32_t(p0 + t0 + t + 1);
+    matmul(scores, S, qcat + t0 * nh * R, R, cache, R, true, rows, S, R, false, ctx.threads);
+    softmax_forward(scores, scores, rows, S, ctx.softmax_scale, valid, ctx.threads);
+    matmul(olat + t0 * nh * dc, dc, scores, S, cache, R, false, rows, dc, S, false, ctx.threads);
+  }
+
+  // o[t,h,:] = o_lat[t,h,:] · W_UV_hᵀ, W_UV_h = kv_b_proj rows [h·(nope+v) + nope, +v).
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t h = 0; h < nh; ++h) {
+    std::vector<float>& wbuf = s.per_thread[size_t(omp_get_thread_num())];
+    if (wbuf.size() < size_t(std::max(dn, dv) * dc)) wbuf.resize(size_t(std::max(dn, dv) * dc));
+    dequantize_rows(wbuf.data(), wkv_b, h * dkv + dn, dv);
+    matmul(o + h * dv, nh * dv, olat + h * dc, nh * dc, wbuf.data(), dc, true, T, dv, dc, false, 1);
+  }
+}
+
+}  // namespace
+
+void mla_forward(float* out, const float* x, int64_t T, int64_t p0, float* cache, const MlaLayer& L,
+                 const MlaContext& ctx, AttnForm form, MlaScratch& s) {
+  const ModelConfig& c = *ctx.c;
+  const AttentionWeights& w = *L.w;
+  const int64_t H = c.hidden_size, nh = c.num_attention_heads, dq = c.qk_head_dim();
+  const int64_t dn = c.qk_nope_head_dim, dc = c.kv_lora_rank, R = mla_cache_row(c);
+  const float eps = float(c.rms_norm_eps);
+  DSV3_ASSERT(p0 + T <= ctx.rope.n_pos);
+  int32_t* pos = grow(s.pos, T);
+  for (int64_t t = 0; t < T; ++t) pos[t] = int32_t(p0 + t);
+
+  // Queries [T, heads, nope + rope], q_pe rotated.
+  float* q = grow(s.q, T * nh * dq);
+  if (c.has_q_lora()) {
+    const int64_t r = c.q_lora_rank;
+    float* qa = grow(s.qa, T * r);
+    linear_forward(qa, r, x, H, T, w.q_a_proj, s.lin, false, ctx.threads);
+    rmsnorm_forward(qa, r, nullptr, qa, r, L.q_a_norm, T, r, eps, ctx.threads);
+    linear_forward(q, nh * dq, qa, r, T, w.q_b_proj, s.lin, false, ctx.threads);
+  } else {
+    linear_forward(q, nh * dq, x, H, T, w.q_proj, s.lin, false, ctx.threads);
+  }
+  rope_forward(q + dn, nh * dq, dq, q + dn, nh * dq, dq, pos, T, nh, ctx.rope, ctx.threads);
+
+  // [c_kv ; k_pe] -> the cache rows of these positions: c normalised (and BF16-rounded when
+  // kv_b_proj is a BF16/FP8 matmul, so both forms see the value kv_b_proj would), k_pe rotated.
+  float* kv = grow(s.kv, T * R);
+  linear_forward(kv, R, x, H, T, w.kv_a_proj_with_mqa, s.lin, false, ctx.threads);
+  float* rows = cache + p0 * R;
+  rmsnorm_forward(rows, R, nullptr, kv, R, L.kv_a_norm, T, dc, eps, ctx.threads);
+  const DType kvb_t = w.kv_b_proj.w.dtype;
+  if (kvb_t == DType::BF16 || kvb_t == DType::F8_E4M3)
+    for (int64_t t = 0; t < T; ++t) round_to_bf16(rows + t * R, dc);
+  rope_forward(rows + dc, R, 0, kv + dc, R, 0, pos, T, 1, ctx.rope, ctx.threads);
+
+  if (form == AttnForm::Auto) form = p0 == 0 && T > 1 ? AttnForm::Naive : AttnForm::Absorbed;
+  float* o = grow(s.o, T * nh * c.v_head_dim);
+  if (form == AttnForm::Naive)
+    attention_naive(o, T, p0, cache, L, ctx, s);
+  else
+    attention_absorbed(o, T, p0, cache, L, ctx, s);
+  linear_forward(out, H, o, nh * c.v_head_dim, T, w.o_proj, s.lin, false, ctx.threads);
+}
+
+}  // namespace dsv3

@@ -1,0 +1,58 @@
+// Multi-head Latent Attention (SPEC §1, report §2.1.1) over the latent KV cache, in the two
+// forms of DeepSeek-V3's inference code, side by side so that each checks the other:
+//
+//   naive     K, V materialised per head from the cached latent (kv_b_proj over every cached
+//             position); cheapest for a long prefill from an empty cache.
+//   absorbed  W_UK folded into the query (q_lat = q_nope · W_UK, per head) and W_UV applied
+//             after attention over the latent cache; per token it reads only the cache rows
+//             (kv_lora_rank + qk_rope_head_dim values), the decode form.
+//
+// Both compute the same sums (docs/numerics.md); tests/test_model.cpp holds them together.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kernels/rope.h"
+#include "model/config.h"
+#include "model/linear.h"
+
+namespace dsv3 {
+
+enum class AttnForm { Auto, Naive, Absorbed };  // Auto: naive for a prefill from an empty cache
+
+struct MlaLayer {
+  const AttentionWeights* w = nullptr;
+  const float* q_a_norm = nullptr;   // [q_lora_rank] (F32 copy), when q compression is used
+  const float* kv_a_norm = nullptr;  // [kv_lora_rank]
+};
+
+struct MlaContext {
+  const ModelConfig* c = nullptr;
+  RopeTable rope;               // cos/sin for positions [0, rope.n_pos)
+  float softmax_scale = 0;      // 1/sqrt(qk_head_dim) · mscale² (rope.h)
+  int threads = 0;
+};
+
+struct MlaScratch {
+  LinearScratch lin;
+  std::vector<float> qa;      // [T, q_lora_rank]
+  std::vector<float> q;       // [T, heads, qk_head_dim]
+  std::vector<float> kv;      // [T, kv_lora_rank + qk_rope_head_dim]
+  std::vector<float> kvb;     // naive: [S, heads, nope + v]
+  std::vector<float> qcat;    // absorbed: [T, heads, kv_lora + rope]
+  std::vector<float> scores;  // [rows, S]
+  std::vector<float> olat;    // absorbed: [T, heads, kv_lora]
+  std::vector<float> o;       // [T, heads, v]
+  std::vector<int32_t> pos, valid;
+  std::vector<std::vector<float>> per_thread;  // dequantised W_UK / W_UV slices
+};
+
+// The cache row of one position: [c (kv_lora_rank) ; k_pe (qk_rope_head_dim)].
+inline int64_t mla_cache_row(const ModelConfig& c) { return c.kv_lora_rank + c.qk_rope_head_dim; }
+
+// x [T, H] (the normed block input) at positions p0 .. p0+T−1 -> out [T, H] (written).
+// cache [capacity, mla_cache_row] holds positions [0, p0); rows p0 .. p0+T−1 are written.
+void mla_forward(float* out, const float* x, int64_t T, int64_t p0, float* cache, const MlaLayer& L,
+                 const MlaContext& ctx, AttnForm form, MlaScratch& s);
+
+}  // namespace dsv3

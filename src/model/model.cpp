@@ -1,0 +1,237 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/check.h"
+#include "core/dtype.h"
+#include "core/parallel.h"
+#include "kernels/convert.h"
+#include "kernels/norm.h"
+
+namespace dsv3 {
+namespace {
+
+template <class T>
+T* grow(std::vector<T>& v, int64_t n) {
+  if (v.size() < size_t(n)) v.resize(size_t(n));
+  return v.data();
+}
+
+void add_rows(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+int64_t weight_bytes(const Weight& w) {
+  if (!w.present()) return 0;
+  return int64_t(w.w.nbytes() + (w.scale.ndim ? w.scale.nbytes() : 0));
+}
+int64_t mlp_bytes(const MlpWeights& m) {
+  return weight_bytes(m.gate_proj) + weight_bytes(m.up_proj) + weight_bytes(m.down_proj);
+}
+
+}  // namespace
+
+void KvCache::truncate(int64_t n) {
+  len = std::min(len, std::max<int64_t>(0, n));
+}
+
+Model::Model(const std::string& dir, const ModelOptions& o) : threads_(resolve_threads(o.threads)) {
+  DSV3_CHECK(!dir.empty(), "no model directory given");
+  cfg_ = load_model_config(dir + "/config.json");
+  ckpt_ = std::make_unique<Checkpoint>(dir);
+  LoadOptions lo;
+  lo.with_mtp = o.with_mtp;
+  w_ = load_weights(cfg_, *ckpt_, lo);
+
+  auto layer_f32 = [&](const LayerWeights& lw) {
+    LayerF32 f;
+    f.input_norm = weight_to_f32(lw.input_layernorm);
+    f.post_norm = weight_to_f32(lw.post_attention_layernorm);
+    if (cfg_.has_q_lora()) f.q_a_norm = weight_to_f32(lw.self_attn.q_a_layernorm);
+    f.kv_a_norm = weight_to_f32(lw.self_attn.kv_a_layernorm);
+    if (lw.is_moe && lw.moe.e_score_correction_bias.present())
+      f.bias = weight_to_f32(lw.moe.e_score_correction_bias);
+    return f;
+  };
+  for (const LayerWeights& lw : w_.layers) lf_.push_back(layer_f32(lw));
+  for (const MtpWeights& m : w_.mtp) {
+    lf_.push_back(layer_f32(m.block));
+    mtp_f_.push_back({weight_to_f32(m.enorm), weight_to_f32(m.hnorm), weight_to_f32(m.shared_head_norm)});
+  }
+  norm_ = weight_to_f32(w_.norm);
+  const RopeScaling& rs = cfg_.rope_scaling;
+  has_yarn_ = rs.type == "yarn";
+  if (has_yarn_) {
+    yarn_.factor = rs.factor;
+    yarn_.original_max_position_embeddings = rs.original_max_position_embeddings;
+    yarn_.beta_fast = rs.beta_fast;
+    yarn_.beta_slow = rs.beta_slow;
+    yarn_.mscale = rs.mscale;
+    yarn_.mscale_all_dim = rs.mscale_all_dim;
+  }
+  softmax_scale_ = attention_softmax_scale(cfg_.qk_head_dim(), has_yarn_ ? &yarn_ : nullptr);
+}
+
+KvCache Model::new_cache(int64_t capacity) {
+  DSV3_CHECK(capacity > 0, "the context size must be positive, got ", capacity);
+  DSV3_CHECK(capacity <= cfg_.max_position_embeddings, "a context of ", capacity,
+             " positions exceeds the model's max_position_embeddings (",
+             cfg_.max_position_embeddings, ")");
+  if (rope_n_ < capacity) {
+    const int64_t half = cfg_.qk_rope_head_dim / 2;
+    rope_cos_.assign(size_t(capacity * half), 0.0f);
+    rope_sin_.assign(size_t(capacity * half), 0.0f);
+    rope_build_table(rope_cos_.data(), rope_sin_.data(), 0, capacity, cfg_.qk_rope_head_dim,
+                     cfg_.rope_theta, has_yarn_ ? &yarn_ : nullptr);
+    rope_n_ = capacity;
+  }
+  KvCache c;
+  c.capacity = capacity;
+  c.row = mla_cache_row(cfg_);
+  c.n_main = cfg_.num_hidden_layers;
+  c.mtp_len.assign(w_.mtp.size(), 0);
+  c.data.assign(size_t((c.n_main + n_mtp()) * capacity * c.row), 0.0f);
+  return c;
+}
+
+void Model::embed(float* x, const Weight& table, const int32_t* ids, int64_t T) const {
+  const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
+  for (int64_t t = 0; t < T; ++t) {
+    DSV3_CHECK(ids[t] >= 0 && ids[t] < V, "token id ", ids[t], " at position ", t,
+               " is outside the vocabulary [0, ", V, ")");
+    const int64_t r = ids[t];
+    switch (table.w.dtype) {
+      case DType::F32:
+        std::memcpy(x + t * H, table.w.ptr<float>() + r * H, size_t(H) * sizeof(float));
+        break;
+      case DType::BF16: convert_bf16_to_f32(table.w.ptr<uint16_t>() + r * H, x + t * H, H); break;
+      case DType::F16: convert_f16_to_f32(table.w.ptr<uint16_t>() + r * H, x + t * H, H); break;
+      default: DSV3_ASSERT(false);
+    }
+  }
+}
+
+void Model::head(float* logits, const float* h, int64_t T, const Weight& w, ForwardScratch& s) const {
+  linear_forward(logits, cfg_.vocab_size, h, cfg_.hidden_size, T, w, s.lin, false, threads_);
+}
+
+void Model::block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, float* cache_layer,
+                  int64_t T, int64_t p0, AttnForm form, ForwardScratch& s,
+                  const ForwardTrace* trace, const std::string& prefix) const {
+  (void)layer;
+  const int64_t H = cfg_.hidden_size;
+  const float eps = float(cfg_.rms_norm_eps);
+  float* x = s.x.data();
+  float* xn = grow(s.xn, T * H);
+  float* attn = grow(s.attn, T * H);
+  float* ffn = grow(s.ffn, T * H);
+
+  rmsnorm_forward(xn, H, nullptr, x, H, lf.input_norm.data(), T, H, eps, threads_);
+  MlaLayer ml;
+  ml.w = &lw.self_attn;
+  ml.q_a_norm = lf.q_a_norm.data();
+  ml.kv_a_norm = lf.kv_a_norm.data();
+  MlaContext ctx;
+  ctx.c = &cfg_;
+  ctx.rope = RopeTable{rope_cos_.data(), rope_sin_.data(), rope_n_, cfg_.qk_rope_head_dim};
+  ctx.softmax_scale = softmax_scale_;
+  ctx.threads = threads_;
+  mla_forward(attn, xn, T, p0, cache_layer, ml, ctx, form, s.mla);
+  if (trace) (*trace)(prefix + ".attn", attn, T, H);
+  add_rows(x, attn, T * H);
+
+  rmsnorm_forward(xn, H, nullptr, x, H, lf.post_norm.data(), T, H, eps, threads_);
+  if (lw.is_moe) {
+    MoeLayer moe;
+    moe.w = &lw.moe;
+    moe.bias = lf.bias.empty() ? nullptr : lf.bias.data();
+    moe_forward(ffn, xn, T, cfg_, moe, s.ffn_s, threads_);
+    if (trace) {
+      const int64_t K = cfg_.num_experts_per_tok;
+      std::vector<float> ids(size_t(T * K));
+      for (int64_t i = 0; i < T * K; ++i) ids[size_t(i)] = float(s.ffn_s.topk_idx[size_t(i)]);
+      (*trace)(prefix + ".route_ids", ids.data(), T, K);
+      (*trace)(prefix + ".route_w", s.ffn_s.topk_w.data(), T, K);
+    }
+  } else {
+    mlp_forward(ffn, xn, T, H, lw.mlp, s.ffn_s, false, threads_);
+  }
+  if (trace) (*trace)(prefix + ".ffn", ffn, T, H);
+  add_rows(x, ffn, T * H);
+  if (trace) (*trace)(prefix + ".out", x, T, H);
+}
+
+void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) const {
+  const int64_t H = cfg_.hidden_size, T = a.T, p0 = cache.len;
+  DSV3_CHECK(T > 0, "forward of an empty token sequence");
+  DSV3_CHECK(p0 + T <= cache.capacity, "the context is full: ", p0, " positions held + ", T,
+             " new > ", cache.capacity, " (raise --context, at most max_position_embeddings = ",
+             cfg_.max_position_embeddings, ")");
+  DSV3_ASSERT(a.logits_from >= 0 && a.logits_from <= T);
+  float* x = grow(s.x, T * H);
+  embed(x, w_.embed_tokens, a.ids, T);
+  if (a.trace) (*a.trace)("embed", x, T, H);
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
+    block(w_.layers[size_t(l)], lf_[size_t(l)], l, cache.layer(l), T, p0, a.form, s, a.trace,
+          "layer." + std::to_string(l));
+  cache.len = p0 + T;
+  float* xn = grow(s.xn, T * H);
+  rmsnorm_forward(xn, H, nullptr, x, H, norm_.data(), T, H, float(cfg_.rms_norm_eps), threads_);
+  if (a.trace) (*a.trace)("norm", xn, T, H);
+  if (a.hidden) std::memcpy(a.hidden, xn, size_t(T * H) * sizeof(float));
+  if (a.logits) head(a.logits, xn + a.logits_from * H, T - a.logits_from, w_.lm_head, s);
+}
+
+void Model::mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) const {
+  DSV3_CHECK(a.k >= 1 && a.k <= n_mtp(), "MTP module ", a.k, " does not exist (the model has ",
+             n_mtp(), ")");
+  const int64_t H = cfg_.hidden_size, T = a.T, L = cfg_.num_hidden_layers;
+  const size_t k = size_t(a.k - 1);
+  const int64_t p0 = cache.mtp_len[k];
+  DSV3_CHECK(T > 0, "MTP forward of an empty token sequence");
+  DSV3_CHECK(p0 + T <= cache.capacity, "the context is full for MTP module ", a.k);
+  const MtpWeights& m = w_.mtp[k];
+  const MtpF32& f = mtp_f_[k];
+  const float eps = float(cfg_.rms_norm_eps);
+  // h' = eh_proj([enorm(Emb(t_{i+k})) ; hnorm(h^{k-1}_i)])   (report §2.2, embedding first)
+  float* cat = grow(s.cat, T * 2 * H);
+  float* e = grow(s.xn, T * H);
+  embed(e, m.embed_tokens, a.ids, T);
+  rmsnorm_forward(cat, 2 * H, nullptr, e, H, f.enorm.data(), T, H, eps, threads_);
+  rmsnorm_forward(cat + H, 2 * H, nullptr, a.h_prev, H, f.hnorm.data(), T, H, eps, threads_);
+  float* x = grow(s.x, T * H);
+  linear_forward(x, H, cat, 2 * H, T, m.eh_proj, s.lin, false, threads_);
+  const std::string prefix = "mtp." + std::to_string(k);
+  block(m.block, lf_[size_t(L) + k], L + int64_t(k), cache.layer(L + int64_t(k)), T, p0, a.form, s,
+        a.trace, prefix);
+  cache.mtp_len[k] = p0 + T;
+  float* h = grow(s.xn, T * H);
+  rmsnorm_forward(h, H, nullptr, x, H, f.head_norm.data(), T, H, eps, threads_);
+  if (a.trace) (*a.trace)(prefix + ".norm", h, T, H);
+  if (a.hidden) std::memcpy(a.hidden, h, size_t(T * H) * sizeof(float));
+  if (a.logits) head(a.logits, h + a.logits_from * H, T - a.logits_from, m.shared_head_head, s);
+}
+
+int64_t Model::decode_bytes_per_token() const {
+  int64_t b = int64_t(cfg_.hidden_size) * int64_t(dtype_size(w_.embed_tokens.w.dtype));
+  b += weight_bytes(w_.norm) + weight_bytes(w_.lm_head);
+  for (const LayerWeights& lw : w_.layers) {
+    const AttentionWeights& a = lw.self_attn;
+    b += weight_bytes(lw.input_layernorm) + weight_bytes(lw.post_attention_layernorm);
+    for (const Weight* w : {&a.q_a_proj, &a.q_a_layernorm, &a.q_b_proj, &a.q_proj,
+                            &a.kv_a_proj_with_mqa, &a.kv_a_layernorm, &a.kv_b_proj, &a.o_proj})
+      b += weight_bytes(*w);
+    if (lw.is_moe) {
+      b += weight_bytes(lw.moe.gate) + weight_bytes(lw.moe.e_score_correction_bias);
+      b += mlp_bytes(lw.moe.shared_experts);
+      if (!lw.moe.experts.empty())
+        b += cfg_.num_experts_per_tok * mlp_bytes(lw.moe.experts[0]);
+    } else {
+      b += mlp_bytes(lw.mlp);
+    }
+  }
+  return b;
+}
+
+}  // namespace dsv3

@@ -1,0 +1,126 @@
+// A DeepSeek-V3 / V2 model loaded for inference: the config, the checkpoint mmapped and
+// its weights bound in place (FP8, BF16 or F32: no conversion copy; only the 1-D norm gains
+// and router biases are converted to F32), and the forward of the main model and of the MTP
+// modules over a latent KV cache (SPEC §1; docs/numerics.md states the arithmetic).
+//
+// A forward appends T tokens at the cache's current length: a prefill is one call with the
+// prompt, a decode step one call with one token, a speculative verification one call with
+// the drafted tokens (then KvCache::truncate rolls back the rejected ones).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.h"
+#include "model/config.h"
+#include "model/mla.h"
+#include "model/moe.h"
+#include "model/weights.h"
+
+namespace dsv3 {
+
+// Per layer (main layers, then one per MTP module) the latent cache rows
+// [capacity, kv_lora_rank + qk_rope_head_dim] (F32): the normalised c_KV and the rotated k_pe.
+// That is all MLA keeps per token (SPEC §1: 576 values per layer for DeepSeek-V3).
+struct KvCache {
+  int64_t capacity = 0, row = 0, n_main = 0;
+  std::vector<float> data;       // [n_main + n_mtp, capacity, row]
+  int64_t len = 0;               // positions held by the main model
+  std::vector<int64_t> mtp_len;  // positions held by each MTP module
+  float* layer(int64_t l) { return data.data() + l * capacity * row; }
+  // Forget positions >= n (main model), and the MTP positions past n − k for module k.
+  void truncate(int64_t n);
+  size_t bytes() const { return data.size() * sizeof(float); }
+};
+
+struct ModelOptions {
+  bool with_mtp = true;   // load the MTP modules (needed for --mtp scoring and drafting)
+  int threads = 0;        // 0: default_threads()
+};
+
+// Intermediate values a test or debugger may inspect: name ("embed", "layer.3.attn",
+// "layer.3.ffn", "layer.3.out", "norm", "mtp.0.out"...), rows x cols, row-major.
+using ForwardTrace = std::function<void(const std::string& name, const float* data, int64_t rows,
+                                        int64_t cols)>;
+
+struct ForwardArgs {
+  const int32_t* ids = nullptr;  // [T] token ids (checked against the vocabulary)
+  int64_t T = 0;
+  AttnForm form = AttnForm::Auto;
+  float* logits = nullptr;       // [T − logits_from, V] or nullptr (no head)
+  int64_t logits_from = 0;
+  float* hidden = nullptr;       // [T, H]: the state after model.norm (MTP's input), or nullptr
+  const ForwardTrace* trace = nullptr;
+};
+
+struct MtpArgs {
+  int k = 1;                     // module 1..num_nextn_predict_layers
+  const int32_t* ids = nullptr;  // [T]: token t_{i+k} for each position i
+  const float* h_prev = nullptr; // [T, H]: h^{k−1}_i (main: after model.norm; module: h^{k−1})
+  int64_t T = 0;
+  AttnForm form = AttnForm::Auto;
+  float* logits = nullptr;       // [T − logits_from, V] or nullptr
+  int64_t logits_from = 0;
+  float* hidden = nullptr;       // [T, H]: h^k (after shared_head.norm), or nullptr
+  const ForwardTrace* trace = nullptr;
+};
+
+struct ForwardScratch {
+  std::vector<float> x, xn, attn, ffn;   // [T, H]
+  std::vector<float> cat;                // MTP: [T, 2H]
+  MlaScratch mla;
+  FfnScratch ffn_s;
+  LinearScratch lin;
+};
+
+class Model {
+ public:
+  // Loads dir/config.json and the checkpoint; throws dsv3::Error naming what is wrong (not
+  // a DeepSeek model, missing tensors, wrong shapes or dtypes...).
+  explicit Model(const std::string& dir, const ModelOptions& o = {});
+  const ModelConfig& config() const { return cfg_; }
+  const ModelWeights& weights() const { return w_; }
+  const Checkpoint& checkpoint() const { return *ckpt_; }
+  int64_t vocab() const { return cfg_.vocab_size; }
+  int64_t n_mtp() const { return int64_t(w_.mtp.size()); }
+  int threads() const { return threads_; }
+
+  // A cache for up to `capacity` positions (≤ max_position_embeddings); grows the RoPE table.
+  KvCache new_cache(int64_t capacity);
+
+  void forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) const;
+  void mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) const;
+
+  // Bytes of weights one decode step reads: every matrix of the attention, the dense layers,
+  // the shared experts, the router, num_experts_per_tok routed experts per MoE layer, the
+  // norms, the head and one embedding row — the numerator of the decode roofline.
+  int64_t decode_bytes_per_token() const;
+
+ private:
+  struct LayerF32 {
+    std::vector<float> input_norm, post_norm, q_a_norm, kv_a_norm, bias;
+  };
+  void block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, float* cache_layer,
+             int64_t T, int64_t p0, AttnForm form, ForwardScratch& s, const ForwardTrace* trace,
+             const std::string& prefix) const;
+  void embed(float* x, const Weight& table, const int32_t* ids, int64_t T) const;
+  void head(float* logits, const float* h, int64_t T, const Weight& w, ForwardScratch& s) const;
+
+  std::unique_ptr<Checkpoint> ckpt_;
+  ModelConfig cfg_;
+  ModelWeights w_;
+  std::vector<LayerF32> lf_;              // main layers, then MTP blocks
+  std::vector<float> norm_;               // model.norm
+  struct MtpF32 { std::vector<float> enorm, hnorm, head_norm; };
+  std::vector<MtpF32> mtp_f_;
+  YarnParams yarn_;
+  bool has_yarn_ = false;
+  float softmax_scale_ = 0;
+  std::vector<float> rope_cos_, rope_sin_;  // [n_pos, rope/2]
+  int64_t rope_n_ = 0;
+  int threads_ = 0;
+};
+
+}  // namespace dsv3

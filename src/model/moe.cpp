@@ -1,0 +1,150 @@
+#include "model/moe.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/check.h"
+#include "kernels/activation.h"
+
+namespace dsv3 {
+namespace {
+
+template <class T>
+T* grow(std::vector<T>& v, int64_t n) {
+  if (v.size() < size_t(n)) v.resize(size_t(n));
+  return v.data();
+}
+
+// Indices of the k largest of v[0..n) (skipping entries where allowed[i] is false), largest
+// first, ties to the lower index (the order of a stable descending sort). Returns the value
+// of the last chosen entry.
+void top_k_indices(int32_t* out, const float* v, int64_t n, int64_t k, const uint8_t* allowed) {
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (allowed && !allowed[i]) continue;
+    // insertion into out[0..m), sorted by value descending (strict > keeps index order)
+    int64_t j = std::min(m, k);
+    if (j == k && !(v[i] > v[out[k - 1]])) continue;
+    if (j == k) --j;
+    while (j > 0 && v[i] > v[out[j - 1]]) {
+      out[j] = out[j - 1];
+      --j;
+    }
+    out[j] = int32_t(i);
+    if (m < k) ++m;
+  }
+  DSV3_ASSERT(m == k);
+}
+
+}  // namespace
+
+void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,
+                 FfnScratch& s, bool accumulate, int threads) {
+  const int64_t I = linear_out(w.gate_proj);
+  float* g = grow(s.gate, T * I);
+  float* u = grow(s.up, T * I);
+  linear_forward(g, I, x, H, T, w.gate_proj, s.lin, false, threads);
+  linear_forward(u, I, x, H, T, w.up_proj, s.lin, false, threads);
+  swiglu_forward(g, I, g, I, u, I, T, I, threads);
+  linear_forward(out, H, g, I, T, w.down_proj, s.lin, accumulate, threads);
+}
+
+void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, const ModelConfig& c,
+               const float* bias) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int64_t G = c.n_group, EG = E / G;
+  const bool grouped = G > 1 && (c.topk_method == "noaux_tc" || c.topk_method == "group_limited_greedy");
+  std::vector<float> score(static_cast<size_t>(E)), biased(static_cast<size_t>(E)),
+      gscore(static_cast<size_t>(G));
+  std::vector<int32_t> gsel(static_cast<size_t>(c.topk_group));
+  std::vector<uint8_t> allowed(static_cast<size_t>(E));
+  for (int64_t t = 0; t < T; ++t) {
+    const float* l = logits + t * E;
+    if (c.scoring_func == "sigmoid") {
+      for (int64_t e = 0; e < E; ++e) score[size_t(e)] = 1.0f / (1.0f + std::exp(-l[e]));
+    } else {  // softmax over the experts
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t e = 0; e < E; ++e) mx = std::max(mx, l[e]);
+      float sum = 0;
+      for (int64_t e = 0; e < E; ++e) sum += score[size_t(e)] = std::exp(l[e] - mx);
+      for (int64_t e = 0; e < E; ++e) score[size_t(e)] /= sum;
+    }
+    // Report §2.1.2: the bias steers selection only; the weights come from the raw scores.
+    for (int64_t e = 0; e < E; ++e) biased[size_t(e)] = score[size_t(e)] + (bias ? bias[e] : 0.0f);
+    const uint8_t* mask = nullptr;
+    if (grouped) {
+      for (int64_t g = 0; g < G; ++g) {
+        const float* b = &biased[size_t(g * EG)];
+        if (c.topk_method == "noaux_tc") {  // sum of the group's two best biased scores
+          int32_t two[2];
+          top_k_indices(two, b, EG, std::min<int64_t>(2, EG), nullptr);
+          gscore[size_t(g)] = b[two[0]] + (EG > 1 ? b[two[1]] : 0.0f);
+        } else {
+          gscore[size_t(g)] = *std::max_element(b, b + EG);
+        }
+      }
+      top_k_indices(gsel.data(), gscore.data(), G, c.topk_group, nullptr);
+      std::fill(allowed.begin(), allowed.end(), 0);
+      for (int64_t i = 0; i < c.topk_group; ++i)
+        std::fill_n(allowed.begin() + gsel[size_t(i)] * EG, EG, 1);
+      mask = allowed.data();
+    }
+    int32_t* ti = idx + t * K;
+    float* tw = weight + t * K;
+    top_k_indices(ti, biased.data(), E, K, mask);
+    float sum = 0;
+    for (int64_t i = 0; i < K; ++i) sum += tw[i] = score[size_t(ti[i])];
+    const bool normalise = c.norm_topk_prob && (c.model_type != "deepseek_v2" || K > 1);
+    const bool scale = c.model_type != "deepseek_v2" || !normalise;  // HF DeepseekV2MoE: one or the other
+    for (int64_t i = 0; i < K; ++i) {
+      if (normalise) tw[i] /= sum + 1e-20f;
+      if (scale) tw[i] *= float(c.routed_scaling_factor);
+    }
+  }
+}
+
+void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, const MoeLayer& L,
+                 FfnScratch& s, int threads) {
+  const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  float* logits = grow(s.logits, T * E);
+  linear_forward(logits, E, x, H, T, L.w->gate, s.lin, false, threads);
+  int32_t* idx = grow(s.topk_idx, T * K);
+  float* wt = grow(s.topk_w, T * K);
+  moe_route(idx, wt, logits, T, c, L.bias);
+
+  if (c.n_shared_experts > 0)
+    mlp_forward(out, x, T, H, L.w->shared_experts, s, false, threads);
+  else
+    std::memset(out, 0, size_t(T * H) * sizeof(float));
+
+  // Group the (token, slot) pairs by expert: counting sort, stable in token order.
+  int32_t* count = grow(s.count, E + 1);
+  std::fill(count, count + E + 1, 0);
+  for (int64_t i = 0; i < T * K; ++i) ++count[idx[i] + 1];
+  for (int64_t e = 0; e < E; ++e) count[e + 1] += count[e];
+  int32_t* order = grow(s.order, T * K);
+  {
+    std::vector<int32_t> fill(count, count + E);
+    for (int64_t i = 0; i < T * K; ++i) order[fill[size_t(idx[i])]++] = int32_t(i);
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = count[e + 1] - count[e];
+    if (n == 0) continue;
+    const int32_t* slots = order + count[e];
+    float* xe = grow(s.xe, n * H);
+    for (int64_t j = 0; j < n; ++j)
+      std::memcpy(xe + j * H, x + (slots[j] / K) * H, size_t(H) * sizeof(float));
+    float* y = grow(s.y, n * H);
+    mlp_forward(y, xe, n, H, L.w->experts[size_t(e)], s, false, threads);
+    for (int64_t j = 0; j < n; ++j) {
+      const float g = wt[slots[j]];
+      float* o = out + (slots[j] / K) * H;
+      const float* yj = y + j * H;
+      for (int64_t h = 0; h < H; ++h) o[h] += g * yj[h];
+    }
+  }
+}
+
+}  // namespace dsv3

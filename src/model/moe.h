@@ -1,0 +1,45 @@
+// The feed-forward half of a block: a dense SwiGLU MLP (the first first_k_dense_replace
+// layers) or DeepSeekMoE (SPEC §1, report §2.1.2): shared experts on every token plus the
+// top-k routed experts chosen by the gate, computed grouped — the tokens routed to an
+// expert are gathered, run through it as one matmul per projection, and scattered back.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "model/linear.h"
+
+namespace dsv3 {
+
+struct FfnScratch {
+  LinearScratch lin;
+  std::vector<float> gate, up;          // [rows, inter]
+  std::vector<float> y;                 // [rows, H]
+  std::vector<float> xe;                // [rows, H] gathered expert input
+  std::vector<float> logits, scores;    // [T, E]
+  std::vector<int32_t> topk_idx;        // [T, k]
+  std::vector<float> topk_w;            // [T, k]
+  std::vector<int32_t> order, count;    // token slots grouped by expert
+};
+
+// out [T, H] (written, or added to) = down(silu(gate(x)) * up(x)).
+void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,
+                 FfnScratch& s, bool accumulate, int threads);
+
+// The gate's decision for T tokens: idx [T, k] (chosen experts, best biased score first)
+// and weights [T, k] (unbiased scores, normalised/scaled per docs/numerics.md).
+// logits [T, E] are the router outputs; bias [E] or nullptr.
+void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, const ModelConfig& c,
+               const float* bias);
+
+struct MoeLayer {
+  const MoeWeights* w = nullptr;
+  const float* bias = nullptr;  // [E] e_score_correction_bias (F32 copy) or nullptr
+};
+
+// out [T, H] (written) = shared_experts(x) + Σ_{i ∈ TopK} g_i · expert_i(x). The routing
+// decision is left in s.topk_idx / s.topk_w ([T, k]).
+void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, const MoeLayer& L,
+                 FfnScratch& s, int threads);
+
+}  // namespace dsv3
