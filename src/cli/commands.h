@@ -11,5 +11,6 @@ void register_tokenize(CLI::App& app);  // cmd_tokenize.cpp: tokenize, detokeniz
 void register_inspect(CLI::App& app);  // cmd_inspect.cpp
 void register_convert(CLI::App& app);  // cmd_convert.cpp
 void register_init(CLI::App& app);     // cmd_init.cpp
+void register_score(CLI::App& app);    // cmd_score.cpp
 
 }  // namespace dsv3::cli

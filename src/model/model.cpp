@@ -213,6 +213,12 @@ void Model::mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) con
   if (a.logits) head(a.logits, h + a.logits_from * H, T - a.logits_from, m.shared_head_head, s);
 }
 
+void Model::head_logits(int module, const float* h, int64_t T, float* logits,
+                        ForwardScratch& s) const {
+  DSV3_CHECK(module >= 0 && module <= n_mtp(), "no output head ", module);
+  head(logits, h, T, module == 0 ? w_.lm_head : w_.mtp[size_t(module - 1)].shared_head_head, s);
+}
+
 int64_t Model::decode_bytes_per_token() const {
   int64_t b = int64_t(cfg_.hidden_size) * int64_t(dtype_size(w_.embed_tokens.w.dtype));
   b += weight_bytes(w_.norm) + weight_bytes(w_.lm_head);

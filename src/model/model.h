@@ -93,6 +93,11 @@ class Model {
   void forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) const;
   void mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) const;
 
+  // logits [T, V] from final hidden states h [T, H]: module 0 = lm_head (h after
+  // model.norm), module k ≥ 1 = MTP module k's shared_head.head (h after shared_head.norm).
+  // Lets callers run the head over a long sequence in chunks instead of holding T x V.
+  void head_logits(int module, const float* h, int64_t T, float* logits, ForwardScratch& s) const;
+
   // Bytes of weights one decode step reads: every matrix of the attention, the dense layers,
   // the shared experts, the router, num_experts_per_tok routed experts per MoE layer, the
   // norms, the head and one embedding row — the numerator of the decode roofline.

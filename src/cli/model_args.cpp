@@ -1,0 +1,41 @@
+#include "model_args.h"
+
+#include <cerrno>
+#include <cstdlib>
+
+#include "core/check.h"
+#include "model/mla.h"
+
+namespace dsv3::cli {
+
+std::vector<int32_t> parse_id_list(const std::string& s, const std::string& flag) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i <= s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    std::string item = s.substr(i, j - i);
+    const size_t a = item.find_first_not_of(" \t"), b = item.find_last_not_of(" \t");
+    item = a == std::string::npos ? "" : item.substr(a, b - a + 1);
+    if (item.empty() && j == s.size() && ids.empty() && s.find_first_not_of(" \t") == std::string::npos) break;
+    DSV3_CHECK(!item.empty(), flag, ": empty entry at position ", ids.size(), " in '", s, "'");
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    DSV3_CHECK(end && *end == '\0' && errno == 0, flag, ": '", item, "' is not an integer token id");
+    DSV3_CHECK(v >= 0 && v <= INT32_MAX, flag, ": token id ", item, " is out of range");
+    ids.push_back(int32_t(v));
+    i = j + 1;
+  }
+  DSV3_CHECK(!ids.empty(), flag, ": no token ids given (empty prompt)");
+  return ids;
+}
+
+int parse_attn_form(const std::string& s) {
+  if (s == "auto") return int(AttnForm::Auto);
+  if (s == "naive") return int(AttnForm::Naive);
+  if (s == "absorbed") return int(AttnForm::Absorbed);
+  DSV3_FAIL("--attn: expected naive, absorbed or auto, got '", s, "'");
+}
+
+}  // namespace dsv3::cli
