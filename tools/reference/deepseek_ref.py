@@ -306,8 +306,8 @@ class Model:
             p = "model.layers.%d." % l
             n = T - k  # positions 0..T-k-1
             e = self.W[p + "embed_tokens.weight"][0][torch.tensor(ids[k:])]
-            x = self.lin(torch.cat([self.norm(e, p + "enorm.weight"), self.norm(h[:n], p + "hnorm.weight")], -1),
-                         p + "eh_proj.weight")
+            eh = torch.cat([self.norm(e, p + "enorm.weight"), self.norm(h[:n], p + "hnorm.weight")], -1)
+            x = self.lin(eh, p + "eh_proj.weight")  # embedding first
             key = "mtp.%d" % (k - 1)
             st[key + ".eh_proj"] = x
             x = self.block(x, l, st, key)
