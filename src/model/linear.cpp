@@ -13,10 +13,6 @@ namespace dsv3 {
 int64_t linear_out(const Weight& w) { return w.w.shape[0]; }
 int64_t linear_in(const Weight& w) { return w.w.shape[1]; }
 
-void round_to_bf16(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
-}
-
 namespace {
 
 template <class T>
@@ -33,7 +29,7 @@ void linear_f16(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, c
     dequantize_rows(s.w_row.data(), w, n, 1);
     for (int64_t m = 0; m < M; ++m) {
       float acc = 0;
-      for (int64_t k = 0; k < K; ++k) acc += bf16_to_f32(f32_to_bf16(x[m * ldx + k])) * s.w_row[size_t(k)];
+      for (int64_t k = 0; k < K; ++k) acc += x[m * ldx + k] * s.w_row[size_t(k)];
       y[m * ldy + n] = accumulate ? y[m * ldy + n] + acc : acc;
     }
   }
@@ -59,47 +55,54 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   if (dt == DType::F16) return linear_f16(y, ldy, x, ldx, M, w, s, accumulate);
   DSV3_ASSERT(dt == DType::BF16 || dt == DType::F8_E4M3);
   if (M <= kGemvMaxM) {
-    // Decode: the weight streams once; x is rounded to BF16 first (docs/numerics.md).
-    grow(s.x_round, size_t(M * K));
-    for (int64_t m = 0; m < M; ++m) {
-      std::memcpy(&s.x_round[size_t(m * K)], x + m * ldx, size_t(K) * sizeof(float));
-      round_to_bf16(&s.x_round[size_t(m * K)], K);
-    }
+    // Decode: the weight streams once; the kernels carry x as a BF16 hi+lo pair (gemv.h).
     if (dt == DType::BF16) {
       GemvBF16 g;
       g.M = M; g.N = N; g.K = K;
       g.w = w.w.ptr<uint16_t>(); g.ldw = K;
-      g.x = s.x_round.data(); g.ldx = K;
+      g.x = x; g.ldx = ldx;
       g.y = y; g.ldy = ldy; g.accumulate = accumulate;
       gemv_bf16(g, threads);
     } else {
       GemvFP8 g;
       g.M = M; g.N = N; g.K = K;
       g.w = w.w.ptr<uint8_t>(); g.ldw = K; g.w_scale = w.scale.ptr<float>();
-      g.x = s.x_round.data(); g.ldx = K;
+      g.x = x; g.ldx = ldx;
       g.y = y; g.ldy = ldy; g.accumulate = accumulate;
       gemv_fp8(g, threads);
     }
     return;
   }
-  grow(s.x_bf16, size_t(M * K));
-  for (int64_t m = 0; m < M; ++m) convert_f32_to_bf16(x + m * ldx, &s.x_bf16[size_t(m * K)], K);
-  if (dt == DType::BF16) {
-    GemmBF16 g;
-    g.M = M; g.N = N; g.K = K;
-    g.A = s.x_bf16.data(); g.lda = K;
-    g.B = w.w.ptr<uint16_t>(); g.ldb = K; g.trans_b = true;
-    g.C = y; g.ldc = ldy; g.accumulate = accumulate;
-    gemm_bf16(g, threads);
-  } else {
-    GemmFP8 g;
-    g.M = M; g.N = N; g.K = K;
-    g.A_bf16 = s.x_bf16.data(); g.lda = K;
-    g.B = w.w.ptr<uint8_t>(); g.ldb = K; g.trans_b = true;
-    g.b_layout = Fp8BLayout::Block128;
-    g.b_scale = w.scale.ptr<float>(); g.ldb_scale = w.scale.shape[1];
-    g.C = y; g.ldc = ldy; g.accumulate = accumulate;
-    gemm_fp8(g, threads);
+  // x = hi + lo with hi = bf16(x), lo = bf16(x − hi): two BF16 GEMMs give x·Wᵀ to ~2^-16
+  // relative per product (docs/numerics.md: activations are not rounded to BF16).
+  grow(s.x_bf16, size_t(2 * M * K));
+  uint16_t* hi = s.x_bf16.data();
+  uint16_t* lo = hi + M * K;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xr = x + m * ldx;
+    convert_f32_to_bf16(xr, hi + m * K, K);
+    for (int64_t k = 0; k < K; ++k) lo[m * K + k] = f32_to_bf16(xr[k] - bf16_to_f32(hi[m * K + k]));
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    const uint16_t* A = pass == 0 ? hi : lo;
+    const bool acc = pass == 1 || accumulate;
+    if (dt == DType::BF16) {
+      GemmBF16 g;
+      g.M = M; g.N = N; g.K = K;
+      g.A = A; g.lda = K;
+      g.B = w.w.ptr<uint16_t>(); g.ldb = K; g.trans_b = true;
+      g.C = y; g.ldc = ldy; g.accumulate = acc;
+      gemm_bf16(g, threads);
+    } else {
+      GemmFP8 g;
+      g.M = M; g.N = N; g.K = K;
+      g.A_bf16 = A; g.lda = K;
+      g.B = w.w.ptr<uint8_t>(); g.ldb = K; g.trans_b = true;
+      g.b_layout = Fp8BLayout::Block128;
+      g.b_scale = w.scale.ptr<float>(); g.ldb_scale = w.scale.shape[1];
+      g.C = y; g.ldc = ldy; g.accumulate = acc;
+      gemm_fp8(g, threads);
+    }
   }
 }
 

@@ -1,7 +1,7 @@
 // A linear layer y = x · Wᵀ over a checkpoint weight used in place (F32, BF16, F16 or FP8
-// E4M3 with 128x128 block scales), under the contract of docs/numerics.md: activations
-// enter a BF16/FP8 matmul rounded to BF16 (as DeepSeek-V3's BF16 inference feeds them),
-// weights are exact (FP8: decode(code)·scale), accumulation is FP32.
+// E4M3 with 128x128 block scales), under the contract of docs/numerics.md: F32 activations
+// times the exact weight (FP8: decode(code)·scale), FP32 accumulation. The BF16 dot-product
+// kernels take x as a BF16 hi+lo pair (~16 significant bits), never x rounded to BF16.
 //
 // Dispatch: M ≤ kGemvMaxM rows go to the decode GEMV kernels (kernels/gemv.h: weight-streaming,
 // memory-bound), more rows to the packed GEMMs (kernels/gemm.h). F16 weights (no released
@@ -16,8 +16,7 @@ namespace dsv3 {
 
 // Scratch a caller keeps across calls so that steady-state decoding does not allocate.
 struct LinearScratch {
-  std::vector<uint16_t> x_bf16;  // [M, K] BF16 copy of x (GEMM paths)
-  std::vector<float> x_round;    // [M, K] x rounded to BF16, as F32 (GEMV paths)
+  std::vector<uint16_t> x_bf16;  // [2, M, K] x as BF16 hi and lo parts (GEMM paths)
   std::vector<float> w_row;      // [K] one dequantised row (F16 path)
 };
 
@@ -37,7 +36,5 @@ void dequantize_rows(float* out, const Weight& w, int64_t r0, int64_t n);
 // A 1-D weight (norm gain, router bias) converted to F32.
 std::vector<float> weight_to_f32(const Weight& w);
 
-// x rounded to BF16 precision in place (round to nearest even), kept as F32.
-void round_to_bf16(float* x, int64_t n);
 
 }  // namespace dsv3

@@ -140,15 +140,11 @@ void mla_forward(float* out, const float* x, int64_t T, int64_t p0, float* cache
   }
   rope_forward(q + dn, nh * dq, dq, q + dn, nh * dq, dq, pos, T, nh, ctx.rope, ctx.threads);
 
-  // [c_kv ; k_pe] -> the cache rows of these positions: c normalised (and BF16-rounded when
-  // kv_b_proj is a BF16/FP8 matmul, so both forms see the value kv_b_proj would), k_pe rotated.
+  // [c_kv ; k_pe] -> the cache rows of these positions: c normalised, k_pe rotated.
   float* kv = grow(s.kv, T * R);
   linear_forward(kv, R, x, H, T, w.kv_a_proj_with_mqa, s.lin, false, ctx.threads);
   float* rows = cache + p0 * R;
   rmsnorm_forward(rows, R, nullptr, kv, R, L.kv_a_norm, T, dc, eps, ctx.threads);
-  const DType kvb_t = w.kv_b_proj.w.dtype;
-  if (kvb_t == DType::BF16 || kvb_t == DType::F8_E4M3)
-    for (int64_t t = 0; t < T; ++t) round_to_bf16(rows + t * R, dc);
   rope_forward(rows + dc, R, 0, kv + dc, R, 0, pos, T, 1, ctx.rope, ctx.threads);
 
   if (form == AttnForm::Auto) form = p0 == 0 && T > 1 ? AttnForm::Naive : AttnForm::Absorbed;
