@@ -95,8 +95,9 @@ class ModelForms : public ::testing::TestWithParam<int> {
 };
 
 // Tolerance: the two forms reassociate F32 sums of length ≤ kv_lora_rank + S (docs/numerics.md),
-// ~1e-6 relative per layer, but a BF16 rounding of an activation that lands on the other side
-// of a rounding midpoint moves it by 2^-9 relative; logits are O(1): 1e-3 of the logit scale.
+// ~1e-6 relative per layer; the BF16 kernels see activations to ~2^-16 (hi+lo), which the
+// decode GEMV and the prefill GEMM split differently (gemv.h: ≤ 2^-15·Σ|w·x|): 1e-3 of the
+// logit scale end to end.
 TEST_P(ModelForms, NaiveAndAbsorbedAgree) {
   const Variant v = variant(GetParam());
   const std::string dir = make_checkpoint(std::string("forms_") + v.name, v.cfg, v.fmt, v.shards);
@@ -113,8 +114,8 @@ TEST_P(ModelForms, NaiveAndAbsorbedAgree) {
   std::printf("%s: max |logit| %.3g, naive vs absorbed %.3g; max |h| %.3g, diff %.3g\n", v.name,
               max_abs(a), max_abs_diff(a, b), max_abs(ha), max_abs_diff(ha, hb));
   // Each layer's attention output on its own (in a random model it is small next to the
-  // residual stream, so the end-to-end checks above see little of it): F32 reassociation
-  // only, ~(S + kv_lora)·2^-24 relative, plus an occasional 2^-9 BF16 flip at o_proj's input.
+  // residual stream, so the end-to-end checks above see little of it): the same inputs and
+  // F32 reassociation only, ~(S + kv_lora)·2^-24 relative; 1e-4 leaves a wide margin.
   std::vector<std::vector<float>> attn[2];
   for (int f = 0; f < 2; ++f) {
     ForwardTrace tr = [&](const std::string& name, const float* d, int64_t r, int64_t c) {
@@ -134,7 +135,7 @@ TEST_P(ModelForms, NaiveAndAbsorbedAgree) {
   for (size_t l = 0; l < attn[0].size(); ++l) {
     const double mag = max_abs(attn[0][l]), d = max_abs_diff(attn[0][l], attn[1][l]);
     EXPECT_GT(mag, 0.0);
-    EXPECT_LT(d, 4e-3 * mag) << v.name << " layer " << l;
+    EXPECT_LT(d, 1e-4 * mag) << v.name << " layer " << l;
     std::printf("  layer %zu attn max %.3g diff %.3g\n", l, mag, d);
   }
   fs::remove_all(dir);
