@@ -15,6 +15,7 @@ void register_bench(CLI::App& app) {
   dsv3::bench::add_gemv(*bench);
   dsv3::bench::add_membw(*bench);
   dsv3::bench::add_load(*bench);
+  dsv3::bench::add_model(*bench);
 }
 
 }  // namespace dsv3::cli

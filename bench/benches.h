@@ -10,5 +10,6 @@ void add_tokenize(CLI::App& bench);  // bench_tokenizer.cpp: dsv3 bench tokenize
 void add_gemv(CLI::App& bench);   // bench_gemv.cpp: dsv3 bench gemv
 void add_membw(CLI::App& bench);  // bench_gemv.cpp: dsv3 bench membw
 void add_load(CLI::App& bench);  // bench_load.cpp: dsv3 bench load
+void add_model(CLI::App& bench);  // bench_model.cpp: dsv3 bench decode, dsv3 bench prefill
 
 }  // namespace dsv3::bench

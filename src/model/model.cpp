@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "core/check.h"
@@ -16,6 +17,10 @@ template <class T>
 T* grow(std::vector<T>& v, int64_t n) {
   if (v.size() < size_t(n)) v.resize(size_t(n));
   return v.data();
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 void add_rows(float* x, const float* y, int64_t n) {
@@ -118,8 +123,16 @@ void Model::head(float* logits, const float* h, int64_t T, const Weight& w, Forw
 
 void Model::block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, float* cache_layer,
                   int64_t T, int64_t p0, AttnForm form, ForwardScratch& s,
-                  const ForwardTrace* trace, const std::string& prefix) const {
+                  const ForwardTrace* trace, const std::string& prefix,
+                  ForwardProfile* prof) const {
   (void)layer;
+  double t0 = prof ? now_s() : 0;
+  auto lap = [&](double* slot) {
+    if (!prof) return;
+    const double t = now_s();
+    *slot += t - t0;
+    t0 = t;
+  };
   const int64_t H = cfg_.hidden_size;
   const float eps = float(cfg_.rms_norm_eps);
   float* x = s.x.data();
@@ -128,6 +141,7 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, flo
   float* ffn = grow(s.ffn, T * H);
 
   rmsnorm_forward(xn, H, nullptr, x, H, lf.input_norm.data(), T, H, eps, threads_);
+  if (prof) lap(&prof->norm);
   MlaLayer ml;
   ml.w = &lw.self_attn;
   ml.q_a_norm = lf.q_a_norm.data();
@@ -138,10 +152,12 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, flo
   ctx.softmax_scale = softmax_scale_;
   ctx.threads = threads_;
   mla_forward(attn, xn, T, p0, cache_layer, ml, ctx, form, s.mla);
+  if (prof) lap(&prof->attn);
   if (trace) (*trace)(prefix + ".attn", attn, T, H);
   add_rows(x, attn, T * H);
 
   rmsnorm_forward(xn, H, nullptr, x, H, lf.post_norm.data(), T, H, eps, threads_);
+  if (prof) lap(&prof->norm);
   if (lw.is_moe) {
     MoeLayer moe;
     moe.w = &lw.moe;
@@ -157,6 +173,7 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, flo
   } else {
     mlp_forward(ffn, xn, T, H, lw.mlp, s.ffn_s, false, threads_);
   }
+  if (prof) lap(&prof->ffn);
   if (trace) (*trace)(prefix + ".ffn", ffn, T, H);
   add_rows(x, ffn, T * H);
   if (trace) (*trace)(prefix + ".out", x, T, H);
@@ -174,13 +191,18 @@ void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) con
   if (a.trace) (*a.trace)("embed", x, T, H);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
     block(w_.layers[size_t(l)], lf_[size_t(l)], l, cache.layer(l), T, p0, a.form, s, a.trace,
-          "layer." + std::to_string(l));
+          a.trace ? "layer." + std::to_string(l) : std::string(), a.profile);
   cache.len = p0 + T;
   float* xn = grow(s.xn, T * H);
   rmsnorm_forward(xn, H, nullptr, x, H, norm_.data(), T, H, float(cfg_.rms_norm_eps), threads_);
   if (a.trace) (*a.trace)("norm", xn, T, H);
   if (a.hidden) std::memcpy(a.hidden, xn, size_t(T * H) * sizeof(float));
+  const double t0 = a.profile ? now_s() : 0;
   if (a.logits) head(a.logits, xn + a.logits_from * H, T - a.logits_from, w_.lm_head, s);
+  if (a.profile) {
+    a.profile->head += now_s() - t0;
+    ++a.profile->calls;
+  }
 }
 
 void Model::mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) const {

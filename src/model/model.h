@@ -45,6 +45,12 @@ struct ModelOptions {
 using ForwardTrace = std::function<void(const std::string& name, const float* data, int64_t rows,
                                         int64_t cols)>;
 
+// Wall seconds spent per part of the forward, accumulated (`dsv3 bench decode --profile`).
+struct ForwardProfile {
+  double attn = 0, ffn = 0, norm = 0, head = 0;
+  int64_t calls = 0;
+};
+
 struct ForwardArgs {
   const int32_t* ids = nullptr;  // [T] token ids (checked against the vocabulary)
   int64_t T = 0;
@@ -53,6 +59,7 @@ struct ForwardArgs {
   int64_t logits_from = 0;
   float* hidden = nullptr;       // [T, H]: the state after model.norm (MTP's input), or nullptr
   const ForwardTrace* trace = nullptr;
+  ForwardProfile* profile = nullptr;
 };
 
 struct MtpArgs {
@@ -109,7 +116,7 @@ class Model {
   };
   void block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, float* cache_layer,
              int64_t T, int64_t p0, AttnForm form, ForwardScratch& s, const ForwardTrace* trace,
-             const std::string& prefix) const;
+             const std::string& prefix, ForwardProfile* prof = nullptr) const;
   void embed(float* x, const Weight& table, const int32_t* ids, int64_t T) const;
   void head(float* logits, const float* h, int64_t T, const Weight& w, ForwardScratch& s) const;
 

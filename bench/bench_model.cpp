@@ -1,0 +1,296 @@
+// dsv3 bench decode  (--model DIR | --config JSON [--format fp8]) [--context 256,8192]
+//                    [--steps 32] [--threads T] [--json]
+//   Batch-1 decode tokens/s at each context length, beside the memory-bandwidth roofline
+//   measured in the same run: bytes each token must read (the weights a decode step touches,
+//   Model::decode_bytes_per_token, plus the latent cache at that context) ÷ stream-read
+//   bandwidth (kernels/gemv.h stream_read over 512 MB).
+// dsv3 bench prefill (--model DIR | --config JSON) [--tokens 512] [--threads T] [--json]
+//   Prefill tokens/s and model GFLOP/s beside the machine's BF16 FLOP limit, measured in the
+//   same run as our BF16 GEMM at 2048³.
+// With --config the benchmark first writes a checkpoint of random weights in the real layout
+// (dsv3 init) to a temporary directory, removed afterwards.
+#include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "bench_util.h"
+#include "benches.h"
+#include "cli/model_args.h"
+#include "core/check.h"
+#include "core/parallel.h"
+#include "core/tensor.h"
+#include "io/random_checkpoint.h"
+#include "kernels/gemm.h"
+#include "kernels/gemv.h"
+#include "model/model.h"
+
+namespace dsv3::bench {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+struct ModelBenchOpts {
+  std::string model, config, format = "fp8", contexts = "256,8192";
+  int64_t steps = 32, tokens = 512;
+  int threads = 0;
+  bool json = false, profile = false;
+};
+
+// Resolves --model / --config: a directory to load, and (for --config) the temporary one to
+// remove afterwards.
+struct ModelDir {
+  std::string dir;
+  bool temporary = false;
+  ~ModelDir() {
+    if (temporary) {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  }
+};
+
+void prepare(const ModelBenchOpts& o, ModelDir& md) {
+  DSV3_CHECK(o.model.empty() != o.config.empty(), "give exactly one of --model and --config");
+  if (!o.model.empty()) {
+    md.dir = o.model;
+    return;
+  }
+  ModelConfig c = load_model_config(o.config);
+  md.dir = (fs::temp_directory_path() / ("dsv3_bench_model_" + std::to_string(::getpid()))).string();
+  fs::remove_all(md.dir);
+  fs::create_directories(md.dir);
+  md.temporary = true;
+  RandomCheckpointOptions ro;
+  ro.format = parse_checkpoint_format(o.format);
+  ro.with_mtp = false;
+  std::fprintf(stderr, "writing random %s weights for %s to %s ...\n", o.format.c_str(),
+               o.config.c_str(), md.dir.c_str());
+  const double t0 = now_s();
+  const uint64_t bytes = write_random_checkpoint(c, md.dir, ro);
+  std::fprintf(stderr, "  %.2f GB in %.1f s\n", double(bytes) * 1e-9, now_s() - t0);
+}
+
+// Streaming-read GB/s over 512 MB, median of 7 passes.
+double measure_membw(int threads) {
+  Buffer buf(size_t(512) << 20);
+  uint8_t* p = buf.as<uint8_t>();
+  for (size_t i = 0; i < buf.size(); i += 64) p[i] = uint8_t(i * 2654435761u >> 13);
+  uint64_t sink = stream_read(buf.data(), buf.size(), threads);
+  std::vector<double> v;
+  for (int r = 0; r < 7; ++r) {
+    const double t0 = now_s();
+    sink ^= stream_read(buf.data(), buf.size(), threads);
+    v.push_back(double(buf.size()) / (now_s() - t0) * 1e-9);
+  }
+  if (sink == 42) std::fprintf(stderr, " ");
+  return median(v);
+}
+
+uint32_t lcg(uint32_t& s) {
+  s = s * 1664525u + 1013904223u;
+  return s >> 8;
+}
+
+void run_decode(const ModelBenchOpts& o) {
+  DSV3_CHECK(o.steps >= 3 && o.steps <= 100000, "--steps must be in [3, 100000], got ", o.steps);
+  const std::vector<int32_t> ctxs = cli::parse_id_list(o.contexts, "--context");
+  if (o.threads > 0) set_num_threads(o.threads);
+  const int threads = resolve_threads(o.threads);
+  ModelDir md;
+  prepare(o, md);
+  ModelOptions mo;
+  mo.with_mtp = false;
+  mo.threads = threads;
+  Model m(md.dir, mo);
+  const ModelConfig& c = m.config();
+  const double wbytes = double(m.decode_bytes_per_token());
+  const double bw0 = measure_membw(threads);
+  struct Row { int64_t ctx; double tps, cache_bytes, roof_w, roof; };
+  std::vector<Row> rows;
+  uint32_t seed = 12345;
+  for (int32_t ctx : ctxs) {
+    DSV3_CHECK(ctx >= 1, "--context entries must be ≥ 1");
+    KvCache cache = m.new_cache(int64_t(ctx) + o.steps + 1);
+    // The cache of a `ctx`-token context: random latent rows (a decode step's work depends
+    // on the number of cached positions, not their values; a real prefill of 8K tokens
+    // would dominate the run).
+    for (int64_t l = 0; l < cache.n_main; ++l) {
+      float* p = cache.layer(l);
+      for (int64_t i = 0; i < int64_t(ctx) * cache.row; ++i)
+        p[i] = float(int32_t(lcg(seed) % 2001) - 1000) * 1e-3f;
+    }
+    cache.len = ctx;
+    ForwardScratch s;
+    std::vector<float> logits(static_cast<size_t>(m.vocab()));
+    std::vector<double> step_s;
+    ForwardProfile prof;
+    for (int64_t i = 0; i < o.steps; ++i) {
+      const int32_t id = int32_t(lcg(seed) % uint32_t(m.vocab()));
+      ForwardArgs a;
+      a.ids = &id;
+      a.T = 1;
+      a.logits = logits.data();
+      if (o.profile && i > 0) a.profile = &prof;
+      const double t0 = now_s();
+      m.forward(cache, a, s);
+      step_s.push_back(now_s() - t0);
+    }
+    if (o.profile && prof.calls > 0) {
+      const double n = double(prof.calls) * 1e-3;
+      std::fprintf(stderr, "context %d, ms per step: attention %.2f, ffn %.2f, norms %.2f, head %.2f\n",
+                   ctx, prof.attn / n, prof.ffn / n, prof.norm / n, prof.head / n);
+    }
+    step_s.erase(step_s.begin());  // warm-up step (page faults of the mmapped weights)
+    Row r;
+    r.ctx = ctx;
+    r.tps = 1.0 / median(step_s);
+    r.cache_bytes = double(ctx) * double(cache.row) * sizeof(float) * double(c.num_hidden_layers);
+    r.roof_w = bw0 * 1e9 / wbytes;
+    r.roof = bw0 * 1e9 / (wbytes + r.cache_bytes);
+    rows.push_back(r);
+  }
+  const double bw1 = measure_membw(threads);
+  const ParamCounts pc = count_parameters(c);
+  if (o.json) {
+    std::printf("{\"bench\":\"decode\",\"threads\":%d,\"params_main\":%lld,\"activated\":%lld,"
+                "\"decode_bytes\":%.0f,\"membw_gbps\":[%.2f,%.2f],\"kv_bytes_per_token\":%lld,"
+                "\"kv_bytes_per_token_mha\":%lld,\"runs\":[",
+                threads, (long long)pc.main_total(), (long long)pc.activated, wbytes, bw0, bw1,
+                (long long)(kv_cache_elems_mla(c) * 4), (long long)(kv_cache_elems_mha(c) * 4));
+    for (size_t i = 0; i < rows.size(); ++i)
+      std::printf("%s{\"context\":%lld,\"tokens_per_s\":%.2f,\"cache_bytes\":%.0f,"
+                  "\"roofline_tps\":%.2f,\"roofline_weights_only_tps\":%.2f,\"of_roofline\":%.3f}",
+                  i ? "," : "", (long long)rows[i].ctx, rows[i].tps, rows[i].cache_bytes,
+                  rows[i].roof, rows[i].roof_w, rows[i].tps / rows[i].roof);
+    std::printf("]}\n");
+    return;
+  }
+  std::printf("model %s: %.2fB parameters (main), %.1fM activated per token, threads %d\n",
+              md.temporary ? o.config.c_str() : o.model.c_str(), double(pc.main_total()) * 1e-9,
+              double(pc.activated) * 1e-6, threads);
+  std::printf("weights read per decode step %.1f MB; KV cache per token %lld B (MLA latent, F32) "
+              "vs %lld B for MHA of the same heads (%.1fx)\n",
+              wbytes * 1e-6, (long long)(kv_cache_elems_mla(c) * 4),
+              (long long)(kv_cache_elems_mha(c) * 4),
+              double(kv_cache_elems_mha(c)) / double(kv_cache_elems_mla(c)));
+  std::printf("membw %.1f GB/s before, %.1f GB/s after\n", bw0, bw1);
+  std::printf("%8s %12s %14s %16s %12s\n", "context", "tokens/s", "cache MB read", "roofline tok/s",
+              "of roofline");
+  for (const Row& r : rows)
+    std::printf("%8lld %12.2f %14.1f %16.2f %11.1f%%\n", (long long)r.ctx, r.tps,
+                r.cache_bytes * 1e-6, r.roof, 100.0 * r.tps / r.roof);
+}
+
+// Our BF16 GEMM at 2048³: the FLOP limit a prefill is judged by.
+double gemm_peak_gflops(int threads) {
+  const int64_t n = 2048;
+  std::vector<uint16_t> a(size_t(n * n), 0x3f80), b(size_t(n * n), 0x3f80);
+  std::vector<float> cm(size_t(n * n));
+  GemmBF16 g;
+  g.M = g.N = g.K = n;
+  g.A = a.data(); g.lda = n;
+  g.B = b.data(); g.ldb = n; g.trans_b = true;
+  g.C = cm.data(); g.ldc = n;
+  std::vector<double> v;
+  gemm_bf16(g, threads);
+  for (int r = 0; r < 5; ++r) {
+    const double t0 = now_s();
+    gemm_bf16(g, threads);
+    v.push_back(2.0 * double(n * n * n) / (now_s() - t0) * 1e-9);
+  }
+  return median(v);
+}
+
+void run_prefill(const ModelBenchOpts& o) {
+  DSV3_CHECK(o.tokens >= 1, "--tokens must be ≥ 1");
+  if (o.threads > 0) set_num_threads(o.threads);
+  const int threads = resolve_threads(o.threads);
+  ModelDir md;
+  prepare(o, md);
+  ModelOptions mo;
+  mo.with_mtp = false;
+  mo.threads = threads;
+  Model m(md.dir, mo);
+  const ModelConfig& c = m.config();
+  const int64_t T = o.tokens;
+  DSV3_CHECK(T <= c.max_position_embeddings, "--tokens exceeds max_position_embeddings");
+  std::vector<int32_t> ids(static_cast<size_t>(T));
+  uint32_t seed = 99;
+  for (auto& id : ids) id = int32_t(lcg(seed) % uint32_t(m.vocab()));
+  ForwardScratch s;
+  std::vector<float> logits(static_cast<size_t>(m.vocab()));
+  std::vector<double> secs;
+  for (int r = 0; r < 4; ++r) {
+    KvCache cache = m.new_cache(T);
+    ForwardArgs a;
+    a.ids = ids.data();
+    a.T = T;
+    a.logits = logits.data();
+    a.logits_from = T - 1;
+    const double t0 = now_s();
+    m.forward(cache, a, s);
+    if (r > 0) secs.push_back(now_s() - t0);  // the first run faults the weights in
+  }
+  const double sec = median(secs);
+  // Model FLOPs: 2 per activated parameter per token (the head only for the last token),
+  // plus causal attention: per layer and head, q·k over qk_head_dim and p·v over v_head_dim
+  // for (T+1)/2 positions on average.
+  const ParamCounts pc = count_parameters(c);
+  const double head = double(c.vocab_size) * double(c.hidden_size);
+  const double attn = double(c.num_hidden_layers) * double(c.num_attention_heads) *
+                      double(c.qk_head_dim() + c.v_head_dim) * 2.0 * double(T) * double(T + 1) / 2.0;
+  const double flops = 2.0 * (double(pc.activated) - head) * double(T) + 2.0 * head + attn;
+  const double gflops = flops / sec * 1e-9;
+  const double peak = gemm_peak_gflops(threads);
+  if (o.json) {
+    std::printf("{\"bench\":\"prefill\",\"threads\":%d,\"tokens\":%lld,\"seconds\":%.4f,"
+                "\"tokens_per_s\":%.2f,\"model_gflops\":%.1f,\"bf16_gemm_peak_gflops\":%.1f,"
+                "\"of_peak\":%.3f}\n",
+                threads, (long long)T, sec, double(T) / sec, gflops, peak, gflops / peak);
+    return;
+  }
+  std::printf("prefill %lld tokens, threads %d: %.3f s median, %.1f tokens/s, %.1f GFLOP/s of "
+              "model FLOPs; BF16 GEMM 2048^3 (the FLOP limit) %.1f GFLOP/s: %.1f%% of it\n",
+              (long long)T, threads, sec, double(T) / sec, gflops, peak, 100.0 * gflops / peak);
+}
+
+void add_common(CLI::App* c, ModelBenchOpts& o) {
+  c->add_option("--model", o.model, "Model directory");
+  c->add_option("--config", o.config, "config.json: benchmark random weights of this shape");
+  c->add_option("--format", o.format, "With --config: fp8 | bf16 | f32 (default fp8)");
+  c->add_option("--threads", o.threads, "Threads (default: all cores)");
+  c->add_flag("--json", o.json, "One JSON line");
+}
+
+}  // namespace
+
+void add_model(CLI::App& bench) {
+  auto o = std::make_shared<ModelBenchOpts>();
+  CLI::App* d = bench.add_subcommand("decode", "Batch-1 decode tokens/s vs the memory-bandwidth roofline");
+  add_common(d, *o);
+  d->add_option("--context", o->contexts, "Context lengths to decode at, e.g. 256,8192");
+  d->add_option("--steps", o->steps, "Decode steps per context (median)");
+  d->add_flag("--profile", o->profile, "Print where the time goes (ms per step) to stderr");
+  d->callback([o] { run_decode(*o); });
+  auto p = std::make_shared<ModelBenchOpts>();
+  CLI::App* f = bench.add_subcommand("prefill", "Prefill tokens/s vs the BF16 FLOP limit");
+  add_common(f, *p);
+  f->add_option("--tokens", p->tokens, "Prompt length");
+  f->callback([p] { run_prefill(*p); });
+}
+
+}  // namespace dsv3::bench
