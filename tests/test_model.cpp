@@ -186,6 +186,22 @@ TEST_P(ModelForms, PrefillThenDecodeMatchesRecompute) {
   for (int64_t i = 0; i < (T - P) * V; ++i)
     worst = std::max(worst, double(std::fabs(chunk[size_t(i)] - full[size_t(P * V + i)])));
   EXPECT_LT(worst, 1e-3 * scale) << v.name;
+  // Steps of 3 tokens (a few drafted tokens verified at once: the decode-sized fused paths
+  // with M > 1).
+  cache.truncate(P);
+  worst = 0;
+  for (int64_t t = P; t < T; t += 3) {
+    const int64_t n = std::min<int64_t>(3, T - t);
+    ForwardArgs d;
+    d.ids = ids.data() + t;
+    d.T = n;
+    d.logits = chunk.data();
+    m.forward(cache, d, s);
+    for (int64_t i = 0; i < n * V; ++i)
+      worst = std::max(worst, double(std::fabs(chunk[size_t(i)] - full[size_t(t * V + i)])));
+  }
+  EXPECT_EQ(cache.len, T);
+  EXPECT_LT(worst, 1e-3 * scale) << v.name;
   fs::remove_all(dir);
 }
 

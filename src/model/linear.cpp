@@ -106,6 +106,23 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   }
 }
 
+void linear_rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
+                 int64_t n0, int64_t n1, LinearScratch& s, bool accumulate) {
+  const int64_t K = linear_in(w);
+  DSV3_ASSERT(n0 >= 0 && n0 <= n1 && n1 <= linear_out(w) && M <= kGemvMaxM);
+  if (n0 == n1 || M == 0) return;
+  Weight sub = w;  // rows [n0, n1) as a weight of their own
+  sub.w.shape[0] = n1 - n0;
+  const size_t esz = dtype_size(w.w.dtype);
+  sub.w.data = static_cast<uint8_t*>(w.w.data) + size_t(n0 * K) * esz;
+  if (w.fp8()) {
+    DSV3_ASSERT(n0 % 128 == 0);
+    sub.scale.data = w.scale.ptr<float>() + (n0 / 128) * w.scale.shape[1];
+    sub.scale.shape[0] = (n1 - n0 + 127) / 128;
+  }
+  linear_forward(y + n0, ldy, x, ldx, M, sub, s, accumulate, 1);
+}
+
 void dequantize_rows(float* out, const Weight& w, int64_t r0, int64_t n) {
   const int64_t K = linear_in(w);
   DSV3_ASSERT(r0 >= 0 && r0 + n <= linear_out(w));

@@ -28,6 +28,12 @@ int64_t linear_in(const Weight& w);   // K (columns of W)
 void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
                     LinearScratch& s, bool accumulate = false, int threads = 0);
 
+// Rows [n0, n1) of y = x · Wᵀ for M ≤ kGemvMaxM rows of x, on the calling thread: the unit of
+// work when a caller spreads many small matmuls (the experts of a decode step) over its own
+// parallel region. FP8 weights need n0 % 128 == 0 (the block-scale row).
+void linear_rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
+                 int64_t n0, int64_t n1, LinearScratch& s, bool accumulate = false);
+
 // Rows [r0, r0 + n) of W dequantised to F32 into out [n, K] (row stride K): the absorbed
 // MLA form needs W_UK / W_UV slices of kv_b_proj whose row offsets need not be multiples
 // of 128, so the block scale is looked up per row.

@@ -5,8 +5,12 @@
 #include <cstring>
 #include <limits>
 
+#include <omp.h>
+
 #include "core/check.h"
+#include "core/parallel.h"
 #include "kernels/activation.h"
+#include "kernels/gemv.h"
 
 namespace dsv3 {
 namespace {
@@ -40,8 +44,81 @@ void top_k_indices(int32_t* out, const float* v, int64_t n, int64_t k, const uin
 
 }  // namespace
 
+void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const FfnTask* tasks,
+                      int n_tasks, FfnScratch& s, int threads) {
+  constexpr int64_t kBlock = 128;  // rows per unit: the FP8 scale block
+  const int nt = resolve_threads(threads);
+  if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
+  // Gathered inputs [task][≤4][H] and SwiGLU outputs [task][≤4][I].
+  std::vector<int64_t> h_off(size_t(n_tasks) + 1, 0), x_off(size_t(n_tasks) + 1, 0);
+  std::vector<int64_t> unit_off(size_t(n_tasks) + 1, 0);
+  for (int i = 0; i < n_tasks; ++i) {
+    const int64_t I = linear_out(tasks[i].w->gate_proj);
+    h_off[size_t(i) + 1] = h_off[size_t(i)] + tasks[i].n * I;
+    x_off[size_t(i) + 1] = x_off[size_t(i)] + tasks[i].n * H;
+    unit_off[size_t(i) + 1] = unit_off[size_t(i)] + (I + kBlock - 1) / kBlock;
+  }
+  float* xe = grow(s.xe, x_off[size_t(n_tasks)]);
+  float* h = grow(s.h, h_off[size_t(n_tasks)]);
+  float* gu = grow(s.gate, 2 * nt * kBlock * kGemvMaxM);  // per thread: gate, up of one block
+  for (int i = 0; i < n_tasks; ++i)
+    for (int j = 0; j < tasks[i].n; ++j)
+      std::memcpy(xe + x_off[size_t(i)] + j * H, x + tasks[i].tok[j] * H, size_t(H) * sizeof(float));
+  const int64_t units1 = unit_off[size_t(n_tasks)], units2 = (H + kBlock - 1) / kBlock;
+  (void)T;
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num();
+    LinearScratch& ls = s.per_thread[size_t(tid)];
+    float* g = gu + 2 * tid * kBlock * kGemvMaxM;
+    float* u = g + kBlock * kGemvMaxM;
+    // Phase 1: h = silu(gate(x)) * up(x), one 128-row block of one expert per unit.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t unit = 0; unit < units1; ++unit) {
+      int i = 0;
+      while (unit_off[size_t(i) + 1] <= unit) ++i;
+      const FfnTask& t = tasks[i];
+      const int64_t I = linear_out(t.w->gate_proj);
+      const int64_t r0 = (unit - unit_off[size_t(i)]) * kBlock, r1 = std::min(I, r0 + kBlock);
+      const float* xi = xe + x_off[size_t(i)];
+      // linear_rows writes columns [r0, r1) of its output rows; offset so they land at 0.
+      linear_rows(g - r0, kBlock, xi, H, t.n, t.w->gate_proj, r0, r1, ls);
+      linear_rows(u - r0, kBlock, xi, H, t.n, t.w->up_proj, r0, r1, ls);
+      swiglu_forward(h + h_off[size_t(i)] + r0, I, g, kBlock, u, kBlock, t.n, r1 - r0, 1);
+    }
+    // Phase 2: out rows [r0, r1) += Σ_tasks weight · down(h), one block of output rows per unit.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t unit = 0; unit < units2; ++unit) {
+      const int64_t r0 = unit * kBlock, r1 = std::min(H, r0 + kBlock);
+      float* y = g;  // [≤4, kBlock]
+      for (int i = 0; i < n_tasks; ++i) {
+        const FfnTask& t = tasks[i];
+        const int64_t I = linear_out(t.w->gate_proj);
+        linear_rows(y - r0, kBlock, h + h_off[size_t(i)], I, t.n, t.w->down_proj, r0, r1, ls);
+        for (int j = 0; j < t.n; ++j) {
+          float* o = out + t.tok[j] * H;
+          const float wj = t.weight[j];
+          for (int64_t r = r0; r < r1; ++r) o[r] += wj * y[j * kBlock + (r - r0)];
+        }
+      }
+    }
+  }
+}
+
 void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,
                  FfnScratch& s, bool accumulate, int threads) {
+  if (T <= kGemvMaxM) {
+    if (!accumulate) std::memset(out, 0, size_t(T * H) * sizeof(float));
+    FfnTask t;
+    t.w = &w;
+    t.n = int(T);
+    for (int j = 0; j < t.n; ++j) {
+      t.tok[j] = j;
+      t.weight[j] = 1.0f;
+    }
+    ffn_tasks_decode(out, x, T, H, &t, 1, s, threads);
+    return;
+  }
   const int64_t I = linear_out(w.gate_proj);
   float* g = grow(s.gate, T * I);
   float* u = grow(s.up, T * I);
@@ -114,6 +191,33 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
   float* wt = grow(s.topk_w, T * K);
   moe_route(idx, wt, logits, T, c, L.bias);
 
+  if (T <= kGemvMaxM) {  // decode: every expert of the step in one parallel region
+    std::memset(out, 0, size_t(T * H) * sizeof(float));
+    std::vector<FfnTask> tasks;
+    if (c.n_shared_experts > 0) {
+      FfnTask t;
+      t.w = &L.w->shared_experts;
+      t.n = int(T);
+      for (int j = 0; j < t.n; ++j) {
+        t.tok[j] = j;
+        t.weight[j] = 1.0f;
+      }
+      tasks.push_back(t);
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      FfnTask t;
+      t.w = &L.w->experts[size_t(e)];
+      for (int64_t i = 0; i < T * K; ++i)
+        if (idx[i] == e) {
+          t.tok[t.n] = int32_t(i / K);
+          t.weight[t.n] = wt[i];
+          ++t.n;
+        }
+      if (t.n > 0) tasks.push_back(t);
+    }
+    ffn_tasks_decode(out, x, T, H, tasks.data(), int(tasks.size()), s, threads);
+    return;
+  }
   if (c.n_shared_experts > 0)
     mlp_forward(out, x, T, H, L.w->shared_experts, s, false, threads);
   else

@@ -20,7 +20,25 @@ struct FfnScratch {
   std::vector<int32_t> topk_idx;        // [T, k]
   std::vector<float> topk_w;            // [T, k]
   std::vector<int32_t> order, count;    // token slots grouped by expert
+  std::vector<float> h;                 // decode: [tasks, ≤ 4, inter] SwiGLU outputs
+  std::vector<LinearScratch> per_thread;
 };
+
+// One expert's share of a decode step: up to kGemvMaxM tokens (rows of x) and their gate
+// weights (1 for shared experts and dense layers).
+struct FfnTask {
+  const MlpWeights* w = nullptr;
+  int n = 0;
+  int32_t tok[4] = {};
+  float weight[4] = {};
+};
+
+// out [T, H] += Σ_tasks weight · expert(x[tok]) for decode-sized T (≤ kGemvMaxM), all
+// experts in one parallel region: gate/up split into 128-row blocks over the threads, then
+// down split by output rows (each thread owns its rows of out: no reduction). Many small
+// weight-streaming GEMVs would each pay a fork/join otherwise.
+void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const FfnTask* tasks,
+                      int n_tasks, FfnScratch& s, int threads);
 
 // out [T, H] (written, or added to) = down(silu(gate(x)) * up(x)).
 void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,
