@@ -1,0 +1,41 @@
+// The linear layer of training, y = x · Wᵀ with W [N, K] (out, in) a plain F32 parameter,
+// in three arithmetic modes (SPEC §3, report §3.3):
+//   F32   every GEMM in F32 (the mode the gradient tests hold to the PyTorch reference);
+//   BF16  operands rounded to BF16, FP32 accumulation (as PyTorch's bf16 autocast);
+//   FP8   DeepSeek-V3's recipe: activations and output gradients quantised to E4M3 in 1x128
+//         tiles, weights in 128x128 blocks, wgrad operands in 128x1 tiles along the tokens,
+//         FP32 promotion every 128 of K (kernels/gemm.h GemmFP8, kernels/quant.h).
+// Master weights, gradients and everything outside the GEMMs stay F32.
+//
+//   forward   y [M, N]  = x [M, K] · Wᵀ                 (written, or added with acc)
+//   backward  dx [M, K] = dy [M, N] · W                  (written, or added with acc_dx; skipped if null)
+//             dW [N, K] += dyᵀ · x                       (always added: gradient accumulation)
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace dsv3 {
+
+enum class Precision { F32, BF16, FP8 };
+const char* precision_name(Precision p);
+Precision parse_precision(const char* s);  // "f32" | "bf16" | "fp8"; throws otherwise
+
+struct TLinearScratch {
+  std::vector<uint16_t> a16, b16;     // BF16 copies of operands
+  std::vector<uint8_t> a8, b8;        // E4M3 codes
+  std::vector<float> sa, sb;          // their scales
+  std::vector<float> t;               // transposes
+};
+
+struct TLinearCtx {
+  Precision prec = Precision::F32;
+  int threads = 0;
+};
+
+void tlinear_forward(float* y, const float* x, const float* W, int64_t M, int64_t N, int64_t K,
+                     const TLinearCtx& c, TLinearScratch& s, bool acc = false);
+void tlinear_backward(float* dx, float* dW, const float* dy, const float* x, const float* W,
+                      int64_t M, int64_t N, int64_t K, const TLinearCtx& c, TLinearScratch& s,
+                      bool acc_dx = false);
+
+}  // namespace dsv3
