@@ -1,0 +1,49 @@
+// AdamW with decoupled weight decay over the trainer's F32 parameter arena (docs/training.md),
+// global-norm gradient clipping, and the learning-rate schedule of DeepSeek-V3 (report §4.2:
+// linear warmup, a constant phase, cosine decay).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "train/params.h"
+
+namespace dsv3 {
+
+struct AdamWConfig {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+struct LrSchedule {
+  double lr = 3e-3, lr_min = 3e-4;
+  int64_t warmup_steps = 50;
+  int64_t decay_start = 0;  // step where the cosine starts (0: right after warmup)
+  int64_t total_steps = 1000;
+  double at(int64_t step) const;  // step counts from 0
+};
+
+class AdamW {
+ public:
+  AdamW(const ParamSet& ps, const AdamWConfig& c);
+  // One update with learning rate lr; g [numel] is the gradient (already clipped). step_count
+  // increments first (bias correction uses t = 1 on the first call).
+  void step(float* params, const float* g, double lr);
+  int64_t step_count() const { return t_; }
+  std::vector<float>& m() { return m_; }
+  std::vector<float>& v() { return v_; }
+  void set_step_count(int64_t t) { t_ = t; }
+
+ private:
+  struct Range { int64_t begin, end; bool decay; };
+  AdamWConfig c_;
+  std::vector<Range> ranges_;  // trainable storage ranges
+  std::vector<float> m_, v_;
+  int64_t t_ = 0;
+};
+
+// ‖g‖₂ over the trainable ranges of ps (double accumulation).
+double grad_norm(const ParamSet& ps, const float* g);
+// Scales g so that its norm is at most max_norm (no-op when max_norm ≤ 0 or norm ≤ max).
+// Returns the norm before clipping.
+double clip_grad_norm(const ParamSet& ps, float* g, double max_norm);
+
+}  // namespace dsv3
