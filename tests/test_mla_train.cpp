@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "core/check.h"
 #include "kernels/rope.h"
 #include "model/mla.h"
 #include "train/mla_train.h"
@@ -316,6 +317,33 @@ TEST(MlaTrain, ReducedPrecisionNearF32) {
                   (long long)q_lora, precision_name(p), worst);
     }
   }
+}
+
+TEST(MlaTrain, BadInputThrows) {
+  Attn a;
+  make_attn(a, tiny_config(24), 61, false);
+  Rope rope(a.c, kT);
+  std::vector<float> x = randn(size_t(kB * kT * a.c.hidden_size), 1), out(x.size());
+  MlaTrainSaved sv;
+  MlaTrainScratch s;
+  AttentionWeights bad = a.w;
+  bad.kv_b_proj.w = TensorView(a.kv_b.v.data(), DType::F32, {a.kv_b.rows - 1, a.kv_b.cols});
+  EXPECT_THROW(mla_train_forward(out.data(), x.data(), kB, kT, a.c, bad, rope.tab, rope.scale,
+                                 TLinearCtx{}, sv, s),
+               Error);
+  // More positions than the RoPE table holds.
+  EXPECT_THROW(mla_train_forward(out.data(), x.data(), 1, kT + 1, a.c, a.w, rope.tab, rope.scale,
+                                 TLinearCtx{}, sv, s),
+               Error);
+  // Backward for another batch shape than the forward saved.
+  Attn g;
+  make_attn(g, a.c, 0, true);
+  mla_train_forward(out.data(), x.data(), kB, kT, a.c, a.w, rope.tab, rope.scale, TLinearCtx{}, sv,
+                    s);
+  std::vector<float> dx(x.size());
+  EXPECT_THROW(mla_train_backward(dx.data(), x.data(), x.data(), 1, kT, a.c, a.w, g.w, rope.tab,
+                                  rope.scale, TLinearCtx{}, sv, s),
+               Error);
 }
 
 // A timing at the bench shape, run only with DSV3_MLA_TRAIN_BENCH=1 (tests do not time).

@@ -47,22 +47,27 @@ struct Dims {
         R(c.kv_lora_rank + c.qk_rope_head_dim), r(c.q_lora_rank) {}
 };
 
+// Every tensor used must be a contiguous F32 view with the config's element count.
 void check_weights(const ModelConfig& c, const AttentionWeights& w, const char* what) {
-  auto f32 = [&](const Weight& x, const char* name) {
-    DSV3_CHECK(x.w.data != nullptr && x.w.dtype == DType::F32, "MLA training: ", what, " ", name,
-               " must be an F32 tensor");
+  const int64_t H = c.hidden_size, nh = c.num_attention_heads, dq = c.qk_head_dim();
+  const int64_t dc = c.kv_lora_rank, r = c.q_lora_rank;
+  auto f32 = [&](const Weight& x, const char* name, int64_t numel) {
+    DSV3_CHECK(x.w.data != nullptr && x.w.dtype == DType::F32 && x.w.is_contiguous(),
+               "MLA training: ", what, " ", name, " must be a contiguous F32 tensor");
+    DSV3_CHECK(x.w.numel() == numel, "MLA training: ", what, " ", name, " has ", x.w.numel(),
+               " elements, the config implies ", numel);
   };
   if (c.has_q_lora()) {
-    f32(w.q_a_proj, "q_a_proj");
-    f32(w.q_a_layernorm, "q_a_layernorm");
-    f32(w.q_b_proj, "q_b_proj");
+    f32(w.q_a_proj, "q_a_proj", r * H);
+    f32(w.q_a_layernorm, "q_a_layernorm", r);
+    f32(w.q_b_proj, "q_b_proj", nh * dq * r);
   } else {
-    f32(w.q_proj, "q_proj");
+    f32(w.q_proj, "q_proj", nh * dq * H);
   }
-  f32(w.kv_a_proj_with_mqa, "kv_a_proj_with_mqa");
-  f32(w.kv_a_layernorm, "kv_a_layernorm");
-  f32(w.kv_b_proj, "kv_b_proj");
-  f32(w.o_proj, "o_proj");
+  f32(w.kv_a_proj_with_mqa, "kv_a_proj_with_mqa", (dc + c.qk_rope_head_dim) * H);
+  f32(w.kv_a_layernorm, "kv_a_layernorm", dc);
+  f32(w.kv_b_proj, "kv_b_proj", nh * (c.qk_nope_head_dim + c.v_head_dim) * dc);
+  f32(w.o_proj, "o_proj", H * nh * c.v_head_dim);
 }
 
 void fill_positions(MlaTrainScratch& s, int64_t T) {
