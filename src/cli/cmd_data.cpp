@@ -1,5 +1,7 @@
 // dsv3 data prepare --tokenizer T --input FILES/DIRS... --out DATA [--threads N]
 // dsv3 data info DATA [--tokenizer T]
+// dsv3 data sample DATA [--tokenizer T] [--seq-len T] [--batch B] [--seed S] [--batches N]
+//                       [--fim-rate R] [--state JSON]
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -9,7 +11,9 @@
 
 #include "commands.h"
 #include "data/dataset.h"
+#include "data/loader.h"
 #include "data/prepare.h"
+#include "tokenizer/tokenizer.h"
 
 namespace dsv3::cli {
 
@@ -39,6 +43,39 @@ void run_info(const InfoOpts& o) {
   std::printf("%s", ds.meta().to_json().c_str());
 }
 
+struct SampleOpts {
+  std::string dir, tokenizer, state;
+  data::LoaderOptions lo{.seq_len = 64, .batch = 2};
+  int batches = 1;
+};
+
+// Prints batches as the trainer would see them: decoded text when a tokenizer is given
+// (special tokens shown), else ids; then the loader state to resume after them.
+void run_sample(const SampleOpts& o) {
+  std::unique_ptr<tok::Tokenizer> t;
+  if (!o.tokenizer.empty()) t = tok::Tokenizer::from_path(o.tokenizer);
+  const data::DataSet ds =
+      data::DataSet::open(o.dir, o.tokenizer.empty() ? "" : data::tokenizer_hash(o.tokenizer));
+  data::Loader L(ds, o.lo);
+  if (!o.state.empty()) L.restore(data::LoaderState::from_json(o.state));
+  std::vector<int32_t> b;
+  const int64_t T1 = o.lo.seq_len + 1;
+  for (int k = 0; k < o.batches; ++k) {
+    L.next(b);
+    for (int64_t r = 0; r < o.lo.batch; ++r) {
+      const std::vector<int32_t> row(b.begin() + r * T1, b.begin() + (r + 1) * T1);
+      std::printf("-- batch %d row %lld\n", k, static_cast<long long>(r));
+      if (t) {
+        std::printf("%s\n", t->decode(row).c_str());
+      } else {
+        for (int32_t id : row) std::printf("%d ", id);
+        std::printf("\n");
+      }
+    }
+  }
+  std::printf("state %s\n", L.state().to_json().c_str());
+}
+
 }  // namespace
 
 void register_data(CLI::App& app) {
@@ -62,6 +99,18 @@ void register_data(CLI::App& app) {
   in->add_option("dir", i->dir, "data set directory")->required();
   in->add_option("--tokenizer", i->tokenizer, "check that DATA/ was made with this tokenizer");
   in->callback([i] { run_info(*i); });
+
+  auto s = std::make_shared<SampleOpts>();
+  CLI::App* sa = d->add_subcommand("sample", "Print the loader's first batches of DATA/");
+  sa->add_option("dir", s->dir, "data set directory")->required();
+  sa->add_option("--tokenizer", s->tokenizer, "decode the rows with this tokenizer");
+  sa->add_option("--seq-len", s->lo.seq_len, "T (rows hold T+1 tokens)")->capture_default_str();
+  sa->add_option("--batch", s->lo.batch, "rows per batch")->capture_default_str();
+  sa->add_option("--seed", s->lo.seed, "shuffle / FIM seed")->capture_default_str();
+  sa->add_option("--fim-rate", s->lo.fim_rate, "FIM rate of code documents")->capture_default_str();
+  sa->add_option("--batches", s->batches, "batches to print")->capture_default_str();
+  sa->add_option("--state", s->state, "loader state JSON to resume from");
+  sa->callback([s] { run_sample(*s); });
 }
 
 }  // namespace dsv3::cli
