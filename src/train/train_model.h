@@ -51,4 +51,10 @@ class TrainModel {
   TrainModelOptions o_;
 };
 
+// Aux-loss-free balancing after the optimizer step (report §2.1.2): per MoE layer of the step,
+// b_i += γ·sign(mean_load − load_i) (overloaded experts go down). Also returns MaxVio per
+// layer, (max_i load_i − mean)/mean, in the order of L.load. pw: the parameter views.
+std::vector<double> update_router_bias(const ModelWeights& pw, const ModelConfig& c,
+                                       const StepLosses& L, double gamma);
+
 }  // namespace dsv3

@@ -227,30 +227,7 @@ int run_training(const TrainRunOptions& o) {
     const double lr = cfg.lr.at(step);
     adam.step(params.data(), grads.data(), lr);
     // Aux-loss-free balancing (report §2.1.2): b_i += γ·sign(mean_load − load_i).
-    const double gamma = cfg.gamma_at(step);
-    std::vector<double> maxvio;
-    for (size_t i = 0; i < L.load.size(); ++i) {
-      const std::vector<int64_t>& load = L.load[i];
-      double mean = 0;
-      int64_t mx = 0;
-      for (int64_t v : load) {
-        mean += double(v);
-        mx = std::max(mx, v);
-      }
-      mean /= double(load.size());
-      maxvio.push_back(mean > 0 ? (double(mx) - mean) / mean : 0.0);
-      const int64_t l = L.moe_layer[i];
-      const LayerWeights& lw = l < cfg.model.num_hidden_layers
-                                   ? pw.layers[size_t(l)]
-                                   : pw.mtp[size_t(l - cfg.model.num_hidden_layers)].block;
-      if (gamma > 0 && lw.moe.e_score_correction_bias.present()) {
-        float* b = lw.moe.e_score_correction_bias.w.ptr<float>();
-        for (size_t e = 0; e < load.size(); ++e) {
-          const double d = mean - double(load[e]);
-          b[e] += float(gamma * double((d > 0) - (d < 0)));
-        }
-      }
-    }
+    const std::vector<double> maxvio = update_router_bias(pw, cfg.model, L, cfg.gamma_at(step));
     tokens += tok_per_step;
     const double dt = now_s() - t0;
     const double tps = tok_per_step / dt;
