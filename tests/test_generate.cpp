@@ -348,20 +348,24 @@ TEST(GenerateCli, ChatTwoTurnsReusesTheCache) {
   const CliRun r = run_cli("chat --model " + dir + " --system 'Be brief.' --max-new-tokens 6",
                         "Hello there\n/reset\nHello there\nThe quick fox?\n");
   ASSERT_EQ(r.rc, 0) << r.err;
-  std::vector<long> reused;
+  // Each stats line: "[P prompt tokens (R reused, F prefilled) ...; N new tokens, ...".
+  std::vector<long> reused, fresh;
   for (size_t at = 0; (at = r.err.find(" reused", at)) != std::string::npos; ++at) {
-    const size_t open = r.err.rfind('(', at);
+    const size_t open = r.err.rfind('(', at), semi = r.err.find("; ", at);
     reused.push_back(std::stol(r.err.substr(open + 1, at - open - 1)));
+    fresh.push_back(std::stol(r.err.substr(semi + 2)));
   }
   ASSERT_EQ(reused.size(), 3u) << r.err;
-  EXPECT_EQ(r.err.find("history cleared") != std::string::npos, true) << r.err;
+  EXPECT_NE(r.err.find("history cleared"), std::string::npos) << r.err;
   // Turn 2 (after /reset) repeats turn 1's prompt: all of it but the last token is reused.
-  // Turn 3 extends turn 2's conversation: it reuses at least the system prompt and turn 2.
+  // Turn 3 extends turn 2's conversation with the reply's own ids: everything cached is
+  // reused (all of turn 2's prompt and reply but the reply's last token).
   const auto t = tok::Tokenizer::from_path(dir);
   const std::vector<tok::ChatMessage> turn1 = {{"system", "Be brief.", {}}, {"user", "Hello there", {}}};
   const long p1 = long(t->encode(tok::render_chat_deepseek_v3(turn1, true, t->bos_token()), false).size());
+  EXPECT_EQ(reused[0], 0);
   EXPECT_EQ(reused[1], p1 - 1);
-  EXPECT_GE(reused[2], p1);
+  EXPECT_EQ(reused[2], p1 + fresh[1] - 1) << r.err;
   EXPECT_NE(r.err.find("tok/s"), std::string::npos);
 }
 

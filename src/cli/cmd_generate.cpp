@@ -132,6 +132,12 @@ void run_chat(const GenArgs& a) {
   std::vector<tok::ChatMessage> messages;
   if (!a.system.empty()) messages.push_back({"system", a.system, {}});
   const size_t n_fixed = messages.size();
+  // The conversation as the model saw it: the last turn's prompt ids + reply ids (+ EOS), and
+  // the template text they stand for. The next turn appends only its new text's tokens, so
+  // the reply is not re-tokenized (decoded text need not encode back to the same ids) and
+  // the whole conversation stays a prefix of the Generator's cache.
+  std::vector<int32_t> conv_ids;
+  std::string conv_text;
   const bool tty = ::isatty(STDIN_FILENO);
   std::string line;
   for (;;) {
@@ -139,13 +145,20 @@ void run_chat(const GenArgs& a) {
     if (!std::getline(std::cin, line) || line == "/exit") break;
     if (line == "/reset") {
       messages.resize(n_fixed);
+      conv_ids.clear();
       std::fprintf(stderr, "[history cleared]\n");
       continue;
     }
     if (line.empty()) continue;
     messages.push_back({"user", line, {}});
     const std::string text = tok::render_chat_deepseek_v3(messages, true, bos);
-    const std::vector<int32_t> ids = tok->encode(text, false);  // the template holds BOS
+    std::vector<int32_t> ids;
+    if (!conv_ids.empty() && text.compare(0, conv_text.size(), conv_text) == 0) {
+      ids = conv_ids;
+      tok->encode_into(std::string_view(text).substr(conv_text.size()), ids, false);
+    } else {
+      ids = tok->encode(text, false);  // the template holds BOS
+    }
     const GenerateResult r = gen.generate(ids, o, [](int32_t, const std::string& piece) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
@@ -154,6 +167,15 @@ void run_chat(const GenArgs& a) {
     std::fflush(stdout);
     print_stats(r);
     messages.push_back({"assistant", r.text, {}});
+    // A reply cut by a stop string or the context has ids beyond its text: re-tokenize next.
+    conv_ids.clear();
+    const bool eos_end = r.stop_reason == StopReason::Eos;
+    if ((eos_end || r.stop_reason == StopReason::MaxTokens) && tok->eos_id() >= 0) {
+      conv_ids = ids;
+      conv_ids.insert(conv_ids.end(), r.ids.begin(), r.ids.end());
+      if (!eos_end) conv_ids.push_back(tok->eos_id());  // the template closes the turn
+      conv_text = tok::render_chat_deepseek_v3(messages, false, bos);
+    }
   }
 }
 
