@@ -71,14 +71,15 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
   DSV3_CHECK(P <= C, "the prompt has ", P, " tokens, more than the context of ", C,
              " positions (raise --context, at most max_position_embeddings = ",
              model_.config().max_position_embeddings, ")");
-  DSV3_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be ≥ 0, got ", o.max_new_tokens);
+  DSV3_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", o.max_new_tokens);
   DSV3_CHECK(o.stop.empty() || tok_, "stop strings need the model's tokenizer (tokenizer.json)");
   validate(o.sampling);
 
   std::vector<int32_t> eos;
   if (o.stop_at_eos) {
     if (model_.config().eos_token_id >= 0) eos.push_back(int32_t(model_.config().eos_token_id));
-    if (tok_ && tok_->eos_id() >= 0 && (eos.empty() || tok_->eos_id() != eos.front())) eos.push_back(tok_->eos_id());
+    if (tok_ && tok_->eos_id() >= 0 && (eos.empty() || tok_->eos_id() != eos.front()))
+      eos.push_back(tok_->eos_id());
   }
 
   // Prefix reuse: positions [0, reuse) of the cache already hold prompt[0, reuse). At least
@@ -145,6 +146,8 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
       decode_step(sampler, step);
       ++st.decode_steps;
     }
+    // A multi-token (speculative) step will also have to stop at max_new_tokens and C inside
+    // this loop and truncate the cache to the tokens kept.
     for (int32_t id : step)
       if ((stopped = emit(id))) break;
   }
