@@ -16,6 +16,7 @@ void register_bench(CLI::App& app) {
   dsv3::bench::add_membw(*bench);
   dsv3::bench::add_load(*bench);
   dsv3::bench::add_model(*bench);
+  dsv3::bench::add_absorb(*bench);
 }
 
 }  // namespace dsv3::cli

@@ -11,5 +11,6 @@ void add_gemv(CLI::App& bench);   // bench_gemv.cpp: dsv3 bench gemv
 void add_membw(CLI::App& bench);  // bench_gemv.cpp: dsv3 bench membw
 void add_load(CLI::App& bench);  // bench_load.cpp: dsv3 bench load
 void add_model(CLI::App& bench);  // bench_model.cpp: dsv3 bench decode, dsv3 bench prefill
+void add_absorb(CLI::App& bench);  // bench_absorb.cpp: dsv3 bench absorb
 
 }  // namespace dsv3::bench

@@ -1,0 +1,207 @@
+// `dsv3 generate`: text (or token ids) from a prompt, streamed as it is produced.
+// `dsv3 chat`: an interactive conversation in DeepSeek-V3's chat format over stdin/stdout;
+// the Generator keeps the cache between turns, so each turn prefills only its new messages.
+#include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "commands.h"
+#include "core/check.h"
+#include "core/parallel.h"
+#include "infer/generate.h"
+#include "model/model.h"
+#include "model_args.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsv3::cli {
+namespace {
+
+struct GenArgs {
+  std::string model, prompt, ids, system;
+  bool prompt_given = false, ids_given = false, json = false;
+  int64_t max_new_tokens = 128, context = 0;
+  SamplingParams sampling;
+  std::vector<std::string> stop;
+  int threads = 0;
+};
+
+void add_sampling_options(CLI::App* c, GenArgs& a) {
+  c->add_option("--model", a.model, "Model directory (config.json + safetensors [+ tokenizer.json])")
+      ->required();
+  c->add_option("--temperature", a.sampling.temperature, "Sampling temperature (0 = greedy, default)");
+  c->add_option("--top-k", a.sampling.top_k, "Keep the k most likely tokens (0 = off)");
+  c->add_option("--top-p", a.sampling.top_p, "Nucleus sampling mass in (0, 1] (1 = off)");
+  c->add_option("--seed", a.sampling.seed, "Random seed (default 0)");
+  c->add_option("--stop", a.stop, "Stop string (repeatable); not included in the output");
+  c->add_option("--context", a.context, "Context positions (default: min(max_position_embeddings, 4096))");
+  c->add_option("--threads", a.threads, "Threads (default: all cores)");
+}
+
+std::unique_ptr<tok::Tokenizer> load_tokenizer(const std::string& dir, bool required,
+                                               const char* why) {
+  const bool present = std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json");
+  DSV3_CHECK(present || !required, why, " needs a tokenizer, but the model directory '", dir,
+             "' has no tokenizer.json");
+  return present ? tok::Tokenizer::from_path(dir) : nullptr;
+}
+
+std::unique_ptr<Model> load_model(const GenArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  DSV3_CHECK(std::filesystem::exists(std::filesystem::path(a.model) / "config.json"),
+             "--model: '", a.model, "' has no config.json (not a model directory)");
+  ModelOptions mo;
+  mo.with_mtp = false;  // plain decoding does not use the MTP modules
+  return std::make_unique<Model>(a.model, mo);
+}
+
+GenerateOptions generate_options(const GenArgs& a) {
+  GenerateOptions o;
+  o.max_new_tokens = a.max_new_tokens;
+  o.sampling = a.sampling;
+  o.stop = a.stop;
+  return o;
+}
+
+void print_stats(const GenerateResult& r) {
+  const GenerateStats& s = r.stats;
+  std::fprintf(stderr,
+               "[%lld prompt tokens (%lld reused, %lld prefilled) in %.3f s, %.1f tok/s; "
+               "%lld new tokens, %lld decode steps in %.3f s, %.2f tok/s; stop: %s]\n",
+               (long long)s.prompt_tokens, (long long)s.reused_tokens, (long long)s.prefill_tokens,
+               s.prefill_s, s.prefill_tokens_per_s, (long long)s.new_tokens,
+               (long long)s.decode_steps, s.decode_s, s.decode_tokens_per_s,
+               stop_reason_name(r.stop_reason));
+}
+
+void run_generate(const GenArgs& a) {
+  DSV3_CHECK(a.prompt_given != a.ids_given, "give exactly one of --prompt and --ids");
+  std::vector<int32_t> ids;
+  if (!a.prompt_given) ids = parse_id_list(a.ids);  // checks for an empty list first
+  const auto model = load_model(a);
+  const auto tok = load_tokenizer(a.model, a.prompt_given || !a.stop.empty(),
+                                  a.prompt_given ? "--prompt" : "--stop");
+  if (a.prompt_given) {
+    ids = tok->encode(a.prompt, true);  // BOS as the tokenizer's post-processor adds it
+    DSV3_CHECK(!ids.empty(), "--prompt: the text encodes to no tokens (empty prompt)");
+  }
+  Generator gen(*model, tok.get(), a.context);
+  const GenerateOptions o = generate_options(a);
+  if (a.json) {
+    const GenerateResult r = gen.generate(ids, o);
+    const GenerateStats& s = r.stats;
+    nlohmann::ordered_json j;  // keys in the documented order
+    j["ids"] = r.ids;
+    if (tok) j["text"] = r.text;
+    j["stop_reason"] = stop_reason_name(r.stop_reason);
+    j["stats"] = {{"prompt_tokens", s.prompt_tokens},     {"reused_tokens", s.reused_tokens},
+                  {"prefill_tokens", s.prefill_tokens},   {"new_tokens", s.new_tokens},
+                  {"decode_steps", s.decode_steps},       {"prefill_s", s.prefill_s},
+                  {"prefill_tokens_per_s", s.prefill_tokens_per_s},
+                  {"decode_s", s.decode_s},               {"decode_tokens_per_s", s.decode_tokens_per_s}};
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace).c_str());
+    return;
+  }
+  // Without a tokenizer the ids are the output, comma-separated like --ids takes them.
+  bool first = true;
+  const GenerateResult r = gen.generate(ids, o, [&](int32_t id, const std::string& text) {
+    if (tok) {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+    } else if (id >= 0) {
+      std::printf("%s%d", first ? "" : ",", id);
+      first = false;
+    }
+    std::fflush(stdout);
+  });
+  std::printf("\n");
+  print_stats(r);
+}
+
+void run_chat(const GenArgs& a) {
+  const auto model = load_model(a);
+  const auto tok = load_tokenizer(a.model, true, "chat");
+  Generator gen(*model, tok.get(), a.context);
+  const GenerateOptions o = generate_options(a);
+  const std::string bos = tok->bos_token().empty() ? "<｜begin▁of▁sentence｜>" : tok->bos_token();
+  std::vector<tok::ChatMessage> messages;
+  if (!a.system.empty()) messages.push_back({"system", a.system, {}});
+  const size_t n_fixed = messages.size();
+  // The conversation as the model saw it: the last turn's prompt ids + reply ids (+ EOS), and
+  // the template text they stand for. The next turn appends only its new text's tokens, so
+  // the reply is not re-tokenized (decoded text need not encode back to the same ids) and
+  // the whole conversation stays a prefix of the Generator's cache.
+  std::vector<int32_t> conv_ids;
+  std::string conv_text;
+  const bool tty = ::isatty(STDIN_FILENO);
+  std::string line;
+  for (;;) {
+    if (tty) std::fprintf(stderr, "> ");
+    if (!std::getline(std::cin, line) || line == "/exit") break;
+    if (line == "/reset") {
+      messages.resize(n_fixed);
+      conv_ids.clear();
+      std::fprintf(stderr, "[history cleared]\n");
+      continue;
+    }
+    if (line.empty()) continue;
+    messages.push_back({"user", line, {}});
+    const std::string text = tok::render_chat_deepseek_v3(messages, true, bos);
+    std::vector<int32_t> ids;
+    if (!conv_ids.empty() && text.compare(0, conv_text.size(), conv_text) == 0) {
+      ids = conv_ids;
+      tok->encode_into(std::string_view(text).substr(conv_text.size()), ids, false);
+    } else {
+      ids = tok->encode(text, false);  // the template holds BOS
+    }
+    const GenerateResult r = gen.generate(ids, o, [](int32_t, const std::string& piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    });
+    std::printf("\n");
+    std::fflush(stdout);
+    print_stats(r);
+    messages.push_back({"assistant", r.text, {}});
+    // A reply cut by a stop string or the context has ids beyond its text: re-tokenize next.
+    conv_ids.clear();
+    const bool eos_end = r.stop_reason == StopReason::Eos;
+    if ((eos_end || r.stop_reason == StopReason::MaxTokens) && tok->eos_id() >= 0) {
+      conv_ids = ids;
+      conv_ids.insert(conv_ids.end(), r.ids.begin(), r.ids.end());
+      if (!eos_end) conv_ids.push_back(tok->eos_id());  // the template closes the turn
+      conv_text = tok::render_chat_deepseek_v3(messages, false, bos);
+    }
+  }
+}
+
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  auto a = std::make_shared<GenArgs>();
+  CLI::App* c = app.add_subcommand("generate", "Generate text (or token ids) from a prompt");
+  add_sampling_options(c, *a);
+  c->add_option("--prompt", a->prompt, "Text, tokenized with the model's tokenizer.json (BOS added)")
+      ->each([a](const std::string&) { a->prompt_given = true; });
+  c->add_option("--ids", a->ids, "Comma-separated prompt token ids, e.g. 0,5,17")
+      ->each([a](const std::string&) { a->ids_given = true; });
+  c->add_option("--max-new-tokens", a->max_new_tokens, "Most tokens to generate (default 128)");
+  c->add_flag("--json", a->json,
+              "Print one line {\"ids\",\"text\",\"stop_reason\",\"stats\"} instead of streaming");
+  c->callback([a] { run_generate(*a); });
+
+  auto b = std::make_shared<GenArgs>();
+  CLI::App* ch = app.add_subcommand(
+      "chat", "Chat in DeepSeek-V3's format: user lines from stdin (/reset clears, /exit or EOF ends)");
+  b->max_new_tokens = 512;
+  add_sampling_options(ch, *b);
+  ch->add_option("--system", b->system, "System prompt");
+  ch->add_option("--max-new-tokens", b->max_new_tokens, "Most tokens per reply (default 512)");
+  ch->callback([b] { run_chat(*b); });
+}
+
+}  // namespace dsv3::cli

@@ -1,0 +1,171 @@
+#include "infer/generate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+
+#include "core/check.h"
+#include "infer/stop.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsv3 {
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+const char* stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::Eos: return "eos";
+    case StopReason::MaxTokens: return "length";
+    case StopReason::StopString: return "stop";
+    case StopReason::Context: return "context";
+  }
+  return "?";
+}
+
+Generator::Generator(Model& model, const tok::Tokenizer* tokenizer, int64_t context)
+    : model_(model), tok_(tokenizer) {
+  DSV3_CHECK(context >= 0, "the context size must be positive, got ", context);
+  if (context == 0) context = std::min<int64_t>(model.config().max_position_embeddings, 4096);
+  cache_ = model_.new_cache(context);
+  logits_.resize(size_t(model_.vocab()));
+}
+
+void Generator::reset() {
+  history_.clear();
+  cache_.truncate(0);
+}
+
+void Generator::prefill(const std::vector<int32_t>& prompt, int64_t reuse) {
+  cache_.truncate(reuse);
+  ForwardArgs a;
+  a.ids = prompt.data() + reuse;
+  a.T = int64_t(prompt.size()) - reuse;
+  a.logits = logits_.data();
+  a.logits_from = a.T - 1;  // only the last position's logits are needed
+  model_.forward(cache_, a, scratch_);
+}
+
+void Generator::decode_step(Sampler& sampler, std::vector<int32_t>& out) {
+  DSV3_ASSERT(cache_.len + 1 == int64_t(history_.size()));
+  ForwardArgs a;
+  a.ids = &history_.back();
+  a.T = 1;
+  a.logits = logits_.data();
+  model_.forward(cache_, a, scratch_);
+  out.clear();
+  out.push_back(sampler.sample(logits_.data(), model_.vocab()));
+}
+
+GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const GenerateOptions& o,
+                                   const OnToken& on_token) {
+  const int64_t P = int64_t(prompt.size()), C = cache_.capacity, V = model_.vocab();
+  DSV3_CHECK(P > 0, "the prompt is empty: generation needs at least one token");
+  for (size_t i = 0; i < prompt.size(); ++i)
+    DSV3_CHECK(prompt[i] >= 0 && prompt[i] < V, "token id ", prompt[i], " at prompt position ", i,
+               " is outside the model's vocabulary [0, ", V, ")");
+  DSV3_CHECK(P <= C, "the prompt has ", P, " tokens, more than the context of ", C,
+             " positions (raise --context, at most max_position_embeddings = ",
+             model_.config().max_position_embeddings, ")");
+  DSV3_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", o.max_new_tokens);
+  DSV3_CHECK(o.stop.empty() || tok_, "stop strings need the model's tokenizer (tokenizer.json)");
+  validate(o.sampling);
+
+  std::vector<int32_t> eos;
+  if (o.stop_at_eos) {
+    if (model_.config().eos_token_id >= 0) eos.push_back(int32_t(model_.config().eos_token_id));
+    if (tok_ && tok_->eos_id() >= 0 && (eos.empty() || tok_->eos_id() != eos.front()))
+      eos.push_back(tok_->eos_id());
+  }
+
+  // Prefix reuse: positions [0, reuse) of the cache already hold prompt[0, reuse). At least
+  // one prompt token is forwarded, because the next token's logits come from the last one.
+  int64_t lcp = 0;
+  const int64_t held = std::min<int64_t>(cache_.len, int64_t(history_.size()));
+  while (lcp < held && lcp < P && history_[size_t(lcp)] == prompt[size_t(lcp)]) ++lcp;
+  const int64_t reuse = std::min(lcp, P - 1);
+
+  GenerateResult r;
+  GenerateStats& st = r.stats;
+  st.prompt_tokens = P;
+  st.reused_tokens = reuse;
+  st.prefill_tokens = P - reuse;
+
+  std::optional<tok::StreamDecoder> dec;
+  if (tok_) dec.emplace(*tok_);
+  StopMatcher stop(o.stop);
+  bool stopped = false;
+  // Takes one new token; returns true when it ends generation (EOS or a stop string).
+  const auto emit = [&](int32_t id) {
+    history_.push_back(id);
+    r.ids.push_back(id);
+    if (std::find(eos.begin(), eos.end(), id) != eos.end()) {
+      r.stop_reason = StopReason::Eos;
+      if (on_token) on_token(id, "");
+      return true;
+    }
+    std::string piece;
+    if (dec) piece = stop.push(dec->push(id));
+    r.text += piece;
+    if (on_token) on_token(id, piece);
+    if (stop.stopped()) r.stop_reason = StopReason::StopString;
+    return stop.stopped();
+  };
+
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    prefill(prompt, reuse);
+  } catch (...) {
+    reset();  // the cache may hold part of the prompt: forget it all
+    throw;
+  }
+  history_ = prompt;
+  st.prefill_s = seconds_since(t0);
+  Sampler sampler(o.sampling);
+  std::vector<int32_t> step;  // tokens one step produced (1 for plain decoding)
+  bool have_logits = true;    // logits_ are those of history_.back()'s position
+  t0 = std::chrono::steady_clock::now();
+  while (!stopped) {
+    if (int64_t(r.ids.size()) >= o.max_new_tokens) {
+      r.stop_reason = StopReason::MaxTokens;
+      break;
+    }
+    // history_ ≤ C keeps every held token placeable in the cache (the next turn's prefix).
+    if (int64_t(history_.size()) >= C) {
+      r.stop_reason = StopReason::Context;
+      break;
+    }
+    if (have_logits) {
+      step.assign(1, sampler.sample(logits_.data(), V));
+      have_logits = false;
+    } else {
+      decode_step(sampler, step);
+      ++st.decode_steps;
+    }
+    // A multi-token (speculative) step will also have to stop at max_new_tokens and C inside
+    // this loop and truncate the cache to the tokens kept.
+    for (int32_t id : step)
+      if ((stopped = emit(id))) break;
+  }
+  st.decode_s = seconds_since(t0);
+
+  if (dec && !stopped) {
+    // Flush an unfinished character and what the matcher held back; a stop string can
+    // still complete in the flushed bytes.
+    std::string tail = stop.push(dec->finish());
+    if (stop.stopped()) r.stop_reason = StopReason::StopString;
+    else tail += stop.finish();
+    r.text += tail;
+    if (on_token && !tail.empty()) on_token(-1, tail);
+  }
+  st.new_tokens = int64_t(r.ids.size());
+  st.prefill_tokens_per_s = st.prefill_s > 0 ? double(st.prefill_tokens) / st.prefill_s : 0;
+  st.decode_tokens_per_s = st.decode_s > 0 ? double(st.decode_steps) / st.decode_s : 0;
+  return r;
+}
+
+}  // namespace dsv3

@@ -1,0 +1,94 @@
+// Autoregressive text generation over a Model: a Generator owns the latent KV cache and the
+// token history it holds, so successive calls (chat turns) prefill only the tokens past the
+// longest common prefix of the cached history and the new prompt.
+//
+// One call: prefill the prompt's new part (one forward, logits of the last position only),
+// sample, then decode steps until a stop. A decode step is a separate function from the loop
+// (decode_step) so that another strategy — MTP drafting + a multi-token verify forward +
+// KvCache::truncate of the rejected tokens — can later produce several tokens per step
+// without changing how tokens are emitted, stopped on and counted.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "infer/sampler.h"
+#include "model/model.h"
+
+namespace dsv3 {
+
+namespace tok { class Tokenizer; }
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 128;    // ≥ 0
+  SamplingParams sampling;         // a fresh Sampler (seeded from sampling.seed) per call
+  std::vector<std::string> stop;   // stop strings (need a tokenizer); not part of the text
+  bool stop_at_eos = true;         // config eos_token_id, and the tokenizer's eos if different
+};
+
+enum class StopReason {
+  Eos,         // "eos": an end-of-sequence token was sampled (kept in ids, not in text)
+  MaxTokens,   // "length": max_new_tokens reached
+  StopString,  // "stop": a stop string completed (ids end with the token that completed it)
+  Context,     // "context": the history filled the context (prompt + new = --context)
+};
+const char* stop_reason_name(StopReason r);
+
+struct GenerateStats {
+  int64_t prompt_tokens = 0;   // the prompt given
+  int64_t reused_tokens = 0;   // prompt tokens already in the cache (prefix reuse)
+  int64_t prefill_tokens = 0;  // prompt tokens forwarded: prompt_tokens − reused_tokens
+  int64_t new_tokens = 0;
+  int64_t decode_steps = 0;    // decode forwards (the first new token comes from the prefill)
+  double prefill_s = 0, prefill_tokens_per_s = 0;
+  double decode_s = 0, decode_tokens_per_s = 0;  // decode tokens/s = decode_steps / decode_s
+};
+
+struct GenerateResult {
+  std::vector<int32_t> ids;  // the new tokens
+  std::string text;          // their text (empty without a tokenizer), stop string cut off
+  StopReason stop_reason = StopReason::MaxTokens;
+  GenerateStats stats;
+};
+
+// Called once per new token with the text that became safe to show (often "", e.g. inside
+// a UTF-8 character or a possible stop string), and at the end once with id = −1 for any
+// held-back text that turned out not to be a stop string.
+using OnToken = std::function<void(int32_t id, const std::string& text)>;
+
+class Generator {
+ public:
+  // context: the cache capacity in positions; 0 = min(max_position_embeddings, 4096).
+  // tokenizer may be null (no text, no stop strings); it must outlive the Generator.
+  Generator(Model& model, const tok::Tokenizer* tokenizer, int64_t context = 0);
+
+  // Throws dsv3::Error for an empty prompt, an id outside the vocabulary, a prompt longer
+  // than the context, stop strings without a tokenizer, or bad sampling parameters.
+  GenerateResult generate(const std::vector<int32_t>& prompt, const GenerateOptions& o,
+                          const OnToken& on_token = {});
+
+  // Forgets the history (the next call prefills its whole prompt).
+  void reset();
+  int64_t context() const { return cache_.capacity; }
+  // Prompt + generated tokens of the last call; the cache holds the first cached() of them.
+  const std::vector<int32_t>& history() const { return history_; }
+  int64_t cached() const { return cache_.len; }
+
+ private:
+  // Forwards prompt[reuse..) at cache position `reuse`; leaves the last position's logits.
+  void prefill(const std::vector<int32_t>& prompt, int64_t reuse);
+  // Plain decode strategy: forwards history_.back() (the one token not yet in the cache)
+  // and samples the next token into `out` (cleared first). A speculative strategy would
+  // append several accepted tokens here and roll the cache back over the rejected ones.
+  void decode_step(Sampler& sampler, std::vector<int32_t>& out);
+
+  Model& model_;
+  const tok::Tokenizer* tok_;
+  KvCache cache_;
+  std::vector<int32_t> history_;   // tokens whose positions are (or will be) in the cache
+  std::vector<float> logits_;      // [V]: the last forwarded position's logits
+  ForwardScratch scratch_;
+};
+
+}  // namespace dsv3
