@@ -12,6 +12,8 @@ void register_inspect(CLI::App& app);  // cmd_inspect.cpp
 void register_convert(CLI::App& app);  // cmd_convert.cpp
 void register_init(CLI::App& app);     // cmd_init.cpp
 void register_score(CLI::App& app);    // cmd_score.cpp
+void register_data(CLI::App& app);     // cmd_data.cpp: data prepare, data info
+void register_train(CLI::App& app);    // cmd_train.cpp
 void register_generate(CLI::App& app); // cmd_generate.cpp: generate, chat
 
 }  // namespace dsv3::cli

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   dsv3::cli::register_convert(app);
   dsv3::cli::register_init(app);
   dsv3::cli::register_score(app);
+  dsv3::cli::register_data(app);
+  dsv3::cli::register_train(app);
   dsv3::cli::register_generate(app);
   try {
     app.parse(argc, argv);

@@ -163,6 +163,7 @@ class Model:
         self.c, self.W = c, W
         self.route_margins = []  # every k-th/(k+1)-th and group gap seen
         self.absorb_err = 0.0
+        self.moe_trace = None  # a list to receive (layer prefix, scores, topk ids) of every MoE call
         rd, ys = c["qk_rope_head_dim"], c["rope_scaling"]
         self.freqs = frequencies(rd, float(c["rope_theta"]), ys)  # float64
         self.amp, scale = 1.0, 1.0 / math.sqrt(c["qk_nope_head_dim"] + rd)
@@ -256,6 +257,8 @@ class Model:
         if k < n_allowed:
             self.route_margins += (ssort[:, k - 1] - ssort[:, k]).tolist()
         ids = sidx[:, :k]  # [T, k], by descending biased score
+        if self.moe_trace is not None:  # train_ref.py: balance loss and expert loads
+            self.moe_trace.append((p, scores, ids))
         w = scores.gather(1, ids)  # unbiased scores
         if c["model_type"] == "deepseek_v3":
             if c["norm_topk_prob"]:

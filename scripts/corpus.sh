@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# scripts/corpus.sh [OUT_DIR]  (default data/corpus, gitignored)
+#
+# A small demo pretraining corpus from Debian packages, mirroring DeepSeek-V3's mix of
+# English, Chinese and code (report §4.1):
+#   en.jsonl    English: the `fortunes` files, one document per fortune (entries end at a
+#               line holding only `%`); kind "text"
+#   zh.jsonl    Chinese: `fortunes-zh` (chinese, tang300, song100; UTF-8 already, with ANSI
+#               colour escapes that we strip); kind "text"
+#   code.jsonl  C++: every file under /usr/include/c++/12 (libstdc++-12-dev), one document
+#               each; kind "code"
+# One JSON object per line: {"text": ..., "kind": "text"|"code", "source": ...}. Files and
+# entries are read in sorted order, so the output is byte-identical run to run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-data/corpus}
+fortunes=/usr/share/games/fortunes
+cxx=/usr/include/c++/12
+
+pkgs=(fortunes fortunes-zh libstdc++-12-dev python3)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "${missing[@]}" || { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; }
+fi
+
+mkdir -p "$out"
+python3 - "$out" "$fortunes" "$cxx" <<'EOF'
+import json, os, re, sys
+
+out, fortunes, cxx = sys.argv[1:4]
+ZH = ["chinese", "song100", "tang300"]
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")   # colour codes in fortunes-zh
+OVERSTRIKE = re.compile(r".\x08")             # "_\bX" underlining in old fortune files
+
+def read_text(path):
+    raw = open(path, "rb").read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")  # a few classic fortune files predate UTF-8
+
+def fortune_docs(path):
+    text = OVERSTRIKE.sub("", ANSI.sub("", read_text(path)))
+    doc = []
+    for line in text.split("\n") + ["%"]:
+        if line.rstrip("\r") == "%":
+            d = "\n".join(doc).strip("\n")
+            if d.strip():
+                yield d + "\n"
+            doc = []
+        else:
+            doc.append(line)
+
+def is_fortune_file(name):
+    p = os.path.join(fortunes, name)
+    return (os.path.isfile(p) and not os.path.islink(p) and "." not in name)
+
+stats = {}
+def write(fname, docs):
+    n = b = 0
+    with open(os.path.join(out, fname + ".tmp"), "w", encoding="utf-8", newline="\n") as f:
+        for text, kind, source in docs:
+            f.write(json.dumps({"text": text, "kind": kind, "source": source},
+                               ensure_ascii=False) + "\n")
+            n += 1
+            b += len(text.encode("utf-8"))
+    os.replace(os.path.join(out, fname + ".tmp"), os.path.join(out, fname))
+    stats[fname] = (n, b)
+
+names = sorted(n for n in os.listdir(fortunes) if is_fortune_file(n))
+en = [n for n in names if n not in ZH]
+write("en.jsonl", ((d, "text", "fortunes/" + n) for n in en
+                   for d in fortune_docs(os.path.join(fortunes, n))))
+write("zh.jsonl", ((d, "text", "fortunes-zh/" + n) for n in ZH if n in names
+                   for d in fortune_docs(os.path.join(fortunes, n))))
+code = []
+for root, dirs, files in os.walk(cxx):
+    dirs.sort()
+    for f in sorted(files):
+        p = os.path.join(root, f)
+        if os.path.isfile(p):
+            code.append((read_text(p), "code", "libstdc++-12/" + os.path.relpath(p, cxx)))
+code.sort(key=lambda c: c[2])
+write("code.jsonl", code)
+
+tot_n = sum(n for n, _ in stats.values())
+tot_b = sum(b for _, b in stats.values())
+for k, (n, b) in stats.items():
+    print(f"{os.path.join(out, k)}: {n} docs, {b} bytes ({b / 1e6:.2f} MB)")
+print(f"total: {tot_n} docs, {tot_b} bytes; kind text: "
+      f"{stats['en.jsonl'][1] + stats['zh.jsonl'][1]} bytes, kind code: {stats['code.jsonl'][1]} bytes")
+EOF

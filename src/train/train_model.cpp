@@ -1,0 +1,372 @@
+#include "train/train_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <omp.h>
+
+#include "core/check.h"
+#include "core/parallel.h"
+#include "kernels/loss.h"
+#include "kernels/norm.h"
+
+namespace dsv3 {
+namespace {
+
+template <class T>
+T* grow(std::vector<T>& v, int64_t n) {
+  if (v.size() < size_t(n)) v.resize(size_t(n));
+  return v.data();
+}
+
+const float* fp(const Weight& w) { return w.w.ptr<float>(); }
+float* fp_mut(const Weight& w) { return w.w.ptr<float>(); }
+
+constexpr int32_t kIgnore = -1;
+
+}  // namespace
+
+struct TrainModel::Impl {
+  const ParamSet& ps;
+  const ModelConfig& c;
+  TrainModelOptions o;
+  int64_t B, T, N, H, V, D;
+  float eps;
+  std::vector<float> rope_cos, rope_sin;
+  RopeTable rope;
+  float softmax_scale;
+  TLinearCtx lc;
+  TLinearScratch ls;
+  MlaTrainScratch mla_s;
+  MoeTrainScratch moe_s;
+
+  struct BlockState {
+    std::vector<float> x_in, h;  // [N, H] block input and the residual after attention
+    MlaTrainSaved mla;
+    MoeTrainSaved moe;
+    MlpTrainSaved mlp;
+  };
+  std::vector<BlockState> blocks;   // main layers, then one per MTP module
+  std::vector<float> x_last;        // [N, H] the last main block's output (before model.norm)
+  std::vector<float> hN, dhN;       // [N, H] after model.norm, and its gradient
+  std::vector<float> xn, dxn, a, f, dx, dh, rstd;  // work [N, H] / [N]
+  std::vector<float> logits, losses;
+  std::vector<int32_t> tgt;         // [N]
+
+  struct MtpState {
+    int64_t Tk = 0;                 // positions per sequence: T − k (those with a target)
+    std::vector<float> hprev;       // [B·Tk, H] h^{k−1} rows of those positions
+    std::vector<int32_t> ids, tgt;  // [B·Tk]
+    std::vector<float> cat;         // [N, 2H] [enorm(e) ; hnorm(h_prev)]
+    std::vector<float> x_pre;       // [N, H] block output before shared_head.norm
+    std::vector<float> hk, dhk;     // [N, H] after shared_head.norm, and its gradient
+    std::vector<float> e;           // [N, H] embedding rows
+  };
+  std::vector<MtpState> mtp;
+
+  Impl(const ParamSet& p, const TrainModelOptions& opt)
+      : ps(p), c(p.config()), o(opt), B(opt.batch), T(opt.seq_len), N(opt.batch * opt.seq_len),
+        H(c.hidden_size), V(c.vocab_size),
+        D(opt.mtp && p.with_mtp() ? c.num_nextn_predict_layers : 0), eps(float(c.rms_norm_eps)) {
+    DSV3_CHECK(B > 0 && T > 1, "batch and seq_len must be positive (seq_len ≥ 2)");
+    DSV3_CHECK(T <= c.max_position_embeddings, "seq_len ", T, " exceeds max_position_embeddings ",
+               c.max_position_embeddings);
+    const int64_t half = c.qk_rope_head_dim / 2;
+    rope_cos.resize(size_t(T * half));
+    rope_sin.resize(size_t(T * half));
+    YarnParams y;
+    const bool yarn = c.rope_scaling.type == "yarn";
+    if (yarn) {
+      y.factor = c.rope_scaling.factor;
+      y.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
+      y.beta_fast = c.rope_scaling.beta_fast;
+      y.beta_slow = c.rope_scaling.beta_slow;
+      y.mscale = c.rope_scaling.mscale;
+      y.mscale_all_dim = c.rope_scaling.mscale_all_dim;
+    }
+    rope_build_table(rope_cos.data(), rope_sin.data(), 0, T, c.qk_rope_head_dim, c.rope_theta,
+                     yarn ? &y : nullptr);
+    rope = RopeTable{rope_cos.data(), rope_sin.data(), T, c.qk_rope_head_dim};
+    softmax_scale = attention_softmax_scale(c.qk_head_dim(), yarn ? &y : nullptr);
+    lc.prec = o.precision;
+    lc.threads = o.threads;
+    blocks.resize(size_t(c.num_hidden_layers + D));
+    mtp.resize(size_t(D));
+  }
+
+  void embed(float* x, const float* table, const int32_t* ids, int64_t n) {
+    for (int64_t r = 0; r < n; ++r) {
+      DSV3_CHECK(ids[r] >= 0 && ids[r] < V, "token id ", ids[r], " outside the vocabulary [0, ", V, ")");
+      std::memcpy(x + r * H, table + int64_t(ids[r]) * H, size_t(H) * sizeof(float));
+    }
+  }
+  void embed_backward(float* dtable, const int32_t* ids, const float* dx, int64_t n) {
+    // Rows can repeat an id, so columns are split over threads rather than rows.
+    const int nt = resolve_threads(o.threads);
+#pragma omp parallel num_threads(nt)
+    {
+      int64_t c0, c1;
+      split_range(H, omp_get_num_threads(), omp_get_thread_num(), &c0, &c1);
+      for (int64_t r = 0; r < n; ++r) {
+        float* d = dtable + int64_t(ids[r]) * H;
+        const float* s = dx + r * H;
+        for (int64_t j = c0; j < c1; ++j) d[j] += s[j];
+      }
+    }
+  }
+
+  void norm_fwd(float* out, const float* x, const float* w, int64_t n, float* rs = nullptr) {
+    rmsnorm_forward(out, H, rs, x, H, w, n, H, eps, o.threads);
+  }
+
+  // out = ffn(xn) for block lw.
+  void ffn_forward(float* out, const float* x, int64_t Tb, const LayerWeights& lw, const float* bias,
+                   BlockState& bs, StepLosses* L, int64_t layer) {
+    if (lw.is_moe) {
+      MoeStats st;
+      moe_train_forward(out, x, B, Tb, c, lw.moe, bias, float(o.balance_alpha), lc, bs.moe, moe_s, &st);
+      if (L) {
+        L->balance += st.balance_loss;
+        L->load.push_back(st.load);
+        L->moe_layer.push_back(layer);
+      }
+    } else {
+      mlp_train_forward(out, x, B * Tb, H, lw.mlp, lc, bs.mlp, moe_s.mlp);
+    }
+  }
+
+  // x [B·Tb, H] in place: block input -> block output (Tb tokens per sequence).
+  void block_forward(float* x, int64_t Tb, const LayerWeights& lw, BlockState& bs, StepLosses* L,
+                     int64_t layer, const float* bias) {
+    const int64_t n = B * Tb;
+    bs.x_in.assign(x, x + n * H);
+    bs.h.resize(size_t(n * H));
+    float* xn_ = grow(xn, n * H);
+    float* a_ = grow(a, n * H);
+    norm_fwd(xn_, x, fp(lw.input_layernorm), n);
+    mla_train_forward(a_, xn_, B, Tb, c, lw.self_attn, rope, softmax_scale, lc, bs.mla, mla_s);
+    for (int64_t i = 0; i < n * H; ++i) bs.h[size_t(i)] = x[i] + a_[i];
+    norm_fwd(xn_, bs.h.data(), fp(lw.post_attention_layernorm), n);
+    float* f_ = grow(f, n * H);
+    ffn_forward(f_, xn_, Tb, lw, bias, bs, L, layer);
+    for (int64_t i = 0; i < n * H; ++i) x[i] = bs.h[size_t(i)] + f_[i];
+  }
+
+  // d [B·Tb, H] in place: dL/d(block output) -> dL/d(block input). Grads added into g.
+  void block_backward(float* d, int64_t Tb, const LayerWeights& lw, LayerWeights& g, BlockState& bs) {
+    const int64_t n = B * Tb;
+    float* xn_ = grow(xn, n * H);
+    float* dxn_ = grow(dxn, n * H);
+    float* rs = grow(rstd, n);
+    // out = h + ffn(norm2(h))
+    norm_fwd(xn_, bs.h.data(), fp(lw.post_attention_layernorm), n, rs);  // recompute (§3.3)
+    if (lw.is_moe)
+      moe_train_backward(dxn_, d, xn_, c, lw.moe, g.moe, float(o.balance_alpha), 1.0f / float(B), lc,
+                         bs.moe, moe_s);
+    else
+      mlp_train_backward(dxn_, d, xn_, n, H, lw.mlp, g.mlp, lc, bs.mlp, moe_s.mlp);
+    rmsnorm_backward(d, H, fp_mut(g.post_attention_layernorm), dxn_, H, bs.h.data(), H,
+                     fp(lw.post_attention_layernorm), rs, n, H, true, o.threads);
+    // h = x + attn(norm1(x))
+    norm_fwd(xn_, bs.x_in.data(), fp(lw.input_layernorm), n, rs);
+    mla_train_backward(dxn_, d, xn_, B, Tb, c, lw.self_attn, g.self_attn, rope, softmax_scale, lc,
+                       bs.mla, mla_s);
+    rmsnorm_backward(d, H, fp_mut(g.input_layernorm), dxn_, H, bs.x_in.data(), H,
+                     fp(lw.input_layernorm), rs, n, H, true, o.threads);
+  }
+
+  // Head + cross-entropy over rows in chunks. h [N, H]; returns the mean loss over valid
+  // targets; with grads, dh [N, H] is written (= loss_weight · dmean/dh) and dW added.
+  double head_ce(const float* h, const int32_t* t, int64_t N, const float* W, float* dW, float* dh,
+                 double loss_weight) {
+    const int64_t n_valid = count_valid_targets(t, N, kIgnore);
+    if (n_valid == 0) {
+      if (dh) std::memset(dh, 0, size_t(N * H) * sizeof(float));
+      return 0.0;
+    }
+    const int64_t R = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(16) << 20) / V));
+    float* lg = grow(logits, R * V);
+    float* ls_ = grow(losses, R);
+    double sum = 0;
+    const float scale = float(loss_weight / double(n_valid));
+    for (int64_t r0 = 0; r0 < N; r0 += R) {
+      const int64_t r = std::min(R, N - r0);
+      tlinear_forward(lg, h + r0 * H, W, r, V, H, lc, ls);
+      if (dh) {
+        cross_entropy_forward_backward(ls_, lg, V, t + r0, scale, r, V, kIgnore, o.threads);
+        tlinear_backward(dh + r0 * H, dW, lg, h + r0 * H, W, r, V, H, lc, ls);
+      } else {
+        cross_entropy_forward(ls_, nullptr, lg, V, t + r0, r, V, kIgnore, o.threads);
+      }
+      for (int64_t i = 0; i < r; ++i)
+        if (t[r0 + i] != kIgnore) sum += ls_[i];
+    }
+    return sum / double(n_valid);
+  }
+
+  StepLosses step(const int32_t* ids, const float* params, float* grads) {
+    ModelWeights pw = ps.bind(const_cast<float*>(params));
+    ModelWeights gw;
+    if (grads) gw = ps.bind(grads);
+    StepLosses L;
+    const int64_t T1 = T + 1;
+    std::vector<int32_t> in(static_cast<size_t>(N));
+    int32_t* tg = grow(tgt, N);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        in[size_t(b * T + t)] = ids[b * T1 + t];
+        tg[b * T + t] = ids[b * T1 + t + 1];
+      }
+    for (int64_t r = 0; r < N; ++r)
+      DSV3_CHECK(tg[r] >= 0 && tg[r] < V, "token id ", tg[r], " outside the vocabulary [0, ", V, ")");
+    // ---- main forward ----
+    std::vector<float> x(static_cast<size_t>(N * H));
+    embed(x.data(), fp(pw.embed_tokens), in.data(), N);
+    const int64_t Lm = c.num_hidden_layers;
+    for (int64_t l = 0; l < Lm; ++l) {
+      const LayerWeights& lw = pw.layers[size_t(l)];
+      block_forward(x.data(), T, lw, blocks[size_t(l)], &L, l, router_bias(lw));
+    }
+    x_last = x;
+    float* hn = grow(hN, N * H);
+    norm_fwd(hn, x.data(), fp(pw.norm), N);
+    float* dhn = grads ? grow(dhN, N * H) : nullptr;
+    L.main = head_ce(hn, tg, N, fp(pw.lm_head), grads ? fp_mut(gw.lm_head) : nullptr, dhn, 1.0);
+
+    // ---- MTP forward (report §2.2): module k over the T − k positions with a target ----
+    const double lam = D > 0 ? o.mtp_lambda / double(D) : 0.0;
+    for (int64_t k = 1; k <= D; ++k) {
+      MtpState& m = mtp[size_t(k - 1)];
+      const MtpWeights& mw = pw.mtp[size_t(k - 1)];
+      const int64_t Tk = T - k, Nk = B * Tk, Tp = Tk + 1;  // Tp: rows per sequence of h^{k-1}
+      m.Tk = Tk;
+      m.ids.resize(size_t(Nk));
+      m.tgt.resize(size_t(Nk));
+      m.hprev.resize(size_t(Nk * H));
+      const float* prev = k == 1 ? hN.data() : mtp[size_t(k - 2)].hk.data();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < Tk; ++i) {
+          m.ids[size_t(b * Tk + i)] = ids[b * T1 + i + k];
+          m.tgt[size_t(b * Tk + i)] = ids[b * T1 + i + k + 1];
+          std::memcpy(&m.hprev[size_t((b * Tk + i) * H)], prev + (b * Tp + i) * H, size_t(H) * sizeof(float));
+        }
+      m.e.resize(size_t(Nk * H));
+      embed(m.e.data(), fp(mw.embed_tokens), m.ids.data(), Nk);
+      m.cat.resize(size_t(Nk * 2 * H));
+      rmsnorm_forward(m.cat.data(), 2 * H, nullptr, m.e.data(), H, fp(mw.enorm), Nk, H, eps, o.threads);
+      rmsnorm_forward(m.cat.data() + H, 2 * H, nullptr, m.hprev.data(), H, fp(mw.hnorm), Nk, H, eps,
+                      o.threads);
+      m.x_pre.resize(size_t(Nk * H));
+      tlinear_forward(m.x_pre.data(), m.cat.data(), fp(mw.eh_proj), Nk, H, 2 * H, lc, ls);
+      block_forward(m.x_pre.data(), Tk, mw.block, blocks[size_t(Lm + k - 1)], &L, Lm + k - 1,
+                    router_bias(mw.block));
+      m.hk.resize(size_t(Nk * H));
+      norm_fwd(m.hk.data(), m.x_pre.data(), fp(mw.shared_head_norm), Nk);
+      m.dhk.assign(size_t(Nk * H), 0.0f);
+      const double lk = head_ce(m.hk.data(), m.tgt.data(), Nk, fp(mw.shared_head_head),
+                                grads ? fp_mut(gw.mtp[size_t(k - 1)].shared_head_head) : nullptr,
+                                grads ? m.dhk.data() : nullptr, lam);
+      L.mtp.push_back(lk);
+    }
+    L.total = L.main + L.balance;
+    for (double v : L.mtp) L.total += lam * v;
+    if (!grads) return L;
+
+    // ---- MTP backward, last module first (module k feeds module k+1) ----
+    for (int64_t k = D; k >= 1; --k) {
+      MtpState& m = mtp[size_t(k - 1)];
+      const MtpWeights& mw = pw.mtp[size_t(k - 1)];
+      MtpWeights& mg = gw.mtp[size_t(k - 1)];
+      const int64_t Tk = m.Tk, Nk = B * Tk, Tp = Tk + 1;
+      float* rs = grow(rstd, Nk);
+      // h^k = shared_head.norm(x_pre)
+      std::vector<float> d(static_cast<size_t>(Nk * H));
+      norm_fwd(grow(xn, Nk * H), m.x_pre.data(), fp(mw.shared_head_norm), Nk, rs);
+      rmsnorm_backward(d.data(), H, fp_mut(mg.shared_head_norm), m.dhk.data(), H, m.x_pre.data(), H,
+                       fp(mw.shared_head_norm), rs, Nk, H, false, o.threads);
+      block_backward(d.data(), Tk, mw.block, mg.block, blocks[size_t(Lm + k - 1)]);
+      // x_pre came out of the block; the block's input was eh_proj(cat): d is its gradient now.
+      std::vector<float> dcat(static_cast<size_t>(Nk * 2 * H));
+      tlinear_backward(dcat.data(), fp_mut(mg.eh_proj), d.data(), m.cat.data(), fp(mw.eh_proj), Nk, H,
+                       2 * H, lc, ls);
+      // enorm(e): into the (shared) embedding rows.
+      std::vector<float> de(static_cast<size_t>(Nk * H));
+      norm_fwd(grow(xn, Nk * H), m.e.data(), fp(mw.enorm), Nk, rs);
+      rmsnorm_backward(de.data(), H, fp_mut(mg.enorm), dcat.data(), 2 * H, m.e.data(), H, fp(mw.enorm),
+                       rs, Nk, H, false, o.threads);
+      embed_backward(fp_mut(mg.embed_tokens), m.ids.data(), de.data(), Nk);
+      // hnorm(h^{k-1}): into dhN (k = 1) or the previous module's dh, rows i < Tk.
+      std::vector<float> dprev_g(static_cast<size_t>(Nk * H));
+      norm_fwd(grow(xn, Nk * H), m.hprev.data(), fp(mw.hnorm), Nk, rs);
+      rmsnorm_backward(dprev_g.data(), H, fp_mut(mg.hnorm), dcat.data() + H, 2 * H, m.hprev.data(), H,
+                       fp(mw.hnorm), rs, Nk, H, false, o.threads);
+      float* dprev = k == 1 ? dhN.data() : mtp[size_t(k - 2)].dhk.data();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < Tk; ++i) {
+          float* dst = dprev + (b * Tp + i) * H;
+          const float* src = &dprev_g[size_t((b * Tk + i) * H)];
+          for (int64_t j = 0; j < H; ++j) dst[j] += src[j];
+        }
+    }
+
+    // ---- main backward ----
+    float* rs = grow(rstd, N);
+    std::vector<float> d(static_cast<size_t>(N * H));
+    norm_fwd(grow(xn, N * H), x_last.data(), fp(pw.norm), N, rs);
+    rmsnorm_backward(d.data(), H, fp_mut(gw.norm), dhN.data(), H, x_last.data(), H, fp(pw.norm), rs, N,
+                     H, false, o.threads);
+    for (int64_t l = Lm - 1; l >= 0; --l)
+      block_backward(d.data(), T, pw.layers[size_t(l)], gw.layers[size_t(l)], blocks[size_t(l)]);
+    embed_backward(fp_mut(gw.embed_tokens), in.data(), d.data(), N);
+    return L;
+  }
+
+  // The router bias steers selection only for noaux_tc (report §2.1.2).
+  const float* router_bias(const LayerWeights& lw) const {
+    return lw.is_moe && c.has_router_bias() && lw.moe.e_score_correction_bias.present()
+               ? fp(lw.moe.e_score_correction_bias) : nullptr;
+  }
+};
+
+TrainModel::TrainModel(const ParamSet& ps, const TrainModelOptions& o)
+    : impl_(std::make_unique<Impl>(ps, o)), o_(o) {}
+TrainModel::~TrainModel() = default;
+
+std::vector<double> update_router_bias(const ModelWeights& pw, const ModelConfig& c,
+                                       const StepLosses& L, double gamma) {
+  std::vector<double> maxvio;
+  for (size_t i = 0; i < L.load.size(); ++i) {
+    const std::vector<int64_t>& load = L.load[i];
+    double mean = 0;
+    int64_t mx = 0;
+    for (int64_t v : load) {
+      mean += double(v);
+      mx = std::max(mx, v);
+    }
+    mean /= double(load.size());
+    maxvio.push_back(mean > 0 ? (double(mx) - mean) / mean : 0.0);
+    const int64_t l = L.moe_layer[i];
+    const LayerWeights& lw = l < c.num_hidden_layers ? pw.layers[size_t(l)]
+                                                     : pw.mtp[size_t(l - c.num_hidden_layers)].block;
+    if (gamma > 0 && lw.moe.e_score_correction_bias.present()) {
+      float* b = lw.moe.e_score_correction_bias.w.ptr<float>();
+      for (size_t e = 0; e < load.size(); ++e) {
+        const double d = mean - double(load[e]);
+        b[e] += float(gamma * double((d > 0) - (d < 0)));
+      }
+    }
+  }
+  return maxvio;
+}
+
+void TrainModel::set_mtp_lambda(double lambda) {
+  o_.mtp_lambda = lambda;
+  impl_->o.mtp_lambda = lambda;
+}
+
+StepLosses TrainModel::step(const int32_t* ids, const float* params, float* grads) {
+  return impl_->step(ids, params, grads);
+}
+
+}  // namespace dsv3

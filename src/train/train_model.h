@@ -1,0 +1,60 @@
+// One training step's forward and backward over a batch (docs/training.md): embedding,
+// blocks (MLA + dense SwiGLU or DeepSeekMoE, residuals, RMSNorms recomputed in backward),
+// final norm, the head and cross-entropy in row chunks (B·T×V logits never exist at once),
+// the MTP modules with their λ/D-weighted losses, and the sequence-wise balance loss.
+// Gradients are added into a second ParamSet-shaped arena.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kernels/rope.h"
+#include "train/mla_train.h"
+#include "train/moe_train.h"
+#include "train/params.h"
+#include "train/tlinear.h"
+
+namespace dsv3 {
+
+struct TrainModelOptions {
+  int64_t batch = 4, seq_len = 256;   // B windows of T + 1 tokens
+  Precision precision = Precision::BF16;
+  bool mtp = true;                    // train the MTP modules (when the config has them)
+  double mtp_lambda = 0.3;            // L_MTP = λ/D Σ L_k
+  double balance_alpha = 1e-4;        // sequence-wise balance loss weight (0: off)
+  int threads = 0;
+};
+
+struct StepLosses {
+  double main = 0;                    // mean CE of the main head
+  std::vector<double> mtp;            // mean CE per MTP module (before λ/D)
+  double balance = 0;                 // Σ over MoE layers of the batch-mean balance loss
+  double total = 0;                   // main + λ/D Σ mtp + balance
+  std::vector<std::vector<int64_t>> load;  // per MoE layer (main, then MTP blocks): [E]
+  std::vector<int64_t> moe_layer;     // the layer index of each entry of load
+};
+
+class TrainModel {
+ public:
+  TrainModel(const ParamSet& ps, const TrainModelOptions& o);
+  ~TrainModel();
+  const TrainModelOptions& options() const { return o_; }
+  void set_mtp_lambda(double lambda);  // the report's schedule: 0.3 early, 0.1 late
+
+  // ids [B, T + 1]; params/grads are arenas of ps.numel() floats; gradients are ADDED.
+  // Returns the losses; with grads == nullptr only the forward runs (evaluation).
+  StepLosses step(const int32_t* ids, const float* params, float* grads);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  TrainModelOptions o_;
+};
+
+// Aux-loss-free balancing after the optimizer step (report §2.1.2): per MoE layer of the step,
+// b_i += γ·sign(mean_load − load_i) (overloaded experts go down). Also returns MaxVio per
+// layer, (max_i load_i − mean)/mean, in the order of L.load. pw: the parameter views.
+std::vector<double> update_router_bias(const ModelWeights& pw, const ModelConfig& c,
+                                       const StepLosses& L, double gamma);
+
+}  // namespace dsv3

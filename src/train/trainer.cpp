@@ -1,0 +1,289 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/check.h"
+#include "core/parallel.h"
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "io/checkpoint.h"
+#include "io/file_util.h"
+#include "io/model_writer.h"
+#include "io/safetensors.h"
+#include "train/optim.h"
+#include "train/params.h"
+#include "train/train_model.h"
+
+namespace dsv3 {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+volatile std::sig_atomic_t g_signal = 0;
+extern "C" void dsv3_on_signal(int s) { g_signal = s; }
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string step_name(int64_t step) {
+  char b[32];
+  std::snprintf(b, sizeof b, "step-%06lld", (long long)step);
+  return b;
+}
+
+std::string fmt_duration(double s) {
+  char b[32];
+  if (s < 0 || !std::isfinite(s)) return "?";
+  if (s < 60) std::snprintf(b, sizeof b, "%.0fs", s);
+  else if (s < 3600) std::snprintf(b, sizeof b, "%dm%02ds", int(s) / 60, int(s) % 60);
+  else std::snprintf(b, sizeof b, "%dh%02dm", int(s) / 3600, int(s) / 60 % 60);
+  return b;
+}
+
+// The tokenizer files to copy into a checkpoint: tokenizer.json (+ tokenizer_config.json).
+std::vector<fs::path> tokenizer_files(const std::string& tok) {
+  std::vector<fs::path> out;
+  if (tok.empty()) return out;
+  fs::path p(tok);
+  fs::path dir = fs::is_directory(p) ? p : p.parent_path();
+  fs::path json_file = fs::is_directory(p) ? p / "tokenizer.json" : p;
+  DSV3_CHECK(fs::exists(json_file), "tokenizer '", tok, "': no tokenizer.json there");
+  out.push_back(json_file);
+  if (fs::exists(dir / "tokenizer_config.json")) out.push_back(dir / "tokenizer_config.json");
+  return out;
+}
+
+struct State {
+  const TrainConfig& cfg;
+  const ParamSet& ps;
+  std::vector<float>& params;
+  AdamW& adam;
+};
+
+void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step, double tokens,
+                     const std::string& out) {
+  const std::string name = step_name(step);
+  const fs::path tmp = fs::path(out) / (".tmp-" + name);
+  fs::remove_all(tmp);
+  fs::create_directories(tmp / "trainer");
+  ModelWriteOptions wo;
+  wo.format = parse_checkpoint_format(st.cfg.checkpoint_format);
+  wo.with_mtp = st.ps.with_mtp();
+  write_model_checkpoint(st.cfg.model, tmp.string(),
+                         [&](const WeightSpec& s) {
+                           const ParamInfo* p = st.ps.find(s.name);
+                           DSV3_ASSERT(p != nullptr);
+                           return st.ps.view(st.params.data(), *p);
+                         },
+                         wo);
+  for (const fs::path& f : tokenizer_files(st.cfg.tokenizer))
+    fs::copy_file(f, tmp / f.filename(), fs::copy_options::overwrite_existing);
+  SafetensorsWriter w((tmp / "trainer" / "state.safetensors").string());
+  const int64_t n = st.ps.numel();
+  w.add("params", TensorView(st.params.data(), DType::F32, {n}));
+  w.add("adam_m", TensorView(st.adam.m().data(), DType::F32, {n}));
+  w.add("adam_v", TensorView(st.adam.v().data(), DType::F32, {n}));
+  w.finish();
+  json j;
+  j["step"] = step;
+  j["adam_t"] = st.adam.step_count();
+  j["tokens"] = tokens;
+  j["loader"] = json::parse(ls.to_json());
+  j["config"] = st.cfg.text;
+  write_file_atomic((tmp / "trainer" / "trainer_state.json").string(), j.dump(1));
+  const fs::path final_dir = fs::path(out) / name;
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  write_file_atomic((fs::path(out) / "latest").string(), name + "\n");
+  // Keep the newest keep_checkpoints.
+  std::vector<std::string> all;
+  for (const auto& e : fs::directory_iterator(out))
+    if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0)
+      all.push_back(e.path().filename().string());
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i + size_t(st.cfg.keep_checkpoints) < all.size(); ++i)
+    fs::remove_all(fs::path(out) / all[i]);
+}
+
+// Canonical form of what must match between a checkpoint and the run resuming it.
+std::string resume_key(const TrainConfig& c) {
+  json j;
+  j["model"] = json::parse(model_config_to_json(c.model));
+  j["batch"] = c.batch;
+  j["seq_len"] = c.seq_len;
+  j["mtp"] = c.mtp;
+  return j.dump();
+}
+
+}  // namespace
+
+int run_training(const TrainRunOptions& o) {
+  DSV3_CHECK(!o.config_path.empty() && !o.data_dir.empty() && !o.out_dir.empty(),
+             "dsv3 train needs --config, --data and --out");
+  if (o.threads > 0) set_num_threads(o.threads);
+  const TrainConfig cfg = load_train_config(o.config_path);
+  const int64_t steps = o.steps > 0 ? o.steps : cfg.steps;
+  const data::DataSet ds = data::DataSet::open(
+      o.data_dir, cfg.tokenizer.empty() ? "" : data::tokenizer_hash(cfg.tokenizer));
+  DSV3_CHECK(ds.meta().vocab_size <= cfg.model.vocab_size, o.data_dir, ": the data's vocabulary (",
+             ds.meta().vocab_size, ") is larger than the model's vocab_size (", cfg.model.vocab_size, ")");
+  DSV3_CHECK(ds.meta().n_tokens > 0, o.data_dir, ": the data set holds no tokens");
+  fs::create_directories(o.out_dir);
+
+  ParamSet ps(cfg.model, cfg.mtp);
+  std::vector<float> params(size_t(ps.numel())), grads(size_t(ps.numel()));
+  AdamW adam(ps, cfg.adam);
+  data::LoaderOptions lo;
+  lo.seq_len = cfg.seq_len;
+  lo.batch = cfg.batch;
+  lo.seed = cfg.seed;
+  lo.fim_rate = cfg.fim_rate;
+  data::Loader loader(ds, lo);
+  int64_t start = 0;
+  double tokens = 0;
+  if (o.resume) {
+    const fs::path latest = fs::path(o.out_dir) / "latest";
+    DSV3_CHECK(fs::exists(latest), "--resume: ", o.out_dir, " has no checkpoint (no 'latest' file)");
+    std::string name = read_text_file(latest.string());
+    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+    const fs::path dir = fs::path(o.out_dir) / name;
+    const json j = json::parse(read_text_file((dir / "trainer" / "trainer_state.json").string()));
+    const TrainConfig saved = parse_train_config(j.at("config").get<std::string>(),
+                                                 (dir / "trainer").string(),
+                                                 fs::path(o.config_path).parent_path().string());
+    DSV3_CHECK(resume_key(saved) == resume_key(cfg), "--resume: ", dir.string(),
+               " was trained with a different model, batch, seq_len or MTP setting than ",
+               o.config_path, "; start a new --out or restore the original config");
+    SafetensorsFile f((dir / "trainer" / "state.safetensors").string());
+    auto get = [&](const char* nm, std::vector<float>& dst) {
+      const SafetensorsEntry* e = f.find(nm);
+      DSV3_CHECK(e != nullptr, f.path(), ": no tensor '", nm, "'");
+      const TensorView v = f.view(*e);
+      DSV3_CHECK(v.dtype == DType::F32 && v.numel() == int64_t(dst.size()), f.path(), ": tensor '", nm,
+                 "' does not match this model (", v.numel(), " values, expected ", dst.size(), ")");
+      std::memcpy(dst.data(), v.data, dst.size() * sizeof(float));
+    };
+    get("params", params);
+    get("adam_m", adam.m());
+    get("adam_v", adam.v());
+    adam.set_step_count(j.at("adam_t").get<int64_t>());
+    start = j.at("step").get<int64_t>();
+    tokens = j.value("tokens", 0.0);
+    loader.restore(data::LoaderState::from_json(j.at("loader").dump()));
+    std::fprintf(stderr, "resumed from %s at step %lld\n", dir.string().c_str(), (long long)start);
+  } else {
+    ps.init(params.data(), cfg.seed);
+  }
+
+  TrainModelOptions mo;
+  mo.batch = cfg.batch;
+  mo.seq_len = cfg.seq_len;
+  mo.precision = cfg.precision;
+  mo.mtp = cfg.mtp;
+  mo.balance_alpha = cfg.balance_alpha;
+  mo.threads = o.threads;
+  TrainModel model(ps, mo);
+  ModelWeights pw = ps.bind(params.data());
+  const State st{cfg, ps, params, adam};
+
+  std::signal(SIGINT, dsv3_on_signal);
+  std::signal(SIGTERM, dsv3_on_signal);
+  FILE* metrics = std::fopen((fs::path(o.out_dir) / "metrics.jsonl").c_str(), o.resume ? "a" : "w");
+  DSV3_CHECK(metrics != nullptr, o.out_dir, ": cannot write metrics.jsonl");
+  const bool tty = isatty(2);
+  std::vector<int32_t> batch;
+  double ema_tps = 0, t_start = now_s();
+  const double tok_per_step = double(cfg.batch * cfg.seq_len);
+  int exit_code = 0;
+  int64_t step = start;
+  std::string stopped;
+  for (; step < steps; ++step) {
+    const double t0 = now_s();
+    loader.next(batch);
+    std::fill(grads.begin(), grads.end(), 0.0f);
+    model.set_mtp_lambda(cfg.mtp_lambda_at(step));
+    const StepLosses L = model.step(batch.data(), params.data(), grads.data());
+    const double gnorm = clip_grad_norm(ps, grads.data(), cfg.grad_clip);
+    if (!std::isfinite(L.total) || !std::isfinite(gnorm)) {
+      std::fprintf(stderr, "%sdsv3 train: the loss is %s at step %lld (grad norm %g); stopping. The "
+                   "last good checkpoint is %s\n", tty ? "\n" : "",
+                   std::isfinite(L.total) ? "finite but the gradient is not" : "not finite",
+                   (long long)step, gnorm,
+                   fs::exists(fs::path(o.out_dir) / "latest")
+                       ? (fs::path(o.out_dir) / read_text_file((fs::path(o.out_dir) / "latest").string())).string().c_str()
+                       : "(none written yet)");
+      exit_code = 3;
+      break;
+    }
+    const double lr = cfg.lr.at(step);
+    adam.step(params.data(), grads.data(), lr);
+    // Aux-loss-free balancing (report §2.1.2): b_i += γ·sign(mean_load − load_i).
+    const std::vector<double> maxvio = update_router_bias(pw, cfg.model, L, cfg.gamma_at(step));
+    tokens += tok_per_step;
+    const double dt = now_s() - t0;
+    const double tps = tok_per_step / dt;
+    ema_tps = ema_tps == 0 ? tps : 0.9 * ema_tps + 0.1 * tps;
+    if ((step + 1) % cfg.log_every == 0 || step + 1 == steps) {
+      json m;
+      m["step"] = step + 1;
+      m["loss"] = L.total;
+      m["main_loss"] = L.main;
+      m["mtp_loss"] = L.mtp;
+      m["balance_loss"] = L.balance;
+      m["lr"] = lr;
+      m["grad_norm"] = gnorm;
+      m["tokens"] = tokens;
+      m["tokens_per_s"] = tps;
+      m["maxvio"] = maxvio;
+      m["moe_layers"] = L.moe_layer;
+      m["load"] = L.load;
+      m["time_s"] = now_s() - t_start;
+      std::fprintf(metrics, "%s\n", m.dump().c_str());
+      std::fflush(metrics);
+    }
+    if (!o.quiet) {
+      const double eta = double(steps - step - 1) * tok_per_step / std::max(ema_tps, 1e-9);
+      const int width = 20, done = int(double(width) * double(step + 1) / double(steps));
+      std::string bar(size_t(done), '#');
+      bar.resize(size_t(width), '.');
+      char line[256];
+      std::snprintf(line, sizeof line, "step %lld/%lld [%s] loss %.4f mtp %s bal %.2e | %.0f tok/s | ETA %s",
+                    (long long)(step + 1), (long long)steps, bar.c_str(), L.main,
+                    L.mtp.empty() ? "-" : std::to_string(L.mtp[0]).substr(0, 6).c_str(), L.balance,
+                    ema_tps, fmt_duration(eta).c_str());
+      if (tty) std::fprintf(stderr, "\r%s\033[K", line);
+      else if ((step + 1) % std::max<int64_t>(1, steps / 20) == 0 || step + 1 == steps)
+        std::fprintf(stderr, "%s\n", line);
+    }
+    const bool ckpt_due = cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0;
+    if (g_signal) {
+      stopped = g_signal == SIGINT ? "SIGINT" : "SIGTERM";
+      exit_code = g_signal == SIGINT ? 130 : 143;
+      ++step;
+      break;
+    }
+    if (ckpt_due && step + 1 < steps) save_checkpoint(st, loader.state(), step + 1, tokens, o.out_dir);
+  }
+  std::fclose(metrics);
+  if (tty && !o.quiet) std::fprintf(stderr, "\n");
+  if (exit_code == 3) return exit_code;
+  save_checkpoint(st, loader.state(), step, tokens, o.out_dir);
+  const std::string where = (fs::path(o.out_dir) / step_name(step)).string();
+  if (!stopped.empty())
+    std::fprintf(stderr, "dsv3 train: %s received; saved %s (resume with --resume)\n", stopped.c_str(),
+                 where.c_str());
+  else
+    std::fprintf(stderr, "dsv3 train: %lld steps done; checkpoint %s\n", (long long)step, where.c_str());
+  return exit_code;
+}
+
+}  // namespace dsv3

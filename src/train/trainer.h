@@ -1,0 +1,35 @@
+// `dsv3 train`: the loop around TrainModel — data, AdamW with the LR schedule and gradient
+// clipping, the aux-loss-free bias update, metrics (JSONL), a progress line, checkpoints in
+// the Hugging Face layout that `dsv3 score/generate/chat` load directly, exact resume, and
+// a safe stop on SIGINT/SIGTERM or a non-finite loss.
+//
+// OUT/ after a run:
+//   metrics.jsonl            one line per logged step
+//   step-000200/             a checkpoint: config.json, model.safetensors (BF16 by default),
+//                            tokenizer.json (+ tokenizer_config.json), trainer/ (F32 master
+//                            weights and AdamW moments, trainer_state.json: step, data
+//                            position, the config text)
+//   latest                   the name of the newest complete checkpoint
+// Checkpoints are written into a temporary directory and renamed: a crash mid-write leaves the
+// previous checkpoint and `latest` intact.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "train/train_config.h"
+
+namespace dsv3 {
+
+struct TrainRunOptions {
+  std::string config_path, data_dir, out_dir;
+  int64_t steps = -1;     // overrides the config's steps (the schedule keeps the config's)
+  bool resume = false;
+  int threads = 0;
+  bool quiet = false;     // no progress line
+};
+
+// Returns the process exit code: 0 done, 130/143 stopped by a signal (checkpoint saved),
+// 3 stopped on a non-finite loss (last good checkpoint kept).
+int run_training(const TrainRunOptions& o);
+
+}  // namespace dsv3
