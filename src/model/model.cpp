@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 
 #include "core/check.h"
 #include "core/dtype.h"
@@ -43,6 +44,10 @@ void KvCache::truncate(int64_t n) {
 
 Model::Model(const std::string& dir, const ModelOptions& o) : threads_(resolve_threads(o.threads)) {
   DSV3_CHECK(!dir.empty(), "no model directory given");
+  DSV3_CHECK(std::filesystem::is_directory(dir), dir, ": not a directory (expected a model directory "
+             "with config.json and safetensors)");
+  DSV3_CHECK(std::filesystem::exists(dir + "/config.json"), dir, ": not a model directory (no "
+             "config.json)");
   cfg_ = load_model_config(dir + "/config.json");
   ckpt_ = std::make_unique<Checkpoint>(dir);
   LoadOptions lo;
