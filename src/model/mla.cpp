@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/cpu.h"
 #include "core/parallel.h"
 #include "kernels/gemm.h"
 #include "kernels/latent_attn.h"
@@ -132,7 +133,8 @@ void attention_absorbed(float* o, int64_t T, int64_t p0, const float* cache, con
   // Attention over the latent cache. Decode-sized steps: kernels/latent_attn.h reads each
   // cache row once for all T·heads rows; the GEMM form packs the whole cache (the B operand)
   // twice per call, which only pays off with many rows.
-  if (T * nh <= kLatentAttnMaxRows) {
+  // Without AVX-512 latent_attention is its scalar double twin: the GEMMs are faster there.
+  if (T * nh <= kLatentAttnMaxRows && active_isa() == Isa::Avx512) {
     int32_t* valid = grow(s.valid, T * nh);  // [T, heads]
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < nh; ++h) valid[t * nh + h] = int32_t(p0 + t + 1);
