@@ -1,0 +1,134 @@
+// Latent-cache decode attention: argument checks, the split of positions over threads and
+// the log-sum-exp merge of the per-thread partials (kernels/latent_attn.h).
+#include "kernels/latent_attn.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/check.h"
+#include "core/cpu.h"
+#include "core/parallel.h"
+
+namespace dsv3 {
+namespace {
+
+// Fewer positions than this per thread and the merge and fork/join cost more than they save.
+constexpr int64_t kMinPositionsPerThread = 256;
+
+void check_args(const LatentAttn& a) {
+  DSV3_CHECK(a.M >= 0 && a.S >= 0 && a.dc >= 0 && a.R >= 0, "latent_attention: negative dimension",
+             " M ", a.M, " S ", a.S, " dc ", a.dc, " R ", a.R);
+  DSV3_CHECK(a.dc <= a.R, "latent_attention: dc ", a.dc, " > R ", a.R);
+  DSV3_CHECK(a.scale > 0 && std::isfinite(a.scale), "latent_attention: scale ", a.scale,
+             " must be finite and > 0");
+  if (a.M == 0) return;
+  DSV3_CHECK(a.M <= 1 || a.ldq >= a.R, "latent_attention: ldq ", a.ldq, " < R ", a.R);
+  DSV3_CHECK(a.M <= 1 || a.ldo >= a.dc, "latent_attention: ldo ", a.ldo, " < dc ", a.dc);
+  DSV3_CHECK(a.o && a.q && a.valid_len, "latent_attention: null pointer");
+  for (int64_t m = 0; m < a.M; ++m)
+    DSV3_CHECK(a.valid_len[m] >= 0 && a.valid_len[m] <= a.S, "latent_attention: valid_len[", m,
+               "] = ", a.valid_len[m], " outside [0, S = ", a.S, "]");
+  DSV3_CHECK(a.S == 0 || a.cache, "latent_attention: null cache");
+}
+
+// o[m] = Σ_t w_t·po_t[m] / Σ_t w_t·l_t[m], w_t = exp(mx_t[m] − max_t mx_t[m]), rows [m0, m1).
+// part(t) points at thread t's partial: mx [M], l [M], po [M, dc].
+void merge_rows(const LatentAttn& a, int parts, const float* scratch, int64_t stride,
+                int64_t m0, int64_t m1) {
+  const int64_t M = a.M, dc = a.dc;
+  for (int64_t m = m0; m < m1; ++m) {
+    float* o = a.o + m * a.ldo;
+    float gmax = -std::numeric_limits<float>::infinity();
+    for (int t = 0; t < parts; ++t) gmax = std::max(gmax, scratch[t * stride + m]);
+    if (gmax == -std::numeric_limits<float>::infinity()) {  // no valid position
+      std::fill(o, o + dc, 0.0f);
+      continue;
+    }
+    float L = 0;
+    bool first = true;
+    for (int t = 0; t < parts; ++t) {
+      const float* base = scratch + t * stride;
+      if (base[m] == -std::numeric_limits<float>::infinity()) continue;
+      const float w = std::exp(base[m] - gmax);
+      const float* po = base + 2 * M + m * dc;
+      L += w * base[M + m];
+      if (first) for (int64_t j = 0; j < dc; ++j) o[j] = w * po[j];
+      else for (int64_t j = 0; j < dc; ++j) o[j] += w * po[j];
+      first = false;
+    }
+    const float inv = 1.0f / L;
+    for (int64_t j = 0; j < dc; ++j) o[j] *= inv;
+  }
+}
+
+}  // namespace
+
+void latent_attention(const LatentAttn& a, int threads) {
+  check_args(a);
+  if (a.M == 0 || a.dc == 0) return;
+  if (active_isa() != Isa::Avx512) return latent_attention_ref(a);
+  int64_t smax = 0;
+  for (int64_t m = 0; m < a.M; ++m) smax = std::max<int64_t>(smax, a.valid_len[m]);
+  const int nt = int(std::clamp<int64_t>(smax / kMinPositionsPerThread, 1, resolve_threads(threads)));
+  // Per thread: mx [M], l [M], po [M, dc], p [M, kLatentTile]; padded to 64 bytes.
+  const int64_t stride = (2 * a.M + a.M * a.dc + a.M * kLatentTile + 15) / 16 * 16;
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < size_t(nt * stride)) scratch.resize(size_t(nt * stride));
+  float* sp = scratch.data();
+  auto partial = [&](int t) {
+    float* base = sp + t * stride;
+    int64_t s0, s1;
+    split_range(smax, nt, t, &s0, &s1);
+    avx512::latent_attn_partial(a, s0, s1, base, base + a.M, base + 2 * a.M,
+                                base + 2 * a.M + a.M * a.dc);
+  };
+  if (nt == 1) {
+    partial(0);
+    merge_rows(a, 1, sp, stride, 0, a.M);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), got = omp_get_num_threads();
+    for (int part = t; part < nt; part += got) partial(part);  // got < nt if OpenMP gave fewer
+#pragma omp barrier
+    int64_t m0, m1;
+    split_range(a.M, got, t, &m0, &m1);
+    merge_rows(a, nt, sp, stride, m0, m1);
+  }
+}
+
+void latent_attention_ref(const LatentAttn& a) {
+  thread_local std::vector<double> z, acc;  // [S] scaled scores, [dc] Σ p·c of one row
+  if (z.size() < size_t(a.S)) z.resize(size_t(a.S));
+  if (acc.size() < size_t(a.dc)) acc.resize(size_t(a.dc));
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* q = a.q + m * a.ldq;
+    float* o = a.o + m * a.ldo;
+    const int64_t n = a.valid_len[m];
+    if (n == 0) {
+      std::fill(o, o + a.dc, 0.0f);
+      continue;
+    }
+    double zmax = -std::numeric_limits<double>::infinity();
+    for (int64_t s = 0; s < n; ++s) {
+      const float* c = a.cache + s * a.R;
+      double d = 0;
+      for (int64_t r = 0; r < a.R; ++r) d += double(q[r]) * double(c[r]);
+      z[size_t(s)] = double(a.scale) * d;
+      zmax = std::max(zmax, z[size_t(s)]);
+    }
+    double L = 0;
+    for (int64_t s = 0; s < n; ++s) L += (z[size_t(s)] = std::exp(z[size_t(s)] - zmax));
+    std::fill(acc.begin(), acc.begin() + a.dc, 0.0);
+    for (int64_t s = 0; s < n; ++s)
+      for (int64_t j = 0; j < a.dc; ++j) acc[size_t(j)] += z[size_t(s)] * double(a.cache[s * a.R + j]);
+    for (int64_t j = 0; j < a.dc; ++j) o[j] = float(acc[size_t(j)] / L);
+  }
+}
+
+}  // namespace dsv3

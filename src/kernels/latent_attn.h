@@ -1,0 +1,55 @@
+// Decode attention over the MLA latent cache (absorbed form, DeepSeek-V2 §2.1.2), flash-
+// decoding style: every cache row is read once per call for all M query rows.
+//
+//   z[m, s]    = scale · q[m, :R] · cache[s, :R]                    (s < valid_len[m])
+//   o[m, :dc]  = Σ_s softmax_s(z[m, ·]) · cache[s, :dc]             (o = 0 when valid_len[m] = 0)
+//
+// q rows are [q_lat ; q_pe] (R = kv_lora_rank + qk_rope_head_dim), cache rows [c_KV ; k_pe],
+// o is o_lat (dc = kv_lora_rank columns). For a decode step M = T·heads with T ≤ 4 tokens;
+// causal masking is valid_len[m] = p0 + t + 1 for the rows of token t.
+//
+// Fast path (AVX-512): the valid positions [0, max valid_len) are split into one contiguous
+// block per thread; each thread walks its block in tiles of kTile positions keeping, for all M
+// rows, a running max, a running sum and an unnormalised partial o (online softmax: a new max
+// rescales sum and o by exp(old − new), so no exp ever overflows). The partials are merged
+// with log-sum-exp weights exp(max_t − max). F32 throughout, ≤ 2 ulp vector exp.
+// Error (first order, u = 2^-24), per output o[m, j], with A = max_s Σ_r |q[m,r]·cache[s,r]|
+// and C_j = max_s |cache[s, j]| over the valid s:
+//   |o − o_exact| ≤ (2·scale·R·A + S + 16)·u·2·C_j
+// (a score error δ changes each weight by the relative factor e^{±δ}, which moves the
+// normalised average by ≤ 2δ·C_j; F32 exp ≤ 2 ulp, the rescalings and the merge add a few
+// roundings; the Σ of ≤ S terms adds S·u relative to Σ p·|c| ≤ C_j).
+// The scalar twin (*_ref) is a plain two-pass softmax in double, rounded once at the end.
+//
+// No allocation per call beyond a thread_local scratch that grows to the largest call.
+#pragma once
+#include <cstdint>
+
+namespace dsv3 {
+
+struct LatentAttn {
+  float* o = nullptr; int64_t ldo = 0;        // o_lat [M, dc] (row stride ldo ≥ dc)
+  const float* q = nullptr; int64_t ldq = 0;  // [M, R] (row stride ldq ≥ R)
+  const float* cache = nullptr;               // [S, R], rows contiguous
+  const int32_t* valid_len = nullptr;         // [M]; row m attends to [0, valid_len[m]) ⊆ [0, S)
+  float scale = 1.0f;                          // softmax scale (> 0)
+  int64_t M = 0, S = 0, dc = 0, R = 0;         // dc ≤ R
+};
+
+// Checks arguments (DSV3_CHECK), then AVX-512 when active_isa() is Avx512, else the scalar
+// twin. threads: resolve_threads() semantics (0 = default).
+void latent_attention(const LatentAttn& a, int threads = 0);
+void latent_attention_ref(const LatentAttn& a);
+
+namespace avx512 {
+// latent_attn_avx512.cpp. Partial attention of all M rows over positions [s0, s1):
+//   mx[m]  = max scaled score (−inf when row m has no valid position in the block),
+//   l[m]   = Σ exp(z − mx[m]),  po[m·dc + j] = Σ exp(z − mx[m]) · cache[s, j].
+// p: scratch of M·kLatentTile floats.
+void latent_attn_partial(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float* l,
+                         float* po, float* p);
+}  // namespace avx512
+
+inline constexpr int64_t kLatentTile = 32;  // positions per online-softmax step (fast path)
+
+}  // namespace dsv3

@@ -1,0 +1,190 @@
+// Latent-cache decode attention (kernels/latent_attn.h): every ISA path and the scalar twin
+// against a double-precision two-pass softmax attention written here, on odd R/dc, S from 1
+// to 5000, M = 1..17 rows with causal valid lengths (rows of one token share a length),
+// misaligned pointers, strides wider than the rows, 1 and 2 threads, and scores far beyond
+// F32 exp's range (only a running max keeps them finite).
+//
+// Tolerance per output o[m, j] (u = 2^-24), the contract in latent_attn.h:
+//   fast path:  |o − o_exact| ≤ (2·scale·R·A + S + 16)·u·2·C_j
+//     A = max_s Σ_r |q_r·c_sr| (a score's F32 dot product is off by ≤ R·u·A, times scale;
+//     a score error δ moves each softmax weight by the factor e^{±δ} and the normalised
+//     average by ≤ 2δ·C_j), S·u for the Σ of ≤ S weighted terms relative to Σ p·|c| ≤ C_j,
+//     16 for exp (≤ 2 ulp), the rescalings, the merge and the final division.
+//     C_j = max_s |c_sj| over the valid positions.
+//   scalar twin: double throughout, one rounding: ≤ u·|o| + (2·scale·R·A + S)·2^-52·2·C_j,
+//     checked as ≤ 2u·C_j.
+// The double reference's own error is ~(R + S)·2^-53 relative, far below both.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "core/check.h"
+#include "core/cpu.h"
+#include "kernels/latent_attn.h"
+#include "ops_testing.h"
+
+namespace dsv3 {
+namespace {
+
+using testing::Floats;
+using testing::IsaScope;
+
+constexpr double kU = 0x1p-24;
+
+struct Case {
+  int64_t M, S, R, dc, nh;  // nh: rows per token (rows of token t share valid_len)
+  float qmag = 1.0f;        // |q| range: large values push scores past exp's range
+};
+
+struct Data {
+  Case c;
+  int64_t ldq, ldo;
+  Floats q, cache, o;
+  std::vector<int32_t> valid;
+  float scale;
+  explicit Data(const Case& cs, uint32_t seed)
+      : c(cs), ldq(cs.R + 3), ldo(cs.dc + 5), q(cs.M * (cs.R + 3), 3), cache(cs.S * cs.R, 1),
+        o(cs.M * (cs.dc + 5), 2), valid(size_t(cs.M)) {
+    testing::fill_uniform(q.data(), c.M * ldq, -c.qmag, c.qmag, seed);
+    testing::fill_uniform(cache.data(), c.S * c.R, -1.0f, 1.0f, seed + 1);
+    scale = float(1.0 / std::sqrt(double(c.R)));
+    // Causal: token t of T = ceil(M / nh) new tokens sees positions [0, S − T + t + 1).
+    const int64_t T = (c.M + c.nh - 1) / c.nh;
+    for (int64_t m = 0; m < c.M; ++m)
+      valid[size_t(m)] = int32_t(std::max<int64_t>(0, c.S - T + m / c.nh + 1));
+  }
+  LatentAttn args() {
+    LatentAttn a;
+    a.o = o.data(); a.ldo = ldo;
+    a.q = q.data(); a.ldq = ldq;
+    a.cache = cache.data(); a.valid_len = valid.data();
+    a.scale = scale; a.M = c.M; a.S = c.S; a.dc = c.dc; a.R = c.R;
+    return a;
+  }
+};
+
+// Checks o against a two-pass double softmax attention; fast: the fast-path bound.
+void check(Data& d, bool fast, const char* what) {
+  const Case& c = d.c;
+  double worst = 0;  // largest error / bound
+  for (int64_t m = 0; m < c.M; ++m) {
+    const float* q = d.q.data() + m * d.ldq;
+    const int64_t n = d.valid[size_t(m)];
+    std::vector<double> z(static_cast<size_t>(n));
+    double zmax = -INFINITY, A = 0;
+    for (int64_t s = 0; s < n; ++s) {
+      double dot = 0, mag = 0;
+      for (int64_t r = 0; r < c.R; ++r) {
+        dot += double(q[r]) * d.cache[s * c.R + r];
+        mag += std::fabs(double(q[r]) * d.cache[s * c.R + r]);
+      }
+      z[size_t(s)] = double(d.scale) * dot;
+      zmax = std::max(zmax, z[size_t(s)]);
+      A = std::max(A, mag);
+    }
+    double L = 0;
+    for (auto& v : z) L += (v = std::exp(v - zmax));
+    for (int64_t j = 0; j < c.dc; ++j) {
+      double acc = 0, cj = 0;
+      for (int64_t s = 0; s < n; ++s) {
+        acc += z[size_t(s)] * d.cache[s * c.R + j];
+        cj = std::max(cj, std::fabs(double(d.cache[s * c.R + j])));
+      }
+      const double exact = n ? acc / L : 0.0;
+      const double got = d.o[m * d.ldo + j];
+      const double bound = fast ? (2 * d.scale * c.R * A + c.S + 16) * kU * 2 * cj : 2 * kU * cj;
+      ASSERT_TRUE(std::isfinite(got)) << what << " m " << m << " j " << j;
+      const double err = std::fabs(got - exact);
+      ASSERT_LE(err, bound) << what << " m " << m << " j " << j << " exact " << exact;
+      if (bound > 0) worst = std::max(worst, err / bound);
+    }
+  }
+  std::printf("%s M %lld S %lld R %lld: max err / bound %.3g\n", what, (long long)c.M,
+              (long long)c.S, (long long)c.R, worst);
+}
+
+const Case kCases[] = {
+    {1, 1, 40, 24, 1},   {3, 7, 40, 24, 3},    {8, 300, 40, 24, 4},  {17, 300, 40, 24, 8},
+    {17, 5000, 40, 24, 4}, {8, 5000, 576, 512, 8}, {17, 300, 576, 512, 4}, {3, 7, 576, 512, 1},
+    {1, 5000, 320, 256, 1},
+};
+
+TEST(LatentAttn, RefMatchesDouble) {
+  uint32_t seed = 1;
+  for (const Case& c : kCases) {
+    Data d(c, seed += 7);
+    latent_attention_ref(d.args());
+    SCOPED_TRACE(::testing::Message() << "M " << c.M << " S " << c.S << " R " << c.R);
+    check(d, false, "ref");
+  }
+}
+
+TEST(LatentAttn, EveryIsaAndThreadCount) {
+  uint32_t seed = 100;
+  for (Isa isa : testing::kIsas) {
+    IsaScope scope(isa);
+    for (int threads : {1, 2}) {
+      for (const Case& c : kCases) {
+        Data d(c, seed += 7);
+        latent_attention(d.args(), threads);
+        SCOPED_TRACE(::testing::Message() << isa_name(active_isa()) << " threads " << threads
+                                          << " M " << c.M << " S " << c.S << " R " << c.R);
+        check(d, active_isa() == Isa::Avx512, active_isa() == Isa::Avx512 ? "avx512" : "twin");
+      }
+    }
+  }
+}
+
+// |q| ≤ 100 with R = 40: a scaled score has σ ≈ 33, so the largest of 5000 is ~120, past F32
+// exp's range (88.7): only the running max keeps the weights finite. The bound stays tight
+// (2·scale·R·A·2u with A ≲ 2000: a few 1e-3 of C_j).
+TEST(LatentAttn, LargeScoresStayFinite) {
+  for (Isa isa : testing::kIsas) {
+    IsaScope scope(isa);
+    for (int threads : {1, 2}) {
+      Data d({17, 5000, 40, 24, 4, 100.0f}, 77);
+      latent_attention(d.args(), threads);
+      check(d, active_isa() == Isa::Avx512, active_isa() == Isa::Avx512 ? "large avx512" : "large twin");
+    }
+  }
+}
+
+// Rows with no valid position give zeros; a row's output does not depend on the others.
+TEST(LatentAttn, EmptyRowsAndRowIndependence) {
+  Data d({5, 600, 40, 24, 1}, 9);
+  d.valid = {0, 600, 1, 0, 333};
+  latent_attention(d.args(), 2);
+  for (int64_t j = 0; j < 24; ++j) {
+    EXPECT_EQ(d.o[0 * d.ldo + j], 0.0f);
+    EXPECT_EQ(d.o[3 * d.ldo + j], 0.0f);
+    // One position: the softmax weight is 1 (exp(0)·1/1), so o is that cache row exactly.
+    EXPECT_EQ(d.o[2 * d.ldo + j], d.cache[j]);
+  }
+  check(d, active_isa() == Isa::Avx512, "empty");
+}
+
+TEST(LatentAttn, BadArguments) {
+  Data d({2, 10, 40, 24, 1}, 3);
+  LatentAttn a = d.args();
+  a.dc = 41;
+  EXPECT_THROW(latent_attention(a), Error);
+  a = d.args();
+  d.valid[1] = 11;
+  EXPECT_THROW(latent_attention(a), Error);
+  d.valid[1] = -1;
+  EXPECT_THROW(latent_attention(a), Error);
+  d.valid[1] = 10;
+  a.scale = 0;
+  EXPECT_THROW(latent_attention(a), Error);
+  a = d.args();
+  a.ldq = 39;
+  EXPECT_THROW(latent_attention(a), Error);
+}
+
+}  // namespace
+}  // namespace dsv3
