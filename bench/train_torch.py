@@ -291,10 +291,10 @@ def main():
     clip = TC.get("grad_clip", 1.0)
     E = C["n_routed_experts"]
     g = torch.Generator().manual_seed(12345)
-    secs, loss = [], 0.0
+    secs, cpu, loss = [], [], 0.0  # wall and process CPU seconds per step
     for s in range(2 + args.steps):
         ids = torch.randint(0, C["vocab_size"], (B, T + 1), generator=g)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=PREC == "bf16"):
             total, main_l, l_k, loads = model.loss(ids, lam)
@@ -307,14 +307,16 @@ def main():
                 moe.e_score_correction_bias.add_(gamma * torch.sign(load.sum() / E - load))
         if s >= 2:
             secs.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         loss = float(total)
     secs.sort()
-    sec = secs[len(secs) // 2]
+    cpu.sort()
+    sec, cpu_s = secs[len(secs) // 2], cpu[len(cpu) // 2]
     n_act, fpt = active_params_and_flops(T, len(model.mtp))
     tps = B * T / sec
     r = {"bench": "train", "impl": "torch", "torch": torch.__version__, "precision": PREC,
          "threads": torch.get_num_threads(), "batch": B, "seq_len": T, "params": n_params,
-         "active_params": n_act, "steps": args.steps, "step_s": round(sec, 4), "tokens_per_s": round(tps, 1),
+         "active_params": n_act, "steps": args.steps, "step_s": round(sec, 4), "cpu_s": round(cpu_s, 4), "tokens_per_s": round(tps, 1),
          "flops_per_token": fpt, "gflops": round(fpt * tps * 1e-9, 2), "last_loss": round(loss, 4),
          "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"),
          "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "")}

@@ -40,10 +40,13 @@ for p in sorted({r["precision"] for r in rows}):
     mt = statistics.median(r["tokens_per_s"] for r in t)
     line = {"result": "train_vs_torch", "precision": p, "runs": [len(d), len(t)],
             "dsv3_tokens_per_s": md, "torch_tokens_per_s": mt, "ratio_dsv3_over_torch": round(md / mt, 3),
+            "dsv3_cpu_s_per_step": statistics.median(r["cpu_s"] for r in d),
+            "torch_cpu_s_per_step": statistics.median(r["cpu_s"] for r in t),
             "dsv3_gflops": statistics.median(r["gflops"] for r in d),
             "torch_gflops": statistics.median(r["gflops"] for r in t),
             "dsv3_mfu": statistics.median(r["mfu"] for r in d), "peak_gflops": statistics.median(r["peak_gflops"] for r in d),
             "params": [d[0]["params"], t[0]["params"]], "same_params": d[0]["params"] == t[0]["params"]}
+    line["ratio_by_cpu_time"] = round(line["torch_cpu_s_per_step"] / line["dsv3_cpu_s_per_step"], 3)
     print(json.dumps(line))
     with open(sys.argv[1], "a") as f:
         f.write(json.dumps(line) + "\n")
