@@ -128,10 +128,11 @@ class MoE(torch.nn.Module):
         H, E, I = C["hidden_size"], C["n_routed_experts"], C["moe_intermediate_size"]
         self.gate = lin(E, H)
         self.register_buffer("e_score_correction_bias", torch.zeros(E))
-        # The E experts' weights stacked: the same parameter count as experts.N.*_proj.
-        self.w_gate = torch.nn.Parameter(torch.randn(E, I, H) * C["initializer_range"])
-        self.w_up = torch.nn.Parameter(torch.randn(E, I, H) * C["initializer_range"])
-        self.w_down = torch.nn.Parameter(torch.randn(E, H, I) * C["initializer_range"])
+        # One Parameter per expert (experts.N.*_proj): slicing one stacked [E, I, H] tensor would
+        # make autograd zero-fill and add a full-size gradient for every expert used.
+        self.w_gate = torch.nn.ParameterList([lin(I, H) for _ in range(E)])
+        self.w_up = torch.nn.ParameterList([lin(I, H) for _ in range(E)])
+        self.w_down = torch.nn.ParameterList([lin(H, I) for _ in range(E)])
         self.shared = MLP(C["n_shared_experts"] * I) if C["n_shared_experts"] else None
 
     def forward(self, x, n_scored):
