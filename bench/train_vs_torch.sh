@@ -5,8 +5,10 @@
 #   bench/train_vs_torch.sh [CONFIG] [STEPS] [PRECISIONS] [OUT.jsonl]
 # defaults: configs/tiny.json, 5 timed steps, "bf16 f32", build/train_vs_torch.jsonl.
 # Env: DSV3 (the binary, default build/release/dsv3), REPS (3), THREADS (2),
-#      DSV3_ENV (extra env for dsv3, e.g. "OMP_WAIT_POLICY=PASSIVE").
+#      DSV3_ENV (extra env for dsv3 only), OMP_WAIT_POLICY (both sides; default PASSIVE: with
+#      other processes on the 2 cores, spinning OpenMP threads made both sides 2-5x slower).
 set -euo pipefail
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/tiny.json}
 STEPS=${2:-5}
@@ -18,7 +20,7 @@ THREADS=${THREADS:-2}
 [[ -x $DSV3 ]] || { echo "train_vs_torch.sh: $DSV3 not built (cmake --build build/release)" >&2; exit 1; }
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
-echo "# $(date -u +%FT%TZ) $(nproc) CPUs; uptime before: $(uptime)"
+echo "# $(date -u +%FT%TZ) $(nproc) CPUs, OMP_WAIT_POLICY=$OMP_WAIT_POLICY; uptime before: $(uptime)"
 for p in $PRECS; do
   for r in $(seq "$REPS"); do
     env ${DSV3_ENV:-} "$DSV3" bench train --config "$CONFIG" --steps "$STEPS" --precision "$p" \
