@@ -17,6 +17,7 @@ void register_bench(CLI::App& app) {
   dsv3::bench::add_load(*bench);
   dsv3::bench::add_model(*bench);
   dsv3::bench::add_absorb(*bench);
+  dsv3::bench::add_train(*bench);
 }
 
 }  // namespace dsv3::cli

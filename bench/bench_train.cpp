@@ -1,0 +1,213 @@
+// `dsv3 bench train`: training-step throughput on random weights and random token batches
+// (no data set needed): TrainModel::step + global-norm clipping + AdamW, as `dsv3 train` runs
+// them (src/train/trainer.cpp), timed per step; median after 2 warm-up steps. Reports tokens/s,
+// the model FLOPs per token (formula in train_flops_per_token) and the achieved fraction of the
+// machine's GEMM peak measured in the same run (bench/train_vs_torch.sh compares with PyTorch).
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench_util.h"
+#include "benches.h"
+#include "core/check.h"
+#include "core/parallel.h"
+#include "kernels/gemm.h"
+#include "train/optim.h"
+#include "train/params.h"
+#include "train/train_config.h"
+#include "train/train_model.h"
+
+namespace dsv3::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+struct TrainBenchOpts {
+  std::string config;
+  int64_t steps = 10;
+  std::string precision;  // default: the config's
+  int threads = 0;
+  bool json = false;
+};
+
+bool is_moe(const ModelConfig& c, int64_t l) {
+  return c.n_routed_experts > 0 && l >= c.first_k_dense_replace && l % c.moe_layer_freq == 0;
+}
+
+// Weights one token multiplies in one block (MLA projections; dense SwiGLU, or router + shared
+// + top-k routed experts).
+double block_active_params(const ModelConfig& c, int64_t l) {
+  const double H = double(c.hidden_size), nh = double(c.num_attention_heads);
+  const double dn = double(c.qk_nope_head_dim), dr = double(c.qk_rope_head_dim);
+  const double dv = double(c.v_head_dim), r = double(c.kv_lora_rank), qr = double(c.q_lora_rank);
+  double p = qr > 0 ? qr * H + nh * (dn + dr) * qr : nh * (dn + dr) * H;  // q_a + q_b (or q_proj)
+  p += (r + dr) * H + nh * (dn + dv) * r + H * nh * dv;                   // kv_a, kv_b, o_proj
+  if (is_moe(c, l))
+    p += double(c.n_routed_experts) * H +  // router
+         double(c.num_experts_per_tok + c.n_shared_experts) * 3.0 * H * double(c.moe_intermediate_size);
+  else
+    p += 3.0 * H * double(c.intermediate_size);
+  return p;
+}
+
+// Model FLOPs per trained token (fwd + bwd), the usual 6N + attention accounting:
+//   6 · N_act  with N_act = Σ_blocks block_active_params + V·H (lm_head)
+//                         + per MTP module (2H·H eh_proj + V·H its head); the embedding
+//                           lookups are excluded (no multiply);
+// + 6 · (L + D) · nh · (d_qk + d_v) · (T + 1)/2  attention: QKᵀ and PV over the mean causal
+//   context (T+1)/2, 2 FLOPs per multiply-add, ×3 for forward + backward.
+// Every MTP module runs over all T positions (docs/training.md), so it counts per token too.
+double train_flops_per_token(const ModelConfig& c, bool mtp, int64_t T, double* n_act) {
+  const double H = double(c.hidden_size), V = double(c.vocab_size);
+  const int64_t D = mtp ? c.num_nextn_predict_layers : 0;
+  double p = V * H;
+  for (int64_t l = 0; l < c.num_hidden_layers + D; ++l) p += block_active_params(c, l);
+  p += double(D) * (2.0 * H * H + V * H);
+  const double dqk = double(c.qk_nope_head_dim + c.qk_rope_head_dim), dv = double(c.v_head_dim);
+  const double attn = 6.0 * double(c.num_hidden_layers + D) * double(c.num_attention_heads) *
+                      (dqk + dv) * double(T + 1) / 2.0;
+  *n_act = p;
+  return 6.0 * p + attn;
+}
+
+// GEMM peak of this run: 2048³ BF16 (as bench_model.cpp) or F32, median of 5.
+double gemm_peak_gflops(bool bf16, int threads) {
+  const int64_t n = 2048;
+  std::vector<uint16_t> a16, b16;
+  std::vector<float> a32, b32;
+  std::vector<float> cm(size_t(n * n));
+  std::function<void()> run;
+  if (bf16) {
+    a16.assign(size_t(n * n), 0x3f80);
+    b16.assign(size_t(n * n), 0x3f80);
+    run = [&] {
+      GemmBF16 g;
+      g.M = g.N = g.K = n;
+      g.A = a16.data(); g.lda = n;
+      g.B = b16.data(); g.ldb = n; g.trans_b = true;
+      g.C = cm.data(); g.ldc = n;
+      gemm_bf16(g, threads);
+    };
+  } else {
+    a32.assign(size_t(n * n), 1.0f);
+    b32.assign(size_t(n * n), 1.0f);
+    run = [&] {
+      GemmF32 g;
+      g.M = g.N = g.K = n;
+      g.A = a32.data(); g.lda = n;
+      g.B = b32.data(); g.ldb = n; g.trans_b = true;
+      g.C = cm.data(); g.ldc = n;
+      gemm_f32(g, threads);
+    };
+  }
+  run();
+  std::vector<double> v;
+  for (int r = 0; r < 5; ++r) {
+    const double t0 = now_s();
+    run();
+    v.push_back(2.0 * double(n * n * n) / (now_s() - t0) * 1e-9);
+  }
+  return median(v);
+}
+
+uint32_t lcg(uint32_t& s) {
+  s = s * 1664525u + 1013904223u;
+  return s >> 8;
+}
+
+void run_train_bench(const TrainBenchOpts& o) {
+  DSV3_CHECK(!o.config.empty(), "dsv3 bench train needs --config (a training config, e.g. configs/tiny.json)");
+  DSV3_CHECK(o.steps >= 1, "--steps must be ≥ 1");
+  if (o.threads > 0) set_num_threads(o.threads);
+  const int threads = resolve_threads(o.threads);
+  const TrainConfig cfg = load_train_config(o.config);
+  const Precision prec = o.precision.empty() ? cfg.precision : parse_precision(o.precision.c_str());
+  const ModelConfig& c = cfg.model;
+
+  ParamSet ps(c, cfg.mtp);
+  std::vector<float> params(size_t(ps.numel())), grads(size_t(ps.numel()));
+  ps.init(params.data(), cfg.seed);
+  AdamW adam(ps, cfg.adam);
+  TrainModelOptions mo;
+  mo.batch = cfg.batch;
+  mo.seq_len = cfg.seq_len;
+  mo.precision = prec;
+  mo.mtp = cfg.mtp;
+  mo.mtp_lambda = cfg.mtp_lambda;
+  mo.balance_alpha = cfg.balance_alpha;
+  mo.threads = o.threads;
+  TrainModel model(ps, mo);
+  const ModelWeights pw = ps.bind(params.data());
+
+  const int64_t B = cfg.batch, T = cfg.seq_len;
+  std::vector<int32_t> ids(size_t(B * (T + 1)));  // [B, T + 1]
+  uint32_t seed = 12345;
+  const int warmup = 2;
+  std::vector<double> secs, cpu;  // wall and process CPU seconds per step (the CPU time
+  double loss = 0;                // shows the work done when other processes share the cores)
+  for (int64_t s = 0; s < warmup + o.steps; ++s) {
+    for (auto& id : ids) id = int32_t(lcg(seed) % uint32_t(c.vocab_size));
+    const double t0 = now_s(), c0 = double(std::clock()) / CLOCKS_PER_SEC;
+    std::fill(grads.begin(), grads.end(), 0.0f);
+    const StepLosses L = model.step(ids.data(), params.data(), grads.data());
+    clip_grad_norm(ps, grads.data(), cfg.grad_clip);
+    adam.step(params.data(), grads.data(), cfg.lr.lr);
+    update_router_bias(pw, c, L, cfg.bias_update_speed);
+    if (s >= warmup) {
+      secs.push_back(now_s() - t0);
+      cpu.push_back(double(std::clock()) / CLOCKS_PER_SEC - c0);
+    }
+    loss = L.total;
+  }
+  const double sec = median(secs), cpu_s = median(cpu);
+  const double tok = double(B * T), tps = tok / sec;
+  double n_act = 0;
+  const double fpt = train_flops_per_token(c, cfg.mtp, T, &n_act);
+  const double gflops = fpt * tps * 1e-9;
+  const bool bf16_peak = prec != Precision::F32;
+  const double peak = gemm_peak_gflops(bf16_peak, threads);
+  const char* pname = precision_name(prec);
+  if (o.json) {
+    std::printf("{\"bench\":\"train\",\"impl\":\"dsv3\",\"precision\":\"%s\",\"threads\":%d,\"batch\":%lld,"
+                "\"seq_len\":%lld,\"params\":%lld,\"active_params\":%.0f,\"steps\":%lld,"
+                "\"step_s\":%.4f,\"cpu_s\":%.4f,\"tokens_per_s\":%.1f,\"flops_per_token\":%.0f,\"gflops\":%.2f,"
+                "\"peak_gflops\":%.1f,\"peak_kind\":\"%s\",\"mfu\":%.4f,\"last_loss\":%.4f}\n",
+                pname, threads, (long long)B, (long long)T, (long long)ps.numel(), n_act,
+                (long long)o.steps, sec, cpu_s, tps, fpt, gflops, peak, bf16_peak ? "bf16_gemm_2048" : "f32_gemm_2048",
+                gflops / peak, loss);
+    return;
+  }
+  std::printf("train %s, batch %lld x %lld tokens, threads %d: %lld params (%.0f active per token)\n"
+              "  step %.3f s median of %lld (after %d warm-up; %.3f s of process CPU time), %.0f tokens/s\n"
+              "  %.3g FLOP/token (6·N_active + attention) -> %.1f GFLOP/s; %s GEMM 2048^3 peak "
+              "%.1f GFLOP/s: MFU %.1f%%\n",
+              pname, (long long)B, (long long)T, threads, (long long)ps.numel(), n_act, sec,
+              (long long)o.steps, warmup, cpu_s, tps, fpt, gflops, bf16_peak ? "BF16" : "F32", peak,
+              100.0 * gflops / peak);
+}
+
+}  // namespace
+
+void add_train(CLI::App& bench) {
+  auto o = std::make_shared<TrainBenchOpts>();
+  CLI::App* t = bench.add_subcommand("train", "Training-step tokens/s and MFU on random weights and tokens");
+  t->add_option("--config", o->config, "Training config (model + batch), e.g. configs/tiny.json")->required();
+  t->add_option("--steps", o->steps, "Timed steps (after 2 warm-up steps; median)");
+  t->add_option("--precision", o->precision, "f32 | bf16 | fp8 (default: the config's)");
+  t->add_option("--threads", o->threads, "Threads (default: all cores)");
+  t->add_flag("--json", o->json, "One JSON line");
+  t->callback([o] { run_train_bench(*o); });
+}
+
+}  // namespace dsv3::bench
