@@ -24,7 +24,6 @@ rm -rf data/train
 
 echo; echo "== Training configs/tiny.json (bf16, MTP, aux-loss-free balancing) into $out/tiny"
 rm -rf "$out/tiny"
-"$dsv3" inspect configs/tiny.json 2>/dev/null || true
 "$dsv3" train --config configs/tiny.json --data data/train --out "$out/tiny"
 ckpt="$out/tiny/$(cat "$out/tiny/latest")"
 if [[ -x scripts/plot_training.sh ]]; then
