@@ -42,6 +42,7 @@ const fs::path& root() {
     const char* d = ::mkdtemp(tmpl);
     EXPECT_NE(d, nullptr);
     std::atexit([] {
+      if (std::getenv("DSV3_TEST_KEEP")) return;  // to look at the runs' files
       std::error_code ec;
       fs::remove_all(root(), ec);
     });
@@ -488,10 +489,10 @@ TEST(TrainBadInput, ResumeFromAMismatchedCheckpoint) {
   };
   json k = j;
   k["batch"] = 3;
-  refused(k, "batch (2 there, 3 here)");
+  refused(k, "in batch (2 there, 3 here)");
   k = j;
   k["model"]["hidden_size"] = 48;
-  refused(k, "the model config differ");
+  refused(k, "does not match " + root().string() + "/configs/mismatch2.json in the model config");
   // No checkpoint at all.
   const fs::path fresh = root() / "mismatch_none";
   fs::create_directories(fresh);

@@ -225,8 +225,8 @@ int run_training(const TrainRunOptions& o) {
                                                  (dir / "trainer").string(),
                                                  fs::path(o.config_path).parent_path().string());
     DSV3_CHECK(resume_key(saved) == resume_key(cfg), "--resume: ", dir.string(), " does not match ",
-               o.config_path, ": ", resume_mismatch(saved, cfg),
-               " differ; start a new --out or restore the original config");
+               o.config_path, " in ", resume_mismatch(saved, cfg),
+               "; start a new --out or restore the original config");
     SafetensorsFile f((dir / "trainer" / "state.safetensors").string());
     auto get = [&](const char* nm, std::vector<float>& dst) {
       const SafetensorsEntry* e = f.find(nm);
