@@ -151,6 +151,13 @@ json train_json(const char* precision = "f32") {
           {"keep_checkpoints", 2}};
 }
 
+// A path for a run's output, removed first (so --gtest_repeat starts from nothing).
+fs::path fresh(const std::string& name) {
+  const fs::path p = root() / name;
+  fs::remove_all(p);
+  return p;
+}
+
 std::string write_config(const std::string& name, const json& j) {
   const fs::path p = root() / "configs" / (name + ".json");
   write(p, j.dump(1));
@@ -232,7 +239,7 @@ TEST_P(ExactResume, MetricsAndWeightsMatchAnUninterruptedRun) {
   NEED_BIN();
   const std::string prec = GetParam();
   const std::string cfg = write_config("resume_" + prec, train_json(prec.c_str()));
-  const fs::path a = root() / ("resume_a_" + prec), b = root() / ("resume_b_" + prec);
+  const fs::path a = fresh("resume_a_" + prec), b = fresh("resume_b_" + prec);
 
   const CliRun ra = cli(train_args(cfg, a));
   ASSERT_EQ(ra.rc, 0) << ra.err;
@@ -326,7 +333,7 @@ TEST_P(StopOnSignal, SavesACompleteCheckpointThatResumes) {
   j["steps"] = 100000;
   j["checkpoint_every"] = 3;
   const std::string cfg = write_config(std::string("signal_") + sc.name, j);
-  const fs::path out = root() / (std::string("signal_") + sc.name);
+  const fs::path out = fresh(std::string("signal_") + sc.name);
 
   const Child c = spawn_train(cfg, out);
   ASSERT_GT(c.pid, 0);
@@ -382,7 +389,7 @@ TEST(TrainNonFinite, StopsWithExit3AndKeepsTheLastGoodCheckpoint) {
   int64_t first_bad = -1;
   std::string first_line;
   for (int run = 0; run < 2; ++run) {  // twice: the step it stops at is deterministic
-    const fs::path out = root() / ("nan" + std::to_string(run));
+    const fs::path out = fresh("nan" + std::to_string(run));
     const CliRun r = cli(train_args(cfg, out));
     ASSERT_EQ(r.rc, 3) << r.err;
     std::smatch mt;
@@ -474,7 +481,7 @@ TEST(TrainBadInput, ResumeFromAMismatchedCheckpoint) {
   j["optimizer"]["warmup_steps"] = 1;
   j["optimizer"]["decay_start"] = 1;
   const std::string cfg = write_config("mismatch", j);
-  const fs::path out = root() / "mismatch";
+  const fs::path out = fresh("mismatch");
   const CliRun r0 = cli(train_args(cfg, out));
   ASSERT_EQ(r0.rc, 0) << r0.err;
   const std::string metrics_before = read(out / "metrics.jsonl");
@@ -494,9 +501,9 @@ TEST(TrainBadInput, ResumeFromAMismatchedCheckpoint) {
   k["model"]["hidden_size"] = 48;
   refused(k, "does not match " + root().string() + "/configs/mismatch2.json in the model config");
   // No checkpoint at all.
-  const fs::path fresh = root() / "mismatch_none";
-  fs::create_directories(fresh);
-  const CliRun r = cli(train_args(cfg, fresh) + " --resume");
+  const fs::path none = fresh("mismatch_none");
+  fs::create_directories(none);
+  const CliRun r = cli(train_args(cfg, none) + " --resume");
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("has no checkpoint"), std::string::npos) << r.err;
 }
@@ -509,7 +516,7 @@ TEST(TrainCheckpoint, LoadsInScoreAndGenerate) {
   j["steps"] = 4;
   j["optimizer"]["warmup_steps"] = 1;
   j["optimizer"]["decay_start"] = 1;
-  const fs::path out = root() / "model";
+  const fs::path out = fresh("model");
   const CliRun r = cli(train_args(write_config("model", j), out));
   ASSERT_EQ(r.rc, 0) << r.err;
   const fs::path ck = out / latest(out);
