@@ -2,10 +2,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -111,7 +113,54 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
       all.push_back(e.path().filename().string());
   std::sort(all.begin(), all.end());
   for (size_t i = 0; i + size_t(st.cfg.keep_checkpoints) < all.size(); ++i)
-    fs::remove_all(fs::path(out) / all[i]);
+    if (all[i] != name) fs::remove_all(fs::path(out) / all[i]);
+}
+
+bool all_finite(const std::vector<float>& v) {
+  for (float x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+// The checkpoint `latest` names, or "" when there is none.
+std::string latest_name(const std::string& out) {
+  const fs::path latest = fs::path(out) / "latest";
+  return fs::exists(latest) ? trim(read_text_file(latest.string())) : std::string();
+}
+
+// A crash while writing a checkpoint leaves OUT/.tmp-step-NNNNNN behind (never `latest`):
+// remove such leftovers so they cannot accumulate.
+void remove_partial_checkpoints(const std::string& out) {
+  std::vector<fs::path> tmp;
+  for (const auto& e : fs::directory_iterator(out))
+    if (e.path().filename().string().rfind(".tmp-step-", 0) == 0) tmp.push_back(e.path());
+  for (const fs::path& p : tmp) fs::remove_all(p);
+}
+
+// On resume, metrics.jsonl keeps only the lines up to the checkpoint's step: a run stopped
+// by a crash may have logged steps after its last checkpoint, and they are about to be
+// trained (and logged) again.
+void truncate_metrics(const fs::path& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  const std::string text = read_text_file(path.string());
+  std::string kept;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    const json j = json::parse(line, nullptr, false);
+    if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+        j["step"].get<int64_t>() <= step)
+      kept += line + "\n";
+  }
+  if (kept != text) write_file_atomic(path.string(), kept);
 }
 
 // Canonical form of what must match between a checkpoint and the run resuming it.
@@ -122,6 +171,19 @@ std::string resume_key(const TrainConfig& c) {
   j["seq_len"] = c.seq_len;
   j["mtp"] = c.mtp;
   return j.dump();
+}
+
+// What differs between a checkpoint's config and this run's (for the resume error).
+std::string resume_mismatch(const TrainConfig& saved, const TrainConfig& now) {
+  std::string d;
+  auto add = [&](const std::string& what) { d += (d.empty() ? "" : ", ") + what; };
+  if (model_config_to_json(saved.model) != model_config_to_json(now.model)) add("the model config");
+  if (saved.batch != now.batch)
+    add("batch (" + std::to_string(saved.batch) + " there, " + std::to_string(now.batch) + " here)");
+  if (saved.seq_len != now.seq_len)
+    add("seq_len (" + std::to_string(saved.seq_len) + " there, " + std::to_string(now.seq_len) + " here)");
+  if (saved.mtp != now.mtp) add("the MTP setting");
+  return d.empty() ? "the settings" : d;
 }
 
 }  // namespace
@@ -138,6 +200,7 @@ int run_training(const TrainRunOptions& o) {
              ds.meta().vocab_size, ") is larger than the model's vocab_size (", cfg.model.vocab_size, ")");
   DSV3_CHECK(ds.meta().n_tokens > 0, o.data_dir, ": the data set holds no tokens");
   fs::create_directories(o.out_dir);
+  remove_partial_checkpoints(o.out_dir);
 
   ParamSet ps(cfg.model, cfg.mtp);
   std::vector<float> params(size_t(ps.numel())), grads(size_t(ps.numel()));
@@ -151,18 +214,19 @@ int run_training(const TrainRunOptions& o) {
   int64_t start = 0;
   double tokens = 0;
   if (o.resume) {
-    const fs::path latest = fs::path(o.out_dir) / "latest";
-    DSV3_CHECK(fs::exists(latest), "--resume: ", o.out_dir, " has no checkpoint (no 'latest' file)");
-    std::string name = read_text_file(latest.string());
-    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+    const std::string name = latest_name(o.out_dir);
+    DSV3_CHECK(!name.empty(), "--resume: ", o.out_dir, " has no checkpoint (no 'latest' file)");
     const fs::path dir = fs::path(o.out_dir) / name;
+    DSV3_CHECK(fs::is_regular_file(dir / "trainer" / "trainer_state.json"), "--resume: ", o.out_dir,
+               "/latest names '", name, "', which is not a trainer checkpoint (no ", name,
+               "/trainer/trainer_state.json)");
     const json j = json::parse(read_text_file((dir / "trainer" / "trainer_state.json").string()));
     const TrainConfig saved = parse_train_config(j.at("config").get<std::string>(),
                                                  (dir / "trainer").string(),
                                                  fs::path(o.config_path).parent_path().string());
-    DSV3_CHECK(resume_key(saved) == resume_key(cfg), "--resume: ", dir.string(),
-               " was trained with a different model, batch, seq_len or MTP setting than ",
-               o.config_path, "; start a new --out or restore the original config");
+    DSV3_CHECK(resume_key(saved) == resume_key(cfg), "--resume: ", dir.string(), " does not match ",
+               o.config_path, " in ", resume_mismatch(saved, cfg),
+               "; start a new --out or restore the original config");
     SafetensorsFile f((dir / "trainer" / "state.safetensors").string());
     auto get = [&](const char* nm, std::vector<float>& dst) {
       const SafetensorsEntry* e = f.find(nm);
@@ -179,6 +243,7 @@ int run_training(const TrainRunOptions& o) {
     start = j.at("step").get<int64_t>();
     tokens = j.value("tokens", 0.0);
     loader.restore(data::LoaderState::from_json(j.at("loader").dump()));
+    truncate_metrics(fs::path(o.out_dir) / "metrics.jsonl", start);
     std::fprintf(stderr, "resumed from %s at step %lld\n", dir.string().c_str(), (long long)start);
   } else {
     ps.init(params.data(), cfg.seed);
@@ -206,6 +271,7 @@ int run_training(const TrainRunOptions& o) {
   int exit_code = 0;
   int64_t step = start;
   std::string stopped;
+  int64_t bad_params_at = -1;  // the step after which the weights were found non-finite
   for (; step < steps; ++step) {
     const double t0 = now_s();
     loader.next(batch);
@@ -214,13 +280,13 @@ int run_training(const TrainRunOptions& o) {
     const StepLosses L = model.step(batch.data(), params.data(), grads.data());
     const double gnorm = clip_grad_norm(ps, grads.data(), cfg.grad_clip);
     if (!std::isfinite(L.total) || !std::isfinite(gnorm)) {
-      std::fprintf(stderr, "%sdsv3 train: the loss is %s at step %lld (grad norm %g); stopping. The "
-                   "last good checkpoint is %s\n", tty ? "\n" : "",
+      // Steps are numbered from 1 here, as in metrics.jsonl and the checkpoint names.
+      const std::string good = latest_name(o.out_dir);
+      std::fprintf(stderr, "%sdsv3 train: the loss is %s at step %lld (loss %g, grad norm %g); "
+                   "stopping. The last good checkpoint is %s\n", tty ? "\n" : "",
                    std::isfinite(L.total) ? "finite but the gradient is not" : "not finite",
-                   (long long)step, gnorm,
-                   fs::exists(fs::path(o.out_dir) / "latest")
-                       ? (fs::path(o.out_dir) / read_text_file((fs::path(o.out_dir) / "latest").string())).string().c_str()
-                       : "(none written yet)");
+                   (long long)(step + 1), L.total, gnorm,
+                   good.empty() ? "(none written yet)" : (fs::path(o.out_dir) / good).string().c_str());
       exit_code = 3;
       break;
     }
@@ -271,10 +337,27 @@ int run_training(const TrainRunOptions& o) {
       ++step;
       break;
     }
-    if (ckpt_due && step + 1 < steps) save_checkpoint(st, loader.state(), step + 1, tokens, o.out_dir);
+    if (ckpt_due && step + 1 < steps) {
+      if (!all_finite(params)) {
+        bad_params_at = step + 1;
+        exit_code = 3;
+        break;
+      }
+      save_checkpoint(st, loader.state(), step + 1, tokens, o.out_dir);
+    }
   }
   std::fclose(metrics);
   if (tty && !o.quiet) std::fprintf(stderr, "\n");
+  if (exit_code != 3 && !all_finite(params)) {
+    bad_params_at = step;
+    exit_code = 3;
+  }
+  if (bad_params_at >= 0) {
+    const std::string good = latest_name(o.out_dir);
+    std::fprintf(stderr, "dsv3 train: the weights are not finite after step %lld; not saving them. The "
+                 "last good checkpoint is %s\n", (long long)bad_params_at,
+                 good.empty() ? "(none written yet)" : (fs::path(o.out_dir) / good).string().c_str());
+  }
   if (exit_code == 3) return exit_code;
   save_checkpoint(st, loader.state(), step, tokens, o.out_dir);
   const std::string where = (fs::path(o.out_dir) / step_name(step)).string();

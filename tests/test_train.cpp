@@ -1,0 +1,537 @@
+// `dsv3 train`'s promises (src/train/trainer.h, docs/training.md), run through the CLI
+// ($DSV3_BIN, set by ctest) on a very small model: exact resume (metrics and master weights
+// bit-identical to an uninterrupted run, F32 and BF16), a safe stop on SIGINT/SIGTERM with a
+// complete checkpoint that resumes, leftover partial checkpoints ignored, a stop on a real
+// divergence (exit 3, `latest` still the last good checkpoint), clear errors with nothing
+// written for bad input, and checkpoints that `dsv3 score/generate` load.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "data/dataset.h"
+#include "data/prepare.h"
+#include "io/safetensors.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/trainer.h"
+
+namespace dsv3 {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const fs::path& root() {
+  static const fs::path dir = [] {
+    char tmpl[] = "/tmp/dsv3-test-train.XXXXXX";
+    const char* d = ::mkdtemp(tmpl);
+    EXPECT_NE(d, nullptr);
+    std::atexit([] {
+      if (std::getenv("DSV3_TEST_KEEP")) return;  // to look at the runs' files
+      std::error_code ec;
+      fs::remove_all(root(), ec);
+    });
+    return fs::path(d ? d : "/tmp");
+  }();
+  return dir;
+}
+
+void write(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  std::ofstream f(p, std::ios::binary);
+  f << text;
+  ASSERT_TRUE(f.good()) << p;
+}
+
+std::string read(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Text and code documents (code ones get FIM at the configs' fim_rate).
+std::vector<std::string> corpus_texts() {
+  std::vector<std::string> t;
+  for (int i = 0; i < 24; ++i) {
+    t.push_back("The quick brown fox " + std::to_string(i) + " jumps over the lazy dog. "
+                "Small steps make long roads.\n");
+    t.push_back("int f" + std::to_string(i) + "(int x) { return x * " + std::to_string(i) + " + 1; }\n");
+  }
+  return t;
+}
+
+// A small BPE with DeepSeek-V3's special tokens (BOS 0, EOS 1, FIM), and DATA/ prepared from
+// the corpus with it. vocab_size: the tokenizer's size (the model's vocab_size).
+struct Env {
+  std::string tokenizer, data;
+  int vocab = 0;
+};
+
+std::string make_tokenizer(const std::string& name, int vocab) {
+  tok::TrainOptions opt;
+  opt.vocab_size = vocab;
+  opt.special_tokens = {data::kBosToken, data::kEosToken, data::kFimBeginToken, data::kFimHoleToken,
+                        data::kFimEndToken};
+  const auto t = tok::train_bpe(corpus_texts(), opt);
+  const fs::path p = root() / name / "tokenizer.json";
+  write(p, tok::to_tokenizer_json(*t));
+  return p.string();
+}
+
+const Env& env() {
+  static const Env e = [] {
+    Env r;
+    r.tokenizer = make_tokenizer("tok", 320);
+    std::string jl;
+    const auto texts = corpus_texts();
+    for (size_t i = 0; i < texts.size(); ++i)
+      jl += json({{"text", texts[i]}, {"kind", i % 2 ? "code" : "text"}}).dump() + "\n";
+    write(root() / "corpus.jsonl", jl);
+    data::PrepareOptions o;
+    o.tokenizer = r.tokenizer;
+    o.inputs = {(root() / "corpus.jsonl").string()};
+    o.out = (root() / "data").string();
+    o.threads = 1;
+    r.vocab = data::prepare_data(o).meta.vocab_size;
+    r.data = o.out;
+    return r;
+  }();
+  return e;
+}
+
+// Hidden 32, 2 layers (1 dense + 1 MoE: 8 routed experts in 4 groups, top-2 of 2 groups, one
+// shared expert), one MTP module.
+json model_json(int vocab) {
+  return {{"architectures", {"DeepseekV3ForCausalLM"}}, {"model_type", "deepseek_v3"},
+          {"vocab_size", vocab}, {"hidden_size", 32}, {"intermediate_size", 64},
+          {"moe_intermediate_size", 16}, {"num_hidden_layers", 2}, {"num_nextn_predict_layers", 1},
+          {"num_attention_heads", 2}, {"num_key_value_heads", 2}, {"n_shared_experts", 1},
+          {"n_routed_experts", 8}, {"routed_scaling_factor", 2.5}, {"kv_lora_rank", 16},
+          {"q_lora_rank", 24}, {"qk_rope_head_dim", 8}, {"v_head_dim", 8}, {"qk_nope_head_dim", 8},
+          {"topk_method", "noaux_tc"}, {"n_group", 4}, {"topk_group", 2}, {"num_experts_per_tok", 2},
+          {"moe_layer_freq", 1}, {"first_k_dense_replace", 1}, {"norm_topk_prob", true},
+          {"scoring_func", "sigmoid"}, {"hidden_act", "silu"}, {"max_position_embeddings", 64},
+          {"initializer_range", 0.02}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000},
+          {"rope_scaling", nullptr}, {"tie_word_embeddings", false}, {"bos_token_id", 0},
+          {"eos_token_id", 1}, {"torch_dtype", "bfloat16"}};
+}
+
+// 12 steps crossing every schedule boundary: warmup (3), constant, cosine from 5, the MTP λ
+// switch at 8, FIM on half the code documents, the router-bias update and the balance loss.
+json train_json(const char* precision = "f32") {
+  return {{"model", model_json(env().vocab)},
+          {"tokenizer", env().tokenizer},
+          {"precision", precision},
+          {"batch", 2},
+          {"seq_len", 16},
+          {"steps", 12},
+          {"seed", 3},
+          {"grad_clip", 1.0},
+          {"optimizer", {{"lr", 1e-2}, {"lr_min", 1e-3}, {"warmup_steps", 3}, {"decay_start", 5},
+                         {"weight_decay", 0.1}}},
+          {"mtp", {{"lambda", 0.3}, {"lambda_late", 0.1}, {"lambda_switch_step", 8}}},
+          {"balance", {{"gamma", 0.01}, {"alpha", 1e-3}}},
+          {"fim_rate", 0.5},
+          {"log_every", 1},
+          {"checkpoint_every", 4},
+          {"keep_checkpoints", 2}};
+}
+
+// A path for a run's output, removed first (so --gtest_repeat starts from nothing).
+fs::path fresh(const std::string& name) {
+  const fs::path p = root() / name;
+  fs::remove_all(p);
+  return p;
+}
+
+std::string write_config(const std::string& name, const json& j) {
+  const fs::path p = root() / "configs" / (name + ".json");
+  write(p, j.dump(1));
+  return p.string();
+}
+
+struct CliRun {
+  int rc = -1;
+  std::string out, err;
+};
+
+CliRun cli(const std::string& args) {
+  static int n = 0;
+  const fs::path io = root() / "io";
+  fs::create_directories(io);
+  const std::string out = (io / ("out" + std::to_string(n))).string();
+  const std::string err = (io / ("err" + std::to_string(n++))).string();
+  const int st = std::system((std::string(std::getenv("DSV3_BIN")) + " " + args + " >" + out + " 2>" + err).c_str());
+  CliRun r;
+  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  r.out = read(out);
+  r.err = read(err);
+  return r;
+}
+
+std::string train_args(const std::string& config, const fs::path& out, const std::string& data = "") {
+  return "train --config " + config + " --data " + (data.empty() ? env().data : data) + " --out " +
+         out.string() + " --threads 1 --quiet";
+}
+
+std::vector<json> metrics(const fs::path& out) {
+  std::vector<json> v;
+  std::ifstream f(out / "metrics.jsonl");
+  for (std::string line; std::getline(f, line);) v.push_back(json::parse(line));
+  return v;
+}
+
+std::string latest(const fs::path& out) {
+  std::string s = read(out / "latest");
+  while (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+std::string step_name(int64_t s) {
+  char b[32];
+  std::snprintf(b, sizeof b, "step-%06lld", (long long)s);
+  return b;
+}
+
+std::vector<float> master_params(const fs::path& ckpt) {
+  SafetensorsFile f((ckpt / "trainer" / "state.safetensors").string());
+  const SafetensorsEntry* e = f.find("params");
+  EXPECT_NE(e, nullptr);
+  if (!e) return {};
+  const TensorView v = f.view(*e);
+  EXPECT_EQ(v.dtype, DType::F32);
+  const float* p = static_cast<const float*>(v.data);
+  return std::vector<float>(p, p + v.numel());
+}
+
+// Everything a step logs that the data, weights and schedule determine (not the timings),
+// compared as JSON text: nlohmann writes doubles in shortest round-trip form, so equal text
+// is equal bits.
+void expect_same_metrics(const json& a, const json& b) {
+  for (const char* k : {"step", "loss", "main_loss", "mtp_loss", "balance_loss", "lr", "grad_norm", "tokens",
+                        "maxvio", "load"})
+    EXPECT_EQ(a.at(k).dump(), b.at(k).dump()) << k << " at step " << a.at("step");
+}
+
+bool skip_without_bin() { return std::getenv("DSV3_BIN") == nullptr; }
+#define NEED_BIN() \
+  if (skip_without_bin()) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)"
+
+// ---- 1. Exact resume --------------------------------------------------------------------
+
+class ExactResume : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ExactResume, MetricsAndWeightsMatchAnUninterruptedRun) {
+  NEED_BIN();
+  const std::string prec = GetParam();
+  const std::string cfg = write_config("resume_" + prec, train_json(prec.c_str()));
+  const fs::path a = fresh("resume_a_" + prec), b = fresh("resume_b_" + prec);
+
+  const CliRun ra = cli(train_args(cfg, a));
+  ASSERT_EQ(ra.rc, 0) << ra.err;
+  const std::vector<json> ma = metrics(a);
+  ASSERT_EQ(ma.size(), 12u);
+  EXPECT_EQ(latest(a), "step-000012");
+  // keep_checkpoints 2: step-000008 and the final one.
+  EXPECT_FALSE(fs::exists(a / "step-000004"));
+  EXPECT_TRUE(fs::exists(a / "step-000008"));
+
+  // Stop at 6 (between checkpoints), then pretend a crash: a step logged after the checkpoint
+  // and a half-written next checkpoint.
+  const CliRun rb = cli(train_args(cfg, b) + " --steps 6");
+  ASSERT_EQ(rb.rc, 0) << rb.err;
+  EXPECT_EQ(latest(b), "step-000006");
+  {
+    std::ofstream(b / "metrics.jsonl", std::ios::app) << json({{"step", 7}, {"loss", 99.0}}).dump() << "\n";
+    write(b / ".tmp-step-000008" / "config.json", "{\"trunc");
+  }
+  const CliRun rr = cli(train_args(cfg, b) + " --resume");
+  ASSERT_EQ(rr.rc, 0) << rr.err;
+  EXPECT_NE(rr.err.find("at step 6"), std::string::npos) << rr.err;
+  EXPECT_FALSE(fs::exists(b / ".tmp-step-000008"));
+  EXPECT_EQ(latest(b), "step-000012");
+
+  const std::vector<json> mb = metrics(b);
+  ASSERT_EQ(mb.size(), ma.size());
+  for (size_t i = 0; i < ma.size(); ++i) expect_same_metrics(ma[i], mb[i]);
+  // F32 master weights, AdamW moments, the HF checkpoint: byte for byte.
+  for (const char* f : {"trainer/state.safetensors", "model.safetensors", "config.json"})
+    EXPECT_TRUE(read(a / "step-000012" / f) == read(b / "step-000012" / f)) << f;
+  const json sa = json::parse(read(a / "step-000012/trainer/trainer_state.json"));
+  const json sb = json::parse(read(b / "step-000012/trainer/trainer_state.json"));
+  for (const char* k : {"step", "adam_t", "tokens", "loader"}) EXPECT_EQ(sa.at(k), sb.at(k)) << k;
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, ExactResume, ::testing::Values("f32", "bf16"));
+
+// ---- 2. Signals --------------------------------------------------------------------------
+
+struct Child {
+  pid_t pid = -1;
+  fs::path err;
+};
+
+Child spawn_train(const std::string& config, const fs::path& out) {
+  Child c;
+  c.err = out.string() + ".stderr";
+  const std::string bin = std::getenv("DSV3_BIN"), data = env().data, o = out.string(), e = c.err.string();
+  c.pid = ::fork();
+  if (c.pid == 0) {
+    const int fd = ::open(e.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+    }
+    ::execl(bin.c_str(), bin.c_str(), "train", "--config", config.c_str(), "--data", data.c_str(), "--out",
+            o.c_str(), "--threads", "1", "--quiet", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return c;
+}
+
+// Waits until metrics.jsonl has n lines (or the child exits, or 120 s pass).
+bool wait_for_steps(const Child& c, const fs::path& out, size_t n) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (fs::exists(out / "metrics.jsonl")) {
+      const std::string t = read(out / "metrics.jsonl");
+      if (size_t(std::count(t.begin(), t.end(), '\n')) >= n) return true;
+    }
+    int st = 0;
+    if (::waitpid(c.pid, &st, WNOHANG) == c.pid) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+struct SignalCase {
+  int sig;
+  const char* name;
+  int code;
+};
+
+class StopOnSignal : public ::testing::TestWithParam<SignalCase> {};
+
+TEST_P(StopOnSignal, SavesACompleteCheckpointThatResumes) {
+  NEED_BIN();
+  const SignalCase sc = GetParam();
+  json j = train_json("bf16");
+  j["steps"] = 100000;
+  j["checkpoint_every"] = 3;
+  const std::string cfg = write_config(std::string("signal_") + sc.name, j);
+  const fs::path out = fresh(std::string("signal_") + sc.name);
+
+  const Child c = spawn_train(cfg, out);
+  ASSERT_GT(c.pid, 0);
+  const bool started = wait_for_steps(c, out, 4);
+  ASSERT_EQ(::kill(c.pid, sc.sig), 0);
+  int st = 0;
+  ASSERT_EQ(::waitpid(c.pid, &st, 0), c.pid);
+  ASSERT_TRUE(started) << read(c.err);
+  ASSERT_TRUE(WIFEXITED(st)) << "killed by signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  EXPECT_EQ(WEXITSTATUS(st), sc.code) << read(c.err);
+  const std::string err = read(c.err);
+  EXPECT_NE(err.find(std::string(sc.name) + " received"), std::string::npos) << err;
+
+  // The checkpoint holds every step that was logged, and is complete.
+  const std::vector<json> m = metrics(out);
+  ASSERT_FALSE(m.empty());
+  const int64_t n = m.back().at("step").get<int64_t>();
+  EXPECT_EQ(latest(out), step_name(n));
+  const fs::path ck = out / step_name(n);
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "trainer/state.safetensors",
+                        "trainer/trainer_state.json"})
+    EXPECT_TRUE(fs::is_regular_file(ck / f)) << f;
+  for (const auto& e : fs::directory_iterator(out))
+    EXPECT_NE(e.path().filename().string().rfind(".tmp-", 0), 0u) << e.path();
+  const CliRun score = cli("score --model " + ck.string() + " --prompt 'int f3(int x)' --threads 1");
+  EXPECT_EQ(score.rc, 0) << score.err;
+
+  const CliRun r = cli(train_args(cfg, out) + " --resume --steps " + std::to_string(n + 3));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("at step " + std::to_string(n)), std::string::npos) << r.err;
+  const std::vector<json> m2 = metrics(out);
+  ASSERT_EQ(m2.size(), size_t(n + 3));
+  for (size_t i = 0; i < m2.size(); ++i) EXPECT_EQ(m2[i].at("step").get<int64_t>(), int64_t(i + 1));
+  EXPECT_EQ(latest(out), step_name(n + 3));
+}
+
+INSTANTIATE_TEST_SUITE_P(Signals, StopOnSignal,
+                         ::testing::Values(SignalCase{SIGINT, "SIGINT", 130}, SignalCase{SIGTERM, "SIGTERM", 143}),
+                         [](const auto& i) { return std::string(i.param.name); });
+
+// ---- 3. Divergence -----------------------------------------------------------------------
+
+// A real divergence: lr 10 with weight decay 10 multiplies every decayed weight by
+// (1 − lr·wd) = −99 per step, so activations overflow F32 within a few steps.
+TEST(TrainNonFinite, StopsWithExit3AndKeepsTheLastGoodCheckpoint) {
+  NEED_BIN();
+  json j = train_json("f32");
+  j["steps"] = 200;
+  j["grad_clip"] = 0.0;
+  j["optimizer"] = {{"lr", 10.0}, {"lr_min", 10.0}, {"warmup_steps", 0}, {"weight_decay", 10.0}};
+  j["checkpoint_every"] = 1;
+  const std::string cfg = write_config("nan", j);
+  int64_t first_bad = -1;
+  std::string first_line;
+  for (int run = 0; run < 2; ++run) {  // twice: the step it stops at is deterministic
+    const fs::path out = fresh("nan" + std::to_string(run));
+    const CliRun r = cli(train_args(cfg, out));
+    ASSERT_EQ(r.rc, 3) << r.err;
+    std::smatch mt;
+    ASSERT_TRUE(std::regex_search(r.err, mt, std::regex("dsv3 train: the (loss|weights) .* step ([0-9]+)")))
+        << r.err;
+    const int64_t bad = std::stoll(mt[2]);
+    ASSERT_GE(bad, 2) << r.err;
+    ASSERT_LT(bad, 200) << r.err;
+    if (run == 0) {
+      first_bad = bad;
+      first_line = mt[0];
+    } else {
+      EXPECT_EQ(bad, first_bad);
+      EXPECT_EQ(std::string(mt[0]), first_line);
+    }
+    // Named: the step whose loss (or whose update of the weights) was not finite; every
+    // step before it completed and was saved (checkpoint_every 1).
+    const int64_t good = bad - 1;
+    EXPECT_EQ(latest(out), step_name(good)) << r.err;
+    EXPECT_NE(r.err.find(step_name(good)), std::string::npos) << r.err;
+    const std::vector<json> m = metrics(out);
+    ASSERT_FALSE(m.empty());
+    EXPECT_LE(m.back().at("step").get<int64_t>(), bad);
+    for (float v : master_params(out / step_name(good))) ASSERT_TRUE(std::isfinite(v));
+    EXPECT_TRUE(std::isfinite(m[size_t(good - 1)].at("loss").get<double>()));
+  }
+}
+
+// ---- 4. Bad input ------------------------------------------------------------------------
+
+void expect_refused(const std::string& args, const fs::path& out, const std::string& part) {
+  const CliRun r = cli(args);
+  EXPECT_NE(r.rc, 0) << args;
+  EXPECT_NE(r.err.find(part), std::string::npos) << "expected '" << part << "' in: " << r.err;
+  EXPECT_FALSE(fs::exists(out)) << "wrote " << out;
+}
+
+TEST(TrainBadInput, ContradictoryConfigs) {
+  NEED_BIN();
+  struct Case {
+    const char* name;
+    std::function<void(json&)> edit;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"topk_group", [](json& j) { j["model"]["topk_group"] = 5; }, "topk_group"},
+      {"experts_per_tok", [](json& j) { j["model"]["num_experts_per_tok"] = 9; }, "num_experts_per_tok"},
+      {"seq_len", [](json& j) { j["seq_len"] = 128; }, "max_position_embeddings"},
+      {"warmup", [](json& j) { j["optimizer"]["warmup_steps"] = 20; }, "'optimizer.warmup_steps' (20) exceeds 'steps' (12)"},
+      {"lr_min", [](json& j) { j["optimizer"]["lr_min"] = 0.1; }, "'optimizer.lr_min' (0.1) exceeds 'optimizer.lr'"},
+      {"unknown", [](json& j) { j["bacth"] = 2; }, "unknown key 'bacth'"},
+      {"unknown_nested", [](json& j) { j["optimizer"]["beta_1"] = 0.9; }, "unknown key 'optimizer.beta_1'"},
+      {"type", [](json& j) { j["batch"] = "2"; }, "'batch' must be an integer"},
+      {"vocab", [](json& j) { j["model"]["vocab_size"] = env().vocab - 10; }, "larger than the model's vocab_size"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    json j = train_json();
+    c.edit(j);
+    const fs::path out = root() / (std::string("bad_") + c.name);
+    expect_refused(train_args(write_config(std::string("bad_") + c.name, j), out), out, c.message);
+  }
+}
+
+TEST(TrainBadInput, DataProblems) {
+  NEED_BIN();
+  const std::string cfg = write_config("bad_data", train_json());
+  const fs::path out = root() / "bad_data_out";
+  const std::string missing = (root() / "no_such_data").string();
+  expect_refused(train_args(cfg, out, missing), out, missing + ": not a directory");
+
+  // An empty corpus: data prepare refuses it and leaves nothing.
+  write(root() / "empty.jsonl", "\n{\"text\": \"\"}\n");
+  const fs::path empty_data = root() / "empty_data";
+  expect_refused("data prepare --tokenizer " + env().tokenizer + " --input " + (root() / "empty.jsonl").string() +
+                     " --out " + empty_data.string() + " --threads 1",
+                 empty_data, "no documents in the inputs");
+
+  // The config's tokenizer is not the one the data was prepared with.
+  json j = train_json();
+  j["tokenizer"] = make_tokenizer("tok_other", 300);
+  expect_refused(train_args(write_config("bad_tok", j), out), out, "prepared with another tokenizer");
+}
+
+TEST(TrainBadInput, ResumeFromAMismatchedCheckpoint) {
+  NEED_BIN();
+  json j = train_json();
+  j["steps"] = 2;
+  j["optimizer"]["warmup_steps"] = 1;
+  j["optimizer"]["decay_start"] = 1;
+  const std::string cfg = write_config("mismatch", j);
+  const fs::path out = fresh("mismatch");
+  const CliRun r0 = cli(train_args(cfg, out));
+  ASSERT_EQ(r0.rc, 0) << r0.err;
+  const std::string metrics_before = read(out / "metrics.jsonl");
+  const auto refused = [&](json k, const std::string& part) {
+    k["steps"] = 4;
+    const CliRun r = cli(train_args(write_config("mismatch2", k), out) + " --resume");
+    EXPECT_NE(r.rc, 0);
+    EXPECT_NE(r.err.find(part), std::string::npos) << r.err;
+    EXPECT_EQ(latest(out), "step-000002");
+    EXPECT_EQ(read(out / "metrics.jsonl"), metrics_before);
+    EXPECT_FALSE(fs::exists(out / "step-000004"));
+  };
+  json k = j;
+  k["batch"] = 3;
+  refused(k, "in batch (2 there, 3 here)");
+  k = j;
+  k["model"]["hidden_size"] = 48;
+  refused(k, "does not match " + root().string() + "/configs/mismatch2.json in the model config");
+  // No checkpoint at all.
+  const fs::path none = fresh("mismatch_none");
+  fs::create_directories(none);
+  const CliRun r = cli(train_args(cfg, none) + " --resume");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("has no checkpoint"), std::string::npos) << r.err;
+}
+
+// ---- 5. A trained checkpoint is a model ----------------------------------------------------
+
+TEST(TrainCheckpoint, LoadsInScoreAndGenerate) {
+  NEED_BIN();
+  json j = train_json("bf16");
+  j["steps"] = 4;
+  j["optimizer"]["warmup_steps"] = 1;
+  j["optimizer"]["decay_start"] = 1;
+  const fs::path out = fresh("model");
+  const CliRun r = cli(train_args(write_config("model", j), out));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const fs::path ck = out / latest(out);
+  EXPECT_TRUE(fs::is_regular_file(ck / "tokenizer.json"));
+  const CliRun s = cli("score --model " + ck.string() + " --prompt 'The quick brown fox' --json --threads 1");
+  ASSERT_EQ(s.rc, 0) << s.err;
+  const json lp = json::parse(s.out).at("logprobs");
+  ASSERT_FALSE(lp.empty());
+  for (const auto& v : lp) EXPECT_TRUE(std::isfinite(v.get<double>()) && v.get<double>() <= 0);
+  const CliRun g = cli("generate --model " + ck.string() + " --prompt 'int f' --max-new-tokens 4 --json --threads 1");
+  ASSERT_EQ(g.rc, 0) << g.err;
+  const json gj = json::parse(g.out);
+  EXPECT_TRUE(gj.contains("text") && gj.contains("stop_reason")) << g.out;
+  EXPECT_FALSE(gj.at("ids").empty()) << g.out;
+}
+
+}  // namespace
+}  // namespace dsv3
