@@ -200,7 +200,7 @@ TEST(Speculative, CachesMatchRecomputation) {
   ModelConfig c = tiny_v3_config();
   c.num_nextn_predict_layers = 2;
   const std::string dir = make_model("state", c, CheckpointFormat::BF16);
-  Model m(dir);
+  Model m(dir, one_thread());
   const int64_t H = c.hidden_size, L = c.num_hidden_layers;
   Generator g(m, nullptr, 64);
   const auto prompt = ids_for(6, m.vocab(), 5);
@@ -248,7 +248,7 @@ TEST(Speculative, CachesMatchRecomputation) {
     EXPECT_LT(max_diff(layer(kc, l), layer(fresh, l), cnt), 1e-3 * std::max(1.0, mag)) << "layer " << l;
   }
   // And a further plain or speculative step from this state equals a fresh start.
-  Model m2(dir);
+  Model m2(dir, one_thread());
   Generator ref(m2, nullptr, 64);
   const auto want = ref.generate(hist, opts(6, 0)).ids;
   EXPECT_EQ(g.generate(hist, opts(6, 0)).ids, want);
@@ -388,7 +388,7 @@ CliRun run_cli(const std::string& args) {
 TEST(Speculative, GenerateCommand) {
   if (!std::getenv("DSV3_BIN")) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
   const std::string dir = make_model("cli", tiny_v3_config(), CheckpointFormat::FP8);
-  const std::string base = "generate --model " + dir + " --ids 3,4,5,6 --max-new-tokens 9";
+  const std::string base = "generate --model " + dir + " --ids 3,4,5,6 --max-new-tokens 9 --threads 1";
   const CliRun r = run_cli(base + " --speculative mtp --draft 2 --compare --json");
   ASSERT_EQ(r.rc, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
@@ -405,7 +405,8 @@ TEST(Speculative, GenerateCommand) {
   const CliRun s = run_cli(base + " --speculative mtp");
   ASSERT_EQ(s.rc, 0) << s.err;
   EXPECT_NE(s.err.find("[speculative:"), std::string::npos) << s.err;
-  for (const char* bad : {" --speculative eagle", " --speculative mtp --draft 99", " --compare"}) {
+  for (const char* bad : {" --speculative eagle", " --speculative mtp --draft 99", " --compare",
+                          " --draft 2"}) {
     const CliRun e = run_cli(base + bad);
     EXPECT_NE(e.rc, 0) << bad;
     EXPECT_NE(e.err.find("error"), std::string::npos) << bad << ": " << e.err;

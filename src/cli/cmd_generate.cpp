@@ -54,6 +54,7 @@ bool speculating(const GenArgs& a) {
   DSV3_CHECK(a.speculative == "none" || a.speculative == "mtp", "--speculative: unknown method '",
              a.speculative, "' (expected 'mtp' or 'none')");
   DSV3_CHECK(a.draft >= 0 && a.draft <= 16, "--draft must be in [1, 16], got ", a.draft);
+  DSV3_CHECK(a.draft == 0 || a.speculative == "mtp", "--draft needs --speculative mtp");
   return a.speculative == "mtp";
 }
 
