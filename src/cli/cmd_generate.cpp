@@ -25,7 +25,9 @@ namespace {
 
 struct GenArgs {
   std::string model, prompt, ids, system;
-  bool prompt_given = false, ids_given = false, json = false;
+  bool prompt_given = false, ids_given = false, json = false, compare = false;
+  std::string speculative = "none";  // "none" | "mtp"
+  int64_t draft = 0;                 // drafts per step; 0: num_nextn_predict_layers
   int64_t max_new_tokens = 128, context = 0;
   SamplingParams sampling;
   std::vector<std::string> stop;
@@ -42,6 +44,18 @@ void add_sampling_options(CLI::App* c, GenArgs& a) {
   c->add_option("--stop", a.stop, "Stop string (repeatable); not included in the output");
   c->add_option("--context", a.context, "Context positions (default: min(max_position_embeddings, 4096))");
   c->add_option("--threads", a.threads, "Threads (default: all cores)");
+  c->add_option("--speculative", a.speculative,
+                "Speculative decoding: 'mtp' drafts with the model's MTP modules (default none)");
+  c->add_option("--draft", a.draft,
+                "Tokens drafted per step with --speculative mtp (default num_nextn_predict_layers)");
+}
+
+bool speculating(const GenArgs& a) {
+  DSV3_CHECK(a.speculative == "none" || a.speculative == "mtp", "--speculative: unknown method '",
+             a.speculative, "' (expected 'mtp' or 'none')");
+  DSV3_CHECK(a.draft >= 0 && a.draft <= 16, "--draft must be in [1, 16], got ", a.draft);
+  DSV3_CHECK(a.draft == 0 || a.speculative == "mtp", "--draft needs --speculative mtp");
+  return a.speculative == "mtp";
 }
 
 std::unique_ptr<tok::Tokenizer> load_tokenizer(const std::string& dir, bool required,
@@ -57,16 +71,47 @@ std::unique_ptr<Model> load_model(const GenArgs& a) {
   DSV3_CHECK(std::filesystem::exists(std::filesystem::path(a.model) / "config.json"),
              "--model: '", a.model, "' has no config.json (not a model directory)");
   ModelOptions mo;
-  mo.with_mtp = false;  // plain decoding does not use the MTP modules
-  return std::make_unique<Model>(a.model, mo);
+  mo.with_mtp = speculating(a);  // plain decoding does not use the MTP modules
+  auto m = std::make_unique<Model>(a.model, mo);
+  DSV3_CHECK(!mo.with_mtp || m->n_mtp() >= 1, "--speculative mtp: the model in '", a.model,
+             "' has no MTP module (num_nextn_predict_layers = 0)");
+  return m;
 }
 
-GenerateOptions generate_options(const GenArgs& a) {
+GenerateOptions generate_options(const GenArgs& a, const Model& m) {
   GenerateOptions o;
   o.max_new_tokens = a.max_new_tokens;
   o.sampling = a.sampling;
   o.stop = a.stop;
+  if (speculating(a)) o.speculative_draft = a.draft > 0 ? a.draft : m.n_mtp();
   return o;
+}
+
+double ratio(int64_t a, int64_t b) { return b > 0 ? double(a) / double(b) : 0; }
+
+nlohmann::ordered_json spec_json(const GenerateStats& s) {
+  const SpeculativeStats& p = s.spec;
+  std::vector<double> rate;
+  for (size_t j = 0; j < p.drafted_at.size(); ++j)
+    rate.push_back(ratio(p.accepted_at[j], p.drafted_at[j]));
+  return {{"drafted", p.drafted},
+          {"accepted", p.accepted},
+          {"acceptance_rate", ratio(p.accepted, p.drafted)},
+          {"acceptance_by_position", rate},
+          {"steps", p.steps},
+          {"tokens_per_step", ratio(p.steps + p.accepted, p.steps)},
+          {"decode_tokens_per_s", s.decode_tokens_per_s}};
+}
+
+void print_spec_stats(const GenerateStats& s) {
+  if (!s.speculative) return;
+  const SpeculativeStats& p = s.spec;
+  std::fprintf(stderr, "[speculative: %lld drafted, %lld accepted (%.1f%%; by position",
+               (long long)p.drafted, (long long)p.accepted, 100 * ratio(p.accepted, p.drafted));
+  for (size_t j = 0; j < p.drafted_at.size(); ++j)
+    std::fprintf(stderr, " %zu: %.1f%%", j + 1, 100 * ratio(p.accepted_at[j], p.drafted_at[j]));
+  std::fprintf(stderr, "), %.2f tokens/step, %.2f decode tok/s]\n",
+               ratio(p.steps + p.accepted, p.steps), s.decode_tokens_per_s);
 }
 
 void print_stats(const GenerateResult& r) {
@@ -78,6 +123,7 @@ void print_stats(const GenerateResult& r) {
                s.prefill_s, s.prefill_tokens_per_s, (long long)s.new_tokens,
                (long long)s.decode_steps, s.decode_s, s.decode_tokens_per_s,
                stop_reason_name(r.stop_reason));
+  print_spec_stats(s);
 }
 
 void run_generate(const GenArgs& a) {
@@ -92,7 +138,24 @@ void run_generate(const GenArgs& a) {
     DSV3_CHECK(!ids.empty(), "--prompt: the text encodes to no tokens (empty prompt)");
   }
   Generator gen(*model, tok.get(), a.context);
-  const GenerateOptions o = generate_options(a);
+  const GenerateOptions o = generate_options(a, *model);
+  DSV3_CHECK(!a.compare || o.speculative_draft > 0, "--compare needs --speculative mtp");
+  // --compare: the same prompt decoded plainly first (from an empty cache, as the
+  // speculative run then is too).
+  GenerateResult plain;
+  if (a.compare) {
+    GenerateOptions po = o;
+    po.speculative_draft = 0;
+    plain = gen.generate(ids, po);
+    gen.reset();
+  }
+  const auto compare_json = [&](const GenerateResult& r) {
+    const double sp = r.stats.decode_tokens_per_s, pl = plain.stats.decode_tokens_per_s;
+    return nlohmann::ordered_json{{"plain_decode_tokens_per_s", pl},
+                                  {"speculative_decode_tokens_per_s", sp},
+                                  {"speedup", pl > 0 ? sp / pl : 0.0},
+                                  {"same_ids", plain.ids == r.ids}};
+  };
   if (a.json) {
     const GenerateResult r = gen.generate(ids, o);
     const GenerateStats& s = r.stats;
@@ -105,6 +168,8 @@ void run_generate(const GenArgs& a) {
                   {"decode_steps", s.decode_steps},       {"prefill_s", s.prefill_s},
                   {"prefill_tokens_per_s", s.prefill_tokens_per_s},
                   {"decode_s", s.decode_s},               {"decode_tokens_per_s", s.decode_tokens_per_s}};
+    if (s.speculative) j["stats"]["speculative"] = spec_json(s);
+    if (a.compare) j["stats"]["compare"] = compare_json(r);
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace).c_str());
     return;
   }
@@ -121,13 +186,19 @@ void run_generate(const GenArgs& a) {
   });
   std::printf("\n");
   print_stats(r);
+  if (a.compare) {
+    const auto c = compare_json(r);
+    std::fprintf(stderr, "[compare: plain %.2f decode tok/s, speculative %.2f, speedup %.2fx; ids %s]\n",
+                 double(c["plain_decode_tokens_per_s"]), double(c["speculative_decode_tokens_per_s"]),
+                 double(c["speedup"]), plain.ids == r.ids ? "identical" : "differ");
+  }
 }
 
 void run_chat(const GenArgs& a) {
   const auto model = load_model(a);
   const auto tok = load_tokenizer(a.model, true, "chat");
   Generator gen(*model, tok.get(), a.context);
-  const GenerateOptions o = generate_options(a);
+  const GenerateOptions o = generate_options(a, *model);
   const std::string bos = tok->bos_token().empty() ? "<｜begin▁of▁sentence｜>" : tok->bos_token();
   std::vector<tok::ChatMessage> messages;
   if (!a.system.empty()) messages.push_back({"system", a.system, {}});
@@ -190,6 +261,8 @@ void register_generate(CLI::App& app) {
   c->add_option("--ids", a->ids, "Comma-separated prompt token ids, e.g. 0,5,17")
       ->each([a](const std::string&) { a->ids_given = true; });
   c->add_option("--max-new-tokens", a->max_new_tokens, "Most tokens to generate (default 128)");
+  c->add_flag("--compare", a->compare,
+              "With --speculative: also decode plainly first and report both tokens/s and the speedup");
   c->add_flag("--json", a->json,
               "Print one line {\"ids\",\"text\",\"stop_reason\",\"stats\"} instead of streaming");
   c->callback([a] { run_generate(*a); });

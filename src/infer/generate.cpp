@@ -28,7 +28,7 @@ const char* stop_reason_name(StopReason r) {
 }
 
 Generator::Generator(Model& model, const tok::Tokenizer* tokenizer, int64_t context)
-    : model_(model), tok_(tokenizer) {
+    : model_(model), tok_(tokenizer), spec_(model) {
   DSV3_CHECK(context >= 0, "the context size must be positive, got ", context);
   if (context == 0) context = std::min<int64_t>(model.config().max_position_embeddings, 4096);
   cache_ = model_.new_cache(context);
@@ -38,16 +38,22 @@ Generator::Generator(Model& model, const tok::Tokenizer* tokenizer, int64_t cont
 void Generator::reset() {
   history_.clear();
   cache_.truncate(0);
+  spec_.reset();
 }
 
-void Generator::prefill(const std::vector<int32_t>& prompt, int64_t reuse) {
+void Generator::prefill(const std::vector<int32_t>& prompt, int64_t reuse, bool keep_hidden) {
   cache_.truncate(reuse);
   ForwardArgs a;
   a.ids = prompt.data() + reuse;
   a.T = int64_t(prompt.size()) - reuse;
   a.logits = logits_.data();
   a.logits_from = a.T - 1;  // only the last position's logits are needed
+  if (keep_hidden) {
+    hidden_.resize(size_t(a.T * model_.config().hidden_size));
+    a.hidden = hidden_.data();
+  }
   model_.forward(cache_, a, scratch_);
+  if (keep_hidden) spec_.after_prefill(hidden_.data(), reuse, a.T);
 }
 
 void Generator::decode_step(Sampler& sampler, std::vector<int32_t>& out) {
@@ -74,6 +80,14 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
   DSV3_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", o.max_new_tokens);
   DSV3_CHECK(o.stop.empty() || tok_, "stop strings need the model's tokenizer (tokenizer.json)");
   validate(o.sampling);
+  const bool speculate = o.speculative_draft > 0;
+  DSV3_CHECK(o.speculative_draft >= 0, "the number of draft tokens must be >= 0, got ",
+             o.speculative_draft);
+  DSV3_CHECK(!speculate || model_.n_mtp() >= 1,
+             "speculative decoding needs the model's MTP modules, but ",
+             model_.config().num_nextn_predict_layers == 0
+                 ? "the config has num_nextn_predict_layers = 0"
+                 : "the model was loaded without them (ModelOptions.with_mtp)");
 
   std::vector<int32_t> eos;
   if (o.stop_at_eos) {
@@ -87,13 +101,18 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
   int64_t lcp = 0;
   const int64_t held = std::min<int64_t>(cache_.len, int64_t(history_.size()));
   while (lcp < held && lcp < P && history_[size_t(lcp)] == prompt[size_t(lcp)]) ++lcp;
-  const int64_t reuse = std::min(lcp, P - 1);
+  int64_t reuse = std::min(lcp, P - 1);
+  // The MTP caches keep only rows whose tokens lie in the shared prefix; a speculative
+  // prefill also starts where module 1 must catch up, to hand it the main hidden rows.
+  spec_.begin(cache_, lcp);
+  if (speculate) reuse = std::min(reuse, spec_.prefill_from());
 
   GenerateResult r;
   GenerateStats& st = r.stats;
   st.prompt_tokens = P;
   st.reused_tokens = reuse;
   st.prefill_tokens = P - reuse;
+  st.speculative = speculate;
 
   std::optional<tok::StreamDecoder> dec;
   if (tok_) dec.emplace(*tok_);
@@ -118,7 +137,7 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
 
   auto t0 = std::chrono::steady_clock::now();
   try {
-    prefill(prompt, reuse);
+    prefill(prompt, reuse, speculate);
   } catch (...) {
     reset();  // the cache may hold part of the prompt: forget it all
     throw;
@@ -142,14 +161,27 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
     if (have_logits) {
       step.assign(1, sampler.sample(logits_.data(), V));
       have_logits = false;
+    } else if (speculate) {
+      // A step yields at most n + 1 tokens: draft no more than max_new_tokens and the
+      // context can still take (history_ ≤ C), so no verified token is wasted.
+      const int64_t room = std::min(o.max_new_tokens - int64_t(r.ids.size()),
+                                    C - int64_t(history_.size()));
+      const int64_t n = std::min(o.speculative_draft, room - 1);
+      spec_.step(cache_, scratch_, history_, n, sampler, st.spec, step);
+      ++st.decode_steps;
     } else {
       decode_step(sampler, step);
       ++st.decode_steps;
     }
-    // A multi-token (speculative) step will also have to stop at max_new_tokens and C inside
-    // this loop and truncate the cache to the tokens kept.
-    for (int32_t id : step)
-      if ((stopped = emit(id))) break;
+    // The same limits as for one token, checked before each token of a multi-token step.
+    for (size_t i = 0; i < step.size() && !stopped; ++i) {
+      if (i > 0 && int64_t(r.ids.size()) >= o.max_new_tokens) break;
+      if (i > 0 && int64_t(history_.size()) >= C) break;
+      stopped = emit(step[i]);
+    }
+    // Tokens after a stop inside an accepted run are dropped: the cache must hold only
+    // history tokens (it may hold all of them, the next call's prefix reuse allows it).
+    cache_.truncate(std::min<int64_t>(cache_.len, int64_t(history_.size())));
   }
   st.decode_s = seconds_since(t0);
 
@@ -164,7 +196,8 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
   }
   st.new_tokens = int64_t(r.ids.size());
   st.prefill_tokens_per_s = st.prefill_s > 0 ? double(st.prefill_tokens) / st.prefill_s : 0;
-  st.decode_tokens_per_s = st.decode_s > 0 ? double(st.decode_steps) / st.decode_s : 0;
+  const int64_t decode_tokens = std::max<int64_t>(0, st.new_tokens - 1);
+  st.decode_tokens_per_s = st.decode_s > 0 ? double(decode_tokens) / st.decode_s : 0;
   return r;
 }
 

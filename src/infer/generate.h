@@ -3,10 +3,10 @@
 // longest common prefix of the cached history and the new prompt.
 //
 // One call: prefill the prompt's new part (one forward, logits of the last position only),
-// sample, then decode steps until a stop. A decode step is a separate function from the loop
-// (decode_step) so that another strategy — MTP drafting + a multi-token verify forward +
-// KvCache::truncate of the rejected tokens — can later produce several tokens per step
-// without changing how tokens are emitted, stopped on and counted.
+// sample, then decode steps until a stop. A step is either plain (one token) or speculative
+// (infer/speculative.h: MTP drafts + one verify forward + KvCache::truncate of the rejected
+// tokens, several tokens per step); the loop emits, stops on and counts tokens the same way
+// for both.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "infer/sampler.h"
+#include "infer/speculative.h"
 #include "model/model.h"
 
 namespace dsv3 {
@@ -25,6 +26,10 @@ struct GenerateOptions {
   SamplingParams sampling;         // a fresh Sampler (seeded from sampling.seed) per call
   std::vector<std::string> stop;   // stop strings (need a tokenizer); not part of the text
   bool stop_at_eos = true;         // config eos_token_id, and the tokenizer's eos if different
+  // MTP speculative decoding: draft this many tokens per step (0 = off). Needs a model
+  // loaded with its MTP modules; greedy output is that of plain decoding, sampled output
+  // has the same distribution.
+  int64_t speculative_draft = 0;
 };
 
 enum class StopReason {
@@ -42,7 +47,11 @@ struct GenerateStats {
   int64_t new_tokens = 0;
   int64_t decode_steps = 0;    // decode forwards (the first new token comes from the prefill)
   double prefill_s = 0, prefill_tokens_per_s = 0;
-  double decode_s = 0, decode_tokens_per_s = 0;  // decode tokens/s = decode_steps / decode_s
+  // decode tokens: the new tokens after the first (which comes from the prefill's logits);
+  // decode tokens/s = decode tokens / decode_s (= decode_steps / decode_s when plain).
+  double decode_s = 0, decode_tokens_per_s = 0;
+  bool speculative = false;
+  SpeculativeStats spec;       // steps == decode_steps when speculative
 };
 
 struct GenerateResult {
@@ -74,13 +83,17 @@ class Generator {
   // Prompt + generated tokens of the last call; the cache holds the first cached() of them.
   const std::vector<int32_t>& history() const { return history_; }
   int64_t cached() const { return cache_.len; }
+  // For tests: the cache, and per MTP module how many of its rows are valid (speculative.h).
+  const KvCache& cache() const { return cache_; }
+  const std::vector<int64_t>& mtp_valid() const { return spec_.valid(); }
 
  private:
-  // Forwards prompt[reuse..) at cache position `reuse`; leaves the last position's logits.
-  void prefill(const std::vector<int32_t>& prompt, int64_t reuse);
+  // Forwards prompt[reuse..) at cache position `reuse`; leaves the last position's logits
+  // (and with keep_hidden every forwarded position's state after model.norm for spec_).
+  void prefill(const std::vector<int32_t>& prompt, int64_t reuse, bool keep_hidden);
   // Plain decode strategy: forwards history_.back() (the one token not yet in the cache)
-  // and samples the next token into `out` (cleared first). A speculative strategy would
-  // append several accepted tokens here and roll the cache back over the rejected ones.
+  // and samples the next token into `out` (cleared first). The speculative step is
+  // Speculator::step.
   void decode_step(Sampler& sampler, std::vector<int32_t>& out);
 
   Model& model_;
@@ -88,7 +101,9 @@ class Generator {
   KvCache cache_;
   std::vector<int32_t> history_;   // tokens whose positions are (or will be) in the cache
   std::vector<float> logits_;      // [V]: the last forwarded position's logits
+  std::vector<float> hidden_;      // [T, H]: a speculative prefill's states
   ForwardScratch scratch_;
+  Speculator spec_;                // the MTP caches' bookkeeping (kept across calls)
 };
 
 }  // namespace dsv3

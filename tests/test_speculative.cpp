@@ -1,0 +1,416 @@
+// MTP speculative decoding on tiny random checkpoints with MTP modules (FP8 and BF16, one
+// and two modules): greedy output identical to plain greedy decoding (drafts 1..3, so past D
+// the chained module runs), under every limit (max_new_tokens, EOS, context); the main and
+// MTP caches left consistent with the history; sampled output distributed as plain
+// sampling (chi-square); consistent statistics; the `dsv3 generate --speculative` command.
+//
+// Random models accept few drafts; that is fine: rejection, rollback and catch-up are what
+// most of these runs exercise, and acceptance happens often enough on a 12-token vocabulary.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "infer/generate.h"
+#include "io/random_checkpoint.h"
+#include "model/model.h"
+
+namespace fs = std::filesystem;
+using namespace dsv3;
+
+namespace {
+
+std::vector<std::string> g_dirs;
+struct Cleanup {
+  ~Cleanup() {
+    for (const auto& d : g_dirs) fs::remove_all(d);
+  }
+} g_cleanup;
+
+std::string make_model(const std::string& name, ModelConfig c, CheckpointFormat fmt) {
+  const fs::path p = fs::temp_directory_path() / ("dsv3_spec_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  g_dirs.push_back(p.string());
+  RandomCheckpointOptions o;
+  o.format = fmt;
+  o.seed = 23;
+  write_random_checkpoint(c, p.string(), o);
+  return p.string();
+}
+
+// Rewrites config.json's eos_token_id (the weights stay).
+void set_eos(const std::string& dir, int32_t eos) {
+  nlohmann::json j;
+  std::ifstream(dir + "/config.json") >> j;
+  j["eos_token_id"] = eos;
+  std::ofstream(dir + "/config.json") << j.dump(1);
+}
+
+// One thread: these models are so small that OpenMP fork/join would dominate.
+ModelOptions one_thread() {
+  ModelOptions mo;
+  mo.threads = 1;
+  return mo;
+}
+
+std::vector<int32_t> ids_for(int64_t n, int64_t V, uint32_t seed) {
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& v : ids) {
+    seed = seed * 1664525u + 1013904223u;
+    v = int32_t((seed >> 8) % uint32_t(V));
+  }
+  return ids;
+}
+
+GenerateOptions opts(int64_t n, int64_t draft, bool stop_at_eos = false) {
+  GenerateOptions o;
+  o.max_new_tokens = n;
+  o.stop_at_eos = stop_at_eos;
+  o.speculative_draft = draft;
+  return o;
+}
+
+// accepted ≤ drafted per position, the per-position counts sum up, and every step yields
+// accepted + 1 tokens unless an EOS inside an accepted run cut it.
+void check_stats(const GenerateResult& r, int64_t draft) {
+  const GenerateStats& s = r.stats;
+  const SpeculativeStats& p = s.spec;
+  ASSERT_TRUE(s.speculative);
+  EXPECT_EQ(p.steps, s.decode_steps);
+  EXPECT_LE(p.accepted, p.drafted);
+  EXPECT_LE(p.drafted, draft * p.steps);
+  ASSERT_EQ(p.drafted_at.size(), p.accepted_at.size());
+  EXPECT_LE(int64_t(p.drafted_at.size()), draft);
+  int64_t sd = 0, sa = 0;
+  for (size_t j = 0; j < p.drafted_at.size(); ++j) {
+    EXPECT_LE(p.accepted_at[j], p.drafted_at[j]);
+    if (j > 0) {
+      EXPECT_LE(p.drafted_at[j], p.drafted_at[j - 1]);
+      EXPECT_LE(p.accepted_at[j], p.accepted_at[j - 1]);  // accepted in order
+    }
+    sd += p.drafted_at[j];
+    sa += p.accepted_at[j];
+  }
+  EXPECT_EQ(sd, p.drafted);
+  EXPECT_EQ(sa, p.accepted);
+  const int64_t first = r.ids.empty() ? 0 : 1;  // from the prefill's logits
+  if (r.stop_reason == StopReason::Eos) {
+    EXPECT_LE(s.new_tokens, first + p.steps + p.accepted);
+  } else {
+    EXPECT_EQ(s.new_tokens, first + p.steps + p.accepted);
+  }
+}
+
+struct Variant {
+  const char* name;
+  CheckpointFormat fmt;
+  int mtp_modules;
+};
+const Variant kVariants[] = {{"fp8_d1", CheckpointFormat::FP8, 1},
+                             {"bf16_d1", CheckpointFormat::BF16, 1},
+                             {"bf16_d2", CheckpointFormat::BF16, 2}};
+
+class SpecVariants : public ::testing::TestWithParam<int> {};
+
+// Greedy: the verifier's argmax decides every token, so speculation may change only the
+// speed. The verify forward runs several positions through the absorbed decode path at once
+// and plain decoding one at a time: the logits differ by F32 reassociation (test_model
+// "steps of 3 tokens": ~1e-6 relative, ≤ 2^-15 in the BF16 hi+lo split), far below the gap
+// between the two best logits anywhere on these random checkpoints, so the ids must match
+// exactly (a near-tie within that noise could flip either path; these prompts have none).
+TEST_P(SpecVariants, GreedyIdenticalToPlain) {
+  const Variant v = kVariants[GetParam()];
+  ModelConfig c = tiny_v3_config();
+  c.num_nextn_predict_layers = v.mtp_modules;
+  const std::string dir = make_model(v.name, c, v.fmt);
+  const int64_t kMax = 20;
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::vector<int32_t>> plain;
+  {
+    Model m(dir, one_thread());
+    ASSERT_EQ(m.n_mtp(), v.mtp_modules);
+    Generator g(m, nullptr, 64);
+    for (int i = 0; i < 3; ++i) {
+      prompts.push_back(ids_for(1 + 4 * i, m.vocab(), 7 + uint32_t(i)));
+      plain.push_back(g.generate(prompts.back(), opts(kMax, 0)).ids);
+      ASSERT_EQ(int64_t(plain.back().size()), kMax);
+    }
+    for (int64_t draft = 1; draft <= 3; ++draft) {
+      // One Generator across prompts and limits: prefix reuse and the MTP bookkeeping too.
+      Generator gs(m, nullptr, 64);
+      for (size_t i = 0; i < prompts.size(); ++i)
+        for (int64_t n : {int64_t(1), int64_t(2), int64_t(7), kMax}) {
+          const GenerateResult r = gs.generate(prompts[i], opts(n, draft));
+          EXPECT_EQ(r.ids, std::vector<int32_t>(plain[i].begin(), plain[i].begin() + n))
+              << v.name << " prompt " << i << " draft " << draft << " max " << n;
+          EXPECT_EQ(r.stop_reason, StopReason::MaxTokens);
+          check_stats(r, draft);
+        }
+      // The context limit: a 12-position cache fills after 12 − 5 new tokens.
+      Generator gc(m, nullptr, 12);
+      const GenerateResult r = gc.generate(prompts[1], opts(kMax, draft));
+      EXPECT_EQ(r.stop_reason, StopReason::Context);
+      EXPECT_EQ(r.ids, std::vector<int32_t>(plain[1].begin(), plain[1].begin() + 7)) << draft;
+      check_stats(r, draft);
+    }
+  }
+  // EOS: a token plain decoding produces at its 8th-or-later step becomes the EOS.
+  const int32_t eos = plain[2][9];
+  set_eos(dir, eos);
+  Model m(dir, one_thread());
+  const auto cut = std::find(plain[2].begin(), plain[2].end(), eos) + 1;
+  const std::vector<int32_t> expect(plain[2].begin(), cut);
+  for (int64_t draft = 1; draft <= 3; ++draft) {
+    Generator g(m, nullptr, 64);
+    const GenerateResult r = g.generate(prompts[2], opts(kMax, draft, true));
+    EXPECT_EQ(r.ids, expect) << draft;
+    EXPECT_EQ(r.stop_reason, StopReason::Eos);
+    check_stats(r, draft);
+    EXPECT_LE(g.cached(), int64_t(g.history().size()));  // nothing past the EOS stays cached
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoints, SpecVariants, ::testing::Values(0, 1, 2));
+
+double max_abs(const float* a, size_t n) {
+  double d = 0;
+  for (size_t i = 0; i < n; ++i) d = std::max(d, double(std::fabs(a[i])));
+  return d;
+}
+double max_diff(const float* a, const float* b, size_t n) {
+  double d = 0;
+  for (size_t i = 0; i < n; ++i) d = std::max(d, double(std::fabs(a[i] - b[i])));
+  return d;
+}
+
+// After speculative generation (rejections rolled back, chained rows dropped) the cache rows
+// the Generator keeps equal a fresh computation from the history: the main layers over
+// [0, cached), and module k over its valid rows [0, m_k) (module 1 from the main states,
+// module 2 from module 1's). Tolerance: 1e-3 of the magnitude, as test_model's decode vs
+// recompute (the two paths differ by F32 reassociation and the BF16 hi+lo split).
+TEST(Speculative, CachesMatchRecomputation) {
+  ModelConfig c = tiny_v3_config();
+  c.num_nextn_predict_layers = 2;
+  const std::string dir = make_model("state", c, CheckpointFormat::BF16);
+  Model m(dir, one_thread());
+  const int64_t H = c.hidden_size, L = c.num_hidden_layers;
+  Generator g(m, nullptr, 64);
+  const auto prompt = ids_for(6, m.vocab(), 5);
+  g.generate(prompt, opts(9, 3));
+  std::vector<int32_t> hist = g.history();
+  g.generate(hist, opts(14, 3));  // a second call: prefix reuse + MTP catch-up
+  hist = g.history();
+  const KvCache& kc = g.cache();
+  const int64_t n = g.cached();
+  const std::vector<int64_t> mv = g.mtp_valid();
+  ASSERT_EQ(mv.size(), 2u);
+  ASSERT_GT(mv[1], 0);
+  EXPECT_LE(mv[0], n);
+  EXPECT_LE(mv[1], mv[0]);
+  EXPECT_LE(mv[0] + 1, int64_t(hist.size()));
+
+  KvCache fresh = m.new_cache(64);
+  ForwardScratch s;
+  std::vector<float> h0(size_t(n * H)), h1(size_t(n * H)), h2(size_t(n * H));
+  ForwardArgs a;
+  a.ids = hist.data();
+  a.T = n;
+  a.hidden = h0.data();
+  m.forward(fresh, a, s);
+  MtpArgs b;
+  b.k = 1;
+  b.ids = hist.data() + 1;
+  b.h_prev = h0.data();
+  b.T = mv[0];
+  b.hidden = h1.data();
+  m.mtp_forward(fresh, b, s);
+  b.k = 2;
+  b.ids = hist.data() + 2;
+  b.h_prev = h1.data();
+  b.T = mv[1];
+  b.hidden = h2.data();
+  m.mtp_forward(fresh, b, s);
+
+  const auto layer = [](const KvCache& c, int64_t l) { return c.data.data() + l * c.capacity * c.row; };
+  for (int64_t l = 0; l < L + 2; ++l) {
+    const int64_t rows = l < L ? n : mv[size_t(l - L)];
+    const size_t cnt = size_t(rows * kc.row);
+    const double mag = max_abs(layer(fresh, l), cnt);
+    EXPECT_GT(mag, 0.0);
+    EXPECT_LT(max_diff(layer(kc, l), layer(fresh, l), cnt), 1e-3 * std::max(1.0, mag)) << "layer " << l;
+  }
+  // And a further plain or speculative step from this state equals a fresh start.
+  Model m2(dir, one_thread());
+  Generator ref(m2, nullptr, 64);
+  const auto want = ref.generate(hist, opts(6, 0)).ids;
+  EXPECT_EQ(g.generate(hist, opts(6, 0)).ids, want);
+  EXPECT_EQ(g.generate(hist, opts(6, 2)).ids, want);
+}
+
+// Survival function of the chi-square distribution with k degrees of freedom (closed forms
+// for integer k: even k a Poisson tail, odd k via erfc).
+double chi2_sf(double x, int k) {
+  const double y = x / 2;
+  if (k % 2 == 0) {
+    double term = 1, sum = 0;
+    for (int i = 0; i < k / 2; ++i) {
+      sum += term;
+      term *= y / (i + 1);
+    }
+    return std::exp(-y) * sum;
+  }
+  double sum = std::erfc(std::sqrt(y));
+  for (int i = 1; i <= (k - 1) / 2; ++i) sum += std::exp(-y + (i - 0.5) * std::log(y) - std::lgamma(i + 0.5));
+  return sum;
+}
+
+// Two-sample chi-square test of equal distributions from counts a, b of the same total n:
+// X² = Σ (a_i − b_i)² / (a_i + b_i) ~ χ²(cells − 1) under H0. Cells with a_i + b_i < 10 are
+// pooled into one so the asymptotic law holds. Returns the p-value.
+double two_sample_p(const std::vector<int>& a, const std::vector<int>& b) {
+  double x2 = 0;
+  int cells = 0, pa = 0, pb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i] + b[i] < 10) {
+      pa += a[i];
+      pb += b[i];
+      continue;
+    }
+    x2 += double(a[i] - b[i]) * (a[i] - b[i]) / (a[i] + b[i]);
+    ++cells;
+  }
+  if (pa + pb > 0) {
+    x2 += double(pa - pb) * (pa - pb) / (pa + pb);
+    ++cells;
+  }
+  return cells > 1 ? chi2_sf(x2, cells - 1) : 1.0;
+}
+
+// Speculative sampling draws every token from the target distribution (Leviathan et al.
+// 2023, Thm. 1). On a 12-token vocabulary, 3000 plain and 3000 speculative runs (distinct
+// seeds) of 4 new tokens with 2 drafts per step: the marginal of each of the tokens 2..4
+// (token 1 comes from the prefill in both) must pass a two-sample chi-square test at
+// p ≥ 1e-4 — a false failure has probability ≤ 3e-4 over the seed choice (union bound).
+// Temperature 0.9 with top-k 8 makes p and q sparse, exercising the q = 0 / residual paths.
+TEST(Speculative, SamplingMatchesPlainDistribution) {
+  // A smaller model than tiny_v3 (2 layers, narrower) run on one thread: 6000 generations
+  // of a tiny model are dominated by fork/join overhead otherwise.
+  ModelConfig c = tiny_v3_config();
+  c.vocab_size = 12;
+  c.bos_token_id = 0;
+  c.eos_token_id = 1;
+  c.num_hidden_layers = 2;
+  c.hidden_size = 64;
+  c.intermediate_size = 96;
+  c.moe_intermediate_size = 32;
+  c.q_lora_rank = 48;
+  c.kv_lora_rank = 32;
+  const std::string dir = make_model("sample", c, CheckpointFormat::BF16);
+  Model m(dir, one_thread());
+#if defined(__SANITIZE_ADDRESS__)
+  const int64_t kRuns = 400;  // sanitizers: the same test with less power, to stay fast
+#else
+  const int64_t kRuns = 3000;
+#endif
+  const int64_t V = m.vocab(), kNew = 4;
+  const auto prompt = ids_for(5, V, 3);
+  Generator gp(m, nullptr, 32), gs(m, nullptr, 32);
+  std::vector<std::vector<int>> cp(kNew, std::vector<int>(size_t(V))), cs = cp;
+  int64_t drafted = 0, accepted = 0;
+  for (int64_t r = 0; r < kRuns; ++r) {
+    GenerateOptions o = opts(kNew, 0);
+    o.sampling.temperature = 0.9f;
+    o.sampling.top_k = 8;
+    o.sampling.seed = uint64_t(r);
+    const auto a = gp.generate(prompt, o).ids;
+    o.speculative_draft = 2;
+    o.sampling.seed = uint64_t(r + 1000000);
+    const GenerateResult sr = gs.generate(prompt, o);
+    check_stats(sr, 2);
+    drafted += sr.stats.spec.drafted;
+    accepted += sr.stats.spec.accepted;
+    ASSERT_EQ(int64_t(a.size()), kNew);
+    ASSERT_EQ(int64_t(sr.ids.size()), kNew);
+    for (int64_t t = 0; t < kNew; ++t) {
+      ++cp[size_t(t)][size_t(a[size_t(t)])];
+      ++cs[size_t(t)][size_t(sr.ids[size_t(t)])];
+    }
+  }
+  std::printf("drafted %lld accepted %lld (%.1f%%)\n", (long long)drafted, (long long)accepted,
+              100.0 * double(accepted) / double(drafted));
+  EXPECT_GT(accepted, 0);            // both branches of the accept rule ran
+  EXPECT_LT(accepted, drafted);
+  for (int64_t t = 0; t < kNew; ++t) {
+    const double p = two_sample_p(cp[size_t(t)], cs[size_t(t)]);
+    std::printf("token %lld: p = %.3g\n", (long long)t + 1, p);
+    EXPECT_GE(p, 1e-4) << "token " << t + 1;
+  }
+}
+
+TEST(Speculative, RefusesAModelWithoutMtp) {
+  const std::string dir = make_model("nomtp", tiny_v2_config(), CheckpointFormat::BF16);
+  Model m(dir);
+  Generator g(m, nullptr, 16);
+  EXPECT_THROW(g.generate({3, 4}, opts(3, 1)), Error);
+  EXPECT_THROW(g.generate({3, 4}, opts(3, -1)), Error);
+  ModelOptions mo;
+  mo.with_mtp = false;
+  Model m3(make_model("v3_nomtp", tiny_v3_config(), CheckpointFormat::BF16), mo);
+  Generator g3(m3, nullptr, 16);
+  EXPECT_THROW(g3.generate({3, 4}, opts(3, 1)), Error);
+}
+
+struct CliRun {
+  int rc;
+  std::string out, err;
+};
+CliRun run_cli(const std::string& args) {
+  const std::string base = fs::temp_directory_path() / ("dsv3_spec_cli_" + std::to_string(::getpid()));
+  CliRun r;
+  r.rc = std::system((std::string(std::getenv("DSV3_BIN")) + " " + args + " </dev/null >" + base +
+                      ".out 2>" + base + ".err").c_str());
+  std::ifstream fo(base + ".out"), fe(base + ".err");
+  r.out.assign(std::istreambuf_iterator<char>(fo), {});
+  r.err.assign(std::istreambuf_iterator<char>(fe), {});
+  fs::remove(base + ".out");
+  fs::remove(base + ".err");
+  return r;
+}
+
+TEST(Speculative, GenerateCommand) {
+  if (!std::getenv("DSV3_BIN")) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
+  const std::string dir = make_model("cli", tiny_v3_config(), CheckpointFormat::FP8);
+  const std::string base = "generate --model " + dir + " --ids 3,4,5,6 --max-new-tokens 9 --threads 1";
+  const CliRun r = run_cli(base + " --speculative mtp --draft 2 --compare --json");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  const auto& sp = j["stats"]["speculative"];
+  EXPECT_EQ(sp["acceptance_by_position"].size(), 2u);
+  EXPECT_LE(sp["accepted"].get<int64_t>(), sp["drafted"].get<int64_t>());
+  EXPECT_EQ(sp["steps"].get<int64_t>(), j["stats"]["decode_steps"].get<int64_t>());
+  EXPECT_TRUE(j["stats"]["compare"]["same_ids"].get<bool>());
+  EXPECT_GT(j["stats"]["compare"]["speedup"].get<double>(), 0.0);
+  const CliRun plain = run_cli(base + " --json");
+  ASSERT_EQ(plain.rc, 0) << plain.err;
+  EXPECT_EQ(nlohmann::json::parse(plain.out)["ids"], j["ids"]);
+  // Streaming: the speculative line on stderr (default draft = num_nextn_predict_layers).
+  const CliRun s = run_cli(base + " --speculative mtp");
+  ASSERT_EQ(s.rc, 0) << s.err;
+  EXPECT_NE(s.err.find("[speculative:"), std::string::npos) << s.err;
+  for (const char* bad : {" --speculative eagle", " --speculative mtp --draft 99", " --compare",
+                          " --draft 2"}) {
+    const CliRun e = run_cli(base + bad);
+    EXPECT_NE(e.rc, 0) << bad;
+    EXPECT_NE(e.err.find("error"), std::string::npos) << bad << ": " << e.err;
+  }
+}
+
+}  // namespace
