@@ -30,7 +30,8 @@ struct KvCache {
   int64_t len = 0;               // positions held by the main model
   std::vector<int64_t> mtp_len;  // positions held by each MTP module
   float* layer(int64_t l) { return data.data() + l * capacity * row; }
-  // Forget positions >= n (main model), and the MTP positions past n − k for module k.
+  // Forget the main model's positions >= n. MTP layers are managed by their user (mtp_len;
+  // src/infer/speculative.h keeps their invariant).
   void truncate(int64_t n);
   size_t bytes() const { return data.size() * sizeof(float); }
 };
