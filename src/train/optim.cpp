@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "core/dtype.h"
 
 namespace dsv3 {
 
@@ -17,8 +18,33 @@ double LrSchedule::at(int64_t step) const {
 AdamW::AdamW(const ParamSet& ps, const AdamWConfig& c) : c_(c) {
   for (const ParamInfo& p : ps.infos())
     if (!p.alias && p.trainable) ranges_.push_back({p.offset, p.offset + p.spec.numel(), p.decay});
-  m_.assign(size_t(ps.numel()), 0.0f);
-  v_.assign(size_t(ps.numel()), 0.0f);
+  n_ = ps.numel();
+  if (c.bf16_moments) {
+    m16_.assign(size_t(n_), 0);
+    v16_.assign(size_t(n_), 0);
+  } else {
+    m_.assign(size_t(n_), 0.0f);
+    v_.assign(size_t(n_), 0.0f);
+  }
+}
+
+TensorView AdamW::moment(int which) {
+  if (c_.bf16_moments)
+    return TensorView(which == 0 ? m16_.data() : v16_.data(), DType::BF16, {n_});
+  return TensorView(which == 0 ? m_.data() : v_.data(), DType::F32, {n_});
+}
+
+void AdamW::load_moment(int which, const TensorView& v, const std::string& where) {
+  DSV3_CHECK(v.numel() == n_ && (v.dtype == DType::F32 || v.dtype == DType::BF16), where,
+             ": optimizer moment of ", v.numel(), " ", dtype_name(v.dtype), " values does not match this "
+             "model (", n_, " F32 or BF16 values expected)");
+  for (int64_t i = 0; i < n_; ++i) {
+    const float x = v.dtype == DType::F32 ? v.ptr<float>()[i] : bf16_to_f32(v.ptr<uint16_t>()[i]);
+    if (c_.bf16_moments)
+      (which == 0 ? m16_ : v16_)[size_t(i)] = f32_to_bf16(x);
+    else
+      (which == 0 ? m_ : v_)[size_t(i)] = x;
+  }
 }
 
 void AdamW::step(float* params, const float* g, double lr) {
@@ -28,11 +54,21 @@ void AdamW::step(float* params, const float* g, double lr) {
   const float step_size = float(lr / bc1), inv_bc2 = float(1.0 / bc2);
   for (const Range& r : ranges_) {
     const float wd = r.decay ? float(lr * c_.weight_decay) : 0.0f;
+    const bool h = c_.bf16_moments;
 #pragma omp parallel for schedule(static) if (r.end - r.begin > (1 << 16))
     for (int64_t i = r.begin; i < r.end; ++i) {
       const float gi = g[i];
-      const float m = m_[size_t(i)] = b1 * m_[size_t(i)] + (1.0f - b1) * gi;
-      const float v = v_[size_t(i)] = b2 * v_[size_t(i)] + (1.0f - b2) * gi * gi;
+      const float m0 = h ? bf16_to_f32(m16_[size_t(i)]) : m_[size_t(i)];
+      const float v0 = h ? bf16_to_f32(v16_[size_t(i)]) : v_[size_t(i)];
+      const float m = b1 * m0 + (1.0f - b1) * gi;
+      const float v = b2 * v0 + (1.0f - b2) * gi * gi;
+      if (h) {
+        m16_[size_t(i)] = f32_to_bf16(m);
+        v16_[size_t(i)] = f32_to_bf16(v);
+      } else {
+        m_[size_t(i)] = m;
+        v_[size_t(i)] = v;
+      }
       // p −= lr·(m̂/(sqrt(v̂)+ε) + wd·p), decoupled decay applied to the pre-update p
       params[i] -= step_size * m / (std::sqrt(v * inv_bc2) + eps) + wd * params[i];
     }

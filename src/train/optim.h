@@ -3,7 +3,10 @@
 // linear warmup, a constant phase, cosine decay).
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
+
+#include "core/tensor.h"
 
 #include "train/params.h"
 
@@ -11,6 +14,9 @@ namespace dsv3 {
 
 struct AdamWConfig {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  // Moments stored in BF16 (report §3.3: "the first and second moments ... in BF16"): half the
+  // optimizer memory; each update reads them as F32 and rounds them back (RNE).
+  bool bf16_moments = false;
 };
 
 struct LrSchedule {
@@ -28,15 +34,20 @@ class AdamW {
   // increments first (bias correction uses t = 1 on the first call).
   void step(float* params, const float* g, double lr);
   int64_t step_count() const { return t_; }
-  std::vector<float>& m() { return m_; }
-  std::vector<float>& v() { return v_; }
   void set_step_count(int64_t t) { t_ = t; }
+  // Moment 0 (m) or 1 (v) as stored: F32 or BF16 [numel] (for checkpoints).
+  TensorView moment(int which);
+  // Restores a moment from a checkpoint tensor of F32 or BF16 (converted as needed); throws
+  // when its size does not match.
+  void load_moment(int which, const TensorView& v, const std::string& where);
 
  private:
   struct Range { int64_t begin, end; bool decay; };
   AdamWConfig c_;
   std::vector<Range> ranges_;  // trainable storage ranges
-  std::vector<float> m_, v_;
+  std::vector<float> m_, v_;          // F32 moments
+  std::vector<uint16_t> m16_, v16_;   // BF16 moments
+  int64_t n_ = 0;
   int64_t t_ = 0;
 };
 

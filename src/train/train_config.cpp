@@ -100,6 +100,10 @@ TrainConfig parse_train_config(const std::string& text, const std::string& where
     t.adam.beta2 = q.f64("beta2", t.adam.beta2, 0, 0.999999);
     t.adam.eps = q.f64("eps", t.adam.eps, 1e-30, 1);
     t.adam.weight_decay = q.f64("weight_decay", t.adam.weight_decay, 0, 10);
+    const std::string mom = q.str("moments", "f32");
+    DSV3_CHECK(mom == "f32" || mom == "bf16", where, ": 'optimizer.moments' must be f32 or bf16, got '",
+               mom, "'");
+    t.adam.bf16_moments = mom == "bf16";
     q.no_unknown();
   } else {
     t.lr.warmup_steps = std::min<int64_t>(100, t.steps / 10);

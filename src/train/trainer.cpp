@@ -92,8 +92,8 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
   SafetensorsWriter w((tmp / "trainer" / "state.safetensors").string());
   const int64_t n = st.ps.numel();
   w.add("params", TensorView(st.params.data(), DType::F32, {n}));
-  w.add("adam_m", TensorView(st.adam.m().data(), DType::F32, {n}));
-  w.add("adam_v", TensorView(st.adam.v().data(), DType::F32, {n}));
+  w.add("adam_m", st.adam.moment(0));
+  w.add("adam_v", st.adam.moment(1));
   w.finish();
   json j;
   j["step"] = step;
@@ -237,8 +237,12 @@ int run_training(const TrainRunOptions& o) {
       std::memcpy(dst.data(), v.data, dst.size() * sizeof(float));
     };
     get("params", params);
-    get("adam_m", adam.m());
-    get("adam_v", adam.v());
+    for (int which = 0; which < 2; ++which) {
+      const char* nm = which == 0 ? "adam_m" : "adam_v";
+      const SafetensorsEntry* e = f.find(nm);
+      DSV3_CHECK(e != nullptr, f.path(), ": no tensor '", nm, "'");
+      adam.load_moment(which, f.view(*e), f.path());
+    }
     adam.set_step_count(j.at("adam_t").get<int64_t>());
     start = j.at("step").get<int64_t>();
     tokens = j.value("tokens", 0.0);
