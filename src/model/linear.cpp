@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/scratch.h"
 #include "core/dtype.h"
 #include "kernels/convert.h"
 #include "kernels/gemm.h"
@@ -15,16 +16,11 @@ int64_t linear_in(const Weight& w) { return w.w.shape[1]; }
 
 namespace {
 
-template <class T>
-void grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-
 // F16 weights: dequantise one row at a time (no DeepSeek release uses F16; correctness only).
 void linear_f16(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
                 LinearScratch& s, bool accumulate) {
   const int64_t N = linear_out(w), K = linear_in(w);
-  grow(s.w_row, size_t(K));
+  grow(s.w_row, K);
   for (int64_t n = 0; n < N; ++n) {
     dequantize_rows(s.w_row.data(), w, n, 1);
     for (int64_t m = 0; m < M; ++m) {
@@ -75,8 +71,7 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   }
   // x = hi + lo with hi = bf16(x), lo = bf16(x − hi): two BF16 GEMMs give x·Wᵀ to ~2^-16
   // relative per product (docs/numerics.md: activations are not rounded to BF16).
-  grow(s.x_bf16, size_t(2 * M * K));
-  uint16_t* hi = s.x_bf16.data();
+  uint16_t* hi = grow(s.x_bf16, 2 * M * K);
   uint16_t* lo = hi + M * K;
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * ldx;

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/scratch.h"
 #include "core/cpu.h"
 #include "core/parallel.h"
 #include "kernels/gemm.h"
@@ -16,12 +17,6 @@
 
 namespace dsv3 {
 namespace {
-
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (v.size() < size_t(n)) v.resize(size_t(n));
-  return v.data();
-}
 
 // C [M,N] (ldc) = A [M,K] (lda) · op(B); op(B) = Bᵀ when trans_b (B stored [N,K]).
 void matmul(float* C, int64_t ldc, const float* A, int64_t lda, const float* B, int64_t ldb,
@@ -176,6 +171,18 @@ void attention_absorbed(float* o, int64_t T, int64_t p0, const float* cache, con
 }
 
 }  // namespace
+
+const YarnParams* yarn_params(const ModelConfig& c, YarnParams* y) {
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type != "yarn") return nullptr;
+  y->factor = rs.factor;
+  y->original_max_position_embeddings = rs.original_max_position_embeddings;
+  y->beta_fast = rs.beta_fast;
+  y->beta_slow = rs.beta_slow;
+  y->mscale = rs.mscale;
+  y->mscale_all_dim = rs.mscale_all_dim;
+  return y;
+}
 
 void mla_forward(float* out, const float* x, int64_t T, int64_t p0, float* cache, const MlaLayer& L,
                  const MlaContext& ctx, AttnForm form, MlaScratch& s) {

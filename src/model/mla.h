@@ -47,6 +47,10 @@ struct MlaScratch {
   std::vector<std::vector<float>> per_thread;  // dequantised W_UK / W_UV slices
 };
 
+// The config's "rope_scaling" as the RoPE kernels take it: storage filled from c and returned,
+// or nullptr when the config has none (plain RoPE). Shared by inference and training.
+const YarnParams* yarn_params(const ModelConfig& c, YarnParams* storage);
+
 // The cache row of one position: [c (kv_lora_rank) ; k_pe (qk_rope_head_dim)].
 inline int64_t mla_cache_row(const ModelConfig& c) { return c.kv_lora_rank + c.qk_rope_head_dim; }
 

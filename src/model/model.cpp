@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "core/check.h"
+#include "core/scratch.h"
 #include "core/dtype.h"
 #include "core/parallel.h"
 #include "kernels/convert.h"
@@ -13,12 +14,6 @@
 
 namespace dsv3 {
 namespace {
-
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (v.size() < size_t(n)) v.resize(size_t(n));
-  return v.data();
-}
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -70,17 +65,8 @@ Model::Model(const std::string& dir, const ModelOptions& o) : threads_(resolve_t
     mtp_f_.push_back({weight_to_f32(m.enorm), weight_to_f32(m.hnorm), weight_to_f32(m.shared_head_norm)});
   }
   norm_ = weight_to_f32(w_.norm);
-  const RopeScaling& rs = cfg_.rope_scaling;
-  has_yarn_ = rs.type == "yarn";
-  if (has_yarn_) {
-    yarn_.factor = rs.factor;
-    yarn_.original_max_position_embeddings = rs.original_max_position_embeddings;
-    yarn_.beta_fast = rs.beta_fast;
-    yarn_.beta_slow = rs.beta_slow;
-    yarn_.mscale = rs.mscale;
-    yarn_.mscale_all_dim = rs.mscale_all_dim;
-  }
-  softmax_scale_ = attention_softmax_scale(cfg_.qk_head_dim(), has_yarn_ ? &yarn_ : nullptr);
+  has_yarn_ = yarn_params(cfg_, &yarn_) != nullptr;
+  softmax_scale_ = attention_softmax_scale(cfg_.qk_head_dim(), yarn());
 }
 
 KvCache Model::new_cache(int64_t capacity) {
@@ -93,7 +79,7 @@ KvCache Model::new_cache(int64_t capacity) {
     rope_cos_.assign(size_t(capacity * half), 0.0f);
     rope_sin_.assign(size_t(capacity * half), 0.0f);
     rope_build_table(rope_cos_.data(), rope_sin_.data(), 0, capacity, cfg_.qk_rope_head_dim,
-                     cfg_.rope_theta, has_yarn_ ? &yarn_ : nullptr);
+                     cfg_.rope_theta, yarn());
     rope_n_ = capacity;
   }
   KvCache c;

@@ -130,6 +130,7 @@ class Model {
   std::vector<MtpF32> mtp_f_;
   YarnParams yarn_;
   bool has_yarn_ = false;
+  const YarnParams* yarn() const { return has_yarn_ ? &yarn_ : nullptr; }
   float softmax_scale_ = 0;
   std::vector<float> rope_cos_, rope_sin_;  // [n_pos, rope/2]
   int64_t rope_n_ = 0;

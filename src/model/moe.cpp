@@ -8,18 +8,13 @@
 #include <omp.h>
 
 #include "core/check.h"
+#include "core/scratch.h"
 #include "core/parallel.h"
 #include "kernels/activation.h"
 #include "kernels/gemv.h"
 
 namespace dsv3 {
 namespace {
-
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (v.size() < size_t(n)) v.resize(size_t(n));
-  return v.data();
-}
 
 // Indices of the k largest of v[0..n) (skipping entries where allowed[i] is false), largest
 // first, ties to the lower index (the order of a stable descending sort). Returns the value
@@ -50,8 +45,11 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   const int nt = resolve_threads(threads);
   if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
   // Gathered inputs [task][≤4][H] and SwiGLU outputs [task][≤4][I].
-  std::vector<int64_t> h_off(size_t(n_tasks) + 1, 0), x_off(size_t(n_tasks) + 1, 0);
-  std::vector<int64_t> unit_off(size_t(n_tasks) + 1, 0);
+  const int64_t nt1 = int64_t(n_tasks) + 1;
+  int64_t* h_off = grow(s.off, 3 * nt1);
+  int64_t* x_off = h_off + nt1;
+  int64_t* unit_off = x_off + nt1;
+  h_off[0] = x_off[0] = unit_off[0] = 0;
   for (int i = 0; i < n_tasks; ++i) {
     const int64_t I = linear_out(tasks[i].w->gate_proj);
     h_off[size_t(i) + 1] = h_off[size_t(i)] + tasks[i].n * I;
@@ -193,7 +191,8 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
 
   if (T <= kGemvMaxM) {  // decode: every expert of the step in one parallel region
     std::memset(out, 0, size_t(T * H) * sizeof(float));
-    std::vector<FfnTask> tasks;
+    std::vector<FfnTask>& tasks = s.tasks;
+    tasks.clear();
     if (c.n_shared_experts > 0) {
       FfnTask t;
       t.w = &L.w->shared_experts;

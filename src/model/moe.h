@@ -11,6 +11,15 @@
 
 namespace dsv3 {
 
+// One expert's share of a decode step: up to kGemvMaxM tokens (rows of x) and their gate
+// weights (1 for shared experts and dense layers).
+struct FfnTask {
+  const MlpWeights* w = nullptr;
+  int n = 0;
+  int32_t tok[4] = {};
+  float weight[4] = {};
+};
+
 struct FfnScratch {
   LinearScratch lin;
   std::vector<float> gate, up;          // [rows, inter]
@@ -21,16 +30,9 @@ struct FfnScratch {
   std::vector<float> topk_w;            // [T, k]
   std::vector<int32_t> order, count;    // token slots grouped by expert
   std::vector<float> h;                 // decode: [tasks, ≤ 4, inter] SwiGLU outputs
+  std::vector<FfnTask> tasks;           // decode: the experts of the step
+  std::vector<int64_t> off;             // decode: [3, tasks + 1] offsets into h, xe, units
   std::vector<LinearScratch> per_thread;
-};
-
-// One expert's share of a decode step: up to kGemvMaxM tokens (rows of x) and their gate
-// weights (1 for shared experts and dense layers).
-struct FfnTask {
-  const MlpWeights* w = nullptr;
-  int n = 0;
-  int32_t tok[4] = {};
-  float weight[4] = {};
 };
 
 // out [T, H] += Σ_tasks weight · expert(x[tok]) for decode-sized T (≤ kGemvMaxM), all

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/scratch.h"
 #include "core/parallel.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
@@ -17,12 +18,6 @@ namespace {
 // Query rows per causal chunk: a chunk's scores span only the keys [0, t1) it can see, so
 // the attention GEMMs do ~T²/2 work instead of T²; 64 rows keep the GEMMs' M large enough.
 constexpr int64_t kChunk = 64;
-
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (v.size() < size_t(n)) v.resize(size_t(n));
-  return v.data();
-}
 
 // C [M,N] (ldc) (+)= op(A) · op(B) on the calling thread (we parallelise over heads).
 void mm(float* C, int64_t ldc, const float* A, int64_t lda, bool ta, const float* B, int64_t ldb,

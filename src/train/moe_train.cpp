@@ -6,17 +6,12 @@
 #include <limits>
 
 #include "core/check.h"
+#include "core/scratch.h"
 #include "kernels/activation.h"
 #include "model/moe.h"
 
 namespace dsv3 {
 namespace {
-
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (v.size() < size_t(n)) v.resize(size_t(n));
-  return v.data();
-}
 
 const float* wptr(const Weight& w) {
   DSV3_CHECK(w.w.dtype == DType::F32, "training weights must be F32 views, got a ",

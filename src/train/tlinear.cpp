@@ -4,6 +4,7 @@
 #include <string>
 
 #include "core/check.h"
+#include "core/scratch.h"
 #include "core/dtype.h"
 #include "kernels/convert.h"
 #include "kernels/gemm.h"
@@ -12,11 +13,6 @@
 namespace dsv3 {
 namespace {
 
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (v.size() < size_t(n)) v.resize(size_t(n));
-  return v.data();
-}
 int64_t blocks(int64_t n) { return (n + 127) / 128; }
 
 uint16_t* to_bf16(std::vector<uint16_t>& buf, const float* x, int64_t n) {

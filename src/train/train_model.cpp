@@ -7,18 +7,14 @@
 #include <omp.h>
 
 #include "core/check.h"
+#include "core/scratch.h"
 #include "core/parallel.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
+#include "model/mla.h"
 
 namespace dsv3 {
 namespace {
-
-template <class T>
-T* grow(std::vector<T>& v, int64_t n) {
-  if (v.size() < size_t(n)) v.resize(size_t(n));
-  return v.data();
-}
 
 const float* fp(const Weight& w) { return w.w.ptr<float>(); }
 float* fp_mut(const Weight& w) { return w.w.ptr<float>(); }
@@ -75,20 +71,11 @@ struct TrainModel::Impl {
     const int64_t half = c.qk_rope_head_dim / 2;
     rope_cos.resize(size_t(T * half));
     rope_sin.resize(size_t(T * half));
-    YarnParams y;
-    const bool yarn = c.rope_scaling.type == "yarn";
-    if (yarn) {
-      y.factor = c.rope_scaling.factor;
-      y.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
-      y.beta_fast = c.rope_scaling.beta_fast;
-      y.beta_slow = c.rope_scaling.beta_slow;
-      y.mscale = c.rope_scaling.mscale;
-      y.mscale_all_dim = c.rope_scaling.mscale_all_dim;
-    }
-    rope_build_table(rope_cos.data(), rope_sin.data(), 0, T, c.qk_rope_head_dim, c.rope_theta,
-                     yarn ? &y : nullptr);
+    YarnParams storage;
+    const YarnParams* yarn = yarn_params(c, &storage);
+    rope_build_table(rope_cos.data(), rope_sin.data(), 0, T, c.qk_rope_head_dim, c.rope_theta, yarn);
     rope = RopeTable{rope_cos.data(), rope_sin.data(), T, c.qk_rope_head_dim};
-    softmax_scale = attention_softmax_scale(c.qk_head_dim(), yarn ? &y : nullptr);
+    softmax_scale = attention_softmax_scale(c.qk_head_dim(), yarn);
     lc.prec = o.precision;
     lc.threads = o.threads;
     blocks.resize(size_t(c.num_hidden_layers + D));
