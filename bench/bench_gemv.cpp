@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "bench_util.h"
+#include "core/clock.h"
 #include "core/check.h"
 #include "core/dtype.h"
 #include "core/parallel.h"
@@ -50,10 +51,6 @@ double seconds_of(const std::function<void()>& f, int threads = 1, double* cpu_p
   return wall;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
 // OMP_WAIT_POLICY as set for this process: on a shared, oversubscribed machine the default
 // (spinning) workers measured up to 3x slower in wall time than "passive" ones, so runs

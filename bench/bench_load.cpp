@@ -16,6 +16,7 @@
 #include <string>
 
 #include "bench_util.h"
+#include "core/clock.h"
 #include "core/check.h"
 #include "core/parallel.h"
 #include "io/checkpoint.h"
@@ -69,10 +70,6 @@ ModelConfig bench_config(int64_t layers) {
   return c;
 }
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 // Sums every 8-byte word of every tensor (so every page is faulted in and every byte read).
 uint64_t read_all(const Checkpoint& ck) {
   uint64_t sum = 0;
@@ -98,11 +95,6 @@ void evict(const std::vector<std::string>& paths) {
     ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
     ::close(fd);
   }
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 void run_load(const LoadOpts& o) {

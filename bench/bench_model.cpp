@@ -23,6 +23,7 @@
 #include "bench_util.h"
 #include "benches.h"
 #include "cli/model_args.h"
+#include "core/clock.h"
 #include "core/check.h"
 #include "core/parallel.h"
 #include "core/tensor.h"
@@ -35,13 +36,7 @@ namespace dsv3::bench {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 
-double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
 struct ModelBenchOpts {
   std::string model, config, format = "fp8", contexts = "256,8192";

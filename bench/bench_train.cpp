@@ -15,6 +15,7 @@
 
 #include "bench_util.h"
 #include "benches.h"
+#include "core/clock.h"
 #include "core/check.h"
 #include "core/parallel.h"
 #include "kernels/gemm.h"
@@ -26,12 +27,6 @@
 namespace dsv3::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
 struct TrainBenchOpts {
   std::string config;

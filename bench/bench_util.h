@@ -8,6 +8,12 @@
 
 namespace dsv3::bench {
 
+// The median of v (the upper one for an even count); 0 for an empty v.
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
 struct Timing {
   double median_s = 0, min_s = 0;
   int reps = 0;

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "core/clock.h"
 #include "core/check.h"
 #include "core/parallel.h"
 #include "data/dataset.h"
@@ -31,10 +32,6 @@ using json = nlohmann::json;
 
 volatile std::sig_atomic_t g_signal = 0;
 extern "C" void dsv3_on_signal(int s) { g_signal = s; }
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 std::string step_name(int64_t step) {
   char b[32];
