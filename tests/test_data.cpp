@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -216,22 +217,21 @@ fs::path many_docs(const std::string& name, int n, bool with_fim = true) {
   return out;
 }
 
-// The stream the windows cut: first window whole, then each next window minus the token
-// it shares with the previous one. Also checks the [B, T+1] shape and the overlap.
-std::vector<int32_t> stream_of(Loader& L, int batches) {
+// Lane `lane`'s stream as its windows (row `lane` of each batch) cut it: first window
+// whole, then each next window minus the token it shares with the previous one. Also checks
+// the [B, T+1] shape and the overlap.
+std::vector<int32_t> lane_stream(Loader& L, int batches, int64_t lane) {
   const int64_t T1 = L.options().seq_len + 1, B = L.options().batch;
   std::vector<int32_t> s;
   std::vector<int32_t> b;
   for (int k = 0; k < batches; ++k) {
     L.next(b);
     EXPECT_EQ(int64_t(b.size()), B * T1);
-    for (int64_t r = 0; r < B; ++r) {
-      const int32_t* row = b.data() + r * T1;
-      if (!s.empty()) {
-        EXPECT_EQ(row[0], s.back()) << "windows must overlap by one token";
-      }
-      s.insert(s.end(), row + (s.empty() ? 0 : 1), row + T1);
+    const int32_t* row = b.data() + lane * T1;
+    if (!s.empty()) {
+      EXPECT_EQ(row[0], s.back()) << "a lane's windows must overlap by one token";
     }
+    s.insert(s.end(), row + (s.empty() ? 0 : 1), row + T1);
   }
   return s;
 }
@@ -243,29 +243,77 @@ TEST(Loader, PackingEveryDocumentOncePerEpoch) {
   o.batch = 3;
   o.seed = 11;
   o.fim_rate = 0;
-  Loader L(ds, o);
-  const int64_t per_epoch = ds.meta().n_tokens + ds.n_docs();  // tokens + EOS each
-  const std::vector<int32_t> s = stream_of(L, int(2 * per_epoch / (o.seq_len * o.batch)) + 2);
-  ASSERT_GE(int64_t(s.size()), 2 * per_epoch);
-  // Split at EOS: each epoch is the documents once each, in the epoch's order.
+  const int64_t n = ds.n_docs(), B = o.batch;
+  const int64_t per_epoch = ds.meta().n_tokens + n;  // tokens + EOS each
   const int32_t eos = ds.meta().eos_id;
-  size_t at = 0;
-  for (int64_t epoch = 0; epoch < 2; ++epoch) {
-    std::vector<int64_t> seen;
-    for (int64_t i = 0; i < ds.n_docs(); ++i) {
-      const size_t end = size_t(std::find(s.begin() + at, s.end(), eos) - s.begin());
+  // Lane b packs sequence positions g = b, b + B, ... (epoch g / n, index g % n): split
+  // each lane's stream at EOS and check every document is the one at its position.
+  std::vector<std::vector<int64_t>> seen(2);  // per epoch, the ids the lanes packed
+  Loader probe(ds, o);
+  for (int64_t b = 0; b < B; ++b) {
+    Loader L(ds, o);
+    // Two epochs' worth of tokens per lane is more than a lane's share of two epochs.
+    const std::vector<int32_t> s = lane_stream(L, int(2 * per_epoch / o.seq_len) + 2, b);
+    size_t at = 0;
+    for (int64_t g = b; g < 2 * n; g += B) {
+      const size_t end = size_t(std::find(s.begin() + int64_t(at), s.end(), eos) - s.begin());
       ASSERT_LT(end, s.size());
-      const int64_t id = L.doc_at(epoch, i);
-      EXPECT_EQ(std::vector<int32_t>(s.begin() + at, s.begin() + end), doc_ids(ds, id));
-      seen.push_back(id);
+      const int64_t id = probe.doc_at(g / n, g % n);
+      EXPECT_EQ(std::vector<int32_t>(s.begin() + int64_t(at), s.begin() + int64_t(end)), doc_ids(ds, id))
+          << "lane " << b << " position " << g;
+      seen[size_t(g / n)].push_back(id);
       at = end + 1;
     }
-    std::sort(seen.begin(), seen.end());
-    for (int64_t i = 0; i < ds.n_docs(); ++i) EXPECT_EQ(seen[size_t(i)], i);
+  }
+  for (auto& e : seen) {
+    std::sort(e.begin(), e.end());
+    ASSERT_EQ(int64_t(e.size()), n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_EQ(e[size_t(i)], i) << "every document once per epoch";
   }
   std::vector<int64_t> e0, e1;
-  for (int64_t i = 0; i < ds.n_docs(); ++i) e0.push_back(L.doc_at(0, i)), e1.push_back(L.doc_at(1, i));
+  for (int64_t i = 0; i < n; ++i) e0.push_back(probe.doc_at(0, i)), e1.push_back(probe.doc_at(1, i));
   EXPECT_NE(e0, e1) << "each epoch must have its own order";
+}
+
+TEST(Loader, RowsOfABatchComeFromDifferentDocuments) {
+  // One document far longer than a batch: with B consecutive windows of one stream it
+  // would fill whole batches; with lanes it fills one row per batch.
+  std::string big, jl;
+  for (int i = 0; i < 3000; ++i) {
+    big += 'w';
+    big += std::to_string(i % 97);
+    big += ' ';
+  }
+  jl += jsonl_line(big, "text");
+  for (int i = 0; i < 30; ++i) jl += jsonl_line(std::string("short document ") += std::to_string(i), "text");
+  write(root() / "ds_long.jsonl", jl);
+  const fs::path out = root() / "ds_long";
+  fs::remove_all(out);
+  prepare({(root() / "ds_long.jsonl").string()}, out, false);
+  const DataSet ds = DataSet::open(out.string());
+  LoaderOptions o;
+  o.seq_len = 32;
+  o.batch = 4;
+  o.seed = 3;
+  Loader L(ds, o);
+  const int64_t T1 = o.seq_len + 1;
+  // The first window of lane b starts with the document at position b.
+  const std::vector<int32_t> first = L.next();
+  for (int64_t b = 0; b < o.batch; ++b) {
+    const std::vector<int32_t> d = doc_ids(ds, L.doc_at(0, b));
+    const size_t k = std::min(d.size(), size_t(T1));
+    EXPECT_EQ(std::vector<int32_t>(first.begin() + b * T1, first.begin() + b * T1 + int64_t(k)),
+              std::vector<int32_t>(d.begin(), d.begin() + int64_t(k)))
+        << "row " << b;
+  }
+  // However long the big document, no later batch is made of it alone.
+  for (int k = 0; k < 40; ++k) {
+    const std::vector<int32_t> batch = L.next();
+    std::set<std::vector<int32_t>> rows;
+    for (int64_t b = 0; b < o.batch; ++b)
+      rows.insert(std::vector<int32_t>(batch.begin() + b * T1, batch.begin() + (b + 1) * T1));
+    EXPECT_EQ(int64_t(rows.size()), o.batch) << "batch " << k << " repeats a row";
+  }
 }
 
 TEST(Loader, StreamIsEmittedDocumentsWithFim) {
@@ -275,17 +323,20 @@ TEST(Loader, StreamIsEmittedDocumentsWithFim) {
   o.batch = 2;
   o.seed = 5;
   o.fim_rate = 0.5;
-  Loader L(ds, o);
-  ASSERT_TRUE(L.fim_enabled());
-  const int64_t per_epoch = ds.meta().n_tokens + ds.n_docs() + 3 * ds.meta().n_docs_code;
-  const std::vector<int32_t> s = stream_of(L, int(per_epoch / (o.seq_len * o.batch)) + 2);
-  std::vector<int32_t> want, d;
-  for (int64_t i = 0; i < ds.n_docs(); ++i) {
-    L.emitted_doc(0, i, d);
-    want.insert(want.end(), d.begin(), d.end());
+  const int64_t n = ds.n_docs();
+  for (int64_t b = 0; b < o.batch; ++b) {
+    Loader L(ds, o);
+    ASSERT_TRUE(L.fim_enabled());
+    const int64_t per_epoch = ds.meta().n_tokens + n + 3 * ds.meta().n_docs_code;
+    const std::vector<int32_t> s = lane_stream(L, int(per_epoch / o.seq_len) + 2, b);
+    std::vector<int32_t> want, d;
+    for (int64_t g = b; g < n; g += o.batch) {
+      L.emitted_doc(0, g, d);
+      want.insert(want.end(), d.begin(), d.end());
+    }
+    ASSERT_GE(s.size(), want.size());
+    EXPECT_EQ(std::vector<int32_t>(s.begin(), s.begin() + int64_t(want.size())), want) << "lane " << b;
   }
-  ASSERT_GE(s.size(), want.size());
-  EXPECT_EQ(std::vector<int32_t>(s.begin(), s.begin() + int64_t(want.size())), want);
 }
 
 TEST(Loader, DeterministicBySeed) {
@@ -330,13 +381,27 @@ TEST(Loader, ResumeGivesIdenticalBatches) {
   }
   Loader a(ds, o);
   LoaderState s = a.state();
+  ASSERT_EQ(int64_t(s.lanes.size()), o.batch);
   s.seed = 3;
   expect_error([&] { a.restore(s); }, "seed");
   s = a.state();
-  s.offset = 1 << 30;
-  expect_error([&] { a.restore(s); }, "offset");
+  s.lanes[1].offset = 1 << 30;
+  expect_error([&] { a.restore(s); }, "lane 1 offset");
+  s = a.state();
+  s.lanes[2].position = 4;  // lane 2 of 3 packs positions 2, 5, 8, ...
+  expect_error([&] { a.restore(s); }, "not lane 2's");
+  s = a.state();
+  s.lanes.pop_back();
+  expect_error([&] { a.restore(s); }, "saved with batch 2");
+  const LoaderState before = a.state();
+  expect_error([&] { s.lanes[0].offset = 1 << 30; a.restore(s); }, "batch");
+  EXPECT_EQ(a.state(), before) << "a refused restore changes nothing";
   expect_error([] { LoaderState::from_json("{\"seed\": 1}"); }, "n_docs");
   expect_error([] { LoaderState::from_json("[1"); }, "not valid JSON");
+  expect_error([] { LoaderState::from_json(R"({"seed":1,"n_docs":4,"epoch":0,"index":0,"offset":0,"batches":0})"); },
+               "written before the loader had lanes");
+  expect_error([] { LoaderState::from_json(R"({"seed":1,"n_docs":4,"lanes":[{"position":-1,"offset":0}],"batches":0})"); },
+               "lanes[0].position");
 }
 
 // Parses one emitted document: returns prefix/middle/suffix by the framing.

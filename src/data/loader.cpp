@@ -30,8 +30,9 @@ void make_perm(uint64_t seed, int64_t epoch, int64_t n, std::vector<uint32_t>& p
 }  // namespace
 
 std::string LoaderState::to_json() const {
-  json j = {{"seed", seed}, {"n_docs", n_docs}, {"epoch", epoch},
-            {"index", index}, {"offset", offset}, {"batches", batches}};
+  json lanes_j = json::array();
+  for (const LaneState& l : lanes) lanes_j.push_back({{"position", l.position}, {"offset", l.offset}});
+  json j = {{"seed", seed}, {"n_docs", n_docs}, {"lanes", lanes_j}, {"batches", batches}};
   return j.dump();
 }
 
@@ -43,22 +44,29 @@ LoaderState LoaderState::from_json(const std::string& text) {
     DSV3_FAIL("loader state: not valid JSON (", e.what(), ")");
   }
   DSV3_CHECK(j.is_object(), "loader state: expected a JSON object");
-  auto get = [&](const char* key) -> int64_t {
-    DSV3_CHECK(j.contains(key) && j[key].is_number_integer(), "loader state: '", key,
+  auto get = [](const json& o, const char* key, const std::string& where) -> int64_t {
+    DSV3_CHECK(o.contains(key) && o[key].is_number_integer(), "loader state: '", where, key,
                "' must be an integer");
-    const int64_t v = j[key].get<int64_t>();
-    DSV3_CHECK(v >= 0, "loader state: '", key, "' = ", v, " is negative");
+    const int64_t v = o[key].get<int64_t>();
+    DSV3_CHECK(v >= 0, "loader state: '", where, key, "' = ", v, " is negative");
     return v;
   };
   LoaderState s;
   DSV3_CHECK(j.contains("seed") && j["seed"].is_number_unsigned(),
              "loader state: 'seed' must be a non-negative integer");
   s.seed = j["seed"].get<uint64_t>();
-  s.n_docs = get("n_docs");
-  s.epoch = get("epoch");
-  s.index = get("index");
-  s.offset = get("offset");
-  s.batches = get("batches");
+  s.n_docs = get(j, "n_docs", "");
+  // A state of the single-stream loader (before lanes) has epoch/index instead.
+  DSV3_CHECK(j.contains("lanes") && j["lanes"].is_array() && !j["lanes"].empty(),
+             "loader state: 'lanes' must be a non-empty array (a state written before the "
+             "loader had lanes cannot be resumed)");
+  for (size_t i = 0; i < j["lanes"].size(); ++i) {
+    const json& l = j["lanes"][i];
+    const std::string where = "lanes[" + std::to_string(i) + "].";
+    DSV3_CHECK(l.is_object(), "loader state: '", where, "' must be an object");
+    s.lanes.push_back({get(l, "position", where), get(l, "offset", where)});
+  }
+  s.batches = get(j, "batches", "");
   return s;
 }
 
@@ -82,24 +90,26 @@ Loader::Loader(const DataSet& ds, const LoaderOptions& opt) : ds_(ds), opt_(opt)
   DSV3_CHECK(opt_.eos_id >= 0, "loader: no EOS id (the data set's meta.json has none)");
   fim_on_ = opt_.fim_rate > 0 && opt_.fim_begin_id >= 0 && opt_.fim_hole_id >= 0 &&
             opt_.fim_end_id >= 0;
-  set_epoch(0);
-  load_current();
+  DSV3_CHECK(ds.n_docs() >= 1, "loader: the data set has no documents");
+  lanes_.resize(size_t(opt_.batch));
+  for (int64_t b = 0; b < opt_.batch; ++b) {
+    lanes_[size_t(b)].position = b;
+    load(lanes_[size_t(b)]);
+  }
 }
 
-void Loader::set_epoch(int64_t epoch) {
-  if (epoch == epoch_) return;
-  make_perm(opt_.seed, epoch, ds_.n_docs(), perm_);
-  epoch_ = epoch;
+const std::vector<uint32_t>& Loader::perm(int64_t epoch) const {
+  auto it = perms_.find(epoch);
+  if (it != perms_.end()) return it->second;
+  if (perms_.size() >= 4) perms_.erase(perms_.begin());  // the oldest epoch
+  std::vector<uint32_t>& p = perms_[epoch];
+  make_perm(opt_.seed, epoch, ds_.n_docs(), p);
+  return p;
 }
 
 int64_t Loader::doc_at(int64_t epoch, int64_t index) const {
-  DSV3_ASSERT(index >= 0 && index < ds_.n_docs());
-  if (epoch == epoch_) return perm_[size_t(index)];
-  if (epoch != other_epoch_) {
-    make_perm(opt_.seed, epoch, ds_.n_docs(), other_perm_);
-    other_epoch_ = epoch;
-  }
-  return other_perm_[size_t(index)];
+  DSV3_ASSERT(epoch >= 0 && index >= 0 && index < ds_.n_docs());
+  return perm(epoch)[size_t(index)];
 }
 
 void Loader::emitted_doc(int64_t epoch, int64_t index, std::vector<int32_t>& out) const {
@@ -140,38 +150,40 @@ void Loader::emitted_doc(int64_t epoch, int64_t index, std::vector<int32_t>& out
   out.push_back(opt_.eos_id);
 }
 
-void Loader::load_current() { emitted_doc(epoch_, index_, cur_); }
+void Loader::load(Lane& l) const {
+  emitted_doc(l.position / ds_.n_docs(), l.position % ds_.n_docs(), l.cur);
+}
 
 void Loader::next(std::vector<int32_t>& out) {
   const int64_t T1 = opt_.seq_len + 1;
   out.resize(size_t(opt_.batch * T1));
   for (int64_t b = 0; b < opt_.batch; ++b) {
+    Lane& l = lanes_[size_t(b)];
     int32_t* row = out.data() + b * T1;  // [T+1]
     int64_t have = 0;
     while (have < T1) {
-      if (offset_ == int64_t(cur_.size())) {
-        if (++index_ == ds_.n_docs()) {
-          set_epoch(epoch_ + 1);
-          index_ = 0;
-        }
-        load_current();
-        offset_ = 0;
+      if (l.offset == int64_t(l.cur.size())) {
+        l.position += opt_.batch;  // the lane's next document
+        load(l);
+        l.offset = 0;
       }
-      const int64_t k = std::min(T1 - have, int64_t(cur_.size()) - offset_);
-      std::copy_n(cur_.data() + offset_, k, row + have);
+      const int64_t k = std::min(T1 - have, int64_t(l.cur.size()) - l.offset);
+      std::copy_n(l.cur.data() + l.offset, k, row + have);
       have += k;
-      offset_ += k;
+      l.offset += k;
     }
-    // The next window starts at this one's last token (see loader.h); that token came
-    // from the current document, so offset_ >= 1 here.
-    DSV3_ASSERT(offset_ >= 1);
-    --offset_;
+    // The lane's next window starts at this one's last token (see loader.h); that token
+    // came from the current document, so offset >= 1 here.
+    DSV3_ASSERT(l.offset >= 1);
+    --l.offset;
   }
   ++batches_;
 }
 
 LoaderState Loader::state() const {
-  return {opt_.seed, ds_.n_docs(), epoch_, index_, offset_, batches_};
+  LoaderState s{opt_.seed, ds_.n_docs(), {}, batches_};
+  for (const Lane& l : lanes_) s.lanes.push_back({l.position, l.offset});
+  return s;
 }
 
 void Loader::restore(const LoaderState& s) {
@@ -179,14 +191,22 @@ void Loader::restore(const LoaderState& s) {
              ", this loader has seed ", opt_.seed);
   DSV3_CHECK(s.n_docs == ds_.n_docs(), "loader state: saved for a data set of ", s.n_docs,
              " documents, this one has ", ds_.n_docs());
-  DSV3_CHECK(s.epoch >= 0 && s.index >= 0 && s.index < s.n_docs, "loader state: epoch ",
-             s.epoch, " / index ", s.index, " out of range");
-  set_epoch(s.epoch);
-  index_ = s.index;
-  load_current();
-  DSV3_CHECK(s.offset >= 0 && s.offset < int64_t(cur_.size()), "loader state: offset ",
-             s.offset, " is outside document ", s.index, "'s ", cur_.size(), " tokens");
-  offset_ = s.offset;
+  DSV3_CHECK(int64_t(s.lanes.size()) == opt_.batch, "loader state: saved with batch ",
+             s.lanes.size(), " (one lane per row), this loader has batch ", opt_.batch);
+  std::vector<Lane> lanes(lanes_.size());
+  for (size_t b = 0; b < lanes.size(); ++b) {
+    const LaneState& ls = s.lanes[b];
+    DSV3_CHECK(ls.position >= 0 && ls.position % opt_.batch == int64_t(b), "loader state: lane ", b,
+               " is at document position ", ls.position, ", which is not lane ", b, "'s (≡ ", b,
+               " mod ", opt_.batch, ")");
+    Lane& l = lanes[b];
+    l.position = ls.position;
+    load(l);
+    DSV3_CHECK(ls.offset >= 0 && ls.offset < int64_t(l.cur.size()), "loader state: lane ", b,
+               " offset ", ls.offset, " is outside its document's ", l.cur.size(), " tokens");
+    l.offset = ls.offset;
+  }
+  lanes_ = std::move(lanes);
   batches_ = s.batches;
 }
 
