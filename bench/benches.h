@@ -13,5 +13,6 @@ void add_load(CLI::App& bench);  // bench_load.cpp: dsv3 bench load
 void add_model(CLI::App& bench);  // bench_model.cpp: dsv3 bench decode, dsv3 bench prefill
 void add_absorb(CLI::App& bench);  // bench_absorb.cpp: dsv3 bench absorb
 void add_train(CLI::App& bench);  // bench_train.cpp: dsv3 bench train
+void add_spec(CLI::App& bench);  // bench_spec.cpp: dsv3 bench speculative
 
 }  // namespace dsv3::bench

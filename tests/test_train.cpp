@@ -533,5 +533,42 @@ TEST(TrainCheckpoint, LoadsInScoreAndGenerate) {
   EXPECT_FALSE(gj.at("ids").empty()) << g.out;
 }
 
+// Issue 7's greedy identity on a trained model: random checkpoints (test_speculative) reject
+// almost every draft, so it is a model trained with the MTP objective that exercises long
+// accepted runs, the bonus token and the catch-up over several accepted positions. The
+// corpus is 48 short, near-identical lines, which 300 steps learn well enough that the MTP
+// module's drafts are mostly right (a random model on this 320-token vocabulary would
+// accept ~1/320 of them).
+TEST(TrainCheckpoint, TrainedMtpSpeculatesIdenticallyAndIsAccepted) {
+  NEED_BIN();
+  json j = train_json("bf16");
+  j["steps"] = 300;
+  j["optimizer"]["warmup_steps"] = 10;
+  j["optimizer"]["decay_start"] = 150;
+  j["mtp"]["lambda_switch_step"] = 300;
+  j["fim_rate"] = 0.0;
+  j["checkpoint_every"] = 300;
+  const fs::path out = fresh("mtp_trained");
+  const CliRun r = cli(train_args(write_config("mtp_trained", j), out));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::string ck = (out / latest(out)).string();
+  double drafted = 0, accepted = 0;
+  for (const char* prompt : {"The quick brown fox 7", "int f1", "Small steps"}) {
+    for (int draft : {1, 2, 3}) {
+      const CliRun g = cli("generate --model " + ck + " --prompt '" + prompt +
+                           "' --max-new-tokens 40 --speculative mtp --draft " + std::to_string(draft) +
+                           " --compare --json --threads 1");
+      ASSERT_EQ(g.rc, 0) << g.err;
+      const json gj = json::parse(g.out);
+      const json& st = gj.at("stats");
+      EXPECT_TRUE(st.at("compare").at("same_ids").get<bool>()) << prompt << " draft " << draft << ": " << g.out;
+      drafted += st.at("speculative").at("drafted").get<double>();
+      accepted += st.at("speculative").at("accepted").get<double>();
+    }
+  }
+  ASSERT_GT(drafted, 0);
+  EXPECT_GT(accepted / drafted, 0.5) << accepted << " of " << drafted << " drafts accepted";
+}
+
 }  // namespace
 }  // namespace dsv3
