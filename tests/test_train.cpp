@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -506,6 +507,38 @@ TEST(TrainBadInput, ResumeFromAMismatchedCheckpoint) {
   const CliRun r = cli(train_args(cfg, none) + " --resume");
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("has no checkpoint"), std::string::npos) << r.err;
+}
+
+// One run per --out: a fresh run refuses an OUT that holds a run (it would overwrite
+// metrics.jsonl and the checkpoints), and a second trainer refuses an OUT another one holds
+// (flock on OUT/.lock; here this test process holds it).
+TEST(TrainBadInput, OutputDirectoryInUseOrHoldingARun) {
+  NEED_BIN();
+  json j = train_json("f32");
+  j["steps"] = 2;
+  j["optimizer"]["warmup_steps"] = 1;
+  j["optimizer"]["decay_start"] = 1;
+  const std::string cfg = write_config("outdir", j);
+  const fs::path out = fresh("outdir");
+  ASSERT_EQ(cli(train_args(cfg, out)).rc, 0);
+  const std::string metrics_before = read(out / "metrics.jsonl");
+  const CliRun again = cli(train_args(cfg, out));
+  EXPECT_NE(again.rc, 0);
+  EXPECT_NE(again.err.find("already holds a training run (latest: step-000002)"), std::string::npos) << again.err;
+  EXPECT_EQ(read(out / "metrics.jsonl"), metrics_before);
+  EXPECT_EQ(latest(out), "step-000002");
+
+  const int fd = ::open((out / ".lock").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  const CliRun busy = cli(train_args(cfg, out) + " --resume --steps 4");
+  EXPECT_NE(busy.rc, 0);
+  EXPECT_NE(busy.err.find("is in use by another dsv3 train"), std::string::npos) << busy.err;
+  EXPECT_EQ(latest(out), "step-000002");
+  ::close(fd);  // released: the same command now runs
+  const CliRun ok = cli(train_args(cfg, out) + " --resume --steps 4");
+  EXPECT_EQ(ok.rc, 0) << ok.err;
+  EXPECT_EQ(latest(out), "step-000004");
 }
 
 // ---- 5. A trained checkpoint is a model ----------------------------------------------------

@@ -1,8 +1,11 @@
 #include "train/trainer.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -11,8 +14,8 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
-#include "core/clock.h"
 #include "core/check.h"
+#include "core/clock.h"
 #include "core/parallel.h"
 #include "data/dataset.h"
 #include "data/loader.h"
@@ -130,6 +133,30 @@ std::string latest_name(const std::string& out) {
   return fs::exists(latest) ? trim(read_text_file(latest.string())) : std::string();
 }
 
+// One trainer per output directory: an exclusive flock on OUT/.lock, held while the run
+// lives (the kernel drops it when the process ends, however it ends). A second `dsv3 train`
+// on the same OUT would interleave checkpoints and metrics, and its start-up would delete
+// the first one's half-written checkpoint; it stops with a message instead.
+class OutDirLock {
+ public:
+  explicit OutDirLock(const std::string& out) {
+    const std::string path = (fs::path(out) / ".lock").string();
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    DSV3_CHECK(fd_ >= 0, out, ": cannot create ", path, " (", std::strerror(errno), ")");
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd_);
+      DSV3_FAIL(out, " is in use by another dsv3 train (", path,
+                " is locked); wait for it, stop it, or choose another --out");
+    }
+  }
+  ~OutDirLock() { ::close(fd_); }
+  OutDirLock(const OutDirLock&) = delete;
+  OutDirLock& operator=(const OutDirLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 // A crash while writing a checkpoint leaves OUT/.tmp-step-NNNNNN behind (never `latest`):
 // remove such leftovers so they cannot accumulate.
 void remove_partial_checkpoints(const std::string& out) {
@@ -197,6 +224,10 @@ int run_training(const TrainRunOptions& o) {
              ds.meta().vocab_size, ") is larger than the model's vocab_size (", cfg.model.vocab_size, ")");
   DSV3_CHECK(ds.meta().n_tokens > 0, o.data_dir, ": the data set holds no tokens");
   fs::create_directories(o.out_dir);
+  const OutDirLock lock(o.out_dir);
+  // A fresh run would overwrite metrics.jsonl and, checkpoint by checkpoint, the old run.
+  DSV3_CHECK(o.resume || latest_name(o.out_dir).empty(), o.out_dir, " already holds a training run (latest: ",
+             latest_name(o.out_dir), "); continue it with --resume, or choose another --out");
   remove_partial_checkpoints(o.out_dir);
 
   ParamSet ps(cfg.model, cfg.mtp);

@@ -10,6 +10,8 @@
 //                            weights and AdamW moments, trainer_state.json: step, data
 //                            position, the config text)
 //   latest                   the name of the newest complete checkpoint
+//   .lock                    flock'ed while a trainer runs on OUT: a second one is refused
+// A fresh run (no --resume) refuses an OUT whose `latest` names a checkpoint.
 // Checkpoints are written into a temporary directory and renamed: a crash mid-write leaves the
 // previous checkpoint and `latest` intact.
 #pragma once
