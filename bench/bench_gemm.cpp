@@ -1,5 +1,5 @@
 // dsv3 bench gemm --m M --n N --k K --dtype f32|bf16|fp8 [--form fprop|dgrad|wgrad]
-//                 [--threads T] [--json]
+//                 [--threads T] [--isa avx512|avx2|scalar] [--json]
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -10,6 +10,7 @@
 
 #include "bench_util.h"
 #include "core/check.h"
+#include "core/cpu.h"
 #include "core/dtype.h"
 #include "core/parallel.h"
 #include "core/tensor.h"
@@ -25,6 +26,7 @@ struct GemmOpts {
   std::string dtype = "f32";
   std::string form = "fprop";
   int threads = 0;
+  std::string isa;  // empty: the best this CPU runs (DSV3_ISA may lower it)
   double seconds = 1.0;
   bool json = false;
 };
@@ -39,6 +41,14 @@ void run_gemm(const GemmOpts& o) {
   double cpu_per_rep = 0;
   DSV3_CHECK(o.m > 0 && o.n > 0 && o.k > 0, "--m, --n and --k must be positive");
   const int threads = resolve_threads(o.threads);
+  if (!o.isa.empty()) {
+    // set_isa clamps to what the CPU has; the output names the level actually run.
+    if (o.isa == "avx512") set_isa(Isa::Avx512);
+    else if (o.isa == "avx2") set_isa(Isa::Avx2);
+    else if (o.isa == "scalar") set_isa(Isa::Scalar);
+    else DSV3_FAIL("--isa must be avx512, avx2 or scalar, got '", o.isa, "'");
+  }
+  const char* isa = isa_name(active_isa());
   // Operand shapes for each form of y = x·Wᵀ (kernels/gemm.h); M,N,K are the GEMM's.
   bool ta = false, tb = true;
   if (o.form == "dgrad") tb = false;
@@ -98,16 +108,16 @@ void run_gemm(const GemmOpts& o) {
   }
   const double gflops = 2.0 * double(o.m) * double(o.n) * double(o.k) / t.median_s * 1e-9;
   if (o.json) {
-    std::printf("{\"bench\":\"gemm\",\"dtype\":\"%s\",\"form\":\"%s\",\"m\":%lld,\"n\":%lld,"
+    std::printf("{\"bench\":\"gemm\",\"dtype\":\"%s\",\"form\":\"%s\",\"isa\":\"%s\",\"m\":%lld,\"n\":%lld,"
                 "\"k\":%lld,\"threads\":%d,\"reps\":%d,\"median_ms\":%.4f,\"gflops\":%.2f,"
                 "\"gflops_best\":%.2f,\"gflops_cpu\":%.2f}\n",
-                o.dtype.c_str(), o.form.c_str(), (long long)o.m, (long long)o.n,
+                o.dtype.c_str(), o.form.c_str(), isa, (long long)o.m, (long long)o.n,
                 (long long)o.k, threads, t.reps, t.median_s * 1e3, gflops,
                 2.0 * double(o.m) * double(o.n) * double(o.k) / t.min_s * 1e-9,
                 2.0 * double(o.m) * double(o.n) * double(o.k) / cpu_per_rep * 1e-9);
   } else {
-    std::printf("gemm %s %s M=%lld N=%lld K=%lld threads=%d: %.1f GFLOP/s (median of %d, %.3f ms)\n",
-                o.dtype.c_str(), o.form.c_str(), (long long)o.m, (long long)o.n,
+    std::printf("gemm %s %s %s M=%lld N=%lld K=%lld threads=%d: %.1f GFLOP/s (median of %d, %.3f ms)\n",
+                o.dtype.c_str(), o.form.c_str(), isa, (long long)o.m, (long long)o.n,
                 (long long)o.k, threads, gflops, t.reps, t.median_s * 1e3);
   }
 }
@@ -123,6 +133,7 @@ void add_gemm(CLI::App& bench) {
   s->add_option("--dtype", o->dtype, "f32 | bf16 | fp8")->capture_default_str();
   s->add_option("--form", o->form, "fprop (x·Wᵀ) | dgrad (dy·W) | wgrad (dyᵀ·x)")->capture_default_str();
   s->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
+  s->add_option("--isa", o->isa, "avx512 | avx2 | scalar (default: the best this CPU runs)");
   s->add_option("--seconds", o->seconds, "time budget per measurement")->capture_default_str();
   s->add_flag("--json", o->json, "print one JSON object");
   s->callback([o] { run_gemm(*o); });

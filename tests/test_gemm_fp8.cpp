@@ -1,7 +1,7 @@
 // FP8 block-scaled GEMM (gemm.h, DeepSeek-V3 report §3.3): operands made by the quantisers
 // of quant.h in the three layouts training uses (fprop 1x128 x 128x128 with W [N,K], dgrad
 // with W [K,N], wgrad 128x1 both sides), plus BF16 activations.
-//  1. gemm_fp8 (every ISA path) against gemm_fp8_ref. Both sum each 128-K block in FP32,
+//  1. gemm_fp8 (every ISA path: AVX-512, AVX2, scalar) against gemm_fp8_ref. Both sum each 128-K block in FP32,
 //     in different orders; both partials are within gamma_128·Σ_blk|a||b| of the exact
 //     block sum, and the block promotions C += partial·(sa·sb) then add at most a few u
 //     per block. Tolerance: 2·(128 + blocks(K) + 4)·u·(Σ_k |a·sa||b·sb| + |C0|).
@@ -119,8 +119,12 @@ struct Shape {
 };
 
 std::vector<Shape> shapes() {
+  // Edges of both fast paths' blocking: AVX-512 14x32 tiles with KC 1024, AVX2 6x16 tiles
+  // with KC 256 and MC 120 ({13, 18, 520}: three KC steps, the last one 8 wide; {530, 9,
+  // 130}: tall M, several A blocks, the shared-B schedule at 2 threads).
   std::vector<Shape> s = {{1, 1, 1}, {3, 7, 127}, {17, 33, 128}, {15, 129, 129},
-                          {2, 3, 300}, {31, 65, 257}, {1, 40, 1100}, {6, 130, 257}, {9, 45, 260}, {530, 9, 130}};
+                          {2, 3, 300}, {31, 65, 257}, {1, 40, 1100}, {6, 130, 257}, {9, 45, 260},
+                          {13, 18, 520}, {530, 9, 130}};
   if (testing::kFull)
     s.insert(s.end(), {{65, 257, 385}, {129, 63, 1030}, {300, 130, 200}, {7, 300, 2100}});
   return s;
@@ -185,6 +189,39 @@ TEST(GemmFp8, AllPathsMatchReference) {
             ASSERT_EQ(C.at(i, s.N), 777.f) << "wrote past N";
           }
         }
+      }
+    }
+  }
+}
+
+// Every one of the 256 E4M3 codes through every path, exactly: C[0,j] = 1.0 · code j (the
+// other K terms are 0 · code j = 0, or NaN for the NaN codes, which must give NaN anyway),
+// with B stored [N,K] and [K,N], N = 256 columns, so that the vector decoders (16 codes per
+// row for [K,N], 8x8 transposed blocks for [N,K]) see every code. Scales 1: the result is
+// the decoded value, which e4m3_to_f32 defines (core/dtype.h).
+TEST(GemmFp8, EveryCodeDecodesExactly) {
+  IsaGuard guard;
+  const int64_t N = 256, K = 8;
+  std::vector<uint8_t> a(K, 0), bt(N * K), bn(K * N);
+  a[0] = f32_to_e4m3(1.f);
+  for (int64_t j = 0; j < N; ++j)
+    for (int64_t k = 0; k < K; ++k) bt[size_t(j * K + k)] = bn[size_t(k * N + j)] = uint8_t(j);
+  const float one[2] = {1.f, 1.f};
+  for (bool trans_b : {true, false}) {
+    GemmFP8 p;
+    p.M = 1; p.N = N; p.K = K;
+    p.A = a.data(); p.lda = K; p.a_scale = one; p.lda_scale = 1;
+    p.B = trans_b ? bt.data() : bn.data(); p.ldb = trans_b ? K : N; p.trans_b = trans_b;
+    p.b_scale = one; p.ldb_scale = trans_b ? 1 : 2;  // blocks(K) = 1; blocks(N) = 2
+    for (Isa isa : testing::isas()) {
+      set_isa(isa);
+      std::vector<float> C(N, 5.f);
+      p.C = C.data(); p.ldc = N;
+      gemm_fp8(p, 1);
+      for (int64_t j = 0; j < N; ++j) {
+        const float want = e4m3_to_f32(uint8_t(j));
+        if (std::isnan(want)) EXPECT_TRUE(std::isnan(C[size_t(j)])) << isa_name(isa) << " code " << j;
+        else EXPECT_EQ(C[size_t(j)], want) << isa_name(isa) << " trans_b=" << trans_b << " code " << j;
       }
     }
   }

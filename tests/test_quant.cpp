@@ -33,7 +33,9 @@ std::vector<Isa> fast_isas() {
 }
 
 struct Shape { int64_t M, K; };
-const Shape kShapes[] = {{1, 1}, {1, 130}, {3, 127}, {2, 16}, {129, 257}, {130, 200}, {257, 129}};
+// {45, 19}: for the 128x1 quantiser's 16-row byte transpose, a tile of 2 full row groups
+// plus 13 rows, and a column group of 3 after a full one.
+const Shape kShapes[] = {{1, 1}, {1, 130}, {3, 127}, {2, 16}, {45, 19}, {129, 257}, {130, 200}, {257, 129}};
 
 // Random values whose magnitude varies by tile and element (exponents 2^-30..2^30), with
 // special values sprinkled in when `specials`.

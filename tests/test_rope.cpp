@@ -1,5 +1,5 @@
 // RoPE / YaRN: tables against PyTorch float64 vectors written by
-// tools/reference/yarn_rope.py (tests/data/yarn_rope.txt), the AVX-512 rotation against
+// tools/reference/yarn_rope.py (tests/data/yarn_rope.txt), the AVX-512 and AVX2 rotations against
 // the scalar twin (bit-identical), backward as the adjoint of forward, and finite
 // differences.
 #include <gtest/gtest.h>
@@ -157,7 +157,10 @@ TEST(Rope, AvxMatchesScalarBitExactStrided) {
                             {4, 1, 64, 576, 576, 512},          // k_pe inside [c_KV ; k_pe]
                             {3, 5, 6, 31, 6, 1},                // tail: 3 pairs
                             {2, 2, 2, 9, 4, 3},                 // one pair
-                            {7, 2, 34, 70, 35, 0}};             // 17 pairs: 8 + 8 + 1
+                            {7, 2, 34, 70, 35, 0},              // 17 pairs: 8 + 8 + 1
+                            // 150 pairs: more than one per-token block of cos/sin vectors
+                            // (AVX-512: 128 pairs + 22, AVX2: 64 + 64 + 22).
+                            {2, 3, 300, 3 * 301 + 5, 301, 1}};
   for (const Layout& L : layouts) {
     std::vector<float> c(size_t(n_pos * L.dim / 2)), s(c.size());
     YarnParams ys;  // DeepSeek-V3's: table amplitude mscale/mscale_all_dim = 1

@@ -122,6 +122,7 @@ void gemm_fp8(const GemmFP8& p, int threads) {
   }
   threads = resolve_threads(threads);
   if (active_isa() >= Isa::Avx512) return detail::gemm_fp8_avx512(p, threads);
+  if (active_isa() >= Isa::Avx2) return detail::gemm_fp8_avx2(p, threads);
   gemm_fp8_ref(p);
 }
 

@@ -1,5 +1,7 @@
 // AVX2 + FMA GEMMs: the fallback for CPUs without AVX-512 (or without its BF16 part).
-// BF16 operands are widened to F32 (exact) while packing and share the F32 kernel.
+// BF16 operands are widened to F32 (exact) while packing and share the F32 kernel; FP8
+// (E4M3) operands are decoded to F32 (exact) while packing, and their kernel promotes
+// every 128-K block with its scales (gemm.h, report §3.3).
 // Same blocked loop nest as the AVX-512 path (gemm_driver.inc), a 6x16 microkernel:
 // 12 ymm accumulators + 2 B vectors + 1 broadcast = 15 of the 16 ymm registers, 12 FMAs
 // per 2 vector loads + 6 broadcasts; 12 chains cover 2 FMA pipes x 4-cycle latency.
@@ -114,7 +116,218 @@ struct OpAvx2 {
   }
 };
 
+// ---- FP8 block-scaled GEMM -------------------------------------------------------------
+
+constexpr int64_t kFp8Blk = 128;     // DeepSeek-V3's promotion interval N_C (report §3.3)
+constexpr int64_t kKcFp8 = 2 * kFp8Blk;  // 256: the F32 kernel's KC, whole scale blocks
+static_assert(kKcFp8 % kFp8Blk == 0, "FP8 K blocks must not straddle a scale block");
+
+// 8 E4M3 codes (the low 8 bytes of v) -> 8 F32, exactly, without table lookups and
+// without F32 subnormal arithmetic (so a caller's DAZ/FTZ cannot change it): a normal
+// code S.EEEE.MMM is the F32 with exponent E - 7 + 127 and mantissa MMM, i.e. its low 7
+// bits shifted to the F32 mantissa top plus a rebias of 120 in the exponent field; a
+// subnormal code (E = 0) is MMM · 2^-9, an exact int -> float conversion and scaling;
+// S.1111.111 is NaN, as e4m3_to_f32 (core/dtype.h) decodes it.
+inline __m256 e4m3x8_to_f32(__m128i v) {
+  const __m256i c = _mm256_cvtepu8_epi32(v);
+  const __m256i mag = _mm256_and_si256(c, _mm256_set1_epi32(0x7F));
+  const __m256 normal = _mm256_castsi256_ps(
+      _mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
+  const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(1.f / 512.f));
+  const __m256 is_sub = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag));
+  const __m256 is_nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F)));
+  __m256 f = _mm256_blendv_ps(normal, sub, is_sub);
+  f = _mm256_blendv_ps(f, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), is_nan);
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24);
+  return _mm256_or_ps(f, _mm256_castsi256_ps(sign));
+}
+
+// Rows r0..r7 of an 8x8 F32 block -> its columns, in place.
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 8
+  for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
+    __m256* th = t + 4 * h;
+    u[4 * h + 0] = _mm256_shuffle_ps(th[0], th[2], 0x44);
+    u[4 * h + 1] = _mm256_shuffle_ps(th[0], th[2], 0xEE);
+    u[4 * h + 2] = _mm256_shuffle_ps(th[1], th[3], 0x44);
+    u[4 * h + 3] = _mm256_shuffle_ps(th[1], th[3], 0xEE);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+    r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+  }
+}
+
+// c[M x 16] (+)= Σ_blocks (a-block · b-block) · (sa · sb), each 128-K block summed from
+// fresh accumulators. The running sum t starts from C (when adding) and takes the blocks
+// in increasing K as C += partial·(sa·sb), the reference's order of promotions (gemm.h),
+// so only the order inside a block differs; the promotion is one FMA (one rounding
+// instead of the reference's two, well inside the tests' per-block allowance). t lives
+// in a small buffer: 12 accumulators + 12 running sums would not fit 16 ymm registers.
+template <int M>
+void ukr_fp8(int64_t kc, const float* a, const float* b, const float* sa, const float* sb,
+             float* c, int64_t ldc, int nr, bool add) {
+  alignas(32) float t[M * NR];  // [M, NR]
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < NR; ++j) t[i * NR + j] = add && j < nr ? c[i * ldc + j] : 0.f;
+  for (int64_t blk = 0; blk * kFp8Blk < kc; ++blk) {
+    __m256 c0[M], c1[M];
+#pragma GCC unroll 6
+    for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+    const int64_t k1 = min64(kc, (blk + 1) * kFp8Blk);
+    for (int64_t k = blk * kFp8Blk; k < k1; ++k) {
+      const __m256 b0 = _mm256_load_ps(b + k * NR), b1 = _mm256_load_ps(b + k * NR + 8);
+#pragma GCC unroll 6
+      for (int i = 0; i < M; ++i) {
+        const __m256 ai = _mm256_broadcast_ss(a + k * MR + i);
+        c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+        c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+      }
+    }
+    const __m256 s0 = _mm256_loadu_ps(sb + blk * NR), s1 = _mm256_loadu_ps(sb + blk * NR + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < M; ++i) {
+      const __m256 si = _mm256_broadcast_ss(sa + blk * MR + i);
+      _mm256_store_ps(t + i * NR, _mm256_fmadd_ps(c0[i], _mm256_mul_ps(si, s0), _mm256_load_ps(t + i * NR)));
+      _mm256_store_ps(t + i * NR + 8,
+                      _mm256_fmadd_ps(c1[i], _mm256_mul_ps(si, s1), _mm256_load_ps(t + i * NR + 8)));
+    }
+  }
+  for (int i = 0; i < M; ++i) {
+    float* ci = c + i * ldc;
+    if (nr == NR) {
+      _mm256_storeu_ps(ci, _mm256_load_ps(t + i * NR));
+      _mm256_storeu_ps(ci + 8, _mm256_load_ps(t + i * NR + 8));
+    } else {
+      for (int j = 0; j < nr; ++j) ci[j] = t[i * NR + j];
+    }
+  }
+}
+
+// FP8 panels: the decoded F32 items as the F32 kernel's (dst[k][MR], dst[k][NR]), then
+// the per-block scales at a fixed offset ([kBlocks][MR], [kBlocks][NR]; 0 past mr / nr).
+struct OpFP8Avx2 {
+  static constexpr int MR = 6, NR = 16;
+  static constexpr int64_t kBlocks = kKcFp8 / kFp8Blk;
+  static constexpr size_t kAScaleOff = size_t(kKcFp8) * MR * 4;
+  static constexpr size_t kBScaleOff = size_t(kKcFp8) * NR * 4;
+  int64_t KC = kKcFp8, MC = kMc, NC = kNc;
+  size_t a_panel_bytes = (kAScaleOff + size_t(kBlocks) * MR * 4 + 63) / 64 * 64;
+  size_t b_panel_bytes = (kBScaleOff + size_t(kBlocks) * NR * 4 + 63) / 64 * 64;
+  const GemmFP8* p;
+  const uint16_t* lut = e4m3_bf16_table();  // E4M3 -> BF16, exact; widened to F32 here
+
+  // A is [M,K], K-contiguous. Packed once per A block and reused across all of N, so a
+  // scalar decode is cheap here.
+  void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* d) const {
+    float* dst = (float*)d;
+    float* sa = (float*)(d + kAScaleOff);
+    const int64_t nblk = ceil_div(kc, kFp8Blk), kb0 = k0 / kFp8Blk;
+    for (int r = 0; r < MR; ++r) {
+      if (r >= mr) {
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = 0.f;
+        for (int64_t b = 0; b < nblk; ++b) sa[b * MR + r] = 0.f;
+        continue;
+      }
+      const int64_t i = i0 + r;
+      if (p->A_bf16) {
+        const uint16_t* s = p->A_bf16 + i * p->lda + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = widen(s[k]);
+        for (int64_t b = 0; b < nblk; ++b) sa[b * MR + r] = 1.f;
+      } else {
+        const uint8_t* s = p->A + i * p->lda + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = widen(lut[s[k]]);
+        for (int64_t b = 0; b < nblk; ++b) sa[b * MR + r] = p->a_scale[i * p->lda_scale + kb0 + b];
+      }
+    }
+  }
+
+  // B panels are decoded once per use in the skinny-M path, so decode 8 codes at a time:
+  // !trans_b reads 16 contiguous codes per k; trans_b reads 8 k of 8 columns and
+  // transposes. Edges (nr < 16, K tail) go element by element.
+  void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* d) const {
+    float* dst = (float*)d;
+    if (p->trans_b) {
+      for (int cb = 0; cb < NR; cb += 8) {
+        int64_t k = 0;
+        if (cb + 8 <= nr) {
+          const uint8_t* s = p->B + (j0 + cb) * p->ldb + k0;
+          for (; k + 8 <= kc; k += 8) {
+            __m256 r[8];
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; ++c)
+              r[c] = e4m3x8_to_f32(_mm_loadl_epi64((const __m128i*)(s + c * p->ldb + k)));
+            transpose8(r);
+#pragma GCC unroll 8
+            for (int q = 0; q < 8; ++q) _mm256_store_ps(dst + (k + q) * NR + cb, r[q]);
+          }
+        }
+        for (; k < kc; ++k)
+          for (int c = cb; c < cb + 8; ++c)
+            dst[k * NR + c] = c < nr ? widen(lut[p->B[(j0 + c) * p->ldb + k0 + k]]) : 0.f;
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        const uint8_t* s = p->B + (k0 + k) * p->ldb + j0;
+        if (nr == NR) {
+          const __m128i v = _mm_loadu_si128((const __m128i*)s);
+          _mm256_store_ps(dst + k * NR, e4m3x8_to_f32(v));
+          _mm256_store_ps(dst + k * NR + 8, e4m3x8_to_f32(_mm_srli_si128(v, 8)));
+        } else {
+          for (int c = 0; c < NR; ++c) dst[k * NR + c] = c < nr ? widen(lut[s[c]]) : 0.f;
+        }
+      }
+    }
+    float* sb = (float*)(d + kBScaleOff);
+    const int64_t nblk = ceil_div(kc, kFp8Blk), kb0 = k0 / kFp8Blk;
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t kb = kb0 + b;
+      for (int c = 0; c < NR; ++c) {
+        float s = 0.f;
+        if (c < nr) {
+          const int64_t j = j0 + c;
+          if (p->b_layout == Fp8BLayout::Col128) s = p->b_scale[j * p->ldb_scale + kb];
+          else if (p->trans_b) s = p->b_scale[(j / kFp8Blk) * p->ldb_scale + kb];
+          else s = p->b_scale[kb * p->ldb_scale + j / kFp8Blk];
+        }
+        sb[b * NR + c] = s;
+      }
+    }
+  }
+
+  void kernel(int mr, int nr, int64_t, int64_t kc, const char* a, const char* b, int64_t i,
+              int64_t j, bool first) const {
+    float* c = p->C + i * p->ldc + j;
+    const bool add = !first || p->accumulate;
+    const float* fa = (const float*)a;
+    const float* fb = (const float*)b;
+    const float* sa = (const float*)(a + kAScaleOff);
+    const float* sb = (const float*)(b + kBScaleOff);
+    switch (mr) {
+      case 1: ukr_fp8<1>(kc, fa, fb, sa, sb, c, p->ldc, nr, add); break;
+      case 2: ukr_fp8<2>(kc, fa, fb, sa, sb, c, p->ldc, nr, add); break;
+      case 3: ukr_fp8<3>(kc, fa, fb, sa, sb, c, p->ldc, nr, add); break;
+      case 4: ukr_fp8<4>(kc, fa, fb, sa, sb, c, p->ldc, nr, add); break;
+      case 5: ukr_fp8<5>(kc, fa, fb, sa, sb, c, p->ldc, nr, add); break;
+      default: ukr_fp8<6>(kc, fa, fb, sa, sb, c, p->ldc, nr, add); break;
+    }
+  }
+};
+
 }  // namespace
+
+void gemm_fp8_avx2(const GemmFP8& p, int threads) {
+  OpFP8Avx2 op;
+  op.p = &p;
+  gemm_blocked(op, p.M, p.N, p.K, threads);
+}
 
 void gemm_f32_avx2(const GemmF32& p, int threads) {
   OpAvx2<GemmF32> op;

@@ -31,6 +31,7 @@ void gemm_bf16_avx512(const GemmBF16& p, int threads);
 void gemm_fp8_avx512(const GemmFP8& p, int threads);
 void gemm_f32_avx2(const GemmF32& p, int threads);
 void gemm_bf16_avx2(const GemmBF16& p, int threads);
+void gemm_fp8_avx2(const GemmFP8& p, int threads);
 // Skinny fprop (small M, !trans_a, trans_b): no packing (gemm_small_avx512.cpp).
 void gemm_small_f32_avx512(const GemmF32& p, int threads);
 void gemm_small_bf16_avx512(const GemmBF16& p, int threads);

@@ -57,6 +57,58 @@ const void* offset(const void* x, bool bf16, int64_t i) {
   return static_cast<const char*>(x) + i * (bf16 ? 2 : 4);
 }
 
+// Byte-permute indices (vpermi2b) of a 16x16 byte transpose in two steps. A block is 16
+// rows of 16 codes, in 4 zmm of 4 rows each (byte r*16 + j of rows 0-7 in the first
+// pair, rows 8-15 in the second). Step 1 (one pair, 128 source bytes): lo8 gathers
+// columns 0-7 as byte j*8 + r, hi8 columns 8-15. Step 2 (a step-1 result of rows 0-7
+// with the one of rows 8-15): cols03 makes columns 0-3 of the pair's 8 as byte jj*16 + r,
+// r = 0..15, cols47 columns 4-7.
+struct TransposeIdx {
+  uint8_t lo8[64], hi8[64], cols03[64], cols47[64];
+  constexpr TransposeIdx() : lo8(), hi8(), cols03(), cols47() {
+    for (int p = 0; p < 64; ++p) {
+      const int j = p / 8, r = p % 8;
+      lo8[p] = uint8_t(r * 16 + j);
+      hi8[p] = uint8_t(r * 16 + j + 8);
+      const int jj = p / 16, rr = p % 16;
+      cols03[p] = uint8_t(rr < 8 ? jj * 8 + rr : 64 + jj * 8 + rr - 8);
+      cols47[p] = uint8_t(rr < 8 ? (jj + 4) * 8 + rr : 64 + (jj + 4) * 8 + rr - 8);
+    }
+  }
+};
+constexpr TransposeIdx kTr;
+
+// Column jj (0..3) of a transposed 4-column register: 16 codes, one per row.
+template <int jj>
+void store_col(uint8_t* out, __mmask16 rows, __m512i v) {
+  _mm_mask_storeu_epi8(out, rows, _mm512_extracti32x4_epi32(v, jj));
+}
+
+// stage [128][16] codes (rows x columns of one tile) -> q[(k0 + j)*ldq + r0 + r] for
+// r < rows, j < cols: 16 rows at a time by two rounds of vpermi2b, then 16-byte stores.
+void store_transposed(const uint8_t (*stage)[16], int64_t rows, int64_t cols, uint8_t* q,
+                      int64_t ldq) {
+  const __m512i lo8 = _mm512_loadu_si512(kTr.lo8), hi8 = _mm512_loadu_si512(kTr.hi8);
+  const __m512i c03 = _mm512_loadu_si512(kTr.cols03), c47 = _mm512_loadu_si512(kTr.cols47);
+  for (int64_t r = 0; r < rows; r += 16) {
+    const __m512i z0 = _mm512_load_si512(stage[r]), z1 = _mm512_load_si512(stage[r + 4]);
+    const __m512i z2 = _mm512_load_si512(stage[r + 8]), z3 = _mm512_load_si512(stage[r + 12]);
+    const __m512i a = _mm512_permutex2var_epi8(z0, lo8, z1), b = _mm512_permutex2var_epi8(z0, hi8, z1);
+    const __m512i c = _mm512_permutex2var_epi8(z2, lo8, z3), d = _mm512_permutex2var_epi8(z2, hi8, z3);
+    const __m512i t[4] = {_mm512_permutex2var_epi8(a, c03, c), _mm512_permutex2var_epi8(a, c47, c),
+                          _mm512_permutex2var_epi8(b, c03, d), _mm512_permutex2var_epi8(b, c47, d)};
+    const __mmask16 m = first_lanes(rows - r);
+    for (int g = 0; g < 4 && 4 * g < cols; ++g) {
+      uint8_t* out = q + 4 * g * ldq + r;
+      // Columns 4g..4g+3; those past cols belong to the next tile's rows of q (or beyond it).
+      store_col<0>(out, m, t[g]);
+      if (4 * g + 1 < cols) store_col<1>(out + ldq, m, t[g]);
+      if (4 * g + 2 < cols) store_col<2>(out + 2 * ldq, m, t[g]);
+      if (4 * g + 3 < cols) store_col<3>(out + 3 * ldq, m, t[g]);
+    }
+  }
+}
+
 }  // namespace
 
 void quantize_fp8_1x128(const void* x, bool bf16, int64_t M, int64_t K, int64_t ldx,
@@ -88,7 +140,8 @@ void quantize_fp8_128x128(const void* w, bool bf16, int64_t N, int64_t K, int64_
 }
 
 // Tiles of 128 rows x 16 columns: 16 column-wise amaxes/scales at once, codes staged in a
-// [128][16] buffer and written transposed (q[k, m]) so each output row is contiguous.
+// [128][16] buffer and written transposed (q[k, m]) so each output row is contiguous; the
+// transpose is a vpermi2b byte shuffle (store_transposed), 16 rows at a time.
 void quantize_fp8_128x1_t(const void* x, bool bf16, int64_t M, int64_t K, int64_t ldx,
                           uint8_t* q, int64_t ldq, float* scale, int threads) {
   const int64_t mb = blocks(M), kc = (K + 15) / 16;
@@ -106,14 +159,15 @@ void quantize_fp8_128x1_t(const void* x, bool bf16, int64_t M, int64_t K, int64_
     alignas(64) float sv[16];
     _mm512_store_ps(sv, s);
     for (int64_t j = 0; j < cols; ++j) scale[(k0 + j) * mb + r0 / kB] = sv[j];
+    // Rows past `rows` (up to the next multiple of 16) are zero: the transpose reads them,
+    // the stores drop them.
     alignas(64) uint8_t stage[kB][16];
-    for (int64_t r = 0; r < rows; ++r)
+    int64_t r = 0;
+    for (; r < rows; ++r)
       _mm_store_si128(reinterpret_cast<__m128i*>(stage[r]),
                       f32_to_e4m3(_mm512_div_ps(load16(t, bf16, r * ldx, cols), s)));
-    for (int64_t j = 0; j < cols; ++j) {
-      uint8_t* out = q + (k0 + j) * ldq + r0;
-      for (int64_t r = 0; r < rows; ++r) out[r] = stage[r][j];
-    }
+    for (; r % 16; ++r) _mm_store_si128(reinterpret_cast<__m128i*>(stage[r]), _mm_setzero_si128());
+    store_transposed(stage, rows, cols, q + k0 * ldq + r0, ldq);
   }
 }
 

@@ -86,6 +86,11 @@ void rope_build_table(float* cos, float* sin, int64_t pos0, int64_t n_pos, int64
     }
 }
 
+// The AVX2 row kernel (rope_avx2.cpp), same contract as rope_rows_avx512 (rope.h).
+void rope_rows_avx2(float* out, int64_t out_st, int64_t out_sh, const float* x, int64_t x_st,
+                    int64_t x_sh, const int32_t* pos, int64_t T, int64_t H, const float* cos,
+                    const float* sin, int64_t dim, bool inverse);
+
 namespace {
 
 void rope_apply(const char* what, float* out, int64_t out_st, int64_t out_sh, const float* x,
@@ -100,9 +105,8 @@ void rope_apply(const char* what, float* out, int64_t out_st, int64_t out_sh, co
   for (int64_t t = 0; t < T; ++t)
     DSV3_CHECK(pos[t] >= 0 && pos[t] < tab.n_pos, what, ": position ", pos[t], " of token ", t,
                " outside the table [0, ", tab.n_pos, ")");
-  const bool fast = active_isa() == Isa::Avx512;
+  auto* f = pick(rope_rows_avx512, rope_rows_avx2, rope_rows_ref);
   parallel_rows(T, T * H * tab.dim, threads, [&](int64_t b, int64_t e) {
-    auto* f = fast ? rope_rows_avx512 : rope_rows_ref;
     f(out + b * out_st, out_st, out_sh, x + b * x_st, x_st, x_sh, pos + b, e - b, H, tab.cos,
       tab.sin, tab.dim, inverse);
   });

@@ -7,6 +7,10 @@
 
 namespace dsv3 {
 
+// The AVX2 row kernel (topk_avx2.cpp), same contract as topk_rows_avx512 (topk.h).
+void topk_rows_avx2(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T,
+                    int64_t C, int64_t k);
+
 void topk_forward(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T, int64_t C,
                   int64_t k, int threads) {
   DSV3_CHECK(T >= 0 && C > 0 && C < (int64_t(1) << 31), "topk_forward: row length ", C,
@@ -14,12 +18,9 @@ void topk_forward(float* values, int32_t* indices, const float* x, int64_t ld, i
   DSV3_CHECK(k >= 1 && k <= C, "topk_forward: k=", k, " must be in [1, C=", C, "]");
   DSV3_CHECK(ld >= C, "topk_forward: row stride ", ld, " < C=", C);
   DSV3_CHECK(T == 0 || (values && indices && x), "topk_forward: null pointer");
-  const bool fast = active_isa() == Isa::Avx512;
+  auto* f = pick(topk_rows_avx512, topk_rows_avx2, topk_rows_ref);
   parallel_rows(T, T * C, threads, [&](int64_t b, int64_t e) {
-    if (fast)
-      topk_rows_avx512(values + b * k, indices + b * k, x + b * ld, ld, e - b, C, k);
-    else
-      topk_rows_ref(values + b * k, indices + b * k, x + b * ld, ld, e - b, C, k);
+    f(values + b * k, indices + b * k, x + b * ld, ld, e - b, C, k);
   });
 }
 
