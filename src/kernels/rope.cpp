@@ -86,11 +86,6 @@ void rope_build_table(float* cos, float* sin, int64_t pos0, int64_t n_pos, int64
     }
 }
 
-// The AVX2 row kernel (rope_avx2.cpp), same contract as rope_rows_avx512 (rope.h).
-void rope_rows_avx2(float* out, int64_t out_st, int64_t out_sh, const float* x, int64_t x_st,
-                    int64_t x_sh, const int32_t* pos, int64_t T, int64_t H, const float* cos,
-                    const float* sin, int64_t dim, bool inverse);
-
 namespace {
 
 void rope_apply(const char* what, float* out, int64_t out_st, int64_t out_sh, const float* x,

@@ -21,8 +21,8 @@
 // ~pos·2^-24 rad of angle; at 128K positions that is ~0.01 rad, so we do not mimic it).
 // Backward is the transpose of the forward: rotation by −angle with the same table, which
 // is the inverse rotation whenever the table amplitude is 1 (all released configs).
-// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels; Scalar and Avx2 run the
-// scalar twins (*_ref), which are also what the tests compare against.
+// Dispatch on active_isa(): the *_avx512 kernels, the *_avx2 kernels, or the scalar twins
+// (*_ref), which are also what the tests compare the others against.
 #pragma once
 #include <cstdint>
 
@@ -72,5 +72,8 @@ void rope_rows_ref(float* out, int64_t out_st, int64_t out_sh, const float* x, i
 void rope_rows_avx512(float* out, int64_t out_st, int64_t out_sh, const float* x, int64_t x_st,
                       int64_t x_sh, const int32_t* pos, int64_t T, int64_t H, const float* cos,
                       const float* sin, int64_t dim, bool inverse);
+void rope_rows_avx2(float* out, int64_t out_st, int64_t out_sh, const float* x, int64_t x_st,
+                    int64_t x_sh, const int32_t* pos, int64_t T, int64_t H, const float* cos,
+                    const float* sin, int64_t dim, bool inverse);
 
 }  // namespace dsv3

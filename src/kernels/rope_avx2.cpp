@@ -14,11 +14,6 @@
 
 namespace dsv3 {
 
-// Declared here and in rope.cpp (the dispatcher): rope.h lists the AVX-512 twin only.
-void rope_rows_avx2(float* out, int64_t out_st, int64_t out_sh, const float* x, int64_t x_st,
-                    int64_t x_sh, const int32_t* pos, int64_t T, int64_t H, const float* cos,
-                    const float* sin, int64_t dim, bool inverse);
-
 namespace {
 
 // The product as rounded by a plain multiply, never contracted into a following add.

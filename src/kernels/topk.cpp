@@ -7,10 +7,6 @@
 
 namespace dsv3 {
 
-// The AVX2 row kernel (topk_avx2.cpp), same contract as topk_rows_avx512 (topk.h).
-void topk_rows_avx2(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T,
-                    int64_t C, int64_t k);
-
 void topk_forward(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T, int64_t C,
                   int64_t k, int threads) {
   DSV3_CHECK(T >= 0 && C > 0 && C < (int64_t(1) << 31), "topk_forward: row length ", C,

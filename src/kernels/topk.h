@@ -5,8 +5,8 @@
 // fill the tail in index order). Fast and scalar paths return identical results: both run
 // the same insertion into a sorted buffer; the AVX-512 path only skips, 16 at a time,
 // entries that are not greater than the current k-th value (which could not be inserted).
-// Dispatch: active_isa() == Avx512 runs the *_avx512 kernels; Scalar and Avx2 run the
-// scalar twins (*_ref), which are also what the tests compare against.
+// Dispatch on active_isa(): the *_avx512 kernels, the *_avx2 kernels, or the scalar twins
+// (*_ref), which are also what the tests compare the others against.
 #pragma once
 #include <cstdint>
 
@@ -16,10 +16,12 @@ namespace dsv3 {
 void topk_forward(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T, int64_t C,
                   int64_t k, int threads = 0);
 
-// Scalar twin and AVX-512 row kernel (internal).
+// Scalar twin and the AVX-512 / AVX2 row kernels (internal).
 void topk_rows_ref(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T,
                    int64_t C, int64_t k);
 void topk_rows_avx512(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T,
                       int64_t C, int64_t k);
+void topk_rows_avx2(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T,
+                    int64_t C, int64_t k);
 
 }  // namespace dsv3

@@ -13,10 +13,6 @@
 
 namespace dsv3 {
 
-// Declared here and in topk.cpp (the dispatcher): topk.h lists the AVX-512 twin only.
-void topk_rows_avx2(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T,
-                    int64_t C, int64_t k);
-
 void topk_rows_avx2(float* values, int32_t* indices, const float* x, int64_t ld, int64_t T,
                     int64_t C, int64_t k) {
   for (int64_t t = 0; t < T; ++t) {

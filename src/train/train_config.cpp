@@ -63,7 +63,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& where
   DSV3_CHECK(j.is_object(), where, ": a training config must be a JSON object");
   TrainConfig t;
   t.text = text;
-  Reader r{j, where, ""};
+  Reader r{j, where, "", {}};
   DSV3_CHECK(r.has("model"), where, ": missing 'model' (a config.json object or a path to one)");
   if (j["model"].is_string()) {
     const std::string p = resolve(j["model"].get<std::string>(), base_dir);
@@ -91,7 +91,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& where
   if (r.has("optimizer")) {
     const json& o = j["optimizer"];
     DSV3_CHECK(o.is_object(), where, ": 'optimizer' must be an object");
-    Reader q{o, where, "optimizer."};
+    Reader q{o, where, "optimizer.", {}};
     t.lr.lr = q.f64("lr", t.lr.lr, 0, 10);
     t.lr.lr_min = q.f64("lr_min", t.lr.lr * 0.1, 0, 10);
     t.lr.warmup_steps = q.i64("warmup_steps", std::min<int64_t>(100, t.steps / 10), 0, int64_t(1) << 40);
@@ -117,7 +117,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& where
   if (r.has("mtp")) {
     const json& m = j["mtp"];
     DSV3_CHECK(m.is_object(), where, ": 'mtp' must be an object");
-    Reader q{m, where, "mtp."};
+    Reader q{m, where, "mtp.", {}};
     t.mtp = q.boolean("enabled", true);
     t.mtp_lambda = q.f64("lambda", t.mtp_lambda, 0, 100);
     t.mtp_lambda_late = q.f64("lambda_late", t.mtp_lambda, 0, 100);
@@ -128,7 +128,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& where
   if (r.has("balance")) {
     const json& b = j["balance"];
     DSV3_CHECK(b.is_object(), where, ": 'balance' must be an object");
-    Reader q{b, where, "balance."};
+    Reader q{b, where, "balance.", {}};
     t.bias_update_speed = q.f64("gamma", t.bias_update_speed, 0, 1);
     t.bias_update_stop_step = q.i64("gamma_stop_step", -1, -1, int64_t(1) << 40);
     t.balance_alpha = q.f64("alpha", t.balance_alpha, 0, 100);
