@@ -601,6 +601,17 @@ TEST(TrainCheckpoint, TrainedMtpSpeculatesIdenticallyAndIsAccepted) {
   }
   ASSERT_GT(drafted, 0);
   EXPECT_GT(accepted / drafted, 0.5) << accepted << " of " << drafted << " drafts accepted";
+  // The same in chat: per turn the speculative statistics and, with --compare, the plain
+  // decode of the same turn beside them, with identical ids.
+  write(root() / "chat_in.txt", "int f1\n/reset\nSmall steps\n");
+  const CliRun c = cli("chat --model " + ck + " --max-new-tokens 24 --speculative mtp --compare --threads 1 < " +
+                       (root() / "chat_in.txt").string());
+  ASSERT_EQ(c.rc, 0) << c.err;
+  size_t turns = 0;
+  for (size_t at = 0; (at = c.err.find("[compare: plain ", at)) != std::string::npos; ++at) ++turns;
+  EXPECT_EQ(turns, 2u) << c.err;
+  EXPECT_EQ(c.err.find("ids differ"), std::string::npos) << c.err;
+  EXPECT_NE(c.err.find("[speculative: "), std::string::npos) << c.err;
 }
 
 }  // namespace

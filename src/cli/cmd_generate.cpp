@@ -199,6 +199,12 @@ void run_chat(const GenArgs& a) {
   const auto tok = load_tokenizer(a.model, true, "chat");
   Generator gen(*model, tok.get(), a.context);
   const GenerateOptions o = generate_options(a, *model);
+  DSV3_CHECK(!a.compare || o.speculative_draft > 0, "--compare needs --speculative mtp");
+  // --compare: every turn is also decoded plainly, by a second Generator with its own cache
+  // (so the conversation's cache and its prefix reuse are untouched), after the streamed
+  // speculative reply.
+  std::unique_ptr<Generator> plain_gen;
+  if (a.compare) plain_gen = std::make_unique<Generator>(*model, tok.get(), a.context);
   const std::string bos = tok->bos_token().empty() ? "<｜begin▁of▁sentence｜>" : tok->bos_token();
   std::vector<tok::ChatMessage> messages;
   if (!a.system.empty()) messages.push_back({"system", a.system, {}});
@@ -237,6 +243,14 @@ void run_chat(const GenArgs& a) {
     std::printf("\n");
     std::fflush(stdout);
     print_stats(r);
+    if (plain_gen) {
+      GenerateOptions po = o;
+      po.speculative_draft = 0;
+      const GenerateResult p = plain_gen->generate(ids, po);
+      const double pl = p.stats.decode_tokens_per_s, sp = r.stats.decode_tokens_per_s;
+      std::fprintf(stderr, "[compare: plain %.2f decode tok/s, speculative %.2f, speedup %.2fx; ids %s]\n",
+                   pl, sp, pl > 0 ? sp / pl : 0.0, p.ids == r.ids ? "identical" : "differ");
+    }
     messages.push_back({"assistant", r.text, {}});
     // A reply cut by a stop string or the context has ids beyond its text: re-tokenize next.
     conv_ids.clear();
@@ -274,6 +288,8 @@ void register_generate(CLI::App& app) {
   add_sampling_options(ch, *b);
   ch->add_option("--system", b->system, "System prompt");
   ch->add_option("--max-new-tokens", b->max_new_tokens, "Most tokens per reply (default 512)");
+  ch->add_flag("--compare", b->compare,
+               "With --speculative: also decode each turn plainly and report both tokens/s and the speedup");
   ch->callback([b] { run_chat(*b); });
 }
 
