@@ -45,3 +45,7 @@ if "$DSV3" bench load --help >/dev/null 2>&1; then
   echo "== checkpoint open (mmap) vs full read, 2 GB generated checkpoint"
   "$DSV3" bench load --size-gb 2 | tee "$OUT/load.txt"
 fi
+if [[ -f runs/mtp-bench/step-000300/config.json ]]; then
+  echo "== MTP speculative vs plain decoding (runs/mtp-bench: bench/mtp_speculative.sh trains it, ~35 min)"
+  "$DSV3" bench speculative --model runs/mtp-bench/step-000300 --tokens 128 --draft 1,2 --reps 3 | tee "$OUT/speculative.txt"
+fi
