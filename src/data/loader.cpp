@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
-#include "data/rng.h"
+#include "core/rng.h"
 
 namespace dsv3::data {
 
@@ -22,7 +22,7 @@ constexpr uint64_t kFimTag = 0x66696d2d70736d21ull;
 void make_perm(uint64_t seed, int64_t epoch, int64_t n, std::vector<uint32_t>& perm) {
   perm.resize(size_t(n));
   std::iota(perm.begin(), perm.end(), 0u);
-  Xoshiro256 r(mix_key(seed ^ kPermTag, uint64_t(epoch)));
+  Rng r(mix_key(seed ^ kPermTag, uint64_t(epoch)));
   for (int64_t i = n - 1; i > 0; --i)  // Fisher-Yates
     std::swap(perm[size_t(i)], perm[size_t(r.below(uint64_t(i) + 1))]);
 }
@@ -122,13 +122,13 @@ void Loader::emitted_doc(int64_t epoch, int64_t index, std::vector<int32_t>& out
   bool fim = false, spm = false;
   uint64_t i = 0, j = 0;
   if (fim_on_ && e.kind == DocKind::kCode) {
-    Xoshiro256 r(mix_key(opt_.seed ^ kFimTag, uint64_t(epoch), uint64_t(index)));
-    fim = r.uniform() < opt_.fim_rate;
+    Rng r(mix_key(opt_.seed ^ kFimTag, uint64_t(epoch), uint64_t(index)));
+    fim = r.uniform_double() < opt_.fim_rate;
     if (fim) {
       i = r.below(n + 1);
       j = r.below(n + 1);
       if (i > j) std::swap(i, j);
-      spm = opt_.fim_spm_rate > 0 && r.uniform() < opt_.fim_spm_rate;
+      spm = opt_.fim_spm_rate > 0 && r.uniform_double() < opt_.fim_spm_rate;
     }
   }
   if (!fim) {

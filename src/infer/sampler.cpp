@@ -22,15 +22,6 @@ constexpr size_t kBuckets = (0x3F800000u >> 16) + 1;
 constexpr size_t kSortAll = 4096;
 size_t bucket_of(float w) { return std::bit_cast<uint32_t>(w) >> 16; }
 
-uint64_t splitmix64(uint64_t* x) {
-  uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
 void check_vocab(const void* p, int64_t V, const char* what) {
   DSV3_CHECK(V > 0 && V <= kMaxVocab, what, ": vocabulary size V=", V, " must be in [1, 2^31)");
   DSV3_CHECK(p != nullptr, what, ": null pointer");
@@ -76,25 +67,6 @@ void validate(const SamplingParams& params) {
   DSV3_CHECK(params.top_k >= 0, "sampling: top_k=", params.top_k, " must be >= 0 (0 = off)");
   DSV3_CHECK(params.top_p > 0 && params.top_p <= 1, "sampling: top_p=", params.top_p,
              " must be in (0, 1] (1 = off)");
-}
-
-Rng::Rng(uint64_t seed) {
-  uint64_t x = seed;
-  for (uint64_t& s : s_) s = splitmix64(&x);
-  // splitmix64 is a bijection of a counter, so four consecutive outputs are never all zero
-  // (the one state xoshiro cannot leave).
-}
-
-uint64_t Rng::next() {
-  const uint64_t result = rotl(s_[1] * 5, 7) * 9;
-  const uint64_t t = s_[1] << 17;
-  s_[2] ^= s_[0];
-  s_[3] ^= s_[1];
-  s_[1] ^= s_[2];
-  s_[0] ^= s_[3];
-  s_[2] ^= t;
-  s_[3] = rotl(s_[3], 45);
-  return result;
 }
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {

@@ -13,13 +13,15 @@
 // Logits must hold at least one finite value and no +inf (a model that emits +inf is broken;
 // the limit would be a tie among the +inf entries, which we refuse rather than guess).
 //
-// Determinism: the random stream is our own xoshiro256** seeded through splitmix64, so the
+// Determinism: the random stream is our own xoshiro256** (core/rng.h), so the
 // same seed gives the same uniforms on every platform (std:: distributions differ between
 // standard libraries). Probabilities use the scalar libm exp and double sums — never the
 // ISA-dispatched softmax kernels — so the chosen token does not depend on the CPU's ISA.
 #pragma once
 #include <cstdint>
 #include <vector>
+
+#include "core/rng.h"
 
 namespace dsv3 {
 
@@ -32,22 +34,6 @@ struct SamplingParams {
 
 // Throws dsv3::Error naming the bad parameter.
 void validate(const SamplingParams& params);
-
-// xoshiro256** (Blackman & Vigna 2018), state filled from the seed by splitmix64 as its
-// authors recommend. Small, fast, and bit-identical everywhere.
-class Rng {
- public:
-  explicit Rng(uint64_t seed = 0);
-  uint64_t next();
-  // U[0,1) with 24 random bits (every value exactly representable as float).
-  float uniform() { return float(next() >> 40) * 0x1p-24f; }
-  // U[0,1) with 53 random bits, for inverse-CDF draws over a 129K vocabulary where 24 bits
-  // would quantise probabilities to 6e-8.
-  double uniform_double() { return double(next() >> 11) * 0x1p-53; }
-
- private:
-  uint64_t s_[4];
-};
 
 class Sampler {
  public:

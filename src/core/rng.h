@@ -1,10 +1,12 @@
-// The data pipeline's own small RNG (independent of the sampler's): splitmix64 to seed
-// and to derive streams, xoshiro256** to draw. Everything the loader draws is a pure
-// function of (seed, epoch, position), so a resumed run replays the same batches.
+// The project's one random generator: xoshiro256** (Blackman & Vigna 2018), its state filled
+// from the seed by splitmix64 as its authors advise, and splitmix64 itself for hashing
+// counters into seeds. Small, fast and bit-identical on every platform (std:: distributions
+// differ between standard libraries), so sampled tokens (infer/sampler.h) and the data
+// loader's draws (data/loader.h, pure functions of seed, epoch and position) replay exactly.
 #pragma once
 #include <cstdint>
 
-namespace dsv3::data {
+namespace dsv3 {
 
 // splitmix64 step (Steele, Lea, Flood 2014): a bijective mixer of a 64-bit counter.
 inline uint64_t splitmix64(uint64_t& x) {
@@ -24,10 +26,11 @@ inline uint64_t mix_key(uint64_t seed, uint64_t a, uint64_t b = 0) {
   return splitmix64(x);
 }
 
-// xoshiro256** (Blackman & Vigna 2018), seeded from splitmix64 as its authors advise.
-class Xoshiro256 {
+class Rng {
  public:
-  explicit Xoshiro256(uint64_t seed) {
+  // splitmix64 is a bijection of a counter, so four consecutive outputs are never all zero
+  // (the one state xoshiro cannot leave).
+  explicit Rng(uint64_t seed = 0) {
     for (uint64_t& w : s_) w = splitmix64(seed);
   }
   uint64_t next() {
@@ -40,8 +43,11 @@ class Xoshiro256 {
     s_[3] = rotl(s_[3], 45);
     return r;
   }
-  // Uniform in [0, 1) with 53 random bits.
-  double uniform() { return double(next() >> 11) * 0x1.0p-53; }
+  // U[0,1) with 24 random bits (every value exactly representable as float).
+  float uniform() { return float(next() >> 40) * 0x1p-24f; }
+  // U[0,1) with 53 random bits, e.g. for inverse-CDF draws over a 129K vocabulary where 24
+  // bits would quantise probabilities to 6e-8.
+  double uniform_double() { return double(next() >> 11) * 0x1p-53; }
   // Uniform integer in [0, n) without modulo bias (Lemire 2019), n > 0.
   uint64_t below(uint64_t n) {
     __uint128_t m = __uint128_t(next()) * n;
@@ -61,4 +67,4 @@ class Xoshiro256 {
   uint64_t s_[4];
 };
 
-}  // namespace dsv3::data
+}  // namespace dsv3
