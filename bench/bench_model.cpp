@@ -79,27 +79,6 @@ void prepare(const ModelBenchOpts& o, ModelDir& md) {
   std::fprintf(stderr, "  %.2f GB in %.1f s\n", double(bytes) * 1e-9, now_s() - t0);
 }
 
-// Streaming-read GB/s over 512 MB, median of 7 passes.
-double measure_membw(int threads) {
-  Buffer buf(size_t(512) << 20);
-  uint8_t* p = buf.as<uint8_t>();
-  for (size_t i = 0; i < buf.size(); i += 64) p[i] = uint8_t(i * 2654435761u >> 13);
-  uint64_t sink = stream_read(buf.data(), buf.size(), threads);
-  std::vector<double> v;
-  for (int r = 0; r < 7; ++r) {
-    const double t0 = now_s();
-    sink ^= stream_read(buf.data(), buf.size(), threads);
-    v.push_back(double(buf.size()) / (now_s() - t0) * 1e-9);
-  }
-  if (sink == 42) std::fprintf(stderr, " ");
-  return median(v);
-}
-
-uint32_t lcg(uint32_t& s) {
-  s = s * 1664525u + 1013904223u;
-  return s >> 8;
-}
-
 void run_decode(const ModelBenchOpts& o) {
   DSV3_CHECK(o.steps >= 3 && o.steps <= 100000, "--steps must be in [3, 100000], got ", o.steps);
   const std::vector<int32_t> ctxs = cli::parse_id_list(o.contexts, "--context");
@@ -190,26 +169,6 @@ void run_decode(const ModelBenchOpts& o) {
                 r.cache_bytes * 1e-6, r.roof, 100.0 * r.tps / r.roof);
 }
 
-// Our BF16 GEMM at 2048³: the FLOP limit a prefill is judged by.
-double gemm_peak_gflops(int threads) {
-  const int64_t n = 2048;
-  std::vector<uint16_t> a(size_t(n * n), 0x3f80), b(size_t(n * n), 0x3f80);
-  std::vector<float> cm(size_t(n * n));
-  GemmBF16 g;
-  g.M = g.N = g.K = n;
-  g.A = a.data(); g.lda = n;
-  g.B = b.data(); g.ldb = n; g.trans_b = true;
-  g.C = cm.data(); g.ldc = n;
-  std::vector<double> v;
-  gemm_bf16(g, threads);
-  for (int r = 0; r < 5; ++r) {
-    const double t0 = now_s();
-    gemm_bf16(g, threads);
-    v.push_back(2.0 * double(n * n * n) / (now_s() - t0) * 1e-9);
-  }
-  return median(v);
-}
-
 void run_prefill(const ModelBenchOpts& o) {
   DSV3_CHECK(o.tokens >= 1, "--tokens must be ≥ 1");
   if (o.threads > 0) set_num_threads(o.threads);
@@ -250,7 +209,7 @@ void run_prefill(const ModelBenchOpts& o) {
                       double(c.qk_head_dim() + c.v_head_dim) * 2.0 * double(T) * double(T + 1) / 2.0;
   const double flops = 2.0 * (double(pc.activated) - head) * double(T) + 2.0 * head + attn;
   const double gflops = flops / sec * 1e-9;
-  const double peak = gemm_peak_gflops(threads);
+  const double peak = gemm_peak_gflops(true, threads);
   if (o.json) {
     std::printf("{\"bench\":\"prefill\",\"threads\":%d,\"tokens\":%lld,\"seconds\":%.4f,"
                 "\"tokens_per_s\":%.2f,\"model_gflops\":%.1f,\"bf16_gemm_peak_gflops\":%.1f,"

@@ -74,21 +74,6 @@ std::vector<std::string> read_prompts(const std::string& path) {
   return out;
 }
 
-double membw_gbps(int threads) {
-  Buffer buf(size_t(512) << 20);
-  uint8_t* p = buf.as<uint8_t>();
-  for (size_t i = 0; i < buf.size(); i += 64) p[i] = uint8_t(i * 2654435761u >> 13);
-  uint64_t sink = stream_read(buf.data(), buf.size(), threads);
-  std::vector<double> v;
-  for (int r = 0; r < 5; ++r) {
-    const double t0 = now_s();
-    sink ^= stream_read(buf.data(), buf.size(), threads);
-    v.push_back(double(buf.size()) / (now_s() - t0) * 1e-9);
-  }
-  if (sink == 42) std::fprintf(stderr, " ");
-  return median(v);
-}
-
 struct Mode {
   int64_t draft = 0;                 // 0: plain
   std::vector<double> tps;           // per rep: decode tokens / decode seconds over all prompts
@@ -134,7 +119,7 @@ void run_spec(const SpecOpts& o) {
   go.sampling.temperature = o.temperature;
   const bool greedy = o.temperature == 0;
 
-  const double bw0 = membw_gbps(threads);
+  const double bw0 = measure_membw(threads, 5);
   if (!o.json)
     std::fprintf(stderr, "%zu prompts x %lld new tokens, %zu modes, %lld reps ...\n", prompts.size(),
                  (long long)o.tokens, modes.size(), (long long)o.reps);
@@ -176,7 +161,7 @@ void run_spec(const SpecOpts& o) {
       std::fprintf(stderr, " tok/s\n");
     }
   }
-  const double bw1 = membw_gbps(threads);
+  const double bw1 = measure_membw(threads, 5);
   const double wbytes = double(m.decode_bytes_per_token());
   const double roof = 0.5 * (bw0 + bw1) * 1e9 / wbytes;
   const ParamCounts pc = count_parameters(m.config());

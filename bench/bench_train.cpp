@@ -76,51 +76,6 @@ double train_flops_per_token(const ModelConfig& c, bool mtp, int64_t T, double* 
   return 6.0 * p + attn;
 }
 
-// GEMM peak of this run: 2048³ BF16 (as bench_model.cpp) or F32, median of 5.
-double gemm_peak_gflops(bool bf16, int threads) {
-  const int64_t n = 2048;
-  std::vector<uint16_t> a16, b16;
-  std::vector<float> a32, b32;
-  std::vector<float> cm(size_t(n * n));
-  std::function<void()> run;
-  if (bf16) {
-    a16.assign(size_t(n * n), 0x3f80);
-    b16.assign(size_t(n * n), 0x3f80);
-    run = [&] {
-      GemmBF16 g;
-      g.M = g.N = g.K = n;
-      g.A = a16.data(); g.lda = n;
-      g.B = b16.data(); g.ldb = n; g.trans_b = true;
-      g.C = cm.data(); g.ldc = n;
-      gemm_bf16(g, threads);
-    };
-  } else {
-    a32.assign(size_t(n * n), 1.0f);
-    b32.assign(size_t(n * n), 1.0f);
-    run = [&] {
-      GemmF32 g;
-      g.M = g.N = g.K = n;
-      g.A = a32.data(); g.lda = n;
-      g.B = b32.data(); g.ldb = n; g.trans_b = true;
-      g.C = cm.data(); g.ldc = n;
-      gemm_f32(g, threads);
-    };
-  }
-  run();
-  std::vector<double> v;
-  for (int r = 0; r < 5; ++r) {
-    const double t0 = now_s();
-    run();
-    v.push_back(2.0 * double(n * n * n) / (now_s() - t0) * 1e-9);
-  }
-  return median(v);
-}
-
-uint32_t lcg(uint32_t& s) {
-  s = s * 1664525u + 1013904223u;
-  return s >> 8;
-}
-
 void run_train_bench(const TrainBenchOpts& o) {
   DSV3_CHECK(!o.config.empty(), "dsv3 bench train needs --config (a training config, e.g. configs/tiny.json)");
   DSV3_CHECK(o.steps >= 1, "--steps must be ≥ 1");

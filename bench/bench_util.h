@@ -1,10 +1,17 @@
-// Timing helpers shared by the benchmarks: run a body until a time budget is spent and
-// report the median, because this machine is noisy (../shared/SPEC.md §8).
+// Helpers shared by the benchmarks: medians and timed repetition (this machine is noisy,
+// ../shared/SPEC.md §8), the machine's limits measured in the same run (stream bandwidth,
+// GEMM peak), and a tiny generator for benchmark inputs.
 #pragma once
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <vector>
+
+#include "core/clock.h"
+#include "core/tensor.h"
+#include "kernels/gemm.h"
+#include "kernels/gemv.h"
 
 namespace dsv3::bench {
 
@@ -12,6 +19,70 @@ namespace dsv3::bench {
 inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Streaming-read GB/s of `threads` threads over 512 MB (kernels/gemv.h stream_read), the
+// median of `passes` after one warm-up: the bandwidth a decode roofline is judged by.
+inline double measure_membw(int threads, int passes = 7) {
+  Buffer buf(size_t(512) << 20);
+  uint8_t* p = buf.as<uint8_t>();
+  for (size_t i = 0; i < buf.size(); i += 64) p[i] = uint8_t(i * 2654435761u >> 13);
+  uint64_t sink = stream_read(buf.data(), buf.size(), threads);
+  std::vector<double> v;
+  for (int r = 0; r < passes; ++r) {
+    const double t0 = now_s();
+    sink ^= stream_read(buf.data(), buf.size(), threads);
+    v.push_back(double(buf.size()) / (now_s() - t0) * 1e-9);
+  }
+  if (sink == 42) std::fprintf(stderr, " ");  // keeps the reads
+  return median(v);
+}
+
+// Our GEMM at 2048³ in BF16 or F32, GFLOP/s, the median of 5 after one warm-up: the FLOP
+// limit of this machine in this run, which prefill and training throughput are judged by.
+inline double gemm_peak_gflops(bool bf16, int threads) {
+  const int64_t n = 2048;
+  std::vector<uint16_t> a16, b16;
+  std::vector<float> a32, b32;
+  std::vector<float> cm(size_t(n * n));
+  std::function<void()> run;
+  if (bf16) {
+    a16.assign(size_t(n * n), 0x3f80);
+    b16.assign(size_t(n * n), 0x3f80);
+    run = [&] {
+      GemmBF16 g;
+      g.M = g.N = g.K = n;
+      g.A = a16.data(); g.lda = n;
+      g.B = b16.data(); g.ldb = n; g.trans_b = true;
+      g.C = cm.data(); g.ldc = n;
+      gemm_bf16(g, threads);
+    };
+  } else {
+    a32.assign(size_t(n * n), 1.0f);
+    b32.assign(size_t(n * n), 1.0f);
+    run = [&] {
+      GemmF32 g;
+      g.M = g.N = g.K = n;
+      g.A = a32.data(); g.lda = n;
+      g.B = b32.data(); g.ldb = n; g.trans_b = true;
+      g.C = cm.data(); g.ldc = n;
+      gemm_f32(g, threads);
+    };
+  }
+  run();
+  std::vector<double> v;
+  for (int r = 0; r < 5; ++r) {
+    const double t0 = now_s();
+    run();
+    v.push_back(2.0 * double(n * n * n) / (now_s() - t0) * 1e-9);
+  }
+  return median(v);
+}
+
+// A tiny LCG for benchmark inputs (token ids, cache rows): 24 bits per step.
+inline uint32_t lcg(uint32_t& s) {
+  s = s * 1664525u + 1013904223u;
+  return s >> 8;
 }
 
 struct Timing {
