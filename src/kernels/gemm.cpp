@@ -42,6 +42,24 @@ const uint16_t* e4m3_bf16_table() {
   return table.v;
 }
 
+void pack_fp8_b_scales(const GemmFP8& p, int64_t j0, int nr, int panel_width, int64_t k0,
+                       int64_t kc, float* sb) {
+  const int64_t nblk = fp8_blocks(kc), kb0 = k0 / kFp8Block;
+  for (int64_t b = 0; b < nblk; ++b) {
+    const int64_t kb = kb0 + b;
+    for (int c = 0; c < panel_width; ++c) {
+      float s = 0.f;
+      if (c < nr) {
+        const int64_t j = j0 + c;
+        if (p.b_layout == Fp8BLayout::Col128) s = p.b_scale[j * p.ldb_scale + kb];
+        else if (p.trans_b) s = p.b_scale[(j / kFp8Block) * p.ldb_scale + kb];
+        else s = p.b_scale[kb * p.ldb_scale + j / kFp8Block];
+      }
+      sb[b * panel_width + c] = s;
+    }
+  }
+}
+
 }  // namespace detail
 
 namespace {

@@ -236,21 +236,7 @@ struct OpFP8 {
   }
   void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* dst) const {
     pack_b_e4m3_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (uint32_t*)dst);
-    float* sb = (float*)(dst + kBScaleOff);  // [kBlocks][NR]
-    const int64_t nblk = ceil_div(kc, kFp8Blk), kb0 = k0 / kFp8Blk;
-    for (int64_t b = 0; b < nblk; ++b) {
-      const int64_t kb = kb0 + b;
-      for (int c = 0; c < NR; ++c) {
-        float s = 0.f;
-        if (c < nr) {
-          const int64_t j = j0 + c;
-          if (p->b_layout == Fp8BLayout::Col128) s = p->b_scale[j * p->ldb_scale + kb];
-          else if (p->trans_b) s = p->b_scale[(j / kFp8Blk) * p->ldb_scale + kb];
-          else s = p->b_scale[kb * p->ldb_scale + j / kFp8Blk];
-        }
-        sb[b * NR + c] = s;
-      }
-    }
+    pack_fp8_b_scales(*p, j0, nr, NR, k0, kc, (float*)(dst + kBScaleOff));  // [kBlocks][NR]
   }
   void kernel(int mr, int nr, int64_t, int64_t kc, const char* a, const char* b, int64_t i,
               int64_t j, bool first) const {

@@ -25,6 +25,12 @@ inline constexpr int kNR512 = 32;
 void* gemm_scratch(size_t bytes);
 // E4M3 code -> BF16 bits (exact: every E4M3 value is a BF16 value); 256 entries.
 const uint16_t* e4m3_bf16_table();
+// The scales of an FP8 B micro-panel, for every ISA's packing: sb[b][c] (c < panel_width)
+// = the scale of column j0 + c in K block k0/128 + b, for the ceil(kc/128) blocks of
+// [k0, k0 + kc) (k0 a multiple of 128), in p's B layout (Block128 either storage order, or
+// Col128); 0 for the padding columns c ≥ nr.
+void pack_fp8_b_scales(const GemmFP8& p, int64_t j0, int nr, int panel_width, int64_t k0,
+                       int64_t kc, float* sb);
 
 void gemm_f32_avx512(const GemmF32& p, int threads);
 void gemm_bf16_avx512(const GemmBF16& p, int threads);
