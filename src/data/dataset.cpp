@@ -99,31 +99,6 @@ std::string tokenizer_hash(const std::string& path) {
   return fnv1a64_hex(read_text_file(file));
 }
 
-namespace {
-
-// Maps a whole regular file read-only; returns nullptr for an empty file.
-const uint8_t* map_file(const std::string& path, size_t* size) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  DSV3_CHECK(fd >= 0, path, ": cannot open (", std::strerror(errno), ")");
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    DSV3_FAIL(path, ": not a regular file");
-  }
-  *size = size_t(st.st_size);
-  if (*size == 0) {
-    ::close(fd);
-    return nullptr;
-  }
-  void* p = ::mmap(nullptr, *size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);
-  DSV3_CHECK(p != MAP_FAILED, path, ": mmap failed (", std::strerror(err), ")");
-  return static_cast<const uint8_t*>(p);
-}
-
-}  // namespace
-
 DataSet::DataSet(DataSet&& o) noexcept { *this = std::move(o); }
 
 DataSet& DataSet::operator=(DataSet&& o) noexcept {
@@ -179,8 +154,8 @@ DataSet DataSet::open(const std::string& dir, const std::string& expect_tokenize
 
   const std::string tok_path = (fs::path(dir) / "tokens.bin").string();
   const std::string doc_path = (fs::path(dir) / "docs.bin").string();
-  ds.tokens_ = reinterpret_cast<const uint32_t*>(map_file(tok_path, &ds.tokens_bytes_));
-  ds.docs_ = map_file(doc_path, &ds.docs_bytes_);
+  ds.tokens_ = reinterpret_cast<const uint32_t*>(map_file_readonly(tok_path, &ds.tokens_bytes_));
+  ds.docs_ = map_file_readonly(doc_path, &ds.docs_bytes_);
   DSV3_CHECK(ds.tokens_bytes_ == uint64_t(m.n_tokens) * 4, tok_path, ": ", ds.tokens_bytes_,
              " bytes, meta.json says ", m.n_tokens, " tokens = ", m.n_tokens * 4,
              " bytes (truncated or corrupt; prepare again)");

@@ -1,6 +1,9 @@
 // Whole-file text I/O (file_util.h).
 #include "io/file_util.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -34,6 +37,26 @@ void write_file_atomic(const std::string& path, const std::string& text) {
     std::remove(tmp.c_str());
     DSV3_FAIL(path, ": write failed (", std::strerror(err), ")");
   }
+}
+
+const uint8_t* map_file_readonly(const std::string& path, size_t* size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  DSV3_CHECK(fd >= 0, path, ": cannot open (", std::strerror(errno), ")");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    DSV3_FAIL(path, ": not a regular file");
+  }
+  *size = size_t(st.st_size);
+  if (*size == 0) {
+    ::close(fd);
+    return nullptr;
+  }
+  void* p = ::mmap(nullptr, *size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int err = errno;
+  ::close(fd);
+  DSV3_CHECK(p != MAP_FAILED, path, ": mmap failed (", std::strerror(err), ")");
+  return static_cast<const uint8_t*>(p);
 }
 
 }  // namespace dsv3

@@ -14,27 +14,12 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
+#include "io/file_util.h"
 
 namespace dsv3 {
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  DSV3_CHECK(fd >= 0, path, ": cannot open (", std::strerror(errno), ")");
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    DSV3_FAIL(path, ": not a regular file");
-  }
-  size_ = size_t(st.st_size);
-  if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    const int err = errno;
-    ::close(fd);
-    DSV3_CHECK(p != MAP_FAILED, path, ": mmap failed (", std::strerror(err), ")");
-    base_ = static_cast<const uint8_t*>(p);
-  } else {
-    ::close(fd);
-  }
+  base_ = map_file_readonly(path, &size_);
   try {
     static const uint8_t kEmpty[1] = {0};
     header_ = parse_safetensors(base_ ? base_ : kEmpty, size_, path);
