@@ -133,7 +133,10 @@ TEST_P(Reference, LogprobsAndStates) {
           double d = 0;
           for (int64_t c = 0; c < cols; ++c)
             d = std::max(d, std::fabs(double(tv.ptr<float>()[r * cols + c]) - double(g[size_t(r * cols + c)])));
-          if (d > 1e-5 * mag) bad += " " + std::to_string(r);
+          if (d > 1e-5 * mag) {
+            bad += ' ';
+            bad += std::to_string(r);
+          }
         }
         std::printf("  %-24s max %.4g diff %.3g rows:%s\n", ref_name.c_str(), mag, diff, bad.c_str());
       }
