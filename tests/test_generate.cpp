@@ -20,6 +20,7 @@
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/trainer.h"
+#include "model_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace dsv3;
@@ -67,14 +68,7 @@ void add_tokenizer(const std::string& dir) {
       << R"("add_bos_token": true, "add_eos_token": false})";
 }
 
-std::vector<int32_t> ids_for(int64_t n, int64_t V, uint32_t seed) {
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& v : ids) {
-    seed = seed * 1664525u + 1013904223u;
-    v = int32_t((seed >> 8) % uint32_t(V));
-  }
-  return ids;
-}
+using dsv3::testing::ids_for;
 
 GenerateOptions greedy(int64_t n, bool stop_at_eos = false) {
   GenerateOptions o;

@@ -15,6 +15,7 @@
 #include "core/check.h"
 #include "io/random_checkpoint.h"
 #include "model/model.h"
+#include "model_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace dsv3;
@@ -34,14 +35,7 @@ std::string make_checkpoint(const std::string& name, const ModelConfig& c, Check
   return p.string();
 }
 
-std::vector<int32_t> ids_for(int64_t n, int64_t V, uint32_t seed) {
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& v : ids) {
-    seed = seed * 1664525u + 1013904223u;
-    v = int32_t((seed >> 8) % uint32_t(V));
-  }
-  return ids;
-}
+using dsv3::testing::ids_for;
 
 // Full-sequence logits [T, V].
 std::vector<float> full_logits(Model& m, const std::vector<int32_t>& ids, AttnForm form,

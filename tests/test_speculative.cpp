@@ -21,6 +21,7 @@
 #include "infer/generate.h"
 #include "io/random_checkpoint.h"
 #include "model/model.h"
+#include "model_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace dsv3;
@@ -61,14 +62,7 @@ ModelOptions one_thread() {
   return mo;
 }
 
-std::vector<int32_t> ids_for(int64_t n, int64_t V, uint32_t seed) {
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& v : ids) {
-    seed = seed * 1664525u + 1013904223u;
-    v = int32_t((seed >> 8) % uint32_t(V));
-  }
-  return ids;
-}
+using dsv3::testing::ids_for;
 
 GenerateOptions opts(int64_t n, int64_t draft, bool stop_at_eos = false) {
   GenerateOptions o;
