@@ -114,6 +114,13 @@ void print_spec_stats(const GenerateStats& s) {
                ratio(p.steps + p.accepted, p.steps), s.decode_tokens_per_s);
 }
 
+// The --compare line: decode tokens/s of the plain and the speculative run of one prompt.
+void print_compare(const GenerateResult& plain, const GenerateResult& spec) {
+  const double pl = plain.stats.decode_tokens_per_s, sp = spec.stats.decode_tokens_per_s;
+  std::fprintf(stderr, "[compare: plain %.2f decode tok/s, speculative %.2f, speedup %.2fx; ids %s]\n",
+               pl, sp, pl > 0 ? sp / pl : 0.0, plain.ids == spec.ids ? "identical" : "differ");
+}
+
 void print_stats(const GenerateResult& r) {
   const GenerateStats& s = r.stats;
   std::fprintf(stderr,
@@ -186,12 +193,7 @@ void run_generate(const GenArgs& a) {
   });
   std::printf("\n");
   print_stats(r);
-  if (a.compare) {
-    const auto c = compare_json(r);
-    std::fprintf(stderr, "[compare: plain %.2f decode tok/s, speculative %.2f, speedup %.2fx; ids %s]\n",
-                 double(c["plain_decode_tokens_per_s"]), double(c["speculative_decode_tokens_per_s"]),
-                 double(c["speedup"]), plain.ids == r.ids ? "identical" : "differ");
-  }
+  if (a.compare) print_compare(plain, r);
 }
 
 void run_chat(const GenArgs& a) {
@@ -246,10 +248,7 @@ void run_chat(const GenArgs& a) {
     if (plain_gen) {
       GenerateOptions po = o;
       po.speculative_draft = 0;
-      const GenerateResult p = plain_gen->generate(ids, po);
-      const double pl = p.stats.decode_tokens_per_s, sp = r.stats.decode_tokens_per_s;
-      std::fprintf(stderr, "[compare: plain %.2f decode tok/s, speculative %.2f, speedup %.2fx; ids %s]\n",
-                   pl, sp, pl > 0 ? sp / pl : 0.0, p.ids == r.ids ? "identical" : "differ");
+      print_compare(plain_gen->generate(ids, po), r);
     }
     messages.push_back({"assistant", r.text, {}});
     // A reply cut by a stop string or the context has ids beyond its text: re-tokenize next.
