@@ -9,9 +9,13 @@
 // Memory (measured with CPU-time A/B runs on the shared 2-core box, see the report):
 // several rows at a time over all of K beat one row at a time (x, 4 bytes per column,
 // then streams from L2 at up to 4x the weight bytes) and beat K panels sized for L1 (each
-// panel jump restarts the hardware prefetchers). A software prefetch into L2 (T1) 4 KiB
-// ahead on each row lifted single-thread FP8 from ≈0.65 to ≈0.85 of the streaming-read
-// bandwidth (T0 at 0.5-2 KiB: no gain; T1 at 2-8 KiB: 0.8-0.88).
+// panel jump restarts the hardware prefetchers). A software prefetch into L2 (T1) ahead on
+// each row lifted single-thread FP8 from ≈0.65 to ≈0.85 of the streaming-read bandwidth
+// on long rows (T0 at 0.5-2 KiB: no gain; T1 at 2-8 KiB: 0.8-0.88). The distance is
+// max(one tile of rows, 8 KiB for BF16 / 16 KiB for FP8): on the model's short rows
+// (K = 512: 1 KiB BF16) a fixed 4 KiB landed inside the tile being read — rows the tile
+// already streams — and single-thread BF16 2048x512 ran at 0.48 of membw, 0.80-0.90
+// with the tile-sized distance (4096x512 FP8: 0.69 -> 0.83-0.92).
 //
 // FP8 has two in-register conversions (Fp8Path, measured by `dsv3 bench gemv`; the LUT
 // one also in a variant without the low half of x, BF16LutX8):
@@ -42,7 +46,12 @@ namespace {
 
 constexpr int64_t kBlock = 128;  // FP8 scale block (kernels/quant.h kFp8Block)
 // Software prefetch (into L2) distance along each row of W (see the notes at the top).
-constexpr int64_t kPrefetchBytes = 4096;
+constexpr int64_t kPrefetchMinBF16 = 8192, kPrefetchMinFP8 = 16384;
+// Distance, in bytes along each row, of the software prefetch for a tile of `rows` rows
+// `row_bytes` apart: the same place in the next tile at least (see the notes at the top).
+int64_t prefetch_bytes(int64_t rows, int64_t row_bytes, int64_t min_bytes) {
+  return rows * row_bytes > min_bytes ? rows * row_bytes : min_bytes;
+}
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -90,10 +99,12 @@ void prep_x_bf16(const float* x, int64_t K, float* xp) {
   if constexpr (R * M > 2) PAIR(2, R > 1 ? 2 : 0, M > 1 ? 2 : 0, a2, b2) \
   if constexpr (R * M > 3) PAIR(3, R > 1 ? 3 : 0, M > 1 ? 3 : 0, a3, b3)
 
-// Tiles of R rows of W x M rows of x, one accumulator per (row, x row) pair, R·M ≤ 8:
-// (8,1), (4,2), (2,3), (2,4), and (1,M) for leftover rows. More rows per pass means x (4
-// bytes per column per x row) is re-read less often per weight byte; measured: 8 rows at
-// M = 1 +7-9% over 4; M = 2 at 4 rows 0.26 -> 0.7 of membw (FP8) vs one row per pass.
+// Tiles of R rows of W x M rows of x, one accumulator per (row, x row) pair, R·M ≤ 16:
+// (8,1), (4,2), (4,3), (4,4) for BF16 ((2,3), (2,4) for FP8), and (1,M) for leftover rows.
+// More rows per pass means x (4 bytes per column per x row) is re-read less often per
+// weight byte; measured: 8 rows at M = 1 +7-9% over 4; M = 2 at 4 rows 0.26 -> 0.7 of
+// membw (FP8) vs one row per pass; BF16 M = 3-4 at 4 rows 0.60-0.75 -> 0.81-0.91 (one
+// thread, 2048x512 and 4096x512) vs 2 rows.
 // At M = 3-4 the FP8 path is compute-bound (4 VDPBF16PS per x row per 64 codes).
 // TILE_ROW(r, A0..A3): converts row r, then feeds x rows 0..M-1 into A0..A(M-1).
 #define DSV3_TILE_ROWS(TILE_ROW)                                      \
@@ -107,6 +118,7 @@ void prep_x_bf16(const float* x, int64_t K, float* xp) {
     if constexpr (R > 2) { TILE_ROW(2, a4, a5, z, z) TILE_ROW(3, a6, a7, z, z) } \
   } else {                                                            \
     TILE_ROW(0, a0, a1, a2, a3) if constexpr (R > 1) TILE_ROW(1, a4, a5, a6, a7) \
+    if constexpr (R > 2) { TILE_ROW(2, a8, a9, a10, a11) TILE_ROW(3, a12, a13, a14, a15) } \
   }
 #define DSV3_TILE_STORE(r, A0, A1, A2, A3)                                                 \
   {                                                                                        \
@@ -118,15 +130,16 @@ void prep_x_bf16(const float* x, int64_t K, float* xp) {
 
 template <int R, int M>
 void tile_bf16(const uint16_t* w, int64_t ldw, int64_t K, const float* xp, int64_t xstride,
-               float* y, int64_t ldy, bool accumulate) {
-  static_assert(R * M <= 8, "GEMV tile too large");
+               float* y, int64_t ldy, bool accumulate, int64_t pf) {
+  static_assert(R * M <= 16, "GEMV tile too large");
   const __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  __m512 a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
   __m512 z = a0;  // unused slots
   auto step = [&](int64_t k, __mmask32 mask) DSV3_INLINE {
 #define TILE_ROW(r, A0, A1, A2, A3)                                                                 \
     {                                                                                               \
-      _mm_prefetch(reinterpret_cast<const char*>(w + (r) * ldw + k) + kPrefetchBytes, _MM_HINT_T1); \
+      _mm_prefetch(reinterpret_cast<const char*>(w + (r) * ldw + k) + pf, _MM_HINT_T1);             \
       const __m512i v = _mm512_maskz_loadu_epi16(mask, w + (r) * ldw + k);                          \
       const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));                              \
       const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));                          \
@@ -147,9 +160,10 @@ void tile_bf16(const uint16_t* w, int64_t ldw, int64_t K, const float* xp, int64
 
 template <int R, int M>
 void range_bf16(const GemvBF16& p, int64_t n0, int64_t n1, const float* xp, int64_t xs) {
+  const int64_t pf = prefetch_bytes(R, p.ldw * 2, kPrefetchMinBF16);
   int64_t n = n0;
-  for (; n + R <= n1; n += R) tile_bf16<R, M>(p.w + n * p.ldw, p.ldw, p.K, xp, xs, p.y + n, p.ldy, p.accumulate);
-  for (; n < n1; ++n) tile_bf16<1, M>(p.w + n * p.ldw, p.ldw, p.K, xp, xs, p.y + n, p.ldy, p.accumulate);
+  for (; n + R <= n1; n += R) tile_bf16<R, M>(p.w + n * p.ldw, p.ldw, p.K, xp, xs, p.y + n, p.ldy, p.accumulate, pf);
+  for (; n < n1; ++n) tile_bf16<1, M>(p.w + n * p.ldw, p.ldw, p.K, xp, xs, p.y + n, p.ldy, p.accumulate, pf);
 }
 
 // ---- FP8 via F16 ------------------------------------------------------------------------
@@ -174,7 +188,7 @@ void prep_x_f16(const float* x, int64_t K, const float* s, float* xs) {
 
 template <int R, int M>
 void rows_fp8_f16(const uint8_t* w, int64_t ldw, int64_t K, const float* xs, int64_t xstride,
-                  float* y, int64_t ldy, bool accumulate) {
+                  float* y, int64_t ldy, bool accumulate, int64_t pf) {
   static_assert((R == 1 || M == 1) && R * M <= 4, "GEMV tiles: R rows x 1, or 1 row x M");
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   const __m512i c7f = _mm512_set1_epi8(0x7f);
@@ -182,7 +196,7 @@ void rows_fp8_f16(const uint8_t* w, int64_t ldw, int64_t K, const float* xs, int
   auto step = [&](int64_t k, __mmask64 mask) DSV3_INLINE {
     __m512 f[4][4];
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + r * ldw + k) + kPrefetchBytes, _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(w + r * ldw + k) + pf, _MM_HINT_T1);
       const __m512i c = _mm512_maskz_loadu_epi8(mask, w + r * ldw + k);
       nan_codes[r] |= _mm512_cmpeq_epi8_mask(_mm512_and_si512(c, c7f), c7f);
       fp8x64_to_f32(c, f[r]);
@@ -265,10 +279,11 @@ void prep_x_lut(const float* x, int64_t K, const float* s, uint16_t* xs) {
 // (Fp8Path::BF16Lut, ≈16-bit x); without it x·s is used rounded to BF16 (BF16LutX8).
 template <int R, int M, bool kLo>
 void tile_fp8_lut(const Fp8Lut& t, const uint8_t* w, int64_t ldw, int64_t K, const uint16_t* xs,
-                  int64_t xstride, float* y, int64_t ldy, bool accumulate) {
-  static_assert(R * M <= 8, "GEMV tile too large");
+                  int64_t xstride, float* y, int64_t ldy, bool accumulate, int64_t pf) {
+  static_assert(R * M <= 16, "GEMV tile too large");
   const __m512i sign = _mm512_set1_epi8(int8_t(0x80));
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  __m512 a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;  // R = 4, M ≥ 3 only
   __m512 z = a0;  // unused slots
   auto step = [&](int64_t k, __mmask64 mask) DSV3_INLINE {
 #define DSV3_LUT_DOT(A, j)                                                                  \
@@ -283,7 +298,7 @@ void tile_fp8_lut(const Fp8Lut& t, const uint8_t* w, int64_t ldw, int64_t K, con
     }
 #define TILE_ROW(r, A0, A1, A2, A3)                                                                 \
     {                                                                                               \
-      _mm_prefetch(reinterpret_cast<const char*>(w + (r) * ldw + k) + kPrefetchBytes, _MM_HINT_T1); \
+      _mm_prefetch(reinterpret_cast<const char*>(w + (r) * ldw + k) + pf, _MM_HINT_T1);             \
       const __m512i c = _mm512_maskz_loadu_epi8(mask, w + (r) * ldw + k);                            \
       const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.hi0, c, t.hi1), c, sign, 0xF8); \
       const __m512i lo = _mm512_permutex2var_epi8(t.lo0, c, t.lo1);                                  \
@@ -325,17 +340,19 @@ void range_fp8(const GemvFP8& p, const Fp8Lut& lut, Fp8Path path, int64_t n0, in
     int64_t n = b0;
     const uint8_t* w = p.w;
     if (path == Fp8Path::F16) {
-      for (; n + R <= b1; n += R) rows_fp8_f16<R, M>(w + n * p.ldw, p.ldw, p.K, xf, xstride, p.y + n, p.ldy, p.accumulate);
-      for (; n < b1; ++n) rows_fp8_f16<1, M>(w + n * p.ldw, p.ldw, p.K, xf, xstride, p.y + n, p.ldy, p.accumulate);
+      const int64_t pf = prefetch_bytes(R, p.ldw, kPrefetchMinFP8);
+      for (; n + R <= b1; n += R) rows_fp8_f16<R, M>(w + n * p.ldw, p.ldw, p.K, xf, xstride, p.y + n, p.ldy, p.accumulate, pf);
+      for (; n < b1; ++n) rows_fp8_f16<1, M>(w + n * p.ldw, p.ldw, p.K, xf, xstride, p.y + n, p.ldy, p.accumulate, pf);
     } else {
       constexpr int T = M == 1 ? 8 : M == 2 ? 4 : 2;  // tile rows
+      const int64_t pf = prefetch_bytes(T, p.ldw, kPrefetchMinFP8);
       const bool lo = path == Fp8Path::BF16Lut;
       for (; n + T <= b1; n += T)
-        lo ? tile_fp8_lut<T, M, true>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate)
-           : tile_fp8_lut<T, M, false>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate);
+        lo ? tile_fp8_lut<T, M, true>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate, pf)
+           : tile_fp8_lut<T, M, false>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate, pf);
       for (; n < b1; ++n)
-        lo ? tile_fp8_lut<1, M, true>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate)
-           : tile_fp8_lut<1, M, false>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate);
+        lo ? tile_fp8_lut<1, M, true>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate, pf)
+           : tile_fp8_lut<1, M, false>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate, pf);
     }
     b0 = b1;
   }
@@ -354,8 +371,8 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
     switch (p.M) {
       case 1: range_bf16<8, 1>(p, n0, n1, scratch, xs); break;
       case 2: range_bf16<4, 2>(p, n0, n1, scratch, xs); break;
-      case 3: range_bf16<2, 3>(p, n0, n1, scratch, xs); break;
-      default: range_bf16<2, 4>(p, n0, n1, scratch, xs); break;
+      case 3: range_bf16<4, 3>(p, n0, n1, scratch, xs); break;
+      default: range_bf16<4, 4>(p, n0, n1, scratch, xs); break;
     }
   }
 }
