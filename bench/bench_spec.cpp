@@ -1,5 +1,7 @@
-// dsv3 bench speculative --model DIR [--prompts FILE] [--tokens 128] [--draft 1,2]
+// dsv3 bench speculative --model DIR [--prompts FILE] [--tokens 128] [--draft 1,2,3:0.3]
 //                        [--reps 3] [--temperature 0] [--threads T] [--json]
+//   --draft lists the speculative modes: N drafts per step, or N:P up to N drafts with the
+//   adaptive length of infer/speculative.h (stop once the drafts' joint probability < P).
 //   MTP speculative decoding beside plain decoding, in one run, on the same prompts: decode
 //   tokens/s of each (the first new token comes from the prefill and is not counted), the
 //   speedup, the acceptance rate per draft position and tokens per verify step. Each rep
@@ -11,6 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -35,7 +38,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct SpecOpts {
-  std::string model, prompts_file, drafts = "1,2";
+  std::string model, prompts_file, drafts = "1,2,3:0.3";
   int64_t tokens = 128, reps = 3;
   double temperature = 0;
   int threads = 0;
@@ -74,8 +77,25 @@ std::vector<std::string> read_prompts(const std::string& path) {
   return out;
 }
 
+// "a,b,c" -> {"a", "b", "c"} (empty entries kept, so that "1,,2" is reported).
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  for (size_t e; (e = s.find(',', b)) != std::string::npos; b = e + 1) out.push_back(s.substr(b, e - b));
+  out.push_back(s.substr(b));
+  return out;
+}
+
+double parse_double(const std::string& s, const char* flag) {
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  DSV3_CHECK(!s.empty() && end == s.c_str() + s.size(), flag, ": '", s, "' is not a number");
+  return v;
+}
+
 struct Mode {
   int64_t draft = 0;                 // 0: plain
+  double min_p = 0;                  // adaptive draft length (0: always `draft`)
   std::vector<double> tps;           // per rep: decode tokens / decode seconds over all prompts
   std::vector<double> ratio;         // per rep: tps / plain tps of the same rep
   SpeculativeStats spec;             // summed over every run
@@ -86,8 +106,18 @@ void run_spec(const SpecOpts& o) {
   DSV3_CHECK(o.tokens >= 2 && o.tokens <= 100000, "--tokens must be in [2, 100000], got ", o.tokens);
   DSV3_CHECK(o.reps >= 1 && o.reps <= 1000, "--reps must be in [1, 1000], got ", o.reps);
   DSV3_CHECK(o.temperature >= 0, "--temperature must be ≥ 0, got ", o.temperature);
-  const std::vector<int32_t> drafts = cli::parse_id_list(o.drafts, "--draft");
-  for (int32_t d : drafts) DSV3_CHECK(d >= 1 && d <= 16, "--draft entries must be in [1, 16], got ", d);
+  std::vector<Mode> modes(1);  // plain first
+  for (const std::string& e : split_list(o.drafts)) {
+    const size_t colon = e.find(':');
+    Mode md;
+    md.draft = cli::parse_id_list(e.substr(0, colon), "--draft").at(0);
+    DSV3_CHECK(md.draft >= 1 && md.draft <= 16, "--draft entries must be in [1, 16], got '", e, "'");
+    if (colon != std::string::npos) {
+      md.min_p = parse_double(e.substr(colon + 1), "--draft");
+      DSV3_CHECK(md.min_p > 0 && md.min_p <= 1, "--draft: the probability in '", e, "' must be in (0, 1]");
+    }
+    modes.push_back(md);
+  }
   DSV3_CHECK(fs::exists(fs::path(o.model) / "config.json"), "--model: '", o.model,
              "' has no config.json (not a model directory)");
   DSV3_CHECK(fs::exists(fs::path(o.model) / "tokenizer.json"), "--model: '", o.model,
@@ -111,8 +141,6 @@ void run_spec(const SpecOpts& o) {
              ") exceed max_position_embeddings = ", m.config().max_position_embeddings);
   Generator gen(m, tok.get(), context);
 
-  std::vector<Mode> modes(1 + drafts.size());
-  for (size_t i = 0; i < drafts.size(); ++i) modes[i + 1].draft = drafts[i];
   GenerateOptions go;
   go.max_new_tokens = o.tokens;
   go.stop_at_eos = false;  // the same amount of work for every mode
@@ -132,6 +160,7 @@ void run_spec(const SpecOpts& o) {
       for (size_t p = 0; p < prompts.size(); ++p) {
         gen.reset();
         go.speculative_draft = md.draft;
+        go.speculative_min_p = md.min_p;
         go.sampling.seed = uint64_t(1000 * rep + int64_t(p) + 1);
         const GenerateResult r = gen.generate(prompts[p], go);
         tokens += double(r.stats.new_tokens - 1);
@@ -180,9 +209,9 @@ void run_spec(const SpecOpts& o) {
                 (long long)o.tokens, (long long)o.reps, o.temperature);
     for (size_t i = 0; i < modes.size(); ++i) {
       const Mode& md = modes[i];
-      std::printf("%s{\"draft\":%lld,\"decode_tokens_per_s\":%.2f,\"speedup\":%.3f,"
+      std::printf("%s{\"draft\":%lld,\"min_p\":%g,\"decode_tokens_per_s\":%.2f,\"speedup\":%.3f,"
                   "\"tokens_per_step\":%.3f,\"drafted\":%lld,\"accepted\":%lld,\"acceptance\":[",
-                  i ? "," : "", (long long)md.draft, median(md.tps), median(md.ratio),
+                  i ? "," : "", (long long)md.draft, md.min_p, median(md.tps), median(md.ratio),
                   tokens_per_step(md), (long long)md.spec.drafted, (long long)md.spec.accepted);
       for (size_t j = 0; j < md.spec.drafted_at.size(); ++j) std::printf("%s%.4f", j ? "," : "", rate(md, j));
       std::printf("],\"mismatches\":%lld}", (long long)md.mismatches);
@@ -194,12 +223,16 @@ void run_spec(const SpecOpts& o) {
     std::printf("membw %.1f GB/s before, %.1f after: plain decode roofline %.1f tok/s\n", bw0, bw1, roof);
     std::printf("%zu prompts x %lld new tokens, %s, median of %lld reps\n", prompts.size(),
                 (long long)o.tokens, greedy ? "greedy" : "sampled", (long long)o.reps);
-    std::printf("%-10s %12s %9s %12s  %s\n", "mode", "decode tok/s", "speedup", "tokens/step",
-                "acceptance by draft position");
+    std::printf("%-16s %12s %9s %12s %13s  %s\n", "mode", "decode tok/s", "speedup", "tokens/step",
+                "drafts/step", "acceptance by draft position");
     for (const Mode& md : modes) {
-      char name[32];
-      std::snprintf(name, sizeof name, md.draft == 0 ? "plain" : "mtp N=%lld", (long long)md.draft);
-      std::printf("%-10s %12.2f %8.2fx %12.2f ", name, median(md.tps), median(md.ratio), tokens_per_step(md));
+      char name[48];
+      if (md.draft == 0) std::snprintf(name, sizeof name, "plain");
+      else if (md.min_p > 0) std::snprintf(name, sizeof name, "mtp N<=%lld p>=%g", (long long)md.draft, md.min_p);
+      else std::snprintf(name, sizeof name, "mtp N=%lld", (long long)md.draft);
+      const double per_step = md.spec.steps > 0 ? double(md.spec.drafted) / double(md.spec.steps) : 0.0;
+      std::printf("%-16s %12.2f %8.2fx %12.2f %13.2f ", name, median(md.tps), median(md.ratio),
+                  tokens_per_step(md), per_step);
       for (size_t j = 0; j < md.spec.drafted_at.size(); ++j) std::printf(" %5.1f%%", 100.0 * rate(md, j));
       if (greedy && md.draft > 0) std::printf("  (ids %s)", md.mismatches ? "DIFFER" : "identical");
       std::printf("\n");
@@ -218,7 +251,8 @@ void add_spec(CLI::App& bench) {
   c->add_option("--model", o->model, "Model directory with an MTP module and tokenizer.json")->required();
   c->add_option("--prompts", o->prompts_file, "Text file, one prompt per line (\\n escapes); default: built-in");
   c->add_option("--tokens", o->tokens, "New tokens per prompt")->capture_default_str();
-  c->add_option("--draft", o->drafts, "Draft lengths to compare, e.g. 1,2")->capture_default_str();
+  c->add_option("--draft", o->drafts, "Modes to compare: N drafts per step, or N:P adaptive (stop below joint draft probability P)")
+      ->capture_default_str();
   c->add_option("--reps", o->reps, "Repetitions (median)")->capture_default_str();
   c->add_option("--temperature", o->temperature, "0 = greedy (checks identical output)");
   c->add_option("--threads", o->threads, "Threads (default: all cores)");

@@ -148,6 +148,41 @@ TEST_P(SpecVariants, GreedyIdenticalToPlain) {
           EXPECT_EQ(r.stop_reason, StopReason::MaxTokens);
           check_stats(r, draft);
         }
+      // Adaptive length (min_p): any stopping rule leaves greedy output alone. min_p = 1
+      // stops after the first draft of every step (no draft is certain on random weights),
+      // a vanishing min_p never stops early, and 1.2/V — random weights give nearly flat
+      // MTP distributions, whose top probability lies a little above 1/V — stops in some
+      // steps and not in others (checked below), which with two modules leaves module 2
+      // behind for a while and makes it catch up over several positions later.
+      for (double min_p : {1.0, 1e-30, 1.2 / double(m.vocab())}) {
+        Generator ga(m, nullptr, 64);
+        int64_t went_on = 0, stopped = 0;
+        for (size_t i = 0; i < prompts.size(); ++i) {
+          GenerateOptions o = opts(kMax, draft);
+          o.speculative_min_p = min_p;
+          const GenerateResult r = ga.generate(prompts[i], o);
+          EXPECT_EQ(r.ids, plain[i]) << v.name << " prompt " << i << " draft " << draft << " min_p " << min_p;
+          check_stats(r, draft);
+          const SpeculativeStats& p = r.stats.spec;
+          // (The last step may have room for no draft at all.)
+          if (min_p == 1.0) {
+            EXPECT_LE(p.drafted, p.steps) << draft;
+            EXPECT_GE(p.drafted, p.steps - 1) << draft;
+          }
+          // Every step but the last few (limited by max_new_tokens) drafts all of them.
+          if (min_p == 1e-30) {
+            EXPECT_GE(p.drafted, draft * (p.steps - draft)) << draft;
+          }
+          if (draft >= 2 && p.drafted_at.size() >= 2) {
+            went_on += p.drafted_at[1];
+            stopped += p.drafted_at[0] - p.drafted_at[1] - 1;  // the last step may lack room
+          }
+        }
+        if (min_p < 1 && min_p > 1e-30 && draft >= 2) {
+          EXPECT_GT(went_on, 0) << v.name << " draft " << draft;
+          EXPECT_GT(stopped, 0) << v.name << " draft " << draft;
+        }
+      }
       // The context limit: a 12-position cache fills after 12 − 5 new tokens.
       Generator gc(m, nullptr, 12);
       const GenerateResult r = gc.generate(prompts[1], opts(kMax, draft));
@@ -317,7 +352,8 @@ TEST(Speculative, SamplingMatchesPlainDistribution) {
   const int64_t V = m.vocab(), kNew = 4;
   const auto prompt = ids_for(5, V, 3);
   Generator gp(m, nullptr, 32), gs(m, nullptr, 32);
-  std::vector<std::vector<int>> cp(kNew, std::vector<int>(size_t(V))), cs = cp;
+  std::vector<std::vector<int>> cp(kNew, std::vector<int>(size_t(V))), cs = cp, ca = cp;
+  int64_t adaptive_at[3] = {0, 0, 0};
   int64_t drafted = 0, accepted = 0;
   for (int64_t r = 0; r < kRuns; ++r) {
     GenerateOptions o = opts(kNew, 0);
@@ -331,12 +367,32 @@ TEST(Speculative, SamplingMatchesPlainDistribution) {
     check_stats(sr, 2);
     drafted += sr.stats.spec.drafted;
     accepted += sr.stats.spec.accepted;
+    // Adaptive length: up to 3 drafts (2 fit in 4 new tokens), stopping where the draft
+    // itself is unsure: 0.125 = 1/top_k, so about a third of the steps go on.
+    o.speculative_draft = 3;
+    o.speculative_min_p = 0.125;
+    o.sampling.seed = uint64_t(r + 2000000);
+    const GenerateResult ar = gs.generate(prompt, o);
+    check_stats(ar, 3);
+    for (size_t j = 0; j < ar.stats.spec.drafted_at.size(); ++j) adaptive_at[j] += ar.stats.spec.drafted_at[j];
     ASSERT_EQ(int64_t(a.size()), kNew);
     ASSERT_EQ(int64_t(sr.ids.size()), kNew);
+    ASSERT_EQ(int64_t(ar.ids.size()), kNew);
     for (int64_t t = 0; t < kNew; ++t) {
       ++cp[size_t(t)][size_t(a[size_t(t)])];
       ++cs[size_t(t)][size_t(sr.ids[size_t(t)])];
+      ++ca[size_t(t)][size_t(ar.ids[size_t(t)])];
     }
+  }
+  // The adaptive runs both stopped early and went on (so both branches were tested).
+  std::printf("adaptive: steps drafting a 1st/2nd/3rd token %lld %lld %lld\n", (long long)adaptive_at[0],
+              (long long)adaptive_at[1], (long long)adaptive_at[2]);
+  EXPECT_GT(adaptive_at[1], 0);
+  EXPECT_LT(adaptive_at[1], adaptive_at[0]);
+  for (int64_t t = 0; t < kNew; ++t) {
+    const double p = two_sample_p(cp[size_t(t)], ca[size_t(t)]);
+    std::printf("adaptive token %lld: p = %.3g\n", (long long)t + 1, p);
+    EXPECT_GE(p, 1e-4) << "adaptive, token " << t + 1;
   }
   std::printf("drafted %lld accepted %lld (%.1f%%)\n", (long long)drafted, (long long)accepted,
               100.0 * double(accepted) / double(drafted));
@@ -399,8 +455,13 @@ TEST(Speculative, GenerateCommand) {
   const CliRun s = run_cli(base + " --speculative mtp");
   ASSERT_EQ(s.rc, 0) << s.err;
   EXPECT_NE(s.err.find("[speculative:"), std::string::npos) << s.err;
+  // Adaptive drafting from the command line: the same ids.
+  const CliRun ad = run_cli(base + " --speculative mtp --draft 3 --draft-min-p 0.004 --json");
+  ASSERT_EQ(ad.rc, 0) << ad.err;
+  EXPECT_EQ(nlohmann::json::parse(ad.out)["ids"], j["ids"]);
   for (const char* bad : {" --speculative eagle", " --speculative mtp --draft 99", " --compare",
-                          " --draft 2"}) {
+                          " --draft 2", " --draft-min-p 0.5", " --speculative mtp --draft-min-p 1.5",
+                          " --speculative mtp --draft-min-p -0.1"}) {
     const CliRun e = run_cli(base + bad);
     EXPECT_NE(e.rc, 0) << bad;
     EXPECT_NE(e.err.find("error"), std::string::npos) << bad << ": " << e.err;

@@ -28,6 +28,7 @@ struct GenArgs {
   bool prompt_given = false, ids_given = false, json = false, compare = false;
   std::string speculative = "none";  // "none" | "mtp"
   int64_t draft = 0;                 // drafts per step; 0: num_nextn_predict_layers
+  double draft_min_p = 0;            // adaptive draft length; 0: always `draft`
   int64_t max_new_tokens = 128, context = 0;
   SamplingParams sampling;
   std::vector<std::string> stop;
@@ -48,6 +49,9 @@ void add_sampling_options(CLI::App* c, GenArgs& a) {
                 "Speculative decoding: 'mtp' drafts with the model's MTP modules (default none)");
   c->add_option("--draft", a.draft,
                 "Tokens drafted per step with --speculative mtp (default num_nextn_predict_layers)");
+  c->add_option("--draft-min-p", a.draft_min_p,
+                "Stop drafting once the drafts' joint probability under the MTP module falls below "
+                "this (0 = always --draft; output is unchanged, only speed)");
 }
 
 bool speculating(const GenArgs& a) {
@@ -55,6 +59,9 @@ bool speculating(const GenArgs& a) {
              a.speculative, "' (expected 'mtp' or 'none')");
   DSV3_CHECK(a.draft >= 0 && a.draft <= 16, "--draft must be in [1, 16], got ", a.draft);
   DSV3_CHECK(a.draft == 0 || a.speculative == "mtp", "--draft needs --speculative mtp");
+  DSV3_CHECK(a.draft_min_p >= 0 && a.draft_min_p <= 1, "--draft-min-p must be in [0, 1], got ",
+             a.draft_min_p);
+  DSV3_CHECK(a.draft_min_p == 0 || a.speculative == "mtp", "--draft-min-p needs --speculative mtp");
   return a.speculative == "mtp";
 }
 
@@ -83,7 +90,10 @@ GenerateOptions generate_options(const GenArgs& a, const Model& m) {
   o.max_new_tokens = a.max_new_tokens;
   o.sampling = a.sampling;
   o.stop = a.stop;
-  if (speculating(a)) o.speculative_draft = a.draft > 0 ? a.draft : m.n_mtp();
+  if (speculating(a)) {
+    o.speculative_draft = a.draft > 0 ? a.draft : m.n_mtp();
+    o.speculative_min_p = a.draft_min_p;
+  }
   return o;
 }
 

@@ -83,6 +83,8 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
   const bool speculate = o.speculative_draft > 0;
   DSV3_CHECK(o.speculative_draft >= 0, "the number of draft tokens must be >= 0, got ",
              o.speculative_draft);
+  DSV3_CHECK(o.speculative_min_p >= 0 && o.speculative_min_p <= 1,
+             "the draft probability threshold must be in [0, 1], got ", o.speculative_min_p);
   DSV3_CHECK(!speculate || model_.n_mtp() >= 1,
              "speculative decoding needs the model's MTP modules, but ",
              model_.config().num_nextn_predict_layers == 0
@@ -167,7 +169,7 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
       const int64_t room = std::min(o.max_new_tokens - int64_t(r.ids.size()),
                                     C - int64_t(history_.size()));
       const int64_t n = std::min(o.speculative_draft, room - 1);
-      spec_.step(cache_, scratch_, history_, n, sampler, st.spec, step);
+      spec_.step(cache_, scratch_, history_, n, o.speculative_min_p, sampler, st.spec, step);
       ++st.decode_steps;
     } else {
       decode_step(sampler, step);

@@ -30,6 +30,10 @@ struct GenerateOptions {
   // loaded with its MTP modules; greedy output is that of plain decoding, sampled output
   // has the same distribution.
   int64_t speculative_draft = 0;
+  // Adaptive draft length (infer/speculative.h): stop drafting once the product of the
+  // drafts' own probabilities falls below this (0: always speculative_draft). Output is
+  // unaffected; only speed changes.
+  double speculative_min_p = 0;
 };
 
 enum class StopReason {

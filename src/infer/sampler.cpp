@@ -198,6 +198,15 @@ int32_t sample_from(const float* probs, int64_t V, Sampler& rng) {
                              [&](int64_t i) { return double(probs[i]); }));
 }
 
+double softmax_prob(const float* logits, int64_t V, int32_t id) {
+  DSV3_CHECK(V > 0 && id >= 0 && id < V, "softmax_prob: id ", id, " outside [0, ", V, ")");
+  float mx = logits[0];
+  for (int64_t i = 1; i < V; ++i) mx = std::max(mx, logits[i]);
+  double z = 0;
+  for (int64_t i = 0; i < V; ++i) z += std::exp(double(logits[i]) - double(mx));
+  return std::exp(double(logits[id]) - double(mx)) / z;
+}
+
 SpecDecision speculative_accept(int32_t draft_token, const float* p_target, const float* q_draft,
                                 int64_t V, Sampler& rng) {
   check_vocab(p_target, V, "speculative_accept");

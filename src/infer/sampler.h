@@ -73,6 +73,9 @@ class Sampler {
 // zero entries are never chosen). Throws on negative/NaN/inf entries or an all-zero vector.
 int32_t sample_from(const float* probs, int64_t V, Sampler& rng);
 
+// softmax(logits)[id] at temperature 1, in double (a draft's confidence, infer/speculative.h).
+double softmax_prob(const float* logits, int64_t V, int32_t id);
+
 // Speculative sampling (Leviathan et al. 2023, Chen et al. 2023): the draft model proposed
 // draft_token ~ q; accept it with probability min(1, p[x]/q[x]); on rejection draw from the
 // residual norm(max(0, p − q)) (from p when that residual is all zero). The returned token is

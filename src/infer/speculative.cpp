@@ -32,15 +32,21 @@ void Speculator::after_prefill(const float* h, int64_t p0, int64_t T) {
   main_h_.assign(h + (main_h0_ - p0) * H, h + T * H);
 }
 
-int32_t Speculator::pick_draft(const float* logits, int64_t j, Sampler& sampler) {
+int32_t Speculator::pick_draft(const float* logits, int64_t j, Sampler& sampler, float* conf) {
   const int64_t V = model_.vocab();
-  if (sampler.params().temperature == 0) return sampler.sample(logits, V);  // argmax
+  if (sampler.params().temperature == 0) {
+    const int32_t best = sampler.sample(logits, V);  // argmax
+    if (conf) *conf = float(softmax_prob(logits, V, best));
+    return best;
+  }
   sampler.distribution(logits, V, &q_[size_t(j)]);
-  return sample_from(q_[size_t(j)].data(), V, sampler);
+  const int32_t d = sample_from(q_[size_t(j)].data(), V, sampler);
+  if (conf) *conf = q_[size_t(j)][size_t(d)];
+  return d;
 }
 
 void Speculator::draft(KvCache& cache, ForwardScratch& s, const std::vector<int32_t>& history,
-                       int64_t n, Sampler& sampler) {
+                       int64_t n, double min_p, Sampler& sampler) {
   const int64_t D = model_.n_mtp(), H = model_.config().hidden_size, V = model_.vocab();
   const int64_t L = cache.len;
   drafts_.clear();
@@ -48,6 +54,15 @@ void Speculator::draft(KvCache& cache, ForwardScratch& s, const std::vector<int3
   if (D >= 2 && hprev_.size() < size_t(D - 1))
     hprev_.assign(size_t(D - 1), std::vector<float>(size_t(cache.capacity * H)));
   logits_.resize(size_t(V));
+  // After draft_j: whether to draft j + 1 (the adaptive length of speculative.h).
+  double joint = 1.0;
+  float conf = 1.f;
+  auto go_on = [&](int64_t j) {
+    if (j >= n || min_p <= 0) return j < n;
+    joint *= double(conf);
+    return joint >= min_p;
+  };
+  float* want_conf = min_p > 0 ? &conf : nullptr;
   // Modules 1..min(n, D): catch up over [m_k, L) and draft from the last row (position L − 1).
   for (int64_t k = 1; k <= std::min(n, D); ++k) {
     const int64_t m = valid_[size_t(k - 1)], T = L - m;
@@ -72,11 +87,13 @@ void Speculator::draft(KvCache& cache, ForwardScratch& s, const std::vector<int3
     model_.mtp_forward(cache, a, s);
     if (k < D) std::memcpy(hprev_[size_t(k - 1)].data() + m * H, hidden_.data(), size_t(T * H) * sizeof(float));
     valid_[size_t(k - 1)] = L + 1 - k;  // rows past it used drafts
-    drafts_.push_back(pick_draft(logits_.data(), k - 1, sampler));
+    drafts_.push_back(pick_draft(logits_.data(), k - 1, sampler, want_conf));
     if (k == 1) {  // module 1 consumed the kept main rows
       main_h_.clear();
       main_h0_ = L;
     }
+    // Stopping before module D leaves modules k+1..D behind: they catch up next step.
+    if (!go_on(k)) return;
     if (k == std::min(n, D)) chain_h_.assign(hidden_.end() - H, hidden_.end());
   }
   // Drafts past D: module D chained on its own output (after shared_head.norm) at positions
@@ -94,20 +111,22 @@ void Speculator::draft(KvCache& cache, ForwardScratch& s, const std::vector<int3
     a.hidden = hidden_.data();
     model_.mtp_forward(cache, a, s);
     chain_h_ = hidden_;
-    drafts_.push_back(pick_draft(logits_.data(), j - 1, sampler));
+    drafts_.push_back(pick_draft(logits_.data(), j - 1, sampler, want_conf));
+    if (!go_on(j)) return;
   }
 }
 
 void Speculator::step(KvCache& cache, ForwardScratch& s, const std::vector<int32_t>& history,
-                      int64_t n, Sampler& sampler, SpeculativeStats& st,
+                      int64_t n_draft, double min_p, Sampler& sampler, SpeculativeStats& st,
                       std::vector<int32_t>& out) {
   const int64_t H = model_.config().hidden_size, V = model_.vocab(), L = cache.len;
-  DSV3_ASSERT(L + 1 == int64_t(history.size()) && n >= 0 && L + n + 1 <= cache.capacity);
-  DSV3_ASSERT(n == 0 || model_.n_mtp() >= 1);
+  DSV3_ASSERT(L + 1 == int64_t(history.size()) && n_draft >= 0 && L + n_draft + 1 <= cache.capacity);
+  DSV3_ASSERT(n_draft == 0 || model_.n_mtp() >= 1);
   // Drop every speculative MTP row of the last step (the invariant's "past m_k").
   for (size_t k = 0; k < valid_.size(); ++k) cache.mtp_len[k] = valid_[k];
-  if (n > 0) draft(cache, s, history, n, sampler);
+  if (n_draft > 0) draft(cache, s, history, n_draft, min_p, sampler);
   else drafts_.clear();
+  const int64_t n = int64_t(drafts_.size());  // ≤ n_draft under min_p
 
   // Verify [t_L, draft_1..draft_n] at positions [L, L + n] in one forward.
   ids_.assign(1, history.back());

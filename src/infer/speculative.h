@@ -25,6 +25,13 @@
 //     (kept per position in hprev_); its last row drafts draft_k, and m_k = L + 1 − k.
 //     Drafts past D chain module D on its own output after shared_head.norm at positions
 //     L, L+1, ... (speculative rows only).
+//     Adaptive length: with min_p > 0 drafting stops early, after draft_j (j < N'), once
+//     the product of the drafts' own probabilities c_1·…·c_j falls below min_p — c_j is the
+//     probability the draft distribution gives draft_j (greedy: softmax of the MTP logits at
+//     temperature 1; sampling: q_j). A draft that is unlikely to survive makes the ones
+//     after it nearly worthless, and each costs one more MTP forward and one more verify
+//     row. The rule looks at draft-side quantities only, so the accept/resample rule keeps
+//     the sampled distribution exact, and greedy output is unchanged whatever min_p is.
 //  2. Verify. The main model forwards [t_L, draft_1..draft_N'] at positions [L, L + N'],
 //     keeping logits and hidden states of every row. Greedy: draft_j is accepted while it
 //     equals the argmax of row j − 1; the first mismatch is replaced by that argmax, and
@@ -67,17 +74,21 @@ class Speculator {
   int64_t prefill_from() const { return valid_.empty() ? 0 : valid_[0]; }
   // The prefill forwarded positions [p0, p0 + T); h [T, H] are their states after model.norm.
   void after_prefill(const float* h, int64_t p0, int64_t T);
-  // One draft + verify + rollback step with n_draft ≥ 0 drafts (0: a plain decode step that
-  // keeps its hidden row). history ends with the
-  // newest token t_L (cache.len == L); out receives the a + 1 new tokens.
+  // One draft + verify + rollback step with up to n_draft ≥ 0 drafts (0: a plain decode step
+  // that keeps its hidden row; min_p: the adaptive length above, 0 = always n_draft).
+  // history ends with the newest token t_L (cache.len == L); out receives the a + 1 new
+  // tokens.
   void step(KvCache& cache, ForwardScratch& s, const std::vector<int32_t>& history,
-            int64_t n_draft, Sampler& sampler, SpeculativeStats& st, std::vector<int32_t>& out);
+            int64_t n_draft, double min_p, Sampler& sampler, SpeculativeStats& st,
+            std::vector<int32_t>& out);
 
  private:
-  // Drafts n tokens into drafts_ (and their distributions into q_ when sampling).
+  // Drafts up to n tokens into drafts_ (and their distributions into q_ when sampling),
+  // stopping early under min_p (see above).
   void draft(KvCache& cache, ForwardScratch& s, const std::vector<int32_t>& history, int64_t n,
-             Sampler& sampler);
-  int32_t pick_draft(const float* logits, int64_t j, Sampler& sampler);
+             double min_p, Sampler& sampler);
+  // The j-th draft from its logits; *conf receives its draft probability c_j when wanted.
+  int32_t pick_draft(const float* logits, int64_t j, Sampler& sampler, float* conf);
 
   const Model& model_;
   std::vector<int64_t> valid_;        // [D]: m_k above
