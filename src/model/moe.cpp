@@ -127,17 +127,25 @@ void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeig
 }
 
 void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, const ModelConfig& c,
-               const float* bias) {
+               const float* bias, RouteScratch& s) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t G = c.n_group, EG = E / G;
-  const bool grouped = G > 1 && (c.topk_method == "noaux_tc" || c.topk_method == "group_limited_greedy");
-  std::vector<float> score(static_cast<size_t>(E)), biased(static_cast<size_t>(E)),
-      gscore(static_cast<size_t>(G));
-  std::vector<int32_t> gsel(static_cast<size_t>(c.topk_group));
-  std::vector<uint8_t> allowed(static_cast<size_t>(E));
+  const bool noaux = c.topk_method == "noaux_tc";
+  const bool grouped = G > 1 && (noaux || c.topk_method == "group_limited_greedy");
+  const bool sigmoid = c.scoring_func == "sigmoid";
+  std::vector<float>& score = s.score;
+  std::vector<float>& biased = s.biased;
+  std::vector<float>& gscore = s.gscore;
+  std::vector<int32_t>& gsel = s.gsel;
+  std::vector<uint8_t>& allowed = s.allowed;
+  score.resize(size_t(E));  // no-ops after the first call
+  biased.resize(size_t(E));
+  gscore.resize(size_t(G));
+  gsel.resize(size_t(c.topk_group));
+  allowed.resize(size_t(E));
   for (int64_t t = 0; t < T; ++t) {
     const float* l = logits + t * E;
-    if (c.scoring_func == "sigmoid") {
+    if (sigmoid) {
       for (int64_t e = 0; e < E; ++e) score[size_t(e)] = 1.0f / (1.0f + std::exp(-l[e]));
     } else {  // softmax over the experts
       float mx = -std::numeric_limits<float>::infinity();
@@ -152,7 +160,7 @@ void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, cons
     if (grouped) {
       for (int64_t g = 0; g < G; ++g) {
         const float* b = &biased[size_t(g * EG)];
-        if (c.topk_method == "noaux_tc") {  // sum of the group's two best biased scores
+        if (noaux) {  // sum of the group's two best biased scores
           int32_t two[2];
           top_k_indices(two, b, EG, std::min<int64_t>(2, EG), nullptr);
           gscore[size_t(g)] = b[two[0]] + (EG > 1 ? b[two[1]] : 0.0f);
@@ -187,7 +195,7 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
   linear_forward(logits, E, x, H, T, L.w->gate, s.lin, false, threads);
   int32_t* idx = grow(s.topk_idx, T * K);
   float* wt = grow(s.topk_w, T * K);
-  moe_route(idx, wt, logits, T, c, L.bias);
+  moe_route(idx, wt, logits, T, c, L.bias, s.route);
 
   if (T <= kGemvMaxM) {  // decode: every expert of the step in one parallel region
     std::memset(out, 0, size_t(T * H) * sizeof(float));
@@ -229,8 +237,9 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
   for (int64_t e = 0; e < E; ++e) count[e + 1] += count[e];
   int32_t* order = grow(s.order, T * K);
   {
-    std::vector<int32_t> fill(count, count + E);
-    for (int64_t i = 0; i < T * K; ++i) order[fill[size_t(idx[i])]++] = int32_t(i);
+    int32_t* fill = grow(s.fill, E);
+    std::copy(count, count + E, fill);
+    for (int64_t i = 0; i < T * K; ++i) order[fill[idx[i]]++] = int32_t(i);
   }
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = count[e + 1] - count[e];

@@ -20,6 +20,14 @@ struct FfnTask {
   float weight[4] = {};
 };
 
+// Per-call buffers of moe_route, kept by the caller so that routing does not allocate.
+struct RouteScratch {
+  std::vector<float> score, biased;  // [E]
+  std::vector<float> gscore;         // [n_group]
+  std::vector<int32_t> gsel;         // [topk_group]
+  std::vector<uint8_t> allowed;      // [E]
+};
+
 struct FfnScratch {
   LinearScratch lin;
   std::vector<float> gate, up;          // [rows, inter]
@@ -29,6 +37,8 @@ struct FfnScratch {
   std::vector<int32_t> topk_idx;        // [T, k]
   std::vector<float> topk_w;            // [T, k]
   std::vector<int32_t> order, count;    // token slots grouped by expert
+  std::vector<int32_t> fill;            // [E] counting-sort cursors
+  RouteScratch route;
   std::vector<float> h;                 // decode: [tasks, ≤ 4, inter] SwiGLU outputs
   std::vector<FfnTask> tasks;           // decode: the experts of the step
   std::vector<int64_t> off;             // decode: [3, tasks + 1] offsets into h, xe, units
@@ -50,7 +60,7 @@ void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeig
 // and weights [T, k] (unbiased scores, normalised/scaled per docs/numerics.md).
 // logits [T, E] are the router outputs; bias [E] or nullptr.
 void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, const ModelConfig& c,
-               const float* bias);
+               const float* bias, RouteScratch& s);
 
 struct MoeLayer {
   const MoeWeights* w = nullptr;

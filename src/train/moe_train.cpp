@@ -131,7 +131,7 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   }
   int32_t* idx = grow(saved.idx, N * K);
   float* wt = grow(saved.weight, N * K);
-  moe_route(idx, wt, logits, N, c, bias);
+  moe_route(idx, wt, logits, N, c, bias, s.route);
 
   // The unbiased scores over all experts, the same formulas as moe_route.
   float* sc = grow(saved.scores, N * E);  // [N, E]

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/moe.h"
 #include "model/weights.h"
 #include "train/tlinear.h"
 
@@ -55,6 +56,7 @@ struct MoeTrainScratch {
   std::vector<float> logits, dlogits, dscore;  // [N, E]
   std::vector<float> xe, ye;                   // [n, H] gathered rows of one expert
   std::vector<float> dweight;                  // [N, K]
+  RouteScratch route;
 };
 struct MoeStats {
   std::vector<int64_t> load;  // [E] (token, slot) assignments this forward (sums to B·T·K)
