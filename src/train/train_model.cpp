@@ -49,6 +49,10 @@ struct TrainModel::Impl {
   std::vector<float> xn, dxn, a, f, dx, dh, rstd;  // work [N, H] / [N]
   std::vector<float> logits, losses;
   std::vector<int32_t> tgt;         // [N]
+  // Per-step work kept across steps (a step allocates nothing once they have grown).
+  std::vector<int32_t> in_ids;      // [N]
+  std::vector<float> xs, ds;        // [N, H] the residual stream and its gradient
+  std::vector<float> dcat_s, de_s, dprev_s;  // MTP backward: [Nk, 2H], [Nk, H], [Nk, H]
 
   struct MtpState {
     int64_t Tk = 0;                 // positions per sequence: T − k (those with a target)
@@ -198,26 +202,26 @@ struct TrainModel::Impl {
     if (grads) gw = ps.bind(grads);
     StepLosses L;
     const int64_t T1 = T + 1;
-    std::vector<int32_t> in(static_cast<size_t>(N));
+    int32_t* in = grow(in_ids, N);
     int32_t* tg = grow(tgt, N);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t < T; ++t) {
-        in[size_t(b * T + t)] = ids[b * T1 + t];
+        in[b * T + t] = ids[b * T1 + t];
         tg[b * T + t] = ids[b * T1 + t + 1];
       }
     for (int64_t r = 0; r < N; ++r)
       DSV3_CHECK(tg[r] >= 0 && tg[r] < V, "token id ", tg[r], " outside the vocabulary [0, ", V, ")");
     // ---- main forward ----
-    std::vector<float> x(static_cast<size_t>(N * H));
-    embed(x.data(), fp(pw.embed_tokens), in.data(), N);
+    float* x = zeros(xs, N * H);
+    embed(x, fp(pw.embed_tokens), in, N);
     const int64_t Lm = c.num_hidden_layers;
     for (int64_t l = 0; l < Lm; ++l) {
       const LayerWeights& lw = pw.layers[size_t(l)];
-      block_forward(x.data(), T, lw, blocks[size_t(l)], &L, l, router_bias(lw));
+      block_forward(x, T, lw, blocks[size_t(l)], &L, l, router_bias(lw));
     }
-    x_last = x;
+    x_last.assign(x, x + N * H);
     float* hn = grow(hN, N * H);
-    norm_fwd(hn, x.data(), fp(pw.norm), N);
+    norm_fwd(hn, x, fp(pw.norm), N);
     float* dhn = grads ? grow(dhN, N * H) : nullptr;
     L.main = head_ce(hn, tg, N, fp(pw.lm_head), grads ? fp_mut(gw.lm_head) : nullptr, dhn, 1.0);
 
@@ -268,44 +272,44 @@ struct TrainModel::Impl {
       const int64_t Tk = m.Tk, Nk = B * Tk, Tp = Tk + 1;
       float* rs = grow(rstd, Nk);
       // h^k = shared_head.norm(x_pre)
-      std::vector<float> d(static_cast<size_t>(Nk * H));
+      float* d = zeros(ds, Nk * H);
       norm_fwd(grow(xn, Nk * H), m.x_pre.data(), fp(mw.shared_head_norm), Nk, rs);
-      rmsnorm_backward(d.data(), H, fp_mut(mg.shared_head_norm), m.dhk.data(), H, m.x_pre.data(), H,
+      rmsnorm_backward(d, H, fp_mut(mg.shared_head_norm), m.dhk.data(), H, m.x_pre.data(), H,
                        fp(mw.shared_head_norm), rs, Nk, H, false, o.threads);
-      block_backward(d.data(), Tk, mw.block, mg.block, blocks[size_t(Lm + k - 1)]);
+      block_backward(d, Tk, mw.block, mg.block, blocks[size_t(Lm + k - 1)]);
       // x_pre came out of the block; the block's input was eh_proj(cat): d is its gradient now.
-      std::vector<float> dcat(static_cast<size_t>(Nk * 2 * H));
-      tlinear_backward(dcat.data(), fp_mut(mg.eh_proj), d.data(), m.cat.data(), fp(mw.eh_proj), Nk, H,
+      float* dcat = zeros(dcat_s, Nk * 2 * H);
+      tlinear_backward(dcat, fp_mut(mg.eh_proj), d, m.cat.data(), fp(mw.eh_proj), Nk, H,
                        2 * H, lc, ls);
       // enorm(e): into the (shared) embedding rows.
-      std::vector<float> de(static_cast<size_t>(Nk * H));
+      float* de = zeros(de_s, Nk * H);
       norm_fwd(grow(xn, Nk * H), m.e.data(), fp(mw.enorm), Nk, rs);
-      rmsnorm_backward(de.data(), H, fp_mut(mg.enorm), dcat.data(), 2 * H, m.e.data(), H, fp(mw.enorm),
+      rmsnorm_backward(de, H, fp_mut(mg.enorm), dcat, 2 * H, m.e.data(), H, fp(mw.enorm),
                        rs, Nk, H, false, o.threads);
-      embed_backward(fp_mut(mg.embed_tokens), m.ids.data(), de.data(), Nk);
+      embed_backward(fp_mut(mg.embed_tokens), m.ids.data(), de, Nk);
       // hnorm(h^{k-1}): into dhN (k = 1) or the previous module's dh, rows i < Tk.
-      std::vector<float> dprev_g(static_cast<size_t>(Nk * H));
+      float* dprev_g = zeros(dprev_s, Nk * H);
       norm_fwd(grow(xn, Nk * H), m.hprev.data(), fp(mw.hnorm), Nk, rs);
-      rmsnorm_backward(dprev_g.data(), H, fp_mut(mg.hnorm), dcat.data() + H, 2 * H, m.hprev.data(), H,
+      rmsnorm_backward(dprev_g, H, fp_mut(mg.hnorm), dcat + H, 2 * H, m.hprev.data(), H,
                        fp(mw.hnorm), rs, Nk, H, false, o.threads);
       float* dprev = k == 1 ? dhN.data() : mtp[size_t(k - 2)].dhk.data();
       for (int64_t b = 0; b < B; ++b)
         for (int64_t i = 0; i < Tk; ++i) {
           float* dst = dprev + (b * Tp + i) * H;
-          const float* src = &dprev_g[size_t((b * Tk + i) * H)];
+          const float* src = dprev_g + (b * Tk + i) * H;
           for (int64_t j = 0; j < H; ++j) dst[j] += src[j];
         }
     }
 
     // ---- main backward ----
     float* rs = grow(rstd, N);
-    std::vector<float> d(static_cast<size_t>(N * H));
+    float* d = zeros(ds, N * H);
     norm_fwd(grow(xn, N * H), x_last.data(), fp(pw.norm), N, rs);
-    rmsnorm_backward(d.data(), H, fp_mut(gw.norm), dhN.data(), H, x_last.data(), H, fp(pw.norm), rs, N,
+    rmsnorm_backward(d, H, fp_mut(gw.norm), dhN.data(), H, x_last.data(), H, fp(pw.norm), rs, N,
                      H, false, o.threads);
     for (int64_t l = Lm - 1; l >= 0; --l)
-      block_backward(d.data(), T, pw.layers[size_t(l)], gw.layers[size_t(l)], blocks[size_t(l)]);
-    embed_backward(fp_mut(gw.embed_tokens), in.data(), d.data(), N);
+      block_backward(d, T, pw.layers[size_t(l)], gw.layers[size_t(l)], blocks[size_t(l)]);
+    embed_backward(fp_mut(gw.embed_tokens), in, d, N);
     return L;
   }
 
