@@ -20,6 +20,12 @@ for policy in default passive; do
     "${env_policy[@]}" "$DSV3" bench gemv --n 7168 --k $k --dtype $dt --threads 2 --json | tee -a "$OUT/gemv.jsonl"
   done
 done
+for t in 1 2; do
+  for dt in bf16 fp8; do
+    echo "-- short-row gemv $dt, $t threads, M = 1..4"
+    bench/gemv_shapes.sh $t $dt | tee -a "$OUT/gemv_shapes.txt"
+  done
+done
 echo
 echo "== OpenMP wait policy: our GEMM 2048^3 f32 and bf16, default vs passive"
 for dt in f32 bf16; do
