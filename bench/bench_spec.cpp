@@ -223,16 +223,18 @@ void run_spec(const SpecOpts& o) {
     std::printf("membw %.1f GB/s before, %.1f after: plain decode roofline %.1f tok/s\n", bw0, bw1, roof);
     std::printf("%zu prompts x %lld new tokens, %s, median of %lld reps\n", prompts.size(),
                 (long long)o.tokens, greedy ? "greedy" : "sampled", (long long)o.reps);
-    std::printf("%-16s %12s %9s %12s %13s  %s\n", "mode", "decode tok/s", "speedup", "tokens/step",
-                "drafts/step", "acceptance by draft position");
+    // step cost: one speculative step's time in plain steps (tokens/step ÷ speedup).
+    std::printf("%-16s %12s %9s %12s %12s %10s  %s\n", "mode", "decode tok/s", "speedup", "tokens/step",
+                "drafts/step", "step cost", "acceptance by draft position");
     for (const Mode& md : modes) {
       char name[48];
       if (md.draft == 0) std::snprintf(name, sizeof name, "plain");
       else if (md.min_p > 0) std::snprintf(name, sizeof name, "mtp N<=%lld p>=%g", (long long)md.draft, md.min_p);
       else std::snprintf(name, sizeof name, "mtp N=%lld", (long long)md.draft);
       const double per_step = md.spec.steps > 0 ? double(md.spec.drafted) / double(md.spec.steps) : 0.0;
-      std::printf("%-16s %12.2f %8.2fx %12.2f %13.2f ", name, median(md.tps), median(md.ratio),
-                  tokens_per_step(md), per_step);
+      const double cost = median(md.ratio) > 0 ? tokens_per_step(md) / median(md.ratio) : 0.0;
+      std::printf("%-16s %12.2f %8.2fx %12.2f %12.2f %9.2fx ", name, median(md.tps), median(md.ratio),
+                  tokens_per_step(md), per_step, cost);
       for (size_t j = 0; j < md.spec.drafted_at.size(); ++j) std::printf(" %5.1f%%", 100.0 * rate(md, j));
       if (greedy && md.draft > 0) std::printf("  (ids %s)", md.mismatches ? "DIFFER" : "identical");
       std::printf("\n");

@@ -4,15 +4,16 @@
 # on the demo corpus with the MTP objective, then decode the same prompts plainly and with
 # MTP speculation in one run (`dsv3 bench speculative`).
 #   bench/mtp_speculative.sh [RUN_DIR] [TOKENS] [DRAFTS] [REPS]
-# defaults: runs/mtp-bench, 128 new tokens per prompt, drafts "1,2", 3 reps.
-# Training takes ~25 minutes on two idle Zen 4 cores (~650 tokens/s, 1.02M tokens) and is
-# skipped when RUN_DIR already holds a finished run. The demo corpus and tokenizer come
+# defaults: runs/mtp-bench, 128 new tokens per prompt, drafts "1,2,3:0.2,3:0.3" (N:P = up to
+# N drafts, adaptive: stop once their joint MTP probability < P), 3 reps.
+# Training (900 steps, 3.7M tokens) takes ~95 minutes on two idle Zen 4 cores (~650
+# tokens/s); an interrupted run is resumed, and a finished one is not repeated. The demo corpus and tokenizer come
 # from scripts/corpus.sh / scripts/tokenizer.sh (as in scripts/demo.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/mtp-bench}
 TOKENS=${2:-128}
-DRAFTS=${3:-1,2}
+DRAFTS=${3:-1,2,3:0.2,3:0.3}
 REPS=${4:-3}
 DSV3=${DSV3:-build/release/dsv3}
 [[ -x $DSV3 ]] || { echo "mtp_speculative.sh: $DSV3 not built (cmake --build build/release)" >&2; exit 1; }
