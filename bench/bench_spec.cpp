@@ -22,7 +22,6 @@
 
 #include "bench_util.h"
 #include "benches.h"
-#include "cli/model_args.h"
 #include "core/check.h"
 #include "core/clock.h"
 #include "core/parallel.h"
@@ -110,8 +109,11 @@ void run_spec(const SpecOpts& o) {
   for (const std::string& e : split_list(o.drafts)) {
     const size_t colon = e.find(':');
     Mode md;
-    md.draft = cli::parse_id_list(e.substr(0, colon), "--draft").at(0);
-    DSV3_CHECK(md.draft >= 1 && md.draft <= 16, "--draft entries must be in [1, 16], got '", e, "'");
+    const std::string n = e.substr(0, colon);
+    char* end = nullptr;
+    md.draft = std::strtol(n.c_str(), &end, 10);
+    DSV3_CHECK(!n.empty() && end == n.c_str() + n.size() && md.draft >= 1 && md.draft <= 16,
+               "--draft: '", e, "' is not N or N:P with N in [1, 16]");
     if (colon != std::string::npos) {
       md.min_p = parse_double(e.substr(colon + 1), "--draft");
       DSV3_CHECK(md.min_p > 0 && md.min_p <= 1, "--draft: the probability in '", e, "' must be in (0, 1]");
