@@ -446,6 +446,8 @@ TEST(Speculative, GenerateCommand) {
   EXPECT_EQ(sp["acceptance_by_position"].size(), 2u);
   EXPECT_LE(sp["accepted"].get<int64_t>(), sp["drafted"].get<int64_t>());
   EXPECT_EQ(sp["steps"].get<int64_t>(), j["stats"]["decode_steps"].get<int64_t>());
+  EXPECT_NEAR(sp["drafts_per_step"].get<double>(),
+              double(sp["drafted"].get<int64_t>()) / double(sp["steps"].get<int64_t>()), 1e-9);
   EXPECT_TRUE(j["stats"]["compare"]["same_ids"].get<bool>());
   EXPECT_GT(j["stats"]["compare"]["speedup"].get<double>(), 0.0);
   const CliRun plain = run_cli(base + " --json");

@@ -109,6 +109,7 @@ nlohmann::ordered_json spec_json(const GenerateStats& s) {
           {"acceptance_rate", ratio(p.accepted, p.drafted)},
           {"acceptance_by_position", rate},
           {"steps", p.steps},
+          {"drafts_per_step", ratio(p.drafted, p.steps)},
           {"tokens_per_step", ratio(p.steps + p.accepted, p.steps)},
           {"decode_tokens_per_s", s.decode_tokens_per_s}};
 }
@@ -120,8 +121,8 @@ void print_spec_stats(const GenerateStats& s) {
                (long long)p.drafted, (long long)p.accepted, 100 * ratio(p.accepted, p.drafted));
   for (size_t j = 0; j < p.drafted_at.size(); ++j)
     std::fprintf(stderr, " %zu: %.1f%%", j + 1, 100 * ratio(p.accepted_at[j], p.drafted_at[j]));
-  std::fprintf(stderr, "), %.2f tokens/step, %.2f decode tok/s]\n",
-               ratio(p.steps + p.accepted, p.steps), s.decode_tokens_per_s);
+  std::fprintf(stderr, "), %.2f drafts and %.2f tokens per step, %.2f decode tok/s]\n",
+               ratio(p.drafted, p.steps), ratio(p.steps + p.accepted, p.steps), s.decode_tokens_per_s);
 }
 
 // The --compare line: decode tokens/s of the plain and the speculative run of one prompt.
