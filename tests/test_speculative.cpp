@@ -405,6 +405,14 @@ TEST(Speculative, SamplingMatchesPlainDistribution) {
   }
 }
 
+// Random checkpoints draw the MTP head independently: nothing to share.
+TEST(Speculative, SeparateMtpHeadStaysSeparate) {
+  const std::string dir = make_model("own_head", tiny_v3_config(), CheckpointFormat::BF16);
+  const Model m(dir, one_thread());
+  ASSERT_EQ(m.n_mtp(), 1);
+  EXPECT_NE(m.weights().mtp[0].shared_head_head.w.data, m.weights().lm_head.w.data);
+}
+
 TEST(Speculative, RefusesAModelWithoutMtp) {
   const std::string dir = make_model("nomtp", tiny_v2_config(), CheckpointFormat::BF16);
   Model m(dir);

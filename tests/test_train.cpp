@@ -27,6 +27,7 @@
 
 #include "data/dataset.h"
 #include "data/prepare.h"
+#include "model/model.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/trainer.h"
@@ -585,11 +586,18 @@ TEST(TrainCheckpoint, TrainedMtpSpeculatesIdenticallyAndIsAccepted) {
   const CliRun r = cli(train_args(write_config("mtp_trained", j), out));
   ASSERT_EQ(r.rc, 0) << r.err;
   const std::string ck = (out / latest(out)).string();
+  {
+    // The trained MTP head is the main head (tied in training, written twice): the model
+    // reads the main tensor for both.
+    const Model m(ck);
+    ASSERT_EQ(m.n_mtp(), 1);
+    EXPECT_EQ(m.weights().mtp[0].shared_head_head.w.data, m.weights().lm_head.w.data);
+  }
   double drafted = 0, accepted = 0;
   for (const char* prompt : {"The quick brown fox 7", "int f1", "Small steps"}) {
-    for (int draft : {1, 2, 3}) {
+    for (const char* draft : {"1", "2", "3", "3 --draft-min-p 0.3"}) {
       const CliRun g = cli("generate --model " + ck + " --prompt '" + prompt +
-                           "' --max-new-tokens 40 --speculative mtp --draft " + std::to_string(draft) +
+                           "' --max-new-tokens 40 --speculative mtp --draft " + draft +
                            " --compare --json --threads 1");
       ASSERT_EQ(g.rc, 0) << g.err;
       const json gj = json::parse(g.out);

@@ -28,6 +28,18 @@ int64_t mlp_bytes(const MlpWeights& m) {
   return weight_bytes(m.gate_proj) + weight_bytes(m.up_proj) + weight_bytes(m.down_proj);
 }
 
+// Whether two weights hold the same values in the same encoding (data and scales).
+bool same_bytes(const Weight& a, const Weight& b) {
+  auto same = [](const TensorView& x, const TensorView& y) {
+    if (x.dtype != y.dtype || x.ndim != y.ndim) return false;
+    if (x.data == nullptr || y.data == nullptr) return x.data == y.data;  // e.g. no scales
+    for (int i = 0; i < x.ndim; ++i)
+      if (x.shape[i] != y.shape[i]) return false;
+    return x.nbytes() == 0 || x.data == y.data || std::memcmp(x.data, y.data, x.nbytes()) == 0;
+  };
+  return a.present() && b.present() && same(a.w, b.w) && same(a.scale, b.scale);
+}
+
 }  // namespace
 
 void KvCache::truncate(int64_t n) {
@@ -45,6 +57,12 @@ Model::Model(const std::string& dir, const ModelOptions& o) : threads_(resolve_t
   LoadOptions lo;
   lo.with_mtp = o.with_mtp;
   w_ = load_weights(cfg_, *ckpt_, lo);
+  // DeepSeek-V3's MTP modules share the main model's output head (report §2.2); checkpoints
+  // store a copy per module (dsv3 train writes the tied tensor twice, as the release does).
+  // Reading the main tensor instead makes a draft's head GEMV hit the cache lines the verify
+  // step just streamed rather than a second copy in memory, and keeps one copy resident.
+  for (MtpWeights& m : w_.mtp)
+    if (same_bytes(m.shared_head_head, w_.lm_head)) m.shared_head_head = w_.lm_head;
 
   auto layer_f32 = [&](const LayerWeights& lw) {
     LayerF32 f;
