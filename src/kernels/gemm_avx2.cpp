@@ -307,9 +307,16 @@ struct OpFP8Avx2 {
   }
 };
 
+// Up to this many rows of A the unpacked skinny kernel (gemm_small_avx2.cpp) runs instead.
+// Measured, 1 thread, GFLOP/s packed / skinny, W 2048x2048 and 7168x2048: M = 1 7.8 / 19.4
+// and 6.4 / 18.9, M = 4 28.3 / 50.4 and 23.2 / 38.9, M = 8 41.3 / 53.4 and 36.2 / 41.0,
+// M = 12 54.8 / 53.5 and 45.7 / 45.1, M = 16 60.1 / 52.5 and 52.0 / 47.0.
+constexpr int64_t kSmallMFp8Avx2 = 10;
+
 }  // namespace
 
 void gemm_fp8_avx2(const GemmFP8& p, int threads) {
+  if (p.M <= kSmallMFp8Avx2 && p.trans_b) return gemm_small_fp8_avx2(p, threads);
   OpFP8Avx2 op;
   op.p = &p;
   gemm_blocked(op, p.M, p.N, p.K, threads);
