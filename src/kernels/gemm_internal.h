@@ -42,7 +42,10 @@ void gemm_fp8_avx2(const GemmFP8& p, int threads);
 void gemm_small_f32_avx512(const GemmF32& p, int threads);
 void gemm_small_bf16_avx512(const GemmBF16& p, int threads);
 void gemm_small_fp8_avx512(const GemmFP8& p, int threads);
-void gemm_small_fp8_avx2(const GemmFP8& p, int threads);  // gemm_small_avx2.cpp
+// The same on AVX2 (gemm_small_avx2.cpp).
+void gemm_small_f32_avx2(const GemmF32& p, int threads);
+void gemm_small_bf16_avx2(const GemmBF16& p, int threads);
+void gemm_small_fp8_avx2(const GemmFP8& p, int threads);
 
 // Packing (gemm_pack_avx512.cpp). A micro-panel: mr <= kMR512 rows of op(A) over kc
 // elements of K, as dst[kstep][kMR512] 32-bit items (an F32, or a BF16 pair k, k+1);
