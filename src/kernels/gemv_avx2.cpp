@@ -43,69 +43,101 @@ void prep_x(const float* x, int64_t K, const float* s, float factor, float* xs) 
   for (int64_t k = K; k < round_up(K, 32); ++k) xs[k] = 0.f;
 }
 
-// y[m·ldy] (+)= Σ_k w[k]·xs[m][k], 16 BF16 weights per step, the tail via a zeroed copy.
-template <int M>
-void row_bf16(const uint16_t* w, int64_t K, const float* xs, int64_t xstride, float* y,
-              int64_t ldy, bool accumulate) {
-  __m256 acc[M][2];  // M·2 ≤ 8 ymm: small enough for GCC to keep in registers
-  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
-  auto step = [&](const uint16_t* src, int64_t k) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-    const __m256 lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(v)), 16));
-    const __m256 hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(v, 1)), 16));
-    for (int m = 0; m < M; ++m) {
-      acc[m][0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xs + m * xstride + k), acc[m][0]);
-      acc[m][1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xs + m * xstride + k + 8), acc[m][1]);
-    }
-  };
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) step(w + k, k);
-  if (k < K) {
-    uint16_t tail[16] = {};
-    std::memcpy(tail, w + k, size_t(K - k) * 2);
-    step(tail, k);
+// Tiles of R rows of W x M rows of x, one accumulator per (row, x row), R·M ≤ 8: x is
+// loaded once per 8 columns for all R rows (one row at a time re-read x from L2 per row —
+// with K = 2048 four rows of x fill L1 — and ran M = 3–4 at 0.2–0.3 of membw), weights
+// widened in registers. A software prefetch runs one tile of rows ahead (at least 8 KiB),
+// as gemv_avx512.cpp explains. The K tail goes through zero-padded copies of the rows.
+struct WBf16 {
+  using T = uint16_t;
+  static __m256 load8(const T* w) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))), 16));
   }
-  for (int m = 0; m < M; ++m) store_y(y + m * ldy, hsum(_mm256_add_ps(acc[m][0], acc[m][1])), accumulate);
+};
+struct WFp8 {  // e4m3·2^-8 through F16 (the 2^8 is in x·s); NaN codes: see nan_rows
+  using T = uint8_t;
+  static __m256 load8(const T* w) {
+    const __m128i h = _mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w))), 7);
+    return _mm256_cvtph_ps(_mm_and_si128(h, _mm_set1_epi16(int16_t(0xbfff))));
+  }
+};
+
+// Whether row w[0..K) holds an E4M3 NaN code (S.1111.111).
+bool has_nan_code(const uint8_t* w, int64_t K) {
+  const __m256i c7f = _mm256_set1_epi8(0x7f);
+  __m256i any = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32)
+    any = _mm256_or_si256(any, _mm256_cmpeq_epi8(
+        _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)), c7f), c7f));
+  bool nan = !_mm256_testz_si256(any, any);
+  for (; k < K; ++k) nan |= (w[k] & 0x7f) == 0x7f;
+  return nan;
 }
 
-// 32 FP8 codes per step as four vectors of e4m3·2^-8.
-template <int M>
-void row_fp8(const uint8_t* w, int64_t K, const float* xs, int64_t xstride, float* y, int64_t ldy,
-             bool accumulate) {
-  const __m256i keep = _mm256_set1_epi16(int16_t(0xbfff)), c7f = _mm256_set1_epi8(0x7f);
-  __m256i nan_codes = _mm256_setzero_si256();
-  __m256 acc[M][2];
-  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
-  auto step = [&](const uint8_t* src, int64_t k) {
-    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-    nan_codes = _mm256_or_si256(nan_codes, _mm256_cmpeq_epi8(_mm256_and_si256(b, c7f), c7f));
-    const __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(b)), 7), keep);
-    const __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(b, 1)), 7), keep);
-    const __m256 f0 = _mm256_cvtph_ps(_mm256_castsi256_si128(h0)), f1 = _mm256_cvtph_ps(_mm256_extracti128_si256(h0, 1));
-    const __m256 f2 = _mm256_cvtph_ps(_mm256_castsi256_si128(h1)), f3 = _mm256_cvtph_ps(_mm256_extracti128_si256(h1, 1));
-    for (int m = 0; m < M; ++m) {
-      const float* xm = xs + m * xstride + k;
-      acc[m][0] = _mm256_fmadd_ps(f0, _mm256_loadu_ps(xm), acc[m][0]);
-      acc[m][1] = _mm256_fmadd_ps(f1, _mm256_loadu_ps(xm + 8), acc[m][1]);
-      acc[m][0] = _mm256_fmadd_ps(f2, _mm256_loadu_ps(xm + 16), acc[m][0]);
-      acc[m][1] = _mm256_fmadd_ps(f3, _mm256_loadu_ps(xm + 24), acc[m][1]);
+template <int R, int M, class W>
+void tile(const typename W::T* w, int64_t ldw, int64_t K, const float* xs, int64_t xstride,
+          float* y, int64_t ldy, bool accumulate, int64_t pf) {
+  static_assert(R * M <= 8, "GEMV tile too large");
+  using T = typename W::T;
+  __m256 acc[R][M];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  auto step = [&](const T* const* rows, int64_t k) __attribute__((always_inline)) {
+    __m256 x[M];
+#pragma GCC unroll 4
+    for (int m = 0; m < M; ++m) x[m] = _mm256_loadu_ps(xs + m * xstride + k);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m256 wr = W::load8(rows[r]);
+#pragma GCC unroll 4
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(wr, x[m], acc[r][m]);
     }
   };
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) step(w + k, k);
-  if (k < K) {
-    uint8_t tail[32] = {};
-    std::memcpy(tail, w + k, size_t(K - k));
-    step(tail, k);
+  const int64_t kfull = K / 8 * 8;
+  const T* rows[R];
+  for (int64_t k = 0; k < kfull; k += 8) {
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      rows[r] = w + r * ldw + k;
+      if ((k & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(rows[r]) + pf, _MM_HINT_T1);
+    }
+    step(rows, k);
   }
-  const float nan = _mm256_testz_si256(nan_codes, nan_codes) ? 0.f : __builtin_nanf("");
-  for (int m = 0; m < M; ++m)
-    store_y(y + m * ldy, hsum(_mm256_add_ps(acc[m][0], acc[m][1])) + nan, accumulate);
+  if (kfull < K) {
+    T tail[R][8] = {};
+    for (int r = 0; r < R; ++r) {
+      std::memcpy(tail[r], w + r * ldw + kfull, size_t(K - kfull) * sizeof(T));
+      rows[r] = tail[r];
+    }
+    step(rows, kfull);
+  }
+  float nan[R] = {};
+  if constexpr (sizeof(T) == 1)
+    for (int r = 0; r < R; ++r)
+      if (has_nan_code(reinterpret_cast<const uint8_t*>(w + r * ldw), K)) nan[r] = __builtin_nanf("");
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) store_y(y + m * ldy + r, hsum(acc[r][m]) + nan[r], accumulate);
+}
+
+// Rows [n0, n1): R-row tiles, then single rows.
+template <int R, int M, class W>
+void rows(const typename W::T* w, int64_t ldw, int64_t K, int64_t n0, int64_t n1, const float* xs,
+          int64_t xstride, float* y, int64_t ldy, bool accumulate) {
+  const int64_t row_bytes = ldw * int64_t(sizeof(typename W::T));
+  const int64_t pf = R * row_bytes > 8192 ? R * row_bytes : 8192;
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) tile<R, M, W>(w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
+  for (; n < n1; ++n) tile<1, M, W>(w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
 }
 
 template <int M>
 void range_bf16(const GemvBF16& p, int64_t n0, int64_t n1, const float* xs, int64_t xstride) {
-  for (int64_t n = n0; n < n1; ++n) row_bf16<M>(p.w + n * p.ldw, p.K, xs, xstride, p.y + n, p.ldy, p.accumulate);
+  constexpr int R = M == 1 ? 2 : M == 2 ? 4 : 2;
+  rows<R, M, WBf16>(p.w, p.ldw, p.K, n0, n1, xs, xstride, p.y, p.ldy, p.accumulate);
 }
 
 template <int M>
@@ -115,7 +147,8 @@ void range_fp8(const GemvFP8& p, int64_t n0, int64_t n1, float* xs, int64_t xstr
     for (int m = 0; m < M; ++m) prep_x(p.x + m * p.ldx, p.K, p.w_scale + blk * kb, 256.f, xs + m * xstride);
     *prepared = blk;
   }
-  for (int64_t n = n0; n < n1; ++n) row_fp8<M>(p.w + n * p.ldw, p.K, xs, xstride, p.y + n, p.ldy, p.accumulate);
+  constexpr int R = M == 1 ? 2 : M == 2 ? 4 : 2;
+  rows<R, M, WFp8>(p.w, p.ldw, p.K, n0, n1, xs, xstride, p.y, p.ldy, p.accumulate);
 }
 
 }  // namespace
