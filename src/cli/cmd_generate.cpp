@@ -1,6 +1,7 @@
 // `dsv3 generate`: text (or token ids) from a prompt, streamed as it is produced.
 // `dsv3 chat`: an interactive conversation in DeepSeek-V3's chat format over stdin/stdout;
 // the Generator keeps the cache between turns, so each turn prefills only its new messages.
+#include <algorithm>
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
@@ -23,12 +24,15 @@
 namespace dsv3::cli {
 namespace {
 
+constexpr int64_t kDefaultDraft = 3;
+
 struct GenArgs {
   std::string model, prompt, ids, system;
   bool prompt_given = false, ids_given = false, json = false, compare = false;
   std::string speculative = "none";  // "none" | "mtp"
-  int64_t draft = 0;                 // drafts per step; 0: num_nextn_predict_layers
-  double draft_min_p = 0;            // adaptive draft length; 0: always `draft`
+  int64_t draft = 0;                 // drafts per step; 0: the default (kDefaultDraft)
+  double draft_min_p = 0.2;          // adaptive draft length; 0: always `draft`
+  CLI::Option* draft_min_p_opt = nullptr;  // given on the command line?
   int64_t max_new_tokens = 128, context = 0;
   SamplingParams sampling;
   std::vector<std::string> stop;
@@ -48,10 +52,12 @@ void add_sampling_options(CLI::App* c, GenArgs& a) {
   c->add_option("--speculative", a.speculative,
                 "Speculative decoding: 'mtp' drafts with the model's MTP modules (default none)");
   c->add_option("--draft", a.draft,
-                "Tokens drafted per step with --speculative mtp (default num_nextn_predict_layers)");
-  c->add_option("--draft-min-p", a.draft_min_p,
-                "Stop drafting once the drafts' joint probability under the MTP module falls below "
-                "this (0 = always --draft; output is unchanged, only speed)");
+                "Most tokens drafted per step with --speculative mtp (default 3, or "
+                "num_nextn_predict_layers if larger; drafts past it chain the last module)");
+  a.draft_min_p_opt = c->add_option("--draft-min-p", a.draft_min_p,
+                                    "Stop drafting once the drafts' joint probability under the MTP "
+                                    "module falls below this (default 0.2; 0 = always --draft; "
+                                    "output is unchanged, only speed)");
 }
 
 bool speculating(const GenArgs& a) {
@@ -61,7 +67,8 @@ bool speculating(const GenArgs& a) {
   DSV3_CHECK(a.draft == 0 || a.speculative == "mtp", "--draft needs --speculative mtp");
   DSV3_CHECK(a.draft_min_p >= 0 && a.draft_min_p <= 1, "--draft-min-p must be in [0, 1], got ",
              a.draft_min_p);
-  DSV3_CHECK(a.draft_min_p == 0 || a.speculative == "mtp", "--draft-min-p needs --speculative mtp");
+  DSV3_CHECK(a.draft_min_p_opt == nullptr || a.draft_min_p_opt->count() == 0 || a.speculative == "mtp",
+             "--draft-min-p needs --speculative mtp");
   return a.speculative == "mtp";
 }
 
@@ -91,7 +98,9 @@ GenerateOptions generate_options(const GenArgs& a, const Model& m) {
   o.sampling = a.sampling;
   o.stop = a.stop;
   if (speculating(a)) {
-    o.speculative_draft = a.draft > 0 ? a.draft : m.n_mtp();
+    // Defaults measured on configs/mtp-bench.json (docs/PERF.md): up to 3 drafts with the
+    // 0.2 cut-off was within noise of the best fixed length everywhere and well ahead of 1.
+    o.speculative_draft = a.draft > 0 ? a.draft : std::max<int64_t>(kDefaultDraft, m.n_mtp());
     o.speculative_min_p = a.draft_min_p;
   }
   return o;
