@@ -5,11 +5,10 @@
 // few rows; here each W row is read in place, widened to F32 in registers once per group of
 // up to 4 A rows, and dotted with them. A is widened to F32 once per call.
 //
-// FP8 decode, 8 codes at a time: sign-extend the bytes to 16 bits, shift left 7, clear bit 14:
-// that is the F16 bit pattern of e4m3 · 2^-8, exactly, subnormals included; VCVTPH2PS
-// widens it to F32 (the 2^8 goes into the block scale). NaN codes (S.1111.111) decode as
-// finite numbers there, so each W row is scanned for them first and its outputs made NaN,
-// as the reference gives.
+// FP8 decode, 8 codes at a time, through F16 bits (simd_avx2.h load8_e4m3_scaled: exact,
+// e4m3 · 2^-8, the 2^8 goes into the block scale). NaN codes decode as finite numbers
+// there, so each W row is scanned for them first and its outputs made NaN, as the
+// reference gives.
 //
 // Order of operations (gemm.h's contract): each 128-K block is summed in fresh FP32
 // accumulators (8 lanes, then across lanes), and C += partial · (sa · sb) block by block in
@@ -27,6 +26,7 @@
 #include <cstring>
 
 #include "kernels/gemm_internal.h"
+#include "kernels/simd_avx2.h"
 
 namespace dsv3::detail {
 
@@ -36,28 +36,8 @@ constexpr int64_t kBlk = 128;  // promotion interval and scale block (report §3
 constexpr int kMT = 4;         // A rows per register tile
 constexpr int kNB = 2;         // W rows per register tile: 8 accumulators, 2 decoded rows
 
-// 8 E4M3 codes -> 8 F32 = e4m3 · 2^-8 (NaN codes: finite garbage, see the top).
-inline __m256 e4m3x8_scaled(__m128i codes) {
-  const __m128i w = _mm_slli_epi16(_mm_cvtepi8_epi16(codes), 7);
-  return _mm256_cvtph_ps(_mm_and_si128(w, _mm_set1_epi16(int16_t(0xBFFF))));
-}
-
-// Whether row w[0..K) holds a NaN code.
-bool has_nan_code(const uint8_t* w, int64_t K) {
-  const __m256i m7f = _mm256_set1_epi8(0x7F);
-  __m256i any = _mm256_setzero_si256();
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
-    const __m256i v = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)), m7f);
-    any = _mm256_or_si256(any, _mm256_cmpeq_epi8(v, m7f));
-  }
-  bool nan = !_mm256_testz_si256(any, any);
-  for (; k < K; ++k) nan |= (w[k] & 0x7F) == 0x7F;
-  return nan;
-}
-
 // Sums of the 8 vectors s[0..7], in order, as one vector.
-inline __m256 hsum8(const __m256 s[8]) {
+inline __m256 hsum_each8(const __m256 s[8]) {
   const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
   const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
   return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
@@ -72,7 +52,7 @@ float b_scale(const GemmFP8& p, int64_t j, int64_t kb) {
 struct WFp8 {
   using T = uint8_t;
   const GemmFP8* p;
-  static __m256 load8(const T* w) { return e4m3x8_scaled(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w))); }
+  static __m256 load8(const T* w) { return load8_e4m3_scaled(w); }
   float scale(int64_t i, int64_t j, int64_t kb) const {
     const float sa = p->A_bf16 ? 1.f : p->a_scale[i * p->lda_scale + kb];
     return sa * (b_scale(*p, j, kb) * 256.f);  // the decode's 2^-8
@@ -80,10 +60,7 @@ struct WFp8 {
 };
 struct WBf16 {
   using T = uint16_t;
-  static __m256 load8(const T* w) {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
-  }
+  static __m256 load8(const T* w) { return load8_bf16(w); }
   float scale(int64_t, int64_t, int64_t) const { return 1.f; }
 };
 struct WF32 {
@@ -131,7 +108,7 @@ void tile(const Ctx<W>& c, int64_t i0, int64_t j, const typename W::T (*tail)[8]
       }
     }
     alignas(32) float part[8];
-    _mm256_store_ps(part, hsum8(s));
+    _mm256_store_ps(part, hsum_each8(s));
     for (int n = 0; n < NB; ++n)
       for (int m = 0; m < MT; ++m)
         tot[m * kNB + n] += part[m * kNB + n] * c.wk.scale(i0 + m, j + n, kb);
@@ -150,7 +127,7 @@ void column_tile(const Ctx<W>& c, int64_t j) {
   for (int n = 0; n < NB; ++n) {
     const T* row = c.w + (j + n) * c.ldw;
     std::memcpy(tail[n], row + kfull, size_t(K - kfull) * sizeof(T));
-    if constexpr (sizeof(T) == 1) nan_row[n] = has_nan_code(row, K);
+    if constexpr (sizeof(T) == 1) nan_row[n] = has_e4m3_nan(row, K);
   }
   for (int64_t i0 = 0; i0 < c.M; i0 += kMT) {
     switch (c.M - i0 < kMT ? c.M - i0 : kMT) {

@@ -1,9 +1,8 @@
-// AVX2 GEMV (kernels/gemv.h) for x86 CPUs without AVX-512 BF16/VBMI: one row of W at a
-// time against M rows of x, weights converted in registers, F32 FMA. FP8 goes through
-// F16 (sign-extend, shift left 7, clear bit 14 = the F16 bits of e4m3·2^-8; VCVTPH2PS;
-// the 2^8 is folded into x·s); that decodes NaN codes as finite numbers, so a compare
-// flags them and the row's outputs become NaN (gemv.h). Same threading and scratch
-// layout as gemv_avx512.cpp.
+// AVX2 GEMV (kernels/gemv.h) for x86 CPUs without AVX-512 BF16/VBMI: tiles of a few rows
+// of W against M rows of x, weights converted in registers, F32 FMA. FP8 goes through F16
+// (simd_avx2.h load8_e4m3_scaled: e4m3·2^-8, the 2^8 folded into x·s); that decodes NaN
+// codes as finite numbers, so each row is checked for them and its outputs become NaN
+// (gemv.h). Same threading and scratch layout as gemv_avx512.cpp.
 #include <immintrin.h>
 
 #include <omp.h>
@@ -13,6 +12,7 @@
 #include <cstring>
 
 #include "kernels/gemv_impl.h"
+#include "kernels/simd_avx2.h"
 
 namespace dsv3::avx2 {
 
@@ -23,12 +23,6 @@ constexpr int64_t kBlock = 128;  // FP8 scale block (kernels/quant.h kFp8Block)
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 void store_y(float* y, float v, bool accumulate) { *y = accumulate ? *y + v : v; }
-
-float hsum(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
-}
 
 int64_t chunk_rows(int64_t N, int threads, int64_t max_rows) {
   int64_t c = max_rows;
@@ -50,31 +44,12 @@ void prep_x(const float* x, int64_t K, const float* s, float factor, float* xs) 
 // as gemv_avx512.cpp explains. The K tail goes through zero-padded copies of the rows.
 struct WBf16 {
   using T = uint16_t;
-  static __m256 load8(const T* w) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(
-        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))), 16));
-  }
+  static __m256 load8(const T* w) { return load8_bf16(w); }
 };
-struct WFp8 {  // e4m3·2^-8 through F16 (the 2^8 is in x·s); NaN codes: see nan_rows
+struct WFp8 {  // e4m3·2^-8 (the 2^8 is in x·s); NaN codes: has_e4m3_nan below
   using T = uint8_t;
-  static __m256 load8(const T* w) {
-    const __m128i h = _mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w))), 7);
-    return _mm256_cvtph_ps(_mm_and_si128(h, _mm_set1_epi16(int16_t(0xbfff))));
-  }
+  static __m256 load8(const T* w) { return load8_e4m3_scaled(w); }
 };
-
-// Whether row w[0..K) holds an E4M3 NaN code (S.1111.111).
-bool has_nan_code(const uint8_t* w, int64_t K) {
-  const __m256i c7f = _mm256_set1_epi8(0x7f);
-  __m256i any = _mm256_setzero_si256();
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32)
-    any = _mm256_or_si256(any, _mm256_cmpeq_epi8(
-        _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)), c7f), c7f));
-  bool nan = !_mm256_testz_si256(any, any);
-  for (; k < K; ++k) nan |= (w[k] & 0x7f) == 0x7f;
-  return nan;
-}
 
 template <int R, int M, class W>
 void tile(const typename W::T* w, int64_t ldw, int64_t K, const float* xs, int64_t xstride,
@@ -118,9 +93,9 @@ void tile(const typename W::T* w, int64_t ldw, int64_t K, const float* xs, int64
   float nan[R] = {};
   if constexpr (sizeof(T) == 1)
     for (int r = 0; r < R; ++r)
-      if (has_nan_code(reinterpret_cast<const uint8_t*>(w + r * ldw), K)) nan[r] = __builtin_nanf("");
+      if (has_e4m3_nan(reinterpret_cast<const uint8_t*>(w + r * ldw), K)) nan[r] = __builtin_nanf("");
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) store_y(y + m * ldy + r, hsum(acc[r][m]) + nan[r], accumulate);
+    for (int m = 0; m < M; ++m) store_y(y + m * ldy + r, hsum8(acc[r][m]) + nan[r], accumulate);
 }
 
 // Rows [n0, n1): R-row tiles, then single rows.

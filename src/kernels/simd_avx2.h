@@ -37,6 +37,34 @@ inline float hmax8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// 8 BF16 -> 8 F32 (exact: a BF16 is the high half of an F32).
+inline __m256 load8_bf16(const uint16_t* p) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+
+// 8 E4M3 codes -> 8 F32 = e4m3 · 2^-8, exactly: sign-extend the bytes to 16 bits, shift left
+// 7, clear bit 14 — the F16 bit pattern of e4m3 · 2^-8, subnormals included — and widen
+// with VCVTPH2PS. NaN codes (S.1111.111) come out as finite numbers: callers check the
+// codes with has_e4m3_nan and make the affected outputs NaN.
+inline __m256 load8_e4m3_scaled(const uint8_t* p) {
+  const __m128i h = _mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), 7);
+  return _mm256_cvtph_ps(_mm_and_si128(h, _mm_set1_epi16(int16_t(0xBFFF))));
+}
+
+// Whether codes w[0..K) hold an E4M3 NaN (S.1111.111).
+inline bool has_e4m3_nan(const uint8_t* w, int64_t K) {
+  const __m256i c7f = _mm256_set1_epi8(0x7F);
+  __m256i any = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32)
+    any = _mm256_or_si256(any, _mm256_cmpeq_epi8(
+        _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)), c7f), c7f));
+  bool nan = !_mm256_testz_si256(any, any);
+  for (; k < K; ++k) nan |= (w[k] & 0x7F) == 0x7F;
+  return nan;
+}
+
 // exp(x) for 8 floats: the same range reduction and polynomial as exp512
 // (simd_avx512.h). Without scalef, 2^n is applied as two exact power-of-two factors
 // 2^(n−⌊n/2⌋)·2^⌊n/2⌋ (each a normal float for n ∈ [−150, 128]), so the only rounding is
