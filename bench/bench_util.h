@@ -38,45 +38,33 @@ inline double measure_membw(int threads, int passes = 7) {
   return median(v);
 }
 
-// Our GEMM at 2048³ in BF16 or F32, GFLOP/s, the median of 5 after one warm-up: the FLOP
-// limit of this machine in this run, which prefill and training throughput are judged by.
-inline double gemm_peak_gflops(bool bf16, int threads) {
+// y = x·Wᵀ at 2048³ with every element `one` (GemmF32 / GemmBF16 and its gemm), GFLOP/s,
+// the median of 5 after one warm-up.
+template <class G, class T>
+double square_gemm_gflops(T one, void (*gemm)(const G&, int), int threads) {
   const int64_t n = 2048;
-  std::vector<uint16_t> a16, b16;
-  std::vector<float> a32, b32;
-  std::vector<float> cm(size_t(n * n));
-  std::function<void()> run;
-  if (bf16) {
-    a16.assign(size_t(n * n), 0x3f80);
-    b16.assign(size_t(n * n), 0x3f80);
-    run = [&] {
-      GemmBF16 g;
-      g.M = g.N = g.K = n;
-      g.A = a16.data(); g.lda = n;
-      g.B = b16.data(); g.ldb = n; g.trans_b = true;
-      g.C = cm.data(); g.ldc = n;
-      gemm_bf16(g, threads);
-    };
-  } else {
-    a32.assign(size_t(n * n), 1.0f);
-    b32.assign(size_t(n * n), 1.0f);
-    run = [&] {
-      GemmF32 g;
-      g.M = g.N = g.K = n;
-      g.A = a32.data(); g.lda = n;
-      g.B = b32.data(); g.ldb = n; g.trans_b = true;
-      g.C = cm.data(); g.ldc = n;
-      gemm_f32(g, threads);
-    };
-  }
-  run();
+  std::vector<T> a(size_t(n * n), one), b(size_t(n * n), one);
+  std::vector<float> c(size_t(n * n));
+  G g;
+  g.M = g.N = g.K = n;
+  g.A = a.data(); g.lda = n;
+  g.B = b.data(); g.ldb = n; g.trans_b = true;
+  g.C = c.data(); g.ldc = n;
+  gemm(g, threads);
   std::vector<double> v;
   for (int r = 0; r < 5; ++r) {
     const double t0 = now_s();
-    run();
+    gemm(g, threads);
     v.push_back(2.0 * double(n * n * n) / (now_s() - t0) * 1e-9);
   }
   return median(v);
+}
+
+// Our GEMM at 2048³ in BF16 or F32: the FLOP limit of this machine in this run, which
+// prefill and training throughput are judged by.
+inline double gemm_peak_gflops(bool bf16, int threads) {
+  return bf16 ? square_gemm_gflops<GemmBF16, uint16_t>(0x3f80, gemm_bf16, threads)
+              : square_gemm_gflops<GemmF32, float>(1.0f, gemm_f32, threads);
 }
 
 // A tiny LCG for benchmark inputs (token ids, cache rows): 24 bits per step.
