@@ -53,11 +53,15 @@ void run_case(Shape s, bool ta, bool tb, bool acc, int threads, std::mt19937& rn
       A.at(i, j) = from_f(u(rng));
       Aabs.at(i, j) = std::fabs(to_f(A.at(i, j)));
     }
-  for (int64_t i = 0; i < B.rows; ++i)
+  for (int64_t i = 0; i < B.rows; ++i) {
     for (int64_t j = 0; j < B.cols; ++j) {
       B.at(i, j) = from_f(u(rng));
       Babs.at(i, j) = std::fabs(to_f(B.at(i, j)));
     }
+    // NaN in the padding past each row: a kernel that reads beyond the matrix (say a
+    // K pair past an odd K) turns C into NaN even where it multiplies the read by zero.
+    for (int64_t j = B.cols; j < B.ld; ++j) B.at(i, j) = from_f(NAN);
+  }
   for (int64_t i = 0; i < s.M; ++i)
     for (int64_t j = 0; j < s.N; ++j) C.at(i, j) = R.at(i, j) = u(rng);
   // Σ|a||b| by the reference on absolute values.
@@ -138,6 +142,20 @@ TEST(Gemm, LargeShapesBothGrids) {
   run_case<float>(Shape{1100, 40, 30}, true, false, false, 1, rng, id, id);
   run_case<uint16_t>(Shape{1100, 40, 30}, false, true, true, 2, rng, bf16_f, f32_to_bf16);
   run_case<uint16_t>(Shape{testing::kFull ? 30 : 17, 1030, 2040}, false, true, false, 2, rng, bf16_f, f32_to_bf16);
+}
+
+// BF16 fprop with 16..512 rows mostly filling vectors of 16 and K >= 256 takes the
+// broadcast-W kernel on AVX-512 (gemm_bcast_avx512.cpp; rule in gemm_avx512.cpp): row
+// tiles of 48 / 32 / 16, column groups of 9 and their edges, odd K (the tail pair), K past
+// one 4096 block (C updated between blocks), 1..3 threads, accumulate on and off.
+TEST(Gemm, BF16BroadcastPath) {
+  std::mt19937 rng(11);
+  std::vector<Shape> s = {{16, 10, 256}, {32, 19, 301}, {47, 23, 513}, {64, 46, 258},
+                          {113, 30, 300}, {48, 5, 260}, {16, 11, 4099}, {96, 1, 256}};
+  if (testing::kFull) s.insert(s.end(), {{512, 50, 600}, {250, 100, 8200}});
+  int n = 0;
+  for (const Shape& sh : s)
+    for (bool acc : {false, true}) run_case<uint16_t>(sh, false, true, acc, 1 + n++ % 3, rng, bf16_f, f32_to_bf16);
 }
 
 // Called from inside a parallel region (a layer already split over threads), the GEMM

@@ -19,6 +19,7 @@
 #include "core/dtype.h"
 #include "gemm_test_util.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_internal.h"
 #include "kernels/quant.h"
 
 namespace dsv3 {
@@ -146,6 +147,39 @@ Mat<float> abs_sums(const Fp8Case& c) {
   return S;
 }
 
+// Runs run(p) on c with accumulate off and on and compares C with gemm_fp8_ref.
+template <class Run>
+void compare_with_ref(const Fp8Case& c, Form f, const Mat<float>& S, const char* path, Run run) {
+  const int64_t M = c.p.M, N = c.p.N, K = c.p.K;
+  for (bool acc : {false, true}) {
+    Mat<float> C(M, N, 3), R(M, N, 0);
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) C.at(i, j) = R.at(i, j) = float((i + 2 * j) % 5) - 2.f;
+      C.at(i, N) = 777.f;
+    }
+    GemmFP8 p = c.p;
+    p.accumulate = acc;
+    p.C = R.p; p.ldc = R.ld;
+    gemm_fp8_ref(p);
+    p.C = C.p; p.ldc = C.ld;
+    run(p);
+    const double nblk = double(fp8_blocks(K));
+    int bad = 0;
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) {
+        const double sum = double(S.p[i * S.ld + j]) + (acc ? 2.0 : 0.0);
+        const double tol = 2.0 * (128.0 + nblk + 4.0) * kU * sum;
+        const double err = std::fabs(double(C.at(i, j)) - double(R.at(i, j)));
+        if (!(err <= tol) && bad++ < 5)
+          ADD_FAILURE() << form_name(f) << " " << path << " M=" << M << " N=" << N << " K=" << K
+                        << " acc=" << acc << " at (" << i << "," << j << "): got " << C.at(i, j)
+                        << " want " << R.at(i, j) << " tol " << tol;
+      }
+      ASSERT_EQ(C.at(i, N), 777.f) << "wrote past N";
+    }
+  }
+}
+
 TEST(GemmFp8, AllPathsMatchReference) {
   IsaGuard guard;
   std::mt19937 rng(11);
@@ -154,44 +188,37 @@ TEST(GemmFp8, AllPathsMatchReference) {
     for (Form f : {Form::Fprop, Form::Dgrad, Form::Wgrad, Form::FpropBf16A}) {
       const Fp8Case c(f, s.M, s.N, s.K, rng);
       const Mat<float> S = abs_sums(c);
-      for (bool acc : {false, true}) {
-        Mat<float> C0(s.M, s.N, 0), R(s.M, s.N, 0);
-        for (int64_t i = 0; i < s.M; ++i)
-          for (int64_t j = 0; j < s.N; ++j) C0.at(i, j) = R.at(i, j) = float((i + 2 * j) % 5) - 2.f;
-        GemmFP8 p = c.p;
-        p.accumulate = acc;
-        p.C = R.p; p.ldc = R.ld;
-        gemm_fp8_ref(p);
-        for (Isa isa : testing::isas()) {
-          // The scalar path is gemm_fp8_ref itself: once is enough to check the dispatch.
-          if (isa == Isa::Scalar && (acc || s.M * s.N * s.K > 100000)) continue;
-          set_isa(isa);
-          Mat<float> C(s.M, s.N, 3);
-          for (int64_t i = 0; i < s.M; ++i) {
-            for (int64_t j = 0; j < s.N; ++j) C.at(i, j) = C0.at(i, j);
-            C.at(i, s.N) = 777.f;
-          }
-          p.C = C.p; p.ldc = C.ld;
-          gemm_fp8(p, 1 + (n++ % 2));
-          const double nblk = double(fp8_blocks(s.K));
-          int bad = 0;
-          for (int64_t i = 0; i < s.M; ++i) {
-            for (int64_t j = 0; j < s.N; ++j) {
-              const double sum = double(S.p[i * S.ld + j]) + (acc ? 2.0 : 0.0);
-              const double tol = 2.0 * (128.0 + nblk + 4.0) * kU * sum;
-              const double err = std::fabs(double(C.at(i, j)) - double(R.at(i, j)));
-              if (!(err <= tol) && bad++ < 5)
-                ADD_FAILURE() << form_name(f) << " isa=" << isa_name(isa) << " M=" << s.M
-                              << " N=" << s.N << " K=" << s.K << " acc=" << acc << " at (" << i
-                              << "," << j << "): got " << C.at(i, j) << " want " << R.at(i, j)
-                              << " tol " << tol;
-            }
-            ASSERT_EQ(C.at(i, s.N), 777.f) << "wrote past N";
-          }
-        }
+      for (Isa isa : testing::isas()) {
+        // The scalar path is gemm_fp8_ref itself: small shapes are enough to check the dispatch.
+        if (isa == Isa::Scalar && s.M * s.N * s.K > 100000) continue;
+        set_isa(isa);
+        compare_with_ref(c, f, S, isa_name(isa), [&](const GemmFP8& p) { gemm_fp8(p, 1 + (n++ % 2)); });
+        if (::testing::Test::HasFatalFailure()) return;
       }
     }
   }
+}
+
+// The AVX-512 broadcast-W kernel (gemm_bcast_avx512.cpp) called directly on every shape
+// above and every form it serves (W [N,K]: fprop with E4M3 or BF16 A, wgrad's Col128
+// scales), whatever gemm_fp8 would route there; then one shape that gemm_fp8 itself routes
+// to it (16 rows, K >= 1024, N·K >= 2^21: gemm_avx512.cpp).
+TEST(GemmFp8, BroadcastPath) {
+  if (best_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
+  std::mt19937 rng(13);
+  int n = 0;
+  std::vector<Shape> all = shapes();
+  all.push_back({47, 20, 4200});  // two K blocks of 4096, the second 104 long
+  for (const Shape& s : all) {
+    for (Form f : {Form::Fprop, Form::Wgrad, Form::FpropBf16A}) {
+      const Fp8Case c(f, s.M, s.N, s.K, rng);
+      compare_with_ref(c, f, abs_sums(c), "bcast", [&](const GemmFP8& p) { detail::gemm_bcast_fp8_avx512(p, 1 + (n++ % 3)); });
+    }
+  }
+  IsaGuard guard;
+  set_isa(Isa::Avx512);
+  const Fp8Case c(Form::FpropBf16A, 16, 2048, 1024, rng);
+  compare_with_ref(c, Form::FpropBf16A, abs_sums(c), "routed", [](const GemmFP8& p) { gemm_fp8(p, 2); });
 }
 
 // Every one of the 256 E4M3 codes through every path, exactly: C[0,j] = 1.0 · code j (the

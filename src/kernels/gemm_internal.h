@@ -42,6 +42,10 @@ void gemm_fp8_avx2(const GemmFP8& p, int threads);
 void gemm_small_f32_avx512(const GemmF32& p, int threads);
 void gemm_small_bf16_avx512(const GemmBF16& p, int threads);
 void gemm_small_fp8_avx512(const GemmFP8& p, int threads);
+// Skinny fprop with only A packed, W broadcast in place (gemm_bcast_avx512.cpp); FP8
+// needs trans_b.
+void gemm_bcast_bf16_avx512(const GemmBF16& p, int threads);
+void gemm_bcast_fp8_avx512(const GemmFP8& p, int threads);
 // The same on AVX2 (gemm_small_avx2.cpp).
 void gemm_small_f32_avx2(const GemmF32& p, int threads);
 void gemm_small_bf16_avx2(const GemmBF16& p, int threads);
@@ -59,6 +63,16 @@ void pack_a_bf16_avx512(const uint16_t* A, int64_t lda, bool trans, int64_t i0, 
                         int64_t k0, int64_t kc, uint32_t* dst);
 void pack_b_bf16_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
                         int64_t k0, int64_t kc, uint32_t* dst);
+// Rows i0 .. i0+rows-1 (rows <= 16) of a K-contiguous BF16 matrix as pairs:
+// dst[s * stride + r] = (A[i0+r][k0+2s], A[i0+r][k0+2s+1]); lanes r >= rows and the odd K
+// tail are zero. The operand of the broadcast-W skinny GEMM (gemm_bcast_avx512.cpp).
+// perm64: within each 64 elements of K the pairs come in the order e4m3x64_to_bf16
+// decodes E4M3 in (gemm_e4m3_avx512.inc), K zero-padded to a multiple of 64.
+void pack_rows16_bf16_avx512(const uint16_t* A, int64_t lda, int64_t i0, int rows, int64_t k0,
+                             int64_t kc, uint32_t* dst, int64_t stride, bool perm64);
+// The same from E4M3 codes, decoded to BF16, always in the perm64 order.
+void pack_rows16_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int rows, int64_t k0,
+                             int64_t kc, uint32_t* dst, int64_t stride);
 // E4M3 codes, converted to BF16 on the way (via e4m3_bf16_table()).
 void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
                         int64_t kc, uint32_t* dst);

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "kernels/gemm_internal.h"
+#include "kernels/simd_avx512.h"
 
 namespace dsv3::detail {
 
@@ -21,39 +22,13 @@ constexpr int MR = kMR512, NR = kNR512;
 inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
 inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1); }
 
-// In-register transpose of 16 rows of 16 32-bit items: r[i][j] -> r[j][i].
-inline void transpose16(__m512 r[16]) {
-  __m512 a[16], b[16];
-  for (int i = 0; i < 8; ++i) {
-    a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int q = 0; q < 4; ++q) {  // b[4q+j], 128-bit lane L: column 4L+j of rows 4q..4q+3
-    const __m512d a0 = _mm512_castps_pd(a[4 * q]), a1 = _mm512_castps_pd(a[4 * q + 1]);
-    const __m512d a2 = _mm512_castps_pd(a[4 * q + 2]), a3 = _mm512_castps_pd(a[4 * q + 3]);
-    b[4 * q + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-    b[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-    b[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-    b[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-  }
-  for (int j = 0; j < 4; ++j) {
-    const __m512 c01 = _mm512_shuffle_f32x4(b[j], b[4 + j], 0x44);
-    const __m512 c23 = _mm512_shuffle_f32x4(b[j], b[4 + j], 0xEE);
-    const __m512 d01 = _mm512_shuffle_f32x4(b[8 + j], b[12 + j], 0x44);
-    const __m512 d23 = _mm512_shuffle_f32x4(b[8 + j], b[12 + j], 0xEE);
-    r[j] = _mm512_shuffle_f32x4(c01, d01, 0x88);
-    r[4 + j] = _mm512_shuffle_f32x4(c01, d01, 0xDD);
-    r[8 + j] = _mm512_shuffle_f32x4(c23, d23, 0x88);
-    r[12 + j] = _mm512_shuffle_f32x4(c23, d23, 0xDD);
-  }
-}
-
 // The transposing pack shared by every operand stored with K contiguous (A not
 // transposed, B transposed): `rows` source runs of 32-bit items (row i, items t0..t0+15
-// come from load(i, t0)) become dst[item][W], W = the panel width (MR or NR), lanes
-// past `rows` zero. 16x16 blocks go through registers.
+// come from load(i, t0)) become dst[item * stride + lane], lane < W = the panel width
+// (MR, NR or 16), lanes past `rows` zero; stride defaults to W. 16x16 blocks go through
+// registers.
 template <int W, class Load>
-void pack_t32(Load load, int rows, int64_t items, uint32_t* dst) {
+void pack_t32(Load load, int rows, int64_t items, uint32_t* dst, int64_t stride = W) {
   for (int c0 = 0; c0 < W; c0 += 16) {
     const int lanes = W - c0 < 16 ? W - c0 : 16;
     for (int64_t t0 = 0; t0 < items; t0 += 16) {
@@ -62,7 +37,7 @@ void pack_t32(Load load, int rows, int64_t items, uint32_t* dst) {
       transpose16(r);
       const int64_t nt = items - t0 < 16 ? items - t0 : 16;
       for (int t = 0; t < nt; ++t) {
-        float* d = (float*)(dst + (t0 + t) * W + c0);
+        float* d = (float*)(dst + (t0 + t) * stride + c0);
         if (lanes == 16) _mm512_storeu_ps(d, r[t]);
         else _mm512_mask_storeu_ps(d, mask16(lanes), r[t]);
       }
@@ -160,6 +135,39 @@ void pack_b_bf16_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, 
   }
 }
 
+// Items t0..t0+15 of a run whose 32-item chunks are loaded by chunk(c0) as two registers
+// (items c0..c0+15, c0+16..c0+31); with perm64 the items come in the order of
+// e4m3x64_to_bf16's output (gemm_e4m3_avx512.inc): item s of a chunk is its pair
+// 8·((s mod 16) / 4) + 4·(s >= 16) + s mod 4.
+template <class Chunk>
+inline __m512 perm64_items(Chunk chunk, int64_t t0) {
+  alignas(64) static constexpr int32_t kIdx[32] = {0,  1,  2,  3,  8,  9,  10, 11, 16, 17, 18,
+                                                   19, 24, 25, 26, 27, 4,  5,  6,  7,  12, 13,
+                                                   14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+  __m512i r0, r1;
+  chunk(t0 / 32 * 32, &r0, &r1);
+  const __m512i idx = _mm512_load_si512(kIdx + (t0 % 32 == 0 ? 0 : 16));
+  return _mm512_castsi512_ps(_mm512_permutex2var_epi32(r0, idx, r1));
+}
+
+void pack_rows16_bf16_avx512(const uint16_t* A, int64_t lda, int64_t i0, int rows, int64_t k0,
+                             int64_t kc, uint32_t* dst, int64_t stride, bool perm64) {
+  auto load = [&](int i, int64_t t0) {  // 32 BF16 = 16 items from item t0 of row i
+    return _mm512_maskz_loadu_epi16(mask32(kc - 2 * t0), A + (i0 + i) * lda + k0 + 2 * t0);
+  };
+  if (perm64) {
+    pack_t32<16>([&](int i, int64_t t0) {
+          return perm64_items([&](int64_t c0, __m512i* r0, __m512i* r1) {
+                *r0 = load(i, c0);
+                *r1 = load(i, c0 + 16);
+              }, t0);
+        }, rows, (kc + 63) / 64 * 32, dst, stride);
+    return;
+  }
+  pack_t32<16>([&](int i, int64_t t0) { return _mm512_castsi512_ps(load(i, t0)); }, rows,
+               (kc + 1) / 2, dst, stride);
+}
+
 // FP8: the decode is fused into the loads of the BF16 packing (each 32-code load
 // becomes one register of BF16 pairs).
 void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
@@ -168,6 +176,18 @@ void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64
   pack_t32<MR>([&](int i, int64_t t0) {
         return _mm512_castsi512_ps(e4m3x32_to_bf16(lut, A + (i0 + i) * lda + k0 + 2 * t0, kc - 2 * t0));
       }, mr, (kc + 1) / 2, dst);
+}
+
+void pack_rows16_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int rows, int64_t k0,
+                             int64_t kc, uint32_t* dst, int64_t stride) {
+  const E4m3Lut lut;
+  pack_t32<16>([&](int i, int64_t t0) {
+        return perm64_items([&](int64_t c0, __m512i* r0, __m512i* r1) {
+              const uint8_t* src = A + (i0 + i) * lda + k0 + 2 * c0;
+              *r0 = e4m3x32_to_bf16(lut, src, kc - 2 * c0);
+              *r1 = e4m3x32_to_bf16(lut, src + 32, kc - 2 * c0 - 32);
+            }, t0);
+      }, rows, (kc + 63) / 64 * 32, dst, stride);
 }
 
 // B is the big operand of skinny-M GEMMs, so its decode is fused into the transpose /

@@ -21,6 +21,7 @@ namespace {
 
 inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
 inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1); }
+#include "kernels/gemm_e4m3_avx512.inc"
 
 constexpr int kNB = 4;  // the widest column step (tiles below)
 // Every loop over the register tile is unrolled (#pragma GCC unroll): a runtime index into
@@ -92,45 +93,6 @@ void dot_bf16(const GemmBF16& p, int64_t i0, int64_t j) {
   for (int m = 0; m < M; ++m)
     #pragma GCC unroll 8
     for (int n = 0; n < NB; ++n) put(p.C + (i0 + m) * p.ldc + j + n, _mm512_reduce_add_ps(s[m][n]), p.accumulate);
-}
-
-// FP8 decode for the unpacked path, 64 codes at a time: the low and high bytes of the
-// BF16 value of each magnitude come from two 128-byte tables (vpermi2b, AVX512-VBMI),
-// the sign is bit 7 of the high byte, and unpacking bytes to words yields 2 x 32 BF16
-// in the in-lane order of vpunpck{l,h}bw: out0 = codes 16L+0..7, out1 = codes 16L+8..15
-// of each 128-bit lane L. A is stored in that same order (permute64 below), so the dot
-// products along K are unaffected. ~7 instructions per 64 codes instead of ~16.
-struct E4m3Bytes {
-  __m512i lo[2], hi[2];
-  E4m3Bytes() {
-    const uint16_t* tab = e4m3_bf16_table();
-    alignas(64) uint8_t l[128], h[128];
-    for (int i = 0; i < 128; ++i) {
-      l[i] = uint8_t(tab[i] & 0xFF);
-      h[i] = uint8_t(tab[i] >> 8);
-    }
-    for (int i = 0; i < 2; ++i) {
-      lo[i] = _mm512_load_si512(l + 64 * i);
-      hi[i] = _mm512_load_si512(h + 64 * i);
-    }
-  }
-};
-
-inline __mmask64 mask64(int64_t n) { return n >= 64 ? ~__mmask64(0) : n <= 0 ? __mmask64(0) : (__mmask64(1) << n) - 1; }
-
-inline void e4m3x64_to_bf16(const E4m3Bytes& t, const uint8_t* src, int64_t n, __m512i* out0, __m512i* out1) {
-  const __m512i v = _mm512_maskz_loadu_epi8(mask64(n), src);
-  const __m512i lo = _mm512_permutex2var_epi8(t.lo[0], v, t.lo[1]);
-  const __m512i hi = _mm512_or_si512(_mm512_permutex2var_epi8(t.hi[0], v, t.hi[1]),
-                                     _mm512_and_si512(v, _mm512_set1_epi8(char(0x80))));
-  *out0 = _mm512_unpacklo_epi8(lo, hi);
-  *out1 = _mm512_unpackhi_epi8(lo, hi);
-}
-
-// Position in the decode order of element e (0..63) of a 64-chunk.
-inline int permute64(int e) {
-  const int lane = e / 16, t = e % 16;
-  return (t < 8 ? 0 : 32) + lane * 8 + (t % 8);
 }
 
 // FP8: a16 [M, K64] is A decoded to BF16 in decode order (K64 = K rounded up to 64,

@@ -1,7 +1,7 @@
 // AVX-512 building blocks shared by the elementwise/row kernels (norm, activation,
-// softmax, loss, rope, topk). Include ONLY from *_avx512.cpp files: everything here is
-// internal-linkage (anonymous namespace), so no AVX-512 instruction can leak into code
-// that runs on a CPU without it (see CMakeLists.txt).
+// softmax, loss, rope, topk) and the GEMM packing and microkernels. Include ONLY from
+// *_avx512.cpp files: everything here is internal-linkage (anonymous namespace), so no
+// AVX-512 instruction can leak into code that runs on a CPU without it (CMakeLists.txt).
 #pragma once
 #include <immintrin.h>
 
@@ -26,6 +26,33 @@ inline void store16(float* p, __mmask16 m, __m512 v) {
     _mm512_storeu_ps(p, v);
   else
     _mm512_mask_storeu_ps(p, m, v);
+}
+
+// In-register transpose of 16 rows of 16 32-bit items: r[i][j] -> r[j][i].
+inline void transpose16(__m512 r[16]) {
+  __m512 a[16], b[16];
+  for (int i = 0; i < 8; ++i) {
+    a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int q = 0; q < 4; ++q) {  // b[4q+j], 128-bit lane L: column 4L+j of rows 4q..4q+3
+    const __m512d a0 = _mm512_castps_pd(a[4 * q]), a1 = _mm512_castps_pd(a[4 * q + 1]);
+    const __m512d a2 = _mm512_castps_pd(a[4 * q + 2]), a3 = _mm512_castps_pd(a[4 * q + 3]);
+    b[4 * q + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+    b[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+    b[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+    b[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512 c01 = _mm512_shuffle_f32x4(b[j], b[4 + j], 0x44);
+    const __m512 c23 = _mm512_shuffle_f32x4(b[j], b[4 + j], 0xEE);
+    const __m512 d01 = _mm512_shuffle_f32x4(b[8 + j], b[12 + j], 0x44);
+    const __m512 d23 = _mm512_shuffle_f32x4(b[8 + j], b[12 + j], 0xEE);
+    r[j] = _mm512_shuffle_f32x4(c01, d01, 0x88);
+    r[4 + j] = _mm512_shuffle_f32x4(c01, d01, 0xDD);
+    r[8 + j] = _mm512_shuffle_f32x4(c23, d23, 0x88);
+    r[12 + j] = _mm512_shuffle_f32x4(c23, d23, 0xDD);
+  }
 }
 
 // exp(x) for 16 floats. exp(x) = 2^n · exp(r), n = round(x·log2 e), r = x − n·ln2 with a

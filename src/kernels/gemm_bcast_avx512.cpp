@@ -1,0 +1,314 @@
+// Skinny-M fprop, y = x·Wᵀ with A = x [M,K] and W [N,K] both K-contiguous, packing only
+// the small operand: BF16, and FP8 block-scaled (W E4M3, A E4M3 or BF16).
+//
+// The packed path (gemm_avx512.cpp) broadcasts A and streams W, so every 32-column panel
+// of W is first transposed into [k pair][32] order; with a few dozen rows of A that copy
+// is a large share of the call (perf: 17.5% of the time at 64x1408x2048, 2 threads).
+// Here the roles swap. The register tile is NB columns of C (NB rows of W) by 16·H rows
+// of A: per k pair, H vectors of packed A (16 rows each) and NB broadcasts of a W pair
+// read straight from W's rows, NB·H vdpbf16ps. A is packed once per call (all threads
+// share it: one barrier), BF16 W never. The tile of C comes out transposed (lanes = rows
+// of A) and goes back through a 16x16 register transpose once per K block.
+// FP8: W's E4M3 rows of a column group are decoded to BF16 once per K block into a small
+// per-thread buffer (no transpose; 64 codes per ~7 instructions, in the decoder's own
+// order within each 64, which A's packing follows) that every row tile of A then
+// broadcasts from; each
+// 128-K block starts from fresh accumulators and is promoted as partial · (sa · sb) into
+// an FP32 sum kept in memory (report §3.3), A's scales being one vector per row tile.
+//
+// Which shapes come here is decided in gemm_avx512.cpp (measured).
+// GCC 12 flags _mm512_undefined_ps() inside its own intrinsics as (maybe-)uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#include <omp.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/gemm_internal.h"
+#include "kernels/simd_avx512.h"
+
+namespace dsv3::detail {
+
+namespace {
+
+inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1); }
+#include "kernels/gemm_e4m3_avx512.inc"
+
+// Tile: up to kNB = 9 columns of C by 16·kH = 48 rows of A: 27 accumulators, 3 A vectors
+// and one broadcast register = 31 of 32 zmm; per k pair 9 broadcasts + 3 vector loads feed
+// 27 vdpbf16ps. Measured against the alternatives (GFLOP/s, 2 threads, 64x1408x2048 /
+// 64x2048x1408): 14 x 32 (the packed kernel's shape) 320 / 410 — with K = 2048 the 14 W
+// rows are 4 KB apart and fight over one L1 set (8 ways); 6 x 64 408 / 378, 7 x 32 418 /
+// 410, 9 x 48 383-440 / 415 (best or even on every shape tried).
+constexpr int kNB = 9, kH = 3, kTW = 16 * kH;
+// K block. Longer is better here (one transpose and masked C update per tile per block;
+// W rows come back from L2 for the next row tile): 2 threads, median of 5, 64x2048x7168
+// KC 1024 366, 2048 388, 4096 406 GFLOP/s; 64x1408x2048 403 / 403 / 408.
+constexpr int64_t kKC = 4096;
+constexpr int64_t kChunk = 256;  // K elements per packing unit of A
+constexpr int64_t kFp8Blk = 128;  // DeepSeek-V3's promotion interval
+constexpr int64_t kWStride = kKC + 64;  // decoded W rows: not 4 KB apart (L1 sets)
+static_assert(kKC % kChunk == 0 && kChunk % kFp8Blk == 0, "K blocks hold whole packing chunks");
+
+struct Tile {
+  int64_t ks = 0;               // K pairs
+  bool tail = false;            // plus one odd K element (BF16; FP8 buffers are zero padded)
+  const uint16_t* w = nullptr;  // W row j at element k0 (BF16), or the decoded buffer
+  int64_t ldw = 0;
+  const uint32_t* a = nullptr;  // packed A: [pair][kTW] items of this row tile from k0
+  const float* sa = nullptr;    // FP8: A scales [128-K block][kTW] of this tile from k0
+  const float* sb = nullptr;    // FP8: W scales [128-K block][kNB] of this group from k0
+  float* c = nullptr;           // C row i0, column j
+  int64_t ldc = 0;
+  int rows = 0;                 // valid rows of the tile (<= 16·H)
+  bool add = false;             // C += instead of C =
+};
+
+inline __m512i bcast_pair(const uint16_t* p) {
+  uint32_t x;
+  std::memcpy(&x, p, 4);
+  return _mm512_set1_epi32(int(x));
+}
+
+// acc[n][h] += W pairs s0..s1-1 of row n x A vectors h.
+template <int NB, int H>
+inline void steps(__m512 (&acc)[NB][H], const Tile& t, int64_t s0, int64_t s1) {
+  const uint16_t* w = t.w + 2 * s0;
+  const uint32_t* a = t.a + s0 * kTW;
+  for (int64_t s = s0; s < s1; ++s, a += kTW, w += 2) {
+    __m512bh av[H];
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) av[h] = (__m512bh)_mm512_load_si512(a + 16 * h);
+#pragma GCC unroll 14
+    for (int n = 0; n < NB; ++n) {
+      const __m512bh wv = (__m512bh)bcast_pair(w + n * t.ldw);
+#pragma GCC unroll 4
+      for (int h = 0; h < H; ++h) acc[n][h] = _mm512_dpbf16_ps(acc[n][h], wv, av[h]);
+    }
+  }
+}
+
+// Writes (or adds) the transposed tile: acc[n][h] lane l is C[16h + l][n].
+template <int NB, int H>
+inline void store_tile(__m512 (&acc)[NB][H], const Tile& t) {
+  const __mmask16 mn = lanes_mask(NB);
+#pragma GCC unroll 4
+  for (int h = 0; h < H; ++h) {
+    __m512 r[16];
+#pragma GCC unroll 16
+    for (int n = 0; n < 16; ++n) r[n] = n < NB ? acc[n < NB ? n : 0][h] : _mm512_setzero_ps();
+    transpose16(r);  // r[l] lane n = C[16h + l][n]
+    const int lim = t.rows - 16 * h < 16 ? t.rows - 16 * h : 16;
+    for (int l = 0; l < lim; ++l) {
+      float* cr = t.c + (16 * h + l) * t.ldc;
+      const __m512 v = t.add ? _mm512_add_ps(_mm512_maskz_loadu_ps(mn, cr), r[l]) : r[l];
+      _mm512_mask_storeu_ps(cr, mn, v);
+    }
+  }
+}
+
+template <int NB, int H>
+void ukr_bf16(const Tile& t) {
+  __m512 acc[NB][H];
+#pragma GCC unroll 14
+  for (int n = 0; n < NB; ++n)
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) acc[n][h] = _mm512_setzero_ps();
+  steps(acc, t, 0, t.ks);
+  if (t.tail) {  // odd K: the pair (W[.., K-1], 0) against A's zero-padded last pair
+    const uint32_t* a = t.a + t.ks * kTW;
+    __m512bh av[H];
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) av[h] = (__m512bh)_mm512_load_si512(a + 16 * h);
+#pragma GCC unroll 14
+    for (int n = 0; n < NB; ++n) {
+      const __m512bh wv = (__m512bh)_mm512_set1_epi32(int(t.w[n * t.ldw + 2 * t.ks]));
+#pragma GCC unroll 4
+      for (int h = 0; h < H; ++h) acc[n][h] = _mm512_dpbf16_ps(acc[n][h], wv, av[h]);
+    }
+  }
+  store_tile(acc, t);
+}
+
+template <int NB, int H>
+void ukr_fp8(const Tile& t) {
+  constexpr int64_t kSteps = kFp8Blk / 2;
+  alignas(64) float tot[NB][H][16];  // promoted block sums
+  __m512 acc[NB][H];
+  for (int64_t blk = 0; blk * kSteps < t.ks; ++blk) {
+#pragma GCC unroll 14
+    for (int n = 0; n < NB; ++n)
+#pragma GCC unroll 4
+      for (int h = 0; h < H; ++h) acc[n][h] = _mm512_setzero_ps();
+    steps(acc, t, blk * kSteps, t.ks < (blk + 1) * kSteps ? t.ks : (blk + 1) * kSteps);
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) {
+      const __m512 sa = _mm512_load_ps(t.sa + blk * kTW + 16 * h);
+#pragma GCC unroll 14
+      for (int n = 0; n < NB; ++n) {
+        const __m512 s = _mm512_mul_ps(sa, _mm512_set1_ps(t.sb[blk * kNB + n]));
+        const __m512 prev = blk > 0 ? _mm512_load_ps(tot[n][h]) : _mm512_setzero_ps();
+        _mm512_store_ps(tot[n][h], _mm512_fmadd_ps(acc[n][h], s, prev));
+      }
+    }
+  }
+#pragma GCC unroll 14
+  for (int n = 0; n < NB; ++n)
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) acc[n][h] = _mm512_load_ps(tot[n][h]);
+  store_tile(acc, t);
+}
+
+// Calls KERNEL<nb, H> for a group of nb <= NBW columns.
+template <template <int, int> class Kernel, int NBW, int H>
+void by_width(int nb, const Tile& t) {
+  if constexpr (NBW > 1) {
+    if (nb < NBW) return by_width<Kernel, NBW - 1, H>(nb, t);
+  }
+  Kernel<NBW, H>::run(t);
+}
+template <int NB, int H> struct Bf16Kernel { static void run(const Tile& t) { ukr_bf16<NB, H>(t); } };
+template <int NB, int H> struct Fp8Kernel { static void run(const Tile& t) { ukr_fp8<NB, H>(t); } };
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// The loop nest shared by both types. Op provides:
+//   kFp8 (bool), a_scales (bool: pack per-row block scales), w_buf_bytes (per thread);
+//   pack_a(i0, rows, k0, kc, dst, stride): 16 rows of A as pairs (pack_rows16_*);
+//   a_scale(i, kb): A's scale of row i in 128-K block kb;
+//   prepare_w(j, nb, k0, kc, buf, tile): point tile.w / ldw / tail / sb at W's group.
+template <template <int, int> class Kernel, class Op>
+void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t ldc,
+                bool accumulate, int threads) {
+  // Pairs of K packed per row: whole 64-element chunks (FP8's decode order works on them).
+  const int64_t ks_all = ceil_div(K, 64) * 32, tiles_m = ceil_div(M, kTW), groups = ceil_div(N, kNB);
+  const int64_t tile_items = ks_all * kTW;  // packed A: [tile][pair][kTW]
+  const int64_t kblocks = op.a_scales ? ceil_div(K, kFp8Blk) : 0;
+  const int64_t chunks = ceil_div(K, kChunk), units = tiles_m * kH * chunks;
+  if (2.0 * double(M) * double(N) * double(K) < 262144.0) threads = 1;
+  if (threads > groups) threads = int(groups);
+  if (threads < 1) threads = 1;
+  const size_t a_bytes = size_t(tiles_m * tile_items) * 4;
+  const size_t sa_bytes = size_t(tiles_m * kblocks * kTW) * 4;  // [tile][kb][kTW]
+  const size_t w_bytes = (op.w_buf_bytes + 63) / 64 * 64;
+  char* ws = (char*)gemm_scratch(a_bytes + sa_bytes + size_t(threads) * w_bytes);
+  uint32_t* ap = (uint32_t*)ws;
+  float* sap = (float*)(ws + a_bytes);
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int nthr = omp_get_num_threads(), tid = omp_get_thread_num();
+    // Pack A: unit u = (16-row group g, K chunk c), split over the team.
+    for (int64_t u = tid; u < units; u += nthr) {
+      const int64_t g = u / chunks, c = u % chunks, i0 = g * 16;
+      if (i0 >= M) continue;
+      const int64_t k0 = c * kChunk, kc = min64(kChunk, K - k0), lane0 = (g % kH) * 16;
+      const int rows = int(min64(16, M - i0));
+      op.pack_a(i0, rows, k0, kc, ap + (g / kH) * tile_items + (k0 / 2) * kTW + lane0, kTW);
+      for (int64_t kb = k0 / kFp8Blk; op.a_scales && kb < ceil_div(k0 + kc, kFp8Blk); ++kb)
+        for (int r = 0; r < 16; ++r)
+          sap[((g / kH) * kblocks + kb) * kTW + lane0 + r] = r < rows ? op.a_scale(i0 + r, kb) : 0.f;
+    }
+    if (nthr > 1) {
+#pragma omp barrier
+    }
+    // Multiply: part t owns a contiguous range of column groups (a smaller team than
+    // asked, under nested parallelism, runs the missing parts in turn).
+    for (int t = tid; t < threads; t += nthr) {
+      const int64_t g0 = groups * t / threads, g1 = groups * (t + 1) / threads;
+      char* wbuf = ws + a_bytes + sa_bytes + size_t(t) * w_bytes;
+      for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+        const int64_t kc = min64(kKC, K - k0);
+        Tile tile;
+        tile.ks = op.kFp8 ? ceil_div(kc, 64) * 32 : kc / 2;
+        tile.ldc = ldc;
+        tile.add = k0 > 0 || accumulate;
+        for (int64_t g = g0; g < g1; ++g) {
+          const int64_t j = g * kNB;
+          const int nb = int(min64(kNB, N - j));
+          op.prepare_w(j, nb, k0, kc, wbuf, &tile);
+          for (int64_t tm = 0; tm < tiles_m; ++tm) {
+            const int64_t i0 = tm * kTW;
+            tile.rows = int(min64(kTW, M - i0));
+            tile.a = ap + tm * tile_items + (k0 / 2) * kTW;
+            tile.sa = sap + (tm * kblocks + k0 / kFp8Blk) * kTW;
+            tile.c = C + i0 * ldc + j;
+            switch (ceil_div(tile.rows, 16)) {  // vectors of A in this row tile
+              case 1: by_width<Kernel, kNB, 1>(nb, tile); break;
+              case 2: by_width<Kernel, kNB, 2>(nb, tile); break;
+              default: by_width<Kernel, kNB, 3>(nb, tile); break;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+struct OpBf16 {
+  static constexpr bool kFp8 = false;
+  bool a_scales = false;
+  size_t w_buf_bytes = 0;
+  const GemmBF16* p;
+  void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
+    pack_rows16_bf16_avx512(p->A, p->lda, i0, rows, k0, kc, dst, stride, false);
+  }
+  float a_scale(int64_t, int64_t) const { return 1.f; }
+  void prepare_w(int64_t j, int, int64_t k0, int64_t kc, char*, Tile* t) const {
+    t->w = p->B + j * p->ldb + k0;
+    t->ldw = p->ldb;
+    t->tail = kc % 2 != 0;
+  }
+};
+
+struct OpFp8 {
+  static constexpr bool kFp8 = true;
+  bool a_scales = true;
+  size_t w_buf_bytes = size_t(kNB) * kWStride * 2 + size_t(kKC / kFp8Blk) * kNB * 4;
+  const GemmFP8* p;
+  void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
+    if (p->A_bf16) pack_rows16_bf16_avx512(p->A_bf16, p->lda, i0, rows, k0, kc, dst, stride, true);
+    else pack_rows16_e4m3_avx512(p->A, p->lda, i0, rows, k0, kc, dst, stride);
+  }
+  float a_scale(int64_t i, int64_t kb) const { return p->A_bf16 ? 1.f : p->a_scale[i * p->lda_scale + kb]; }
+  // Decodes W rows j..j+nb-1 over [k0, k0+kc) into buf (BF16 in e4m3x64_to_bf16's order,
+  // as A was packed; zero padded to whole 64-element chunks) and gathers their scales
+  // after it.
+  void prepare_w(int64_t j, int nb, int64_t k0, int64_t kc, char* buf, Tile* t) const {
+    const E4m3Bytes tab;
+    uint16_t* w = (uint16_t*)buf;
+    for (int n = 0; n < nb; ++n)
+      for (int64_t k = 0; k < kc; k += 64) {
+        __m512i o0, o1;
+        e4m3x64_to_bf16(tab, p->B + (j + n) * p->ldb + k0 + k, kc - k, &o0, &o1);
+        _mm512_storeu_si512(w + n * kWStride + k, o0);
+        _mm512_storeu_si512(w + n * kWStride + k + 32, o1);
+      }
+    float* sb = (float*)(buf + size_t(kNB) * kWStride * 2);
+    pack_fp8_b_scales(*p, j, nb, kNB, k0, kc, sb);
+    t->w = w;
+    t->ldw = kWStride;
+    t->tail = false;
+    t->sb = sb;
+  }
+};
+
+}  // namespace
+
+void gemm_bcast_bf16_avx512(const GemmBF16& p, int threads) {
+  OpBf16 op;
+  op.p = &p;
+  bcast_gemm<Bf16Kernel>(op, p.M, p.N, p.K, p.C, p.ldc, p.accumulate, threads);
+}
+
+void gemm_bcast_fp8_avx512(const GemmFP8& p, int threads) {
+  OpFp8 op;
+  op.p = &p;
+  bcast_gemm<Fp8Kernel>(op, p.M, p.N, p.K, p.C, p.ldc, p.accumulate, threads);
+}
+
+}  // namespace dsv3::detail
