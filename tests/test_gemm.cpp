@@ -17,6 +17,7 @@
 #include "core/dtype.h"
 #include "gemm_test_util.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_internal.h"
 
 namespace dsv3 {
 namespace {
@@ -41,9 +42,11 @@ std::vector<Shape> shapes() {
   return s;
 }
 
+// Runs the GEMM (gemm_f32 / gemm_bf16, or `run` for BF16 when given) on random operands
+// and checks it against the scalar reference.
 template <class T, class ToF>
 void run_case(Shape s, bool ta, bool tb, bool acc, int threads, std::mt19937& rng, ToF to_f,
-              T (*from_f)(float)) {
+              T (*from_f)(float), void (*run)(const GemmBF16&, int) = nullptr) {
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   Mat<T> A(ta ? s.K : s.M, ta ? s.M : s.K, 3), B(tb ? s.N : s.K, tb ? s.K : s.N, 5);
   Mat<float> C(s.M, s.N, 2), R(s.M, s.N, 0), S(s.M, s.N, 0);
@@ -80,7 +83,8 @@ void run_case(Shape s, bool ta, bool tb, bool acc, int threads, std::mt19937& rn
     GemmBF16 r = p;
     r.C = R.p; r.ldc = R.ld;
     gemm_bf16_ref(r);
-    gemm_bf16(p, threads);
+    if (run) run(p, threads);
+    else gemm_bf16(p, threads);
   }
   int bad = 0;
   for (int64_t i = 0; i < s.M; ++i) {
@@ -144,18 +148,27 @@ TEST(Gemm, LargeShapesBothGrids) {
   run_case<uint16_t>(Shape{testing::kFull ? 30 : 17, 1030, 2040}, false, true, false, 2, rng, bf16_f, f32_to_bf16);
 }
 
-// BF16 fprop with 16..512 rows mostly filling vectors of 16 and K >= 256 takes the
-// broadcast-W kernel on AVX-512 (gemm_bcast_avx512.cpp; rule in gemm_avx512.cpp): row
-// tiles of 48 / 32 / 16, column groups of 9 and their edges, odd K (the tail pair), K past
-// one 4096 block (C updated between blocks), 1..3 threads, accumulate on and off.
+// The AVX-512 broadcast-W BF16 kernel (gemm_bcast_avx512.cpp), called directly: row tiles
+// of 48 / 32 / 16 and fewer rows, column groups of 9 and their edges, odd K (the tail
+// pair), K past one 4096 block (C updated between blocks), 1..3 threads, accumulate on and
+// off; then shapes gemm_bf16 itself routes there (16..512 rows mostly filling vectors of
+// 16, K >= 512, N·K >= 2^19: gemm_avx512.cpp).
 TEST(Gemm, BF16BroadcastPath) {
+  if (best_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
+  IsaGuard guard;
+  set_isa(Isa::Avx512);
   std::mt19937 rng(11);
-  std::vector<Shape> s = {{16, 10, 256}, {32, 19, 301}, {47, 23, 513}, {64, 46, 258},
-                          {113, 30, 300}, {48, 5, 260}, {16, 11, 4099}, {96, 1, 256}};
-  if (testing::kFull) s.insert(s.end(), {{512, 50, 600}, {250, 100, 8200}});
+  std::vector<Shape> direct = {{16, 10, 256}, {32, 19, 301}, {47, 23, 513}, {64, 46, 258}, {113, 30, 300},
+                               {48, 5, 260}, {16, 11, 4099}, {96, 1, 256}, {5, 20, 70}, {1, 9, 1},
+                               {100, 20, 2900}};  // last: one row tile per L2 block of A
+  if (testing::kFull) direct.insert(direct.end(), {{512, 50, 600}, {250, 100, 8200}});
   int n = 0;
-  for (const Shape& sh : s)
-    for (bool acc : {false, true}) run_case<uint16_t>(sh, false, true, acc, 1 + n++ % 3, rng, bf16_f, f32_to_bf16);
+  for (const Shape& sh : direct)
+    for (bool acc : {false, true})
+      run_case<uint16_t>(sh, false, true, acc, 1 + n++ % 3, rng, bf16_f, f32_to_bf16,
+                         [](const GemmBF16& p, int t) { detail::gemm_bcast_bf16_avx512(p, t); });
+  for (Shape sh : {Shape{16, 1030, 512}, Shape{29, 520, 1027}})
+    run_case<uint16_t>(sh, false, true, true, 2, rng, bf16_f, f32_to_bf16);
 }
 
 // Called from inside a parallel region (a layer already split over threads), the GEMM

@@ -19,6 +19,8 @@
 // with 16..512 rows, W broadcast in place against packed A), AVX2 (F32,
 // BF16 and FP8 widened to F32 while packing, 6x16 tiles), scalar (the references). Any thread count works;
 // called from inside a parallel region the GEMM runs on the calling thread.
+// DSV3_GEMM_PATH=packed|dot|bcast forces one AVX-512 path where the form allows it (for
+// benchmarking the routing; results are the same within the tolerance below).
 // The fast paths accumulate in FP32 (in a different order than the references): per
 // element |C - exact| <= ~(K + K/16 + 2)·2^-24·(Σ_k |a_ik·b_kj| + |C0|) (tests/test_gemm.cpp).
 // BF16 products are exact in FP32; vdpbf16ps treats BF16 subnormal inputs as zero.

@@ -7,6 +7,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/gemm_internal.h"
 
@@ -263,13 +265,15 @@ bool small_bf16(int64_t M, int64_t N, int64_t K) { return M <= 16 || (M <= 32 &&
 constexpr int64_t kSmallMFp8 = 10;
 // The broadcast-W kernel (gemm_bcast_avx512.cpp) computes rows of A in vectors of 16, so
 // it takes M when few of those lanes are padding (>= 85% used), up to 512 rows (beyond,
-// its packed A no longer fits L2 and the packed path is as fast), and K >= 256 (shorter K
-// pays its per-tile transpose of C too often). Measured, 2 threads, N x K = 1408 x 2048,
-// GFLOP/s packed-or-dot -> broadcast: M = 16 349 -> 429, 28 348 -> 386, 32 357 -> 442,
-// 48 358 -> 443, 64 376 -> 435, 128 397 -> 435, 256 399 -> 432, 512 421 -> 426; but
-// M = 24 (75%) 349 -> 331, M = 20 356 -> 278, 2048^3 424 -> 369, 64x2048x64 347 -> 286.
+// its packed A no longer fits L2 and the packed path is as fast), K >= 512 (shorter K
+// pays its per-tile transpose of C too often) and W of at least 2^19 elements (small,
+// cache-resident W is what the packed kernel is fastest at). Measured, 2 threads, N x K =
+// 1408 x 2048, GFLOP/s packed-or-dot -> broadcast: M = 16 349 -> 429, 28 348 -> 386, 32
+// 357 -> 442, 48 358 -> 443, 64 376 -> 435, 128 397 -> 435, 256 399 -> 432, 512 421 ->
+// 426; but M = 24 (75%) 349 -> 331, M = 20 356 -> 278, 2048^3 424 -> 369, 64x2048x64 347
+// -> 286, 256x256x256 365-398 -> 240-364.
 bool bcast_rows(int64_t M) { return M >= 16 && M <= 512 && M * 100 >= (M + 15) / 16 * 16 * 85; }
-bool bcast_bf16(int64_t M, int64_t K) { return bcast_rows(M) && K >= 256; }
+bool bcast_bf16(int64_t M, int64_t N, int64_t K) { return bcast_rows(M) && K >= 512 && N * K >= (int64_t(1) << 19); }
 // FP8 also decodes each W group once per K block, which pays off against the packed path
 // when W is big: GFLOP/s packed -> broadcast, 2 threads, M x 1408 x 2048: M = 16 266 ->
 // 322, 32 338 -> 375, 64 380 -> 397, 128 397 -> 411, 512 408 -> 412; 64x2048x1408 375 ->
@@ -277,28 +281,51 @@ bool bcast_bf16(int64_t M, int64_t K) { return bcast_rows(M) && K >= 256; }
 bool bcast_fp8(int64_t M, int64_t N, int64_t K) {
   return bcast_rows(M) && K >= 1024 && N * K >= (int64_t(1) << 21);
 }
+
+// DSV3_GEMM_PATH=packed|dot|bcast forces one path wherever the call's form allows it (the
+// skinny ones need the fprop form); unset or anything else: the rules above. For
+// measuring those rules (docs/PERF.md), read once.
+enum class Path { Auto, Packed, Dot, Bcast };
+Path forced_path() {
+  static const Path path = [] {
+    const char* e = getenv("DSV3_GEMM_PATH");
+    if (!e) return Path::Auto;
+    if (!strcmp(e, "packed")) return Path::Packed;
+    if (!strcmp(e, "dot")) return Path::Dot;
+    if (!strcmp(e, "bcast")) return Path::Bcast;
+    return Path::Auto;
+  }();
+  return path;
+}
 }  // namespace
 
 void gemm_f32_avx512(const GemmF32& p, int threads) {
-  if (!p.trans_a && p.trans_b && small_f32(p.M, p.N, p.K)) return gemm_small_f32_avx512(p, threads);
+  const Path f = forced_path();
+  if (!p.trans_a && p.trans_b && (f == Path::Dot || (f == Path::Auto && small_f32(p.M, p.N, p.K))))
+    return gemm_small_f32_avx512(p, threads);
   OpF32 op;
   op.p = &p;
-
   gemm_blocked(op, p.M, p.N, p.K, threads);
 }
 
 void gemm_bf16_avx512(const GemmBF16& p, int threads) {
-  if (!p.trans_a && p.trans_b && bcast_bf16(p.M, p.K)) return gemm_bcast_bf16_avx512(p, threads);
-  if (!p.trans_a && p.trans_b && small_bf16(p.M, p.N, p.K)) return gemm_small_bf16_avx512(p, threads);
+  const Path f = forced_path();
+  const bool fprop = !p.trans_a && p.trans_b;  // A [M,K] and W [N,K]: what both skinny paths take
+  if (fprop && (f == Path::Bcast || (f == Path::Auto && bcast_bf16(p.M, p.N, p.K))))
+    return gemm_bcast_bf16_avx512(p, threads);
+  if (fprop && (f == Path::Dot || (f == Path::Auto && small_bf16(p.M, p.N, p.K))))
+    return gemm_small_bf16_avx512(p, threads);
   OpBF16 op;
   op.p = &p;
-
   gemm_blocked(op, p.M, p.N, p.K, threads);
 }
 
 void gemm_fp8_avx512(const GemmFP8& p, int threads) {
-  if (p.trans_b && bcast_fp8(p.M, p.N, p.K)) return gemm_bcast_fp8_avx512(p, threads);
-  if (p.M <= kSmallMFp8 && p.trans_b) return gemm_small_fp8_avx512(p, threads);
+  const Path f = forced_path();
+  if (p.trans_b && (f == Path::Bcast || (f == Path::Auto && bcast_fp8(p.M, p.N, p.K))))
+    return gemm_bcast_fp8_avx512(p, threads);
+  if (p.trans_b && (f == Path::Dot || (f == Path::Auto && p.M <= kSmallMFp8)))
+    return gemm_small_fp8_avx512(p, threads);
   OpFP8 op;
   op.p = &p;
   gemm_blocked(op, p.M, p.N, p.K, threads);

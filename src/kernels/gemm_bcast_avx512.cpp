@@ -48,6 +48,11 @@ constexpr int kNB = 9, kH = 3, kTW = 16 * kH;
 // W rows come back from L2 for the next row tile): 2 threads, median of 5, 64x2048x7168
 // KC 1024 366, 2048 388, 4096 406 GFLOP/s; 64x1408x2048 403 / 403 / 408.
 constexpr int64_t kKC = 4096;
+// Rows of packed A per block: as many row tiles as fit 512 KB of L2 (BF16). Measured, 2
+// threads, median of 5-7, GFLOP/s unblocked -> blocked: 2048^3 404 -> 423, 1024x2048x2048
+// 402 -> 428 (packed path 410 / 402), 512x7168x2048 435 -> 425, 64x1408x2048 (one
+// block either way) 426 -> 439; per core 4096x2048x1024 194 -> 208.
+constexpr int64_t kABlockBytes = 512 * 1024;
 constexpr int64_t kChunk = 256;  // K elements per packing unit of A
 constexpr int64_t kFp8Blk = 128;  // DeepSeek-V3's promotion interval
 constexpr int64_t kWStride = kKC + 64;  // decoded W rows: not 4 KB apart (L1 sets)
@@ -227,20 +232,27 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
         tile.ks = op.kFp8 ? ceil_div(kc, 64) * 32 : kc / 2;
         tile.ldc = ldc;
         tile.add = k0 > 0 || accumulate;
-        for (int64_t g = g0; g < g1; ++g) {
-          const int64_t j = g * kNB;
-          const int nb = int(min64(kNB, N - j));
-          op.prepare_w(j, nb, k0, kc, wbuf, &tile);
-          for (int64_t tm = 0; tm < tiles_m; ++tm) {
-            const int64_t i0 = tm * kTW;
-            tile.rows = int(min64(kTW, M - i0));
-            tile.a = ap + tm * tile_items + (k0 / 2) * kTW;
-            tile.sa = sap + (tm * kblocks + k0 / kFp8Blk) * kTW;
-            tile.c = C + i0 * ldc + j;
-            switch (ceil_div(tile.rows, 16)) {  // vectors of A in this row tile
-              case 1: by_width<Kernel, kNB, 1>(nb, tile); break;
-              case 2: by_width<Kernel, kNB, 2>(nb, tile); break;
-              default: by_width<Kernel, kNB, 3>(nb, tile); break;
+        // Row tiles per block of A kept in L2 while the thread's W columns stream past
+        // (FP8 would decode its W groups once per block: one block).
+        int64_t mct = tiles_m;
+        if (!op.kFp8) mct = kABlockBytes / (kTW * kc * 2) > 1 ? kABlockBytes / (kTW * kc * 2) : 1;
+        for (int64_t tb = 0; tb < tiles_m; tb += mct) {
+          const int64_t te = min64(tiles_m, tb + mct);
+          for (int64_t g = g0; g < g1; ++g) {
+            const int64_t j = g * kNB;
+            const int nb = int(min64(kNB, N - j));
+            op.prepare_w(j, nb, k0, kc, wbuf, &tile);
+            for (int64_t tm = tb; tm < te; ++tm) {
+              const int64_t i0 = tm * kTW;
+              tile.rows = int(min64(kTW, M - i0));
+              tile.a = ap + tm * tile_items + (k0 / 2) * kTW;
+              tile.sa = sap + (tm * kblocks + k0 / kFp8Blk) * kTW;
+              tile.c = C + i0 * ldc + j;
+              switch (ceil_div(tile.rows, 16)) {  // vectors of A in this row tile
+                case 1: by_width<Kernel, kNB, 1>(nb, tile); break;
+                case 2: by_width<Kernel, kNB, 2>(nb, tile); break;
+                default: by_width<Kernel, kNB, 3>(nb, tile); break;
+              }
             }
           }
         }
