@@ -15,10 +15,10 @@
 // threads = 0 uses default_threads() (core/parallel.h). Each entry point dispatches on
 // active_isa() (core/cpu.h) and has a scalar reference twin, gemm_*_ref, kept for tests
 // and as the portable fallback. Paths: AVX-512 (F32 FMA, BF16/FP8 vdpbf16ps; packed 14x32
-// register tiles; for skinny fprop an unpacked dot-product kernel (few rows) or, BF16
-// with 16..512 rows, W broadcast in place against packed A), AVX2 (F32,
-// BF16 and FP8 widened to F32 while packing, 6x16 tiles), scalar (the references). Any thread count works;
-// called from inside a parallel region the GEMM runs on the calling thread.
+// register tiles; for skinny fprop an unpacked dot-product kernel (a few rows) or, BF16
+// and FP8 with 16..512 rows, W broadcast in place against packed A), AVX2 (F32, BF16 and
+// FP8 widened to F32 while packing, 6x16 tiles), scalar (the references). Any thread
+// count works; called from inside a parallel region the GEMM runs on the calling thread.
 // DSV3_GEMM_PATH=packed|dot|bcast forces one AVX-512 path where the form allows it (for
 // benchmarking the routing; results are the same within the tolerance below).
 // The fast paths accumulate in FP32 (in a different order than the references): per
