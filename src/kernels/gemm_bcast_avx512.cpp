@@ -189,11 +189,19 @@ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 template <template <int, int> class Kernel, class Op>
 void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t ldc,
                 bool accumulate, int threads) {
+  // Row tiles: the 16-row vectors of A dealt as evenly as possible over the fewest tiles
+  // of <= kH vectors (64 rows: 32 + 32, not 48 + 16, whose one-vector tile is bound by
+  // its 9 broadcasts per 9 vdpbf16ps).
+  const int64_t vecs = ceil_div(M, 16), tiles_m = ceil_div(vecs, kH);
+  const int64_t vq = vecs / tiles_m, vr = vecs % tiles_m;
+  // Tile t holds vectors [first_vec(t), first_vec(t + 1)); vector v is in tile_of(v).
+  auto first_vec = [&](int64_t t) { return t * vq + min64(t, vr); };
+  auto tile_of = [&](int64_t v) { return v < vr * (vq + 1) ? v / (vq + 1) : vr + (v - vr * (vq + 1)) / vq; };
   // Pairs of K packed per row: whole 64-element chunks (FP8's decode order works on them).
-  const int64_t ks_all = ceil_div(K, 64) * 32, tiles_m = ceil_div(M, kTW), groups = ceil_div(N, kNB);
+  const int64_t ks_all = ceil_div(K, 64) * 32, groups = ceil_div(N, kNB);
   const int64_t tile_items = ks_all * kTW;  // packed A: [tile][pair][kTW]
   const int64_t kblocks = op.a_scales ? ceil_div(K, kFp8Blk) : 0;
-  const int64_t chunks = ceil_div(K, kChunk), units = tiles_m * kH * chunks;
+  const int64_t chunks = ceil_div(K, kChunk), units = vecs * chunks;
   if (2.0 * double(M) * double(N) * double(K) < 262144.0) threads = 1;
   if (threads > groups) threads = int(groups);
   if (threads < 1) threads = 1;
@@ -209,14 +217,13 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
     const int nthr = omp_get_num_threads(), tid = omp_get_thread_num();
     // Pack A: unit u = (16-row group g, K chunk c), split over the team.
     for (int64_t u = tid; u < units; u += nthr) {
-      const int64_t g = u / chunks, c = u % chunks, i0 = g * 16;
-      if (i0 >= M) continue;
-      const int64_t k0 = c * kChunk, kc = min64(kChunk, K - k0), lane0 = (g % kH) * 16;
+      const int64_t g = u / chunks, c = u % chunks, i0 = g * 16, tg = tile_of(g);
+      const int64_t k0 = c * kChunk, kc = min64(kChunk, K - k0), lane0 = (g - first_vec(tg)) * 16;
       const int rows = int(min64(16, M - i0));
-      op.pack_a(i0, rows, k0, kc, ap + (g / kH) * tile_items + (k0 / 2) * kTW + lane0, kTW);
+      op.pack_a(i0, rows, k0, kc, ap + tg * tile_items + (k0 / 2) * kTW + lane0, kTW);
       for (int64_t kb = k0 / kFp8Blk; op.a_scales && kb < ceil_div(k0 + kc, kFp8Blk); ++kb)
         for (int r = 0; r < 16; ++r)
-          sap[((g / kH) * kblocks + kb) * kTW + lane0 + r] = r < rows ? op.a_scale(i0 + r, kb) : 0.f;
+          sap[(tg * kblocks + kb) * kTW + lane0 + r] = r < rows ? op.a_scale(i0 + r, kb) : 0.f;
     }
     if (nthr > 1) {
 #pragma omp barrier
@@ -243,8 +250,8 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
             const int nb = int(min64(kNB, N - j));
             op.prepare_w(j, nb, k0, kc, wbuf, &tile);
             for (int64_t tm = tb; tm < te; ++tm) {
-              const int64_t i0 = tm * kTW;
-              tile.rows = int(min64(kTW, M - i0));
+              const int64_t v0 = first_vec(tm), i0 = v0 * 16;
+              tile.rows = int(min64(16 * (first_vec(tm + 1) - v0), M - i0));
               tile.a = ap + tm * tile_items + (k0 / 2) * kTW;
               tile.sa = sap + (tm * kblocks + k0 / kFp8Blk) * kTW;
               tile.c = C + i0 * ldc + j;
