@@ -277,11 +277,14 @@ constexpr int64_t kSmallMFp8 = 10;
 bool bcast_rows(int64_t M) { return M >= 16 && M <= 512 && M * 100 >= (M + 15) / 16 * 16 * 85; }
 bool bcast_bf16(int64_t M, int64_t N, int64_t K) { return bcast_rows(M) && K >= 512 && N * K >= (int64_t(1) << 19); }
 // FP8 also decodes each W group once per K block, which pays off against the packed path
-// when W is big: GFLOP/s packed -> broadcast, 2 threads, M x 1408 x 2048: M = 16 266 ->
-// 322, 32 338 -> 375, 64 380 -> 397, 128 397 -> 411, 512 408 -> 412; 64x2048x1408 375 ->
-// 389; but 64x256x512 356 -> 335, 64x2048x256 374 -> 342, 128x512x1024 398 -> 389.
+// when W is big and the rows few. Per core (1 thread, median of 3, GFLOP/s) packed ->
+// broadcast at M x 1408 x 2048: M = 16 135 -> 173, 32 171 -> 194, 64 191 -> 205, 128 202
+// -> 208, 256 209 -> 210, 512 207 -> 207; but 64x256x512 356 -> 335, 64x2048x256 374 ->
+// 342, 128x512x1024 398 -> 389 (2 threads). On 2 threads this VM has spells of ~30 s in
+// which the broadcast FP8 kernel alone loses ~15% (64x2048x1408: 323-334 against packed
+// 365-379, 384-392 outside them; docs/PERF.md), so it takes only M <= 64, where it gains most.
 bool bcast_fp8(int64_t M, int64_t N, int64_t K) {
-  return bcast_rows(M) && K >= 1024 && N * K >= (int64_t(1) << 21);
+  return bcast_rows(M) && M <= 64 && K >= 1024 && N * K >= (int64_t(1) << 21);
 }
 
 // DSV3_GEMM_PATH=packed|dot|bcast forces one path wherever the call's form allows it (the
