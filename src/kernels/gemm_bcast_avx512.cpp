@@ -12,9 +12,9 @@
 // FP8: W's E4M3 rows of a column group are decoded to BF16 once per K block into a small
 // per-thread buffer (no transpose; 64 codes per ~7 instructions, in the decoder's own
 // order within each 64, which A's packing follows) that every row tile of A then
-// broadcasts from; each
-// 128-K block starts from fresh accumulators and is promoted as partial · (sa · sb) into
-// an FP32 sum kept in memory (report §3.3), A's scales being one vector per row tile.
+// broadcasts from; each 128-K block starts from fresh accumulators and is promoted as
+// partial · (sa · sb) into an FP32 sum kept in memory (report §3.3), A's scales being one
+// vector per row tile.
 //
 // Which shapes come here is decided in gemm_avx512.cpp (measured).
 // GCC 12 flags _mm512_undefined_ps() inside its own intrinsics as (maybe-)uninitialized.
