@@ -133,7 +133,6 @@ void ukr_fp8(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, 
       }
     }
     const __m512 s0 = _mm512_load_ps(sb + blk * NR), s1 = _mm512_load_ps(sb + blk * NR + 16);
-    const bool last = k1 == ks;
 #pragma GCC unroll 14
     for (int i = 0; i < M; ++i) {
       const __m512 si = _mm512_set1_ps(sa[blk * MR + i]);
@@ -143,14 +142,13 @@ void ukr_fp8(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, 
         v0 = _mm512_add_ps(_mm512_load_ps(t + i * NR), v0);
         v1 = _mm512_add_ps(_mm512_load_ps(t + i * NR + 16), v1);
       }
-      if (last) {  // the finished sum goes to C directly (a short K: often the only block)
-        store_row(c + i * ldc, v0, v1, nr, add);
-      } else {
-        _mm512_store_ps(t + i * NR, v0);
-        _mm512_store_ps(t + i * NR + 16, v1);
-      }
+      _mm512_store_ps(t + i * NR, v0);
+      _mm512_store_ps(t + i * NR + 16, v1);
     }
   }
+#pragma GCC unroll 14
+  for (int i = 0; i < M; ++i)
+    store_row(c + i * ldc, _mm512_load_ps(t + i * NR), _mm512_load_ps(t + i * NR + 16), nr, add);
 }
 
 // Calls KERNEL<mr>(args...) for the tile height mr in 1..14.
