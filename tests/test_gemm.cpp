@@ -166,7 +166,7 @@ TEST(Gemm, BF16BroadcastPath) {
   for (const Shape& sh : direct)
     for (bool acc : {false, true})
       run_case<uint16_t>(sh, false, true, acc, 1 + n++ % 3, rng, bf16_f, f32_to_bf16,
-                         [](const GemmBF16& p, int t) { detail::gemm_bcast_bf16_avx512(p, t); });
+                         detail::gemm_bcast_bf16_avx512);
   for (Shape sh : {Shape{16, 1030, 512}, Shape{29, 520, 1027}})
     run_case<uint16_t>(sh, false, true, true, 2, rng, bf16_f, f32_to_bf16);
 }

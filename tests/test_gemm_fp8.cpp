@@ -147,33 +147,52 @@ Mat<float> abs_sums(const Fp8Case& c) {
   return S;
 }
 
-// Runs run(p) on c with accumulate off and on and compares C with gemm_fp8_ref.
+// The starting C of every comparison (accumulate adds to it).
+float c0_at(int64_t i, int64_t j) { return float((i + 2 * j) % 5) - 2.f; }
+
+// What a path must reproduce on one case: gemm_fp8_ref's C with accumulate off and on, and
+// Σ|a||b| for the tolerance. Computed once, shared by every path run on the case.
+struct Expected {
+  Mat<float> R[2], S;
+  explicit Expected(const Fp8Case& c)
+      : R{Mat<float>(c.p.M, c.p.N, 0), Mat<float>(c.p.M, c.p.N, 0)}, S(abs_sums(c)) {
+    for (int acc = 0; acc < 2; ++acc) {
+      for (int64_t i = 0; i < c.p.M; ++i)
+        for (int64_t j = 0; j < c.p.N; ++j) R[acc].at(i, j) = c0_at(i, j);
+      GemmFP8 p = c.p;
+      p.accumulate = acc;
+      p.C = R[acc].p; p.ldc = R[acc].ld;
+      gemm_fp8_ref(p);
+    }
+  }
+};
+
+// Runs run(p) on c with accumulate off and on and compares C with the reference's.
 template <class Run>
-void compare_with_ref(const Fp8Case& c, Form f, const Mat<float>& S, const char* path, Run run) {
+void compare_with_ref(const Fp8Case& c, Form f, const Expected& e, const char* path, Run run) {
   const int64_t M = c.p.M, N = c.p.N, K = c.p.K;
-  for (bool acc : {false, true}) {
-    Mat<float> C(M, N, 3), R(M, N, 0);
+  for (int acc = 0; acc < 2; ++acc) {
+    const Mat<float>& R = e.R[acc];
+    Mat<float> C(M, N, 3);
     for (int64_t i = 0; i < M; ++i) {
-      for (int64_t j = 0; j < N; ++j) C.at(i, j) = R.at(i, j) = float((i + 2 * j) % 5) - 2.f;
+      for (int64_t j = 0; j < N; ++j) C.at(i, j) = c0_at(i, j);
       C.at(i, N) = 777.f;
     }
     GemmFP8 p = c.p;
     p.accumulate = acc;
-    p.C = R.p; p.ldc = R.ld;
-    gemm_fp8_ref(p);
     p.C = C.p; p.ldc = C.ld;
     run(p);
     const double nblk = double(fp8_blocks(K));
     int bad = 0;
     for (int64_t i = 0; i < M; ++i) {
       for (int64_t j = 0; j < N; ++j) {
-        const double sum = double(S.p[i * S.ld + j]) + (acc ? 2.0 : 0.0);
+        const double sum = double(e.S.p[i * e.S.ld + j]) + (acc ? 2.0 : 0.0);
         const double tol = 2.0 * (128.0 + nblk + 4.0) * kU * sum;
-        const double err = std::fabs(double(C.at(i, j)) - double(R.at(i, j)));
+        const double err = std::fabs(double(C.at(i, j)) - double(R.p[i * R.ld + j]));
         if (!(err <= tol) && bad++ < 5)
           ADD_FAILURE() << form_name(f) << " " << path << " M=" << M << " N=" << N << " K=" << K
                         << " acc=" << acc << " at (" << i << "," << j << "): got " << C.at(i, j)
-                        << " want " << R.at(i, j) << " tol " << tol;
+                        << " want " << R.p[i * R.ld + j] << " tol " << tol;
       }
       ASSERT_EQ(C.at(i, N), 777.f) << "wrote past N";
     }
@@ -187,12 +206,12 @@ TEST(GemmFp8, AllPathsMatchReference) {
   for (const Shape& s : shapes()) {
     for (Form f : {Form::Fprop, Form::Dgrad, Form::Wgrad, Form::FpropBf16A}) {
       const Fp8Case c(f, s.M, s.N, s.K, rng);
-      const Mat<float> S = abs_sums(c);
+      const Expected e(c);
       for (Isa isa : testing::isas()) {
         // The scalar path is gemm_fp8_ref itself: small shapes are enough to check the dispatch.
         if (isa == Isa::Scalar && s.M * s.N * s.K > 100000) continue;
         set_isa(isa);
-        compare_with_ref(c, f, S, isa_name(isa), [&](const GemmFP8& p) { gemm_fp8(p, 1 + (n++ % 2)); });
+        compare_with_ref(c, f, e, isa_name(isa), [&](const GemmFP8& p) { gemm_fp8(p, 1 + (n++ % 2)); });
         if (::testing::Test::HasFatalFailure()) return;
       }
     }
@@ -212,13 +231,13 @@ TEST(GemmFp8, BroadcastPath) {
   for (const Shape& s : all) {
     for (Form f : {Form::Fprop, Form::Wgrad, Form::FpropBf16A}) {
       const Fp8Case c(f, s.M, s.N, s.K, rng);
-      compare_with_ref(c, f, abs_sums(c), "bcast", [&](const GemmFP8& p) { detail::gemm_bcast_fp8_avx512(p, 1 + (n++ % 3)); });
+      compare_with_ref(c, f, Expected(c), "bcast", [&](const GemmFP8& p) { detail::gemm_bcast_fp8_avx512(p, 1 + (n++ % 3)); });
     }
   }
   IsaGuard guard;
   set_isa(Isa::Avx512);
   const Fp8Case c(Form::FpropBf16A, 16, 2048, 1024, rng);
-  compare_with_ref(c, Form::FpropBf16A, abs_sums(c), "routed", [](const GemmFP8& p) { gemm_fp8(p, 2); });
+  compare_with_ref(c, Form::FpropBf16A, Expected(c), "routed", [](const GemmFP8& p) { gemm_fp8(p, 2); });
 }
 
 // Every one of the 256 E4M3 codes through every path, exactly: C[0,j] = 1.0 · code j (the

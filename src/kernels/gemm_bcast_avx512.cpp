@@ -34,7 +34,6 @@ namespace dsv3::detail {
 
 namespace {
 
-inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1); }
 #include "kernels/gemm_e4m3_avx512.inc"
 
 // Tile: up to kNB = 9 columns of C by 16·kH = 48 rows of A: 27 accumulators, 3 A vectors
@@ -200,7 +199,8 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // The loop nest shared by both types. Op provides:
-//   kFp8 (bool), a_scales (bool: pack per-row block scales), w_buf_bytes (per thread);
+//   kFp8 (bool: per-row A scales per 128-K block, K packed in whole 64-element chunks),
+//   w_buf_bytes (per thread);
 //   pack_a(i0, rows, k0, kc, dst, stride): 16 rows of A as pairs (pack_rows16_*);
 //   a_scale(i, kb): A's scale of row i in 128-K block kb;
 //   prepare_w(j, nb, k0, kc, buf, tile): point tile.w / ldw / tail / sb at W's group.
@@ -218,7 +218,7 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
   // Pairs of K packed per row: whole 64-element chunks (FP8's decode order works on them).
   const int64_t ks_all = ceil_div(K, 64) * 32, groups = ceil_div(N, kNB);
   const int64_t tile_items = ks_all * kTW;  // packed A: [tile][pair][kTW]
-  const int64_t kblocks = op.a_scales ? ceil_div(K, kFp8Blk) : 0;
+  const int64_t kblocks = op.kFp8 ? ceil_div(K, kFp8Blk) : 0;
   const int64_t chunks = ceil_div(K, kChunk), units = vecs * chunks;
   if (2.0 * double(M) * double(N) * double(K) < 262144.0) threads = 1;
   if (threads > groups) threads = int(groups);
@@ -239,7 +239,7 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
       const int64_t k0 = c * kChunk, kc = min64(kChunk, K - k0), lane0 = (g - first_vec(tg)) * 16;
       const int rows = int(min64(16, M - i0));
       op.pack_a(i0, rows, k0, kc, ap + tg * tile_items + (k0 / 2) * kTW + lane0, kTW);
-      for (int64_t kb = k0 / kFp8Blk; op.a_scales && kb < ceil_div(k0 + kc, kFp8Blk); ++kb)
+      for (int64_t kb = k0 / kFp8Blk; op.kFp8 && kb < ceil_div(k0 + kc, kFp8Blk); ++kb)
         for (int r = 0; r < 16; ++r)
           sap[(tg * kblocks + kb) * kTW + lane0 + r] = r < rows ? op.a_scale(i0 + r, kb) : 0.f;
     }
@@ -259,8 +259,8 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
         tile.add = k0 > 0 || accumulate;
         // Row tiles per block of A kept in L2 while the thread's W columns stream past
         // (FP8 would decode its W groups once per block: one block).
-        int64_t mct = tiles_m;
-        if (!op.kFp8) mct = kABlockBytes / (kTW * kc * 2) > 1 ? kABlockBytes / (kTW * kc * 2) : 1;
+        const int64_t fit = kABlockBytes / (kTW * kc * 2);
+        const int64_t mct = op.kFp8 ? tiles_m : fit > 1 ? fit : 1;
         for (int64_t tb = 0; tb < tiles_m; tb += mct) {
           const int64_t te = min64(tiles_m, tb + mct);
           for (int64_t g = g0; g < g1; ++g) {
@@ -289,7 +289,6 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
 
 struct OpBf16 {
   static constexpr bool kFp8 = false;
-  bool a_scales = false;
   size_t w_buf_bytes = 0;
   const GemmBF16* p;
   void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
@@ -305,7 +304,6 @@ struct OpBf16 {
 
 struct OpFp8 {
   static constexpr bool kFp8 = true;
-  bool a_scales = true;
   size_t w_buf_bytes = size_t(kNB) * kWStride * 2 + size_t(kKC / kFp8Blk) * kNB * 4;
   const GemmFP8* p;
   void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {

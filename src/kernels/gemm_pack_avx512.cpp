@@ -20,7 +20,6 @@ namespace {
 constexpr int MR = kMR512, NR = kNR512;
 
 inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
-inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1); }
 
 // The transposing pack shared by every operand stored with K contiguous (A not
 // transposed, B transposed): `rows` source runs of 32-bit items (row i, items t0..t0+15

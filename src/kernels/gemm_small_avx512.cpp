@@ -14,13 +14,13 @@
 #include <cstdint>
 
 #include "kernels/gemm_internal.h"
+#include "kernels/simd_avx512.h"
 
 namespace dsv3::detail {
 
 namespace {
 
 inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
-inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1); }
 #include "kernels/gemm_e4m3_avx512.inc"
 
 constexpr int kNB = 4;  // the widest column step (tiles below)

@@ -15,6 +15,11 @@ inline __mmask16 lanes_mask(int64_t n) {
   return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
 }
 
+// The first n lanes of 32 (n <= 0: none, n >= 32: all).
+inline __mmask32 mask32(int64_t n) {
+  return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
+}
+
 // Loads / stores of the first lanes selected by m. Masked stores are slow on Zen 4 (a
 // full-vector masked store costs several times a plain one), so full vectors take the
 // plain instruction; the branch is perfectly predicted inside a row loop.
