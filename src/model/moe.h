@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "kernels/gemv.h"
 #include "model/linear.h"
 
 namespace dsv3 {
@@ -16,8 +17,8 @@ namespace dsv3 {
 struct FfnTask {
   const MlpWeights* w = nullptr;
   int n = 0;
-  int32_t tok[4] = {};
-  float weight[4] = {};
+  int32_t tok[kGemvMaxM] = {};
+  float weight[kGemvMaxM] = {};
 };
 
 // Per-call buffers of moe_route, kept by the caller so that routing does not allocate.
@@ -39,7 +40,7 @@ struct FfnScratch {
   std::vector<int32_t> order, count;    // token slots grouped by expert
   std::vector<int32_t> fill;            // [E] counting-sort cursors
   RouteScratch route;
-  std::vector<float> h;                 // decode: [tasks, ≤ 4, inter] SwiGLU outputs
+  std::vector<float> h;                 // decode: [tasks, ≤ kGemvMaxM, inter] SwiGLU outputs
   std::vector<FfnTask> tasks;           // decode: the experts of the step
   std::vector<int64_t> off;             // decode: [3, tasks + 1] offsets into h, xe, units
   std::vector<LinearScratch> per_thread;
