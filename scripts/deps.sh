@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libcli11-dev nlohmann-json3-dev libpcre2-dev
       libgtest-dev libopenblas-dev python3 python3-torch python3-numpy clang
-      libclang-rt-14-dev gnuplot-nox)
+      libclang-rt-14-dev gnuplot-nox libcpp-httplib-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

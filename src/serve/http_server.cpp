@@ -1,0 +1,538 @@
+#include "serve/http_server.h"
+
+#include <dirent.h>
+#include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <thread>
+
+#include "core/check.h"
+#include "serve/engine.h"
+#include "serve/openai_api.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsv3::serve {
+namespace {
+
+// src/serve/chat_page.html, made a raw string literal at configure time (CMakeLists.txt).
+const char kChatPage[] =
+#include "chat_page.inc"
+    ;
+
+using Clock = std::chrono::steady_clock;
+constexpr double kAliveCheckS = 0.2;  // how often a waiting handler checks its client
+
+// ---- the client's socket ----------------------------------------------------------------
+// httplib 0.11 gives a handler no way to see that its client hung up, and a generation the
+// client no longer wants holds a batch slot. The connection's socket is found once per
+// request by its address pair (unique while the connection is open, and the handler runs
+// while it is), then polled for the peer's FIN.
+
+std::string numeric_host(const sockaddr_storage& a, socklen_t len, int* port) {
+  char host[NI_MAXHOST], serv[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&a), len, host, sizeof host, serv, sizeof serv,
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return "";
+  *port = std::atoi(serv);
+  return host;
+}
+
+int connection_fd(const httplib::Request& req) {
+  DIR* d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  int found = -1;
+  while (dirent* ent = readdir(d)) {
+    const int fd = std::atoi(ent->d_name);
+    if (fd <= 2 || fd == dirfd(d)) continue;
+    sockaddr_storage peer{}, self{};
+    socklen_t pl = sizeof peer, sl = sizeof self;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&self), &sl) != 0) continue;
+    int pport = -1, sport = -1;
+    const std::string paddr = numeric_host(peer, pl, &pport);
+    numeric_host(self, sl, &sport);
+    if (pport == req.remote_port && paddr == req.remote_addr &&
+        (req.local_port <= 0 || sport == req.local_port)) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// The peer closed its side (or the socket failed). A pipelined next request is not a close.
+bool peer_gone(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return true;
+  char c;
+  return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+// ---- one generation request -------------------------------------------------------------
+
+// The engine streams of one HTTP request (n choices per prompt) and their wire state.
+struct Job {
+  ResponseMeta meta;
+  bool include_usage = false;
+  std::vector<std::shared_ptr<Stream>> streams;
+  std::vector<ChoiceBuilder> choices;
+  std::vector<bool> done;
+  int64_t n = 1;  // choices per prompt
+  Usage usage;    // prompt_tokens filled at submit, the rest by count_usage()
+  int fd = -1;    // the client's socket, -1 if not found
+  void cancel_all() {
+    for (auto& s : streams) s->cancel();
+  }
+  void count_usage() {
+    for (const ChoiceBuilder& b : choices) usage.completion_tokens += b.completion_tokens();
+    // Cached tokens: the first choice of each prompt (the others share its prefix anyway).
+    for (size_t i = 0; i < choices.size(); i += size_t(n)) usage.cached_tokens += choices[i].cached_tokens();
+  }
+};
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  res.status = e.status;
+  res.set_content(dump(error_body(e)), "application/json");
+}
+
+template <class F>
+httplib::Server::Handler guarded(F f) {
+  return [f](const httplib::Request& req, httplib::Response& res) {
+    try {
+      f(req, res);
+    } catch (const ApiError& e) {
+      send_error(res, e);
+    } catch (const Error& e) {  // the engine's and the tokenizer's checks of client input
+      send_error(res, ApiError(400, e.what()));
+    } catch (const nlohmann::json::exception& e) {  // a JSON value of an unexpected type
+      send_error(res, ApiError(400, str_cat("invalid request: ", e.what())));
+    } catch (const std::exception& e) {
+      send_error(res, ApiError(500, str_cat("internal error: ", e.what())));
+    } catch (...) {
+      send_error(res, ApiError(500, "internal error"));
+    }
+  };
+}
+
+bool is_known_path(const std::string& p, bool* get, bool* post) {
+  *get = p == "/" || p == "/health" || p == "/metrics" || p == "/v1/models" ||
+         p.rfind("/v1/models/", 0) == 0;
+  *post = p == "/v1/chat/completions" || p == "/v1/completions" || p == "/tokenize" ||
+          p == "/detokenize";
+  return *get || *post;
+}
+
+}  // namespace
+
+struct HttpServer::Impl {
+  HttpOptions opt;
+  httplib::Server svr;
+  std::atomic<Engine*> engine{nullptr};
+  std::atomic<const tok::Tokenizer*> tokenizer{nullptr};
+  std::atomic<bool> closing{false};
+  std::thread thread;
+  bool bound = false;
+  const int64_t created = int64_t(std::time(nullptr));
+
+  explicit Impl(HttpOptions o) : opt(std::move(o)) {}
+
+  Engine& ready_engine() const {
+    Engine* e = engine.load();
+    if (!e) throw ApiError(503, "the model is still loading; retry shortly", "", "model_loading");
+    if (e->draining()) throw ApiError(503, "the server is shutting down", "", "draining");
+    return *e;
+  }
+  const tok::Tokenizer& need_tokenizer(const char* what) const {
+    const tok::Tokenizer* t = tokenizer.load();
+    if (!t) throw ApiError(400, str_cat(what, " needs text, but the model directory has no tokenizer.json"));
+    return *t;
+  }
+  TokenBytes token_bytes() const {
+    const tok::Tokenizer* t = tokenizer.load();
+    return [t](int32_t id) -> std::string {
+      if (!t || id < 0 || id >= t->vocab_size()) return "";
+      try {
+        return std::string(t->token_bytes(id));
+      } catch (const Error&) {
+        return "";
+      }
+    };
+  }
+  void check_model(const std::string& name) const {
+    if (!name.empty() && name != opt.served_model_name)
+      throw ApiError(404, str_cat("The model '", name, "' does not exist; this server serves '",
+                                  opt.served_model_name, "'"),
+                     "model", "model_not_found");
+  }
+
+  void routes();
+  httplib::Server::HandlerResponse pre_route(const httplib::Request& req, httplib::Response& res);
+  void generate(const httplib::Request& req, httplib::Response& res, Endpoint kind);
+  bool pump(Job& job, const std::function<bool(size_t, const Event&)>& on,
+            const std::function<bool()>& alive);
+  bool stream_job(Job& job, httplib::DataSink& sink);
+};
+
+// Auth, CORS and wrong methods, before httplib's routing (which reads the body after this).
+httplib::Server::HandlerResponse HttpServer::Impl::pre_route(const httplib::Request& req,
+                                                             httplib::Response& res) {
+  using HR = httplib::Server::HandlerResponse;
+  const std::string origin = req.get_header_value("Origin");
+  bool cors = false;
+  if (!origin.empty()) {
+    for (const std::string& o : opt.cors_origins) cors = cors || o == "*" || o == origin;
+    if (cors) {
+      const bool any = std::find(opt.cors_origins.begin(), opt.cors_origins.end(), "*") !=
+                       opt.cors_origins.end();
+      res.set_header("Access-Control-Allow-Origin", any ? "*" : origin);
+      if (!any) res.set_header("Vary", "Origin");
+    }
+  }
+  bool get = false, post = false;
+  const bool known = is_known_path(req.path, &get, &post);
+  const char* allow = get ? "GET, HEAD, OPTIONS" : "POST, OPTIONS";
+  if (req.method == "OPTIONS") {  // a CORS preflight (never authenticated: browsers send no key)
+    res.status = 204;
+    res.set_header("Allow", known ? allow : "OPTIONS");
+    if (cors) {
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      const std::string h = req.get_header_value("Access-Control-Request-Headers");
+      res.set_header("Access-Control-Allow-Headers", h.empty() ? "Authorization, Content-Type" : h);
+      res.set_header("Access-Control-Max-Age", "600");
+    }
+    return HR::Handled;
+  }
+  const bool open = req.path == "/" || req.path == "/health";
+  if (!opt.api_key.empty() && !open) {
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string want = "Bearer " + opt.api_key;
+    // Constant time in the key's length: no early exit on the first differing byte.
+    unsigned diff = auth.size() != want.size();
+    for (size_t i = 0; i < want.size(); ++i) diff |= unsigned(i < auth.size() ? auth[i] ^ want[i] : 1);
+    if (diff) {
+      send_error(res, ApiError(401, auth.empty() ? "missing API key: send \"Authorization: Bearer KEY\""
+                                                 : "incorrect API key",
+                               "", "invalid_api_key"));
+      return HR::Handled;
+    }
+  }
+  const bool is_get = req.method == "GET" || req.method == "HEAD";
+  if (known && !((get && is_get) || (post && req.method == "POST"))) {
+    res.set_header("Allow", allow);
+    send_error(res, ApiError(405, str_cat("method ", req.method, " is not allowed on ", req.path,
+                                          " (allowed: ", allow, ")"),
+                             "", "method_not_allowed"));
+    return HR::Handled;
+  }
+  return HR::Unhandled;
+}
+
+// Feeds every choice's events to `on` until each has finished. Returns false, with every
+// request cancelled, when the client went away (`alive` false), the server is closing, or
+// `on` refused an event (its write failed).
+bool HttpServer::Impl::pump(Job& job, const std::function<bool(size_t, const Event&)>& on,
+                            const std::function<bool()>& alive) {
+  const size_t n = job.streams.size();
+  auto last_check = Clock::now();
+  const auto take = [&](size_t i, const Event& e) {
+    if (e.kind != Event::Kind::Token) job.done[i] = true;
+    return on(i, e);
+  };
+  for (;;) {
+    size_t active = 0, first = n;
+    bool got = false;
+    for (size_t i = 0; i < n; ++i) {
+      Event e;
+      while (!job.done[i] && job.streams[i]->next(&e, 0)) {
+        got = true;
+        if (!take(i, e)) return job.cancel_all(), false;
+      }
+      if (!job.done[i]) {
+        ++active;
+        if (first == n) first = i;
+      }
+    }
+    if (active == 0) return true;
+    if (!got) {
+      // Block on one stream; with several, briefly, so the others are served soon too.
+      Event e;
+      if (job.streams[first]->next(&e, active == 1 ? kAliveCheckS : 0.005) && !take(first, e))
+        return job.cancel_all(), false;
+    }
+    const auto now = Clock::now();
+    if (std::chrono::duration<double>(now - last_check).count() >= kAliveCheckS) {
+      last_check = now;
+      if (closing.load() || !alive()) return job.cancel_all(), false;
+    }
+  }
+}
+
+bool HttpServer::Impl::stream_job(Job& job, httplib::DataSink& sink) {
+  const auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+  const auto chunk = [&](json choice) {
+    std::vector<json> c;
+    c.push_back(std::move(choice));
+    return write(sse_event(chunk_json(job.meta, std::move(c), job.include_usage)));
+  };
+  if (job.meta.kind == Endpoint::Chat)
+    for (const ChoiceBuilder& b : job.choices)
+      if (!chunk(b.role_choice())) return job.cancel_all(), false;
+  bool failed = false;
+  const bool ok = pump(
+      job,
+      [&](size_t i, const Event& e) {
+        if (e.kind == Event::Kind::Error) {
+          // The engine failed the request: an error object in the stream (the OpenAI clients
+          // raise it), and no [DONE].
+          failed = true;
+          write(sse_event(error_body(ApiError(500, e.finish_reason.empty() ? "the engine failed the request"
+                                                                           : e.finish_reason))));
+          return false;
+        }
+        for (json& c : job.choices[i].on_event(e))
+          if (!chunk(std::move(c))) return false;
+        return true;
+      },
+      [&] { return !peer_gone(job.fd) && sink.is_writable(); });
+  if (failed) {
+    sink.done();
+    return true;
+  }
+  if (!ok) return false;
+  job.count_usage();
+  if (job.include_usage && !write(sse_event(usage_chunk_json(job.meta, job.usage)))) return false;
+  if (!write(sse_done())) return false;
+  sink.done();
+  return true;
+}
+
+void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& res, Endpoint kind) {
+  Engine& eng = ready_engine();
+  const json body = parse_body(req.body);
+  GenParams params;
+  std::vector<std::vector<int32_t>> prompts;
+  if (kind == Endpoint::Chat) {
+    ChatRequest c = parse_chat_request(body);
+    check_model(c.params.model);
+    params = std::move(c.params);
+    prompts.push_back(chat_prompt_ids(need_tokenizer("/v1/chat/completions"), c.messages));
+  } else {
+    CompletionRequest c = parse_completion_request(body);
+    check_model(c.params.model);
+    params = std::move(c.params);
+    for (const Prompt& p : c.prompts)
+      prompts.push_back(completion_prompt_ids(p.is_text ? &need_tokenizer("a text prompt") : nullptr, p));
+  }
+
+  auto job = std::make_shared<Job>();
+  job->meta = {kind, new_response_id(kind), int64_t(std::time(nullptr)), opt.served_model_name};
+  job->include_usage = params.stream && params.include_usage;
+  job->n = params.n;
+  const char* prompt_param = kind == Endpoint::Chat ? "messages" : "prompt";
+  for (const auto& ids : prompts) {
+    std::vector<Request> reqs;
+    try {
+      reqs = engine_requests(params, ids, eng.context(), job->meta.id);
+    } catch (const ApiError& e) {
+      job->cancel_all();
+      throw ApiError(400, e.what(), prompt_param);
+    }
+    for (Request& r : reqs) {
+      std::shared_ptr<Stream> s;
+      try {
+        s = eng.submit(std::move(r));
+      } catch (const Error& e) {
+        job->cancel_all();
+        throw ApiError(400, e.what());
+      }
+      if (!s) {
+        job->cancel_all();
+        if (eng.draining()) throw ApiError(503, "the server is shutting down", "", "draining");
+        throw ApiError(429, "the request queue is full; retry later", "", "queue_full");
+      }
+      job->choices.emplace_back(kind, int64_t(job->streams.size()), params.top_logprobs >= 0,
+                                token_bytes());
+      job->streams.push_back(std::move(s));
+    }
+    job->usage.prompt_tokens += int64_t(ids.size());
+  }
+  job->done.assign(job->streams.size(), false);
+  job->fd = connection_fd(req);
+
+  if (params.stream) {
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, job](size_t, httplib::DataSink& sink) { return stream_job(*job, sink); },
+        [job](bool success) {
+          if (!success) job->cancel_all();  // the provider never ran, or stopped early
+        });
+    return;
+  }
+
+  // Non-streamed: wait here, watching the client, then answer at once.
+  struct CancelOnExit {
+    Job& j;
+    bool armed = true;
+    ~CancelOnExit() {
+      if (armed) j.cancel_all();
+    }
+  } guard{*job};
+  std::string engine_error;
+  const bool ok = pump(
+      *job,
+      [&](size_t i, const Event& e) {
+        if (e.kind == Event::Kind::Error) {
+          engine_error = e.finish_reason.empty() ? "the engine failed the request" : e.finish_reason;
+          return false;
+        }
+        job->choices[i].on_event(e);
+        return true;
+      },
+      [&] { return !peer_gone(job->fd); });
+  if (!engine_error.empty()) throw ApiError(500, engine_error);
+  if (!ok) throw ApiError(503, "the request was cancelled (client gone or server closing)");
+  guard.armed = false;
+  std::vector<json> choices;
+  for (const ChoiceBuilder& b : job->choices) choices.push_back(b.final_choice());
+  job->count_usage();
+  res.set_content(dump(response_json(job->meta, choices, job->usage)), "application/json");
+}
+
+void HttpServer::Impl::routes() {
+  svr.set_pre_routing_handler([this](const httplib::Request& q, httplib::Response& r) {
+    try {
+      return pre_route(q, r);
+    } catch (const std::exception& e) {
+      send_error(r, ApiError(500, str_cat("internal error: ", e.what())));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+  });
+  // Statuses httplib sets itself (404 unknown path, 413 body too large, 400 bad request
+  // line) get the same JSON error body as ours.
+  svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& q,
+                                                                httplib::Response& r) {
+    if (!r.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    std::string msg = str_cat("HTTP ", r.status);
+    std::string code;
+    if (r.status == 404) msg = str_cat("no such endpoint: ", q.path), code = "not_found";
+    if (r.status == 413) msg = "the request body is too large", code = "payload_too_large";
+    send_error(r, ApiError(r.status, msg, "", code));
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  svr.set_exception_handler([](const httplib::Request&, httplib::Response& r, std::exception_ptr) {
+    send_error(r, ApiError(500, "internal error"));
+  });
+  // One short line per refused request; successful ones are logged by the engine.
+  svr.set_logger([](const httplib::Request& q, const httplib::Response& r) {
+    if (r.status < 400) return;
+    const json b = json::parse(r.body, nullptr, false);
+    const std::string msg = b.is_object() && b.contains("error") && b["error"].is_object()
+                                ? b["error"].value("message", "")
+                                : "";
+    std::fprintf(stderr, "dsv3 serve: %d %s %s: %.200s\n", r.status, q.method.c_str(), q.path.c_str(),
+                 msg.c_str());
+  });
+
+  svr.Get("/", [](const httplib::Request&, httplib::Response& r) {
+    r.set_content(kChatPage, sizeof kChatPage - 1, "text/html; charset=utf-8");
+  });
+  svr.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
+    Engine* e = engine.load();
+    const char* status = !e ? "loading" : e->draining() ? "draining" : "ok";
+    r.status = !e || e->draining() ? 503 : 200;
+    r.set_content(dump(json{{"status", status}}), "application/json");
+  });
+  svr.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& r) {
+    Engine* e = engine.load();
+    json list = {{"object", "list"},
+                 {"data", {model_json(opt.served_model_name, created, e ? e->context() : 0)}}};
+    r.set_content(dump(list), "application/json");
+  }));
+  svr.Get("/v1/models/(.+)", guarded([this](const httplib::Request& q, httplib::Response& r) {
+    check_model(q.matches[1].str());
+    Engine* e = engine.load();
+    r.set_content(dump(model_json(opt.served_model_name, created, e ? e->context() : 0)),
+                  "application/json");
+  }));
+  svr.Post("/v1/chat/completions", guarded([this](const httplib::Request& q, httplib::Response& r) {
+    generate(q, r, Endpoint::Chat);
+  }));
+  svr.Post("/v1/completions", guarded([this](const httplib::Request& q, httplib::Response& r) {
+    generate(q, r, Endpoint::Completion);
+  }));
+  svr.Post("/tokenize", guarded([this](const httplib::Request& q, httplib::Response& r) {
+    Engine& e = ready_engine();
+    r.set_content(dump(tokenize_json(need_tokenizer("/tokenize"), parse_body(q.body), e.context())),
+                  "application/json");
+  }));
+  svr.Post("/detokenize", guarded([this](const httplib::Request& q, httplib::Response& r) {
+    ready_engine();
+    r.set_content(dump(detokenize_json(need_tokenizer("/detokenize"), parse_body(q.body))),
+                  "application/json");
+  }));
+  svr.Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& r) {
+    Engine* e = engine.load();
+    if (!e) throw ApiError(503, "the model is still loading", "", "model_loading");
+    r.set_content(metrics_text(e->metrics()), "text/plain; version=0.0.4; charset=utf-8");
+  }));
+}
+
+HttpServer::HttpServer(HttpOptions o) : impl_(std::make_unique<Impl>(std::move(o))) {
+  // A client that hangs up mid-stream must cost a failed write, not the process.
+  std::signal(SIGPIPE, SIG_IGN);
+  Impl& m = *impl_;
+  const size_t threads = size_t(std::max(1, m.opt.threads));
+  m.svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  m.svr.set_payload_max_length(m.opt.max_body_bytes);
+  m.svr.set_keep_alive_max_count(1000);
+  m.svr.set_tcp_nodelay(true);  // one SSE chunk per token: no Nagle delay between them
+  m.routes();
+}
+
+HttpServer::~HttpServer() { shutdown(); }
+
+int HttpServer::bind() {
+  Impl& m = *impl_;
+  int port = m.opt.port;
+  if (port == 0) {
+    port = m.svr.bind_to_any_port(m.opt.host);
+    DSV3_CHECK(port > 0, "serve: cannot bind to ", m.opt.host, " (any port)");
+  } else {
+    DSV3_CHECK(m.svr.bind_to_port(m.opt.host, port), "serve: cannot bind to ", m.opt.host, ":", port,
+               " (in use, or not an address of this machine)");
+  }
+  m.bound = true;
+  return port;
+}
+
+void HttpServer::start() {
+  DSV3_ASSERT(impl_->bound && !impl_->thread.joinable());
+  impl_->thread = std::thread([this] { impl_->svr.listen_after_bind(); });
+}
+
+void HttpServer::set_ready(Engine* engine, const tok::Tokenizer* tokenizer) {
+  impl_->tokenizer.store(tokenizer);
+  impl_->engine.store(engine);
+}
+
+void HttpServer::shutdown() {
+  Impl& m = *impl_;
+  if (m.closing.exchange(true)) return;
+  if (m.bound) m.svr.stop();
+  if (m.thread.joinable()) m.thread.join();
+}
+
+}  // namespace dsv3::serve

@@ -1,0 +1,81 @@
+// GET /metrics in the Prometheus text exposition format 0.0.4: "# HELP", "# TYPE", then
+// samples; histograms as cumulative _bucket{le="..."} series ending at +Inf, _sum, _count.
+#include <charconv>
+#include <string>
+
+#include "serve/openai_api.h"
+
+namespace dsv3::serve {
+namespace {
+
+// Shortest text that reads back to the same double ("0.005", "1e-05"), as Prometheus parses.
+std::string num(double v) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+void header(std::string& out, const char* name, const char* type, const char* help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+void gauge(std::string& out, const char* name, const char* help, int64_t v) {
+  header(out, name, "gauge", help);
+  out += std::string(name) + ' ' + std::to_string(v) + '\n';
+}
+
+void counter(std::string& out, const char* name, const char* help, uint64_t v) {
+  header(out, name, "counter", help);
+  out += std::string(name) + ' ' + std::to_string(v) + '\n';
+}
+
+void histogram(std::string& out, const char* name, const char* help, const Histogram& h) {
+  header(out, name, "histogram", help);
+  const std::string n = name;
+  uint64_t cum = 0;
+  for (size_t i = 0; i < h.bounds.size(); ++i) {
+    cum += i < h.counts.size() ? h.counts[i] : 0;
+    out += n + "_bucket{le=\"" + num(h.bounds[i]) + "\"} " + std::to_string(cum) + '\n';
+  }
+  // +Inf holds every observation, whatever the finite buckets add up to.
+  out += n + "_bucket{le=\"+Inf\"} " + std::to_string(h.count) + '\n';
+  out += n + "_sum " + num(h.sum) + '\n';
+  out += n + "_count " + std::to_string(h.count) + '\n';
+}
+
+}  // namespace
+
+std::string metrics_text(const EngineMetrics& m) {
+  std::string o;
+  gauge(o, "dsv3_requests_running", "Requests in the running batch.", m.running);
+  gauge(o, "dsv3_requests_waiting", "Requests waiting to be admitted.", m.waiting);
+  gauge(o, "dsv3_kv_blocks_used", "Latent-cache blocks in use.", m.kv_blocks_used);
+  gauge(o, "dsv3_kv_blocks_total", "Latent-cache blocks in the pool.", m.kv_blocks_total);
+  counter(o, "dsv3_prompt_tokens_total", "Prompt tokens of admitted requests.", m.prompt_tokens);
+  counter(o, "dsv3_generation_tokens_total", "Tokens generated.", m.generation_tokens);
+  counter(o, "dsv3_requests_finished_total", "Requests finished (stop or length).", m.requests_finished);
+  counter(o, "dsv3_requests_cancelled_total", "Requests cancelled (client gone or drain deadline).",
+          m.requests_cancelled);
+  counter(o, "dsv3_requests_rejected_total", "Requests refused (queue full or draining).",
+          m.requests_rejected);
+  counter(o, "dsv3_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.",
+          m.prefix_queries);
+  counter(o, "dsv3_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", m.prefix_hits);
+  counter(o, "dsv3_spec_drafted_tokens_total", "Tokens drafted by the MTP modules.", m.spec_drafted);
+  counter(o, "dsv3_spec_accepted_tokens_total", "Drafted tokens accepted.", m.spec_accepted);
+  counter(o, "dsv3_preemptions_total", "Sequences preempted when the block pool ran dry.", m.preemptions);
+  counter(o, "dsv3_engine_steps_total", "Scheduler steps run.", m.steps);
+  histogram(o, "dsv3_time_to_first_token_seconds", "Time from arrival to the first token.", m.ttft);
+  histogram(o, "dsv3_time_per_output_token_seconds", "Time between output tokens.", m.tpot);
+  return o;
+}
+
+}  // namespace dsv3::serve
