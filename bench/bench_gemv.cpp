@@ -1,7 +1,7 @@
 // dsv3 bench membw [--mb 1024] [--threads T] [--json]
 //   Streaming-read bandwidth with the widest loads (kernels/gemv.h stream_read) over a
 //   buffer far larger than L3: "the measured memory bandwidth" GEMV is judged by.
-// dsv3 bench gemv --n N --k K --dtype bf16|fp8 [--m 1..4] [--path auto|f16|lut|lut8]
+// dsv3 bench gemv --n N --k K --dtype bf16|fp8 [--m 1..16] [--path auto|f16|lut|lut8]
 //                 [--threads T] [--json]
 //   Decode GEMV in GB/s of weight bytes streamed (codes + scales), measured back to back
 //   with membw in the same run, and their ratio. Several copies of W (≥ 512 MB together)
@@ -231,7 +231,7 @@ void add_gemv(CLI::App& bench) {
   CLI::App* s = bench.add_subcommand("gemv", "Decode GEMV in GB/s of weights, vs membw");
   s->add_option("--n", o->n, "rows of W (output features)")->capture_default_str();
   s->add_option("--k", o->k, "columns of W (input features)")->capture_default_str();
-  s->add_option("--m", o->m, "rows of x (tokens, 1..4)")->capture_default_str();
+  s->add_option("--m", o->m, "rows of x (tokens, 1..kGemvMaxM = 16)")->capture_default_str();
   s->add_option("--dtype", o->dtype, "bf16 | fp8")->capture_default_str();
   s->add_option("--path", o->path, "FP8 conversion: auto | f16 | lut | lut8")->capture_default_str();
   s->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();

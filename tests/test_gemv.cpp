@@ -1,5 +1,5 @@
 // GEMV (kernels/gemv.h): every ISA path and both FP8 conversions against an exact
-// (double) sum, on odd N and K (partial 128-blocks and 64-byte tails), M = 1..4, strided
+// (double) sum, on odd N and K (partial 128-blocks and 64-byte tails), M = 1..kGemvMaxM, strided
 // and misaligned operands, accumulate, 1-3 threads. The scalar reference is held to the
 // same bound. Tolerance (gemv.h): |y - exact| ≤ (2^-15 + 2(K+2)·2^-24)·Σ|w·s·x| — F32
 // accumulation in any order costs ≤ (K-1)·2^-24 of Σ|terms|, the x·s rounding and the
@@ -7,7 +7,9 @@
 // 2^-17 relative (each part rounds to 8 significant bits).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -155,6 +157,105 @@ TEST(Gemv, Bf16MatchesExactOnEveryPath) {
   }
 }
 
+// Row invariance (gemv.h): on a fixed path and thread count, row m of y is bit-identical
+// to the same row of x computed alone (M = 1), for every M, every position of the row in
+// the batch and whatever its neighbours are. A pool of P rows of x (random, plus a zero
+// row, a copy of row 0 and a row of large values); batch b of size M puts pool row
+// (i + P - b) % P at position i, so across b = 0..M-1 pool row 0 visits every position
+// with different neighbours, and every row of every batch is checked against its M = 1
+// result. accumulate = true starts each row of y from that pool row's own y0.
+struct InvarianceCase {
+  int64_t N, K;
+};
+const InvarianceCase kInvarianceShapes[] = {{1, 1}, {3, 5}, {13, 127}, {67, 300}, {131, 257}};
+
+template <class Call>
+void check_row_invariance(int64_t N, int64_t K, const std::vector<float>& pool, int64_t ldx,
+                          int64_t P, const std::vector<float>& y0pool, Call&& call,
+                          const char* what) {
+  const int64_t ldy = N + 3;
+  for (bool acc : {false, true}) {
+    // alone[r]: pool row r computed with M = 1.
+    std::vector<float> alone(P * N);
+    for (int64_t r = 0; r < P; ++r) {
+      std::vector<float> y(y0pool.begin() + r * N, y0pool.begin() + (r + 1) * N);
+      call(1, pool.data() + 1 + r * ldx, y.data(), ldy, acc);
+      std::copy(y.begin(), y.end(), alone.begin() + r * N);
+    }
+    for (int64_t M = 2; M <= kGemvMaxM; ++M)
+      for (int64_t b = 0; b < M; ++b) {
+        // x rows of the batch, contiguous with stride ldx, misaligned by one float.
+        std::vector<float> xb(M * ldx + 1), y(M * ldy, -7.f);
+        std::vector<int64_t> row(M);
+        for (int64_t i = 0; i < M; ++i) {
+          row[i] = (i + P - b) % P;
+          std::copy(pool.begin() + 1 + row[i] * ldx, pool.begin() + 1 + row[i] * ldx + K, xb.begin() + 1 + i * ldx);
+          std::copy(y0pool.begin() + row[i] * N, y0pool.begin() + (row[i] + 1) * N, y.begin() + i * ldy);
+        }
+        call(M, xb.data() + 1, y.data(), ldy, acc);
+        for (int64_t i = 0; i < M; ++i)
+          ASSERT_EQ(std::memcmp(y.data() + i * ldy, alone.data() + row[i] * N, size_t(N) * sizeof(float)), 0)
+              << what << " N=" << N << " K=" << K << " M=" << M << " batch " << b << " position " << i
+              << " pool row " << row[i] << " acc " << acc;
+      }
+  }
+}
+
+// Pool of P = kGemvMaxM + 3 rows of x with stride ldx (offset by one float), and one row
+// of y0 per pool row.
+void make_pool(std::mt19937& rng, int64_t N, int64_t K, int64_t ldx, int64_t P, std::vector<float>* pool,
+               std::vector<float>* y0) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  pool->assign(P * ldx + 1, 0.f);
+  for (int64_t r = 0; r < P; ++r)
+    for (int64_t k = 0; k < K; ++k) {
+      float v = u(rng) * std::exp2(float(int(rng() % 9) - 4));
+      if (r == 1) v = 0.f;                                  // a zero row
+      if (r == 2) v = (*pool)[1 + k];                       // a copy of row 0
+      if (r == 3) v = u(rng) * 1e20f;                       // large values
+      (*pool)[1 + r * ldx + k] = v;
+    }
+  y0->resize(P * N);
+  for (auto& v : *y0) v = u(rng);
+}
+
+TEST(Gemv, RowsAreBitIdenticalForEveryBatchSize) {
+  IsaGuard guard;
+  std::mt19937 rng(2024);
+  std::uniform_real_distribution<float> u(-1.f, 1.f), ls(-10.f, -2.f);
+  const int64_t P = kGemvMaxM + 3;
+  for (const InvarianceCase& sh : kInvarianceShapes) {
+    const int64_t N = sh.N, K = sh.K, ldw = K + 3, ldx = K + 5;
+    std::vector<float> pool, y0;
+    make_pool(rng, N, K, ldx, P, &pool, &y0);
+    // FP8 W (no NaN codes: a NaN row is NaN for every M, but NaN payloads need not match).
+    std::vector<uint8_t> w8buf(N * ldw + 1);
+    for (auto& c : w8buf) { c = uint8_t(rng()); if ((c & 0x7f) == 0x7f) c = 0; }
+    std::vector<float> s(fp8_blocks(N) * fp8_blocks(K));
+    for (auto& v : s) v = std::exp2(ls(rng));
+    std::vector<uint16_t> w16buf(N * ldw + 1);
+    for (auto& h : w16buf) h = f32_to_bf16(u(rng) * std::exp2(float(int(rng() % 11) - 5)));
+    for (Isa isa : isas()) {
+      set_isa(isa);
+      for (int threads : {1, 3}) {
+        SCOPED_TRACE(testing::Message() << isa_name(isa) << " threads " << threads);
+        check_row_invariance(N, K, pool, ldx, P, y0,
+            [&](int64_t M, const float* x, float* y, int64_t ldy, bool acc) {
+              gemv_bf16(GemvBF16{M, N, K, w16buf.data() + 1, ldw, x, ldx, y, ldy, acc}, threads);
+            }, "bf16");
+        for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8}) {
+          if (isa != Isa::Avx512 && path != Fp8Path::Auto) continue;  // one FP8 path below AVX-512
+          SCOPED_TRACE(testing::Message() << "fp8 path " << int(path));
+          check_row_invariance(N, K, pool, ldx, P, y0,
+              [&](int64_t M, const float* x, float* y, int64_t ldy, bool acc) {
+                gemv_fp8(GemvFP8{M, N, K, w8buf.data() + 1, ldw, s.data(), x, ldx, y, ldy, acc, path}, threads);
+              }, "fp8");
+        }
+      }
+    }
+  }
+}
+
 TEST(Gemv, NonFiniteInputsGiveNonFiniteOutputs) {
   IsaGuard guard;
   const int64_t N = 9, K = 200;
@@ -181,9 +282,10 @@ TEST(Gemv, NonFiniteInputsGiveNonFiniteOutputs) {
 
 TEST(Gemv, RejectsBadArguments) {
   std::vector<uint8_t> w(64);
-  std::vector<float> s(1), x(16 * 5), y(16 * 5);
-  GemvFP8 p{5, 4, 16, w.data(), 16, s.data(), x.data(), 16, y.data(), 4, false};
-  EXPECT_THROW(gemv_fp8(p), Error);  // M > 4
+  constexpr int64_t M = kGemvMaxM + 1;
+  std::vector<float> s(1), x(16 * M), y(16 * M);
+  GemvFP8 p{M, 4, 16, w.data(), 16, s.data(), x.data(), 16, y.data(), 4, false};
+  EXPECT_THROW(gemv_fp8(p), Error);  // M > kGemvMaxM
   p.M = 1;
   p.ldw = 8;
   EXPECT_THROW(gemv_fp8(p), Error);  // ldw < K

@@ -20,7 +20,7 @@
 
 namespace dsv3 {
 
-inline constexpr int kGemvMaxM = 4;
+inline constexpr int kGemvMaxM = 16;
 
 struct GemvBF16 {
   int64_t M = 1, N = 0, K = 0;

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "kernels/gemv_impl.h"
 #include "kernels/simd_avx2.h"
@@ -57,25 +58,31 @@ void tile(const typename W::T* w, int64_t ldw, int64_t K, const float* xs, int64
   static_assert(R * M <= 8, "GEMV tile too large");
   using T = typename W::T;
   __m256 acc[R][M];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
   auto step = [&](const T* const* rows, int64_t k) __attribute__((always_inline)) {
-    __m256 x[M];
-#pragma GCC unroll 4
-    for (int m = 0; m < M; ++m) x[m] = _mm256_loadu_ps(xs + m * xstride + k);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      const __m256 wr = W::load8(rows[r]);
-#pragma GCC unroll 4
-      for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(wr, x[m], acc[r][m]);
+    if constexpr (R > 1) {  // x in registers, shared by the R rows
+      __m256 x[M];
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) x[m] = _mm256_loadu_ps(xs + m * xstride + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m256 wr = W::load8(rows[r]);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(wr, x[m], acc[r][m]);
+      }
+    } else {  // one row: x straight from memory (M registers of x would not fit beside M sums)
+      const __m256 wr = W::load8(rows[0]);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[0][m] = _mm256_fmadd_ps(wr, _mm256_loadu_ps(xs + m * xstride + k), acc[0][m]);
     }
   };
   const int64_t kfull = K / 8 * 8;
   const T* rows[R];
   for (int64_t k = 0; k < kfull; k += 8) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       rows[r] = w + r * ldw + k;
       if ((k & 31) == 0) _mm_prefetch(reinterpret_cast<const char*>(rows[r]) + pf, _MM_HINT_T1);
@@ -98,21 +105,34 @@ void tile(const typename W::T* w, int64_t ldw, int64_t K, const float* xs, int64
     for (int m = 0; m < M; ++m) store_y(y + m * ldy + r, hsum8(acc[r][m]) + nan[r], accumulate);
 }
 
-// Rows [n0, n1): R-row tiles, then single rows.
-template <int R, int M, class W>
+// Rows [n0, n1) against M rows of x. M ≤ 4: tiles of R rows (2 or 4, R·M ≤ 8 sums + M of
+// x in 16 registers), then single rows; M = 5..8: one row at a time; M > 8: each row
+// against x rows 0..7, then 8..M-1 (the row is then read again, from L1 or L2, not from
+// memory: 16 sums do not fit in the 16 registers).
+template <int M, class W>
 void rows(const typename W::T* w, int64_t ldw, int64_t K, int64_t n0, int64_t n1, const float* xs,
           int64_t xstride, float* y, int64_t ldy, bool accumulate) {
   const int64_t row_bytes = ldw * int64_t(sizeof(typename W::T));
-  const int64_t pf = R * row_bytes > 8192 ? R * row_bytes : 8192;
-  int64_t n = n0;
-  for (; n + R <= n1; n += R) tile<R, M, W>(w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
-  for (; n < n1; ++n) tile<1, M, W>(w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
+  if constexpr (M <= 8) {
+    constexpr int R = M == 2 ? 4 : M <= 4 ? 2 : 1;
+    const int64_t pf = R * row_bytes > 8192 ? R * row_bytes : 8192;
+    int64_t n = n0;
+    for (; n + R <= n1; n += R) tile<R, M, W>(w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
+    for (; n < n1; ++n) tile<1, M, W>(w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
+  } else {
+    for (int64_t n = n0; n < n1; ++n) {
+      tile<1, 8, W>(w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, 8192);
+      tile<1, M - 8, W>(w + n * ldw, ldw, K, xs + 8 * xstride, xstride, y + 8 * ldy + n, ldy, accumulate, 8192);
+    }
+  }
 }
 
-template <int M>
-void range_bf16(const GemvBF16& p, int64_t n0, int64_t n1, const float* xs, int64_t xstride) {
-  constexpr int R = M == 1 ? 2 : M == 2 ? 4 : 2;
-  rows<R, M, WBf16>(p.w, p.ldw, p.K, n0, n1, xs, xstride, p.y, p.ldy, p.accumulate);
+// Calls f.template operator()<M>() with the compile-time value of M in 1..kGemvMaxM.
+template <class F>
+void with_m(int64_t M, F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    ((M == I + 1 ? (f.template operator()<I + 1>(), 0) : 0), ...);
+  }(std::make_integer_sequence<int, kGemvMaxM>{});
 }
 
 template <int M>
@@ -122,8 +142,7 @@ void range_fp8(const GemvFP8& p, int64_t n0, int64_t n1, float* xs, int64_t xstr
     for (int m = 0; m < M; ++m) prep_x(p.x + m * p.ldx, p.K, p.w_scale + blk * kb, 256.f, xs + m * xstride);
     *prepared = blk;
   }
-  constexpr int R = M == 1 ? 2 : M == 2 ? 4 : 2;
-  rows<R, M, WFp8>(p.w, p.ldw, p.K, n0, n1, xs, xstride, p.y, p.ldy, p.accumulate);
+  rows<M, WFp8>(p.w, p.ldw, p.K, n0, n1, xs, xstride, p.y, p.ldy, p.accumulate);
 }
 
 }  // namespace
@@ -135,12 +154,9 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
-    switch (p.M) {
-      case 1: range_bf16<1>(p, n0, n1, scratch, xs); break;
-      case 2: range_bf16<2>(p, n0, n1, scratch, xs); break;
-      case 3: range_bf16<3>(p, n0, n1, scratch, xs); break;
-      default: range_bf16<4>(p, n0, n1, scratch, xs); break;
-    }
+    with_m(p.M, [&]<int M>() {
+      rows<M, WBf16>(p.w, p.ldw, p.K, n0, n1, scratch, xs, p.y, p.ldy, p.accumulate);
+    });
   }
 }
 
@@ -155,12 +171,7 @@ void gemv_fp8(const GemvFP8& p, int threads, float* scratch) {
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
-      switch (p.M) {
-        case 1: range_fp8<1>(p, n0, n1, s, xs, &prepared); break;
-        case 2: range_fp8<2>(p, n0, n1, s, xs, &prepared); break;
-        case 3: range_fp8<3>(p, n0, n1, s, xs, &prepared); break;
-        default: range_fp8<4>(p, n0, n1, s, xs, &prepared); break;
-      }
+      with_m(p.M, [&]<int M>() { range_fp8<M>(p, n0, n1, s, xs, &prepared); });
     }
   }
 }

@@ -35,6 +35,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include <omp.h>
 
@@ -74,6 +76,92 @@ int64_t chunk_rows(int64_t N, int threads, int64_t max_rows) {
   return c;
 }
 
+// ---- Tiles ------------------------------------------------------------------------------
+// A tile is R rows of W by M rows of x, one accumulator per (row of W, row of x) pair,
+// R·M ≤ 16. Each step loads and converts a vector's worth of columns of each of the R rows
+// once and feeds it to all M rows of x, so the weights are streamed once whatever M is;
+// more pairs per tile also mean more independent chains (FMA / VDPBF16PS latency 4-6
+// cycles) and, at small M, fewer re-reads of x per weight byte (8 rows at M = 1 measured
+// +7-9% over 4).
+//
+// Row invariance (gemv.h): the accumulator of pair (n, m) sees exactly the same operations
+// in every tile shape — Kern::dot on the same converted weights and the same x words, one
+// step of Kern::kCols columns at a time from k = 0, the K tail as one masked step, then one
+// _mm512_reduce_add_ps — so R and M (and hence the batch size, the row's position in it
+// and the split of N over threads and tiles) change only which pairs share a tile, never
+// the bits of a result. Keep it so: no per-M accumulator splits, no per-tile tail handling.
+//
+// Accumulators are named variables, not arrays: GCC 12 keeps arrays of more than two
+// vectors in memory and stores them every iteration. Accumulator i holds the pair
+// (row i / M of the tile, row i % M of x).
+#define DSV3_INLINE __attribute__((always_inline))
+#define DSV3_ACCS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+#define DSV3_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+
+// Kern: the weight format. W: element type; X: element type of the prepared x; kCols:
+// columns per step; xoff(k): offset of column k in a prepared row of x; V: one row's
+// converted weights for one step; load(w, mask, nan): V from kCols codes at w (masked
+// lanes read as zero codes); dot(a, v, x): accumulates v · x[xoff(k)...] into a;
+// kNanCheck: load() collects lanes with NaN codes in *nan, which make the row's outputs NaN.
+template <class Kern, int R, int M>
+void tile(const Kern& kern, const typename Kern::W* w, int64_t ldw, int64_t K,
+          const typename Kern::X* xs, int64_t xstride, float* y, int64_t ldy, bool accumulate,
+          int64_t pf) {
+  static_assert(R >= 1 && R <= 8 && M >= 1 && R * M <= 16, "GEMV tile: at most 8 rows, 16 accumulators");
+  constexpr int64_t C = Kern::kCols;
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  __m512 a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
+  __mmask64 nan[R] = {};
+  auto step = [&](int64_t k, __mmask64 mask) DSV3_INLINE {
+#define DSV3_DOT(i) \
+    if constexpr ((i) < R * M && (i) / M == row) kern.dot(a##i, v, xs + ((i) % M) * xstride + Kern::xoff(k));
+#define DSV3_ROW(r)                                                                          \
+    if constexpr ((r) < R) {                                                                 \
+      constexpr int row = (r);                                                               \
+      _mm_prefetch(reinterpret_cast<const char*>(w + row * ldw + k) + pf, _MM_HINT_T1);      \
+      const typename Kern::V v = kern.load(w + row * ldw + k, mask, &nan[row]);              \
+      DSV3_ACCS(DSV3_DOT)                                                                    \
+    }
+    DSV3_ROWS(DSV3_ROW)
+#undef DSV3_ROW
+#undef DSV3_DOT
+  };
+  int64_t k = 0;
+  for (; k + C <= K; k += C) step(k, ~__mmask64(0));
+  if (k < K) step(k, tail_mask64(K - k));
+#define DSV3_STORE(i)                                                                       \
+  if constexpr ((i) < R * M) {                                                              \
+    float v = _mm512_reduce_add_ps(a##i);                                                   \
+    if constexpr (Kern::kNanCheck) v += nan[(i) / M] ? __builtin_nanf("") : 0.f;            \
+    store_y(y + ((i) % M) * ldy + (i) / M, v, accumulate);                                  \
+  }
+  DSV3_ACCS(DSV3_STORE)
+#undef DSV3_STORE
+}
+
+// Rows of W per tile at M rows of x: as many as 16 accumulators allow, at most 8.
+constexpr int tile_rows(int M) { return M == 1 ? 8 : 16 / M; }
+
+// Rows [n0, n1) of W: full tiles, then single rows.
+template <class Kern, int M>
+void tile_range(const Kern& kern, const typename Kern::W* w, int64_t ldw, int64_t K, int64_t n0,
+                int64_t n1, const typename Kern::X* xs, int64_t xstride, float* y, int64_t ldy,
+                bool accumulate, int64_t pf_min) {
+  constexpr int R = tile_rows(M);
+  const int64_t pf = prefetch_bytes(R, ldw * int64_t(sizeof(typename Kern::W)), pf_min);
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) tile<Kern, R, M>(kern, w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
+  for (; n < n1; ++n) tile<Kern, 1, M>(kern, w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
+}
+
+// Calls f.template operator()<M>() with the compile-time value of M in 1..kGemvMaxM.
+template <class F>
+void with_m(int64_t M, F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    ((M == I + 1 ? (f.template operator()<I + 1>(), 0) : 0), ...);
+  }(std::make_integer_sequence<int, kGemvMaxM>{});
+}
+
 // ---- BF16 -------------------------------------------------------------------------------
 // x is stored per 32-column chunk as [x_even(16), x_odd(16)], matching the two halves a
 // BF16 word pair splits into with one shift and one mask.
@@ -88,83 +176,22 @@ void prep_x_bf16(const float* x, int64_t K, float* xp) {
   }
 }
 
-// Accumulators are named variables, not arrays: GCC 12 keeps arrays of more than two
-// vectors in memory and stores them every iteration.
-// F16 path tiles: four (row of W, row of x) pairs at most, R rows by one row of x or one
-// row by M rows of x, two accumulators each.
-#define DSV3_INLINE __attribute__((always_inline))
-#define DSV3_PAIRS(PAIR)                                                   \
-  PAIR(0, 0, 0, a0, b0)                                                    \
-  if constexpr (R * M > 1) PAIR(1, R > 1 ? 1 : 0, M > 1 ? 1 : 0, a1, b1) \
-  if constexpr (R * M > 2) PAIR(2, R > 1 ? 2 : 0, M > 1 ? 2 : 0, a2, b2) \
-  if constexpr (R * M > 3) PAIR(3, R > 1 ? 3 : 0, M > 1 ? 3 : 0, a3, b3)
-
-// Tiles of R rows of W x M rows of x, one accumulator per (row, x row) pair, R·M ≤ 16:
-// (8,1), (4,2), (4,3), (4,4) for BF16 ((2,3), (2,4) for FP8), and (1,M) for leftover rows.
-// More rows per pass means x (4 bytes per column per x row) is re-read less often per
-// weight byte; measured: 8 rows at M = 1 +7-9% over 4; M = 2 at 4 rows 0.26 -> 0.7 of
-// membw (FP8) vs one row per pass; BF16 M = 3-4 at 4 rows 0.60-0.75 -> 0.81-0.91 (one
-// thread, 2048x512 and 4096x512) vs 2 rows.
-// At M = 3-4 the FP8 path is compute-bound (4 VDPBF16PS per x row per 64 codes).
-// TILE_ROW(r, A0..A3): converts row r, then feeds x rows 0..M-1 into A0..A(M-1).
-#define DSV3_TILE_ROWS(TILE_ROW)                                      \
-  if constexpr (M == 1) {                                             \
-    TILE_ROW(0, a0, z, z, z) if constexpr (R > 1) TILE_ROW(1, a1, z, z, z) \
-    if constexpr (R > 2) { TILE_ROW(2, a2, z, z, z) TILE_ROW(3, a3, z, z, z) } \
-    if constexpr (R > 4) { TILE_ROW(4, a4, z, z, z) TILE_ROW(5, a5, z, z, z) \
-                           TILE_ROW(6, a6, z, z, z) TILE_ROW(7, a7, z, z, z) } \
-  } else if constexpr (M == 2) {                                      \
-    TILE_ROW(0, a0, a1, z, z) if constexpr (R > 1) TILE_ROW(1, a2, a3, z, z) \
-    if constexpr (R > 2) { TILE_ROW(2, a4, a5, z, z) TILE_ROW(3, a6, a7, z, z) } \
-  } else {                                                            \
-    TILE_ROW(0, a0, a1, a2, a3) if constexpr (R > 1) TILE_ROW(1, a4, a5, a6, a7) \
-    if constexpr (R > 2) { TILE_ROW(2, a8, a9, a10, a11) TILE_ROW(3, a12, a13, a14, a15) } \
+struct KernBf16 {
+  using W = uint16_t;
+  using X = float;
+  static constexpr int64_t kCols = 32;
+  static constexpr bool kNanCheck = false;
+  static int64_t xoff(int64_t k) { return k; }
+  struct V { __m512 even, odd; };
+  __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));
+  DSV3_INLINE V load(const uint16_t* w, __mmask64 mask, __mmask64*) const {
+    const __m512i v = _mm512_maskz_loadu_epi16(__mmask32(mask), w);
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask))};
   }
-#define DSV3_TILE_STORE(r, A0, A1, A2, A3)                                                 \
-  {                                                                                        \
-    store_y(y + (r), _mm512_reduce_add_ps(A0), accumulate);                                \
-    if constexpr (M > 1) store_y(y + ldy + (r), _mm512_reduce_add_ps(A1), accumulate);     \
-    if constexpr (M > 2) store_y(y + 2 * ldy + (r), _mm512_reduce_add_ps(A2), accumulate); \
-    if constexpr (M > 3) store_y(y + 3 * ldy + (r), _mm512_reduce_add_ps(A3), accumulate); \
+  DSV3_INLINE void dot(__m512& a, const V& v, const float* x) const {
+    a = _mm512_fmadd_ps(v.odd, _mm512_load_ps(x + 16), _mm512_fmadd_ps(v.even, _mm512_load_ps(x), a));
   }
-
-template <int R, int M>
-void tile_bf16(const uint16_t* w, int64_t ldw, int64_t K, const float* xp, int64_t xstride,
-               float* y, int64_t ldy, bool accumulate, int64_t pf) {
-  static_assert(R * M <= 16, "GEMV tile too large");
-  const __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-  __m512 a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
-  __m512 z = a0;  // unused slots
-  auto step = [&](int64_t k, __mmask32 mask) DSV3_INLINE {
-#define TILE_ROW(r, A0, A1, A2, A3)                                                                 \
-    {                                                                                               \
-      _mm_prefetch(reinterpret_cast<const char*>(w + (r) * ldw + k) + pf, _MM_HINT_T1);             \
-      const __m512i v = _mm512_maskz_loadu_epi16(mask, w + (r) * ldw + k);                          \
-      const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));                              \
-      const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));                          \
-      A0 = _mm512_fmadd_ps(wo, _mm512_load_ps(xp + k + 16), _mm512_fmadd_ps(we, _mm512_load_ps(xp + k), A0)); \
-      if constexpr (M > 1) A1 = _mm512_fmadd_ps(wo, _mm512_load_ps(xp + xstride + k + 16), _mm512_fmadd_ps(we, _mm512_load_ps(xp + xstride + k), A1)); \
-      if constexpr (M > 2) A2 = _mm512_fmadd_ps(wo, _mm512_load_ps(xp + 2 * xstride + k + 16), _mm512_fmadd_ps(we, _mm512_load_ps(xp + 2 * xstride + k), A2)); \
-      if constexpr (M > 3) A3 = _mm512_fmadd_ps(wo, _mm512_load_ps(xp + 3 * xstride + k + 16), _mm512_fmadd_ps(we, _mm512_load_ps(xp + 3 * xstride + k), A3)); \
-    }
-    DSV3_TILE_ROWS(TILE_ROW)
-#undef TILE_ROW
-  };
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) step(k, ~__mmask32(0));
-  if (k < K) step(k, (__mmask32(1) << (K - k)) - 1);
-  (void)z;
-  DSV3_TILE_ROWS(DSV3_TILE_STORE)
-}
-
-template <int R, int M>
-void range_bf16(const GemvBF16& p, int64_t n0, int64_t n1, const float* xp, int64_t xs) {
-  const int64_t pf = prefetch_bytes(R, p.ldw * 2, kPrefetchMinBF16);
-  int64_t n = n0;
-  for (; n + R <= n1; n += R) tile_bf16<R, M>(p.w + n * p.ldw, p.ldw, p.K, xp, xs, p.y + n, p.ldy, p.accumulate, pf);
-  for (; n < n1; ++n) tile_bf16<1, M>(p.w + n * p.ldw, p.ldw, p.K, xp, xs, p.y + n, p.ldy, p.accumulate, pf);
-}
+};
 
 // ---- FP8 via F16 ------------------------------------------------------------------------
 // Four F32 vectors of e4m3·2^-8 from 64 codes, in memory order.
@@ -186,42 +213,29 @@ void prep_x_f16(const float* x, int64_t K, const float* s, float* xs) {
   }
 }
 
-template <int R, int M>
-void rows_fp8_f16(const uint8_t* w, int64_t ldw, int64_t K, const float* xs, int64_t xstride,
-                  float* y, int64_t ldy, bool accumulate, int64_t pf) {
-  static_assert((R == 1 || M == 1) && R * M <= 4, "GEMV tiles: R rows x 1, or 1 row x M");
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  const __m512i c7f = _mm512_set1_epi8(0x7f);
-  __mmask64 nan_codes[4] = {0, 0, 0, 0};  // per row: lanes that held a NaN code
-  auto step = [&](int64_t k, __mmask64 mask) DSV3_INLINE {
-    __m512 f[4][4];
-    for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + r * ldw + k) + pf, _MM_HINT_T1);
-      const __m512i c = _mm512_maskz_loadu_epi8(mask, w + r * ldw + k);
-      nan_codes[r] |= _mm512_cmpeq_epi8_mask(_mm512_and_si512(c, c7f), c7f);
-      fp8x64_to_f32(c, f[r]);
-    }
-#define PAIR(j, r, m, a, b)                                                  \
-    {                                                                        \
-      const float* xm = xs + (m) * xstride + k;                              \
-      a = _mm512_fmadd_ps(f[r][0], _mm512_load_ps(xm), a);                   \
-      b = _mm512_fmadd_ps(f[r][1], _mm512_load_ps(xm + 16), b);              \
-      a = _mm512_fmadd_ps(f[r][2], _mm512_load_ps(xm + 32), a);              \
-      b = _mm512_fmadd_ps(f[r][3], _mm512_load_ps(xm + 48), b);              \
-    }
-    DSV3_PAIRS(PAIR)
-#undef PAIR
-  };
-  int64_t k = 0;
-  for (; k + 64 <= K; k += 64) step(k, ~__mmask64(0));
-  if (k < K) step(k, tail_mask64(K - k));
-#define PAIR(j, r, m, a, b)                                                               \
-  store_y(y + (m) * ldy + (r),                                                            \
-          _mm512_reduce_add_ps(_mm512_add_ps(a, b)) + (nan_codes[r] ? __builtin_nanf("") : 0.f), \
-          accumulate);
-  DSV3_PAIRS(PAIR)
-#undef PAIR
-}
+struct KernF16 {
+  using W = uint8_t;
+  using X = float;
+  static constexpr int64_t kCols = 64;
+  static constexpr bool kNanCheck = true;
+  static int64_t xoff(int64_t k) { return k; }
+  struct V { __m512 f[4]; };
+  __m512i c7f = _mm512_set1_epi8(0x7f);
+  DSV3_INLINE V load(const uint8_t* w, __mmask64 mask, __mmask64* nan) const {
+    const __m512i c = _mm512_maskz_loadu_epi8(mask, w);
+    *nan |= _mm512_cmpeq_epi8_mask(_mm512_and_si512(c, c7f), c7f);
+    V v;
+    fp8x64_to_f32(c, v.f);
+    return v;
+  }
+  // One chain through the four vectors of a step (the same for every tile, see above).
+  DSV3_INLINE void dot(__m512& a, const V& v, const float* x) const {
+    a = _mm512_fmadd_ps(v.f[0], _mm512_load_ps(x), a);
+    a = _mm512_fmadd_ps(v.f[1], _mm512_load_ps(x + 16), a);
+    a = _mm512_fmadd_ps(v.f[2], _mm512_load_ps(x + 32), a);
+    a = _mm512_fmadd_ps(v.f[3], _mm512_load_ps(x + 48), a);
+  }
+};
 
 // ---- FP8 via BF16 LUT -------------------------------------------------------------------
 // The high and low byte of the BF16 value of each E4M3 magnitude code 0..127.
@@ -275,86 +289,70 @@ void prep_x_lut(const float* x, int64_t K, const float* s, uint16_t* xs) {
   }
 }
 
-// FP8 LUT tiles, as tile_bf16. kLo: also multiply by the low BF16 part of x·s
-// (Fp8Path::BF16Lut, ≈16-bit x); without it x·s is used rounded to BF16 (BF16LutX8).
-template <int R, int M, bool kLo>
-void tile_fp8_lut(const Fp8Lut& t, const uint8_t* w, int64_t ldw, int64_t K, const uint16_t* xs,
-                  int64_t xstride, float* y, int64_t ldy, bool accumulate, int64_t pf) {
-  static_assert(R * M <= 16, "GEMV tile too large");
-  const __m512i sign = _mm512_set1_epi8(int8_t(0x80));
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-  __m512 a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;  // R = 4, M ≥ 3 only
-  __m512 z = a0;  // unused slots
-  auto step = [&](int64_t k, __mmask64 mask) DSV3_INLINE {
-#define DSV3_LUT_DOT(A, j)                                                                  \
-    {                                                                                       \
-      const uint16_t* xm = xs + (j) * xstride + 2 * k;                                      \
-      A = _mm512_dpbf16_ps(A, wa, (__m512bh)_mm512_load_si512(xm));                         \
-      A = _mm512_dpbf16_ps(A, wb, (__m512bh)_mm512_load_si512(xm + 32));                    \
-      if (kLo) {                                                                            \
-        A = _mm512_dpbf16_ps(A, wa, (__m512bh)_mm512_load_si512(xm + 64));                 \
-        A = _mm512_dpbf16_ps(A, wb, (__m512bh)_mm512_load_si512(xm + 96));                 \
-      }                                                                                     \
+// kLo: also multiply by the low BF16 part of x·s (Fp8Path::BF16Lut, ≈16-bit x); without
+// it x·s is used rounded to BF16 (BF16LutX8).
+template <bool kLo>
+struct KernLut {
+  using W = uint8_t;
+  using X = uint16_t;
+  static constexpr int64_t kCols = 64;
+  static constexpr bool kNanCheck = false;  // the table maps NaN codes to NaN
+  static int64_t xoff(int64_t k) { return 2 * k; }  // 128 words per 64 columns
+  struct V { __m512bh a, b; };
+  Fp8Lut t = make_lut();
+  __m512i sign = _mm512_set1_epi8(int8_t(0x80));
+  DSV3_INLINE V load(const uint8_t* w, __mmask64 mask, __mmask64*) const {
+    const __m512i c = _mm512_maskz_loadu_epi8(mask, w);
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.hi0, c, t.hi1), c, sign, 0xF8);
+    const __m512i lo = _mm512_permutex2var_epi8(t.lo0, c, t.lo1);
+    return {(__m512bh)_mm512_unpacklo_epi8(lo, hi), (__m512bh)_mm512_unpackhi_epi8(lo, hi)};
+  }
+  DSV3_INLINE void dot(__m512& a, const V& v, const uint16_t* x) const {
+    a = _mm512_dpbf16_ps(a, v.a, (__m512bh)_mm512_load_si512(x));
+    a = _mm512_dpbf16_ps(a, v.b, (__m512bh)_mm512_load_si512(x + 32));
+    if constexpr (kLo) {
+      a = _mm512_dpbf16_ps(a, v.a, (__m512bh)_mm512_load_si512(x + 64));
+      a = _mm512_dpbf16_ps(a, v.b, (__m512bh)_mm512_load_si512(x + 96));
     }
-#define TILE_ROW(r, A0, A1, A2, A3)                                                                 \
-    {                                                                                               \
-      _mm_prefetch(reinterpret_cast<const char*>(w + (r) * ldw + k) + pf, _MM_HINT_T1);             \
-      const __m512i c = _mm512_maskz_loadu_epi8(mask, w + (r) * ldw + k);                            \
-      const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.hi0, c, t.hi1), c, sign, 0xF8); \
-      const __m512i lo = _mm512_permutex2var_epi8(t.lo0, c, t.lo1);                                  \
-      const __m512bh wa = (__m512bh)_mm512_unpacklo_epi8(lo, hi);                                    \
-      const __m512bh wb = (__m512bh)_mm512_unpackhi_epi8(lo, hi);                                    \
-      DSV3_LUT_DOT(A0, 0)                                                                           \
-      if constexpr (M > 1) DSV3_LUT_DOT(A1, 1)                                                      \
-      if constexpr (M > 2) DSV3_LUT_DOT(A2, 2)                                                      \
-      if constexpr (M > 3) DSV3_LUT_DOT(A3, 3)                                                      \
-    }
-    DSV3_TILE_ROWS(TILE_ROW)
-#undef TILE_ROW
-#undef DSV3_LUT_DOT
-  };
-  int64_t k = 0;
-  for (; k + 64 <= K; k += 64) step(k, ~__mmask64(0));
-  if (k < K) step(k, tail_mask64(K - k));
-  (void)z;
-  DSV3_TILE_ROWS(DSV3_TILE_STORE)
-}
+  }
+};
 
 // Rows [n0, n1) of W against M rows of x: x is re-prepared whenever the rows enter a new
-// 128-row scale block, then R rows at a time go through the kernel.
+// 128-row scale block, then the block's rows go through the tiles.
 // *prepared is the row block whose x·s the scratch holds (-1: none).
-template <int R, int M>
-void range_fp8(const GemvFP8& p, const Fp8Lut& lut, Fp8Path path, int64_t n0, int64_t n1,
-               void* scratch, int64_t xstride, int64_t* prepared) {
+template <int M, class Kern>
+void range_fp8(const GemvFP8& p, const Kern& kern, int64_t n0, int64_t n1, typename Kern::X* xs,
+               int64_t xstride, int64_t* prepared) {
   const int64_t kb = (p.K + kBlock - 1) / kBlock;
-  float* xf = static_cast<float*>(scratch);
-  uint16_t* xh = static_cast<uint16_t*>(scratch);
   for (int64_t b0 = n0; b0 < n1;) {
     const int64_t blk = b0 / kBlock, b1 = (blk + 1) * kBlock < n1 ? (blk + 1) * kBlock : n1;
     const float* s = p.w_scale + blk * kb;
     for (int m = 0; m < M && *prepared != blk; ++m) {
-      if (path == Fp8Path::F16) prep_x_f16(p.x + m * p.ldx, p.K, s, xf + m * xstride);
-      else prep_x_lut(p.x + m * p.ldx, p.K, s, xh + m * 2 * xstride);
+      if constexpr (std::is_same_v<Kern, KernF16>) prep_x_f16(p.x + m * p.ldx, p.K, s, xs + m * xstride);
+      else prep_x_lut(p.x + m * p.ldx, p.K, s, xs + m * xstride);
     }
     *prepared = blk;
-    int64_t n = b0;
-    const uint8_t* w = p.w;
-    if (path == Fp8Path::F16) {
-      const int64_t pf = prefetch_bytes(R, p.ldw, kPrefetchMinFP8);
-      for (; n + R <= b1; n += R) rows_fp8_f16<R, M>(w + n * p.ldw, p.ldw, p.K, xf, xstride, p.y + n, p.ldy, p.accumulate, pf);
-      for (; n < b1; ++n) rows_fp8_f16<1, M>(w + n * p.ldw, p.ldw, p.K, xf, xstride, p.y + n, p.ldy, p.accumulate, pf);
-    } else {
-      constexpr int T = M == 1 ? 8 : M == 2 ? 4 : 2;  // tile rows
-      const int64_t pf = prefetch_bytes(T, p.ldw, kPrefetchMinFP8);
-      const bool lo = path == Fp8Path::BF16Lut;
-      for (; n + T <= b1; n += T)
-        lo ? tile_fp8_lut<T, M, true>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate, pf)
-           : tile_fp8_lut<T, M, false>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate, pf);
-      for (; n < b1; ++n)
-        lo ? tile_fp8_lut<1, M, true>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate, pf)
-           : tile_fp8_lut<1, M, false>(lut, w + n * p.ldw, p.ldw, p.K, xh, 2 * xstride, p.y + n, p.ldy, p.accumulate, pf);
-    }
+    tile_range<Kern, M>(kern, p.w, p.ldw, p.K, b0, b1, xs, xstride, p.y, p.ldy, p.accumulate, kPrefetchMinFP8);
     b0 = b1;
+  }
+}
+
+template <class Kern>
+void gemv_fp8_with(const GemvFP8& p, const Kern& kern, int threads, float* scratch) {
+  // Per-thread x buffers: each holds M rows of x·s for the thread's current row block.
+  const int64_t xs = round_up(p.K, 64) + 64;  // floats, or 2·xs BF16 words (hi + lo)
+  const int64_t xstride = std::is_same_v<typename Kern::X, float> ? xs : 2 * xs;
+  const int64_t per_thread = gemv_scratch_floats(p.M, p.K);
+  const int64_t chunk = chunk_rows(p.N, threads, kBlock), chunks = (p.N + chunk - 1) / chunk;
+#pragma omp parallel num_threads(threads)
+  {
+    auto* s = reinterpret_cast<typename Kern::X*>(scratch + omp_get_thread_num() * per_thread);
+    int64_t prepared = -1;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
+      with_m(p.M, [&]<int M>() { range_fp8<M>(p, kern, n0, n1, s, xstride, &prepared); });
+    }
   }
 }
 
@@ -365,39 +363,20 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
   const int64_t xs = round_up(p.K, 64) + 64;
   for (int64_t m = 0; m < p.M; ++m) prep_x_bf16(p.x + m * p.ldx, p.K, scratch + m * xs);
   const int64_t chunk = chunk_rows(p.N, threads, 256), chunks = (p.N + chunk - 1) / chunk;
+  const KernBf16 kern;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
-    switch (p.M) {
-      case 1: range_bf16<8, 1>(p, n0, n1, scratch, xs); break;
-      case 2: range_bf16<4, 2>(p, n0, n1, scratch, xs); break;
-      case 3: range_bf16<4, 3>(p, n0, n1, scratch, xs); break;
-      default: range_bf16<4, 4>(p, n0, n1, scratch, xs); break;
-    }
+    with_m(p.M, [&]<int M>() {
+      tile_range<KernBf16, M>(kern, p.w, p.ldw, p.K, n0, n1, scratch, xs, p.y, p.ldy, p.accumulate, kPrefetchMinBF16);
+    });
   }
 }
 
 void gemv_fp8(const GemvFP8& p, Fp8Path path, int threads, float* scratch) {
-  // Per-thread x buffers: each holds M rows of x·s for the thread's current row block.
-  const int64_t xs = round_up(p.K, 64) + 64;  // floats, or 2·xs BF16 words (hi + lo)
-  const int64_t per_thread = gemv_scratch_floats(p.M, p.K);
-  const int64_t chunk = chunk_rows(p.N, threads, kBlock), chunks = (p.N + chunk - 1) / chunk;
-  const Fp8Lut lut = make_lut();
-#pragma omp parallel num_threads(threads)
-  {
-    void* s = scratch + omp_get_thread_num() * per_thread;
-    int64_t prepared = -1;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
-      switch (p.M) {
-        case 1: range_fp8<4, 1>(p, lut, path, n0, n1, s, xs, &prepared); break;
-        case 2: range_fp8<1, 2>(p, lut, path, n0, n1, s, xs, &prepared); break;
-        case 3: range_fp8<1, 3>(p, lut, path, n0, n1, s, xs, &prepared); break;
-        default: range_fp8<1, 4>(p, lut, path, n0, n1, s, xs, &prepared); break;
-      }
-    }
-  }
+  if (path == Fp8Path::F16) gemv_fp8_with(p, KernF16{}, threads, scratch);
+  else if (path == Fp8Path::BF16LutX8) gemv_fp8_with(p, KernLut<false>{}, threads, scratch);
+  else gemv_fp8_with(p, KernLut<true>{}, threads, scratch);
 }
 
 uint64_t stream_read(const void* p, size_t bytes, int threads) {
