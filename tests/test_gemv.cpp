@@ -95,6 +95,7 @@ TEST(Gemv, Fp8MatchesExactOnEveryPath) {
           set_isa(isa);
           for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8})
             for (int threads : {1, 2, 3}) {
+              if (isa != Isa::Avx512 && path != Fp8Path::Auto) continue;  // one FP8 path below AVX-512
               y = y0;
               GemvFP8 p{M, N, K, w, ldw, s.data(), x, ldx, y.data(), ldy, acc, path};
               gemv_fp8(p, threads);

@@ -92,8 +92,15 @@ int64_t chunk_rows(int64_t N, int threads, int64_t max_rows) {
 // the bits of a result. Keep it so: no per-M accumulator splits, no per-tile tail handling.
 //
 // Accumulators are named variables, not arrays: GCC 12 keeps arrays of more than two
-// vectors in memory and stores them every iteration. Accumulator i holds the pair
-// (row i / M of the tile, row i % M of x).
+// vectors in memory and stores them every iteration. Two orders within a step (GCC
+// allocates registers in source order; x86 has no pre-RA scheduling):
+//   row-major (R > 4, i.e. M = 1): convert a row, feed it to the M rows of x, next row;
+//     accumulator i holds (row i / M, x row i % M). x (one row) stays in registers.
+//   x-major (R ≤ 4): convert the R rows first, then for each row of x load its words
+//     once and feed them to the R rows; accumulator i holds (row i % R, x row i / R).
+//     Feeding each row separately reloaded x once per (row, x row) pair — 1 load per
+//     VDPBF16PS/FMA — and spilled accumulators at M = 3..8.
+// Both give every pair the same operations; only the interleaving between pairs differs.
 #define DSV3_INLINE __attribute__((always_inline))
 #define DSV3_ACCS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
 #define DSV3_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
@@ -109,22 +116,44 @@ void tile(const Kern& kern, const typename Kern::W* w, int64_t ldw, int64_t K,
           int64_t pf) {
   static_assert(R >= 1 && R <= 8 && M >= 1 && R * M <= 16, "GEMV tile: at most 8 rows, 16 accumulators");
   constexpr int64_t C = Kern::kCols;
+  constexpr bool kRowMajor = R > 4;
+  // (row of W, row of x) of accumulator i.
+  constexpr auto row_of = [](int i) { return kRowMajor ? i / M : i % R; };
+  constexpr auto xrow_of = [](int i) { return kRowMajor ? i % M : i / R; };
+  using V = typename Kern::V;
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
   __m512 a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
   __mmask64 nan[R] = {};
   auto step = [&](int64_t k, __mmask64 mask) DSV3_INLINE {
+    auto load = [&](int r) DSV3_INLINE {
+      _mm_prefetch(reinterpret_cast<const char*>(w + r * ldw + k) + pf, _MM_HINT_T1);
+      return kern.load(w + r * ldw + k, mask, &nan[r]);
+    };
+    if constexpr (kRowMajor) {
 #define DSV3_DOT(i) \
-    if constexpr ((i) < R * M && (i) / M == row) kern.dot(a##i, v, xs + ((i) % M) * xstride + Kern::xoff(k));
-#define DSV3_ROW(r)                                                                          \
-    if constexpr ((r) < R) {                                                                 \
-      constexpr int row = (r);                                                               \
-      _mm_prefetch(reinterpret_cast<const char*>(w + row * ldw + k) + pf, _MM_HINT_T1);      \
-      const typename Kern::V v = kern.load(w + row * ldw + k, mask, &nan[row]);              \
-      DSV3_ACCS(DSV3_DOT)                                                                    \
-    }
-    DSV3_ROWS(DSV3_ROW)
+      if constexpr ((i) < R * M && row_of(i) == row) kern.dot(a##i, v, xs + xrow_of(i) * xstride + Kern::xoff(k));
+#define DSV3_ROW(r)                     \
+      if constexpr ((r) < R) {          \
+        constexpr int row = (r);        \
+        const V v = load(row);          \
+        DSV3_ACCS(DSV3_DOT)             \
+      }
+      DSV3_ROWS(DSV3_ROW)
 #undef DSV3_ROW
 #undef DSV3_DOT
+    } else {
+      V v0, v1, v2, v3;
+      v0 = load(0);
+      if constexpr (R > 1) v1 = load(1);
+      if constexpr (R > 2) v2 = load(2);
+      if constexpr (R > 3) v3 = load(3);
+#define DSV3_DOT(i)                                                                              \
+      if constexpr ((i) < R * M)                                                                 \
+        kern.dot(a##i, row_of(i) == 0 ? v0 : row_of(i) == 1 ? v1 : row_of(i) == 2 ? v2 : v3,    \
+                 xs + xrow_of(i) * xstride + Kern::xoff(k));
+      DSV3_ACCS(DSV3_DOT)
+#undef DSV3_DOT
+    }
   };
   int64_t k = 0;
   for (; k + C <= K; k += C) step(k, ~__mmask64(0));
@@ -132,26 +161,39 @@ void tile(const Kern& kern, const typename Kern::W* w, int64_t ldw, int64_t K,
 #define DSV3_STORE(i)                                                                       \
   if constexpr ((i) < R * M) {                                                              \
     float v = _mm512_reduce_add_ps(a##i);                                                   \
-    if constexpr (Kern::kNanCheck) v += nan[(i) / M] ? __builtin_nanf("") : 0.f;            \
-    store_y(y + ((i) % M) * ldy + (i) / M, v, accumulate);                                  \
+    if constexpr (Kern::kNanCheck) v += nan[row_of(i)] ? __builtin_nanf("") : 0.f;          \
+    store_y(y + xrow_of(i) * ldy + row_of(i), v, accumulate);                               \
   }
   DSV3_ACCS(DSV3_STORE)
 #undef DSV3_STORE
 }
 
-// Rows of W per tile at M rows of x: as many as 16 accumulators allow, at most 8.
-constexpr int tile_rows(int M) { return M == 1 ? 8 : 16 / M; }
+// Rows of W per tile at G ≤ 8 rows of x: as many as 16 accumulators allow, at most 8.
+constexpr int tile_rows(int G) { return G == 1 ? 8 : 16 / G; }
 
-// Rows [n0, n1) of W: full tiles, then single rows.
+// Rows [n0, n1) of W: full tiles, then single rows. M ≤ 8: one tile covers all rows of x.
+// M > 8: 16 accumulators leave one row of W per tile, which made every VDPBF16PS / FMA
+// load its x words from L2 (16 rows of x at K = 2048 are 128 KiB) and ran at half the
+// rate of M = 8; instead each pair of rows of W goes through x rows 0..7, then 8..M-1
+// (the pair is read again from L1, not from memory).
 template <class Kern, int M>
 void tile_range(const Kern& kern, const typename Kern::W* w, int64_t ldw, int64_t K, int64_t n0,
                 int64_t n1, const typename Kern::X* xs, int64_t xstride, float* y, int64_t ldy,
                 bool accumulate, int64_t pf_min) {
-  constexpr int R = tile_rows(M);
+  constexpr int G0 = M <= 8 ? M : 8, G1 = M - G0;  // rows of x in the first, second group
+  constexpr int R = tile_rows(G0);
   const int64_t pf = prefetch_bytes(R, ldw * int64_t(sizeof(typename Kern::W)), pf_min);
   int64_t n = n0;
-  for (; n + R <= n1; n += R) tile<Kern, R, M>(kern, w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
-  for (; n < n1; ++n) tile<Kern, 1, M>(kern, w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
+  for (; n + R <= n1; n += R) {
+    tile<Kern, R, G0>(kern, w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
+    if constexpr (G1 > 0)
+      tile<Kern, R, G1>(kern, w + n * ldw, ldw, K, xs + G0 * xstride, xstride, y + G0 * ldy + n, ldy, accumulate, pf);
+  }
+  for (; n < n1; ++n) {
+    tile<Kern, 1, G0>(kern, w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
+    if constexpr (G1 > 0)
+      tile<Kern, 1, G1>(kern, w + n * ldw, ldw, K, xs + G0 * xstride, xstride, y + G0 * ldy + n, ldy, accumulate, pf);
+  }
 }
 
 // Calls f.template operator()<M>() with the compile-time value of M in 1..kGemvMaxM.
