@@ -126,7 +126,7 @@ httplib::Server::Handler guarded(F f) {
 }
 
 bool is_known_path(const std::string& p, bool* get, bool* post) {
-  *get = p == "/" || p == "/health" || p == "/metrics" || p == "/v1/models" ||
+  *get = p == "/" || p == "/favicon.ico" || p == "/health" || p == "/metrics" || p == "/v1/models" ||
          p.rfind("/v1/models/", 0) == 0;
   *post = p == "/v1/chat/completions" || p == "/v1/completions" || p == "/tokenize" ||
           p == "/detokenize";
@@ -213,7 +213,7 @@ httplib::Server::HandlerResponse HttpServer::Impl::pre_route(const httplib::Requ
     }
     return HR::Handled;
   }
-  const bool open = req.path == "/" || req.path == "/health";
+  const bool open = req.path == "/" || req.path == "/favicon.ico" || req.path == "/health";
   if (!opt.api_key.empty() && !open) {
     const std::string auth = req.get_header_value("Authorization");
     const std::string want = "Bearer " + opt.api_key;
@@ -340,10 +340,16 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
   job->include_usage = params.stream && params.include_usage;
   job->n = params.n;
   const char* prompt_param = kind == Endpoint::Chat ? "messages" : "prompt";
+  // Without max_tokens a request may run to the end of its context, or of the whole block
+  // pool when --kv-cache-mb makes that smaller (the engine refuses more than the pool holds).
+  int64_t limit = eng.context();
+  const EngineMetrics em = eng.metrics();
+  if (em.kv_blocks_total > 0 && em.kv_block_positions > 0)
+    limit = std::min(limit, em.kv_blocks_total * em.kv_block_positions);
   for (const auto& ids : prompts) {
     std::vector<Request> reqs;
     try {
-      reqs = engine_requests(params, ids, eng.context(), job->meta.id);
+      reqs = engine_requests(params, ids, limit, job->meta.id);
     } catch (const ApiError& e) {
       job->cancel_all();
       throw ApiError(400, e.what(), prompt_param);
@@ -449,6 +455,7 @@ void HttpServer::Impl::routes() {
   svr.Get("/", [](const httplib::Request&, httplib::Response& r) {
     r.set_content(kChatPage, sizeof kChatPage - 1, "text/html; charset=utf-8");
   });
+  svr.Get("/favicon.ico", [](const httplib::Request&, httplib::Response& r) { r.status = 204; });
   svr.Get("/health", [this](const httplib::Request&, httplib::Response& r) {
     Engine* e = engine.load();
     const char* status = !e ? "loading" : e->draining() ? "draining" : "ok";
@@ -499,6 +506,12 @@ HttpServer::HttpServer(HttpOptions o) : impl_(std::make_unique<Impl>(std::move(o
   m.svr.set_payload_max_length(m.opt.max_body_bytes);
   m.svr.set_keep_alive_max_count(1000);
   m.svr.set_tcp_nodelay(true);  // one SSE chunk per token: no Nagle delay between them
+  // httplib's default sets SO_REUSEPORT, which lets a second server bind a port in use and
+  // silently share its connections; SO_REUSEADDR alone only allows a quick restart.
+  m.svr.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   m.routes();
 }
 
