@@ -101,7 +101,12 @@ struct Job {
   }
 };
 
+// The message of the last error answered on this thread, for the logger (which httplib calls
+// on the same thread after the response went out, when the body may be compressed).
+thread_local std::string t_last_error;
+
 void send_error(httplib::Response& res, const ApiError& e) {
+  t_last_error = e.what();
   res.status = e.status;
   res.set_content(dump(error_body(e)), "application/json");
 }
@@ -443,13 +448,10 @@ void HttpServer::Impl::routes() {
   });
   // One short line per refused request; successful ones are logged by the engine.
   svr.set_logger([](const httplib::Request& q, const httplib::Response& r) {
-    if (r.status < 400) return;
-    const json b = json::parse(r.body, nullptr, false);
-    const std::string msg = b.is_object() && b.contains("error") && b["error"].is_object()
-                                ? b["error"].value("message", "")
-                                : "";
-    std::fprintf(stderr, "dsv3 serve: %d %s %s: %.200s\n", r.status, q.method.c_str(), q.path.c_str(),
-                 msg.c_str());
+    if (r.status >= 400)
+      std::fprintf(stderr, "dsv3 serve: %d %s %s: %.200s\n", r.status, q.method.c_str(), q.path.c_str(),
+                   t_last_error.c_str());
+    t_last_error.clear();
   });
 
   svr.Get("/", [](const httplib::Request&, httplib::Response& r) {
