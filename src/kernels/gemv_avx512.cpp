@@ -168,8 +168,13 @@ void tile(const Kern& kern, const typename Kern::W* w, int64_t ldw, int64_t K,
 #undef DSV3_STORE
 }
 
-// Rows of W per tile at G ≤ 8 rows of x: as many as 16 accumulators allow, at most 8.
-constexpr int tile_rows(int G) { return G == 1 ? 8 : 16 / G; }
+// Rows of W per tile at G ≤ 8 rows of x: as many as 16 accumulators allow, at most 8, and
+// at G ≥ 3 at most Kern::kMaxRowsX (the x-major order holds R converted rows in registers:
+// 5 LUT rows at G = 3 spilled, and F16 rows take 4 registers each).
+template <class Kern>
+constexpr int tile_rows(int G) {
+  return G <= 2 ? 8 : 16 / G < Kern::kMaxRowsX ? 16 / G : Kern::kMaxRowsX;
+}
 
 // Rows [n0, n1) of W: full tiles, then single rows. M ≤ 8: one tile covers all rows of x.
 // M > 8: 16 accumulators leave one row of W per tile, which made every VDPBF16PS / FMA
@@ -181,7 +186,7 @@ void tile_range(const Kern& kern, const typename Kern::W* w, int64_t ldw, int64_
                 int64_t n1, const typename Kern::X* xs, int64_t xstride, float* y, int64_t ldy,
                 bool accumulate, int64_t pf_min) {
   constexpr int G0 = M <= 8 ? M : 8, G1 = M - G0;  // rows of x in the first, second group
-  constexpr int R = tile_rows(G0);
+  constexpr int R = tile_rows<Kern>(G0);
   const int64_t pf = prefetch_bytes(R, ldw * int64_t(sizeof(typename Kern::W)), pf_min);
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
@@ -222,6 +227,7 @@ struct KernBf16 {
   using W = uint16_t;
   using X = float;
   static constexpr int64_t kCols = 32;
+  static constexpr int kMaxRowsX = 4;
   static constexpr bool kNanCheck = false;
   static int64_t xoff(int64_t k) { return k; }
   struct V { __m512 even, odd; };
@@ -259,6 +265,7 @@ struct KernF16 {
   using W = uint8_t;
   using X = float;
   static constexpr int64_t kCols = 64;
+  static constexpr int kMaxRowsX = 2;
   static constexpr bool kNanCheck = true;
   static int64_t xoff(int64_t k) { return k; }
   struct V { __m512 f[4]; };
@@ -338,6 +345,7 @@ struct KernLut {
   using W = uint8_t;
   using X = uint16_t;
   static constexpr int64_t kCols = 64;
+  static constexpr int kMaxRowsX = 4;
   static constexpr bool kNanCheck = false;  // the table maps NaN codes to NaN
   static int64_t xoff(int64_t k) { return 2 * k; }  // 128 words per 64 columns
   struct V { __m512bh a, b; };
