@@ -1,10 +1,23 @@
-// The decode matrix-vector product: y[M,N] = x[M,K] · W[N,K]ᵀ for M = 1..4 rows of x
-// (one token, or a few draft tokens for multi-token prediction), W in BF16 or in FP8 E4M3
-// with one scale per 128x128 block (kernels/quant.h layout; the checkpoint's
-// `weight_scale_inv`, W = fp8 · s). x and y are F32; accumulate adds into y.
+// The decode matrix-vector product: y[M,N] = x[M,K] · W[N,K]ᵀ for M = 1..kGemvMaxM rows of
+// x (one token, draft tokens for multi-token prediction, or the decode tokens of up to 16
+// requests batched by the serving engine), W in BF16 or in FP8 E4M3 with one scale per
+// 128x128 block (kernels/quant.h layout; the checkpoint's `weight_scale_inv`, W = fp8 · s).
+// x and y are F32; accumulate adds into y.
 //
 // Batch-1 decode streams every weight once per token, so the kernels are built to run at
-// memory bandwidth: W is read once, converted in registers, rows split over threads.
+// memory bandwidth: W is read once, converted in registers, rows split over threads. With
+// M > 1 the rows of x share each weight load, so W is still streamed once per call.
+//
+// Row invariance (tests/test_gemv.cpp checks it bitwise): on one ISA path (active_isa(),
+// Fp8Path) and thread count, row m of y depends only on row m of x (and y[m] when
+// accumulating), W and the scales: it is bit-identical whatever M is, wherever the row sits
+// among the M rows and whatever the other rows hold, and equal to computing that row alone
+// (M = 1). The serving engine relies on it: a request's logits do not depend on who else is
+// batched with it. Every kernel computes each output (n, m) with the same operations in
+// the same order (same split of K, same K tail, same reduction, same FP8 scale handling);
+// the tile shapes differ by M only in which outputs they compute together. Rows are split
+// over threads by N, never by K, so today the result does not depend on the thread count
+// either, but that is not promised. Different ISA paths or Fp8Paths give different bits.
 //
 // Numerical contract (tests/test_gemv.cpp checks it): with S[m,n] = Σ_k |w[n,k]·s|·|x[m,k]|
 //   |y - y_exact| ≤ (2^-15 + 2·(K+2)·2^-24) · S   (+ |y_in|·2^-24 terms with accumulate)

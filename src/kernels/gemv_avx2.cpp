@@ -3,6 +3,9 @@
 // (simd_avx2.h load8_e4m3_scaled: e4m3·2^-8, the 2^8 folded into x·s); that decodes NaN
 // codes as finite numbers, so each row is checked for them and its outputs become NaN
 // (gemv.h). Same threading and scratch layout as gemv_avx512.cpp.
+// Row invariance (gemv.h): every output (n, m) is one 8-lane accumulator fed in k order,
+// the K tail from a zero-padded copy, then hsum8 (+ NaN), in every tile shape; tiles only
+// change which outputs are computed together.
 #include <immintrin.h>
 
 #include <omp.h>

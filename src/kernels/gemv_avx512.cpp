@@ -2,10 +2,13 @@
 // registers; x is re-laid once per call (BF16) or once per 128-row block of W (FP8, where
 // the block scale is folded into x so the inner loop has no per-block work).
 //
-// Tiles: R rows of W by M rows of x with 2 accumulators each, R·M·2 ≤ 8 chains in flight
-// (FMA / VDPBF16PS latency 4-6 cycles, one 512-bit op per cycle on Zen 4); the FP8 LUT
-// and BF16 paths at M = 1 take 8 rows with one accumulator each (measured +7-9% over 4
-// rows: x is re-read half as often).
+// Tiles (see "Tiles" below): R rows of W by up to 8 rows of x, one accumulator per (row of
+// W, row of x) pair, R·M ≤ 16 accumulators; M > 8 runs each tile's rows of W over two groups
+// of x rows. Every output is computed by the same sequence of operations in every tile
+// shape, which is what makes rows of y independent of M (gemv.h, row invariance): that is
+// why there is one accumulator per pair at every M (an M = 1 tile with two accumulators
+// per row would sum K in a different order than an M = 4 tile with one) and why K tails
+// and the final reduction are the same code for every shape.
 // Memory (measured with CPU-time A/B runs on the shared 2-core box, see the report):
 // several rows at a time over all of K beat one row at a time (x, 4 bytes per column,
 // then streams from L2 at up to 4x the weight bytes) and beat K panels sized for L1 (each

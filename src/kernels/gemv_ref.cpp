@@ -1,6 +1,7 @@
 // Scalar reference GEMV (kernels/gemv.h): the definition the vector paths are tested
 // against and the portable fallback. F32 accumulation in k order; for FP8 the block scale
 // is applied once per 128-column block, like the checkpoint's definition W = fp8 · s.
+// Each output is computed on its own, so rows of y do not depend on M (gemv.h).
 #include "core/dtype.h"
 #include "kernels/gemv.h"
 #include "kernels/quant.h"
