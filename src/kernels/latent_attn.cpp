@@ -38,6 +38,15 @@ void check_args(const LatentAttn& a) {
     DSV3_CHECK(a.valid_len[m] >= 0 && a.valid_len[m] <= a.S, "latent_attention: valid_len[", m,
                "] = ", a.valid_len[m], " outside [0, S = ", a.S, "]");
   DSV3_CHECK(a.S == 0 || a.cache, "latent_attention: null cache");
+  DSV3_CHECK(!a.block_table || (a.block_rows > 0 && a.block_stride >= a.block_rows * a.R),
+             "latent_attention: block_rows ", a.block_rows, " / block_stride ", a.block_stride,
+             " do not describe blocks of R = ", a.R, " floats per row");
+}
+
+const float* ref_row(const LatentAttn& a, int64_t s) {
+  if (!a.block_table) return a.cache + s * a.R;
+  return a.cache + int64_t(a.block_table[s / a.block_rows]) * a.block_stride +
+         (s % a.block_rows) * a.R;
 }
 
 // o[m] = Σ_t w_t·po_t[m] / Σ_t w_t·l_t[m], w_t = exp(mx_t[m] − max_t mx_t[m]), rows [m0, m1).
@@ -122,7 +131,7 @@ void latent_attention_ref(const LatentAttn& a) {
     }
     double zmax = -std::numeric_limits<double>::infinity();
     for (int64_t s = 0; s < n; ++s) {
-      const float* c = a.cache + s * a.R;
+      const float* c = ref_row(a, s);
       double d = 0;
       for (int64_t r = 0; r < a.R; ++r) d += double(q[r]) * double(c[r]);
       z[size_t(s)] = double(a.scale) * d;
@@ -132,7 +141,7 @@ void latent_attention_ref(const LatentAttn& a) {
     for (int64_t s = 0; s < n; ++s) L += (z[size_t(s)] = std::exp(z[size_t(s)] - zmax));
     std::fill(acc.begin(), acc.begin() + a.dc, 0.0);
     for (int64_t s = 0; s < n; ++s)
-      for (int64_t j = 0; j < a.dc; ++j) acc[size_t(j)] += z[size_t(s)] * double(a.cache[s * a.R + j]);
+      for (int64_t j = 0; j < a.dc; ++j) acc[size_t(j)] += z[size_t(s)] * double(ref_row(a, s)[j]);
     for (int64_t j = 0; j < a.dc; ++j) o[j] = float(acc[size_t(j)] / L);
   }
 }

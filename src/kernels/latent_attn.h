@@ -21,6 +21,9 @@
 // roundings; the Σ of ≤ S terms adds S·u relative to Σ p·|c| ≤ C_j).
 // The scalar twin (*_ref) is a plain two-pass softmax in double, rounded once at the end.
 //
+// Paged caches (serve/kv_pool.h) pass a block table; the arithmetic is the same as over the
+// same rows stored contiguously (only the address of each row changes).
+//
 // No allocation per call beyond a thread_local scratch that grows to the largest call.
 #pragma once
 #include <cstdint>
@@ -30,7 +33,10 @@ namespace dsv3 {
 struct LatentAttn {
   float* o = nullptr; int64_t ldo = 0;        // o_lat [M, dc] (row stride ldo ≥ dc)
   const float* q = nullptr; int64_t ldq = 0;  // [M, R] (row stride ldq ≥ R)
-  const float* cache = nullptr;               // [S, R], rows contiguous
+  const float* cache = nullptr;               // [S, R], rows contiguous (block_table null),
+                                              // or the pool a block table points into:
+  const int32_t* block_table = nullptr;       // position s at cache + block_table[s / block_rows]
+  int64_t block_rows = 0, block_stride = 0;   //   · block_stride + (s % block_rows) · R
   const int32_t* valid_len = nullptr;         // [M]; row m attends to [0, valid_len[m]) ⊆ [0, S)
   float scale = 1.0f;                          // softmax scale (> 0)
   int64_t M = 0, S = 0, dc = 0, R = 0;         // dc ≤ R

@@ -75,6 +75,13 @@ inline void score_block(const float* const* qp, const float* const* cp, int64_t 
   _mm512_storeu_ps(&out[0][0], _mm512_mul_ps(_mm512_set1_ps(scale), v));
 }
 
+// Address of cache position s (contiguous or through the block table).
+const float* row_at(const LatentAttn& a, int64_t s) {
+  if (!a.block_table) return a.cache + s * a.R;
+  return a.cache + int64_t(a.block_table[s / a.block_rows]) * a.block_stride +
+         (s % a.block_rows) * a.R;
+}
+
 // p[m, k] = scale · q_m · cache[t0 + k] for k < n (n ≤ kLatentTile), all M rows.
 void tile_scores(const LatentAttn& a, int64_t t0, int64_t n, float* p) {
   const float* qp[kMR];
@@ -84,7 +91,7 @@ void tile_scores(const LatentAttn& a, int64_t t0, int64_t n, float* p) {
     // Rows past M repeat the last row (computed, not stored): no tail variant needed.
     for (int i = 0; i < kMR; ++i) qp[i] = a.q + min64(m + i, a.M - 1) * a.ldq;
     for (int64_t k = 0; k < n; k += kNS) {
-      for (int j = 0; j < kNS; ++j) cp[j] = a.cache + (t0 + min64(k + j, n - 1)) * a.R;
+      for (int j = 0; j < kNS; ++j) cp[j] = row_at(a, t0 + min64(k + j, n - 1));
       score_block(qp, cp, a.R, a.scale, out);
       for (int i = 0; i < kMR && m + i < a.M; ++i)
         for (int j = 0; j < kNS && k + j < n; ++j) p[(m + i) * kLatentTile + k + j] = out[i][j];
@@ -148,8 +155,8 @@ void tile_pv(const LatentAttn& a, int64_t t0, int64_t n, const float* p, float* 
       __m512 acc[kMR][kNV];
       for (int i = 0; i < kMR; ++i)
         for (int v = 0; v < kNV; ++v) acc[i][v] = load16_m(mk[v], orow[i] + j0 + 16 * v);
-      const float* c = a.cache + t0 * a.R + j0;
-      for (int64_t k = 0; k < n; ++k, c += a.R) {
+      for (int64_t k = 0; k < n; ++k) {
+        const float* c = row_at(a, t0 + k) + j0;
         __m512 cv[kNV];
         for (int v = 0; v < kNV; ++v) cv[v] = load16_m(mk[v], c + 16 * v);
         for (int i = 0; i < kMR; ++i) {

@@ -1,5 +1,6 @@
 #include "model/linear.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/check.h"
@@ -39,6 +40,10 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   DSV3_ASSERT(w.w.ndim == 2 && M >= 0);
   if (M == 0) return;
   const DType dt = w.w.dtype;
+  // Few rows (decode): the GEMV, whose rows do not depend on each other (F32 and F16 weights:
+  // one row per call), so a row's result is the same alone or in a batch (docs/serve.md).
+  if (M <= kLinearGemvMaxM && M > 1 && dt != DType::BF16 && dt != DType::F8_E4M3)
+    return linear_gemv(y, ldy, x, ldx, M, w, s, accumulate, threads);
   if (dt == DType::F32) {
     GemmF32 g;
     g.M = M; g.N = N; g.K = K;
@@ -50,25 +55,7 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   }
   if (dt == DType::F16) return linear_f16(y, ldy, x, ldx, M, w, s, accumulate);
   DSV3_ASSERT(dt == DType::BF16 || dt == DType::F8_E4M3);
-  if (M <= kGemvMaxM) {
-    // Decode: the weight streams once; the kernels carry x as a BF16 hi+lo pair (gemv.h).
-    if (dt == DType::BF16) {
-      GemvBF16 g;
-      g.M = M; g.N = N; g.K = K;
-      g.w = w.w.ptr<uint16_t>(); g.ldw = K;
-      g.x = x; g.ldx = ldx;
-      g.y = y; g.ldy = ldy; g.accumulate = accumulate;
-      gemv_bf16(g, threads);
-    } else {
-      GemvFP8 g;
-      g.M = M; g.N = N; g.K = K;
-      g.w = w.w.ptr<uint8_t>(); g.ldw = K; g.w_scale = w.scale.ptr<float>();
-      g.x = x; g.ldx = ldx;
-      g.y = y; g.ldy = ldy; g.accumulate = accumulate;
-      gemv_fp8(g, threads);
-    }
-    return;
-  }
+  if (M <= kLinearGemvMaxM) return linear_gemv(y, ldy, x, ldx, M, w, s, accumulate, threads);
   // x = hi + lo with hi = bf16(x), lo = bf16(x − hi): two BF16 GEMMs give x·Wᵀ to ~2^-16
   // relative per product (docs/numerics.md: activations are not rounded to BF16).
   uint16_t* hi = grow(s.x_bf16, 2 * M * K);
@@ -101,6 +88,46 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   }
 }
 
+void linear_gemv(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
+                 LinearScratch& s, bool accumulate, int threads) {
+  const int64_t N = linear_out(w), K = linear_in(w);
+  const DType dt = w.w.dtype;
+  if (dt != DType::BF16 && dt != DType::F8_E4M3) {  // no GEMV: one row at a time
+    for (int64_t m = 0; m < M; ++m)
+      linear_forward(y + m * ldy, ldy, x + m * ldx, ldx, 1, w, s, accumulate, threads);
+    return;
+  }
+  for (int64_t m0 = 0; m0 < M; m0 += kGemvMaxM) {
+    const int64_t mc = std::min<int64_t>(kGemvMaxM, M - m0);
+    // Decode: the weight streams once; the kernels carry x as a BF16 hi+lo pair (gemv.h).
+    if (dt == DType::BF16) {
+      GemvBF16 g;
+      g.M = mc; g.N = N; g.K = K;
+      g.w = w.w.ptr<uint16_t>(); g.ldw = K;
+      g.x = x + m0 * ldx; g.ldx = ldx;
+      g.y = y + m0 * ldy; g.ldy = ldy; g.accumulate = accumulate;
+      gemv_bf16(g, threads);
+    } else {
+      GemvFP8 g;
+      g.M = mc; g.N = N; g.K = K;
+      g.w = w.w.ptr<uint8_t>(); g.ldw = K; g.w_scale = w.scale.ptr<float>();
+      g.x = x + m0 * ldx; g.ldx = ldx;
+      g.y = y + m0 * ldy; g.ldy = ldy; g.accumulate = accumulate;
+      gemv_fp8(g, threads);
+    }
+  }
+}
+
+void LinearBatch::run(float* y, int64_t ldy, const float* x, int64_t ldx, const Weight& w,
+                      LinearScratch& s, bool accumulate) const {
+  if (!invariant) return linear_forward(y, ldy, x, ldx, rows(), w, s, accumulate, threads);
+  const int64_t ns = small_rows();
+  if (ns > 0) linear_gemv(y, ldy, x, ldx, ns, w, s, accumulate, threads);
+  for (int i = n_small; i < n_seqs; ++i)
+    linear_forward(y + off[i] * ldy, ldy, x + off[i] * ldx, ldx, off[i + 1] - off[i], w, s,
+                   accumulate, threads);
+}
+
 void linear_rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
                  int64_t n0, int64_t n1, LinearScratch& s, bool accumulate) {
   const int64_t K = linear_in(w);
@@ -115,7 +142,7 @@ void linear_rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, 
     sub.scale.data = w.scale.ptr<float>() + (n0 / 128) * w.scale.shape[1];
     sub.scale.shape[0] = (n1 - n0 + 127) / 128;
   }
-  linear_forward(y + n0, ldy, x, ldx, M, sub, s, accumulate, 1);
+  linear_gemv(y + n0, ldy, x, ldx, M, sub, s, accumulate, 1);
 }
 
 void dequantize_rows(float* out, const Weight& w, int64_t r0, int64_t n) {

@@ -3,7 +3,7 @@
 // times the exact weight (FP8: decode(code)·scale), FP32 accumulation. The BF16 dot-product
 // kernels take x as a BF16 hi+lo pair (~16 significant bits), never x rounded to BF16.
 //
-// Dispatch: M ≤ kGemvMaxM rows go to the decode GEMV kernels (kernels/gemv.h: weight-streaming,
+// Dispatch: M ≤ kLinearGemvMaxM rows go to the decode GEMV kernels (kernels/gemv.h: weight-streaming,
 // memory-bound), more rows to the packed GEMMs (kernels/gemm.h). F16 weights (no released
 // DeepSeek checkpoint uses them) take a slow row-by-row path.
 #pragma once
@@ -20,6 +20,10 @@ struct LinearScratch {
   std::vector<float> w_row;      // [K] one dequantised row (F16 path)
 };
 
+// linear_forward sends M ≤ kLinearGemvMaxM rows to the GEMV (row-invariant, kernels/gemv.h),
+// more to the GEMMs.
+inline constexpr int64_t kLinearGemvMaxM = 4;
+
 int64_t linear_out(const Weight& w);  // N (rows of W)
 int64_t linear_in(const Weight& w);   // K (columns of W)
 
@@ -27,6 +31,30 @@ int64_t linear_in(const Weight& w);   // K (columns of W)
 // threads = 0: default_threads(); 1 inside a caller's parallel region.
 void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
                     LinearScratch& s, bool accumulate = false, int threads = 0);
+
+// y = x · Wᵀ through the decode GEMV for any M: chunks of kGemvMaxM rows, each row computed
+// exactly as alone (BF16 / FP8 weights; F32 / F16 go row by row through linear_forward).
+void linear_gemv(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
+                 LinearScratch& s, bool accumulate = false, int threads = 0);
+
+// The rows of a batched forward (several sequences' tokens, model.h forward_batch) and how a
+// linear runs over them. Sequences [0, n_small) have ≤ kLinearGemvMaxM rows each and come
+// first; off[i] .. off[i+1] are sequence i's rows.
+//   invariant  every row is computed exactly as in a forward of its sequence alone: the small
+//              sequences' rows together through linear_gemv (weights streamed once per
+//              kGemvMaxM rows), each larger sequence by its own linear_forward (docs/serve.md).
+//   !invariant one linear_forward over all rows (one GEMM: fastest, results depend on the batch).
+struct LinearBatch {
+  const int64_t* off = nullptr;  // [n_seqs + 1]
+  int n_seqs = 0, n_small = 0;
+  bool invariant = true;
+  int threads = 0;
+  int64_t rows() const { return off[n_seqs]; }
+  int64_t small_rows() const { return off[n_small]; }
+  // y [rows, N] (ldy) = x [rows, K] (ldx) · Wᵀ.
+  void run(float* y, int64_t ldy, const float* x, int64_t ldx, const Weight& w, LinearScratch& s,
+           bool accumulate = false) const;
+};
 
 // Rows [n0, n1) of y = x · Wᵀ for M ≤ kGemvMaxM rows of x, on the calling thread: the unit of
 // work when a caller spreads many small matmuls (the experts of a decode step) over its own

@@ -35,8 +35,8 @@ int64_t chunk_rows(int64_t rows_per_token, int64_t S) {
   return std::max<int64_t>(1, budget / std::max<int64_t>(1, rows_per_token * S));
 }
 
-void attention_naive(float* o, int64_t T, int64_t p0, const float* cache, const MlaLayer& L,
-                     const MlaContext& ctx, MlaScratch& s) {
+void attention_naive(float* o, const float* q, int64_t T, int64_t p0, const float* cache,
+                     const MlaLayer& L, const MlaContext& ctx, MlaScratch& s) {
   const ModelConfig& c = *ctx.c;
   const int64_t nh = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
   const int64_t dv = c.v_head_dim, dq = c.qk_head_dim(), R = mla_cache_row(c);
@@ -51,7 +51,7 @@ void attention_naive(float* o, int64_t T, int64_t p0, const float* cache, const 
   for (int64_t h = 0; h < nh; ++h) {
     for (int64_t t0 = 0; t0 < T; t0 += tc) {
       const int64_t m = std::min(tc, T - t0);
-      const float* qh = s.q.data() + t0 * nh * dq + h * dq;
+      const float* qh = q + t0 * nh * dq + h * dq;
       // scores = q_nope·k_noneᵀ + q_pe·k_peᵀ   [m, S]
       matmul(scores, S, qh, nh * dq, kvb + h * dkv, nh * dkv, true, m, S, dn, false, ctx.threads);
       matmul(scores, S, qh + dn, nh * dq, cache + c.kv_lora_rank, R, true, m, S, dr, true,
@@ -88,8 +88,10 @@ MlaAbsorb absorb_params(const Weight& w, int64_t T, int64_t r0, int64_t rows) {
   return p;
 }
 
-void attention_absorbed(float* o, int64_t T, int64_t p0, const float* cache, const MlaLayer& L,
-                        const MlaContext& ctx, MlaScratch& s) {
+// cache: the sequence's rows [0, p0 + T); contiguous() gives them as one [S, R] block (a
+// paged cache is gathered: only the GEMM form, many rows per call, needs that).
+void attention_absorbed(float* o, const float* q, int64_t T, int64_t p0, const LatentCache& lc,
+                        const MlaLayer& L, const MlaContext& ctx, MlaScratch& s) {
   const ModelConfig& c = *ctx.c;
   const int64_t nh = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
   const int64_t dv = c.v_head_dim, dq = c.qk_head_dim(), dc = c.kv_lora_rank;
@@ -102,7 +104,6 @@ void attention_absorbed(float* o, int64_t T, int64_t p0, const float* cache, con
              "kv_b_proj of dtype ", dtype_name(wkv_b.w.dtype), " is not supported");
   float* qcat = grow(s.qcat, T * nh * R);  // [T, heads, kv_lora + rope]
   float* olat = grow(s.olat, T * nh * dc);  // [T, heads, kv_lora]
-  const float* q = s.q.data();
 
   // q_lat[t,h,:] = q_nope[t,h,:] · W_UK_h, W_UK_h = kv_b_proj rows [h·(nope+v), +nope), read in
   // place (kernels/mla_absorb.h: decoded in registers, no F32 copy of the slice).
@@ -136,10 +137,17 @@ void attention_absorbed(float* o, int64_t T, int64_t p0, const float* cache, con
     LatentAttn a;
     a.o = olat; a.ldo = dc;
     a.q = qcat; a.ldq = R;
-    a.cache = cache; a.valid_len = valid;
+    a.cache = lc.base; a.valid_len = valid;
+    a.block_table = lc.table; a.block_rows = lc.block_rows; a.block_stride = lc.block_stride;
     a.scale = ctx.softmax_scale; a.M = T * nh; a.S = S; a.dc = dc; a.R = R;
     latent_attention(a, ctx.threads);
   } else {  // all heads of a token as rows of one GEMM
+    const float* cache = lc.base;
+    if (lc.table) {
+      float* g = grow(s.gather, S * R);
+      for (int64_t p = 0; p < S; ++p) std::memcpy(g + p * R, lc.row(p, R), size_t(R) * sizeof(float));
+      cache = g;
+    }
     const int64_t tc = chunk_rows(nh, S);
     float* scores = grow(s.scores, std::min(tc, T) * nh * S);
     int32_t* valid = grow(s.valid, std::min(tc, T) * nh);
@@ -186,42 +194,87 @@ const YarnParams* yarn_params(const ModelConfig& c, YarnParams* y) {
 
 void mla_forward(float* out, const float* x, int64_t T, int64_t p0, float* cache, const MlaLayer& L,
                  const MlaContext& ctx, AttnForm form, MlaScratch& s) {
+  const int64_t off[2] = {0, T};
+  LinearBatch lb;
+  lb.off = off;
+  lb.n_seqs = 1;
+  lb.n_small = T <= kLinearGemvMaxM ? 1 : 0;
+  lb.threads = ctx.threads;
+  MlaSeq seq;
+  seq.T = T;
+  seq.p0 = p0;
+  seq.cache.base = cache;
+  seq.form = form;
+  mla_forward_batch(out, x, &seq, 1, L, ctx, lb, s);
+}
+
+void mla_forward_batch(float* out, const float* x, const MlaSeq* seqs, int n_seqs,
+                       const MlaLayer& L, const MlaContext& ctx, const LinearBatch& lb,
+                       MlaScratch& s) {
   const ModelConfig& c = *ctx.c;
   const AttentionWeights& w = *L.w;
   const int64_t H = c.hidden_size, nh = c.num_attention_heads, dq = c.qk_head_dim();
   const int64_t dn = c.qk_nope_head_dim, dc = c.kv_lora_rank, R = mla_cache_row(c);
+  const int64_t dv = c.v_head_dim, T = lb.rows();
   const float eps = float(c.rms_norm_eps);
-  DSV3_ASSERT(p0 + T <= ctx.rope.n_pos);
   int32_t* pos = grow(s.pos, T);
-  for (int64_t t = 0; t < T; ++t) pos[t] = int32_t(p0 + t);
+  for (int i = 0; i < n_seqs; ++i) {
+    const MlaSeq& q = seqs[i];
+    DSV3_ASSERT(q.r0 == lb.off[i] && q.T == lb.off[i + 1] - lb.off[i]);
+    DSV3_ASSERT(q.p0 + q.T <= ctx.rope.n_pos);
+    for (int64_t t = 0; t < q.T; ++t) pos[q.r0 + t] = int32_t(q.p0 + t);
+  }
 
-  // Queries [T, heads, nope + rope], q_pe rotated.
+  // Queries [T, heads, nope + rope], q_pe rotated. (Row-wise from here to the attention: norms
+  // and RoPE treat each row alone, the linears as lb says.)
   float* q = grow(s.q, T * nh * dq);
   if (c.has_q_lora()) {
     const int64_t r = c.q_lora_rank;
     float* qa = grow(s.qa, T * r);
-    linear_forward(qa, r, x, H, T, w.q_a_proj, s.lin, false, ctx.threads);
+    lb.run(qa, r, x, H, w.q_a_proj, s.lin);
     rmsnorm_forward(qa, r, nullptr, qa, r, L.q_a_norm, T, r, eps, ctx.threads);
-    linear_forward(q, nh * dq, qa, r, T, w.q_b_proj, s.lin, false, ctx.threads);
+    lb.run(q, nh * dq, qa, r, w.q_b_proj, s.lin);
   } else {
-    linear_forward(q, nh * dq, x, H, T, w.q_proj, s.lin, false, ctx.threads);
+    lb.run(q, nh * dq, x, H, w.q_proj, s.lin);
   }
   rope_forward(q + dn, nh * dq, dq, q + dn, nh * dq, dq, pos, T, nh, ctx.rope, ctx.threads);
 
-  // [c_kv ; k_pe] -> the cache rows of these positions: c normalised, k_pe rotated.
+  // [c_kv ; k_pe] -> the new cache rows: c normalised, k_pe rotated; then into each cache.
   float* kv = grow(s.kv, T * R);
-  linear_forward(kv, R, x, H, T, w.kv_a_proj_with_mqa, s.lin, false, ctx.threads);
-  float* rows = cache + p0 * R;
+  lb.run(kv, R, x, H, w.kv_a_proj_with_mqa, s.lin);
+  float* rows = grow(s.rows, T * R);
   rmsnorm_forward(rows, R, nullptr, kv, R, L.kv_a_norm, T, dc, eps, ctx.threads);
   rope_forward(rows + dc, R, 0, kv + dc, R, 0, pos, T, 1, ctx.rope, ctx.threads);
+  for (int i = 0; i < n_seqs; ++i) {
+    const MlaSeq& sq = seqs[i];
+    for (int64_t t = 0; t < sq.T; ++t)
+      std::memcpy(sq.cache.row(sq.p0 + t, R), rows + (sq.r0 + t) * R, size_t(R) * sizeof(float));
+  }
 
-  if (form == AttnForm::Auto) form = p0 == 0 && T > 1 ? AttnForm::Naive : AttnForm::Absorbed;
-  float* o = grow(s.o, T * nh * c.v_head_dim);
-  if (form == AttnForm::Naive)
-    attention_naive(o, T, p0, cache, L, ctx, s);
-  else
-    attention_absorbed(o, T, p0, cache, L, ctx, s);
-  linear_forward(out, H, o, nh * c.v_head_dim, T, w.o_proj, s.lin, false, ctx.threads);
+  // Attention, per sequence over its own cache: o [T, heads, v].
+  float* o = grow(s.o, T * nh * dv);
+  for (int i = 0; i < n_seqs; ++i) {
+    const MlaSeq& sq = seqs[i];
+    AttnForm form = sq.form;
+    if (form == AttnForm::Auto) form = sq.p0 == 0 && sq.T > 1 ? AttnForm::Naive : AttnForm::Absorbed;
+    const float* qs = q + sq.r0 * nh * dq;
+    float* os = o + sq.r0 * nh * dv;
+    if (form == AttnForm::Naive) {
+      // The naive form reads rows [0, S) contiguously: this call's own rows from an empty
+      // cache, else the cache (gathered when paged).
+      const float* cache = rows + sq.r0 * R;
+      if (sq.p0 > 0) {
+        const int64_t S = sq.p0 + sq.T;
+        float* g = grow(s.gather, S * R);
+        for (int64_t p = 0; p < S; ++p) std::memcpy(g + p * R, sq.cache.row(p, R), size_t(R) * sizeof(float));
+        cache = g;
+      }
+      attention_naive(os, qs, sq.T, sq.p0, cache, L, ctx, s);
+    } else {
+      attention_absorbed(os, qs, sq.T, sq.p0, sq.cache, L, ctx, s);
+    }
+  }
+  lb.run(out, H, o, nh * dv, w.o_proj, s.lin);
 }
 
 }  // namespace dsv3

@@ -33,8 +33,30 @@ struct MlaContext {
   int threads = 0;
 };
 
+// Where one layer's latent rows live: contiguous rows [capacity, R] (table null: KvCache), or
+// blocks of a pool (serve/kv_pool.h): position s at base + table[s / block_rows]·block_stride
+// + (s % block_rows)·R. The arithmetic never depends on which (kernels/latent_attn.h).
+struct LatentCache {
+  float* base = nullptr;
+  const int32_t* table = nullptr;
+  int64_t block_rows = 0, block_stride = 0;
+  float* row(int64_t s, int64_t R) const {
+    return table ? base + int64_t(table[s / block_rows]) * block_stride + (s % block_rows) * R
+                 : base + s * R;
+  }
+};
+
+// One sequence of a batched MLA call: rows [r0, r0 + T) of x, at positions p0 .. p0 + T − 1.
+struct MlaSeq {
+  int64_t r0 = 0, T = 0, p0 = 0;
+  LatentCache cache;
+  AttnForm form = AttnForm::Auto;
+};
+
 struct MlaScratch {
   LinearScratch lin;
+  std::vector<float> rows;    // [rows, R] the new cache rows (normalised c_KV ; rotated k_pe)
+  std::vector<float> gather;  // [S, R] a paged cache's rows made contiguous (GEMM forms)
   std::vector<float> qa;      // [T, q_lora_rank]
   std::vector<float> q;       // [T, heads, qk_head_dim]
   std::vector<float> kv;      // [T, kv_lora_rank + qk_rope_head_dim]
@@ -58,5 +80,12 @@ inline int64_t mla_cache_row(const ModelConfig& c) { return c.kv_lora_rank + c.q
 // cache [capacity, mla_cache_row] holds positions [0, p0); rows p0 .. p0+T−1 are written.
 void mla_forward(float* out, const float* x, int64_t T, int64_t p0, float* cache, const MlaLayer& L,
                  const MlaContext& ctx, AttnForm form, MlaScratch& s);
+
+// The same for several sequences at once (a serving step): the projections run over all
+// rows through `lb` (linear.h: batch-invariant or one GEMM), the attention per sequence
+// over its own cache. x, out [rows, H] with rows = lb.rows().
+void mla_forward_batch(float* out, const float* x, const MlaSeq* seqs, int n_seqs,
+                       const MlaLayer& L, const MlaContext& ctx, const LinearBatch& lb,
+                       MlaScratch& s);
 
 }  // namespace dsv3

@@ -89,14 +89,7 @@ KvCache Model::new_cache(int64_t capacity) {
   DSV3_CHECK(capacity <= cfg_.max_position_embeddings, "a context of ", capacity,
              " positions exceeds the model's max_position_embeddings (",
              cfg_.max_position_embeddings, ")");
-  if (rope_n_ < capacity) {
-    const int64_t half = cfg_.qk_rope_head_dim / 2;
-    rope_cos_.assign(size_t(capacity * half), 0.0f);
-    rope_sin_.assign(size_t(capacity * half), 0.0f);
-    rope_build_table(rope_cos_.data(), rope_sin_.data(), 0, capacity, cfg_.qk_rope_head_dim,
-                     cfg_.rope_theta, yarn());
-    rope_n_ = capacity;
-  }
+  reserve_positions(capacity);
   KvCache c;
   c.capacity = capacity;
   c.row = mla_cache_row(cfg_);
@@ -104,6 +97,19 @@ KvCache Model::new_cache(int64_t capacity) {
   c.mtp_len.assign(w_.mtp.size(), 0);
   c.data.assign(size_t((c.n_main + n_mtp()) * capacity * c.row), 0.0f);
   return c;
+}
+
+void Model::reserve_positions(int64_t n) {
+  DSV3_CHECK(n <= cfg_.max_position_embeddings, "a context of ", n,
+             " positions exceeds the model's max_position_embeddings (",
+             cfg_.max_position_embeddings, ")");
+  if (rope_n_ >= n) return;
+  const int64_t half = cfg_.qk_rope_head_dim / 2;
+  rope_cos_.assign(size_t(n * half), 0.0f);
+  rope_sin_.assign(size_t(n * half), 0.0f);
+  rope_build_table(rope_cos_.data(), rope_sin_.data(), 0, n, cfg_.qk_rope_head_dim,
+                   cfg_.rope_theta, yarn());
+  rope_n_ = n;
 }
 
 void Model::embed(float* x, const Weight& table, const int32_t* ids, int64_t T) const {
@@ -127,11 +133,9 @@ void Model::head(float* logits, const float* h, int64_t T, const Weight& w, Forw
   linear_forward(logits, cfg_.vocab_size, h, cfg_.hidden_size, T, w, s.lin, false, threads_);
 }
 
-void Model::block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, float* cache_layer,
-                  int64_t T, int64_t p0, AttnForm form, ForwardScratch& s,
-                  const ForwardTrace* trace, const std::string& prefix,
-                  ForwardProfile* prof) const {
-  (void)layer;
+void Model::block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs, int n,
+                  const LinearBatch& lb, ForwardScratch& s, const ForwardTrace* trace,
+                  const std::string& prefix, ForwardProfile* prof) const {
   double t0 = prof ? now_s() : 0;
   auto lap = [&](double* slot) {
     if (!prof) return;
@@ -139,7 +143,7 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, flo
     *slot += t - t0;
     t0 = t;
   };
-  const int64_t H = cfg_.hidden_size;
+  const int64_t H = cfg_.hidden_size, T = lb.rows();
   const float eps = float(cfg_.rms_norm_eps);
   float* x = s.x.data();
   float* xn = grow(s.xn, T * H);
@@ -157,33 +161,58 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, flo
   ctx.rope = RopeTable{rope_cos_.data(), rope_sin_.data(), rope_n_, cfg_.qk_rope_head_dim};
   ctx.softmax_scale = softmax_scale_;
   ctx.threads = threads_;
-  mla_forward(attn, xn, T, p0, cache_layer, ml, ctx, form, s.mla);
+  mla_forward_batch(attn, xn, seqs, n, ml, ctx, lb, s.mla);
   if (prof) lap(&prof->attn);
   if (trace) (*trace)(prefix + ".attn", attn, T, H);
   add_rows(x, attn, T * H);
 
   rmsnorm_forward(xn, H, nullptr, x, H, lf.post_norm.data(), T, H, eps, threads_);
   if (prof) lap(&prof->norm);
-  if (lw.is_moe) {
-    MoeLayer moe;
-    moe.w = &lw.moe;
-    moe.bias = lf.bias.empty() ? nullptr : lf.bias.data();
-    moe_forward(ffn, xn, T, cfg_, moe, s.ffn_s, threads_);
-    if (trace) {
-      const int64_t K = cfg_.num_experts_per_tok;
-      std::vector<float> ids(size_t(T * K));
-      for (int64_t i = 0; i < T * K; ++i) ids[size_t(i)] = float(s.ffn_s.topk_idx[size_t(i)]);
-      (*trace)(prefix + ".route_ids", ids.data(), T, K);
-      (*trace)(prefix + ".route_w", s.ffn_s.topk_w.data(), T, K);
-    }
+  // The FFN: over all rows at once (!invariant), else the small sequences' rows together in
+  // the decode form and each larger sequence as forward() of it alone would (docs/serve.md).
+  const int64_t ns = lb.invariant ? lb.small_rows() : T;
+  MoeLayer moe;
+  moe.w = &lw.moe;
+  moe.bias = lf.bias.empty() ? nullptr : lf.bias.data();
+  auto run = [&](float* o, const float* xi, int64_t rows, bool decode_form) {
+    if (lw.is_moe && decode_form) moe_forward_decode(o, xi, rows, cfg_, moe, s.ffn_s, threads_);
+    else if (lw.is_moe) moe_forward(o, xi, rows, cfg_, moe, s.ffn_s, threads_);
+    else if (decode_form) mlp_forward_decode(o, xi, rows, H, lw.mlp, s.ffn_s, false, threads_);
+    else mlp_forward(o, xi, rows, H, lw.mlp, s.ffn_s, false, threads_);
+  };
+  if (!lb.invariant) {
+    run(ffn, xn, T, false);
   } else {
-    mlp_forward(ffn, xn, T, H, lw.mlp, s.ffn_s, false, threads_);
+    if (ns > 0) run(ffn, xn, ns, true);
+    for (int i = lb.n_small; i < lb.n_seqs; ++i)
+      run(ffn + lb.off[i] * H, xn + lb.off[i] * H, lb.off[i + 1] - lb.off[i], false);
+  }
+  if (trace && lw.is_moe) {
+    const int64_t K = cfg_.num_experts_per_tok;
+    std::vector<float> ids(size_t(T * K));
+    for (int64_t i = 0; i < T * K; ++i) ids[size_t(i)] = float(s.ffn_s.topk_idx[size_t(i)]);
+    (*trace)(prefix + ".route_ids", ids.data(), T, K);
+    (*trace)(prefix + ".route_w", s.ffn_s.topk_w.data(), T, K);
   }
   if (prof) lap(&prof->ffn);
   if (trace) (*trace)(prefix + ".ffn", ffn, T, H);
   add_rows(x, ffn, T * H);
   if (trace) (*trace)(prefix + ".out", x, T, H);
 }
+
+namespace {
+// A one-sequence LinearBatch over T rows (offsets in off[2]).
+LinearBatch single_batch(int64_t* off, int64_t T, int threads) {
+  off[0] = 0;
+  off[1] = T;
+  LinearBatch lb;
+  lb.off = off;
+  lb.n_seqs = 1;
+  lb.n_small = T <= kLinearGemvMaxM ? 1 : 0;
+  lb.threads = threads;
+  return lb;
+}
+}  // namespace
 
 void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) const {
   const int64_t H = cfg_.hidden_size, T = a.T, p0 = cache.len;
@@ -195,9 +224,17 @@ void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) con
   float* x = grow(s.x, T * H);
   embed(x, w_.embed_tokens, a.ids, T);
   if (a.trace) (*a.trace)("embed", x, T, H);
-  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
-    block(w_.layers[size_t(l)], lf_[size_t(l)], l, cache.layer(l), T, p0, a.form, s, a.trace,
+  int64_t off[2];
+  const LinearBatch lb = single_batch(off, T, threads_);
+  MlaSeq seq;
+  seq.T = T;
+  seq.p0 = p0;
+  seq.form = a.form;
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    seq.cache.base = cache.layer(l);
+    block(w_.layers[size_t(l)], lf_[size_t(l)], &seq, 1, lb, s, a.trace,
           a.trace ? "layer." + std::to_string(l) : std::string(), a.profile);
+  }
   cache.len = p0 + T;
   float* xn = grow(s.xn, T * H);
   rmsnorm_forward(xn, H, nullptr, x, H, norm_.data(), T, H, float(cfg_.rms_norm_eps), threads_);
@@ -208,6 +245,85 @@ void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) con
   if (a.profile) {
     a.profile->head += now_s() - t0;
     ++a.profile->calls;
+  }
+}
+
+void Model::forward_batch(const KvPoolView& pool, const BatchSeq* seqs, int n, bool invariant,
+                          ForwardScratch& s) const {
+  const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
+  DSV3_ASSERT(n > 0);
+  int64_t* off = grow(s.off, int64_t(n) + 1);
+  off[0] = 0;
+  int n_small = 0;
+  for (int i = 0; i < n; ++i) {
+    const BatchSeq& q = seqs[i];
+    DSV3_ASSERT(q.T > 0 && q.p0 + q.T <= rope_n_ && q.table);
+    DSV3_ASSERT(q.logits_from >= 0 && q.logits_from <= q.T);
+    if (q.T <= kLinearGemvMaxM) {
+      DSV3_ASSERT(n_small == i);  // small sequences first
+      ++n_small;
+    }
+    off[i + 1] = off[i] + q.T;
+  }
+  LinearBatch lb;
+  lb.off = off;
+  lb.n_seqs = n;
+  lb.n_small = n_small;
+  lb.invariant = invariant;
+  lb.threads = threads_;
+  const int64_t T = lb.rows();
+  float* x = grow(s.x, T * H);
+  for (int i = 0; i < n; ++i) embed(x + off[i] * H, w_.embed_tokens, seqs[i].ids, seqs[i].T);
+  s.mseq.resize(size_t(n));
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    for (int i = 0; i < n; ++i) {
+      MlaSeq& m = s.mseq[size_t(i)];
+      m.r0 = off[i];
+      m.T = seqs[i].T;
+      m.p0 = seqs[i].p0;
+      m.cache = pool.layer(l, seqs[i].table);
+      m.form = AttnForm::Auto;
+    }
+    block(w_.layers[size_t(l)], lf_[size_t(l)], s.mseq.data(), n, lb, s, nullptr, std::string());
+  }
+  float* xn = grow(s.xn, T * H);
+  rmsnorm_forward(xn, H, nullptr, x, H, norm_.data(), T, H, float(cfg_.rms_norm_eps), threads_);
+  for (int i = 0; i < n; ++i)
+    if (seqs[i].hidden)
+      std::memcpy(seqs[i].hidden, xn + off[i] * H, size_t(seqs[i].T * H) * sizeof(float));
+  // The head: sequences wanting ≤ kLinearGemvMaxM rows of logits gathered through the GEMV
+  // (each row as alone), the others by their own call (as forward() would make it).
+  int64_t nh = 0;
+  for (int i = 0; i < n; ++i) {
+    const int64_t r = seqs[i].logits ? seqs[i].T - seqs[i].logits_from : 0;
+    if (r > 0 && (r <= kLinearGemvMaxM || !invariant)) nh += r;
+  }
+  float* hx = grow(s.head_x, nh * H);
+  float* hy = grow(s.head_y, nh * V);
+  int64_t j = 0;
+  for (int i = 0; i < n; ++i) {
+    const BatchSeq& q = seqs[i];
+    const int64_t r = q.logits ? q.T - q.logits_from : 0;
+    if (r == 0) continue;
+    const float* src = xn + (off[i] + q.logits_from) * H;
+    if (r <= kLinearGemvMaxM || !invariant) {
+      std::memcpy(hx + j * H, src, size_t(r * H) * sizeof(float));
+      j += r;
+    } else {
+      linear_forward(q.logits, V, src, H, r, w_.lm_head, s.lin, false, threads_);
+    }
+  }
+  if (nh > 0) {
+    if (invariant) linear_gemv(hy, V, hx, H, nh, w_.lm_head, s.lin, false, threads_);
+    else linear_forward(hy, V, hx, H, nh, w_.lm_head, s.lin, false, threads_);
+  }
+  j = 0;
+  for (int i = 0; i < n; ++i) {
+    const BatchSeq& q = seqs[i];
+    const int64_t r = q.logits ? q.T - q.logits_from : 0;
+    if (r == 0 || (r > kLinearGemvMaxM && invariant)) continue;
+    std::memcpy(q.logits, hy + j * V, size_t(r * V) * sizeof(float));
+    j += r;
   }
 }
 
@@ -231,8 +347,14 @@ void Model::mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) con
   float* x = grow(s.x, T * H);
   linear_forward(x, H, cat, 2 * H, T, m.eh_proj, s.lin, false, threads_);
   const std::string prefix = "mtp." + std::to_string(k);
-  block(m.block, lf_[size_t(L) + k], L + int64_t(k), cache.layer(L + int64_t(k)), T, p0, a.form, s,
-        a.trace, prefix);
+  int64_t off[2];
+  const LinearBatch lb = single_batch(off, T, threads_);
+  MlaSeq seq;
+  seq.T = T;
+  seq.p0 = p0;
+  seq.form = a.form;
+  seq.cache.base = cache.layer(L + int64_t(k));
+  block(m.block, lf_[size_t(L) + k], &seq, 1, lb, s, a.trace, prefix);
   cache.mtp_len[k] = p0 + T;
   float* h = grow(s.xn, T * H);
   rmsnorm_forward(h, H, nullptr, x, H, f.head_norm.data(), T, H, eps, threads_);

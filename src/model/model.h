@@ -75,7 +75,36 @@ struct MtpArgs {
   const ForwardTrace* trace = nullptr;
 };
 
+// The paged latent cache of a serving engine (serve/kv_pool.h): for each layer (main layers,
+// then one per MTP module) n_blocks blocks of block_rows positions of `row` floats.
+struct KvPoolView {
+  float* data = nullptr;  // [n_layers, n_blocks, block_rows, row]
+  int64_t n_blocks = 0, block_rows = 0, row = 0;
+  LatentCache layer(int64_t l, const int32_t* table) const {
+    LatentCache c;
+    c.base = data + l * n_blocks * block_rows * row;
+    c.table = table;
+    c.block_rows = block_rows;
+    c.block_stride = block_rows * row;
+    return c;
+  }
+};
+
+// One sequence of a batched forward: T new tokens at positions p0 .. p0 + T − 1 of its
+// cache, whose blocks `table` lists (covering [0, p0 + T)).
+struct BatchSeq {
+  const int32_t* ids = nullptr;    // [T]
+  int64_t T = 0, p0 = 0;
+  const int32_t* table = nullptr;
+  float* logits = nullptr;         // [T − logits_from, V] or nullptr
+  int64_t logits_from = 0;
+  float* hidden = nullptr;         // [T, H] after model.norm, or nullptr
+};
+
 struct ForwardScratch {
+  std::vector<int64_t> off;              // batch: [seqs + 1] row offsets
+  std::vector<MlaSeq> mseq;              // batch: per sequence
+  std::vector<float> head_x, head_y;     // batch: gathered head rows and their logits
   std::vector<float> x, xn, attn, ffn;   // [T, H]
   std::vector<float> cat;                // MTP: [T, 2H]
   MlaScratch mla;
@@ -99,6 +128,15 @@ class Model {
   KvCache new_cache(int64_t capacity);
 
   void forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) const;
+
+  // Several sequences in one forward (a serving step) over the paged pool: the linears and
+  // MoE run over all rows (invariant: each row exactly as in forward() of its sequence
+  // alone, docs/serve.md; !invariant: one GEMM over the batch), attention per sequence.
+  // Sequences with T ≤ kLinearGemvMaxM come first. Needs rope positions: reserve_positions.
+  void forward_batch(const KvPoolView& pool, const BatchSeq* seqs, int n, bool invariant,
+                     ForwardScratch& s) const;
+  // Grows the RoPE table to n positions (new_cache does it for its capacity).
+  void reserve_positions(int64_t n);
   void mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) const;
 
   // logits [T, V] from final hidden states h [T, H]: module 0 = lm_head (h after
@@ -115,8 +153,10 @@ class Model {
   struct LayerF32 {
     std::vector<float> input_norm, post_norm, q_a_norm, kv_a_norm, bias;
   };
-  void block(const LayerWeights& lw, const LayerF32& lf, int64_t layer, float* cache_layer,
-             int64_t T, int64_t p0, AttnForm form, ForwardScratch& s, const ForwardTrace* trace,
+  // One transformer block over the rows of lb (x in s.x): seqs[i] says where sequence i's
+  // rows sit and its cache of this layer.
+  void block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs, int n,
+             const LinearBatch& lb, ForwardScratch& s, const ForwardTrace* trace,
              const std::string& prefix, ForwardProfile* prof = nullptr) const;
   void embed(float* x, const Weight& table, const int32_t* ids, int64_t T) const;
   void head(float* logits, const float* h, int64_t T, const Weight& w, ForwardScratch& s) const;

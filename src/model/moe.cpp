@@ -103,20 +103,27 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   }
 }
 
-void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,
-                 FfnScratch& s, bool accumulate, int threads) {
-  if (T <= kGemvMaxM) {
-    if (!accumulate) std::memset(out, 0, size_t(T * H) * sizeof(float));
+void mlp_forward_decode(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,
+                        FfnScratch& s, bool accumulate, int threads) {
+  if (!accumulate) std::memset(out, 0, size_t(T * H) * sizeof(float));
+  std::vector<FfnTask>& tasks = s.tasks;
+  tasks.clear();
+  for (int64_t t0 = 0; t0 < T; t0 += kGemvMaxM) {
     FfnTask t;
     t.w = &w;
-    t.n = int(T);
+    t.n = int(std::min<int64_t>(kGemvMaxM, T - t0));
     for (int j = 0; j < t.n; ++j) {
-      t.tok[j] = j;
+      t.tok[j] = int32_t(t0 + j);
       t.weight[j] = 1.0f;
     }
-    ffn_tasks_decode(out, x, T, H, &t, 1, s, threads);
-    return;
+    tasks.push_back(t);
   }
+  ffn_tasks_decode(out, x, T, H, tasks.data(), int(tasks.size()), s, threads);
+}
+
+void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,
+                 FfnScratch& s, bool accumulate, int threads) {
+  if (T <= kLinearGemvMaxM) return mlp_forward_decode(out, x, T, H, w, s, accumulate, threads);
   const int64_t I = linear_out(w.gate_proj);
   float* g = grow(s.gate, T * I);
   float* u = grow(s.up, T * I);
@@ -188,8 +195,51 @@ void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, cons
   }
 }
 
+void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig& c,
+                        const MoeLayer& L, FfnScratch& s, int threads) {
+  const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  float* logits = grow(s.logits, T * E);
+  linear_gemv(logits, E, x, H, T, L.w->gate, s.lin, false, threads);
+  int32_t* idx = grow(s.topk_idx, T * K);
+  float* wt = grow(s.topk_w, T * K);
+  moe_route(idx, wt, logits, T, c, L.bias, s.route);
+  std::memset(out, 0, size_t(T * H) * sizeof(float));
+  // Every expert of the step in one parallel region, ≤ kGemvMaxM tokens per task. A token's
+  // terms are added in task order — shared experts, then its experts by index — whatever the
+  // other tokens are, so its result does not depend on the batch (docs/serve.md).
+  std::vector<FfnTask>& tasks = s.tasks;
+  tasks.clear();
+  if (c.n_shared_experts > 0)
+    for (int64_t t0 = 0; t0 < T; t0 += kGemvMaxM) {
+      FfnTask t;
+      t.w = &L.w->shared_experts;
+      t.n = int(std::min<int64_t>(kGemvMaxM, T - t0));
+      for (int j = 0; j < t.n; ++j) {
+        t.tok[j] = int32_t(t0 + j);
+        t.weight[j] = 1.0f;
+      }
+      tasks.push_back(t);
+    }
+  for (int64_t e = 0; e < E; ++e) {
+    FfnTask t;
+    t.w = &L.w->experts[size_t(e)];
+    for (int64_t i = 0; i < T * K; ++i) {
+      if (idx[i] != e) continue;
+      t.tok[t.n] = int32_t(i / K);
+      t.weight[t.n] = wt[i];
+      if (++t.n == kGemvMaxM) {
+        tasks.push_back(t);
+        t.n = 0;
+      }
+    }
+    if (t.n > 0) tasks.push_back(t);
+  }
+  ffn_tasks_decode(out, x, T, H, tasks.data(), int(tasks.size()), s, threads);
+}
+
 void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, const MoeLayer& L,
                  FfnScratch& s, int threads) {
+  if (T <= kLinearGemvMaxM) return moe_forward_decode(out, x, T, c, L, s, threads);
   const int64_t H = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   float* logits = grow(s.logits, T * E);
   linear_forward(logits, E, x, H, T, L.w->gate, s.lin, false, threads);
@@ -197,34 +247,6 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
   float* wt = grow(s.topk_w, T * K);
   moe_route(idx, wt, logits, T, c, L.bias, s.route);
 
-  if (T <= kGemvMaxM) {  // decode: every expert of the step in one parallel region
-    std::memset(out, 0, size_t(T * H) * sizeof(float));
-    std::vector<FfnTask>& tasks = s.tasks;
-    tasks.clear();
-    if (c.n_shared_experts > 0) {
-      FfnTask t;
-      t.w = &L.w->shared_experts;
-      t.n = int(T);
-      for (int j = 0; j < t.n; ++j) {
-        t.tok[j] = j;
-        t.weight[j] = 1.0f;
-      }
-      tasks.push_back(t);
-    }
-    for (int64_t e = 0; e < E; ++e) {
-      FfnTask t;
-      t.w = &L.w->experts[size_t(e)];
-      for (int64_t i = 0; i < T * K; ++i)
-        if (idx[i] == e) {
-          t.tok[t.n] = int32_t(i / K);
-          t.weight[t.n] = wt[i];
-          ++t.n;
-        }
-      if (t.n > 0) tasks.push_back(t);
-    }
-    ffn_tasks_decode(out, x, T, H, tasks.data(), int(tasks.size()), s, threads);
-    return;
-  }
   if (c.n_shared_experts > 0)
     mlp_forward(out, x, T, H, L.w->shared_experts, s, false, threads);
   else

@@ -53,6 +53,12 @@ struct FfnScratch {
 void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const FfnTask* tasks,
                       int n_tasks, FfnScratch& s, int threads);
 
+// The decode forms for any T: tasks of ≤ kGemvMaxM tokens through ffn_tasks_decode, each
+// token's result independent of the others (the batch-invariant serving step, docs/serve.md).
+// moe_forward_decode leaves the routing in s.topk_idx / s.topk_w like moe_forward.
+void mlp_forward_decode(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,
+                        FfnScratch& s, bool accumulate, int threads);
+
 // out [T, H] (written, or added to) = down(silu(gate(x)) * up(x)).
 void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,
                  FfnScratch& s, bool accumulate, int threads);
@@ -67,6 +73,9 @@ struct MoeLayer {
   const MoeWeights* w = nullptr;
   const float* bias = nullptr;  // [E] e_score_correction_bias (F32 copy) or nullptr
 };
+
+void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig& c,
+                        const MoeLayer& L, FfnScratch& s, int threads);
 
 // out [T, H] (written) = shared_experts(x) + Σ_{i ∈ TopK} g_i · expert_i(x). The routing
 // decision is left in s.topk_idx / s.topk_w ([T, k]).

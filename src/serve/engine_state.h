@@ -1,0 +1,61 @@
+// Internal state of the serving engine, shared by engine.cpp (set-up, submit, metrics) and
+// scheduler.cpp (the loop). Not part of the interface.
+#pragma once
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "infer/sampler.h"
+#include "infer/stop.h"
+#include "model/model.h"
+#include "serve/engine.h"
+#include "serve/kv_pool.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsv3::serve {
+
+// Positions per cache block (vLLM's default). Small blocks waste little of the pool at the
+// end of each sequence and let short shared prefixes (a system prompt) be reused.
+constexpr int64_t kBlockRows = 16;
+
+struct Seq {
+  std::shared_ptr<Stream> stream;
+  Request req;
+  uint64_t order = 0;              // arrival order: the newest is preempted first
+  std::vector<int32_t> tokens;     // prompt, then generated tokens
+  int64_t n_prompt = 0;
+  std::vector<int32_t> table;      // block ids covering positions [0, computed)
+  int64_t computed = 0;            // positions whose cache rows are valid
+  int64_t published = 0;           // leading blocks offered to the prefix cache
+  std::vector<uint64_t> hashes;    // chain hash of each published block
+  int64_t cached_tokens = 0;       // prompt positions found in the prefix cache (first admission)
+  bool admitted_once = false;
+  int64_t generated = 0;
+  std::optional<Sampler> sampler;
+  std::optional<tok::StreamDecoder> dec;
+  std::optional<StopMatcher> stop;
+  std::map<int32_t, int32_t> counts;  // generated token -> occurrences (penalties)
+  double t_arrival = 0, t_first = 0, t_last = 0;
+  std::string finish;              // set when done
+};
+
+struct Engine::Impl {
+  std::unique_ptr<KvPool> pool;
+  std::mutex mu;                   // guards incoming, and the metrics snapshot
+  std::condition_variable cv;
+  std::deque<std::unique_ptr<Seq>> incoming;
+  std::deque<std::unique_ptr<Seq>> waiting;   // loop thread only
+  std::vector<std::unique_ptr<Seq>> running;  // loop thread only
+  uint64_t next_id = 1, next_order = 0;
+  EngineMetrics m;                 // counters (loop thread writes, under mu)
+  std::vector<int32_t> eos;
+  ForwardScratch scratch;
+  std::vector<float> logits;       // [rows with logits, V]
+  std::vector<BatchSeq> batch;
+  std::vector<Seq*> batch_seq;
+  std::vector<int32_t> ids;
+};
+
+}  // namespace dsv3::serve

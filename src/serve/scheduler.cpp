@@ -1,0 +1,337 @@
+// The serving engine's loop (serve/engine.h has the design; engine_state.h the state).
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+
+#include "core/check.h"
+#include "core/clock.h"
+#include "model/linear.h"
+#include "serve/engine_state.h"
+
+namespace dsv3::serve {
+namespace {
+
+// log p(id) at temperature 1 for every id: l − max − log Σ exp(l − max), in double.
+double log_normaliser(const float* l, int64_t V) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < V; ++i)
+    if (l[i] > mx) mx = l[i];
+  double sum = 0;
+  for (int64_t i = 0; i < V; ++i) sum += std::exp(double(l[i]) - double(mx));
+  return double(mx) + std::log(sum);
+}
+
+}  // namespace
+
+void Engine::loop() {
+  Impl& I = *impl_;
+  KvPool& pool = *I.pool;
+  const int64_t V = model_.vocab(), B = kBlockRows;
+
+  auto release_blocks = [&](Seq& s) {
+    for (int32_t b : s.table) pool.release(b);
+    s.table.clear();
+    s.hashes.clear();
+    s.computed = s.published = 0;
+  };
+  auto log_line = [&](const Seq& s) {
+    if (!opt_.log_requests) return;
+    const double ttft = s.t_first > 0 ? s.t_first - s.t_arrival : 0;
+    const double dt = s.t_last - s.t_first;
+    const double tps = s.generated > 1 && dt > 0 ? double(s.generated - 1) / dt : 0;
+    std::fprintf(stderr,
+                 "dsv3 serve: request %s prompt=%" PRId64 " cached=%" PRId64 " generated=%" PRId64
+                 " ttft=%.3fs tokens/s=%.1f finish=%s\n",
+                 s.req.tag.empty() ? std::to_string(s.stream->id()).c_str() : s.req.tag.c_str(),
+                 s.n_prompt, s.cached_tokens, s.generated, ttft, tps, s.finish.c_str());
+  };
+  // Ends a sequence: the Finish event (unless the client left), metrics, its blocks back.
+  auto retire = [&](Seq& s) {
+    const bool cancelled = s.finish == "cancelled";
+    if (!cancelled) {
+      Event e;
+      e.kind = Event::Kind::Finish;
+      e.finish_reason = s.finish;
+      e.prompt_tokens = s.n_prompt;
+      e.cached_tokens = s.cached_tokens;
+      e.completion_tokens = s.generated;
+      // Text held back (an unfinished character, a possible stop string that never completed).
+      if (s.dec && !s.stop->stopped()) {
+        std::string tail = s.stop->push(s.dec->finish());
+        if (!s.stop->stopped()) tail += s.stop->finish();
+        e.text = std::move(tail);
+      }
+      s.stream->push(std::move(e));
+    }
+    {
+      std::lock_guard<std::mutex> lk(I.mu);
+      if (cancelled) {
+        ++I.m.requests_cancelled;
+      } else {
+        ++I.m.requests_finished;
+        if (s.t_first > 0) I.m.ttft.observe(s.t_first - s.t_arrival);
+        if (s.generated > 1) I.m.tpot.observe((s.t_last - s.t_first) / double(s.generated - 1));
+      }
+    }
+    release_blocks(s);
+    log_line(s);
+  };
+
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lk(I.mu);
+      if (I.waiting.empty() && I.running.empty())
+        I.cv.wait(lk, [&] { return stop_.load() || !I.incoming.empty(); });
+      while (!I.incoming.empty()) {
+        I.waiting.push_back(std::move(I.incoming.front()));
+        I.incoming.pop_front();
+      }
+    }
+    if (stop_.load()) break;
+
+    // Cancelled sequences go first: their blocks serve this step.
+    for (auto& s : I.running)
+      if (s->stream->cancelled()) {
+        s->finish = "cancelled";
+        retire(*s);
+      }
+    std::erase_if(I.running, [](const std::unique_ptr<Seq>& s) { return !s->finish.empty(); });
+    for (auto& s : I.waiting)
+      if (s->stream->cancelled()) {
+        s->finish = "cancelled";
+        retire(*s);
+      }
+    std::erase_if(I.waiting, [](const std::unique_ptr<Seq>& s) { return !s->finish.empty(); });
+
+    // Admission, oldest first: prefix-cache lookup, then only if the pool can take the rest
+    // of the prompt (decoding growth is met by preemption).
+    while (int64_t(I.running.size()) < opt_.max_running && !I.waiting.empty()) {
+      Seq& s = *I.waiting.front();
+      if (s.generated >= s.req.max_tokens && !s.admitted_once) {  // max_tokens = 0
+        s.finish = "length";
+        retire(s);
+        I.waiting.pop_front();
+        continue;
+      }
+      const int64_t len = int64_t(s.tokens.size());
+      if (opt_.prefix_cache) {
+        const int64_t full = (len - 1) / B;  // the last token is always forwarded (its logits)
+        uint64_t prev = 0;
+        for (int64_t j = 0; j < full; ++j) {
+          const uint64_t h = KvPool::chain_hash(prev, s.tokens.data() + j * B, B);
+          const int32_t b = pool.lookup(h, prev, s.tokens.data() + j * B);
+          if (b < 0) break;
+          s.table.push_back(b);
+          s.hashes.push_back(h);
+          prev = h;
+        }
+        s.computed = s.published = int64_t(s.table.size()) * B;
+      }
+      const int64_t need = (len + B - 1) / B - int64_t(s.table.size());
+      if (need > pool.available() && !I.running.empty()) {
+        release_blocks(s);  // not now: wait for blocks to come back
+        break;
+      }
+      if (!s.admitted_once) {
+        s.admitted_once = true;
+        s.cached_tokens = s.computed;
+        std::lock_guard<std::mutex> lk(I.mu);
+        I.m.prefix_queries += uint64_t(len - 1);
+        I.m.prefix_hits += uint64_t(s.computed);
+        I.m.prompt_tokens += uint64_t(s.n_prompt);
+      }
+      I.running.push_back(std::move(I.waiting.front()));
+      I.waiting.pop_front();
+    }
+    if (I.running.empty()) continue;
+
+    // This step's rows: one token per decoding sequence; prefill chunks end at multiples of
+    // prefill_chunk (so a prompt is cut the same way whatever else runs: batch invariance),
+    // at least one chunk per step, more while the budget lasts. Blocks oldest first; when the
+    // pool is dry the newest sequence is preempted (recomputed from its tokens later).
+    std::sort(I.running.begin(), I.running.end(),
+              [](const auto& a, const auto& b) { return a->order < b->order; });
+    std::vector<std::pair<Seq*, int64_t>> plan;  // (sequence, tokens this step)
+    int64_t budget_used = 0;
+    for (size_t i = 0; i < I.running.size(); ++i) {
+      Seq& s = *I.running[i];
+      const int64_t len = int64_t(s.tokens.size()), C = opt_.prefill_chunk;
+      int64_t T = len - s.computed;
+      DSV3_ASSERT(T >= 1);
+      if (T > 1) {
+        T = std::min(len, (s.computed / C + 1) * C) - s.computed;
+        if (budget_used > 0 && budget_used + T > C) continue;
+        budget_used += T;
+      }
+      const int64_t need = (s.computed + T + B - 1) / B;
+      bool preempted_self = false;
+      while (int64_t(s.table.size()) < need) {
+        const int32_t b = pool.allocate();
+        if (b >= 0) {
+          s.table.push_back(b);
+          continue;
+        }
+        // Preempt the newest running sequence (possibly this one).
+        Seq& victim = *I.running.back();
+        release_blocks(victim);
+        {
+          std::lock_guard<std::mutex> lk(I.mu);
+          ++I.m.preemptions;
+        }
+        std::erase_if(plan, [&](const auto& p) { return p.first == &victim; });
+        const bool self = &victim == &s;
+        I.waiting.push_front(std::move(I.running.back()));
+        I.running.pop_back();
+        if (self) {
+          preempted_self = true;
+          break;
+        }
+      }
+      if (preempted_self) break;
+      plan.emplace_back(&s, T);
+    }
+    if (plan.empty()) continue;
+
+    // One forward: sequences of ≤ kLinearGemvMaxM rows first (Model::forward_batch).
+    std::stable_partition(plan.begin(), plan.end(),
+                          [](const auto& p) { return p.second <= kLinearGemvMaxM; });
+    const size_t n = plan.size();
+    I.batch.assign(n, BatchSeq{});
+    int64_t n_logits = 0;
+    for (size_t i = 0; i < n; ++i) {
+      Seq& s = *plan[i].first;
+      if (s.computed + plan[i].second == int64_t(s.tokens.size())) ++n_logits;
+    }
+    if (int64_t(I.logits.size()) < n_logits * V) I.logits.resize(size_t(n_logits * V));
+    int64_t li = 0;
+    std::vector<float*> seq_logits(n, nullptr);
+    for (size_t i = 0; i < n; ++i) {
+      Seq& s = *plan[i].first;
+      BatchSeq& b = I.batch[i];
+      b.ids = s.tokens.data() + s.computed;
+      b.T = plan[i].second;
+      b.p0 = s.computed;
+      b.table = s.table.data();
+      if (s.computed + b.T == int64_t(s.tokens.size())) {
+        b.logits = seq_logits[i] = I.logits.data() + li * V;
+        b.logits_from = b.T - 1;
+        ++li;
+      }
+    }
+    try {
+      model_.forward_batch(pool.view(), I.batch.data(), int(n), opt_.batch_invariant, I.scratch);
+    } catch (const std::exception& ex) {  // not expected: inputs were checked at submit
+      for (size_t i = 0; i < n; ++i) {
+        Seq& s = *plan[i].first;
+        Event e;
+        e.kind = Event::Kind::Error;
+        e.finish_reason = std::string("the forward failed: ") + ex.what();
+        s.stream->push(std::move(e));
+        s.finish = "cancelled";
+        retire(s);
+      }
+      std::erase_if(I.running, [](const std::unique_ptr<Seq>& s) { return !s->finish.empty(); });
+      continue;
+    }
+
+    // Sample, emit, publish full blocks.
+    const double now = now_s();
+    uint64_t new_tokens = 0;
+    for (size_t i = 0; i < n; ++i) {
+      Seq& s = *plan[i].first;
+      s.computed += plan[i].second;
+      if (opt_.prefix_cache) {
+        while ((s.published + 1) * B <= s.computed) {
+          const int64_t j = s.published / B;
+          const uint64_t prev = j > 0 ? s.hashes[size_t(j - 1)] : 0;
+          const int32_t* tk = s.tokens.data() + j * B;
+          const uint64_t h = KvPool::chain_hash(prev, tk, B);
+          pool.publish(s.table[size_t(j)], h, prev, tk);
+          if (int64_t(s.hashes.size()) <= j) s.hashes.push_back(h);
+          s.published += B;
+        }
+      }
+      if (!seq_logits[i]) continue;
+      float* l = seq_logits[i];
+      Event e;
+      e.kind = Event::Kind::Token;
+      double lse = 0;
+      if (s.req.top_logprobs >= 0) lse = log_normaliser(l, V);
+      // OpenAI penalties over the generated tokens: l −= presence·[c > 0] + frequency·c.
+      std::vector<std::pair<int32_t, float>> saved;
+      if (s.req.presence_penalty != 0 || s.req.frequency_penalty != 0)
+        for (const auto& [id, c] : s.counts) {
+          saved.emplace_back(id, l[id]);
+          l[id] -= s.req.presence_penalty + s.req.frequency_penalty * float(c);
+        }
+      const int32_t id = s.sampler->sample(l, V);
+      for (const auto& [sid, v] : saved) l[sid] = v;  // logprobs report the model's distribution
+      if (s.req.top_logprobs >= 0) {
+        e.logprob = float(double(l[id]) - lse);
+        const int64_t k = s.req.top_logprobs;
+        std::vector<int32_t> idx(static_cast<size_t>(V));
+        for (int64_t v = 0; v < V; ++v) idx[size_t(v)] = int32_t(v);
+        std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+          return l[a] > l[b] || (l[a] == l[b] && a < b);
+        });
+        for (int64_t j = 0; j < k; ++j)
+          e.top.push_back({idx[size_t(j)], float(double(l[idx[size_t(j)]]) - lse)});
+      }
+      s.tokens.push_back(id);
+      ++s.generated;
+      ++new_tokens;
+      ++s.counts[id];
+      if (s.t_first == 0) s.t_first = now;
+      s.t_last = now;
+      e.id = id;
+      const bool eos = !s.req.ignore_eos &&
+                       std::find(I.eos.begin(), I.eos.end(), id) != I.eos.end();
+      if (eos) {
+        s.finish = "stop";
+      } else {
+        if (s.dec) e.text = s.stop->push(s.dec->push(id));
+        if (s.stop->stopped()) s.finish = "stop";
+      }
+      if (s.finish.empty() && (s.generated >= s.req.max_tokens ||
+                               int64_t(s.tokens.size()) >= context_))
+        s.finish = "length";
+      s.stream->push(std::move(e));
+    }
+    for (auto& s : I.running)
+      if (!s->finish.empty()) retire(*s);
+    std::erase_if(I.running, [](const std::unique_ptr<Seq>& s) { return !s->finish.empty(); });
+
+    std::lock_guard<std::mutex> lk(I.mu);
+    I.m.generation_tokens += new_tokens;
+    ++I.m.steps;
+    I.m.running = int64_t(I.running.size());
+    I.m.waiting = int64_t(I.waiting.size());
+    I.m.kv_blocks_used = pool.used();
+  }
+
+  // Shutting down: whatever is left gets an error event.
+  std::lock_guard<std::mutex> lk(I.mu);
+  for (auto* q : {&I.waiting, &I.incoming})
+    for (auto& s : *q) {
+      Event e;
+      e.kind = Event::Kind::Error;
+      e.finish_reason = "the server shut down before this request finished";
+      s->stream->push(std::move(e));
+      release_blocks(*s);
+    }
+  for (auto& s : I.running) {
+    Event e;
+    e.kind = Event::Kind::Error;
+    e.finish_reason = "the server shut down before this request finished";
+    s->stream->push(std::move(e));
+    release_blocks(*s);
+  }
+  I.waiting.clear();
+  I.incoming.clear();
+  I.running.clear();
+  I.m.running = I.m.waiting = 0;
+  I.m.kv_blocks_used = pool.used();
+}
+
+}  // namespace dsv3::serve
