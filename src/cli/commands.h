@@ -15,5 +15,6 @@ void register_score(CLI::App& app);    // cmd_score.cpp
 void register_data(CLI::App& app);     // cmd_data.cpp: data prepare, data info
 void register_train(CLI::App& app);    // cmd_train.cpp
 void register_generate(CLI::App& app); // cmd_generate.cpp: generate, chat
+void register_serve(CLI::App& app);    // cmd_serve.cpp
 
 }  // namespace dsv3::cli

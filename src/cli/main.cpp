@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   dsv3::cli::register_data(app);
   dsv3::cli::register_train(app);
   dsv3::cli::register_generate(app);
+  dsv3::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

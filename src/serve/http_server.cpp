@@ -448,7 +448,7 @@ void HttpServer::Impl::routes() {
   });
   // One short line per refused request; successful ones are logged by the engine.
   svr.set_logger([](const httplib::Request& q, const httplib::Response& r) {
-    if (r.status >= 400)
+    if (r.status >= 400 && q.path != "/health")  // 503 there is the answer, not an error
       std::fprintf(stderr, "dsv3 serve: %d %s %s: %.200s\n", r.status, q.method.c_str(), q.path.c_str(),
                    t_last_error.c_str());
     t_last_error.clear();

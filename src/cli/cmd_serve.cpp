@@ -1,0 +1,225 @@
+// `dsv3 serve`: the OpenAI-compatible HTTP server (serve/http_server.h) over the batching
+// engine (serve/engine.h). The socket is bound first, so /health answers 503 "loading" while
+// the model loads; SIGTERM / SIGINT stop admitting, drain the running requests (up to
+// --drain-timeout), close the listener and exit 0.
+#include <CLI/CLI.hpp>
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "commands.h"
+#include "core/check.h"
+#include "core/parallel.h"
+#include "model/model.h"
+#include "serve/engine.h"
+#include "serve/http_server.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsv3::cli {
+namespace {
+
+constexpr int64_t kDefaultDraft = 3;  // as `dsv3 generate --speculative mtp`
+
+struct ServeArgs {
+  std::string model, host = "127.0.0.1", served_name, api_key, api_key_file, cors;
+  std::string batch_mode = "invariant", speculative = "none";
+  int port = 8080, threads = 0;
+  int64_t draft = 0, max_body_mb = 8;
+  double drain_timeout = 30;
+  bool no_prefix_cache = false, no_request_log = false;
+  serve::EngineOptions engine;
+};
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const size_t b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
+  }
+  return out;
+}
+
+std::string read_api_key(const ServeArgs& a) {
+  DSV3_CHECK(a.api_key.empty() || a.api_key_file.empty(), "give one of --api-key and --api-key-file");
+  std::string key = a.api_key;
+  if (!a.api_key_file.empty()) {
+    std::ifstream f(a.api_key_file);
+    DSV3_CHECK(f.good(), "--api-key-file: cannot read '", a.api_key_file, "'");
+    std::getline(f, key);
+    while (!key.empty() && (key.back() == '\r' || key.back() == ' ' || key.back() == '\t')) key.pop_back();
+    DSV3_CHECK(!key.empty(), "--api-key-file: '", a.api_key_file, "' holds no key on its first line");
+  }
+  return key;
+}
+
+// SIGINT / SIGTERM are blocked in every thread and taken by one thread with sigwait, so a
+// signal never interrupts a kernel or a handler halfway; the main thread then drains.
+struct Signals {
+  sigset_t set;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  std::atomic<bool> ready{false};
+
+  Signals() {
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread starts: they inherit it
+  }
+  void start_waiter() {
+    std::thread([this] {
+      for (int n = 0;; ++n) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0) continue;
+        if (!ready.load() || n > 0) {  // nothing to drain yet, or a second signal: go now
+          std::fprintf(stderr, "dsv3 serve: %s, exiting\n",
+                       ready.load() ? "second signal" : "interrupted while loading");
+          std::_Exit(ready.load() ? 1 : 0);
+        }
+        std::fprintf(stderr, "dsv3 serve: %s: draining\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        {
+          std::lock_guard<std::mutex> lk(mu);
+          stop = true;
+        }
+        cv.notify_all();
+      }
+    }).detach();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lk(mu);
+    cv.wait(lk, [&] { return stop; });
+  }
+};
+
+std::string url(const std::string& host, int port) {
+  const bool v6 = host.find(':') != std::string::npos;
+  return str_cat("http://", v6 ? "[" : "", host, v6 ? "]" : "", ":", port);
+}
+
+void run_serve(ServeArgs& a) {
+  DSV3_CHECK(a.batch_mode == "invariant" || a.batch_mode == "fast", "--batch-mode: expected "
+             "'invariant' or 'fast', got '", a.batch_mode, "'");
+  DSV3_CHECK(a.speculative == "none" || a.speculative == "mtp", "--speculative: expected 'mtp' or "
+             "'none', got '", a.speculative, "'");
+  DSV3_CHECK(a.draft >= 0 && a.draft <= 16, "--draft must be in [1, 16], got ", a.draft);
+  DSV3_CHECK(a.draft == 0 || a.speculative == "mtp", "--draft needs --speculative mtp");
+  DSV3_CHECK(a.port >= 0 && a.port <= 65535, "--port must be in [0, 65535], got ", a.port);
+  DSV3_CHECK(a.drain_timeout >= 0, "--drain-timeout must be >= 0, got ", a.drain_timeout);
+  DSV3_CHECK(a.max_body_mb >= 1, "--max-body-mb must be >= 1, got ", a.max_body_mb);
+  DSV3_CHECK(std::filesystem::exists(std::filesystem::path(a.model) / "config.json"), "--model: '",
+             a.model, "' has no config.json (not a model directory)");
+  if (a.threads > 0) set_num_threads(a.threads);
+
+  serve::HttpOptions ho;
+  ho.host = a.host;
+  ho.port = a.port;
+  ho.served_model_name = a.served_name;
+  if (ho.served_model_name.empty()) {
+    const std::filesystem::path p = std::filesystem::path(a.model).lexically_normal();
+    ho.served_model_name = p.has_filename() ? p.filename().string() : p.parent_path().filename().string();
+    if (ho.served_model_name.empty() || ho.served_model_name == ".") ho.served_model_name = "dsv3";
+  }
+  ho.api_key = read_api_key(a);
+  ho.cors_origins = split_list(a.cors);
+  ho.max_body_bytes = size_t(a.max_body_mb) << 20;
+  // One handler thread per connection served at once: every running and queued stream, and
+  // room for health checks, with 64 concurrent streaming clients at the least.
+  ho.threads = int(std::max<int64_t>(64, a.engine.max_running * 2 + 8));
+
+  serve::EngineOptions eo = a.engine;
+  eo.prefix_cache = !a.no_prefix_cache;
+  eo.batch_invariant = a.batch_mode == "invariant";
+  eo.log_requests = !a.no_request_log;
+
+  // Declared before the server so they are destroyed after it (its handlers use them).
+  std::unique_ptr<Model> model;
+  std::unique_ptr<tok::Tokenizer> tokenizer;
+  std::unique_ptr<serve::Engine> engine;
+  // Never freed: its sigwait thread lives until the process exits.
+  Signals& signals = *new Signals;
+  serve::HttpServer http(ho);
+  const int port = http.bind();
+  const std::string where = url(a.host, port);
+  std::fprintf(stderr, "dsv3 serve: listening on %s\n", where.c_str());
+  std::fflush(stderr);
+  http.start();
+  signals.start_waiter();
+
+  ModelOptions mo;
+  mo.with_mtp = a.speculative == "mtp";
+  model = std::make_unique<Model>(a.model, mo);
+  DSV3_CHECK(!mo.with_mtp || model->n_mtp() >= 1, "--speculative mtp: the model in '", a.model,
+             "' has no MTP module (num_nextn_predict_layers = 0)");
+  if (mo.with_mtp) eo.speculative_draft = a.draft > 0 ? a.draft : std::max(kDefaultDraft, model->n_mtp());
+  if (std::filesystem::exists(std::filesystem::path(a.model) / "tokenizer.json"))
+    tokenizer = tok::Tokenizer::from_path(a.model);
+  else
+    std::fprintf(stderr, "dsv3 serve: '%s' has no tokenizer.json: only token-id prompts on "
+                 "/v1/completions\n", a.model.c_str());
+  engine = std::make_unique<serve::Engine>(*model, tokenizer.get(), eo);
+  http.set_ready(engine.get(), tokenizer.get());
+  signals.ready.store(true);
+  std::fprintf(stderr, "dsv3 serve: ready on %s (model '%s', context %lld, %lld running, "
+               "chat page at %s/)\n", where.c_str(), ho.served_model_name.c_str(),
+               (long long)engine->context(), (long long)eo.max_running, where.c_str());
+  std::fflush(stderr);
+
+  signals.wait();
+  engine->stop_admitting();
+  const bool clean = engine->drain(a.drain_timeout);
+  if (!clean) std::fprintf(stderr, "dsv3 serve: drain timeout: cancelled what was left\n");
+  http.shutdown();
+  std::fprintf(stderr, "dsv3 serve: stopped\n");
+}
+
+}  // namespace
+
+void register_serve(CLI::App& app) {
+  auto a = std::make_shared<ServeArgs>();
+  CLI::App* c = app.add_subcommand(
+      "serve", "OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, a chat page at /)");
+  serve::EngineOptions& e = a->engine;
+  c->add_option("--model", a->model, "Model directory (config.json + safetensors [+ tokenizer.json])")
+      ->required();
+  c->add_option("--host", a->host, "Address to listen on (default 127.0.0.1)");
+  c->add_option("--port", a->port, "Port (default 8080; 0 = any free port, printed on stderr)");
+  c->add_option("--served-model-name", a->served_name,
+                "The model's name in the API (default: the model directory's name)");
+  c->add_option("--max-running", e.max_running, "Sequences decoded together (default 16)");
+  c->add_option("--max-queue", e.max_queue, "Waiting requests before HTTP 429 (default 256)");
+  c->add_option("--kv-cache-mb", e.kv_cache_mb,
+                "Latent-cache pool in MiB (default: --max-running full contexts)");
+  c->add_option("--context", e.context,
+                "Positions per sequence, prompt + completion (default min(max_position_embeddings, 4096))");
+  c->add_option("--prefill-chunk", e.prefill_chunk, "Prompt tokens forwarded per step (default 256)");
+  c->add_flag("--no-prefix-cache", a->no_prefix_cache, "Do not share cached prompt prefixes");
+  c->add_option("--batch-mode", a->batch_mode,
+                "invariant (default: each sequence's logits as if alone) | fast (one GEMM per batch)");
+  c->add_option("--api-key", a->api_key, "Require \"Authorization: Bearer KEY\" (not on / and /health)");
+  c->add_option("--api-key-file", a->api_key_file, "Read the API key from the first line of this file");
+  c->add_option("--cors-origins", a->cors, "Comma-separated origins allowed by CORS, or *");
+  c->add_option("--speculative", a->speculative, "mtp: draft with the model's MTP modules (default none)");
+  c->add_option("--draft", a->draft, "Most tokens drafted per step with --speculative mtp (default 3)");
+  c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
+  c->add_option("--drain-timeout", a->drain_timeout,
+                "Seconds SIGTERM/SIGINT waits for running requests before cancelling them (default 30)");
+  c->add_option("--max-body-mb", a->max_body_mb, "Largest request body in MiB; larger: HTTP 413 (default 8)");
+  c->add_flag("--no-request-log", a->no_request_log, "No line on stderr per finished request");
+  c->callback([a] { run_serve(*a); });
+}
+
+}  // namespace dsv3::cli
