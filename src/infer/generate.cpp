@@ -43,17 +43,24 @@ void Generator::reset() {
 
 void Generator::prefill(const std::vector<int32_t>& prompt, int64_t reuse, bool keep_hidden) {
   cache_.truncate(reuse);
-  ForwardArgs a;
-  a.ids = prompt.data() + reuse;
-  a.T = int64_t(prompt.size()) - reuse;
-  a.logits = logits_.data();
-  a.logits_from = a.T - 1;  // only the last position's logits are needed
-  if (keep_hidden) {
-    hidden_.resize(size_t(a.T * model_.config().hidden_size));
-    a.hidden = hidden_.data();
+  const int64_t P = int64_t(prompt.size()), T = P - reuse, H = model_.config().hidden_size;
+  if (keep_hidden) hidden_.resize(size_t(T * H));
+  // In chunks ending at multiples of kPrefillChunk: memory stays bounded on long prompts, and
+  // the server (serve/engine.h) cuts a prompt at the same places, so both compute the same bits.
+  for (int64_t p = reuse; p < P;) {
+    const int64_t end = std::min(P, (p / kPrefillChunk + 1) * kPrefillChunk);
+    ForwardArgs a;
+    a.ids = prompt.data() + p;
+    a.T = end - p;
+    if (end == P) {
+      a.logits = logits_.data();
+      a.logits_from = a.T - 1;  // only the last position's logits are needed
+    }
+    if (keep_hidden) a.hidden = hidden_.data() + (p - reuse) * H;
+    model_.forward(cache_, a, scratch_);
+    p = end;
   }
-  model_.forward(cache_, a, scratch_);
-  if (keep_hidden) spec_.after_prefill(hidden_.data(), reuse, a.T);
+  if (keep_hidden) spec_.after_prefill(hidden_.data(), reuse, T);
 }
 
 void Generator::decode_step(Sampler& sampler, std::vector<int32_t>& out) {

@@ -21,6 +21,10 @@ namespace dsv3 {
 
 namespace tok { class Tokenizer; }
 
+// Prompt positions forwarded per prefill call; chunks end at multiples of it (the server's
+// default --prefill-chunk too, so both cut a prompt alike).
+inline constexpr int64_t kPrefillChunk = 256;
+
 struct GenerateOptions {
   int64_t max_new_tokens = 128;    // ≥ 0
   SamplingParams sampling;         // a fresh Sampler (seeded from sampling.seed) per call

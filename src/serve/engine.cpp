@@ -80,7 +80,9 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
   const int64_t per_block = KvPool::bytes_per_block(kBlockRows, layers, row);
   const int64_t blocks_per_seq = (context_ + kBlockRows - 1) / kBlockRows;
   int64_t n_blocks;
-  if (o.kv_cache_mb > 0) {
+  if (o.kv_cache_blocks > 0) {
+    n_blocks = o.kv_cache_blocks;
+  } else if (o.kv_cache_mb > 0) {
     n_blocks = (o.kv_cache_mb << 20) / per_block;
     DSV3_CHECK(n_blocks >= 1, "--kv-cache-mb ", o.kv_cache_mb, " holds no cache block (one block = ",
                per_block, " bytes: ", kBlockRows, " positions x ", layers, " layers x ", row,
@@ -142,14 +144,14 @@ std::shared_ptr<Stream> Engine::submit(Request r) {
   std::shared_ptr<Stream> st;
   {
     std::lock_guard<std::mutex> lk(impl_->mu);
-    const int64_t queued = int64_t(impl_->incoming.size()) + impl_->m.waiting;
-    if (!admitting_.load() || queued >= opt_.max_queue + opt_.max_running) {
+    if (!admitting_.load() || impl_->outstanding >= opt_.max_queue + opt_.max_running) {
       ++impl_->m.requests_rejected;
       return nullptr;
     }
     st = std::make_shared<Stream>(impl_->next_id++);
     s->stream = st;
     s->order = impl_->next_order++;
+    ++impl_->outstanding;
     impl_->incoming.push_back(std::move(s));
   }
   impl_->cv.notify_all();
@@ -163,7 +165,7 @@ bool Engine::drain(double deadline_s) {
   while (now_s() < t_end) {
     {
       std::lock_guard<std::mutex> lk(impl_->mu);
-      if (impl_->incoming.empty() && impl_->m.running == 0 && impl_->m.waiting == 0) return true;
+      if (impl_->outstanding == 0) return true;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

@@ -37,9 +37,11 @@ struct EngineOptions {
   int64_t max_running = 16;     // sequences in the running batch at once
   int64_t max_queue = 256;      // waiting requests; submit() refuses beyond (HTTP 429)
   int64_t kv_cache_mb = 0;      // latent-cache pool in MiB; 0 = max_running full contexts
+  int64_t kv_cache_blocks = 0;  // the pool in blocks (overrides kv_cache_mb; tests)
   int64_t context = 0;          // positions per sequence (prompt + completion);
                                 // 0 = min(max_position_embeddings, 4096)
-  int64_t prefill_chunk = 256;  // prompt tokens forwarded per step, over all sequences
+  int64_t prefill_chunk = 256;  // prompt tokens per step over all sequences; chunks end at
+                                // multiples of it (= kPrefillChunk, as dsv3 generate cuts them)
   bool prefix_cache = true;     // share full blocks of identical prefixes between sequences
   bool batch_invariant = true;  // false: one GEMM over the whole batch (faster, not invariant)
   int64_t speculative_draft = 0;  // MTP drafts per decode step (0 = off)
@@ -133,7 +135,8 @@ class Engine {
 
   // Queues a request. Throws dsv3::Error (HTTP 400) when it is invalid (empty prompt, id
   // outside the vocabulary, prompt + max_tokens beyond the context, bad sampling values).
-  // Returns nullptr when the queue is full or the engine no longer admits (HTTP 429 / 503).
+  // Returns nullptr when max_running + max_queue requests are outstanding or the engine no
+  // longer admits (HTTP 429 / 503).
   std::shared_ptr<Stream> submit(Request r);
 
   // Stop admitting: later submit() calls return nullptr (draining() true → HTTP 503).

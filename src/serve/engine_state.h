@@ -49,6 +49,7 @@ struct Engine::Impl {
   std::deque<std::unique_ptr<Seq>> waiting;   // loop thread only
   std::vector<std::unique_ptr<Seq>> running;  // loop thread only
   uint64_t next_id = 1, next_order = 0;
+  int64_t outstanding = 0;         // submitted and not yet retired (under mu)
   EngineMetrics m;                 // counters (loop thread writes, under mu)
   std::vector<int32_t> eos;
   ForwardScratch scratch;

@@ -66,6 +66,7 @@ void Engine::loop() {
     }
     {
       std::lock_guard<std::mutex> lk(I.mu);
+      --I.outstanding;
       if (cancelled) {
         ++I.m.requests_cancelled;
       } else {
@@ -81,6 +82,9 @@ void Engine::loop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lk(I.mu);
+      I.m.running = int64_t(I.running.size());
+      I.m.waiting = int64_t(I.waiting.size());
+      I.m.kv_blocks_used = pool.used();
       if (I.waiting.empty() && I.running.empty())
         I.cv.wait(lk, [&] { return stop_.load() || !I.incoming.empty(); });
       while (!I.incoming.empty()) {
@@ -242,7 +246,7 @@ void Engine::loop() {
       Seq& s = *plan[i].first;
       s.computed += plan[i].second;
       if (opt_.prefix_cache) {
-        while ((s.published + 1) * B <= s.computed) {
+        while (s.published + B <= s.computed) {
           const int64_t j = s.published / B;
           const uint64_t prev = j > 0 ? s.hashes[size_t(j - 1)] : 0;
           const int32_t* tk = s.tokens.data() + j * B;
@@ -327,6 +331,7 @@ void Engine::loop() {
     s->stream->push(std::move(e));
     release_blocks(*s);
   }
+  I.outstanding = 0;
   I.waiting.clear();
   I.incoming.clear();
   I.running.clear();

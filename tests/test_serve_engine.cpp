@@ -1,0 +1,301 @@
+// The serving engine (serve/engine.h) against the single-sequence Generator on tiny random
+// checkpoints in the real formats:
+//  * batch invariance: 16 requests at once give, token for token, what Generator gives for
+//    each prompt alone (greedy), and the log-probs of every token are bit-identical to a
+//    solo run of the same request through the engine;
+//  * prompts longer than one prefill chunk (kPrefillChunk) are cut at the same places;
+//  * the block pool: blocks return to zero, the prefix cache reports reused positions,
+//    preemption under a small pool still completes every request, cancellation frees;
+//  * bad requests are refused with a message; a full queue refuses with nullptr.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "core/check.h"
+#include "infer/generate.h"
+#include "io/random_checkpoint.h"
+#include "model/model.h"
+#include "model_test_util.h"
+#include "serve/engine.h"
+#include "serve/kv_pool.h"
+
+namespace dsv3 {
+namespace {
+
+namespace fs = std::filesystem;
+using serve::Engine;
+using serve::EngineOptions;
+using serve::Event;
+using serve::Request;
+
+std::string make_model(CheckpointFormat f, const std::string& name) {
+  const fs::path p = fs::temp_directory_path() /
+                     ("dsv3_serve_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  RandomCheckpointOptions o;
+  o.format = f;
+  o.seed = 7;
+  write_random_checkpoint(tiny_v3_config(), p.string(), o);
+  return p.string();
+}
+
+struct Outcome {
+  std::vector<int32_t> ids;
+  std::vector<float> logprobs;
+  std::string finish;
+  int64_t prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0;
+  bool error = false;
+};
+
+// Reads a stream to its end (bounded: 60 s).
+Outcome collect(serve::Stream& s) {
+  Outcome o;
+  const auto t_end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  Event e;
+  while (std::chrono::steady_clock::now() < t_end) {
+    if (!s.next(&e, 1.0)) continue;
+    if (e.kind == Event::Kind::Token) {
+      o.ids.push_back(e.id);
+      o.logprobs.push_back(e.logprob);
+    } else {
+      o.error = e.kind == Event::Kind::Error;
+      o.finish = e.finish_reason;
+      o.prompt_tokens = e.prompt_tokens;
+      o.cached_tokens = e.cached_tokens;
+      o.completion_tokens = e.completion_tokens;
+      return o;
+    }
+  }
+  ADD_FAILURE() << "stream did not finish";
+  return o;
+}
+
+Request greedy(const std::vector<int32_t>& prompt, int64_t max_tokens) {
+  Request r;
+  r.prompt = prompt;
+  r.max_tokens = max_tokens;
+  r.top_logprobs = 2;
+  return r;
+}
+
+// Prompts of assorted lengths, one longer than a prefill chunk.
+std::vector<std::vector<int32_t>> prompts(int n, int64_t V) {
+  std::vector<std::vector<int32_t>> p;
+  for (int i = 0; i < n; ++i) {
+    const int64_t len = i == 3 ? kPrefillChunk + 37 : 1 + (i * 7) % 45;
+    auto ids = testing::ids_for(len, V, 100 + uint32_t(i));
+    for (auto& v : ids) v = 2 + v % int32_t(V - 2);  // no BOS/EOS inside prompts
+    p.push_back(ids);
+  }
+  return p;
+}
+
+void wait_idle(const Engine& e) {
+  for (int i = 0; i < 500; ++i) {
+    const auto m = e.metrics();
+    if (m.running == 0 && m.waiting == 0 && m.kv_blocks_used == 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+class ServeEngine : public ::testing::TestWithParam<CheckpointFormat> {};
+
+TEST_P(ServeEngine, BatchedEqualsAloneAndGenerate) {
+  const std::string dir = make_model(GetParam(), checkpoint_format_name(GetParam()));
+  Model model(dir);
+  const int64_t V = model.vocab(), kTokens = 20;
+  const auto ps = prompts(16, V);
+
+  // The reference: Generator, one prompt at a time, greedy.
+  std::vector<std::vector<int32_t>> want;
+  {
+    Generator g(model, nullptr, 1024);
+    GenerateOptions go;
+    go.max_new_tokens = kTokens;
+    for (const auto& p : ps) {
+      g.reset();
+      want.push_back(g.generate(p, go).ids);
+    }
+  }
+
+  EngineOptions eo;
+  eo.max_running = 16;
+  eo.context = 1024;
+  eo.log_requests = false;
+  Engine engine(model, nullptr, eo);
+  std::vector<std::shared_ptr<serve::Stream>> streams;
+  for (const auto& p : ps) {
+    auto st = engine.submit(greedy(p, kTokens));
+    ASSERT_TRUE(st);
+    streams.push_back(st);
+  }
+  std::vector<Outcome> batched;
+  for (auto& st : streams) batched.push_back(collect(*st));
+  for (size_t i = 0; i < ps.size(); ++i) {
+    SCOPED_TRACE("prompt " + std::to_string(i) + " of " + std::to_string(ps[i].size()) + " tokens");
+    EXPECT_FALSE(batched[i].error);
+    EXPECT_EQ(batched[i].ids, want[i]);
+    EXPECT_EQ(batched[i].prompt_tokens, int64_t(ps[i].size()));
+    EXPECT_EQ(batched[i].completion_tokens, int64_t(want[i].size()));
+  }
+  wait_idle(engine);
+  EXPECT_EQ(engine.metrics().kv_blocks_used, 0);
+
+  // Solo runs through a fresh engine (no prefix-cache hits): bit-identical log-probs.
+  Engine solo_engine(model, nullptr, eo);
+  for (size_t i : {size_t(0), size_t(3), size_t(9), size_t(15)}) {
+    SCOPED_TRACE("solo prompt " + std::to_string(i));
+    auto st = solo_engine.submit(greedy(ps[i], kTokens));
+    const Outcome solo = collect(*st);
+    EXPECT_EQ(solo.ids, batched[i].ids);
+    ASSERT_EQ(solo.logprobs.size(), batched[i].logprobs.size());
+    EXPECT_EQ(0, std::memcmp(solo.logprobs.data(), batched[i].logprobs.data(),
+                             solo.logprobs.size() * sizeof(float)));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, ServeEngine,
+                         ::testing::Values(CheckpointFormat::FP8, CheckpointFormat::BF16,
+                                           CheckpointFormat::F32),
+                         [](const auto& info) { return checkpoint_format_name(info.param); });
+
+struct Fixture : ::testing::Test {
+  static void SetUpTestSuite() { dir = new std::string(make_model(CheckpointFormat::FP8, "pool")); }
+  static void TearDownTestSuite() {
+    fs::remove_all(*dir);
+    delete dir;
+  }
+  static std::string* dir;
+};
+std::string* Fixture::dir = nullptr;
+
+TEST_F(Fixture, PrefixCacheReusesFullBlocks) {
+  Model model(*dir);
+  EngineOptions eo;
+  eo.context = 512;
+  eo.log_requests = false;
+  Engine engine(model, nullptr, eo);
+  auto p = testing::ids_for(40, model.vocab(), 5);
+  for (auto& v : p) v = 2 + v % int32_t(model.vocab() - 2);
+  Request ra = greedy(p, 12);
+  ra.ignore_eos = true;
+  const Outcome a = collect(*engine.submit(ra));  // fills positions [0, 51): three blocks
+  EXPECT_EQ(a.cached_tokens, 0);
+  const Outcome b = collect(*engine.submit(greedy(p, 4)));
+  EXPECT_EQ(b.cached_tokens, 32);  // two full blocks of 16; the last token is recomputed
+  // A conversation's next turn: the first turn's prompt and answer, then more.
+  std::vector<int32_t> turn2 = p;
+  turn2.insert(turn2.end(), a.ids.begin(), a.ids.end());
+  turn2.insert(turn2.end(), {5, 6, 7, 8, 9, 10, 11, 12, 13, 14});
+  const Outcome c = collect(*engine.submit(greedy(turn2, 4)));
+  EXPECT_EQ(c.cached_tokens, 48);  // 62 tokens: the three blocks turn 1 filled
+  wait_idle(engine);
+  const auto m = engine.metrics();
+  EXPECT_EQ(m.prefix_hits, 80u);
+  EXPECT_EQ(m.prefix_queries, 39u + 39u + 61u);
+  EXPECT_EQ(m.kv_blocks_used, 0);
+}
+
+TEST_F(Fixture, PreemptionUnderASmallPoolCompletesEverything) {
+  Model model(*dir);
+  EngineOptions eo;
+  eo.context = 512;
+  eo.max_running = 8;
+  eo.kv_cache_blocks = 12;  // 8 sequences of up to 60 positions need 32
+  eo.log_requests = false;
+  eo.prefix_cache = false;
+  Engine engine(model, nullptr, eo);
+  std::vector<std::shared_ptr<serve::Stream>> st;
+  for (int i = 0; i < 8; ++i) {
+    auto p = testing::ids_for(20, model.vocab(), 50 + uint32_t(i));
+    for (auto& v : p) v = 2 + v % int32_t(model.vocab() - 2);
+    Request r = greedy(p, 40);
+    r.ignore_eos = true;
+    st.push_back(engine.submit(r));
+    ASSERT_TRUE(st.back());
+  }
+  for (auto& s : st) {
+    const Outcome o = collect(*s);
+    EXPECT_FALSE(o.error);
+    EXPECT_EQ(o.finish, "length");
+    EXPECT_EQ(o.ids.size(), 40u);
+  }
+  wait_idle(engine);
+  EXPECT_GT(engine.metrics().preemptions, 0u);
+  EXPECT_EQ(engine.metrics().kv_blocks_used, 0);
+}
+
+TEST_F(Fixture, CancelFreesBlocksAndFullQueueRefuses) {
+  Model model(*dir);
+  EngineOptions eo;
+  eo.context = 512;
+  eo.max_running = 1;
+  eo.max_queue = 0;
+  eo.log_requests = false;
+  Engine engine(model, nullptr, eo);
+  Request r = greedy(testing::ids_for(30, model.vocab(), 9), 400);
+  r.ignore_eos = true;
+  auto st = engine.submit(r);
+  ASSERT_TRUE(st);
+  EXPECT_EQ(engine.submit(greedy({2, 3}, 1)), nullptr);  // one running, no queue
+  Event e;
+  ASSERT_TRUE(st->next(&e, 30.0));
+  EXPECT_EQ(e.kind, Event::Kind::Token);
+  st->cancel();
+  wait_idle(engine);
+  const auto m = engine.metrics();
+  EXPECT_EQ(m.kv_blocks_used, 0);
+  EXPECT_EQ(m.requests_cancelled, 1u);
+  EXPECT_EQ(m.requests_rejected, 1u);
+  auto again = engine.submit(greedy({2, 3}, 1));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(collect(*again).finish, "length");
+}
+
+TEST_F(Fixture, BadRequestsAreRefusedWithAMessage) {
+  Model model(*dir);
+  EngineOptions eo;
+  eo.context = 64;
+  eo.log_requests = false;
+  Engine engine(model, nullptr, eo);
+  auto msg = [&](Request r) {
+    try {
+      engine.submit(std::move(r));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(msg(greedy({}, 1)).find("empty"), std::string::npos);
+  EXPECT_NE(msg(greedy({2, int32_t(model.vocab())}, 1)).find("vocabulary"), std::string::npos);
+  EXPECT_NE(msg(greedy(std::vector<int32_t>(60, 2), 10)).find("context"), std::string::npos);
+  Request t = greedy({2}, 1);
+  t.sampling.temperature = -1;
+  EXPECT_NE(msg(t), "");
+  Request lp = greedy({2}, 1);
+  lp.top_logprobs = 21;
+  EXPECT_NE(msg(lp).find("top_logprobs"), std::string::npos);
+  Request pen = greedy({2}, 1);
+  pen.frequency_penalty = 3;
+  EXPECT_NE(msg(pen).find("frequency_penalty"), std::string::npos);
+}
+
+TEST_F(Fixture, FastModeCompletes) {
+  Model model(*dir);
+  EngineOptions eo;
+  eo.context = 512;
+  eo.batch_invariant = false;
+  eo.log_requests = false;
+  Engine engine(model, nullptr, eo);
+  std::vector<std::shared_ptr<serve::Stream>> st;
+  for (int i = 0; i < 6; ++i) st.push_back(engine.submit(greedy(testing::ids_for(9, 300, uint32_t(i)), 8)));
+  for (auto& s : st) EXPECT_FALSE(collect(*s).error);
+}
+
+}  // namespace
+}  // namespace dsv3
