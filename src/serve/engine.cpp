@@ -96,6 +96,10 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
   if (tok_ && tok_->eos_id() >= 0 &&
       std::find(impl_->eos.begin(), impl_->eos.end(), tok_->eos_id()) == impl_->eos.end())
     impl_->eos.push_back(tok_->eos_id());
+  if (tok_ && tok_->vocab_size() < c.vocab_size)
+    std::fprintf(stderr, "dsv3 serve: warning: the tokenizer knows %d ids, the model emits up to %"
+                 PRId64 "; a request that samples an unknown id fails with an error\n",
+                 int(tok_->vocab_size()), c.vocab_size);
   EngineMetrics& m = impl_->m;
   m.ttft = make_histogram({0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30});
   m.tpot = make_histogram({0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28});

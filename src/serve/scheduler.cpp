@@ -48,7 +48,8 @@ void Engine::loop() {
   };
   // Ends a sequence: the Finish event (unless the client left), metrics, its blocks back.
   auto retire = [&](Seq& s) {
-    const bool cancelled = s.finish == "cancelled";
+    // "cancelled": the client left; "error": it got an Error event already.
+    const bool cancelled = s.finish == "cancelled" || s.finish == "error";
     if (!cancelled) {
       Event e;
       e.kind = Event::Kind::Finish;
@@ -232,7 +233,7 @@ void Engine::loop() {
         e.kind = Event::Kind::Error;
         e.finish_reason = std::string("the forward failed: ") + ex.what();
         s.stream->push(std::move(e));
-        s.finish = "cancelled";
+        s.finish = "error";
         retire(s);
       }
       std::erase_if(I.running, [](const std::unique_ptr<Seq>& s) { return !s->finish.empty(); });
@@ -257,50 +258,58 @@ void Engine::loop() {
         }
       }
       if (!seq_logits[i]) continue;
-      float* l = seq_logits[i];
-      Event e;
-      e.kind = Event::Kind::Token;
-      double lse = 0;
-      if (s.req.top_logprobs >= 0) lse = log_normaliser(l, V);
-      // OpenAI penalties over the generated tokens: l −= presence·[c > 0] + frequency·c.
-      std::vector<std::pair<int32_t, float>> saved;
-      if (s.req.presence_penalty != 0 || s.req.frequency_penalty != 0)
-        for (const auto& [id, c] : s.counts) {
-          saved.emplace_back(id, l[id]);
-          l[id] -= s.req.presence_penalty + s.req.frequency_penalty * float(c);
+      try {  // a failure here (e.g. an id the tokenizer lacks) fails this request only
+        float* l = seq_logits[i];
+        Event e;
+        e.kind = Event::Kind::Token;
+        double lse = 0;
+        if (s.req.top_logprobs >= 0) lse = log_normaliser(l, V);
+        // OpenAI penalties over the generated tokens: l −= presence·[c > 0] + frequency·c.
+        std::vector<std::pair<int32_t, float>> saved;
+        if (s.req.presence_penalty != 0 || s.req.frequency_penalty != 0)
+          for (const auto& [id, c] : s.counts) {
+            saved.emplace_back(id, l[id]);
+            l[id] -= s.req.presence_penalty + s.req.frequency_penalty * float(c);
+          }
+        const int32_t id = s.sampler->sample(l, V);
+        for (const auto& [sid, v] : saved) l[sid] = v;  // logprobs report the model's distribution
+        if (s.req.top_logprobs >= 0) {
+          e.logprob = float(double(l[id]) - lse);
+          const int64_t k = s.req.top_logprobs;
+          std::vector<int32_t> idx(static_cast<size_t>(V));
+          for (int64_t v = 0; v < V; ++v) idx[size_t(v)] = int32_t(v);
+          std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+            return l[a] > l[b] || (l[a] == l[b] && a < b);
+          });
+          for (int64_t j = 0; j < k; ++j)
+            e.top.push_back({idx[size_t(j)], float(double(l[idx[size_t(j)]]) - lse)});
         }
-      const int32_t id = s.sampler->sample(l, V);
-      for (const auto& [sid, v] : saved) l[sid] = v;  // logprobs report the model's distribution
-      if (s.req.top_logprobs >= 0) {
-        e.logprob = float(double(l[id]) - lse);
-        const int64_t k = s.req.top_logprobs;
-        std::vector<int32_t> idx(static_cast<size_t>(V));
-        for (int64_t v = 0; v < V; ++v) idx[size_t(v)] = int32_t(v);
-        std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
-          return l[a] > l[b] || (l[a] == l[b] && a < b);
-        });
-        for (int64_t j = 0; j < k; ++j)
-          e.top.push_back({idx[size_t(j)], float(double(l[idx[size_t(j)]]) - lse)});
+        s.tokens.push_back(id);
+        ++s.generated;
+        ++new_tokens;
+        ++s.counts[id];
+        if (s.t_first == 0) s.t_first = now;
+        s.t_last = now;
+        e.id = id;
+        const bool eos = !s.req.ignore_eos &&
+                         std::find(I.eos.begin(), I.eos.end(), id) != I.eos.end();
+        if (eos) {
+          s.finish = "stop";
+        } else {
+          if (s.dec) e.text = s.stop->push(s.dec->push(id));
+          if (s.stop->stopped()) s.finish = "stop";
+        }
+        if (s.finish.empty() && (s.generated >= s.req.max_tokens ||
+                                 int64_t(s.tokens.size()) >= context_))
+          s.finish = "length";
+        s.stream->push(std::move(e));
+      } catch (const std::exception& ex) {
+        Event e;
+        e.kind = Event::Kind::Error;
+        e.finish_reason = ex.what();
+        s.stream->push(std::move(e));
+        s.finish = "error";
       }
-      s.tokens.push_back(id);
-      ++s.generated;
-      ++new_tokens;
-      ++s.counts[id];
-      if (s.t_first == 0) s.t_first = now;
-      s.t_last = now;
-      e.id = id;
-      const bool eos = !s.req.ignore_eos &&
-                       std::find(I.eos.begin(), I.eos.end(), id) != I.eos.end();
-      if (eos) {
-        s.finish = "stop";
-      } else {
-        if (s.dec) e.text = s.stop->push(s.dec->push(id));
-        if (s.stop->stopped()) s.finish = "stop";
-      }
-      if (s.finish.empty() && (s.generated >= s.req.max_tokens ||
-                               int64_t(s.tokens.size()) >= context_))
-        s.finish = "length";
-      s.stream->push(std::move(e));
     }
     for (auto& s : I.running)
       if (!s->finish.empty()) retire(*s);
