@@ -285,6 +285,89 @@ TEST_F(Fixture, BadRequestsAreRefusedWithAMessage) {
   EXPECT_NE(msg(pen).find("frequency_penalty"), std::string::npos);
 }
 
+// MTP speculation inside the batched step (one draft per step): greedy output equals plain
+// decoding token for token, and sampled requests complete with both accept-rule branches run.
+// A 12-token vocabulary makes a random model's MTP draft right often enough to exercise
+// acceptance; one thread makes a verify row's attention the same sums as a decode row's.
+TEST(ServeSpeculative, GreedyEqualsPlainAndSamplingCompletes) {
+  ModelConfig c = tiny_v3_config();
+  c.vocab_size = 12;
+  c.bos_token_id = 0;
+  c.eos_token_id = 1;
+  const fs::path p = fs::temp_directory_path() / ("dsv3_serve_spec_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  RandomCheckpointOptions ro;
+  ro.format = CheckpointFormat::BF16;
+  ro.seed = 3;
+  write_random_checkpoint(c, p.string(), ro);
+  ModelOptions mo;
+  mo.threads = 1;
+  Model model(p.string(), mo);
+  const int64_t V = model.vocab(), kTokens = 24;
+  std::vector<std::vector<int32_t>> ps;
+  for (int i = 0; i < 8; ++i) {
+    auto ids = testing::ids_for(3 + i, V, 70 + uint32_t(i));
+    for (auto& v : ids) v = 2 + v % int32_t(V - 2);
+    ps.push_back(ids);
+  }
+  std::vector<std::vector<int32_t>> want;
+  {
+    Generator g(model, nullptr, 256);
+    GenerateOptions go;
+    go.max_new_tokens = kTokens;
+    go.stop_at_eos = false;
+    for (const auto& q : ps) {
+      g.reset();
+      want.push_back(g.generate(q, go).ids);
+    }
+  }
+  EngineOptions eo;
+  eo.context = 256;
+  eo.speculative_draft = 1;
+  eo.log_requests = false;
+  Engine engine(model, nullptr, eo);
+  std::vector<std::shared_ptr<serve::Stream>> st;
+  for (const auto& q : ps) {
+    Request r = greedy(q, kTokens);
+    r.ignore_eos = true;
+    st.push_back(engine.submit(r));
+  }
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const Outcome o = collect(*st[i]);
+    EXPECT_EQ(o.ids, want[i]) << "prompt " << i;
+    EXPECT_EQ(o.completion_tokens, kTokens);
+  }
+  wait_idle(engine);
+  const auto m1 = engine.metrics();
+  std::printf("greedy: drafted %llu accepted %llu\n", (unsigned long long)m1.spec_drafted,
+              (unsigned long long)m1.spec_accepted);
+  EXPECT_GT(m1.spec_accepted, 0u);
+  EXPECT_LT(m1.spec_accepted, m1.spec_drafted);
+
+  st.clear();
+  for (int i = 0; i < 16; ++i) {
+    Request r = greedy(ps[size_t(i) % ps.size()], kTokens);
+    r.sampling.temperature = 0.9f;
+    r.sampling.top_k = 8;
+    r.sampling.seed = uint64_t(i);
+    r.ignore_eos = true;
+    st.push_back(engine.submit(r));
+  }
+  for (auto& s : st) {
+    const Outcome o = collect(*s);
+    EXPECT_FALSE(o.error);
+    EXPECT_EQ(o.completion_tokens, kTokens);
+    for (int32_t id : o.ids) EXPECT_TRUE(id >= 0 && id < V);
+  }
+  wait_idle(engine);
+  const auto m2 = engine.metrics();
+  EXPECT_GT(m2.spec_accepted, m1.spec_accepted);
+  EXPECT_LT(m2.spec_accepted - m1.spec_accepted, m2.spec_drafted - m1.spec_drafted);
+  EXPECT_EQ(m2.kv_blocks_used, 0);
+  fs::remove_all(p);
+}
+
 TEST_F(Fixture, FastModeCompletes) {
   Model model(*dir);
   EngineOptions eo;

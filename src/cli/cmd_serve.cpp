@@ -29,7 +29,7 @@
 namespace dsv3::cli {
 namespace {
 
-constexpr int64_t kDefaultDraft = 3;  // as `dsv3 generate --speculative mtp`
+constexpr int64_t kDefaultDraft = 1;  // the engine drafts one token per step (one MTP module)
 
 struct ServeArgs {
   std::string model, host = "127.0.0.1", served_name, api_key, api_key_file, cors;
@@ -164,7 +164,7 @@ void run_serve(ServeArgs& a) {
   model = std::make_unique<Model>(a.model, mo);
   DSV3_CHECK(!mo.with_mtp || model->n_mtp() >= 1, "--speculative mtp: the model in '", a.model,
              "' has no MTP module (num_nextn_predict_layers = 0)");
-  if (mo.with_mtp) eo.speculative_draft = a.draft > 0 ? a.draft : std::max(kDefaultDraft, model->n_mtp());
+  if (mo.with_mtp) eo.speculative_draft = a.draft > 0 ? a.draft : kDefaultDraft;
   if (std::filesystem::exists(std::filesystem::path(a.model) / "tokenizer.json"))
     tokenizer = tok::Tokenizer::from_path(a.model);
   else
@@ -213,7 +213,7 @@ void register_serve(CLI::App& app) {
   c->add_option("--api-key-file", a->api_key_file, "Read the API key from the first line of this file");
   c->add_option("--cors-origins", a->cors, "Comma-separated origins allowed by CORS, or *");
   c->add_option("--speculative", a->speculative, "mtp: draft with the model's MTP modules (default none)");
-  c->add_option("--draft", a->draft, "Most tokens drafted per step with --speculative mtp (default 3)");
+  c->add_option("--draft", a->draft, "Tokens drafted per step with --speculative mtp (the server supports 1, the default)");
   c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
   c->add_option("--drain-timeout", a->drain_timeout,
                 "Seconds SIGTERM/SIGINT waits for running requests before cancelling them (default 30)");

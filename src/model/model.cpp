@@ -99,6 +99,17 @@ KvCache Model::new_cache(int64_t capacity) {
   return c;
 }
 
+KvCache Model::new_mtp_cache(int64_t capacity) {
+  reserve_positions(capacity);
+  KvCache c;
+  c.capacity = capacity;
+  c.row = mla_cache_row(cfg_);
+  c.n_main = c.first_layer = cfg_.num_hidden_layers;
+  c.mtp_len.assign(w_.mtp.size(), 0);
+  c.data.assign(size_t(n_mtp() * capacity * c.row), 0.0f);
+  return c;
+}
+
 void Model::reserve_positions(int64_t n) {
   DSV3_CHECK(n <= cfg_.max_position_embeddings, "a context of ", n,
              " positions exceeds the model's max_position_embeddings (",

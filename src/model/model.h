@@ -26,10 +26,11 @@ namespace dsv3 {
 // That is all MLA keeps per token (SPEC §1: 576 values per layer for DeepSeek-V3).
 struct KvCache {
   int64_t capacity = 0, row = 0, n_main = 0;
-  std::vector<float> data;       // [n_main + n_mtp, capacity, row]
+  int64_t first_layer = 0;       // data starts at this layer (a cache of the MTP layers only)
+  std::vector<float> data;       // [n_main + n_mtp − first_layer, capacity, row]
   int64_t len = 0;               // positions held by the main model
   std::vector<int64_t> mtp_len;  // positions held by each MTP module
-  float* layer(int64_t l) { return data.data() + l * capacity * row; }
+  float* layer(int64_t l) { return data.data() + (l - first_layer) * capacity * row; }
   // Forget the main model's positions >= n. MTP layers are managed by their user (mtp_len;
   // src/infer/speculative.h keeps their invariant).
   void truncate(int64_t n);
@@ -135,6 +136,8 @@ class Model {
   // Sequences with T ≤ kLinearGemvMaxM come first. Needs rope positions: reserve_positions.
   void forward_batch(const KvPoolView& pool, const BatchSeq* seqs, int n, bool invariant,
                      ForwardScratch& s) const;
+  // A cache of the MTP modules' layers only (the serving engine keeps the main layers paged).
+  KvCache new_mtp_cache(int64_t capacity);
   // Grows the RoPE table to n positions (new_cache does it for its capacity).
   void reserve_positions(int64_t n);
   void mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) const;

@@ -70,8 +70,11 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
   DSV3_CHECK(o.max_queue >= 0, "--max-queue must be >= 0, got ", o.max_queue);
   DSV3_CHECK(o.prefill_chunk >= 1, "--prefill-chunk must be >= 1, got ", o.prefill_chunk);
   DSV3_CHECK(o.kv_cache_mb >= 0, "--kv-cache-mb must be >= 0, got ", o.kv_cache_mb);
-  DSV3_CHECK(o.speculative_draft == 0,
-             "speculative decoding is not available in the batched server yet (docs/serve.md)");
+  DSV3_CHECK(o.speculative_draft == 0 || o.speculative_draft == 1,
+             "the server drafts one token per step with MTP (DeepSeek-V3 has one MTP module); got ",
+             o.speculative_draft, " drafts");
+  DSV3_CHECK(o.speculative_draft == 0 || model.n_mtp() >= 1,
+             "speculative decoding needs the model's MTP module, but it was not loaded");
   context_ = o.context > 0 ? o.context : std::min<int64_t>(c.max_position_embeddings, 4096);
   DSV3_CHECK(context_ <= c.max_position_embeddings, "--context ", context_,
              " exceeds the model's max_position_embeddings (", c.max_position_embeddings, ")");
@@ -143,6 +146,8 @@ std::shared_ptr<Stream> Engine::submit(Request r) {
   s->sampler.emplace(r.sampling);
   if (tok_) s->dec.emplace(*tok_);
   s->stop.emplace(r.stop);
+  // Penalties depend on every earlier token, which a verify row cannot know: plain steps.
+  s->spec = opt_.speculative_draft > 0 && r.presence_penalty == 0 && r.frequency_penalty == 0;
   s->req = std::move(r);
   s->t_arrival = now_s();
   std::shared_ptr<Stream> st;

@@ -38,6 +38,16 @@ struct Seq {
   std::optional<StopMatcher> stop;
   std::map<int32_t, int32_t> counts;  // generated token -> occurrences (penalties)
   double t_arrival = 0, t_first = 0, t_last = 0;
+  // MTP speculation (one draft per step; infer/speculative.h has the scheme): module 1's rows
+  // live in a private cache (the pool holds main layers only), valid for [0, m1); hid holds
+  // the main model's states after model.norm for positions [m1, m1 + rows) to catch up over.
+  bool spec = false;
+  KvCache mtp;
+  int64_t m1 = 0;
+  std::vector<float> hid;
+  int32_t vids[2] = {};            // this step's verify rows: t_L, the draft
+  bool verifying = false;
+  std::vector<float> q;            // the draft's distribution (sampling)
   std::string finish;              // set when done
 };
 
@@ -57,6 +67,9 @@ struct Engine::Impl {
   std::vector<BatchSeq> batch;
   std::vector<Seq*> batch_seq;
   std::vector<int32_t> ids;
+  std::vector<float> hidden;       // [rows wanting states, H]
+  std::vector<float> mtp_logits;   // [V]
+  std::vector<float> p;            // [V] target distribution (speculative sampling)
 };
 
 }  // namespace dsv3::serve

@@ -34,6 +34,9 @@ void Engine::loop() {
     s.table.clear();
     s.hashes.clear();
     s.computed = s.published = 0;
+    s.m1 = 0;  // module 1 catches up from the recomputed prefill's states
+    s.hid.clear();
+    s.verifying = false;
   };
   auto log_line = [&](const Seq& s) {
     if (!opt_.log_requests) return;
@@ -80,6 +83,122 @@ void Engine::loop() {
     log_line(s);
   };
 
+  // Offers the sequence's newly full blocks to the prefix cache.
+  auto publish = [&](Seq& s) {
+    while (s.published + B <= s.computed) {
+      const int64_t j = s.published / B;
+      const uint64_t prev = j > 0 ? s.hashes[size_t(j - 1)] : 0;
+      const int32_t* tk = s.tokens.data() + j * B;
+      const uint64_t h = KvPool::chain_hash(prev, tk, B);
+      pool.publish(s.table[size_t(j)], h, prev, tk);
+      if (int64_t(s.hashes.size()) <= j) s.hashes.push_back(h);
+      s.published += B;
+    }
+  };
+  // Appends a new token and streams it; sets s.finish when it ends the request. l: the raw
+  // logits it was drawn from (for logprobs), or nullptr.
+  auto emit = [&](Seq& s, int32_t id, const float* l, double now, uint64_t& new_tokens) {
+    Event e;
+    e.kind = Event::Kind::Token;
+    if (l && s.req.top_logprobs >= 0) {
+      const double lse = log_normaliser(l, V);
+      e.logprob = float(double(l[id]) - lse);
+      const int64_t k = s.req.top_logprobs;
+      std::vector<int32_t> idx(static_cast<size_t>(V));
+      for (int64_t v = 0; v < V; ++v) idx[size_t(v)] = int32_t(v);
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+        return l[a] > l[b] || (l[a] == l[b] && a < b);
+      });
+      for (int64_t j = 0; j < k; ++j)
+        e.top.push_back({idx[size_t(j)], float(double(l[idx[size_t(j)]]) - lse)});
+    }
+    s.tokens.push_back(id);
+    ++s.generated;
+    ++new_tokens;
+    ++s.counts[id];
+    if (s.t_first == 0) s.t_first = now;
+    s.t_last = now;
+    e.id = id;
+    const bool eos = !s.req.ignore_eos && std::find(I.eos.begin(), I.eos.end(), id) != I.eos.end();
+    if (eos) {
+      s.finish = "stop";
+    } else {
+      if (s.dec) e.text = s.stop->push(s.dec->push(id));
+      if (s.stop->stopped()) s.finish = "stop";
+    }
+    if (s.finish.empty() && (s.generated >= s.req.max_tokens || int64_t(s.tokens.size()) >= context_))
+      s.finish = "length";
+    s.stream->push(std::move(e));
+  };
+  // A plain step's token: penalties (OpenAI: l −= presence·[c > 0] + frequency·c over the
+  // generated tokens), draw, emit with the unpenalised logits' logprobs.
+  auto sample_emit = [&](Seq& s, float* l, double now, uint64_t& new_tokens) {
+    std::vector<std::pair<int32_t, float>> saved;
+    if (s.req.presence_penalty != 0 || s.req.frequency_penalty != 0)
+      for (const auto& [id, c] : s.counts) {
+        saved.emplace_back(id, l[id]);
+        l[id] -= s.req.presence_penalty + s.req.frequency_penalty * float(c);
+      }
+    const int32_t id = s.sampler->sample(l, V);
+    for (const auto& [sid, v] : saved) l[sid] = v;
+    emit(s, id, l, now, new_tokens);
+  };
+  // MTP draft (infer/speculative.h, one draft): module 1 forwards positions [m1, L) — catch-up
+  // over the tokens accepted since its last step, h^0 from s.hid — and its last row (token
+  // t_L) drafts t_{L+1}. The verify rows are then [t_L, draft] at positions L, L + 1.
+  auto draft = [&](Seq& s) {
+    const int64_t L = s.computed, Hd = model_.config().hidden_size;
+    DSV3_ASSERT(int64_t(s.hid.size()) == (L - s.m1) * Hd && L > s.m1);
+    MtpArgs a;
+    a.k = 1;
+    a.ids = s.tokens.data() + s.m1 + 1;  // t_{i+1} for i in [m1, L)
+    a.h_prev = s.hid.data();
+    a.T = L - s.m1;
+    I.mtp_logits.resize(size_t(V));
+    a.logits = I.mtp_logits.data();
+    a.logits_from = a.T - 1;
+    s.mtp.mtp_len[0] = s.m1;
+    model_.mtp_forward(s.mtp, a, I.scratch);
+    s.m1 = L;
+    s.hid.clear();
+    int32_t d;
+    if (s.req.sampling.temperature == 0) {
+      d = s.sampler->sample(I.mtp_logits.data(), V);
+    } else {
+      s.sampler->distribution(I.mtp_logits.data(), V, &s.q);
+      d = sample_from(s.q.data(), V, *s.sampler);
+    }
+    s.vids[0] = s.tokens.back();
+    s.vids[1] = d;
+    s.verifying = true;
+  };
+  // Verify: row 0's distribution decides the draft (greedy: its argmax; sampling: the
+  // speculative accept rule, exact in distribution); accepted, row 1 gives a bonus token.
+  // Rejected, the draft's cache row at L + 1 is left outside `computed` and overwritten later.
+  auto verify = [&](Seq& s, float* l, double now, uint64_t& new_tokens) {
+    const int32_t d = s.vids[1];
+    bool accepted;
+    int32_t first;
+    if (s.req.sampling.temperature == 0) {
+      first = s.sampler->sample(l, V);
+      accepted = first == d;
+    } else {
+      s.sampler->distribution(l, V, &I.p);
+      const SpecDecision dec = speculative_accept(d, I.p.data(), s.q.data(), V, *s.sampler);
+      accepted = dec.accepted;
+      first = dec.token;
+    }
+    {
+      std::lock_guard<std::mutex> lk(I.mu);
+      ++I.m.spec_drafted;
+      if (accepted) ++I.m.spec_accepted;
+    }
+    s.computed += accepted ? 2 : 1;
+    if (!accepted) s.hid.resize(size_t(model_.config().hidden_size));  // position L's state only
+    emit(s, first, l, now, new_tokens);
+    if (accepted && s.finish.empty()) emit(s, s.sampler->sample(l + V, V), l + V, now, new_tokens);
+  };
+
   while (true) {
     {
       std::unique_lock<std::mutex> lk(I.mu);
@@ -120,7 +239,10 @@ void Engine::loop() {
         continue;
       }
       const int64_t len = int64_t(s.tokens.size());
-      if (opt_.prefix_cache) {
+      if (s.spec && s.mtp.capacity == 0) s.mtp = const_cast<Model&>(model_).new_mtp_cache(context_);
+      // A speculating sequence needs the main states of every position for module 1's
+      // catch-up, which a reused prefix would not give it: no prefix lookup.
+      if (opt_.prefix_cache && !s.spec) {
         const int64_t full = (len - 1) / B;  // the last token is always forwarded (its logits)
         uint64_t prev = 0;
         for (int64_t j = 0; j < full; ++j) {
@@ -164,7 +286,11 @@ void Engine::loop() {
       const int64_t len = int64_t(s.tokens.size()), C = opt_.prefill_chunk;
       int64_t T = len - s.computed;
       DSV3_ASSERT(T >= 1);
-      if (T > 1) {
+      s.verifying = false;
+      if (T == 1 && s.spec && s.generated + 2 <= s.req.max_tokens && len + 1 < context_) {
+        draft(s);
+        T = 2;
+      } else if (T > 1) {
         T = std::min(len, (s.computed / C + 1) * C) - s.computed;
         if (budget_used > 0 && budget_used + T > C) continue;
         budget_used += T;
@@ -204,21 +330,35 @@ void Engine::loop() {
     const size_t n = plan.size();
     I.batch.assign(n, BatchSeq{});
     int64_t n_logits = 0;
+    std::vector<int64_t> hid_off(n, 0);
+    int64_t n_hid = 0;
     for (size_t i = 0; i < n; ++i) {
       Seq& s = *plan[i].first;
-      if (s.computed + plan[i].second == int64_t(s.tokens.size())) ++n_logits;
+      if (s.verifying) n_logits += 2;
+      else if (s.computed + plan[i].second == int64_t(s.tokens.size())) ++n_logits;
+      if (s.spec) {
+        hid_off[i] = n_hid;
+        n_hid += plan[i].second;
+      }
     }
+    const int64_t H = model_.config().hidden_size;
+    if (int64_t(I.hidden.size()) < n_hid * H) I.hidden.resize(size_t(n_hid * H));
     if (int64_t(I.logits.size()) < n_logits * V) I.logits.resize(size_t(n_logits * V));
     int64_t li = 0;
     std::vector<float*> seq_logits(n, nullptr);
     for (size_t i = 0; i < n; ++i) {
       Seq& s = *plan[i].first;
       BatchSeq& b = I.batch[i];
-      b.ids = s.tokens.data() + s.computed;
+      b.ids = s.verifying ? s.vids : s.tokens.data() + s.computed;
       b.T = plan[i].second;
       b.p0 = s.computed;
       b.table = s.table.data();
-      if (s.computed + b.T == int64_t(s.tokens.size())) {
+      if (s.spec) b.hidden = I.hidden.data() + hid_off[i] * H;
+      if (s.verifying) {
+        b.logits = seq_logits[i] = I.logits.data() + li * V;
+        b.logits_from = 0;
+        li += 2;
+      } else if (s.computed + b.T == int64_t(s.tokens.size())) {
         b.logits = seq_logits[i] = I.logits.data() + li * V;
         b.logits_from = b.T - 1;
         ++li;
@@ -245,64 +385,18 @@ void Engine::loop() {
     uint64_t new_tokens = 0;
     for (size_t i = 0; i < n; ++i) {
       Seq& s = *plan[i].first;
-      s.computed += plan[i].second;
-      if (opt_.prefix_cache) {
-        while (s.published + B <= s.computed) {
-          const int64_t j = s.published / B;
-          const uint64_t prev = j > 0 ? s.hashes[size_t(j - 1)] : 0;
-          const int32_t* tk = s.tokens.data() + j * B;
-          const uint64_t h = KvPool::chain_hash(prev, tk, B);
-          pool.publish(s.table[size_t(j)], h, prev, tk);
-          if (int64_t(s.hashes.size()) <= j) s.hashes.push_back(h);
-          s.published += B;
-        }
-      }
-      if (!seq_logits[i]) continue;
       try {  // a failure here (e.g. an id the tokenizer lacks) fails this request only
-        float* l = seq_logits[i];
-        Event e;
-        e.kind = Event::Kind::Token;
-        double lse = 0;
-        if (s.req.top_logprobs >= 0) lse = log_normaliser(l, V);
-        // OpenAI penalties over the generated tokens: l −= presence·[c > 0] + frequency·c.
-        std::vector<std::pair<int32_t, float>> saved;
-        if (s.req.presence_penalty != 0 || s.req.frequency_penalty != 0)
-          for (const auto& [id, c] : s.counts) {
-            saved.emplace_back(id, l[id]);
-            l[id] -= s.req.presence_penalty + s.req.frequency_penalty * float(c);
-          }
-        const int32_t id = s.sampler->sample(l, V);
-        for (const auto& [sid, v] : saved) l[sid] = v;  // logprobs report the model's distribution
-        if (s.req.top_logprobs >= 0) {
-          e.logprob = float(double(l[id]) - lse);
-          const int64_t k = s.req.top_logprobs;
-          std::vector<int32_t> idx(static_cast<size_t>(V));
-          for (int64_t v = 0; v < V; ++v) idx[size_t(v)] = int32_t(v);
-          std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
-            return l[a] > l[b] || (l[a] == l[b] && a < b);
-          });
-          for (int64_t j = 0; j < k; ++j)
-            e.top.push_back({idx[size_t(j)], float(double(l[idx[size_t(j)]]) - lse)});
+        if (s.spec) {  // keep the new positions' states for module 1's next catch-up
+          const float* h = I.hidden.data() + hid_off[i] * H;
+          s.hid.insert(s.hid.end(), h, h + plan[i].second * H);
         }
-        s.tokens.push_back(id);
-        ++s.generated;
-        ++new_tokens;
-        ++s.counts[id];
-        if (s.t_first == 0) s.t_first = now;
-        s.t_last = now;
-        e.id = id;
-        const bool eos = !s.req.ignore_eos &&
-                         std::find(I.eos.begin(), I.eos.end(), id) != I.eos.end();
-        if (eos) {
-          s.finish = "stop";
+        if (s.verifying) {
+          verify(s, seq_logits[i], now, new_tokens);
         } else {
-          if (s.dec) e.text = s.stop->push(s.dec->push(id));
-          if (s.stop->stopped()) s.finish = "stop";
+          s.computed += plan[i].second;
+          if (seq_logits[i]) sample_emit(s, seq_logits[i], now, new_tokens);
         }
-        if (s.finish.empty() && (s.generated >= s.req.max_tokens ||
-                                 int64_t(s.tokens.size()) >= context_))
-          s.finish = "length";
-        s.stream->push(std::move(e));
+        if (opt_.prefix_cache) publish(s);
       } catch (const std::exception& ex) {
         Event e;
         e.kind = Event::Kind::Error;
