@@ -212,6 +212,15 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs
 }
 
 namespace {
+// A one-sequence MlaSeq of T tokens at p0.
+MlaSeq single_seq(int64_t T, int64_t p0, AttnForm form) {
+  MlaSeq seq;
+  seq.T = T;
+  seq.p0 = p0;
+  seq.form = form;
+  return seq;
+}
+
 // A one-sequence LinearBatch over T rows (offsets in off[2]).
 LinearBatch single_batch(int64_t* off, int64_t T, int threads) {
   off[0] = 0;
@@ -237,10 +246,7 @@ void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) con
   if (a.trace) (*a.trace)("embed", x, T, H);
   int64_t off[2];
   const LinearBatch lb = single_batch(off, T, threads_);
-  MlaSeq seq;
-  seq.T = T;
-  seq.p0 = p0;
-  seq.form = a.form;
+  MlaSeq seq = single_seq(T, p0, a.form);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     seq.cache.base = cache.layer(l);
     block(w_.layers[size_t(l)], lf_[size_t(l)], &seq, 1, lb, s, a.trace,
@@ -360,10 +366,7 @@ void Model::mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) con
   const std::string prefix = "mtp." + std::to_string(k);
   int64_t off[2];
   const LinearBatch lb = single_batch(off, T, threads_);
-  MlaSeq seq;
-  seq.T = T;
-  seq.p0 = p0;
-  seq.form = a.form;
+  MlaSeq seq = single_seq(T, p0, a.form);
   seq.cache.base = cache.layer(L + int64_t(k));
   block(m.block, lf_[size_t(L) + k], &seq, 1, lb, s, a.trace, prefix);
   cache.mtp_len[k] = p0 + T;

@@ -37,6 +37,20 @@ void top_k_indices(int32_t* out, const float* v, int64_t n, int64_t k, const uin
   DSV3_ASSERT(m == k);
 }
 
+// Tasks running every one of T tokens through w with weight 1, ≤ kGemvMaxM tokens each.
+void add_dense_tasks(std::vector<FfnTask>& tasks, const MlpWeights* w, int64_t T) {
+  for (int64_t t0 = 0; t0 < T; t0 += kGemvMaxM) {
+    FfnTask t;
+    t.w = w;
+    t.n = int(std::min<int64_t>(kGemvMaxM, T - t0));
+    for (int j = 0; j < t.n; ++j) {
+      t.tok[j] = int32_t(t0 + j);
+      t.weight[j] = 1.0f;
+    }
+    tasks.push_back(t);
+  }
+}
+
 }  // namespace
 
 void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const FfnTask* tasks,
@@ -108,16 +122,7 @@ void mlp_forward_decode(float* out, const float* x, int64_t T, int64_t H, const 
   if (!accumulate) std::memset(out, 0, size_t(T * H) * sizeof(float));
   std::vector<FfnTask>& tasks = s.tasks;
   tasks.clear();
-  for (int64_t t0 = 0; t0 < T; t0 += kGemvMaxM) {
-    FfnTask t;
-    t.w = &w;
-    t.n = int(std::min<int64_t>(kGemvMaxM, T - t0));
-    for (int j = 0; j < t.n; ++j) {
-      t.tok[j] = int32_t(t0 + j);
-      t.weight[j] = 1.0f;
-    }
-    tasks.push_back(t);
-  }
+  add_dense_tasks(tasks, &w, T);
   ffn_tasks_decode(out, x, T, H, tasks.data(), int(tasks.size()), s, threads);
 }
 
@@ -209,17 +214,7 @@ void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig
   // other tokens are, so its result does not depend on the batch (docs/serve.md).
   std::vector<FfnTask>& tasks = s.tasks;
   tasks.clear();
-  if (c.n_shared_experts > 0)
-    for (int64_t t0 = 0; t0 < T; t0 += kGemvMaxM) {
-      FfnTask t;
-      t.w = &L.w->shared_experts;
-      t.n = int(std::min<int64_t>(kGemvMaxM, T - t0));
-      for (int j = 0; j < t.n; ++j) {
-        t.tok[j] = int32_t(t0 + j);
-        t.weight[j] = 1.0f;
-      }
-      tasks.push_back(t);
-    }
+  if (c.n_shared_experts > 0) add_dense_tasks(tasks, &L.w->shared_experts, T);
   for (int64_t e = 0; e < E; ++e) {
     FfnTask t;
     t.w = &L.w->experts[size_t(e)];
