@@ -5,15 +5,14 @@
 # tokens), tokenizer_config.json naming BOS / EOS, and random weights whose vocab_size is the
 # tokenizer's size exactly, so every id the model can emit decodes. The architecture is
 # configs/tiny.json's, cut to 2 layers so the ASan build serves it quickly.
-# DSV3_BIN: the dsv3 binary (default build/release/dsv3). Idempotent: an OUT_DIR that
-# already holds the model is left alone.
+# DSV3_BIN: the dsv3 binary (default build/release/dsv3). OUT_DIR is replaced; the file
+# OUT_DIR/.complete marks a finished model.
 set -euo pipefail
 out=${1:?usage: make_model.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 dsv3=${DSV3_BIN:-$here/../../build/release/dsv3}
 vocab=512
 [[ -x $dsv3 ]] || { echo "make_model.sh: no dsv3 binary at '$dsv3' (set DSV3_BIN)" >&2; exit 1; }
-if [[ -f $out/config.json && -f $out/tokenizer.json && -f $out/.complete ]]; then exit 0; fi
 rm -rf "$out"
 mkdir -p "$out"
 tmp=$(mktemp -d /tmp/dsv3-serve-model.XXXXXX)
