@@ -19,6 +19,7 @@ void register_bench(CLI::App& app) {
   dsv3::bench::add_absorb(*bench);
   dsv3::bench::add_train(*bench);
   dsv3::bench::add_spec(*bench);
+  dsv3::bench::add_serve(*bench);
 }
 
 }  // namespace dsv3::cli
