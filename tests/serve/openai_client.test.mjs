@@ -21,7 +21,11 @@ before(async () => {
   client = makeClient(server);
 });
 after(async () => {
-  if (server) assert.equal(await server.stop(), 0);
+  if (!server) return;
+  const code = await server.stop();
+  // The server's own account, for ctest's output on failure.
+  process.stderr.write(`--- dsv3 serve stderr (tail) ---\n${server.log().slice(-3000)}\n`);
+  assert.equal(code, 0);
 });
 
 // A stream's chunks, per choice index: text, the finish_reasons seen, and the usage chunk.
