@@ -23,7 +23,9 @@
 //   |y - y_exact| ≤ (2^-15 + 2·(K+2)·2^-24) · S   (+ |y_in|·2^-24 terms with accumulate)
 // for both the fast paths and the scalar references (gemv_*_ref), where y_exact is the
 // exact sum of the decoded weights times x (Fp8Path::BF16LutX8: 2^-8 instead of 2^-15). The 2^-15 term covers paths that carry x as a
-// BF16 hi+lo pair (≈16 significant bits); the K term covers F32 accumulation.
+// BF16 hi+lo pair (≈16 significant bits: AVX-512 BF16, and FP8 BF16Lut); the K term covers F32 accumulation.
+// Those paths use VDPBF16PS, which flushes subnormal BF16 inputs to zero, so the bound
+// also assumes nonzero weights and x·s at least 2^-118 in magnitude (x's lo part normal).
 // (Assumes |x·s| < 2^100 so that x·s and its BF16 split stay finite.)
 // NaN/inf: an inf or NaN in x, or a NaN weight code (0x7f/0xff), makes the affected y
 // non-finite (inf or NaN; paths may differ on which).
