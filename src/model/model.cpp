@@ -179,9 +179,11 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs
 
   rmsnorm_forward(xn, H, nullptr, x, H, lf.post_norm.data(), T, H, eps, threads_);
   if (prof) lap(&prof->norm);
-  // The FFN: over all rows at once (!invariant), else the small sequences' rows together in
-  // the decode form and each larger sequence as forward() of it alone would (docs/serve.md).
-  const int64_t ns = lb.invariant ? lb.small_rows() : T;
+  // The FFN: the small sequences' rows together in the decode form (every expert of the step
+  // in one parallel region) and each larger sequence as forward() of it alone would — in both
+  // batch modes: grouping a decode batch's few tokens per expert into GEMMs only multiplies
+  // fork/joins (docs/serve.md).
+  const int64_t ns = lb.small_rows();
   MoeLayer moe;
   moe.w = &lw.moe;
   moe.bias = lf.bias.empty() ? nullptr : lf.bias.data();
@@ -191,13 +193,9 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs
     else if (decode_form) mlp_forward_decode(o, xi, rows, H, lw.mlp, s.ffn_s, false, threads_);
     else mlp_forward(o, xi, rows, H, lw.mlp, s.ffn_s, false, threads_);
   };
-  if (!lb.invariant) {
-    run(ffn, xn, T, false);
-  } else {
-    if (ns > 0) run(ffn, xn, ns, true);
-    for (int i = lb.n_small; i < lb.n_seqs; ++i)
-      run(ffn + lb.off[i] * H, xn + lb.off[i] * H, lb.off[i + 1] - lb.off[i], false);
-  }
+  if (ns > 0) run(ffn, xn, ns, true);
+  for (int i = lb.n_small; i < lb.n_seqs; ++i)
+    run(ffn + lb.off[i] * H, xn + lb.off[i] * H, lb.off[i + 1] - lb.off[i], false);
   if (trace && lw.is_moe) {
     const int64_t K = cfg_.num_experts_per_tok;
     std::vector<float> ids(size_t(T * K));
