@@ -49,6 +49,17 @@ struct LinearBatch {
   int n_seqs = 0, n_small = 0;
   bool invariant = true;
   int threads = 0;
+  // One sequence of T rows; off: storage for its two offsets.
+  static LinearBatch single(int64_t* off, int64_t T, int threads) {
+    off[0] = 0;
+    off[1] = T;
+    LinearBatch lb;
+    lb.off = off;
+    lb.n_seqs = 1;
+    lb.n_small = T <= kLinearGemvMaxM ? 1 : 0;
+    lb.threads = threads;
+    return lb;
+  }
   int64_t rows() const { return off[n_seqs]; }
   int64_t small_rows() const { return off[n_small]; }
   // y [rows, N] (ldy) = x [rows, K] (ldx) · Wᵀ.

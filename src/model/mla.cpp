@@ -88,8 +88,16 @@ MlaAbsorb absorb_params(const Weight& w, int64_t T, int64_t r0, int64_t rows) {
   return p;
 }
 
-// cache: the sequence's rows [0, p0 + T); contiguous() gives them as one [S, R] block (a
-// paged cache is gathered: only the GEMM form, many rows per call, needs that).
+// Rows [0, S) of a cache as one contiguous [S, R] block: the block itself when contiguous, a
+// copy in s.gather when paged (only the GEMM forms, many rows per call, need that).
+const float* contiguous_rows(const LatentCache& lc, int64_t S, int64_t R, MlaScratch& s) {
+  if (!lc.table) return lc.base;
+  float* g = grow(s.gather, S * R);
+  for (int64_t p = 0; p < S; ++p) std::memcpy(g + p * R, lc.row(p, R), size_t(R) * sizeof(float));
+  return g;
+}
+
+// lc: the sequence's cache, rows [0, p0) held, [p0, p0 + T) just written.
 void attention_absorbed(float* o, const float* q, int64_t T, int64_t p0, const LatentCache& lc,
                         const MlaLayer& L, const MlaContext& ctx, MlaScratch& s) {
   const ModelConfig& c = *ctx.c;
@@ -142,12 +150,7 @@ void attention_absorbed(float* o, const float* q, int64_t T, int64_t p0, const L
     a.scale = ctx.softmax_scale; a.M = T * nh; a.S = S; a.dc = dc; a.R = R;
     latent_attention(a, ctx.threads);
   } else {  // all heads of a token as rows of one GEMM
-    const float* cache = lc.base;
-    if (lc.table) {
-      float* g = grow(s.gather, S * R);
-      for (int64_t p = 0; p < S; ++p) std::memcpy(g + p * R, lc.row(p, R), size_t(R) * sizeof(float));
-      cache = g;
-    }
+    const float* cache = contiguous_rows(lc, S, R, s);
     const int64_t tc = chunk_rows(nh, S);
     float* scores = grow(s.scores, std::min(tc, T) * nh * S);
     int32_t* valid = grow(s.valid, std::min(tc, T) * nh);
@@ -194,17 +197,9 @@ const YarnParams* yarn_params(const ModelConfig& c, YarnParams* y) {
 
 void mla_forward(float* out, const float* x, int64_t T, int64_t p0, float* cache, const MlaLayer& L,
                  const MlaContext& ctx, AttnForm form, MlaScratch& s) {
-  const int64_t off[2] = {0, T};
-  LinearBatch lb;
-  lb.off = off;
-  lb.n_seqs = 1;
-  lb.n_small = T <= kLinearGemvMaxM ? 1 : 0;
-  lb.threads = ctx.threads;
-  MlaSeq seq;
-  seq.T = T;
-  seq.p0 = p0;
-  seq.cache.base = cache;
-  seq.form = form;
+  int64_t off[2];
+  const LinearBatch lb = LinearBatch::single(off, T, ctx.threads);
+  const MlaSeq seq = MlaSeq::single(T, p0, form, cache);
   mla_forward_batch(out, x, &seq, 1, L, ctx, lb, s);
 }
 
@@ -262,13 +257,8 @@ void mla_forward_batch(float* out, const float* x, const MlaSeq* seqs, int n_seq
     if (form == AttnForm::Naive) {
       // The naive form reads rows [0, S) contiguously: this call's own rows from an empty
       // cache, else the cache (gathered when paged).
-      const float* cache = rows + sq.r0 * R;
-      if (sq.p0 > 0) {
-        const int64_t S = sq.p0 + sq.T;
-        float* g = grow(s.gather, S * R);
-        for (int64_t p = 0; p < S; ++p) std::memcpy(g + p * R, sq.cache.row(p, R), size_t(R) * sizeof(float));
-        cache = g;
-      }
+      const float* cache =
+          sq.p0 == 0 ? rows + sq.r0 * R : contiguous_rows(sq.cache, sq.p0 + sq.T, R, s);
       attention_naive(os, qs, sq.T, sq.p0, cache, L, ctx, s);
     } else {
       attention_absorbed(os, qs, sq.T, sq.p0, sq.cache, L, ctx, s);

@@ -51,6 +51,14 @@ struct MlaSeq {
   int64_t r0 = 0, T = 0, p0 = 0;
   LatentCache cache;
   AttnForm form = AttnForm::Auto;
+  static MlaSeq single(int64_t T, int64_t p0, AttnForm form, float* cache = nullptr) {
+    MlaSeq q;
+    q.T = T;
+    q.p0 = p0;
+    q.form = form;
+    q.cache.base = cache;
+    return q;
+  }
 };
 
 struct MlaScratch {

@@ -84,29 +84,22 @@ Model::Model(const std::string& dir, const ModelOptions& o) : threads_(resolve_t
   softmax_scale_ = attention_softmax_scale(cfg_.qk_head_dim(), yarn());
 }
 
-KvCache Model::new_cache(int64_t capacity) {
+KvCache Model::new_cache(int64_t capacity) { return make_cache(capacity, 0); }
+
+KvCache Model::new_mtp_cache(int64_t capacity) {
+  return make_cache(capacity, cfg_.num_hidden_layers);
+}
+
+KvCache Model::make_cache(int64_t capacity, int64_t first_layer) {
   DSV3_CHECK(capacity > 0, "the context size must be positive, got ", capacity);
-  DSV3_CHECK(capacity <= cfg_.max_position_embeddings, "a context of ", capacity,
-             " positions exceeds the model's max_position_embeddings (",
-             cfg_.max_position_embeddings, ")");
-  reserve_positions(capacity);
+  reserve_positions(capacity);  // also refuses capacity > max_position_embeddings
   KvCache c;
   c.capacity = capacity;
   c.row = mla_cache_row(cfg_);
   c.n_main = cfg_.num_hidden_layers;
+  c.first_layer = first_layer;
   c.mtp_len.assign(w_.mtp.size(), 0);
-  c.data.assign(size_t((c.n_main + n_mtp()) * capacity * c.row), 0.0f);
-  return c;
-}
-
-KvCache Model::new_mtp_cache(int64_t capacity) {
-  reserve_positions(capacity);
-  KvCache c;
-  c.capacity = capacity;
-  c.row = mla_cache_row(cfg_);
-  c.n_main = c.first_layer = cfg_.num_hidden_layers;
-  c.mtp_len.assign(w_.mtp.size(), 0);
-  c.data.assign(size_t(n_mtp() * capacity * c.row), 0.0f);
+  c.data.assign(size_t((c.n_main + n_mtp() - first_layer) * capacity * c.row), 0.0f);
   return c;
 }
 
@@ -209,29 +202,6 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs
   if (trace) (*trace)(prefix + ".out", x, T, H);
 }
 
-namespace {
-// A one-sequence MlaSeq of T tokens at p0.
-MlaSeq single_seq(int64_t T, int64_t p0, AttnForm form) {
-  MlaSeq seq;
-  seq.T = T;
-  seq.p0 = p0;
-  seq.form = form;
-  return seq;
-}
-
-// A one-sequence LinearBatch over T rows (offsets in off[2]).
-LinearBatch single_batch(int64_t* off, int64_t T, int threads) {
-  off[0] = 0;
-  off[1] = T;
-  LinearBatch lb;
-  lb.off = off;
-  lb.n_seqs = 1;
-  lb.n_small = T <= kLinearGemvMaxM ? 1 : 0;
-  lb.threads = threads;
-  return lb;
-}
-}  // namespace
-
 void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) const {
   const int64_t H = cfg_.hidden_size, T = a.T, p0 = cache.len;
   DSV3_CHECK(T > 0, "forward of an empty token sequence");
@@ -243,8 +213,8 @@ void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) con
   embed(x, w_.embed_tokens, a.ids, T);
   if (a.trace) (*a.trace)("embed", x, T, H);
   int64_t off[2];
-  const LinearBatch lb = single_batch(off, T, threads_);
-  MlaSeq seq = single_seq(T, p0, a.form);
+  const LinearBatch lb = LinearBatch::single(off, T, threads_);
+  MlaSeq seq = MlaSeq::single(T, p0, a.form);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     seq.cache.base = cache.layer(l);
     block(w_.layers[size_t(l)], lf_[size_t(l)], &seq, 1, lb, s, a.trace,
@@ -363,8 +333,8 @@ void Model::mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) con
   linear_forward(x, H, cat, 2 * H, T, m.eh_proj, s.lin, false, threads_);
   const std::string prefix = "mtp." + std::to_string(k);
   int64_t off[2];
-  const LinearBatch lb = single_batch(off, T, threads_);
-  MlaSeq seq = single_seq(T, p0, a.form);
+  const LinearBatch lb = LinearBatch::single(off, T, threads_);
+  MlaSeq seq = MlaSeq::single(T, p0, a.form);
   seq.cache.base = cache.layer(L + int64_t(k));
   block(m.block, lf_[size_t(L) + k], &seq, 1, lb, s, a.trace, prefix);
   cache.mtp_len[k] = p0 + T;

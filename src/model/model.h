@@ -164,6 +164,9 @@ class Model {
   void embed(float* x, const Weight& table, const int32_t* ids, int64_t T) const;
   void head(float* logits, const float* h, int64_t T, const Weight& w, ForwardScratch& s) const;
 
+  // Layers [first_layer, main + MTP) of `capacity` positions (new_cache, new_mtp_cache).
+  KvCache make_cache(int64_t capacity, int64_t first_layer);
+
   std::unique_ptr<Checkpoint> ckpt_;
   ModelConfig cfg_;
   ModelWeights w_;

@@ -83,6 +83,21 @@ void Engine::loop() {
     log_line(s);
   };
 
+  // The request fails: an Error event; the sweep below retires it.
+  auto fail = [&](Seq& s, std::string message) {
+    Event e;
+    e.kind = Event::Kind::Error;
+    e.finish_reason = std::move(message);
+    s.stream->push(std::move(e));
+    s.finish = "error";
+  };
+  // Retires and removes every sequence of q that has a finish reason.
+  auto sweep = [&](auto& q) {
+    for (auto& s : q)
+      if (!s->finish.empty()) retire(*s);
+    std::erase_if(q, [](const std::unique_ptr<Seq>& s) { return !s->finish.empty(); });
+  };
+
   // Offers the sequence's newly full blocks to the prefix cache.
   auto publish = [&](Seq& s) {
     while (s.published + B <= s.computed) {
@@ -126,7 +141,8 @@ void Engine::loop() {
       if (s.dec) e.text = s.stop->push(s.dec->push(id));
       if (s.stop->stopped()) s.finish = "stop";
     }
-    if (s.finish.empty() && (s.generated >= s.req.max_tokens || int64_t(s.tokens.size()) >= context_))
+    if (s.finish.empty() &&
+        (s.generated >= s.req.max_tokens || int64_t(s.tokens.size()) >= context_))
       s.finish = "length";
     s.stream->push(std::move(e));
   };
@@ -216,17 +232,11 @@ void Engine::loop() {
 
     // Cancelled sequences go first: their blocks serve this step.
     for (auto& s : I.running)
-      if (s->stream->cancelled()) {
-        s->finish = "cancelled";
-        retire(*s);
-      }
-    std::erase_if(I.running, [](const std::unique_ptr<Seq>& s) { return !s->finish.empty(); });
+      if (s->stream->cancelled()) s->finish = "cancelled";
     for (auto& s : I.waiting)
-      if (s->stream->cancelled()) {
-        s->finish = "cancelled";
-        retire(*s);
-      }
-    std::erase_if(I.waiting, [](const std::unique_ptr<Seq>& s) { return !s->finish.empty(); });
+      if (s->stream->cancelled()) s->finish = "cancelled";
+    sweep(I.running);
+    sweep(I.waiting);
 
     // Admission, oldest first: prefix-cache lookup, then only if the pool can take the rest
     // of the prompt (decoding growth is met by preemption).
@@ -367,16 +377,9 @@ void Engine::loop() {
     try {
       model_.forward_batch(pool.view(), I.batch.data(), int(n), opt_.batch_invariant, I.scratch);
     } catch (const std::exception& ex) {  // not expected: inputs were checked at submit
-      for (size_t i = 0; i < n; ++i) {
-        Seq& s = *plan[i].first;
-        Event e;
-        e.kind = Event::Kind::Error;
-        e.finish_reason = std::string("the forward failed: ") + ex.what();
-        s.stream->push(std::move(e));
-        s.finish = "error";
-        retire(s);
-      }
-      std::erase_if(I.running, [](const std::unique_ptr<Seq>& s) { return !s->finish.empty(); });
+      for (size_t i = 0; i < n; ++i)
+        fail(*plan[i].first, std::string("the forward failed: ") + ex.what());
+      sweep(I.running);
       continue;
     }
 
@@ -398,42 +401,27 @@ void Engine::loop() {
         }
         if (opt_.prefix_cache) publish(s);
       } catch (const std::exception& ex) {
-        Event e;
-        e.kind = Event::Kind::Error;
-        e.finish_reason = ex.what();
-        s.stream->push(std::move(e));
-        s.finish = "error";
+        fail(s, ex.what());
       }
     }
-    for (auto& s : I.running)
-      if (!s->finish.empty()) retire(*s);
-    std::erase_if(I.running, [](const std::unique_ptr<Seq>& s) { return !s->finish.empty(); });
+    sweep(I.running);
 
-    std::lock_guard<std::mutex> lk(I.mu);
+    std::lock_guard<std::mutex> lk(I.mu);  // the gauges are set at the top of the loop
     I.m.generation_tokens += new_tokens;
     ++I.m.steps;
-    I.m.running = int64_t(I.running.size());
-    I.m.waiting = int64_t(I.waiting.size());
-    I.m.kv_blocks_used = pool.used();
   }
 
   // Shutting down: whatever is left gets an error event.
   std::lock_guard<std::mutex> lk(I.mu);
-  for (auto* q : {&I.waiting, &I.incoming})
-    for (auto& s : *q) {
-      Event e;
-      e.kind = Event::Kind::Error;
-      e.finish_reason = "the server shut down before this request finished";
-      s->stream->push(std::move(e));
+  auto fail_all = [&](auto& q) {
+    for (auto& s : q) {
+      fail(*s, "the server shut down before this request finished");
       release_blocks(*s);
     }
-  for (auto& s : I.running) {
-    Event e;
-    e.kind = Event::Kind::Error;
-    e.finish_reason = "the server shut down before this request finished";
-    s->stream->push(std::move(e));
-    release_blocks(*s);
-  }
+  };
+  fail_all(I.waiting);
+  fail_all(I.incoming);
+  fail_all(I.running);
   I.outstanding = 0;
   I.waiting.clear();
   I.incoming.clear();
