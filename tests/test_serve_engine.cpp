@@ -83,16 +83,35 @@ Request greedy(const std::vector<int32_t>& prompt, int64_t max_tokens) {
   return r;
 }
 
+// n token ids in [2, V): no BOS/EOS inside prompts.
+std::vector<int32_t> body_ids(int64_t n, int64_t V, uint32_t seed) {
+  auto ids = testing::ids_for(n, V, seed);
+  for (auto& v : ids) v = 2 + v % int32_t(V - 2);
+  return ids;
+}
+
 // Prompts of assorted lengths, one longer than a prefill chunk.
 std::vector<std::vector<int32_t>> prompts(int n, int64_t V) {
   std::vector<std::vector<int32_t>> p;
-  for (int i = 0; i < n; ++i) {
-    const int64_t len = i == 3 ? kPrefillChunk + 37 : 1 + (i * 7) % 45;
-    auto ids = testing::ids_for(len, V, 100 + uint32_t(i));
-    for (auto& v : ids) v = 2 + v % int32_t(V - 2);  // no BOS/EOS inside prompts
-    p.push_back(ids);
-  }
+  for (int i = 0; i < n; ++i)
+    p.push_back(body_ids(i == 3 ? kPrefillChunk + 37 : 1 + (i * 7) % 45, V, 100 + uint32_t(i)));
   return p;
+}
+
+// The reference: Generator, one prompt at a time from an empty cache, greedy.
+std::vector<std::vector<int32_t>> generate_each(Model& model,
+                                                const std::vector<std::vector<int32_t>>& ps,
+                                                int64_t tokens, int64_t context, bool stop_at_eos) {
+  std::vector<std::vector<int32_t>> want;
+  Generator g(model, nullptr, context);
+  GenerateOptions go;
+  go.max_new_tokens = tokens;
+  go.stop_at_eos = stop_at_eos;
+  for (const auto& p : ps) {
+    g.reset();
+    want.push_back(g.generate(p, go).ids);
+  }
+  return want;
 }
 
 void wait_idle(const Engine& e) {
@@ -111,17 +130,7 @@ TEST_P(ServeEngine, BatchedEqualsAloneAndGenerate) {
   const int64_t V = model.vocab(), kTokens = 20;
   const auto ps = prompts(16, V);
 
-  // The reference: Generator, one prompt at a time, greedy.
-  std::vector<std::vector<int32_t>> want;
-  {
-    Generator g(model, nullptr, 1024);
-    GenerateOptions go;
-    go.max_new_tokens = kTokens;
-    for (const auto& p : ps) {
-      g.reset();
-      want.push_back(g.generate(p, go).ids);
-    }
-  }
+  const auto want = generate_each(model, ps, kTokens, 1024, true);
 
   EngineOptions eo;
   eo.max_running = 16;
@@ -180,8 +189,7 @@ TEST_F(Fixture, PrefixCacheReusesFullBlocks) {
   eo.context = 512;
   eo.log_requests = false;
   Engine engine(model, nullptr, eo);
-  auto p = testing::ids_for(40, model.vocab(), 5);
-  for (auto& v : p) v = 2 + v % int32_t(model.vocab() - 2);
+  const auto p = body_ids(40, model.vocab(), 5);
   Request ra = greedy(p, 12);
   ra.ignore_eos = true;
   const Outcome a = collect(*engine.submit(ra));  // fills positions [0, 51): three blocks
@@ -212,9 +220,7 @@ TEST_F(Fixture, PreemptionUnderASmallPoolCompletesEverything) {
   Engine engine(model, nullptr, eo);
   std::vector<std::shared_ptr<serve::Stream>> st;
   for (int i = 0; i < 8; ++i) {
-    auto p = testing::ids_for(20, model.vocab(), 50 + uint32_t(i));
-    for (auto& v : p) v = 2 + v % int32_t(model.vocab() - 2);
-    Request r = greedy(p, 40);
+    Request r = greedy(body_ids(20, model.vocab(), 50 + uint32_t(i)), 40);
     r.ignore_eos = true;
     st.push_back(engine.submit(r));
     ASSERT_TRUE(st.back());
@@ -306,22 +312,8 @@ TEST(ServeSpeculative, GreedyEqualsPlainAndSamplingCompletes) {
   Model model(p.string(), mo);
   const int64_t V = model.vocab(), kTokens = 24;
   std::vector<std::vector<int32_t>> ps;
-  for (int i = 0; i < 8; ++i) {
-    auto ids = testing::ids_for(3 + i, V, 70 + uint32_t(i));
-    for (auto& v : ids) v = 2 + v % int32_t(V - 2);
-    ps.push_back(ids);
-  }
-  std::vector<std::vector<int32_t>> want;
-  {
-    Generator g(model, nullptr, 256);
-    GenerateOptions go;
-    go.max_new_tokens = kTokens;
-    go.stop_at_eos = false;
-    for (const auto& q : ps) {
-      g.reset();
-      want.push_back(g.generate(q, go).ids);
-    }
-  }
+  for (int i = 0; i < 8; ++i) ps.push_back(body_ids(3 + i, V, 70 + uint32_t(i)));
+  const auto want = generate_each(model, ps, kTokens, 256, false);
   EngineOptions eo;
   eo.context = 256;
   eo.speculative_draft = 1;
