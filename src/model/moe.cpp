@@ -138,13 +138,42 @@ void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeig
   linear_forward(out, H, g, I, T, w.down_proj, s.lin, accumulate, threads);
 }
 
+void check_node_limit(const ModelConfig& c, const NodeLimit& nl) {
+  if (nl.max_nodes == 0) return;
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, n = nl.n_nodes, M = nl.max_nodes;
+  DSV3_CHECK(n >= 1 && E % n == 0, "node-limited routing: n_routed_experts (", E,
+             ") must be divisible by the number of nodes (", n, ")");
+  DSV3_CHECK(M >= 1 && M <= n, "node-limited routing: max_nodes M (", M,
+             ") must be in [1, number of nodes = ", n, "]");
+  DSV3_CHECK(K % M == 0, "node-limited routing: num_experts_per_tok K_r (", K,
+             ") must be divisible by max_nodes M (", M, ")");
+  DSV3_CHECK(K / M <= E / n, "node-limited routing: K_r/M = ", K / M, " exceeds the ", E / n,
+             " experts of a node (", E, " experts on ", n, " nodes)");
+  const int64_t G = c.n_group;
+  if (G > 1 && (c.topk_method == "noaux_tc" || c.topk_method == "group_limited_greedy")) {
+    DSV3_CHECK(G % n == 0, "node-limited routing: n_group (", G, ") must be a multiple of the ",
+               "number of nodes (", n, ") so that every group lies on one node");
+    DSV3_CHECK(c.topk_group <= M * (G / n), "node-limited routing: topk_group (", c.topk_group,
+               ") exceeds the ", M * (G / n), " groups on max_nodes = ", M, " nodes");
+  }
+}
+
 void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, const ModelConfig& c,
-               const float* bias, RouteScratch& s) {
+               const float* bias, RouteScratch& s, const NodeLimit& nl) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t G = c.n_group, EG = E / G;
   const bool noaux = c.topk_method == "noaux_tc";
   const bool grouped = G > 1 && (noaux || c.topk_method == "group_limited_greedy");
   const bool sigmoid = c.scoring_func == "sigmoid";
+  const bool limited = nl.max_nodes > 0;
+  check_node_limit(c, nl);
+  const int64_t NN = limited ? nl.n_nodes : 0, M = nl.max_nodes, EN = limited ? E / NN : 0;
+  if (limited) {
+    s.nscore.resize(size_t(NN));
+    s.nsel.resize(size_t(M));
+    s.ntop.resize(size_t(K / M));
+    s.nallowed.resize(size_t(std::max(NN, G)));
+  }
   std::vector<float>& score = s.score;
   std::vector<float>& biased = s.biased;
   std::vector<float>& gscore = s.gscore;
@@ -169,6 +198,30 @@ void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, cons
     // Report §2.1.2: the bias steers selection only; the weights come from the raw scores.
     for (int64_t e = 0; e < E; ++e) biased[size_t(e)] = score[size_t(e)] + (bias ? bias[e] : 0.0f);
     const uint8_t* mask = nullptr;
+    const uint8_t* gmask = nullptr;  // groups on the kept nodes (node-limited routing)
+    if (limited) {
+      // Report §2.1.2: node score = the sum of its K/M best selection scores (best first).
+      for (int64_t n = 0; n < NN; ++n) {
+        const float* b = &biased[size_t(n * EN)];
+        top_k_indices(s.ntop.data(), b, EN, K / M, nullptr);
+        float sum = 0;
+        for (int64_t i = 0; i < K / M; ++i) sum += b[s.ntop[size_t(i)]];
+        s.nscore[size_t(n)] = sum;
+      }
+      top_k_indices(s.nsel.data(), s.nscore.data(), NN, M, nullptr);
+      uint8_t* keep = s.nallowed.data();
+      if (grouped) {  // groups nest in nodes (check_node_limit): keep the kept nodes' groups
+        std::fill_n(keep, G, 0);
+        for (int64_t i = 0; i < M; ++i)
+          std::fill_n(keep + s.nsel[size_t(i)] * (G / NN), G / NN, 1);
+        gmask = keep;
+      } else {
+        std::fill(allowed.begin(), allowed.end(), 0);
+        for (int64_t i = 0; i < M; ++i)
+          std::fill_n(allowed.begin() + s.nsel[size_t(i)] * EN, EN, 1);
+        mask = allowed.data();
+      }
+    }
     if (grouped) {
       for (int64_t g = 0; g < G; ++g) {
         const float* b = &biased[size_t(g * EG)];
@@ -180,7 +233,7 @@ void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, cons
           gscore[size_t(g)] = *std::max_element(b, b + EG);
         }
       }
-      top_k_indices(gsel.data(), gscore.data(), G, c.topk_group, nullptr);
+      top_k_indices(gsel.data(), gscore.data(), G, c.topk_group, gmask);
       std::fill(allowed.begin(), allowed.end(), 0);
       for (int64_t i = 0; i < c.topk_group; ++i)
         std::fill_n(allowed.begin() + gsel[size_t(i)] * EG, EG, 1);

@@ -27,7 +27,25 @@ struct RouteScratch {
   std::vector<float> gscore;         // [n_group]
   std::vector<int32_t> gsel;         // [topk_group]
   std::vector<uint8_t> allowed;      // [E]
+  std::vector<float> nscore;         // [n_nodes] node-limited routing
+  std::vector<int32_t> nsel, ntop;   // [max_nodes], [K / max_nodes]
+  std::vector<uint8_t> nallowed;     // [max(n_nodes, n_group)]
 };
+
+// Node-limited routing (report §2.1.2; SPEC §2): the routed experts split into n_nodes equal
+// consecutive blocks (under expert parallelism, the experts of a node's EP ranks) and each
+// token's experts lie on at most max_nodes of them. A node's score is the sum of the highest
+// K/max_nodes selection scores (biased, as the group score of noaux_tc) of its experts; the
+// max_nodes best nodes are kept, then group-limited routing (when configured) picks its
+// topk_group groups among the groups on those nodes (groups must nest in nodes), then top-k.
+// max_nodes = 0: off (moe_route is then exactly the plain rule).
+struct NodeLimit {
+  int64_t n_nodes = 0;
+  int64_t max_nodes = 0;
+};
+// User-input checks of a node limit against the config (dsv3::Error naming the values); a
+// no-op when max_nodes = 0.
+void check_node_limit(const ModelConfig& c, const NodeLimit& nl);
 
 struct FfnScratch {
   LinearScratch lin;
@@ -65,9 +83,9 @@ void mlp_forward(float* out, const float* x, int64_t T, int64_t H, const MlpWeig
 
 // The gate's decision for T tokens: idx [T, k] (chosen experts, best biased score first)
 // and weights [T, k] (unbiased scores, normalised/scaled per docs/numerics.md).
-// logits [T, E] are the router outputs; bias [E] or nullptr.
+// logits [T, E] are the router outputs; bias [E] or nullptr. nl: node-limited routing.
 void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, const ModelConfig& c,
-               const float* bias, RouteScratch& s);
+               const float* bias, RouteScratch& s, const NodeLimit& nl = {});
 
 struct MoeLayer {
   const MoeWeights* w = nullptr;
