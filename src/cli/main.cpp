@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   dsv3::cli::register_train(app);
   dsv3::cli::register_generate(app);
   dsv3::cli::register_serve(app);
+  dsv3::cli::register_pipeline_sim(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
