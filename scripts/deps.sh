@@ -5,7 +5,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libcli11-dev nlohmann-json3-dev libpcre2-dev
       libgtest-dev libopenblas-dev python3 python3-torch python3-numpy clang
-      libclang-rt-14-dev gnuplot-nox libcpp-httplib-dev
+      libclang-rt-14-dev gnuplot-nox libcpp-httplib-dev libopenmpi-dev openmpi-bin
       nodejs npm chromium chromium-driver python3-selenium)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "commands.h"
+#include "parallel/comm.h"
 #include "train/trainer.h"
 
 namespace dsv3::cli {
@@ -19,8 +20,20 @@ void register_train(CLI::App& app) {
   c->add_flag("--resume", o->resume, "Continue from OUT's latest checkpoint (exactly: optimizer, data position)");
   c->add_option("--threads", o->threads, "Threads (default: all cores)");
   c->add_flag("--quiet", o->quiet, "No progress line");
+  // The layout of a distributed run (mpirun -np N dsv3 train ...; docs/distributed.md).
+  c->add_option("--dp", o->dp, "Data-parallel ranks (default: the config's parallel.dp; under mpirun "
+                "without a layout, every rank)")->check(CLI::PositiveNumber);
+  c->add_option("--ep", o->ep, "Expert-parallel group size (divides dp)")->check(CLI::PositiveNumber);
+  c->add_option("--pp", o->pp, "Pipeline stages")->check(CLI::PositiveNumber);
+  c->add_option("--schedule", o->schedule, "Pipeline schedule: 1f1b, zb1p, dualpipe, dualpipev");
+  c->add_option("--micro-batches", o->micro_batches, "Micro-batches per rank and step")->check(CLI::PositiveNumber);
+  c->add_option("--max-nodes", o->max_nodes, "Node-limited routing: experts of a token on at most this many nodes")
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--ranks-per-node", o->ranks_per_node, "Ranks per node (for --max-nodes)")
+      ->check(CLI::NonNegativeNumber);
   c->callback([o] {
     const int rc = run_training(*o);
+    dist::finalize();
     if (rc != 0) {
       std::fflush(stdout);
       std::exit(rc);

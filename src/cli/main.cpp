@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "core/check.h"
 #include "core/cpu.h"
+#include "parallel/comm.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"dsv3 — DeepSeek-V3 in C++: train, run and serve DeepSeek-V3-architecture models"};
@@ -29,12 +30,20 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
-  } catch (const dsv3::Error& e) {
-    std::fprintf(stderr, "dsv3: error: %s\n", e.what());
+  } catch (const dsv3::dist::CollectiveError& e) {
+    if (dsv3::dist::active())
+      std::fprintf(stderr, "dsv3: error: [rank %d] %s\n", dsv3::dist::Comm::world().rank(), e.what());
+    else
+      std::fprintf(stderr, "dsv3: error: %s\n", e.what());
+    dsv3::dist::finalize();
     return 1;
   } catch (const std::exception& e) {
+    // Under mpirun an error on one rank must end every rank (the others may be waiting in a
+    // collective): fatal() aborts the job. Alone: the message and exit 1.
+    if (dsv3::dist::active()) dsv3::dist::fatal(e.what(), 1);
     std::fprintf(stderr, "dsv3: error: %s\n", e.what());
     return 1;
   }
+  dsv3::dist::finalize();
   return 0;
 }

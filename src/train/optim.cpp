@@ -1,5 +1,6 @@
 #include "train/optim.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/check.h"
@@ -15,10 +16,17 @@ double LrSchedule::at(int64_t step) const {
   return lr_min + 0.5 * (lr - lr_min) * (1.0 + std::cos(3.141592653589793 * p));
 }
 
-AdamW::AdamW(const ParamSet& ps, const AdamWConfig& c) : c_(c) {
-  for (const ParamInfo& p : ps.infos())
-    if (!p.alias && p.trainable) ranges_.push_back({p.offset, p.offset + p.spec.numel(), p.decay});
-  n_ = ps.numel();
+AdamW::AdamW(const ParamSet& ps, const AdamWConfig& c, int64_t lo, int64_t hi) : c_(c) {
+  total_ = ps.numel();
+  if (hi < 0) hi = total_;
+  DSV3_ASSERT(0 <= lo && lo <= hi && hi <= total_);
+  lo_ = lo;
+  n_ = hi - lo;
+  for (const ParamInfo& p : ps.infos()) {
+    if (p.alias || !p.trainable) continue;
+    const int64_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.spec.numel());
+    if (b < e) ranges_.push_back({b, e, p.decay});
+  }
   if (c.bf16_moments) {
     m16_.assign(size_t(n_), 0);
     v16_.assign(size_t(n_), 0);
@@ -35,11 +43,12 @@ TensorView AdamW::moment(int which) {
 }
 
 void AdamW::load_moment(int which, const TensorView& v, const std::string& where) {
-  DSV3_CHECK(v.numel() == n_ && (v.dtype == DType::F32 || v.dtype == DType::BF16), where,
+  DSV3_CHECK(v.numel() == total_ && (v.dtype == DType::F32 || v.dtype == DType::BF16), where,
              ": optimizer moment of ", v.numel(), " ", dtype_name(v.dtype), " values does not match this "
-             "model (", n_, " F32 or BF16 values expected)");
+             "model (", total_, " F32 or BF16 values expected)");
   for (int64_t i = 0; i < n_; ++i) {
-    const float x = v.dtype == DType::F32 ? v.ptr<float>()[i] : bf16_to_f32(v.ptr<uint16_t>()[i]);
+    const int64_t s = lo_ + i;
+    const float x = v.dtype == DType::F32 ? v.ptr<float>()[s] : bf16_to_f32(v.ptr<uint16_t>()[s]);
     if (c_.bf16_moments)
       (which == 0 ? m16_ : v16_)[size_t(i)] = f32_to_bf16(x);
     else
@@ -58,16 +67,17 @@ void AdamW::step(float* params, const float* g, double lr) {
 #pragma omp parallel for schedule(static) if (r.end - r.begin > (1 << 16))
     for (int64_t i = r.begin; i < r.end; ++i) {
       const float gi = g[i];
-      const float m0 = h ? bf16_to_f32(m16_[size_t(i)]) : m_[size_t(i)];
-      const float v0 = h ? bf16_to_f32(v16_[size_t(i)]) : v_[size_t(i)];
+      const size_t k = size_t(i - lo_);
+      const float m0 = h ? bf16_to_f32(m16_[k]) : m_[k];
+      const float v0 = h ? bf16_to_f32(v16_[k]) : v_[k];
       const float m = b1 * m0 + (1.0f - b1) * gi;
       const float v = b2 * v0 + (1.0f - b2) * gi * gi;
       if (h) {
-        m16_[size_t(i)] = f32_to_bf16(m);
-        v16_[size_t(i)] = f32_to_bf16(v);
+        m16_[k] = f32_to_bf16(m);
+        v16_[k] = f32_to_bf16(v);
       } else {
-        m_[size_t(i)] = m;
-        v_[size_t(i)] = v;
+        m_[k] = m;
+        v_[k] = v;
       }
       // p −= lr·(m̂/(sqrt(v̂)+ε) + wd·p), decoupled decay applied to the pre-update p
       params[i] -= step_size * m / (std::sqrt(v * inv_bc2) + eps) + wd * params[i];
@@ -88,16 +98,35 @@ double grad_norm(const ParamSet& ps, const float* g) {
   return std::sqrt(s);
 }
 
+double grad_sumsq(const ParamSet& ps, const float* g, int64_t lo, int64_t hi) {
+  double s = 0;
+  for (const ParamInfo& p : ps.infos()) {
+    if (p.alias || !p.trainable) continue;
+    const int64_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.spec.numel());
+    double t = 0;
+#pragma omp parallel for reduction(+ : t) schedule(static) if (e - b > (1 << 16))
+    for (int64_t i = b; i < e; ++i) t += double(g[i]) * double(g[i]);
+    s += t;
+  }
+  return s;
+}
+
+void scale_grads(const ParamSet& ps, float* g, float f, int64_t lo, int64_t hi) {
+  for (const ParamInfo& p : ps.infos()) {
+    if (p.alias || !p.trainable) continue;
+    const int64_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.spec.numel());
+    for (int64_t i = b; i < e; ++i) g[i] *= f;
+  }
+}
+
+float clip_factor(double norm, double max_norm) {
+  return max_norm > 0 && norm > max_norm && std::isfinite(norm) ? float(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
 double clip_grad_norm(const ParamSet& ps, float* g, double max_norm) {
   const double n = grad_norm(ps, g);
-  if (max_norm > 0 && n > max_norm && std::isfinite(n)) {
-    const float f = float(max_norm / (n + 1e-6));
-    for (const ParamInfo& p : ps.infos()) {
-      if (p.alias || !p.trainable) continue;
-      float* d = g + p.offset;
-      for (int64_t i = 0; i < p.spec.numel(); ++i) d[i] *= f;
-    }
-  }
+  const float f = clip_factor(n, max_norm);
+  if (f != 1.0f) scale_grads(ps, g, f, 0, ps.numel());
   return n;
 }
 

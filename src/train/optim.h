@@ -27,18 +27,24 @@ struct LrSchedule {
   double at(int64_t step) const;  // step counts from 0
 };
 
+// ZeRO-1 (report §3.2; Rajbhandari et al. 2020, stage 1): a data-parallel rank keeps the
+// moments of, and updates, only its shard [lo, hi) of the arena; the shards of a group's
+// ranks tile it. One process: the whole arena.
 class AdamW {
  public:
-  AdamW(const ParamSet& ps, const AdamWConfig& c);
-  // One update with learning rate lr; g [numel] is the gradient (already clipped). step_count
+  AdamW(const ParamSet& ps, const AdamWConfig& c, int64_t lo = 0, int64_t hi = -1);
+  int64_t lo() const { return lo_; }
+  int64_t hi() const { return lo_ + n_; }
+  // One update with learning rate lr of params[lo, hi); params and g are whole arenas
+  // [numel] of which only the shard is read (g: the already clipped gradient). step_count
   // increments first (bias correction uses t = 1 on the first call).
   void step(float* params, const float* g, double lr);
   int64_t step_count() const { return t_; }
   void set_step_count(int64_t t) { t_ = t; }
-  // Moment 0 (m) or 1 (v) as stored: F32 or BF16 [numel] (for checkpoints).
+  // Moment 0 (m) or 1 (v) of the shard as stored: F32 or BF16 [hi − lo] (for checkpoints).
   TensorView moment(int which);
-  // Restores a moment from a checkpoint tensor of F32 or BF16 (converted as needed); throws
-  // when its size does not match.
+  // Restores the shard's part of a whole-arena moment [numel] from a checkpoint tensor of
+  // F32 or BF16 (converted as needed); throws when its size does not match.
   void load_moment(int which, const TensorView& v, const std::string& where);
 
  private:
@@ -47,12 +53,18 @@ class AdamW {
   std::vector<Range> ranges_;  // trainable storage ranges
   std::vector<float> m_, v_;          // F32 moments
   std::vector<uint16_t> m16_, v16_;   // BF16 moments
-  int64_t n_ = 0;
+  int64_t lo_ = 0, n_ = 0, total_ = 0;  // the shard [lo_, lo_ + n_) of an arena of total_
   int64_t t_ = 0;
 };
 
 // ‖g‖₂ over the trainable ranges of ps (double accumulation).
 double grad_norm(const ParamSet& ps, const float* g);
+// Σ g² over the trainable elements of ps within [lo, hi) (a ZeRO shard's part of ‖g‖²).
+double grad_sumsq(const ParamSet& ps, const float* g, int64_t lo, int64_t hi);
+// g *= f over the trainable elements within [lo, hi).
+void scale_grads(const ParamSet& ps, float* g, float f, int64_t lo, int64_t hi);
+// The factor clip_grad_norm applies for a norm (1 when no clipping is due).
+float clip_factor(double norm, double max_norm);
 // Scales g so that its norm is at most max_norm (no-op when max_norm ≤ 0 or norm ≤ max).
 // Returns the norm before clipping.
 double clip_grad_norm(const ParamSet& ps, float* g, double max_norm);

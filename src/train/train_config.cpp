@@ -134,6 +134,20 @@ TrainConfig parse_train_config(const std::string& text, const std::string& where
     t.balance_alpha = q.f64("alpha", t.balance_alpha, 0, 100);
     q.no_unknown();
   }
+  if (r.has("parallel")) {
+    const json& pj = j["parallel"];
+    DSV3_CHECK(pj.is_object(), where, ": 'parallel' must be an object");
+    Reader q{pj, where, "parallel.", {}};
+    ParallelConfig& pc = t.parallel;
+    pc.dp = q.i64("dp", pc.dp, 1, 1 << 20);
+    pc.ep = q.i64("ep", pc.ep, 1, 1 << 20);
+    pc.pp = q.i64("pp", pc.pp, 1, 1 << 20);
+    pc.schedule = q.str("schedule", pc.schedule);
+    pc.micro_batches = q.i64("micro_batches", pc.micro_batches, 1, 1 << 20);
+    pc.max_nodes = q.i64("max_nodes", pc.max_nodes, 0, 1 << 20);
+    pc.ranks_per_node = q.i64("ranks_per_node", pc.ranks_per_node, 0, 1 << 20);
+    q.no_unknown();
+  }
   DSV3_CHECK(t.seq_len <= t.model.max_position_embeddings, where, ": 'seq_len' (", t.seq_len,
              ") exceeds the model's max_position_embeddings (", t.model.max_position_embeddings, ")");
   if (t.bias_update_speed > 0)

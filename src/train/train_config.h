@@ -7,6 +7,7 @@
 #include <string>
 
 #include "model/config.h"
+#include "parallel/layout.h"
 #include "train/optim.h"
 #include "train/tlinear.h"
 
@@ -33,6 +34,7 @@ struct TrainConfig {
   double fim_rate = 0.1;
   int64_t log_every = 1, checkpoint_every = 0, keep_checkpoints = 2;
   std::string checkpoint_format = "bf16";
+  ParallelConfig parallel;
   std::string text;             // the file's text (compared on resume)
 
   double mtp_lambda_at(int64_t step) const {

@@ -153,7 +153,8 @@ struct TrainModel::Impl {
     // out = h + ffn(norm2(h))
     norm_fwd(xn_, bs.h.data(), fp(lw.post_attention_layernorm), n, rs);  // recompute (§3.3)
     if (lw.is_moe)
-      moe_train_backward(dxn_, d, xn_, c, lw.moe, g.moe, float(o.balance_alpha), 1.0f / float(B), lc,
+      moe_train_backward(dxn_, d, xn_, c, lw.moe, g.moe, float(o.balance_alpha),
+                         1.0f / float(o.global_batch > 0 ? o.global_batch : B), lc,
                          bs.moe, moe_s);
     else
       mlp_train_backward(dxn_, d, xn_, n, H, lw.mlp, g.mlp, lc, bs.mlp, moe_s.mlp);
@@ -223,7 +224,10 @@ struct TrainModel::Impl {
     float* hn = grow(hN, N * H);
     norm_fwd(hn, x, fp(pw.norm), N);
     float* dhn = grads ? grow(dhN, N * H) : nullptr;
-    L.main = head_ce(hn, tg, N, fp(pw.lm_head), grads ? fp_mut(gw.lm_head) : nullptr, dhn, 1.0);
+    // This call's share of the step's mean: B of global_batch sequences (every target of a
+    // packed window is valid, so sequences weigh alike).
+    const double share = double(B) / double(o.global_batch > 0 ? o.global_batch : B);
+    L.main = head_ce(hn, tg, N, fp(pw.lm_head), grads ? fp_mut(gw.lm_head) : nullptr, dhn, share);
 
     // ---- MTP forward (report §2.2): module k over the T − k positions with a target ----
     const double lam = D > 0 ? o.mtp_lambda / double(D) : 0.0;
@@ -257,7 +261,7 @@ struct TrainModel::Impl {
       m.dhk.assign(size_t(Nk * H), 0.0f);
       const double lk = head_ce(m.hk.data(), m.tgt.data(), Nk, fp(mw.shared_head_head),
                                 grads ? fp_mut(gw.mtp[size_t(k - 1)].shared_head_head) : nullptr,
-                                grads ? m.dhk.data() : nullptr, lam);
+                                grads ? m.dhk.data() : nullptr, lam * share);
       L.mtp.push_back(lk);
     }
     L.total = L.main + L.balance;

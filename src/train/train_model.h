@@ -18,6 +18,11 @@ namespace dsv3 {
 
 struct TrainModelOptions {
   int64_t batch = 4, seq_len = 256;   // B windows of T + 1 tokens
+  // The sequences of the whole optimizer step (all micro-batches, all data-parallel ranks);
+  // 0: batch. Gradients are those of the losses averaged over global_batch sequences, so
+  // the gradients of the step's calls summed over ranks and micro-batches equal one call on
+  // the whole batch. The returned losses stay the means over this call's B sequences.
+  int64_t global_batch = 0;
   Precision precision = Precision::BF16;
   bool mtp = true;                    // train the MTP modules (when the config has them)
   double mtp_lambda = 0.3;            // L_MTP = λ/D Σ L_k

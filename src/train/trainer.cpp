@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
@@ -23,9 +24,12 @@
 #include "io/file_util.h"
 #include "io/model_writer.h"
 #include "io/safetensors.h"
+#include "parallel/comm.h"
+#include "parallel/layout.h"
 #include "train/optim.h"
 #include "train/params.h"
 #include "train/train_model.h"
+#include "train/train_step.h"
 
 namespace dsv3 {
 namespace {
@@ -64,15 +68,41 @@ std::vector<fs::path> tokenizer_files(const std::string& tok) {
   return out;
 }
 
+// The process groups of a run (parallel/layout.h). One process: one-rank groups.
+struct Dist {
+  Layout lay;
+  dist::Comm* world = nullptr;
+  dist::Comm dp, ep;
+  bool lead() const { return lay.rank == 0; }
+};
+
 struct State {
   const TrainConfig& cfg;
   const ParamSet& ps;
   std::vector<float>& params;
-  AdamW& adam;
+  TrainStep& ts;
+  const Dist& d;
 };
+
+// A moment of the whole arena on the lead rank, gathered from the ZeRO shards (every rank
+// calls this; one process: the moment itself).
+TensorView full_moment(const State& st, int which, std::vector<uint8_t>& buf) {
+  const TensorView mine = st.ts.adam().moment(which);
+  if (st.d.dp.size() == 1) return mine;
+  const int64_t es = int64_t(dtype_size(mine.dtype));
+  buf.resize(size_t(st.ps.numel() * es));
+  std::vector<int64_t> bytes(st.ts.shard_sizes().size());
+  for (size_t q = 0; q < bytes.size(); ++q) bytes[q] = st.ts.shard_sizes()[q] * es;
+  std::memcpy(buf.data() + st.ts.lo() * es, mine.data, size_t(mine.numel() * es));
+  st.d.dp.gather(buf.data(), bytes, 0);
+  return TensorView(buf.data(), mine.dtype, {st.ps.numel()});
+}
 
 void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step, double tokens,
                      const std::string& out) {
+  std::vector<uint8_t> m_buf, v_buf;
+  const TensorView m = full_moment(st, 0, m_buf), v = full_moment(st, 1, v_buf);
+  if (!st.d.lead()) return;
   const std::string name = step_name(step);
   const fs::path tmp = fs::path(out) / (".tmp-" + name);
   fs::remove_all(tmp);
@@ -92,15 +122,17 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
   SafetensorsWriter w((tmp / "trainer" / "state.safetensors").string());
   const int64_t n = st.ps.numel();
   w.add("params", TensorView(st.params.data(), DType::F32, {n}));
-  w.add("adam_m", st.adam.moment(0));
-  w.add("adam_v", st.adam.moment(1));
+  w.add("adam_m", m);
+  w.add("adam_v", v);
   w.finish();
   json j;
   j["step"] = step;
-  j["adam_t"] = st.adam.step_count();
+  j["adam_t"] = st.ts.adam().step_count();
   j["tokens"] = tokens;
   j["loader"] = json::parse(ls.to_json());
   j["config"] = st.cfg.text;
+  j["layout"] = {{"dp", st.d.lay.dp}, {"ep", st.d.lay.ep}, {"pp", st.d.lay.pp},
+                 {"micro_batches", st.d.lay.micro_batches}};
   write_file_atomic((tmp / "trainer" / "trainer_state.json").string(), j.dump(1));
   const fs::path final_dir = fs::path(out) / name;
   fs::remove_all(final_dir);
@@ -215,30 +247,65 @@ std::string resume_mismatch(const TrainConfig& saved, const TrainConfig& now) {
 int run_training(const TrainRunOptions& o) {
   DSV3_CHECK(!o.config_path.empty() && !o.data_dir.empty() && !o.out_dir.empty(),
              "dsv3 train needs --config, --data and --out");
-  if (o.threads > 0) set_num_threads(o.threads);
-  const TrainConfig cfg = load_train_config(o.config_path);
+  TrainConfig cfg = load_train_config(o.config_path);
+  ParallelConfig& pc = cfg.parallel;
+  if (o.dp > 0) pc.dp = o.dp;
+  if (o.ep > 0) pc.ep = o.ep;
+  if (o.pp > 0) pc.pp = o.pp;
+  if (o.micro_batches > 0) pc.micro_batches = o.micro_batches;
+  if (o.max_nodes >= 0) pc.max_nodes = o.max_nodes;
+  if (o.ranks_per_node >= 0) pc.ranks_per_node = o.ranks_per_node;
+  if (!o.schedule.empty()) pc.schedule = o.schedule;
+  // Under mpirun without a "parallel" layout, every rank is a data-parallel rank.
+  if (pc.dp * pc.pp == 1 && dist::launched_by_mpi()) pc.dp = dist::Comm::world().size();
+  Dist d;
+  d.world = &dist::Comm::world();
+  try {
+    d.lay = make_layout(pc, cfg.model, cfg.batch, d.world->size(), d.world->rank());
+  } catch (const Error& e) {
+    throw dist::CollectiveError(e.what());  // every rank refuses it, before any work
+  }
+  d.dp = d.world->split(d.lay.stage, d.lay.dp_rank);
+  d.ep = d.dp.split(d.lay.dp_rank / d.lay.ep, d.lay.ep_rank);
+  const bool lead = d.lead();
+  // Ranks on one machine share its cores (OMPI_COMM_WORLD_LOCAL_SIZE: ranks on this node).
+  int threads = o.threads;
+  if (threads <= 0 && d.lay.world > 1) {
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    const int n_local = local ? std::max(1, std::atoi(local)) : 1;
+    threads = std::max(1, default_threads() / n_local);
+  }
+  if (threads > 0) set_num_threads(threads);
   const int64_t steps = o.steps > 0 ? o.steps : cfg.steps;
   const data::DataSet ds = data::DataSet::open(
       o.data_dir, cfg.tokenizer.empty() ? "" : data::tokenizer_hash(cfg.tokenizer));
   DSV3_CHECK(ds.meta().vocab_size <= cfg.model.vocab_size, o.data_dir, ": the data's vocabulary (",
              ds.meta().vocab_size, ") is larger than the model's vocab_size (", cfg.model.vocab_size, ")");
   DSV3_CHECK(ds.meta().n_tokens > 0, o.data_dir, ": the data set holds no tokens");
-  fs::create_directories(o.out_dir);
-  const OutDirLock lock(o.out_dir);
-  // A fresh run would overwrite metrics.jsonl and, checkpoint by checkpoint, the old run.
-  DSV3_CHECK(o.resume || latest_name(o.out_dir).empty(), o.out_dir, " already holds a training run (latest: ",
-             latest_name(o.out_dir), "); continue it with --resume, or choose another --out");
-  remove_partial_checkpoints(o.out_dir);
+  // OUT belongs to rank 0: it alone locks, checks and writes it (on several machines the
+  // other ranks may not even see it; --resume reads the checkpoint on every rank, so it must
+  // be on a shared file system there).
+  std::unique_ptr<OutDirLock> lock;
+  if (lead) {
+    fs::create_directories(o.out_dir);
+    lock = std::make_unique<OutDirLock>(o.out_dir);
+    // A fresh run would overwrite metrics.jsonl and, checkpoint by checkpoint, the old run.
+    DSV3_CHECK(o.resume || latest_name(o.out_dir).empty(), o.out_dir, " already holds a training run (latest: ",
+               latest_name(o.out_dir), "); continue it with --resume, or choose another --out");
+    remove_partial_checkpoints(o.out_dir);
+  }
+  d.world->barrier();  // the others start once OUT is checked (rank 0 ends the job if not)
 
   ParamSet ps(cfg.model, cfg.mtp);
-  std::vector<float> params(size_t(ps.numel())), grads(size_t(ps.numel()));
-  AdamW adam(ps, cfg.adam);
-  data::LoaderOptions lo;
-  lo.seq_len = cfg.seq_len;
-  lo.batch = cfg.batch;
-  lo.seed = cfg.seed;
-  lo.fim_rate = cfg.fim_rate;
-  data::Loader loader(ds, lo);
+  std::vector<float> params(size_t(ps.numel()));
+  TrainStep ts(cfg, ps, d.lay, d.dp, d.ep, threads);
+  AdamW& adam = ts.adam();
+  data::LoaderOptions lo_opt;
+  lo_opt.seq_len = cfg.seq_len;
+  lo_opt.batch = cfg.batch;
+  lo_opt.seed = cfg.seed;
+  lo_opt.fim_rate = cfg.fim_rate;
+  data::Loader loader(ds, lo_opt);  // every rank draws the global batch and takes its rows
   int64_t start = 0;
   double tokens = 0;
   if (o.resume) {
@@ -255,16 +322,16 @@ int run_training(const TrainRunOptions& o) {
     DSV3_CHECK(resume_key(saved) == resume_key(cfg), "--resume: ", dir.string(), " does not match ",
                o.config_path, " in ", resume_mismatch(saved, cfg),
                "; start a new --out or restore the original config");
+    // The checkpoint holds the whole arena and whole moments whatever the layout that wrote
+    // it: each rank takes its shard (resharding is just a different [lo, hi)).
     SafetensorsFile f((dir / "trainer" / "state.safetensors").string());
-    auto get = [&](const char* nm, std::vector<float>& dst) {
-      const SafetensorsEntry* e = f.find(nm);
-      DSV3_CHECK(e != nullptr, f.path(), ": no tensor '", nm, "'");
-      const TensorView v = f.view(*e);
-      DSV3_CHECK(v.dtype == DType::F32 && v.numel() == int64_t(dst.size()), f.path(), ": tensor '", nm,
-                 "' does not match this model (", v.numel(), " values, expected ", dst.size(), ")");
-      std::memcpy(dst.data(), v.data, dst.size() * sizeof(float));
-    };
-    get("params", params);
+    const SafetensorsEntry* pe = f.find("params");
+    DSV3_CHECK(pe != nullptr, f.path(), ": no tensor 'params'");
+    const TensorView pv = f.view(*pe);
+    DSV3_CHECK(pv.dtype == DType::F32 && pv.numel() == int64_t(params.size()), f.path(),
+               ": tensor 'params' does not match this model (", pv.numel(), " values, expected ",
+               params.size(), ")");
+    std::memcpy(params.data(), pv.data, params.size() * sizeof(float));
     for (int which = 0; which < 2; ++which) {
       const char* nm = which == 0 ? "adam_m" : "adam_v";
       const SafetensorsEntry* e = f.find(nm);
@@ -275,27 +342,29 @@ int run_training(const TrainRunOptions& o) {
     start = j.at("step").get<int64_t>();
     tokens = j.value("tokens", 0.0);
     loader.restore(data::LoaderState::from_json(j.at("loader").dump()));
-    truncate_metrics(fs::path(o.out_dir) / "metrics.jsonl", start);
-    std::fprintf(stderr, "resumed from %s at step %lld\n", dir.string().c_str(), (long long)start);
+    if (lead) {
+      truncate_metrics(fs::path(o.out_dir) / "metrics.jsonl", start);
+      std::fprintf(stderr, "resumed from %s at step %lld\n", dir.string().c_str(), (long long)start);
+    }
   } else {
     ps.init(params.data(), cfg.seed);
   }
+  if (lead && d.lay.world > 1)
+    std::fprintf(stderr, "dsv3 train: %d ranks, dp %d × pp %d, ep %d, %d micro-batch%s of %lld sequences per "
+                 "rank, ZeRO-1 shards of %lld parameters, %d threads per rank\n", d.lay.world, d.lay.dp,
+                 d.lay.pp, d.lay.ep, d.lay.micro_batches, d.lay.micro_batches == 1 ? "" : "es",
+                 (long long)d.lay.micro_batch, (long long)(ts.hi() - ts.lo()), resolve_threads(threads));
 
-  TrainModelOptions mo;
-  mo.batch = cfg.batch;
-  mo.seq_len = cfg.seq_len;
-  mo.precision = cfg.precision;
-  mo.mtp = cfg.mtp;
-  mo.balance_alpha = cfg.balance_alpha;
-  mo.threads = o.threads;
-  TrainModel model(ps, mo);
-  ModelWeights pw = ps.bind(params.data());
-  const State st{cfg, ps, params, adam};
+  const State st{cfg, ps, params, ts, d};
 
   std::signal(SIGINT, dsv3_on_signal);
   std::signal(SIGTERM, dsv3_on_signal);
-  FILE* metrics = std::fopen((fs::path(o.out_dir) / "metrics.jsonl").c_str(), o.resume ? "a" : "w");
-  DSV3_CHECK(metrics != nullptr, o.out_dir, ": cannot write metrics.jsonl");
+  FILE* metrics = nullptr;
+  if (lead) {
+    metrics = std::fopen((fs::path(o.out_dir) / "metrics.jsonl").c_str(), o.resume ? "a" : "w");
+    DSV3_CHECK(metrics != nullptr, o.out_dir, ": cannot write metrics.jsonl");
+  }
+  const bool quiet = o.quiet || !lead;
   const bool tty = isatty(2);
   std::vector<int32_t> batch;
   double ema_tps = 0, t_start = now_s();
@@ -306,31 +375,30 @@ int run_training(const TrainRunOptions& o) {
   int64_t bad_params_at = -1;  // the step after which the weights were found non-finite
   for (; step < steps; ++step) {
     const double t0 = now_s();
+    const dist::Traffic traffic0 = dist::traffic();
     loader.next(batch);
-    std::fill(grads.begin(), grads.end(), 0.0f);
-    model.set_mtp_lambda(cfg.mtp_lambda_at(step));
-    const StepLosses L = model.step(batch.data(), params.data(), grads.data());
-    const double gnorm = clip_grad_norm(ps, grads.data(), cfg.grad_clip);
-    if (!std::isfinite(L.total) || !std::isfinite(gnorm)) {
+    const StepResult r = ts.compute(batch.data(), params.data(), step);
+    const StepLosses& L = r.losses;
+    const double gnorm = r.grad_norm;
+    if (!r.finite) {
       // Steps are numbered from 1 here, as in metrics.jsonl and the checkpoint names.
-      const std::string good = latest_name(o.out_dir);
-      std::fprintf(stderr, "%sdsv3 train: the loss is %s at step %lld (loss %g, grad norm %g); "
-                   "stopping. The last good checkpoint is %s\n", tty ? "\n" : "",
-                   std::isfinite(L.total) ? "finite but the gradient is not" : "not finite",
-                   (long long)(step + 1), L.total, gnorm,
-                   good.empty() ? "(none written yet)" : (fs::path(o.out_dir) / good).string().c_str());
+      const std::string good = lead ? latest_name(o.out_dir) : "";
+      if (lead)
+        std::fprintf(stderr, "%sdsv3 train: the loss is %s at step %lld (loss %g, grad norm %g); "
+                     "stopping. The last good checkpoint is %s\n", tty ? "\n" : "",
+                     std::isfinite(L.total) ? "finite but the gradient is not" : "not finite",
+                     (long long)(step + 1), L.total, gnorm,
+                     good.empty() ? "(none written yet)" : (fs::path(o.out_dir) / good).string().c_str());
       exit_code = 3;
       break;
     }
     const double lr = cfg.lr.at(step);
-    adam.step(params.data(), grads.data(), lr);
-    // Aux-loss-free balancing (report §2.1.2): b_i += γ·sign(mean_load − load_i).
-    const std::vector<double> maxvio = update_router_bias(pw, cfg.model, L, cfg.gamma_at(step));
+    const std::vector<double> maxvio = ts.apply(params.data(), r, step);
     tokens += tok_per_step;
     const double dt = now_s() - t0;
     const double tps = tok_per_step / dt;
     ema_tps = ema_tps == 0 ? tps : 0.9 * ema_tps + 0.1 * tps;
-    if ((step + 1) % cfg.log_every == 0 || step + 1 == steps) {
+    if (metrics && ((step + 1) % cfg.log_every == 0 || step + 1 == steps)) {
       json m;
       m["step"] = step + 1;
       m["loss"] = L.total;
@@ -345,10 +413,14 @@ int run_training(const TrainRunOptions& o) {
       m["moe_layers"] = L.moe_layer;
       m["load"] = L.load;
       m["time_s"] = now_s() - t_start;
+      if (d.lay.world > 1) {
+        m["ranks"] = d.lay.world;
+        m["comm_bytes"] = dist::traffic().bytes_sent - traffic0.bytes_sent;  // rank 0's, this step
+      }
       std::fprintf(metrics, "%s\n", m.dump().c_str());
       std::fflush(metrics);
     }
-    if (!o.quiet) {
+    if (!quiet) {
       const double eta = double(steps - step - 1) * tok_per_step / std::max(ema_tps, 1e-9);
       const int width = 20, done = int(double(width) * double(step + 1) / double(steps));
       std::string bar(size_t(done), '#');
@@ -363,9 +435,13 @@ int run_training(const TrainRunOptions& o) {
         std::fprintf(stderr, "%s\n", line);
     }
     const bool ckpt_due = cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0;
-    if (g_signal) {
-      stopped = g_signal == SIGINT ? "SIGINT" : "SIGTERM";
-      exit_code = g_signal == SIGINT ? 130 : 143;
+    // mpirun forwards SIGINT/SIGTERM to every rank, but not at the same instant: the ranks
+    // agree (one flag reduced over the job) so that all stop after the same step.
+    int32_t sig = int32_t(g_signal);
+    d.world->allreduce_max(&sig, 1);
+    if (sig) {
+      stopped = sig == SIGINT ? "SIGINT" : "SIGTERM";
+      exit_code = sig == SIGINT ? 130 : 143;
       ++step;
       break;
     }
@@ -378,13 +454,13 @@ int run_training(const TrainRunOptions& o) {
       save_checkpoint(st, loader.state(), step + 1, tokens, o.out_dir);
     }
   }
-  std::fclose(metrics);
-  if (tty && !o.quiet) std::fprintf(stderr, "\n");
+  if (metrics) std::fclose(metrics);
+  if (tty && !quiet) std::fprintf(stderr, "\n");
   if (exit_code != 3 && !all_finite(params)) {
     bad_params_at = step;
     exit_code = 3;
   }
-  if (bad_params_at >= 0) {
+  if (bad_params_at >= 0 && lead) {
     const std::string good = latest_name(o.out_dir);
     std::fprintf(stderr, "dsv3 train: the weights are not finite after step %lld; not saving them. The "
                  "last good checkpoint is %s\n", (long long)bad_params_at,
@@ -393,6 +469,7 @@ int run_training(const TrainRunOptions& o) {
   if (exit_code == 3) return exit_code;
   save_checkpoint(st, loader.state(), step, tokens, o.out_dir);
   const std::string where = (fs::path(o.out_dir) / step_name(step)).string();
+  if (!lead) return exit_code;
   if (!stopped.empty())
     std::fprintf(stderr, "dsv3 train: %s received; saved %s (resume with --resume)\n", stopped.c_str(),
                  where.c_str());

@@ -12,6 +12,11 @@
 //   latest                   the name of the newest complete checkpoint
 //   .lock                    flock'ed while a trainer runs on OUT: a second one is refused
 // A fresh run (no --resume) refuses an OUT whose `latest` names a checkpoint.
+//
+// Under mpirun (docs/distributed.md) every rank runs this loop on its share of each batch
+// (parallel/layout.h); rank 0 alone writes OUT. Gradients are reduce-scattered over the
+// data-parallel group, each rank updates its ZeRO-1 shard, and the parameters are
+// all-gathered: the run computes what one process computes for the same global batch.
 // Checkpoints are written into a temporary directory and renamed: a crash mid-write leaves the
 // previous checkpoint and `latest` intact.
 #pragma once
@@ -24,6 +29,9 @@ namespace dsv3 {
 
 struct TrainRunOptions {
   std::string config_path, data_dir, out_dir;
+  // Layout flags (override the config's "parallel"; -1 / "": keep the config's).
+  int64_t dp = -1, ep = -1, pp = -1, micro_batches = -1, max_nodes = -1, ranks_per_node = -1;
+  std::string schedule;
   int64_t steps = -1;     // overrides the config's steps (the schedule keeps the config's)
   bool resume = false;
   int threads = 0;

@@ -1,0 +1,66 @@
+#include "parallel/layout.h"
+
+#include "core/check.h"
+#include "parallel/comm.h"
+
+namespace dsv3 {
+
+std::string Layout::describe() const {
+  return str_cat("rank ", rank, "/", world, ": dp ", dp, " ep ", ep, " pp ", pp, " (stage ", stage,
+                 ", dp rank ", dp_rank, ", ep rank ", ep_rank, "), ", micro_batches, " micro-batch",
+                 micro_batches == 1 ? "" : "es", " of ", micro_batch, " sequences, global batch ",
+                 global_batch);
+}
+
+Layout make_layout(const ParallelConfig& pc, const ModelConfig& model, int64_t batch, int world_size,
+                   int world_rank) {
+  const int64_t n = pc.dp * pc.pp;
+  if (n != world_size) {
+    DSV3_CHECK(world_size > 1 || dist::mpi_built(), "the layout dp ", pc.dp, " × pp ", pc.pp, " = ", n,
+               " needs ", n, " processes, but this dsv3 was built without MPI (install libopenmpi-dev "
+               "and openmpi-bin, then rebuild)");
+    DSV3_FAIL("the layout dp ", pc.dp, " × pp ", pc.pp, " = ", n, " processes, but ", world_size,
+              world_size == 1 ? " runs (launch with mpirun -np " : " were launched (use mpirun -np ", n,
+              world_size == 1 ? ")" : ", or change parallel.dp / parallel.pp)");
+  }
+  DSV3_CHECK(pc.dp % pc.ep == 0, "parallel.ep = ", pc.ep, " must divide parallel.dp = ", pc.dp,
+             " (the expert-parallel groups are made of a stage's data-parallel ranks)");
+  if (pc.ep > 1) {
+    DSV3_CHECK(model.n_routed_experts > 0, "parallel.ep = ", pc.ep, " but the model has no routed experts");
+    DSV3_CHECK(model.n_routed_experts % pc.ep == 0, "parallel.ep = ", pc.ep,
+               " must divide the model's n_routed_experts = ", model.n_routed_experts);
+  }
+  DSV3_CHECK(pc.schedule == "1f1b" || pc.schedule == "zb1p" || pc.schedule == "dualpipe" ||
+                 pc.schedule == "dualpipev",
+             "parallel.schedule = '", pc.schedule, "': expected 1f1b, zb1p, dualpipe or dualpipev");
+  DSV3_CHECK(pc.pp == 1, "parallel.pp = ", pc.pp, ": pipeline-parallel execution is not in this build "
+             "yet (data and expert parallelism are); `dsv3 pipeline-sim` simulates the schedules");
+  DSV3_CHECK(batch % (pc.dp * pc.micro_batches) == 0, "batch = ", batch, " must be divisible by parallel.dp × "
+             "parallel.micro_batches = ", pc.dp, " × ", pc.micro_batches, " (every rank draws an equal share "
+             "of each step's sequences)");
+  if (pc.max_nodes > 0) {
+    DSV3_CHECK(pc.ep > 1, "parallel.max_nodes = ", pc.max_nodes, " needs expert parallelism (parallel.ep > 1)");
+    const int64_t rpn = pc.ranks_per_node > 0 ? pc.ranks_per_node : pc.ep;
+    DSV3_CHECK(pc.ep % rpn == 0, "parallel.ranks_per_node = ", rpn, " must divide parallel.ep = ", pc.ep);
+    DSV3_CHECK(pc.max_nodes <= pc.ep / rpn, "parallel.max_nodes = ", pc.max_nodes, " exceeds the ",
+               pc.ep / rpn, " nodes of an expert-parallel group");
+    DSV3_CHECK(model.num_experts_per_tok % pc.max_nodes == 0, "parallel.max_nodes = ", pc.max_nodes,
+               " must divide num_experts_per_tok = ", model.num_experts_per_tok,
+               " (each chosen node contributes K/M affinities)");
+  }
+  Layout l;
+  l.world = world_size;
+  l.rank = world_rank;
+  l.dp = int(pc.dp);
+  l.ep = int(pc.ep);
+  l.pp = int(pc.pp);
+  l.stage = world_rank / l.dp;
+  l.dp_rank = world_rank % l.dp;
+  l.ep_rank = l.dp_rank % l.ep;
+  l.micro_batches = int(pc.micro_batches);
+  l.global_batch = batch;
+  l.micro_batch = batch / (pc.dp * pc.micro_batches);
+  return l;
+}
+
+}  // namespace dsv3
