@@ -58,6 +58,11 @@ Layout make_layout(const ParallelConfig& pc, const ModelConfig& model, int64_t b
   l.dp_rank = world_rank % l.dp;
   l.ep_rank = l.dp_rank % l.ep;
   l.micro_batches = int(pc.micro_batches);
+  if (pc.max_nodes > 0) {
+    l.max_nodes = int(pc.max_nodes);
+    l.ranks_per_node = int(pc.ranks_per_node > 0 ? pc.ranks_per_node : pc.ep);
+    l.nodes = l.ep / l.ranks_per_node;
+  }
   l.global_batch = batch;
   l.micro_batch = batch / (pc.dp * pc.micro_batches);
   return l;

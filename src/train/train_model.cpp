@@ -116,7 +116,8 @@ struct TrainModel::Impl {
                    BlockState& bs, StepLosses* L, int64_t layer) {
     if (lw.is_moe) {
       MoeStats st;
-      moe_train_forward(out, x, B, Tb, c, lw.moe, bias, float(o.balance_alpha), lc, bs.moe, moe_s, &st);
+      moe_train_forward(out, x, B, Tb, c, lw.moe, bias, float(o.balance_alpha), lc, bs.moe, moe_s, &st,
+                        ep());
       if (L) {
         L->balance += st.balance_loss;
         L->load.push_back(st.load);
@@ -155,7 +156,7 @@ struct TrainModel::Impl {
     if (lw.is_moe)
       moe_train_backward(dxn_, d, xn_, c, lw.moe, g.moe, float(o.balance_alpha),
                          1.0f / float(o.global_batch > 0 ? o.global_batch : B), lc,
-                         bs.moe, moe_s);
+                         bs.moe, moe_s, ep());
     else
       mlp_train_backward(dxn_, d, xn_, n, H, lw.mlp, g.mlp, lc, bs.mlp, moe_s.mlp);
     rmsnorm_backward(d, H, fp_mut(g.post_attention_layernorm), dxn_, H, bs.h.data(), H,
@@ -315,6 +316,10 @@ struct TrainModel::Impl {
       block_backward(d, T, pw.layers[size_t(l)], gw.layers[size_t(l)], blocks[size_t(l)]);
     embed_backward(fp_mut(gw.embed_tokens), in, d, N);
     return L;
+  }
+
+  const MoeExpertParallel* ep() const {
+    return o.ep.ep != nullptr || o.ep.max_nodes > 0 ? &o.ep : nullptr;
   }
 
   // The router bias steers selection only for noaux_tc (report §2.1.2).

@@ -28,6 +28,9 @@ struct TrainModelOptions {
   double mtp_lambda = 0.3;            // L_MTP = λ/D Σ L_k
   double balance_alpha = 1e-4;        // sequence-wise balance loss weight (0: off)
   int threads = 0;
+  // Expert parallelism (train/moe_train.h): the EP group and node-limited routing; ep.ep ==
+  // nullptr: every expert computed here.
+  MoeExpertParallel ep;
 };
 
 struct StepLosses {

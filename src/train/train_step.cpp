@@ -1,5 +1,6 @@
 #include "train/train_step.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -9,58 +10,22 @@
 namespace dsv3 {
 namespace {
 
-// The step's losses and expert loads over the whole global batch: the calls' means weighted
-// by their sequences, summed over micro-batches and data-parallel ranks (one call: as is).
-class LossSum {
- public:
-  void add(const StepLosses& L, int64_t seqs) {
-    ++calls_;
-    if (calls_ == 1) {
-      first_ = L;
-      n_mtp_ = L.mtp.size();
-      sums_.assign(2 + n_mtp_, 0.0);
-      load_.clear();
-      for (const auto& l : L.load) load_.insert(load_.end(), l.begin(), l.end());
-    } else {
-      size_t k = 0;
-      for (const auto& l : L.load)
-        for (int64_t v : l) load_[k++] += v;
-    }
-    const double w = double(seqs);
-    sums_[0] += L.main * w;
-    sums_[1] += L.balance * w;
-    for (size_t i = 0; i < n_mtp_; ++i) sums_[2 + i] += L.mtp[i] * w;
-  }
-  // Completes the step (collective over dp): the global means, and loads summed over ranks.
-  StepLosses finish(const dist::Comm& dp, int64_t global_batch, double lam_over_d) {
-    if (calls_ == 1 && dp.size() == 1) return reset(first_);
-    dp.allreduce_sum(sums_.data(), int64_t(sums_.size()));
-    dp.allreduce_sum(load_.data(), int64_t(load_.size()));
-    StepLosses L = first_;
-    L.main = sums_[0] / double(global_batch);
-    L.balance = sums_[1] / double(global_batch);
-    L.total = L.main + L.balance;
-    for (size_t i = 0; i < n_mtp_; ++i) {
-      L.mtp[i] = sums_[2 + i] / double(global_batch);
-      L.total += lam_over_d * L.mtp[i];
-    }
-    size_t k = 0;
-    for (auto& l : L.load)
-      for (int64_t& v : l) v = load_[k++];
-    return reset(L);
-  }
+// ZeRO shards and the gradient norm's partial sums are made of whole blocks of the arena, so
+// that both are the same sums whatever the number of ranks.
+constexpr int64_t kBlock = int64_t(1) << 14;
 
- private:
-  StepLosses reset(const StepLosses& L) {
-    calls_ = 0;
-    return L;
-  }
-  int calls_ = 0;
-  size_t n_mtp_ = 0;
-  StepLosses first_;
-  std::vector<double> sums_;   // main, balance, mtp...  (Σ mean · sequences)
-  std::vector<int64_t> load_;  // all layers' loads, flattened
-};
+// v[0] = the sum of v[0..n) in the canonical order: consecutive pairs, then pairs of pairs
+// (((v0 + v1) + (v2 + v3)) + ...; an odd last one joins at the next level). Float addition is
+// commutative, so the result does not depend on which process computes a pair.
+void tree_sum(const std::vector<float*>& v, int64_t n) {
+  for (size_t step = 1; step < v.size(); step *= 2)
+    for (size_t i = 0; i + step < v.size(); i += 2 * step) {
+      float* a = v[i];
+      const float* b = v[i + step];
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+      for (int64_t k = 0; k < n; ++k) a[k] += b[k];
+    }
+}
 
 }  // namespace
 
@@ -68,13 +33,33 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
                      const dist::Comm& ep, int threads)
     : cfg_(cfg), ps_(ps), lay_(lay), dp_(dp) {
   DSV3_ASSERT(dp.size() == lay.dp);
+  const int64_t n = ps.numel(), blocks = (n + kBlock - 1) / kBlock;
   shard_.resize(size_t(lay.dp));
   for (int q = 0; q < lay.dp; ++q) {
     int64_t b, e;
-    split_range(ps.numel(), lay.dp, q, &b, &e);
-    shard_[size_t(q)] = e - b;
+    split_range(blocks, lay.dp, q, &b, &e);
+    shard_[size_t(q)] = std::min(e * kBlock, n) - std::min(b * kBlock, n);
+    if (q == lay.dp_rank) {
+      lo_ = std::min(b * kBlock, n);
+      hi_ = std::min(e * kBlock, n);
+      block_lo_ = b;
+      block_hi_ = e;
+    }
   }
-  split_range(ps.numel(), lay.dp, lay.dp_rank, &lo_, &hi_);
+  for (int q = 0; q < lay.dp; ++q) {
+    int64_t b, e;
+    split_range(blocks, lay.dp, q, &b, &e);
+    shard_blocks_.push_back(e - b);
+  }
+  // The trainable storage (not the MTP aliases, not the router bias), merged into ranges.
+  for (const ParamInfo& p : ps.infos()) {
+    if (p.alias || !p.trainable) continue;
+    if (!trainable_.empty() && trainable_.back().second == p.offset)
+      trainable_.back().second += p.spec.numel();
+    else
+      trainable_.push_back({p.offset, p.offset + p.spec.numel()});
+  }
+  std::sort(trainable_.begin(), trainable_.end());
   adam_ = std::make_unique<AdamW>(ps, cfg.adam, lo_, hi_);
   TrainModelOptions mo;
   mo.batch = lay.micro_batch;
@@ -84,32 +69,123 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
   mo.mtp = cfg.mtp;
   mo.balance_alpha = cfg.balance_alpha;
   mo.threads = threads;
+  if (lay.ep > 1 || lay.max_nodes > 0) {
+    DSV3_ASSERT(ep.size() == lay.ep);
+    mo.ep.ep = lay.ep > 1 ? &ep : nullptr;
+    mo.ep.max_nodes = lay.max_nodes;
+    mo.ep.ranks_per_node = lay.ranks_per_node;
+    mo.ep.nodes = lay.ep > 1 ? 0 : lay.nodes;
+  }
   model_ = std::make_unique<TrainModel>(ps, mo);
-  grads_.resize(size_t(ps.numel()));
-  gshard_.resize(size_t(lay.dp > 1 ? hi_ - lo_ : 0));
+  grads_.resize(size_t(n));
+  units_.resize(size_t(lay.micro_batches - 1));
+  for (auto& u : units_) u.resize(size_t(n));
+  if (lay.dp > 1) pieces_.resize(size_t(lay.dp * (hi_ - lo_)));
 }
 
 TrainStep::~TrainStep() = default;
 
+// Σ g² over the trainable elements of blocks [b0, b1), one double per block, each summed in
+// element order (the same partials whatever the threads or the shard).
+void TrainStep::block_sumsq(int64_t b0, int64_t b1, double* out) const {
+  const int64_t n = ps_.numel();
+  const float* g = grads_.data();
+#pragma omp parallel for schedule(dynamic, 4)
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
+    double s = 0;
+    for (const auto& [r0, r1] : trainable_) {
+      const int64_t x0 = std::max(lo, r0), x1 = std::min(hi, r1);
+      for (int64_t i = x0; i < x1; ++i) s += double(g[i]) * double(g[i]);
+    }
+    out[b - b0] = s;
+  }
+}
+
 StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t step) {
-  const int64_t row = cfg_.seq_len + 1;
+  const int64_t row = cfg_.seq_len + 1, n = ps_.numel();
   const int64_t D = cfg_.mtp ? cfg_.model.num_nextn_predict_layers : 0;
-  std::fill(grads_.begin(), grads_.end(), 0.0f);
+  const int m = lay_.micro_batches, U = lay_.dp * m;
   model_->set_mtp_lambda(cfg_.mtp_lambda_at(step));
-  LossSum sum;
-  for (int mb = 0; mb < lay_.micro_batches; ++mb) {
-    const int64_t r0 = lay_.first_row() + int64_t(mb) * lay_.micro_batch;
-    sum.add(model_->step(batch + r0 * row, params, grads_.data()), lay_.micro_batch);
-  }
+  // Each micro-batch's gradient from zero, then their canonical sum (one: the arena itself).
+  std::vector<float*> local;
+  const int per = 2 + int(D);  // main, balance, MTP losses of one unit
+  std::vector<double> unit_losses(size_t(U * per), 0.0);
+  std::vector<int64_t> load;
   StepResult r;
-  r.losses = sum.finish(dp_, lay_.global_batch, D > 0 ? cfg_.mtp_lambda_at(step) / double(D) : 0.0);
-  // ZeRO-1: each rank receives the group's sum of its shard of the gradient.
-  if (lay_.dp > 1) {
-    dp_.reduce_scatter_sum(grads_.data(), gshard_.data(), shard_);
-    std::memcpy(grads_.data() + lo_, gshard_.data(), gshard_.size() * sizeof(float));
+  for (int j = 0; j < m; ++j) {
+    float* g = j == 0 ? grads_.data() : units_[size_t(j - 1)].data();
+    std::fill(g, g + n, 0.0f);
+    const int64_t r0 = lay_.first_row() + int64_t(j) * lay_.micro_batch;
+    const StepLosses L = model_->step(batch + r0 * row, params, g);
+    local.push_back(g);
+    double* ul = unit_losses.data() + size_t((lay_.dp_rank * m + j) * per);
+    ul[0] = L.main;
+    ul[1] = L.balance;
+    for (int64_t k = 0; k < D; ++k) ul[2 + k] = L.mtp[size_t(k)];
+    if (j == 0) {
+      r.losses = L;
+      for (const auto& l : L.load) load.insert(load.end(), l.begin(), l.end());
+    } else {
+      size_t k = 0;
+      for (const auto& l : L.load)
+        for (int64_t v : l) load[k++] += v;
+    }
   }
-  double sumsq = grad_sumsq(ps_, grads_.data(), lo_, hi_);
-  dp_.allreduce_sum(&sumsq, 1);
+  tree_sum(local, n);
+  // The step's losses: the units' means summed in unit order, over the global batch.
+  if (lay_.dp > 1) {
+    std::vector<int64_t> counts(size_t(lay_.dp), int64_t(m * per));
+    dp_.allgather(unit_losses.data(), counts);
+    dp_.allreduce_sum(load.data(), int64_t(load.size()));
+  }
+  {
+    StepLosses& L = r.losses;
+    double sum[64] = {};
+    DSV3_ASSERT(per <= 64);
+    for (int u = 0; u < U; ++u)
+      for (int k = 0; k < per; ++k) sum[k] += unit_losses[size_t(u * per + k)];
+    L.main = sum[0] / double(U);
+    L.balance = sum[1] / double(U);
+    L.total = L.main + L.balance;
+    const double lam = D > 0 ? cfg_.mtp_lambda_at(step) / double(D) : 0.0;
+    for (int64_t k = 0; k < D; ++k) {
+      L.mtp[size_t(k)] = sum[2 + k] / double(U);
+      L.total += lam * L.mtp[size_t(k)];
+    }
+    size_t k = 0;
+    for (auto& l : L.load)
+      for (int64_t& v : l) v = load[k++];
+  }
+  // ZeRO-1: rank q receives every rank's piece of shard q and sums them in rank order — the
+  // canonical tree continued across ranks (an MPI reduce-scatter would add in its own order).
+  if (lay_.dp > 1) {
+    const int P = lay_.dp;
+    const int64_t S = hi_ - lo_;
+    std::vector<int64_t> sc(static_cast<size_t>(P)), sd(sc), rc(sc), rd(sc);
+    int64_t off = 0;
+    for (int q = 0; q < P; ++q) {
+      sc[size_t(q)] = shard_[size_t(q)] * 4;
+      sd[size_t(q)] = off * 4;
+      off += shard_[size_t(q)];
+      rc[size_t(q)] = S * 4;
+      rd[size_t(q)] = int64_t(q) * S * 4;
+    }
+    dp_.ialltoallv(grads_.data(), sc, sd, pieces_.data(), rc, rd).wait();
+    std::vector<float*> v;
+    for (int q = 0; q < P; ++q) v.push_back(pieces_.data() + int64_t(q) * S);
+    tree_sum(v, S);
+    std::memcpy(grads_.data() + lo_, pieces_.data(), size_t(S) * sizeof(float));
+  }
+  // ‖g‖: per-block partial sums, gathered, added in block order.
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> part(static_cast<size_t>(blocks));
+  int64_t first = 0;
+  for (int q = 0; q < lay_.dp_rank; ++q) first += shard_blocks_[size_t(q)];
+  block_sumsq(block_lo_, block_hi_, part.data() + first);
+  if (lay_.dp > 1) dp_.allgather(part.data(), shard_blocks_);
+  double sumsq = 0;
+  for (double x : part) sumsq += x;
   r.grad_norm = std::sqrt(sumsq);
   r.finite = std::isfinite(r.losses.total) && std::isfinite(r.grad_norm);
   return r;

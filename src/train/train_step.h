@@ -2,12 +2,20 @@
 // forward and backward of this rank's micro-batches, the gradient reduced over the
 // data-parallel group (ZeRO-1: each rank receives the sum of its shard), the global norm and
 // clipping, AdamW on the shard, the parameters all-gathered, and the aux-loss-free bias
-// update from the expert loads of the whole global batch. The same code runs one process
-// (one-rank groups), so a distributed run computes what one process computes for the same
-// global batch, up to the order of the cross-rank sums (tests/test_dist_train.cpp bounds it).
+// update from the expert loads of the whole global batch.
+//
+// The sums are canonical, so the bits do not depend on the layout: the global batch is cut
+// into U = dp × micro_batches units of equal size; each unit's gradient is computed from
+// zero and the U gradients are added in one fixed tree (consecutive pairs, then pairs of
+// pairs), within a rank and then across ranks; the norm is summed per fixed block of the
+// arena and the blocks in order; the losses per unit and the units in order. Two runs with
+// the same U whose micro_batches are powers of two (so a rank's units form whole subtrees)
+// produce the same bits — `mpirun -np 4 dsv3 train` and `dsv3 train --micro-batches 4`
+// (tests/test_dist_train.cpp). Against another U the results differ by rounding only.
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "parallel/comm.h"
@@ -53,9 +61,14 @@ class TrainStep {
   const dist::Comm& dp_;
   std::unique_ptr<AdamW> adam_;
   std::unique_ptr<TrainModel> model_;
-  std::vector<float> grads_, gshard_;
-  std::vector<int64_t> shard_;
-  int64_t lo_ = 0, hi_ = 0;
+  void block_sumsq(int64_t b0, int64_t b1, double* out) const;
+
+  std::vector<float> grads_;                 // [numel] the step's gradient (this rank's micro-batch 0 first)
+  std::vector<std::vector<float>> units_;    // [micro_batches − 1][numel] the other micro-batches'
+  std::vector<float> pieces_;                // [dp, hi − lo] every rank's piece of this shard
+  std::vector<int64_t> shard_, shard_blocks_;  // [dp] shard sizes in elements / in blocks
+  std::vector<std::pair<int64_t, int64_t>> trainable_;  // arena ranges AdamW updates
+  int64_t lo_ = 0, hi_ = 0, block_lo_ = 0, block_hi_ = 0;
 };
 
 }  // namespace dsv3
