@@ -288,6 +288,8 @@ TEST(DistTrainCli, RanksComputeTheBitsOfOneProcess) {
     ASSERT_EQ(ma.size(), size_t(kSteps));
     ASSERT_EQ(mb.size(), ma.size());
     for (size_t i = 0; i < ma.size(); ++i) expect_same_metrics(mb[i], ma[i]);
+    // Rank 0's bytes handed to MPI each step equal the prediction from the layout.
+    for (const json& m : mb) EXPECT_EQ(m.at("comm_bytes"), m.at("comm_bytes_predicted")) << m.at("step");
     EXPECT_GT(mb.back().value("comm_bytes", 0), 0);
     ASSERT_EQ(latest(many), latest(one));
     EXPECT_TRUE(master_params(many / latest(many)) == master_params(one / latest(one)));
@@ -311,6 +313,8 @@ TEST(DistTrainCli, ExpertParallelRunTrains) {
     EXPECT_LT(rel(a[0][k].get<double>(), b[0][k].get<double>()), 1e-6) << k;
   EXPECT_EQ(a[0]["load"], b[0]["load"]);
   EXPECT_TRUE(std::isfinite(a.back()["loss"].get<double>()));
+  // The all-to-all traffic follows the routing: measured = predicted at every step.
+  for (const json& m : a) EXPECT_EQ(m.at("comm_bytes"), m.at("comm_bytes_predicted")) << m.at("step");
 }
 
 // A checkpoint holds the whole arena and whole moments: it resumes into any layout.

@@ -118,6 +118,7 @@ struct TrainModel::Impl {
       MoeStats st;
       moe_train_forward(out, x, B, Tb, c, lw.moe, bias, float(o.balance_alpha), lc, bs.moe, moe_s, &st,
                         ep());
+      if (o.ep.ep != nullptr) ep_bytes += moe_ep_forward_bytes(bs.moe, c).total();
       if (L) {
         L->balance += st.balance_loss;
         L->load.push_back(st.load);
@@ -153,12 +154,14 @@ struct TrainModel::Impl {
     float* rs = grow(rstd, n);
     // out = h + ffn(norm2(h))
     norm_fwd(xn_, bs.h.data(), fp(lw.post_attention_layernorm), n, rs);  // recompute (§3.3)
-    if (lw.is_moe)
+    if (lw.is_moe) {
       moe_train_backward(dxn_, d, xn_, c, lw.moe, g.moe, float(o.balance_alpha),
                          1.0f / float(o.global_batch > 0 ? o.global_batch : B), lc,
                          bs.moe, moe_s, ep());
-    else
+      if (o.ep.ep != nullptr) ep_bytes += moe_ep_backward_bytes(bs.moe, c).total();
+    } else {
       mlp_train_backward(dxn_, d, xn_, n, H, lw.mlp, g.mlp, lc, bs.mlp, moe_s.mlp);
+    }
     rmsnorm_backward(d, H, fp_mut(g.post_attention_layernorm), dxn_, H, bs.h.data(), H,
                      fp(lw.post_attention_layernorm), rs, n, H, true, o.threads);
     // h = x + attn(norm1(x))
@@ -199,6 +202,15 @@ struct TrainModel::Impl {
   }
 
   StepLosses step(const int32_t* ids, const float* params, float* grads) {
+    ep_bytes = 0;
+    StepLosses L = step_impl(ids, params, grads);
+    L.ep_bytes = ep_bytes;
+    return L;
+  }
+
+  int64_t ep_bytes = 0;  // this step's expert-parallel traffic, predicted from the routing
+
+  StepLosses step_impl(const int32_t* ids, const float* params, float* grads) {
     ModelWeights pw = ps.bind(const_cast<float*>(params));
     ModelWeights gw;
     if (grads) gw = ps.bind(grads);

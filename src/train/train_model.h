@@ -40,6 +40,7 @@ struct StepLosses {
   double total = 0;                   // main + λ/D Σ mtp + balance
   std::vector<std::vector<int64_t>> load;  // per MoE layer (main, then MTP blocks): [E]
   std::vector<int64_t> moe_layer;     // the layer index of each entry of load
+  int64_t ep_bytes = 0;               // expert-parallel bytes this rank sent (predicted from the routing)
 };
 
 class TrainModel {

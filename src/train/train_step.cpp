@@ -123,6 +123,7 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
     ul[0] = L.main;
     ul[1] = L.balance;
     for (int64_t k = 0; k < D; ++k) ul[2 + k] = L.mtp[size_t(k)];
+    r.comm_bytes_predicted += L.ep_bytes;
     if (j == 0) {
       r.losses = L;
       for (const auto& l : L.load) load.insert(load.end(), l.begin(), l.end());
@@ -187,6 +188,13 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
   double sumsq = 0;
   for (double x : part) sumsq += x;
   r.grad_norm = std::sqrt(sumsq);
+  if (lay_.dp > 1) {
+    // ZeRO-1: the other ranks' pieces of my gradient out, my shard of the weights to each
+    // other rank (apply()), and the step's small vectors: unit losses, loads, norm blocks.
+    const int64_t S = hi_ - lo_, others = lay_.dp - 1;
+    r.comm_bytes_predicted += (n - S) * 4 + S * 4 * others + int64_t(m * per) * 8 * others +
+                              int64_t(load.size()) * 8 + shard_blocks_[size_t(lay_.dp_rank)] * 8 * others;
+  }
   r.finite = std::isfinite(r.losses.total) && std::isfinite(r.grad_norm);
   return r;
 }

@@ -31,6 +31,9 @@ struct StepResult {
   StepLosses losses;   // means over the global batch; loads summed over it
   double grad_norm = 0;
   bool finite = true;  // the loss and the gradient norm are finite (the same on every rank)
+  // Bytes this rank hands MPI in the step (compute() and apply()), predicted from the layout
+  // and the routing — what dist::traffic() should count (docs/distributed.md).
+  int64_t comm_bytes_predicted = 0;
 };
 
 class TrainStep {

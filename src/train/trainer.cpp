@@ -416,6 +416,7 @@ int run_training(const TrainRunOptions& o) {
       if (d.lay.world > 1) {
         m["ranks"] = d.lay.world;
         m["comm_bytes"] = dist::traffic().bytes_sent - traffic0.bytes_sent;  // rank 0's, this step
+        m["comm_bytes_predicted"] = r.comm_bytes_predicted;
       }
       std::fprintf(metrics, "%s\n", m.dump().c_str());
       std::fflush(metrics);
