@@ -294,6 +294,17 @@ TEST(DistTrainCli, RanksComputeTheBitsOfOneProcess) {
     ASSERT_EQ(latest(many), latest(one));
     EXPECT_TRUE(master_params(many / latest(many)) == master_params(one / latest(one)));
   }
+  // The kernels give the same bits on 2 threads as on 1, so the ranks' thread count does not
+  // matter either.
+  const fs::path t1 = fresh("mb2"), t2 = fresh("mb2-threads2");
+  ASSERT_EQ(cli(train_args(cfg, t1) + " --micro-batches 2").rc, 0);
+  std::string args = train_args(cfg, t2) + " --micro-batches 2";
+  args.replace(args.find("--threads 1"), 11, "--threads 2");
+  const CliRun b = cli(args);
+  ASSERT_EQ(b.rc, 0) << b.err;
+  const std::vector<json> m1 = metrics(t1), m2 = metrics(t2);
+  ASSERT_EQ(m1.size(), m2.size());
+  for (size_t i = 0; i < m1.size(); ++i) expect_same_metrics(m2[i], m1[i]);
 }
 
 // --ep 2 through the CLI: experts sharded over the two ranks. Not the same bits as one
