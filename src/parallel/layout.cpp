@@ -2,6 +2,7 @@
 
 #include "core/check.h"
 #include "parallel/comm.h"
+#include "parallel/schedule.h"
 
 namespace dsv3 {
 
@@ -30,9 +31,11 @@ Layout make_layout(const ParallelConfig& pc, const ModelConfig& model, int64_t b
     DSV3_CHECK(model.n_routed_experts % pc.ep == 0, "parallel.ep = ", pc.ep,
                " must divide the model's n_routed_experts = ", model.n_routed_experts);
   }
-  DSV3_CHECK(pc.schedule == "1f1b" || pc.schedule == "zb1p" || pc.schedule == "dualpipe" ||
-                 pc.schedule == "dualpipev",
-             "parallel.schedule = '", pc.schedule, "': expected 1f1b, zb1p, dualpipe or dualpipev");
+  try {
+    pipe::parse_schedule(pc.schedule);
+  } catch (const Error& e) {
+    DSV3_FAIL("parallel.schedule = '", pc.schedule, "': ", e.what());
+  }
   DSV3_CHECK(pc.pp == 1, "parallel.pp = ", pc.pp, ": pipeline-parallel execution is not in this build "
              "yet (data and expert parallelism are); `dsv3 pipeline-sim` simulates the schedules");
   DSV3_CHECK(batch % (pc.dp * pc.micro_batches) == 0, "batch = ", batch, " must be divisible by parallel.dp × "
