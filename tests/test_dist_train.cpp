@@ -252,13 +252,12 @@ std::string mpirun(int np) {
          std::to_string(np) + " ";
 }
 
-// The training config of the CLI tests: the tiny model on the prepared corpus, 20 steps, at
-// lr 1e-3. Two runs that differ only in the order of F32 sums drift apart through AdamW
-// (gradients near zero are normalised to ±lr steps whatever their last bits), the faster the
-// larger lr: at train_json's 1e-2 the 4-rank run's loss is 2e-6 off by step 14, at 1e-3 it
-// stays well inside 1e-6 for 20 steps. run_equivalence compares gradients at equal weights.
-std::string cli_config(const std::string& name, int64_t checkpoint_every = 0) {
+// The training config of the CLI tests: the tiny model on the prepared corpus, 20 steps
+// (train_json's schedule, lr 1e-2). The CLI runs are compared bit for bit with one process of
+// as many micro-batches; against other unit counts only in process (run_equivalence).
+std::string cli_config(const std::string& name, int64_t checkpoint_every = 0, bool bf16_moments = false) {
   json j = train_json("f32");
+  if (bf16_moments) j["optimizer"]["moments"] = "bf16";
   j["steps"] = kSteps;
   j["batch"] = 4;
   j["checkpoint_every"] = checkpoint_every;
@@ -331,7 +330,8 @@ TEST(DistTrainCli, ExpertParallelRunTrains) {
 // A checkpoint holds the whole arena and whole moments: it resumes into any layout.
 TEST(DistTrainCli, ResumesIntoAnotherLayout) {
   NEED_MPIRUN();
-  const std::string cfg = cli_config("resume");
+  // BF16 AdamW moments (the report's recipe): the gathered checkpoint moments are 2-byte.
+  const std::string cfg = cli_config("resume", 0, true);
   const fs::path ref2 = fresh("resume-ref2"), ref4 = fresh("resume-ref4");
   const fs::path a = fresh("resume-2to1"), b = fresh("resume-1to4");
   ASSERT_EQ(cli(train_args(cfg, ref2) + " --micro-batches 2").rc, 0);
@@ -389,47 +389,93 @@ pid_t find_rank(int rank, const std::string& out) {
   return -1;
 }
 
-TEST(DistTrainCli, AKilledRankEndsTheJobInsteadOfHanging) {
-  NEED_MPIRUN();
+// A long run under `mpirun -np 2` started in the background (its own process group, stderr
+// to ERR); returns mpirun's pid once metrics.jsonl has `steps` lines, or -1.
+struct Job {
+  pid_t pid = -1;
+  fs::path out, err;
+};
+Job start_long_job(const std::string& name, size_t steps) {
   json j = train_json("f32");
   j["steps"] = 100000;
   j["checkpoint_every"] = 0;
-  const std::string cfg = write_config("long", j);
-  const fs::path out = fresh("killed");
-  const std::string cmd = mpirun(2) + std::getenv("DSV3_BIN") + " " + train_args(cfg, out) + " 2>" +
-                          (root() / "killed.err").string();
-  const pid_t job = ::fork();
-  if (job == 0) {
+  const std::string cfg = write_config(name, j);
+  Job job{-1, fresh(name), root() / (name + ".err")};
+  // exec, so that the pid is mpirun's own (it takes SIGUSR1 for its ranks).
+  const std::string cmd = "exec " + mpirun(2) + std::getenv("DSV3_BIN") + " " + train_args(cfg, job.out) +
+                          " 2>" + job.err.string();
+  job.pid = ::fork();
+  if (job.pid == 0) {
     ::setpgid(0, 0);
     ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }
-  ::setpgid(job, job);
-  // Wait for a few steps, then kill rank 1 as a crash would (SIGKILL: no handler runs).
+  ::setpgid(job.pid, job.pid);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  pid_t victim = -1;
   while (std::chrono::steady_clock::now() < deadline) {
-    const std::string m = read(out / "metrics.jsonl");
-    if (std::count(m.begin(), m.end(), '\n') >= 3 && (victim = find_rank(1, out.string())) > 0) break;
+    const std::string m = read(job.out / "metrics.jsonl");
+    if (size_t(std::count(m.begin(), m.end(), '\n')) >= steps) return job;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  ASSERT_GT(victim, 0) << "the job did not start training: " << read(root() / "killed.err");
+  ::kill(-job.pid, SIGKILL);
+  ::waitpid(job.pid, nullptr, 0);
+  ADD_FAILURE() << "the job did not start training: " << read(job.err);
+  job.pid = -1;
+  return job;
+}
+
+// Waits up to `seconds` for the job to end (killing its group if it does not): its status.
+bool wait_job(const Job& job, int seconds, int* status) {
+  const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < limit) {
+    if (::waitpid(job.pid, status, WNOHANG) == job.pid) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(-job.pid, SIGKILL);
+  ::waitpid(job.pid, status, 0);
+  return false;
+}
+
+// `kill -USR1 <mpirun>`: mpirun forwards SIGUSR1 to every rank (SIGINT/SIGTERM it turns into
+// SIGTERM and, a second later, SIGKILL); the ranks agree on the step, save a checkpoint and
+// exit 138; the checkpoint resumes with the bits of an uninterrupted run.
+TEST(DistTrainCli, Sigusr1StopsWithACheckpointThatResumes) {
+  NEED_MPIRUN();
+  const Job job = start_long_job("usr1", 3);
+  ASSERT_GT(job.pid, 0);
+  ASSERT_EQ(::kill(job.pid, SIGUSR1), 0);
+  int st = 0;
+  ASSERT_TRUE(wait_job(job, 60, &st)) << "the job did not stop on SIGUSR1";
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 138) << read(job.err);
+  const std::string name = latest(job.out);
+  ASSERT_FALSE(name.empty()) << read(job.err);
+  EXPECT_NE(read(job.err).find("SIGUSR1 received; saved"), std::string::npos) << read(job.err);
+  const int64_t stopped = std::stoll(name.substr(5));
+  // Resume for 2 more steps in one process with 2 micro-batches, against an uninterrupted run.
+  const std::string cfg_long = (root() / "configs" / "usr1.json").string();
+  const CliRun r = cli(train_args(cfg_long, job.out) + " --resume --micro-batches 2 --steps " +
+                       std::to_string(stopped + 2));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const fs::path ref = fresh("usr1-ref");
+  ASSERT_EQ(cli(train_args(cfg_long, ref) + " --micro-batches 2 --steps " + std::to_string(stopped + 2)).rc, 0);
+  const std::vector<json> a = metrics(job.out), b = metrics(ref);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) expect_same_metrics(a[i], b[i]);
+  EXPECT_TRUE(master_params(job.out / latest(job.out)) == master_params(ref / latest(ref)));
+}
+
+TEST(DistTrainCli, AKilledRankEndsTheJobInsteadOfHanging) {
+  NEED_MPIRUN();
+  const Job job = start_long_job("killed", 3);
+  ASSERT_GT(job.pid, 0);
+  const fs::path out = job.out;
+  // Kill rank 1 as a crash would (SIGKILL: no handler runs).
+  const pid_t victim = find_rank(1, out.string());
+  ASSERT_GT(victim, 0);
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
   // mpirun must notice and end rank 0, which may be blocked in a collective with rank 1.
   int st = 0;
-  bool ended = false;
-  const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < limit) {
-    if (::waitpid(job, &st, WNOHANG) == job) {
-      ended = true;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  if (!ended) {
-    ::kill(-job, SIGKILL);
-    ::waitpid(job, &st, 0);
-  }
+  const bool ended = wait_job(job, 60, &st);
   EXPECT_TRUE(ended) << "the job hung after a rank died";
   EXPECT_FALSE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "the job reported success after a rank died";
   EXPECT_EQ(find_rank(0, out.string()), -1) << "rank 0 outlived the job";

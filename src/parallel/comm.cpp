@@ -33,7 +33,7 @@ int64_t read_delay() {
   return v;
 }
 
-void sleep_delay() {
+[[maybe_unused]] void sleep_delay() {
   const int64_t d = comm_delay_us();
   if (d > 0) std::this_thread::sleep_for(std::chrono::microseconds(d));
 }
@@ -58,10 +58,26 @@ int64_t elem_bytes(Elem e) {
   return 1;
 }
 
-// MPI counts are int; dsv3's largest messages (a ZeRO shard of a 1B model) stay far below.
-int as_count(int64_t n) {
-  DSV3_ASSERT(n >= 0 && n <= INT_MAX);
+// MPI counts and displacements are int, in units of the datatype: large transfers go as
+// elements of their size (a contiguous type), so a 1.4B-parameter arena's displacements
+// (1.4G floats) fit where its byte offsets would not.
+int as_count(int64_t n, const char* what) {
+  DSV3_CHECK(n >= 0 && n <= INT_MAX, what, ": a count or displacement of ", n,
+             " elements exceeds MPI's int range");
   return int(n);
+}
+
+// A committed contiguous datatype of `bytes` bytes (cached: a handful of sizes per run).
+MPI_Datatype elem_type(int64_t bytes) {
+  static std::vector<std::pair<int64_t, MPI_Datatype>> cache;
+  if (bytes == 1) return MPI_BYTE;
+  for (const auto& [b, t] : cache)
+    if (b == bytes) return t;
+  MPI_Datatype t;
+  MPI_Type_contiguous(as_count(bytes, "element size"), MPI_BYTE, &t);
+  MPI_Type_commit(&t);
+  cache.push_back({bytes, t});
+  return t;
 }
 
 void check_mpi(int rc, const char* what) {
@@ -72,16 +88,16 @@ void check_mpi(int rc, const char* what) {
   fatal(std::string(what) + " failed: " + std::string(msg, size_t(len)));
 }
 
-std::vector<int> to_int(const std::vector<int64_t>& v) {
+std::vector<int> to_int(const std::vector<int64_t>& v, const char* what) {
   std::vector<int> r(v.size());
-  for (size_t i = 0; i < v.size(); ++i) r[i] = as_count(v[i]);
+  for (size_t i = 0; i < v.size(); ++i) r[i] = as_count(v[i], what);
   return r;
 }
-std::vector<int> displs_of(const std::vector<int64_t>& counts) {
+std::vector<int> displs_of(const std::vector<int64_t>& counts, const char* what) {
   std::vector<int> d(counts.size());
   int64_t o = 0;
   for (size_t i = 0; i < counts.size(); ++i) {
-    d[i] = as_count(o);
+    d[i] = as_count(o, what);
     o += counts[i];
   }
   return d;
@@ -184,8 +200,10 @@ void init() {
   MPI_Initialized(&flag);
   if (!flag) {
     int provided = 0;
-    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
-    DSV3_CHECK(provided >= MPI_THREAD_FUNNELED, "this MPI library does not support MPI_THREAD_FUNNELED");
+    DSV3_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) == MPI_SUCCESS,
+               "MPI_Init_thread failed");
+    DSV3_CHECK(provided >= MPI_THREAD_FUNNELED, "this MPI library provides thread level ", provided,
+               "; dsv3 needs MPI_THREAD_FUNNELED (", MPI_THREAD_FUNNELED, ")");
   }
   // Errors come back as return codes, which check_mpi turns into fatal() (every rank ends).
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -263,34 +281,8 @@ void Comm::allreduce(void* data, int64_t n, Elem e, int op) const {
   sleep_delay();
   traffic().bytes_sent += n * elem_bytes(e);  // the payload, whatever MPI's algorithm moves
   traffic().messages += 1;
-  check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, as_count(n), mpi_type(e), op == 0 ? MPI_SUM : MPI_MAX,
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, data, as_count(n, "MPI_Allreduce"), mpi_type(e), op == 0 ? MPI_SUM : MPI_MAX,
                           impl_->comm), "MPI_Allreduce");
-#endif
-}
-
-void Comm::bcast(void* data, int64_t bytes, int root) const {
-  if (size_ == 1 || bytes == 0) return;
-#ifdef DSV3_HAVE_MPI
-  sleep_delay();
-  if (rank_ == root) traffic().bytes_sent += bytes, traffic().messages += 1;
-  check_mpi(MPI_Bcast(data, as_count(bytes), MPI_BYTE, root, impl_->comm), "MPI_Bcast");
-#endif
-}
-
-void Comm::reduce_scatter_sum(const float* in, float* out, const std::vector<int64_t>& counts) const {
-  DSV3_ASSERT(int(counts.size()) == size_);
-  if (size_ == 1) {
-    if (out != in) std::memcpy(out, in, size_t(counts[0]) * sizeof(float));
-    return;
-  }
-#ifdef DSV3_HAVE_MPI
-  sleep_delay();
-  int64_t total = 0;
-  for (int64_t c : counts) total += c;
-  traffic().bytes_sent += (total - counts[size_t(rank_)]) * 4;
-  traffic().messages += 1;
-  const std::vector<int> rc = to_int(counts);
-  check_mpi(MPI_Reduce_scatter(in, out, rc.data(), MPI_FLOAT, MPI_SUM, impl_->comm), "MPI_Reduce_scatter");
 #endif
 }
 
@@ -299,76 +291,68 @@ void Comm::allgatherv(void* buf, const std::vector<int64_t>& counts, int64_t eb)
   if (size_ == 1) return;
 #ifdef DSV3_HAVE_MPI
   sleep_delay();
-  std::vector<int64_t> bytes(counts.size());
-  for (size_t i = 0; i < counts.size(); ++i) bytes[i] = counts[i] * eb;
-  traffic().bytes_sent += bytes[size_t(rank_)] * (size_ - 1);
+  traffic().bytes_sent += counts[size_t(rank_)] * eb * (size_ - 1);
   traffic().messages += 1;
-  const std::vector<int> rc = to_int(bytes), rd = displs_of(bytes);
-  check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, rc.data(), rd.data(), MPI_BYTE,
+  const std::vector<int> rc = to_int(counts, "MPI_Allgatherv"), rd = displs_of(counts, "MPI_Allgatherv");
+  check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, rc.data(), rd.data(), elem_type(eb),
                            impl_->comm), "MPI_Allgatherv");
 #endif
 }
 
-void Comm::gatherv(void* buf, const std::vector<int64_t>& counts, int64_t eb, int root) const {
+void Comm::gatherv(const void* mine, void* buf, const std::vector<int64_t>& counts, int64_t eb,
+                   int root) const {
   DSV3_ASSERT(int(counts.size()) == size_);
-  if (size_ == 1) return;
+  if (size_ == 1) {
+    if (counts[0] > 0 && mine != buf) std::memcpy(buf, mine, size_t(counts[0] * eb));
+    return;
+  }
 #ifdef DSV3_HAVE_MPI
   sleep_delay();
-  std::vector<int64_t> bytes(counts.size());
-  for (size_t i = 0; i < counts.size(); ++i) bytes[i] = counts[i] * eb;
-  const std::vector<int> rc = to_int(bytes), rd = displs_of(bytes);
-  if (rank_ != root) traffic().bytes_sent += bytes[size_t(rank_)], traffic().messages += 1;
-  char* base = static_cast<char*>(buf);
-  if (rank_ == root)
-    check_mpi(MPI_Gatherv(MPI_IN_PLACE, 0, MPI_BYTE, base, rc.data(), rd.data(), MPI_BYTE, root,
-                          impl_->comm), "MPI_Gatherv");
-  else
-    check_mpi(MPI_Gatherv(base + rd[size_t(rank_)], rc[size_t(rank_)], MPI_BYTE, nullptr, nullptr,
-                          nullptr, MPI_BYTE, root, impl_->comm), "MPI_Gatherv");
+  const std::vector<int> rc = to_int(counts, "MPI_Gatherv"), rd = displs_of(counts, "MPI_Gatherv");
+  const MPI_Datatype t = elem_type(eb);
+  if (rank_ == root) {
+    char* own = static_cast<char*>(buf) + int64_t(rd[size_t(rank_)]) * eb;
+    if (counts[size_t(rank_)] > 0 && mine != own) std::memcpy(own, mine, size_t(counts[size_t(rank_)] * eb));
+    check_mpi(MPI_Gatherv(MPI_IN_PLACE, 0, t, buf, rc.data(), rd.data(), t, root, impl_->comm), "MPI_Gatherv");
+  } else {
+    traffic().bytes_sent += counts[size_t(rank_)] * eb;
+    traffic().messages += 1;
+    check_mpi(MPI_Gatherv(mine, rc[size_t(rank_)], t, nullptr, nullptr, nullptr, t, root, impl_->comm),
+              "MPI_Gatherv");
+  }
 #endif
 }
 
 Request Comm::ialltoallv(const void* send, const std::vector<int64_t>& scount,
                          const std::vector<int64_t>& sdispl, void* recv,
-                         const std::vector<int64_t>& rcount, const std::vector<int64_t>& rdispl) const {
+                         const std::vector<int64_t>& rcount, const std::vector<int64_t>& rdispl,
+                         int64_t eb) const {
   DSV3_ASSERT(int(scount.size()) == size_ && int(rcount.size()) == size_);
   Request r;
   if (size_ == 1) {
     if (scount[0] > 0)
-      std::memmove(static_cast<char*>(recv) + rdispl[0], static_cast<const char*>(send) + sdispl[0],
-                   size_t(scount[0]));
+      std::memmove(static_cast<char*>(recv) + rdispl[0] * eb, static_cast<const char*>(send) + sdispl[0] * eb,
+                   size_t(scount[0] * eb));
     return r;
   }
 #ifdef DSV3_HAVE_MPI
   for (int q = 0; q < size_; ++q)
-    if (q != rank_ && scount[size_t(q)] > 0) traffic().bytes_sent += scount[size_t(q)], traffic().messages += 1;
+    if (q != rank_ && scount[size_t(q)] > 0) traffic().bytes_sent += scount[size_t(q)] * eb, traffic().messages += 1;
   r.impl_->counts.resize(size_t(4 * size_));
   int* c = r.impl_->counts.data();
   for (int q = 0; q < size_; ++q) {
-    c[q] = as_count(scount[size_t(q)]);
-    c[size_ + q] = as_count(sdispl[size_t(q)]);
-    c[2 * size_ + q] = as_count(rcount[size_t(q)]);
-    c[3 * size_ + q] = as_count(rdispl[size_t(q)]);
+    c[q] = as_count(scount[size_t(q)], "MPI_Ialltoallv");
+    c[size_ + q] = as_count(sdispl[size_t(q)], "MPI_Ialltoallv");
+    c[2 * size_ + q] = as_count(rcount[size_t(q)], "MPI_Ialltoallv");
+    c[3 * size_ + q] = as_count(rdispl[size_t(q)], "MPI_Ialltoallv");
   }
   r.impl_->ready = Clock::now() + std::chrono::microseconds(comm_delay_us());
   r.impl_->done = false;
-  check_mpi(MPI_Ialltoallv(send, c, c + size_, MPI_BYTE, recv, c + 2 * size_, c + 3 * size_, MPI_BYTE,
-                           impl_->comm, &r.impl_->req), "MPI_Ialltoallv");
+  const MPI_Datatype t = elem_type(eb);
+  check_mpi(MPI_Ialltoallv(send, c, c + size_, t, recv, c + 2 * size_, c + 3 * size_, t, impl_->comm,
+                           &r.impl_->req), "MPI_Ialltoallv");
 #endif
   return r;
-}
-
-void Comm::alltoall_i64(const int64_t* send, int64_t* recv) const {
-  if (size_ == 1) {
-    recv[0] = send[0];
-    return;
-  }
-#ifdef DSV3_HAVE_MPI
-  sleep_delay();
-  traffic().bytes_sent += 8 * (size_ - 1);
-  traffic().messages += 1;
-  check_mpi(MPI_Alltoall(send, 1, MPI_INT64_T, recv, 1, MPI_INT64_T, impl_->comm), "MPI_Alltoall");
-#endif
 }
 
 Request Comm::isend(const void* data, int64_t bytes, int dest, int tag) const {
@@ -379,7 +363,7 @@ Request Comm::isend(const void* data, int64_t bytes, int dest, int tag) const {
   traffic().messages += 1;
   r.impl_->ready = Clock::now() + std::chrono::microseconds(comm_delay_us());
   r.impl_->done = false;
-  check_mpi(MPI_Isend(data, as_count(bytes), MPI_BYTE, dest, tag, impl_->comm, &r.impl_->req), "MPI_Isend");
+  check_mpi(MPI_Isend(data, as_count(bytes, "MPI_Isend"), MPI_BYTE, dest, tag, impl_->comm, &r.impl_->req), "MPI_Isend");
 #else
   DSV3_FAIL("point-to-point send without MPI (dest ", dest, ", tag ", tag, ")");
 #endif
@@ -392,17 +376,11 @@ Request Comm::irecv(void* data, int64_t bytes, int src, int tag) const {
   DSV3_ASSERT(size_ > 1 && src != rank_);
   r.impl_->ready = Clock::now() + std::chrono::microseconds(comm_delay_us());
   r.impl_->done = false;
-  check_mpi(MPI_Irecv(data, as_count(bytes), MPI_BYTE, src, tag, impl_->comm, &r.impl_->req), "MPI_Irecv");
+  check_mpi(MPI_Irecv(data, as_count(bytes, "MPI_Irecv"), MPI_BYTE, src, tag, impl_->comm, &r.impl_->req), "MPI_Irecv");
 #else
   DSV3_FAIL("point-to-point receive without MPI (src ", src, ", tag ", tag, ")");
 #endif
   return r;
-}
-
-bool Comm::any(bool flag) const {
-  int32_t v = flag ? 1 : 0;
-  allreduce_max(&v, 1);
-  return v != 0;
 }
 
 }  // namespace dsv3::dist

@@ -94,43 +94,36 @@ class Comm {
   // MPI's, the same on every rank of the group.
   template <class T> void allreduce_sum(T* data, int64_t n) const { allreduce(data, n, elem_of<T>(), 0); }
   template <class T> void allreduce_max(T* data, int64_t n) const { allreduce(data, n, elem_of<T>(), 1); }
-  template <class T> void broadcast(T* data, int64_t n, int root) const {
-    bcast(data, n * int64_t(sizeof(T)), root);
-  }
-  // in [Σ counts] -> out [counts[rank]]: the sum over ranks of this rank's block.
-  void reduce_scatter_sum(const float* in, float* out, const std::vector<int64_t>& counts) const;
   // buf [Σ counts]: block r (at offset Σ_{q<r} counts[q]) comes from rank r; in place.
   template <class T> void allgather(T* buf, const std::vector<int64_t>& counts) const {
     allgatherv(buf, counts, int64_t(sizeof(T)));
   }
-  // Root receives every rank's block into buf [Σ counts]; other ranks send theirs from their
-  // place in buf.
-  template <class T> void gather(T* buf, const std::vector<int64_t>& counts, int root) const {
-    gatherv(buf, counts, int64_t(sizeof(T)), root);
+  // Root receives every rank's `mine` [counts[rank]] into buf [Σ counts] (block r at offset
+  // Σ_{q<r} counts[q]); buf is used on the root only.
+  template <class T> void gather(const T* mine, T* buf, const std::vector<int64_t>& counts, int root) const {
+    gatherv(mine, buf, counts, int64_t(sizeof(T)), root);
   }
-  // All-to-all of variable-size blocks of bytes: send block r (sdispl[r], scount[r]) to rank r;
-  // receive rank r's block into (rdispl[r], rcount[r]). Non-blocking (MPI_Ialltoallv).
+  // All-to-all of variable-size blocks of elements of elem_bytes bytes each: send block r
+  // (sdispl[r], scount[r]) to rank r; receive rank r's block into (rdispl[r], rcount[r]).
+  // Counts and displacements are in elements (each must fit MPI's int). Non-blocking
+  // (MPI_Ialltoallv).
   Request ialltoallv(const void* send, const std::vector<int64_t>& scount,
                      const std::vector<int64_t>& sdispl, void* recv,
-                     const std::vector<int64_t>& rcount, const std::vector<int64_t>& rdispl) const;
-  // Exchanges one int64 with every rank (the counts before an all-to-all).
-  void alltoall_i64(const int64_t* send, int64_t* recv) const;
+                     const std::vector<int64_t>& rcount, const std::vector<int64_t>& rdispl,
+                     int64_t elem_bytes = 1) const;
   // Point to point (pipeline): bytes with a tag.
   Request isend(const void* data, int64_t bytes, int dest, int tag) const;
   Request irecv(void* data, int64_t bytes, int src, int tag) const;
   void send(const void* data, int64_t bytes, int dest, int tag) const { isend(data, bytes, dest, tag).wait(); }
   void recv(void* data, int64_t bytes, int src, int tag) const { irecv(data, bytes, src, tag).wait(); }
 
-  // The same check on every rank: true when any rank's flag is true.
-  bool any(bool flag) const;
-
   struct Impl;
 
  private:
   void allreduce(void* data, int64_t n, Elem e, int op) const;
-  void bcast(void* data, int64_t bytes, int root) const;
   void allgatherv(void* buf, const std::vector<int64_t>& counts, int64_t elem_bytes) const;
-  void gatherv(void* buf, const std::vector<int64_t>& counts, int64_t elem_bytes, int root) const;
+  void gatherv(const void* mine, void* buf, const std::vector<int64_t>& counts, int64_t elem_bytes,
+               int root) const;
   std::unique_ptr<Impl> impl_;
   int rank_ = 0, size_ = 1;
 };

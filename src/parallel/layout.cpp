@@ -1,6 +1,7 @@
 #include "parallel/layout.h"
 
 #include "core/check.h"
+#include "model/moe.h"
 #include "parallel/comm.h"
 #include "parallel/schedule.h"
 
@@ -47,9 +48,13 @@ Layout make_layout(const ParallelConfig& pc, const ModelConfig& model, int64_t b
     DSV3_CHECK(pc.ep % rpn == 0, "parallel.ranks_per_node = ", rpn, " must divide parallel.ep = ", pc.ep);
     DSV3_CHECK(pc.max_nodes <= pc.ep / rpn, "parallel.max_nodes = ", pc.max_nodes, " exceeds the ",
                pc.ep / rpn, " nodes of an expert-parallel group");
-    DSV3_CHECK(model.num_experts_per_tok % pc.max_nodes == 0, "parallel.max_nodes = ", pc.max_nodes,
-               " must divide num_experts_per_tok = ", model.num_experts_per_tok,
-               " (each chosen node contributes K/M affinities)");
+    // The routing's own conditions (K/M per node, groups nesting in nodes, ...), here so a
+    // bad combination is refused before any work rather than at the first forward.
+    try {
+      check_node_limit(model, NodeLimit{pc.ep / rpn, pc.max_nodes});
+    } catch (const Error& e) {
+      DSV3_FAIL("parallel.max_nodes = ", pc.max_nodes, " with ", pc.ep / rpn, " nodes: ", e.what());
+    }
   }
   Layout l;
   l.world = world_size;

@@ -24,6 +24,7 @@ struct ParallelConfig {
   int64_t micro_batches = 1;  // per rank and step (gradient accumulation when pp = 1)
   int64_t max_nodes = 0;      // node-limited routing: a token's experts on ≤ max_nodes nodes (0: off)
   int64_t ranks_per_node = 0; // ranks per node, for max_nodes (0: every rank on one node)
+  bool dp_given = false;      // dp set by the config or a flag (else mpirun's size is the dp)
 };
 
 struct Layout {

@@ -98,19 +98,6 @@ double grad_norm(const ParamSet& ps, const float* g) {
   return std::sqrt(s);
 }
 
-double grad_sumsq(const ParamSet& ps, const float* g, int64_t lo, int64_t hi) {
-  double s = 0;
-  for (const ParamInfo& p : ps.infos()) {
-    if (p.alias || !p.trainable) continue;
-    const int64_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.spec.numel());
-    double t = 0;
-#pragma omp parallel for reduction(+ : t) schedule(static) if (e - b > (1 << 16))
-    for (int64_t i = b; i < e; ++i) t += double(g[i]) * double(g[i]);
-    s += t;
-  }
-  return s;
-}
-
 void scale_grads(const ParamSet& ps, float* g, float f, int64_t lo, int64_t hi) {
   for (const ParamInfo& p : ps.infos()) {
     if (p.alias || !p.trainable) continue;

@@ -59,8 +59,6 @@ class AdamW {
 
 // ‖g‖₂ over the trainable ranges of ps (double accumulation).
 double grad_norm(const ParamSet& ps, const float* g);
-// Σ g² over the trainable elements of ps within [lo, hi) (a ZeRO shard's part of ‖g‖²).
-double grad_sumsq(const ParamSet& ps, const float* g, int64_t lo, int64_t hi);
 // g *= f over the trainable elements within [lo, hi).
 void scale_grads(const ParamSet& ps, float* g, float f, int64_t lo, int64_t hi);
 // The factor clip_grad_norm applies for a norm (1 when no clipping is due).

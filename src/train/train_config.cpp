@@ -139,6 +139,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& where
     DSV3_CHECK(pj.is_object(), where, ": 'parallel' must be an object");
     Reader q{pj, where, "parallel.", {}};
     ParallelConfig& pc = t.parallel;
+    pc.dp_given = q.has("dp");
     pc.dp = q.i64("dp", pc.dp, 1, 1 << 20);
     pc.ep = q.i64("ep", pc.ep, 1, 1 << 20);
     pc.pp = q.i64("pp", pc.pp, 1, 1 << 20);

@@ -34,22 +34,17 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
     : cfg_(cfg), ps_(ps), lay_(lay), dp_(dp) {
   DSV3_ASSERT(dp.size() == lay.dp);
   const int64_t n = ps.numel(), blocks = (n + kBlock - 1) / kBlock;
-  shard_.resize(size_t(lay.dp));
   for (int q = 0; q < lay.dp; ++q) {
     int64_t b, e;
     split_range(blocks, lay.dp, q, &b, &e);
-    shard_[size_t(q)] = std::min(e * kBlock, n) - std::min(b * kBlock, n);
+    shard_.push_back(std::min(e * kBlock, n) - std::min(b * kBlock, n));
+    shard_blocks_.push_back(e - b);
     if (q == lay.dp_rank) {
       lo_ = std::min(b * kBlock, n);
       hi_ = std::min(e * kBlock, n);
       block_lo_ = b;
       block_hi_ = e;
     }
-  }
-  for (int q = 0; q < lay.dp; ++q) {
-    int64_t b, e;
-    split_range(blocks, lay.dp, q, &b, &e);
-    shard_blocks_.push_back(e - b);
   }
   // The trainable storage (not the MTP aliases, not the router bias), merged into ranges.
   for (const ParamInfo& p : ps.infos()) {
@@ -165,18 +160,20 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
     const int64_t S = hi_ - lo_;
     std::vector<int64_t> sc(static_cast<size_t>(P)), sd(sc), rc(sc), rd(sc);
     int64_t off = 0;
-    for (int q = 0; q < P; ++q) {
-      sc[size_t(q)] = shard_[size_t(q)] * 4;
-      sd[size_t(q)] = off * 4;
+    for (int q = 0; q < P; ++q) {  // in floats
+      sc[size_t(q)] = shard_[size_t(q)];
+      sd[size_t(q)] = off;
       off += shard_[size_t(q)];
-      rc[size_t(q)] = S * 4;
-      rd[size_t(q)] = int64_t(q) * S * 4;
+      rc[size_t(q)] = S;
+      rd[size_t(q)] = int64_t(q) * S;
     }
-    dp_.ialltoallv(grads_.data(), sc, sd, pieces_.data(), rc, rd).wait();
-    std::vector<float*> v;
-    for (int q = 0; q < P; ++q) v.push_back(pieces_.data() + int64_t(q) * S);
-    tree_sum(v, S);
-    std::memcpy(grads_.data() + lo_, pieces_.data(), size_t(S) * sizeof(float));
+    dp_.ialltoallv(grads_.data(), sc, sd, pieces_.data(), rc, rd, sizeof(float)).wait();
+    if (S > 0) {  // a tiny model may leave a rank no block
+      std::vector<float*> v;
+      for (int q = 0; q < P; ++q) v.push_back(pieces_.data() + int64_t(q) * S);
+      tree_sum(v, S);
+      std::memcpy(grads_.data() + lo_, pieces_.data(), size_t(S) * sizeof(float));
+    }
   }
   // ‖g‖: per-block partial sums, gathered, added in block order.
   const int64_t blocks = (n + kBlock - 1) / kBlock;

@@ -89,12 +89,22 @@ struct State {
 TensorView full_moment(const State& st, int which, std::vector<uint8_t>& buf) {
   const TensorView mine = st.ts.adam().moment(which);
   if (st.d.dp.size() == 1) return mine;
-  const int64_t es = int64_t(dtype_size(mine.dtype));
-  buf.resize(size_t(st.ps.numel() * es));
-  std::vector<int64_t> bytes(st.ts.shard_sizes().size());
-  for (size_t q = 0; q < bytes.size(); ++q) bytes[q] = st.ts.shard_sizes()[q] * es;
-  std::memcpy(buf.data() + st.ts.lo() * es, mine.data, size_t(mine.numel() * es));
-  st.d.dp.gather(buf.data(), bytes, 0);
+  const std::vector<int64_t>& counts = st.ts.shard_sizes();
+  if (mine.dtype == DType::BF16) {
+    uint16_t* all = nullptr;
+    if (st.d.lead()) {
+      buf.resize(size_t(st.ps.numel()) * 2);
+      all = reinterpret_cast<uint16_t*>(buf.data());
+    }
+    st.d.dp.gather(mine.ptr<uint16_t>(), all, counts, 0);
+  } else {
+    float* all = nullptr;
+    if (st.d.lead()) {
+      buf.resize(size_t(st.ps.numel()) * 4);
+      all = reinterpret_cast<float*>(buf.data());
+    }
+    st.d.dp.gather(mine.ptr<float>(), all, counts, 0);
+  }
   return TensorView(buf.data(), mine.dtype, {st.ps.numel()});
 }
 
@@ -249,15 +259,18 @@ int run_training(const TrainRunOptions& o) {
              "dsv3 train needs --config, --data and --out");
   TrainConfig cfg = load_train_config(o.config_path);
   ParallelConfig& pc = cfg.parallel;
-  if (o.dp > 0) pc.dp = o.dp;
+  if (o.dp > 0) pc.dp = o.dp, pc.dp_given = true;
   if (o.ep > 0) pc.ep = o.ep;
   if (o.pp > 0) pc.pp = o.pp;
   if (o.micro_batches > 0) pc.micro_batches = o.micro_batches;
   if (o.max_nodes >= 0) pc.max_nodes = o.max_nodes;
   if (o.ranks_per_node >= 0) pc.ranks_per_node = o.ranks_per_node;
   if (!o.schedule.empty()) pc.schedule = o.schedule;
-  // Under mpirun without a "parallel" layout, every rank is a data-parallel rank.
-  if (pc.dp * pc.pp == 1 && dist::launched_by_mpi()) pc.dp = dist::Comm::world().size();
+  // Several copies of a build without MPI would each train alone and race for OUT.
+  DSV3_CHECK(!dist::launched_by_mpi() || dist::mpi_built(), "started by mpirun, but this dsv3 was built "
+             "without MPI (install libopenmpi-dev and openmpi-bin, then rebuild)");
+  // Under mpirun without a dp of its own, the ranks of each stage are data-parallel ranks.
+  if (!pc.dp_given && dist::launched_by_mpi()) pc.dp = std::max<int64_t>(1, dist::Comm::world().size() / pc.pp);
   Dist d;
   d.world = &dist::Comm::world();
   try {
@@ -359,6 +372,10 @@ int run_training(const TrainRunOptions& o) {
 
   std::signal(SIGINT, dsv3_on_signal);
   std::signal(SIGTERM, dsv3_on_signal);
+  // mpirun turns SIGINT/SIGTERM into SIGTERM then SIGKILL a second later, too soon for a
+  // checkpoint; it forwards SIGUSR1 to every rank as is: `kill -USR1 <mpirun pid>` stops a
+  // distributed run with a checkpoint (docs/distributed.md).
+  std::signal(SIGUSR1, dsv3_on_signal);
   FILE* metrics = nullptr;
   if (lead) {
     metrics = std::fopen((fs::path(o.out_dir) / "metrics.jsonl").c_str(), o.resume ? "a" : "w");
@@ -436,13 +453,13 @@ int run_training(const TrainRunOptions& o) {
         std::fprintf(stderr, "%s\n", line);
     }
     const bool ckpt_due = cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0;
-    // mpirun forwards SIGINT/SIGTERM to every rank, but not at the same instant: the ranks
-    // agree (one flag reduced over the job) so that all stop after the same step.
+    // A signal reaches the ranks at different instants: they agree (one flag reduced over the
+    // job) so that all stop after the same step.
     int32_t sig = int32_t(g_signal);
     d.world->allreduce_max(&sig, 1);
     if (sig) {
-      stopped = sig == SIGINT ? "SIGINT" : "SIGTERM";
-      exit_code = sig == SIGINT ? 130 : 143;
+      stopped = sig == SIGINT ? "SIGINT" : sig == SIGUSR1 ? "SIGUSR1" : "SIGTERM";
+      exit_code = 128 + sig;
       ++step;
       break;
     }

@@ -14,9 +14,9 @@
 // A fresh run (no --resume) refuses an OUT whose `latest` names a checkpoint.
 //
 // Under mpirun (docs/distributed.md) every rank runs this loop on its share of each batch
-// (parallel/layout.h); rank 0 alone writes OUT. Gradients are reduce-scattered over the
-// data-parallel group, each rank updates its ZeRO-1 shard, and the parameters are
-// all-gathered: the run computes what one process computes for the same global batch.
+// (parallel/layout.h); rank 0 alone writes OUT. Each rank receives the sum of its ZeRO-1
+// shard of the gradient, updates the shard, and the parameters are all-gathered: the run
+// computes the bits one process computes with as many micro-batches (train/train_step.h).
 // Checkpoints are written into a temporary directory and renamed: a crash mid-write leaves the
 // previous checkpoint and `latest` intact.
 #pragma once
@@ -38,7 +38,8 @@ struct TrainRunOptions {
   bool quiet = false;     // no progress line
 };
 
-// Returns the process exit code: 0 done, 130/143 stopped by a signal (checkpoint saved),
+// Returns the process exit code: 0 done, 128 + the signal when stopped by SIGINT (130), SIGTERM
+// (143) or SIGUSR1 (138; what mpirun forwards unchanged) with a checkpoint saved,
 // 3 stopped on a non-finite loss (last good checkpoint kept).
 int run_training(const TrainRunOptions& o);
 
