@@ -33,6 +33,7 @@ struct Layout {
   int dp_rank = 0;     // rank % dp: place in the stage's data-parallel group
   int ep_rank = 0;     // dp_rank % ep: place in the expert-parallel group
   int micro_batches = 1;
+  std::string schedule = "1f1b";  // the pipeline schedule (pp > 1)
   // Node-limited routing: a token's experts on ≤ max_nodes of the EP group's nodes of
   // ranks_per_node ranks (0: off). `nodes` lets one process route as an EP run would (tests).
   int max_nodes = 0, ranks_per_node = 0, nodes = 0;

@@ -23,6 +23,7 @@
 #include "train/optim.h"
 #include "train/params.h"
 #include "train/train_config.h"
+#include "train/pipeline_exec.h"
 #include "train/train_model.h"
 
 namespace dsv3 {
@@ -39,8 +40,10 @@ struct StepResult {
 class TrainStep {
  public:
   // dp / ep: this rank's groups (they must outlive the object); one process: Comm().
+  // With pipeline stages (lay.pp > 1): dp is the ZeRO group, all dp × pp ranks of the job in
+  // world order, and pipe the pipeline group of this rank's dp_rank (rank = stage).
   TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& lay, const dist::Comm& dp,
-            const dist::Comm& ep, int threads);
+            const dist::Comm& ep, int threads, const dist::Comm* pipe = nullptr);
   ~TrainStep();
 
   // Forward and backward of this rank's rows of batch [global_batch, T + 1] (every rank
@@ -55,7 +58,7 @@ class TrainStep {
   const std::vector<float>& grads() const { return grads_; }
   int64_t lo() const { return lo_; }
   int64_t hi() const { return hi_; }
-  const std::vector<int64_t>& shard_sizes() const { return shard_; }  // [dp]
+  const std::vector<int64_t>& shard_sizes() const { return shard_; }  // [ZeRO group size]
 
  private:
   const TrainConfig& cfg_;
@@ -64,6 +67,11 @@ class TrainStep {
   const dist::Comm& dp_;
   std::unique_ptr<AdamW> adam_;
   std::unique_ptr<TrainModel> model_;
+  const dist::Comm* pipe_ = nullptr;
+  std::unique_ptr<pipe::Schedule> sched_;
+  std::unique_ptr<PipelineExec> exec_;
+  int Z_ = 1, zr_ = 0;               // ZeRO group: size and this rank's place (dp, or dp × pp)
+  std::vector<int64_t> moe_layers_;  // the MoE layers of a step, in forward order (loads, balance)
   void block_sumsq(int64_t b0, int64_t b1, double* out) const;
 
   std::vector<float> grads_;                 // [numel] the step's gradient (this rank's micro-batch 0 first)

@@ -73,7 +73,9 @@ struct Dist {
   Layout lay;
   dist::Comm* world = nullptr;
   dist::Comm dp, ep;
+  dist::Comm zero, pipe;  // pp > 1: the ZeRO group (every rank) and this dp rank's pipeline
   bool lead() const { return lay.rank == 0; }
+  const dist::Comm& zero_group() const { return lay.pp > 1 ? zero : dp; }
 };
 
 struct State {
@@ -88,13 +90,13 @@ struct State {
 // calls this; one process: the moment itself).
 TensorView full_moment(const State& st, int which, std::vector<uint8_t>& buf) {
   const TensorView mine = st.ts.adam().moment(which);
-  if (st.d.dp.size() == 1) return mine;
+  if (st.d.zero_group().size() == 1) return mine;
   const int64_t es = int64_t(dtype_size(mine.dtype));
   buf.resize(size_t(st.ps.numel() * es));
   std::vector<int64_t> bytes(st.ts.shard_sizes().size());
   for (size_t q = 0; q < bytes.size(); ++q) bytes[q] = st.ts.shard_sizes()[q] * es;
   std::memcpy(buf.data() + st.ts.lo() * es, mine.data, size_t(mine.numel() * es));
-  st.d.dp.gather(buf.data(), bytes, 0);
+  st.d.zero_group().gather(buf.data(), bytes, 0);
   return TensorView(buf.data(), mine.dtype, {st.ps.numel()});
 }
 
@@ -256,8 +258,10 @@ int run_training(const TrainRunOptions& o) {
   if (o.max_nodes >= 0) pc.max_nodes = o.max_nodes;
   if (o.ranks_per_node >= 0) pc.ranks_per_node = o.ranks_per_node;
   if (!o.schedule.empty()) pc.schedule = o.schedule;
-  // Under mpirun without a "parallel" layout, every rank is a data-parallel rank.
-  if (pc.dp * pc.pp == 1 && dist::launched_by_mpi()) pc.dp = dist::Comm::world().size();
+  // Under mpirun without a data-parallel size, the ranks not used by the pipeline are
+  // data-parallel ranks (with neither, every rank is).
+  if (pc.dp == 1 && dist::launched_by_mpi() && dist::Comm::world().size() % pc.pp == 0)
+    pc.dp = dist::Comm::world().size() / pc.pp;
   Dist d;
   d.world = &dist::Comm::world();
   try {
@@ -267,6 +271,10 @@ int run_training(const TrainRunOptions& o) {
   }
   d.dp = d.world->split(d.lay.stage, d.lay.dp_rank);
   d.ep = d.dp.split(d.lay.dp_rank / d.lay.ep, d.lay.ep_rank);
+  if (d.lay.pp > 1) {
+    d.zero = d.world->split(0, d.lay.rank);
+    d.pipe = d.world->split(d.lay.dp_rank, d.lay.stage);
+  }
   const bool lead = d.lead();
   // Ranks on one machine share its cores (OMPI_COMM_WORLD_LOCAL_SIZE: ranks on this node).
   int threads = o.threads;
@@ -298,7 +306,7 @@ int run_training(const TrainRunOptions& o) {
 
   ParamSet ps(cfg.model, cfg.mtp);
   std::vector<float> params(size_t(ps.numel()));
-  TrainStep ts(cfg, ps, d.lay, d.dp, d.ep, threads);
+  TrainStep ts(cfg, ps, d.lay, d.zero_group(), d.ep, threads, d.lay.pp > 1 ? &d.pipe : nullptr);
   AdamW& adam = ts.adam();
   data::LoaderOptions lo_opt;
   lo_opt.seq_len = cfg.seq_len;
