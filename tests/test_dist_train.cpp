@@ -433,6 +433,29 @@ TEST(DistTrainCli, PipelineRunComputesTheBitsOfOneProcess) {
   }
 }
 
+// A pipeline run's checkpoint (parameters and moments gathered from every stage's ZeRO
+// shards) resumes in one process, and one process's resumes in a pipeline, bit for bit.
+TEST(DistTrainCli, PipelineResumesIntoAnotherLayout) {
+  NEED_MPIRUN();
+  const std::string cfg = cli_config("pp-resume");
+  const fs::path ref = fresh("pp-resume-ref"), a = fresh("pp-resume-2to1"), b = fresh("pp-resume-1to2");
+  ASSERT_EQ(cli(train_args(cfg, ref) + " --micro-batches 4").rc, 0);
+  const CliRun a1 = mpi_train(2, cfg, a, "--steps 10 --pp 2 --schedule zb1p --micro-batches 4");
+  ASSERT_EQ(a1.rc, 0) << a1.err;
+  const CliRun a2 = cli(train_args(cfg, a) + " --resume --micro-batches 4");
+  ASSERT_EQ(a2.rc, 0) << a2.err;
+  const CliRun b1 = cli(train_args(cfg, b) + " --steps 10 --micro-batches 4");
+  ASSERT_EQ(b1.rc, 0) << b1.err;
+  const CliRun b2 = mpi_train(2, cfg, b, "--resume --pp 2 --schedule dualpipev --micro-batches 4");
+  ASSERT_EQ(b2.rc, 0) << b2.err;
+  for (const fs::path& run : {a, b}) {
+    const std::vector<json> mr = metrics(run), mf = metrics(ref);
+    ASSERT_EQ(mr.size(), mf.size()) << run;
+    for (size_t i = 0; i < mr.size(); ++i) expect_same_metrics(mr[i], mf[i]);
+    EXPECT_TRUE(master_params(run / latest(run)) == master_params(ref / latest(ref))) << run;
+  }
+}
+
 // --ep 2 through the CLI: experts sharded over the two ranks. Not the same bits as one
 // process (an owner computes each expert over both ranks' rows at once), so the first step —
 // the same weights on both sides — is compared to 1e-6, and the run must finish.
