@@ -177,11 +177,12 @@ void run_bitwise(int64_t dp, int64_t m) {
 // micro-batches per pipeline compute the bits of one process with dp × m micro-batches —
 // losses, loads, the norm, every gradient (each rank's ZeRO shard, at the same weights every
 // step since the weights stay equal) and the weights, step after step.
-void run_pipeline_bitwise(int64_t dp, int64_t pp, const std::string& schedule, int64_t m) {
+void run_pipeline_bitwise(int64_t dp, int64_t pp, const std::string& schedule, int64_t m,
+                          const char* precision = "f32") {
   SCOPED_TRACE("dp " + std::to_string(dp) + " pp " + std::to_string(pp) + " " + schedule + " M " +
-               std::to_string(m));
+               std::to_string(m) + " " + precision);
   dist::Comm& world = dist::Comm::world();
-  const TrainConfig cfg = tiny_config("f32", 4);  // 4 main layers (a dense one, then MoE)
+  const TrainConfig cfg = tiny_config(precision, 4);  // 4 main layers (a dense one, then MoE)
   const Layout lay = make_layout({.dp = dp, .pp = pp, .schedule = schedule, .micro_batches = m}, cfg.model,
                                  cfg.batch, world.size(), world.rank());
   const dist::Comm zero = world.split(0, world.rank()), pipe = world.split(lay.dp_rank, lay.stage), epc;
@@ -218,8 +219,9 @@ void run_pipeline_bitwise(int64_t dp, int64_t pp, const std::string& schedule, i
 // The stage API in one process: the model cut into 3 stages (forward 0, 1, 2, backward 2, 1,
 // 0; the MTP embedding rows handed from the last stage to the first), with and without the
 // weight gradients deferred to a W, gives step()'s losses and gradient bit for bit.
-TEST(DistTrain, StagesInOneProcessEqualStep) {
-  const TrainConfig cfg = tiny_config("f32", 4);
+void expect_stages_equal_step(const char* prec) {
+  SCOPED_TRACE(prec);
+  const TrainConfig cfg = tiny_config(prec, 4);
   ParamSet ps(cfg.model, cfg.mtp);
   std::vector<float> p(size_t(ps.numel()));
   ps.init(p.data(), cfg.seed);
@@ -255,6 +257,10 @@ TEST(DistTrain, StagesInOneProcessEqualStep) {
   }
 }
 
+TEST(DistTrain, StagesInOneProcessEqualStep) {
+  for (const char* prec : {"f32", "bf16", "fp8"}) expect_stages_equal_step(prec);
+}
+
 TEST(DistTrain, PipelineBitwiseEqualToOneProcess) {
   const int64_t n = dist::Comm::world().size();
   if (n == 1) GTEST_SKIP() << "needs mpirun (ctest: mpi_dist_train_np2 / _np4)";
@@ -267,6 +273,9 @@ TEST(DistTrain, PipelineBitwiseEqualToOneProcess) {
   }
   if (n == 4)  // dp 2 × pp 2
     for (const char* sch : {"1f1b", "zb1p", "dualpipe", "dualpipev"}) run_pipeline_bitwise(2, 2, sch, 4);
+  // BF16 and FP8 GEMMs: the deferred weight gradients keep each GEMM's mode (the router F32).
+  if (n == 2)
+    for (const char* prec : {"bf16", "fp8"}) run_pipeline_bitwise(1, 2, "dualpipe", 4, prec);
 }
 
 TEST(DistTrain, BitwiseEqualToOneProcessWithTheSameUnits) {
