@@ -6,7 +6,8 @@
 // ranks: attention replicated, routed experts sharded). Each data-parallel rank draws
 // global_batch / dp of the step's sequences — the rows [dp_rank·b, (dp_rank+1)·b) of the
 // global batch, in micro_batches pieces — so the run sees exactly the batches one process
-// sees.
+// sees. With pp > 1 the ranks with the same dp_rank form a pipeline running `schedule`
+// (parallel/schedule.h) over the stages (train/pipeline_exec.h).
 #pragma once
 #include <cstdint>
 #include <string>

@@ -12,6 +12,10 @@
 // the same U whose micro_batches are powers of two (so a rank's units form whole subtrees)
 // produce the same bits — `mpirun -np 4 dsv3 train` and `dsv3 train --micro-batches 4`
 // (tests/test_dist_train.cpp). Against another U the results differ by rounding only.
+//
+// With pipeline stages (lay.pp > 1) a rank runs its pipeline's schedule (PipelineExec) on its
+// stages, each micro-batch into its own arena; the other stages' tensors stay exactly zero, so
+// ZeRO-1 over all dp × pp ranks (stage pieces first, then the dp tree) keeps the same sums.
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -135,6 +135,7 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
   j["config"] = st.cfg.text;
   j["layout"] = {{"dp", st.d.lay.dp}, {"ep", st.d.lay.ep}, {"pp", st.d.lay.pp},
                  {"micro_batches", st.d.lay.micro_batches}};
+  if (st.d.lay.pp > 1) j["layout"]["schedule"] = st.d.lay.schedule;
   write_file_atomic((tmp / "trainer" / "trainer_state.json").string(), j.dump(1));
   const fs::path final_dir = fs::path(out) / name;
   fs::remove_all(final_dir);
@@ -358,9 +359,10 @@ int run_training(const TrainRunOptions& o) {
     ps.init(params.data(), cfg.seed);
   }
   if (lead && d.lay.world > 1)
-    std::fprintf(stderr, "dsv3 train: %d ranks, dp %d × pp %d, ep %d, %d micro-batch%s of %lld sequences per "
+    std::fprintf(stderr, "dsv3 train: %d ranks, dp %d × pp %d%s%s, ep %d, %d micro-batch%s of %lld sequences per "
                  "rank, ZeRO-1 shards of %lld parameters, %d threads per rank\n", d.lay.world, d.lay.dp,
-                 d.lay.pp, d.lay.ep, d.lay.micro_batches, d.lay.micro_batches == 1 ? "" : "es",
+                 d.lay.pp, d.lay.pp > 1 ? " " : "", d.lay.pp > 1 ? d.lay.schedule.c_str() : "", d.lay.ep,
+                 d.lay.micro_batches, d.lay.micro_batches == 1 ? "" : "es",
                  (long long)d.lay.micro_batch, (long long)(ts.hi() - ts.lo()), resolve_threads(threads));
 
   const State st{cfg, ps, params, ts, d};
