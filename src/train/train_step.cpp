@@ -96,6 +96,38 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
       for (size_t k = 0; k < w.mtp.size(); ++k)
         if (w.mtp[k].block.is_moe) moe_layers_.push_back(int64_t(w.layers.size() + k));
   }
+  // Which ranks' pieces of which shards can be non-zero: every one without pipeline stages;
+  // with them, a tensor's gradient comes only from the pipeline ranks holding its stage (the
+  // embedding: stage 0, a main layer: its stage, the rest: the last), all their dp ranks.
+  piece_.assign(size_t(Z_) * size_t(Z_), lay.pp > 1 ? 0 : 1);
+  if (lay.pp > 1) {
+    const int64_t Lm = cfg.model.num_hidden_layers;
+    const int ns = sched_->n_stages;
+    std::vector<int64_t> shard_lo(size_t(Z_ + 1), 0);
+    for (int q = 0; q < Z_; ++q) shard_lo[size_t(q + 1)] = shard_lo[size_t(q)] + shard_[size_t(q)];
+    for (const ParamInfo& p : ps.infos()) {
+      if (p.alias) continue;
+      int st = ns - 1;
+      const std::string& nm = p.spec.name;
+      if (nm.rfind("model.embed_tokens.", 0) == 0) {
+        st = 0;
+      } else if (nm.rfind("model.layers.", 0) == 0) {
+        const int64_t l = std::stoll(nm.substr(13));
+        for (int s = 0; s < ns && l < Lm; ++s) {
+          const StageSpan sp = stage_span(Lm, ns, s);
+          if (l >= sp.l0 && l < sp.l1) st = s;
+        }
+      }
+      const int64_t b = p.offset, e = p.offset + p.spec.numel();
+      for (int r = 0; r < lay.pp; ++r)
+        for (int c = 0; c < sched_->chunks; ++c) {
+          if (sched_->chunk_stage(r, c) != st) continue;
+          for (int d = 0; d < lay.dp; ++d)
+            for (int o = 0; o < Z_; ++o)
+              if (b < shard_lo[size_t(o + 1)] && shard_lo[size_t(o)] < e) piece_[size_t((r * lay.dp + d) * Z_ + o)] = 1;
+        }
+    }
+  }
   grads_.resize(size_t(n));
   units_.resize(size_t(lay.micro_batches - 1));
   for (auto& u : units_) u.resize(size_t(n));
@@ -206,30 +238,42 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
   // stages the pieces of one data-parallel rank's stages are added first (one is non-zero, or
   // DualPipe's two copies: direction 0's micro-batches, the first half, then direction 1's),
   // then the data-parallel ranks in the tree.
+  int64_t pieces_sent = 0;
   if (Z_ > 1) {
     const int P = Z_;
     const int64_t S = hi_ - lo_;
+    auto nonzero = [&](int q, int o) { return piece_[size_t(q) * size_t(P) + size_t(o)] != 0; };
     std::vector<int64_t> sc(static_cast<size_t>(P)), sd(sc), rc(sc), rd(sc);
     int64_t off = 0;
     for (int q = 0; q < P; ++q) {
-      sc[size_t(q)] = shard_[size_t(q)] * 4;
+      sc[size_t(q)] = nonzero(zr_, q) ? shard_[size_t(q)] * 4 : 0;
+      if (q != zr_) pieces_sent += sc[size_t(q)];
       sd[size_t(q)] = off * 4;
       off += shard_[size_t(q)];
-      rc[size_t(q)] = S * 4;
+      rc[size_t(q)] = nonzero(q, zr_) ? S * 4 : 0;
       rd[size_t(q)] = int64_t(q) * S * 4;
     }
     dp_.ialltoallv(grads_.data(), sc, sd, pieces_.data(), rc, rd).wait();
     std::vector<float*> v;
     for (int d = 0; d < lay_.dp; ++d) {
-      float* a = pieces_.data() + int64_t(d) * S;  // stage 0's rank of data-parallel rank d
-      for (int st = 1; st < lay_.pp; ++st) {
-        const float* b = pieces_.data() + int64_t(st * lay_.dp + d) * S;
+      float* a = nullptr;  // the first non-zero piece of data-parallel rank d's stages
+      for (int st = 0; st < lay_.pp; ++st) {
+        const int q = st * lay_.dp + d;
+        if (!nonzero(q, zr_)) continue;
+        float* b = pieces_.data() + int64_t(q) * S;
+        if (a == nullptr) {
+          a = b;
+          continue;
+        }
         for (int64_t k = 0; k < S; ++k) a[k] += b[k];
       }
-      v.push_back(a);
+      DSV3_ASSERT(a != nullptr || S == 0);
+      if (a != nullptr) v.push_back(a);
     }
-    tree_sum(v, S);
-    std::memcpy(grads_.data() + lo_, pieces_.data(), size_t(S) * sizeof(float));
+    if (S > 0) {
+      tree_sum(v, S);
+      std::memcpy(grads_.data() + lo_, v[0], size_t(S) * sizeof(float));
+    }
   }
   // ‖g‖: per-block partial sums, gathered, added in block order.
   const int64_t blocks = (n + kBlock - 1) / kBlock;
@@ -246,7 +290,7 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
     // other rank (apply()), and the step's small vectors: unit losses, loads, norm blocks.
     const int64_t S = hi_ - lo_, others = Z_ - 1;
     const int64_t small = lay_.pp > 1 ? int64_t(unit_losses.size()) * 8 : int64_t(m * per) * 8 * others;
-    r.comm_bytes_predicted += (n - S) * 4 + S * 4 * others + small + int64_t(load.size()) * 8 +
+    r.comm_bytes_predicted += pieces_sent + S * 4 * others + small + int64_t(load.size()) * 8 +
                               shard_blocks_[size_t(zr_)] * 8 * others;
   }
   r.finite = std::isfinite(r.losses.total) && std::isfinite(r.grad_norm);

@@ -76,6 +76,9 @@ class TrainStep {
   std::unique_ptr<PipelineExec> exec_;
   int Z_ = 1, zr_ = 0;               // ZeRO group: size and this rank's place (dp, or dp × pp)
   std::vector<int64_t> moe_layers_;  // the MoE layers of a step, in forward order (loads, balance)
+  // [Z, Z] piece_[q·Z + o]: rank q's piece of shard o can be non-zero (with pipeline stages,
+  // only where shard o meets a tensor of q's stages; the others are exact zeros, not sent).
+  std::vector<char> piece_;
   void block_sumsq(int64_t b0, int64_t b1, double* out) const;
 
   std::vector<float> grads_;                 // [numel] the step's gradient (this rank's micro-batch 0 first)
