@@ -427,11 +427,14 @@ TEST(DistTrainCli, PipelineRunComputesTheBitsOfOneProcess) {
   const fs::path one = fresh("pp-ref");
   const CliRun a = cli(train_args(cfg, one) + " --micro-batches 4");
   ASSERT_EQ(a.rc, 0) << a.err;
-  for (const char* sch : {"dualpipe", "1f1b"}) {
-    const fs::path many = fresh(std::string("pp2-") + sch);
-    const CliRun b = mpi_train(2, cfg, many, std::string("--pp 2 --schedule ") + sch + " --micro-batches 4");
+  // np 2: one pipeline of 4 micro-batches; np 4: dp 2 (the ranks the pipeline leaves) × pp 2
+  // of 2 micro-batches each — 4 units either way.
+  for (const auto& [np, sch] : {std::pair{2, "dualpipe"}, std::pair{2, "1f1b"}, std::pair{4, "zb1p"}}) {
+    const fs::path many = fresh("pp2-" + std::to_string(np) + sch);
+    const CliRun b = mpi_train(np, cfg, many, std::string("--pp 2 --schedule ") + sch + " --micro-batches " +
+                                                  (np == 2 ? "4" : "2"));
     ASSERT_EQ(b.rc, 0) << b.err;
-    EXPECT_NE(b.err.find("2 ranks, dp 1 × pp 2"), std::string::npos) << b.err;
+    EXPECT_NE(b.err.find(np == 2 ? "2 ranks, dp 1 × pp 2 " : "4 ranks, dp 2 × pp 2 "), std::string::npos) << b.err;
     const std::vector<json> ma = metrics(one), mb = metrics(many);
     ASSERT_EQ(ma.size(), size_t(kSteps));
     ASSERT_EQ(mb.size(), ma.size());
