@@ -37,9 +37,6 @@ Layout make_layout(const ParallelConfig& pc, const ModelConfig& model, int64_t b
              "parallel.schedule = '", pc.schedule, "': expected 1f1b, zb1p, dualpipe or dualpipev");
   DSV3_CHECK(pc.pp >= 1, "parallel.pp = ", pc.pp, " must be at least 1");
   if (pc.pp > 1) {
-    DSV3_CHECK(pc.ep == 1, "parallel.ep = ", pc.ep, " with parallel.pp = ", pc.pp,
-               ": expert parallelism inside pipeline stages is not in this build yet (use ep 1)");
-    DSV3_CHECK(pc.max_nodes == 0, "parallel.max_nodes needs expert parallelism, not in pipeline runs yet");
     DSV3_CHECK(!model.tie_word_embeddings, "parallel.pp = ", pc.pp, " with tie_word_embeddings: the tied "
                "embedding and head live on the first and the last stage; untie them or use pp 1");
     // The schedule's own constraints (DualPipe: pp even, micro_batches even and ≥ 2·pp; ...).

@@ -139,7 +139,7 @@ void PipelineExec::backward(int mb, int chunk, bool split) {
   slot_of_.erase(it);
   if (E_ > 0) de_[size_t(mb)].resize(size_t(E_));
   float* d = grad(chunk, mb);
-  model_.backward_stage(stage_span(layers_, s_.n_stages, st), slot, rows_ + mb * row_elems_, params_,
+  sent_ += model_.backward_stage(stage_span(layers_, s_.n_stages, st), slot, rows_ + mb * row_elems_, params_,
                         (*g_)[size_t(mb)], d, E_ > 0 ? de_[size_t(mb)].data() : nullptr,
                         split ? &deferred_[chunk * s_.micro_batches + mb] : nullptr);
   free_slots_.push_back(slot);

@@ -40,7 +40,8 @@ class PipelineExec {
   // rows [M·b, T + 1]: this pipeline's micro-batches, mb's rows at mb·b·(T + 1); g[mb]:
   // micro-batch mb's gradient arena (zeroed by the caller; this rank's stages' tensors are
   // added). per_stage[mb]: (stage, losses) of each stage of mb that ran here, in stage order.
-  // Returns the bytes this rank sent.
+  // Returns the bytes this rank sent point to point, and the expert-parallel bytes of the
+  // backwards (the forwards' are in their losses).
   int64_t run(const int32_t* rows, const float* params, const std::vector<float*>& g,
               std::vector<std::vector<std::pair<int, StepLosses>>>& per_stage);
 

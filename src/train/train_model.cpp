@@ -437,14 +437,19 @@ StepLosses TrainModel::step(const int32_t* ids, const float* params, float* grad
 
 StepLosses TrainModel::forward_stage(const StageSpan& st, int slot, const int32_t* ids,
                                      const float* params, float* grads, float* x) {
-  return impl_->forward_stage(st, slot, ids, params, grads, x);
+  impl_->ep_bytes = 0;
+  StepLosses L = impl_->forward_stage(st, slot, ids, params, grads, x);
+  L.ep_bytes = impl_->ep_bytes;
+  return L;
 }
 
-void TrainModel::backward_stage(const StageSpan& st, int slot, const int32_t* ids, const float* params,
-                                float* grads, float* d, float* de_rows, std::vector<DeferredWGrad>* defer) {
+int64_t TrainModel::backward_stage(const StageSpan& st, int slot, const int32_t* ids, const float* params,
+                                   float* grads, float* d, float* de_rows, std::vector<DeferredWGrad>* defer) {
+  impl_->ep_bytes = 0;
   impl_->lc.defer = defer;
   impl_->backward_stage(st, slot, ids, params, grads, d, de_rows);
   impl_->lc.defer = nullptr;
+  return impl_->ep_bytes;
 }
 
 void TrainModel::weight_stage(std::vector<DeferredWGrad>& defer) {

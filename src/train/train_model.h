@@ -80,8 +80,10 @@ class TrainModel {
   // defer: ZB's split backward — the training linears' weight gradients are recorded there
   // instead (tlinear.h) and added by weight_stage (the W op); the norm gains, the router and
   // the embedding get theirs here.
-  void backward_stage(const StageSpan& st, int slot, const int32_t* ids, const float* params,
-                      float* grads, float* d, float* de_rows, std::vector<DeferredWGrad>* defer = nullptr);
+  // Returns the expert-parallel bytes this rank sent in it (predicted from the routing; the
+  // forward's are the losses' ep_bytes).
+  int64_t backward_stage(const StageSpan& st, int slot, const int32_t* ids, const float* params,
+                         float* grads, float* d, float* de_rows, std::vector<DeferredWGrad>* defer = nullptr);
   void weight_stage(std::vector<DeferredWGrad>& defer);
   int64_t activation_numel() const;  // B·T·H
   int64_t mtp_rows_numel() const;    // Σ_k B·(T − k)·H
