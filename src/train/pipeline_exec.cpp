@@ -42,7 +42,7 @@ int64_t PipelineExec::run(const int32_t* rows, const float* params, const std::v
   const int last = s_.n_stages - 1;
   // Post every receive of the step first: transfers then complete while this rank computes,
   // and a message never waits for its receive to be posted.
-  auto post = [&](const pipe::Op& op, bool is_f, int mb, int chunk) {
+  auto post = [&](bool is_f, int mb, int chunk) {
     const int st = s_.stage_of(me_, chunk, mb);
     if (is_f) {
       act_[size_t(chunk * s_.micro_batches + mb)].resize(size_t(A_));
@@ -62,12 +62,11 @@ int64_t PipelineExec::run(const int32_t* rows, const float* params, const std::v
                         pipe_.irecv(de_[size_t(mb)].data(), E_ * 4, src, tag(kEmbedRows, 0, mb)));
       }
     }
-    (void)op;
   };
   for (const pipe::Op& op : s_.ops[size_t(me_)]) {
-    if (op.type == pipe::OpType::F || op.type == pipe::OpType::FB) post(op, true, op.mb, op.chunk);
-    if (op.type == pipe::OpType::B) post(op, false, op.mb, op.chunk);
-    if (op.type == pipe::OpType::FB) post(op, false, op.mb2, op.chunk2);
+    if (op.type == pipe::OpType::F || op.type == pipe::OpType::FB) post(true, op.mb, op.chunk);
+    if (op.type == pipe::OpType::B) post(false, op.mb, op.chunk);
+    if (op.type == pipe::OpType::FB) post(false, op.mb2, op.chunk2);
   }
   for (const pipe::Op& op : s_.ops[size_t(me_)]) {
     switch (op.type) {
@@ -86,13 +85,19 @@ int64_t PipelineExec::run(const int32_t* rows, const float* params, const std::v
   return sent_;
 }
 
-void PipelineExec::forward(int mb, int chunk) {
-  const int st = s_.stage_of(me_, chunk, mb), last = s_.n_stages - 1;
-  DSV3_ASSERT(st >= 0);
-  if (auto it = recv_.find(tag(kAct, st, mb)); it != recv_.end()) {
+// Completes the receive posted for tag t, if any (none: the sender is this rank, or nothing
+// comes: the first stage's input, the last stage's output gradient).
+void PipelineExec::wait_recv(int t) {
+  if (auto it = recv_.find(t); it != recv_.end()) {
     it->second.wait();
     recv_.erase(it);
   }
+}
+
+void PipelineExec::forward(int mb, int chunk) {
+  const int st = s_.stage_of(me_, chunk, mb), last = s_.n_stages - 1;
+  DSV3_ASSERT(st >= 0);
+  wait_recv(tag(kAct, st, mb));
   int slot;
   if (!free_slots_.empty()) {
     slot = free_slots_.back();
@@ -126,13 +131,8 @@ void PipelineExec::weight(int mb, int chunk) {
 void PipelineExec::backward(int mb, int chunk, bool split) {
   const int st = s_.stage_of(me_, chunk, mb), last = s_.n_stages - 1;
   DSV3_ASSERT(st >= 0);
-  for (int t : {tag(kGrad, st, mb), tag(kEmbedRows, 0, mb)}) {
-    if (t == tag(kEmbedRows, 0, mb) && st != 0) continue;
-    if (auto it = recv_.find(t); it != recv_.end()) {
-      it->second.wait();
-      recv_.erase(it);
-    }
-  }
+  wait_recv(tag(kGrad, st, mb));
+  if (st == 0) wait_recv(tag(kEmbedRows, 0, mb));
   const auto it = slot_of_.find(chunk * s_.micro_batches + mb);
   DSV3_ASSERT(it != slot_of_.end());
   const int slot = it->second;

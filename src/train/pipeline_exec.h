@@ -7,8 +7,8 @@
 //              gradient to prev; the last stage also sends the MTP modules' embedding-row
 //              gradients to micro-batch mb's first stage, which adds them before its own rows
 //              (the order of one process).
-//   FB         the F then the B; both inputs were posted before the step, so their transfers
-//              run under the other half's compute.
+//   FB         the F then the B; both inputs were posted before the step (how far a transfer
+//              advances during compute is up to MPI's progress engine).
 //   B split    the same with every tlinear weight-gradient GEMM deferred (attention, experts,
 //              dense MLP, router, MTP eh_proj; their dy and x copied, tlinear.h); the norm
 //              gains and the embedding get theirs in B, the head its own in F.
@@ -49,6 +49,7 @@ class PipelineExec {
   void forward(int mb, int chunk);
   void backward(int mb, int chunk, bool split);
   void weight(int mb, int chunk);
+  void wait_recv(int t);
   int tag(int kind, int stage, int mb) const { return (kind * s_.n_stages + stage) * s_.micro_batches + mb; }
   float* act(int chunk, int mb) { return act_[size_t(chunk * s_.micro_batches + mb)].data(); }
   float* grad(int chunk, int mb) { return grad_[size_t(chunk * s_.micro_batches + mb)].data(); }
