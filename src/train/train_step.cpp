@@ -100,6 +100,7 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
   // with them, a tensor's gradient comes only from the pipeline ranks holding its stage (the
   // embedding: stage 0, a main layer: its stage, the rest: the last), all their dp ranks.
   piece_.assign(size_t(Z_) * size_t(Z_), lay.pp > 1 ? 0 : 1);
+  need_ = piece_;
   if (lay.pp > 1) {
     const int64_t Lm = cfg.model.num_hidden_layers;
     const int ns = sched_->n_stages;
@@ -118,13 +119,20 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
           if (l >= sp.l0 && l < sp.l1) st = s;
         }
       }
+      // The MTP modules on the last stage read the embedding too (its gradient rows go to
+      // stage 0, so only stage 0's pieces carry it).
+      const bool mtp_reads = st == 0 && cfg.mtp && ps.with_mtp() && cfg.model.num_nextn_predict_layers > 0;
       const int64_t b = p.offset, e = p.offset + p.spec.numel();
       for (int r = 0; r < lay.pp; ++r)
         for (int c = 0; c < sched_->chunks; ++c) {
-          if (sched_->chunk_stage(r, c) != st) continue;
+          const int cs = sched_->chunk_stage(r, c);
+          if (cs != st && !(mtp_reads && cs == ns - 1)) continue;
           for (int d = 0; d < lay.dp; ++d)
             for (int o = 0; o < Z_; ++o)
-              if (b < shard_lo[size_t(o + 1)] && shard_lo[size_t(o)] < e) piece_[size_t((r * lay.dp + d) * Z_ + o)] = 1;
+              if (b < shard_lo[size_t(o + 1)] && shard_lo[size_t(o)] < e) {
+                need_[size_t((r * lay.dp + d) * Z_ + o)] = 1;
+                if (cs == st) piece_[size_t((r * lay.dp + d) * Z_ + o)] = 1;
+              }
         }
     }
   }
@@ -288,9 +296,9 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
   if (Z_ > 1) {
     // ZeRO-1: the other ranks' pieces of my gradient out, my shard of the weights to each
     // other rank (apply()), and the step's small vectors: unit losses, loads, norm blocks.
-    const int64_t S = hi_ - lo_, others = Z_ - 1;
+    const int64_t others = Z_ - 1;
     const int64_t small = lay_.pp > 1 ? int64_t(unit_losses.size()) * 8 : int64_t(m * per) * 8 * others;
-    r.comm_bytes_predicted += pieces_sent + S * 4 * others + small + int64_t(load.size()) * 8 +
+    r.comm_bytes_predicted += pieces_sent + weight_bytes() + small + int64_t(load.size()) * 8 +
                               shard_blocks_[size_t(zr_)] * 8 * others;
   }
   r.finite = std::isfinite(r.losses.total) && std::isfinite(r.grad_norm);
@@ -301,10 +309,44 @@ std::vector<double> TrainStep::apply(float* params, const StepResult& r, int64_t
   const float clip = clip_factor(r.grad_norm, cfg_.grad_clip);
   if (clip != 1.0f) scale_grads(ps_, grads_.data(), clip, lo_, hi_);
   adam_->step(params, grads_.data(), cfg_.lr.at(step));
-  if (Z_ > 1) dp_.allgather(params, shard_);
+  if (Z_ > 1 && lay_.pp == 1) dp_.allgather(params, shard_);
+  if (lay_.pp > 1) send_weights(params);
   // Aux-loss-free balancing (report §2.1.2): b_i += γ·sign(mean_load − load_i), from the
   // loads of the whole global batch (every rank applies the same update).
   return update_router_bias(ps_.bind(params), cfg_.model, r.losses, cfg_.gamma_at(step));
+}
+
+// With pipeline stages a rank needs the weights of its own stages only: the owner of shard o
+// sends it to the ranks whose stages read it (need_: the gradient pieces' pairs, and the
+// embedding for the last stage's MTP modules).
+// The other tensors of a rank's arena go stale until gather_params().
+void TrainStep::send_weights(float* params) {
+  const int P = Z_;
+  const int64_t S = hi_ - lo_;
+  std::vector<int64_t> sc(size_t(P), 0), sd(size_t(P), 0), rc(size_t(P), 0), rd(size_t(P), 0);
+  int64_t off = 0;
+  for (int q = 0; q < P; ++q) {
+    if (q != zr_ && need_[size_t(q) * size_t(P) + size_t(zr_)]) sc[size_t(q)] = S * 4;
+    if (q != zr_ && need_[size_t(zr_) * size_t(P) + size_t(q)]) rc[size_t(q)] = shard_[size_t(q)] * 4;
+    rd[size_t(q)] = off * 4;
+    off += shard_[size_t(q)];
+  }
+  // The send buffer apart from the receive buffer (MPI forbids them to overlap).
+  shard_out_.assign(params + lo_, params + hi_);
+  dp_.ialltoallv(shard_out_.data(), sc, sd, params, rc, rd).wait();
+}
+
+int64_t TrainStep::weight_bytes() const {
+  if (Z_ == 1) return 0;
+  if (lay_.pp == 1) return (hi_ - lo_) * 4 * (Z_ - 1);
+  int64_t b = 0;
+  for (int q = 0; q < Z_; ++q)
+    if (q != zr_ && need_[size_t(q) * size_t(Z_) + size_t(zr_)]) b += (hi_ - lo_) * 4;
+  return b;
+}
+
+void TrainStep::gather_params(float* params) const {
+  if (lay_.pp > 1) dp_.allgather(params, shard_);
 }
 
 }  // namespace dsv3

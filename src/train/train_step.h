@@ -55,8 +55,11 @@ class TrainStep {
   // grads()[lo(), hi()) holds the summed, unclipped gradient of this rank's shard.
   StepResult compute(const int32_t* batch, const float* params, int64_t step);
   // Clipping, AdamW on the shard, the all-gather of params, the router-bias update. Returns
-  // MaxVio per MoE layer. Call only when compute() was finite.
+  // MaxVio per MoE layer. Call only when compute() was finite. With pipeline stages the shards
+  // go only to the ranks whose stages use them: the rest of a rank's arena is stale until
+  // gather_params() (collective; before a checkpoint or reading the whole arena).
   std::vector<double> apply(float* params, const StepResult& r, int64_t step);
+  void gather_params(float* params) const;
 
   AdamW& adam() { return *adam_; }
   const std::vector<float>& grads() const { return grads_; }
@@ -79,7 +82,11 @@ class TrainStep {
   // [Z, Z] piece_[q·Z + o]: rank q's piece of shard o can be non-zero (with pipeline stages,
   // only where shard o meets a tensor of q's stages; the others are exact zeros, not sent).
   std::vector<char> piece_;
+  std::vector<char> need_;        // [Z, Z] rank q reads weights of shard o (apply() sends them)
+  std::vector<float> shard_out_;  // [hi − lo] this rank's updated weights, sent by apply()
   void block_sumsq(int64_t b0, int64_t b1, double* out) const;
+  void send_weights(float* params);
+  int64_t weight_bytes() const;  // the weights apply() sends
 
   std::vector<float> grads_;                 // [numel] the step's gradient (this rank's micro-batch 0 first)
   std::vector<std::vector<float>> units_;    // [micro_batches − 1][numel] the other micro-batches'

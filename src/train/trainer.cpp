@@ -457,6 +457,7 @@ int run_training(const TrainRunOptions& o) {
       break;
     }
     if (ckpt_due && step + 1 < steps) {
+      ts.gather_params(params.data());  // pipeline stages: every rank's arena whole again
       if (!all_finite(params)) {
         bad_params_at = step + 1;
         exit_code = 3;
@@ -467,6 +468,7 @@ int run_training(const TrainRunOptions& o) {
   }
   if (metrics) std::fclose(metrics);
   if (tty && !quiet) std::fprintf(stderr, "\n");
+  ts.gather_params(params.data());
   if (exit_code != 3 && !all_finite(params)) {
     bad_params_at = step;
     exit_code = 3;
