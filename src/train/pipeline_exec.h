@@ -1,14 +1,14 @@
 // The pipeline executor (docs/distributed.md, "Pipeline parallelism"): runs one rank's ops of
 // a schedule (parallel/schedule.h) for one optimizer step over TrainModel's stage API.
 //
-//   F(mb, c)   wait for the stage input from prev (posted as an irecv before the step),
+//   F(mb, c)   wait for the stage input from prev (its irecv posted a few ops ahead),
 //              forward_stage, isend the output to next.
 //   B(mb, c)   wait for the output gradient from next, backward_stage, isend the input
 //              gradient to prev; the last stage also sends the MTP modules' embedding-row
 //              gradients to micro-batch mb's first stage, which adds them before its own rows
 //              (the order of one process).
-//   FB         the F then the B; both inputs were posted before the step (how far a transfer
-//              advances during compute is up to MPI's progress engine).
+//   FB         the F then the B; both inputs were posted before either computes (how far a
+//              transfer advances during compute is up to MPI's progress engine).
 //   B split    the same with every tlinear weight-gradient GEMM deferred (attention, experts,
 //              dense MLP, router, MTP eh_proj; their dy and x copied, tlinear.h); the norm
 //              gains and the embedding get theirs in B, the head its own in F.
@@ -49,10 +49,17 @@ class PipelineExec {
   void forward(int mb, int chunk);
   void backward(int mb, int chunk, bool split);
   void weight(int mb, int chunk);
+  void post(const pipe::Op& op);
+  void post_one(bool is_f, int mb, int chunk);
   void wait_recv(int t);
+  // Message buffers from a pool, named by key(kind, chunk, mb): taken when a receive is posted
+  // or an output is formed, given back when used and (for a send) when the send completed.
   int tag(int kind, int stage, int mb) const { return (kind * s_.n_stages + stage) * s_.micro_batches + mb; }
-  float* act(int chunk, int mb) { return act_[size_t(chunk * s_.micro_batches + mb)].data(); }
-  float* grad(int chunk, int mb) { return grad_[size_t(chunk * s_.micro_batches + mb)].data(); }
+  int key(int kind, int chunk, int mb) const { return (kind * s_.chunks + chunk) * s_.micro_batches + mb; }
+  float* buffer(int k, int64_t n);  // the buffer of key k, taken from the pool if it has none
+  void release(int k);
+  void send(int k, int64_t n, int dest, int t);
+  void reap_sends(bool wait);
 
   TrainModel& model_;
   const pipe::Schedule& s_;
@@ -60,14 +67,16 @@ class PipelineExec {
   int64_t layers_;
   int me_;
   int64_t A_, E_, row_elems_;  // activation elements, MTP embedding-row elements, ids per micro-batch
-  std::vector<std::vector<float>> act_, grad_;  // [chunks·M][A] stage inputs/outputs and their gradients
-  std::vector<std::vector<float>> de_;          // [M][E]
+  std::vector<std::vector<float>> pool_;        // message buffers, reused across ops and steps
+  std::vector<int> free_bufs_;
+  std::map<int, int> buf_of_;                   // key -> pool index
   std::map<int, dist::Request> recv_;           // posted receives by tag
-  std::vector<dist::Request> sends_;
+  std::vector<std::pair<int, dist::Request>> sends_;  // (key, request) in flight
   std::map<int, int> slot_of_;                  // (chunk·M + mb) -> model slot
   std::vector<int> free_slots_;
   std::map<int, std::vector<DeferredWGrad>> deferred_;  // (chunk·M + mb) -> its W's GEMMs
   int n_slots_ = 0;
+  size_t posted_ = 0;                           // ops whose receives are posted
   // Per run.
   const int32_t* rows_ = nullptr;
   const float* params_ = nullptr;
