@@ -37,10 +37,11 @@ using namespace train_test;
 
 constexpr int64_t kBatch = 8, kSeq = 16, kSteps = 20, kVocab = 96;
 
-TrainConfig tiny_config(const char* precision = "f32") {
+TrainConfig tiny_config(const char* precision = "f32", int layers = 2) {
   json j = train_json(precision);
   j.erase("tokenizer");
   j["model"] = model_json(kVocab);
+  j["model"]["num_hidden_layers"] = layers;
   j["batch"] = kBatch;
   j["seq_len"] = kSeq;
   j["steps"] = kSteps;
@@ -86,7 +87,8 @@ void expect_same_gradients(const ParamSet& ps, const TrainStep& dist, const Trai
 }
 
 struct Layouts {
-  int64_t dp, ep, micro, max_nodes = 0, ranks_per_node = 0;
+  int64_t dp, ep, micro, max_nodes = 0, ranks_per_node = 0, pp = 1;
+  std::string schedule = "1f1b";
 };
 
 void run_equivalence(const Layouts& l) {
@@ -98,9 +100,14 @@ void run_equivalence(const Layouts& l) {
   pc.micro_batches = l.micro;
   pc.max_nodes = l.max_nodes;
   pc.ranks_per_node = l.ranks_per_node;
+  pc.pp = l.pp;
+  pc.schedule = l.schedule;
   const Layout lay = make_layout(pc, cfg.model, cfg.batch, world.size(), world.rank());
   const dist::Comm dpc = world.split(lay.stage, lay.dp_rank);
   const dist::Comm epc = dpc.split(lay.dp_rank / lay.ep, lay.ep_rank);
+  // With pipeline stages: ZeRO over the whole job, and this dp rank's pipeline.
+  const dist::Comm zero = world.split(0, world.rank()), pipe = world.split(lay.dp_rank, lay.stage);
+  const dist::Comm& zg = lay.pp > 1 ? zero : dpc;
   const dist::Comm one_rank;
   Layout lay1 = make_layout(ParallelConfig{}, cfg.model, cfg.batch, 1, 0);
   // Node-limited routing in one process: routed for the same nodes as the EP run.
@@ -116,7 +123,8 @@ void run_equivalence(const Layouts& l) {
   // weights at every step, so the gradients are compared at the same point (on separate
   // trajectories AdamW turns last-bit differences of near-zero gradients into different
   // updates, and gradients a few steps on differ by more than the reduction order).
-  TrainStep dist_step(cfg, ps, lay, dpc, epc, 1), one(cfg, ps, lay1, one_rank, one_rank, 1),
+  TrainStep dist_step(cfg, ps, lay, zg, epc, 1, lay.pp > 1 ? &pipe : nullptr),
+      one(cfg, ps, lay1, one_rank, one_rank, 1),
       probe(cfg, ps, lay1, one_rank, one_rank, 1);
   for (int64_t s = 0; s < kSteps; ++s) {
     const std::vector<int32_t> b = batch_of(s);
@@ -126,7 +134,7 @@ void run_equivalence(const Layouts& l) {
     // F32 gradients summed in another order differ by ~1e-7 relative per element.
     EXPECT_LT(rel(rd.grad_norm, rp.grad_norm), 1e-6) << "step " << s + 1;
     EXPECT_EQ(rd.losses.load, rp.losses.load) << "step " << s + 1;
-    expect_same_gradients(ps, dist_step, probe, dpc, s);
+    expect_same_gradients(ps, dist_step, probe, zg, s);
     ASSERT_TRUE(rd.finite && r1.finite);
     EXPECT_LT(rel(rd.losses.total, r1.losses.total), 1e-6) << "step " << s + 1;
     EXPECT_LT(rel(rd.losses.main, r1.losses.main), 1e-6) << "step " << s + 1;
@@ -136,6 +144,7 @@ void run_equivalence(const Layouts& l) {
       EXPECT_LT(rel(rd.losses.mtp[k], r1.losses.mtp[k]), 1e-6) << "step " << s + 1;
     EXPECT_EQ(rd.losses.load, r1.losses.load) << "step " << s + 1;
     dist_step.apply(pd.data(), rd, s);
+    dist_step.gather_params(pd.data());  // the probe runs the whole model on these weights
     one.apply(p1.data(), r1, s);
   }
 }
@@ -172,6 +181,120 @@ void run_bitwise(int64_t dp, int64_t m) {
   }
 }
 
+// Pipeline stages (docs/distributed.md): dp × pp ranks running `schedule` with m
+// micro-batches per pipeline compute the bits of one process with dp × m micro-batches —
+// losses, loads, the norm, every gradient (each rank's ZeRO shard, at the same weights every
+// step since the weights stay equal) and the weights, step after step.
+void run_pipeline_bitwise(int64_t dp, int64_t pp, const std::string& schedule, int64_t m,
+                          const char* precision = "f32") {
+  SCOPED_TRACE("dp " + std::to_string(dp) + " pp " + std::to_string(pp) + " " + schedule + " M " +
+               std::to_string(m) + " " + precision);
+  dist::Comm& world = dist::Comm::world();
+  const TrainConfig cfg = tiny_config(precision, 4);  // 4 main layers (a dense one, then MoE)
+  const Layout lay = make_layout({.dp = dp, .pp = pp, .schedule = schedule, .micro_batches = m}, cfg.model,
+                                 cfg.batch, world.size(), world.rank());
+  const dist::Comm zero = world.split(0, world.rank()), pipe = world.split(lay.dp_rank, lay.stage), epc;
+  const dist::Comm one_rank;
+  const Layout lay1 = make_layout({.micro_batches = dp * m}, cfg.model, cfg.batch, 1, 0);
+  ParamSet ps(cfg.model, cfg.mtp);
+  std::vector<float> pd(size_t(ps.numel())), p1;
+  ps.init(pd.data(), cfg.seed);
+  p1 = pd;
+  TrainStep ds(cfg, ps, lay, zero, epc, 1, &pipe), one(cfg, ps, lay1, one_rank, one_rank, 1);
+  for (int64_t s = 0; s < kSteps; ++s) {
+    const std::vector<int32_t> b = batch_of(s);
+    const StepResult rd = ds.compute(b.data(), pd.data(), s), r1 = one.compute(b.data(), p1.data(), s);
+    EXPECT_EQ(rd.losses.total, r1.losses.total) << "step " << s + 1;
+    EXPECT_EQ(rd.losses.main, r1.losses.main) << "step " << s + 1;
+    EXPECT_EQ(rd.losses.mtp, r1.losses.mtp) << "step " << s + 1;
+    EXPECT_EQ(rd.losses.balance, r1.losses.balance) << "step " << s + 1;
+    EXPECT_EQ(rd.losses.load, r1.losses.load) << "step " << s + 1;
+    EXPECT_EQ(rd.grad_norm, r1.grad_norm) << "step " << s + 1;
+    for (const ParamInfo& p : ps.infos()) {  // every tensor's part in this rank's shard
+      if (p.alias || !p.trainable) continue;
+      const int64_t lo = std::max(ds.lo(), p.offset), hi = std::min(ds.hi(), p.offset + p.spec.numel());
+      if (lo < hi) {
+        EXPECT_EQ(0, std::memcmp(ds.grads().data() + lo, one.grads().data() + lo, size_t(hi - lo) * sizeof(float)))
+            << p.spec.name << " at step " << s + 1;
+      }
+    }
+    ds.apply(pd.data(), rd, s);
+    one.apply(p1.data(), r1, s);
+    // A rank's own stages' weights are current (the next step's bits depend on them); the
+    // rest of its arena only after gather_params, checked every few steps.
+    if (s % 5 == 4 || s + 1 == kSteps) {
+      ds.gather_params(pd.data());
+      ASSERT_EQ(0, std::memcmp(pd.data(), p1.data(), pd.size() * sizeof(float))) << "weights after step " << s + 1;
+    }
+  }
+}
+
+// The stage API in one process: the model cut into 3 stages (forward 0, 1, 2, backward 2, 1,
+// 0; the MTP embedding rows handed from the last stage to the first), with and without the
+// weight gradients deferred to a W, gives step()'s losses and gradient bit for bit.
+void expect_stages_equal_step(const char* prec) {
+  SCOPED_TRACE(prec);
+  const TrainConfig cfg = tiny_config(prec, 4);
+  ParamSet ps(cfg.model, cfg.mtp);
+  std::vector<float> p(size_t(ps.numel()));
+  ps.init(p.data(), cfg.seed);
+  TrainModelOptions mo;
+  mo.batch = kBatch;
+  mo.seq_len = kSeq;
+  mo.precision = cfg.precision;
+  mo.mtp = cfg.mtp;
+  mo.balance_alpha = cfg.balance_alpha;
+  mo.threads = 1;
+  TrainModel one(ps, mo), staged(ps, mo);
+  const std::vector<int32_t> b = batch_of(0);
+  for (bool split : {false, true}) {
+    std::vector<float> g1(p.size()), g3(p.size());
+    const StepLosses L1 = one.step(b.data(), p.data(), g1.data());
+    std::vector<float> x(size_t(staged.activation_numel())), de(size_t(staged.mtp_rows_numel()));
+    double balance = 0, main = 0;
+    std::vector<double> mtp;
+    for (int s = 0; s < 3; ++s) {
+      const StepLosses L = staged.forward_stage(stage_span(4, 3, s), s, b.data(), p.data(), g3.data(), x.data());
+      for (double v : L.balance_layer) balance += v;
+      if (s == 2) main = L.main, mtp = L.mtp;
+    }
+    std::vector<std::vector<DeferredWGrad>> w(3);
+    for (int s = 2; s >= 0; --s)
+      staged.backward_stage(stage_span(4, 3, s), s, b.data(), p.data(), g3.data(), x.data(), de.data(),
+                            split ? &w[size_t(s)] : nullptr);
+    for (int s = 0; s < 3; ++s) staged.weight_stage(w[size_t(s)]);
+    EXPECT_EQ(main, L1.main);
+    EXPECT_EQ(mtp, L1.mtp);
+    EXPECT_EQ(balance, L1.balance);
+    EXPECT_EQ(0, std::memcmp(g1.data(), g3.data(), g1.size() * sizeof(float))) << "split " << split;
+  }
+}
+
+TEST(DistTrain, StagesInOneProcessEqualStep) {
+  for (const char* prec : {"f32", "bf16", "fp8"}) expect_stages_equal_step(prec);
+}
+
+TEST(DistTrain, PipelineBitwiseEqualToOneProcess) {
+  const int64_t n = dist::Comm::world().size();
+  if (n == 1) GTEST_SKIP() << "needs mpirun (ctest: mpi_dist_train_np2 / _np4)";
+  // pp = n: every schedule, with the micro-batches each allows (DualPipe(V): M ≥ 2·pp).
+  for (const char* sch : {"1f1b", "zb1p", "dualpipe", "dualpipev"}) {
+    const bool dual = std::string(sch).rfind("dual", 0) == 0;
+    if (std::string(sch) == "dualpipe" && n % 2 != 0) continue;
+    run_pipeline_bitwise(1, n, sch, dual ? 2 * n : n);
+    if (!dual && n == 2) run_pipeline_bitwise(1, n, sch, 4);
+  }
+  // Fewer micro-batches than stages (a pipeline that never fills).
+  run_pipeline_bitwise(1, n, "zb1p", 1);
+  if (n == 4) {
+    run_pipeline_bitwise(1, 4, "1f1b", 2);
+    for (const char* sch : {"1f1b", "zb1p", "dualpipe", "dualpipev"}) run_pipeline_bitwise(2, 2, sch, 4);  // dp 2 × pp 2
+  }
+  // BF16 and FP8 GEMMs: the deferred weight gradients keep each GEMM's mode (the router F32).
+  if (n == 2)
+    for (const char* prec : {"bf16", "fp8"}) run_pipeline_bitwise(1, 2, "dualpipe", 4, prec);
+}
+
 TEST(DistTrain, BitwiseEqualToOneProcessWithTheSameUnits) {
   const int64_t n = dist::Comm::world().size();
   run_bitwise(n, 1);
@@ -189,6 +312,15 @@ TEST(DistTrain, ExpertParallelMatchesOneProcess) {
   if (n == 1) GTEST_SKIP() << "needs mpirun (ctest: mpi_dist_train_np2 / _np4)";
   run_equivalence({n, n, 1});
   if (n == 4) run_equivalence({4, 2, 2});
+}
+
+// Expert parallelism inside pipeline stages (4 ranks: dp 2 × pp 2, each stage's two dp ranks
+// its EP group): the EP ranks of a stage run the same ops in the same order, so their
+// exchanges pair up; within tolerances of one process, as EP without pipelines.
+TEST(DistTrain, ExpertParallelInsidePipelineStages) {
+  if (dist::Comm::world().size() != 4) GTEST_SKIP() << "needs mpirun -np 4";
+  run_equivalence({2, 2, 2, 0, 0, 2, "1f1b"});
+  run_equivalence({2, 2, 4, 0, 0, 2, "dualpipe"});
 }
 
 // Node-limited routing (report §2.1.2): 4 EP ranks on 2 nodes of 2, each token's experts on
@@ -222,7 +354,12 @@ TEST(DistLayout, RefusesInconsistentLayouts) {
   refused({.dp = 2, .micro_batches = 8}, 2, "parallel.micro_batches");
   refused({.dp = 2, .ep = 2, .max_nodes = 3}, 2, "parallel.max_nodes = 3");
   refused({.dp = 2, .max_nodes = 1}, 2, "needs expert parallelism");
-  refused({.dp = 1, .pp = 2}, 2, "pipeline-parallel execution");
+  refused({.dp = 1, .pp = 2, .schedule = "dualpipe", .micro_batches = 2}, 2, "micro-batches = 2 < 2*pp = 4");
+  refused({.dp = 1, .pp = 3, .schedule = "dualpipe", .micro_batches = 8}, 3, "dualpipe: pipeline ranks pp = 3");
+  const Layout pl = make_layout({.dp = 2, .pp = 2, .micro_batches = 2}, m, kBatch, 4, 1);
+  EXPECT_EQ(pl.stage, 0);
+  EXPECT_EQ(pl.dp_rank, 1);
+  EXPECT_EQ(pl.first_row(), 4);
   ModelConfig six = m;
   six.n_routed_experts = 6;
   try {
@@ -304,6 +441,73 @@ TEST(DistTrainCli, RanksComputeTheBitsOfOneProcess) {
   const std::vector<json> m1 = metrics(t1), m2 = metrics(t2);
   ASSERT_EQ(m1.size(), m2.size());
   for (size_t i = 0; i < m1.size(); ++i) expect_same_metrics(m2[i], m1[i]);
+}
+
+// Two pipeline stages under DualPipe (and 1F1B) through the CLI: the metrics and weights of
+// one process with the same micro-batches, byte for byte, and comm_bytes as predicted.
+TEST(DistTrainCli, PipelineRunComputesTheBitsOfOneProcess) {
+  NEED_MPIRUN();
+  const std::string cfg = cli_config("pp");
+  const fs::path one = fresh("pp-ref");
+  const CliRun a = cli(train_args(cfg, one) + " --micro-batches 4");
+  ASSERT_EQ(a.rc, 0) << a.err;
+  // np 2: one pipeline of 4 micro-batches; np 4: dp 2 (the ranks the pipeline leaves) × pp 2
+  // of 2 micro-batches each — 4 units either way.
+  for (const auto& [np, sch] : {std::pair{2, "dualpipe"}, std::pair{2, "1f1b"}, std::pair{4, "zb1p"}}) {
+    const fs::path many = fresh("pp2-" + std::to_string(np) + sch);
+    const CliRun b = mpi_train(np, cfg, many, std::string("--pp 2 --schedule ") + sch + " --micro-batches " +
+                                                  (np == 2 ? "4" : "2"));
+    ASSERT_EQ(b.rc, 0) << b.err;
+    EXPECT_NE(b.err.find(np == 2 ? "2 ranks, dp 1 × pp 2 " : "4 ranks, dp 2 × pp 2 "), std::string::npos) << b.err;
+    const std::vector<json> ma = metrics(one), mb = metrics(many);
+    ASSERT_EQ(ma.size(), size_t(kSteps));
+    ASSERT_EQ(mb.size(), ma.size());
+    for (size_t i = 0; i < ma.size(); ++i) expect_same_metrics(mb[i], ma[i]);
+    for (const json& m : mb) EXPECT_EQ(m.at("comm_bytes"), m.at("comm_bytes_predicted")) << m.at("step");
+    ASSERT_EQ(latest(many), latest(one));
+    EXPECT_TRUE(master_params(many / latest(many)) == master_params(one / latest(one)));
+  }
+}
+
+// A pipeline run's checkpoint (parameters and moments gathered from every stage's ZeRO
+// shards) resumes in one process, and one process's resumes in a pipeline, bit for bit.
+TEST(DistTrainCli, PipelineResumesIntoAnotherLayout) {
+  NEED_MPIRUN();
+  const std::string cfg = cli_config("pp-resume");
+  const fs::path ref = fresh("pp-resume-ref"), a = fresh("pp-resume-2to1"), b = fresh("pp-resume-1to2");
+  ASSERT_EQ(cli(train_args(cfg, ref) + " --micro-batches 4").rc, 0);
+  const CliRun a1 = mpi_train(2, cfg, a, "--steps 10 --pp 2 --schedule zb1p --micro-batches 4");
+  ASSERT_EQ(a1.rc, 0) << a1.err;
+  const CliRun a2 = cli(train_args(cfg, a) + " --resume --micro-batches 4");
+  ASSERT_EQ(a2.rc, 0) << a2.err;
+  const CliRun b1 = cli(train_args(cfg, b) + " --steps 10 --micro-batches 4");
+  ASSERT_EQ(b1.rc, 0) << b1.err;
+  const CliRun b2 = mpi_train(2, cfg, b, "--resume --pp 2 --schedule dualpipev --micro-batches 4");
+  ASSERT_EQ(b2.rc, 0) << b2.err;
+  for (const fs::path& run : {a, b}) {
+    const std::vector<json> mr = metrics(run), mf = metrics(ref);
+    ASSERT_EQ(mr.size(), mf.size()) << run;
+    for (size_t i = 0; i < mr.size(); ++i) expect_same_metrics(mr[i], mf[i]);
+    EXPECT_TRUE(master_params(run / latest(run)) == master_params(ref / latest(ref))) << run;
+  }
+}
+
+// --pp 2 --ep 2 on 4 ranks: expert parallelism inside the stages trains, its first step (the
+// same weights) within 1e-6 of one process, and its traffic as predicted.
+TEST(DistTrainCli, ExpertParallelInsidePipelineTrains) {
+  NEED_MPIRUN();
+  const std::string cfg = cli_config("pp-ep");
+  const fs::path one = fresh("pp-ep-ref"), run = fresh("pp2-ep2");
+  ASSERT_EQ(cli(train_args(cfg, one) + " --micro-batches 4").rc, 0);
+  const CliRun r = mpi_train(4, cfg, run, "--pp 2 --ep 2 --schedule zb1p --micro-batches 2");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::vector<json> a = metrics(run), b = metrics(one);
+  ASSERT_EQ(a.size(), b.size());
+  for (const char* k : {"loss", "main_loss", "balance_loss"})
+    EXPECT_LT(rel(a[0][k].get<double>(), b[0][k].get<double>()), 1e-6) << k;
+  EXPECT_EQ(a[0]["load"], b[0]["load"]);
+  EXPECT_TRUE(std::isfinite(a.back()["loss"].get<double>()));
+  for (const json& m : a) EXPECT_EQ(m.at("comm_bytes"), m.at("comm_bytes_predicted")) << m.at("step");
 }
 
 // --ep 2 through the CLI: experts sharded over the two ranks. Not the same bits as one

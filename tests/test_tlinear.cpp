@@ -104,3 +104,43 @@ TEST(TLinear, ModesAgainstDouble) {
 }
 
 }  // namespace
+
+// ZB's split backward (TLinearCtx::defer): dx now, dW recorded and added later by
+// tlinear_run_deferred — the same bits as the immediate backward in every mode, even when
+// dy and x are overwritten in between (they are copied) and the router's F32 mode differs
+// from the context's.
+TEST(TLinear, DeferredWeightGradientIsTheSameBits) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (Precision p : {Precision::F32, Precision::BF16, Precision::FP8}) {
+    const int64_t M = 37, N = 129, K = 136;
+    std::vector<float> x(size_t(M * K)), W(size_t(N * K)), dy(size_t(M * N)), dw0(W.size());
+    for (auto& v : x) v = nd(rng);
+    for (auto& v : W) v = nd(rng) * 0.1f;
+    for (auto& v : dy) v = nd(rng);
+    for (auto& v : dw0) v = nd(rng);  // gradients are added: start from something
+    TLinearCtx c;
+    c.prec = p;
+    c.threads = 1;
+    TLinearScratch s;
+    std::vector<float> dx1(x.size()), dx2(x.size()), dw1 = dw0, dw2 = dw0;
+    tlinear_backward(dx1.data(), dw1.data(), dy.data(), x.data(), W.data(), M, N, K, c, s);
+    tlinear_backward(dx1.data(), dw1.data(), dy.data(), x.data(), W.data(), M, N, K, c, s, true);
+    std::vector<DeferredWGrad> d;
+    TLinearCtx cd = c;
+    cd.defer = &d;
+    std::vector<float> x2 = x, dy2 = dy;
+    tlinear_backward(dx2.data(), dw2.data(), dy2.data(), x2.data(), W.data(), M, N, K, cd, s);
+    tlinear_backward(dx2.data(), dw2.data(), dy2.data(), x2.data(), W.data(), M, N, K, cd, s, true);
+    ASSERT_EQ(d.size(), 2u);
+    EXPECT_EQ(dw2, dw0);  // nothing added yet
+    std::fill(x2.begin(), x2.end(), 0.f);
+    std::fill(dy2.begin(), dy2.end(), 0.f);
+    TLinearCtx other = c;
+    other.prec = p == Precision::F32 ? Precision::BF16 : Precision::F32;  // each record keeps its mode
+    tlinear_run_deferred(d, other, s);
+    EXPECT_TRUE(d.empty());
+    EXPECT_EQ(dx1, dx2) << precision_name(p);
+    EXPECT_EQ(dw1, dw2) << precision_name(p);
+  }
+}

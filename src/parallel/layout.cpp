@@ -8,7 +8,8 @@
 namespace dsv3 {
 
 std::string Layout::describe() const {
-  return str_cat("rank ", rank, "/", world, ": dp ", dp, " ep ", ep, " pp ", pp, " (stage ", stage,
+  return str_cat("rank ", rank, "/", world, ": dp ", dp, " ep ", ep, " pp ", pp,
+                 pp > 1 ? " " + schedule : std::string(), " (stage ", stage,
                  ", dp rank ", dp_rank, ", ep rank ", ep_rank, "), ", micro_batches, " micro-batch",
                  micro_batches == 1 ? "" : "es", " of ", micro_batch, " sequences, global batch ",
                  global_batch);
@@ -37,8 +38,13 @@ Layout make_layout(const ParallelConfig& pc, const ModelConfig& model, int64_t b
   } catch (const Error& e) {
     DSV3_FAIL("parallel.schedule = '", pc.schedule, "': ", e.what());
   }
-  DSV3_CHECK(pc.pp == 1, "parallel.pp = ", pc.pp, ": pipeline-parallel execution is not in this build "
-             "yet (data and expert parallelism are); `dsv3 pipeline-sim` simulates the schedules");
+  DSV3_CHECK(pc.pp >= 1, "parallel.pp = ", pc.pp, " must be at least 1");
+  if (pc.pp > 1) {
+    DSV3_CHECK(!model.tie_word_embeddings, "parallel.pp = ", pc.pp, " with tie_word_embeddings: the tied "
+               "embedding and head live on the first and the last stage; untie them or use pp 1");
+    // The schedule's own constraints (DualPipe: pp even, micro_batches even and ≥ 2·pp; ...).
+    (void)pipe::make_schedule(pipe::parse_schedule(pc.schedule), int(pc.pp), int(pc.micro_batches));
+  }
   DSV3_CHECK(batch % (pc.dp * pc.micro_batches) == 0, "batch = ", batch, " must be divisible by parallel.dp × "
              "parallel.micro_batches = ", pc.dp, " × ", pc.micro_batches, " (every rank draws an equal share "
              "of each step's sequences)");
@@ -66,6 +72,7 @@ Layout make_layout(const ParallelConfig& pc, const ModelConfig& model, int64_t b
   l.dp_rank = world_rank % l.dp;
   l.ep_rank = l.dp_rank % l.ep;
   l.micro_batches = int(pc.micro_batches);
+  l.schedule = pc.schedule;
   if (pc.max_nodes > 0) {
     l.max_nodes = int(pc.max_nodes);
     l.ranks_per_node = int(pc.ranks_per_node > 0 ? pc.ranks_per_node : pc.ep);

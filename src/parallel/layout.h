@@ -6,7 +6,8 @@
 // ranks: attention replicated, routed experts sharded). Each data-parallel rank draws
 // global_batch / dp of the step's sequences — the rows [dp_rank·b, (dp_rank+1)·b) of the
 // global batch, in micro_batches pieces — so the run sees exactly the batches one process
-// sees.
+// sees. With pp > 1 the ranks with the same dp_rank form a pipeline running `schedule`
+// (parallel/schedule.h) over the stages (train/pipeline_exec.h).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -34,6 +35,7 @@ struct Layout {
   int dp_rank = 0;     // rank % dp: place in the stage's data-parallel group
   int ep_rank = 0;     // dp_rank % ep: place in the expert-parallel group
   int micro_batches = 1;
+  std::string schedule = "1f1b";  // the pipeline schedule (pp > 1)
   // Node-limited routing: a token's experts on ≤ max_nodes of the EP group's nodes of
   // ranks_per_node ranks (0: off). `nodes` lets one process route as an EP run would (tests).
   int max_nodes = 0, ranks_per_node = 0, nodes = 0;

@@ -80,6 +80,19 @@ void tlinear_backward(float* dx, float* dW, const float* dy, const float* x, con
                       int64_t M, int64_t N, int64_t K, const TLinearCtx& c, TLinearScratch& s,
                       bool acc_dx) {
   if (M == 0) return;
+  if (c.defer != nullptr && dW != nullptr) {
+    DeferredWGrad& d = c.defer->emplace_back();
+    d.dW = dW;
+    d.W = W;
+    d.M = M;
+    d.N = N;
+    d.K = K;
+    d.prec = c.prec;
+    d.dy.assign(dy, dy + M * N);
+    d.x.assign(x, x + M * K);
+    dW = nullptr;
+    if (dx == nullptr) return;
+  }
   switch (c.prec) {
     case Precision::F32: {
       if (dx) {
@@ -156,6 +169,16 @@ void tlinear_backward(float* dx, float* dW, const float* dy, const float* x, con
       return;
     }
   }
+}
+
+void tlinear_run_deferred(std::vector<DeferredWGrad>& d, const TLinearCtx& c, TLinearScratch& s) {
+  TLinearCtx now = c;
+  now.defer = nullptr;
+  for (DeferredWGrad& w : d) {
+    now.prec = w.prec;
+    tlinear_backward(nullptr, w.dW, w.dy.data(), w.x.data(), w.W, w.M, w.N, w.K, now, s);
+  }
+  d.clear();
 }
 
 }  // namespace dsv3

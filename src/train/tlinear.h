@@ -27,9 +27,24 @@ struct TLinearScratch {
   std::vector<float> t;               // transposes
 };
 
+// ZB's split backward (Zero Bubble, Qi et al. 2023; docs/distributed.md): what one deferred
+// dW += dyᵀ · x needs. dy and x are copied: both may live in work buffers the rest of the
+// backward overwrites (the recomputed norms, an expert's gathered rows).
+struct DeferredWGrad {
+  float* dW = nullptr;
+  const float* W = nullptr;
+  int64_t M = 0, N = 0, K = 0;
+  Precision prec = Precision::F32;  // the GEMM's mode (the router's is always F32)
+  std::vector<float> dy, x;  // [M, N], [M, K]
+};
+
 struct TLinearCtx {
   Precision prec = Precision::F32;
   int threads = 0;
+  // Set: tlinear_backward computes dx only and appends its weight gradient here, for
+  // tlinear_run_deferred (the W op) to add later — the same GEMM on the same operands, so the
+  // same bits.
+  std::vector<DeferredWGrad>* defer = nullptr;
 };
 
 void tlinear_forward(float* y, const float* x, const float* W, int64_t M, int64_t N, int64_t K,
@@ -37,5 +52,7 @@ void tlinear_forward(float* y, const float* x, const float* W, int64_t M, int64_
 void tlinear_backward(float* dx, float* dW, const float* dy, const float* x, const float* W,
                       int64_t M, int64_t N, int64_t K, const TLinearCtx& c, TLinearScratch& s,
                       bool acc_dx = false);
+// The deferred weight gradients in recorded order (c.defer ignored); empties d.
+void tlinear_run_deferred(std::vector<DeferredWGrad>& d, const TLinearCtx& c, TLinearScratch& s);
 
 }  // namespace dsv3

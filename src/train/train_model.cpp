@@ -43,16 +43,13 @@ struct TrainModel::Impl {
     MoeTrainSaved moe;
     MlpTrainSaved mlp;
   };
-  std::vector<BlockState> blocks;   // main layers, then one per MTP module
-  std::vector<float> x_last;        // [N, H] the last main block's output (before model.norm)
-  std::vector<float> hN, dhN;       // [N, H] after model.norm, and its gradient
   std::vector<float> xn, dxn, a, f, dx, dh, rstd;  // work [N, H] / [N]
   std::vector<float> logits, losses;
-  std::vector<int32_t> tgt;         // [N]
   // Per-step work kept across steps (a step allocates nothing once they have grown).
-  std::vector<int32_t> in_ids;      // [N]
-  std::vector<float> xs, ds;        // [N, H] the residual stream and its gradient
-  std::vector<float> dcat_s, de_s, dprev_s;  // MTP backward: [Nk, 2H], [Nk, H], [Nk, H]
+  std::vector<float> xs, ds;        // [N, H] the residual stream and its gradient (step())
+  std::vector<float> dcat_s, dm_s, dprev_s;  // MTP backward: [Nk, 2H], [Nk, H], [Nk, H]
+  std::vector<int32_t> kid_s;       // [Nk] MTP module k's input ids (the first stage's backward)
+  std::vector<float> de_one;        // step(): the MTP embedding-row gradients [Σk Nk, H]
 
   struct MtpState {
     int64_t Tk = 0;                 // positions per sequence: T − k (those with a target)
@@ -63,7 +60,25 @@ struct TrainModel::Impl {
     std::vector<float> hk, dhk;     // [N, H] after shared_head.norm, and its gradient
     std::vector<float> e;           // [N, H] embedding rows
   };
-  std::vector<MtpState> mtp;
+  // What one micro-batch in flight keeps between its forward and its backward on a stage
+  // (the pipeline holds several; step() uses slot 0).
+  struct Slot {
+    std::vector<BlockState> blocks;   // main layers, then one per MTP module (the stage's filled)
+    std::vector<float> x_last;        // [N, H] the last main block's output (before model.norm)
+    std::vector<float> hN, dhN;       // [N, H] after model.norm, and its gradient
+    std::vector<int32_t> in_ids, tgt; // [N]
+    std::vector<MtpState> mtp;
+  };
+  std::vector<std::unique_ptr<Slot>> slots;
+  Slot& slot(int i) {
+    if (size_t(i) >= slots.size()) slots.resize(size_t(i) + 1);
+    if (!slots[size_t(i)]) {
+      slots[size_t(i)] = std::make_unique<Slot>();
+      slots[size_t(i)]->blocks.resize(size_t(c.num_hidden_layers + D));
+      slots[size_t(i)]->mtp.resize(size_t(D));
+    }
+    return *slots[size_t(i)];
+  }
 
   Impl(const ParamSet& p, const TrainModelOptions& opt)
       : ps(p), c(p.config()), o(opt), B(opt.batch), T(opt.seq_len), N(opt.batch * opt.seq_len),
@@ -82,8 +97,6 @@ struct TrainModel::Impl {
     softmax_scale = attention_softmax_scale(c.qk_head_dim(), yarn);
     lc.prec = o.precision;
     lc.threads = o.threads;
-    blocks.resize(size_t(c.num_hidden_layers + D));
-    mtp.resize(size_t(D));
   }
 
   void embed(float* x, const float* table, const int32_t* ids, int64_t n) {
@@ -121,6 +134,7 @@ struct TrainModel::Impl {
       if (o.ep.ep != nullptr) ep_bytes += moe_ep_forward_bytes(bs.moe, c).total();
       if (L) {
         L->balance += st.balance_loss;
+        L->balance_layer.push_back(st.balance_loss);
         L->load.push_back(st.load);
         L->moe_layer.push_back(layer);
       }
@@ -203,21 +217,36 @@ struct TrainModel::Impl {
 
   StepLosses step(const int32_t* ids, const float* params, float* grads) {
     ep_bytes = 0;
-    StepLosses L = step_impl(ids, params, grads);
+    const StageSpan all{0, c.num_hidden_layers, true, true};
+    float* x = grow(xs, N * H);
+    StepLosses L = forward_stage(all, 0, ids, params, grads, x);
+    if (grads) {
+      float* d = grow(ds, N * H);
+      backward_stage(all, 0, ids, params, grads, d, grow(de_one, mtp_rows() * H));
+    }
     L.ep_bytes = ep_bytes;
     return L;
   }
 
   int64_t ep_bytes = 0;  // this step's expert-parallel traffic, predicted from the routing
 
-  StepLosses step_impl(const int32_t* ids, const float* params, float* grads) {
+  int64_t mtp_rows() const {
+    int64_t r = 0;
+    for (int64_t k = 1; k <= D; ++k) r += B * (T - k);
+    return r;
+  }
+
+  // The stage's forward (TrainModel::forward_stage).
+  StepLosses forward_stage(const StageSpan& st, int si, const int32_t* ids, const float* params,
+                           float* grads, float* x) {
+    Slot& sl = slot(si);
     ModelWeights pw = ps.bind(const_cast<float*>(params));
     ModelWeights gw;
     if (grads) gw = ps.bind(grads);
     StepLosses L;
     const int64_t T1 = T + 1;
-    int32_t* in = grow(in_ids, N);
-    int32_t* tg = grow(tgt, N);
+    int32_t* in = grow(sl.in_ids, N);
+    int32_t* tg = grow(sl.tgt, N);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t < T; ++t) {
         in[b * T + t] = ids[b * T1 + t];
@@ -226,17 +255,20 @@ struct TrainModel::Impl {
     for (int64_t r = 0; r < N; ++r)
       DSV3_CHECK(tg[r] >= 0 && tg[r] < V, "token id ", tg[r], " outside the vocabulary [0, ", V, ")");
     // ---- main forward ----
-    float* x = zeros(xs, N * H);
-    embed(x, fp(pw.embed_tokens), in, N);
-    const int64_t Lm = c.num_hidden_layers;
-    for (int64_t l = 0; l < Lm; ++l) {
-      const LayerWeights& lw = pw.layers[size_t(l)];
-      block_forward(x, T, lw, blocks[size_t(l)], &L, l, router_bias(lw));
+    if (st.first) {
+      std::memset(x, 0, size_t(N * H) * sizeof(float));
+      embed(x, fp(pw.embed_tokens), in, N);
     }
-    x_last.assign(x, x + N * H);
-    float* hn = grow(hN, N * H);
+    const int64_t Lm = c.num_hidden_layers;
+    for (int64_t l = st.l0; l < st.l1; ++l) {
+      const LayerWeights& lw = pw.layers[size_t(l)];
+      block_forward(x, T, lw, sl.blocks[size_t(l)], &L, l, router_bias(lw));
+    }
+    if (!st.last) return L;
+    sl.x_last.assign(x, x + N * H);
+    float* hn = grow(sl.hN, N * H);
     norm_fwd(hn, x, fp(pw.norm), N);
-    float* dhn = grads ? grow(dhN, N * H) : nullptr;
+    float* dhn = grads ? grow(sl.dhN, N * H) : nullptr;
     // This call's share of the step's mean: B of global_batch sequences (every target of a
     // packed window is valid, so sequences weigh alike).
     const double share = double(B) / double(o.global_batch > 0 ? o.global_batch : B);
@@ -245,14 +277,14 @@ struct TrainModel::Impl {
     // ---- MTP forward (report §2.2): module k over the T − k positions with a target ----
     const double lam = D > 0 ? o.mtp_lambda / double(D) : 0.0;
     for (int64_t k = 1; k <= D; ++k) {
-      MtpState& m = mtp[size_t(k - 1)];
+      MtpState& m = sl.mtp[size_t(k - 1)];
       const MtpWeights& mw = pw.mtp[size_t(k - 1)];
       const int64_t Tk = T - k, Nk = B * Tk, Tp = Tk + 1;  // Tp: rows per sequence of h^{k-1}
       m.Tk = Tk;
       m.ids.resize(size_t(Nk));
       m.tgt.resize(size_t(Nk));
       m.hprev.resize(size_t(Nk * H));
-      const float* prev = k == 1 ? hN.data() : mtp[size_t(k - 2)].hk.data();
+      const float* prev = k == 1 ? sl.hN.data() : sl.mtp[size_t(k - 2)].hk.data();
       for (int64_t b = 0; b < B; ++b)
         for (int64_t i = 0; i < Tk; ++i) {
           m.ids[size_t(b * Tk + i)] = ids[b * T1 + i + k];
@@ -267,7 +299,7 @@ struct TrainModel::Impl {
                       o.threads);
       m.x_pre.resize(size_t(Nk * H));
       tlinear_forward(m.x_pre.data(), m.cat.data(), fp(mw.eh_proj), Nk, H, 2 * H, lc, ls);
-      block_forward(m.x_pre.data(), Tk, mw.block, blocks[size_t(Lm + k - 1)], &L, Lm + k - 1,
+      block_forward(m.x_pre.data(), Tk, mw.block, sl.blocks[size_t(Lm + k - 1)], &L, Lm + k - 1,
                     router_bias(mw.block));
       m.hk.resize(size_t(Nk * H));
       norm_fwd(m.hk.data(), m.x_pre.data(), fp(mw.shared_head_norm), Nk);
@@ -279,55 +311,77 @@ struct TrainModel::Impl {
     }
     L.total = L.main + L.balance;
     for (double v : L.mtp) L.total += lam * v;
-    if (!grads) return L;
-
-    // ---- MTP backward, last module first (module k feeds module k+1) ----
-    for (int64_t k = D; k >= 1; --k) {
-      MtpState& m = mtp[size_t(k - 1)];
-      const MtpWeights& mw = pw.mtp[size_t(k - 1)];
-      MtpWeights& mg = gw.mtp[size_t(k - 1)];
-      const int64_t Tk = m.Tk, Nk = B * Tk, Tp = Tk + 1;
-      float* rs = grow(rstd, Nk);
-      // h^k = shared_head.norm(x_pre)
-      float* d = zeros(ds, Nk * H);
-      norm_fwd(grow(xn, Nk * H), m.x_pre.data(), fp(mw.shared_head_norm), Nk, rs);
-      rmsnorm_backward(d, H, fp_mut(mg.shared_head_norm), m.dhk.data(), H, m.x_pre.data(), H,
-                       fp(mw.shared_head_norm), rs, Nk, H, false, o.threads);
-      block_backward(d, Tk, mw.block, mg.block, blocks[size_t(Lm + k - 1)]);
-      // x_pre came out of the block; the block's input was eh_proj(cat): d is its gradient now.
-      float* dcat = zeros(dcat_s, Nk * 2 * H);
-      tlinear_backward(dcat, fp_mut(mg.eh_proj), d, m.cat.data(), fp(mw.eh_proj), Nk, H,
-                       2 * H, lc, ls);
-      // enorm(e): into the (shared) embedding rows.
-      float* de = zeros(de_s, Nk * H);
-      norm_fwd(grow(xn, Nk * H), m.e.data(), fp(mw.enorm), Nk, rs);
-      rmsnorm_backward(de, H, fp_mut(mg.enorm), dcat, 2 * H, m.e.data(), H, fp(mw.enorm),
-                       rs, Nk, H, false, o.threads);
-      embed_backward(fp_mut(mg.embed_tokens), m.ids.data(), de, Nk);
-      // hnorm(h^{k-1}): into dhN (k = 1) or the previous module's dh, rows i < Tk.
-      float* dprev_g = zeros(dprev_s, Nk * H);
-      norm_fwd(grow(xn, Nk * H), m.hprev.data(), fp(mw.hnorm), Nk, rs);
-      rmsnorm_backward(dprev_g, H, fp_mut(mg.hnorm), dcat + H, 2 * H, m.hprev.data(), H,
-                       fp(mw.hnorm), rs, Nk, H, false, o.threads);
-      float* dprev = k == 1 ? dhN.data() : mtp[size_t(k - 2)].dhk.data();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t i = 0; i < Tk; ++i) {
-          float* dst = dprev + (b * Tp + i) * H;
-          const float* src = dprev_g + (b * Tk + i) * H;
-          for (int64_t j = 0; j < H; ++j) dst[j] += src[j];
-        }
-    }
-
-    // ---- main backward ----
-    float* rs = grow(rstd, N);
-    float* d = zeros(ds, N * H);
-    norm_fwd(grow(xn, N * H), x_last.data(), fp(pw.norm), N, rs);
-    rmsnorm_backward(d, H, fp_mut(gw.norm), dhN.data(), H, x_last.data(), H, fp(pw.norm), rs, N,
-                     H, false, o.threads);
-    for (int64_t l = Lm - 1; l >= 0; --l)
-      block_backward(d, T, pw.layers[size_t(l)], gw.layers[size_t(l)], blocks[size_t(l)]);
-    embed_backward(fp_mut(gw.embed_tokens), in, d, N);
     return L;
+  }
+
+  // The stage's backward (TrainModel::backward_stage).
+  void backward_stage(const StageSpan& st, int si, const int32_t* ids, const float* params,
+                      float* grads, float* d, float* de_rows) {
+    Slot& sl = slot(si);
+    ModelWeights pw = ps.bind(const_cast<float*>(params));
+    ModelWeights gw = ps.bind(grads);
+    const int64_t Lm = c.num_hidden_layers, T1 = T + 1;
+    if (st.last) {
+      // ---- MTP backward, last module first (module k feeds module k+1) ----
+      int64_t de_off = mtp_rows() * H;  // module k's rows after module k−1's
+      for (int64_t k = D; k >= 1; --k) {
+        MtpState& m = sl.mtp[size_t(k - 1)];
+        const MtpWeights& mw = pw.mtp[size_t(k - 1)];
+        MtpWeights& mg = gw.mtp[size_t(k - 1)];
+        const int64_t Tk = m.Tk, Nk = B * Tk, Tp = Tk + 1;
+        float* rs = grow(rstd, Nk);
+        // h^k = shared_head.norm(x_pre)
+        float* dm = zeros(dm_s, Nk * H);
+        norm_fwd(grow(xn, Nk * H), m.x_pre.data(), fp(mw.shared_head_norm), Nk, rs);
+        rmsnorm_backward(dm, H, fp_mut(mg.shared_head_norm), m.dhk.data(), H, m.x_pre.data(), H,
+                         fp(mw.shared_head_norm), rs, Nk, H, false, o.threads);
+        block_backward(dm, Tk, mw.block, mg.block, sl.blocks[size_t(Lm + k - 1)]);
+        // x_pre came out of the block; the block's input was eh_proj(cat): dm is its gradient now.
+        float* dcat = zeros(dcat_s, Nk * 2 * H);
+        tlinear_backward(dcat, fp_mut(mg.eh_proj), dm, m.cat.data(), fp(mw.eh_proj), Nk, H,
+                         2 * H, lc, ls);
+        // enorm(e): the embedding rows' gradient, added into the (shared) table by the first
+        // stage, before its own rows — the order of one process.
+        de_off -= Nk * H;
+        float* de = de_rows + de_off;
+        std::memset(de, 0, size_t(Nk * H) * sizeof(float));
+        norm_fwd(grow(xn, Nk * H), m.e.data(), fp(mw.enorm), Nk, rs);
+        rmsnorm_backward(de, H, fp_mut(mg.enorm), dcat, 2 * H, m.e.data(), H, fp(mw.enorm),
+                         rs, Nk, H, false, o.threads);
+        // hnorm(h^{k-1}): into dhN (k = 1) or the previous module's dh, rows i < Tk.
+        float* dprev_g = zeros(dprev_s, Nk * H);
+        norm_fwd(grow(xn, Nk * H), m.hprev.data(), fp(mw.hnorm), Nk, rs);
+        rmsnorm_backward(dprev_g, H, fp_mut(mg.hnorm), dcat + H, 2 * H, m.hprev.data(), H,
+                         fp(mw.hnorm), rs, Nk, H, false, o.threads);
+        float* dprev = k == 1 ? sl.dhN.data() : sl.mtp[size_t(k - 2)].dhk.data();
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t i = 0; i < Tk; ++i) {
+            float* dst = dprev + (b * Tp + i) * H;
+            const float* src = dprev_g + (b * Tk + i) * H;
+            for (int64_t j = 0; j < H; ++j) dst[j] += src[j];
+          }
+      }
+      // ---- final norm ----
+      float* rs = grow(rstd, N);
+      std::memset(d, 0, size_t(N * H) * sizeof(float));
+      norm_fwd(grow(xn, N * H), sl.x_last.data(), fp(pw.norm), N, rs);
+      rmsnorm_backward(d, H, fp_mut(gw.norm), sl.dhN.data(), H, sl.x_last.data(), H, fp(pw.norm), rs,
+                       N, H, false, o.threads);
+    }
+    for (int64_t l = st.l1 - 1; l >= st.l0; --l)
+      block_backward(d, T, pw.layers[size_t(l)], gw.layers[size_t(l)], sl.blocks[size_t(l)]);
+    if (!st.first) return;
+    // The embedding: the MTP modules' rows (k = D first, as their backward ran), then the main rows.
+    int64_t de_off = mtp_rows() * H;
+    for (int64_t k = D; k >= 1; --k) {
+      const int64_t Tk = T - k, Nk = B * Tk;
+      de_off -= Nk * H;
+      int32_t* kid = grow(kid_s, Nk);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < Tk; ++i) kid[b * Tk + i] = ids[b * T1 + i + k];
+      embed_backward(fp_mut(gw.mtp[size_t(k - 1)].embed_tokens), kid, de_rows + de_off, Nk);
+    }
+    embed_backward(fp_mut(gw.embed_tokens), sl.in_ids.data(), d, N);
   }
 
   const MoeExpertParallel* ep() const {
@@ -380,5 +434,29 @@ void TrainModel::set_mtp_lambda(double lambda) {
 StepLosses TrainModel::step(const int32_t* ids, const float* params, float* grads) {
   return impl_->step(ids, params, grads);
 }
+
+StepLosses TrainModel::forward_stage(const StageSpan& st, int slot, const int32_t* ids,
+                                     const float* params, float* grads, float* x) {
+  impl_->ep_bytes = 0;
+  StepLosses L = impl_->forward_stage(st, slot, ids, params, grads, x);
+  L.ep_bytes = impl_->ep_bytes;
+  return L;
+}
+
+int64_t TrainModel::backward_stage(const StageSpan& st, int slot, const int32_t* ids, const float* params,
+                                   float* grads, float* d, float* de_rows, std::vector<DeferredWGrad>* defer) {
+  impl_->ep_bytes = 0;
+  impl_->lc.defer = defer;
+  impl_->backward_stage(st, slot, ids, params, grads, d, de_rows);
+  impl_->lc.defer = nullptr;
+  return impl_->ep_bytes;
+}
+
+void TrainModel::weight_stage(std::vector<DeferredWGrad>& defer) {
+  tlinear_run_deferred(defer, impl_->lc, impl_->ls);
+}
+
+int64_t TrainModel::activation_numel() const { return impl_->N * impl_->H; }
+int64_t TrainModel::mtp_rows_numel() const { return impl_->mtp_rows() * impl_->H; }
 
 }  // namespace dsv3

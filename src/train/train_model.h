@@ -37,10 +37,18 @@ struct StepLosses {
   double main = 0;                    // mean CE of the main head
   std::vector<double> mtp;            // mean CE per MTP module (before λ/D)
   double balance = 0;                 // Σ over MoE layers of the batch-mean balance loss
+  std::vector<double> balance_layer;  // per entry of load: that layer's term (summed in order: balance)
   double total = 0;                   // main + λ/D Σ mtp + balance
   std::vector<std::vector<int64_t>> load;  // per MoE layer (main, then MTP blocks): [E]
   std::vector<int64_t> moe_layer;     // the layer index of each entry of load
   int64_t ep_bytes = 0;               // expert-parallel bytes this rank sent (predicted from the routing)
+};
+
+// One pipeline stage (docs/distributed.md): main layers [l0, l1); the first stage also holds
+// the embedding, the last the final norm, the head and the MTP modules.
+struct StageSpan {
+  int64_t l0 = 0, l1 = 0;
+  bool first = true, last = true;
 };
 
 class TrainModel {
@@ -53,6 +61,32 @@ class TrainModel {
   // ids [B, T + 1]; params/grads are arenas of ps.numel() floats; gradients are ADDED.
   // Returns the losses; with grads == nullptr only the forward runs (evaluation).
   StepLosses step(const int32_t* ids, const float* params, float* grads);
+
+  // The pipeline's stage API: step() is forward_stage then backward_stage of the whole model
+  // (one stage, slot 0), so a pipeline computes the same bits stage by stage. `slot` names the
+  // saved state of one micro-batch in flight (grown on first use; reuse after its backward).
+  // ids [B, T + 1] on every stage (the first embeds, the last takes targets and MTP inputs).
+  // x [B·T, H]: in, the stage input (ignored on the first stage); out, its output (left as
+  // the last block's output on the last stage). The head's weight gradient is computed in the
+  // forward (the CE gradient is formed there), so grads is needed with a backward to follow.
+  // Returns the losses the stage computed (main and MTP on the last; balance and loads of its
+  // MoE layers; total = main + λ/D Σ mtp + balance of the stage).
+  StepLosses forward_stage(const StageSpan& st, int slot, const int32_t* ids, const float* params,
+                           float* grads, float* x);
+  // d [B·T, H]: in, dL/d(stage output) (ignored on the last stage); out, dL/d(stage input).
+  // de_rows [mtp_rows_numel()]: the MTP modules' embedding-row gradients, written by the last
+  // stage and added into the shared embedding by the first stage before its own rows, in the
+  // order one process adds them.
+  // defer: ZB's split backward — the training linears' weight gradients are recorded there
+  // instead (tlinear.h) and added by weight_stage (the W op); the norm gains, the router and
+  // the embedding get theirs here.
+  // Returns the expert-parallel bytes this rank sent in it (predicted from the routing; the
+  // forward's are the losses' ep_bytes).
+  int64_t backward_stage(const StageSpan& st, int slot, const int32_t* ids, const float* params,
+                         float* grads, float* d, float* de_rows, std::vector<DeferredWGrad>* defer = nullptr);
+  void weight_stage(std::vector<DeferredWGrad>& defer);
+  int64_t activation_numel() const;  // B·T·H
+  int64_t mtp_rows_numel() const;    // Σ_k B·(T − k)·H
 
  private:
   struct Impl;

@@ -30,21 +30,32 @@ void tree_sum(const std::vector<float*>& v, int64_t n) {
 }  // namespace
 
 TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& lay, const dist::Comm& dp,
-                     const dist::Comm& ep, int threads)
-    : cfg_(cfg), ps_(ps), lay_(lay), dp_(dp) {
-  DSV3_ASSERT(dp.size() == lay.dp);
+                     const dist::Comm& ep, int threads, const dist::Comm* pipeline)
+    : cfg_(cfg), ps_(ps), lay_(lay), dp_(dp), pipe_(pipeline) {
+  // With pipeline stages every rank holds the whole arena but computes only its stages'
+  // gradients (zeros elsewhere): ZeRO-1 runs over all dp × pp ranks, and adding the exact
+  // zeros of the other stages changes no bit (docs/distributed.md).
+  Z_ = lay.pp > 1 ? lay.dp * lay.pp : lay.dp;
+  zr_ = lay.pp > 1 ? lay.stage * lay.dp + lay.dp_rank : lay.dp_rank;
+  DSV3_ASSERT(dp.size() == Z_ && dp.rank() == zr_);
+  DSV3_ASSERT(lay.pp == 1 || (pipeline != nullptr && pipeline->size() == lay.pp && pipeline->rank() == lay.stage));
   const int64_t n = ps.numel(), blocks = (n + kBlock - 1) / kBlock;
-  for (int q = 0; q < lay.dp; ++q) {
+  shard_.resize(size_t(Z_));
+  for (int q = 0; q < Z_; ++q) {
     int64_t b, e;
-    split_range(blocks, lay.dp, q, &b, &e);
-    shard_.push_back(std::min(e * kBlock, n) - std::min(b * kBlock, n));
-    shard_blocks_.push_back(e - b);
-    if (q == lay.dp_rank) {
+    split_range(blocks, Z_, q, &b, &e);
+    shard_[size_t(q)] = std::min(e * kBlock, n) - std::min(b * kBlock, n);
+    if (q == zr_) {
       lo_ = std::min(b * kBlock, n);
       hi_ = std::min(e * kBlock, n);
       block_lo_ = b;
       block_hi_ = e;
     }
+  }
+  for (int q = 0; q < Z_; ++q) {
+    int64_t b, e;
+    split_range(blocks, Z_, q, &b, &e);
+    shard_blocks_.push_back(e - b);
   }
   // The trainable storage (not the MTP aliases, not the router bias), merged into ranges.
   for (const ParamInfo& p : ps.infos()) {
@@ -72,10 +83,63 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
     mo.ep.nodes = lay.ep > 1 ? 0 : lay.nodes;
   }
   model_ = std::make_unique<TrainModel>(ps, mo);
+  if (lay.pp > 1) {
+    sched_ = std::make_unique<pipe::Schedule>(
+        pipe::make_schedule(pipe::parse_schedule(lay.schedule), lay.pp, lay.micro_batches));
+    exec_ = std::make_unique<PipelineExec>(*model_, *sched_, *pipeline, cfg.model.num_hidden_layers);
+  }
+  {
+    const ModelWeights w = ps.bind(nullptr);
+    for (size_t l = 0; l < w.layers.size(); ++l)
+      if (w.layers[l].is_moe) moe_layers_.push_back(int64_t(l));
+    if (cfg.mtp && ps.with_mtp())
+      for (size_t k = 0; k < w.mtp.size(); ++k)
+        if (w.mtp[k].block.is_moe) moe_layers_.push_back(int64_t(w.layers.size() + k));
+  }
+  // Which ranks' pieces of which shards can be non-zero: every one without pipeline stages;
+  // with them, a tensor's gradient comes only from the pipeline ranks holding its stage (the
+  // embedding: stage 0, a main layer: its stage, the rest: the last), all their dp ranks.
+  piece_.assign(size_t(Z_) * size_t(Z_), lay.pp > 1 ? 0 : 1);
+  need_ = piece_;
+  if (lay.pp > 1) {
+    const int64_t Lm = cfg.model.num_hidden_layers;
+    const int ns = sched_->n_stages;
+    std::vector<int64_t> shard_lo(size_t(Z_ + 1), 0);
+    for (int q = 0; q < Z_; ++q) shard_lo[size_t(q + 1)] = shard_lo[size_t(q)] + shard_[size_t(q)];
+    for (const ParamInfo& p : ps.infos()) {
+      if (p.alias) continue;
+      int st = ns - 1;
+      const std::string& nm = p.spec.name;
+      if (nm.rfind("model.embed_tokens.", 0) == 0) {
+        st = 0;
+      } else if (nm.rfind("model.layers.", 0) == 0) {
+        const int64_t l = std::stoll(nm.substr(13));
+        for (int s = 0; s < ns && l < Lm; ++s) {
+          const StageSpan sp = stage_span(Lm, ns, s);
+          if (l >= sp.l0 && l < sp.l1) st = s;
+        }
+      }
+      // The MTP modules on the last stage read the embedding too (its gradient rows go to
+      // stage 0, so only stage 0's pieces carry it).
+      const bool mtp_reads = st == 0 && cfg.mtp && ps.with_mtp() && cfg.model.num_nextn_predict_layers > 0;
+      const int64_t b = p.offset, e = p.offset + p.spec.numel();
+      for (int r = 0; r < lay.pp; ++r)
+        for (int c = 0; c < sched_->chunks; ++c) {
+          const int cs = sched_->chunk_stage(r, c);
+          if (cs != st && !(mtp_reads && cs == ns - 1)) continue;
+          for (int d = 0; d < lay.dp; ++d)
+            for (int o = 0; o < Z_; ++o)
+              if (b < shard_lo[size_t(o + 1)] && shard_lo[size_t(o)] < e) {
+                need_[size_t((r * lay.dp + d) * Z_ + o)] = 1;
+                if (cs == st) piece_[size_t((r * lay.dp + d) * Z_ + o)] = 1;
+              }
+        }
+    }
+  }
   grads_.resize(size_t(n));
   units_.resize(size_t(lay.micro_batches - 1));
   for (auto& u : units_) u.resize(size_t(n));
-  if (lay.dp > 1) pieces_.resize(size_t(lay.dp * (hi_ - lo_)));
+  if (Z_ > 1) pieces_.resize(size_t(Z_ * (hi_ - lo_)));
 }
 
 TrainStep::~TrainStep() = default;
@@ -101,96 +165,141 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
   const int64_t row = cfg_.seq_len + 1, n = ps_.numel();
   const int64_t D = cfg_.mtp ? cfg_.model.num_nextn_predict_layers : 0;
   const int m = lay_.micro_batches, U = lay_.dp * m;
+  const int64_t nB = int64_t(moe_layers_.size()), E = cfg_.model.n_routed_experts;
   model_->set_mtp_lambda(cfg_.mtp_lambda_at(step));
   // Each micro-batch's gradient from zero, then their canonical sum (one: the arena itself).
   std::vector<float*> local;
-  const int per = 2 + int(D);  // main, balance, MTP losses of one unit
-  std::vector<double> unit_losses(size_t(U * per), 0.0);
-  std::vector<int64_t> load;
-  StepResult r;
   for (int j = 0; j < m; ++j) {
     float* g = j == 0 ? grads_.data() : units_[size_t(j - 1)].data();
     std::fill(g, g + n, 0.0f);
-    const int64_t r0 = lay_.first_row() + int64_t(j) * lay_.micro_batch;
-    const StepLosses L = model_->step(batch + r0 * row, params, g);
     local.push_back(g);
+  }
+  // Per unit: the main loss, each MoE layer's balance term, the MTP losses; per MoE layer the
+  // loads [nB, E]. With pipeline stages each rank fills what its stages computed (zeros
+  // elsewhere) and a sum over the job assembles them exactly.
+  const int per = 1 + int(nB) + int(D);
+  std::vector<double> unit_losses(size_t(U * per), 0.0);
+  std::vector<int64_t> load(size_t(nB * E), 0);
+  StepResult r;
+  auto record = [&](int j, bool last, const StepLosses& L) {
     double* ul = unit_losses.data() + size_t((lay_.dp_rank * m + j) * per);
-    ul[0] = L.main;
-    ul[1] = L.balance;
-    for (int64_t k = 0; k < D; ++k) ul[2 + k] = L.mtp[size_t(k)];
-    r.comm_bytes_predicted += L.ep_bytes;
-    if (j == 0) {
-      r.losses = L;
-      for (const auto& l : L.load) load.insert(load.end(), l.begin(), l.end());
-    } else {
-      size_t k = 0;
-      for (const auto& l : L.load)
-        for (int64_t v : l) load[k++] += v;
+    if (last) {  // the last stage (or the whole model)
+      ul[0] = L.main;
+      for (int64_t k = 0; k < int64_t(L.mtp.size()); ++k) ul[1 + nB + k] = L.mtp[size_t(k)];
     }
+    for (size_t i = 0; i < L.load.size(); ++i) {
+      const int64_t b = std::lower_bound(moe_layers_.begin(), moe_layers_.end(), L.moe_layer[i]) -
+                        moe_layers_.begin();
+      DSV3_ASSERT(b < nB && moe_layers_[size_t(b)] == L.moe_layer[i]);
+      ul[1 + b] = L.balance_layer[i];
+      for (int64_t e = 0; e < E; ++e) load[size_t(b * E + e)] += L.load[i][size_t(e)];
+    }
+    r.comm_bytes_predicted += L.ep_bytes;
+  };
+  const int32_t* rows = batch + lay_.first_row() * row;
+  if (lay_.pp == 1) {
+    for (int j = 0; j < m; ++j) record(j, true, model_->step(rows + int64_t(j) * lay_.micro_batch * row, params, local[size_t(j)]));
+  } else {
+    std::vector<std::vector<std::pair<int, StepLosses>>> per_stage;
+    r.comm_bytes_predicted += exec_->run(rows, params, local, per_stage);
+    for (int j = 0; j < m; ++j)
+      for (const auto& [stage, L] : per_stage[size_t(j)]) record(j, stage == sched_->n_stages - 1, L);
   }
   tree_sum(local, n);
   // The step's losses: the units' means summed in unit order, over the global batch.
-  if (lay_.dp > 1) {
+  const dist::Comm& all = dp_;  // pp > 1: the whole job
+  if (lay_.pp > 1) {
+    all.allreduce_sum(unit_losses.data(), int64_t(unit_losses.size()));  // one non-zero per entry
+    all.allreduce_sum(load.data(), int64_t(load.size()));
+  } else if (lay_.dp > 1) {
     std::vector<int64_t> counts(size_t(lay_.dp), int64_t(m * per));
     dp_.allgather(unit_losses.data(), counts);
     dp_.allreduce_sum(load.data(), int64_t(load.size()));
   }
   {
     StepLosses& L = r.losses;
-    double sum[64] = {};
-    DSV3_ASSERT(per <= 64);
-    for (int u = 0; u < U; ++u)
-      for (int k = 0; k < per; ++k) sum[k] += unit_losses[size_t(u * per + k)];
+    std::vector<double> sum(size_t(1 + 1 + D), 0.0);  // main, balance, MTP
+    for (int u = 0; u < U; ++u) {
+      const double* ul = unit_losses.data() + size_t(u * per);
+      double bal = 0;  // the layers' terms in forward order, as TrainModel adds them
+      for (int64_t b = 0; b < nB; ++b) bal += ul[1 + b];
+      sum[0] += ul[0];
+      sum[1] += bal;
+      for (int64_t k = 0; k < D; ++k) sum[size_t(2 + k)] += ul[1 + nB + k];
+    }
     L.main = sum[0] / double(U);
     L.balance = sum[1] / double(U);
     L.total = L.main + L.balance;
+    L.mtp.assign(size_t(D), 0.0);
     const double lam = D > 0 ? cfg_.mtp_lambda_at(step) / double(D) : 0.0;
     for (int64_t k = 0; k < D; ++k) {
-      L.mtp[size_t(k)] = sum[2 + k] / double(U);
+      L.mtp[size_t(k)] = sum[size_t(2 + k)] / double(U);
       L.total += lam * L.mtp[size_t(k)];
     }
-    size_t k = 0;
-    for (auto& l : L.load)
-      for (int64_t& v : l) v = load[k++];
+    L.load.assign(size_t(nB), std::vector<int64_t>(size_t(E)));
+    L.moe_layer = moe_layers_;
+    for (int64_t b = 0; b < nB; ++b)
+      for (int64_t e = 0; e < E; ++e) L.load[size_t(b)][size_t(e)] = load[size_t(b * E + e)];
   }
-  // ZeRO-1: rank q receives every rank's piece of shard q and sums them in rank order — the
-  // canonical tree continued across ranks (an MPI reduce-scatter would add in its own order).
-  if (lay_.dp > 1) {
-    const int P = lay_.dp;
+  // ZeRO-1: rank q receives every rank's piece of shard q and sums them — the canonical tree
+  // continued across ranks (an MPI reduce-scatter would add in its own order). With pipeline
+  // stages the pieces of one data-parallel rank's stages are added first (one is non-zero, or
+  // DualPipe's two copies: direction 0's micro-batches, the first half, then direction 1's),
+  // then the data-parallel ranks in the tree.
+  int64_t pieces_sent = 0;
+  if (Z_ > 1) {
+    const int P = Z_;
     const int64_t S = hi_ - lo_;
+    auto nonzero = [&](int q, int o) { return piece_[size_t(q) * size_t(P) + size_t(o)] != 0; };
     std::vector<int64_t> sc(static_cast<size_t>(P)), sd(sc), rc(sc), rd(sc);
     int64_t off = 0;
-    for (int q = 0; q < P; ++q) {  // in floats
-      sc[size_t(q)] = shard_[size_t(q)];
+    for (int q = 0; q < P; ++q) {  // in floats (MPI's int counts: elements, not bytes)
+      sc[size_t(q)] = nonzero(zr_, q) ? shard_[size_t(q)] : 0;
+      if (q != zr_) pieces_sent += sc[size_t(q)] * 4;
       sd[size_t(q)] = off;
       off += shard_[size_t(q)];
-      rc[size_t(q)] = S;
+      rc[size_t(q)] = nonzero(q, zr_) ? S : 0;
       rd[size_t(q)] = int64_t(q) * S;
     }
     dp_.ialltoallv(grads_.data(), sc, sd, pieces_.data(), rc, rd, sizeof(float)).wait();
-    if (S > 0) {  // a tiny model may leave a rank no block
-      std::vector<float*> v;
-      for (int q = 0; q < P; ++q) v.push_back(pieces_.data() + int64_t(q) * S);
+    std::vector<float*> v;
+    for (int d = 0; d < lay_.dp; ++d) {
+      float* a = nullptr;  // the first non-zero piece of data-parallel rank d's stages
+      for (int st = 0; st < lay_.pp; ++st) {
+        const int q = st * lay_.dp + d;
+        if (!nonzero(q, zr_)) continue;
+        float* b = pieces_.data() + int64_t(q) * S;
+        if (a == nullptr) {
+          a = b;
+          continue;
+        }
+        for (int64_t k = 0; k < S; ++k) a[k] += b[k];
+      }
+      DSV3_ASSERT(a != nullptr || S == 0);
+      if (a != nullptr) v.push_back(a);
+    }
+    if (S > 0) {
       tree_sum(v, S);
-      std::memcpy(grads_.data() + lo_, pieces_.data(), size_t(S) * sizeof(float));
+      std::memcpy(grads_.data() + lo_, v[0], size_t(S) * sizeof(float));
     }
   }
   // ‖g‖: per-block partial sums, gathered, added in block order.
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> part(static_cast<size_t>(blocks));
   int64_t first = 0;
-  for (int q = 0; q < lay_.dp_rank; ++q) first += shard_blocks_[size_t(q)];
+  for (int q = 0; q < zr_; ++q) first += shard_blocks_[size_t(q)];
   block_sumsq(block_lo_, block_hi_, part.data() + first);
-  if (lay_.dp > 1) dp_.allgather(part.data(), shard_blocks_);
+  if (Z_ > 1) dp_.allgather(part.data(), shard_blocks_);
   double sumsq = 0;
   for (double x : part) sumsq += x;
   r.grad_norm = std::sqrt(sumsq);
-  if (lay_.dp > 1) {
+  if (Z_ > 1) {
     // ZeRO-1: the other ranks' pieces of my gradient out, my shard of the weights to each
     // other rank (apply()), and the step's small vectors: unit losses, loads, norm blocks.
-    const int64_t S = hi_ - lo_, others = lay_.dp - 1;
-    r.comm_bytes_predicted += (n - S) * 4 + S * 4 * others + int64_t(m * per) * 8 * others +
-                              int64_t(load.size()) * 8 + shard_blocks_[size_t(lay_.dp_rank)] * 8 * others;
+    const int64_t others = Z_ - 1;
+    const int64_t small = lay_.pp > 1 ? int64_t(unit_losses.size()) * 8 : int64_t(m * per) * 8 * others;
+    r.comm_bytes_predicted += pieces_sent + weight_bytes() + small + int64_t(load.size()) * 8 +
+                              shard_blocks_[size_t(zr_)] * 8 * others;
   }
   r.finite = std::isfinite(r.losses.total) && std::isfinite(r.grad_norm);
   return r;
@@ -200,10 +309,44 @@ std::vector<double> TrainStep::apply(float* params, const StepResult& r, int64_t
   const float clip = clip_factor(r.grad_norm, cfg_.grad_clip);
   if (clip != 1.0f) scale_grads(ps_, grads_.data(), clip, lo_, hi_);
   adam_->step(params, grads_.data(), cfg_.lr.at(step));
-  if (lay_.dp > 1) dp_.allgather(params, shard_);
+  if (Z_ > 1 && lay_.pp == 1) dp_.allgather(params, shard_);
+  if (lay_.pp > 1) send_weights(params);
   // Aux-loss-free balancing (report §2.1.2): b_i += γ·sign(mean_load − load_i), from the
   // loads of the whole global batch (every rank applies the same update).
   return update_router_bias(ps_.bind(params), cfg_.model, r.losses, cfg_.gamma_at(step));
+}
+
+// With pipeline stages a rank needs the weights of its own stages only: the owner of shard o
+// sends it to the ranks whose stages read it (need_: the gradient pieces' pairs, and the
+// embedding for the last stage's MTP modules).
+// The other tensors of a rank's arena go stale until gather_params().
+void TrainStep::send_weights(float* params) {
+  const int P = Z_;
+  const int64_t S = hi_ - lo_;
+  std::vector<int64_t> sc(size_t(P), 0), sd(size_t(P), 0), rc(size_t(P), 0), rd(size_t(P), 0);
+  int64_t off = 0;
+  for (int q = 0; q < P; ++q) {  // in floats
+    if (q != zr_ && need_[size_t(q) * size_t(P) + size_t(zr_)]) sc[size_t(q)] = S;
+    if (q != zr_ && need_[size_t(zr_) * size_t(P) + size_t(q)]) rc[size_t(q)] = shard_[size_t(q)];
+    rd[size_t(q)] = off;
+    off += shard_[size_t(q)];
+  }
+  // The send buffer apart from the receive buffer (MPI forbids them to overlap).
+  shard_out_.assign(params + lo_, params + hi_);
+  dp_.ialltoallv(shard_out_.data(), sc, sd, params, rc, rd, sizeof(float)).wait();
+}
+
+int64_t TrainStep::weight_bytes() const {
+  if (Z_ == 1) return 0;
+  if (lay_.pp == 1) return (hi_ - lo_) * 4 * (Z_ - 1);
+  int64_t b = 0;
+  for (int q = 0; q < Z_; ++q)
+    if (q != zr_ && need_[size_t(q) * size_t(Z_) + size_t(zr_)]) b += (hi_ - lo_) * 4;
+  return b;
+}
+
+void TrainStep::gather_params(float* params) const {
+  if (lay_.pp > 1) dp_.allgather(params, shard_);
 }
 
 }  // namespace dsv3

@@ -12,6 +12,10 @@
 // the same U whose micro_batches are powers of two (so a rank's units form whole subtrees)
 // produce the same bits — `mpirun -np 4 dsv3 train` and `dsv3 train --micro-batches 4`
 // (tests/test_dist_train.cpp). Against another U the results differ by rounding only.
+//
+// With pipeline stages (lay.pp > 1) a rank runs its pipeline's schedule (PipelineExec) on its
+// stages, each micro-batch into its own arena; the other stages' tensors stay exactly zero, so
+// ZeRO-1 over all dp × pp ranks (stage pieces first, then the dp tree) keeps the same sums.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -23,6 +27,7 @@
 #include "train/optim.h"
 #include "train/params.h"
 #include "train/train_config.h"
+#include "train/pipeline_exec.h"
 #include "train/train_model.h"
 
 namespace dsv3 {
@@ -39,8 +44,10 @@ struct StepResult {
 class TrainStep {
  public:
   // dp / ep: this rank's groups (they must outlive the object); one process: Comm().
+  // With pipeline stages (lay.pp > 1): dp is the ZeRO group, all dp × pp ranks of the job in
+  // world order, and pipe the pipeline group of this rank's dp_rank (rank = stage).
   TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& lay, const dist::Comm& dp,
-            const dist::Comm& ep, int threads);
+            const dist::Comm& ep, int threads, const dist::Comm* pipe = nullptr);
   ~TrainStep();
 
   // Forward and backward of this rank's rows of batch [global_batch, T + 1] (every rank
@@ -48,14 +55,17 @@ class TrainStep {
   // grads()[lo(), hi()) holds the summed, unclipped gradient of this rank's shard.
   StepResult compute(const int32_t* batch, const float* params, int64_t step);
   // Clipping, AdamW on the shard, the all-gather of params, the router-bias update. Returns
-  // MaxVio per MoE layer. Call only when compute() was finite.
+  // MaxVio per MoE layer. Call only when compute() was finite. With pipeline stages the shards
+  // go only to the ranks whose stages use them: the rest of a rank's arena is stale until
+  // gather_params() (collective; before a checkpoint or reading the whole arena).
   std::vector<double> apply(float* params, const StepResult& r, int64_t step);
+  void gather_params(float* params) const;
 
   AdamW& adam() { return *adam_; }
   const std::vector<float>& grads() const { return grads_; }
   int64_t lo() const { return lo_; }
   int64_t hi() const { return hi_; }
-  const std::vector<int64_t>& shard_sizes() const { return shard_; }  // [dp]
+  const std::vector<int64_t>& shard_sizes() const { return shard_; }  // [ZeRO group size]
 
  private:
   const TrainConfig& cfg_;
@@ -64,7 +74,19 @@ class TrainStep {
   const dist::Comm& dp_;
   std::unique_ptr<AdamW> adam_;
   std::unique_ptr<TrainModel> model_;
+  const dist::Comm* pipe_ = nullptr;
+  std::unique_ptr<pipe::Schedule> sched_;
+  std::unique_ptr<PipelineExec> exec_;
+  int Z_ = 1, zr_ = 0;               // ZeRO group: size and this rank's place (dp, or dp × pp)
+  std::vector<int64_t> moe_layers_;  // the MoE layers of a step, in forward order (loads, balance)
+  // [Z, Z] piece_[q·Z + o]: rank q's piece of shard o can be non-zero (with pipeline stages,
+  // only where shard o meets a tensor of q's stages; the others are exact zeros, not sent).
+  std::vector<char> piece_;
+  std::vector<char> need_;        // [Z, Z] rank q reads weights of shard o (apply() sends them)
+  std::vector<float> shard_out_;  // [hi − lo] this rank's updated weights, sent by apply()
   void block_sumsq(int64_t b0, int64_t b1, double* out) const;
+  void send_weights(float* params);
+  int64_t weight_bytes() const;  // the weights apply() sends
 
   std::vector<float> grads_;                 // [numel] the step's gradient (this rank's micro-batch 0 first)
   std::vector<std::vector<float>> units_;    // [micro_batches − 1][numel] the other micro-batches'

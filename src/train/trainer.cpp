@@ -73,7 +73,9 @@ struct Dist {
   Layout lay;
   dist::Comm* world = nullptr;
   dist::Comm dp, ep;
+  dist::Comm zero, pipe;  // pp > 1: the ZeRO group (every rank) and this dp rank's pipeline
   bool lead() const { return lay.rank == 0; }
+  const dist::Comm& zero_group() const { return lay.pp > 1 ? zero : dp; }
 };
 
 struct State {
@@ -88,7 +90,7 @@ struct State {
 // calls this; one process: the moment itself).
 TensorView full_moment(const State& st, int which, std::vector<uint8_t>& buf) {
   const TensorView mine = st.ts.adam().moment(which);
-  if (st.d.dp.size() == 1) return mine;
+  if (st.d.zero_group().size() == 1) return mine;
   const std::vector<int64_t>& counts = st.ts.shard_sizes();
   if (mine.dtype == DType::BF16) {
     uint16_t* all = nullptr;
@@ -96,14 +98,14 @@ TensorView full_moment(const State& st, int which, std::vector<uint8_t>& buf) {
       buf.resize(size_t(st.ps.numel()) * 2);
       all = reinterpret_cast<uint16_t*>(buf.data());
     }
-    st.d.dp.gather(mine.ptr<uint16_t>(), all, counts, 0);
+    st.d.zero_group().gather(mine.ptr<uint16_t>(), all, counts, 0);
   } else {
     float* all = nullptr;
     if (st.d.lead()) {
       buf.resize(size_t(st.ps.numel()) * 4);
       all = reinterpret_cast<float*>(buf.data());
     }
-    st.d.dp.gather(mine.ptr<float>(), all, counts, 0);
+    st.d.zero_group().gather(mine.ptr<float>(), all, counts, 0);
   }
   return TensorView(buf.data(), mine.dtype, {st.ps.numel()});
 }
@@ -143,6 +145,7 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
   j["config"] = st.cfg.text;
   j["layout"] = {{"dp", st.d.lay.dp}, {"ep", st.d.lay.ep}, {"pp", st.d.lay.pp},
                  {"micro_batches", st.d.lay.micro_batches}};
+  if (st.d.lay.pp > 1) j["layout"]["schedule"] = st.d.lay.schedule;
   write_file_atomic((tmp / "trainer" / "trainer_state.json").string(), j.dump(1));
   const fs::path final_dir = fs::path(out) / name;
   fs::remove_all(final_dir);
@@ -280,6 +283,10 @@ int run_training(const TrainRunOptions& o) {
   }
   d.dp = d.world->split(d.lay.stage, d.lay.dp_rank);
   d.ep = d.dp.split(d.lay.dp_rank / d.lay.ep, d.lay.ep_rank);
+  if (d.lay.pp > 1) {
+    d.zero = d.world->split(0, d.lay.rank);
+    d.pipe = d.world->split(d.lay.dp_rank, d.lay.stage);
+  }
   const bool lead = d.lead();
   // Ranks on one machine share its cores (OMPI_COMM_WORLD_LOCAL_SIZE: ranks on this node).
   int threads = o.threads;
@@ -311,7 +318,7 @@ int run_training(const TrainRunOptions& o) {
 
   ParamSet ps(cfg.model, cfg.mtp);
   std::vector<float> params(size_t(ps.numel()));
-  TrainStep ts(cfg, ps, d.lay, d.dp, d.ep, threads);
+  TrainStep ts(cfg, ps, d.lay, d.zero_group(), d.ep, threads, d.lay.pp > 1 ? &d.pipe : nullptr);
   AdamW& adam = ts.adam();
   data::LoaderOptions lo_opt;
   lo_opt.seq_len = cfg.seq_len;
@@ -363,9 +370,10 @@ int run_training(const TrainRunOptions& o) {
     ps.init(params.data(), cfg.seed);
   }
   if (lead && d.lay.world > 1)
-    std::fprintf(stderr, "dsv3 train: %d ranks, dp %d × pp %d, ep %d, %d micro-batch%s of %lld sequences per "
+    std::fprintf(stderr, "dsv3 train: %d ranks, dp %d × pp %d%s%s, ep %d, %d micro-batch%s of %lld sequences per "
                  "rank, ZeRO-1 shards of %lld parameters, %d threads per rank\n", d.lay.world, d.lay.dp,
-                 d.lay.pp, d.lay.ep, d.lay.micro_batches, d.lay.micro_batches == 1 ? "" : "es",
+                 d.lay.pp, d.lay.pp > 1 ? " " : "", d.lay.pp > 1 ? d.lay.schedule.c_str() : "", d.lay.ep,
+                 d.lay.micro_batches, d.lay.micro_batches == 1 ? "" : "es",
                  (long long)d.lay.micro_batch, (long long)(ts.hi() - ts.lo()), resolve_threads(threads));
 
   const State st{cfg, ps, params, ts, d};
@@ -464,6 +472,7 @@ int run_training(const TrainRunOptions& o) {
       break;
     }
     if (ckpt_due && step + 1 < steps) {
+      ts.gather_params(params.data());  // pipeline stages: every rank's arena whole again
       if (!all_finite(params)) {
         bad_params_at = step + 1;
         exit_code = 3;
@@ -474,6 +483,7 @@ int run_training(const TrainRunOptions& o) {
   }
   if (metrics) std::fclose(metrics);
   if (tty && !quiet) std::fprintf(stderr, "\n");
+  ts.gather_params(params.data());
   if (exit_code != 3 && !all_finite(params)) {
     bad_params_at = step;
     exit_code = 3;
