@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string_view>
 
 #include "core/check.h"
 #include "core/parallel.h"
@@ -31,6 +33,28 @@ struct Poll {
     if (req) req->test();
   }
 };
+
+// DSV3_EP_OVERLAP=0 waits on each EP exchange right after starting it, with no computation
+// in between: the baseline of the overlap experiment (docs/PERF.md, "Distributed training").
+// Unset or 1: overlapped. The same operations in the same order either way: the same bits.
+bool ep_overlap() {
+  static const bool on = [] {
+    const char* s = std::getenv("DSV3_EP_OVERLAP");
+    if (s == nullptr || *s == 0) return true;
+    const std::string_view v(s);
+    DSV3_CHECK(v == "0" || v == "1", "DSV3_EP_OVERLAP='", s, "' must be 0 (off) or 1 (on)");
+    return v == "1";
+  }();
+  return on;
+}
+
+// ep_exchange, completed at once when overlap is off (then Poll's test() finds it done).
+dist::Request ep_start(const dist::Comm& comm, const EpPlan& plan, EpDirection dir,
+                       const uint8_t* send, uint8_t* recv, int64_t row_bytes) {
+  dist::Request req = ep_exchange(comm, plan, dir, send, recv, row_bytes);
+  if (!ep_overlap()) req.wait();
+  return req;
+}
 
 // One SwiGLU expert on n gathered rows: G, U [n, I] (saved) = gate(x), up(x);
 // y [n, H] = down(swiglu(G, U)) (written, or added with acc). h [n, I] is scratch.
@@ -396,7 +420,7 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   encode_sorted(send, Sd, x, order, N * K, K, H, wd, nullptr, lc.threads);
   uint8_t* xin = grow(es.x_in, plan.n_recv * Sd);  // [n_recv, Sd] source-major
   {
-    dist::Request req = ep_exchange(comm, plan, EpDirection::ToOwners, send, xin, Sd);
+    dist::Request req = ep_start(comm, plan, EpDirection::ToOwners, send, xin, Sd);
     if (c.n_shared_experts > 0) {
       const int64_t Is = inter_of(w.shared_experts);
       expert_forward(out, x, N, H, w.shared_experts, grow(saved.shared.gate, N * Is),
@@ -427,7 +451,7 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   // Combine (back in this rank's sorted order) while the scores and the balance loss are done.
   uint8_t* crecv = grow(s.recv, N * K * Sc);
   {
-    dist::Request req = ep_exchange(comm, plan, EpDirection::ToSources, csend, crecv, Sc);
+    dist::Request req = ep_start(comm, plan, EpDirection::ToSources, csend, crecv, Sc);
     unbiased_scores(sc, logits, N, E, c);
     req.test();
     if (stats) moe_stats(*stats, sc, cnt, start, B, T, E, K, alpha);
@@ -517,7 +541,7 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
     encode_sorted(send, Sd, dout, order, N * K, K, H, wd, wt, lc.threads);
     uint8_t* recv = grow(s.recv, plan.n_recv * Sd);
     {
-      dist::Request req = ep_exchange(comm, plan, EpDirection::ToOwners, send, recv, Sd);
+      dist::Request req = ep_start(comm, plan, EpDirection::ToOwners, send, recv, Sd);
       if (c.n_shared_experts > 0)
         expert_backward(dx, nullptr, nullptr, dout, x, N, H, w.shared_experts, g.shared_experts,
                         saved.shared.gate.data(), saved.shared.up.data(), lc, s.mlp, false,
@@ -553,7 +577,7 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
 
     uint8_t* crecv = grow(s.recv, N * K * Sc);  // the dout rows are consumed
     {
-      dist::Request req = ep_exchange(comm, plan, EpDirection::ToSources, csend, crecv, Sc);
+      dist::Request req = ep_start(comm, plan, EpDirection::ToSources, csend, crecv, Sc);
       // The balance term first: each ds entry gets at most one routing term and one balance
       // term, and a + b = b + a in IEEE arithmetic, so the plain path's bits are kept.
       if (balance) add_balance_grad(ds, sc, cnt, B, T, E, K, alpha, bal_scale);
