@@ -120,6 +120,7 @@ void wait_idle(const Engine& e) {
     if (m.running == 0 && m.waiting == 0 && m.kv_blocks_used == 0) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  ADD_FAILURE() << "the engine did not become idle within 5 s";
 }
 
 class ServeEngine : public ::testing::TestWithParam<CheckpointFormat> {};

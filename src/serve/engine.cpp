@@ -161,6 +161,7 @@ std::shared_ptr<Stream> Engine::submit(Request r) {
     s->stream = st;
     s->order = impl_->next_order++;
     ++impl_->outstanding;
+    ++impl_->m.waiting;
     impl_->incoming.push_back(std::move(s));
   }
   impl_->cv.notify_all();

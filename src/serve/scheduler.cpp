@@ -219,7 +219,9 @@ void Engine::loop() {
     {
       std::unique_lock<std::mutex> lk(I.mu);
       I.m.running = int64_t(I.running.size());
-      I.m.waiting = int64_t(I.waiting.size());
+      // Arrivals not yet taken count as waiting (submit() counts them too): a reader never
+      // sees an idle engine while a request it submitted is on its way in.
+      I.m.waiting = int64_t(I.waiting.size() + I.incoming.size());
       I.m.kv_blocks_used = pool.used();
       if (I.waiting.empty() && I.running.empty())
         I.cv.wait(lk, [&] { return stop_.load() || !I.incoming.empty(); });
