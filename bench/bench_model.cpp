@@ -4,6 +4,11 @@
 //   measured in the same run: bytes each token must read (the weights a decode step touches,
 //   Model::decode_bytes_per_token, plus the latent cache at that context) ÷ stream-read
 //   bandwidth (kernels/gemv.h stream_read over 512 MB).
+// dsv3 bench decode ... --batch 1,16 [--batch-mode invariant|fast] [--profile]
+//   The serving engine's decode step instead: B sequences, each one token at the same context,
+//   in one Model::forward_batch over a paged latent pool (block tables as dsv3 serve keeps
+//   them). Per context and B: the step time (median), aggregate tokens/s and its ratio to
+//   B = 1 — what continuous batching can gain before HTTP, scheduling and prefill.
 // dsv3 bench prefill (--model DIR | --config JSON) [--tokens 512] [--threads T] [--json]
 //   Prefill tokens/s and model GFLOP/s beside the machine's BF16 FLOP limit, measured in the
 //   same run as our BF16 GEMM at 2048³.
@@ -31,6 +36,8 @@
 #include "kernels/gemm.h"
 #include "kernels/gemv.h"
 #include "model/model.h"
+#include "model/mla.h"
+#include "serve/kv_pool.h"
 
 namespace dsv3::bench {
 namespace {
@@ -39,7 +46,7 @@ namespace fs = std::filesystem;
 
 
 struct ModelBenchOpts {
-  std::string model, config, format = "fp8", contexts = "256,8192";
+  std::string model, config, format = "fp8", contexts = "256,8192", batches, batch_mode = "invariant";
   int64_t steps = 32, tokens = 512;
   int threads = 0;
   bool json = false, profile = false;
@@ -79,7 +86,78 @@ void prepare(const ModelBenchOpts& o, ModelDir& md) {
   std::fprintf(stderr, "  %.2f GB in %.1f s\n", double(bytes) * 1e-9, now_s() - t0);
 }
 
+// --batch: the serving step (see the header).
+void run_decode_batched(const ModelBenchOpts& o) {
+  DSV3_CHECK(o.steps >= 3 && o.steps <= 100000, "--steps must be in [3, 100000], got ", o.steps);
+  DSV3_CHECK(o.batch_mode == "invariant" || o.batch_mode == "fast",
+             "--batch-mode: expected 'invariant' or 'fast', got '", o.batch_mode, "'");
+  const std::vector<int32_t> ctxs = cli::parse_id_list(o.contexts, "--context");
+  const std::vector<int32_t> batches = cli::parse_id_list(o.batches, "--batch");
+  if (o.threads > 0) set_num_threads(o.threads);
+  const int threads = resolve_threads(o.threads);
+  ModelDir md;
+  prepare(o, md);
+  ModelOptions mo;
+  mo.with_mtp = false;
+  mo.threads = threads;
+  Model m(md.dir, mo);
+  const ModelConfig& c = m.config();
+  const int64_t V = m.vocab(), R = serve::kBlockRows, row = mla_cache_row(c);
+  const int64_t L = c.num_hidden_layers;
+  std::printf("%8s %6s %10s %12s %10s   (threads %d, batch mode %s)\n", "context", "batch",
+              "step ms", "tokens/s", "x batch 1", threads, o.batch_mode.c_str());
+  uint32_t seed = 12345;
+  for (int32_t ctx : ctxs) {
+    DSV3_CHECK(ctx >= 1, "--context entries must be ≥ 1");
+    double tps1 = 0;
+    for (int32_t B : batches) {
+      DSV3_CHECK(B >= 1 && B <= 1024, "--batch entries must be in [1, 1024], got ", B);
+      const int64_t per_seq = (int64_t(ctx) + o.steps + R) / R;
+      const int64_t n_blocks = per_seq * B;
+      std::vector<float> data(static_cast<size_t>(L * n_blocks * R * row));
+      for (float& v : data) v = float(int32_t(lcg(seed) % 2001) - 1000) * 1e-3f;
+      KvPoolView view{data.data(), n_blocks, R, row};
+      std::vector<int32_t> tables(static_cast<size_t>(n_blocks));
+      for (int64_t i = 0; i < n_blocks; ++i) tables[size_t(i)] = int32_t(i);
+      m.reserve_positions(int64_t(ctx) + o.steps + 1);
+      std::vector<int32_t> ids(static_cast<size_t>(B));
+      std::vector<float> logits(static_cast<size_t>(B * V));
+      std::vector<BatchSeq> seqs(static_cast<size_t>(B));
+      ForwardScratch s;
+      ForwardProfile prof;
+      std::vector<double> step_s;
+      for (int64_t t = 0; t < o.steps; ++t) {
+        for (int32_t b = 0; b < B; ++b) {
+          ids[size_t(b)] = int32_t(lcg(seed) % uint32_t(V));
+          BatchSeq& q = seqs[size_t(b)];
+          q.ids = &ids[size_t(b)];
+          q.T = 1;
+          q.p0 = ctx + t;
+          q.table = tables.data() + b * per_seq;
+          q.logits = logits.data() + b * V;
+        }
+        const double t0 = now_s();
+        m.forward_batch(view, seqs.data(), B, o.batch_mode == "invariant", s,
+                        o.profile && t > 0 ? &prof : nullptr);
+        step_s.push_back(now_s() - t0);
+      }
+      step_s.erase(step_s.begin());
+      const double step = median(step_s), tps = double(B) / step;
+      if (B == 1) tps1 = tps;
+      std::printf("%8d %6d %10.2f %12.2f %10s\n", ctx, B, step * 1e3, tps,
+                  tps1 > 0 ? (std::to_string(tps / tps1).substr(0, 5) + "x").c_str() : "-");
+      if (o.profile && prof.calls > 0) {
+        const double n = double(prof.calls) * 1e-3;
+        std::printf("         ms per step: attention %.2f, ffn %.2f, norms %.2f, head %.2f\n",
+                    prof.attn / n, prof.ffn / n, prof.norm / n, prof.head / n);
+      }
+      std::fflush(stdout);
+    }
+  }
+}
+
 void run_decode(const ModelBenchOpts& o) {
+  if (!o.batches.empty()) return run_decode_batched(o);
   DSV3_CHECK(o.steps >= 3 && o.steps <= 100000, "--steps must be in [3, 100000], got ", o.steps);
   const std::vector<int32_t> ctxs = cli::parse_id_list(o.contexts, "--context");
   if (o.threads > 0) set_num_threads(o.threads);
@@ -239,6 +317,9 @@ void add_model(CLI::App& bench) {
   d->add_option("--context", o->contexts, "Context lengths to decode at, e.g. 256,8192");
   d->add_option("--steps", o->steps, "Decode steps per context (median)");
   d->add_flag("--profile", o->profile, "Print where the time goes (ms per step) to stderr");
+  d->add_option("--batch", o->batches,
+                "Sequences per step, e.g. 1,16: the serving engine's batched step instead");
+  d->add_option("--batch-mode", o->batch_mode, "With --batch: invariant (default) | fast");
   d->callback([o] { run_decode(*o); });
   auto p = std::make_shared<ModelBenchOpts>();
   CLI::App* f = bench.add_subcommand("prefill", "Prefill tokens/s vs the BF16 FLOP limit");

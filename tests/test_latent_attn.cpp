@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -166,6 +167,45 @@ TEST(LatentAttn, EmptyRowsAndRowIndependence) {
     EXPECT_EQ(d.o[2 * d.ldo + j], d.cache[j]);
   }
   check(d, active_isa() == Isa::Avx512, "empty");
+}
+
+// latent_attention_batch: each call's output is bit-identical to latent_attention of that
+// call alone with the same thread count — calls of different sizes (some split over both
+// threads, some too small to split, one empty), every ISA, 1 and 2 threads. The inputs of
+// each call are distinct, so a call reading another's scratch would differ.
+TEST(LatentAttn, BatchEqualsEachCallAlone) {
+  const Case cases[] = {{8, 200, 320, 256, 8}, {8, 1, 320, 256, 8},   {16, 900, 320, 256, 8},
+                        {0, 10, 320, 256, 8},  {24, 4000, 40, 24, 8}, {8, 33, 320, 256, 8}};
+  for (Isa isa : testing::kIsas) {
+    IsaScope scope(isa);
+    for (int threads : {1, 2}) {
+      std::vector<Data> alone, batch;
+      std::vector<LatentAttn> calls;
+      uint32_t seed = 500;
+      for (const Case& c : cases) {
+        alone.emplace_back(c, seed);
+        batch.emplace_back(c, seed);
+        seed += 11;
+      }
+      for (Data& d : batch) calls.push_back(d.args());
+      latent_attention_batch(calls.data(), int(calls.size()), threads);
+      for (size_t i = 0; i < alone.size(); ++i) {
+        latent_attention(alone[i].args(), threads);
+        SCOPED_TRACE(::testing::Message() << isa_name(active_isa()) << " threads " << threads
+                                          << " call " << i);
+        const int64_t n = alone[i].c.M * alone[i].ldo;
+        for (int64_t k = 0; k < n; ++k)
+          ASSERT_EQ(std::bit_cast<uint32_t>(alone[i].o[k]), std::bit_cast<uint32_t>(batch[i].o[k]))
+              << "element " << k;
+        if (alone[i].c.M > 0) check(batch[i], active_isa() == Isa::Avx512, "batch");
+      }
+    }
+  }
+  // A bad call anywhere in the batch is refused before any work.
+  Data good({8, 10, 40, 24, 8}, 1), bad({8, 10, 40, 24, 8}, 2);
+  LatentAttn two[2] = {good.args(), bad.args()};
+  two[1].dc = 41;
+  EXPECT_THROW(latent_attention_batch(two, 2, 2), Error);
 }
 
 TEST(LatentAttn, BadArguments) {

@@ -79,41 +79,105 @@ void merge_rows(const LatentAttn& a, int parts, const float* scratch, int64_t st
   }
 }
 
+// How one call is split: parts (each a contiguous block of positions [0, smax)) and the
+// scratch per part. Depends on the call and the thread count only, never on other calls, so
+// latent_attention_batch computes each call exactly as latent_attention would.
+struct Plan {
+  int64_t smax = 0, stride = 0;
+  int parts = 1;
+};
+
+Plan plan_call(const LatentAttn& a, int threads) {
+  Plan p;
+  for (int64_t m = 0; m < a.M; ++m) p.smax = std::max<int64_t>(p.smax, a.valid_len[m]);
+  const int64_t by_work = p.smax * a.M / kMinWorkPerThread,
+                by_positions = p.smax / kMinPositionsPerThread;
+  p.parts = int(std::clamp<int64_t>(std::min(by_work, by_positions), 1, threads));
+  // Per part: mx [M], l [M], po [M, dc], p [M, kLatentTile]; padded to 64 bytes.
+  p.stride = (2 * a.M + a.M * a.dc + a.M * kLatentTile + 15) / 16 * 16;
+  return p;
+}
+
+void run_part(const LatentAttn& a, const Plan& p, float* scratch, int part) {
+  float* base = scratch + part * p.stride;
+  int64_t s0, s1;
+  split_range(p.smax, p.parts, part, &s0, &s1);
+  avx512::latent_attn_partial(a, s0, s1, base, base + a.M, base + 2 * a.M,
+                              base + 2 * a.M + a.M * a.dc);
+}
+
 }  // namespace
 
 void latent_attention(const LatentAttn& a, int threads) {
   check_args(a);
   if (a.M == 0 || a.dc == 0) return;
   if (active_isa() != Isa::Avx512) return latent_attention_ref(a);
-  int64_t smax = 0;
-  for (int64_t m = 0; m < a.M; ++m) smax = std::max<int64_t>(smax, a.valid_len[m]);
-  const int64_t by_work = smax * a.M / kMinWorkPerThread, by_positions = smax / kMinPositionsPerThread;
-  const int nt = int(std::clamp<int64_t>(std::min(by_work, by_positions), 1, resolve_threads(threads)));
-  // Per thread: mx [M], l [M], po [M, dc], p [M, kLatentTile]; padded to 64 bytes.
-  const int64_t stride = (2 * a.M + a.M * a.dc + a.M * kLatentTile + 15) / 16 * 16;
+  const Plan p = plan_call(a, resolve_threads(threads));
+  const int nt = p.parts;
   thread_local std::vector<float> scratch;
-  if (scratch.size() < size_t(nt * stride)) scratch.resize(size_t(nt * stride));
+  if (scratch.size() < size_t(nt * p.stride)) scratch.resize(size_t(nt * p.stride));
   float* sp = scratch.data();
-  auto partial = [&](int t) {
-    float* base = sp + t * stride;
-    int64_t s0, s1;
-    split_range(smax, nt, t, &s0, &s1);
-    avx512::latent_attn_partial(a, s0, s1, base, base + a.M, base + 2 * a.M,
-                                base + 2 * a.M + a.M * a.dc);
-  };
   if (nt == 1) {
-    partial(0);
-    merge_rows(a, 1, sp, stride, 0, a.M);
+    run_part(a, p, sp, 0);
+    merge_rows(a, 1, sp, p.stride, 0, a.M);
     return;
   }
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), got = omp_get_num_threads();
-    for (int part = t; part < nt; part += got) partial(part);  // got < nt if OpenMP gave fewer
+    for (int part = t; part < nt; part += got) run_part(a, p, sp, part);  // got < nt if OpenMP gave fewer
 #pragma omp barrier
     int64_t m0, m1;
     split_range(a.M, got, t, &m0, &m1);
-    merge_rows(a, nt, sp, stride, m0, m1);
+    merge_rows(a, nt, sp, p.stride, m0, m1);
+  }
+}
+
+void latent_attention_batch(const LatentAttn* calls, int n, int threads) {
+  for (int i = 0; i < n; ++i) check_args(calls[i]);
+  if (n == 0) return;
+  if (active_isa() != Isa::Avx512) {
+    for (int i = 0; i < n; ++i)
+      if (calls[i].M > 0 && calls[i].dc > 0) latent_attention_ref(calls[i]);
+    return;
+  }
+  const int nt = resolve_threads(threads);
+  thread_local std::vector<Plan> plans;
+  thread_local std::vector<int64_t> offs;      // [n + 1]: scratch offset of each call
+  thread_local std::vector<std::pair<int, int>> items;  // (call, part)
+  plans.resize(size_t(n));
+  offs.assign(size_t(n) + 1, 0);
+  items.clear();
+  for (int i = 0; i < n; ++i) {
+    const LatentAttn& a = calls[i];
+    if (a.M == 0 || a.dc == 0) {
+      plans[size_t(i)].parts = 0;
+    } else {
+      plans[size_t(i)] = plan_call(a, nt);
+      for (int part = 0; part < plans[size_t(i)].parts; ++part) items.emplace_back(i, part);
+    }
+    offs[size_t(i) + 1] = offs[size_t(i)] + plans[size_t(i)].parts * plans[size_t(i)].stride;
+  }
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < size_t(offs[size_t(n)])) scratch.resize(size_t(offs[size_t(n)]));
+  // Plain pointers: the thread_local vectors are this thread's; the region's other threads
+  // must read these, not their own (empty) ones.
+  float* sp = scratch.data();
+  const Plan* pl = plans.data();
+  const int64_t* of = offs.data();
+  const std::pair<int, int>* it = items.data();
+  const int64_t n_items = int64_t(items.size());
+  // One region for every call: the partials spread over the threads, then the merges.
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = 0; k < n_items; ++k) {
+      const auto [i, part] = it[k];
+      run_part(calls[i], pl[i], sp + of[i], part);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int i = 0; i < n; ++i)
+      if (pl[i].parts > 0) merge_rows(calls[i], pl[i].parts, sp + of[i], pl[i].stride, 0, calls[i].M);
   }
 }
 

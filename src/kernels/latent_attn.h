@@ -46,6 +46,12 @@ struct LatentAttn {
 // twin. threads: resolve_threads() semantics (0 = default).
 void latent_attention(const LatentAttn& a, int threads = 0);
 void latent_attention_ref(const LatentAttn& a);
+// n independent calls (the decode rows of several sequences, each over its own cache) in one
+// parallel region: every call's result is bit-identical to latent_attention(calls[i], threads)
+// — the same split of its positions into parts and the same merge — only which thread
+// computes a part changes. Spares n − 1 fork/joins and keeps both cores busy when each call
+// alone is too small to split.
+void latent_attention_batch(const LatentAttn* calls, int n, int threads = 0);
 
 namespace avx512 {
 // latent_attn_avx512.cpp. Partial attention of all M rows over positions [s0, s1):

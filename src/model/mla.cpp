@@ -79,6 +79,10 @@ constexpr int64_t kAbsorbDequantMinT = 24;
 // the same FLOPs and the packed GEMM's larger register tiles win.
 constexpr int64_t kLatentAttnMaxRows = 64;
 
+// Rows per slice-kernel pass (mla_absorb.h: each weight slice is read once per 4 rows); row
+// chunks of the batched form are multiples of it.
+constexpr int64_t kAbsorbRows = 4;
+
 // The weight side of a kernels/mla_absorb.h call on rows [r0, r0 + rows) of kv_b_proj.
 MlaAbsorb absorb_params(const Weight& w, int64_t T, int64_t r0, int64_t rows) {
   MlaAbsorb p;
@@ -181,6 +185,94 @@ void attention_absorbed(float* o, const float* q, int64_t T, int64_t p0, const L
   }
 }
 
+// True when attention_absorbed of this sequence runs the slice kernels and the latent
+// kernel (a decode-sized step): those sequences attend together in attention_decode_batch.
+bool decode_sized(int64_t T, int64_t nh) {
+  return T <= kAbsorbDequantMinT && T * nh <= kLatentAttnMaxRows && active_isa() == Isa::Avx512;
+}
+
+// attention_absorbed for several decode-sized sequences (decode_sized) in three parallel
+// regions instead of three per sequence, and with each weight slice read once per 4 rows of
+// the whole batch instead of once per sequence: the sequences' rows are gathered, each head's
+// q absorption runs over all of them in one slice_xw call (likewise o), and one
+// latent_attention_batch attends every sequence over its own cache. A row's arithmetic is
+// exactly that of attention_absorbed on its sequence alone — the slice kernels compute each
+// row the same whatever the rows beside it (mla_absorb.h: groups of ≤ 4 tokens, the same
+// per-row sums), the latent kernel splits each call as alone — so a token's result does not
+// depend on the batch. q, o: the batch's [rows, heads, ·]; idx: the sequences (into seqs).
+void attention_decode_batch(float* o, const float* q, const MlaSeq* seqs, const int* idx, int n,
+                            const MlaLayer& L, const MlaContext& ctx, MlaScratch& s) {
+  const ModelConfig& c = *ctx.c;
+  const int64_t nh = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
+  const int64_t dv = c.v_head_dim, dq = c.qk_head_dim(), dc = c.kv_lora_rank;
+  const int64_t R = mla_cache_row(c), dkv = dn + dv;
+  const Weight& wkv_b = L.w->kv_b_proj;
+  const int nt = resolve_threads(ctx.threads);
+  DSV3_CHECK(wkv_b.w.dtype == DType::F32 || wkv_b.w.dtype == DType::BF16 ||
+                 wkv_b.w.dtype == DType::F16 || wkv_b.fp8(),
+             "kv_b_proj of dtype ", dtype_name(wkv_b.w.dtype), " is not supported");
+  // Rows b0[j] .. b0[j] + T of the gathered arrays belong to sequence idx[j].
+  int64_t* b0 = grow(s.decode_row, int64_t(n) + 1);
+  b0[0] = 0;
+  for (int j = 0; j < n; ++j) b0[j + 1] = b0[j] + seqs[idx[j]].T;
+  const int64_t rows = b0[n];
+  float* qd = grow(s.gather, rows * nh * std::max(dq, dv));  // q rows in, then o rows out
+  float* qcat = grow(s.qcat, rows * nh * R);
+  float* olat = grow(s.olat, rows * nh * dc);
+  int32_t* valid = grow(s.valid, rows * nh);
+  for (int j = 0; j < n; ++j) {
+    const MlaSeq& sq = seqs[idx[j]];
+    std::memcpy(qd + b0[j] * nh * dq, q + sq.r0 * nh * dq, size_t(sq.T * nh * dq) * sizeof(float));
+  }
+  // Work items: (head, chunk of rows); chunks only when there are more threads than heads.
+  const int64_t chunks = std::min<int64_t>((nt + nh - 1) / nh, (rows + kAbsorbRows - 1) / kAbsorbRows);
+  const int64_t per_chunk = ((rows + chunks - 1) / chunks + kAbsorbRows - 1) / kAbsorbRows * kAbsorbRows;
+  const int64_t items = nh * chunks;
+
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t k = 0; k < items; ++k) {
+    const int64_t h = k % nh, t0 = (k / nh) * per_chunk, t1 = std::min(rows, t0 + per_chunk);
+    if (t0 >= t1) continue;
+    MlaAbsorb p = absorb_params(wkv_b, t1 - t0, h * dkv, dn);
+    p.x = qd + t0 * nh * dq + h * dq; p.ldx = nh * dq;   // q_nope of head h
+    p.y = qcat + t0 * nh * R + h * R; p.ldy = nh * R;    // q_lat of head h
+    slice_xw(p);
+    for (int64_t t = t0; t < t1; ++t)
+      std::memcpy(qcat + (t * nh + h) * R + dc, qd + t * nh * dq + h * dq + dn,
+                  size_t(dr) * sizeof(float));
+  }
+
+  s.calls.assign(size_t(n), LatentAttn{});
+  for (int j = 0; j < n; ++j) {
+    const MlaSeq& sq = seqs[idx[j]];
+    for (int64_t t = 0; t < sq.T; ++t)
+      for (int64_t h = 0; h < nh; ++h) valid[(b0[j] + t) * nh + h] = int32_t(sq.p0 + t + 1);
+    LatentAttn& a = s.calls[size_t(j)];
+    a.o = olat + b0[j] * nh * dc; a.ldo = dc;
+    a.q = qcat + b0[j] * nh * R; a.ldq = R;
+    a.cache = sq.cache.base; a.valid_len = valid + b0[j] * nh;
+    a.block_table = sq.cache.table; a.block_rows = sq.cache.block_rows;
+    a.block_stride = sq.cache.block_stride;
+    a.scale = ctx.softmax_scale; a.M = sq.T * nh; a.S = sq.p0 + sq.T; a.dc = dc; a.R = R;
+  }
+  latent_attention_batch(s.calls.data(), n, ctx.threads);
+
+  float* od = qd;  // the gathered q rows are spent: o rows [rows, heads, v]
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t k = 0; k < items; ++k) {
+    const int64_t h = k % nh, t0 = (k / nh) * per_chunk, t1 = std::min(rows, t0 + per_chunk);
+    if (t0 >= t1) continue;
+    MlaAbsorb p = absorb_params(wkv_b, t1 - t0, h * dkv + dn, dv);
+    p.x = olat + t0 * nh * dc + h * dc; p.ldx = nh * dc;  // o_lat of head h
+    p.y = od + t0 * nh * dv + h * dv; p.ldy = nh * dv;    // o of head h
+    slice_xwt(p);
+  }
+  for (int j = 0; j < n; ++j) {
+    const MlaSeq& sq = seqs[idx[j]];
+    std::memcpy(o + sq.r0 * nh * dv, od + b0[j] * nh * dv, size_t(sq.T * nh * dv) * sizeof(float));
+  }
+}
+
 }  // namespace
 
 const YarnParams* yarn_params(const ModelConfig& c, YarnParams* y) {
@@ -246,12 +338,26 @@ void mla_forward_batch(float* out, const float* x, const MlaSeq* seqs, int n_seq
       std::memcpy(sq.cache.row(sq.p0 + t, R), rows + (sq.r0 + t) * R, size_t(R) * sizeof(float));
   }
 
-  // Attention, per sequence over its own cache: o [T, heads, v].
+  // Attention, per sequence over its own cache: o [T, heads, v]. Decode-sized sequences in
+  // the absorbed form together (attention_decode_batch: the same arithmetic, fewer regions).
   float* o = grow(s.o, T * nh * dv);
+  auto form_of = [&](const MlaSeq& sq) {
+    if (sq.form != AttnForm::Auto) return sq.form;
+    return sq.p0 == 0 && sq.T > 1 ? AttnForm::Naive : AttnForm::Absorbed;
+  };
+  std::vector<char>& batched = s.batched;
+  batched.assign(size_t(n_seqs), 0);
+  s.decode.clear();
+  for (int i = 0; i < n_seqs; ++i)
+    if (form_of(seqs[i]) == AttnForm::Absorbed && decode_sized(seqs[i].T, nh)) s.decode.push_back(i);
+  if (s.decode.size() > 1) {
+    attention_decode_batch(o, q, seqs, s.decode.data(), int(s.decode.size()), L, ctx, s);
+    for (int i : s.decode) batched[size_t(i)] = 1;
+  }
   for (int i = 0; i < n_seqs; ++i) {
     const MlaSeq& sq = seqs[i];
-    AttnForm form = sq.form;
-    if (form == AttnForm::Auto) form = sq.p0 == 0 && sq.T > 1 ? AttnForm::Naive : AttnForm::Absorbed;
+    if (batched[size_t(i)]) continue;
+    const AttnForm form = form_of(sq);
     const float* qs = q + sq.r0 * nh * dq;
     float* os = o + sq.r0 * nh * dv;
     if (form == AttnForm::Naive) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/latent_attn.h"
 #include "kernels/rope.h"
 #include "model/config.h"
 #include "model/linear.h"
@@ -75,6 +76,10 @@ struct MlaScratch {
   std::vector<float> o;       // [T, heads, v]
   std::vector<int32_t> pos, valid;
   std::vector<std::vector<float>> per_thread;  // dequantised W_UK / W_UV slices
+  std::vector<int> decode;                     // batch: the sequences attended together
+  std::vector<char> batched;                   // batch: [seqs] 1 for those
+  std::vector<int64_t> decode_row;             // batch: their first row among those
+  std::vector<LatentAttn> calls;               // batch: their latent-attention calls
 };
 
 // The config's "rope_scaling" as the RoPE kernels take it: storage filled from c and returned,

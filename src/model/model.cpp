@@ -234,7 +234,7 @@ void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) con
 }
 
 void Model::forward_batch(const KvPoolView& pool, const BatchSeq* seqs, int n, bool invariant,
-                          ForwardScratch& s) const {
+                          ForwardScratch& s, ForwardProfile* prof) const {
   const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
   DSV3_ASSERT(n > 0);
   int64_t* off = grow(s.off, int64_t(n) + 1);
@@ -269,8 +269,10 @@ void Model::forward_batch(const KvPoolView& pool, const BatchSeq* seqs, int n, b
       m.cache = pool.layer(l, seqs[i].table);
       m.form = AttnForm::Auto;
     }
-    block(w_.layers[size_t(l)], lf_[size_t(l)], s.mseq.data(), n, lb, s, nullptr, std::string());
+    block(w_.layers[size_t(l)], lf_[size_t(l)], s.mseq.data(), n, lb, s, nullptr, std::string(),
+          prof);
   }
+  const double t_head = prof ? now_s() : 0;
   float* xn = grow(s.xn, T * H);
   rmsnorm_forward(xn, H, nullptr, x, H, norm_.data(), T, H, float(cfg_.rms_norm_eps), threads_);
   for (int i = 0; i < n; ++i)
@@ -309,6 +311,10 @@ void Model::forward_batch(const KvPoolView& pool, const BatchSeq* seqs, int n, b
     if (r == 0 || (r > kLinearGemvMaxM && invariant)) continue;
     std::memcpy(q.logits, hy + j * V, size_t(r * V) * sizeof(float));
     j += r;
+  }
+  if (prof) {
+    prof->head += now_s() - t_head;
+    ++prof->calls;
   }
 }
 

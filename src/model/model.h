@@ -135,7 +135,7 @@ class Model {
   // alone, docs/serve.md; !invariant: one GEMM over the batch), attention per sequence.
   // Sequences with T ≤ kLinearGemvMaxM come first. Needs rope positions: reserve_positions.
   void forward_batch(const KvPoolView& pool, const BatchSeq* seqs, int n, bool invariant,
-                     ForwardScratch& s) const;
+                     ForwardScratch& s, ForwardProfile* prof = nullptr) const;
   // A cache of the MTP modules' layers only (the serving engine keeps the main layers paged).
   KvCache new_mtp_cache(int64_t capacity);
   // Grows the RoPE table to n positions (new_cache does it for its capacity).

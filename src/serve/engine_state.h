@@ -16,10 +16,6 @@
 
 namespace dsv3::serve {
 
-// Positions per cache block (vLLM's default). Small blocks waste little of the pool at the
-// end of each sequence and let short shared prefixes (a system prompt) be reused.
-constexpr int64_t kBlockRows = 16;
-
 struct Seq {
   std::shared_ptr<Stream> stream;
   Request req;

@@ -18,6 +18,10 @@
 
 namespace dsv3::serve {
 
+// Positions per cache block (vLLM's default). Small blocks waste little of the pool at the
+// end of each sequence and let short shared prefixes (a system prompt) be reused.
+constexpr int64_t kBlockRows = 16;
+
 class KvPool {
  public:
   // n_layers: the model's layers (main, then MTP); row: floats per position and layer.
