@@ -47,6 +47,7 @@ namespace fs = std::filesystem;
 
 struct ModelBenchOpts {
   std::string model, config, format = "fp8", contexts = "256,8192", batches, batch_mode = "invariant";
+  std::string activations = "f32";
   int64_t steps = 32, tokens = 512;
   int threads = 0;
   bool json = false, profile = false;
@@ -100,6 +101,7 @@ void run_decode_batched(const ModelBenchOpts& o) {
   ModelOptions mo;
   mo.with_mtp = false;
   mo.threads = threads;
+  mo.bf16_activations = cli::parse_activations(o.activations);
   Model m(md.dir, mo);
   const ModelConfig& c = m.config();
   const int64_t V = m.vocab(), R = serve::kBlockRows, row = mla_cache_row(c);
@@ -167,6 +169,7 @@ void run_decode(const ModelBenchOpts& o) {
   ModelOptions mo;
   mo.with_mtp = false;
   mo.threads = threads;
+  mo.bf16_activations = cli::parse_activations(o.activations);
   Model m(md.dir, mo);
   const ModelConfig& c = m.config();
   const double wbytes = double(m.decode_bytes_per_token());
@@ -256,6 +259,7 @@ void run_prefill(const ModelBenchOpts& o) {
   ModelOptions mo;
   mo.with_mtp = false;
   mo.threads = threads;
+  mo.bf16_activations = cli::parse_activations(o.activations);
   Model m(md.dir, mo);
   const ModelConfig& c = m.config();
   const int64_t T = o.tokens;
@@ -305,6 +309,7 @@ void add_common(CLI::App* c, ModelBenchOpts& o) {
   c->add_option("--config", o.config, "config.json: benchmark random weights of this shape");
   c->add_option("--format", o.format, "With --config: fp8 | bf16 | f32 (default fp8)");
   c->add_option("--threads", o.threads, "Threads (default: all cores)");
+  c->add_option("--activations", o.activations, cli::kActivationsHelp);
   c->add_flag("--json", o.json, "One JSON line");
 }
 

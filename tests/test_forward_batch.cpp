@@ -5,7 +5,9 @@
 // steps (T = 3, 4) — these attend together (mla.cpp attention_decode_batch: gathered rows,
 // one slice-kernel call per head, one latent_attention_batch) — a first prefill chunk (p0 = 0,
 // the naive form) and a later prefill chunk larger than kLinearGemvMaxM (its own GEMMs).
-// Tiny random checkpoints in FP8, BF16 and F32; 1 and 2 threads.
+// Tiny random checkpoints in FP8, BF16 and F32; 1 and 2 threads; activations carried as
+// hi+lo (the default) and rounded to BF16 (ModelOptions::bf16_activations, which must change
+// the BF16/FP8 logits — it is not ignored — and leave F32 checkpoints' alone).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -34,10 +36,11 @@ struct SeqSpec {
 const SeqSpec kSeqs[] = {{7, 1}, {30, 1}, {1, 1}, {12, 2}, {19, 3}, {5, 4}, {0, 3}, {11, 9}};
 constexpr int kN = int(std::size(kSeqs));
 
-class ForwardBatch : public ::testing::TestWithParam<std::tuple<CheckpointFormat, int>> {};
+class ForwardBatch
+    : public ::testing::TestWithParam<std::tuple<CheckpointFormat, int, bool>> {};
 
 TEST_P(ForwardBatch, EachSequenceAsAlone) {
-  const auto [format, threads] = GetParam();
+  const auto [format, threads, bf16_act] = GetParam();
   const fs::path dir = fs::temp_directory_path() /
                        ("dsv3_fwd_batch_" + std::to_string(::getpid()) + "_" +
                         checkpoint_format_name(format));
@@ -51,6 +54,7 @@ TEST_P(ForwardBatch, EachSequenceAsAlone) {
   ModelOptions mo;
   mo.with_mtp = false;
   mo.threads = threads;
+  mo.bf16_activations = bf16_act;
   Model m(dir.string(), mo);
   const ModelConfig& c = m.config();
   const int64_t V = m.vocab(), row = mla_cache_row(c), L = c.num_hidden_layers;
@@ -116,6 +120,24 @@ TEST_P(ForwardBatch, EachSequenceAsAlone) {
       }
     }
   }
+  if (bf16_act) {  // the same step with activations carried as hi+lo
+    mo.bf16_activations = false;
+    Model m32(dir.string(), mo);
+    m32.reserve_positions(64);
+    pool = context;
+    std::vector<std::vector<float>> logits32(kN);
+    std::vector<BatchSeq> batch32;
+    for (int j = 0; j < kN; ++j) {
+      logits32[size_t(j)].assign(logits[size_t(j)].size(), 0.0f);
+      batch32.push_back(seq(j, logits32[size_t(j)].data()));
+    }
+    ForwardScratch s32;
+    m32.forward_batch(view, batch32.data(), kN, true, s32);
+    bool same = true;
+    for (int j = 0; j < kN; ++j) same = same && logits32[size_t(j)] == logits[size_t(j)];
+    EXPECT_EQ(same, format == CheckpointFormat::F32)
+        << "BF16 activations must change BF16/FP8 linears and only those";
+  }
   fs::remove_all(dir);
 }
 
@@ -123,10 +145,11 @@ INSTANTIATE_TEST_SUITE_P(Formats, ForwardBatch,
                          ::testing::Combine(::testing::Values(CheckpointFormat::FP8,
                                                               CheckpointFormat::BF16,
                                                               CheckpointFormat::F32),
-                                            ::testing::Values(1, 2)),
+                                            ::testing::Values(1, 2), ::testing::Bool()),
                          [](const auto& info) {
                            return std::string(checkpoint_format_name(std::get<0>(info.param))) +
-                                  "_t" + std::to_string(std::get<1>(info.param));
+                                  "_t" + std::to_string(std::get<1>(info.param)) +
+                                  (std::get<2>(info.param) ? "_bf16act" : "");
                          });
 
 }  // namespace

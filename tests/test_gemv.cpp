@@ -144,17 +144,43 @@ TEST(Gemv, Bf16MatchesExactOnEveryPath) {
       expect_close(y, ldy, exact, mag, M, N, K, "bf16 ref");
       for (Isa isa : isas()) {
         set_isa(isa);
-        for (int threads : {1, 2, 3}) {
-          std::vector<float> y2(M * ldy, 5.f);
-          GemvBF16 p{M, N, K, w, ldw, x, ldx, y2.data(), ldy, true};
-          gemv_bf16(p, threads);
-          std::vector<double> want = exact, wmag = mag;
-          for (auto& v : want) v += 5.0;
-          for (auto& v : wmag) v += 5.0;
-          expect_close(y2, ldy, want, wmag, M, N, K, isa_name(isa));
-        }
+        for (int threads : {1, 2, 3})
+          for (bool x_bf16 : {false, true}) {
+            std::vector<float> y2(M * ldy, 5.f);
+            GemvBF16 p{M, N, K, w, ldw, x, ldx, y2.data(), ldy, true, x_bf16};
+            gemv_bf16(p, threads);
+            std::vector<double> want = exact, wmag = mag;
+            for (auto& v : want) v += 5.0;
+            for (auto& v : wmag) v += 5.0;
+            SCOPED_TRACE(testing::Message() << "x_bf16 " << x_bf16 << " threads " << threads);
+            expect_close(y2, ldy, want, wmag, M, N, K, isa_name(isa), x_bf16 ? 8 : 16);
+          }
       }
     }
+  }
+}
+
+// x_bf16 means exactly "x rounded to BF16 once": on AVX-512 its y is bit-identical to the
+// hi+lo path given x already rounded (lo is then 0, and VDPBF16PS adds the zero products
+// without changing the sum), and it differs from the hi+lo path on the unrounded x.
+TEST(Gemv, Bf16XRoundsActivationsOnce) {
+  if (best_isa() < Isa::Avx512) GTEST_SKIP() << "x_bf16 is an AVX-512 path";
+  IsaGuard guard;
+  set_isa(Isa::Avx512);
+  std::mt19937 rng(99);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const int64_t N = 300, K = 1000;
+  std::vector<uint16_t> w(N * K);
+  for (auto& h : w) h = f32_to_bf16(u(rng));
+  for (int64_t M : {1, 5, 16}) {
+    std::vector<float> x(M * K), xr(M * K), y1(M * N), y2(M * N), y3(M * N);
+    for (auto& v : x) v = u(rng);
+    for (size_t i = 0; i < x.size(); ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    gemv_bf16(GemvBF16{M, N, K, w.data(), K, x.data(), K, y1.data(), N, false, true}, 2);
+    gemv_bf16(GemvBF16{M, N, K, w.data(), K, xr.data(), K, y2.data(), N, false, false}, 2);
+    gemv_bf16(GemvBF16{M, N, K, w.data(), K, x.data(), K, y3.data(), N, false, false}, 2);
+    EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << "M " << M;
+    EXPECT_NE(0, std::memcmp(y1.data(), y3.data(), y1.size() * sizeof(float))) << "M " << M;
   }
 }
 
@@ -240,10 +266,11 @@ TEST(Gemv, RowsAreBitIdenticalForEveryBatchSize) {
       set_isa(isa);
       for (int threads : {1, 3}) {
         SCOPED_TRACE(testing::Message() << isa_name(isa) << " threads " << threads);
-        check_row_invariance(N, K, pool, ldx, P, y0,
-            [&](int64_t M, const float* x, float* y, int64_t ldy, bool acc) {
-              gemv_bf16(GemvBF16{M, N, K, w16buf.data() + 1, ldw, x, ldx, y, ldy, acc}, threads);
-            }, "bf16");
+        for (bool x_bf16 : {false, true})
+          check_row_invariance(N, K, pool, ldx, P, y0,
+              [&](int64_t M, const float* x, float* y, int64_t ldy, bool acc) {
+                gemv_bf16(GemvBF16{M, N, K, w16buf.data() + 1, ldw, x, ldx, y, ldy, acc, x_bf16}, threads);
+              }, x_bf16 ? "bf16 x_bf16" : "bf16");
         for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8}) {
           if (isa != Isa::Avx512 && path != Fp8Path::Auto) continue;  // one FP8 path below AVX-512
           SCOPED_TRACE(testing::Message() << "fp8 path " << int(path));

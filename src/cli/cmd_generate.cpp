@@ -37,6 +37,7 @@ struct GenArgs {
   SamplingParams sampling;
   std::vector<std::string> stop;
   int threads = 0;
+  std::string activations = "f32";
 };
 
 void add_sampling_options(CLI::App* c, GenArgs& a) {
@@ -49,6 +50,7 @@ void add_sampling_options(CLI::App* c, GenArgs& a) {
   c->add_option("--stop", a.stop, "Stop string (repeatable); not included in the output");
   c->add_option("--context", a.context, "Context positions (default: min(max_position_embeddings, 4096))");
   c->add_option("--threads", a.threads, "Threads (default: all cores)");
+  c->add_option("--activations", a.activations, cli::kActivationsHelp);
   c->add_option("--speculative", a.speculative,
                 "Speculative decoding: 'mtp' drafts with the model's MTP modules (default none)");
   c->add_option("--draft", a.draft,
@@ -86,6 +88,7 @@ std::unique_ptr<Model> load_model(const GenArgs& a) {
              "--model: '", a.model, "' has no config.json (not a model directory)");
   ModelOptions mo;
   mo.with_mtp = speculating(a);  // plain decoding does not use the MTP modules
+  mo.bf16_activations = cli::parse_activations(a.activations);
   auto m = std::make_unique<Model>(a.model, mo);
   DSV3_CHECK(!mo.with_mtp || m->n_mtp() >= 1, "--speculative mtp: the model in '", a.model,
              "' has no MTP module (num_nextn_predict_layers = 0)");

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "cli/model_args.h"
 #include "core/check.h"
 #include "core/parallel.h"
 #include "model/model.h"
@@ -33,7 +34,7 @@ constexpr int64_t kDefaultDraft = 1;  // the engine drafts one token per step (o
 
 struct ServeArgs {
   std::string model, host = "127.0.0.1", served_name, api_key, api_key_file, cors;
-  std::string batch_mode = "invariant", speculative = "none";
+  std::string batch_mode = "invariant", speculative = "none", activations = "f32";
   int port = 8080, threads = 0;
   int64_t draft = 0, max_body_mb = 8;
   double drain_timeout = 30;
@@ -161,6 +162,7 @@ void run_serve(ServeArgs& a) {
 
   ModelOptions mo;
   mo.with_mtp = a.speculative == "mtp";
+  mo.bf16_activations = cli::parse_activations(a.activations);
   model = std::make_unique<Model>(a.model, mo);
   DSV3_CHECK(!mo.with_mtp || model->n_mtp() >= 1, "--speculative mtp: the model in '", a.model,
              "' has no MTP module (num_nextn_predict_layers = 0)");
@@ -215,6 +217,7 @@ void register_serve(CLI::App& app) {
   c->add_option("--speculative", a->speculative, "mtp: draft with the model's MTP modules (default none)");
   c->add_option("--draft", a->draft, "Tokens drafted per step with --speculative mtp (the server supports 1, the default)");
   c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
+  c->add_option("--activations", a->activations, cli::kActivationsHelp);
   c->add_option("--drain-timeout", a->drain_timeout,
                 "Seconds SIGTERM/SIGINT waits for running requests before cancelling them (default 30)");
   c->add_option("--max-body-mb", a->max_body_mb, "Largest request body in MiB; larger: HTTP 413 (default 8)");

@@ -38,4 +38,10 @@ int parse_attn_form(const std::string& s) {
   DSV3_FAIL("--attn: expected naive, absorbed or auto, got '", s, "'");
 }
 
+bool parse_activations(const std::string& s) {
+  if (s == "f32") return false;
+  if (s == "bf16") return true;
+  DSV3_FAIL("--activations: expected f32 or bf16, got '", s, "'");
+}
+
 }  // namespace dsv3::cli

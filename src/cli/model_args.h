@@ -13,4 +13,12 @@ std::vector<int32_t> parse_id_list(const std::string& s, const std::string& flag
 // Parses "naive" | "absorbed" | "auto".
 int parse_attn_form(const std::string& s);
 
+// --activations: "f32" (the default: activations carried to ≈16 bits as a BF16 hi+lo pair)
+// or "bf16" (rounded to BF16 once: ModelOptions::bf16_activations). True for bf16.
+bool parse_activations(const std::string& s);
+inline constexpr const char* kActivationsHelp =
+    "Activation precision in the linears: f32 (default; ≈16 significant bits, docs/numerics.md) "
+    "or bf16 (rounded once, as BF16 inference does: about 2x the compute-bound throughput of a "
+    "batched step or a prefill)";
+
 }  // namespace dsv3::cli

@@ -43,6 +43,11 @@ struct GemvBF16 {
   const float* x = nullptr; int64_t ldx = 0;     // [M, K]
   float* y = nullptr; int64_t ldy = 0;           // [M, N]
   bool accumulate = false;
+  // Round x to BF16 once instead of carrying the hi+lo pair: one VDPBF16PS per pair, half
+  // the multiply work (what BF16 inference does with activations; the BF16 twin of
+  // Fp8Path::BF16LutX8). Contract |y - y_exact| ≤ (2^-8 + 2·K·2^-24)·S. AVX-512 only; the
+  // other paths ignore it (they are more exact, within the same bound).
+  bool x_bf16 = false;
 };
 
 // How the FP8 path turns codes into numbers in registers (gemv_avx512.cpp explains them;

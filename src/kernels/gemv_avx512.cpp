@@ -253,6 +253,23 @@ struct KernBf16 {
   }
 };
 
+// x rounded to BF16 once (GemvBF16::x_bf16): 32 words per 32 columns, one VDPBF16PS per
+// pair — half of KernBf16's multiply work, and half its x footprint in L1.
+void prep_x_bf16_hi(const float* x, int64_t K, uint16_t* xp) {
+  for (int64_t k = 0; k < K; k += 32) {
+    const __m512 a = _mm512_maskz_loadu_ps(tail_mask16(K - k), x + k);
+    const __m512 b = _mm512_maskz_loadu_ps(tail_mask16(K - k - 16), x + k + 16);
+    _mm512_store_si512(xp + k, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+  }
+}
+
+struct KernBf16X8 : KernBf16 {
+  static int64_t xoff(int64_t k) { return k; }
+  DSV3_INLINE void dot(__m512& a, const V& v, const uint16_t* x) const {
+    a = _mm512_dpbf16_ps(a, v, (__m512bh)_mm512_load_si512(x));
+  }
+};
+
 // ---- FP8 via F16 ------------------------------------------------------------------------
 // Four F32 vectors of e4m3·2^-8 from 64 codes, in memory order.
 inline void fp8x64_to_f32(__m512i b, __m512 f[4]) {
@@ -425,15 +442,22 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
   // per row of x (hi + lo) in the xs floats of scratch the row has.
   const int64_t xs = 2 * (round_up(p.K, 64) + 64);
   auto* xp = reinterpret_cast<uint16_t*>(scratch);
-  for (int64_t m = 0; m < p.M; ++m) prep_x_bf16(p.x + m * p.ldx, p.K, xp + m * xs);
-  const int64_t chunk = chunk_rows(p.N, threads, 256), chunks = (p.N + chunk - 1) / chunk;
-  const KernBf16 kern;
+  auto run = [&]<class Kern>(const Kern& kern) {
+    const int64_t chunk = chunk_rows(p.N, threads, 256), chunks = (p.N + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
-    with_m(p.M, [&]<int M>() {
-      tile_range<KernBf16, M>(kern, p.w, p.ldw, p.K, n0, n1, xp, xs, p.y, p.ldy, p.accumulate, kPrefetchMinBF16);
-    });
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
+      with_m(p.M, [&]<int M>() {
+        tile_range<Kern, M>(kern, p.w, p.ldw, p.K, n0, n1, xp, xs, p.y, p.ldy, p.accumulate, kPrefetchMinBF16);
+      });
+    }
+  };
+  if (p.x_bf16) {
+    for (int64_t m = 0; m < p.M; ++m) prep_x_bf16_hi(p.x + m * p.ldx, p.K, xp + m * xs);
+    run(KernBf16X8{});
+  } else {
+    for (int64_t m = 0; m < p.M; ++m) prep_x_bf16(p.x + m * p.ldx, p.K, xp + m * xs);
+    run(KernBf16{});
   }
 }
 

@@ -57,15 +57,17 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   DSV3_ASSERT(dt == DType::BF16 || dt == DType::F8_E4M3);
   if (M <= kLinearGemvMaxM) return linear_gemv(y, ldy, x, ldx, M, w, s, accumulate, threads);
   // x = hi + lo with hi = bf16(x), lo = bf16(x − hi): two BF16 GEMMs give x·Wᵀ to ~2^-16
-  // relative per product (docs/numerics.md: activations are not rounded to BF16).
+  // relative per product (docs/numerics.md: activations are not rounded to BF16) — unless
+  // the weight asks for BF16 activations (Weight::x_bf16): then hi alone, one GEMM.
   uint16_t* hi = grow(s.x_bf16, 2 * M * K);
   uint16_t* lo = hi + M * K;
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * ldx;
     convert_f32_to_bf16(xr, hi + m * K, K);
-    for (int64_t k = 0; k < K; ++k) lo[m * K + k] = f32_to_bf16(xr[k] - bf16_to_f32(hi[m * K + k]));
+    if (!w.x_bf16)
+      for (int64_t k = 0; k < K; ++k) lo[m * K + k] = f32_to_bf16(xr[k] - bf16_to_f32(hi[m * K + k]));
   }
-  for (int pass = 0; pass < 2; ++pass) {
+  for (int pass = 0; pass < (w.x_bf16 ? 1 : 2); ++pass) {
     const uint16_t* A = pass == 0 ? hi : lo;
     const bool acc = pass == 1 || accumulate;
     if (dt == DType::BF16) {
@@ -106,6 +108,7 @@ void linear_gemv(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, 
       g.w = w.w.ptr<uint16_t>(); g.ldw = K;
       g.x = x + m0 * ldx; g.ldx = ldx;
       g.y = y + m0 * ldy; g.ldy = ldy; g.accumulate = accumulate;
+      g.x_bf16 = w.x_bf16;
       gemv_bf16(g, threads);
     } else {
       GemvFP8 g;
@@ -113,6 +116,7 @@ void linear_gemv(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, 
       g.w = w.w.ptr<uint8_t>(); g.ldw = K; g.w_scale = w.scale.ptr<float>();
       g.x = x + m0 * ldx; g.ldx = ldx;
       g.y = y + m0 * ldy; g.ldy = ldy; g.accumulate = accumulate;
+      if (w.x_bf16) g.path = Fp8Path::BF16LutX8;
       gemv_fp8(g, threads);
     }
   }

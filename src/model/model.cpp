@@ -56,6 +56,7 @@ Model::Model(const std::string& dir, const ModelOptions& o) : threads_(resolve_t
   ckpt_ = std::make_unique<Checkpoint>(dir);
   LoadOptions lo;
   lo.with_mtp = o.with_mtp;
+  lo.bf16_activations = o.bf16_activations;
   w_ = load_weights(cfg_, *ckpt_, lo);
   // DeepSeek-V3's MTP modules share the main model's output head (report §2.2); checkpoints
   // store a copy per module (dsv3 train writes the tied tensor twice, as the release does).

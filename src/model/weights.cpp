@@ -181,8 +181,12 @@ ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt, const Lo
     }
     w->w = v;
     w->shard = t->shard;
+    w->x_bf16 = o.bf16_activations && (s.kind == WeightKind::Linear || s.kind == WeightKind::Head);
   });
-  if (c.tie_word_embeddings) mw.lm_head = mw.embed_tokens;
+  if (c.tie_word_embeddings) {
+    mw.lm_head = mw.embed_tokens;
+    mw.lm_head.x_bf16 = o.bf16_activations;
+  }
   return mw;
 }
 

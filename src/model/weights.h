@@ -40,6 +40,9 @@ struct Weight {
   TensorView w;
   TensorView scale;       // ndim == 0 when absent
   const std::string* shard = nullptr;
+  // The decode GEMV rounds x to BF16 once for this weight instead of carrying it as a hi+lo
+  // pair (ModelOptions::bf16_activations; kernels/gemv.h GemvBF16::x_bf16, Fp8Path::BF16LutX8).
+  bool x_bf16 = false;
   bool fp8() const { return w.dtype == DType::F8_E4M3; }
   bool present() const { return w.data != nullptr || w.ndim > 0; }
 };
@@ -105,6 +108,7 @@ std::string scale_name(const std::string& weight_name);
 
 struct LoadOptions {
   bool with_mtp = true;  // false: skip the MTP modules (inference without drafting)
+  bool bf16_activations = false;  // Weight::x_bf16 on every Linear and Head weight
 };
 // Binds every expected tensor to its view in the checkpoint, checking presence, shape,
 // dtype (F32/BF16/F16, or F8_E4M3 + F32 weight_scale_inv of the block shape for Linear)
