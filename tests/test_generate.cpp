@@ -338,6 +338,29 @@ TEST(GenerateCli, GenerateJsonAndStreaming) {
   EXPECT_EQ(r.out, text + "\n");
 }
 
+// --activations bf16: the CLI's greedy ids are Generator's on a model loaded with
+// bf16_activations; a bad value names the accepted ones.
+TEST(GenerateCli, ActivationsFlag) {
+  if (!std::getenv("DSV3_BIN")) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
+  const std::string dir = temp_dir("cli_act");  // FP8: the flag changes its linears
+  RandomCheckpointOptions o;
+  o.format = CheckpointFormat::FP8;
+  o.seed = 11;
+  write_random_checkpoint(tiny_v3_config(), dir, o);
+  const auto prompt = ids_for(6, 300, 4);
+  ModelOptions mo;
+  mo.bf16_activations = true;
+  Model m(dir, mo);
+  const auto expect = Generator(m, nullptr).generate(prompt, greedy(9, true)).ids;
+  CliRun r = run_cli("generate --model " + dir + " --ids " + join_ids(prompt) +
+                     " --max-new-tokens 9 --activations bf16");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out, join_ids(expect) + "\n");
+  r = run_cli("generate --model " + dir + " --ids 1,2 --activations fp16");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("--activations: expected f32 or bf16, got 'fp16'"), std::string::npos) << r.err;
+}
+
 TEST(GenerateCli, ChatTwoTurnsReusesTheCache) {
   if (!std::getenv("DSV3_BIN")) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
   const std::string dir = make_model("cli_chat");
