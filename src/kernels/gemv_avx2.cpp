@@ -154,28 +154,39 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
   const int64_t xs = round_up(p.K, 64) + 64;
   for (int64_t m = 0; m < p.M; ++m) prep_x(p.x + m * p.ldx, p.K, nullptr, 1.f, scratch + m * xs);
   const int64_t chunk = chunk_rows(p.N, threads, 64), chunks = (p.N + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t c = 0; c < chunks; ++c) {
+  auto run_chunk = [&](int64_t c) {
     const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
     with_m(p.M, [&]<int M>() {
       rows<M, WBf16>(p.w, p.ldw, p.K, n0, n1, scratch, xs, p.y, p.ldy, p.accumulate);
     });
+  };
+  if (threads == 1) {  // no nested region per call (gemv_avx512.cpp gemv_fp8_with)
+    for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
+    return;
   }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
 }
 
 void gemv_fp8(const GemvFP8& p, int threads, float* scratch) {
   const int64_t xs = round_up(p.K, 64) + 64;
   const int64_t per_thread = p.M * xs;
   const int64_t chunk = chunk_rows(p.N, threads, kBlock), chunks = (p.N + chunk - 1) / chunk;
+  auto run_chunk = [&](float* s, int64_t* prepared, int64_t c) {
+    const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
+    with_m(p.M, [&]<int M>() { range_fp8<M>(p, n0, n1, s, xs, prepared); });
+  };
+  if (threads == 1) {  // no nested region per call (gemv_avx512.cpp gemv_fp8_with)
+    int64_t prepared = -1;
+    for (int64_t c = 0; c < chunks; ++c) run_chunk(scratch, &prepared, c);
+    return;
+  }
 #pragma omp parallel num_threads(threads)
   {
     float* s = scratch + omp_get_thread_num() * per_thread;
     int64_t prepared = -1;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
-      with_m(p.M, [&]<int M>() { range_fp8<M>(p, n0, n1, s, xs, &prepared); });
-    }
+    for (int64_t c = 0; c < chunks; ++c) run_chunk(s, &prepared, c);
   }
 }
 

@@ -369,6 +369,12 @@ void prep_x_lut(const float* x, int64_t K, const float* s, uint16_t* xs) {
 
 // kLo: also multiply by the low BF16 part of x·s (Fp8Path::BF16Lut, ≈16-bit x); without
 // it x·s is used rounded to BF16 (BF16LutX8).
+// Built once (a kernel object is made per GEMV call, and the decode FFN makes thousands).
+const Fp8Lut& lut() {
+  static const Fp8Lut t = make_lut();
+  return t;
+}
+
 template <bool kLo>
 struct KernLut {
   using W = uint8_t;
@@ -378,7 +384,7 @@ struct KernLut {
   static constexpr bool kNanCheck = false;  // the table maps NaN codes to NaN
   static int64_t xoff(int64_t k) { return 2 * k; }  // 128 words per 64 columns
   struct V { __m512bh a, b; };
-  Fp8Lut t = make_lut();
+  Fp8Lut t = lut();
   __m512i sign = _mm512_set1_epi8(int8_t(0x80));
   DSV3_INLINE V load(const uint8_t* w, __mmask64 mask, __mmask64*) const {
     const __m512i c = _mm512_maskz_loadu_epi8(mask, w);
@@ -423,15 +429,25 @@ void gemv_fp8_with(const GemvFP8& p, const Kern& kern, int threads, float* scrat
   const int64_t xstride = std::is_same_v<typename Kern::X, float> ? xs : 2 * xs;
   const int64_t per_thread = gemv_scratch_floats(p.M, p.K);
   const int64_t chunk = chunk_rows(p.N, threads, kBlock), chunks = (p.N + chunk - 1) / chunk;
+  auto run_chunk = [&](typename Kern::X* s, int64_t* prepared, int64_t c) {
+    const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
+    with_m(p.M, [&]<int M>() { range_fp8<M>(p, kern, n0, n1, s, xstride, prepared); });
+  };
+  if (threads == 1) {
+    // On the calling thread, no region: the decode FFN calls this once per 128-row block of
+    // each expert from inside its own parallel region (model/moe.cpp ffn_tasks_decode), where
+    // a nested one-thread region per call cost as much as a block's work.
+    auto* s = reinterpret_cast<typename Kern::X*>(scratch);
+    int64_t prepared = -1;
+    for (int64_t c = 0; c < chunks; ++c) run_chunk(s, &prepared, c);
+    return;
+  }
 #pragma omp parallel num_threads(threads)
   {
     auto* s = reinterpret_cast<typename Kern::X*>(scratch + omp_get_thread_num() * per_thread);
     int64_t prepared = -1;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
-      with_m(p.M, [&]<int M>() { range_fp8<M>(p, kern, n0, n1, s, xstride, &prepared); });
-    }
+    for (int64_t c = 0; c < chunks; ++c) run_chunk(s, &prepared, c);
   }
 }
 
@@ -444,13 +460,18 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
   auto* xp = reinterpret_cast<uint16_t*>(scratch);
   auto run = [&]<class Kern>(const Kern& kern) {
     const int64_t chunk = chunk_rows(p.N, threads, 256), chunks = (p.N + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
+    auto run_chunk = [&](int64_t c) {
       const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
       with_m(p.M, [&]<int M>() {
         tile_range<Kern, M>(kern, p.w, p.ldw, p.K, n0, n1, xp, xs, p.y, p.ldy, p.accumulate, kPrefetchMinBF16);
       });
+    };
+    if (threads == 1) {  // no region (see gemv_fp8_with)
+      for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
+      return;
     }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
   };
   if (p.x_bf16) {
     for (int64_t m = 0; m < p.M; ++m) prep_x_bf16_hi(p.x + m * p.ldx, p.K, xp + m * xs);
