@@ -494,11 +494,10 @@ uint64_t stream_read(const void* p, size_t bytes, int threads) {
   constexpr size_t kChunk = size_t(1) << 18;
   const int64_t chunks = int64_t(bytes / kChunk);
   uint64_t total = 0;
-#pragma omp parallel num_threads(threads) reduction(^ : total)
-  {
+  // Chunks [c0, c1) into one XOR-folded word.
+  auto read = [&](int64_t c0, int64_t c1, bool dynamic) {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
+    auto chunk = [&](int64_t c) {
       const char* q = base + size_t(c) * kChunk;
       for (size_t i = 0; i < kChunk; i += 256) {
         a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(q + i));
@@ -506,11 +505,25 @@ uint64_t stream_read(const void* p, size_t bytes, int threads) {
         a2 = _mm512_xor_si512(a2, _mm512_loadu_si512(q + i + 128));
         a3 = _mm512_xor_si512(a3, _mm512_loadu_si512(q + i + 192));
       }
+    };
+    if (dynamic) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t c = c0; c < c1; ++c) chunk(c);
+    } else {
+      for (int64_t c = c0; c < c1; ++c) chunk(c);
     }
     const __m512i a = _mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3));
     alignas(64) uint64_t v[8];
     _mm512_store_si512(v, a);
-    for (int i = 0; i < 8; ++i) total ^= v[i];
+    uint64_t t = 0;
+    for (int i = 0; i < 8; ++i) t ^= v[i];
+    return t;
+  };
+  if (threads == 1) {
+    total = read(0, chunks, false);  // no region (Model::prefault runs on serve's main thread)
+  } else {
+#pragma omp parallel num_threads(threads) reduction(^ : total)
+    total ^= read(0, chunks, true);
   }
   for (size_t i = size_t(chunks) * kChunk; i < bytes; ++i) total ^= uint8_t(base[i]);
   return total;

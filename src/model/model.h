@@ -153,6 +153,12 @@ class Model {
   // Lets callers run the head over a long sequence in chunks instead of holding T x V.
   void head_logits(int module, const float* h, int64_t T, float* logits, ForwardScratch& s) const;
 
+  // Reads every byte of the checkpoint's mapped tensor data once on the calling thread
+  // (kernels/gemv.h stream_read over each shard; no OpenMP team, see model.cpp), so the pages are resident and mapped before timing or
+  // serving: a decode step that touches an expert for the first time otherwise pays a page
+  // fault per 4 KiB of it. Returns the bytes read.
+  uint64_t prefault() const;
+
   // Bytes of weights one decode step reads: every matrix of the attention, the dense layers,
   // the shared experts, the router, num_experts_per_tok routed experts per MoE layer, the
   // norms, the head and one embedding row — the numerator of the decode roofline.
