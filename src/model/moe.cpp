@@ -76,7 +76,12 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   for (int i = 0; i < n_tasks; ++i)
     for (int j = 0; j < tasks[i].n; ++j)
       std::memcpy(xe + x_off[size_t(i)] + j * H, x + tasks[i].tok[j] * H, size_t(H) * sizeof(float));
-  const int64_t units1 = unit_off[size_t(n_tasks)], units2 = (H + kBlock - 1) / kBlock;
+  // Down projections: kDownRows output rows per unit (a multiple of the FP8 block).
+  constexpr int64_t kDownRows = 4 * kBlock;
+  const int64_t down_units = (H + kDownRows - 1) / kDownRows;
+  float* yd = grow(s.y, x_off[size_t(n_tasks)]);  // [task][≤16][H] down outputs
+  const int64_t units1 = unit_off[size_t(n_tasks)], units2 = int64_t(n_tasks) * down_units,
+                units3 = (H + kBlock - 1) / kBlock;
   (void)T;
 #pragma omp parallel num_threads(nt)
   {
@@ -98,19 +103,28 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
       linear_rows(u - r0, kBlock, xi, H, t.n, t.w->up_proj, r0, r1, ls);
       swiglu_forward(h + h_off[size_t(i)] + r0, I, g, kBlock, u, kBlock, t.n, r1 - r0, 1);
     }
-    // Phase 2: out rows [r0, r1) += Σ_tasks weight · down(h), one block of output rows per unit.
+    // Phase 2: y_i = down_i(h_i) for every task, kDownRows output rows of one task per unit
+    // (a few large weight-streaming calls rather than one small call per task and block).
 #pragma omp for schedule(dynamic, 1)
     for (int64_t unit = 0; unit < units2; ++unit) {
+      const int i = int(unit / down_units);
+      const FfnTask& t = tasks[i];
+      const int64_t I = linear_out(t.w->gate_proj);
+      const int64_t r0 = (unit % down_units) * kDownRows, r1 = std::min(H, r0 + kDownRows);
+      linear_rows(yd + x_off[size_t(i)], H, h + h_off[size_t(i)], I, t.n, t.w->down_proj, r0, r1, ls);
+    }
+    // Phase 3: out rows [r0, r1) += Σ_tasks weight · y, tasks in order (each thread owns its
+    // rows of out: no reduction, and every token's terms add in the same order).
+#pragma omp for schedule(static)
+    for (int64_t unit = 0; unit < units3; ++unit) {
       const int64_t r0 = unit * kBlock, r1 = std::min(H, r0 + kBlock);
-      float* y = g;  // [≤4, kBlock]
       for (int i = 0; i < n_tasks; ++i) {
         const FfnTask& t = tasks[i];
-        const int64_t I = linear_out(t.w->gate_proj);
-        linear_rows(y - r0, kBlock, h + h_off[size_t(i)], I, t.n, t.w->down_proj, r0, r1, ls);
         for (int j = 0; j < t.n; ++j) {
           float* o = out + t.tok[j] * H;
+          const float* y = yd + x_off[size_t(i)] + j * H;
           const float wj = t.weight[j];
-          for (int64_t r = r0; r < r1; ++r) o[r] += wj * y[j * kBlock + (r - r0)];
+          for (int64_t r = r0; r < r1; ++r) o[r] += wj * y[r];
         }
       }
     }
