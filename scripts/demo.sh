@@ -38,6 +38,8 @@ for p in "int main(" "The secret of life is" "人生"; do
 done
 echo "--- greedy, MTP speculative decoding beside plain decoding (identical ids; acceptance, speedup):"
 "$dsv3" generate --model "$ckpt" --prompt "#include <vector>" --max-new-tokens 48 --speculative mtp --compare --json
+echo "--- the same under --speculative auto (the default: drafts only where it pays on this machine; stats.speculation says why):"
+"$dsv3" generate --model "$ckpt" --prompt "#include <vector>" --max-new-tokens 48 --compare --json
 "$dsv3" score --model "$ckpt" --prompt "The quick brown fox jumps over the lazy dog." --mtp | tail -n 2
 
 echo; echo "== The real models' configs (parameter counts, MLA cache, MoE layout)"

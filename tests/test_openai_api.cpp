@@ -235,7 +235,11 @@ TEST(OpenAiApi, EngineRequestsSeedsAndDefaults) {
     EXPECT_EQ(reqs[i].prompt, prompt);
     EXPECT_EQ(reqs[i].stop, p.stop);
     EXPECT_EQ(reqs[i].top_logprobs, 2);
+    EXPECT_TRUE(reqs[i].seeded);  // the client's seed: speculative auto keeps its tokens
   }
+  p.seed_given = false;
+  EXPECT_FALSE(engine_requests(p, prompt, 100, "t")[0].seeded);
+  p.seed_given = true;
   p.max_tokens = 5;
   EXPECT_EQ(engine_requests(p, prompt, 100, "t")[0].max_tokens, 5);
   p.max_tokens = -1;
@@ -391,6 +395,26 @@ TEST(OpenAiApi, MetricsText) {
             std::string::npos);
   EXPECT_NE(t.find("dsv3_time_per_output_token_seconds_bucket{le=\"+Inf\"} 0\n"), std::string::npos);
   EXPECT_EQ(t.back(), '\n');
+  EXPECT_NE(t.find("dsv3_spec_mode{mode=\"off\"} 1\n"), std::string::npos);
+  EXPECT_EQ(t.find("dsv3_spec_drafting"), std::string::npos);  // no policy runs
+
+  // Speculation auto: its choice and estimates per batch-size range.
+  m.spec_mode = SpecMode::Auto;
+  SpecReport r1, r8;
+  r1.drafting = true;
+  r1.plain_step_s = 0.004;
+  r1.verify_step_s = 0.005;
+  r1.acceptance = 0.75;
+  r8.batch_lo = 8;
+  r8.batch_hi = 15;
+  m.spec = {r1, r8};
+  const std::string s = metrics_text(m);
+  for (const char* line : {"dsv3_spec_mode{mode=\"auto\"} 1\n", "dsv3_spec_drafting{batch=\"1\"} 1\n",
+                           "dsv3_spec_drafting{batch=\"8-15\"} 0\n",
+                           "dsv3_spec_plain_step_seconds{batch=\"1\"} 0.004\n",
+                           "dsv3_spec_verify_step_seconds{batch=\"1\"} 0.005\n",
+                           "dsv3_spec_acceptance 0.75\n", "# TYPE dsv3_spec_estimated_speedup gauge\n"})
+    EXPECT_NE(s.find(line), std::string::npos) << line;
 }
 
 TEST(OpenAiApi, TokenizeAndDetokenize) {

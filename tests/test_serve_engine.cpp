@@ -296,18 +296,24 @@ TEST_F(Fixture, BadRequestsAreRefusedWithAMessage) {
 // decoding token for token, and sampled requests complete with both accept-rule branches run.
 // A 12-token vocabulary makes a random model's MTP draft right often enough to exercise
 // acceptance; one thread makes a verify row's attention the same sums as a decode row's.
-TEST(ServeSpeculative, GreedyEqualsPlainAndSamplingCompletes) {
+// A 12-token vocabulary (drafts accepted often enough) BF16 model with one MTP module.
+fs::path make_spec_model(const std::string& name) {
   ModelConfig c = tiny_v3_config();
   c.vocab_size = 12;
   c.bos_token_id = 0;
   c.eos_token_id = 1;
-  const fs::path p = fs::temp_directory_path() / ("dsv3_serve_spec_" + std::to_string(::getpid()));
+  const fs::path p = fs::temp_directory_path() / ("dsv3_serve_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(p);
   fs::create_directories(p);
   RandomCheckpointOptions ro;
   ro.format = CheckpointFormat::BF16;
   ro.seed = 3;
   write_random_checkpoint(c, p.string(), ro);
+  return p;
+}
+
+TEST(ServeSpeculative, GreedyEqualsPlainAndSamplingCompletes) {
+  const fs::path p = make_spec_model("spec");
   ModelOptions mo;
   mo.threads = 1;
   Model model(p.string(), mo);
@@ -358,6 +364,141 @@ TEST(ServeSpeculative, GreedyEqualsPlainAndSamplingCompletes) {
   EXPECT_GT(m2.spec_accepted, m1.spec_accepted);
   EXPECT_LT(m2.spec_accepted - m1.spec_accepted, m2.spec_drafted - m1.spec_drafted);
   EXPECT_EQ(m2.kv_blocks_used, 0);
+  fs::remove_all(p);
+}
+
+// --speculative auto inside the engine, under a cost model the test sets (per sequence:
+// plain 1 ms, verify `ratio` ms, cold verify steps 1 s, which must not count): greedy output
+// equals plain decoding in every mode and whatever auto chooses; the decode batch the run
+// spends most steps at ends up plain when verify costs 3x and drafting when it costs 1x (the
+// memory-bound ideal: any accepted draft pays, and auto here drafts from S > 1.02).
+// Under auto a prefix-cache hit is taken (that sequence decodes plainly), and a seeded
+// sampled request decodes plainly so that its seed gives the same tokens as without drafts.
+TEST(ServeSpeculative, AutoEqualsPlainInEveryModeAndFollowsTheCosts) {
+  const fs::path p = make_spec_model("auto");
+  ModelOptions mo;
+  mo.threads = 1;
+  Model model(p.string(), mo);
+  const int64_t V = model.vocab(), kTokens = 32;
+  std::vector<std::vector<int32_t>> ps;
+  for (int i = 0; i < 8; ++i) ps.push_back(body_ids(3 + i, V, 90 + uint32_t(i)));
+  const auto want = generate_each(model, ps, kTokens, 256, false);
+  struct Cost : SpecCostModel {
+    double ratio = 1;
+    double step_cost(const SpecStep& s, double) const override {
+      return 1e-3 * double(s.seqs) * (s.drafted == 0 ? 1.0 : s.cold ? 1e3 : ratio);
+    }
+  } cost;
+  const auto long_prompt = body_ids(40, V, 77);
+  Request sampled = greedy(body_ids(6, V, 5), 20);
+  sampled.ignore_eos = true;
+  sampled.sampling.temperature = 0.9f;
+  sampled.sampling.seed = 11;
+  std::vector<int32_t> sampled_plain;
+  struct Run {
+    SpecMode mode;
+    double ratio;
+  };
+  for (const Run run : {Run{SpecMode::Off, 1}, Run{SpecMode::Mtp, 1}, Run{SpecMode::Auto, 3},
+                        Run{SpecMode::Auto, 1}}) {
+    SCOPED_TRACE(std::string(spec_mode_name(run.mode)) + " ratio " + std::to_string(run.ratio));
+    cost.ratio = run.ratio;
+    EngineOptions eo;
+    eo.context = 256;
+    eo.speculative_draft = 1;
+    eo.speculative_mode = run.mode;
+    eo.speculative_policy.costs = &cost;
+    eo.speculative_policy.probe_every = 4;
+    eo.speculative_policy.probe_max = 8;
+    eo.speculative_policy.enter = 1.02;
+    eo.log_requests = false;
+    Engine engine(model, nullptr, eo);
+    std::vector<std::shared_ptr<serve::Stream>> st;
+    for (const auto& q : ps) {
+      Request r = greedy(q, kTokens);
+      r.ignore_eos = true;
+      st.push_back(engine.submit(r));
+    }
+    for (size_t i = 0; i < ps.size(); ++i) EXPECT_EQ(collect(*st[i]).ids, want[i]) << "prompt " << i;
+    wait_idle(engine);
+    const auto m = engine.metrics();
+    EXPECT_EQ(m.spec_mode, run.mode);
+    if (run.mode == SpecMode::Off) {
+      EXPECT_EQ(m.spec_drafted, 0u);
+      EXPECT_TRUE(m.spec.empty());
+    } else {
+      EXPECT_GT(m.spec_drafted, 0u);  // auto: its calibration
+      ASSERT_FALSE(m.spec.empty());
+      const SpecReport* most = &m.spec[0];
+      for (const SpecReport& r : m.spec)
+        if (r.plain_steps + r.verify_steps > most->plain_steps + most->verify_steps) most = &r;
+      std::printf("%s ratio %.2f: drafted %llu accepted %llu; batch %s: %lld plain, %lld verify steps, "
+                  "%s (%s)\n", spec_mode_name(run.mode), run.ratio, (unsigned long long)m.spec_drafted,
+                  (unsigned long long)m.spec_accepted, most->batch_label().c_str(),
+                  (long long)most->plain_steps, (long long)most->verify_steps,
+                  most->drafting ? "drafting" : "plain", most->reason.c_str());
+      if (run.mode == SpecMode::Auto) {
+        EXPECT_EQ(most->drafting, run.ratio == 1) << "batch " << most->batch_label() << ": " << most->reason;
+      }
+    }
+    // The same long prompt twice: the second finds three blocks cached, except under mtp
+    // (a drafting sequence needs module 1's states of every position).
+    const Outcome a = collect(*engine.submit(greedy(long_prompt, 4)));
+    const Outcome b = collect(*engine.submit(greedy(long_prompt, 4)));
+    EXPECT_EQ(a.ids, b.ids);
+    EXPECT_EQ(b.cached_tokens, run.mode == SpecMode::Mtp ? 0 : 32);
+    // Seeded sampling: the tokens plain decoding gives (mtp drafts, so other tokens).
+    const Outcome o = collect(*engine.submit(sampled));
+    EXPECT_FALSE(o.error);
+    if (run.mode == SpecMode::Off) sampled_plain = o.ids;
+    if (run.mode == SpecMode::Auto) {
+      EXPECT_EQ(o.ids, sampled_plain);
+    }
+    wait_idle(engine);
+  }
+  // A long request under auto that decodes plainly (no probe for 400 steps): module 1
+  // catches up every kMtpCatchUpRows positions meanwhile, then the probe drafts from there;
+  // the tokens are plain decoding's.
+  {
+    cost.ratio = 3;
+    EngineOptions eo;
+    eo.context = 512;
+    eo.speculative_draft = 1;
+    eo.speculative_mode = SpecMode::Auto;
+    eo.speculative_policy.costs = &cost;
+    eo.speculative_policy.probe_every = eo.speculative_policy.probe_max = 400;
+    eo.log_requests = false;
+    Engine engine(model, nullptr, eo);
+    Request r = greedy(ps[1], 440);
+    r.ignore_eos = true;
+    const Outcome o = collect(*engine.submit(r));
+    Generator g(model, nullptr, 512);
+    GenerateOptions go;
+    go.max_new_tokens = 440;
+    go.stop_at_eos = false;
+    EXPECT_EQ(o.ids, g.generate(ps[1], go).ids);
+    wait_idle(engine);
+    EXPECT_GT(engine.metrics().spec_drafted, 4u);  // calibration, then the probe
+  }
+  // Auto on a model loaded without its MTP module: plain, and says why; mtp is refused.
+  mo.with_mtp = false;
+  Model bare(p.string(), mo);
+  EngineOptions eo;
+  eo.context = 64;
+  eo.speculative_draft = 1;
+  eo.speculative_mode = SpecMode::Auto;
+  eo.log_requests = false;
+  {
+    Engine engine(bare, nullptr, eo);
+    EXPECT_EQ(collect(*engine.submit(greedy(ps[0], 8))).ids,
+              std::vector<int32_t>(want[0].begin(), want[0].begin() + 8));
+    const auto m = engine.metrics();
+    EXPECT_EQ(m.spec_mode, SpecMode::Auto);
+    EXPECT_NE(m.spec_reason.find("MTP"), std::string::npos) << m.spec_reason;
+    EXPECT_EQ(m.spec_drafted, 0u);
+  }
+  eo.speculative_mode = SpecMode::Mtp;
+  EXPECT_THROW(Engine(bare, nullptr, eo), Error);
   fs::remove_all(p);
 }
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "infer/generate.h"
+#include "infer/spec_policy.h"
 #include "io/random_checkpoint.h"
 #include "model/model.h"
 #include "model_test_util.h"
@@ -426,6 +427,212 @@ TEST(Speculative, RefusesAModelWithoutMtp) {
   EXPECT_THROW(g3.generate({3, 4}, opts(3, 1)), Error);
 }
 
+// --speculative auto (infer/spec_policy.h) under a cost model the test turns: plain steps
+// 1 ms, verify steps `ratio` ms, cold ones (the MTP catch-up after plain steps) 1 s, which
+// must not count. Greedy output equals plain decoding whatever the policy chooses.
+struct TurnedCost : SpecCostModel {
+  double ratio = 1;
+  double step_cost(const SpecStep& s, double) const override {
+    return s.drafted == 0 ? 1e-3 : s.cold ? 1.0 : 1e-3 * ratio;
+  }
+};
+
+// Short probe intervals (the runs are short), and drafting as soon as S > 1.02: with verify
+// as cheap as a plain step (the memory-bound ideal) any accepted draft then pays.
+GenerateOptions auto_opts(int64_t n, const SpecCostModel* cost) {
+  GenerateOptions o = opts(n, 3);
+  o.speculative_mode = SpecMode::Auto;
+  o.speculative_policy.costs = cost;
+  o.speculative_policy.probe_every = 4;
+  o.speculative_policy.probe_max = 8;
+  o.speculative_policy.enter = 1.02;
+  return o;
+}
+
+// A 12-token vocabulary: a random model's drafts are accepted often enough to pay.
+ModelConfig small_vocab_config() {
+  ModelConfig c = tiny_v3_config();
+  c.vocab_size = 12;
+  c.bos_token_id = 0;
+  c.eos_token_id = 1;
+  return c;
+}
+
+// Every decode step is plain or drafting; the tokens add up (no EOS here).
+void check_auto_stats(const GenerateResult& r) {
+  const GenerateStats& s = r.stats;
+  ASSERT_TRUE(s.speculative);
+  EXPECT_EQ(s.speculation.mode, SpecMode::Auto);
+  EXPECT_LE(s.spec.steps, s.decode_steps);
+  EXPECT_LE(s.spec.accepted, s.spec.drafted);
+  EXPECT_EQ(s.new_tokens, 1 + s.decode_steps + s.spec.accepted);
+}
+
+TEST(Speculative, AutoFollowsTheCostsAndKeepsGreedyOutput) {
+  ModelConfig c = small_vocab_config();
+  c.num_nextn_predict_layers = 2;
+  const std::string dir = make_model("auto", c, CheckpointFormat::BF16);
+  Model m(dir, one_thread());
+  const int64_t kMax = 48;
+  std::vector<std::vector<int32_t>> prompts, plain;
+  Generator gp(m, nullptr, 128);
+  for (int i = 0; i < 4; ++i) {
+    prompts.push_back(ids_for(3 + 5 * i, m.vocab(), 40 + uint32_t(i)));
+    gp.reset();
+    plain.push_back(gp.generate(prompts.back(), opts(kMax, 0)).ids);
+  }
+  TurnedCost cost;
+  Generator g(m, nullptr, 128);  // one policy across the calls, as in a chat
+  // Verify 3x a plain step: after calibration only the probes draft.
+  cost.ratio = 3;
+  GenerateResult r = g.generate(prompts[0], auto_opts(kMax, &cost));
+  EXPECT_EQ(r.ids, plain[0]);
+  check_auto_stats(r);
+  EXPECT_FALSE(r.stats.speculation.drafting) << r.stats.speculation.reason;
+  EXPECT_NE(r.stats.speculation.reason.find("verify step 3.00x a plain step"), std::string::npos)
+      << r.stats.speculation.reason;
+  EXPECT_GT(r.stats.spec.steps, 0);                       // calibration and probes
+  EXPECT_LT(r.stats.spec.steps, r.stats.decode_steps / 2);
+  // Verify as cheap as a plain step: the drafts pay; the next probes see it and the policy
+  // switches.
+  cost.ratio = 1;
+  r = g.generate(prompts[1], auto_opts(kMax, &cost));
+  EXPECT_EQ(r.ids, plain[1]);
+  check_auto_stats(r);
+  EXPECT_TRUE(r.stats.speculation.drafting) << r.stats.speculation.reason;
+  EXPECT_EQ(r.stats.speculation.switches, 1);
+  EXPECT_GT(r.stats.speculation.tokens_per_verify, 1.02);
+  EXPECT_LT(r.stats.speculation.verify_step_s, 2e-3);  // the 1 s cold steps left out
+  std::printf("auto, verify = plain: %lld of %lld steps drafted, %.2f tokens per verify\n",
+              (long long)r.stats.spec.steps, (long long)r.stats.decode_steps,
+              r.stats.speculation.tokens_per_verify);
+  // Expensive again: back to plain within a few steps.
+  cost.ratio = 3;
+  r = g.generate(prompts[2], auto_opts(kMax, &cost));
+  EXPECT_EQ(r.ids, plain[2]);
+  check_auto_stats(r);
+  EXPECT_FALSE(r.stats.speculation.drafting);
+  EXPECT_EQ(r.stats.speculation.switches, 2);
+  // Every mode, the same ids: off, mtp, auto (fresh policies on the wall clock).
+  for (SpecMode mode : {SpecMode::Off, SpecMode::Mtp, SpecMode::Auto}) {
+    Generator ga(m, nullptr, 128);
+    GenerateOptions o = opts(kMax, 3);
+    o.speculative_mode = mode;
+    const GenerateResult q = ga.generate(prompts[3], o);
+    EXPECT_EQ(q.ids, plain[3]) << spec_mode_name(mode);
+    EXPECT_EQ(q.stats.speculation.mode, mode);
+    EXPECT_EQ(q.stats.speculative, mode != SpecMode::Off);
+  }
+}
+
+// A chat turn after plain steps of an auto call reuses the whole cache: the plain steps kept
+// their main states for module 1, so the next speculative prefill need not start back where
+// module 1 last drafted.
+TEST(Speculative, AutoTurnReusesTheWholeCache) {
+  const std::string dir = make_model("auto_turns", tiny_v3_config(), CheckpointFormat::BF16);
+  Model m(dir, one_thread());
+  TurnedCost cost;
+  cost.ratio = 3;  // plain after calibration
+  Generator g(m, nullptr, 128);
+  const auto prompt = ids_for(9, m.vocab(), 4);
+  const GenerateResult a = g.generate(prompt, auto_opts(30, &cost));
+  EXPECT_FALSE(a.stats.speculation.drafting);
+  std::vector<int32_t> turn2 = g.history();
+  turn2.insert(turn2.end(), {3, 4, 5});
+  const int64_t cached = g.cached();
+  const GenerateResult b = g.generate(turn2, auto_opts(10, &cost));
+  EXPECT_EQ(b.stats.reused_tokens, cached);
+  Generator fresh(m, nullptr, 128);
+  EXPECT_EQ(b.ids, fresh.generate(turn2, opts(10, 0)).ids);
+}
+
+// Auto decoding plainly for long catches module 1 up every kMtpCatchUpRows positions (so the
+// main states it needs do not pile up): its cache rows then equal a fresh computation, and
+// drafting later from there gives plain decoding's ids.
+TEST(Speculative, AutoCatchesModuleOneUpWhilePlain) {
+  const std::string dir = make_model("auto_catchup", small_vocab_config(), CheckpointFormat::BF16);
+  Model m(dir, one_thread());
+  const int64_t C = 640, n1 = kMtpCatchUpRows + 60, n2 = 40;
+  TurnedCost cost;
+  cost.ratio = 3;
+  GenerateOptions o = auto_opts(n1, &cost);
+  o.speculative_policy.probe_every = o.speculative_policy.probe_max = 1000;  // no probe
+  Generator g(m, nullptr, C);
+  const auto prompt = ids_for(5, m.vocab(), 8);
+  const GenerateResult a = g.generate(prompt, o);
+  ASSERT_FALSE(a.stats.speculation.drafting);
+  const int64_t m1 = g.mtp_valid()[0], n = g.cached();
+  EXPECT_GE(m1, kMtpCatchUpRows);                  // caught up at least once while plain
+  EXPECT_LT(n - m1, kMtpCatchUpRows);
+  // Module 1's rows [0, m1) against a fresh main forward + module 1 over the history.
+  const std::vector<int32_t> hist = g.history();
+  const int64_t H = m.config().hidden_size, L = m.config().num_hidden_layers;
+  KvCache fresh = m.new_cache(C);
+  ForwardScratch s;
+  std::vector<float> h0(size_t(n * H));
+  ForwardArgs fa;
+  fa.ids = hist.data();
+  fa.T = n;
+  fa.hidden = h0.data();
+  m.forward(fresh, fa, s);
+  MtpArgs b;
+  b.k = 1;
+  b.ids = hist.data() + 1;
+  b.h_prev = h0.data();
+  b.T = m1;
+  m.mtp_forward(fresh, b, s);
+  const KvCache& kc = g.cache();
+  const float* got = kc.data.data() + L * kc.capacity * kc.row;
+  const float* want = fresh.data.data() + L * fresh.capacity * fresh.row;
+  double mag = 0, diff = 0;
+  for (int64_t i = 0; i < m1 * kc.row; ++i) {
+    mag = std::max(mag, double(std::fabs(want[i])));
+    diff = std::max(diff, double(std::fabs(got[i] - want[i])));
+  }
+  EXPECT_GT(mag, 0.0);
+  EXPECT_LT(diff, 1e-3 * std::max(1.0, mag));
+  // Drafting from here (verify as cheap as plain) continues as plain decoding would.
+  cost.ratio = 1;
+  GenerateOptions o2 = auto_opts(n2, &cost);
+  o2.speculative_policy = o.speculative_policy;
+  o2.speculative_policy.probe_every = o2.speculative_policy.probe_max = 4;
+  const GenerateResult c = g.generate(hist, o2);
+  EXPECT_GT(c.stats.spec.steps, 0);
+  Generator ref(m, nullptr, C);
+  EXPECT_EQ(c.ids, ref.generate(hist, opts(n2, 0)).ids);
+}
+
+// Auto needs no MTP module (then it is plain decoding), and keeps a seed's sampled output
+// fixed by decoding sampled requests plainly; mtp on such a model stays an error.
+TEST(Speculative, AutoWithoutMtpOrWhenSamplingIsPlain) {
+  const std::string dir = make_model("auto_nomtp", tiny_v2_config(), CheckpointFormat::BF16);
+  Model m(dir, one_thread());
+  Generator g(m, nullptr, 32);
+  GenerateOptions o = opts(5, 3);
+  o.speculative_mode = SpecMode::Auto;
+  const GenerateResult r = g.generate({3, 4}, o);
+  EXPECT_FALSE(r.stats.speculative);
+  EXPECT_EQ(r.stats.speculation.mode, SpecMode::Auto);
+  EXPECT_FALSE(r.stats.speculation.drafting);
+  EXPECT_NE(r.stats.speculation.reason.find("MTP"), std::string::npos) << r.stats.speculation.reason;
+  g.reset();
+  EXPECT_EQ(r.ids, g.generate({3, 4}, opts(5, 0)).ids);
+  o.speculative_mode = SpecMode::Mtp;
+  EXPECT_THROW(g.generate({3, 4}, o), Error);
+
+  Model m3(make_model("auto_sampled", tiny_v3_config(), CheckpointFormat::BF16), one_thread());
+  Generator g3(m3, nullptr, 32);
+  GenerateOptions so = opts(6, 3);
+  so.speculative_mode = SpecMode::Auto;
+  so.sampling.temperature = 0.8f;
+  so.sampling.seed = 5;
+  const GenerateResult s = g3.generate({3, 4}, so);
+  EXPECT_FALSE(s.stats.speculative);
+  EXPECT_NE(s.stats.speculation.reason.find("seed"), std::string::npos) << s.stats.speculation.reason;
+  g3.reset();
+  EXPECT_EQ(s.ids, g3.generate({3, 4}, [&] { GenerateOptions p = so; p.speculative_draft = 0; return p; }()).ids);
+}
+
 struct CliRun {
   int rc;
   std::string out, err;
@@ -471,13 +678,56 @@ TEST(Speculative, GenerateCommand) {
   const CliRun ad = run_cli(base + " --speculative mtp --draft 3 --draft-min-p 0.004 --json");
   ASSERT_EQ(ad.rc, 0) << ad.err;
   EXPECT_EQ(nlohmann::json::parse(ad.out)["ids"], j["ids"]);
-  for (const char* bad : {" --speculative eagle", " --speculative mtp --draft 99", " --compare",
-                          " --draft 2", " --draft-min-p 0.5", " --speculative mtp --draft-min-p 1.5",
-                          " --speculative mtp --draft-min-p -0.1"}) {
+  // auto (the default) and off: which mode ran and why; the same ids.
+  for (const char* mode : {"", " --speculative auto", " --speculative off", " --speculative none"}) {
+    const CliRun a = run_cli(base + mode + " --json");
+    ASSERT_EQ(a.rc, 0) << mode << ": " << a.err;
+    const auto k = nlohmann::json::parse(a.out);
+    EXPECT_EQ(k["ids"], j["ids"]) << mode;
+    const auto& sp = k["stats"]["speculation"];
+    const bool off = std::string(mode).find("auto") == std::string::npos && *mode;
+    EXPECT_EQ(sp["mode"], off ? "off" : "auto") << mode;
+    EXPECT_TRUE(sp["chose"] == "plain" || sp["chose"] == "mtp") << sp;
+    EXPECT_FALSE(sp["reason"].get<std::string>().empty()) << sp;
+    for (const char* key : {"plain_step_ms", "verify_step_ms", "acceptance", "tokens_per_verify",
+                            "est_speedup", "plain_steps", "verify_steps"})
+      EXPECT_TRUE(sp.contains(key)) << key;
+    EXPECT_EQ(sp["plain_steps"].get<int64_t>() + sp["verify_steps"].get<int64_t>(),
+              k["stats"]["decode_steps"].get<int64_t>());
+    EXPECT_EQ(k["stats"].contains("speculative"), !off) << mode;
+  }
+  EXPECT_EQ(nlohmann::json::parse(run_cli(base + " --speculative mtp --json").out)["stats"]["speculation"]["mode"],
+            "mtp");
+  // auto with --compare: plain beside auto, identical ids.
+  const CliRun ac = run_cli(base + " --compare --json");
+  ASSERT_EQ(ac.rc, 0) << ac.err;
+  EXPECT_TRUE(nlohmann::json::parse(ac.out)["stats"]["compare"]["same_ids"].get<bool>());
+  // Streaming under auto: its choice on stderr.
+  const CliRun as = run_cli(base);
+  ASSERT_EQ(as.rc, 0) << as.err;
+  EXPECT_NE(as.err.find("[speculative auto: chose "), std::string::npos) << as.err;
+  for (const char* bad : {" --speculative eagle", " --speculative mtp --draft 99",
+                          " --speculative off --compare", " --speculative off --draft 2",
+                          " --speculative none --draft-min-p 0.5", " --speculative mtp --draft-min-p 1.5",
+                          " --draft-min-p -0.1"}) {
     const CliRun e = run_cli(base + bad);
     EXPECT_NE(e.rc, 0) << bad;
     EXPECT_NE(e.err.find("error"), std::string::npos) << bad << ": " << e.err;
   }
+  // A bad mode names the accepted values.
+  const CliRun e = run_cli(base + " --speculative foo");
+  EXPECT_NE(e.rc, 0);
+  for (const char* want : {"--speculative", "'foo'", "'auto'", "'mtp'", "'off'"})
+    EXPECT_NE(e.err.find(want), std::string::npos) << want << ": " << e.err;
+  // A model without MTP: auto is plain decoding, mtp an error.
+  const std::string v2 = make_model("cli_v2", tiny_v2_config(), CheckpointFormat::BF16);
+  const std::string v2base = "generate --model " + v2 + " --ids 3,4,5 --max-new-tokens 4 --threads 1";
+  const CliRun nv = run_cli(v2base + " --json");
+  ASSERT_EQ(nv.rc, 0) << nv.err;
+  const auto nj = nlohmann::json::parse(nv.out)["stats"]["speculation"];
+  EXPECT_EQ(nj["mode"], "auto");
+  EXPECT_EQ(nj["chose"], "plain");
+  EXPECT_NE(run_cli(v2base + " --speculative mtp").rc, 0);
 }
 
 }  // namespace

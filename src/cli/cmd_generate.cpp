@@ -29,7 +29,7 @@ constexpr int64_t kDefaultDraft = 3;
 struct GenArgs {
   std::string model, prompt, ids, system;
   bool prompt_given = false, ids_given = false, json = false, compare = false;
-  std::string speculative = "none";  // "none" | "mtp"
+  std::string speculative = "auto";  // "auto" | "mtp" | "off" ("none" = "off")
   int64_t draft = 0;                 // drafts per step; 0: the default (kDefaultDraft)
   double draft_min_p = 0.2;          // adaptive draft length; 0: always `draft`
   CLI::Option* draft_min_p_opt = nullptr;  // given on the command line?
@@ -52,9 +52,11 @@ void add_sampling_options(CLI::App* c, GenArgs& a) {
   c->add_option("--threads", a.threads, "Threads (default: all cores)");
   c->add_option("--activations", a.activations, cli::kActivationsHelp);
   c->add_option("--speculative", a.speculative,
-                "Speculative decoding: 'mtp' drafts with the model's MTP modules (default none)");
+                "MTP speculative decoding: auto (default: draft with the model's MTP modules only "
+                "while it measurably pays on this model and machine; plain without MTP modules), "
+                "mtp (draft every step), off (never; 'none' = off). Output is the same in every mode");
   c->add_option("--draft", a.draft,
-                "Most tokens drafted per step with --speculative mtp (default 3, or "
+                "Most tokens drafted per step when drafting (default 3, or "
                 "num_nextn_predict_layers if larger; drafts past it chain the last module)");
   a.draft_min_p_opt = c->add_option("--draft-min-p", a.draft_min_p,
                                     "Stop drafting once the drafts' joint probability under the MTP "
@@ -62,16 +64,16 @@ void add_sampling_options(CLI::App* c, GenArgs& a) {
                                     "output is unchanged, only speed)");
 }
 
-bool speculating(const GenArgs& a) {
-  DSV3_CHECK(a.speculative == "none" || a.speculative == "mtp", "--speculative: unknown method '",
-             a.speculative, "' (expected 'mtp' or 'none')");
+// --speculative and the options that go with it, checked.
+SpecMode spec_mode(const GenArgs& a) {
+  const SpecMode m = parse_spec_mode(a.speculative);
   DSV3_CHECK(a.draft >= 0 && a.draft <= 16, "--draft must be in [1, 16], got ", a.draft);
-  DSV3_CHECK(a.draft == 0 || a.speculative == "mtp", "--draft needs --speculative mtp");
+  DSV3_CHECK(a.draft == 0 || m != SpecMode::Off, "--draft needs --speculative mtp or auto");
   DSV3_CHECK(a.draft_min_p >= 0 && a.draft_min_p <= 1, "--draft-min-p must be in [0, 1], got ",
              a.draft_min_p);
-  DSV3_CHECK(a.draft_min_p_opt == nullptr || a.draft_min_p_opt->count() == 0 || a.speculative == "mtp",
-             "--draft-min-p needs --speculative mtp");
-  return a.speculative == "mtp";
+  DSV3_CHECK(a.draft_min_p_opt == nullptr || a.draft_min_p_opt->count() == 0 || m != SpecMode::Off,
+             "--draft-min-p needs --speculative mtp or auto");
+  return m;
 }
 
 std::unique_ptr<tok::Tokenizer> load_tokenizer(const std::string& dir, bool required,
@@ -87,10 +89,12 @@ std::unique_ptr<Model> load_model(const GenArgs& a) {
   DSV3_CHECK(std::filesystem::exists(std::filesystem::path(a.model) / "config.json"),
              "--model: '", a.model, "' has no config.json (not a model directory)");
   ModelOptions mo;
-  mo.with_mtp = speculating(a);  // plain decoding does not use the MTP modules
+  const SpecMode sm = spec_mode(a);
+  mo.with_mtp = sm != SpecMode::Off;  // plain decoding does not use the MTP modules
   mo.bf16_activations = cli::parse_activations(a.activations);
   auto m = std::make_unique<Model>(a.model, mo);
-  DSV3_CHECK(!mo.with_mtp || m->n_mtp() >= 1, "--speculative mtp: the model in '", a.model,
+  // auto on a model without them is plain decoding (the stats say so).
+  DSV3_CHECK(sm != SpecMode::Mtp || m->n_mtp() >= 1, "--speculative mtp: the model in '", a.model,
              "' has no MTP module (num_nextn_predict_layers = 0)");
   return m;
 }
@@ -100,7 +104,8 @@ GenerateOptions generate_options(const GenArgs& a, const Model& m) {
   o.max_new_tokens = a.max_new_tokens;
   o.sampling = a.sampling;
   o.stop = a.stop;
-  if (speculating(a)) {
+  o.speculative_mode = spec_mode(a);
+  if (o.speculative_mode != SpecMode::Off) {
     // Defaults measured on configs/mtp-bench.json (docs/PERF.md): up to 3 drafts with the
     // 0.2 cut-off was within noise of the best fixed length everywhere and well ahead of 1.
     o.speculative_draft = a.draft > 0 ? a.draft : std::max<int64_t>(kDefaultDraft, m.n_mtp());
@@ -110,6 +115,23 @@ GenerateOptions generate_options(const GenArgs& a, const Model& m) {
 }
 
 double ratio(int64_t a, int64_t b) { return b > 0 ? double(a) / double(b) : 0; }
+
+// Which mode ran and why (every run): {"mode","chose","reason", the policy's estimates, this
+// call's plain and verify steps}.
+nlohmann::ordered_json speculation_json(const GenerateStats& s) {
+  const SpecReport& r = s.speculation;
+  return {{"mode", spec_mode_name(r.mode)},
+          {"chose", r.drafting ? "mtp" : "plain"},
+          {"reason", r.reason},
+          {"plain_step_ms", 1e3 * r.plain_step_s},
+          {"verify_step_ms", 1e3 * r.verify_step_s},
+          {"acceptance", r.acceptance},
+          {"tokens_per_verify", r.tokens_per_verify},
+          {"est_speedup", r.speedup},
+          {"plain_steps", s.decode_steps - s.spec.steps},
+          {"verify_steps", s.spec.steps},
+          {"switches", r.switches}};
+}
 
 nlohmann::ordered_json spec_json(const GenerateStats& s) {
   const SpeculativeStats& p = s.spec;
@@ -127,7 +149,12 @@ nlohmann::ordered_json spec_json(const GenerateStats& s) {
 }
 
 void print_spec_stats(const GenerateStats& s) {
-  if (!s.speculative) return;
+  const SpecReport& r = s.speculation;
+  if (r.mode == SpecMode::Auto)
+    std::fprintf(stderr, "[speculative auto: chose %s (%s); %lld plain, %lld verify steps]\n",
+                 r.drafting ? "mtp" : "plain", r.reason.c_str(),
+                 (long long)(s.decode_steps - s.spec.steps), (long long)s.spec.steps);
+  if (!s.speculative || s.spec.steps == 0) return;
   const SpeculativeStats& p = s.spec;
   std::fprintf(stderr, "[speculative: %lld drafted, %lld accepted (%.1f%%; by position",
                (long long)p.drafted, (long long)p.accepted, 100 * ratio(p.accepted, p.drafted));
@@ -169,7 +196,7 @@ void run_generate(const GenArgs& a) {
   }
   Generator gen(*model, tok.get(), a.context);
   const GenerateOptions o = generate_options(a, *model);
-  DSV3_CHECK(!a.compare || o.speculative_draft > 0, "--compare needs --speculative mtp");
+  DSV3_CHECK(!a.compare || o.speculative_draft > 0, "--compare needs --speculative mtp or auto");
   // --compare: the same prompt decoded plainly first (from an empty cache, as the
   // speculative run then is too).
   GenerateResult plain;
@@ -198,6 +225,7 @@ void run_generate(const GenArgs& a) {
                   {"decode_steps", s.decode_steps},       {"prefill_s", s.prefill_s},
                   {"prefill_tokens_per_s", s.prefill_tokens_per_s},
                   {"decode_s", s.decode_s},               {"decode_tokens_per_s", s.decode_tokens_per_s}};
+    j["stats"]["speculation"] = speculation_json(s);
     if (s.speculative) j["stats"]["speculative"] = spec_json(s);
     if (a.compare) j["stats"]["compare"] = compare_json(r);
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace).c_str());
@@ -224,7 +252,7 @@ void run_chat(const GenArgs& a) {
   const auto tok = load_tokenizer(a.model, true, "chat");
   Generator gen(*model, tok.get(), a.context);
   const GenerateOptions o = generate_options(a, *model);
-  DSV3_CHECK(!a.compare || o.speculative_draft > 0, "--compare needs --speculative mtp");
+  DSV3_CHECK(!a.compare || o.speculative_draft > 0, "--compare needs --speculative mtp or auto");
   // --compare: every turn is also decoded plainly, by a second Generator with its own cache
   // (so the conversation's cache and its prefix reuse are untouched), after the streamed
   // speculative reply.
@@ -298,7 +326,8 @@ void register_generate(CLI::App& app) {
       ->each([a](const std::string&) { a->ids_given = true; });
   c->add_option("--max-new-tokens", a->max_new_tokens, "Most tokens to generate (default 128)");
   c->add_flag("--compare", a->compare,
-              "With --speculative: also decode plainly first and report both tokens/s and the speedup");
+              "With --speculative mtp or auto: also decode plainly first and report both tokens/s "
+              "and the speedup");
   c->add_flag("--json", a->json,
               "Print one line {\"ids\",\"text\",\"stop_reason\",\"stats\"} instead of streaming");
   c->callback([a] { run_generate(*a); });
@@ -311,7 +340,8 @@ void register_generate(CLI::App& app) {
   ch->add_option("--system", b->system, "System prompt");
   ch->add_option("--max-new-tokens", b->max_new_tokens, "Most tokens per reply (default 512)");
   ch->add_flag("--compare", b->compare,
-               "With --speculative: also decode each turn plainly and report both tokens/s and the speedup");
+               "With --speculative mtp or auto: also decode each turn plainly and report both "
+               "tokens/s and the speedup");
   ch->callback([b] { run_chat(*b); });
 }
 

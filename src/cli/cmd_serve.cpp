@@ -35,7 +35,7 @@ constexpr int64_t kDefaultDraft = 1;  // the engine drafts one token per step (o
 
 struct ServeArgs {
   std::string model, host = "127.0.0.1", served_name, api_key, api_key_file, cors;
-  std::string batch_mode = "invariant", speculative = "none", activations = "f32";
+  std::string batch_mode = "invariant", speculative = "auto", activations = "f32";
   int port = 8080, threads = 0;
   int64_t draft = 0, max_body_mb = 8;
   double drain_timeout = 30;
@@ -115,10 +115,9 @@ std::string url(const std::string& host, int port) {
 void run_serve(ServeArgs& a) {
   DSV3_CHECK(a.batch_mode == "invariant" || a.batch_mode == "fast", "--batch-mode: expected "
              "'invariant' or 'fast', got '", a.batch_mode, "'");
-  DSV3_CHECK(a.speculative == "none" || a.speculative == "mtp", "--speculative: expected 'mtp' or "
-             "'none', got '", a.speculative, "'");
+  const SpecMode spec = parse_spec_mode(a.speculative);
   DSV3_CHECK(a.draft >= 0 && a.draft <= 16, "--draft must be in [1, 16], got ", a.draft);
-  DSV3_CHECK(a.draft == 0 || a.speculative == "mtp", "--draft needs --speculative mtp");
+  DSV3_CHECK(a.draft == 0 || spec != SpecMode::Off, "--draft needs --speculative mtp or auto");
   DSV3_CHECK(a.port >= 0 && a.port <= 65535, "--port must be in [0, 65535], got ", a.port);
   DSV3_CHECK(a.drain_timeout >= 0, "--drain-timeout must be >= 0, got ", a.drain_timeout);
   DSV3_CHECK(a.max_body_mb >= 1, "--max-body-mb must be >= 1, got ", a.max_body_mb);
@@ -162,12 +161,14 @@ void run_serve(ServeArgs& a) {
   signals.start_waiter();
 
   ModelOptions mo;
-  mo.with_mtp = a.speculative == "mtp";
+  mo.with_mtp = spec != SpecMode::Off;
   mo.bf16_activations = cli::parse_activations(a.activations);
   model = std::make_unique<Model>(a.model, mo);
-  DSV3_CHECK(!mo.with_mtp || model->n_mtp() >= 1, "--speculative mtp: the model in '", a.model,
-             "' has no MTP module (num_nextn_predict_layers = 0)");
-  if (mo.with_mtp) eo.speculative_draft = a.draft > 0 ? a.draft : kDefaultDraft;
+  // auto on a model without MTP modules decodes plainly (/metrics and the log say so).
+  DSV3_CHECK(spec != SpecMode::Mtp || model->n_mtp() >= 1, "--speculative mtp: the model in '",
+             a.model, "' has no MTP module (num_nextn_predict_layers = 0)");
+  eo.speculative_mode = spec;
+  if (spec != SpecMode::Off) eo.speculative_draft = a.draft > 0 ? a.draft : kDefaultDraft;
   {
     // Weights resident before /health says ready: the first requests would otherwise pay a
     // page fault per 4 KiB of every expert they touch first.
@@ -184,9 +185,11 @@ void run_serve(ServeArgs& a) {
   engine = std::make_unique<serve::Engine>(*model, tokenizer.get(), eo);
   http.set_ready(engine.get(), tokenizer.get());
   signals.ready.store(true);
+  const char* spec_note = spec == SpecMode::Auto && model->n_mtp() == 0 ? " (no MTP module: plain)" : "";
   std::fprintf(stderr, "dsv3 serve: ready on %s (model '%s', context %lld, %lld running, "
-               "chat page at %s/)\n", where.c_str(), ho.served_model_name.c_str(),
-               (long long)engine->context(), (long long)eo.max_running, where.c_str());
+               "speculative %s%s, chat page at %s/)\n", where.c_str(), ho.served_model_name.c_str(),
+               (long long)engine->context(), (long long)eo.max_running, spec_mode_name(spec),
+               spec_note, where.c_str());
   std::fflush(stderr);
 
   signals.wait();
@@ -223,8 +226,12 @@ void register_serve(CLI::App& app) {
   c->add_option("--api-key", a->api_key, "Require \"Authorization: Bearer KEY\" (not on / and /health)");
   c->add_option("--api-key-file", a->api_key_file, "Read the API key from the first line of this file");
   c->add_option("--cors-origins", a->cors, "Comma-separated origins allowed by CORS, or *");
-  c->add_option("--speculative", a->speculative, "mtp: draft with the model's MTP modules (default none)");
-  c->add_option("--draft", a->draft, "Tokens drafted per step with --speculative mtp (the server supports 1, the default)");
+  c->add_option("--speculative", a->speculative,
+                "MTP speculative decoding: auto (default: draft only while it measurably pays at "
+                "the step's batch size; plain without MTP modules), mtp (draft every step), off "
+                "(never; 'none' = off)");
+  c->add_option("--draft", a->draft,
+                "Tokens drafted per step with --speculative mtp or auto (the server supports 1, the default)");
   c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
   c->add_option("--activations", a->activations, cli::kActivationsHelp);
   c->add_option("--drain-timeout", a->drain_timeout,

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "core/check.h"
+#include "core/clock.h"
 #include "infer/stop.h"
 #include "tokenizer/tokenizer.h"
 
@@ -87,16 +88,25 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
   DSV3_CHECK(o.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", o.max_new_tokens);
   DSV3_CHECK(o.stop.empty() || tok_, "stop strings need the model's tokenizer (tokenizer.json)");
   validate(o.sampling);
-  const bool speculate = o.speculative_draft > 0;
   DSV3_CHECK(o.speculative_draft >= 0, "the number of draft tokens must be >= 0, got ",
              o.speculative_draft);
   DSV3_CHECK(o.speculative_min_p >= 0 && o.speculative_min_p <= 1,
              "the draft probability threshold must be in [0, 1], got ", o.speculative_min_p);
-  DSV3_CHECK(!speculate || model_.n_mtp() >= 1,
-             "speculative decoding needs the model's MTP modules, but ",
-             model_.config().num_nextn_predict_layers == 0
-                 ? "the config has num_nextn_predict_layers = 0"
-                 : "the model was loaded without them (ModelOptions.with_mtp)");
+  const SpecMode mode = o.speculative_draft > 0 ? o.speculative_mode : SpecMode::Off;
+  const char* no_mtp = model_.config().num_nextn_predict_layers == 0
+                           ? "the config has num_nextn_predict_layers = 0"
+                           : "the model was loaded without them (ModelOptions.with_mtp)";
+  DSV3_CHECK(mode != SpecMode::Mtp || model_.n_mtp() >= 1,
+             "speculative decoding needs the model's MTP modules, but ", no_mtp);
+  // Auto on a model without MTP modules is plain decoding, silently. So is auto sampling:
+  // which steps draft depends on timing, and a drafting step consumes the sampler's random
+  // numbers differently, so drafting would make a seed's output vary from run to run (mtp
+  // drafts every step and keeps it fixed).
+  const bool sampled = o.sampling.temperature > 0;
+  const bool speculate =
+      mode == SpecMode::Mtp || (mode == SpecMode::Auto && model_.n_mtp() >= 1 && !sampled);
+  if (speculate && (policy_.mode() != mode || !(policy_.options() == o.speculative_policy)))
+    policy_ = SpecPolicy(mode, o.speculative_policy);
 
   std::vector<int32_t> eos;
   if (o.stop_at_eos) {
@@ -155,6 +165,7 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
   st.prefill_s = seconds_since(t0);
   Sampler sampler(o.sampling);
   std::vector<int32_t> step;  // tokens one step produced (1 for plain decoding)
+  SpeculativeStats plain_steps;  // Auto's plain steps (Speculator::step without drafts)
   bool have_logits = true;    // logits_ are those of history_.back()'s position
   t0 = std::chrono::steady_clock::now();
   while (!stopped) {
@@ -172,11 +183,24 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
       have_logits = false;
     } else if (speculate) {
       // A step yields at most n + 1 tokens: draft no more than max_new_tokens and the
-      // context can still take (history_ ≤ C), so no verified token is wasted.
+      // context can still take (history_ ≤ C), so no verified token is wasted. A plain step
+      // of a speculative call goes through the Speculator too (with no draft), which keeps
+      // its main state for module 1's next catch-up.
       const int64_t room = std::min(o.max_new_tokens - int64_t(r.ids.size()),
                                     C - int64_t(history_.size()));
-      const int64_t n = std::min(o.speculative_draft, room - 1);
-      spec_.step(cache_, scratch_, history_, n, o.speculative_min_p, sampler, st.spec, step);
+      const bool drafting = policy_.draft(1);
+      const int64_t n = drafting ? std::min(o.speculative_draft, room - 1) : 0;
+      SpeculativeStats& into = drafting ? st.spec : plain_steps;
+      if (n == 0 && spec_.behind(cache_) >= kMtpCatchUpRows) spec_.catch_up(cache_, scratch_, history_);
+      SpecStep ps;
+      ps.cold = n > 0 && spec_.behind(cache_) > o.speculative_draft + 1;
+      ps.drafted = -into.drafted;
+      ps.accepted = -into.accepted;
+      const double t = now_s();
+      spec_.step(cache_, scratch_, history_, n, o.speculative_min_p, sampler, into, step);
+      ps.drafted += into.drafted;
+      ps.accepted += into.accepted;
+      policy_.record(ps, now_s() - t);
       ++st.decode_steps;
     } else {
       decode_step(sampler, step);
@@ -204,6 +228,16 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
     if (on_token && !tail.empty()) on_token(-1, tail);
   }
   st.new_tokens = int64_t(r.ids.size());
+  if (speculate) {
+    st.speculation = policy_.report(1);
+  } else {
+    st.speculation.mode = mode;  // off, or auto without MTP modules or sampling
+    st.speculation.reason =
+        mode == SpecMode::Off      ? std::string("speculation is off")
+        : model_.n_mtp() == 0      ? std::string("no MTP module to draft with: ") + no_mtp
+                                   : std::string("sampling: auto keeps a seed's output fixed, which "
+                                                 "timed drafting would not (mtp drafts reproducibly)");
+  }
   st.prefill_tokens_per_s = st.prefill_s > 0 ? double(st.prefill_tokens) / st.prefill_s : 0;
   const int64_t decode_tokens = std::max<int64_t>(0, st.new_tokens - 1);
   st.decode_tokens_per_s = st.decode_s > 0 ? double(decode_tokens) / st.decode_s : 0;

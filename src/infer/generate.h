@@ -6,7 +6,8 @@
 // sample, then decode steps until a stop. A step is either plain (one token) or speculative
 // (infer/speculative.h: MTP drafts + one verify forward + KvCache::truncate of the rejected
 // tokens, several tokens per step); the loop emits, stops on and counts tokens the same way
-// for both.
+// for both. Under SpecMode::Auto a SpecPolicy (infer/spec_policy.h), kept across calls,
+// picks one or the other before every step from the measured costs and acceptance.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "infer/sampler.h"
+#include "infer/spec_policy.h"
 #include "infer/speculative.h"
 #include "model/model.h"
 
@@ -34,6 +36,11 @@ struct GenerateOptions {
   // loaded with its MTP modules; greedy output is that of plain decoding, sampled output
   // has the same distribution.
   int64_t speculative_draft = 0;
+  // When to draft, with speculative_draft > 0: Mtp every step; Auto only while drafting pays
+  // on this model and machine (infer/spec_policy.h; on a model without MTP modules Auto is
+  // plain decoding); Off never. Output does not depend on it.
+  SpecMode speculative_mode = SpecMode::Mtp;
+  SpecPolicyOptions speculative_policy;  // Auto: thresholds and the cost source
   // Adaptive draft length (infer/speculative.h): stop drafting once the product of the
   // drafts' own probabilities falls below this (0: always speculative_draft). Output is
   // unaffected; only speed changes.
@@ -58,8 +65,9 @@ struct GenerateStats {
   // decode tokens: the new tokens after the first (which comes from the prefill's logits);
   // decode tokens/s = decode tokens / decode_s (= decode_steps / decode_s when plain).
   double decode_s = 0, decode_tokens_per_s = 0;
-  bool speculative = false;
-  SpeculativeStats spec;       // steps == decode_steps when speculative
+  bool speculative = false;     // a speculative call (mode mtp, or auto on a model with MTP)
+  SpeculativeStats spec;       // its drafting steps (all decode steps under mtp)
+  SpecReport speculation;      // the mode, the policy's choice at the end and why
 };
 
 struct GenerateResult {
@@ -94,6 +102,8 @@ class Generator {
   // For tests: the cache, and per MTP module how many of its rows are valid (speculative.h).
   const KvCache& cache() const { return cache_; }
   const std::vector<int64_t>& mtp_valid() const { return spec_.valid(); }
+  // The Auto policy (its estimates carry over from call to call, e.g. chat turns).
+  const SpecPolicy& policy() const { return policy_; }
 
  private:
   // Forwards prompt[reuse..) at cache position `reuse`; leaves the last position's logits
@@ -112,6 +122,7 @@ class Generator {
   std::vector<float> hidden_;      // [T, H]: a speculative prefill's states
   ForwardScratch scratch_;
   Speculator spec_;                // the MTP caches' bookkeeping (kept across calls)
+  SpecPolicy policy_;              // when to draft (rebuilt when the mode or options change)
 };
 
 }  // namespace dsv3

@@ -22,14 +22,56 @@ void Speculator::begin(KvCache& cache, int64_t lcp) {
     if (k > 1) m = std::min(m, valid_[size_t(k - 2)]);  // h^{k−1}_i must be valid too
     cache.mtp_len[size_t(k - 1)] = m;
   }
-  main_h_.clear();
-  main_h0_ = prefill_from();
+  // main_h_ holds the states of positions [main_h0_, main_h0_ + rows) and main_h0_ = m_1
+  // whenever module 1 can use them; a state stays valid while its position's tokens do.
+  const int64_t H = model_.config().hidden_size, m1 = D > 0 ? valid_[0] : 0;
+  if (D == 0 || m1 != main_h0_) {
+    main_h_.clear();
+    main_h0_ = m1;
+  } else {
+    const int64_t keep = std::clamp<int64_t>(lcp - main_h0_, 0, int64_t(main_h_.size()) / H);
+    main_h_.resize(size_t(keep * H));
+  }
+}
+
+int64_t Speculator::prefill_from() const {
+  if (valid_.empty()) return 0;
+  return main_h0_ + int64_t(main_h_.size()) / model_.config().hidden_size;
 }
 
 void Speculator::after_prefill(const float* h, int64_t p0, int64_t T) {
   const int64_t H = model_.config().hidden_size;
-  DSV3_ASSERT(p0 <= main_h0_ && main_h0_ <= p0 + T);
-  main_h_.assign(h + (main_h0_ - p0) * H, h + T * H);
+  DSV3_ASSERT(p0 <= prefill_from() && main_h0_ <= p0 + T);
+  if (p0 >= main_h0_) {  // keep the held states before p0, append the prefill's
+    main_h_.resize(size_t((p0 - main_h0_) * H));
+    main_h_.insert(main_h_.end(), h, h + T * H);
+  } else {
+    main_h_.assign(h + (main_h0_ - p0) * H, h + T * H);
+  }
+}
+
+void Speculator::catch_up(KvCache& cache, ForwardScratch& s, const std::vector<int32_t>& history) {
+  const int64_t D = model_.n_mtp(), H = model_.config().hidden_size, L = cache.len;
+  DSV3_ASSERT(D >= 1 && L + 1 == int64_t(history.size()));
+  for (size_t k = 0; k < valid_.size(); ++k) cache.mtp_len[k] = valid_[k];
+  const int64_t m = valid_[0], T = L - m;
+  if (T <= 0) return;
+  DSV3_ASSERT(m == main_h0_ && int64_t(main_h_.size()) == T * H);
+  ids_.assign(history.begin() + m + 1, history.begin() + L + 1);  // t_{i+1}, i in [m, L)
+  MtpArgs a;
+  a.k = 1;
+  a.ids = ids_.data();
+  a.h_prev = main_h_.data();
+  a.T = T;
+  if (D >= 2) {  // module 2 reads module 1's outputs by position
+    if (hprev_.size() < size_t(D - 1))
+      hprev_.assign(size_t(D - 1), std::vector<float>(size_t(cache.capacity * H)));
+    a.hidden = hprev_[0].data() + m * H;
+  }
+  model_.mtp_forward(cache, a, s);
+  valid_[0] = L;
+  main_h_.clear();
+  main_h0_ = L;
 }
 
 int32_t Speculator::pick_draft(const float* logits, int64_t j, Sampler& sampler, float* conf) {

@@ -50,6 +50,13 @@
 
 namespace dsv3 {
 
+// While plain steps run in a speculative call (--speculative auto choosing plain), module 1
+// falls behind and the main states it will catch up over pile up (H floats per position, for
+// DeepSeek-V3 28 KB; 4096 positions would be 20% of the latent cache again). Once it is this
+// far behind it catches up without drafting: one MTP forward over the rows, a GEMM, costing
+// about what one decode step does, every 256 steps.
+inline constexpr int64_t kMtpCatchUpRows = 256;
+
 struct SpeculativeStats {
   int64_t steps = 0;                 // verify forwards
   int64_t drafted = 0, accepted = 0; // draft tokens proposed / accepted by the verifier
@@ -66,14 +73,23 @@ class Speculator {
   // m_k per module (for tests of the invariant).
   const std::vector<int64_t>& valid() const { return valid_; }
   // A new prompt shares its first lcp tokens with the history: module k keeps at most the
-  // positions whose token t_{i+k} lies in that prefix (called for plain generation too, so
-  // a later speculative call finds the invariant intact).
+  // positions whose token t_{i+k} lies in that prefix, and the kept main states those of
+  // positions inside it (called for plain generation too, so a later speculative call finds
+  // the invariant intact).
   void begin(KvCache& cache, int64_t lcp);
   // The main position from which a speculative prefill must run so that module 1 gets the
-  // hidden rows it has to catch up over (m_1; the cache holds more, the hidden rows no).
-  int64_t prefill_from() const { return valid_.empty() ? 0 : valid_[0]; }
-  // The prefill forwarded positions [p0, p0 + T); h [T, H] are their states after model.norm.
+  // hidden rows it has to catch up over: m_1 plus the main states kept past it (plain steps
+  // of a speculative call keep theirs, so a chat turn after them reuses the whole cache).
+  int64_t prefill_from() const;
+  // The prefill forwarded positions [p0, p0 + T) (p0 ≤ prefill_from()); h [T, H] are their
+  // states after model.norm.
   void after_prefill(const float* h, int64_t p0, int64_t T);
+  // Positions module 1 must catch up over before its next draft (L − m_1): 1 + the drafts
+  // accepted at the last step while every step drafts, more after plain steps.
+  int64_t behind(const KvCache& cache) const { return cache.len - (valid_.empty() ? 0 : valid_[0]); }
+  // Module 1 forwards positions [m_1, L) without drafting (see kMtpCatchUpRows); history ends
+  // with t_L (cache.len == L).
+  void catch_up(KvCache& cache, ForwardScratch& s, const std::vector<int32_t>& history);
   // One draft + verify + rollback step with up to n_draft ≥ 0 drafts (0: a plain decode step
   // that keeps its hidden row; min_p: the adaptive length above, 0 = always n_draft).
   // history ends with the newest token t_L (cache.len == L); out receives the a + 1 new

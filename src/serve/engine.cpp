@@ -73,8 +73,15 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
   DSV3_CHECK(o.speculative_draft == 0 || o.speculative_draft == 1,
              "the server drafts one token per step with MTP (DeepSeek-V3 has one MTP module); got ",
              o.speculative_draft, " drafts");
-  DSV3_CHECK(o.speculative_draft == 0 || model.n_mtp() >= 1,
+  const SpecMode spec_mode = o.speculative_draft > 0 ? o.speculative_mode : SpecMode::Off;
+  DSV3_CHECK(spec_mode != SpecMode::Mtp || model.n_mtp() >= 1,
              "speculative decoding needs the model's MTP module, but it was not loaded");
+  // Auto on a model without MTP modules decodes plainly, silently.
+  impl_->speculate = spec_mode == SpecMode::Mtp || (spec_mode == SpecMode::Auto && model.n_mtp() >= 1);
+  if (impl_->speculate) impl_->policy = SpecPolicy(spec_mode, o.speculative_policy);
+  impl_->m.spec_mode = spec_mode;
+  if (!impl_->speculate)
+    impl_->m.spec_reason = spec_mode == SpecMode::Auto ? "no MTP module to draft with" : "speculation is off";
   context_ = o.context > 0 ? o.context : std::min<int64_t>(c.max_position_embeddings, 4096);
   DSV3_CHECK(context_ <= c.max_position_embeddings, "--context ", context_,
              " exceeds the model's max_position_embeddings (", c.max_position_embeddings, ")");
@@ -147,7 +154,9 @@ std::shared_ptr<Stream> Engine::submit(Request r) {
   if (tok_) s->dec.emplace(*tok_);
   s->stop.emplace(r.stop);
   // Penalties depend on every earlier token, which a verify row cannot know: plain steps.
-  s->spec = opt_.speculative_draft > 0 && r.presence_penalty == 0 && r.frequency_penalty == 0;
+  // Under auto a seeded sampled request decodes plainly too (Request::seeded).
+  const bool keep_seed = impl_->policy.mode() == SpecMode::Auto && r.seeded && r.sampling.temperature > 0;
+  s->spec = impl_->speculate && r.presence_penalty == 0 && r.frequency_penalty == 0 && !keep_seed;
   s->req = std::move(r);
   s->t_arrival = now_s();
   std::shared_ptr<Stream> st;

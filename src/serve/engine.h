@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "infer/sampler.h"
+#include "infer/spec_policy.h"
 
 namespace dsv3 {
 class Model;
@@ -45,6 +46,10 @@ struct EngineOptions {
   bool prefix_cache = true;     // share full blocks of identical prefixes between sequences
   bool batch_invariant = true;  // false: one GEMM over the whole batch (faster, not invariant)
   int64_t speculative_draft = 0;  // MTP drafts per decode step (0 = off)
+  // With speculative_draft: Mtp drafts every step, Auto only while drafting pays at the
+  // step's batch size (infer/spec_policy.h; plain on a model without MTP), Off never.
+  SpecMode speculative_mode = SpecMode::Mtp;
+  SpecPolicyOptions speculative_policy;  // Auto: thresholds and the cost source
   bool log_requests = true;     // one line per finished request on stderr
 };
 
@@ -59,6 +64,10 @@ struct Request {
   std::vector<std::string> stop;    // stop strings (not part of the output)
   int top_logprobs = -1;            // -1: no logprobs; 0..20: chosen token's + k alternatives
   bool ignore_eos = false;
+  // The seed is the client's, so the same request must give the same tokens: under
+  // speculative auto such a sampled request decodes plainly (which steps draft depends on
+  // timing, and drafting changes how the seed's random numbers are used).
+  bool seeded = true;
   std::string tag;                  // printed in the request's log line (e.g. the HTTP id)
 };
 
@@ -121,6 +130,9 @@ struct EngineMetrics {
   uint64_t prompt_tokens = 0, generation_tokens = 0;
   uint64_t prefix_queries = 0, prefix_hits = 0;  // prompt tokens looked up / found cached
   uint64_t spec_drafted = 0, spec_accepted = 0;
+  SpecMode spec_mode = SpecMode::Off;  // the mode that runs (auto without MTP: auto)
+  std::string spec_reason;             // why nothing drafts, when no policy runs
+  std::vector<SpecReport> spec;        // the policy per batch-size range seen (decode steps)
   uint64_t preemptions = 0;
   uint64_t steps = 0;
   Histogram ttft, tpot;                          // seconds

@@ -43,6 +43,7 @@ struct Seq {
   std::vector<float> hid;
   int32_t vids[2] = {};            // this step's verify rows: t_L, the draft
   bool verifying = false;
+  int64_t drafted = 0, accepted = 0;  // this request's drafts (the log line)
   std::vector<float> q;            // the draft's distribution (sampling)
   std::string finish;              // set when done
 };
@@ -66,6 +67,9 @@ struct Engine::Impl {
   std::vector<float> hidden;       // [rows wanting states, H]
   std::vector<float> mtp_logits;   // [V]
   std::vector<float> p;            // [V] target distribution (speculative sampling)
+  bool speculate = false;          // MTP drafting may run (mtp, or auto with MTP modules)
+  SpecPolicy policy;               // when to draft: its mode is fixed (submit reads it), the
+                                   // rest is the loop thread's (reports are copied into m)
 };
 
 }  // namespace dsv3::serve

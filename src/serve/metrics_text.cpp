@@ -32,6 +32,14 @@ void gauge(std::string& out, const char* name, const char* help, int64_t v) {
   out += std::string(name) + ' ' + std::to_string(v) + '\n';
 }
 
+// One sample per speculation batch-size range: name{batch="1"} v, name{batch="2-3"} v, ...
+template <class F>
+void spec_gauge(std::string& out, const EngineMetrics& m, const char* name, const char* help, F value) {
+  header(out, name, "gauge", help);
+  for (const SpecReport& r : m.spec)
+    out += std::string(name) + "{batch=\"" + r.batch_label() + "\"} " + num(value(r)) + '\n';
+}
+
 void counter(std::string& out, const char* name, const char* help, uint64_t v) {
   header(out, name, "counter", help);
   out += std::string(name) + ' ' + std::to_string(v) + '\n';
@@ -71,6 +79,23 @@ std::string metrics_text(const EngineMetrics& m) {
   counter(o, "dsv3_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", m.prefix_hits);
   counter(o, "dsv3_spec_drafted_tokens_total", "Tokens drafted by the MTP modules.", m.spec_drafted);
   counter(o, "dsv3_spec_accepted_tokens_total", "Drafted tokens accepted.", m.spec_accepted);
+  // Which speculation mode runs (an info-style gauge), and auto's state per batch size.
+  header(o, "dsv3_spec_mode", "gauge", "The --speculative mode that runs (value 1).");
+  o += std::string("dsv3_spec_mode{mode=\"") + spec_mode_name(m.spec_mode) + "\"} 1\n";
+  if (!m.spec.empty()) {
+    spec_gauge(o, m, "dsv3_spec_drafting", "1 while decode steps of this batch size draft (auto's choice).",
+               [](const SpecReport& r) { return r.drafting ? 1.0 : 0.0; });
+    spec_gauge(o, m, "dsv3_spec_plain_step_seconds", "A plain decode step per sequence (median of recent steps).",
+               [](const SpecReport& r) { return r.plain_step_s; });
+    spec_gauge(o, m, "dsv3_spec_verify_step_seconds",
+               "A drafting + verify step per sequence (median of recent steps).",
+               [](const SpecReport& r) { return r.verify_step_s; });
+    spec_gauge(o, m, "dsv3_spec_estimated_speedup",
+               "Tokens per verify x plain step / verify step (0 until both are measured).",
+               [](const SpecReport& r) { return r.speedup; });
+    header(o, "dsv3_spec_acceptance", "gauge", "Accepted / drafted tokens (moving average).");
+    o += "dsv3_spec_acceptance " + num(m.spec.front().acceptance) + '\n';
+  }
   counter(o, "dsv3_preemptions_total", "Sequences preempted when the block pool ran dry.", m.preemptions);
   counter(o, "dsv3_engine_steps_total", "Scheduler steps run.", m.steps);
   histogram(o, "dsv3_time_to_first_token_seconds", "Time from arrival to the first token.", m.ttft);

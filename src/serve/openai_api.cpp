@@ -277,6 +277,7 @@ std::vector<Request> engine_requests(const GenParams& p, const std::vector<int32
     r.max_tokens = p.max_tokens >= 0 ? p.max_tokens : context - len;
     r.sampling = p.sampling;
     r.sampling.seed = p.seed_given ? p.sampling.seed + uint64_t(i) : (uint64_t(rd()) << 32 | rd());
+    r.seeded = p.seed_given;
     r.presence_penalty = p.presence_penalty;
     r.frequency_penalty = p.frequency_penalty;
     r.stop = p.stop;

@@ -6,6 +6,7 @@
 
 #include "core/check.h"
 #include "core/clock.h"
+#include "infer/speculative.h"
 #include "model/linear.h"
 #include "serve/engine_state.h"
 
@@ -38,6 +39,21 @@ void Engine::loop() {
     s.hid.clear();
     s.verifying = false;
   };
+  // Speculation on the log line: the mode; with a policy, what it chose for the batch size
+  // the request ended at and why, and the request's own drafts.
+  auto spec_note = [&](const Seq& s) {
+    const SpecMode mode = I.m.spec_mode;
+    if (!I.speculate)
+      return mode == SpecMode::Off ? std::string(" spec=off")
+                                   : str_cat(" spec=", spec_mode_name(mode), " (", I.m.spec_reason, ")");
+    const SpecReport r = I.policy.report(std::max<int64_t>(1, int64_t(I.running.size())));
+    std::string note = str_cat(" spec=", spec_mode_name(mode), " drafted=", s.drafted,
+                               " accepted=", s.accepted);
+    if (mode == SpecMode::Auto)
+      note += str_cat(" chose=", r.drafting ? "mtp" : "plain", " (", r.reason, ")");
+    if (!s.spec) note += " (this request plainly: a seed, penalties or a prefix-cache hit)";
+    return note;
+  };
   auto log_line = [&](const Seq& s) {
     if (!opt_.log_requests) return;
     const double ttft = s.t_first > 0 ? s.t_first - s.t_arrival : 0;
@@ -45,9 +61,10 @@ void Engine::loop() {
     const double tps = s.generated > 1 && dt > 0 ? double(s.generated - 1) / dt : 0;
     std::fprintf(stderr,
                  "dsv3 serve: request %s prompt=%" PRId64 " cached=%" PRId64 " generated=%" PRId64
-                 " ttft=%.3fs tokens/s=%.1f finish=%s\n",
+                 " ttft=%.3fs tokens/s=%.1f finish=%s%s\n",
                  s.req.tag.empty() ? std::to_string(s.stream->id()).c_str() : s.req.tag.c_str(),
-                 s.n_prompt, s.cached_tokens, s.generated, ttft, tps, s.finish.c_str());
+                 s.n_prompt, s.cached_tokens, s.generated, ttft, tps, s.finish.c_str(),
+                 spec_note(s).c_str());
   };
   // Ends a sequence: the Finish event (unless the client left), metrics, its blocks back.
   auto retire = [&](Seq& s) {
@@ -162,7 +179,11 @@ void Engine::loop() {
   // MTP draft (infer/speculative.h, one draft): module 1 forwards positions [m1, L) — catch-up
   // over the tokens accepted since its last step, h^0 from s.hid — and its last row (token
   // t_L) drafts t_{L+1}. The verify rows are then [t_L, draft] at positions L, L + 1.
-  auto draft = [&](Seq& s) {
+  // Returns whether the catch-up was longer than after a drafting step (1 or 2 positions):
+  // then the step is `cold` for the policy (spec_policy.h).
+  // Module 1's forward over [m1, L), with the last row's logits when drafting. Without,
+  // it only catches up (kMtpCatchUpRows: bounds s.hid while auto decodes plainly).
+  auto catch_up = [&](Seq& s, bool logits) {
     const int64_t L = s.computed, Hd = model_.config().hidden_size;
     DSV3_ASSERT(int64_t(s.hid.size()) == (L - s.m1) * Hd && L > s.m1);
     MtpArgs a;
@@ -170,13 +191,19 @@ void Engine::loop() {
     a.ids = s.tokens.data() + s.m1 + 1;  // t_{i+1} for i in [m1, L)
     a.h_prev = s.hid.data();
     a.T = L - s.m1;
-    I.mtp_logits.resize(size_t(V));
-    a.logits = I.mtp_logits.data();
-    a.logits_from = a.T - 1;
+    if (logits) {
+      I.mtp_logits.resize(size_t(V));
+      a.logits = I.mtp_logits.data();
+      a.logits_from = a.T - 1;
+    }
     s.mtp.mtp_len[0] = s.m1;
     model_.mtp_forward(s.mtp, a, I.scratch);
     s.m1 = L;
     s.hid.clear();
+  };
+  auto draft = [&](Seq& s) {
+    const bool cold = s.computed - s.m1 > 2;
+    catch_up(s, true);
     int32_t d;
     if (s.req.sampling.temperature == 0) {
       d = s.sampler->sample(I.mtp_logits.data(), V);
@@ -187,10 +214,13 @@ void Engine::loop() {
     s.vids[0] = s.tokens.back();
     s.vids[1] = d;
     s.verifying = true;
+    ++s.drafted;
+    return cold;
   };
   // Verify: row 0's distribution decides the draft (greedy: its argmax; sampling: the
   // speculative accept rule, exact in distribution); accepted, row 1 gives a bonus token.
   // Rejected, the draft's cache row at L + 1 is left outside `computed` and overwritten later.
+  int64_t step_accepted = 0;  // this step's accepted drafts (the policy's record)
   auto verify = [&](Seq& s, float* l, double now, uint64_t& new_tokens) {
     const int32_t d = s.vids[1];
     bool accepted;
@@ -208,6 +238,10 @@ void Engine::loop() {
       std::lock_guard<std::mutex> lk(I.mu);
       ++I.m.spec_drafted;
       if (accepted) ++I.m.spec_accepted;
+    }
+    if (accepted) {
+      ++s.accepted;
+      ++step_accepted;
     }
     s.computed += accepted ? 2 : 1;
     if (!accepted) s.hid.resize(size_t(model_.config().hidden_size));  // position L's state only
@@ -251,10 +285,11 @@ void Engine::loop() {
         continue;
       }
       const int64_t len = int64_t(s.tokens.size());
-      if (s.spec && s.mtp.capacity == 0) s.mtp = const_cast<Model&>(model_).new_mtp_cache(context_);
       // A speculating sequence needs the main states of every position for module 1's
-      // catch-up, which a reused prefix would not give it: no prefix lookup.
-      if (opt_.prefix_cache && !s.spec) {
+      // catch-up, which a reused prefix would not give it. Under mtp it skips the lookup;
+      // under auto the prefix cache comes first (the prefill it saves is certain, drafting's
+      // gain is not): a sequence that finds its prefix decodes plainly.
+      if (opt_.prefix_cache && !(s.spec && I.policy.mode() == SpecMode::Mtp)) {
         const int64_t full = (len - 1) / B;  // the last token is always forwarded (its logits)
         uint64_t prev = 0;
         for (int64_t j = 0; j < full; ++j) {
@@ -266,7 +301,9 @@ void Engine::loop() {
           prev = h;
         }
         s.computed = s.published = int64_t(s.table.size()) * B;
+        if (!s.table.empty()) s.spec = false;
       }
+      if (s.spec && s.mtp.capacity == 0) s.mtp = const_cast<Model&>(model_).new_mtp_cache(context_);
       const int64_t need = (len + B - 1) / B - int64_t(s.table.size());
       if (need > pool.available() && !I.running.empty()) {
         release_blocks(s);  // not now: wait for blocks to come back
@@ -291,6 +328,13 @@ void Engine::loop() {
     // pool is dry the newest sequence is preempted (recomputed from its tokens later).
     std::sort(I.running.begin(), I.running.end(),
               [](const auto& a, const auto& b) { return a->order < b->order; });
+    // Whether this step drafts is the policy's choice for its decode batch (the sequences
+    // with one token to forward); the step's time, drafts included, is its cost.
+    const double t_step = now_s();
+    int64_t n_decoding = 0;
+    for (const auto& s : I.running) n_decoding += int64_t(s->tokens.size()) - s->computed == 1;
+    const bool drafting = I.speculate && n_decoding > 0 && I.policy.draft(n_decoding);
+    bool cold = false;
     std::vector<std::pair<Seq*, int64_t>> plan;  // (sequence, tokens this step)
     int64_t budget_used = 0;
     for (size_t i = 0; i < I.running.size(); ++i) {
@@ -299,9 +343,11 @@ void Engine::loop() {
       int64_t T = len - s.computed;
       DSV3_ASSERT(T >= 1);
       s.verifying = false;
-      if (T == 1 && s.spec && s.generated + 2 <= s.req.max_tokens && len + 1 < context_) {
-        draft(s);
+      if (T == 1 && s.spec && drafting && s.generated + 2 <= s.req.max_tokens && len + 1 < context_) {
+        cold |= draft(s);
         T = 2;
+      } else if (T == 1 && s.spec && s.computed - s.m1 >= kMtpCatchUpRows) {
+        catch_up(s, false);
       } else if (T > 1) {
         T = std::min(len, (s.computed / C + 1) * C) - s.computed;
         if (budget_used > 0 && budget_used + T > C) continue;
@@ -384,6 +430,17 @@ void Engine::loop() {
       sweep(I.running);
       continue;
     }
+    const double step_s = now_s() - t_step;
+    SpecStep ps;  // a decode-only step (a prefill chunk would swamp its cost)
+    ps.seqs = 0;
+    ps.cold = cold;
+    bool decode_only = true;
+    for (const auto& [sp, T] : plan) {
+      decode_only &= sp->verifying || T == 1;
+      ++ps.seqs;
+      ps.drafted += sp->verifying;
+    }
+    step_accepted = 0;
 
     // Sample, emit, publish full blocks.
     const double now = now_s();
@@ -406,11 +463,15 @@ void Engine::loop() {
         fail(s, ex.what());
       }
     }
+    ps.accepted = step_accepted;
+    const bool record = I.speculate && decode_only && ps.seqs > 0;
+    if (record) I.policy.record(ps, step_s);
     sweep(I.running);
 
     std::lock_guard<std::mutex> lk(I.mu);  // the gauges are set at the top of the loop
     I.m.generation_tokens += new_tokens;
     ++I.m.steps;
+    if (record) I.m.spec = I.policy.reports();
   }
 
   // Shutting down: whatever is left gets an error event.
