@@ -79,7 +79,8 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   // Down projections: kDownRows output rows per unit (a multiple of the FP8 block).
   constexpr int64_t kDownRows = 4 * kBlock;
   const int64_t down_units = (H + kDownRows - 1) / kDownRows;
-  float* yd = grow(s.y, x_off[size_t(n_tasks)]);  // [task][≤16][H] down outputs
+  // Not s.y: moe_forward passes s.y as `out` to the decode form for experts with few tokens.
+  float* yd = grow(s.down, x_off[size_t(n_tasks)]);  // [task][≤16][H] down outputs
   const int64_t units1 = unit_off[size_t(n_tasks)], units2 = int64_t(n_tasks) * down_units,
                 units3 = (H + kBlock - 1) / kBlock;
   (void)T;

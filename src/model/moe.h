@@ -59,6 +59,7 @@ struct FfnScratch {
   std::vector<int32_t> fill;            // [E] counting-sort cursors
   RouteScratch route;
   std::vector<float> h;                 // decode: [tasks, ≤ kGemvMaxM, inter] SwiGLU outputs
+  std::vector<float> down;              // decode: [tasks, ≤ kGemvMaxM, H] down projections
   std::vector<FfnTask> tasks;           // decode: the experts of the step
   std::vector<int64_t> off;             // decode: [3, tasks + 1] offsets into h, xe, units
   std::vector<LinearScratch> per_thread;
