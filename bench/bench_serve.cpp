@@ -54,7 +54,7 @@ constexpr double kStopTimeoutS = 60;       // SIGTERM → exit
 
 struct ServeBenchOpts {
   std::string model, url, concurrency = "1,4,16,32", format = "table", batch_mode = "invariant";
-  std::string activations = "f32";
+  std::string activations = "f32", speculative = "auto";
   int64_t prompt_tokens = 128, max_tokens = 128, requests = 0;
   int threads = 0;
   bool no_decode = false;
@@ -391,6 +391,7 @@ void run_serve_bench(const ServeBenchOpts& o) {
     std::vector<std::string> argv = {self_exe(), "serve", "--model", o.model, "--host", host, "--port", "0",
                                      "--max-running", std::to_string(max_conc), "--context", std::to_string(ctx),
                                      "--batch-mode", o.batch_mode, "--activations", o.activations,
+                                     "--speculative", o.speculative,
                                      "--no-request-log", "--drain-timeout", "10"};
     if (o.threads > 0) argv.insert(argv.end(), {"--threads", std::to_string(o.threads)});
     std::fprintf(stderr, "bench serve: starting dsv3 serve --model %s ...\n", o.model.c_str());
@@ -437,7 +438,7 @@ void run_serve_bench(const ServeBenchOpts& o) {
   if (o.format == "json") {
     json j = {{"bench", "serve"}, {"model", o.model.empty() ? o.url : o.model}, {"prompt_tokens", o.prompt_tokens},
               {"max_tokens", o.max_tokens}, {"threads", o.threads}, {"batch_mode", o.batch_mode},
-              {"activations", o.activations}};
+              {"activations", o.activations}, {"speculative", o.speculative}};
     if (decode_tps > 0) j["bench_decode"] = {{"context", decode_ctx}, {"tokens_per_s", decode_tps}};
     if (single_tps > 0) j["single_stream_tokens_per_s"] = single_tps;
     if (single_tps > 0 && decode_tps > 0) j["single_stream_of_bench_decode"] = single_tps / decode_tps;
@@ -452,9 +453,10 @@ void run_serve_bench(const ServeBenchOpts& o) {
     return;
   }
   std::printf("dsv3 serve: %s, prompts of %lld tokens, %lld output tokens each (ignore_eos), %s batch, "
-              "%s activations\n",
+              "%s activations, speculative %s\n",
               o.model.empty() ? o.url.c_str() : o.model.c_str(), (long long)o.prompt_tokens,
-              (long long)o.max_tokens, o.batch_mode.c_str(), o.activations.c_str());
+              (long long)o.max_tokens, o.batch_mode.c_str(), o.activations.c_str(),
+              o.speculative.c_str());
   std::printf("%11s %8s %6s %12s %12s %12s %12s %12s %14s\n", "concurrency", "requests", "failed",
               "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms", "tok/s/stream");
   for (const Level& L : rows)
@@ -481,6 +483,7 @@ void add_serve(CLI::App& bench) {
   s->add_option("--threads", o->threads, "Compute threads of the server and bench decode (default: all cores)");
   s->add_option("--batch-mode", o->batch_mode, "The server's --batch-mode: invariant (default) | fast");
   s->add_option("--activations", o->activations, "The server's --activations: f32 (default) | bf16");
+  s->add_option("--speculative", o->speculative, "The server's --speculative: auto (default) | mtp | off");
   s->add_flag("--no-decode", o->no_decode, "Skip the dsv3 bench decode comparison");
   s->add_option("--format", o->format, "table (default) | json");
   s->callback([o] { run_serve_bench(*o); });
