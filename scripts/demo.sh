@@ -5,12 +5,21 @@
 # a dense first layer, one MTP module) with the report's recipe for a few minutes; plot the
 # curves; generate text from the trained checkpoint (plain and MTP-speculative) and score it;
 # then look at the real models' configs and decode speed on a 1B DeepSeek-V3-shaped model.
+# Last, it serves the trained checkpoint (dsv3 serve), sends one chat request through the
+# OpenAI API and prints the streamed answer, then a summary. --no-serve skips the server.
 # Everything lands in runs/demo/ (gitignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+serve=1
+for a in "$@"; do
+  case "$a" in
+    --no-serve) serve=0 ;;
+    *) echo "usage: scripts/demo.sh [--no-serve]" >&2; exit 2 ;;
+  esac
+done
 scripts/deps.sh
 cmake --preset release >/dev/null
-cmake --build --preset release -j "$(nproc)"
+cmake --build --preset release -j "$(nproc)" --target dsv3  # only what the demo runs, not the tests
 dsv3=build/release/dsv3
 out=runs/demo
 mkdir -p "$out"
@@ -46,4 +55,60 @@ echo; echo "== The real models' configs (parameter counts, MLA cache, MoE layout
 "$dsv3" inspect configs/deepseek-v3-671b.json
 
 echo; echo "== Decode on a 1.09B-parameter DeepSeek-V3-shaped FP8 model (random weights) vs the bandwidth roofline"
-"$dsv3" bench decode --config configs/bench-v3-1b.json --context 256 --steps 16
+"$dsv3" bench decode --config configs/bench-v3-1b.json --context 256 --steps 16 --json | tee "$out/decode.json"
+
+if [[ $serve == 1 ]]; then
+  echo; echo "== Serving $ckpt (OpenAI API, chat page)"
+  "$dsv3" serve --model "$ckpt" --port 0 --served-model-name tiny > "$out/serve.log" 2>&1 &
+  server=$!
+  trap 'kill -TERM $server 2>/dev/null || true' EXIT
+  url=""
+  for _ in $(seq 240); do  # ≤ 120 s for the model to load
+    url=$(sed -n 's/.*ready on \(http:[^ ]*\).*/\1/p' "$out/serve.log" | head -n 1)
+    [[ -n $url ]] && break
+    kill -0 $server 2>/dev/null || { cat "$out/serve.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  [[ -n $url ]] || { echo "dsv3 serve did not become ready; see $out/serve.log" >&2; exit 1; }
+  echo "POST $url/v1/chat/completions (stream): \"Write a C++ function that returns the sum of a std::vector<int>.\""
+  echo "--- streamed answer:"
+  curl -sN --max-time 120 "$url/v1/chat/completions" -H 'Content-Type: application/json' -d '{
+      "model": "tiny", "stream": true, "max_tokens": 96, "temperature": 0.7, "seed": 1,
+      "messages": [{"role": "user", "content": "Write a C++ function that returns the sum of a std::vector<int>."}]}' |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    line = line.strip()
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        continue
+    chunk = json.loads(line[6:])
+    if "error" in chunk:
+        sys.exit("error from the server: " + chunk["error"].get("message", str(chunk["error"])))
+    for c in chunk.get("choices", []):
+        sys.stdout.write(c.get("delta", {}).get("content") or "")
+        sys.stdout.flush()
+print()'
+  echo "---"
+  grep "request" "$out/serve.log" | tail -n 1
+  kill -TERM $server 2>/dev/null || true
+  wait $server 2>/dev/null || true
+  trap - EXIT
+  echo "chat page: $url/ (the server has stopped; reopen it with: $dsv3 serve --model $ckpt --port 8080, then http://127.0.0.1:8080/)"
+fi
+
+echo; echo "== Summary"
+python3 - "$out" "$ckpt" <<'PY'
+import json, sys
+out, ckpt = sys.argv[1], sys.argv[2]
+rows = [json.loads(l) for l in open(f"{out}/tiny/metrics.jsonl") if l.strip()]
+last = rows[-1]
+tps = sorted(r["tokens_per_s"] for r in rows)[len(rows) // 2]
+dec = json.load(open(f"{out}/decode.json"))
+run = dec["runs"][0]
+print(f"data:        data/corpus -> data/train ({last['tokens']:.0f} training tokens seen)")
+print(f"model:       configs/tiny.json, checkpoint {ckpt}")
+mtp = f", MTP module 1 {last['mtp_loss'][0]:.3f}" if last.get("mtp_loss") else ""
+print(f"training:    {last['step']} steps, final loss {last['main_loss']:.3f}{mtp}, median {tps:.0f} tokens/s")
+print(f"decode:      1.09B FP8 model at context {run['context']}: {run['tokens_per_s']:.1f} tokens/s = {100 * run['of_roofline']:.0f}% of the bandwidth roofline ({run['roofline_tps']:.1f})")
+print(f"files:       metrics {out}/tiny/metrics.jsonl, curves {out}/tiny/curves.png, server log {out}/serve.log")
+PY
