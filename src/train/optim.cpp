@@ -22,11 +22,7 @@ AdamW::AdamW(const ParamSet& ps, const AdamWConfig& c, int64_t lo, int64_t hi) :
   DSV3_ASSERT(0 <= lo && lo <= hi && hi <= total_);
   lo_ = lo;
   n_ = hi - lo;
-  for (const ParamInfo& p : ps.infos()) {
-    if (p.alias || !p.trainable) continue;
-    const int64_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.spec.numel());
-    if (b < e) ranges_.push_back({b, e, p.decay});
-  }
+  ranges_ = ps.trainable_ranges(lo, hi);
   if (c.bf16_moments) {
     m16_.assign(size_t(n_), 0);
     v16_.assign(size_t(n_), 0);
@@ -61,7 +57,7 @@ void AdamW::step(float* params, const float* g, double lr) {
   const double bc1 = 1.0 - std::pow(c_.beta1, double(t_)), bc2 = 1.0 - std::pow(c_.beta2, double(t_));
   const float b1 = float(c_.beta1), b2 = float(c_.beta2), eps = float(c_.eps);
   const float step_size = float(lr / bc1), inv_bc2 = float(1.0 / bc2);
-  for (const Range& r : ranges_) {
+  for (const TrainableRange& r : ranges_) {
     const float wd = r.decay ? float(lr * c_.weight_decay) : 0.0f;
     const bool h = c_.bf16_moments;
 #pragma omp parallel for schedule(static) if (r.end - r.begin > (1 << 16))
@@ -87,23 +83,20 @@ void AdamW::step(float* params, const float* g, double lr) {
 
 double grad_norm(const ParamSet& ps, const float* g) {
   double s = 0;
-  for (const ParamInfo& p : ps.infos()) {
-    if (p.alias || !p.trainable) continue;
-    const float* d = g + p.offset;
+  for (const TrainableRange& r : ps.trainable_ranges()) {
+    const float* d = g + r.begin;
+    const int64_t n = r.end - r.begin;
     double t = 0;
-#pragma omp parallel for reduction(+ : t) schedule(static) if (p.spec.numel() > (1 << 16))
-    for (int64_t i = 0; i < p.spec.numel(); ++i) t += double(d[i]) * double(d[i]);
+#pragma omp parallel for reduction(+ : t) schedule(static) if (n > (1 << 16))
+    for (int64_t i = 0; i < n; ++i) t += double(d[i]) * double(d[i]);
     s += t;
   }
   return std::sqrt(s);
 }
 
 void scale_grads(const ParamSet& ps, float* g, float f, int64_t lo, int64_t hi) {
-  for (const ParamInfo& p : ps.infos()) {
-    if (p.alias || !p.trainable) continue;
-    const int64_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.spec.numel());
-    for (int64_t i = b; i < e; ++i) g[i] *= f;
-  }
+  for (const TrainableRange& r : ps.trainable_ranges(lo, hi))
+    for (int64_t i = r.begin; i < r.end; ++i) g[i] *= f;
 }
 
 float clip_factor(double norm, double max_norm) {

@@ -48,9 +48,8 @@ class AdamW {
   void load_moment(int which, const TensorView& v, const std::string& where);
 
  private:
-  struct Range { int64_t begin, end; bool decay; };
   AdamWConfig c_;
-  std::vector<Range> ranges_;  // trainable storage ranges
+  std::vector<TrainableRange> ranges_;  // trainable storage in [lo, hi)
   std::vector<float> m_, v_;          // F32 moments
   std::vector<uint16_t> m16_, v16_;   // BF16 moments
   int64_t lo_ = 0, n_ = 0, total_ = 0;  // the shard [lo_, lo_ + n_) of an arena of total_

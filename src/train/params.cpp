@@ -1,5 +1,6 @@
 #include "train/params.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -63,6 +64,17 @@ const ParamInfo* ParamSet::find(const std::string& name) const {
   for (const ParamInfo& p : infos_)
     if (p.spec.name == name) return &p;
   return nullptr;
+}
+
+std::vector<TrainableRange> ParamSet::trainable_ranges(int64_t lo, int64_t hi) const {
+  if (hi < 0) hi = numel_;
+  std::vector<TrainableRange> out;
+  for (const ParamInfo& p : infos_) {
+    if (p.alias || !p.trainable) continue;
+    const int64_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.spec.numel());
+    if (b < e) out.push_back({b, e, p.decay});
+  }
+  return out;
 }
 
 TensorView ParamSet::view(const float* base, const ParamInfo& p) const {

@@ -25,6 +25,13 @@ struct ParamInfo {
   bool decay = true;      // AdamW weight decay (not for 1-D tensors or the embedding)
 };
 
+// Elements [begin, end) of the parameter storage: one trainable tensor, or its part inside a
+// window (ParamSet::trainable_ranges).
+struct TrainableRange {
+  int64_t begin = 0, end = 0;
+  bool decay = true;  // the tensor's weight decay flag (ParamInfo::decay)
+};
+
 class ParamSet {
  public:
   ParamSet(const ModelConfig& c, bool with_mtp);
@@ -33,6 +40,10 @@ class ParamSet {
   int64_t numel() const { return numel_; }  // unique F32 elements
   const std::vector<ParamInfo>& infos() const { return infos_; }
   const ParamInfo* find(const std::string& name) const;
+  // The trainable storage (not the MTP aliases, not the router bias) inside [lo, hi), one
+  // range per tensor: what AdamW updates, clipping scales and the gradient
+  // norm sums, in infos() order. hi < 0: numel().
+  std::vector<TrainableRange> trainable_ranges(int64_t lo = 0, int64_t hi = -1) const;
 
   // Views of every tensor into base [numel()] (F32).
   ModelWeights bind(float* base) const;

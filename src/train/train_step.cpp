@@ -58,12 +58,11 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
     shard_blocks_.push_back(e - b);
   }
   // The trainable storage (not the MTP aliases, not the router bias), merged into ranges.
-  for (const ParamInfo& p : ps.infos()) {
-    if (p.alias || !p.trainable) continue;
-    if (!trainable_.empty() && trainable_.back().second == p.offset)
-      trainable_.back().second += p.spec.numel();
+  for (const TrainableRange& r : ps.trainable_ranges()) {
+    if (!trainable_.empty() && trainable_.back().second == r.begin)
+      trainable_.back().second = r.end;
     else
-      trainable_.push_back({p.offset, p.offset + p.spec.numel()});
+      trainable_.push_back({r.begin, r.end});
   }
   std::sort(trainable_.begin(), trainable_.end());
   adam_ = std::make_unique<AdamW>(ps, cfg.adam, lo_, hi_);
