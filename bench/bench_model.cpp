@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -87,18 +88,26 @@ void prepare(const ModelBenchOpts& o, ModelDir& md) {
   std::fprintf(stderr, "  %.2f GB in %.1f s\n", double(bytes) * 1e-9, now_s() - t0);
 }
 
-// --batch: the serving step (see the header).
-// Every weight page resident and mapped before timing (Model::prefault): a short run would
-// otherwise time the first touch of each expert, which a running server has long paid.
-void prefault(const Model& m) {
+// The benchmarked model: --model, or random weights of --config (md holds that directory
+// until the end); no MTP modules, these threads, --activations. Every weight page is made
+// resident before timing (Model::prefault): a short run would otherwise time the first touch
+// of each expert, which a running server has long paid.
+std::unique_ptr<Model> open_model(const ModelBenchOpts& o, int threads, ModelDir& md) {
+  prepare(o, md);
+  ModelOptions mo;
+  mo.with_mtp = false;
+  mo.threads = threads;
+  mo.bf16_activations = cli::parse_activations(o.activations);
+  auto m = std::make_unique<Model>(md.dir, mo);
   const double t0 = now_s();
-  const uint64_t bytes = m.prefault();
+  const uint64_t bytes = m->prefault();
   std::fprintf(stderr, "weights resident: %.2f GB read in %.2f s\n", double(bytes) * 1e-9,
                now_s() - t0);
+  return m;
 }
 
+// --batch: the serving step (see the header).
 void run_decode_batched(const ModelBenchOpts& o) {
-  DSV3_CHECK(o.steps >= 3 && o.steps <= 100000, "--steps must be in [3, 100000], got ", o.steps);
   DSV3_CHECK(o.batch_mode == "invariant" || o.batch_mode == "fast",
              "--batch-mode: expected 'invariant' or 'fast', got '", o.batch_mode, "'");
   const std::vector<int32_t> ctxs = cli::parse_id_list(o.contexts, "--context");
@@ -106,13 +115,8 @@ void run_decode_batched(const ModelBenchOpts& o) {
   if (o.threads > 0) set_num_threads(o.threads);
   const int threads = resolve_threads(o.threads);
   ModelDir md;
-  prepare(o, md);
-  ModelOptions mo;
-  mo.with_mtp = false;
-  mo.threads = threads;
-  mo.bf16_activations = cli::parse_activations(o.activations);
-  Model m(md.dir, mo);
-  prefault(m);
+  const std::unique_ptr<Model> mp = open_model(o, threads, md);
+  Model& m = *mp;
   const ModelConfig& c = m.config();
   const int64_t V = m.vocab(), R = serve::kBlockRows, row = mla_cache_row(c);
   const int64_t L = c.num_hidden_layers;
@@ -169,19 +173,14 @@ void run_decode_batched(const ModelBenchOpts& o) {
 }
 
 void run_decode(const ModelBenchOpts& o) {
-  if (!o.batches.empty()) return run_decode_batched(o);
   DSV3_CHECK(o.steps >= 3 && o.steps <= 100000, "--steps must be in [3, 100000], got ", o.steps);
+  if (!o.batches.empty()) return run_decode_batched(o);
   const std::vector<int32_t> ctxs = cli::parse_id_list(o.contexts, "--context");
   if (o.threads > 0) set_num_threads(o.threads);
   const int threads = resolve_threads(o.threads);
   ModelDir md;
-  prepare(o, md);
-  ModelOptions mo;
-  mo.with_mtp = false;
-  mo.threads = threads;
-  mo.bf16_activations = cli::parse_activations(o.activations);
-  Model m(md.dir, mo);
-  prefault(m);
+  const std::unique_ptr<Model> mp = open_model(o, threads, md);
+  Model& m = *mp;
   const ModelConfig& c = m.config();
   const double wbytes = double(m.decode_bytes_per_token());
   const double bw0 = measure_membw(threads);
@@ -266,13 +265,8 @@ void run_prefill(const ModelBenchOpts& o) {
   if (o.threads > 0) set_num_threads(o.threads);
   const int threads = resolve_threads(o.threads);
   ModelDir md;
-  prepare(o, md);
-  ModelOptions mo;
-  mo.with_mtp = false;
-  mo.threads = threads;
-  mo.bf16_activations = cli::parse_activations(o.activations);
-  Model m(md.dir, mo);
-  prefault(m);
+  const std::unique_ptr<Model> mp = open_model(o, threads, md);
+  Model& m = *mp;
   const ModelConfig& c = m.config();
   const int64_t T = o.tokens;
   DSV3_CHECK(T <= c.max_position_embeddings, "--tokens exceeds max_position_embeddings");

@@ -83,6 +83,14 @@ constexpr int64_t kLatentAttnMaxRows = 64;
 // chunks of the batched form are multiples of it.
 constexpr int64_t kAbsorbRows = 4;
 
+// The absorbed forms read kv_b_proj through the slice kernels inside parallel regions, where
+// a thrown error would terminate: its dtype is checked before them.
+void check_kv_b(const Weight& w) {
+  DSV3_CHECK(w.w.dtype == DType::F32 || w.w.dtype == DType::BF16 || w.w.dtype == DType::F16 ||
+                 w.fp8(),
+             "kv_b_proj of dtype ", dtype_name(w.w.dtype), " is not supported");
+}
+
 // The weight side of a kernels/mla_absorb.h call on rows [r0, r0 + rows) of kv_b_proj.
 MlaAbsorb absorb_params(const Weight& w, int64_t T, int64_t r0, int64_t rows) {
   MlaAbsorb p;
@@ -110,10 +118,7 @@ void attention_absorbed(float* o, const float* q, int64_t T, int64_t p0, const L
   const int64_t R = mla_cache_row(c), S = p0 + T, dkv = dn + dv;
   const Weight& wkv_b = L.w->kv_b_proj;
   const int nt = resolve_threads(ctx.threads);
-  // Checked here: an error thrown inside the parallel regions below would terminate.
-  DSV3_CHECK(wkv_b.w.dtype == DType::F32 || wkv_b.w.dtype == DType::BF16 ||
-                 wkv_b.w.dtype == DType::F16 || wkv_b.fp8(),
-             "kv_b_proj of dtype ", dtype_name(wkv_b.w.dtype), " is not supported");
+  check_kv_b(wkv_b);
   float* qcat = grow(s.qcat, T * nh * R);  // [T, heads, kv_lora + rope]
   float* olat = grow(s.olat, T * nh * dc);  // [T, heads, kv_lora]
 
@@ -208,9 +213,7 @@ void attention_decode_batch(float* o, const float* q, const MlaSeq* seqs, const 
   const int64_t R = mla_cache_row(c), dkv = dn + dv;
   const Weight& wkv_b = L.w->kv_b_proj;
   const int nt = resolve_threads(ctx.threads);
-  DSV3_CHECK(wkv_b.w.dtype == DType::F32 || wkv_b.w.dtype == DType::BF16 ||
-                 wkv_b.w.dtype == DType::F16 || wkv_b.fp8(),
-             "kv_b_proj of dtype ", dtype_name(wkv_b.w.dtype), " is not supported");
+  check_kv_b(wkv_b);
   // Rows b0[j] .. b0[j] + T of the gathered arrays belong to sequence idx[j].
   int64_t* b0 = grow(s.decode_row, int64_t(n) + 1);
   b0[0] = 0;
