@@ -48,7 +48,7 @@ namespace fs = std::filesystem;
 
 struct ModelBenchOpts {
   std::string model, config, format = "fp8", contexts = "256,8192", batches, batch_mode = "invariant";
-  std::string activations = "f32";
+  std::string activations = "f32", kv_cache = "bf16";
   int64_t steps = 32, tokens = 512;
   int threads = 0;
   bool json = false, profile = false;
@@ -98,12 +98,25 @@ std::unique_ptr<Model> open_model(const ModelBenchOpts& o, int threads, ModelDir
   mo.with_mtp = false;
   mo.threads = threads;
   mo.bf16_activations = cli::parse_activations(o.activations);
+  mo.kv_cache = CacheDtype(cli::parse_kv_cache(o.kv_cache));
   auto m = std::make_unique<Model>(md.dir, mo);
   const double t0 = now_s();
   const uint64_t bytes = m->prefault();
   std::fprintf(stderr, "weights resident: %.2f GB read in %.2f s\n", double(bytes) * 1e-9,
                now_s() - t0);
   return m;
+}
+
+// n stored latent rows of R values (cache_row_bytes(d, R) bytes each) from uniform values in
+// [−1, 1]: a decode step's work depends on the number of cached positions, not their values
+// (a real prefill of 8K tokens would dominate the run).
+void fill_random_rows(uint8_t* dst, int64_t n, int64_t R, CacheDtype d, uint32_t& seed) {
+  std::vector<float> row(static_cast<size_t>(R));
+  const int64_t rb = cache_row_bytes(d, R);
+  for (int64_t p = 0; p < n; ++p) {
+    for (float& v : row) v = float(int32_t(lcg(seed) % 2001) - 1000) * 1e-3f;
+    cache_encode_row(dst + p * rb, row.data(), R, d);
+  }
 }
 
 // --batch: the serving step (see the header).
@@ -130,9 +143,10 @@ void run_decode_batched(const ModelBenchOpts& o) {
       DSV3_CHECK(B >= 1 && B <= 1024, "--batch entries must be in [1, 1024], got ", B);
       const int64_t per_seq = (int64_t(ctx) + o.steps + R) / R;
       const int64_t n_blocks = per_seq * B;
-      std::vector<float> data(static_cast<size_t>(L * n_blocks * R * row));
-      for (float& v : data) v = float(int32_t(lcg(seed) % 2001) - 1000) * 1e-3f;
-      KvPoolView view{data.data(), n_blocks, R, row};
+      const CacheDtype kv = m.kv_cache_dtype();
+      std::vector<uint8_t> data(static_cast<size_t>(L * n_blocks * R * cache_row_bytes(kv, row)));
+      fill_random_rows(data.data(), L * n_blocks * R, row, kv, seed);
+      KvPoolView view{data.data(), n_blocks, R, row, kv};
       std::vector<int32_t> tables(static_cast<size_t>(n_blocks));
       for (int64_t i = 0; i < n_blocks; ++i) tables[size_t(i)] = int32_t(i);
       m.reserve_positions(int64_t(ctx) + o.steps + 1);
@@ -190,14 +204,9 @@ void run_decode(const ModelBenchOpts& o) {
   for (int32_t ctx : ctxs) {
     DSV3_CHECK(ctx >= 1, "--context entries must be ≥ 1");
     KvCache cache = m.new_cache(int64_t(ctx) + o.steps + 1);
-    // The cache of a `ctx`-token context: random latent rows (a decode step's work depends
-    // on the number of cached positions, not their values; a real prefill of 8K tokens
-    // would dominate the run).
-    for (int64_t l = 0; l < cache.n_main; ++l) {
-      float* p = cache.layer(l);
-      for (int64_t i = 0; i < int64_t(ctx) * cache.row; ++i)
-        p[i] = float(int32_t(lcg(seed) % 2001) - 1000) * 1e-3f;
-    }
+    // The cache of a `ctx`-token context: random latent rows (fill_random_rows).
+    for (int64_t l = 0; l < cache.n_main; ++l)
+      fill_random_rows(cache.layer(l).base, ctx, cache.row, cache.dtype, seed);
     cache.len = ctx;
     ForwardScratch s;
     std::vector<float> logits(static_cast<size_t>(m.vocab()));
@@ -223,19 +232,22 @@ void run_decode(const ModelBenchOpts& o) {
     Row r;
     r.ctx = ctx;
     r.tps = 1.0 / median(step_s);
-    r.cache_bytes = double(ctx) * double(cache.row) * sizeof(float) * double(c.num_hidden_layers);
+    r.cache_bytes = double(ctx) * double(cache.row_bytes) * double(c.num_hidden_layers);
     r.roof_w = bw0 * 1e9 / wbytes;
     r.roof = bw0 * 1e9 / (wbytes + r.cache_bytes);
     rows.push_back(r);
   }
   const double bw1 = measure_membw(threads);
   const ParamCounts pc = count_parameters(c);
+  const CacheDtype kv = m.kv_cache_dtype();
+  // Stored bytes per token over all layers (kv_cache_elems_mla counts values).
+  const long long kv_bytes = (long long)(c.num_hidden_layers * cache_row_bytes(kv, mla_cache_row(c)));
   if (o.json) {
     std::printf("{\"bench\":\"decode\",\"threads\":%d,\"params_main\":%lld,\"activated\":%lld,"
-                "\"decode_bytes\":%.0f,\"membw_gbps\":[%.2f,%.2f],\"kv_bytes_per_token\":%lld,"
-                "\"kv_bytes_per_token_mha\":%lld,\"runs\":[",
+                "\"decode_bytes\":%.0f,\"membw_gbps\":[%.2f,%.2f],\"kv_cache\":\"%s\","
+                "\"kv_bytes_per_token\":%lld,\"kv_bytes_per_token_mha\":%lld,\"runs\":[",
                 threads, (long long)pc.main_total(), (long long)pc.activated, wbytes, bw0, bw1,
-                (long long)(kv_cache_elems_mla(c) * 4), (long long)(kv_cache_elems_mha(c) * 4));
+                cache_dtype_name(kv), kv_bytes, (long long)(kv_cache_elems_mha(c) * 4));
     for (size_t i = 0; i < rows.size(); ++i)
       std::printf("%s{\"context\":%lld,\"tokens_per_s\":%.2f,\"cache_bytes\":%.0f,"
                   "\"roofline_tps\":%.2f,\"roofline_weights_only_tps\":%.2f,\"of_roofline\":%.3f}",
@@ -247,11 +259,10 @@ void run_decode(const ModelBenchOpts& o) {
   std::printf("model %s: %.2fB parameters (main), %.1fM activated per token, threads %d\n",
               md.temporary ? o.config.c_str() : o.model.c_str(), double(pc.main_total()) * 1e-9,
               double(pc.activated) * 1e-6, threads);
-  std::printf("weights read per decode step %.1f MB; KV cache per token %lld B (MLA latent, F32) "
-              "vs %lld B for MHA of the same heads (%.1fx)\n",
-              wbytes * 1e-6, (long long)(kv_cache_elems_mla(c) * 4),
-              (long long)(kv_cache_elems_mha(c) * 4),
-              double(kv_cache_elems_mha(c)) / double(kv_cache_elems_mla(c)));
+  std::printf("weights read per decode step %.1f MB; KV cache per token %lld B (MLA latent, %s) "
+              "vs %lld B for MHA of the same heads in F32 (%.1fx)\n",
+              wbytes * 1e-6, kv_bytes, cache_dtype_name(kv), (long long)(kv_cache_elems_mha(c) * 4),
+              double(kv_cache_elems_mha(c) * 4) / double(kv_bytes));
   std::printf("membw %.1f GB/s before, %.1f GB/s after\n", bw0, bw1);
   std::printf("%8s %12s %14s %16s %12s\n", "context", "tokens/s", "cache MB read", "roofline tok/s",
               "of roofline");
@@ -316,6 +327,7 @@ void add_common(CLI::App* c, ModelBenchOpts& o) {
   c->add_option("--format", o.format, "With --config: fp8 | bf16 | f32 (default fp8)");
   c->add_option("--threads", o.threads, "Threads (default: all cores)");
   c->add_option("--activations", o.activations, cli::kActivationsHelp);
+  c->add_option("--kv-cache", o.kv_cache, cli::kKvCacheHelp);
   c->add_flag("--json", o.json, "One JSON line");
 }
 

@@ -54,7 +54,7 @@ constexpr double kStopTimeoutS = 60;       // SIGTERM → exit
 
 struct ServeBenchOpts {
   std::string model, url, concurrency = "1,4,16,32", format = "table", batch_mode = "invariant";
-  std::string activations = "f32", speculative = "auto";
+  std::string activations = "f32", speculative = "auto", kv_cache = "bf16";
   int64_t prompt_tokens = 128, max_tokens = 128, requests = 0;
   int threads = 0;
   bool no_decode = false;
@@ -165,10 +165,10 @@ class ChildServer {
 
 // `dsv3 bench decode --model DIR --context C --json`: batch-1 tokens/s at context C.
 double bench_decode_tps(const std::string& model, int64_t context, int threads,
-                        const std::string& activations) {
+                        const std::string& activations, const std::string& kv_cache) {
   std::vector<std::string> argv = {self_exe(), "bench", "decode", "--model", model, "--context",
                                    std::to_string(context), "--steps", "32", "--json",
-                                   "--activations", activations};
+                                   "--activations", activations, "--kv-cache", kv_cache};
   if (threads > 0) argv.insert(argv.end(), {"--threads", std::to_string(threads)});
   int fd = -1;
   const pid_t pid = spawn(argv, /*capture_stderr=*/false, &fd);
@@ -384,13 +384,14 @@ void run_serve_bench(const ServeBenchOpts& o) {
     vocab = json::parse(f).at("vocab_size").get<int64_t>();
     if (!o.no_decode) {
       std::fprintf(stderr, "bench serve: dsv3 bench decode at context %lld ...\n", (long long)decode_ctx);
-      decode_tps = bench_decode_tps(o.model, decode_ctx, o.threads, o.activations);
+      decode_tps = bench_decode_tps(o.model, decode_ctx, o.threads, o.activations, o.kv_cache);
     }
     // Context: one request, rounded up to whole cache blocks; every level runs at once.
     const int64_t ctx = (o.prompt_tokens + o.max_tokens + 15) / 16 * 16;
     std::vector<std::string> argv = {self_exe(), "serve", "--model", o.model, "--host", host, "--port", "0",
                                      "--max-running", std::to_string(max_conc), "--context", std::to_string(ctx),
                                      "--batch-mode", o.batch_mode, "--activations", o.activations,
+                                     "--kv-cache", o.kv_cache,
                                      "--speculative", o.speculative,
                                      "--no-request-log", "--drain-timeout", "10"};
     if (o.threads > 0) argv.insert(argv.end(), {"--threads", std::to_string(o.threads)});
@@ -438,7 +439,7 @@ void run_serve_bench(const ServeBenchOpts& o) {
   if (o.format == "json") {
     json j = {{"bench", "serve"}, {"model", o.model.empty() ? o.url : o.model}, {"prompt_tokens", o.prompt_tokens},
               {"max_tokens", o.max_tokens}, {"threads", o.threads}, {"batch_mode", o.batch_mode},
-              {"activations", o.activations}, {"speculative", o.speculative}};
+              {"activations", o.activations}, {"speculative", o.speculative}, {"kv_cache", o.kv_cache}};
     if (decode_tps > 0) j["bench_decode"] = {{"context", decode_ctx}, {"tokens_per_s", decode_tps}};
     if (single_tps > 0) j["single_stream_tokens_per_s"] = single_tps;
     if (single_tps > 0 && decode_tps > 0) j["single_stream_of_bench_decode"] = single_tps / decode_tps;
@@ -453,10 +454,10 @@ void run_serve_bench(const ServeBenchOpts& o) {
     return;
   }
   std::printf("dsv3 serve: %s, prompts of %lld tokens, %lld output tokens each (ignore_eos), %s batch, "
-              "%s activations, speculative %s\n",
+              "%s activations, speculative %s, %s KV cache\n",
               o.model.empty() ? o.url.c_str() : o.model.c_str(), (long long)o.prompt_tokens,
               (long long)o.max_tokens, o.batch_mode.c_str(), o.activations.c_str(),
-              o.speculative.c_str());
+              o.speculative.c_str(), o.kv_cache.c_str());
   std::printf("%11s %8s %6s %12s %12s %12s %12s %12s %14s\n", "concurrency", "requests", "failed",
               "out tok/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms", "TPOT p99 ms", "tok/s/stream");
   for (const Level& L : rows)
@@ -484,6 +485,7 @@ void add_serve(CLI::App& bench) {
   s->add_option("--batch-mode", o->batch_mode, "The server's --batch-mode: invariant (default) | fast");
   s->add_option("--activations", o->activations, "The server's --activations: f32 (default) | bf16");
   s->add_option("--speculative", o->speculative, "The server's --speculative: auto (default) | mtp | off");
+  s->add_option("--kv-cache", o->kv_cache, "The server's --kv-cache: bf16 (default) | fp8 | f32");
   s->add_flag("--no-decode", o->no_decode, "Skip the dsv3 bench decode comparison");
   s->add_option("--format", o->format, "table (default) | json");
   s->callback([o] { run_serve_bench(*o); });

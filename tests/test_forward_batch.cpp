@@ -7,7 +7,9 @@
 // the naive form) and a later prefill chunk larger than kLinearGemvMaxM (its own GEMMs).
 // Tiny random checkpoints in FP8, BF16 and F32; 1 and 2 threads; activations carried as
 // hi+lo (the default) and rounded to BF16 (ModelOptions::bf16_activations, which must change
-// the BF16/FP8 logits — it is not ignored — and leave F32 checkpoints' alone).
+// the BF16/FP8 logits — it is not ignored — and leave F32 checkpoints' alone); the latent
+// cache stored as F32, BF16 and FP8 (kernels/latent_cache.h: the decode attention reads the
+// stored rows, the prefill chunks their decoded copy, all the same values).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -37,10 +39,10 @@ const SeqSpec kSeqs[] = {{7, 1}, {30, 1}, {1, 1}, {12, 2}, {19, 3}, {5, 4}, {0, 
 constexpr int kN = int(std::size(kSeqs));
 
 class ForwardBatch
-    : public ::testing::TestWithParam<std::tuple<CheckpointFormat, int, bool>> {};
+    : public ::testing::TestWithParam<std::tuple<CheckpointFormat, int, bool, CacheDtype>> {};
 
 TEST_P(ForwardBatch, EachSequenceAsAlone) {
-  const auto [format, threads, bf16_act] = GetParam();
+  const auto [format, threads, bf16_act, kv] = GetParam();
   const fs::path dir = fs::temp_directory_path() /
                        ("dsv3_fwd_batch_" + std::to_string(::getpid()) + "_" +
                         checkpoint_format_name(format));
@@ -55,6 +57,7 @@ TEST_P(ForwardBatch, EachSequenceAsAlone) {
   mo.with_mtp = false;
   mo.threads = threads;
   mo.bf16_activations = bf16_act;
+  mo.kv_cache = kv;
   Model m(dir.string(), mo);
   const ModelConfig& c = m.config();
   const int64_t V = m.vocab(), row = mla_cache_row(c), L = c.num_hidden_layers;
@@ -63,8 +66,9 @@ TEST_P(ForwardBatch, EachSequenceAsAlone) {
   // Each sequence owns a contiguous run of blocks, shuffled within the pool (block i of
   // sequence j is pool block (j + i * kN) so tables interleave).
   const int64_t per_seq = 64 / kBlockRows, n_blocks = per_seq * kN;
-  std::vector<float> pool(static_cast<size_t>(L * n_blocks * kBlockRows * row));
-  KvPoolView view{pool.data(), n_blocks, kBlockRows, row};
+  const int64_t rb = cache_row_bytes(kv, row);
+  std::vector<uint8_t> pool(static_cast<size_t>(L * n_blocks * kBlockRows * rb));
+  KvPoolView view{pool.data(), n_blocks, kBlockRows, row, kv};
   std::vector<std::vector<int32_t>> tables(kN), ids(kN);
   std::vector<std::vector<float>> logits(kN);
   for (int j = 0; j < kN; ++j) {
@@ -82,7 +86,7 @@ TEST_P(ForwardBatch, EachSequenceAsAlone) {
     b.table = tables[size_t(j)].data();
     m.forward_batch(view, &b, 1, true, s);
   }
-  const std::vector<float> context = pool;
+  const std::vector<uint8_t> context = pool;
 
   auto seq = [&](int j, float* out) {
     BatchSeq b;
@@ -97,7 +101,7 @@ TEST_P(ForwardBatch, EachSequenceAsAlone) {
   std::vector<BatchSeq> batch;
   for (int j = 0; j < kN; ++j) batch.push_back(seq(j, logits[size_t(j)].data()));
   m.forward_batch(view, batch.data(), kN, true, s);
-  const std::vector<float> after_batch = pool;
+  const std::vector<uint8_t> after_batch = pool;
 
   for (int j = 0; j < kN; ++j) {
     SCOPED_TRACE(::testing::Message() << "sequence " << j << " p0 " << kSeqs[j].p0 << " T "
@@ -114,8 +118,8 @@ TEST_P(ForwardBatch, EachSequenceAsAlone) {
     for (int64_t l = 0; l < L; ++l) {
       const LatentCache lc = view.layer(l, tables[size_t(j)].data());
       for (int64_t p = kSeqs[j].p0; p < kSeqs[j].p0 + kSeqs[j].T; ++p) {
-        const size_t at = size_t(lc.row(p, row) - pool.data());
-        ASSERT_EQ(0, std::memcmp(&pool[at], &after_batch[at], size_t(row) * sizeof(float)))
+        const size_t at = size_t(lc.row(p) - pool.data());
+        ASSERT_EQ(0, std::memcmp(&pool[at], &after_batch[at], size_t(rb)))
             << "cache row " << p << " of layer " << l;
       }
     }
@@ -145,11 +149,14 @@ INSTANTIATE_TEST_SUITE_P(Formats, ForwardBatch,
                          ::testing::Combine(::testing::Values(CheckpointFormat::FP8,
                                                               CheckpointFormat::BF16,
                                                               CheckpointFormat::F32),
-                                            ::testing::Values(1, 2), ::testing::Bool()),
+                                            ::testing::Values(1, 2), ::testing::Bool(),
+                                            ::testing::Values(CacheDtype::F32, CacheDtype::BF16,
+                                                              CacheDtype::FP8)),
                          [](const auto& info) {
                            return std::string(checkpoint_format_name(std::get<0>(info.param))) +
                                   "_t" + std::to_string(std::get<1>(info.param)) +
-                                  (std::get<2>(info.param) ? "_bf16act" : "");
+                                  (std::get<2>(info.param) ? "_bf16act" : "") + "_kv" +
+                                  cache_dtype_name(std::get<3>(info.param));
                          });
 
 }  // namespace

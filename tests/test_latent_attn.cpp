@@ -14,6 +14,8 @@
 //   scalar twin: double throughout, one rounding: ≤ u·|o| + (2·scale·R·A + S)·2^-52·2·C_j,
 //     checked as ≤ 2u·C_j.
 // The double reference's own error is ~(R + S)·2^-53 relative, far below both.
+// Stored caches (BF16, FP8 with a row scale; kernels/latent_cache.h) are checked the same way
+// against the double attention over their decoded values, contiguous and paged.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -45,14 +48,25 @@ struct Case {
 struct Data {
   Case c;
   int64_t ldq, ldo;
-  Floats q, cache, o;
+  Floats q, cache, o;      // cache: the values attended over (decoded when stored otherwise)
+  CacheDtype dtype;
+  std::vector<uint8_t> stored;  // [S, row bytes] + 1: the stored rows (misaligned by a byte)
   std::vector<int32_t> valid;
   float scale;
-  explicit Data(const Case& cs, uint32_t seed)
+  explicit Data(const Case& cs, uint32_t seed, CacheDtype dt = CacheDtype::F32)
       : c(cs), ldq(cs.R + 3), ldo(cs.dc + 5), q(cs.M * (cs.R + 3), 3), cache(cs.S * cs.R, 1),
-        o(cs.M * (cs.dc + 5), 2), valid(size_t(cs.M)) {
+        o(cs.M * (cs.dc + 5), 2), dtype(dt), valid(size_t(cs.M)) {
     testing::fill_uniform(q.data(), c.M * ldq, -c.qmag, c.qmag, seed);
     testing::fill_uniform(cache.data(), c.S * c.R, -1.0f, 1.0f, seed + 1);
+    if (dtype != CacheDtype::F32) {
+      const int64_t rb = cache_row_bytes(dtype, c.R);
+      stored.assign(size_t(c.S * rb + 1), 0);
+      for (int64_t s = 0; s < c.S; ++s) {
+        // Rows of different magnitudes, so FP8's per-row scales differ.
+        for (int64_t r = 0; r < c.R; ++r) cache[s * c.R + r] *= float(1 + s % 5);
+        cache_round_row(stored.data() + 1 + s * rb, cache.data() + s * c.R, c.R, dtype);
+      }
+    }
     scale = float(1.0 / std::sqrt(double(c.R)));
     // Causal: token t of T = ceil(M / nh) new tokens sees positions [0, S − T + t + 1).
     const int64_t T = (c.M + c.nh - 1) / c.nh;
@@ -63,7 +77,10 @@ struct Data {
     LatentAttn a;
     a.o = o.data(); a.ldo = ldo;
     a.q = q.data(); a.ldq = ldq;
-    a.cache = cache.data(); a.valid_len = valid.data();
+    a.cache = dtype == CacheDtype::F32 ? static_cast<const void*>(cache.data())
+                                       : static_cast<const void*>(stored.data() + 1);
+    a.dtype = dtype;
+    a.valid_len = valid.data();
     a.scale = scale; a.M = c.M; a.S = c.S; a.dc = c.dc; a.R = c.R;
     return a;
   }
@@ -206,6 +223,88 @@ TEST(LatentAttn, BatchEqualsEachCallAlone) {
   LatentAttn two[2] = {good.args(), bad.args()};
   two[1].dc = 41;
   EXPECT_THROW(latent_attention_batch(two, 2, 2), Error);
+}
+
+// BF16 and FP8 stored rows, contiguous and paged (shuffled blocks of 7 positions with a
+// stride wider than the rows): every ISA and thread count within the fast-path bound of the
+// attention over the decoded values, and the paged result bit-identical to the contiguous.
+TEST(LatentAttn, StoredRowsContiguousAndPaged) {
+  const Case cases[] = {{8, 300, 40, 24, 4}, {17, 1000, 320, 256, 8}, {4, 33, 576, 512, 4}};
+  uint32_t seed = 900;
+  for (CacheDtype dt : {CacheDtype::BF16, CacheDtype::FP8, CacheDtype::F32}) {
+    for (Isa isa : testing::kIsas) {
+      IsaScope scope(isa);
+      for (int threads : {1, 2}) {
+        for (const Case& c : cases) {
+          SCOPED_TRACE(::testing::Message() << cache_dtype_name(dt) << " " << isa_name(active_isa())
+                                            << " threads " << threads << " M " << c.M << " S " << c.S);
+          Data d(c, seed += 7, dt);
+          latent_attention(d.args(), threads);
+          check(d, active_isa() == Isa::Avx512, cache_dtype_name(dt));
+          // The same rows in blocks, the blocks in shuffled order.
+          const int64_t br = 7, rb = cache_row_bytes(dt, c.R), stride = br * rb + 9;
+          const int64_t nb = (c.S + br - 1) / br;
+          std::vector<int32_t> table(static_cast<size_t>(nb));
+          for (int64_t b = 0; b < nb; ++b) table[size_t(b)] = int32_t(b);
+          std::shuffle(table.begin(), table.end(), std::mt19937(seed));
+          std::vector<uint8_t> pool(static_cast<size_t>(nb * stride));
+          const uint8_t* src = static_cast<const uint8_t*>(d.args().cache);
+          for (int64_t s = 0; s < c.S; ++s)
+            std::memcpy(pool.data() + table[size_t(s / br)] * stride + (s % br) * rb, src + s * rb,
+                        size_t(rb));
+          Data p(c, seed, dt);  // same q (seed), fresh output
+          LatentAttn a = d.args();
+          a.o = p.o.data();
+          a.cache = pool.data();
+          a.block_table = table.data();
+          a.block_rows = br;
+          a.block_stride = stride;
+          latent_attention(a, threads);
+          for (int64_t m = 0; m < c.M; ++m)
+            for (int64_t j = 0; j < c.dc; ++j)
+              ASSERT_EQ(std::bit_cast<uint32_t>(d.o[m * d.ldo + j]),
+                        std::bit_cast<uint32_t>(p.o[m * p.ldo + j]))
+                  << "m " << m << " j " << j;
+        }
+      }
+    }
+  }
+}
+
+// The stored forms' rounding: BF16 (8 significant bits) within 2^-8 relative of each value;
+// FP8 (E4M3: 3 mantissa
+// bits, half an ulp = 2^-4 relative; below 2^-6 in units of the scale max|row|/448, steps of
+// 2^-9 units) within 2^-4 relative or 2^-10·max|row|/448 absolute, times 1 + 2^-20 for the
+// F32 division by the scale and product with it; encode(decode(encode x)) = encode x.
+TEST(LatentCache, RoundingBounds) {
+  const int64_t R = 333;
+  std::vector<float> x(static_cast<size_t>(R)), y;
+  testing::fill_uniform(x.data(), R, -3.0f, 3.0f, 5);
+  x[7] = 0; x[8] = 1e-6f; x[9] = -250.0f;
+  for (CacheDtype dt : {CacheDtype::BF16, CacheDtype::FP8}) {
+    y = x;
+    std::vector<uint8_t> a(static_cast<size_t>(cache_row_bytes(dt, R))), b(a.size());
+    cache_round_row(a.data(), y.data(), R, dt);
+    float amax = 0;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    for (int64_t r = 0; r < R; ++r) {
+      const double e = std::fabs(double(y[size_t(r)]) - x[size_t(r)]), ax = std::fabs(double(x[size_t(r)]));
+      if (dt == CacheDtype::BF16) EXPECT_LE(e, ax * 0x1p-8) << r;
+      else EXPECT_LE(e, std::max(ax * 0x1p-4, double(amax) / 448 * 0x1p-10) * (1 + 0x1p-20)) << r;
+    }
+    std::vector<float> z = y;
+    cache_round_row(b.data(), z.data(), R, dt);
+    EXPECT_EQ(a, b) << cache_dtype_name(dt);
+    EXPECT_EQ(y, z) << cache_dtype_name(dt);
+  }
+  // An all-zero row stays zero (scale 0).
+  std::vector<float> zero(static_cast<size_t>(R), 0.0f);
+  cache_round_row(nullptr, zero.data(), R, CacheDtype::FP8);
+  for (float v : zero) EXPECT_EQ(v, 0.0f);
+  CacheDtype d;
+  EXPECT_TRUE(parse_cache_dtype("fp8", &d));
+  EXPECT_EQ(d, CacheDtype::FP8);
+  EXPECT_FALSE(parse_cache_dtype("f16", &d));
 }
 
 TEST(LatentAttn, BadArguments) {

@@ -8,6 +8,8 @@
 //     is ≥ 1e-3 and whose routing gaps are ≥ 1e-4, far above F32 order noise);
 //   - per-stage states (debug/states.safetensors) within 1e-3 relative to each stage's
 //     magnitude, and the same experts chosen — this locates a divergence when one appears.
+// Those run with the F32 latent cache, as the reference keeps it. CompactCacheLogprobs then
+// measures what the BF16 (the default) and FP8 caches change in the same log-probs.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -52,6 +54,18 @@ std::vector<double> logprobs_of(const std::vector<float>& logits, int64_t V,
   return out;
 }
 
+// |Δ log p| bounds of CompactCacheLogprobs, max and mean over positions: 3x the worst
+// measured on the two oracle models (BF16 max 0.0099 / mean 0.0039; FP8 max 0.51 / mean 0.095,
+// on v3 — random weights, peaked attention, 3 mantissa bits per cached value).
+constexpr double kBf16Max = 0.03, kBf16Mean = 0.012, kFp8Max = 1.5, kFp8Mean = 0.3;
+
+// The reference keeps its cache in F32.
+ModelOptions f32_cache() {
+  ModelOptions mo;
+  mo.kv_cache = CacheDtype::F32;
+  return mo;
+}
+
 class Reference : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
@@ -62,7 +76,7 @@ class Reference : public ::testing::TestWithParam<const char*> {
 TEST_P(Reference, LogprobsAndStates) {
   const std::string v = GetParam();
   const nlohmann::json e = load_expected(v);
-  Model m(ref_dir() + "/" + v);
+  Model m(ref_dir() + "/" + v, f32_cache());
   const std::vector<int32_t> ids = e["prompt_ids"].get<std::vector<int32_t>>();
   const int64_t n = int64_t(ids.size()), V = m.vocab(), H = m.config().hidden_size;
 
@@ -196,7 +210,7 @@ TEST_P(Reference, LogprobsAndStates) {
 TEST_P(Reference, GreedyContinuation) {
   const std::string v = GetParam();
   const nlohmann::json e = load_expected(v);
-  Model m(ref_dir() + "/" + v);
+  Model m(ref_dir() + "/" + v, f32_cache());
   std::vector<int32_t> seq = e["greedy"]["prompt_ids"].get<std::vector<int32_t>>();
   const auto want = e["greedy"]["new_ids"].get<std::vector<int32_t>>();
   const int64_t V = m.vocab();
@@ -221,6 +235,61 @@ TEST_P(Reference, GreedyContinuation) {
     m.forward(cache, d, s);
   }
   EXPECT_EQ(got, want) << v;
+}
+
+// The latent cache stored as BF16 and FP8 (kernels/latent_cache.h) against the reference's
+// log-probs: the first half of the prompt prefilled (the naive form, over the rounded rows),
+// the rest decoded one token per step (the absorbed kernel, over the stored rows). BF16
+// rounds each cached value by ≤ 2^-8 relative, FP8 by ≤ 2^-4 (and is lossy: a score moves by
+// a few % of its size); bounds at kBf16Max etc., F32 keeps the 1e-3 of the test above.
+TEST_P(Reference, CompactCacheLogprobs) {
+  const std::string v = GetParam();
+  const nlohmann::json e = load_expected(v);
+  const std::vector<int32_t> ids = e["prompt_ids"].get<std::vector<int32_t>>();
+  const auto want = e["logprobs"].get<std::vector<double>>();
+  const int64_t n = int64_t(ids.size()), half = n / 2;
+  double worst[3] = {0, 0, 0}, avg[3] = {0, 0, 0};
+  for (CacheDtype dt : {CacheDtype::F32, CacheDtype::BF16, CacheDtype::FP8}) {
+    ModelOptions mo;
+    mo.kv_cache = dt;
+    Model m(ref_dir() + "/" + v, mo);
+    const int64_t V = m.vocab();
+    KvCache cache = m.new_cache(n);
+    EXPECT_EQ(cache.dtype, dt);
+    ForwardScratch s;
+    std::vector<float> logits(size_t(n * V));
+    ForwardArgs a;
+    a.ids = ids.data();
+    a.T = half;
+    a.logits = logits.data();
+    m.forward(cache, a, s);
+    for (int64_t t = half; t < n; ++t) {
+      ForwardArgs d;
+      d.ids = ids.data() + t;
+      d.T = 1;
+      d.logits = logits.data() + t * V;
+      m.forward(cache, d, s);
+    }
+    std::vector<int32_t> next(ids.begin() + 1, ids.end());
+    const auto lp = logprobs_of(logits, V, next, n - 1);
+    ASSERT_EQ(lp.size(), want.size());
+    double mean = 0, mx = 0;
+    for (size_t i = 0; i < lp.size(); ++i) {
+      mx = std::max(mx, std::fabs(lp[i] - want[i]));
+      mean += std::fabs(lp[i] - want[i]) / double(lp.size());
+    }
+    worst[int(dt)] = mx;
+    avg[int(dt)] = mean;
+    std::printf("%s cache %-4s: |log p − reference| max %.3g mean %.3g over %zu positions\n",
+                v.c_str(), cache_dtype_name(dt), mx, mean, lp.size());
+  }
+  EXPECT_LE(worst[int(CacheDtype::F32)], 1e-3);
+  EXPECT_LE(worst[int(CacheDtype::BF16)], kBf16Max) << v;
+  EXPECT_LE(avg[int(CacheDtype::BF16)], kBf16Mean) << v;
+  EXPECT_LE(worst[int(CacheDtype::FP8)], kFp8Max) << v;
+  EXPECT_LE(avg[int(CacheDtype::FP8)], kFp8Mean) << v;
+  EXPECT_GT(worst[int(CacheDtype::BF16)], worst[int(CacheDtype::F32)]) << "the BF16 cache is not used";
+  EXPECT_GT(worst[int(CacheDtype::FP8)], worst[int(CacheDtype::F32)]) << "the FP8 cache is not used";
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, Reference, ::testing::Values("v3", "v2"));

@@ -37,7 +37,7 @@ struct GenArgs {
   SamplingParams sampling;
   std::vector<std::string> stop;
   int threads = 0;
-  std::string activations = "f32";
+  std::string activations = "f32", kv_cache = "bf16";
 };
 
 void add_sampling_options(CLI::App* c, GenArgs& a) {
@@ -51,6 +51,7 @@ void add_sampling_options(CLI::App* c, GenArgs& a) {
   c->add_option("--context", a.context, "Context positions (default: min(max_position_embeddings, 4096))");
   c->add_option("--threads", a.threads, "Threads (default: all cores)");
   c->add_option("--activations", a.activations, cli::kActivationsHelp);
+  c->add_option("--kv-cache", a.kv_cache, cli::kKvCacheHelp);
   c->add_option("--speculative", a.speculative,
                 "MTP speculative decoding: auto (default: draft with the model's MTP modules only "
                 "while it measurably pays on this model and machine; plain without MTP modules), "
@@ -92,6 +93,7 @@ std::unique_ptr<Model> load_model(const GenArgs& a) {
   const SpecMode sm = spec_mode(a);
   mo.with_mtp = sm != SpecMode::Off;  // plain decoding does not use the MTP modules
   mo.bf16_activations = cli::parse_activations(a.activations);
+  mo.kv_cache = CacheDtype(cli::parse_kv_cache(a.kv_cache));
   auto m = std::make_unique<Model>(a.model, mo);
   // auto on a model without them is plain decoding (the stats say so).
   DSV3_CHECK(sm != SpecMode::Mtp || m->n_mtp() >= 1, "--speculative mtp: the model in '", a.model,

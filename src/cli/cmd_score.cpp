@@ -18,7 +18,7 @@ namespace dsv3::cli {
 namespace {
 
 struct ScoreArgs {
-  std::string model, ids, prompt, attn = "auto";
+  std::string model, ids, prompt, attn = "auto", kv_cache = "bf16";
   bool mtp = false, json = false;
   int threads = 0;
 };
@@ -47,6 +47,7 @@ void run_score(const ScoreArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   ModelOptions mo;
   mo.with_mtp = a.mtp;
+  mo.kv_cache = CacheDtype(cli::parse_kv_cache(a.kv_cache));
   Model m(a.model, mo);
   std::vector<int32_t> ids;
   if (!a.ids.empty()) {
@@ -131,6 +132,7 @@ void register_score(CLI::App& app) {
   c->add_flag("--json", a->json, "Print {\"logprobs\":[...]} (n-1 values; element i scores ids[i+1])");
   c->add_option("--attn", a->attn, "MLA form: auto (naive prefill), naive or absorbed");
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_option("--kv-cache", a->kv_cache, cli::kKvCacheHelp);
   c->callback([a] { run_score(*a); });
 }
 

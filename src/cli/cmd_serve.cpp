@@ -35,7 +35,8 @@ constexpr int64_t kDefaultDraft = 1;  // the engine drafts one token per step (o
 
 struct ServeArgs {
   std::string model, host = "127.0.0.1", served_name, api_key, api_key_file, cors;
-  std::string batch_mode = "invariant", speculative = "auto", activations = "f32";
+  std::string batch_mode = "invariant", speculative = "auto", activations = "f32",
+              kv_cache = "bf16";
   int port = 8080, threads = 0;
   int64_t draft = 0, max_body_mb = 8;
   double drain_timeout = 30;
@@ -163,6 +164,7 @@ void run_serve(ServeArgs& a) {
   ModelOptions mo;
   mo.with_mtp = spec != SpecMode::Off;
   mo.bf16_activations = cli::parse_activations(a.activations);
+  mo.kv_cache = CacheDtype(cli::parse_kv_cache(a.kv_cache));
   model = std::make_unique<Model>(a.model, mo);
   // auto on a model without MTP modules decodes plainly (/metrics and the log say so).
   DSV3_CHECK(spec != SpecMode::Mtp || model->n_mtp() >= 1, "--speculative mtp: the model in '",
@@ -234,6 +236,7 @@ void register_serve(CLI::App& app) {
                 "Tokens drafted per step with --speculative mtp or auto (the server supports 1, the default)");
   c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
   c->add_option("--activations", a->activations, cli::kActivationsHelp);
+  c->add_option("--kv-cache", a->kv_cache, cli::kKvCacheHelp);
   c->add_option("--drain-timeout", a->drain_timeout,
                 "Seconds SIGTERM/SIGINT waits for running requests before cancelling them (default 30)");
   c->add_option("--max-body-mb", a->max_body_mb, "Largest request body in MiB; larger: HTTP 413 (default 8)");

@@ -44,4 +44,10 @@ bool parse_activations(const std::string& s) {
   DSV3_FAIL("--activations: expected f32 or bf16, got '", s, "'");
 }
 
+int parse_kv_cache(const std::string& s) {
+  CacheDtype d;
+  DSV3_CHECK(parse_cache_dtype(s, &d), "--kv-cache: expected bf16, fp8 or f32, got '", s, "'");
+  return int(d);
+}
+
 }  // namespace dsv3::cli

@@ -21,4 +21,10 @@ inline constexpr const char* kActivationsHelp =
     "or bf16 (rounded once, as BF16 inference does: about 2x the compute-bound throughput of a "
     "batched step or a prefill)";
 
+// --kv-cache: "bf16" (the default), "fp8" or "f32" (ModelOptions::kv_cache).
+int parse_kv_cache(const std::string& s);
+inline constexpr const char* kKvCacheHelp =
+    "How the latent KV cache is stored: bf16 (default; half the bytes of f32 per decode step), "
+    "fp8 (E4M3 with a per-token scale, a quarter) or f32 (exact)";
+
 }  // namespace dsv3::cli

@@ -38,15 +38,22 @@ void check_args(const LatentAttn& a) {
     DSV3_CHECK(a.valid_len[m] >= 0 && a.valid_len[m] <= a.S, "latent_attention: valid_len[", m,
                "] = ", a.valid_len[m], " outside [0, S = ", a.S, "]");
   DSV3_CHECK(a.S == 0 || a.cache, "latent_attention: null cache");
-  DSV3_CHECK(!a.block_table || (a.block_rows > 0 && a.block_stride >= a.block_rows * a.R),
+  const int64_t rb = cache_row_bytes(a.dtype, a.R);
+  DSV3_CHECK(!a.block_table || (a.block_rows > 0 && a.block_stride >= a.block_rows * rb),
              "latent_attention: block_rows ", a.block_rows, " / block_stride ", a.block_stride,
-             " do not describe blocks of R = ", a.R, " floats per row");
+             " do not describe blocks of ", rb, "-byte rows (R = ", a.R, ", ",
+             cache_dtype_name(a.dtype), ")");
 }
 
-const float* ref_row(const LatentAttn& a, int64_t s) {
-  if (!a.block_table) return a.cache + s * a.R;
-  return a.cache + int64_t(a.block_table[s / a.block_rows]) * a.block_stride +
-         (s % a.block_rows) * a.R;
+// Position s's row decoded into buf [R] (the scalar twin's view of the cache).
+const float* ref_row(const LatentAttn& a, int64_t s, float* buf) {
+  const int64_t rb = cache_row_bytes(a.dtype, a.R);
+  const uint8_t* base = static_cast<const uint8_t*>(a.cache);
+  const uint8_t* row = a.block_table ? base + int64_t(a.block_table[s / a.block_rows]) * a.block_stride +
+                                           (s % a.block_rows) * rb
+                                     : base + s * rb;
+  cache_decode_row(buf, row, a.R, a.dtype);
+  return buf;
 }
 
 // o[m] = Σ_t w_t·po_t[m] / Σ_t w_t·l_t[m], w_t = exp(mx_t[m] − max_t mx_t[m]), rows [m0, m1).
@@ -83,7 +90,7 @@ void merge_rows(const LatentAttn& a, int parts, const float* scratch, int64_t st
 // scratch per part. Depends on the call and the thread count only, never on other calls, so
 // latent_attention_batch computes each call exactly as latent_attention would.
 struct Plan {
-  int64_t smax = 0, stride = 0;
+  int64_t smax = 0, stride = 0, tile_at = 0;  // floats per part; where its decoded tile starts
   int parts = 1;
 };
 
@@ -93,8 +100,10 @@ Plan plan_call(const LatentAttn& a, int threads) {
   const int64_t by_work = p.smax * a.M / kMinWorkPerThread,
                 by_positions = p.smax / kMinPositionsPerThread;
   p.parts = int(std::clamp<int64_t>(std::min(by_work, by_positions), 1, threads));
-  // Per part: mx [M], l [M], po [M, dc], p [M, kLatentTile]; padded to 64 bytes.
-  p.stride = (2 * a.M + a.M * a.dc + a.M * kLatentTile + 15) / 16 * 16;
+  // Per part: mx [M], l [M], po [M, dc], p [M, kLatentTile], and for a stored form other
+  // than F32 the decoded tile [kLatentTile, R]; each padded to 64 bytes.
+  p.tile_at = (2 * a.M + a.M * a.dc + a.M * kLatentTile + 15) / 16 * 16;
+  p.stride = p.tile_at + (a.dtype == CacheDtype::F32 ? 0 : (kLatentTile * a.R + 15) / 16 * 16);
   return p;
 }
 
@@ -103,7 +112,7 @@ void run_part(const LatentAttn& a, const Plan& p, float* scratch, int part) {
   int64_t s0, s1;
   split_range(p.smax, p.parts, part, &s0, &s1);
   avx512::latent_attn_partial(a, s0, s1, base, base + a.M, base + 2 * a.M,
-                              base + 2 * a.M + a.M * a.dc);
+                              base + 2 * a.M + a.M * a.dc, base + p.tile_at);
 }
 
 }  // namespace
@@ -183,8 +192,11 @@ void latent_attention_batch(const LatentAttn* calls, int n, int threads) {
 
 void latent_attention_ref(const LatentAttn& a) {
   thread_local std::vector<double> z, acc;  // [S] scaled scores, [dc] Σ p·c of one row
+  thread_local std::vector<float> rowbuf;   // [R] one decoded cache row
   if (z.size() < size_t(a.S)) z.resize(size_t(a.S));
   if (acc.size() < size_t(a.dc)) acc.resize(size_t(a.dc));
+  if (rowbuf.size() < size_t(a.R)) rowbuf.resize(size_t(a.R));
+  float* buf = rowbuf.data();
   for (int64_t m = 0; m < a.M; ++m) {
     const float* q = a.q + m * a.ldq;
     float* o = a.o + m * a.ldo;
@@ -195,7 +207,7 @@ void latent_attention_ref(const LatentAttn& a) {
     }
     double zmax = -std::numeric_limits<double>::infinity();
     for (int64_t s = 0; s < n; ++s) {
-      const float* c = ref_row(a, s);
+      const float* c = ref_row(a, s, buf);
       double d = 0;
       for (int64_t r = 0; r < a.R; ++r) d += double(q[r]) * double(c[r]);
       z[size_t(s)] = double(a.scale) * d;
@@ -204,8 +216,10 @@ void latent_attention_ref(const LatentAttn& a) {
     double L = 0;
     for (int64_t s = 0; s < n; ++s) L += (z[size_t(s)] = std::exp(z[size_t(s)] - zmax));
     std::fill(acc.begin(), acc.begin() + a.dc, 0.0);
-    for (int64_t s = 0; s < n; ++s)
-      for (int64_t j = 0; j < a.dc; ++j) acc[size_t(j)] += z[size_t(s)] * double(ref_row(a, s)[j]);
+    for (int64_t s = 0; s < n; ++s) {
+      const float* c = ref_row(a, s, buf);
+      for (int64_t j = 0; j < a.dc; ++j) acc[size_t(j)] += z[size_t(s)] * double(c[j]);
+    }
     for (int64_t j = 0; j < a.dc; ++j) o[j] = float(acc[size_t(j)] / L);
   }
 }

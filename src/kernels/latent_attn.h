@@ -24,19 +24,28 @@
 // Paged caches (serve/kv_pool.h) pass a block table; the arithmetic is the same as over the
 // same rows stored contiguously (only the address of each row changes).
 //
+// Stored rows may be F32, BF16 or FP8 with a per-row scale (kernels/latent_cache.h). All of
+// the above holds with cache = the decoded F32 values: the fast path decodes each tile of
+// ≤ kLatentTile rows into an F32 block in L1 (one exact conversion, and for FP8 one product
+// with the row's scale, as cache_decode_row) and runs the F32 arithmetic over it, so only
+// the bytes streamed from memory shrink.
+//
 // No allocation per call beyond a thread_local scratch that grows to the largest call.
 #pragma once
 #include <cstdint>
+
+#include "kernels/latent_cache.h"
 
 namespace dsv3 {
 
 struct LatentAttn {
   float* o = nullptr; int64_t ldo = 0;        // o_lat [M, dc] (row stride ldo ≥ dc)
   const float* q = nullptr; int64_t ldq = 0;  // [M, R] (row stride ldq ≥ R)
-  const float* cache = nullptr;               // [S, R], rows contiguous (block_table null),
-                                              // or the pool a block table points into:
+  const void* cache = nullptr;                // S stored rows of rb = cache_row_bytes(dtype, R)
+  CacheDtype dtype = CacheDtype::F32;         // bytes, contiguous (block_table null), or the
+                                              // pool a block table points into:
   const int32_t* block_table = nullptr;       // position s at cache + block_table[s / block_rows]
-  int64_t block_rows = 0, block_stride = 0;   //   · block_stride + (s % block_rows) · R
+  int64_t block_rows = 0, block_stride = 0;   //   · block_stride + (s % block_rows) · rb (bytes)
   const int32_t* valid_len = nullptr;         // [M]; row m attends to [0, valid_len[m]) ⊆ [0, S)
   float scale = 1.0f;                          // softmax scale (> 0)
   int64_t M = 0, S = 0, dc = 0, R = 0;         // dc ≤ R
@@ -57,9 +66,10 @@ namespace avx512 {
 // latent_attn_avx512.cpp. Partial attention of all M rows over positions [s0, s1):
 //   mx[m]  = max scaled score (−inf when row m has no valid position in the block),
 //   l[m]   = Σ exp(z − mx[m]),  po[m·dc + j] = Σ exp(z − mx[m]) · cache[s, j].
-// p: scratch of M·kLatentTile floats.
+// p: scratch of M·kLatentTile floats; tb: kLatentTile·R floats (the decoded tile; unused for
+// an F32 cache).
 void latent_attn_partial(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float* l,
-                         float* po, float* p);
+                         float* po, float* p, float* tb);
 }  // namespace avx512
 
 inline constexpr int64_t kLatentTile = 32;  // positions per online-softmax step (fast path)

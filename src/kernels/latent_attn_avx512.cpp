@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/fp8_avx512.h"
 #include "kernels/latent_attn.h"
 #include "kernels/simd_avx512.h"
 
@@ -75,15 +76,57 @@ inline void score_block(const float* const* qp, const float* const* cp, int64_t 
   _mm512_storeu_ps(&out[0][0], _mm512_mul_ps(_mm512_set1_ps(scale), v));
 }
 
-// Address of cache position s (contiguous or through the block table).
-const float* row_at(const LatentAttn& a, int64_t s) {
-  if (!a.block_table) return a.cache + s * a.R;
-  return a.cache + int64_t(a.block_table[s / a.block_rows]) * a.block_stride +
-         (s % a.block_rows) * a.R;
+// Address of cache position s's stored row (contiguous or through the block table).
+const uint8_t* row_at(const LatentAttn& a, int64_t s, int64_t rb) {
+  const uint8_t* base = static_cast<const uint8_t*>(a.cache);
+  if (!a.block_table) return base + s * rb;
+  return base + int64_t(a.block_table[s / a.block_rows]) * a.block_stride + (s % a.block_rows) * rb;
 }
 
-// p[m, k] = scale · q_m · cache[t0 + k] for k < n (n ≤ kLatentTile), all M rows.
-void tile_scores(const LatentAttn& a, int64_t t0, int64_t n, float* p) {
+// dst [R] = stored row src decoded, bit-identical to cache_decode_row (BF16: exact widening;
+// FP8: exact E4M3 value times the row's scale, one rounding).
+void decode_row(float* dst, const uint8_t* src, int64_t R, CacheDtype d) {
+  using namespace avx512_detail;
+  if (d == CacheDtype::BF16) {
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(src);
+    int64_t r = 0;
+    for (; r + 16 <= R; r += 16)
+      _mm512_storeu_ps(dst + r, bf16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + r))));
+    if (r < R) {
+      const __mmask16 k = lanes_mask(R - r);
+      _mm512_mask_storeu_ps(dst + r, k, bf16_to_f32(_mm256_maskz_loadu_epi16(k, h + r)));
+    }
+    return;
+  }
+  float s;
+  __builtin_memcpy(&s, src + R, sizeof(float));
+  const __m512 vs = _mm512_set1_ps(s);
+  int64_t r = 0;
+  for (; r + 16 <= R; r += 16)
+    _mm512_storeu_ps(dst + r, _mm512_mul_ps(e4m3_to_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + r))), vs));
+  if (r < R) {
+    const __mmask16 k = lanes_mask(R - r);
+    _mm512_mask_storeu_ps(dst + r, k, _mm512_mul_ps(e4m3_to_f32(_mm_maskz_loadu_epi8(k, src + r)), vs));
+  }
+}
+
+// rows[k] = the F32 values of position t0 + k, k < n: the stored row itself for an F32 cache,
+// else its decoded copy in tb [n, R].
+void tile_rows(const LatentAttn& a, int64_t t0, int64_t n, float* tb, const float** rows) {
+  const int64_t rb = cache_row_bytes(a.dtype, a.R);
+  for (int64_t k = 0; k < n; ++k) {
+    const uint8_t* src = row_at(a, t0 + k, rb);
+    if (a.dtype == CacheDtype::F32) {
+      rows[k] = reinterpret_cast<const float*>(src);
+    } else {
+      decode_row(tb + k * a.R, src, a.R, a.dtype);
+      rows[k] = tb + k * a.R;
+    }
+  }
+}
+
+// p[m, k] = scale · q_m · rows[k] for k < n (n ≤ kLatentTile), all M rows.
+void tile_scores(const LatentAttn& a, const float* const* rows, int64_t n, float* p) {
   const float* qp[kMR];
   const float* cp[kNS];
   float out[kMR][kNS];
@@ -91,7 +134,7 @@ void tile_scores(const LatentAttn& a, int64_t t0, int64_t n, float* p) {
     // Rows past M repeat the last row (computed, not stored): no tail variant needed.
     for (int i = 0; i < kMR; ++i) qp[i] = a.q + min64(m + i, a.M - 1) * a.ldq;
     for (int64_t k = 0; k < n; k += kNS) {
-      for (int j = 0; j < kNS; ++j) cp[j] = row_at(a, t0 + min64(k + j, n - 1));
+      for (int j = 0; j < kNS; ++j) cp[j] = rows[min64(k + j, n - 1)];
       score_block(qp, cp, a.R, a.scale, out);
       for (int i = 0; i < kMR && m + i < a.M; ++i)
         for (int j = 0; j < kNS && k + j < n; ++j) p[(m + i) * kLatentTile + k + j] = out[i][j];
@@ -137,8 +180,8 @@ void tile_softmax(const LatentAttn& a, int64_t m, int64_t t0, int64_t n, float* 
   }
 }
 
-// po[m, :dc] += Σ_k p[m, k] · cache[t0 + k, :dc], all M rows.
-void tile_pv(const LatentAttn& a, int64_t t0, int64_t n, const float* p, float* po) {
+// po[m, :dc] += Σ_k p[m, k] · rows[k][:dc], all M rows.
+void tile_pv(const LatentAttn& a, const float* const* rows, int64_t n, const float* p, float* po) {
   const int64_t dc = a.dc;
   for (int64_t m = 0; m < a.M; m += kMR) {
     const float* pr[kMR];
@@ -148,7 +191,7 @@ void tile_pv(const LatentAttn& a, int64_t t0, int64_t n, const float* p, float* 
       pr[i] = p + mi * kLatentTile;
       orow[i] = po + mi * dc;
     }
-    const int rows = int(min64(kMR, a.M - m));
+    const int live = int(min64(kMR, a.M - m));  // rows past M are computed, not stored
     for (int64_t j0 = 0; j0 < dc; j0 += 16 * kNV) {
       __mmask16 mk[kNV];
       for (int v = 0; v < kNV; ++v) mk[v] = lanes_mask(dc - j0 - 16 * v > 0 ? dc - j0 - 16 * v : 0);
@@ -156,7 +199,7 @@ void tile_pv(const LatentAttn& a, int64_t t0, int64_t n, const float* p, float* 
       for (int i = 0; i < kMR; ++i)
         for (int v = 0; v < kNV; ++v) acc[i][v] = load16_m(mk[v], orow[i] + j0 + 16 * v);
       for (int64_t k = 0; k < n; ++k) {
-        const float* c = row_at(a, t0 + k) + j0;
+        const float* c = rows[k] + j0;
         __m512 cv[kNV];
         for (int v = 0; v < kNV; ++v) cv[v] = load16_m(mk[v], c + 16 * v);
         for (int i = 0; i < kMR; ++i) {
@@ -164,7 +207,7 @@ void tile_pv(const LatentAttn& a, int64_t t0, int64_t n, const float* p, float* 
           for (int v = 0; v < kNV; ++v) acc[i][v] = _mm512_fmadd_ps(pb, cv[v], acc[i][v]);
         }
       }
-      for (int i = 0; i < rows; ++i)
+      for (int i = 0; i < live; ++i)
         for (int v = 0; v < kNV; ++v) store16(orow[i] + j0 + 16 * v, mk[v], acc[i][v]);
     }
   }
@@ -173,7 +216,8 @@ void tile_pv(const LatentAttn& a, int64_t t0, int64_t n, const float* p, float* 
 }  // namespace
 
 void latent_attn_partial(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float* l,
-                         float* po, float* p) {
+                         float* po, float* p, float* tb) {
+  const float* rows[kLatentTile];
   for (int64_t m = 0; m < a.M; ++m) {
     mx[m] = -INFINITY;
     l[m] = 0;
@@ -181,9 +225,10 @@ void latent_attn_partial(const LatentAttn& a, int64_t s0, int64_t s1, float* mx,
   for (int64_t j = 0; j < a.M * a.dc; ++j) po[j] = 0;
   for (int64_t t0 = s0; t0 < s1; t0 += kLatentTile) {
     const int64_t n = min64(kLatentTile, s1 - t0);
-    tile_scores(a, t0, n, p);
+    tile_rows(a, t0, n, tb, rows);
+    tile_scores(a, rows, n, p);
     for (int64_t m = 0; m < a.M; ++m) tile_softmax(a, m, t0, n, mx, l, po, p + m * kLatentTile);
-    tile_pv(a, t0, n, p, po);
+    tile_pv(a, rows, n, p, po);
   }
 }
 

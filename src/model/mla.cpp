@@ -100,13 +100,22 @@ MlaAbsorb absorb_params(const Weight& w, int64_t T, int64_t r0, int64_t rows) {
   return p;
 }
 
-// Rows [0, S) of a cache as one contiguous [S, R] block: the block itself when contiguous, a
-// copy in s.gather when paged (only the GEMM forms, many rows per call, need that).
+// Rows [0, S) of a cache as one contiguous F32 [S, R] block: the block itself when contiguous
+// F32, else a decoded copy in s.gather (only the GEMM forms, many rows per call, need that).
 const float* contiguous_rows(const LatentCache& lc, int64_t S, int64_t R, MlaScratch& s) {
-  if (!lc.table) return lc.base;
+  if (!lc.table && lc.dtype == CacheDtype::F32) return reinterpret_cast<const float*>(lc.base);
   float* g = grow(s.gather, S * R);
-  for (int64_t p = 0; p < S; ++p) std::memcpy(g + p * R, lc.row(p, R), size_t(R) * sizeof(float));
+  for (int64_t p = 0; p < S; ++p) cache_decode_row(g + p * R, lc.row(p), R, lc.dtype);
   return g;
+}
+
+// The fields of a kernels/latent_attn.h call that say where lc's rows are.
+void set_cache(LatentAttn& a, const LatentCache& lc) {
+  a.cache = lc.base;
+  a.dtype = lc.dtype;
+  a.block_table = lc.table;
+  a.block_rows = lc.block_rows;
+  a.block_stride = lc.block_stride;
 }
 
 // lc: the sequence's cache, rows [0, p0) held, [p0, p0 + T) just written.
@@ -154,8 +163,8 @@ void attention_absorbed(float* o, const float* q, int64_t T, int64_t p0, const L
     LatentAttn a;
     a.o = olat; a.ldo = dc;
     a.q = qcat; a.ldq = R;
-    a.cache = lc.base; a.valid_len = valid;
-    a.block_table = lc.table; a.block_rows = lc.block_rows; a.block_stride = lc.block_stride;
+    set_cache(a, lc);
+    a.valid_len = valid;
     a.scale = ctx.softmax_scale; a.M = T * nh; a.S = S; a.dc = dc; a.R = R;
     latent_attention(a, ctx.threads);
   } else {  // all heads of a token as rows of one GEMM
@@ -253,9 +262,8 @@ void attention_decode_batch(float* o, const float* q, const MlaSeq* seqs, const 
     LatentAttn& a = s.calls[size_t(j)];
     a.o = olat + b0[j] * nh * dc; a.ldo = dc;
     a.q = qcat + b0[j] * nh * R; a.ldq = R;
-    a.cache = sq.cache.base; a.valid_len = valid + b0[j] * nh;
-    a.block_table = sq.cache.table; a.block_rows = sq.cache.block_rows;
-    a.block_stride = sq.cache.block_stride;
+    set_cache(a, sq.cache);
+    a.valid_len = valid + b0[j] * nh;
     a.scale = ctx.softmax_scale; a.M = sq.T * nh; a.S = sq.p0 + sq.T; a.dc = dc; a.R = R;
   }
   latent_attention_batch(s.calls.data(), n, ctx.threads);
@@ -294,7 +302,7 @@ void mla_forward(float* out, const float* x, int64_t T, int64_t p0, float* cache
                  const MlaContext& ctx, AttnForm form, MlaScratch& s) {
   int64_t off[2];
   const LinearBatch lb = LinearBatch::single(off, T, ctx.threads);
-  const MlaSeq seq = MlaSeq::single(T, p0, form, cache);
+  const MlaSeq seq = MlaSeq::single(T, p0, form, LatentCache::contiguous(cache, CacheDtype::F32, mla_cache_row(*ctx.c)));
   mla_forward_batch(out, x, &seq, 1, L, ctx, lb, s);
 }
 
@@ -329,7 +337,9 @@ void mla_forward_batch(float* out, const float* x, const MlaSeq* seqs, int n_seq
   }
   rope_forward(q + dn, nh * dq, dq, q + dn, nh * dq, dq, pos, T, nh, ctx.rope, ctx.threads);
 
-  // [c_kv ; k_pe] -> the new cache rows: c normalised, k_pe rotated; then into each cache.
+  // [c_kv ; k_pe] -> the new cache rows: c normalised, k_pe rotated; then into each cache,
+  // and rounded in place to what the cache holds, so that attending over `rows` (the naive
+  // form of a prefill) and over the cache (every later step) see the same values.
   float* kv = grow(s.kv, T * R);
   lb.run(kv, R, x, H, w.kv_a_proj_with_mqa, s.lin);
   float* rows = grow(s.rows, T * R);
@@ -338,7 +348,7 @@ void mla_forward_batch(float* out, const float* x, const MlaSeq* seqs, int n_seq
   for (int i = 0; i < n_seqs; ++i) {
     const MlaSeq& sq = seqs[i];
     for (int64_t t = 0; t < sq.T; ++t)
-      std::memcpy(sq.cache.row(sq.p0 + t, R), rows + (sq.r0 + t) * R, size_t(R) * sizeof(float));
+      cache_round_row(sq.cache.row(sq.p0 + t), rows + (sq.r0 + t) * R, R, sq.cache.dtype);
   }
 
   // Attention, per sequence over its own cache: o [T, heads, v]. Decode-sized sequences in

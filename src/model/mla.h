@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/latent_attn.h"
+#include "kernels/latent_cache.h"
 #include "kernels/rope.h"
 #include "model/config.h"
 #include "model/linear.h"
@@ -34,16 +35,26 @@ struct MlaContext {
   int threads = 0;
 };
 
-// Where one layer's latent rows live: contiguous rows [capacity, R] (table null: KvCache), or
-// blocks of a pool (serve/kv_pool.h): position s at base + table[s / block_rows]·block_stride
-// + (s % block_rows)·R. The arithmetic never depends on which (kernels/latent_attn.h).
+// Where one layer's latent rows live, stored as `dtype` (kernels/latent_cache.h: row_bytes
+// per position): contiguous rows (table null: KvCache), or blocks of a pool (serve/kv_pool.h):
+// position s at base + table[s / block_rows]·block_stride + (s % block_rows)·row_bytes, all
+// in bytes. The arithmetic never depends on where (kernels/latent_attn.h).
 struct LatentCache {
-  float* base = nullptr;
+  uint8_t* base = nullptr;
+  CacheDtype dtype = CacheDtype::F32;
+  int64_t row_bytes = 0;
   const int32_t* table = nullptr;
   int64_t block_rows = 0, block_stride = 0;
-  float* row(int64_t s, int64_t R) const {
-    return table ? base + int64_t(table[s / block_rows]) * block_stride + (s % block_rows) * R
-                 : base + s * R;
+  uint8_t* row(int64_t s) const {
+    return table ? base + int64_t(table[s / block_rows]) * block_stride + (s % block_rows) * row_bytes
+                 : base + s * row_bytes;
+  }
+  static LatentCache contiguous(void* base, CacheDtype d, int64_t R) {
+    LatentCache c;
+    c.base = static_cast<uint8_t*>(base);
+    c.dtype = d;
+    c.row_bytes = cache_row_bytes(d, R);
+    return c;
   }
 };
 
@@ -52,12 +63,12 @@ struct MlaSeq {
   int64_t r0 = 0, T = 0, p0 = 0;
   LatentCache cache;
   AttnForm form = AttnForm::Auto;
-  static MlaSeq single(int64_t T, int64_t p0, AttnForm form, float* cache = nullptr) {
+  static MlaSeq single(int64_t T, int64_t p0, AttnForm form, const LatentCache& cache = {}) {
     MlaSeq q;
     q.T = T;
     q.p0 = p0;
     q.form = form;
-    q.cache.base = cache;
+    q.cache = cache;
     return q;
   }
 };
@@ -65,7 +76,7 @@ struct MlaSeq {
 struct MlaScratch {
   LinearScratch lin;
   std::vector<float> rows;    // [rows, R] the new cache rows (normalised c_KV ; rotated k_pe)
-  std::vector<float> gather;  // [S, R] a paged cache's rows made contiguous (GEMM forms)
+  std::vector<float> gather;  // [S, R] a paged or non-F32 cache's rows as F32 (GEMM forms)
   std::vector<float> qa;      // [T, q_lora_rank]
   std::vector<float> q;       // [T, heads, qk_head_dim]
   std::vector<float> kv;      // [T, kv_lora_rank + qk_rope_head_dim]
@@ -90,11 +101,12 @@ const YarnParams* yarn_params(const ModelConfig& c, YarnParams* storage);
 inline int64_t mla_cache_row(const ModelConfig& c) { return c.kv_lora_rank + c.qk_rope_head_dim; }
 
 // x [T, H] (the normed block input) at positions p0 .. p0+T−1 -> out [T, H] (written).
-// cache [capacity, mla_cache_row] holds positions [0, p0); rows p0 .. p0+T−1 are written.
+// cache [capacity, mla_cache_row] (F32) holds positions [0, p0); rows p0 .. p0+T−1 are written.
 void mla_forward(float* out, const float* x, int64_t T, int64_t p0, float* cache, const MlaLayer& L,
                  const MlaContext& ctx, AttnForm form, MlaScratch& s);
 
-// The same for several sequences at once (a serving step): the projections run over all
+// The same for several sequences at once (a serving step), over caches of any stored form:
+// the new rows are rounded through it (latent_cache.h) before anything attends to them: the projections run over all
 // rows through `lb` (linear.h: batch-invariant or one GEMM), the attention per sequence
 // over its own cache. x, out [rows, H] with rows = lb.rows().
 void mla_forward_batch(float* out, const float* x, const MlaSeq* seqs, int n_seqs,

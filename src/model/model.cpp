@@ -48,7 +48,8 @@ void KvCache::truncate(int64_t n) {
   len = std::min(len, std::max<int64_t>(0, n));
 }
 
-Model::Model(const std::string& dir, const ModelOptions& o) : threads_(resolve_threads(o.threads)) {
+Model::Model(const std::string& dir, const ModelOptions& o)
+    : threads_(resolve_threads(o.threads)), kv_dtype_(o.kv_cache) {
   DSV3_CHECK(!dir.empty(), "no model directory given");
   DSV3_CHECK(std::filesystem::is_directory(dir), dir, ": not a directory (expected a model directory "
              "with config.json and safetensors)");
@@ -116,10 +117,12 @@ KvCache Model::make_cache(int64_t capacity, int64_t first_layer) {
   KvCache c;
   c.capacity = capacity;
   c.row = mla_cache_row(cfg_);
+  c.dtype = kv_dtype_;
+  c.row_bytes = cache_row_bytes(c.dtype, c.row);
   c.n_main = cfg_.num_hidden_layers;
   c.first_layer = first_layer;
   c.mtp_len.assign(w_.mtp.size(), 0);
-  c.data.assign(size_t((c.n_main + n_mtp() - first_layer) * capacity * c.row), 0.0f);
+  c.data.assign(size_t((c.n_main + n_mtp() - first_layer) * capacity * c.row_bytes), 0);
   return c;
 }
 
@@ -236,7 +239,7 @@ void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) con
   const LinearBatch lb = LinearBatch::single(off, T, threads_);
   MlaSeq seq = MlaSeq::single(T, p0, a.form);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
-    seq.cache.base = cache.layer(l);
+    seq.cache = cache.layer(l);
     block(w_.layers[size_t(l)], lf_[size_t(l)], &seq, 1, lb, s, a.trace,
           a.trace ? "layer." + std::to_string(l) : std::string(), a.profile);
   }
@@ -361,7 +364,7 @@ void Model::mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) con
   int64_t off[2];
   const LinearBatch lb = LinearBatch::single(off, T, threads_);
   MlaSeq seq = MlaSeq::single(T, p0, a.form);
-  seq.cache.base = cache.layer(L + int64_t(k));
+  seq.cache = cache.layer(L + int64_t(k));
   block(m.block, lf_[size_t(L) + k], &seq, 1, lb, s, a.trace, prefix);
   cache.mtp_len[k] = p0 + T;
   float* h = grow(s.xn, T * H);

@@ -21,20 +21,25 @@
 
 namespace dsv3 {
 
-// Per layer (main layers, then one per MTP module) the latent cache rows
-// [capacity, kv_lora_rank + qk_rope_head_dim] (F32): the normalised c_KV and the rotated k_pe.
-// That is all MLA keeps per token (SPEC §1: 576 values per layer for DeepSeek-V3).
+// Per layer (main layers, then one per MTP module) the latent cache rows of `capacity`
+// positions: the normalised c_KV and the rotated k_pe, row = kv_lora_rank + qk_rope_head_dim
+// values stored as `dtype` (kernels/latent_cache.h: row_bytes each). That is all MLA keeps
+// per token (SPEC §1: 576 values per layer for DeepSeek-V3; 1152 bytes in BF16).
 struct KvCache {
   int64_t capacity = 0, row = 0, n_main = 0;
+  CacheDtype dtype = CacheDtype::F32;
+  int64_t row_bytes = 0;
   int64_t first_layer = 0;       // data starts at this layer (a cache of the MTP layers only)
-  std::vector<float> data;       // [n_main + n_mtp − first_layer, capacity, row]
+  std::vector<uint8_t> data;     // [n_main + n_mtp − first_layer, capacity, row_bytes]
   int64_t len = 0;               // positions held by the main model
   std::vector<int64_t> mtp_len;  // positions held by each MTP module
-  float* layer(int64_t l) { return data.data() + (l - first_layer) * capacity * row; }
+  LatentCache layer(int64_t l) {
+    return LatentCache::contiguous(data.data() + (l - first_layer) * capacity * row_bytes, dtype, row);
+  }
   // Forget the main model's positions >= n. MTP layers are managed by their user (mtp_len;
   // src/infer/speculative.h keeps their invariant).
   void truncate(int64_t n);
-  size_t bytes() const { return data.size() * sizeof(float); }
+  size_t bytes() const { return data.size(); }
 };
 
 struct ModelOptions {
@@ -46,6 +51,10 @@ struct ModelOptions {
   // relative error 2^-9 per activation instead of 2^-16. Never the router (its top-k decides
   // the experts) nor the absorbed-MLA slices and attention (F32). docs/numerics.md.
   bool bf16_activations = false;
+  // How new_cache and a serving pool store the latent rows (kernels/latent_cache.h). BF16
+  // halves the bytes a long-context decode step reads, at a relative rounding of 2^-8 per
+  // cached value (docs/long-context.md measures what it does to log-probs); F32 is exact.
+  CacheDtype kv_cache = CacheDtype::BF16;
 };
 
 // Intermediate values a test or debugger may inspect: name ("embed", "layer.3.attn",
@@ -83,16 +92,18 @@ struct MtpArgs {
 };
 
 // The paged latent cache of a serving engine (serve/kv_pool.h): for each layer (main layers,
-// then one per MTP module) n_blocks blocks of block_rows positions of `row` floats.
+// then one per MTP module) n_blocks blocks of block_rows positions of `row` values stored as
+// `dtype` (row_bytes each).
 struct KvPoolView {
-  float* data = nullptr;  // [n_layers, n_blocks, block_rows, row]
+  uint8_t* data = nullptr;  // [n_layers, n_blocks, block_rows, row_bytes]
   int64_t n_blocks = 0, block_rows = 0, row = 0;
+  CacheDtype dtype = CacheDtype::F32;
   LatentCache layer(int64_t l, const int32_t* table) const {
-    LatentCache c;
-    c.base = data + l * n_blocks * block_rows * row;
+    LatentCache c = LatentCache::contiguous(nullptr, dtype, row);
+    c.base = data + l * n_blocks * block_rows * c.row_bytes;
     c.table = table;
     c.block_rows = block_rows;
-    c.block_stride = block_rows * row;
+    c.block_stride = block_rows * c.row_bytes;
     return c;
   }
 };
@@ -131,8 +142,10 @@ class Model {
   int64_t n_mtp() const { return int64_t(w_.mtp.size()); }
   int threads() const { return threads_; }
 
-  // A cache for up to `capacity` positions (≤ max_position_embeddings); grows the RoPE table.
+  // A cache for up to `capacity` positions (≤ max_position_embeddings), stored as the
+  // options' kv_cache; grows the RoPE table.
   KvCache new_cache(int64_t capacity);
+  CacheDtype kv_cache_dtype() const { return kv_dtype_; }
 
   void forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) const;
 
@@ -193,6 +206,7 @@ class Model {
   std::vector<float> rope_cos_, rope_sin_;  // [n_pos, rope/2]
   int64_t rope_n_ = 0;
   int threads_ = 0;
+  CacheDtype kv_dtype_ = CacheDtype::BF16;
 };
 
 }  // namespace dsv3

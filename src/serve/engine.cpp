@@ -87,7 +87,8 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
              " exceeds the model's max_position_embeddings (", c.max_position_embeddings, ")");
   const_cast<Model&>(model_).reserve_positions(context_);
   const int64_t layers = c.num_hidden_layers, row = mla_cache_row(c);
-  const int64_t per_block = KvPool::bytes_per_block(kBlockRows, layers, row);
+  const CacheDtype kv = model.kv_cache_dtype();
+  const int64_t per_block = KvPool::bytes_per_block(kBlockRows, layers, row, kv);
   const int64_t blocks_per_seq = (context_ + kBlockRows - 1) / kBlockRows;
   int64_t n_blocks;
   if (o.kv_cache_blocks > 0) {
@@ -96,12 +97,12 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
     n_blocks = (o.kv_cache_mb << 20) / per_block;
     DSV3_CHECK(n_blocks >= 1, "--kv-cache-mb ", o.kv_cache_mb, " holds no cache block (one block = ",
                per_block, " bytes: ", kBlockRows, " positions x ", layers, " layers x ", row,
-               " floats)");
+               " values in ", cache_dtype_name(kv), ")");
   } else {
     n_blocks = std::min(o.max_running * blocks_per_seq,
                         std::max<int64_t>(blocks_per_seq, kDefaultPoolCapBytes / per_block));
   }
-  impl_->pool = std::make_unique<KvPool>(n_blocks, kBlockRows, layers, row);
+  impl_->pool = std::make_unique<KvPool>(n_blocks, kBlockRows, layers, row, kv);
   if (c.eos_token_id >= 0) impl_->eos.push_back(int32_t(c.eos_token_id));
   if (tok_ && tok_->eos_id() >= 0 &&
       std::find(impl_->eos.begin(), impl_->eos.end(), tok_->eos_id()) == impl_->eos.end())

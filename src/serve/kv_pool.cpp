@@ -6,10 +6,10 @@
 
 namespace dsv3::serve {
 
-KvPool::KvPool(int64_t n_blocks, int64_t block_rows, int64_t n_layers, int64_t row)
-    : n_blocks_(n_blocks), block_rows_(block_rows), row_(row) {
+KvPool::KvPool(int64_t n_blocks, int64_t block_rows, int64_t n_layers, int64_t row, CacheDtype dtype)
+    : n_blocks_(n_blocks), block_rows_(block_rows), row_(row), dtype_(dtype) {
   DSV3_CHECK(n_blocks > 0 && block_rows > 0, "the KV cache pool needs at least one block");
-  data_.assign(size_t(n_layers * n_blocks * block_rows * row), 0.0f);
+  data_.assign(size_t(n_blocks * bytes_per_block(block_rows, n_layers, row, dtype)), 0);
   meta_.resize(size_t(n_blocks));
   free_.reserve(size_t(n_blocks));
   for (int64_t b = n_blocks - 1; b >= 0; --b) free_.push_back(int32_t(b));  // pop 0 first

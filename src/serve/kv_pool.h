@@ -1,6 +1,7 @@
 // The paged latent cache of the serving engine: fixed-size blocks of positions from one pool,
 // a block table per sequence (vLLM's PagedAttention layout applied to MLA's latent rows: a
-// block holds, for every layer, block_rows rows of kv_lora_rank + qk_rope_head_dim floats).
+// block holds, for every layer, block_rows rows of kv_lora_rank + qk_rope_head_dim values,
+// stored as the model's cache dtype, kernels/latent_cache.h).
 //
 // Prefix cache (SGLang's radix cache at block granularity, vLLM's automatic prefix caching):
 // a block whose positions are all computed is keyed by the hash chain of its tokens,
@@ -24,16 +25,17 @@ constexpr int64_t kBlockRows = 16;
 
 class KvPool {
  public:
-  // n_layers: the model's layers (main, then MTP); row: floats per position and layer.
-  KvPool(int64_t n_blocks, int64_t block_rows, int64_t n_layers, int64_t row);
+  // n_layers: the model's layers (main, then MTP); row: values per position and layer,
+  // stored as dtype.
+  KvPool(int64_t n_blocks, int64_t block_rows, int64_t n_layers, int64_t row, CacheDtype dtype);
 
-  KvPoolView view() { return {data_.data(), n_blocks_, block_rows_, row_}; }
+  KvPoolView view() { return {data_.data(), n_blocks_, block_rows_, row_, dtype_}; }
   int64_t block_rows() const { return block_rows_; }
   int64_t n_blocks() const { return n_blocks_; }
   int64_t used() const { return used_; }                  // blocks held by a sequence
   int64_t available() const { return int64_t(free_.size() + lru_.size()); }
-  static int64_t bytes_per_block(int64_t block_rows, int64_t n_layers, int64_t row) {
-    return block_rows * n_layers * row * int64_t(sizeof(float));
+  static int64_t bytes_per_block(int64_t block_rows, int64_t n_layers, int64_t row, CacheDtype dtype) {
+    return block_rows * n_layers * cache_row_bytes(dtype, row);
   }
 
   // A block for a sequence (refcount 1): a free one, else the least recently used cached
@@ -60,7 +62,8 @@ class KvPool {
     std::list<int32_t>::iterator lru;  // valid when cached && ref == 0
   };
   int64_t n_blocks_, block_rows_, row_;
-  std::vector<float> data_;
+  CacheDtype dtype_;
+  std::vector<uint8_t> data_;
   std::vector<Meta> meta_;
   std::vector<int32_t> free_;
   std::list<int32_t> lru_;  // cached, unreferenced; front = least recently used
