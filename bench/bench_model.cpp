@@ -1,6 +1,7 @@
 // dsv3 bench decode  (--model DIR | --config JSON [--format fp8]) [--context 256,8192]
-//                    [--steps 32] [--threads T] [--json]
-//   Batch-1 decode tokens/s at each context length, beside the memory-bandwidth roofline
+//                    [--kv-cache f32,bf16,fp8] [--steps 32] [--threads T] [--json]
+//   Batch-1 decode tokens/s at each context length and stored cache form, beside the
+//   memory-bandwidth roofline
 //   measured in the same run: bytes each token must read (the weights a decode step touches,
 //   Model::decode_bytes_per_token, plus the latent cache at that context) ÷ stream-read
 //   bandwidth (kernels/gemv.h stream_read over 512 MB).
@@ -98,7 +99,8 @@ std::unique_ptr<Model> open_model(const ModelBenchOpts& o, int threads, ModelDir
   mo.with_mtp = false;
   mo.threads = threads;
   mo.bf16_activations = cli::parse_activations(o.activations);
-  mo.kv_cache = CacheDtype(cli::parse_kv_cache(o.kv_cache));
+  // The first of a --kv-cache list (run_decode measures each; --batch and prefill the first).
+  mo.kv_cache = CacheDtype(cli::parse_kv_cache(o.kv_cache.substr(0, o.kv_cache.find(','))));
   auto m = std::make_unique<Model>(md.dir, mo);
   const double t0 = now_s();
   const uint64_t bytes = m->prefault();
@@ -190,6 +192,14 @@ void run_decode(const ModelBenchOpts& o) {
   DSV3_CHECK(o.steps >= 3 && o.steps <= 100000, "--steps must be in [3, 100000], got ", o.steps);
   if (!o.batches.empty()) return run_decode_batched(o);
   const std::vector<int32_t> ctxs = cli::parse_id_list(o.contexts, "--context");
+  // --kv-cache may list several stored forms: each is measured at every context, in this run.
+  std::vector<CacheDtype> kvs;
+  for (size_t i = 0; i <= o.kv_cache.size();) {
+    size_t j = o.kv_cache.find(',', i);
+    if (j == std::string::npos) j = o.kv_cache.size();
+    kvs.push_back(CacheDtype(cli::parse_kv_cache(o.kv_cache.substr(i, j - i))));
+    i = j + 1;
+  }
   if (o.threads > 0) set_num_threads(o.threads);
   const int threads = resolve_threads(o.threads);
   ModelDir md;
@@ -198,77 +208,86 @@ void run_decode(const ModelBenchOpts& o) {
   const ModelConfig& c = m.config();
   const double wbytes = double(m.decode_bytes_per_token());
   const double bw0 = measure_membw(threads);
-  struct Row { int64_t ctx; double tps, cache_bytes, roof_w, roof; };
+  struct Row { int64_t ctx; CacheDtype kv; double tps, cache_bytes, roof_w, roof; };
   std::vector<Row> rows;
   uint32_t seed = 12345;
-  for (int32_t ctx : ctxs) {
-    DSV3_CHECK(ctx >= 1, "--context entries must be ≥ 1");
-    KvCache cache = m.new_cache(int64_t(ctx) + o.steps + 1);
-    // The cache of a `ctx`-token context: random latent rows (fill_random_rows).
-    for (int64_t l = 0; l < cache.n_main; ++l)
-      fill_random_rows(cache.layer(l).base, ctx, cache.row, cache.dtype, seed);
-    cache.len = ctx;
-    ForwardScratch s;
-    std::vector<float> logits(static_cast<size_t>(m.vocab()));
-    std::vector<double> step_s;
-    ForwardProfile prof;
-    for (int64_t i = 0; i < o.steps; ++i) {
-      const int32_t id = int32_t(lcg(seed) % uint32_t(m.vocab()));
-      ForwardArgs a;
-      a.ids = &id;
-      a.T = 1;
-      a.logits = logits.data();
-      if (o.profile && i > 0) a.profile = &prof;
-      const double t0 = now_s();
-      m.forward(cache, a, s);
-      step_s.push_back(now_s() - t0);
+  for (CacheDtype kv : kvs) {
+    for (int32_t ctx : ctxs) {
+      DSV3_CHECK(ctx >= 1, "--context entries must be ≥ 1");
+      KvCache cache = m.new_cache(int64_t(ctx) + o.steps + 1, kv);
+      // The cache of a `ctx`-token context: random latent rows (fill_random_rows).
+      for (int64_t l = 0; l < cache.n_main; ++l)
+        fill_random_rows(cache.layer(l).base, ctx, cache.row, cache.dtype, seed);
+      cache.len = ctx;
+      ForwardScratch s;
+      std::vector<float> logits(static_cast<size_t>(m.vocab()));
+      std::vector<double> step_s;
+      ForwardProfile prof;
+      for (int64_t i = 0; i < o.steps; ++i) {
+        const int32_t id = int32_t(lcg(seed) % uint32_t(m.vocab()));
+        ForwardArgs a;
+        a.ids = &id;
+        a.T = 1;
+        a.logits = logits.data();
+        if (o.profile && i > 0) a.profile = &prof;
+        const double t0 = now_s();
+        m.forward(cache, a, s);
+        step_s.push_back(now_s() - t0);
+      }
+      if (o.profile && prof.calls > 0) {
+        const double n = double(prof.calls) * 1e-3;
+        std::fprintf(stderr, "context %d, %s cache, ms per step: attention %.2f, ffn %.2f, norms %.2f, head %.2f\n",
+                     ctx, cache_dtype_name(kv), prof.attn / n, prof.ffn / n, prof.norm / n, prof.head / n);
+      }
+      step_s.erase(step_s.begin());  // warm-up step (page faults of the mmapped weights)
+      Row r;
+      r.ctx = ctx;
+      r.kv = kv;
+      r.tps = 1.0 / median(step_s);
+      r.cache_bytes = double(ctx) * double(cache.row_bytes) * double(c.num_hidden_layers);
+      r.roof_w = bw0 * 1e9 / wbytes;
+      r.roof = bw0 * 1e9 / (wbytes + r.cache_bytes);
+      rows.push_back(r);
     }
-    if (o.profile && prof.calls > 0) {
-      const double n = double(prof.calls) * 1e-3;
-      std::fprintf(stderr, "context %d, ms per step: attention %.2f, ffn %.2f, norms %.2f, head %.2f\n",
-                   ctx, prof.attn / n, prof.ffn / n, prof.norm / n, prof.head / n);
-    }
-    step_s.erase(step_s.begin());  // warm-up step (page faults of the mmapped weights)
-    Row r;
-    r.ctx = ctx;
-    r.tps = 1.0 / median(step_s);
-    r.cache_bytes = double(ctx) * double(cache.row_bytes) * double(c.num_hidden_layers);
-    r.roof_w = bw0 * 1e9 / wbytes;
-    r.roof = bw0 * 1e9 / (wbytes + r.cache_bytes);
-    rows.push_back(r);
   }
   const double bw1 = measure_membw(threads);
   const ParamCounts pc = count_parameters(c);
-  const CacheDtype kv = m.kv_cache_dtype();
   // Stored bytes per token over all layers (kv_cache_elems_mla counts values).
-  const long long kv_bytes = (long long)(c.num_hidden_layers * cache_row_bytes(kv, mla_cache_row(c)));
+  auto kv_bytes = [&](CacheDtype kv) {
+    return (long long)(c.num_hidden_layers * cache_row_bytes(kv, mla_cache_row(c)));
+  };
   if (o.json) {
     std::printf("{\"bench\":\"decode\",\"threads\":%d,\"params_main\":%lld,\"activated\":%lld,"
                 "\"decode_bytes\":%.0f,\"membw_gbps\":[%.2f,%.2f],\"kv_cache\":\"%s\","
                 "\"kv_bytes_per_token\":%lld,\"kv_bytes_per_token_mha\":%lld,\"runs\":[",
                 threads, (long long)pc.main_total(), (long long)pc.activated, wbytes, bw0, bw1,
-                cache_dtype_name(kv), kv_bytes, (long long)(kv_cache_elems_mha(c) * 4));
+                cache_dtype_name(kvs[0]), kv_bytes(kvs[0]), (long long)(kv_cache_elems_mha(c) * 4));
     for (size_t i = 0; i < rows.size(); ++i)
-      std::printf("%s{\"context\":%lld,\"tokens_per_s\":%.2f,\"cache_bytes\":%.0f,"
+      std::printf("%s{\"context\":%lld,\"kv_cache\":\"%s\",\"tokens_per_s\":%.2f,\"cache_bytes\":%.0f,"
                   "\"roofline_tps\":%.2f,\"roofline_weights_only_tps\":%.2f,\"of_roofline\":%.3f}",
-                  i ? "," : "", (long long)rows[i].ctx, rows[i].tps, rows[i].cache_bytes,
-                  rows[i].roof, rows[i].roof_w, rows[i].tps / rows[i].roof);
+                  i ? "," : "", (long long)rows[i].ctx, cache_dtype_name(rows[i].kv), rows[i].tps,
+                  rows[i].cache_bytes, rows[i].roof, rows[i].roof_w, rows[i].tps / rows[i].roof);
     std::printf("]}\n");
     return;
   }
   std::printf("model %s: %.2fB parameters (main), %.1fM activated per token, threads %d\n",
               md.temporary ? o.config.c_str() : o.model.c_str(), double(pc.main_total()) * 1e-9,
               double(pc.activated) * 1e-6, threads);
-  std::printf("weights read per decode step %.1f MB; KV cache per token %lld B (MLA latent, %s) "
-              "vs %lld B for MHA of the same heads in F32 (%.1fx)\n",
-              wbytes * 1e-6, kv_bytes, cache_dtype_name(kv), (long long)(kv_cache_elems_mha(c) * 4),
-              double(kv_cache_elems_mha(c) * 4) / double(kv_bytes));
+  std::printf("weights read per decode step %.1f MB; KV cache per token: ", wbytes * 1e-6);
+  for (CacheDtype kv : kvs) std::printf("%lld B (%s), ", kv_bytes(kv), cache_dtype_name(kv));
+  std::printf("MHA of the same heads in F32 %lld B\n", (long long)(kv_cache_elems_mha(c) * 4));
   std::printf("membw %.1f GB/s before, %.1f GB/s after\n", bw0, bw1);
-  std::printf("%8s %12s %14s %16s %12s\n", "context", "tokens/s", "cache MB read", "roofline tok/s",
-              "of roofline");
-  for (const Row& r : rows)
-    std::printf("%8lld %12.2f %14.1f %16.2f %11.1f%%\n", (long long)r.ctx, r.tps,
-                r.cache_bytes * 1e-6, r.roof, 100.0 * r.tps / r.roof);
+  std::printf("%8s %6s %12s %14s %16s %12s %10s\n", "context", "cache", "tokens/s", "cache MB read",
+              "roofline tok/s", "of roofline", "x first");
+  for (const Row& r : rows) {
+    // The same context's speed with the first listed cache form.
+    double base = 0;
+    for (const Row& q : rows)
+      if (q.ctx == r.ctx && q.kv == kvs[0]) base = q.tps;
+    std::printf("%8lld %6s %12.2f %14.1f %16.2f %11.1f%% %9.2fx\n", (long long)r.ctx,
+                cache_dtype_name(r.kv), r.tps, r.cache_bytes * 1e-6, r.roof, 100.0 * r.tps / r.roof,
+                base > 0 ? r.tps / base : 0.0);
+  }
 }
 
 void run_prefill(const ModelBenchOpts& o) {
@@ -327,7 +346,8 @@ void add_common(CLI::App* c, ModelBenchOpts& o) {
   c->add_option("--format", o.format, "With --config: fp8 | bf16 | f32 (default fp8)");
   c->add_option("--threads", o.threads, "Threads (default: all cores)");
   c->add_option("--activations", o.activations, cli::kActivationsHelp);
-  c->add_option("--kv-cache", o.kv_cache, cli::kKvCacheHelp);
+  c->add_option("--kv-cache", o.kv_cache,
+                 std::string(cli::kKvCacheHelp) + ". decode: a list measures each, e.g. f32,bf16,fp8");
   c->add_flag("--json", o.json, "One JSON line");
 }
 

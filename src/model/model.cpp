@@ -105,19 +105,17 @@ uint64_t Model::prefault() const {
   return bytes;
 }
 
-KvCache Model::new_cache(int64_t capacity) { return make_cache(capacity, 0); }
-
 KvCache Model::new_mtp_cache(int64_t capacity) {
-  return make_cache(capacity, cfg_.num_hidden_layers);
+  return make_cache(capacity, cfg_.num_hidden_layers, kv_dtype_);
 }
 
-KvCache Model::make_cache(int64_t capacity, int64_t first_layer) {
+KvCache Model::make_cache(int64_t capacity, int64_t first_layer, CacheDtype dtype) {
   DSV3_CHECK(capacity > 0, "the context size must be positive, got ", capacity);
   reserve_positions(capacity);  // also refuses capacity > max_position_embeddings
   KvCache c;
   c.capacity = capacity;
   c.row = mla_cache_row(cfg_);
-  c.dtype = kv_dtype_;
+  c.dtype = dtype;
   c.row_bytes = cache_row_bytes(c.dtype, c.row);
   c.n_main = cfg_.num_hidden_layers;
   c.first_layer = first_layer;

@@ -144,7 +144,8 @@ class Model {
 
   // A cache for up to `capacity` positions (≤ max_position_embeddings), stored as the
   // options' kv_cache; grows the RoPE table.
-  KvCache new_cache(int64_t capacity);
+  KvCache new_cache(int64_t capacity) { return make_cache(capacity, 0, kv_dtype_); }
+  KvCache new_cache(int64_t capacity, CacheDtype dtype) { return make_cache(capacity, 0, dtype); }
   CacheDtype kv_cache_dtype() const { return kv_dtype_; }
 
   void forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) const;
@@ -190,7 +191,7 @@ class Model {
   void head(float* logits, const float* h, int64_t T, const Weight& w, ForwardScratch& s) const;
 
   // Layers [first_layer, main + MTP) of `capacity` positions (new_cache, new_mtp_cache).
-  KvCache make_cache(int64_t capacity, int64_t first_layer);
+  KvCache make_cache(int64_t capacity, int64_t first_layer, CacheDtype dtype);
 
   std::unique_ptr<Checkpoint> ckpt_;
   ModelConfig cfg_;
