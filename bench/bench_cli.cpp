@@ -17,6 +17,7 @@ void register_bench(CLI::App& app) {
   dsv3::bench::add_load(*bench);
   dsv3::bench::add_model(*bench);
   dsv3::bench::add_absorb(*bench);
+  dsv3::bench::add_latent(*bench);
   dsv3::bench::add_train(*bench);
   dsv3::bench::add_stage(*bench);
   dsv3::bench::add_spec(*bench);
