@@ -55,3 +55,17 @@ if [[ -f runs/mtp-bench/step-000300/config.json ]]; then
   echo "== MTP speculative vs plain decoding (runs/mtp-bench: bench/mtp_speculative.sh trains it, ~35 min)"
   "$DSV3" bench speculative --model runs/mtp-bench/step-000300 --tokens 128 --draft 1,2 --reps 3 | tee "$OUT/speculative.txt"
 fi
+echo
+echo "== decode per latent-cache form, configs/bench-v3-1b.json (random FP8 weights), 2 threads"
+[[ -f $OUT/b1b/config.json ]] || "$DSV3" init --config configs/bench-v3-1b.json --format fp8 --out "$OUT/b1b" --no-mtp
+"$DSV3" bench decode --model "$OUT/b1b" --context 256,4096,8192,32768 --kv-cache f32,bf16,fp8 --steps 20 --profile \
+  2>&1 | tee "$OUT/decode_kv.txt"
+"$DSV3" bench latent --s 8192 | tee -a "$OUT/decode_kv.txt"
+echo
+echo "== distributed training (MPI): expert-parallel overlap under injected delay, pipeline bubble"
+if command -v mpirun >/dev/null; then
+  QUIET_WAIT=60 bench/dist/overlap.sh "$BUILD" "$OUT/overlap" | tee "$OUT/overlap.txt"
+  QUIET_WAIT=60 bench/dist/pipeline.sh "$BUILD" | tee "$OUT/pipeline.txt"
+else
+  echo "(mpirun not found: apt-get install -y openmpi-bin libopenmpi-dev)"
+fi
