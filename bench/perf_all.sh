@@ -58,7 +58,7 @@ fi
 echo
 echo "== decode per latent-cache form, configs/bench-v3-1b.json (random FP8 weights), 2 threads"
 [[ -f $OUT/b1b/config.json ]] || "$DSV3" init --config configs/bench-v3-1b.json --format fp8 --out "$OUT/b1b" --no-mtp
-"$DSV3" bench decode --model "$OUT/b1b" --context 256,4096,8192,32768 --kv-cache f32,bf16,fp8 --steps 20 --profile \
+"$DSV3" bench decode --model "$OUT/b1b" --context 256,4096,8192,32704 --kv-cache f32,bf16,fp8 --steps 20 --profile \
   2>&1 | tee "$OUT/decode_kv.txt"
 "$DSV3" bench latent --s 8192 | tee -a "$OUT/decode_kv.txt"
 echo
