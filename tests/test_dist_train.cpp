@@ -559,6 +559,48 @@ TEST(DistTrainCli, ResumesIntoAnotherLayout) {
   }
 }
 
+// --init (context extension, docs/long-context.md) under mpirun: every rank reads the init
+// checkpoint's whole arena (the --resume path) and takes its ZeRO-1 shard or pipeline stage,
+// so 2 data-parallel ranks and 2 pipeline stages compute the bits of one process with 2
+// micro-batches, from the same weights, at the extension's seq_len and YaRN.
+TEST(DistTrainCli, InitFromACheckpointOnEveryRank) {
+  NEED_MPIRUN();
+  const fs::path base = fresh("init-base");
+  json j = train_json("f32");
+  j["steps"] = 3;
+  j["batch"] = 4;
+  j["checkpoint_every"] = 0;
+  ASSERT_EQ(cli(train_args(write_config("init-base", j), base)).rc, 0);
+  json e = j;
+  e["steps"] = 4;
+  e["seq_len"] = 32;
+  e["model"]["rope_scaling"] = {{"type", "yarn"}, {"factor", 4}, {"original_max_position_embeddings", 16},
+                                {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1.0}, {"mscale_all_dim", 1.0}};
+  e["optimizer"] = {{"lr", 1e-3}, {"lr_min", 1e-3}, {"warmup_steps", 0}, {"decay_start", 4}};
+  const std::string cfg = write_config("init-ext", e);
+  const std::string init = " --init " + (base / latest(base)).string();
+  const fs::path one = fresh("init-one");
+  const CliRun a = cli(train_args(cfg, one) + " --micro-batches 2" + init);
+  ASSERT_EQ(a.rc, 0) << a.err;
+  for (const char* layout : {"", "--pp 2 --schedule 1f1b --micro-batches 2"}) {
+    const fs::path many = fresh(std::string("init-np2") + (*layout ? "-pp" : ""));
+    const CliRun b = mpi_train(2, cfg, many, layout + init);
+    ASSERT_EQ(b.rc, 0) << b.err;
+    const std::vector<json> ma = metrics(one), mb = metrics(many);
+    ASSERT_EQ(ma.size(), 4u);
+    ASSERT_EQ(mb.size(), ma.size()) << layout;
+    for (size_t i = 0; i < ma.size(); ++i) expect_same_metrics(mb[i], ma[i]);
+    ASSERT_EQ(latest(many), latest(one));
+    EXPECT_TRUE(master_params(many / latest(many)) == master_params(one / latest(one))) << layout;
+  }
+  // Refused on every rank, before anything is written.
+  const fs::path bad = fresh("init-bad");
+  const CliRun r = mpi_train(2, cfg, bad, "--init " + (root() / "no-such-dir").string());
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("is not a directory"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(bad / "latest"));
+}
+
 TEST(DistTrainCli, InconsistentLayoutIsRefusedOnEveryRank) {
   NEED_MPIRUN();
   const std::string cfg = cli_config("bad");

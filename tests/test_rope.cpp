@@ -12,7 +12,9 @@
 
 #include "core/check.h"
 #include "kernels/rope.h"
+#include "model/mla.h"
 #include "ops_testing.h"
+#include "train/train_config.h"
 
 namespace dsv3 {
 namespace {
@@ -105,7 +107,7 @@ std::vector<RefConfig> load_reference() {
 
 TEST(Yarn, TablesMatchPyTorchReference) {
   const std::vector<RefConfig> refs = load_reference();
-  ASSERT_EQ(refs.size(), 4u);
+  ASSERT_EQ(refs.size(), 6u);
   for (const RefConfig& r : refs) {
     const YarnParams* ys = r.yarn ? &r.scaling : nullptr;
     const int64_t half = r.dim / 2;
@@ -132,6 +134,66 @@ TEST(Yarn, TablesMatchPyTorchReference) {
         EXPECT_NEAR(s[size_t(i)], r.sin[j][size_t(i)],
                     std::fabs(r.sin[j][size_t(i)]) * 0x1p-24 + 1e-9)
             << r.name << " pos " << r.pos[j] << " i=" << i;
+      }
+    }
+  }
+}
+
+// The shipped context-extension configs of the demo model (docs/long-context.md) hold the
+// YaRN numbers of the reference's tiny-ext-* entries, and the path both training
+// (train_model.cpp) and inference (model.cpp) take from a config to the kernels —
+// yarn_params, rope_frequencies, rope_build_table, attention_softmax_scale — gives the
+// reference's frequencies, table rows and mscale'd softmax scale for them.
+TEST(Yarn, ExtensionConfigsMatchPyTorchReference) {
+  const std::vector<RefConfig> refs = load_reference();
+  const std::string here = __FILE__;
+  const std::string repo = here.substr(0, here.rfind('/')) + "/..";
+  const TrainConfig base = load_train_config(repo + "/configs/tiny.json");
+  EXPECT_TRUE(base.model.rope_scaling.type.empty());
+  for (const char* name : {"tiny-ext-1024", "tiny-ext-4096"}) {
+    SCOPED_TRACE(name);
+    const RefConfig* r = nullptr;
+    for (const RefConfig& c : refs)
+      if (c.name == name) r = &c;
+    ASSERT_NE(r, nullptr);
+    const TrainConfig t = load_train_config(repo + "/configs/" + name + ".json");
+    const ModelConfig& m = t.model;
+    YarnParams storage;
+    const YarnParams* y = yarn_params(m, &storage);
+    ASSERT_NE(y, nullptr);
+    // The report's rule (§4.3): factors over the pre-training length, mscale = mscale_all_dim = 1,
+    // and room for factor × original positions (the release: 40 × 4096 = 163840).
+    EXPECT_EQ(y->original_max_position_embeddings, base.seq_len);
+    EXPECT_EQ(y->factor, r->scaling.factor);
+    EXPECT_EQ(y->original_max_position_embeddings, r->scaling.original_max_position_embeddings);
+    EXPECT_EQ(y->beta_fast, r->scaling.beta_fast);
+    EXPECT_EQ(y->beta_slow, r->scaling.beta_slow);
+    EXPECT_EQ(y->mscale, r->scaling.mscale);
+    EXPECT_EQ(y->mscale_all_dim, r->scaling.mscale_all_dim);
+    EXPECT_EQ(double(m.max_position_embeddings), y->factor * double(base.seq_len));
+    EXPECT_LE(t.seq_len, m.max_position_embeddings);
+    EXPECT_EQ(m.qk_rope_head_dim, r->dim);
+    EXPECT_EQ(m.qk_head_dim(), r->qk_head_dim);
+    EXPECT_EQ(m.rope_theta, r->theta);
+    std::vector<double> freq(static_cast<size_t>(r->dim / 2));
+    rope_frequencies(freq.data(), m.qk_rope_head_dim, m.rope_theta, y);
+    for (size_t i = 0; i < freq.size(); ++i)
+      EXPECT_NEAR(freq[i], r->freq[i], 8 * 2.2e-16 * r->freq[i]) << "i=" << i;
+    EXPECT_NEAR(attention_softmax_scale(m.qk_head_dim(), y), r->softmax_scale, kEps * r->softmax_scale);
+    // mscale = 0.1 ln(factor) + 1 (√t of the report), squared into the softmax scale.
+    const double mscale = 0.1 * std::log(y->factor) + 1.0;
+    EXPECT_NEAR(r->softmax_scale, mscale * mscale / std::sqrt(double(m.qk_head_dim())), 1e-15);
+    // The table rows at the reference positions inside the trained length.
+    const int64_t half = r->dim / 2;
+    for (size_t j = 0; j < r->pos.size(); ++j) {
+      if (r->pos[j] >= t.seq_len) continue;
+      std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
+      rope_build_table(c.data(), s.data(), r->pos[j], 1, m.qk_rope_head_dim, m.rope_theta, y);
+      for (int64_t i = 0; i < half; ++i) {
+        EXPECT_NEAR(c[size_t(i)], r->cos[j][size_t(i)], std::fabs(r->cos[j][size_t(i)]) * 0x1p-24 + 1e-9)
+            << "pos " << r->pos[j] << " i=" << i;
+        EXPECT_NEAR(s[size_t(i)], r->sin[j][size_t(i)], std::fabs(r->sin[j][size_t(i)]) * 0x1p-24 + 1e-9)
+            << "pos " << r->pos[j] << " i=" << i;
       }
     }
   }

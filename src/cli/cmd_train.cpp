@@ -18,6 +18,8 @@ void register_train(CLI::App& app) {
   c->add_option("--out", o->out_dir, "Output directory: checkpoints, metrics.jsonl")->required();
   c->add_option("--steps", o->steps, "Stop after this many steps (default: the config's)");
   c->add_flag("--resume", o->resume, "Continue from OUT's latest checkpoint (exactly: optimizer, data position)");
+  c->add_option("--init", o->init_dir, "Start from this trainer checkpoint's weights (context extension: the "
+                "config may change only rope_scaling, max_position_embeddings; optimizer, step, data fresh)");
   c->add_option("--threads", o->threads, "Threads (default: all cores)");
   c->add_flag("--quiet", o->quiet, "No progress line");
   // The layout of a distributed run (mpirun -np N dsv3 train ...; docs/distributed.md).

@@ -84,6 +84,7 @@ struct State {
   std::vector<float>& params;
   TrainStep& ts;
   const Dist& d;
+  std::string init_dir;  // --init's checkpoint (recorded in trainer_state.json), or ""
 };
 
 // A moment of the whole arena on the lead rank, gathered from the ZeRO shards (every rank
@@ -143,6 +144,7 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
   j["tokens"] = tokens;
   j["loader"] = json::parse(ls.to_json());
   j["config"] = st.cfg.text;
+  if (!st.init_dir.empty()) j["init"] = st.init_dir;
   j["layout"] = {{"dp", st.d.lay.dp}, {"ep", st.d.lay.ep}, {"pp", st.d.lay.pp},
                  {"micro_batches", st.d.lay.micro_batches}};
   if (st.d.lay.pp > 1) j["layout"]["schedule"] = st.d.lay.schedule;
@@ -255,11 +257,77 @@ std::string resume_mismatch(const TrainConfig& saved, const TrainConfig& now) {
   return d.empty() ? "the settings" : d;
 }
 
+// The master weights (and, when adam is given, the AdamW moments) of a trainer checkpoint
+// DIR/trainer/state.safetensors. The file holds the whole arena and whole moments whatever the
+// layout that wrote it, and every rank reads it: each takes its shard (resharding is just a
+// different [lo, hi)). Shared by --resume (weights and moments) and --init (weights only).
+void load_trainer_state(const fs::path& dir, std::vector<float>& params, AdamW* adam) {
+  SafetensorsFile f((dir / "trainer" / "state.safetensors").string());
+  const SafetensorsEntry* pe = f.find("params");
+  DSV3_CHECK(pe != nullptr, f.path(), ": no tensor 'params'");
+  const TensorView pv = f.view(*pe);
+  DSV3_CHECK(pv.dtype == DType::F32 && pv.numel() == int64_t(params.size()), f.path(),
+             ": tensor 'params' does not match this model (", pv.numel(), " values, expected ",
+             params.size(), ")");
+  std::memcpy(params.data(), pv.data, params.size() * sizeof(float));
+  if (!adam) return;
+  for (int which = 0; which < 2; ++which) {
+    const char* nm = which == 0 ? "adam_m" : "adam_v";
+    const SafetensorsEntry* e = f.find(nm);
+    DSV3_CHECK(e != nullptr, f.path(), ": no tensor '", nm, "'");
+    adam->load_moment(which, f.view(*e), f.path());
+  }
+}
+
+// Context extension (--init, report §4.3) may change only the position handling of the model:
+// rope_scaling (YaRN) and max_position_embeddings. The first other key of config.json whose
+// value differs, as "'key' (A there, B here)", or "" when the architectures agree.
+std::string architecture_mismatch(const ModelConfig& saved, const ModelConfig& now) {
+  json a = json::parse(model_config_to_json(saved)), b = json::parse(model_config_to_json(now));
+  for (json* j : {&a, &b}) {
+    j->erase("rope_scaling");
+    j->erase("max_position_embeddings");
+  }
+  for (auto it = b.begin(); it != b.end(); ++it)
+    if (!a.contains(it.key()) || a[it.key()] != it.value())
+      return "'" + it.key() + "' (" + (a.contains(it.key()) ? a[it.key()].dump() : "absent") + " there, " +
+             it.value().dump() + " here)";
+  for (auto it = a.begin(); it != a.end(); ++it)
+    if (!b.contains(it.key())) return "'" + it.key() + "' (" + it.value().dump() + " there, absent here)";
+  return "";
+}
+
+// --init DIR must be a trainer checkpoint (dsv3 train's step-NNNNNN) whose architecture is this
+// config's; checked before OUT is touched. Its master weights are then read by
+// load_trainer_state (every rank, as --resume); optimizer, step and data position stay fresh.
+void check_init_checkpoint(const std::string& init, const TrainRunOptions& o, const TrainConfig& cfg) {
+  const fs::path dir(init);
+  DSV3_CHECK(fs::is_directory(dir), "--init: ", init, " is not a directory (give a checkpoint written by "
+             "dsv3 train, e.g. runs/tiny/step-000300)");
+  const fs::path state = dir / "trainer" / "trainer_state.json";
+  DSV3_CHECK(fs::is_regular_file(state) && fs::is_regular_file(dir / "trainer" / "state.safetensors"),
+             "--init: ", init, " is not a trainer checkpoint (no trainer/trainer_state.json and "
+             "trainer/state.safetensors; --init needs the F32 master weights dsv3 train writes)");
+  const json j = json::parse(read_text_file(state.string()), nullptr, false);
+  DSV3_CHECK(j.is_object() && j.contains("config") && j["config"].is_string(), state.string(),
+             ": not a trainer state (no 'config' text)");
+  const TrainConfig saved = parse_train_config(j["config"].get<std::string>(), state.string(),
+                                               fs::path(o.config_path).parent_path().string());
+  const std::string diff = architecture_mismatch(saved.model, cfg.model);
+  DSV3_CHECK(diff.empty(), "--init: the model of ", init, " differs from ", o.config_path, "'s in ", diff,
+             "; context extension may change only rope_scaling and max_position_embeddings");
+  DSV3_CHECK(saved.mtp == cfg.mtp, "--init: ", init, " was trained ", saved.mtp ? "with" : "without",
+             " the MTP modules and ", o.config_path, " has 'mtp.enabled' ", cfg.mtp ? "true" : "false",
+             "; set it to ", saved.mtp ? "true" : "false");
+}
+
 }  // namespace
 
 int run_training(const TrainRunOptions& o) {
   DSV3_CHECK(!o.config_path.empty() && !o.data_dir.empty() && !o.out_dir.empty(),
              "dsv3 train needs --config, --data and --out");
+  DSV3_CHECK(!(o.resume && !o.init_dir.empty()), "dsv3 train: --init and --resume exclude each other: --init "
+             "starts a new run from a checkpoint's weights, --resume continues the run in --out");
   TrainConfig cfg = load_train_config(o.config_path);
   ParallelConfig& pc = cfg.parallel;
   if (o.dp > 0) pc.dp = o.dp, pc.dp_given = true;
@@ -274,6 +342,7 @@ int run_training(const TrainRunOptions& o) {
              "without MPI (install libopenmpi-dev and openmpi-bin, then rebuild)");
   // Under mpirun without a dp of its own, the ranks of each stage are data-parallel ranks.
   if (!pc.dp_given && dist::launched_by_mpi()) pc.dp = std::max<int64_t>(1, dist::Comm::world().size() / pc.pp);
+  if (!o.init_dir.empty()) check_init_checkpoint(o.init_dir, o, cfg);
   Dist d;
   d.world = &dist::Comm::world();
   try {
@@ -328,6 +397,7 @@ int run_training(const TrainRunOptions& o) {
   data::Loader loader(ds, lo_opt);  // every rank draws the global batch and takes its rows
   int64_t start = 0;
   double tokens = 0;
+  std::string init_from = o.init_dir;  // kept through --resume of an extension run
   if (o.resume) {
     const std::string name = latest_name(o.out_dir);
     DSV3_CHECK(!name.empty(), "--resume: ", o.out_dir, " has no checkpoint (no 'latest' file)");
@@ -342,30 +412,22 @@ int run_training(const TrainRunOptions& o) {
     DSV3_CHECK(resume_key(saved) == resume_key(cfg), "--resume: ", dir.string(), " does not match ",
                o.config_path, " in ", resume_mismatch(saved, cfg),
                "; start a new --out or restore the original config");
-    // The checkpoint holds the whole arena and whole moments whatever the layout that wrote
-    // it: each rank takes its shard (resharding is just a different [lo, hi)).
-    SafetensorsFile f((dir / "trainer" / "state.safetensors").string());
-    const SafetensorsEntry* pe = f.find("params");
-    DSV3_CHECK(pe != nullptr, f.path(), ": no tensor 'params'");
-    const TensorView pv = f.view(*pe);
-    DSV3_CHECK(pv.dtype == DType::F32 && pv.numel() == int64_t(params.size()), f.path(),
-               ": tensor 'params' does not match this model (", pv.numel(), " values, expected ",
-               params.size(), ")");
-    std::memcpy(params.data(), pv.data, params.size() * sizeof(float));
-    for (int which = 0; which < 2; ++which) {
-      const char* nm = which == 0 ? "adam_m" : "adam_v";
-      const SafetensorsEntry* e = f.find(nm);
-      DSV3_CHECK(e != nullptr, f.path(), ": no tensor '", nm, "'");
-      adam.load_moment(which, f.view(*e), f.path());
-    }
+    load_trainer_state(dir, params, &adam);
     adam.set_step_count(j.at("adam_t").get<int64_t>());
     start = j.at("step").get<int64_t>();
     tokens = j.value("tokens", 0.0);
+    init_from = j.value("init", std::string());
     loader.restore(data::LoaderState::from_json(j.at("loader").dump()));
     if (lead) {
       truncate_metrics(fs::path(o.out_dir) / "metrics.jsonl", start);
       std::fprintf(stderr, "resumed from %s at step %lld\n", dir.string().c_str(), (long long)start);
     }
+  } else if (!o.init_dir.empty()) {
+    load_trainer_state(o.init_dir, params, nullptr);
+    if (lead)
+      std::fprintf(stderr, "initialised from %s (weights; optimizer, step and data position fresh; seq_len "
+                   "%lld, rope_scaling %s)\n", o.init_dir.c_str(), (long long)cfg.seq_len,
+                   cfg.model.rope_scaling.type.empty() ? "none" : cfg.model.rope_scaling.type.c_str());
   } else {
     ps.init(params.data(), cfg.seed);
   }
@@ -376,7 +438,7 @@ int run_training(const TrainRunOptions& o) {
                  d.lay.micro_batches, d.lay.micro_batches == 1 ? "" : "es",
                  (long long)d.lay.micro_batch, (long long)(ts.hi() - ts.lo()), resolve_threads(threads));
 
-  const State st{cfg, ps, params, ts, d};
+  const State st{cfg, ps, params, ts, d, init_from};
 
   std::signal(SIGINT, dsv3_on_signal);
   std::signal(SIGTERM, dsv3_on_signal);

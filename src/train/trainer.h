@@ -11,7 +11,8 @@
 //                            position, the config text)
 //   latest                   the name of the newest complete checkpoint
 //   .lock                    flock'ed while a trainer runs on OUT: a second one is refused
-// A fresh run (no --resume) refuses an OUT whose `latest` names a checkpoint.
+// A fresh run (no --resume) refuses an OUT whose `latest` names a checkpoint. --init DIR starts a
+// fresh run from DIR's weights (context extension; docs/long-context.md).
 //
 // Under mpirun (docs/distributed.md) every rank runs this loop on its share of each batch
 // (parallel/layout.h); rank 0 alone writes OUT. Each rank receives the sum of its ZeRO-1
@@ -34,6 +35,11 @@ struct TrainRunOptions {
   std::string schedule;
   int64_t steps = -1;     // overrides the config's steps (the schedule keeps the config's)
   bool resume = false;
+  // A trainer checkpoint to start from (context extension, report §4.3): its master weights
+  // (MTP modules included) under this config's seq_len, rope_scaling and
+  // max_position_embeddings; the optimizer, step and data position start fresh. The model
+  // must otherwise be the checkpoint's. Excludes resume.
+  std::string init_dir;
   int threads = 0;
   bool quiet = false;     // no progress line
 };

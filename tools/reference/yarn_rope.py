@@ -27,6 +27,15 @@ CONFIGS = [
      dict(factor=8.0, original_max_position_embeddings=1024, beta_fast=16.0, beta_slow=2.0,
           mscale=1.0, mscale_all_dim=0.5), 48),
     ("moonlight", 64, 50000.0, None, 192),
+    # The demo model's context-extension configs (configs/tiny-ext-*.json; test_rope reads
+    # those files and checks they hold these numbers): rope dim 16, qk_head_dim 32 + 16,
+    # factors over the pre-training length 256 (report §4.3's rule, mscale = mscale_all_dim = 1).
+    ("tiny-ext-1024", 16, 10000.0,
+     dict(factor=4.0, original_max_position_embeddings=256, beta_fast=32.0, beta_slow=1.0,
+          mscale=1.0, mscale_all_dim=1.0), 48),
+    ("tiny-ext-4096", 16, 10000.0,
+     dict(factor=16.0, original_max_position_embeddings=256, beta_fast=32.0, beta_slow=1.0,
+          mscale=1.0, mscale_all_dim=1.0), 48),
 ]
 POSITIONS = [0, 1, 2, 3, 17, 100, 1000, 4095, 4096, 10000, 32767, 65536, 131071, 163839]
 
