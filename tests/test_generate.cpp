@@ -361,6 +361,32 @@ TEST(GenerateCli, ActivationsFlag) {
   EXPECT_NE(r.err.find("--activations: expected f32 or bf16, got 'fp16'"), std::string::npos) << r.err;
 }
 
+// --kv-cache: each stored form gives what the library gives with that ModelOptions::kv_cache
+// (bf16 being the default), and an unknown form is refused by name.
+TEST(GenerateCli, KvCacheFlag) {
+  if (!std::getenv("DSV3_BIN")) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
+  const std::string dir = temp_dir("cli_kv");
+  RandomCheckpointOptions o;
+  o.format = CheckpointFormat::BF16;
+  o.seed = 12;
+  write_random_checkpoint(tiny_v3_config(), dir, o);
+  const auto prompt = ids_for(20, 300, 5);
+  for (const char* kv : {"", "f32", "bf16", "fp8"}) {
+    ModelOptions mo;
+    if (*kv) EXPECT_TRUE(parse_cache_dtype(kv, &mo.kv_cache));
+    EXPECT_EQ(mo.kv_cache, *kv ? mo.kv_cache : CacheDtype::BF16);
+    Model m(dir, mo);
+    const auto expect = Generator(m, nullptr).generate(prompt, greedy(12, true)).ids;
+    CliRun r = run_cli("generate --model " + dir + " --ids " + join_ids(prompt) + " --max-new-tokens 12" +
+                       (*kv ? std::string(" --kv-cache ") + kv : std::string()));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    EXPECT_EQ(r.out, join_ids(expect) + "\n") << kv;
+  }
+  CliRun r = run_cli("generate --model " + dir + " --ids 1,2 --kv-cache f16");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("--kv-cache: expected bf16, fp8 or f32, got 'f16'"), std::string::npos) << r.err;
+}
+
 TEST(GenerateCli, ChatTwoTurnsReusesTheCache) {
   if (!std::getenv("DSV3_BIN")) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
   const std::string dir = make_model("cli_chat");

@@ -138,7 +138,7 @@ TEST(TrainInit, StartsFromTheCheckpointWithFreshOptimizerAndData) {
       std::string ids;
       for (int64_t t = 0; t <= lo.seq_len; ++t)
         ids += (t ? "," : "") + std::to_string(batch[size_t(b * (lo.seq_len + 1) + t)]);
-      const CliRun s = cli("score --model " + model.string() + " --ids " + ids + " --json --threads 1");
+      const CliRun s = cli("score --model " + model.string() + " --ids " + ids + " --json --threads 1 --kv-cache f32");
       EXPECT_EQ(s.rc, 0) << s.err;
       const json sj = json::parse(s.out);  // (a range-for over a temporary's member would dangle)
       for (const json& v : sj.at("logprobs")) {
@@ -197,7 +197,7 @@ TEST(TrainInit, CheckpointCarriesTheNewRopeScalingAndRoundTrips) {
   // Scored as a model: finite log-probs over the 32-token extension length.
   std::string ids = "0";
   for (int i = 1; i < 40; ++i) ids += "," + std::to_string(i * 7 % env().vocab);
-  const CliRun s = cli("score --model " + ck.string() + " --ids " + ids + " --json --threads 1");
+  const CliRun s = cli("score --model " + ck.string() + " --ids " + ids + " --json --threads 1 --kv-cache f32");
   ASSERT_EQ(s.rc, 0) << s.err;
   const json sj = json::parse(s.out);
   ASSERT_EQ(sj.at("logprobs").size(), 39u);
