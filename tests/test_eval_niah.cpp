@@ -204,6 +204,9 @@ TEST(Niah, CopyingModelScoresOneWrongKeyZero) {
     ASSERT_EQ(col.size(), 5u);
     for (const auto& v : col) EXPECT_NEAR(v.get<double>(), 2.0 / 3.0, 1e-12);
   }
+  ASSERT_EQ(j["examples"].size(), 3u);
+  EXPECT_EQ(j["examples"][0][0]["key"], niah_key(11, 64, 0, 0));
+  EXPECT_EQ(j["examples"][0][0]["answer"], " 00000.");  // trial 0 answered wrongly
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot not installed";
   const std::string png = (root() / "grid" / "niah.png").string();
   fs::create_directories(root() / "grid");

@@ -20,6 +20,7 @@
 #include "infer/generate.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
 
 namespace dsv3::eval {
 
@@ -145,14 +146,20 @@ NiahResult run_niah(const NiahBuilder& b, const NiahOptions& o, const NiahAnswer
   NiahResult r;
   r.opt = o;
   r.score.assign(o.lengths.size() * o.depths.size(), 0.0);
+  r.first_key.resize(r.score.size());
+  r.first_answer.resize(r.score.size());
   for (size_t li = 0; li < o.lengths.size(); ++li) {
     for (size_t di = 0; di < o.depths.size(); ++di) {
       int passed = 0;
       for (int k = 0; k < o.trials; ++k) {
         const std::string key = niah_key(o.seed, o.lengths[li], o.depths[di], k);
         const NiahPrompt p = b.build(o.lengths[li], o.depths[di], key);
-        const std::vector<int32_t> got = answer(p.ids, p.max_new);
-        passed += niah_answer_matches(b.tokenizer().decode(got, true), key);
+        const std::string text = b.tokenizer().decode(answer(p.ids, p.max_new), true);
+        passed += niah_answer_matches(text, key);
+        if (k == 0) {
+          r.first_key[li * o.depths.size() + di] = key;
+          r.first_answer[li * o.depths.size() + di] = text;
+        }
       }
       r.score[li * o.depths.size() + di] = double(passed) / double(o.trials);
       if (progress) progress(li, di, r.score[li * o.depths.size() + di]);
@@ -212,6 +219,17 @@ std::string niah_json(const NiahResult& r, const std::string& model) {
     scores.push_back(col);
   }
   j["scores"] = scores;
+  nlohmann::json examples = nlohmann::json::array();
+  for (size_t li = 0; li < r.opt.lengths.size(); ++li) {
+    nlohmann::json col = nlohmann::json::array();
+    for (size_t di = 0; di < r.opt.depths.size(); ++di) {
+      const size_t c = li * r.opt.depths.size() + di;
+      col.push_back({{"key", c < r.first_key.size() ? r.first_key[c] : ""},
+                     {"answer", tok::utf8_lossy(c < r.first_answer.size() ? r.first_answer[c] : "")}});
+    }
+    examples.push_back(col);
+  }
+  j["examples"] = examples;
   j["scores_layout"] = "scores[i][j]: lengths[i], depths[j]";
   j["mean"] = r.mean();
   return j.dump() + "\n";

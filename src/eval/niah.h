@@ -44,6 +44,8 @@ struct NiahOptions {
 struct NiahResult {
   NiahOptions opt;
   std::vector<double> score;       // [lengths x depths]: score[li * depths + di]
+  // [lengths x depths]: trial 0's key and the answer's text, to see what the model says
+  std::vector<std::string> first_key, first_answer;
   double at(size_t li, size_t di) const { return score[li * opt.depths.size() + di]; }
   double mean() const;
 };
@@ -105,7 +107,7 @@ NiahAnswerer model_answerer(Model& m, int64_t max_length);
 // The grid as text: one row per depth, one column per length, scores to 2 decimals.
 std::string niah_grid_text(const NiahResult& r);
 // niah.json: {"model", "seed", "trials", "lengths", "depths", "scores": [[per depth] per
-// length], "mean"}.
+// length], "mean", "examples": [[{"key", "answer"} of trial 0, per depth] per length]}.
 std::string niah_json(const NiahResult& r, const std::string& model);
 // The heatmap in the layout of the report's Figure 8 (x: context length, y: depth %, 0 at
 // the top; colour: score, red 0 -> green 1) through gnuplot. Throws dsv3::Error when
