@@ -128,7 +128,7 @@ class Writer {
   DocFiles files_;
 };
 
-// Moves the data set in dir/all/ into dir/ (kept documents) and dir/val/ (held out):
+// Splits the data set in dir/all/ into dir/ (kept documents) and dir/val/ (held out):
 // k = round(fraction * n) documents, clamped to [1, n - 1], those with the k smallest
 // mix_key(seed, index) — a choice that depends on the seed and the document count only.
 // The documents were written once to all/ because k needs n, which only the end of the
