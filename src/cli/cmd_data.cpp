@@ -1,15 +1,20 @@
 // dsv3 data prepare --tokenizer T --input FILES/DIRS... --out DATA [--threads N]
+//                   [--val-fraction F] [--seed S]
 // dsv3 data info DATA [--tokenizer T]
 // dsv3 data sample DATA [--tokenizer T] [--seq-len T] [--batch B] [--seed S] [--batches N]
 //                       [--fim-rate R] [--state JSON]
 #include <CLI/CLI.hpp>
 
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "commands.h"
+#include "core/check.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/prepare.h"
@@ -29,8 +34,29 @@ void run_prepare(const data::PrepareOptions& o) {
               static_cast<long long>(m.sources), static_cast<long long>(st.bytes_text),
               static_cast<long long>(st.bytes_code), static_cast<long long>(st.dropped_empty),
               st.seconds);
+  if (st.val.n_docs > 0) {
+    const data::DataMeta& v = st.val;
+    const double docs = double(m.n_docs + v.n_docs), toks = double(m.n_tokens + v.n_tokens);
+    std::printf("split (seed %llu): train %s: %lld documents, %lld tokens (%.1f%% of tokens); "
+                "val %s/val: %lld documents (%.1f%%), %lld tokens (%.1f%%)\n",
+                static_cast<unsigned long long>(o.seed), o.out.c_str(),
+                static_cast<long long>(m.n_docs), static_cast<long long>(m.n_tokens),
+                100.0 * double(m.n_tokens) / toks, o.out.c_str(), static_cast<long long>(v.n_docs),
+                100.0 * double(v.n_docs) / docs, static_cast<long long>(v.n_tokens),
+                100.0 * double(v.n_tokens) / toks);
+  }
   std::printf("vocab %d, eos %d, fim begin/hole/end %d/%d/%d, tokenizer hash %s\n", m.vocab_size,
               m.eos_id, m.fim_begin_id, m.fim_hole_id, m.fim_end_id, m.tokenizer_hash.c_str());
+}
+
+// --val-fraction: a number (the range is checked by prepare_data).
+double parse_fraction(const std::string& s) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(s.c_str(), &end);
+  DSV3_CHECK(!s.empty() && end && *end == '\0' && errno == 0 && std::isfinite(v),
+             "--val-fraction: '", s, "' is not a number (expected a fraction in [0, 1), e.g. 0.05)");
+  return v;
 }
 
 struct InfoOpts {
@@ -89,7 +115,13 @@ void register_data(CLI::App& app) {
       ->required()->expected(1, -1);
   p->add_option("--out", o->out, "data set directory to write")->required();
   p->add_option("--threads", o->threads, "tokenizer threads (0: all cores)")->capture_default_str();
-  p->callback([o] {
+  auto val_fraction = std::make_shared<std::string>("0");
+  p->add_option("--val-fraction", *val_fraction,
+                "fraction of whole documents held out into DATA/val/ (0: no split)")
+      ->capture_default_str();
+  p->add_option("--seed", o->seed, "which documents are held out")->capture_default_str();
+  p->callback([o, val_fraction] {
+    o->val_fraction = parse_fraction(*val_fraction);
     o->progress = true;
     run_prepare(*o);
   });

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   dsv3::cli::register_generate(app);
   dsv3::cli::register_serve(app);
   dsv3::cli::register_pipeline_sim(app);
+  dsv3::cli::register_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

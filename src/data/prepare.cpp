@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -16,6 +17,7 @@
 
 #include "core/check.h"
 #include "core/parallel.h"
+#include "core/rng.h"
 #include "io/file_util.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
@@ -48,19 +50,52 @@ struct Doc {
   DocKind kind;
 };
 
-// Appends to the open output files and keeps the counts.
-class Writer {
+// tokens.bin and docs.bin of one directory, appended document by document, and the counts
+// of what they hold in `meta`.
+class DocFiles {
  public:
-  Writer(const fs::path& dir, const tok::Tokenizer& t, int threads)
-      : t_(t), threads_(threads) {
+  explicit DocFiles(const fs::path& dir) {
     tokens_ = std::fopen((dir / "tokens.bin").c_str(), "wb");
     docs_ = std::fopen((dir / "docs.bin").c_str(), "wb");
     DSV3_CHECK(tokens_ && docs_, dir.string(), ": cannot create output files");
   }
-  ~Writer() {
+  ~DocFiles() {
     if (tokens_) std::fclose(tokens_);
     if (docs_) std::fclose(docs_);
   }
+
+  void append(const uint32_t* ids, uint32_t len, DocKind kind, DataMeta& meta) {
+    DSV3_CHECK(std::fwrite(ids, 4, len, tokens_) == len, "writing tokens.bin failed");
+    uint8_t rec[kDocRecordBytes] = {};
+    const uint64_t begin = uint64_t(meta.n_tokens);
+    std::memcpy(rec, &begin, 8);
+    std::memcpy(rec + 8, &len, 4);
+    rec[12] = uint8_t(kind);
+    DSV3_CHECK(std::fwrite(rec, 1, sizeof rec, docs_) == sizeof rec, "writing docs.bin failed");
+    meta.n_tokens += len;
+    ++meta.n_docs;
+    if (kind == DocKind::kCode) meta.n_tokens_code += len, ++meta.n_docs_code;
+  }
+
+  void close() {
+    for (FILE** f : {&tokens_, &docs_}) {
+      const bool ok = std::fflush(*f) == 0 && ::fsync(fileno(*f)) == 0;
+      std::fclose(*f);
+      *f = nullptr;
+      DSV3_CHECK(ok, "flushing the data set files failed");
+    }
+  }
+
+ private:
+  FILE* tokens_ = nullptr;
+  FILE* docs_ = nullptr;
+};
+
+// Tokenizes documents and appends them to the output files.
+class Writer {
+ public:
+  Writer(const fs::path& dir, const tok::Tokenizer& t, int threads)
+      : t_(t), threads_(threads), files_(dir) {}
 
   // Tokenizes docs in parallel (one document per task; the order of the output is the
   // input order whatever the threads do) and appends them.
@@ -80,37 +115,56 @@ class Writer {
       DSV3_CHECK(ids[i].size() <= UINT32_MAX, "a document of ", ids[i].size(),
                  " tokens is too long (the format holds up to 2^32-1 per document)");
       buf.assign(ids[i].begin(), ids[i].end());
-      DSV3_CHECK(std::fwrite(buf.data(), 4, buf.size(), tokens_) == buf.size(),
-                 "writing tokens.bin failed");
-      uint8_t rec[kDocRecordBytes] = {};
-      const uint64_t begin = uint64_t(st.meta.n_tokens);
-      const uint32_t len = uint32_t(ids[i].size());
-      std::memcpy(rec, &begin, 8);
-      std::memcpy(rec + 8, &len, 4);
-      rec[12] = uint8_t(docs[i].kind);
-      DSV3_CHECK(std::fwrite(rec, 1, sizeof rec, docs_) == sizeof rec, "writing docs.bin failed");
-      st.meta.n_tokens += len;
-      ++st.meta.n_docs;
-      if (code) st.meta.n_tokens_code += len, ++st.meta.n_docs_code;
+      files_.append(buf.data(), uint32_t(buf.size()), docs[i].kind, st.meta);
     }
     docs.clear();
   }
 
-  void close() {
-    for (FILE** f : {&tokens_, &docs_}) {
-      const bool ok = std::fflush(*f) == 0 && ::fsync(fileno(*f)) == 0;
-      std::fclose(*f);
-      *f = nullptr;
-      DSV3_CHECK(ok, "flushing the data set files failed");
-    }
-  }
+  void close() { files_.close(); }
 
  private:
   const tok::Tokenizer& t_;
   int threads_;
-  FILE* tokens_ = nullptr;
-  FILE* docs_ = nullptr;
+  DocFiles files_;
 };
+
+// Splits the data set in dir/all/ into dir/ (kept documents) and dir/val/ (held out):
+// k = round(fraction * n) documents, clamped to [1, n - 1], those with the k smallest
+// mix_key(seed, index) — a choice that depends on the seed and the document count only.
+// The documents were written once to all/ because k needs n, which only the end of the
+// tokenization knows (empty documents are dropped); the copy costs one more write.
+void split_held_out(const fs::path& dir, double fraction, uint64_t seed, PrepareStats& st) {
+  const DataSet all = DataSet::open((dir / "all").string());
+  const int64_t n = all.n_docs();
+  DSV3_CHECK(n >= 2, "--val-fraction: the corpus has ", n, " document; holding out whole "
+             "documents needs at least 2 (or --val-fraction 0)");
+  const int64_t k = std::clamp<int64_t>(std::llround(fraction * double(n)), 1, n - 1);
+  std::vector<std::pair<uint64_t, int64_t>> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[size_t(i)] = {mix_key(seed, uint64_t(i), 0x76616c), i};
+  std::nth_element(order.begin(), order.begin() + k, order.end());
+  std::vector<bool> held(static_cast<size_t>(n), false);
+  for (int64_t j = 0; j < k; ++j) held[size_t(order[size_t(j)].second)] = true;
+
+  DataMeta train = all.meta(), val = all.meta();
+  for (DataMeta* m : {&train, &val}) m->n_docs = m->n_tokens = m->n_docs_code = m->n_tokens_code = 0;
+  std::error_code ec;
+  DSV3_CHECK(fs::create_directories(dir / "val", ec), "--out: cannot create '",
+             (dir / "val").string(), "' (", ec.message(), ")");
+  DocFiles train_files(dir), val_files(dir / "val");
+  for (int64_t i = 0; i < n; ++i) {
+    const DocEntry e = all.doc(i);
+    if (held[size_t(i)])
+      val_files.append(all.doc_tokens(i), e.length, e.kind, val);
+    else
+      train_files.append(all.doc_tokens(i), e.length, e.kind, train);
+  }
+  train_files.close();
+  val_files.close();
+  write_file_atomic((dir / "meta.json").string(), train.to_json());
+  write_file_atomic((dir / "val" / "meta.json").string(), val.to_json());
+  st.meta = train;
+  st.val = val;
+}
 
 constexpr size_t kChunkBytes = size_t(32) << 20;  // tokenize this much text per batch
 
@@ -198,6 +252,9 @@ PrepareStats prepare_data(const PrepareOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   DSV3_CHECK(!opt.inputs.empty(), "--input: no inputs given");
   DSV3_CHECK(!opt.out.empty(), "--out: no output directory given");
+  DSV3_CHECK(opt.val_fraction >= 0 && opt.val_fraction < 1, "--val-fraction: ", opt.val_fraction,
+             " is outside [0, 1) (the fraction of documents held out; 0 = no split)");
+  const bool split = opt.val_fraction > 0;
   const auto files = collect(opt.inputs);
   const auto tokenizer = tok::Tokenizer::from_path(opt.tokenizer);
   const tok::Tokenizer& t = *tokenizer;
@@ -233,8 +290,12 @@ PrepareStats prepare_data(const PrepareOptions& opt) {
     }
   } cleanup{tmp};
 
+  // With a split every document goes to tmp/all/ first (split_held_out).
+  const fs::path first = split ? tmp / "all" : tmp;
+  if (split) DSV3_CHECK(fs::create_directories(first, ec), "--out: cannot create '",
+                        first.string(), "' (", ec.message(), ")");
   {
-    Writer w(tmp, t, resolve_threads(opt.threads));
+    Writer w(first, t, resolve_threads(opt.threads));
     std::vector<Doc> docs;
     size_t pending = 0;
     for (size_t f = 0; f < files.size(); ++f) {
@@ -260,7 +321,11 @@ PrepareStats prepare_data(const PrepareOptions& opt) {
   }
   DSV3_CHECK(m.n_docs > 0 && m.n_tokens > 0, "no documents in the inputs (",
              files.size(), " files read, ", st.dropped_empty, " empty documents): nothing to train on");
-  write_file_atomic((tmp / "meta.json").string(), m.to_json());
+  write_file_atomic((first / "meta.json").string(), m.to_json());
+  if (split) {
+    split_held_out(tmp, opt.val_fraction, opt.seed, st);
+    fs::remove_all(first);
+  }
 
   if (fs::exists(out, ec)) {
     const fs::path old = out.string() + ".old-" + std::to_string(::getpid());
