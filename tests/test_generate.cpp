@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -385,6 +386,49 @@ TEST(GenerateCli, KvCacheFlag) {
   CliRun r = run_cli("generate --model " + dir + " --ids 1,2 --kv-cache f16");
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("--kv-cache: expected bf16, fp8 or f32, got 'f16'"), std::string::npos) << r.err;
+}
+
+// dsv3 score over more than one prefill chunk (kPrefillChunk): its log-probs equal those of
+// the whole sequence in one forward (naive form, F32 cache) to F32 summation order, and the
+// MTP module's too; the chunks' later parts run the absorbed form over the cache.
+TEST(GenerateCli, ScoreInChunksEqualsOneForward) {
+  if (!std::getenv("DSV3_BIN")) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
+  const std::string dir = temp_dir("cli_score_chunks");
+  RandomCheckpointOptions o;
+  o.format = CheckpointFormat::BF16;
+  o.seed = 13;
+  write_random_checkpoint(tiny_v3_config(), dir, o);
+  const int64_t n = 2 * kPrefillChunk + 77;
+  const auto ids = ids_for(n, 300, 6);
+  const CliRun r = run_cli("score --model " + dir + " --ids " + join_ids(ids) + " --json --mtp --kv-cache f32");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  const auto lp = j.at("logprobs").get<std::vector<double>>();
+  ASSERT_EQ(int64_t(lp.size()), n - 1);
+  ModelOptions mo;
+  mo.kv_cache = CacheDtype::F32;
+  Model m(dir, mo);
+  const int64_t V = m.vocab();
+  KvCache cache = m.new_cache(n);
+  ForwardScratch s;
+  std::vector<float> logits(static_cast<size_t>(n * V));
+  ForwardArgs a;
+  a.ids = ids.data();
+  a.T = n;
+  a.logits = logits.data();
+  m.forward(cache, a, s);
+  double worst = 0;
+  for (int64_t i = 0; i + 1 < n; ++i) {
+    const float* row = logits.data() + i * V;
+    float mx = row[0];
+    for (int64_t v = 1; v < V; ++v) mx = std::max(mx, row[v]);
+    double se = 0;
+    for (int64_t v = 0; v < V; ++v) se += std::exp(double(row[v]) - mx);
+    const double want = double(row[ids[size_t(i + 1)]]) - mx - std::log(se);
+    worst = std::max(worst, std::fabs(lp[size_t(i)] - want));
+  }
+  EXPECT_LT(worst, 1e-4);
+  EXPECT_EQ(int64_t(j.at("mtp_logprobs").at(0).size()), n - 2) << r.out.substr(0, 200);
 }
 
 TEST(GenerateCli, ChatTwoTurnsReusesTheCache) {

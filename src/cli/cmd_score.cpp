@@ -10,6 +10,7 @@
 #include "core/check.h"
 #include "core/parallel.h"
 #include "kernels/softmax.h"
+#include "infer/generate.h"
 #include "model/model.h"
 #include "model_args.h"
 #include "tokenizer/tokenizer.h"
@@ -69,12 +70,17 @@ void run_score(const ScoreArgs& a) {
   KvCache cache = m.new_cache(n);
   ForwardScratch s;
   std::vector<float> hidden(static_cast<size_t>(n * H));
-  ForwardArgs fa;
-  fa.ids = ids.data();
-  fa.T = n;
-  fa.form = AttnForm(parse_attn_form(a.attn));
-  fa.hidden = hidden.data();
-  m.forward(cache, fa, s);
+  const AttnForm form = AttnForm(parse_attn_form(a.attn));
+  // In chunks of kPrefillChunk, as generate prefills (infer/generate.h): memory is the cache
+  // and one chunk's activations whatever the length, and the log-probs are generate's.
+  for (int64_t p = 0; p < n; p += kPrefillChunk) {
+    ForwardArgs fa;
+    fa.ids = ids.data() + p;
+    fa.T = std::min(kPrefillChunk, n - p);
+    fa.form = form;
+    fa.hidden = hidden.data() + p * H;
+    m.forward(cache, fa, s);
+  }
   const std::vector<double> lp = score_rows(m, 0, hidden.data(), n - 1, ids.data() + 1, s);
 
   // MTP module k at position i takes h^{k-1}_i and t_{i+k} and predicts t_{i+k+1}.
@@ -83,14 +89,16 @@ void run_score(const ScoreArgs& a) {
     std::vector<float> prev = hidden, next(prev.size());
     for (int k = 1; k <= m.n_mtp() && n - k - 1 > 0; ++k) {
       const int64_t T = n - k;
-      MtpArgs ma;
-      ma.k = k;
-      ma.ids = ids.data() + k;
-      ma.h_prev = prev.data();
-      ma.T = T;
-      ma.form = fa.form;
-      ma.hidden = next.data();
-      m.mtp_forward(cache, ma, s);
+      for (int64_t p = 0; p < T; p += kPrefillChunk) {
+        MtpArgs ma;
+        ma.k = k;
+        ma.ids = ids.data() + k + p;
+        ma.h_prev = prev.data() + p * H;
+        ma.T = std::min(kPrefillChunk, T - p);
+        ma.form = form;
+        ma.hidden = next.data() + p * H;
+        m.mtp_forward(cache, ma, s);
+      }
       mtp.push_back(score_rows(m, k, next.data(), n - k - 1, ids.data() + k + 1, s));
       std::swap(prev, next);
     }
