@@ -17,6 +17,7 @@
 #include "core/check.h"
 #include "infer/generate.h"
 #include "io/random_checkpoint.h"
+#include "kernels/softmax.h"
 #include "model/model.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
@@ -362,8 +363,9 @@ TEST(GenerateCli, ActivationsFlag) {
   EXPECT_NE(r.err.find("--activations: expected f32 or bf16, got 'fp16'"), std::string::npos) << r.err;
 }
 
-// --kv-cache: each stored form gives what the library gives with that ModelOptions::kv_cache
-// (bf16 being the default), and an unknown form is refused by name.
+// --kv-cache: generate's tokens and score's log-probs with each stored form are the library's
+// with that ModelOptions::kv_cache (bf16 when the flag is absent: the default), the three
+// forms' log-probs differ (the flag is not ignored), and an unknown form is refused by name.
 TEST(GenerateCli, KvCacheFlag) {
   if (!std::getenv("DSV3_BIN")) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
   const std::string dir = temp_dir("cli_kv");
@@ -371,18 +373,47 @@ TEST(GenerateCli, KvCacheFlag) {
   o.format = CheckpointFormat::BF16;
   o.seed = 12;
   write_random_checkpoint(tiny_v3_config(), dir, o);
-  const auto prompt = ids_for(20, 300, 5);
+  EXPECT_EQ(ModelOptions().kv_cache, CacheDtype::BF16);
+  const auto prompt = ids_for(40, 300, 5);
+  std::vector<std::vector<double>> lps;
   for (const char* kv : {"", "f32", "bf16", "fp8"}) {
     ModelOptions mo;
-    if (*kv) EXPECT_TRUE(parse_cache_dtype(kv, &mo.kv_cache));
-    EXPECT_EQ(mo.kv_cache, *kv ? mo.kv_cache : CacheDtype::BF16);
+    if (*kv) ASSERT_TRUE(parse_cache_dtype(kv, &mo.kv_cache));
     Model m(dir, mo);
+    const std::string flag = *kv ? std::string(" --kv-cache ") + kv : std::string();
     const auto expect = Generator(m, nullptr).generate(prompt, greedy(12, true)).ids;
-    CliRun r = run_cli("generate --model " + dir + " --ids " + join_ids(prompt) + " --max-new-tokens 12" +
-                       (*kv ? std::string(" --kv-cache ") + kv : std::string()));
+    CliRun r = run_cli("generate --model " + dir + " --ids " + join_ids(prompt) + " --max-new-tokens 12" + flag);
     ASSERT_EQ(r.rc, 0) << r.err;
     EXPECT_EQ(r.out, join_ids(expect) + "\n") << kv;
+    // score: one prefill of 40 tokens (naive form over the rounded rows); its head runs in
+    // chunks of rows, so logits differ from the one-call head by F32 order (~5e-7 seen).
+    r = run_cli("score --model " + dir + " --ids " + join_ids(prompt) + " --json" + flag);
+    ASSERT_EQ(r.rc, 0) << r.err;
+    lps.push_back(nlohmann::json::parse(r.out).at("logprobs").get<std::vector<double>>());
+    const int64_t V = m.vocab(), n = int64_t(prompt.size());
+    KvCache cache = m.new_cache(n);
+    ForwardScratch s;
+    std::vector<float> logits(static_cast<size_t>(n * V));
+    ForwardArgs a;
+    a.ids = prompt.data();
+    a.T = n;
+    a.logits = logits.data();
+    m.forward(cache, a, s);
+    ASSERT_EQ(int64_t(lps.back().size()), n - 1);
+    for (int64_t i = 0; i + 1 < n; ++i) {
+      const float* row = logits.data() + i * V;
+      EXPECT_NEAR(lps.back()[size_t(i)], double(row[prompt[size_t(i + 1)]]) - double(row_logsumexp(row, V)), 2e-6)
+          << kv << " position " << i;
+    }
   }
+  auto max_diff = [](const std::vector<double>& x, const std::vector<double>& y) {
+    double d = 0;
+    for (size_t i = 0; i < x.size(); ++i) d = std::max(d, std::fabs(x[i] - y[i]));
+    return d;
+  };
+  EXPECT_EQ(max_diff(lps[0], lps[2]), 0.0) << "no flag = bf16";
+  EXPECT_GT(max_diff(lps[1], lps[2]), 2e-5) << "f32 vs bf16";
+  EXPECT_GT(max_diff(lps[2], lps[3]), 2e-5) << "bf16 vs fp8";
   CliRun r = run_cli("generate --model " + dir + " --ids 1,2 --kv-cache f16");
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("--kv-cache: expected bf16, fp8 or f32, got 'f16'"), std::string::npos) << r.err;
@@ -428,7 +459,32 @@ TEST(GenerateCli, ScoreInChunksEqualsOneForward) {
     worst = std::max(worst, std::fabs(lp[size_t(i)] - want));
   }
   EXPECT_LT(worst, 1e-4);
-  EXPECT_EQ(int64_t(j.at("mtp_logprobs").at(0).size()), n - 2) << r.out.substr(0, 200);
+  // MTP module 1 over the main hidden rows, in one call too.
+  std::vector<float> hidden(static_cast<size_t>(n * m.config().hidden_size));
+  {
+    KvCache c2 = m.new_cache(n);
+    ForwardArgs h;
+    h.ids = ids.data();
+    h.T = n;
+    h.hidden = hidden.data();
+    m.forward(c2, h, s);
+    MtpArgs ma;
+    ma.k = 1;
+    ma.ids = ids.data() + 1;
+    ma.h_prev = hidden.data();
+    ma.T = n - 1;
+    ma.logits = logits.data();
+    m.mtp_forward(c2, ma, s);
+  }
+  const auto mlp = j.at("mtp_logprobs").at(0).get<std::vector<double>>();
+  ASSERT_EQ(int64_t(mlp.size()), n - 2);
+  double mworst = 0;
+  for (int64_t i = 0; i + 2 < n; ++i) {
+    const float* row = logits.data() + i * V;
+    mworst = std::max(mworst, std::fabs(mlp[size_t(i)] - (double(row[ids[size_t(i + 2)]]) -
+                                                          double(row_logsumexp(row, V)))));
+  }
+  EXPECT_LT(mworst, 1e-4);
 }
 
 TEST(GenerateCli, ChatTwoTurnsReusesTheCache) {

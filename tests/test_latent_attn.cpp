@@ -241,6 +241,20 @@ TEST(LatentAttn, StoredRowsContiguousAndPaged) {
           Data d(c, seed += 7, dt);
           latent_attention(d.args(), threads);
           check(d, active_isa() == Isa::Avx512, cache_dtype_name(dt));
+          // The stored rows give the bits their decoded values give as an F32 cache: the
+          // kernel's decode is exact (cache_decode_row's values) and nothing else changes.
+          {
+            Data f(c, seed, dt);
+            LatentAttn a = f.args();
+            a.cache = f.cache.data();
+            a.dtype = CacheDtype::F32;
+            latent_attention(a, threads);
+            for (int64_t m = 0; m < c.M; ++m)
+              for (int64_t j = 0; j < c.dc; ++j)
+                ASSERT_EQ(std::bit_cast<uint32_t>(d.o[m * d.ldo + j]),
+                          std::bit_cast<uint32_t>(f.o[m * f.ldo + j]))
+                    << "stored vs decoded F32: m " << m << " j " << j;
+          }
           // The same rows in blocks, the blocks in shuffled order.
           const int64_t br = 7, rb = cache_row_bytes(dt, c.R), stride = br * rb + 9;
           const int64_t nb = (c.S + br - 1) / br;

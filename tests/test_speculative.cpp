@@ -59,7 +59,7 @@ void set_eos(const std::string& dir, int32_t eos) {
 // One thread: these models are so small that OpenMP fork/join would dominate.
 // F32 cache: the tests below compare cache rows of two runs to a tolerance below BF16's
 // rounding (a row computed with different F32 roundings may round to the neighbouring BF16
-// value); SpeculativeKvCache covers the BF16 and FP8 caches by their tokens.
+// value); SpecVariants' *_kvbf16 / *_kvfp8 cover the BF16 and FP8 caches by their tokens.
 ModelOptions one_thread() {
   ModelOptions mo;
   mo.threads = 1;

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "model_args.h"
 #include "core/check.h"
 #include "core/parallel.h"
 #include "data/dataset.h"
@@ -68,7 +69,7 @@ std::vector<int64_t> parse_int_list(const std::string& s, const char* flag) {
 // ---- eval ppl ----------------------------------------------------------------------------
 
 struct PplArgs {
-  std::string model, data;
+  std::string model, data, kv_cache = "bf16";
   int64_t seq_len = 0, stride = 0, max_tokens = 0;
   bool json = false;
   int threads = 0;
@@ -82,6 +83,7 @@ void run_ppl(const PplArgs& a) {
       eval::open_held_out(a.data, tok_path.empty() ? "" : data::tokenizer_hash(tok_path));
   ModelOptions mo;
   mo.with_mtp = false;
+  mo.kv_cache = CacheDtype(cli::parse_kv_cache(a.kv_cache));
   Model m(a.model, mo);
   const std::vector<int32_t> ids = eval::packed_stream(held.set, a.max_tokens);
   eval::PerplexityOptions po;
@@ -128,6 +130,7 @@ void run_ppl(const PplArgs& a) {
 
 struct NiahArgs {
   std::string model, lengths, depths = "0,10,20,30,40,50,60,70,80,90,100", out, data, haystack;
+  std::string kv_cache = "bf16";
   int trials = 1;
   uint64_t seed = 0;
   int threads = 0;
@@ -149,6 +152,7 @@ void run_niah(const NiahArgs& a) {
   const auto t = tok::Tokenizer::from_path(tok_path);
   ModelOptions mo;
   mo.with_mtp = false;
+  mo.kv_cache = CacheDtype(cli::parse_kv_cache(a.kv_cache));
   Model m(a.model, mo);
   const int64_t max_pos = m.config().max_position_embeddings;
   eval::validate_niah_options(o, max_pos - eval::kNiahMaxAnswerTokens);
@@ -207,6 +211,7 @@ void register_eval(CLI::App& app) {
   pc->add_option("--max-tokens", p->max_tokens, "Evaluate only the first N tokens (0: all)");
   pc->add_flag("--json", p->json, "Print one JSON line");
   pc->add_option("--threads", p->threads, "Threads (default: all cores)");
+  pc->add_option("--kv-cache", p->kv_cache, cli::kKvCacheHelp);
   pc->callback([p] { run_ppl(*p); });
 
   auto n = std::make_shared<NiahArgs>();
@@ -221,6 +226,7 @@ void register_eval(CLI::App& app) {
   nc->add_option("--data", n->data, "Prepared data set: haystack from its val/ split");
   nc->add_option("--haystack", n->haystack, "Text file to cut haystacks from");
   nc->add_option("--threads", n->threads, "Threads (default: all cores)");
+  nc->add_option("--kv-cache", n->kv_cache, cli::kKvCacheHelp);
   nc->callback([n] { run_niah(*n); });
 }
 

@@ -38,8 +38,12 @@ void cache_encode_row(void* dst, const float* src, int64_t R, CacheDtype d) {
     case CacheDtype::FP8: {
       uint8_t* q = static_cast<uint8_t*>(dst);
       float amax = 0;
-      for (int64_t r = 0; r < R; ++r) amax = std::max(amax, std::fabs(src[r]));
-      DSV3_ASSERT(std::isfinite(amax));
+      bool finite = true;
+      for (int64_t r = 0; r < R; ++r) {
+        finite = finite && std::isfinite(src[r]);
+        amax = std::max(amax, std::fabs(src[r]));
+      }
+      DSV3_ASSERT(finite);  // a NaN or inf would poison the row's scale
       // An all-zero row keeps scale 0: every code 0, every value 0.
       const float s = amax / kE4M3Max;
       for (int64_t r = 0; r < R; ++r) q[r] = s > 0 ? f32_to_e4m3(src[r] / s) : uint8_t(0);
@@ -81,7 +85,7 @@ void cache_round_row(void* dst, float* src, int64_t R, CacheDtype d) {
     if (dst) std::memcpy(dst, src, size_t(R) * sizeof(float));
     return;
   }
-  // The largest stored row (FP8 of DeepSeek-V3: 580 bytes) fits; bigger rows take the heap.
+  // DeepSeek-V3's stored rows (BF16 1152 bytes, FP8 580) fit; bigger rows take the heap.
   alignas(64) uint8_t local[2048];
   std::vector<uint8_t> heap;
   uint8_t* buf = static_cast<uint8_t*>(dst);

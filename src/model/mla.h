@@ -105,10 +105,10 @@ inline int64_t mla_cache_row(const ModelConfig& c) { return c.kv_lora_rank + c.q
 void mla_forward(float* out, const float* x, int64_t T, int64_t p0, float* cache, const MlaLayer& L,
                  const MlaContext& ctx, AttnForm form, MlaScratch& s);
 
-// The same for several sequences at once (a serving step), over caches of any stored form:
-// the new rows are rounded through it (latent_cache.h) before anything attends to them: the projections run over all
-// rows through `lb` (linear.h: batch-invariant or one GEMM), the attention per sequence
-// over its own cache. x, out [rows, H] with rows = lb.rows().
+// The same for several sequences at once (a serving step): the projections run over all rows
+// through `lb` (linear.h: batch-invariant or one GEMM), the attention per sequence over its
+// own cache, of any stored form (each new row is rounded through that form before anything
+// attends to it, latent_cache.h). x, out [rows, H] with rows = lb.rows().
 void mla_forward_batch(float* out, const float* x, const MlaSeq* seqs, int n_seqs,
                        const MlaLayer& L, const MlaContext& ctx, const LinearBatch& lb,
                        MlaScratch& s);
