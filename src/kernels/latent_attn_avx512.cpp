@@ -88,13 +88,13 @@ const uint8_t* row_at(const LatentAttn& a, int64_t s, int64_t rb) {
 void decode_row(float* dst, const uint8_t* src, int64_t R, CacheDtype d) {
   using namespace avx512_detail;
   if (d == CacheDtype::BF16) {
-    const uint16_t* h = reinterpret_cast<const uint16_t*>(src);
+    // Byte addressing: a stored row need not be 2-byte aligned (unaligned vector loads).
     int64_t r = 0;
     for (; r + 16 <= R; r += 16)
-      _mm512_storeu_ps(dst + r, bf16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + r))));
+      _mm512_storeu_ps(dst + r, bf16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * r))));
     if (r < R) {
       const __mmask16 k = lanes_mask(R - r);
-      _mm512_mask_storeu_ps(dst + r, k, bf16_to_f32(_mm256_maskz_loadu_epi16(k, h + r)));
+      _mm512_mask_storeu_ps(dst + r, k, bf16_to_f32(_mm256_maskz_loadu_epi16(k, src + 2 * r)));
     }
     return;
   }

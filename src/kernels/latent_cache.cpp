@@ -31,8 +31,13 @@ void cache_encode_row(void* dst, const float* src, int64_t R, CacheDtype d) {
       std::memcpy(dst, src, size_t(R) * sizeof(float));
       return;
     case CacheDtype::BF16: {
-      uint16_t* h = static_cast<uint16_t*>(dst);
-      for (int64_t r = 0; r < R; ++r) h[r] = f32_to_bf16(src[r]);
+      // Byte copies: a stored row need not be 2-byte aligned (a pool of odd-sized FP8 rows
+      // reused as BF16, a test's deliberately misaligned buffer).
+      uint8_t* h = static_cast<uint8_t*>(dst);
+      for (int64_t r = 0; r < R; ++r) {
+        const uint16_t v = f32_to_bf16(src[r]);
+        std::memcpy(h + 2 * r, &v, 2);
+      }
       return;
     }
     case CacheDtype::FP8: {
@@ -59,8 +64,12 @@ void cache_decode_row(float* dst, const void* src, int64_t R, CacheDtype d) {
       std::memcpy(dst, src, size_t(R) * sizeof(float));
       return;
     case CacheDtype::BF16: {
-      const uint16_t* h = static_cast<const uint16_t*>(src);
-      for (int64_t r = 0; r < R; ++r) dst[r] = bf16_to_f32(h[r]);
+      const uint8_t* h = static_cast<const uint8_t*>(src);
+      for (int64_t r = 0; r < R; ++r) {
+        uint16_t v;
+        std::memcpy(&v, h + 2 * r, 2);
+        dst[r] = bf16_to_f32(v);
+      }
       return;
     }
     case CacheDtype::FP8: {
