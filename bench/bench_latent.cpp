@@ -16,6 +16,7 @@
 
 #include "bench_util.h"
 #include "benches.h"
+#include "cli/model_args.h"
 #include "core/check.h"
 #include "core/clock.h"
 #include "core/parallel.h"
@@ -37,15 +38,7 @@ void run_latent(const LatentOpts& o) {
              "need m, s, r, dc ≥ 1 and dc ≤ r");
   DSV3_CHECK(o.runs >= 3, "--runs must be ≥ 3");
   std::vector<CacheDtype> kvs;
-  for (size_t i = 0; i <= o.kv.size();) {
-    size_t j = o.kv.find(',', i);
-    if (j == std::string::npos) j = o.kv.size();
-    CacheDtype d;
-    DSV3_CHECK(parse_cache_dtype(o.kv.substr(i, j - i), &d), "--kv-cache: '", o.kv.substr(i, j - i),
-               "' is not f32, bf16 or fp8");
-    kvs.push_back(d);
-    i = j + 1;
-  }
+  for (int d : cli::parse_kv_cache_list(o.kv)) kvs.push_back(CacheDtype(d));
   if (o.threads > 0) set_num_threads(o.threads);
   const int nt = resolve_threads(o.threads);
   // Copies of the F32-sized cache so that one round streams ≥ 512 MB per form.

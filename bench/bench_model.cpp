@@ -194,12 +194,7 @@ void run_decode(const ModelBenchOpts& o) {
   const std::vector<int32_t> ctxs = cli::parse_id_list(o.contexts, "--context");
   // --kv-cache may list several stored forms: each is measured at every context, in this run.
   std::vector<CacheDtype> kvs;
-  for (size_t i = 0; i <= o.kv_cache.size();) {
-    size_t j = o.kv_cache.find(',', i);
-    if (j == std::string::npos) j = o.kv_cache.size();
-    kvs.push_back(CacheDtype(cli::parse_kv_cache(o.kv_cache.substr(i, j - i))));
-    i = j + 1;
-  }
+  for (int d : cli::parse_kv_cache_list(o.kv_cache)) kvs.push_back(CacheDtype(d));
   if (o.threads > 0) set_num_threads(o.threads);
   const int threads = resolve_threads(o.threads);
   ModelDir md;

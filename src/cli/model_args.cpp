@@ -50,4 +50,15 @@ int parse_kv_cache(const std::string& s) {
   return int(d);
 }
 
+std::vector<int> parse_kv_cache_list(const std::string& s) {
+  std::vector<int> out;
+  for (size_t i = 0; i <= s.size();) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    out.push_back(parse_kv_cache(s.substr(i, j - i)));
+    i = j + 1;
+  }
+  return out;
+}
+
 }  // namespace dsv3::cli

@@ -23,6 +23,8 @@ inline constexpr const char* kActivationsHelp =
 
 // --kv-cache: "bf16" (the default), "fp8" or "f32" (ModelOptions::kv_cache).
 int parse_kv_cache(const std::string& s);
+// "f32,bf16,fp8" -> each entry as parse_kv_cache (CacheDtype values).
+std::vector<int> parse_kv_cache_list(const std::string& s);
 inline constexpr const char* kKvCacheHelp =
     "How the latent KV cache is stored: bf16 (default; half the bytes of f32 per decode step), "
     "fp8 (E4M3 with a per-token scale, a quarter) or f32 (exact)";
