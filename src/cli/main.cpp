@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   dsv3::cli::register_train(app);
   dsv3::cli::register_generate(app);
   dsv3::cli::register_serve(app);
+  dsv3::cli::register_router(app);
   dsv3::cli::register_pipeline_sim(app);
   dsv3::cli::register_eval(app);
   try {
