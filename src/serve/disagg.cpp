@@ -20,23 +20,23 @@ void PendingTransfers::expire(double now) {
   }
 }
 
-bool PendingTransfers::put(std::shared_ptr<const KvTransfer> t, int64_t bytes, std::string* why) {
+int PendingTransfers::put(std::shared_ptr<const KvTransfer> t, int64_t bytes, std::string* why) {
   std::lock_guard<std::mutex> lk(mu_);
   const double now = now_s();
   expire(now);
   if (m_.count(t->id)) {
     *why = str_cat("a transfer with id '", t->id, "' is already waiting");
-    return false;
+    return 409;
   }
   if (bytes_ + bytes > max_bytes_) {
     *why = str_cat("the decode instance holds ", bytes_, " bytes of unclaimed transfers; ", bytes,
                    " more would pass its limit of ", max_bytes_);
-    return false;
+    return 503;
   }
   bytes_ += bytes;
   const std::string id = t->id;
   m_[id] = Entry{std::move(t), now, bytes};
-  return true;
+  return 0;
 }
 
 std::shared_ptr<const KvTransfer> PendingTransfers::take(const std::string& id) {

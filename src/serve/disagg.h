@@ -34,8 +34,9 @@ constexpr const char* kTransferIdHeader = "X-Dsv3-Transfer-Id";
 class PendingTransfers {
  public:
   PendingTransfers(double ttl_s, int64_t max_bytes) : ttl_s_(ttl_s), max_bytes_(max_bytes) {}
-  // false, with *why, when full (or the id is already waiting).
-  bool put(std::shared_ptr<const KvTransfer> t, int64_t bytes, std::string* why);
+  // 0 when stored; else the HTTP status and *why: 409 when a transfer with this id is
+  // already waiting, 503 when the store is full.
+  int put(std::shared_ptr<const KvTransfer> t, int64_t bytes, std::string* why);
   // The transfer with this id, removed from the store; nullptr when none (never came, taken,
   // or expired).
   std::shared_ptr<const KvTransfer> take(const std::string& id);

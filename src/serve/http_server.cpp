@@ -569,7 +569,8 @@ void HttpServer::Impl::routes() {
     std::string why;
     const json out = {{"transfer_id", t->id}, {"sequences", int64_t(t->seqs.size())},
                       {"bytes", int64_t(q.body.size())}};
-    if (!pending.put(std::move(t), int64_t(q.body.size()), &why)) throw ApiError(503, why, "", "transfer_store_full");
+    if (const int st = pending.put(std::move(t), int64_t(q.body.size()), &why))
+      throw ApiError(st, why, "", st == 409 ? "transfer_duplicate" : "transfer_store_full");
     r.set_content(dump(out), "application/json");
   }));
   svr.Post("/tokenize", guarded([this](const httplib::Request& q, httplib::Response& r) {

@@ -89,12 +89,16 @@ KvLayout kv_layout(const Model& m) {
 std::string encode_kv_transfer(const KvTransfer& t) {
   const KvLayout& l = t.layout;
   nlohmann::json positions = nlohmann::json::array();
-  for (const KvSequence& q : t.seqs) positions.push_back(int64_t(q.tokens.size()));
+  nlohmann::json cached = nlohmann::json::array();
+  for (const KvSequence& q : t.seqs) {
+    positions.push_back(int64_t(q.tokens.size()));
+    cached.push_back(q.cached);
+  }
   const nlohmann::json h = {{"model", l.model},           {"transfer_id", t.id},
                             {"layers", l.layers},         {"row", l.row},
                             {"cache_dtype", cache_dtype_name(l.dtype)},
                             {"row_bytes", l.row_bytes()}, {"vocab", l.vocab},
-                            {"positions", positions}};
+                            {"positions", positions},     {"cached", cached}};
   const std::string header = h.dump();
   size_t total = sizeof kMagic + 8 + header.size() + 4;
   for (const KvSequence& q : t.seqs) total += q.tokens.size() * 4 + q.rows.size() + q.logits.size() * 4;
@@ -145,7 +149,7 @@ bool decode_kv_transfer(std::string_view b, const KvLayout& expect, KvTransfer* 
   }
   KvTransfer t;
   KvLayout& l = t.layout;
-  std::vector<int64_t> positions;
+  std::vector<int64_t> positions, cached;
   try {
     l.model = h.at("model").get<std::string>();
     t.id = h.at("transfer_id").get<std::string>();
@@ -157,6 +161,7 @@ bool decode_kv_transfer(std::string_view b, const KvLayout& expect, KvTransfer* 
     if (h.at("row_bytes").get<int64_t>() != l.row_bytes())
       return fail(400, "KV transfer row_bytes does not match its row and cache_dtype");
     positions = h.at("positions").get<std::vector<int64_t>>();
+    cached = h.at("cached").get<std::vector<int64_t>>();
   } catch (const nlohmann::json::exception& e) {
     return fail(400, str_cat("KV transfer header: ", e.what()));
   }
@@ -169,15 +174,19 @@ bool decode_kv_transfer(std::string_view b, const KvLayout& expect, KvTransfer* 
                              expect.layers, " x ", expect.row, " in ", cache_dtype_name(expect.dtype),
                              ", vocab ", expect.vocab, "): start both with the same --kv-cache"));
   if (positions.empty()) return fail(400, "KV transfer holds no sequence");
+  if (cached.size() != positions.size()) return fail(400, "KV transfer: cached and positions differ in length");
   size_t off = sizeof kMagic + 8 + hn;
   const size_t end = b.size() - 4;
   const size_t rb = size_t(l.row_bytes());
-  for (int64_t P : positions) {
+  for (size_t i = 0; i < positions.size(); ++i) {
+    const int64_t P = positions[i];
     if (P < 1 || P > (int64_t(1) << 24)) return fail(400, str_cat("KV transfer sequence of ", P, " positions"));
+    if (cached[i] < 0 || cached[i] > P) return fail(400, str_cat("KV transfer: cached ", cached[i], " of ", P));
     const size_t tok_b = size_t(P) * 4, rows_b = size_t(l.layers) * size_t(P) * rb,
                  log_b = size_t(l.vocab) * 4;
     if (end - off < tok_b + rows_b + log_b) return fail(400, "KV transfer is shorter than its header says");
     KvSequence q;
+    q.cached = cached[i];
     q.tokens.resize(size_t(P));
     std::memcpy(q.tokens.data(), b.data() + off, tok_b);
     off += tok_b;

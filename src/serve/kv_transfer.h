@@ -9,7 +9,8 @@
 //   u32 version              kKvTransferVersion
 //   u32 header_bytes         then that many bytes of JSON:
 //     {"model": fingerprint, "transfer_id": "...", "layers": L, "row": R,
-//      "cache_dtype": "bf16", "row_bytes": rb, "vocab": V, "positions": [P_0, P_1, ...]}
+//      "cache_dtype": "bf16", "row_bytes": rb, "vocab": V, "positions": [P_0, P_1, ...],
+//      "cached": [C_0, ...]}    (C_i: positions the prefill took from its prefix cache)
 //   per sequence i:          int32 tokens[P_i], rows [L][P_i][rb] bytes, f32 logits[V]
 //   u32 crc32c               CRC-32C (Castagnoli) of every byte before it
 // The JSON names the model and the layout; a decode instance refuses a transfer whose
@@ -43,6 +44,7 @@ struct KvLayout {
 // One prompt's prefill: its tokens, its rows [layers][P][row_bytes], its last logits [V].
 struct KvSequence {
   std::vector<int32_t> tokens;
+  int64_t cached = 0;             // leading positions the prefill found in its prefix cache
   std::vector<uint8_t> rows;
   std::vector<float> logits;
 };

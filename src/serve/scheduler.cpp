@@ -236,6 +236,7 @@ void Engine::loop() {
     }
     pool.write_rows(s.table.data(), P, kv.rows.data());
     s.computed = P;
+    s.cached_tokens = kv.cached;  // the prefill instance's prefix-cache hit
     if (opt_.prefix_cache) publish(s);
     std::vector<float> l = kv.logits;  // sample_emit penalises in place
     s.req.import_kv.reset();           // a preempted sequence recomputes from its tokens
@@ -254,6 +255,7 @@ void Engine::loop() {
     const int64_t P = s.n_prompt;
     DSV3_ASSERT(s.computed == P);
     kv.tokens.assign(s.tokens.begin(), s.tokens.begin() + P);
+    kv.cached = s.cached_tokens;
     kv.rows.resize(size_t(pool.n_layers() * P * pool.row_bytes()));
     pool.read_rows(s.table.data(), P, kv.rows.data());
     kv.logits.assign(l, l + V);
