@@ -5,28 +5,30 @@
 // From each MoE layer's load per logical expert (tokens routed to it over some window) it
 // chooses R physical expert slots (R ≥ E: the extra R − E are copies of hot experts), which
 // logical expert each slot holds, and lays the slots out GPU-major: slot p lives on GPU
-// p / (R / gpus), GPUs g·(gpus/nodes) … on node g.
+// p / (R / gpus), and GPU q on node q / (gpus / nodes).
 //
 //   hierarchical (groups % nodes == 0): (1) whole expert groups to nodes, balancing the
 //     nodes' loads, so group-limited routing stays within a node; (2) within each node, the
 //     copies: each extra slot goes to the expert whose load per copy is highest; (3) the
 //     node's slots to its GPUs, balancing the GPUs' loads.
 //   global (otherwise): the same with one group and one node — copies chosen over all
-//     experts, slots packed over all GPUs.
+//     experts, slots packed over all GPUs. (The first eplb.py returned replicate_experts'
+//     slot order here, without packing the slots to GPUs; this follows the current one.)
 //
 // Both packings are the greedy of eplb.py's balanced_packing: items by load, heaviest first,
-// each into the pack with the least load among those not yet full (every pack takes the same
-// number of items); a pack of one item per pack keeps the items in index order.
+// each into the pack with the least load among those not yet full, every pack taking the
+// same number of items. With one item per pack eplb.py skips the greedy: item i to pack i.
 //
 // Bit-for-bit as the public code, whose inputs become float32 (`weight.float()`): loads are
 // rounded to float once, and every sum and quotient is a float operation. Ties:
 //   - argmax (torch max(dim).indices) takes the first maximum: the lowest expert index;
 //   - the least-loaded pack (Python min) is the first: the lowest pack index;
 //   - equal loads in the descending sort keep index order. torch.sort (stable=False) on CPU
-//     does that through std::sort's insertion sort for the short rows EPLB sorts (≤ 16
-//     items) and through std::stable_sort; PyTorch builds that sort float rows with
-//     x86-simd-sort may order equal loads differently, which changes which copy of an
-//     expert sits where (log2phy) and, for equal loads of different experts, phy2log.
+//     is std::sort, which with libstdc++ keeps equal keys in order for rows of up to 16
+//     items (its insertion sort); longer rows (step 3 on a node of more than 16 slots), or
+//     PyTorch builds that sort float rows with x86-simd-sort, may order equal loads
+//     differently. That changes which copy of an expert sits where (log2phy) and, for equal
+//     loads of different experts, phy2log. The README example's phy2log does not depend on it.
 //   - group loads are summed left to right; torch's vectorised sum may round a sum of
 //     non-integer loads differently in the last bit. Integer loads below 2^24 (token
 //     counts) are exact either way.
@@ -58,7 +60,9 @@ Plan rebalance_experts(const std::vector<std::vector<double>>& weight, const Par
 Plan rebalance_experts(const std::vector<std::vector<float>>& weight, const Params& p);
 
 // Checks the counts against each other for E experts: all ≥ 1, num_replicas ≥ E and a multiple
-// of num_gpus, num_gpus a multiple of num_nodes, E a multiple of num_groups.
+// of num_gpus, num_gpus a multiple of num_nodes, E a multiple of num_groups. The last two
+// hold under either policy: they describe the cluster and the model, although eplb.py's
+// global policy never looks at groups or nodes and so accepts them broken.
 void validate(const Params& p, int num_experts);
 
 // ---- the building blocks, exposed for tests --------------------------------------------
