@@ -304,6 +304,9 @@ TEST(Eplb, RefusesBadInput) {
   EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{16, 4, 2, 0}); }), "--gpus must be at least 1"));
   EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{16, 0, 2, 8}); }), "--groups must be at least 1"));
   EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{16, 4, -1, 8}); }), "--nodes must be at least 1"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{1 << 30, 4, 2, 8}); }), "is more than"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(Loads(512, std::vector<double>(16, 1.0)), Params{1 << 20, 1, 1, 1}); }),
+                  "phy2log would have 512 layers x 1048576 slots"));
   EXPECT_TRUE(has(error_of([&] { rebalance_experts(Loads{}, kReadmeParams); }), "no layers"));
   EXPECT_TRUE(has(error_of([&] { rebalance_experts(Loads{{}, {}}, kReadmeParams); }), "no experts"));
   Loads ragged = w;

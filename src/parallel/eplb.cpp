@@ -9,6 +9,13 @@
 
 namespace dsv3::eplb {
 
+namespace {
+// Far beyond any cluster (DeepSeek-V3 decoding: 320 GPUs); past it a typo would allocate
+// gigabytes before anything is said.
+constexpr int kMaxReplicas = 1 << 20;
+constexpr int64_t kMaxEntries = int64_t(1) << 28;  // of phy2log or log2phy, all layers
+}  // namespace
+
 Packing balanced_packing(const std::vector<float>& weight, int num_packs) {
   const int n = int(weight.size());
   DSV3_ASSERT(num_packs >= 1 && n % num_packs == 0);
@@ -70,6 +77,8 @@ void validate(const Params& p, int num_experts) {
   DSV3_CHECK(p.num_groups >= 1, "eplb: --groups must be at least 1, not ", p.num_groups);
   DSV3_CHECK(p.num_nodes >= 1, "eplb: --nodes must be at least 1, not ", p.num_nodes);
   DSV3_CHECK(p.num_gpus >= 1, "eplb: --gpus must be at least 1, not ", p.num_gpus);
+  DSV3_CHECK(p.num_replicas <= kMaxReplicas, "eplb: --replicas ", p.num_replicas, " is more than ",
+             kMaxReplicas, " slots per layer");
   DSV3_CHECK(p.num_replicas >= num_experts, "eplb: ", p.num_replicas, " replicas cannot hold ",
              num_experts, " experts: each expert needs at least one (replicas >= experts)");
   DSV3_CHECK(p.num_replicas % p.num_gpus == 0, "eplb: ", p.num_replicas,
@@ -140,6 +149,8 @@ Plan rebalance_impl(const std::vector<std::vector<T>>& weight, const Params& p) 
   validate(p, E);
 
   const int L = int(weight.size()), R = p.num_replicas;
+  DSV3_CHECK(int64_t(L) * R <= kMaxEntries, "eplb: phy2log would have ", L, " layers x ", R,
+             " slots; fewer --replicas or fewer layers at a time");
   Plan plan;
   plan.hierarchical = p.num_groups % p.num_nodes == 0;
   const int G = plan.hierarchical ? p.num_groups : 1, N = plan.hierarchical ? p.num_nodes : 1;
@@ -161,8 +172,12 @@ Plan rebalance_impl(const std::vector<std::vector<T>>& weight, const Params& p) 
   }
 
   // log2phy: one width X for all layers, the slots of copy r at [l][e][r], -1 beyond.
-  for (const auto& row : plan.logcnt) plan.max_copies = std::max(plan.max_copies, *std::max_element(row.begin(), row.end()));
-  plan.log2phy.assign(size_t(L), std::vector<std::vector<int>>(size_t(E), std::vector<int>(size_t(plan.max_copies), -1)));
+  for (const auto& row : plan.logcnt)
+    plan.max_copies = std::max(plan.max_copies, *std::max_element(row.begin(), row.end()));
+  const int X = plan.max_copies;
+  DSV3_CHECK(int64_t(L) * E * X <= kMaxEntries, "eplb: log2phy would have ", L, " x ", E, " x ", X,
+             " entries (an expert with ", X, " copies); fewer --replicas or fewer layers at a time");
+  plan.log2phy.assign(size_t(L), std::vector<std::vector<int>>(size_t(E), std::vector<int>(size_t(X), -1)));
   for (int l = 0; l < L; ++l)
     for (int s = 0; s < R; ++s) {
       const int e = plan.phy2log[size_t(l)][size_t(s)], r = phyrank[size_t(l)][size_t(s)];
