@@ -21,7 +21,8 @@
 //
 // Bit-for-bit as the public code, whose inputs become float32 (`weight.float()`): loads are
 // rounded to float once, and every sum and quotient is a float operation. Ties:
-//   - argmax (torch max(dim).indices) takes the first maximum: the lowest expert index;
+//   - argmax (torch max(dim).indices) takes the first maximum, as torch documents: the
+//     lowest expert index;
 //   - the least-loaded pack (Python min) is the first: the lowest pack index;
 //   - equal loads in the descending sort keep index order. torch.sort (stable=False) on CPU
 //     is std::sort, which with libstdc++ keeps equal keys in order for rows of up to 16
