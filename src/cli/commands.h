@@ -19,5 +19,6 @@ void register_serve(CLI::App& app);    // cmd_serve.cpp
 void register_router(CLI::App& app);   // cmd_serve.cpp
 void register_pipeline_sim(CLI::App& app);  // cmd_pipeline_sim.cpp
 void register_eval(CLI::App& app);     // cmd_eval.cpp: eval ppl, eval niah
+void register_eplb(CLI::App& app);     // cmd_eplb.cpp
 
 }  // namespace dsv3::cli
