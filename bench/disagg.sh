@@ -6,7 +6,7 @@
 #  2. a mixed load (bench/serve_mixed_load.py: short streams decoding while long prompts
 #     arrive) on one `dsv3 serve` with all cores, then on a router in front of a prefill and
 #     a decode instance with half the cores each.
-# Usage: bench/disagg.sh MODEL_DIR [DURATION_S] [extra serve flags...]
+# Usage: [STREAMS=4] [LONG_PROMPT=1024] [LONG_EVERY=6] bench/disagg.sh MODEL_DIR [DURATION_S] [serve flags...]
 # Loopback only; every server is stopped at the end (trap).
 set -euo pipefail
 MODEL=${1:?usage: bench/disagg.sh MODEL_DIR [DURATION_S]}
@@ -59,7 +59,9 @@ for n in (256, 1024, 4000):
 EOF
 
 # ---- 2. mixed load ---------------------------------------------------------------------------
-LOAD=(--vocab "$VOCAB" --duration "$DUR" --streams 4 --short-prompt 64 --short-tokens 64 --long-prompt 1024 --long-tokens 4 --long-every 6)
+LOAD=(--vocab "$VOCAB" --duration "$DUR" --streams "${STREAMS:-4}" --short-prompt 64 --short-tokens 64
+      --long-prompt "${LONG_PROMPT:-1024}" --long-tokens 4 --long-every "${LONG_EVERY:-6}")
+echo "load: ${STREAMS:-4} short streams (64-token prompts, 64 tokens), a ${LONG_PROMPT:-1024}-token prompt every ${LONG_EVERY:-6} s, ${DUR} s"
 stop_all
 start mixed serve "${COMMON[@]}" --threads "$CORES"
 echo "mixed ($CORES threads, one process):"

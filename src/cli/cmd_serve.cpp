@@ -39,7 +39,7 @@ struct ServeArgs {
   std::string batch_mode = "invariant", speculative = "auto", activations = "f32",
               kv_cache = "bf16", role = "mixed";
   double transfer_timeout = 30;
-  int fault_corrupt_transfers = 0;
+  int fault_corrupt_transfers = 0, transfer_port = 0;
   int port = 8080, threads = 0;
   int64_t draft = 0, max_body_mb = 8;
   double drain_timeout = 30;
@@ -148,6 +148,8 @@ void run_serve(ServeArgs& a) {
   ho.role = a.role;
   ho.transfer_timeout_s = a.transfer_timeout;
   ho.fault_corrupt_transfers = a.fault_corrupt_transfers;
+  DSV3_CHECK(a.transfer_port >= 0 && a.transfer_port <= 65535, "--transfer-port must be in [0, 65535]");
+  ho.transfer_port = a.transfer_port;
   // One handler thread per connection served at once: every running and queued stream, and
   // room for health checks, with 64 concurrent streaming clients at the least.
   ho.threads = int(std::max<int64_t>(64, a.engine.max_running * 2 + 8));
@@ -305,7 +307,10 @@ void register_serve(CLI::App& app) {
                 "their latent cache to a decode instance) | decode (decodes from shipped prefills) | "
                 "mixed (default: neither). Every role also answers ordinary requests");
   c->add_option("--transfer-timeout", a->transfer_timeout,
-                "--role prefill: seconds to connect to and send to a decode instance (default 30)");
+                "Seconds a KV transfer may stall: the prefill's push, the decode's receive (default 30)");
+  c->add_option("--transfer-port", a->transfer_port,
+                "--role decode: port of the KV transfer listener on --host (default 0: any free "
+                "port; prefill instances ask GET /v1/disagg/info)");
   c->add_option("--fault-corrupt-transfers", a->fault_corrupt_transfers,
                 "Testing only: damage the first N KV transfers this prefill instance sends")
       ->group("");

@@ -5,6 +5,7 @@
 #include "core/check.h"
 #include "core/clock.h"
 #include "serve/engine.h"
+#include "serve/kv_socket.h"
 #include "serve/openai_api.h"
 
 namespace dsv3::serve {
@@ -51,6 +52,15 @@ std::shared_ptr<const KvTransfer> PendingTransfers::take(const std::string& id) 
 }
 
 namespace {
+
+// "http://host:port[/...]" → host ("[::1]" kept bracketed; kv_socket strips it).
+std::string url_host(const std::string& url) {
+  std::string h = url.substr(url.find("//") + 2);
+  h = h.substr(0, h.find('/'));
+  const size_t colon = h.rfind(':');
+  if (colon != std::string::npos && h.find(']', colon) == std::string::npos) h = h.substr(0, colon);
+  return h;
+}
 
 // Prefills every prompt on the engine (export), waiting for all of them.
 KvTransfer prefill(Engine& eng, const std::vector<std::vector<int32_t>>& prompts, const std::string& id,
@@ -117,34 +127,48 @@ nlohmann::json prefill_and_push(Engine& eng, const std::vector<std::vector<int32
   const double t1 = now_s();
   const std::string blob = encode_kv_transfer(t);
 
+  // The decode instance's transfer port (GET /v1/disagg/info), then the bytes over a plain
+  // socket to the same host (serve/kv_socket.h).
   httplib::Client cli(decode_url);
   const auto secs = std::chrono::duration<double>(o.timeout_s);
   cli.set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(secs));
   cli.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(secs));
-  cli.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(secs));
-  const httplib::Headers headers = {{kTransferIdHeader, transfer_id}};
+  auto info = cli.Get("/v1/disagg/info");
+  if (!info)
+    throw ApiError(502, str_cat("the decode instance ", decode_url, " could not be reached (",
+                                httplib::to_string(info.error()), ")"),
+                   "", "decode_unreachable");
+  int port = 0;
+  try {
+    if (info->status == 200) port = nlohmann::json::parse(info->body).at("transfer_port").get<int>();
+  } catch (const nlohmann::json::exception&) {
+  }
+  if (port <= 0)
+    throw ApiError(502, str_cat(decode_url, " is not a decode instance (GET /v1/disagg/info answered HTTP ",
+                                info->status, "): start it with --role decode"),
+                   "", "transfer_refused");
+  const std::string host = url_host(decode_url);
   int attempts = 0;
   std::string last;
   for (; attempts < 2;) {
     ++attempts;
-    const std::string* body = &blob;
+    std::string_view body = blob;
     std::string damaged;
     if (o.corrupt && o.corrupt->load() > 0 && o.corrupt->fetch_sub(1) > 0) {
       damaged = blob;
       damaged[damaged.size() / 2] = char(damaged[damaged.size() / 2] ^ 0x5a);
-      body = &damaged;
+      body = damaged;
     }
-    auto res = cli.Post("/v1/disagg/kv", headers, body->data(), body->size(), "application/octet-stream");
-    if (!res)
-      throw ApiError(502, str_cat("the decode instance ", decode_url, " could not be reached (",
-                                  httplib::to_string(res.error()), ")"),
+    const TransferReply r = send_transfer(host, port, body, o.timeout_s);
+    if (!r.delivered)
+      throw ApiError(502, str_cat("the decode instance ", decode_url, " could not take the transfer: ", r.message),
                      "", "decode_unreachable");
-    if (res->status == 200) {
+    if (r.status == 200) {
       last.clear();
       break;
     }
-    last = str_cat("HTTP ", res->status, ": ", res->body.substr(0, 400));
-    if (res->status != 422) break;  // only a damaged transfer is worth a second try
+    last = str_cat("status ", r.status, ": ", r.message.substr(0, 400));
+    if (r.status != 422) break;  // only a damaged transfer is worth a second try
   }
   if (!last.empty())
     throw ApiError(502, str_cat("the decode instance ", decode_url, " refused the KV transfer after ", attempts,

@@ -3,8 +3,10 @@
 //   1. the router POSTs {"endpoint", "request": the client's body, "transfer_id",
 //      "decode_url"} to a prefill instance's /v1/disagg/prefill;
 //   2. the prefill instance prefills each prompt (Request::export_kv), encodes the rows and
-//      last logits (serve/kv_transfer.h) and POSTs them to the decode instance's
-//      /v1/disagg/kv; a transfer refused as damaged (422) is sent once more, then given up;
+//      last logits (serve/kv_transfer.h) and sends them to the decode instance's transfer
+//      port (GET /v1/disagg/info names it; serve/kv_socket.h; POST /v1/disagg/kv takes the
+//      same bytes over HTTP, slower); a transfer refused as damaged (422) is sent once more,
+//      then given up;
 //   3. the prefill instance answers the router (sizes, times); the router POSTs the client's
 //      body to the decode instance's /v1/chat/completions or /v1/completions with the header
 //      X-Dsv3-Transfer-Id, and the decode instance serves it from the transferred prefill

@@ -17,6 +17,7 @@
 #include "core/check.h"
 #include "serve/disagg.h"
 #include "serve/engine.h"
+#include "serve/kv_socket.h"
 #include "serve/openai_api.h"
 #include "tokenizer/tokenizer.h"
 
@@ -133,7 +134,7 @@ httplib::Server::Handler guarded(F f) {
 
 bool is_known_path(const std::string& p, bool* get, bool* post) {
   *get = p == "/" || p == "/favicon.ico" || p == "/health" || p == "/metrics" || p == "/v1/models" ||
-         p.rfind("/v1/models/", 0) == 0;
+         p.rfind("/v1/models/", 0) == 0 || p == "/v1/disagg/info";
   *post = p == "/v1/chat/completions" || p == "/v1/completions" || p == "/tokenize" ||
           p == "/detokenize" || p == "/v1/disagg/prefill" || p == "/v1/disagg/kv";
   return *get || *post;
@@ -152,8 +153,8 @@ struct HttpServer::Impl {
   const int64_t created = int64_t(std::time(nullptr));
   std::atomic<int> corrupt{0};        // prefill role: pushes still to damage (testing)
   PendingTransfers pending;           // decode role
-  std::once_flag layout_once;
-  KvLayout layout;                    // decode role: what a transfer must match
+  KvLayout layout;                    // decode role: what a transfer must match (set_ready)
+  std::unique_ptr<TransferListener> listener;  // decode role: the transfer port
 
   explicit Impl(HttpOptions o)
       : opt(std::move(o)), corrupt(opt.fault_corrupt_transfers), pending(opt.pending_ttl_s, opt.pending_max_bytes) {}
@@ -170,6 +171,23 @@ struct HttpServer::Impl {
                                   opt.role, ")"), "", "not_found");
   }
   std::vector<std::vector<int32_t>> prompts_of(Endpoint kind, const json& body, GenParams* params) const;
+  // Decode role: verify and keep one transfer (the transfer port and POST /v1/disagg/kv).
+  // Throws ApiError with the refusal's status.
+  json receive(std::string_view bytes, const std::string& header_id) {
+    auto t = std::make_shared<KvTransfer>();
+    KvTransferError err;
+    if (!decode_kv_transfer(bytes, layout, t.get(), &err))
+      throw ApiError(err.status, err.message, "", err.status == 422 ? "transfer_damaged" : "transfer_invalid");
+    if (!header_id.empty() && header_id != t->id)
+      throw ApiError(400, str_cat("the ", kTransferIdHeader, " header says '", header_id, "', the transfer '",
+                                  t->id, "'"), "", "transfer_invalid");
+    std::string why;
+    const json out = {{"transfer_id", t->id}, {"sequences", int64_t(t->seqs.size())},
+                      {"bytes", int64_t(bytes.size())}};
+    if (const int st = pending.put(std::move(t), int64_t(bytes.size()), &why))
+      throw ApiError(st, why, "", st == 409 ? "transfer_duplicate" : "transfer_store_full");
+    return out;
+  }
 
   Engine& ready_engine() const {
     Engine* e = engine.load();
@@ -556,22 +574,20 @@ void HttpServer::Impl::routes() {
   }));
   svr.Post("/v1/disagg/kv", guarded([this](const httplib::Request& q, httplib::Response& r) {
     need_role("decode", q.path);
-    Engine& eng = ready_engine();
-    std::call_once(layout_once, [&] { layout = kv_layout(eng.model()); });
-    auto t = std::make_shared<KvTransfer>();
-    KvTransferError err;
-    if (!decode_kv_transfer(q.body, layout, t.get(), &err))
-      throw ApiError(err.status, err.message, "", err.status == 422 ? "transfer_damaged" : "transfer_invalid");
-    const std::string header_id = q.get_header_value(kTransferIdHeader);
-    if (!header_id.empty() && header_id != t->id)
-      throw ApiError(400, str_cat("the ", kTransferIdHeader, " header says '", header_id, "', the transfer '",
-                                  t->id, "'"), "", "transfer_invalid");
-    std::string why;
-    const json out = {{"transfer_id", t->id}, {"sequences", int64_t(t->seqs.size())},
-                      {"bytes", int64_t(q.body.size())}};
-    if (const int st = pending.put(std::move(t), int64_t(q.body.size()), &why))
-      throw ApiError(st, why, "", st == 409 ? "transfer_duplicate" : "transfer_store_full");
-    r.set_content(dump(out), "application/json");
+    ready_engine();
+    r.set_content(dump(receive(q.body, q.get_header_value(kTransferIdHeader))), "application/json");
+  }));
+  svr.Get("/v1/disagg/info", guarded([this](const httplib::Request& q, httplib::Response& r) {
+    need_role("decode", q.path);
+    ready_engine();
+    r.set_content(dump(json{{"role", opt.role},
+                            {"transfer_port", listener ? listener->port() : 0},
+                            {"model", layout.model},
+                            {"layers", layout.layers},
+                            {"row", layout.row},
+                            {"cache_dtype", cache_dtype_name(layout.dtype)},
+                            {"vocab", layout.vocab}}),
+                  "application/json");
   }));
   svr.Post("/tokenize", guarded([this](const httplib::Request& q, httplib::Response& r) {
     Engine& e = ready_engine();
@@ -634,8 +650,22 @@ void HttpServer::start() {
 }
 
 void HttpServer::set_ready(Engine* engine, const tok::Tokenizer* tokenizer) {
-  impl_->tokenizer.store(tokenizer);
-  impl_->engine.store(engine);
+  Impl& m = *impl_;
+  if (m.opt.role == "decode" && engine && !m.listener) {
+    m.layout = kv_layout(engine->model());
+    m.listener = std::make_unique<TransferListener>(
+        m.opt.host, m.opt.transfer_port, m.opt.pending_max_bytes, m.opt.transfer_timeout_s,
+        [&m](std::string&& bytes) -> std::pair<int, std::string> {
+          try {
+            return {200, dump(m.receive(bytes, ""))};
+          } catch (const ApiError& e) {
+            return {e.status, e.what()};
+          }
+        });
+    std::fprintf(stderr, "dsv3 serve: KV transfers on %s:%d\n", m.opt.host.c_str(), m.listener->port());
+  }
+  m.tokenizer.store(tokenizer);
+  m.engine.store(engine);
 }
 
 void HttpServer::shutdown() {
@@ -643,6 +673,7 @@ void HttpServer::shutdown() {
   if (m.closing.exchange(true)) return;
   if (m.bound) m.svr.stop();
   if (m.thread.joinable()) m.thread.join();
+  m.listener.reset();
 }
 
 }  // namespace dsv3::serve

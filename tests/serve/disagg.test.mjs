@@ -11,6 +11,7 @@
 // Every wait is bounded; every process is stopped in after().
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 
@@ -140,20 +141,52 @@ test('client errors pass through the router as the instance answered them', T(30
   assert.equal(stream.status, 400);
 });
 
-// A stand-in decode instance that keeps what a prefill instance sends it.
+// A stand-in decode instance that keeps what a prefill instance sends it: GET
+// /v1/disagg/info names a transfer port whose frames (serve/kv_socket.h) are kept.
 function captureServer() {
   return new Promise((resolve) => {
     const got = [];
-    const srv = http.createServer((req, res) => {
-      const parts = [];
-      req.on('data', (d) => parts.push(d));
-      req.on('end', () => {
-        got.push({ path: req.url, id: req.headers['x-dsv3-transfer-id'], body: Buffer.concat(parts) });
-        res.writeHead(200, { 'Content-Type': 'application/json' });
-        res.end('{}');
+    const tcp = net.createServer((sock) => {
+      let buf = Buffer.alloc(0);
+      sock.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        if (buf.length < 16) return;
+        const n = Number(buf.readBigUInt64LE(8));
+        if (buf.length < 16 + n) return;
+        got.push({ magic: buf.subarray(0, 8).toString('latin1'), body: buf.subarray(16, 16 + n) });
+        const msg = Buffer.from('{}');
+        const h = Buffer.alloc(8);
+        h.writeUInt32LE(200, 0);
+        h.writeUInt32LE(msg.length, 4);
+        sock.end(Buffer.concat([h, msg]));
       });
     });
-    srv.listen(0, '127.0.0.1', () => resolve({ srv, got, url: `http://127.0.0.1:${srv.address().port}` }));
+    tcp.listen(0, '127.0.0.1', () => {
+      const srv = http.createServer((req, res) => {
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        res.end(JSON.stringify({ transfer_port: tcp.address().port }));
+      });
+      srv.listen(0, '127.0.0.1', () =>
+        resolve({ close: () => (srv.close(), tcp.close()), got, url: `http://127.0.0.1:${srv.address().port}` }));
+    });
+  });
+}
+
+// One frame to a transfer port → {status, message}.
+function sendFrame(port, body, magic = 'DSV3KVP1') {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1');
+    let buf = Buffer.alloc(0);
+    sock.on('data', (d) => (buf = Buffer.concat([buf, d])));
+    sock.on('end', () => {
+      if (buf.length < 8) return reject(new Error(`short reply (${buf.length} bytes)`));
+      resolve({ status: buf.readUInt32LE(0), message: buf.subarray(8, 8 + buf.readUInt32LE(4)).toString() });
+    });
+    sock.on('error', reject);
+    const h = Buffer.alloc(16);
+    h.write(magic, 0, 'latin1');
+    h.writeBigUInt64LE(BigInt(body.length), 8);
+    sock.end(Buffer.concat([h, body]));
   });
 }
 
@@ -166,27 +199,36 @@ test('the decode instance refuses damaged, foreign and unknown transfers', T(60)
     assert.equal(info.attempts, 1);
     assert.equal(cap.got.length, 1);
     const blob = cap.got[0].body;
-    assert.equal(cap.got[0].path, '/v1/disagg/kv');
-    assert.equal(cap.got[0].id, 'kv-capture-1');
+    assert.equal(cap.got[0].magic, 'DSV3KVP1');
     assert.equal(blob.length, info.bytes);
     assert.equal(blob.subarray(0, 8).toString('latin1'), 'DSV3KVT\n');
 
-    const send = (b, id = 'kv-capture-1') => request(`${decode.url}/v1/disagg/kv`, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream', 'X-Dsv3-Transfer-Id': id }, body: b });
+    const dinfo = JSON.parse((await request(`${decode.url}/v1/disagg/info`)).text);
+    assert.ok(dinfo.transfer_port > 0);
+    assert.equal(dinfo.cache_dtype, 'bf16');
+    // Both ways in: the transfer port and POST /v1/disagg/kv.
+    const viaHttp = (b, id = 'kv-capture-1') => request(`${decode.url}/v1/disagg/kv`, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream', 'X-Dsv3-Transfer-Id': id }, body: b });
     for (const pos of [20, Math.floor(blob.length / 2), blob.length - 5]) {
       const bad = Buffer.from(blob);
       bad[pos] ^= 0x41;
-      const a = await send(bad);
+      const a = await viaHttp(bad);
       assert.equal(a.status, 422, a.text);
       assert.equal(JSON.parse(a.text).error.code, 'transfer_damaged');
+      const b = await sendFrame(dinfo.transfer_port, bad);
+      assert.equal(b.status, 422, b.message);
+      assert.match(b.message, /checksum/);
     }
-    assert.equal((await send(Buffer.from('garbage'))).status, 400);
-    assert.equal((await send(blob.subarray(0, blob.length - 100))).status, 422);
+    assert.equal((await viaHttp(Buffer.from('garbage'))).status, 400);
+    assert.equal((await viaHttp(blob.subarray(0, blob.length - 100))).status, 422);
+    assert.equal((await sendFrame(dinfo.transfer_port, Buffer.from('garbage'))).status, 400);
+    assert.equal((await sendFrame(dinfo.transfer_port, blob, 'NOTAKVP1')).status, 400);
     // A mixed instance has no /v1/disagg/kv.
     assert.equal((await request(`${single.url}/v1/disagg/kv`, { method: 'POST', body: blob })).status, 404);
 
     // The intact transfer is taken once; the generation that names it is served from it.
-    assert.equal((await send(blob)).status, 200);
-    assert.equal((await send(blob)).status, 409, 'a second transfer with the same id waiting is refused');
+    const ok = await sendFrame(dinfo.transfer_port, blob);
+    assert.equal(ok.status, 200, ok.message);
+    assert.equal((await viaHttp(blob)).status, 409, 'a second transfer with the same id waiting is refused');
     const body = { prompt: 'abc', max_tokens: 4, temperature: 0 };
     const g = await post(decode.url, '/v1/completions', body, { 'X-Dsv3-Transfer-Id': 'kv-capture-1' });
     assert.equal(g.status, 200, g.text);
@@ -195,12 +237,16 @@ test('the decode instance refuses damaged, foreign and unknown transfers', T(60)
     assert.equal(again.status, 409, 'a transfer is used once');
     // A transfer of another prompt than the request's.
     await post(prefill.url, '/v1/disagg/prefill', { endpoint: 'completions', request: { prompt: 'abd' }, transfer_id: 'kv-capture-2', decode_url: cap.url });
-    assert.equal((await send(cap.got[1].body, 'kv-capture-2')).status, 200);
+    assert.equal((await viaHttp(cap.got[1].body, 'kv-capture-2')).status, 200);
     const other = await post(decode.url, '/v1/completions', body, { 'X-Dsv3-Transfer-Id': 'kv-capture-2' });
     assert.equal(other.status, 409, other.text);
     assert.equal(JSON.parse(other.text).error.code, 'transfer_mismatch');
+    // A prefill told to push to something that is not a decode instance.
+    const wrong = await post(prefill.url, '/v1/disagg/prefill', { endpoint: 'completions', request: { prompt: 'abc' }, transfer_id: 'kv-3', decode_url: single.url });
+    assert.equal(wrong.status, 502, wrong.text);
+    assert.match(JSON.parse(wrong.text).error.message, /--role decode/);
   } finally {
-    cap.srv.close();
+    cap.close();
   }
 });
 
