@@ -6,7 +6,8 @@
 #  2. a mixed load (bench/serve_mixed_load.py: short streams decoding while long prompts
 #     arrive) on one `dsv3 serve` with all cores, then on a router in front of a prefill and
 #     a decode instance with half the cores each.
-# Usage: [STREAMS=4] [LONG_PROMPT=1024] [LONG_EVERY=6] bench/disagg.sh MODEL_DIR [DURATION_S] [serve flags...]
+# Usage: [STREAMS=4] [LONG_PROMPT=1024] [LONG_EVERY=6] [TRANSFER_ONLY=1] \
+#        bench/disagg.sh MODEL_DIR [DURATION_S] [serve flags...]
 # Loopback only; every server is stopped at the end (trap).
 set -euo pipefail
 MODEL=${1:?usage: bench/disagg.sh MODEL_DIR [DURATION_S]}
@@ -54,9 +55,15 @@ for n in (256, 1024, 4000):
         req = urllib.request.Request(pre + "/v1/disagg/prefill", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
         a = json.load(urllib.request.urlopen(req, timeout=600))
+        # Claim it, as the router would: the decode instance imports it and frees the buffer.
+        claim = urllib.request.Request(dec + "/v1/completions", json.dumps(body["request"]).encode(),
+                                       {"Content-Type": "application/json", "X-Dsv3-Transfer-Id": body["transfer_id"]})
+        json.load(urllib.request.urlopen(claim, timeout=600))
     b, t = a["bytes"], a["transfer_s"]
     print(f"{n:>13}  {b:>10}  {b / n:>11.0f}  {a['prefill_s']:>9.3f}  {t:>10.4f}  {t / n * 1e6:>17.1f}  {b / t / 1e6:>13.0f}")
 EOF
+
+[[ "${TRANSFER_ONLY:-0}" == 1 ]] && exit 0
 
 # ---- 2. mixed load ---------------------------------------------------------------------------
 LOAD=(--vocab "$VOCAB" --duration "$DUR" --streams "${STREAMS:-4}" --short-prompt 64 --short-tokens 64

@@ -62,8 +62,9 @@ KvTransfer sample_transfer(const KvLayout& l) {
   for (int64_t P : {3, 17}) {
     KvSequence q;
     for (int64_t i = 0; i < P; ++i) q.tokens.push_back(int32_t(2 + i));
-    q.rows.resize(size_t(l.layers * P * l.row_bytes()));
-    for (size_t i = 0; i < q.rows.size(); ++i) q.rows[i] = uint8_t(i * 131 + 7);
+    const size_t n = size_t(l.layers * P * l.row_bytes());
+    uint8_t* rows = q.alloc_rows(n);
+    for (size_t i = 0; i < n; ++i) rows[i] = uint8_t(i * 131 + 7);
     q.logits.resize(size_t(l.vocab));
     for (int64_t v = 0; v < l.vocab; ++v) q.logits[size_t(v)] = float(v) * 0.25f - 3;
     t.seqs.push_back(std::move(q));
@@ -83,12 +84,13 @@ TEST(KvTransfer, RoundTripAndRefusals) {
 
   KvTransfer back;
   KvTransferError err;
-  ASSERT_TRUE(decode_kv_transfer(blob, l, &back, &err)) << err.message;
+  ASSERT_TRUE(decode_kv_transfer(std::make_shared<std::string>(blob), l, &back, &err)) << err.message;
   EXPECT_EQ(back.id, t.id);
   ASSERT_EQ(back.seqs.size(), 2u);
   for (size_t i = 0; i < 2; ++i) {
     EXPECT_EQ(back.seqs[i].tokens, t.seqs[i].tokens);
-    EXPECT_EQ(back.seqs[i].rows, t.seqs[i].rows);
+    ASSERT_EQ(back.seqs[i].rows_len, t.seqs[i].rows_len);
+    EXPECT_EQ(0, std::memcmp(back.seqs[i].rows(), t.seqs[i].rows(), t.seqs[i].rows_len));
     EXPECT_EQ(0, std::memcmp(back.seqs[i].logits.data(), t.seqs[i].logits.data(), t.seqs[i].logits.size() * 4));
   }
 
@@ -98,35 +100,35 @@ TEST(KvTransfer, RoundTripAndRefusals) {
     std::string bad = blob;
     bad[pos] = char(bad[pos] ^ 0x10);
     KvTransfer o;
-    EXPECT_FALSE(decode_kv_transfer(bad, l, &o, &err)) << "byte " << pos;
+    EXPECT_FALSE(decode_kv_transfer(std::make_shared<std::string>(bad), l, &o, &err)) << "byte " << pos;
     EXPECT_EQ(err.status, pos < 12 ? 400 : 422) << "byte " << pos << ": " << err.message;
   }
   // Truncated, empty.
   for (size_t n : {size_t(0), size_t(5), blob.size() / 2, blob.size() - 1}) {
     KvTransfer o;
-    EXPECT_FALSE(decode_kv_transfer(std::string_view(blob).substr(0, n), l, &o, &err)) << n;
+    EXPECT_FALSE(decode_kv_transfer(std::make_shared<std::string>(blob.substr(0, n)), l, &o, &err)) << n;
   }
   // Another model or layout: 409, naming both.
   KvLayout other = l;
   other.model = "fedcba9876543210";
-  EXPECT_FALSE(decode_kv_transfer(blob, other, &back, &err));
+  EXPECT_FALSE(decode_kv_transfer(std::make_shared<std::string>(blob), other, &back, &err));
   EXPECT_EQ(err.status, 409);
   EXPECT_NE(err.message.find("fedcba9876543210"), std::string::npos) << err.message;
   other = l;
   other.dtype = CacheDtype::BF16;
-  EXPECT_FALSE(decode_kv_transfer(blob, other, &back, &err));
+  EXPECT_FALSE(decode_kv_transfer(std::make_shared<std::string>(blob), other, &back, &err));
   EXPECT_EQ(err.status, 409);
   EXPECT_NE(err.message.find("fp8"), std::string::npos) << err.message;
   other = l;
   other.layers = 4;
-  EXPECT_FALSE(decode_kv_transfer(blob, other, &back, &err));
+  EXPECT_FALSE(decode_kv_transfer(std::make_shared<std::string>(blob), other, &back, &err));
   EXPECT_EQ(err.status, 409);
   // A future version (checksum made valid again): refused by version, not by checksum.
   std::string v2 = blob.substr(0, blob.size() - 4);
   v2[8] = 2;
   const uint32_t c = crc32c(v2.data(), v2.size());
   for (int i = 0; i < 4; ++i) v2.push_back(char((c >> (8 * i)) & 0xff));
-  EXPECT_FALSE(decode_kv_transfer(v2, l, &back, &err));
+  EXPECT_FALSE(decode_kv_transfer(std::make_shared<std::string>(v2), l, &back, &err));
   EXPECT_EQ(err.status, 400);
   EXPECT_NE(err.message.find("version 2"), std::string::npos) << err.message;
 }
@@ -137,6 +139,22 @@ TEST(KvTransfer, FingerprintNamesTheCheckpoint) {
   EXPECT_EQ(model_fingerprint(a), model_fingerprint(a2));
   EXPECT_NE(model_fingerprint(a), model_fingerprint(b));
   EXPECT_EQ(model_fingerprint(a).size(), 16u);
+}
+
+TEST(KvTransfer, BufferPoolRecycles) {
+  BufferPool pool(1);
+  const char* first;
+  {
+    ByteBuffer a = pool.get();
+    a->resize(1 << 20);
+    first = a->data();
+  }
+  ByteBuffer b = pool.get();
+  EXPECT_TRUE(b->empty());
+  EXPECT_GE(b->capacity(), size_t(1) << 20) << "the returned buffer keeps its capacity";
+  EXPECT_EQ(b->data(), first);
+  ByteBuffer c = pool.get();  // none free: a new one
+  EXPECT_NE(c->data(), b->data());
 }
 
 TEST(KvPoolRows, ReadWriteRoundTrip) {
@@ -250,7 +268,8 @@ TEST_P(Disagg, ImportedPrefillDecodesAsOneEngine) {
     for (auto& q : kv) t.seqs.push_back(*q);
     KvTransfer got;
     KvTransferError err;
-    ASSERT_TRUE(decode_kv_transfer(encode_kv_transfer(t), kv_layout(model), &got, &err)) << err.message;
+    ASSERT_TRUE(decode_kv_transfer(std::make_shared<std::string>(encode_kv_transfer(t)), kv_layout(model), &got, &err))
+        << err.message;
     auto shared = std::make_shared<KvTransfer>(std::move(got));
 
     // Import (two choices per prompt, seeds s and s + 1) vs the single engine, all at once.
@@ -299,7 +318,7 @@ TEST(Disagg, RefusesAnImportOfAnotherPrompt) {
   EXPECT_THROW(e.submit(r), Error);
   r.prompt = kv->tokens;
   auto bad = std::make_shared<KvSequence>(*kv);
-  bad->rows.pop_back();
+  bad->rows_len -= 1;
   r.import_kv = bad;
   EXPECT_THROW(e.submit(r), Error);
   r.import_kv = kv;

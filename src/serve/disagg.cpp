@@ -62,6 +62,12 @@ std::string url_host(const std::string& url) {
   return h;
 }
 
+// The prefill side's buffers (exported rows, encoded transfers), recycled across requests.
+BufferPool& prefill_buffers() {
+  static BufferPool pool(8);
+  return pool;
+}
+
 // Prefills every prompt on the engine (export), waiting for all of them.
 KvTransfer prefill(Engine& eng, const std::vector<std::vector<int32_t>>& prompts, const std::string& id,
                    const std::function<bool()>& alive) {
@@ -77,6 +83,7 @@ KvTransfer prefill(Engine& eng, const std::vector<std::vector<int32_t>>& prompts
     Request r;
     r.prompt = ids;
     r.export_kv = std::make_shared<KvSequence>();
+    r.export_kv->buf = prefill_buffers().get();
     r.tag = id;
     out.push_back(r.export_kv);
     std::shared_ptr<Stream> s;
@@ -123,9 +130,12 @@ nlohmann::json prefill_and_push(Engine& eng, const std::vector<std::vector<int32
   if (decode_url.rfind("http://", 0) != 0)
     throw ApiError(400, str_cat("decode_url must be an http:// URL, got '", decode_url, "'"), "decode_url");
   const double t0 = now_s();
-  const KvTransfer t = prefill(eng, prompts, transfer_id, alive);
+  KvTransfer t = prefill(eng, prompts, transfer_id, alive);
   const double t1 = now_s();
-  const std::string blob = encode_kv_transfer(t);
+  const ByteBuffer blob_buf = prefill_buffers().get();
+  encode_kv_transfer(t, blob_buf.get());
+  for (KvSequence& q : t.seqs) q.buf.reset();  // the rows' buffers back to the pool
+  const std::string& blob = *blob_buf;
 
   // The decode instance's transfer port (GET /v1/disagg/info), then the bytes over a plain
   // socket to the same host (serve/kv_socket.h).

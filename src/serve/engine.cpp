@@ -135,8 +135,9 @@ std::shared_ptr<Stream> Engine::submit(Request r) {
     DSV3_CHECK(kv.tokens == r.prompt, "the transferred prefill is of another prompt (",
                kv.tokens.size(), " tokens, the request has ", P, ")");
     const int64_t want = impl_->pool->n_layers() * P * impl_->pool->row_bytes();
-    DSV3_CHECK(int64_t(kv.rows.size()) == want && int64_t(kv.logits.size()) == V,
-               "the transferred prefill has ", kv.rows.size(), " bytes of rows and ", kv.logits.size(),
+    DSV3_CHECK(kv.buf && kv.rows_off + kv.rows_len <= kv.buf->size() && int64_t(kv.rows_len) == want &&
+                   int64_t(kv.logits.size()) == V,
+               "the transferred prefill has ", kv.rows_len, " bytes of rows and ", kv.logits.size(),
                " logits; this model needs ", want, " and ", V);
   }
   for (size_t i = 0; i < r.prompt.size(); ++i)

@@ -173,7 +173,7 @@ struct HttpServer::Impl {
   std::vector<std::vector<int32_t>> prompts_of(Endpoint kind, const json& body, GenParams* params) const;
   // Decode role: verify and keep one transfer (the transfer port and POST /v1/disagg/kv).
   // Throws ApiError with the refusal's status.
-  json receive(std::string_view bytes, const std::string& header_id) {
+  json receive(const ByteBuffer& bytes, const std::string& header_id) {
     auto t = std::make_shared<KvTransfer>();
     KvTransferError err;
     if (!decode_kv_transfer(bytes, layout, t.get(), &err))
@@ -183,8 +183,8 @@ struct HttpServer::Impl {
                                   t->id, "'"), "", "transfer_invalid");
     std::string why;
     const json out = {{"transfer_id", t->id}, {"sequences", int64_t(t->seqs.size())},
-                      {"bytes", int64_t(bytes.size())}};
-    if (const int st = pending.put(std::move(t), int64_t(bytes.size()), &why))
+                      {"bytes", int64_t(bytes->size())}};
+    if (const int st = pending.put(std::move(t), int64_t(bytes->size()), &why))
       throw ApiError(st, why, "", st == 409 ? "transfer_duplicate" : "transfer_store_full");
     return out;
   }
@@ -575,7 +575,8 @@ void HttpServer::Impl::routes() {
   svr.Post("/v1/disagg/kv", guarded([this](const httplib::Request& q, httplib::Response& r) {
     need_role("decode", q.path);
     ready_engine();
-    r.set_content(dump(receive(q.body, q.get_header_value(kTransferIdHeader))), "application/json");
+    r.set_content(dump(receive(std::make_shared<std::string>(q.body), q.get_header_value(kTransferIdHeader))),
+                  "application/json");
   }));
   svr.Get("/v1/disagg/info", guarded([this](const httplib::Request& q, httplib::Response& r) {
     need_role("decode", q.path);
@@ -655,7 +656,7 @@ void HttpServer::set_ready(Engine* engine, const tok::Tokenizer* tokenizer) {
     m.layout = kv_layout(engine->model());
     m.listener = std::make_unique<TransferListener>(
         m.opt.host, m.opt.transfer_port, m.opt.pending_max_bytes, m.opt.transfer_timeout_s,
-        [&m](std::string&& bytes) -> std::pair<int, std::string> {
+        [&m](ByteBuffer bytes) -> std::pair<int, std::string> {
           try {
             return {200, dump(m.receive(bytes, ""))};
           } catch (const ApiError& e) {

@@ -141,8 +141,9 @@ void TransferListener::serve_one(int fd) {
   for (int i = 0; i < 8; ++i) n |= uint64_t(uint8_t(head[8 + i])) << (8 * i);
   if (n > uint64_t(max_bytes_))
     return reply(413, str_cat("a transfer of ", n, " bytes is over this instance's limit of ", max_bytes_));
-  std::string bytes(size_t(n), '\0');
-  if (!read_all(fd, bytes.data(), bytes.size())) return;  // the sender went away or stalled
+  ByteBuffer bytes = buffers_.get();
+  bytes->resize(size_t(n));
+  if (!read_all(fd, bytes->data(), bytes->size())) return;  // the sender went away or stalled
   auto [status, msg] = handler_(std::move(bytes));
   reply(status, msg);
 }

@@ -18,12 +18,15 @@
 #include <thread>
 #include <utility>
 
+#include "serve/kv_transfer.h"
+
 namespace dsv3::serve {
 
 class TransferListener {
  public:
   // (status, message) for one received transfer.
-  using Handler = std::function<std::pair<int, std::string>(std::string&& bytes)>;
+  // The bytes arrive in a recycled buffer (BufferPool) the handler may keep.
+  using Handler = std::function<std::pair<int, std::string>(ByteBuffer bytes)>;
   // Binds host:port (0: any free port) and serves on a background thread. Transfers larger
   // than max_bytes are refused (413) before they are read; a sender silent for timeout_s is
   // dropped. Throws dsv3::Error when the address cannot be bound.
@@ -39,6 +42,7 @@ class TransferListener {
   int64_t max_bytes_;
   double timeout_s_;
   Handler handler_;
+  BufferPool buffers_{8};
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };

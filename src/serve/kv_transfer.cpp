@@ -61,6 +61,43 @@ __attribute__((target("sse4.2"))) uint32_t crc32c_hw(const uint8_t* p, size_t n,
 
 }  // namespace
 
+struct BufferPool::State {
+  std::mutex mu;
+  std::vector<std::unique_ptr<std::string>> free;
+  size_t keep = 4;
+};
+
+BufferPool::BufferPool(size_t keep) : st_(std::make_shared<State>()) { st_->keep = keep; }
+
+ByteBuffer BufferPool::get() {
+  std::unique_ptr<std::string> s;
+  {
+    std::lock_guard<std::mutex> lk(st_->mu);
+    if (!st_->free.empty()) {
+      s = std::move(st_->free.back());
+      st_->free.pop_back();
+    }
+  }
+  if (!s) s = std::make_unique<std::string>();
+  s->clear();
+  std::weak_ptr<State> w = st_;
+  return ByteBuffer(s.release(), [w](std::string* p) {
+    std::unique_ptr<std::string> own(p);
+    if (auto st = w.lock()) {
+      std::lock_guard<std::mutex> lk(st->mu);
+      if (st->free.size() < st->keep) st->free.push_back(std::move(own));
+    }
+  });
+}
+
+uint8_t* KvSequence::alloc_rows(size_t n) {
+  if (!buf) buf = std::make_shared<std::string>();
+  buf->resize(n);
+  rows_off = 0;
+  rows_len = n;
+  return reinterpret_cast<uint8_t*>(buf->data());
+}
+
 uint32_t crc32c(const void* data, size_t n, uint32_t crc) {
   static const bool hw = __builtin_cpu_supports("sse4.2");
   const uint8_t* p = static_cast<const uint8_t*>(data);
@@ -87,6 +124,12 @@ KvLayout kv_layout(const Model& m) {
 }
 
 std::string encode_kv_transfer(const KvTransfer& t) {
+  std::string s;
+  encode_kv_transfer(t, &s);
+  return s;
+}
+
+void encode_kv_transfer(const KvTransfer& t, std::string* out) {
   const KvLayout& l = t.layout;
   nlohmann::json positions = nlohmann::json::array();
   nlohmann::json cached = nlohmann::json::array();
@@ -101,8 +144,9 @@ std::string encode_kv_transfer(const KvTransfer& t) {
                             {"positions", positions},     {"cached", cached}};
   const std::string header = h.dump();
   size_t total = sizeof kMagic + 8 + header.size() + 4;
-  for (const KvSequence& q : t.seqs) total += q.tokens.size() * 4 + q.rows.size() + q.logits.size() * 4;
-  std::string s;
+  for (const KvSequence& q : t.seqs) total += q.tokens.size() * 4 + q.rows_len + q.logits.size() * 4;
+  std::string& s = *out;
+  s.clear();
   s.reserve(total);
   s.append(kMagic, sizeof kMagic);
   put_u32(s, kKvTransferVersion);
@@ -110,17 +154,17 @@ std::string encode_kv_transfer(const KvTransfer& t) {
   s += header;
   for (const KvSequence& q : t.seqs) {
     const int64_t P = int64_t(q.tokens.size());
-    DSV3_ASSERT(int64_t(q.rows.size()) == l.layers * P * l.row_bytes() && int64_t(q.logits.size()) == l.vocab);
+    DSV3_ASSERT(int64_t(q.rows_len) == l.layers * P * l.row_bytes() && int64_t(q.logits.size()) == l.vocab);
     s.append(reinterpret_cast<const char*>(q.tokens.data()), q.tokens.size() * 4);
-    s.append(reinterpret_cast<const char*>(q.rows.data()), q.rows.size());
+    s.append(reinterpret_cast<const char*>(q.rows()), q.rows_len);
     s.append(reinterpret_cast<const char*>(q.logits.data()), q.logits.size() * 4);
   }
   put_u32(s, crc32c(s.data(), s.size()));
-  return s;
 }
 
-bool decode_kv_transfer(std::string_view b, const KvLayout& expect, KvTransfer* out,
+bool decode_kv_transfer(const ByteBuffer& blob, const KvLayout& expect, KvTransfer* out,
                         KvTransferError* err) {
+  const std::string_view b = *blob;
   auto fail = [&](int status, std::string msg) {
     err->status = status;
     err->message = std::move(msg);
@@ -190,8 +234,9 @@ bool decode_kv_transfer(std::string_view b, const KvLayout& expect, KvTransfer* 
     q.tokens.resize(size_t(P));
     std::memcpy(q.tokens.data(), b.data() + off, tok_b);
     off += tok_b;
-    q.rows.assign(reinterpret_cast<const uint8_t*>(b.data() + off),
-                  reinterpret_cast<const uint8_t*>(b.data() + off + rows_b));
+    q.buf = blob;  // the rows stay where they arrived
+    q.rows_off = off;
+    q.rows_len = rows_b;
     off += rows_b;
     q.logits.resize(size_t(l.vocab));
     std::memcpy(q.logits.data(), b.data() + off, log_b);

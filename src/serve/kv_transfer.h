@@ -19,6 +19,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -41,12 +42,33 @@ struct KvLayout {
   int64_t row_bytes() const { return cache_row_bytes(dtype, row); }
 };
 
+// A byte buffer that goes back to its BufferPool, pages still mapped, when its last user
+// drops it. Transfers are megabytes, and a first touch of fresh memory costs ~12 µs per 4 KiB
+// page on the VMs we measure on (~30 ms per 10 MB; docs/PERF.md): recycled buffers skip that.
+using ByteBuffer = std::shared_ptr<std::string>;
+
+class BufferPool {
+ public:
+  explicit BufferPool(size_t keep = 4);
+  ByteBuffer get();  // empty, with a recycled buffer's capacity when one is free
+
+ private:
+  struct State;
+  std::shared_ptr<State> st_;
+};
+
 // One prompt's prefill: its tokens, its rows [layers][P][row_bytes], its last logits [V].
+// The rows are rows_len bytes at rows_off of buf: the exported rows on the prefill side, the
+// received transfer itself (no copy) on the decode side.
 struct KvSequence {
   std::vector<int32_t> tokens;
   int64_t cached = 0;             // leading positions the prefill found in its prefix cache
-  std::vector<uint8_t> rows;
+  ByteBuffer buf;
+  size_t rows_off = 0, rows_len = 0;
   std::vector<float> logits;
+  const uint8_t* rows() const { return reinterpret_cast<const uint8_t*>(buf->data()) + rows_off; }
+  // n bytes of rows to write, in buf (a new buffer when buf is null).
+  uint8_t* alloc_rows(size_t n);
 };
 
 struct KvTransfer {
@@ -64,6 +86,8 @@ KvLayout kv_layout(const Model& m);
 // CRC-32C of n bytes (SSE4.2 crc32 instruction when the CPU has it, a table otherwise).
 uint32_t crc32c(const void* data, size_t n, uint32_t crc = 0);
 
+// The transfer's bytes into *out (cleared first; its capacity is reused).
+void encode_kv_transfer(const KvTransfer& t, std::string* out);
 std::string encode_kv_transfer(const KvTransfer& t);
 
 // Why a transfer was refused; the HTTP layer answers `status` (422 checksum, 409 a layout
@@ -73,8 +97,9 @@ struct KvTransferError {
   std::string message;
 };
 // Parses and verifies `bytes` against `expect` (model fingerprint and layout). Returns false
-// with *err set when anything is wrong; never throws for bad input.
-bool decode_kv_transfer(std::string_view bytes, const KvLayout& expect, KvTransfer* out,
+// with *err set when anything is wrong; never throws for bad input. The sequences' rows stay
+// in `bytes` (KvSequence::buf shares it).
+bool decode_kv_transfer(const ByteBuffer& bytes, const KvLayout& expect, KvTransfer* out,
                         KvTransferError* err);
 
 }  // namespace dsv3::serve

@@ -234,7 +234,7 @@ void Engine::loop() {
       }
       s.table.push_back(b);
     }
-    pool.write_rows(s.table.data(), P, kv.rows.data());
+    pool.write_rows(s.table.data(), P, kv.rows());
     s.computed = P;
     s.cached_tokens = kv.cached;  // the prefill instance's prefix-cache hit
     if (opt_.prefix_cache) publish(s);
@@ -256,8 +256,7 @@ void Engine::loop() {
     DSV3_ASSERT(s.computed == P);
     kv.tokens.assign(s.tokens.begin(), s.tokens.begin() + P);
     kv.cached = s.cached_tokens;
-    kv.rows.resize(size_t(pool.n_layers() * P * pool.row_bytes()));
-    pool.read_rows(s.table.data(), P, kv.rows.data());
+    pool.read_rows(s.table.data(), P, kv.alloc_rows(size_t(pool.n_layers() * P * pool.row_bytes())));
     kv.logits.assign(l, l + V);
     s.t_first = s.t_last = now_s();
     s.finish = "length";
