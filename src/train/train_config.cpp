@@ -85,6 +85,8 @@ TrainConfig parse_train_config(const std::string& text, const std::string& where
   t.log_every = r.i64("log_every", t.log_every, 1, int64_t(1) << 40);
   t.checkpoint_every = r.i64("checkpoint_every", t.checkpoint_every, 0, int64_t(1) << 40);
   t.keep_checkpoints = r.i64("keep_checkpoints", t.keep_checkpoints, 1, 1000);
+  t.eval_every = r.i64("eval_every", t.eval_every, -1, int64_t(1) << 40);
+  t.eval_windows = r.i64("eval_windows", t.eval_windows, 1, 1 << 20);
   t.checkpoint_format = r.str("checkpoint_format", t.checkpoint_format);
   DSV3_CHECK(t.checkpoint_format == "bf16" || t.checkpoint_format == "fp8" || t.checkpoint_format == "f32",
              where, ": 'checkpoint_format' must be bf16, fp8 or f32");

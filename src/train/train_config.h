@@ -33,6 +33,11 @@ struct TrainConfig {
   double balance_alpha = 1e-4;
   double fim_rate = 0.1;
   int64_t log_every = 1, checkpoint_every = 0, keep_checkpoints = 2;
+  // Validation loss (main head, and MTP) on a fixed set of eval_windows windows of the data's
+  // held-out split DATA/val/ (`dsv3 data prepare --val-fraction`), every eval_every steps and
+  // at the end. -1: every steps/20 when DATA/val/ exists, else off; 0: off; > 0 without a
+  // val/ split is an error.
+  int64_t eval_every = -1, eval_windows = 32;
   std::string checkpoint_format = "bf16";
   ParallelConfig parallel;
   std::string text;             // the file's text (compared on resume)

@@ -160,6 +160,36 @@ void TrainStep::block_sumsq(int64_t b0, int64_t b1, double* out) const {
   }
 }
 
+StepLosses TrainStep::evaluate(const int32_t* batch, const float* params) {
+  DSV3_CHECK(lay_.pp == 1, "validation loss with pipeline stages (pp = ", lay_.pp, ") is not supported yet");
+  const int64_t row = cfg_.seq_len + 1;
+  const int64_t D = cfg_.mtp ? cfg_.model.num_nextn_predict_layers : 0;
+  const int m = lay_.micro_batches, U = lay_.dp * m, per = 1 + int(D);
+  std::vector<double> unit_losses(size_t(U * per), 0.0);
+  const int32_t* rows = batch + lay_.first_row() * row;
+  for (int j = 0; j < m; ++j) {
+    const StepLosses L = model_->step(rows + int64_t(j) * lay_.micro_batch * row, params, nullptr);
+    double* ul = unit_losses.data() + size_t((lay_.dp_rank * m + j) * per);
+    ul[0] = L.main;
+    for (int64_t k = 0; k < int64_t(L.mtp.size()) && k < D; ++k) ul[1 + k] = L.mtp[size_t(k)];
+  }
+  if (lay_.dp > 1) {
+    std::vector<int64_t> counts(size_t(lay_.dp), int64_t(m * per));
+    dp_.allgather(unit_losses.data(), counts);
+  }
+  StepLosses L;
+  L.mtp.assign(size_t(D), 0.0);
+  for (int u = 0; u < U; ++u) {
+    const double* ul = unit_losses.data() + size_t(u * per);
+    L.main += ul[0];
+    for (int64_t k = 0; k < D; ++k) L.mtp[size_t(k)] += ul[1 + k];
+  }
+  L.main /= double(U);
+  for (double& v : L.mtp) v /= double(U);
+  L.total = L.main;
+  return L;
+}
+
 StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t step) {
   const int64_t row = cfg_.seq_len + 1, n = ps_.numel();
   const int64_t D = cfg_.mtp ? cfg_.model.num_nextn_predict_layers : 0;

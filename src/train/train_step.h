@@ -59,6 +59,11 @@ class TrainStep {
   // go only to the ranks whose stages use them: the rest of a rank's arena is stale until
   // gather_params() (collective; before a checkpoint or reading the whole arena).
   std::vector<double> apply(float* params, const StepResult& r, int64_t step);
+  // Forward only (validation): the main and MTP losses of batch [global_batch, T + 1] (every
+  // rank passes the whole batch; each computes its rows as in compute()), means over the
+  // global batch summed in unit order; no gradient, no state changed. Collective over the
+  // data- and expert-parallel groups. Without pipeline stages only (dsv3::Error otherwise).
+  StepLosses evaluate(const int32_t* batch, const float* params);
   void gather_params(float* params) const;
 
   AdamW& adam() { return *adam_; }

@@ -24,6 +24,7 @@
 #include "io/file_util.h"
 #include "io/model_writer.h"
 #include "io/safetensors.h"
+#include "eval/held_out.h"
 #include "parallel/comm.h"
 #include "parallel/layout.h"
 #include "train/optim.h"
@@ -440,6 +441,48 @@ int run_training(const TrainRunOptions& o) {
 
   const State st{cfg, ps, params, ts, d, init_from};
 
+  // Validation: fixed windows of the held-out split, cut from its packed stream (the
+  // training loader's packing) and evaluated every eval_every steps and at the end.
+  std::vector<int32_t> val_batches;  // [n_val_batches, batch, T + 1]
+  int64_t eval_every = cfg.eval_every;
+  {
+    const bool has_val = fs::is_directory(fs::path(o.data_dir) / "val");
+    DSV3_CHECK(eval_every <= 0 || has_val, o.data_dir, " has no val/ split, but eval_every is ", eval_every,
+               ": prepare the data with `dsv3 data prepare --val-fraction F`, or set eval_every to 0");
+    if (eval_every < 0) eval_every = has_val ? std::max<int64_t>(1, steps / 20) : 0;
+    if (eval_every > 0 && d.lay.pp > 1) {
+      if (lead) std::fprintf(stderr, "dsv3 train: no validation loss with pipeline stages (pp %d) yet\n", d.lay.pp);
+      eval_every = 0;
+    }
+    if (eval_every > 0) {
+      const eval::HeldOut val = eval::open_held_out(
+          o.data_dir, cfg.tokenizer.empty() ? "" : data::tokenizer_hash(cfg.tokenizer));
+      const int64_t row = cfg.seq_len + 1, nb = (cfg.eval_windows + cfg.batch - 1) / cfg.batch;
+      const std::vector<int32_t> stream = eval::packed_stream(val.set, nb * cfg.batch * row);
+      DSV3_CHECK(int64_t(stream.size()) >= row, o.data_dir, "/val holds ", stream.size(),
+                 " tokens, fewer than one window of seq_len + 1 = ", row);
+      // A split shorter than the windows asked for is reused from its start (said once).
+      val_batches.resize(size_t(nb * cfg.batch * row));
+      for (size_t i = 0; i < val_batches.size(); ++i) val_batches[i] = stream[i % stream.size()];
+      if (lead)
+        std::fprintf(stderr, "dsv3 train: validation every %lld steps on %lld windows of %lld tokens from %s%s\n",
+                     (long long)eval_every, (long long)(nb * cfg.batch), (long long)row, val.describe().c_str(),
+                     int64_t(stream.size()) < int64_t(val_batches.size()) ? " (fewer tokens: repeated)" : "");
+    }
+  }
+  auto validate = [&]() {
+    const int64_t per_batch = cfg.batch * (cfg.seq_len + 1), nb = int64_t(val_batches.size()) / per_batch;
+    StepLosses v;
+    for (int64_t b = 0; b < nb; ++b) {
+      const StepLosses L = ts.evaluate(val_batches.data() + b * per_batch, params.data());
+      v.main += L.main / double(nb);
+      if (v.mtp.empty()) v.mtp.assign(L.mtp.size(), 0.0);
+      for (size_t k = 0; k < L.mtp.size(); ++k) v.mtp[k] += L.mtp[k] / double(nb);
+    }
+    return v;
+  };
+  double last_val = std::nan("");
+
   std::signal(SIGINT, dsv3_on_signal);
   std::signal(SIGTERM, dsv3_on_signal);
   // mpirun turns SIGINT/SIGTERM into SIGTERM then SIGKILL a second later, too soon for a
@@ -485,8 +528,18 @@ int run_training(const TrainRunOptions& o) {
     const double dt = now_s() - t0;
     const double tps = tok_per_step / dt;
     ema_tps = ema_tps == 0 ? tps : 0.9 * ema_tps + 0.1 * tps;
-    if (metrics && ((step + 1) % cfg.log_every == 0 || step + 1 == steps)) {
+    const bool eval_due = eval_every > 0 && ((step + 1) % eval_every == 0 || step + 1 == steps);
+    StepLosses val;
+    if (eval_due) {
+      val = validate();  // every rank (collective)
+      last_val = val.main;
+    }
+    if (metrics && ((step + 1) % cfg.log_every == 0 || step + 1 == steps || eval_due)) {
       json m;
+      if (eval_due) {
+        m["val_loss"] = val.main;
+        m["val_mtp_loss"] = val.mtp;
+      }
       m["step"] = step + 1;
       m["loss"] = L.total;
       m["main_loss"] = L.main;
@@ -514,8 +567,10 @@ int run_training(const TrainRunOptions& o) {
       std::string bar(size_t(done), '#');
       bar.resize(size_t(width), '.');
       char line[256];
-      std::snprintf(line, sizeof line, "step %lld/%lld [%s] loss %.4f mtp %s bal %.2e | %.0f tok/s | ETA %s",
-                    (long long)(step + 1), (long long)steps, bar.c_str(), L.main,
+      char vbuf[32] = "";
+      if (!std::isnan(last_val)) std::snprintf(vbuf, sizeof vbuf, " val %.4f", last_val);
+      std::snprintf(line, sizeof line, "step %lld/%lld [%s] loss %.4f%s mtp %s bal %.2e | %.0f tok/s | ETA %s",
+                    (long long)(step + 1), (long long)steps, bar.c_str(), L.main, vbuf,
                     L.mtp.empty() ? "-" : std::to_string(L.mtp[0]).substr(0, 6).c_str(), L.balance,
                     ema_tps, fmt_duration(eta).c_str());
       if (tty) std::fprintf(stderr, "\r%s\033[K", line);
