@@ -339,14 +339,16 @@ TEST(Disagg, PreemptedImportRecomputes) {
   Engine decode(model, nullptr, small);
   std::vector<std::vector<int32_t>> ps;
   for (uint32_t i = 0; i < 4; ++i) ps.push_back(prompt_ids(30, V, 20 + i));
+  // Every export first, then the four submits back to back, so the imports overlap.
+  std::vector<std::shared_ptr<KvSequence>> kv;
+  for (const auto& p : ps) kv.push_back(std::make_shared<KvSequence>(export_one(prefill, p)));
   std::vector<std::shared_ptr<Stream>> a, b;
-  for (const auto& p : ps) {
-    Request r = make_request(p, 24, 0, 0);
-    Request r2 = r;
-    r.import_kv = std::make_shared<KvSequence>(export_one(prefill, p));
+  for (size_t i = 0; i < ps.size(); ++i) {
+    Request r = make_request(ps[i], 24, 0, 0);
+    r.import_kv = kv[i];
     a.push_back(decode.submit(std::move(r)));
-    b.push_back(single.submit(std::move(r2)));
   }
+  for (const auto& p : ps) b.push_back(single.submit(make_request(p, 24, 0, 0)));
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(collect(*a[i]).ids, collect(*b[i]).ids) << i;
   EXPECT_GT(decode.metrics().preemptions, 0u) << "the pool was meant to run dry";
 }
