@@ -325,6 +325,9 @@ TEST(EpServeCli, BadLayoutsAreRefused) {
   EXPECT_NE(run(mpirun(2), "--ep 2 --speculative mtp"), 0);
   e = read(err);
   EXPECT_NE(e.find("--speculative mtp is not supported with --ep 2"), std::string::npos) << e;
+  EXPECT_NE(run(mpirun(2), "--ep 2 --role prefill"), 0);
+  e = read(err);
+  EXPECT_NE(e.find("--role prefill is not supported with --ep 2"), std::string::npos) << e;
 }
 
 }  // namespace

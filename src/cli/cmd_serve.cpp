@@ -30,6 +30,7 @@
 #include "serve/ep_step.h"
 #include "serve/engine.h"
 #include "serve/http_server.h"
+#include "serve/router.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsv3::cli {
@@ -40,7 +41,9 @@ constexpr int64_t kDefaultDraft = 1;  // the engine drafts one token per step (o
 struct ServeArgs {
   std::string model, host = "127.0.0.1", served_name, api_key, api_key_file, cors;
   std::string batch_mode = "invariant", speculative = "auto", activations = "f32",
-              kv_cache = "bf16";
+              kv_cache = "bf16", role = "mixed";
+  double transfer_timeout = 30;
+  int fault_corrupt_transfers = 0, transfer_port = 0;
   int port = 8080, threads = 0, ep = 1;
   int64_t draft = 0, max_body_mb = 8;
   double drain_timeout = 30;
@@ -154,6 +157,9 @@ void check_ep_layout(const ServeArgs& a, SpecMode spec, const dist::Comm& world)
   if (c.n_routed_experts % a.ep != 0)
     refuse("--ep ", a.ep, ": n_routed_experts (", c.n_routed_experts, ") must be divisible by --ep "
            "(each rank holds an equal block of every MoE layer's routed experts)");
+  if (a.role != "mixed")
+    refuse("--role ", a.role, " is not supported with --ep ", a.ep, " (a transferred cache would "
+           "reach rank 0's pool only); run disaggregated instances without --ep");
   if (spec == SpecMode::Mtp)
     refuse("--speculative mtp is not supported with --ep ", a.ep, " (the MTP drafts run outside "
            "the broadcast step); use --speculative off (auto decodes plainly under --ep)");
@@ -183,6 +189,10 @@ void run_serve(ServeArgs& a) {
   DSV3_CHECK(a.port >= 0 && a.port <= 65535, "--port must be in [0, 65535], got ", a.port);
   DSV3_CHECK(a.drain_timeout >= 0, "--drain-timeout must be >= 0, got ", a.drain_timeout);
   DSV3_CHECK(a.max_body_mb >= 1, "--max-body-mb must be >= 1, got ", a.max_body_mb);
+  DSV3_CHECK(a.role == "mixed" || a.role == "prefill" || a.role == "decode",
+             "--role: expected 'mixed', 'prefill' or 'decode', got '", a.role, "'");
+  DSV3_CHECK(a.transfer_timeout > 0, "--transfer-timeout must be > 0, got ", a.transfer_timeout);
+  DSV3_CHECK(a.fault_corrupt_transfers >= 0, "--fault-corrupt-transfers must be >= 0");
   DSV3_CHECK(std::filesystem::exists(std::filesystem::path(a.model) / "config.json"), "--model: '",
              a.model, "' has no config.json (not a model directory)");
   if (a.threads > 0) set_num_threads(a.threads);
@@ -222,6 +232,11 @@ void run_serve(ServeArgs& a) {
   ho.api_key = read_api_key(a);
   ho.cors_origins = split_list(a.cors);
   ho.max_body_bytes = size_t(a.max_body_mb) << 20;
+  ho.role = a.role;
+  ho.transfer_timeout_s = a.transfer_timeout;
+  ho.fault_corrupt_transfers = a.fault_corrupt_transfers;
+  DSV3_CHECK(a.transfer_port >= 0 && a.transfer_port <= 65535, "--transfer-port must be in [0, 65535]");
+  ho.transfer_port = a.transfer_port;
   // One handler thread per connection served at once: every running and queued stream, and
   // room for health checks, with 64 concurrent streaming clients at the least.
   ho.threads = int(std::max<int64_t>(64, a.engine.max_running * 2 + 8));
@@ -277,9 +292,9 @@ void run_serve(ServeArgs& a) {
   const char* spec_note = spec_run == SpecMode::Auto && model->n_mtp() == 0 ? " (no MTP module: plain)" : "";
   const std::string ep_note = ep ? str_cat(", expert-parallel over ", a.ep, " ranks, rank 0 pid ", ::getpid()) : "";
   std::fprintf(stderr, "dsv3 serve: ready on %s (model '%s', context %lld, %lld running, "
-               "speculative %s%s%s, chat page at %s/)\n", where.c_str(), ho.served_model_name.c_str(),
-               (long long)engine->context(), (long long)eo.max_running, spec_mode_name(spec_run),
-               spec_note, ep_note.c_str(), where.c_str());
+               "speculative %s%s, role %s%s, chat page at %s/)\n", where.c_str(),
+               ho.served_model_name.c_str(), (long long)engine->context(), (long long)eo.max_running,
+               spec_mode_name(spec_run), spec_note, a.role.c_str(), ep_note.c_str(), where.c_str());
   std::fflush(stderr);
 
   signals.wait();
@@ -290,7 +305,56 @@ void run_serve(ServeArgs& a) {
   std::fprintf(stderr, "dsv3 serve: stopped\n");
 }
 
+struct RouterArgs {
+  std::string prefill, decode, api_key_file;
+  serve::RouterOptions o;
+};
+
+void run_router(RouterArgs& a) {
+  serve::RouterOptions o = a.o;
+  o.prefill = split_list(a.prefill);
+  o.decode = split_list(a.decode);
+  DSV3_CHECK(o.port >= 0 && o.port <= 65535, "--port must be in [0, 65535], got ", o.port);
+  if (!a.api_key_file.empty()) {
+    ServeArgs k;
+    k.api_key_file = a.api_key_file;
+    o.api_key = read_api_key(k);
+  }
+  Signals& signals = *new Signals;  // never freed: its sigwait thread lives until exit
+  serve::Router router(o);
+  const int port = router.bind();
+  signals.start_waiter();
+  router.start();
+  signals.ready.store(true);
+  std::fprintf(stderr, "dsv3 router: listening on %s (prefill %s; decode %s; timeout %.0f s)\n",
+               url(o.host, port).c_str(), a.prefill.c_str(), a.decode.c_str(), o.timeout_s);
+  std::fflush(stderr);
+  signals.wait();
+  router.shutdown();
+  std::fprintf(stderr, "dsv3 router: stopped\n");
+}
+
 }  // namespace
+
+void register_router(CLI::App& app) {
+  auto a = std::make_shared<RouterArgs>();
+  CLI::App* c = app.add_subcommand(
+      "router", "OpenAI-compatible front of a disaggregated deployment: prompts prefilled on "
+      "`dsv3 serve --role prefill` instances, decoded on `--role decode` instances");
+  c->add_option("--prefill", a->prefill, "Prefill instances, comma-separated base URLs (http://host:port)")
+      ->required();
+  c->add_option("--decode", a->decode, "Decode instances, comma-separated base URLs")->required();
+  c->add_option("--host", a->o.host, "Address to listen on (default 127.0.0.1)");
+  c->add_option("--port", a->o.port, "Port (default 8000; 0 = any free port, printed on stderr)");
+  c->add_option("--timeout", a->o.timeout_s,
+                "Seconds an instance may stay silent before the request fails (default 60)");
+  c->add_option("--connect-timeout", a->o.connect_timeout_s, "Seconds to connect to an instance (default 3)");
+  c->add_option("--health-interval", a->o.health_interval_s,
+                "Seconds between /health polls of every instance (default 1)");
+  c->add_option("--api-key", a->o.api_key, "Require \"Authorization: Bearer KEY\" (forwarded to the instances)");
+  c->add_option("--api-key-file", a->api_key_file, "Read the API key from the first line of this file");
+  c->callback([a] { run_router(*a); });
+}
 
 void register_serve(CLI::App& app) {
   auto a = std::make_shared<ServeArgs>();
@@ -332,6 +396,18 @@ void register_serve(CLI::App& app) {
                 "Expert parallelism: under mpirun -np N, --ep N splits every MoE layer's routed "
                 "experts over the N ranks (rank 0 serves HTTP; docs/serve.md). Default 1");
   c->add_flag("--no-request-log", a->no_request_log, "No line on stderr per finished request");
+  c->add_option("--role", a->role,
+                "Disaggregated serving (behind `dsv3 router`): prefill (prefills prompts and ships "
+                "their latent cache to a decode instance) | decode (decodes from shipped prefills) | "
+                "mixed (default: neither). Every role also answers ordinary requests");
+  c->add_option("--transfer-timeout", a->transfer_timeout,
+                "Seconds a KV transfer may stall: the prefill's push, the decode's receive (default 30)");
+  c->add_option("--transfer-port", a->transfer_port,
+                "--role decode: port of the KV transfer listener on --host (default 0: any free "
+                "port; prefill instances ask GET /v1/disagg/info)");
+  c->add_option("--fault-corrupt-transfers", a->fault_corrupt_transfers,
+                "Testing only: damage the first N KV transfers this prefill instance sends")
+      ->group("");
   c->callback([a] { run_serve(*a); });
 }
 

@@ -16,7 +16,9 @@ void register_data(CLI::App& app);     // cmd_data.cpp: data prepare, data info
 void register_train(CLI::App& app);    // cmd_train.cpp
 void register_generate(CLI::App& app); // cmd_generate.cpp: generate, chat
 void register_serve(CLI::App& app);    // cmd_serve.cpp
+void register_router(CLI::App& app);   // cmd_serve.cpp
 void register_pipeline_sim(CLI::App& app);  // cmd_pipeline_sim.cpp
 void register_eval(CLI::App& app);     // cmd_eval.cpp: eval ppl, eval niah
+void register_eplb(CLI::App& app);     // cmd_eplb.cpp
 
 }  // namespace dsv3::cli

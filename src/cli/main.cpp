@@ -25,8 +25,10 @@ int main(int argc, char** argv) {
   dsv3::cli::register_train(app);
   dsv3::cli::register_generate(app);
   dsv3::cli::register_serve(app);
+  dsv3::cli::register_router(app);
   dsv3::cli::register_pipeline_sim(app);
   dsv3::cli::register_eval(app);
+  dsv3::cli::register_eplb(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

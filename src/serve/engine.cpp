@@ -136,6 +136,17 @@ Engine::~Engine() {
 std::shared_ptr<Stream> Engine::submit(Request r) {
   const int64_t V = model_.vocab(), P = int64_t(r.prompt.size());
   DSV3_CHECK(P > 0, "the prompt is empty: at least one token is needed");
+  DSV3_CHECK(!(r.import_kv && r.export_kv), "a request cannot both import and export its prefill");
+  if (r.export_kv) r.max_tokens = 1;  // the prefill's logits are its only output
+  if (r.import_kv) {
+    const KvSequence& kv = *r.import_kv;
+    DSV3_CHECK(kv.tokens == r.prompt, "the transferred prefill is of another prompt (",
+               kv.tokens.size(), " tokens, the request has ", P, ")");
+    const int64_t want = impl_->pool->n_layers() * P * impl_->pool->row_bytes();
+    DSV3_CHECK(int64_t(kv.rows.size()) == want && int64_t(kv.logits.size()) == V,
+               "the transferred prefill has ", kv.rows.size(), " bytes of rows and ", kv.logits.size(),
+               " logits; this model needs ", want, " and ", V);
+  }
   for (size_t i = 0; i < r.prompt.size(); ++i)
     DSV3_CHECK(r.prompt[i] >= 0 && r.prompt[i] < V, "token id ", r.prompt[i], " at prompt position ",
                i, " is outside the model's vocabulary [0, ", V, ")");
@@ -165,7 +176,9 @@ std::shared_ptr<Stream> Engine::submit(Request r) {
   // Penalties depend on every earlier token, which a verify row cannot know: plain steps.
   // Under auto a seeded sampled request decodes plainly too (Request::seeded).
   const bool keep_seed = impl_->policy.mode() == SpecMode::Auto && r.seeded && r.sampling.temperature > 0;
-  s->spec = impl_->speculate && r.presence_penalty == 0 && r.frequency_penalty == 0 && !keep_seed;
+  // Disaggregated prefills carry no main-model states for MTP's catch-up: plain steps.
+  s->spec = impl_->speculate && r.presence_penalty == 0 && r.frequency_penalty == 0 && !keep_seed &&
+            !r.import_kv && !r.export_kv;
   s->req = std::move(r);
   s->t_arrival = now_s();
   std::shared_ptr<Stream> st;

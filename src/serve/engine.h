@@ -26,6 +26,7 @@
 
 #include "infer/sampler.h"
 #include "infer/spec_policy.h"
+#include "serve/kv_transfer.h"
 
 namespace dsv3 {
 class Model;
@@ -74,6 +75,14 @@ struct Request {
   // timing, and drafting changes how the seed's random numbers are used).
   bool seeded = true;
   std::string tag;                  // printed in the request's log line (e.g. the HTTP id)
+  // Prefill/decode disaggregation (serve/kv_transfer.h, docs/serve.md "Deployment"):
+  // import_kv: the prompt was prefilled on another instance. Its rows are copied into this
+  // sequence's blocks and the first token is drawn from its logits (no forward); the tokens
+  // must equal the prompt. A sequence preempted later recomputes from its tokens as usual.
+  // export_kv: prefill only. When the prompt's last logits are computed, they and the
+  // prompt's rows are written to *export_kv and the request finishes ("length") with no token.
+  std::shared_ptr<const KvSequence> import_kv;
+  std::shared_ptr<KvSequence> export_kv;
 };
 
 struct TokenLogprob {
@@ -166,6 +175,7 @@ class Engine {
   EngineMetrics metrics() const;
   int64_t context() const { return context_; }
   const EngineOptions& options() const { return opt_; }
+  const Model& model() const { return model_; }
 
  private:
   struct Impl;

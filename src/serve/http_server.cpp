@@ -15,7 +15,9 @@
 #include <thread>
 
 #include "core/check.h"
+#include "serve/disagg.h"
 #include "serve/engine.h"
+#include "serve/kv_socket.h"
 #include "serve/openai_api.h"
 #include "tokenizer/tokenizer.h"
 
@@ -132,9 +134,9 @@ httplib::Server::Handler guarded(F f) {
 
 bool is_known_path(const std::string& p, bool* get, bool* post) {
   *get = p == "/" || p == "/favicon.ico" || p == "/health" || p == "/metrics" || p == "/v1/models" ||
-         p.rfind("/v1/models/", 0) == 0;
+         p.rfind("/v1/models/", 0) == 0 || p == "/v1/disagg/info";
   *post = p == "/v1/chat/completions" || p == "/v1/completions" || p == "/tokenize" ||
-          p == "/detokenize";
+          p == "/detokenize" || p == "/v1/disagg/prefill" || p == "/v1/disagg/kv";
   return *get || *post;
 }
 
@@ -149,8 +151,43 @@ struct HttpServer::Impl {
   std::thread thread;
   bool bound = false;
   const int64_t created = int64_t(std::time(nullptr));
+  std::atomic<int> corrupt{0};        // prefill role: pushes still to damage (testing)
+  PendingTransfers pending;           // decode role
+  KvLayout layout;                    // decode role: what a transfer must match (set_ready)
+  std::unique_ptr<TransferListener> listener;  // decode role: the transfer port
 
-  explicit Impl(HttpOptions o) : opt(std::move(o)) {}
+  explicit Impl(HttpOptions o)
+      : opt(std::move(o)), corrupt(opt.fault_corrupt_transfers), pending(opt.pending_ttl_s, opt.pending_max_bytes) {}
+
+  // JSON endpoints keep their own body limit when the decode role admits large transfers.
+  void check_body(const httplib::Request& req) const {
+    if (req.body.size() > opt.max_body_bytes)
+      throw ApiError(413, str_cat("the request body is too large (", req.body.size(), " bytes; at most ",
+                                  opt.max_body_bytes, ")"), "", "payload_too_large");
+  }
+  void need_role(const char* role, const std::string& path) const {
+    if (opt.role != role)
+      throw ApiError(404, str_cat(path, " needs an instance started with --role ", role, " (this one is ",
+                                  opt.role, ")"), "", "not_found");
+  }
+  std::vector<std::vector<int32_t>> prompts_of(Endpoint kind, const json& body, GenParams* params) const;
+  // Decode role: verify and keep one transfer (the transfer port and POST /v1/disagg/kv).
+  // Throws ApiError with the refusal's status.
+  json receive(std::string_view bytes, const std::string& header_id) {
+    auto t = std::make_shared<KvTransfer>();
+    KvTransferError err;
+    if (!decode_kv_transfer(bytes, layout, t.get(), &err))
+      throw ApiError(err.status, err.message, "", err.status == 422 ? "transfer_damaged" : "transfer_invalid");
+    if (!header_id.empty() && header_id != t->id)
+      throw ApiError(400, str_cat("the ", kTransferIdHeader, " header says '", header_id, "', the transfer '",
+                                  t->id, "'"), "", "transfer_invalid");
+    std::string why;
+    const json out = {{"transfer_id", t->id}, {"sequences", int64_t(t->seqs.size())},
+                      {"bytes", int64_t(bytes.size())}};
+    if (const int st = pending.put(std::move(t), int64_t(bytes.size()), &why))
+      throw ApiError(st, why, "", st == 409 ? "transfer_duplicate" : "transfer_store_full");
+    return out;
+  }
 
   Engine& ready_engine() const {
     Engine* e = engine.load();
@@ -322,22 +359,48 @@ bool HttpServer::Impl::stream_job(Job& job, httplib::DataSink& sink) {
   return true;
 }
 
-void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& res, Endpoint kind) {
-  Engine& eng = ready_engine();
-  const json body = parse_body(req.body);
-  GenParams params;
+std::vector<std::vector<int32_t>> HttpServer::Impl::prompts_of(Endpoint kind, const json& body,
+                                                                GenParams* params) const {
   std::vector<std::vector<int32_t>> prompts;
   if (kind == Endpoint::Chat) {
     ChatRequest c = parse_chat_request(body);
     check_model(c.params.model);
-    params = std::move(c.params);
+    *params = std::move(c.params);
     prompts.push_back(chat_prompt_ids(need_tokenizer("/v1/chat/completions"), c.messages));
   } else {
     CompletionRequest c = parse_completion_request(body);
     check_model(c.params.model);
-    params = std::move(c.params);
+    *params = std::move(c.params);
     for (const Prompt& p : c.prompts)
       prompts.push_back(completion_prompt_ids(p.is_text ? &need_tokenizer("a text prompt") : nullptr, p));
+  }
+  return prompts;
+}
+
+void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& res, Endpoint kind) {
+  Engine& eng = ready_engine();
+  check_body(req);
+  const json body = parse_body(req.body);
+  GenParams params;
+  const std::vector<std::vector<int32_t>> prompts = prompts_of(kind, body, &params);
+  // A disaggregated request: its prompts were prefilled on a prefill instance.
+  std::shared_ptr<const KvTransfer> transfer;
+  if (req.has_header(kTransferIdHeader)) {
+    need_role("decode", str_cat("the ", kTransferIdHeader, " header"));
+    const std::string id = req.get_header_value(kTransferIdHeader);
+    transfer = pending.take(id);
+    if (!transfer)
+      throw ApiError(409, str_cat("no KV transfer '", id, "' is waiting here (never received, already used, or ",
+                                  "expired after ", opt.pending_ttl_s, " s)"), "", "transfer_missing");
+    if (transfer->seqs.size() != prompts.size())
+      throw ApiError(409, str_cat("KV transfer '", id, "' holds ", transfer->seqs.size(), " prompts, the request ",
+                                  prompts.size()), "", "transfer_mismatch");
+    for (size_t i = 0; i < prompts.size(); ++i)
+      if (transfer->seqs[i].tokens != prompts[i])
+        throw ApiError(409, str_cat("KV transfer '", id, "' was prefilled from other tokens than prompt ", i,
+                                    " of this request (", transfer->seqs[i].tokens.size(), " vs ",
+                                    prompts[i].size(), " tokens): do prefill and decode load the same tokenizer?"),
+                       "", "transfer_mismatch");
   }
 
   auto job = std::make_shared<Job>();
@@ -351,7 +414,8 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
   const EngineMetrics em = eng.metrics();
   if (em.kv_blocks_total > 0 && em.kv_block_positions > 0)
     limit = std::min(limit, em.kv_blocks_total * em.kv_block_positions);
-  for (const auto& ids : prompts) {
+  for (size_t pi = 0; pi < prompts.size(); ++pi) {
+    const std::vector<int32_t>& ids = prompts[pi];
     std::vector<Request> reqs;
     try {
       reqs = engine_requests(params, ids, limit, job->meta.id);
@@ -360,6 +424,8 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
       throw ApiError(400, e.what(), prompt_param);
     }
     for (Request& r : reqs) {
+      if (transfer)  // aliases the transfer: its rows are copied once, at admission
+        r.import_kv = std::shared_ptr<const KvSequence>(transfer, &transfer->seqs[pi]);
       std::shared_ptr<Stream> s;
       try {
         s = eng.submit(std::move(r));
@@ -482,13 +548,56 @@ void HttpServer::Impl::routes() {
   svr.Post("/v1/completions", guarded([this](const httplib::Request& q, httplib::Response& r) {
     generate(q, r, Endpoint::Completion);
   }));
+  svr.Post("/v1/disagg/prefill", guarded([this](const httplib::Request& q, httplib::Response& r) {
+    need_role("prefill", q.path);
+    Engine& eng = ready_engine();
+    check_body(q);
+    const json body = parse_body(q.body);
+    const std::string ep = body.value("endpoint", "");
+    if (ep != "chat" && ep != "completions")
+      throw ApiError(400, "endpoint must be \"chat\" or \"completions\"", "endpoint");
+    if (!body.contains("request") || !body["request"].is_object())
+      throw ApiError(400, "request must be the client's request object", "request");
+    GenParams params;
+    const auto prompts = prompts_of(ep == "chat" ? Endpoint::Chat : Endpoint::Completion, body["request"], &params);
+    PrefillPush push;
+    push.timeout_s = opt.transfer_timeout_s;
+    push.corrupt = &corrupt;
+    const int fd = connection_fd(q);
+    const json out = prefill_and_push(eng, prompts, body.value("transfer_id", ""), body.value("decode_url", ""),
+                                      push, [&] { return !closing.load() && !peer_gone(fd); });
+    std::fprintf(stderr, "dsv3 serve: prefill %s prompt=%s bytes=%lld prefill=%.3fs transfer=%.3fs\n",
+                 out["transfer_id"].get<std::string>().c_str(), out["prompt_tokens"].dump().c_str(),
+                 (long long)out["bytes"].get<int64_t>(), out["prefill_s"].get<double>(),
+                 out["transfer_s"].get<double>());
+    r.set_content(dump(out), "application/json");
+  }));
+  svr.Post("/v1/disagg/kv", guarded([this](const httplib::Request& q, httplib::Response& r) {
+    need_role("decode", q.path);
+    ready_engine();
+    r.set_content(dump(receive(q.body, q.get_header_value(kTransferIdHeader))), "application/json");
+  }));
+  svr.Get("/v1/disagg/info", guarded([this](const httplib::Request& q, httplib::Response& r) {
+    need_role("decode", q.path);
+    ready_engine();
+    r.set_content(dump(json{{"role", opt.role},
+                            {"transfer_port", listener ? listener->port() : 0},
+                            {"model", layout.model},
+                            {"layers", layout.layers},
+                            {"row", layout.row},
+                            {"cache_dtype", cache_dtype_name(layout.dtype)},
+                            {"vocab", layout.vocab}}),
+                  "application/json");
+  }));
   svr.Post("/tokenize", guarded([this](const httplib::Request& q, httplib::Response& r) {
     Engine& e = ready_engine();
+    check_body(q);
     r.set_content(dump(tokenize_json(need_tokenizer("/tokenize"), parse_body(q.body), e.context())),
                   "application/json");
   }));
   svr.Post("/detokenize", guarded([this](const httplib::Request& q, httplib::Response& r) {
     ready_engine();
+    check_body(q);
     r.set_content(dump(detokenize_json(need_tokenizer("/detokenize"), parse_body(q.body))),
                   "application/json");
   }));
@@ -505,7 +614,9 @@ HttpServer::HttpServer(HttpOptions o) : impl_(std::make_unique<Impl>(std::move(o
   Impl& m = *impl_;
   const size_t threads = size_t(std::max(1, m.opt.threads));
   m.svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  m.svr.set_payload_max_length(m.opt.max_body_bytes);
+  // A decode instance takes KV transfers (megabytes per thousand prompt tokens); the JSON
+  // endpoints still check max_body_bytes themselves.
+  m.svr.set_payload_max_length(m.opt.role == "decode" ? size_t(m.opt.pending_max_bytes) : m.opt.max_body_bytes);
   m.svr.set_keep_alive_max_count(1000);
   m.svr.set_tcp_nodelay(true);  // one SSE chunk per token: no Nagle delay between them
   // httplib's default sets SO_REUSEPORT, which lets a second server bind a port in use and
@@ -539,8 +650,22 @@ void HttpServer::start() {
 }
 
 void HttpServer::set_ready(Engine* engine, const tok::Tokenizer* tokenizer) {
-  impl_->tokenizer.store(tokenizer);
-  impl_->engine.store(engine);
+  Impl& m = *impl_;
+  if (m.opt.role == "decode" && engine && !m.listener) {
+    m.layout = kv_layout(engine->model());
+    m.listener = std::make_unique<TransferListener>(
+        m.opt.host, m.opt.transfer_port, m.opt.pending_max_bytes, m.opt.transfer_timeout_s,
+        [&m](std::string&& bytes) -> std::pair<int, std::string> {
+          try {
+            return {200, dump(m.receive(bytes, ""))};
+          } catch (const ApiError& e) {
+            return {e.status, e.what()};
+          }
+        });
+    std::fprintf(stderr, "dsv3 serve: KV transfers on %s:%d\n", m.opt.host.c_str(), m.listener->port());
+  }
+  m.tokenizer.store(tokenizer);
+  m.engine.store(engine);
 }
 
 void HttpServer::shutdown() {
@@ -548,6 +673,7 @@ void HttpServer::shutdown() {
   if (m.closing.exchange(true)) return;
   if (m.bound) m.svr.stop();
   if (m.thread.joinable()) m.thread.join();
+  m.listener.reset();
 }
 
 }  // namespace dsv3::serve

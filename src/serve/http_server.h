@@ -9,6 +9,9 @@
 //   POST /v1/completions        text / token-id prompts
 //   POST /tokenize, /detokenize
 //   GET  /metrics               Prometheus text format
+//   POST /v1/disagg/prefill     --role prefill: prefill and push to a decode instance
+//   POST /v1/disagg/kv          --role decode: receive a prefill (serve/kv_transfer.h)
+//   GET  /v1/disagg/info        --role decode: the transfer port (serve/kv_socket.h), layout
 //
 // The listener is bound before the model loads (so /health can answer 503 "loading"); the
 // engine is handed over with set_ready(). Every client error is a JSON {"error": {...}} with
@@ -33,6 +36,18 @@ struct HttpOptions {
   std::vector<std::string> cors_origins;  // allowed Origins; "*" = any; empty = no CORS
   size_t max_body_bytes = size_t(8) << 20;  // larger bodies: 413
   int threads = 64;                       // handler threads = concurrent connections served
+  // Prefill/decode disaggregation (serve/disagg.h, docs/serve.md "Deployment"). "prefill"
+  // adds POST /v1/disagg/prefill; "decode" adds POST /v1/disagg/kv and serves generation
+  // requests that carry X-Dsv3-Transfer-Id from the transferred prefill; "mixed" neither.
+  // Every role also serves ordinary requests.
+  std::string role = "mixed";
+  double transfer_timeout_s = 30;         // prefill: the push to a decode instance; decode:
+                                          // a sender silent this long is dropped
+  int transfer_port = 0;                  // decode: the KV transfer port (0: any free one,
+                                          // named by GET /v1/disagg/info)
+  int fault_corrupt_transfers = 0;        // prefill, testing only: damage this many pushes
+  double pending_ttl_s = 120;             // decode: an unclaimed transfer is dropped after
+  int64_t pending_max_bytes = int64_t(4) << 30;  // decode: unclaimed transfers held at most
 };
 
 class HttpServer {

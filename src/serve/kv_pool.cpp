@@ -1,18 +1,41 @@
 #include "serve/kv_pool.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/check.h"
 
 namespace dsv3::serve {
 
 KvPool::KvPool(int64_t n_blocks, int64_t block_rows, int64_t n_layers, int64_t row, CacheDtype dtype)
-    : n_blocks_(n_blocks), block_rows_(block_rows), row_(row), dtype_(dtype) {
+    : n_blocks_(n_blocks), block_rows_(block_rows), n_layers_(n_layers), row_(row), dtype_(dtype) {
   DSV3_CHECK(n_blocks > 0 && block_rows > 0, "the KV cache pool needs at least one block");
   data_.assign(size_t(n_blocks * bytes_per_block(block_rows, n_layers, row, dtype)), 0);
   meta_.resize(size_t(n_blocks));
   free_.reserve(size_t(n_blocks));
   for (int64_t b = n_blocks - 1; b >= 0; --b) free_.push_back(int32_t(b));  // pop 0 first
+}
+
+// Layer l, position p of a sequence lives at block table[p / block_rows], row p % block_rows
+// of that layer's block array ([n_layers, n_blocks, block_rows, row_bytes]).
+void KvPool::read_rows(const int32_t* table, int64_t P, uint8_t* out) const {
+  const int64_t rb = row_bytes();
+  for (int64_t l = 0; l < n_layers_; ++l)
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t b = table[p / block_rows_];
+      std::memcpy(out + (l * P + p) * rb,
+                  data_.data() + ((l * n_blocks_ + b) * block_rows_ + p % block_rows_) * rb, size_t(rb));
+    }
+}
+
+void KvPool::write_rows(const int32_t* table, int64_t P, const uint8_t* in) {
+  const int64_t rb = row_bytes();
+  for (int64_t l = 0; l < n_layers_; ++l)
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t b = table[p / block_rows_];
+      std::memcpy(data_.data() + ((l * n_blocks_ + b) * block_rows_ + p % block_rows_) * rb,
+                  in + (l * P + p) * rb, size_t(rb));
+    }
 }
 
 int32_t KvPool::allocate() {

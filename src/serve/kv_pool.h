@@ -53,6 +53,14 @@ class KvPool {
   // A no-op when another block already does.
   void publish(int32_t b, uint64_t hash, uint64_t prev, const int32_t* tokens);
 
+  // The stored rows of positions [0, P) of the sequence whose blocks are `table`, every
+  // layer, as [n_layers][P][row_bytes] (the KV transfer layout, serve/kv_transfer.h), and
+  // back into a sequence's blocks.
+  void read_rows(const int32_t* table, int64_t P, uint8_t* out) const;
+  void write_rows(const int32_t* table, int64_t P, const uint8_t* in);
+  int64_t n_layers() const { return n_layers_; }
+  int64_t row_bytes() const { return cache_row_bytes(dtype_, row_); }
+
  private:
   struct Meta {
     int32_t ref = 0;
@@ -61,7 +69,7 @@ class KvPool {
     std::vector<int32_t> tokens;
     std::list<int32_t>::iterator lru;  // valid when cached && ref == 0
   };
-  int64_t n_blocks_, block_rows_, row_;
+  int64_t n_blocks_, block_rows_, n_layers_, row_;
   CacheDtype dtype_;
   std::vector<uint8_t> data_;
   std::vector<Meta> meta_;

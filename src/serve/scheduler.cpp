@@ -52,7 +52,7 @@ void Engine::loop() {
                                " accepted=", s.accepted);
     if (mode == SpecMode::Auto)
       note += str_cat(" chose=", r.drafting ? "mtp" : "plain", " (", r.reason, ")");
-    if (!s.spec) note += " (this request plainly: a seed, penalties or a prefix-cache hit)";
+    if (!s.spec) note += " (this request plainly: a seed, penalties, a prefix-cache hit or a disaggregated prefill)";
     return note;
   };
   auto log_line = [&](const Seq& s) {
@@ -221,6 +221,49 @@ void Engine::loop() {
   // Verify: row 0's distribution decides the draft (greedy: its argmax; sampling: the
   // speculative accept rule, exact in distribution); accepted, row 1 gives a bonus token.
   // Rejected, the draft's cache row at L + 1 is left outside `computed` and overwritten later.
+  // Disaggregation (Request::import_kv / export_kv). Import at admission: the transferred
+  // rows into fresh blocks, then the first token from the transferred logits, as if this
+  // engine had just prefilled the prompt. Returns the tokens emitted (0 or 1).
+  auto import_prefill = [&](Seq& s) -> uint64_t {
+    const KvSequence& kv = *s.req.import_kv;
+    const int64_t P = s.n_prompt;
+    while (int64_t(s.table.size()) < (P + B - 1) / B) {
+      const int32_t b = pool.allocate();
+      if (b < 0) {  // not expected: admission saw enough blocks
+        fail(s, "no cache blocks for the transferred prefill");
+        return 0;
+      }
+      s.table.push_back(b);
+    }
+    pool.write_rows(s.table.data(), P, kv.rows.data());
+    s.computed = P;
+    s.cached_tokens = kv.cached;  // the prefill instance's prefix-cache hit
+    if (opt_.prefix_cache) publish(s);
+    std::vector<float> l = kv.logits;  // sample_emit penalises in place
+    s.req.import_kv.reset();           // a preempted sequence recomputes from its tokens
+    uint64_t new_tokens = 0;
+    try {
+      sample_emit(s, l.data(), now_s(), new_tokens);
+    } catch (const std::exception& ex) {
+      fail(s, ex.what());
+    }
+    return new_tokens;
+  };
+  // Export after the forward that computed the prompt's last logits: rows and logits out,
+  // finished without a token.
+  auto export_prefill = [&](Seq& s, const float* l) {
+    KvSequence& kv = *s.req.export_kv;
+    const int64_t P = s.n_prompt;
+    DSV3_ASSERT(s.computed == P);
+    kv.tokens.assign(s.tokens.begin(), s.tokens.begin() + P);
+    kv.cached = s.cached_tokens;
+    kv.rows.resize(size_t(pool.n_layers() * P * pool.row_bytes()));
+    pool.read_rows(s.table.data(), P, kv.rows.data());
+    kv.logits.assign(l, l + V);
+    s.t_first = s.t_last = now_s();
+    s.finish = "length";
+  };
+
   int64_t step_accepted = 0;  // this step's accepted drafts (the policy's record)
   auto verify = [&](Seq& s, float* l, double now, uint64_t& new_tokens) {
     const int32_t d = s.vids[1];
@@ -251,7 +294,7 @@ void Engine::loop() {
   };
 
   // Expert-parallel serving: the other ranks allocate the same pool (serve/ep_step.h).
-  if (I.ep) I.ep->setup(pool.n_blocks(), model_.config().num_hidden_layers, context_);
+  if (I.ep) I.ep->setup(pool.n_blocks(), pool.n_layers(), context_);
   while (true) {
     {
       std::unique_lock<std::mutex> lk(I.mu);
@@ -292,7 +335,8 @@ void Engine::loop() {
       // catch-up, which a reused prefix would not give it. Under mtp it skips the lookup;
       // under auto the prefix cache comes first (the prefill it saves is certain, drafting's
       // gain is not): a sequence that finds its prefix decodes plainly.
-      if (opt_.prefix_cache && !(s.spec && I.policy.mode() == SpecMode::Mtp)) {
+      const bool importing = s.req.import_kv != nullptr;
+      if (opt_.prefix_cache && !importing && !(s.spec && I.policy.mode() == SpecMode::Mtp)) {
         const int64_t full = (len - 1) / B;  // the last token is always forwarded (its logits)
         uint64_t prev = 0;
         for (int64_t j = 0; j < full; ++j) {
@@ -320,9 +364,15 @@ void Engine::loop() {
         I.m.prefix_hits += uint64_t(s.computed);
         I.m.prompt_tokens += uint64_t(s.n_prompt);
       }
+      if (importing) {
+        const uint64_t t = import_prefill(s);
+        std::lock_guard<std::mutex> lk(I.mu);
+        I.m.generation_tokens += t;
+      }
       I.running.push_back(std::move(I.waiting.front()));
       I.waiting.pop_front();
     }
+    sweep(I.running);  // imports whose first token ended them
     if (I.running.empty()) continue;
 
     // This step's rows: one token per decoding sequence; prefill chunks end at multiples of
@@ -463,7 +513,8 @@ void Engine::loop() {
           verify(s, seq_logits[i], now, new_tokens);
         } else {
           s.computed += plan[i].second;
-          if (seq_logits[i]) sample_emit(s, seq_logits[i], now, new_tokens);
+          if (seq_logits[i] && s.req.export_kv) export_prefill(s, seq_logits[i]);
+          else if (seq_logits[i]) sample_emit(s, seq_logits[i], now, new_tokens);
         }
         if (opt_.prefix_cache) publish(s);
       } catch (const std::exception& ex) {

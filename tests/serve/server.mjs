@@ -4,6 +4,7 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -74,9 +75,33 @@ export function openStream(url, body, timeoutMs = 30_000 * SLOW) {
   });
 }
 
-// Starts `dsv3 serve --model <test model> --port 0 ...args`; resolves once /health is 200.
-export async function startServer(args = [], { model } = {}) {
-  const proc = spawn(DSV3_BIN, ['serve', '--model', model ?? testModel(), '--port', '0', '--served-model-name', 'model', ...args], {
+// Starts `dsv3 serve --model <test model> --port PORT ...args` (PORT 0: any free one);
+// resolves once /health is 200.
+export async function startServer(args = [], { model, port = 0 } = {}) {
+  return startDsv3(['serve', '--model', model ?? testModel(), '--port', String(port), '--served-model-name', 'model', ...args]);
+}
+
+// Starts `dsv3 router --port 0 ...args`; resolves once its /health is 200 (a healthy instance
+// of each role).
+export async function startRouter(args = []) {
+  return startDsv3(['router', '--port', '0', ...args]);
+}
+
+// A free loopback port (closed again: a server started right after can bind it).
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function startDsv3(argv) {
+  const what = `dsv3 ${argv[0]}`;
+  const proc = spawn(DSV3_BIN, argv, {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';
@@ -89,10 +114,10 @@ export async function startServer(args = [], { model } = {}) {
         const m = /listening on (http:\/\/\S+)/.exec(log);
         if (m) resolve(m[1]);
       });
-      exited.then(({ code, signal }) => reject(new Error(`dsv3 serve exited (${code ?? signal}) before listening:\n${log}`)));
+      exited.then(({ code, signal }) => reject(new Error(`${what} exited (${code ?? signal}) before listening:\n${log}`)));
     }),
     30_000 * SLOW,
-    'dsv3 serve printing "listening on"',
+    `${what} printing "listening on"`,
   );
   const deadline = Date.now() + 60_000 * SLOW;
   for (;;) {
@@ -110,6 +135,7 @@ export async function startServer(args = [], { model } = {}) {
   return {
     url,
     proc,
+    exited,
     agent,
     log: () => log,
     // SIGTERM, then the exit code (0 expected); SIGKILL and throw past the deadline.
@@ -118,8 +144,8 @@ export async function startServer(args = [], { model } = {}) {
       agent.destroy();
       proc.kill('SIGTERM');
       try {
-        const { code, signal } = await withTimeout(exited, 40_000 * SLOW, 'dsv3 serve exiting on SIGTERM');
-        if (code !== 0) throw new Error(`dsv3 serve exited with ${code ?? signal}:\n${log.slice(-4000)}`);
+        const { code, signal } = await withTimeout(exited, 40_000 * SLOW, `${what} exiting on SIGTERM`);
+        if (code !== 0) throw new Error(`${what} exited with ${code ?? signal}:\n${log.slice(-4000)}`);
         return code;
       } catch (e) {
         proc.kill('SIGKILL');

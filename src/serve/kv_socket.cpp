@@ -1,0 +1,192 @@
+#include "serve/kv_socket.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/check.h"
+
+namespace dsv3::serve {
+namespace {
+
+constexpr char kFrameMagic[8] = {'D', 'S', 'V', '3', 'K', 'V', 'P', '1'};
+
+// Every byte of buf, or false (peer closed, error, or silent past the socket's timeout).
+bool read_all(int fd, char* buf, size_t n) {
+  while (n > 0) {
+    const ssize_t r = ::recv(fd, buf, n, 0);
+    if (r <= 0) {
+      if (r < 0 && errno == EINTR) continue;
+      return false;
+    }
+    buf += r;
+    n -= size_t(r);
+  }
+  return true;
+}
+
+bool write_all(int fd, const char* buf, size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::send(fd, buf, n, MSG_NOSIGNAL);
+    if (w <= 0) {
+      if (w < 0 && errno == EINTR) continue;
+      return false;
+    }
+    buf += w;
+    n -= size_t(w);
+  }
+  return true;
+}
+
+void set_timeouts(int fd, double s) {
+  timeval tv{};
+  tv.tv_sec = time_t(s);
+  tv.tv_usec = suseconds_t((s - double(tv.tv_sec)) * 1e6);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+void put_u32(char* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = char((v >> (8 * i)) & 0xff);
+}
+uint32_t get_u32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= uint32_t(uint8_t(p[i])) << (8 * i);
+  return v;
+}
+
+// "[::1]" → "::1"; other hosts as given.
+std::string bare_host(const std::string& h) {
+  return h.size() >= 2 && h.front() == '[' && h.back() == ']' ? h.substr(1, h.size() - 2) : h;
+}
+
+addrinfo* resolve(const std::string& host, int port, bool passive) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : 0;
+  addrinfo* res = nullptr;
+  const std::string h = bare_host(host);
+  if (getaddrinfo(h.empty() ? nullptr : h.c_str(), std::to_string(port).c_str(), &hints, &res) != 0) return nullptr;
+  return res;
+}
+
+}  // namespace
+
+TransferListener::TransferListener(const std::string& host, int port, int64_t max_bytes, double timeout_s,
+                                   Handler h)
+    : max_bytes_(max_bytes), timeout_s_(timeout_s), handler_(std::move(h)) {
+  addrinfo* ai = resolve(host, port, true);
+  DSV3_CHECK(ai, "transfer listener: cannot resolve '", host, "'");
+  for (addrinfo* a = ai; a && fd_ < 0; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    int yes = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd, 16) == 0) {
+      fd_ = fd;
+    } else {
+      ::close(fd);
+    }
+  }
+  freeaddrinfo(ai);
+  DSV3_CHECK(fd_ >= 0, "transfer listener: cannot bind to ", host, ":", port, " (", std::strerror(errno), ")");
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len);
+  port_ = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
+                                   : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  thread_ = std::thread([this] {
+    while (!stop_.load()) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 200) <= 0) continue;
+      const int c = ::accept(fd_, nullptr, nullptr);
+      if (c < 0) continue;
+      set_timeouts(c, timeout_s_);
+      try {
+        serve_one(c);
+      } catch (const std::exception& e) {  // the handler's bug: this connection only
+        std::fprintf(stderr, "dsv3 serve: transfer listener: %s\n", e.what());
+      }
+      ::close(c);
+    }
+  });
+}
+
+TransferListener::~TransferListener() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void TransferListener::serve_one(int fd) {
+  auto reply = [&](int status, const std::string& msg) {
+    char h[8];
+    put_u32(h, uint32_t(status));
+    put_u32(h + 4, uint32_t(msg.size()));
+    write_all(fd, h, 8) && write_all(fd, msg.data(), msg.size());
+  };
+  char head[16];
+  if (!read_all(fd, head, 16)) return;
+  if (std::memcmp(head, kFrameMagic, 8) != 0) return reply(400, "not a dsv3 KV transfer frame");
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= uint64_t(uint8_t(head[8 + i])) << (8 * i);
+  if (n > uint64_t(max_bytes_))
+    return reply(413, str_cat("a transfer of ", n, " bytes is over this instance's limit of ", max_bytes_));
+  std::string bytes(size_t(n), '\0');
+  if (!read_all(fd, bytes.data(), bytes.size())) return;  // the sender went away or stalled
+  auto [status, msg] = handler_(std::move(bytes));
+  reply(status, msg);
+}
+
+TransferReply send_transfer(const std::string& host, int port, std::string_view bytes, double timeout_s) {
+  TransferReply r;
+  addrinfo* ai = resolve(host, port, false);
+  if (!ai) {
+    r.message = str_cat("cannot resolve '", host, "'");
+    return r;
+  }
+  int fd = -1;
+  std::string why = "no address";
+  for (addrinfo* a = ai; a && fd < 0; a = a->ai_next) {
+    fd = ::socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    set_timeouts(fd, timeout_s);
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
+      why = std::strerror(errno);
+      ::close(fd);
+      fd = -1;
+    }
+  }
+  freeaddrinfo(ai);
+  if (fd < 0) {
+    r.message = str_cat("cannot connect to ", host, ":", port, " (", why, ")");
+    return r;
+  }
+  char head[16];
+  std::memcpy(head, kFrameMagic, 8);
+  for (int i = 0; i < 8; ++i) head[8 + i] = char((uint64_t(bytes.size()) >> (8 * i)) & 0xff);
+  char rh[8];
+  if (!write_all(fd, head, 16) || !write_all(fd, bytes.data(), bytes.size()) || !read_all(fd, rh, 8)) {
+    r.message = str_cat("the transfer to ", host, ":", port, " broke off (", std::strerror(errno), ")");
+    ::close(fd);
+    return r;
+  }
+  r.status = int(get_u32(rh));
+  std::string msg(std::min<uint32_t>(get_u32(rh + 4), 1u << 16), '\0');
+  read_all(fd, msg.data(), msg.size());
+  ::close(fd);
+  r.delivered = true;
+  r.message = std::move(msg);
+  return r;
+}
+
+}  // namespace dsv3::serve

@@ -1,0 +1,418 @@
+// Redundant experts (src/parallel/eplb.h) against deepseek-ai/EPLB: its README example's
+// printed phy2log exactly (and the logcnt vLLM's test of the same example asserts); the two
+// building blocks on small cases worked by hand from eplb.py's description, ties included;
+// replicate_experts' max load per copy against a brute-force optimum; the hierarchical
+// policy's promise (a group and its copies stay on one node); the global policy's rule
+// (groups % nodes != 0 runs as one group on one node); every plan's three maps consistent;
+// bad counts and loads refused with messages naming them. Then `dsv3 eplb` through the CLI
+// ($DSV3_BIN, set by ctest).
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/check.h"
+#include "parallel/eplb.h"
+
+namespace dsv3::eplb {
+namespace {
+
+using Loads = std::vector<std::vector<double>>;
+
+// deepseek-ai/EPLB README: 2 MoE layers of 12 experts, 16 slots, 4 groups, 2 nodes, 8 GPUs.
+const Loads kReadmeWeight = {{90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86},
+                             {20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27}};
+const Params kReadmeParams{16, 4, 2, 8};
+
+// The three maps describe one placement: logcnt counts each expert's slots, log2phy lists
+// them (copy r at [r], -1 past the count, width the largest count), every expert has a slot.
+void expect_consistent(const Plan& plan, const Loads& w, const Params& p) {
+  const size_t L = w.size(), E = w[0].size(), R = size_t(p.num_replicas);
+  ASSERT_EQ(plan.phy2log.size(), L);
+  ASSERT_EQ(plan.logcnt.size(), L);
+  ASSERT_EQ(plan.log2phy.size(), L);
+  int widest = 0;
+  for (size_t l = 0; l < L; ++l) {
+    ASSERT_EQ(plan.phy2log[l].size(), R);
+    ASSERT_EQ(plan.logcnt[l].size(), E);
+    ASSERT_EQ(plan.log2phy[l].size(), E);
+    std::vector<std::vector<int>> slots(E);
+    for (size_t s = 0; s < R; ++s) {
+      const int e = plan.phy2log[l][s];
+      ASSERT_TRUE(e >= 0 && size_t(e) < E) << "layer " << l << " slot " << s;
+      slots[size_t(e)].push_back(int(s));
+    }
+    for (size_t e = 0; e < E; ++e) {
+      EXPECT_GE(plan.logcnt[l][e], 1) << "layer " << l << " expert " << e;
+      EXPECT_EQ(size_t(plan.logcnt[l][e]), slots[e].size()) << "layer " << l << " expert " << e;
+      widest = std::max(widest, plan.logcnt[l][e]);
+      ASSERT_EQ(plan.log2phy[l][e].size(), size_t(plan.max_copies));
+      std::vector<int> listed;
+      for (int r = 0; r < plan.max_copies; ++r) {
+        const int s = plan.log2phy[l][e][size_t(r)];
+        if (r < plan.logcnt[l][e]) {
+          ASSERT_TRUE(s >= 0 && size_t(s) < R) << "layer " << l << " expert " << e << " copy " << r;
+          EXPECT_EQ(plan.phy2log[l][size_t(s)], int(e));
+          listed.push_back(s);
+        } else {
+          EXPECT_EQ(s, -1) << "layer " << l << " expert " << e << " copy " << r;
+        }
+      }
+      std::sort(listed.begin(), listed.end());
+      EXPECT_EQ(listed, slots[e]) << "layer " << l << " expert " << e;
+    }
+  }
+  EXPECT_EQ(plan.max_copies, widest);
+}
+
+// Load per GPU: each slot carries its expert's load over the expert's copies.
+std::vector<double> gpu_loads(const Plan& plan, const Loads& w, const Params& p, size_t l) {
+  const size_t R = size_t(p.num_replicas), per_gpu = R / size_t(p.num_gpus);
+  std::vector<double> gpu(size_t(p.num_gpus), 0.0);
+  for (size_t s = 0; s < R; ++s) {
+    const int e = plan.phy2log[l][s];
+    gpu[s / per_gpu] += w[l][size_t(e)] / plan.logcnt[l][size_t(e)];
+  }
+  return gpu;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+TEST(Eplb, ReadmeExample) {
+  const Plan plan = rebalance_experts(kReadmeWeight, kReadmeParams);
+  EXPECT_TRUE(plan.hierarchical);
+  // The README's printed output.
+  const std::vector<std::vector<int>> phy2log = {{5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1},
+                                                 {7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1}};
+  EXPECT_EQ(plan.phy2log, phy2log);
+  // vLLM's tests/distributed/test_eplb_algo.py asserts this logcnt for the same call.
+  const std::vector<std::vector<int>> logcnt = {{1, 2, 1, 1, 2, 2, 1, 1, 1, 1, 2, 1},
+                                                {1, 2, 1, 1, 1, 2, 2, 1, 2, 1, 1, 1}};
+  EXPECT_EQ(plan.logcnt, logcnt);
+  EXPECT_EQ(plan.max_copies, 2);
+  expect_consistent(plan, kReadmeWeight, kReadmeParams);
+
+  // The float entry point is the same computation (the public code's weight.float()).
+  std::vector<std::vector<float>> wf;
+  for (const auto& row : kReadmeWeight) wf.emplace_back(row.begin(), row.end());
+  const Plan pf = rebalance_experts(wf, kReadmeParams);
+  EXPECT_EQ(pf.phy2log, plan.phy2log);
+  EXPECT_EQ(pf.log2phy, plan.log2phy);
+  EXPECT_EQ(pf.logcnt, plan.logcnt);
+}
+
+// eplb.py's balanced_packing by hand. Weights {5, 9, 1, 7, 3, 8} into 2 packs of 3, heaviest
+// first: 9 -> pack 0 (both empty: the first), 8 -> 1, 7 -> 1 (8 < 9), 5 -> 0 (9 < 15),
+// 3 -> 0 (14 < 15; pack 0 is now full), 1 -> 1 (the only pack with room).
+TEST(Eplb, BalancedPackingByHand) {
+  const Packing a = balanced_packing({5, 9, 1, 7, 3, 8}, 2);
+  EXPECT_EQ(a.pack, (std::vector<int>{0, 0, 1, 1, 0, 1}));
+  EXPECT_EQ(a.rank, (std::vector<int>{1, 0, 2, 1, 2, 0}));
+  // Ties: equal weights in index order, equal packs the first: 0 -> 0, 1 -> 1, 2 -> 0, 3 -> 1.
+  const Packing t = balanced_packing({4, 4, 4, 4}, 2);
+  EXPECT_EQ(t.pack, (std::vector<int>{0, 1, 0, 1}));
+  EXPECT_EQ(t.rank, (std::vector<int>{0, 0, 1, 1}));
+  // One item per pack: eplb.py's shortcut keeps index order (the greedy would put the
+  // heaviest, item 1, into pack 0).
+  const Packing one = balanced_packing({1, 5, 3}, 3);
+  EXPECT_EQ(one.pack, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(one.rank, (std::vector<int>{0, 0, 0}));
+  // One pack: everything, heaviest first.
+  const Packing all = balanced_packing({1, 5, 3}, 1);
+  EXPECT_EQ(all.pack, (std::vector<int>{0, 0, 0}));
+  EXPECT_EQ(all.rank, (std::vector<int>{2, 0, 1}));
+}
+
+// replicate_experts by hand: each extra slot to the highest weight / copies, the first of equals.
+TEST(Eplb, ReplicateExpertsByHand) {
+  // {9, 4, 4}: 9 -> 4.5 (copy 1 of item 0), 4.5 -> 3 (copy 2), then 4 = 4: item 1.
+  const Replication a = replicate_experts({9, 4, 4}, 6);
+  EXPECT_EQ(a.phy2log, (std::vector<int>{0, 1, 2, 0, 0, 1}));
+  EXPECT_EQ(a.rank, (std::vector<int>{0, 0, 0, 1, 2, 1}));
+  EXPECT_EQ(a.logcnt, (std::vector<int>{3, 2, 1}));
+  // {6, 6, 3}: 6 = 6: item 0, then item 1.
+  const Replication b = replicate_experts({6, 6, 3}, 5);
+  EXPECT_EQ(b.phy2log, (std::vector<int>{0, 1, 2, 0, 1}));
+  EXPECT_EQ(b.logcnt, (std::vector<int>{2, 2, 1}));
+  // No extra slots: the identity.
+  const Replication c = replicate_experts({1, 2, 3}, 3);
+  EXPECT_EQ(c.phy2log, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(c.logcnt, (std::vector<int>{1, 1, 1}));
+}
+
+// Giving each slot to the current highest load per copy minimises the highest load per copy
+// over all ways to hand out the slots; check it against every way, for small cases.
+TEST(Eplb, ReplicationIsOptimalByBruteForce) {
+  std::mt19937 rng(17);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int n = 1 + int(rng() % 4), extra = int(rng() % 5);
+    std::vector<float> w(static_cast<size_t>(n));
+    for (float& v : w) v = float(rng() % 100);
+    const Replication r = replicate_experts(w, n + extra);
+    double greedy = 0;
+    for (int i = 0; i < n; ++i) greedy = std::max(greedy, double(w[size_t(i)]) / r.logcnt[size_t(i)]);
+    double best = std::numeric_limits<double>::infinity();
+    std::vector<int> cnt(size_t(n), 1);
+    std::function<void(int, int)> walk = [&](int i, int left) {  // every split of `extra`
+      if (i == n - 1) {
+        cnt[size_t(i)] = 1 + left;
+        double worst = 0;
+        for (int k = 0; k < n; ++k) worst = std::max(worst, double(w[size_t(k)]) / cnt[size_t(k)]);
+        best = std::min(best, worst);
+        return;
+      }
+      for (int c = 0; c <= left; ++c) {
+        cnt[size_t(i)] = 1 + c;
+        walk(i + 1, left - c);
+      }
+    };
+    walk(0, extra);
+    EXPECT_NEAR(greedy, best, 1e-9 * best) << "trial " << trial;
+  }
+}
+
+TEST(Eplb, NoCopiesWhenSlotsEqualExperts) {
+  for (const Params p : {Params{12, 4, 2, 4}, Params{12, 4, 3, 6}, Params{12, 1, 1, 3}}) {
+    const Plan plan = rebalance_experts(kReadmeWeight, p);
+    expect_consistent(plan, kReadmeWeight, p);
+    EXPECT_EQ(plan.max_copies, 1);
+    for (size_t l = 0; l < kReadmeWeight.size(); ++l) {
+      for (int c : plan.logcnt[l]) EXPECT_EQ(c, 1);
+      std::vector<int> sorted = plan.phy2log[l];
+      std::sort(sorted.begin(), sorted.end());
+      std::vector<int> iota(12);
+      std::iota(iota.begin(), iota.end(), 0);
+      EXPECT_EQ(sorted, iota) << "a permutation";
+    }
+  }
+}
+
+// The hierarchical policy keeps each expert group, with its copies, on one node, and every
+// node holds the same number of groups.
+TEST(Eplb, HierarchicalKeepsGroupsOnOneNode) {
+  std::mt19937 rng(3);
+  const Params p{48, 8, 4, 16};  // 32 experts in 8 groups of 4; 12 slots per node, 3 per GPU
+  Loads w(3, std::vector<double>(32));
+  for (auto& row : w)
+    for (double& v : row) v = double(rng() % 1000);
+  const Plan plan = rebalance_experts(w, p);
+  ASSERT_TRUE(plan.hierarchical);
+  expect_consistent(plan, w, p);
+  for (size_t l = 0; l < w.size(); ++l) {
+    std::vector<std::set<int>> nodes_of_group(8);
+    std::vector<std::set<int>> groups_of_node(4);
+    for (int s = 0; s < 48; ++s) {
+      const int g = plan.phy2log[l][size_t(s)] / 4, node = s / 12;
+      nodes_of_group[size_t(g)].insert(node);
+      groups_of_node[size_t(node)].insert(g);
+    }
+    for (int g = 0; g < 8; ++g) EXPECT_EQ(nodes_of_group[size_t(g)].size(), 1u) << "layer " << l << " group " << g;
+    for (int n = 0; n < 4; ++n) EXPECT_EQ(groups_of_node[size_t(n)].size(), 2u) << "layer " << l << " node " << n;
+  }
+}
+
+// One hot expert: it gets the most copies, and the busiest GPU carries less than with every
+// expert once, in order (E / gpus consecutive experts per GPU).
+TEST(Eplb, SkewedLoadCopiesTheHotExpert) {
+  std::mt19937 rng(11);
+  for (const Params p : {Params{24, 4, 2, 8}, Params{24, 4, 4, 8}, Params{24, 2, 4, 8}, Params{32, 1, 1, 4}}) {
+    Loads w(4, std::vector<double>(16));
+    for (size_t l = 0; l < w.size(); ++l) {
+      for (double& v : w[l]) v = double(10 + rng() % 40);
+      w[l][(5 * l + 3) % 16] = 2000;  // the hot one, a different expert per layer
+    }
+    const Plan plan = rebalance_experts(w, p);
+    expect_consistent(plan, w, p);
+    for (size_t l = 0; l < w.size(); ++l) {
+      const size_t hot = (5 * l + 3) % 16;
+      for (size_t e = 0; e < 16; ++e) {
+        if (e == hot) continue;
+        EXPECT_GT(plan.logcnt[l][hot], plan.logcnt[l][e]) << "layer " << l << " expert " << e;
+      }
+      std::vector<double> before(size_t(p.num_gpus), 0.0);
+      for (size_t e = 0; e < 16; ++e) before[e / (16 / size_t(p.num_gpus))] += w[l][e];
+      const std::vector<double> after = gpu_loads(plan, w, p, l);
+      EXPECT_LT(*std::max_element(after.begin(), after.end()), *std::max_element(before.begin(), before.end()))
+          << "layer " << l;
+      EXPECT_NEAR(std::accumulate(after.begin(), after.end(), 0.0),
+                  std::accumulate(w[l].begin(), w[l].end(), 0.0), 1e-6) << "the load is only moved";
+    }
+  }
+}
+
+// groups % nodes != 0: the global policy, which eplb.py runs as the hierarchical one with one
+// group on one node; the copies go to the experts with the highest load over all of them.
+TEST(Eplb, GlobalPolicy) {
+  const Params p{16, 2, 4, 8};  // 2 groups over 4 nodes: not divisible
+  const Plan plan = rebalance_experts(kReadmeWeight, p);
+  EXPECT_FALSE(plan.hierarchical);
+  expect_consistent(plan, kReadmeWeight, p);
+  const Plan one = rebalance_experts(kReadmeWeight, Params{16, 1, 1, 8});
+  EXPECT_TRUE(one.hierarchical);
+  EXPECT_EQ(plan.phy2log, one.phy2log);
+  EXPECT_EQ(plan.log2phy, one.log2phy);
+  EXPECT_EQ(plan.logcnt, one.logcnt);
+  // By hand: layer 0's four extra slots go to 183 (expert 10), 165 (5), 132 (1), then 104 (4)
+  // beats 183/2; layer 1's to 197 (5), 187 (6), 172 (8), 157 (7).
+  EXPECT_EQ(plan.logcnt[0], (std::vector<int>{1, 2, 1, 1, 2, 2, 1, 1, 1, 1, 2, 1}));
+  EXPECT_EQ(plan.logcnt[1], (std::vector<int>{1, 1, 1, 1, 1, 2, 2, 2, 2, 1, 1, 1}));
+  // Layer 0's slots to GPUs by hand. Slots 0-11 hold experts 0-11, slots 12-15 the copies of
+  // 10, 5, 1, 4; each slot carries load / copies: 91.5 (slots 10, 12), 90 (0), 86 (11), 82.5
+  // (5, 13), 73 (8), 66 (1, 14), 61 (3), 56 (9), 52 (4, 15), 40 (2), 39 (6), 4 (7). The first
+  // eight fill GPUs 0-7 in that order; then each goes to the least-loaded GPU with room, the
+  // first of equals: 66 -> GPU 7 (66), 61 -> 6 (73), 56 -> 4 (82.5, before 5), 52 -> 5 (82.5),
+  // 52 -> 3 (86), 40 -> 2 (90), 39 -> 0 (91.5, before 1), 4 -> 1. Both copies of expert 1 end
+  // on GPU 7: the public algorithm does not keep an expert's copies apart.
+  EXPECT_EQ(plan.phy2log[0], (std::vector<int>{10, 6, 10, 7, 0, 2, 11, 4, 5, 9, 5, 4, 8, 3, 1, 1}));
+}
+
+TEST(Eplb, RefusesBadInput) {
+  const Loads w = kReadmeWeight;
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{18, 4, 2, 8}); }),
+                  "18 replicas do not divide evenly over 8 GPUs"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{16, 4, 3, 8}); }),
+                  "8 GPUs do not divide evenly over 3 nodes"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{16, 5, 1, 8}); }),
+                  "12 experts do not divide into 5 groups"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{8, 4, 2, 8}); }),
+                  "8 replicas cannot hold 12 experts"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{16, 4, 2, 0}); }), "--gpus must be at least 1"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{16, 0, 2, 8}); }), "--groups must be at least 1"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{16, 4, -1, 8}); }), "--nodes must be at least 1"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(w, Params{1 << 30, 4, 2, 8}); }), "is more than"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(Loads(512, std::vector<double>(16, 1.0)), Params{1 << 20, 1, 1, 1}); }),
+                  "phy2log would have 512 layers x 1048576 slots"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(Loads{}, kReadmeParams); }), "no layers"));
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(Loads{{}, {}}, kReadmeParams); }), "no experts"));
+  Loads ragged = w;
+  ragged[1].pop_back();
+  EXPECT_TRUE(has(error_of([&] { rebalance_experts(ragged, kReadmeParams); }),
+                  "layer 1 has 11 expert loads, layer 0 has 12"));
+  for (const double bad : {-1.0, std::nan(""), std::numeric_limits<double>::infinity(), 1e39}) {
+    Loads b = w;
+    b[1][7] = bad;
+    const std::string msg = error_of([&] { rebalance_experts(b, kReadmeParams); });
+    EXPECT_TRUE(has(msg, "weight[1][7]")) << msg;
+  }
+}
+
+// ---- dsv3 eplb ------------------------------------------------------------------------
+
+struct CliRun {
+  int rc = -1;
+  std::string out, err;
+};
+
+std::string slurp(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// A scratch directory for the CLI's files, removed at exit.
+std::filesystem::path tmp_dir() {
+  struct Dir {
+    std::filesystem::path p =
+        std::filesystem::temp_directory_path() / ("dsv3_eplb_test_" + std::to_string(getpid()));
+    Dir() { std::filesystem::create_directories(p); }
+    ~Dir() { std::filesystem::remove_all(p); }
+  };
+  static const Dir d;
+  return d.p;
+}
+
+std::string write_tmp(const std::string& name, const std::string& text) {
+  const std::filesystem::path p = tmp_dir() / name;
+  std::ofstream(p, std::ios::binary) << text;
+  return p.string();
+}
+
+CliRun cli(const std::string& args) {
+  const std::string out = (tmp_dir() / "out").string(), err = (tmp_dir() / "err").string();
+  const int st = std::system((std::string(std::getenv("DSV3_BIN")) + " eplb " + args + " >" + out + " 2>" + err).c_str());
+  CliRun r;
+  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+TEST(EplbCli, ReadmeExample) {
+  if (!std::getenv("DSV3_BIN")) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
+  const std::string load = write_tmp("load.json", nlohmann::json{{"weight", kReadmeWeight}}.dump());
+  const CliRun r = cli("--load " + load + " --replicas 16 --groups 4 --nodes 2 --gpus 8");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);  // stdout is the JSON alone
+  const Plan plan = rebalance_experts(kReadmeWeight, kReadmeParams);
+  EXPECT_EQ(j.at("phy2log").get<std::vector<std::vector<int>>>(), plan.phy2log);
+  EXPECT_EQ(j.at("log2phy").get<std::vector<std::vector<std::vector<int>>>>(), plan.log2phy);
+  EXPECT_EQ(j.at("logcnt").get<std::vector<std::vector<int>>>(), plan.logcnt);
+  EXPECT_EQ(j.size(), 3u);
+  EXPECT_TRUE(has(r.out, "[5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1]")) << r.out;
+  EXPECT_TRUE(has(r.err, "hierarchical policy, 2 layers, 12 experts -> 16 slots on 8 GPUs")) << r.err;
+
+  const std::string file = (tmp_dir() / "plan.json").string();
+  const CliRun o = cli("--load " + load + " --replicas 16 --groups 4 --nodes 2 --gpus 8 --out " + file);
+  ASSERT_EQ(o.rc, 0) << o.err;
+  EXPECT_EQ(o.out, "");
+  EXPECT_EQ(slurp(file), r.out);
+}
+
+TEST(EplbCli, MalformedInputExitsOne) {
+  if (!std::getenv("DSV3_BIN")) GTEST_SKIP() << "DSV3_BIN not set (run through ctest)";
+  const std::string args = " --replicas 16 --groups 4 --nodes 2 --gpus 8";
+  struct Case {
+    std::string text, message;
+  };
+  const Case cases[] = {
+      {"{\"weight\": [[1, 2, 3]", "not valid JSON"},
+      {"[[1, 2, 3]]", "expected an object"},
+      {"{\"weights\": [[1]]}", "unknown key \"weights\""},
+      {"{}", "no \"weight\" key"},
+      {"{\"weight\": []}", "non-empty array of layers"},
+      {"{\"weight\": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [1, 2]]}", "weight[1] has 2 loads, weight[0] has 12"},
+      {"{\"weight\": [[1, 2, 3, 4, 5, \"6\", 7, 8, 9, 10, 11, 12]]}", "weight[0][5] is \"6\", expected a number"},
+      {"{\"weight\": [[1, 2, 3, 4, 5, -6, 7, 8, 9, 10, 11, 12]]}", "weight[0][5] = -6"},
+      {"{\"weight\": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]}", "11 experts do not divide into 4 groups"},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    const std::string load = write_tmp("bad" + std::to_string(i++) + ".json", c.text);
+    const CliRun r = cli("--load " + load + args);
+    EXPECT_EQ(r.rc, 1) << c.text;
+    EXPECT_TRUE(has(r.err, c.message)) << c.text << "\n" << r.err;
+    EXPECT_EQ(r.out, "") << c.text;
+  }
+  const CliRun missing = cli("--load " + (tmp_dir() / "absent.json").string() + args);
+  EXPECT_EQ(missing.rc, 1);
+  EXPECT_TRUE(has(missing.err, "absent.json")) << missing.err;
+}
+
+}  // namespace
+}  // namespace dsv3::eplb
