@@ -4,6 +4,7 @@
 // --drain-timeout), close the listener and exit 0.
 #include <CLI/CLI.hpp>
 #include <pthread.h>
+#include <unistd.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -23,7 +24,10 @@
 #include "core/check.h"
 #include "core/clock.h"
 #include "core/parallel.h"
+#include "model/config.h"
 #include "model/model.h"
+#include "parallel/comm.h"
+#include "serve/ep_step.h"
 #include "serve/engine.h"
 #include "serve/http_server.h"
 #include "serve/router.h"
@@ -40,7 +44,7 @@ struct ServeArgs {
               kv_cache = "bf16", role = "mixed";
   double transfer_timeout = 30;
   int fault_corrupt_transfers = 0, transfer_port = 0;
-  int port = 8080, threads = 0;
+  int port = 8080, threads = 0, ep = 1;
   int64_t draft = 0, max_body_mb = 8;
   double drain_timeout = 30;
   bool no_prefix_cache = false, no_request_log = false;
@@ -116,6 +120,66 @@ std::string url(const std::string& host, int port) {
   return str_cat("http://", v6 ? "[" : "", host, v6 ? "]" : "", ":", port);
 }
 
+// Expert-parallel serving (`mpirun -np P dsv3 serve --ep P`; serve/ep_step.h): the layout is
+// checked on every rank from the same inputs before any work, so a bad one is refused by all
+// of them with the same message (dist::CollectiveError: each prints, exits 1).
+std::string bytes_text(int64_t b) {
+  char buf[64];
+  if (b >= int64_t(1) << 30) std::snprintf(buf, sizeof buf, "%.2f GB", double(b) * 1e-9);
+  else std::snprintf(buf, sizeof buf, "%.2f MB", double(b) * 1e-6);
+  return buf;
+}
+
+// One line per rank: its experts and the weight bytes it holds, beside one process's.
+void log_ep_share(const Model& m, const dist::Comm& world, double seconds) {
+  const int64_t held = m.held_weight_bytes(), all = held + m.unbound_expert_bytes();
+  std::fprintf(stderr, "dsv3 serve: rank %d/%d: routed experts [%lld, %lld) of each MoE layer: "
+               "%s of weights held (one process: %s), resident in %.1f s\n", world.rank(),
+               world.size(), (long long)m.first_expert(), (long long)m.last_expert(),
+               bytes_text(held).c_str(), bytes_text(all).c_str(), seconds);
+  std::fflush(stderr);
+}
+
+void check_ep_layout(const ServeArgs& a, SpecMode spec, const dist::Comm& world) {
+  auto refuse = [](auto&&... parts) { throw dist::CollectiveError(str_cat(parts...)); };
+  if (a.ep < 1) refuse("--ep must be >= 1, got ", a.ep);
+  if (a.ep != world.size()) {
+    if (world.size() == 1)
+      refuse("--ep ", a.ep, " needs ", a.ep, " processes: launch with mpirun -np ", a.ep,
+             " dsv3 serve --ep ", a.ep, " ...", dist::mpi_built() ? "" : " (this dsv3 was built without MPI)");
+    refuse("--ep ", a.ep, " must equal the number of processes (mpirun -np ", world.size(),
+           "): run mpirun -np N dsv3 serve --ep N");
+  }
+  if (a.ep == 1) return;
+  const ModelConfig c = load_model_config((std::filesystem::path(a.model) / "config.json").string());
+  if (c.n_routed_experts <= 0 || c.num_hidden_layers <= c.first_k_dense_replace)
+    refuse("--ep ", a.ep, ": the model in '", a.model, "' has no MoE layer to split");
+  if (c.n_routed_experts % a.ep != 0)
+    refuse("--ep ", a.ep, ": n_routed_experts (", c.n_routed_experts, ") must be divisible by --ep "
+           "(each rank holds an equal block of every MoE layer's routed experts)");
+  if (a.role != "mixed")
+    refuse("--role ", a.role, " is not supported with --ep ", a.ep, " (a transferred cache would "
+           "reach rank 0's pool only); run disaggregated instances without --ep");
+  if (spec == SpecMode::Mtp)
+    refuse("--speculative mtp is not supported with --ep ", a.ep, " (the MTP drafts run outside "
+           "the broadcast step); use --speculative off (auto decodes plainly under --ep)");
+  if (!dist::thread_serialized())
+    refuse("--ep ", a.ep, ": this MPI library does not provide MPI_THREAD_SERIALIZED, which the "
+           "server's engine thread needs to call MPI");
+}
+
+// Ranks ≥ 1 of an expert-parallel server: the model (this rank's experts only), then every
+// step rank 0 broadcasts until its stop message. No HTTP, no tokenizer.
+void run_ep_follower(const ServeArgs& a, const ModelOptions& mo, const dist::Comm& world) {
+  Model model(a.model, mo);
+  const double t0 = now_s();
+  model.prefault();
+  log_ep_share(model, world, now_s() - t0);
+  const int64_t steps = serve::ep_follow(model, world);
+  std::fprintf(stderr, "dsv3 serve: rank %d/%d: stopped after %lld steps\n", world.rank(),
+               world.size(), (long long)steps);
+}
+
 void run_serve(ServeArgs& a) {
   DSV3_CHECK(a.batch_mode == "invariant" || a.batch_mode == "fast", "--batch-mode: expected "
              "'invariant' or 'fast', got '", a.batch_mode, "'");
@@ -132,6 +196,29 @@ void run_serve(ServeArgs& a) {
   DSV3_CHECK(std::filesystem::exists(std::filesystem::path(a.model) / "config.json"), "--model: '",
              a.model, "' has no config.json (not a model directory)");
   if (a.threads > 0) set_num_threads(a.threads);
+  // Never freed: its sigwait thread lives until the process exits. Made before MPI starts its
+  // own threads, so that they inherit the blocked SIGINT/SIGTERM too (else a signal to rank 0
+  // lands in one of them and kills the process instead of draining it).
+  Signals& signals = *new Signals;
+  // Under mpirun this initialises MPI (MPI_THREAD_SERIALIZED).
+  const dist::Comm& world = dist::Comm::world();
+  check_ep_layout(a, spec, world);
+  const bool ep = a.ep > 1;
+  SpecMode spec_run = spec;
+  if (ep && spec == SpecMode::Auto) {
+    spec_run = SpecMode::Off;
+    if (world.rank() == 0)
+      std::fprintf(stderr, "dsv3 serve: --ep %d: speculative decoding is off (auto decodes plainly "
+                   "under expert parallelism)\n", a.ep);
+  }
+  if (ep && world.rank() != 0) {
+    ModelOptions mo;
+    mo.with_mtp = false;
+    mo.bf16_activations = cli::parse_activations(a.activations);
+    mo.kv_cache = CacheDtype(cli::parse_kv_cache(a.kv_cache));
+    mo.ep = &world;
+    return run_ep_follower(a, mo, world);
+  }
 
   serve::HttpOptions ho;
   ho.host = a.host;
@@ -163,8 +250,6 @@ void run_serve(ServeArgs& a) {
   std::unique_ptr<Model> model;
   std::unique_ptr<tok::Tokenizer> tokenizer;
   std::unique_ptr<serve::Engine> engine;
-  // Never freed: its sigwait thread lives until the process exits.
-  Signals& signals = *new Signals;
   serve::HttpServer http(ho);
   const int port = http.bind();
   const std::string where = url(a.host, port);
@@ -174,22 +259,27 @@ void run_serve(ServeArgs& a) {
   signals.start_waiter();
 
   ModelOptions mo;
-  mo.with_mtp = spec != SpecMode::Off;
+  mo.with_mtp = spec_run != SpecMode::Off;
+  if (ep) mo.ep = &world;
   mo.bf16_activations = cli::parse_activations(a.activations);
   mo.kv_cache = CacheDtype(cli::parse_kv_cache(a.kv_cache));
   model = std::make_unique<Model>(a.model, mo);
   // auto on a model without MTP modules decodes plainly (/metrics and the log say so).
   DSV3_CHECK(spec != SpecMode::Mtp || model->n_mtp() >= 1, "--speculative mtp: the model in '",
              a.model, "' has no MTP module (num_nextn_predict_layers = 0)");
-  eo.speculative_mode = spec;
-  if (spec != SpecMode::Off) eo.speculative_draft = a.draft > 0 ? a.draft : kDefaultDraft;
+  eo.speculative_mode = spec_run;
+  if (spec_run != SpecMode::Off) eo.speculative_draft = a.draft > 0 ? a.draft : kDefaultDraft;
+  if (ep) eo.ep = &world;
   {
     // Weights resident before /health says ready: the first requests would otherwise pay a
     // page fault per 4 KiB of every expert they touch first.
     const double t0 = now_s();
     const uint64_t bytes = model->prefault();
-    std::fprintf(stderr, "dsv3 serve: %.2f GB of weights resident in %.1f s\n",
-                 double(bytes) * 1e-9, now_s() - t0);
+    if (ep)
+      log_ep_share(*model, world, now_s() - t0);
+    else
+      std::fprintf(stderr, "dsv3 serve: %.2f GB of weights resident in %.1f s\n",
+                   double(bytes) * 1e-9, now_s() - t0);
   }
   if (std::filesystem::exists(std::filesystem::path(a.model) / "tokenizer.json"))
     tokenizer = tok::Tokenizer::from_path(a.model);
@@ -199,11 +289,12 @@ void run_serve(ServeArgs& a) {
   engine = std::make_unique<serve::Engine>(*model, tokenizer.get(), eo);
   http.set_ready(engine.get(), tokenizer.get());
   signals.ready.store(true);
-  const char* spec_note = spec == SpecMode::Auto && model->n_mtp() == 0 ? " (no MTP module: plain)" : "";
+  const char* spec_note = spec_run == SpecMode::Auto && model->n_mtp() == 0 ? " (no MTP module: plain)" : "";
+  const std::string ep_note = ep ? str_cat(", expert-parallel over ", a.ep, " ranks, rank 0 pid ", ::getpid()) : "";
   std::fprintf(stderr, "dsv3 serve: ready on %s (model '%s', context %lld, %lld running, "
-               "speculative %s%s, role %s, chat page at %s/)\n", where.c_str(), ho.served_model_name.c_str(),
-               (long long)engine->context(), (long long)eo.max_running, spec_mode_name(spec),
-               spec_note, a.role.c_str(), where.c_str());
+               "speculative %s%s, role %s%s, chat page at %s/)\n", where.c_str(),
+               ho.served_model_name.c_str(), (long long)engine->context(), (long long)eo.max_running,
+               spec_mode_name(spec_run), spec_note, a.role.c_str(), ep_note.c_str(), where.c_str());
   std::fflush(stderr);
 
   signals.wait();
@@ -301,6 +392,9 @@ void register_serve(CLI::App& app) {
   c->add_option("--drain-timeout", a->drain_timeout,
                 "Seconds SIGTERM/SIGINT waits for running requests before cancelling them (default 30)");
   c->add_option("--max-body-mb", a->max_body_mb, "Largest request body in MiB; larger: HTTP 413 (default 8)");
+  c->add_option("--ep", a->ep,
+                "Expert parallelism: under mpirun -np N, --ep N splits every MoE layer's routed "
+                "experts over the N ranks (rank 0 serves HTTP; docs/serve.md). Default 1");
   c->add_flag("--no-request-log", a->no_request_log, "No line on stderr per finished request");
   c->add_option("--role", a->role,
                 "Disaggregated serving (behind `dsv3 router`): prefill (prefills prompts and ships "

@@ -14,6 +14,7 @@
 #include "kernels/convert.h"
 #include "kernels/gemv.h"
 #include "kernels/norm.h"
+#include "parallel/comm.h"
 
 namespace dsv3 {
 namespace {
@@ -67,6 +68,32 @@ Model::Model(const std::string& dir, const ModelOptions& o)
   // step just streamed rather than a second copy in memory, and keeps one copy resident.
   for (MtpWeights& m : w_.mtp)
     if (same_bytes(m.shared_head_head, w_.lm_head)) m.shared_head_head = w_.lm_head;
+  e1_ = cfg_.n_routed_experts;
+  if (o.ep && o.ep->size() > 1) {
+    const int P = o.ep->size();
+    DSV3_CHECK(cfg_.n_routed_experts % P == 0, "expert parallelism over ", P, " ranks needs "
+               "n_routed_experts (", cfg_.n_routed_experts, ") divisible by ", P);
+    ep_ = o.ep;
+    e0_ = ep_first_expert(cfg_.n_routed_experts, P, o.ep->rank());
+    e1_ = ep_first_expert(cfg_.n_routed_experts, P, o.ep->rank() + 1);
+    // Another rank's expert: shapes kept (the task layout reads them), data unbound, so its
+    // mmapped pages are never touched (and a stray use faults at once).
+    auto unbind = [&](Weight& w) {
+      unbound_bytes_ += weight_bytes(w);
+      w.w.data = nullptr;
+      w.scale.data = nullptr;
+    };
+    auto shard = [&](LayerWeights& lw) {
+      if (!lw.is_moe) return;
+      for (int64_t e = 0; e < cfg_.n_routed_experts; ++e) {
+        if (e >= e0_ && e < e1_) continue;
+        MlpWeights& m = lw.moe.experts[size_t(e)];
+        for (Weight* w : {&m.gate_proj, &m.up_proj, &m.down_proj}) unbind(*w);
+      }
+    };
+    for (LayerWeights& lw : w_.layers) shard(lw);
+    for (MtpWeights& m : w_.mtp) shard(m.block);
+  }
 
   auto layer_f32 = [&](const LayerWeights& lw) {
     LayerF32 f;
@@ -88,8 +115,62 @@ Model::Model(const std::string& dir, const ModelOptions& o)
   softmax_scale_ = attention_softmax_scale(cfg_.qk_head_dim(), yarn());
 }
 
+std::vector<std::pair<const void*, size_t>> Model::held_tensors() const {
+  std::vector<std::pair<const void*, size_t>> out;
+  auto take = [&](const Weight& w) {
+    for (const TensorView* v : {&w.w, &w.scale})
+      if (v->data != nullptr && v->ndim > 0) out.emplace_back(v->data, v->nbytes());
+  };
+  auto mlp = [&](const MlpWeights& m) {
+    for (const Weight* w : {&m.gate_proj, &m.up_proj, &m.down_proj}) take(*w);
+  };
+  auto layer = [&](const LayerWeights& lw) {
+    const AttentionWeights& a = lw.self_attn;
+    for (const Weight* w : {&lw.input_layernorm, &lw.post_attention_layernorm, &a.q_a_proj,
+                            &a.q_a_layernorm, &a.q_b_proj, &a.q_proj, &a.kv_a_proj_with_mqa,
+                            &a.kv_a_layernorm, &a.kv_b_proj, &a.o_proj})
+      take(*w);
+    if (!lw.is_moe) return mlp(lw.mlp);
+    take(lw.moe.gate);
+    take(lw.moe.e_score_correction_bias);
+    for (const MlpWeights& e : lw.moe.experts) mlp(e);
+    mlp(lw.moe.shared_experts);
+  };
+  take(w_.embed_tokens);
+  for (const LayerWeights& lw : w_.layers) layer(lw);
+  take(w_.norm);
+  take(w_.lm_head);
+  for (const MtpWeights& m : w_.mtp) {
+    for (const Weight* w : {&m.enorm, &m.hnorm, &m.eh_proj, &m.shared_head_norm,
+                            &m.shared_head_head, &m.embed_tokens})
+      take(*w);
+    layer(m.block);
+  }
+  // A tied head, or an MTP head replaced by the main one, is one tensor.
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end(),
+                        [](const auto& a, const auto& b) { return a.first == b.first; }),
+            out.end());
+  return out;
+}
+
+int64_t Model::held_weight_bytes() const {
+  int64_t b = 0;
+  for (const auto& [p, n] : held_tensors()) b += int64_t(n);
+  return b;
+}
+
 uint64_t Model::prefault() const {
   uint64_t bytes = 0, sink = 0;
+  if (ep_) {  // only this rank's tensors: the other ranks' experts stay unread
+    for (const auto& [p, n] : held_tensors()) {
+      sink ^= stream_read(p, n, 1);
+      bytes += n;
+    }
+    volatile uint64_t keep = sink;
+    (void)keep;
+    return bytes;
+  }
   for (const auto& sh : ckpt_->shards()) {
     const size_t n = sh->file_size() - size_t(sh->header().data_start());
     // One thread, no OpenMP region: dsv3 serve calls this on its main thread, and a team
@@ -201,6 +282,7 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs
   MoeLayer moe;
   moe.w = &lw.moe;
   moe.bias = lf.bias.empty() ? nullptr : lf.bias.data();
+  moe.ep = ep_;
   auto run = [&](float* o, const float* xi, int64_t rows, bool decode_form) {
     if (lw.is_moe && decode_form) moe_forward_decode(o, xi, rows, cfg_, moe, s.ffn_s, threads_);
     else if (lw.is_moe) moe_forward(o, xi, rows, cfg_, moe, s.ffn_s, threads_);

@@ -20,6 +20,7 @@
 #include "model/weights.h"
 
 namespace dsv3 {
+namespace dist { class Comm; }
 
 // Per layer (main layers, then one per MTP module) the latent cache rows of `capacity`
 // positions: the normalised c_KV and the rotated k_pe, row = kv_lora_rank + qk_rope_head_dim
@@ -55,6 +56,11 @@ struct ModelOptions {
   // halves the bytes a long-context decode step reads, at a relative rounding of 2^-8 per
   // cached value (docs/long-context.md measures what it does to log-probs); F32 is exact.
   CacheDtype kv_cache = CacheDtype::BF16;
+  // Expert parallelism (dsv3 serve --ep; moe.h MoeLayer::ep): this rank keeps only its block
+  // of each MoE layer's routed experts (the others' tensors are checked, then unbound: their
+  // pages are never read) and every forward combines the ranks' expert outputs. Every rank
+  // of the group must run the same forwards. nullptr or one rank: all experts here.
+  const dist::Comm* ep = nullptr;
 };
 
 // Intermediate values a test or debugger may inspect: name ("embed", "layer.3.attn",
@@ -172,6 +178,15 @@ class Model {
   // serving: a decode step that touches an expert for the first time otherwise pays a page
   // fault per 4 KiB of it. Returns the bytes read.
   uint64_t prefault() const;
+  // Bytes of tensor data this process uses (each tensor once): under expert parallelism
+  // without the other ranks' routed experts.
+  int64_t held_weight_bytes() const;
+  // Under expert parallelism: the bytes of the other ranks' routed experts, not held here.
+  int64_t unbound_expert_bytes() const { return unbound_bytes_; }
+  // The expert-parallel group (nullptr: none) and this rank's routed experts [first, last).
+  const dist::Comm* ep() const { return ep_; }
+  int64_t first_expert() const { return e0_; }
+  int64_t last_expert() const { return e1_; }
 
   // Bytes of weights one decode step reads: every matrix of the attention, the dense layers,
   // the shared experts, the router, num_experts_per_tok routed experts per MoE layer, the
@@ -207,6 +222,11 @@ class Model {
   std::vector<float> rope_cos_, rope_sin_;  // [n_pos, rope/2]
   int64_t rope_n_ = 0;
   int threads_ = 0;
+  const dist::Comm* ep_ = nullptr;
+  int64_t e0_ = 0, e1_ = 0;  // this rank's routed experts
+  int64_t unbound_bytes_ = 0;
+  // Every tensor's data this process uses, each once (held_weight_bytes, prefault).
+  std::vector<std::pair<const void*, size_t>> held_tensors() const;
   CacheDtype kv_dtype_ = CacheDtype::BF16;
 };
 

@@ -12,6 +12,7 @@
 #include "core/parallel.h"
 #include "kernels/activation.h"
 #include "kernels/gemv.h"
+#include "parallel/comm.h"
 
 namespace dsv3 {
 namespace {
@@ -54,7 +55,13 @@ void add_dense_tasks(std::vector<FfnTask>& tasks, const MlpWeights* w, int64_t T
 }  // namespace
 
 void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const FfnTask* tasks,
-                      int n_tasks, FfnScratch& s, int threads) {
+                      int n_tasks, FfnScratch& s, int threads, const TaskShard* shard) {
+  const bool ep = shard && shard->comm && shard->comm->size() > 1;
+  const int P = ep ? shard->comm->size() : 1, rank = ep ? shard->comm->rank() : 0;
+  // This rank computes task i: every task in one process; its own and the shared under EP.
+  auto mine = [&](int i) {
+    return !ep || i < shard->first[0] || (i >= shard->first[rank] && i < shard->first[rank + 1]);
+  };
   constexpr int64_t kBlock = 128;  // rows per unit: the FP8 scale block
   const int nt = resolve_threads(threads);
   if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
@@ -74,7 +81,7 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   float* h = grow(s.h, h_off[size_t(n_tasks)]);
   float* gu = grow(s.gate, 2 * nt * kBlock * kGemvMaxM);  // per thread: gate, up of one block
   for (int i = 0; i < n_tasks; ++i)
-    for (int j = 0; j < tasks[i].n; ++j)
+    for (int j = 0; j < tasks[i].n && mine(i); ++j)
       std::memcpy(xe + x_off[size_t(i)] + j * H, x + tasks[i].tok[j] * H, size_t(H) * sizeof(float));
   // Down projections: kDownRows output rows per unit (a multiple of the FP8 block).
   constexpr int64_t kDownRows = 4 * kBlock;
@@ -84,6 +91,20 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   const int64_t units1 = unit_off[size_t(n_tasks)], units2 = int64_t(n_tasks) * down_units,
                 units3 = (H + kBlock - 1) / kBlock;
   (void)T;
+  // Phase 3: out rows [r0, r1) += Σ_tasks weight · y, tasks in order (each thread owns its
+  // rows of out: no reduction, and every token's terms add in the same order).
+  auto phase3 = [&](int64_t unit) {
+    const int64_t r0 = unit * kBlock, r1 = std::min(H, r0 + kBlock);
+    for (int i = 0; i < n_tasks; ++i) {
+      const FfnTask& t = tasks[i];
+      for (int j = 0; j < t.n; ++j) {
+        float* o = out + t.tok[j] * H;
+        const float* y = yd + x_off[size_t(i)] + j * H;
+        const float wj = t.weight[j];
+        for (int64_t r = r0; r < r1; ++r) o[r] += wj * y[r];
+      }
+    }
+  };
 #pragma omp parallel num_threads(nt)
   {
     const int tid = omp_get_thread_num();
@@ -95,6 +116,7 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
     for (int64_t unit = 0; unit < units1; ++unit) {
       int i = 0;
       while (unit_off[size_t(i) + 1] <= unit) ++i;
+      if (!mine(i)) continue;
       const FfnTask& t = tasks[i];
       const int64_t I = linear_out(t.w->gate_proj);
       const int64_t r0 = (unit - unit_off[size_t(i)]) * kBlock, r1 = std::min(I, r0 + kBlock);
@@ -109,27 +131,27 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
 #pragma omp for schedule(dynamic, 1)
     for (int64_t unit = 0; unit < units2; ++unit) {
       const int i = int(unit / down_units);
+      if (!mine(i)) continue;
       const FfnTask& t = tasks[i];
       const int64_t I = linear_out(t.w->gate_proj);
       const int64_t r0 = (unit % down_units) * kDownRows, r1 = std::min(H, r0 + kDownRows);
       linear_rows(yd + x_off[size_t(i)], H, h + h_off[size_t(i)], I, t.n, t.w->down_proj, r0, r1, ls);
     }
-    // Phase 3: out rows [r0, r1) += Σ_tasks weight · y, tasks in order (each thread owns its
-    // rows of out: no reduction, and every token's terms add in the same order).
+    // Phase 3 (here in one process; after the all-gather under EP).
+    if (!ep) {
 #pragma omp for schedule(static)
-    for (int64_t unit = 0; unit < units3; ++unit) {
-      const int64_t r0 = unit * kBlock, r1 = std::min(H, r0 + kBlock);
-      for (int i = 0; i < n_tasks; ++i) {
-        const FfnTask& t = tasks[i];
-        for (int j = 0; j < t.n; ++j) {
-          float* o = out + t.tok[j] * H;
-          const float* y = yd + x_off[size_t(i)] + j * H;
-          const float wj = t.weight[j];
-          for (int64_t r = r0; r < r1; ++r) o[r] += wj * y[r];
-        }
-      }
+      for (int64_t unit = 0; unit < units3; ++unit) phase3(unit);
     }
   }
+  if (!ep) return;
+  // The routed tasks' outputs are one run of yd, rank r's tasks a block of it in rank order
+  // (tasks go by expert index, experts by rank): an all-gather in place.
+  std::vector<int64_t> counts(static_cast<size_t>(P));
+  for (int r = 0; r < P; ++r)
+    counts[size_t(r)] = x_off[size_t(shard->first[r + 1])] - x_off[size_t(shard->first[r])];
+  shard->comm->allgather(yd + x_off[size_t(shard->first[0])], counts);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t unit = 0; unit < units3; ++unit) phase3(unit);
 }
 
 void mlp_forward_decode(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,
@@ -283,7 +305,12 @@ void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig
   std::vector<FfnTask>& tasks = s.tasks;
   tasks.clear();
   if (c.n_shared_experts > 0) add_dense_tasks(tasks, &L.w->shared_experts, T);
+  const int P = L.ep ? L.ep->size() : 1;
+  int32_t* first = grow(s.ep_first, P + 1);
+  for (int r = 0; r <= P; ++r) first[r] = -1;
   for (int64_t e = 0; e < E; ++e) {
+    for (int r = 0; r < P; ++r)  // rank r's tasks start at its first expert's
+      if (e == ep_first_expert(E, P, r)) first[r] = int32_t(tasks.size());
     FfnTask t;
     t.w = &L.w->experts[size_t(e)];
     for (int64_t i = 0; i < T * K; ++i) {
@@ -297,7 +324,9 @@ void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig
     }
     if (t.n > 0) tasks.push_back(t);
   }
-  ffn_tasks_decode(out, x, T, H, tasks.data(), int(tasks.size()), s, threads);
+  first[P] = int32_t(tasks.size());
+  TaskShard shard{L.ep, first};
+  ffn_tasks_decode(out, x, T, H, tasks.data(), int(tasks.size()), s, threads, P > 1 ? &shard : nullptr);
 }
 
 void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, const MoeLayer& L,
@@ -326,22 +355,48 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
     std::copy(count, count + E, fill);
     for (int64_t i = 0; i < T * K; ++i) order[fill[idx[i]]++] = int32_t(i);
   }
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = count[e + 1] - count[e];
-    if (n == 0) continue;
+  // out rows += g · y for expert e's slots, in slot order (the same code in both forms, so
+  // the same bits).
+  auto add = [&](int64_t e, const float* y) {
     const int32_t* slots = order + count[e];
-    float* xe = grow(s.xe, n * H);
-    for (int64_t j = 0; j < n; ++j)
-      std::memcpy(xe + j * H, x + (slots[j] / K) * H, size_t(H) * sizeof(float));
-    float* y = grow(s.y, n * H);
-    mlp_forward(y, xe, n, H, L.w->experts[size_t(e)], s, false, threads);
-    for (int64_t j = 0; j < n; ++j) {
+    for (int64_t j = 0; j < count[e + 1] - count[e]; ++j) {
       const float g = wt[slots[j]];
       float* o = out + (slots[j] / K) * H;
       const float* yj = y + j * H;
       for (int64_t h = 0; h < H; ++h) o[h] += g * yj[h];
     }
+  };
+  auto run = [&](int64_t e, float* y) {
+    const int64_t n = count[e + 1] - count[e];
+    const int32_t* slots = order + count[e];
+    float* xe = grow(s.xe, n * H);
+    for (int64_t j = 0; j < n; ++j)
+      std::memcpy(xe + j * H, x + (slots[j] / K) * H, size_t(H) * sizeof(float));
+    mlp_forward(y, xe, n, H, L.w->experts[size_t(e)], s, false, threads);
+  };
+  const int P = L.ep ? L.ep->size() : 1;
+  if (P == 1) {
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = count[e + 1] - count[e];
+      if (n == 0) continue;
+      float* y = grow(s.y, n * H);
+      run(e, y);
+      add(e, y);
+    }
+    return;
   }
+  // Expert parallelism: this rank's experts into their rows of ey (expert-major, the layout
+  // of `order`), the other ranks' blocks all-gathered, then every expert added in order.
+  const int rank = L.ep->rank();
+  float* ey = grow(s.ey, T * K * H);
+  for (int64_t e = ep_first_expert(E, P, rank); e < ep_first_expert(E, P, rank + 1); ++e)
+    if (count[e + 1] > count[e]) run(e, ey + int64_t(count[e]) * H);
+  std::vector<int64_t> counts(static_cast<size_t>(P));
+  for (int r = 0; r < P; ++r)
+    counts[size_t(r)] = int64_t(count[ep_first_expert(E, P, r + 1)] - count[ep_first_expert(E, P, r)]) * H;
+  L.ep->allgather(ey, counts);
+  for (int64_t e = 0; e < E; ++e)
+    if (count[e + 1] > count[e]) add(e, ey + int64_t(count[e]) * H);
 }
 
 }  // namespace dsv3

@@ -11,6 +11,18 @@
 #include "model/linear.h"
 
 namespace dsv3 {
+namespace dist { class Comm; }
+
+// Expert parallelism at inference (`dsv3 serve --ep P`, docs/serve.md): rank r of the EP
+// group holds the routed experts [first_expert(r), first_expert(r + 1)) — contiguous blocks,
+// as training's EP layout (parallel/ep_dispatch.h) — and every rank routes every token the
+// same way. A rank runs its own experts' tokens, the outputs of each (token, expert) pair are
+// all-gathered, and every rank adds all of them in the one-process order (shared experts,
+// then the token's experts by index): the sum, so the layer's output, is the one-process
+// result bit for bit. An allreduce of per-rank partial sums would add in another order.
+inline int64_t ep_first_expert(int64_t n_experts, int ranks, int rank) {
+  return int64_t(rank) * n_experts / ranks;
+}
 
 // One expert's share of a decode step: up to kGemvMaxM tokens (rows of x) and their gate
 // weights (1 for shared experts and dense layers).
@@ -63,14 +75,25 @@ struct FfnScratch {
   std::vector<FfnTask> tasks;           // decode: the experts of the step
   std::vector<int64_t> off;             // decode: [3, tasks + 1] offsets into h, xe, units
   std::vector<LinearScratch> per_thread;
+  std::vector<int32_t> ep_first;        // EP decode: [P + 1] first task of each rank's experts
+  std::vector<float> ey;                // EP prefill: [T·K, H] expert outputs, expert-major
+};
+
+// Under expert parallelism, ffn_tasks_decode's tasks [first[r], first[r + 1]) are rank r's
+// (its experts'; first [P + 1]) and the tasks before first[0] (shared experts) every rank's.
+struct TaskShard {
+  const dist::Comm* comm = nullptr;
+  const int32_t* first = nullptr;
 };
 
 // out [T, H] += Σ_tasks weight · expert(x[tok]) for decode-sized T (≤ kGemvMaxM), all
 // experts in one parallel region: gate/up split into 128-row blocks over the threads, then
 // down split by output rows (each thread owns its rows of out: no reduction). Many small
 // weight-streaming GEMVs would each pay a fork/join otherwise.
+// shard (expert parallelism): this rank computes its own and the shared tasks, all-gathers
+// the others' outputs, then adds every task in order as one process would.
 void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const FfnTask* tasks,
-                      int n_tasks, FfnScratch& s, int threads);
+                      int n_tasks, FfnScratch& s, int threads, const TaskShard* shard = nullptr);
 
 // The decode forms for any T: tasks of ≤ kGemvMaxM tokens through ffn_tasks_decode, each
 // token's result independent of the others (the batch-invariant serving step, docs/serve.md).
@@ -91,6 +114,10 @@ void moe_route(int32_t* idx, float* weight, const float* logits, int64_t T, cons
 struct MoeLayer {
   const MoeWeights* w = nullptr;
   const float* bias = nullptr;  // [E] e_score_correction_bias (F32 copy) or nullptr
+  // Expert parallelism (nullptr or one rank: every expert here): this rank holds only the
+  // experts [ep_first_expert(E, P, rank), ep_first_expert(E, P, rank + 1)); the others'
+  // weights are not loaded. Every rank of ep must call the layer with the same x.
+  const dist::Comm* ep = nullptr;
 };
 
 void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig& c,

@@ -22,6 +22,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 bool g_inited = false;
+int g_thread_level = 0;  // MPI's `provided` (MPI_THREAD_SINGLE = 0)
 
 int64_t read_delay() {
   const char* s = std::getenv("DSV3_COMM_DELAY_US");
@@ -200,10 +201,13 @@ void init() {
   MPI_Initialized(&flag);
   if (!flag) {
     int provided = 0;
-    DSV3_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) == MPI_SUCCESS,
+    DSV3_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided) == MPI_SUCCESS,
                "MPI_Init_thread failed");
     DSV3_CHECK(provided >= MPI_THREAD_FUNNELED, "this MPI library provides thread level ", provided,
                "; dsv3 needs MPI_THREAD_FUNNELED (", MPI_THREAD_FUNNELED, ")");
+    g_thread_level = provided;
+  } else {
+    MPI_Query_thread(&g_thread_level);
   }
   // Errors come back as return codes, which check_mpi turns into fatal() (every rank ends).
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -212,6 +216,14 @@ void init() {
 }
 
 bool active() { return g_inited; }
+
+bool thread_serialized() {
+#ifdef DSV3_HAVE_MPI
+  return !g_inited || g_thread_level >= MPI_THREAD_SERIALIZED;
+#else
+  return true;
+#endif
+}
 
 void finalize() {
 #ifdef DSV3_HAVE_MPI
@@ -297,6 +309,19 @@ void Comm::allgatherv(void* buf, const std::vector<int64_t>& counts, int64_t eb)
   check_mpi(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, rc.data(), rd.data(), elem_type(eb),
                            impl_->comm), "MPI_Allgatherv");
 #endif
+}
+
+Request Comm::ibcast_bytes(void* data, int64_t n, int64_t eb, int root) const {
+  Request r;
+  if (size_ == 1 || n == 0) return r;
+#ifdef DSV3_HAVE_MPI
+  if (rank_ == root) traffic().bytes_sent += n * eb * (size_ - 1), traffic().messages += 1;
+  r.impl_->ready = Clock::now() + std::chrono::microseconds(comm_delay_us());
+  r.impl_->done = false;
+  check_mpi(MPI_Ibcast(data, as_count(n, "MPI_Ibcast"), elem_type(eb), root, impl_->comm, &r.impl_->req),
+            "MPI_Ibcast");
+#endif
+  return r;
 }
 
 void Comm::gatherv(const void* mine, void* buf, const std::vector<int64_t>& counts, int64_t eb,

@@ -3,7 +3,9 @@
 // communicator. A build without MPI, or a process not started by mpirun, sees one rank and
 // every collective is the identity, so single-process code paths need no special case.
 //
-// Only the main thread calls MPI (MPI_THREAD_FUNNELED); OpenMP threads never do.
+// One thread at a time calls MPI (MPI is initialised MPI_THREAD_SERIALIZED): the main thread
+// in training; in `dsv3 serve --ep` rank 0's engine loop thread (the main thread makes no
+// MPI call between starting that thread and joining it). OpenMP threads never do.
 //
 // Failure: a rank that throws, or dies, must not leave the others waiting in a collective.
 // fatal() prints and calls MPI_Abort, which makes mpirun terminate every rank; a rank killed
@@ -31,6 +33,9 @@ void init();
 void finalize();
 // True between init() (under mpirun) and finalize().
 bool active();
+// True when MPI granted MPI_THREAD_SERIALIZED or more (or is not active): a thread other than
+// the one that initialised MPI may then call it, one thread at a time.
+bool thread_serialized();
 // An error every rank raises at the same point, from the same inputs (a refused layout):
 // each rank prints it and leaves MPI in order (exit 1), so every rank's message is seen;
 // fatal() would end the job at the first one.
@@ -98,6 +103,12 @@ class Comm {
   template <class T> void allgather(T* buf, const std::vector<int64_t>& counts) const {
     allgatherv(buf, counts, int64_t(sizeof(T)));
   }
+  // Root's data [n] to every rank, in place. ibcast: non-blocking (a waiting rank can poll
+  // test() and sleep between polls instead of spinning in MPI).
+  template <class T> void bcast(T* data, int64_t n, int root) const { ibcast(data, n, root).wait(); }
+  template <class T> Request ibcast(T* data, int64_t n, int root) const {
+    return ibcast_bytes(data, n, int64_t(sizeof(T)), root);
+  }
   // Root receives every rank's `mine` [counts[rank]] into buf [Σ counts] (block r at offset
   // Σ_{q<r} counts[q]); buf is used on the root only.
   template <class T> void gather(const T* mine, T* buf, const std::vector<int64_t>& counts, int root) const {
@@ -122,6 +133,7 @@ class Comm {
  private:
   void allreduce(void* data, int64_t n, Elem e, int op) const;
   void allgatherv(void* buf, const std::vector<int64_t>& counts, int64_t elem_bytes) const;
+  Request ibcast_bytes(void* data, int64_t n, int64_t elem_bytes, int root) const;
   void gatherv(const void* mine, void* buf, const std::vector<int64_t>& counts, int64_t elem_bytes,
                int root) const;
   std::unique_ptr<Impl> impl_;

@@ -17,6 +17,7 @@
 #include "core/clock.h"
 #include "infer/stop.h"
 #include "model/model.h"
+#include "parallel/comm.h"
 #include "serve/engine_state.h"
 #include "tokenizer/tokenizer.h"
 
@@ -78,6 +79,13 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
              "speculative decoding needs the model's MTP module, but it was not loaded");
   // Auto on a model without MTP modules decodes plainly, silently.
   impl_->speculate = spec_mode == SpecMode::Mtp || (spec_mode == SpecMode::Auto && model.n_mtp() >= 1);
+  if (o.ep && o.ep->size() > 1) {
+    // The MTP drafts run outside forward_batch, which the other ranks would have to follow.
+    DSV3_CHECK(!impl_->speculate, "expert-parallel serving does not draft with MTP");
+    DSV3_CHECK(o.ep->rank() == 0 && model.ep() == o.ep, "expert-parallel serving: the engine "
+               "runs on rank 0 with the model loaded over the same group");
+    impl_->ep = std::make_unique<EpLeader>(*o.ep);
+  }
   if (impl_->speculate) impl_->policy = SpecPolicy(spec_mode, o.speculative_policy);
   impl_->m.spec_mode = spec_mode;
   if (!impl_->speculate)

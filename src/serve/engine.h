@@ -31,6 +31,7 @@
 namespace dsv3 {
 class Model;
 namespace tok { class Tokenizer; }
+namespace dist { class Comm; }
 }  // namespace dsv3
 
 namespace dsv3::serve {
@@ -52,6 +53,10 @@ struct EngineOptions {
   SpecMode speculative_mode = SpecMode::Mtp;
   SpecPolicyOptions speculative_policy;  // Auto: thresholds and the cost source
   bool log_requests = true;     // one line per finished request on stderr
+  // Expert-parallel serving (serve/ep_step.h): this engine is rank 0 of `ep`, whose other
+  // ranks run ep_follow; the loop thread broadcasts each step to them and, at exit, the stop.
+  // The model must have been loaded with the same group (ModelOptions::ep). No speculation.
+  const dist::Comm* ep = nullptr;
 };
 
 // One completion request as the engine takes it (the HTTP layer has tokenized the prompt and

@@ -11,6 +11,7 @@
 #include "infer/stop.h"
 #include "model/model.h"
 #include "serve/engine.h"
+#include "serve/ep_step.h"
 #include "serve/kv_pool.h"
 #include "tokenizer/tokenizer.h"
 
@@ -68,6 +69,7 @@ struct Engine::Impl {
   std::vector<float> mtp_logits;   // [V]
   std::vector<float> p;            // [V] target distribution (speculative sampling)
   bool speculate = false;          // MTP drafting may run (mtp, or auto with MTP modules)
+  std::unique_ptr<EpLeader> ep;    // expert-parallel serving: rank 0's broadcasts
   SpecPolicy policy;               // when to draft: its mode is fixed (submit reads it), the
                                    // rest is the loop thread's (reports are copied into m)
 };

@@ -8,6 +8,7 @@
 #include "core/clock.h"
 #include "infer/speculative.h"
 #include "model/linear.h"
+#include "parallel/comm.h"
 #include "serve/engine_state.h"
 
 namespace dsv3::serve {
@@ -291,6 +292,8 @@ void Engine::loop() {
     if (accepted && s.finish.empty()) emit(s, s.sampler->sample(l + V, V), l + V, now, new_tokens);
   };
 
+  // Expert-parallel serving: the other ranks allocate the same pool (serve/ep_step.h).
+  if (I.ep) I.ep->setup(pool.n_blocks(), pool.n_layers(), context_);
   while (true) {
     {
       std::unique_lock<std::mutex> lk(I.mu);
@@ -472,8 +475,12 @@ void Engine::loop() {
       }
     }
     try {
+      if (I.ep) I.ep->step(I.batch.data(), int(n), opt_.batch_invariant, B);
       model_.forward_batch(pool.view(), I.batch.data(), int(n), opt_.batch_invariant, I.scratch);
     } catch (const std::exception& ex) {  // not expected: inputs were checked at submit
+      // Under expert parallelism the other ranks may wait in this step's collectives: end
+      // the job (parallel/comm.h) rather than leave them hanging.
+      if (I.ep) dist::fatal(std::string("the forward failed: ") + ex.what());
       for (size_t i = 0; i < n; ++i)
         fail(*plan[i].first, std::string("the forward failed: ") + ex.what());
       sweep(I.running);
@@ -523,6 +530,8 @@ void Engine::loop() {
     ++I.m.steps;
     if (record) I.m.spec = I.policy.reports();
   }
+
+  if (I.ep) I.ep->stop();  // the other ranks leave ep_follow and exit
 
   // Shutting down: whatever is left gets an error event.
   std::lock_guard<std::mutex> lk(I.mu);
