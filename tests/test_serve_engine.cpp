@@ -22,6 +22,7 @@
 #include "model_test_util.h"
 #include "serve/engine.h"
 #include "serve/kv_pool.h"
+#include "serve/openai_api.h"
 
 namespace dsv3 {
 namespace {
@@ -235,6 +236,74 @@ TEST_F(Fixture, PreemptionUnderASmallPoolCompletesEverything) {
   wait_idle(engine);
   EXPECT_GT(engine.metrics().preemptions, 0u);
   EXPECT_EQ(engine.metrics().kv_blocks_used, 0);
+}
+
+// The engine's expert load (EngineMetrics::expert_load, GET /v1/expert_load): every
+// forwarded row's routed experts, per MoE layer — the same counts, expert by expert, as the
+// routing a single-sequence forward reports (ForwardTrace "layer.L.route_ids") over the same
+// rows: each prompt prefilled, then each generated token but the last decoded.
+TEST_F(Fixture, ExpertLoadCountsEveryRoutedRow) {
+  Model model(*dir);
+  const ModelConfig& c = model.config();
+  EngineOptions eo;
+  eo.context = 256;
+  eo.log_requests = false;
+  eo.prefix_cache = false;
+  Engine engine(model, nullptr, eo);
+  std::vector<std::vector<int32_t>> ps = {body_ids(10, model.vocab(), 71), body_ids(20, model.vocab(), 72),
+                                          body_ids(5, model.vocab(), 73)};
+  std::vector<std::shared_ptr<serve::Stream>> st;
+  for (const auto& p : ps) {
+    Request r = greedy(p, 7);
+    r.ignore_eos = true;
+    st.push_back(engine.submit(r));
+  }
+  std::vector<std::vector<uint64_t>> want(size_t(c.num_hidden_layers),
+                                          std::vector<uint64_t>(size_t(c.n_routed_experts), 0));
+  std::vector<Outcome> outs;
+  for (auto& s : st) outs.push_back(collect(*s));
+  wait_idle(engine);  // the reference forwards below run with the engine idle
+  ForwardScratch fs;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const Outcome& o = outs[i];
+    ASSERT_EQ(o.ids.size(), 7u);
+    ForwardTrace trace = [&](const std::string& name, const float* d, int64_t rows, int64_t cols) {
+      const std::string suffix = ".route_ids";
+      if (name.rfind("layer.", 0) != 0 || name.size() <= suffix.size() ||
+          name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+        return;
+      const int l = std::atoi(name.c_str() + 6);
+      for (int64_t j = 0; j < rows * cols; ++j) ++want[size_t(l)][size_t(d[j])];
+    };
+    KvCache cache = model.new_cache(64);
+    std::vector<int32_t> rows = ps[i];
+    rows.insert(rows.end(), o.ids.begin(), o.ids.end() - 1);
+    ForwardArgs a;
+    a.trace = &trace;
+    a.ids = rows.data();
+    a.T = int64_t(ps[i].size());
+    model.forward(cache, a, fs);
+    for (size_t t = ps[i].size(); t < rows.size(); ++t) {
+      a.ids = rows.data() + t;
+      a.T = 1;
+      model.forward(cache, a, fs);
+    }
+  }
+  const auto m = engine.metrics();
+  ASSERT_EQ(m.expert_load.size(), size_t(c.num_hidden_layers));
+  uint64_t moe_rows = 0;
+  for (const auto& p : ps) moe_rows += p.size() + 6;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    uint64_t sum = 0;
+    for (uint64_t v : m.expert_load[size_t(l)]) sum += v;
+    EXPECT_EQ(sum, l < c.first_k_dense_replace ? 0 : moe_rows * uint64_t(c.num_experts_per_tok)) << "layer " << l;
+    EXPECT_EQ(m.expert_load[size_t(l)], want[size_t(l)]) << "layer " << l;
+  }
+  // As `dsv3 eplb --load` reads it: the MoE layers only.
+  const serve::json j = serve::expert_load_json(m);
+  ASSERT_EQ(j.at("weight").size(), size_t(c.num_hidden_layers - c.first_k_dense_replace));
+  EXPECT_EQ(j.at("layers")[0].get<int64_t>(), c.first_k_dense_replace);
+  EXPECT_EQ(j.at("weight")[0].get<std::vector<uint64_t>>(), m.expert_load[size_t(c.first_k_dense_replace)]);
 }
 
 TEST_F(Fixture, CancelFreesBlocksAndFullQueueRefuses) {

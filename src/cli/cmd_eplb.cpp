@@ -34,8 +34,10 @@ std::vector<std::vector<double>> read_load(const std::string& path) {
   const nlohmann::json j = parse_json_strict(read_text_file(path), path, "the load file");
   DSV3_CHECK(j.is_object(), path, ": expected an object {\"weight\": [[load per expert] per layer]}, got a JSON ",
              j.type_name());
+  // "layers" and "assignments" ride along in what `dsv3 serve` writes (GET /v1/expert_load).
   for (const auto& [key, value] : j.items())
-    DSV3_CHECK(key == "weight", path, ": unknown key \"", key, "\" (the file holds only \"weight\")");
+    DSV3_CHECK(key == "weight" || key == "layers" || key == "assignments", path, ": unknown key \"", key,
+               "\" (expected \"weight\", and optionally the server's \"layers\" and \"assignments\")");
   DSV3_CHECK(j.contains("weight"), path, ": no \"weight\" key (expected {\"weight\": [[load per expert] per layer]})");
   const nlohmann::json& w = j["weight"];
   DSV3_CHECK(w.is_array() && !w.empty(), path, ": \"weight\" must be a non-empty array of layers, got ",

@@ -30,6 +30,7 @@
 #include "serve/ep_step.h"
 #include "serve/engine.h"
 #include "serve/http_server.h"
+#include "serve/openai_api.h"
 #include "serve/router.h"
 #include "tokenizer/tokenizer.h"
 
@@ -44,6 +45,7 @@ struct ServeArgs {
               kv_cache = "bf16", role = "mixed";
   double transfer_timeout = 30;
   int fault_corrupt_transfers = 0, transfer_port = 0;
+  std::string expert_load_out;
   int port = 8080, threads = 0, ep = 1;
   int64_t draft = 0, max_body_mb = 8;
   double drain_timeout = 30;
@@ -301,6 +303,17 @@ void run_serve(ServeArgs& a) {
   engine->stop_admitting();
   const bool clean = engine->drain(a.drain_timeout);
   if (!clean) std::fprintf(stderr, "dsv3 serve: drain timeout: cancelled what was left\n");
+  if (!a.expert_load_out.empty()) {
+    const std::string tmp = a.expert_load_out + ".tmp";
+    {
+      std::ofstream f(tmp);
+      f << serve::dump(serve::expert_load_json(engine->metrics())) << "\n";
+      if (!f.good()) std::fprintf(stderr, "dsv3 serve: cannot write %s\n", tmp.c_str());
+    }
+    std::filesystem::rename(tmp, a.expert_load_out);
+    std::fprintf(stderr, "dsv3 serve: expert load written to %s (dsv3 eplb --load reads it)\n",
+                 a.expert_load_out.c_str());
+  }
   http.shutdown();
   std::fprintf(stderr, "dsv3 serve: stopped\n");
 }
@@ -402,6 +415,9 @@ void register_serve(CLI::App& app) {
                 "mixed (default: neither). Every role also answers ordinary requests");
   c->add_option("--transfer-timeout", a->transfer_timeout,
                 "Seconds a KV transfer may stall: the prefill's push, the decode's receive (default 30)");
+  c->add_option("--expert-load-out", a->expert_load_out,
+                "On shutdown, write the routed-expert load since start ({\"weight\": [[per expert] per "
+                "MoE layer]}, what `dsv3 eplb --load` reads; live: GET /v1/expert_load)");
   c->add_option("--transfer-port", a->transfer_port,
                 "--role decode: port of the KV transfer listener on --host (default 0: any free "
                 "port; prefill instances ask GET /v1/disagg/info)");

@@ -288,6 +288,8 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs
     else if (lw.is_moe) moe_forward(o, xi, rows, cfg_, moe, s.ffn_s, threads_);
     else if (decode_form) mlp_forward_decode(o, xi, rows, H, lw.mlp, s.ffn_s, false, threads_);
     else mlp_forward(o, xi, rows, H, lw.mlp, s.ffn_s, false, threads_);
+    if (lw.is_moe && s.layer_load)  // the routing moe_forward(_decode) left in topk_idx
+      for (int64_t i = 0; i < rows * cfg_.num_experts_per_tok; ++i) ++s.layer_load[s.ffn_s.topk_idx[size_t(i)]];
   };
   if (ns > 0) run(ffn, xn, ns, true);
   for (int i = lb.n_small; i < lb.n_seqs; ++i)
@@ -372,9 +374,11 @@ void Model::forward_batch(const KvPoolView& pool, const BatchSeq* seqs, int n, b
       m.cache = pool.layer(l, seqs[i].table);
       m.form = AttnForm::Auto;
     }
+    s.layer_load = s.expert_load ? s.expert_load + l * cfg_.n_routed_experts : nullptr;
     block(w_.layers[size_t(l)], lf_[size_t(l)], s.mseq.data(), n, lb, s, nullptr, std::string(),
           prof);
   }
+  s.layer_load = nullptr;  // forward() and mtp_forward() on this scratch count nothing
   const double t_head = prof ? now_s() : 0;
   float* xn = grow(s.xn, T * H);
   rmsnorm_forward(xn, H, nullptr, x, H, norm_.data(), T, H, float(cfg_.rms_norm_eps), threads_);

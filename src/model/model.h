@@ -134,6 +134,11 @@ struct ForwardScratch {
   MlaScratch mla;
   FfnScratch ffn_s;
   LinearScratch lin;
+  // forward_batch counts the routed (token, expert) assignments of every main MoE layer into
+  // expert_load [num_hidden_layers, n_routed_experts] when it is set (the server's expert
+  // load, for EPLB); layer_load is its row of the layer running (internal).
+  uint64_t* expert_load = nullptr;
+  uint64_t* layer_load = nullptr;
 };
 
 class Model {

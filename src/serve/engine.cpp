@@ -123,6 +123,10 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
   m.ttft = make_histogram({0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30});
   m.tpot = make_histogram({0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28});
   m.kv_blocks_total = n_blocks;
+  if (c.n_routed_experts > 0) {
+    m.expert_load.assign(size_t(c.num_hidden_layers), std::vector<uint64_t>(size_t(c.n_routed_experts), 0));
+    impl_->step_load.assign(size_t(c.num_hidden_layers * c.n_routed_experts), 0);
+  }
   m.kv_block_positions = kBlockRows;
   thread_ = std::thread([this] { loop(); });
 }

@@ -149,6 +149,10 @@ struct EngineMetrics {
   std::vector<SpecReport> spec;        // the policy per batch-size range seen (decode steps)
   uint64_t preemptions = 0;
   uint64_t steps = 0;
+  // Routed (token, expert) assignments per main layer and expert since start, the prompt's
+  // and the generated tokens' [num_hidden_layers][n_routed_experts] (dense layers: zeros).
+  // What EPLB balances (`dsv3 eplb --load`; GET /v1/expert_load).
+  std::vector<std::vector<uint64_t>> expert_load;
   Histogram ttft, tpot;                          // seconds
 };
 

@@ -68,6 +68,7 @@ struct Engine::Impl {
   std::vector<float> hidden;       // [rows wanting states, H]
   std::vector<float> mtp_logits;   // [V]
   std::vector<float> p;            // [V] target distribution (speculative sampling)
+  std::vector<uint64_t> step_load; // [layers, E] this step's expert load (ForwardScratch)
   bool speculate = false;          // MTP drafting may run (mtp, or auto with MTP modules)
   std::unique_ptr<EpLeader> ep;    // expert-parallel serving: rank 0's broadcasts
   SpecPolicy policy;               // when to draft: its mode is fixed (submit reads it), the

@@ -134,7 +134,7 @@ httplib::Server::Handler guarded(F f) {
 
 bool is_known_path(const std::string& p, bool* get, bool* post) {
   *get = p == "/" || p == "/favicon.ico" || p == "/health" || p == "/metrics" || p == "/v1/models" ||
-         p.rfind("/v1/models/", 0) == 0 || p == "/v1/disagg/info";
+         p.rfind("/v1/models/", 0) == 0 || p == "/v1/disagg/info" || p == "/v1/expert_load";
   *post = p == "/v1/chat/completions" || p == "/v1/completions" || p == "/tokenize" ||
           p == "/detokenize" || p == "/v1/disagg/prefill" || p == "/v1/disagg/kv";
   return *get || *post;
@@ -577,6 +577,11 @@ void HttpServer::Impl::routes() {
     ready_engine();
     r.set_content(dump(receive(std::make_shared<std::string>(q.body), q.get_header_value(kTransferIdHeader))),
                   "application/json");
+  }));
+  // The expert load since start as `dsv3 eplb --load` reads it: {"weight": [[per expert] per
+  // MoE layer]}, with the layer indices and totals beside.
+  svr.Get("/v1/expert_load", guarded([this](const httplib::Request&, httplib::Response& r) {
+    r.set_content(dump(expert_load_json(ready_engine().metrics())), "application/json");
   }));
   svr.Get("/v1/disagg/info", guarded([this](const httplib::Request& q, httplib::Response& r) {
     need_role("decode", q.path);

@@ -1,5 +1,6 @@
 // GET /metrics in the Prometheus text exposition format 0.0.4: "# HELP", "# TYPE", then
 // samples; histograms as cumulative _bucket{le="..."} series ending at +Inf, _sum, _count.
+#include <algorithm>
 #include <charconv>
 #include <string>
 
@@ -61,6 +62,19 @@ void histogram(std::string& out, const char* name, const char* help, const Histo
 
 }  // namespace
 
+json expert_load_json(const EngineMetrics& m) {
+  json weight = json::array(), layers = json::array(), totals = json::array();
+  for (size_t l = 0; l < m.expert_load.size(); ++l) {
+    uint64_t sum = 0;
+    for (uint64_t v : m.expert_load[l]) sum += v;
+    if (sum == 0) continue;  // a dense layer, or nothing served yet
+    weight.push_back(m.expert_load[l]);
+    layers.push_back(l);
+    totals.push_back(sum);
+  }
+  return {{"weight", weight}, {"layers", layers}, {"assignments", totals}};
+}
+
 std::string metrics_text(const EngineMetrics& m) {
   std::string o;
   gauge(o, "dsv3_requests_running", "Requests in the running batch.", m.running);
@@ -100,6 +114,27 @@ std::string metrics_text(const EngineMetrics& m) {
   counter(o, "dsv3_engine_steps_total", "Scheduler steps run.", m.steps);
   histogram(o, "dsv3_time_to_first_token_seconds", "Time from arrival to the first token.", m.ttft);
   histogram(o, "dsv3_time_per_output_token_seconds", "Time between output tokens.", m.tpot);
+  // Expert load per MoE layer (the full table: GET /v1/expert_load, dsv3 eplb's input).
+  bool any = false;
+  for (const auto& row : m.expert_load)
+    for (uint64_t v : row) any |= v > 0;
+  if (any) {
+    header(o, "dsv3_expert_assignments_total", "counter", "Routed (token, expert) assignments per MoE layer.");
+    for (size_t l = 0; l < m.expert_load.size(); ++l) {
+      uint64_t sum = 0;
+      for (uint64_t v : m.expert_load[l]) sum += v;
+      if (sum) o += "dsv3_expert_assignments_total{layer=\"" + std::to_string(l) + "\"} " + std::to_string(sum) + '\n';
+    }
+    header(o, "dsv3_expert_load_imbalance", "gauge",
+           "Busiest expert's assignments over the mean per expert, per MoE layer (1 = balanced).");
+    for (size_t l = 0; l < m.expert_load.size(); ++l) {
+      uint64_t sum = 0, mx = 0;
+      for (uint64_t v : m.expert_load[l]) sum += v, mx = std::max(mx, v);
+      if (sum)
+        o += "dsv3_expert_load_imbalance{layer=\"" + std::to_string(l) + "\"} " +
+             num(double(mx) * double(m.expert_load[l].size()) / double(sum)) + '\n';
+    }
+  }
   return o;
 }
 

@@ -162,5 +162,9 @@ json detokenize_json(const tok::Tokenizer& t, const json& body);
 
 // GET /metrics: Prometheus text exposition format 0.0.4 (metrics_text.cpp).
 std::string metrics_text(const EngineMetrics& m);
+// GET /v1/expert_load and `dsv3 serve --expert-load-out`: {"weight": [[assignments per
+// expert] per MoE layer that routed any], "layers": [their indices], "assignments": [each
+// layer's total]} — `dsv3 eplb --load` reads "weight" (metrics_text.cpp).
+json expert_load_json(const EngineMetrics& m);
 
 }  // namespace dsv3::serve

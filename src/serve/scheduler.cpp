@@ -476,7 +476,10 @@ void Engine::loop() {
     }
     try {
       if (I.ep) I.ep->step(I.batch.data(), int(n), opt_.batch_invariant, B);
+      I.scratch.expert_load = I.step_load.empty() ? nullptr : I.step_load.data();
+      std::fill(I.step_load.begin(), I.step_load.end(), 0);
       model_.forward_batch(pool.view(), I.batch.data(), int(n), opt_.batch_invariant, I.scratch);
+      I.scratch.expert_load = nullptr;
     } catch (const std::exception& ex) {  // not expected: inputs were checked at submit
       // Under expert parallelism the other ranks may wait in this step's collectives: end
       // the job (parallel/comm.h) rather than leave them hanging.
@@ -527,6 +530,11 @@ void Engine::loop() {
 
     std::lock_guard<std::mutex> lk(I.mu);  // the gauges are set at the top of the loop
     I.m.generation_tokens += new_tokens;
+    for (size_t l = 0; l < I.m.expert_load.size(); ++l) {
+      std::vector<uint64_t>& row = I.m.expert_load[l];
+      const uint64_t* add = I.step_load.data() + l * row.size();
+      for (size_t e = 0; e < row.size(); ++e) row[e] += add[e];
+    }
     ++I.m.steps;
     if (record) I.m.spec = I.policy.reports();
   }
