@@ -5,15 +5,15 @@
 # REPLICAS expert slots on GPUS GPUs from that load. Its summary line is the busiest GPU's
 # load over the mean, worst layer, without copies (experts in index blocks, as `--ep` places
 # them) and with; each copy of an expert is assumed to take an equal share of its tokens.
-# Usage: bench/expert_load.sh MODEL_DIR [FILES_GLOB] [REPLICAS] [GROUPS] [NODES] [GPUS]
+# Usage: bench/expert_load.sh MODEL_DIR [FILES_GLOB] [REPLICAS] [N_GROUPS] [NODES] [GPUS]
 #   FILES_GLOB: the workload's prompts, one file each (default: this repo's C++ sources).
 set -euo pipefail
-MODEL=${1:?usage: bench/expert_load.sh MODEL_DIR [FILES_GLOB] [REPLICAS] [GROUPS] [NODES] [GPUS]}
+MODEL=${1:?usage: bench/expert_load.sh MODEL_DIR [FILES_GLOB] [REPLICAS] [N_GROUPS] [NODES] [GPUS]}
 HERE=$(cd "$(dirname "$0")" && pwd)
 GLOB=${2:-$HERE/../src/*/*.cpp}
 E=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]+'/config.json'))['n_routed_experts'])" "$MODEL")
 REPLICAS=${3:-$(( E + E / 2 ))}
-GROUPS=${4:-$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]+'/config.json')).get('n_group') or 1)" "$MODEL")}
+N_GROUPS=${4:-$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]+'/config.json')).get('n_group') or 1)" "$MODEL")}
 NODES=${5:-2}
 GPUS=${6:-4}
 BIN=${DSV3_BIN:-$HERE/../build/release/dsv3}
@@ -48,5 +48,5 @@ for l, w in zip(j["layers"], j["weight"]):
     mean = sum(w) / len(w)
     print(f"layer {l}: {sum(w)} assignments, busiest expert {max(w) / mean:.2f}x the mean, idlest {min(w) / mean:.2f}x")
 EOF
-"$BIN" eplb --load "$OUT/load.json" --replicas "$REPLICAS" --groups "$GROUPS" --nodes "$NODES" --gpus "$GPUS" >"$OUT/plan.json"
+"$BIN" eplb --load "$OUT/load.json" --replicas "$REPLICAS" --groups "$N_GROUPS" --nodes "$NODES" --gpus "$GPUS" >"$OUT/plan.json"
 echo "plan: $OUT/plan.json; load: $OUT/load.json"
