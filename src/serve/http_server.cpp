@@ -153,6 +153,9 @@ struct HttpServer::Impl {
   const int64_t created = int64_t(std::time(nullptr));
   std::atomic<int> corrupt{0};        // prefill role: pushes still to damage (testing)
   PendingTransfers pending;           // decode role
+  // Disaggregation counters (GET /metrics): prefill side, then decode side.
+  std::atomic<uint64_t> xfer_sent{0}, xfer_sent_bytes{0}, xfer_resent{0}, xfer_failed{0};
+  std::atomic<uint64_t> xfer_received{0}, xfer_received_bytes{0}, xfer_refused{0}, xfer_claimed{0};
   KvLayout layout;                    // decode role: what a transfer must match (set_ready)
   std::unique_ptr<TransferListener> listener;  // decode role: the transfer port
 
@@ -176,16 +179,22 @@ struct HttpServer::Impl {
   json receive(const ByteBuffer& bytes, const std::string& header_id) {
     auto t = std::make_shared<KvTransfer>();
     KvTransferError err;
-    if (!decode_kv_transfer(bytes, layout, t.get(), &err))
+    if (!decode_kv_transfer(bytes, layout, t.get(), &err)) {
+      ++xfer_refused;
       throw ApiError(err.status, err.message, "", err.status == 422 ? "transfer_damaged" : "transfer_invalid");
+    }
     if (!header_id.empty() && header_id != t->id)
       throw ApiError(400, str_cat("the ", kTransferIdHeader, " header says '", header_id, "', the transfer '",
                                   t->id, "'"), "", "transfer_invalid");
     std::string why;
     const json out = {{"transfer_id", t->id}, {"sequences", int64_t(t->seqs.size())},
                       {"bytes", int64_t(bytes->size())}};
-    if (const int st = pending.put(std::move(t), int64_t(bytes->size()), &why))
+    if (const int st = pending.put(std::move(t), int64_t(bytes->size()), &why)) {
+      ++xfer_refused;
       throw ApiError(st, why, "", st == 409 ? "transfer_duplicate" : "transfer_store_full");
+    }
+    ++xfer_received;
+    xfer_received_bytes += bytes->size();
     return out;
   }
 
@@ -392,6 +401,7 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
     if (!transfer)
       throw ApiError(409, str_cat("no KV transfer '", id, "' is waiting here (never received, already used, or ",
                                   "expired after ", opt.pending_ttl_s, " s)"), "", "transfer_missing");
+    ++xfer_claimed;
     if (transfer->seqs.size() != prompts.size())
       throw ApiError(409, str_cat("KV transfer '", id, "' holds ", transfer->seqs.size(), " prompts, the request ",
                                   prompts.size()), "", "transfer_mismatch");
@@ -564,8 +574,17 @@ void HttpServer::Impl::routes() {
     push.timeout_s = opt.transfer_timeout_s;
     push.corrupt = &corrupt;
     const int fd = connection_fd(q);
-    const json out = prefill_and_push(eng, prompts, body.value("transfer_id", ""), body.value("decode_url", ""),
-                                      push, [&] { return !closing.load() && !peer_gone(fd); });
+    json out;
+    try {
+      out = prefill_and_push(eng, prompts, body.value("transfer_id", ""), body.value("decode_url", ""), push,
+                             [&] { return !closing.load() && !peer_gone(fd); });
+    } catch (const ApiError& e) {
+      if (e.status == 502) ++xfer_failed;  // the decode side's refusal or absence
+      throw;
+    }
+    ++xfer_sent;
+    xfer_sent_bytes += out["bytes"].get<uint64_t>();
+    xfer_resent += out["attempts"].get<uint64_t>() - 1;
     std::fprintf(stderr, "dsv3 serve: prefill %s prompt=%s bytes=%lld prefill=%.3fs transfer=%.3fs\n",
                  out["transfer_id"].get<std::string>().c_str(), out["prompt_tokens"].dump().c_str(),
                  (long long)out["bytes"].get<int64_t>(), out["prefill_s"].get<double>(),
@@ -610,7 +629,27 @@ void HttpServer::Impl::routes() {
   svr.Get("/metrics", guarded([this](const httplib::Request&, httplib::Response& r) {
     Engine* e = engine.load();
     if (!e) throw ApiError(503, "the model is still loading", "", "model_loading");
-    r.set_content(metrics_text(e->metrics()), "text/plain; version=0.0.4; charset=utf-8");
+    std::string text = metrics_text(e->metrics());
+    auto counter = [&](const char* name, const char* help, uint64_t v) {
+      text += str_cat("# HELP ", name, " ", help, "\n# TYPE ", name, " counter\n", name, " ", v, "\n");
+    };
+    if (opt.role == "prefill") {
+      counter("dsv3_kv_transfers_sent_total", "KV transfers delivered to decode instances.", xfer_sent.load());
+      counter("dsv3_kv_transfer_bytes_sent_total", "Bytes of the delivered KV transfers.", xfer_sent_bytes.load());
+      counter("dsv3_kv_transfers_resent_total", "KV transfers sent again after a refusal as damaged.",
+              xfer_resent.load());
+      counter("dsv3_kv_transfers_failed_total", "KV transfers the decode instance refused or never got.",
+              xfer_failed.load());
+    } else if (opt.role == "decode") {
+      counter("dsv3_kv_transfers_received_total", "KV transfers accepted.", xfer_received.load());
+      counter("dsv3_kv_transfer_bytes_received_total", "Bytes of the accepted KV transfers.",
+              xfer_received_bytes.load());
+      counter("dsv3_kv_transfers_refused_total", "KV transfers refused (damaged, foreign, malformed, full).",
+              xfer_refused.load());
+      counter("dsv3_kv_transfers_claimed_total", "Generation requests served from a KV transfer.",
+              xfer_claimed.load());
+    }
+    r.set_content(text, "text/plain; version=0.0.4; charset=utf-8");
   }));
 }
 

@@ -134,13 +134,27 @@ void TransferListener::serve_one(int fd) {
     put_u32(h + 4, uint32_t(msg.size()));
     write_all(fd, h, 8) && write_all(fd, msg.data(), msg.size());
   };
+  // A refusal before the body is read: the reply, then the sender's remaining bytes read and
+  // dropped (up to 64 MiB or a second), so that closing does not reset the connection (an RST
+  // can destroy the reply before the sender reads it).
+  auto refuse = [&](int status, const std::string& msg) {
+    reply(status, msg);
+    ::shutdown(fd, SHUT_WR);
+    set_timeouts(fd, std::min(1.0, timeout_s_));
+    static thread_local char sink[1 << 16];
+    for (size_t dropped = 0; dropped < (size_t(64) << 20);) {
+      const ssize_t r = ::recv(fd, sink, sizeof sink, 0);
+      if (r <= 0) break;
+      dropped += size_t(r);
+    }
+  };
   char head[16];
   if (!read_all(fd, head, 16)) return;
-  if (std::memcmp(head, kFrameMagic, 8) != 0) return reply(400, "not a dsv3 KV transfer frame");
+  if (std::memcmp(head, kFrameMagic, 8) != 0) return refuse(400, "not a dsv3 KV transfer frame");
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= uint64_t(uint8_t(head[8 + i])) << (8 * i);
   if (n > uint64_t(max_bytes_))
-    return reply(413, str_cat("a transfer of ", n, " bytes is over this instance's limit of ", max_bytes_));
+    return refuse(413, str_cat("a transfer of ", n, " bytes is over this instance's limit of ", max_bytes_));
   ByteBuffer bytes = buffers_.get();
   bytes->resize(size_t(n));
   if (!read_all(fd, bytes->data(), bytes->size())) return;  // the sender went away or stalled
@@ -176,7 +190,11 @@ TransferReply send_transfer(const std::string& host, int port, std::string_view 
   std::memcpy(head, kFrameMagic, 8);
   for (int i = 0; i < 8; ++i) head[8 + i] = char((uint64_t(bytes.size()) >> (8 * i)) & 0xff);
   char rh[8];
-  if (!write_all(fd, head, 16) || !write_all(fd, bytes.data(), bytes.size()) || !read_all(fd, rh, 8)) {
+  // A receiver that refuses early answers before reading everything: when the write breaks
+  // off, its reply may still be waiting to be read.
+  const bool sent = write_all(fd, head, 16) && write_all(fd, bytes.data(), bytes.size());
+  if (!sent) ::shutdown(fd, SHUT_WR);
+  if (!read_all(fd, rh, 8)) {
     r.message = str_cat("the transfer to ", host, ":", port, " broke off (", std::strerror(errno), ")");
     ::close(fd);
     return r;

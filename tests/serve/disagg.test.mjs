@@ -15,7 +15,7 @@ import net from 'node:net';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 
-import { SLOW, freePort, request, sleep, startRouter, startServer, withTimeout } from './server.mjs';
+import { SLOW, freePort, metrics, request, sleep, startRouter, startServer, withTimeout } from './server.mjs';
 
 const T = (s) => ({ timeout: s * 1000 * SLOW });
 const ONE = ['--threads', '1', '--no-request-log'];
@@ -235,6 +235,9 @@ test('the decode instance refuses damaged, foreign and unknown transfers', T(60)
     assert.deepEqual(canon(g.text, false).choices, canon((await post(single.url, '/v1/completions', body)).text, false).choices);
     const again = await post(decode.url, '/v1/completions', body, { 'X-Dsv3-Transfer-Id': 'kv-capture-1' });
     assert.equal(again.status, 409, 'a transfer is used once');
+    const dm = await metrics(decode.url);
+    assert.ok(dm.dsv3_kv_transfers_refused_total >= 9, JSON.stringify(dm));  // the damaged and garbage above
+    assert.ok(dm.dsv3_kv_transfers_claimed_total >= 1);
     // A transfer of another prompt than the request's.
     await post(prefill.url, '/v1/disagg/prefill', { endpoint: 'completions', request: { prompt: 'abd' }, transfer_id: 'kv-capture-2', decode_url: cap.url });
     assert.equal((await viaHttp(cap.got[1].body, 'kv-capture-2')).status, 200);
@@ -264,6 +267,10 @@ test('a transfer damaged once is resent; damaged twice, the client gets a 502', 
   assert.equal(second.status, 200, second.text);
   assert.deepEqual(canon(second.text, false).choices, canon((await post(single.url, '/v1/completions', body)).text, false).choices);
   assert.match(flaky.log(), /attempts|prefill kv-/);
+  const fm = await metrics(flaky.url);
+  assert.equal(fm.dsv3_kv_transfers_sent_total, 1);
+  assert.equal(fm.dsv3_kv_transfers_failed_total, 1);
+  assert.equal(fm.dsv3_kv_transfers_resent_total, 1, 'the request that succeeded was sent twice');
   await r2.stop();
   await flaky.stop();
 });
