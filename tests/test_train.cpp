@@ -373,6 +373,47 @@ TEST(TrainCheckpoint, LoadsInScoreAndGenerate) {
   EXPECT_FALSE(gj.at("ids").empty()) << g.out;
 }
 
+// The tokenizer travels with the data (issue 18): `data prepare` keeps a copy in
+// DATA/tokenizer/, `train` uses it when the config names none (the checkpoint gets it), and
+// a tokenizer other than the data's (--tokenizer or the config's) is refused naming both.
+TEST(TrainTokenizer, FromTheDataUnlessGivenAndMustMatchIt) {
+  NEED_BIN();
+  const fs::path kept = fs::path(env().data) / "tokenizer" / "tokenizer.json";
+  ASSERT_TRUE(fs::is_regular_file(kept));
+  EXPECT_EQ(read(kept), read(env().tokenizer));
+
+  json j = train_json("f32");
+  j["steps"] = 1;
+  j["optimizer"]["warmup_steps"] = 1;
+  j["optimizer"]["decay_start"] = 1;
+  j.erase("tokenizer");
+  const fs::path out = fresh("tok_from_data");
+  const CliRun r = cli(train_args(write_config("tok_from_data", j), out));
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(read(out / latest(out) / "tokenizer.json"), read(env().tokenizer));
+
+  const std::string other = make_tokenizer("tok_other", 300);
+  ASSERT_NE(read(other), read(env().tokenizer));
+  const fs::path out2 = fresh("tok_other_run");
+  const CliRun bad = cli(train_args(write_config("tok_other_run", j), out2) + " --tokenizer " + other);
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find(other), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find(kept.string()), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("--tokenizer"), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(out2 / "latest"));
+  // The config's own tokenizer, when it is another: the same refusal, naming the config.
+  j["tokenizer"] = other;
+  const CliRun bad2 = cli(train_args(write_config("tok_other_cfg", j), fresh("tok_other_cfg")));
+  EXPECT_NE(bad2.rc, 0);
+  EXPECT_NE(bad2.err.find("the config's"), std::string::npos) << bad2.err;
+  // --tokenizer naming the data's own (its directory) is fine.
+  const fs::path out3 = fresh("tok_given");
+  j.erase("tokenizer");
+  const CliRun ok = cli(train_args(write_config("tok_given", j), out3) + " --tokenizer " +
+                        fs::path(env().tokenizer).parent_path().string());
+  EXPECT_EQ(ok.rc, 0) << ok.err;
+}
+
 // Issue 7's greedy identity on a trained model: random checkpoints (test_speculative) reject
 // almost every draft, so it is a model trained with the MTP objective that exercises long
 // accepted runs, the bonus token and the catch-up over several accepted positions. The

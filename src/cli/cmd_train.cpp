@@ -20,6 +20,9 @@ void register_train(CLI::App& app) {
   c->add_flag("--resume", o->resume, "Continue from OUT's latest checkpoint (exactly: optimizer, data position)");
   c->add_option("--init", o->init_dir, "Start from this trainer checkpoint's weights (context extension: the "
                 "config may change only rope_scaling, max_position_embeddings; optimizer, step, data fresh)");
+  c->add_option("--tokenizer", o->tokenizer,
+                "tokenizer.json or its directory (default: the config's \"tokenizer\", else the copy "
+                "`dsv3 data prepare` kept in DATA/tokenizer/); must be the data's");
   c->add_option("--threads", o->threads, "Threads (default: all cores)");
   c->add_flag("--quiet", o->quiet, "No progress line");
   // The layout of a distributed run (mpirun -np N dsv3 train ...; docs/distributed.md).

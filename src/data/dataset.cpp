@@ -93,6 +93,19 @@ std::string fnv1a64_hex(std::string_view bytes) {
   return buf;
 }
 
+std::vector<std::string> tokenizer_files(const std::string& tok) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> out;
+  if (tok.empty()) return out;
+  const fs::path p(tok);
+  const fs::path dir = fs::is_directory(p) ? p : p.parent_path();
+  const fs::path json_file = fs::is_directory(p) ? p / "tokenizer.json" : p;
+  DSV3_CHECK(fs::exists(json_file), "tokenizer '", tok, "': no tokenizer.json there");
+  out.push_back(json_file.string());
+  if (fs::exists(dir / "tokenizer_config.json")) out.push_back((dir / "tokenizer_config.json").string());
+  return out;
+}
+
 std::string tokenizer_hash(const std::string& path) {
   std::error_code ec;
   const std::string file = fs::is_directory(path, ec) ? (fs::path(path) / "tokenizer.json").string() : path;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace dsv3::data {
 
@@ -51,6 +52,12 @@ struct DataMeta {
 std::string fnv1a64_hex(std::string_view bytes);
 // The hash of the tokenizer at `path` (a tokenizer.json or a directory holding one).
 std::string tokenizer_hash(const std::string& path);
+// The files of a tokenizer given as tokenizer.json or its directory: tokenizer.json, and
+// tokenizer_config.json when it sits beside it (what checkpoints and DATA/tokenizer/ copy).
+// Empty for ""; dsv3::Error when there is no tokenizer.json.
+std::vector<std::string> tokenizer_files(const std::string& tokenizer);
+// DATA/tokenizer/: the copy of its tokenizer `dsv3 data prepare` keeps with a data set.
+inline constexpr const char* kDataTokenizerDir = "tokenizer";
 
 class DataSet {
  public:

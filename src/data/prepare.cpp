@@ -326,6 +326,11 @@ PrepareStats prepare_data(const PrepareOptions& opt) {
     split_held_out(tmp, opt.val_fraction, opt.seed, st);
     fs::remove_all(first);
   }
+  // The tokenizer travels with the data: `dsv3 train` takes it when the config names none.
+  DSV3_CHECK(fs::create_directories(tmp / kDataTokenizerDir, ec), "--out: cannot create '",
+             (tmp / kDataTokenizerDir).string(), "' (", ec.message(), ")");
+  for (const std::string& f : tokenizer_files(opt.tokenizer))
+    fs::copy_file(f, tmp / kDataTokenizerDir / fs::path(f).filename(), fs::copy_options::overwrite_existing);
 
   if (fs::exists(out, ec)) {
     const fs::path old = out.string() + ".old-" + std::to_string(::getpid());

@@ -56,18 +56,6 @@ std::string fmt_duration(double s) {
   return b;
 }
 
-// The tokenizer files to copy into a checkpoint: tokenizer.json (+ tokenizer_config.json).
-std::vector<fs::path> tokenizer_files(const std::string& tok) {
-  std::vector<fs::path> out;
-  if (tok.empty()) return out;
-  fs::path p(tok);
-  fs::path dir = fs::is_directory(p) ? p : p.parent_path();
-  fs::path json_file = fs::is_directory(p) ? p / "tokenizer.json" : p;
-  DSV3_CHECK(fs::exists(json_file), "tokenizer '", tok, "': no tokenizer.json there");
-  out.push_back(json_file);
-  if (fs::exists(dir / "tokenizer_config.json")) out.push_back(dir / "tokenizer_config.json");
-  return out;
-}
 
 // The process groups of a run (parallel/layout.h). One process: one-rank groups.
 struct Dist {
@@ -131,7 +119,7 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
                            return st.ps.view(st.params.data(), *p);
                          },
                          wo);
-  for (const fs::path& f : tokenizer_files(st.cfg.tokenizer))
+  for (const fs::path& f : data::tokenizer_files(st.cfg.tokenizer))
     fs::copy_file(f, tmp / f.filename(), fs::copy_options::overwrite_existing);
   SafetensorsWriter w((tmp / "trainer" / "state.safetensors").string());
   const int64_t n = st.ps.numel();
@@ -367,8 +355,26 @@ int run_training(const TrainRunOptions& o) {
   }
   if (threads > 0) set_num_threads(threads);
   const int64_t steps = o.steps > 0 ? o.steps : cfg.steps;
-  const data::DataSet ds = data::DataSet::open(
-      o.data_dir, cfg.tokenizer.empty() ? "" : data::tokenizer_hash(cfg.tokenizer));
+  // The tokenizer: --tokenizer, else the config's, else the copy `data prepare` kept in
+  // DATA/tokenizer/. It must be the one the data was prepared with (its hash in meta.json).
+  const fs::path data_tok = fs::path(o.data_dir) / data::kDataTokenizerDir / "tokenizer.json";
+  std::string tok_source = "the config's \"tokenizer\"";
+  if (!o.tokenizer.empty()) cfg.tokenizer = o.tokenizer, tok_source = "--tokenizer";
+  if (cfg.tokenizer.empty() && fs::exists(data_tok)) cfg.tokenizer = data_tok.string(), tok_source = "";
+  std::string data_hash;
+  {
+    const data::DataSet probe = data::DataSet::open(o.data_dir);
+    data_hash = probe.meta().tokenizer_hash;
+  }
+  if (!cfg.tokenizer.empty() && !tok_source.empty()) {
+    const std::string h = data::tokenizer_hash(data::tokenizer_files(cfg.tokenizer).front());
+    DSV3_CHECK(h == data_hash, o.data_dir, " was prepared with another tokenizer than ", tok_source, " ",
+               cfg.tokenizer, " (hash ", h, "): the data's is ",
+               fs::exists(data_tok) ? data_tok.string() : std::string("not kept in DATA/tokenizer/"), " (hash ",
+               data_hash, "). Train with the data's tokenizer (leave \"tokenizer\" out of the config), or "
+               "prepare the data again with `dsv3 data prepare --tokenizer ", cfg.tokenizer, "`");
+  }
+  const data::DataSet ds = data::DataSet::open(o.data_dir, data_hash);
   DSV3_CHECK(ds.meta().vocab_size <= cfg.model.vocab_size, o.data_dir, ": the data's vocabulary (",
              ds.meta().vocab_size, ") is larger than the model's vocab_size (", cfg.model.vocab_size, ")");
   DSV3_CHECK(ds.meta().n_tokens > 0, o.data_dir, ": the data set holds no tokens");
@@ -455,8 +461,7 @@ int run_training(const TrainRunOptions& o) {
       eval_every = 0;
     }
     if (eval_every > 0) {
-      const eval::HeldOut val = eval::open_held_out(
-          o.data_dir, cfg.tokenizer.empty() ? "" : data::tokenizer_hash(cfg.tokenizer));
+      const eval::HeldOut val = eval::open_held_out(o.data_dir, data_hash);
       const int64_t row = cfg.seq_len + 1, nb = (cfg.eval_windows + cfg.batch - 1) / cfg.batch;
       const std::vector<int32_t> stream = eval::packed_stream(val.set, nb * cfg.batch * row);
       DSV3_CHECK(int64_t(stream.size()) >= row, o.data_dir, "/val holds ", stream.size(),

@@ -40,6 +40,9 @@ struct TrainRunOptions {
   // max_position_embeddings; the optimizer, step and data position start fresh. The model
   // must otherwise be the checkpoint's. Excludes resume.
   std::string init_dir;
+  // Overrides the config's "tokenizer"; without either, DATA/tokenizer/ (what `dsv3 data
+  // prepare` keeps) is used. It must be the tokenizer the data was prepared with.
+  std::string tokenizer;
   int threads = 0;
   bool quiet = false;     // no progress line
 };
