@@ -116,7 +116,11 @@ KvTransfer prefill(Engine& eng, const std::vector<std::vector<int32_t>>& prompts
       }
     }
   }
-  for (auto& q : out) t.seqs.push_back(std::move(*q));
+  for (auto& q : out) {
+    if (!q->buf || q->logits.size() != size_t(t.layout.vocab))  // not expected: Finish came without export
+      throw ApiError(500, "the prefill finished without exporting its cache");
+    t.seqs.push_back(std::move(*q));
+  }
   return t;
 }
 
@@ -149,14 +153,23 @@ nlohmann::json prefill_and_push(Engine& eng, const std::vector<std::vector<int32
                                 httplib::to_string(info.error()), ")"),
                    "", "decode_unreachable");
   int port = 0;
+  int64_t max_bytes = 0;
   try {
-    if (info->status == 200) port = nlohmann::json::parse(info->body).at("transfer_port").get<int>();
+    if (info->status == 200) {
+      const nlohmann::json j = nlohmann::json::parse(info->body);
+      port = j.at("transfer_port").get<int>();
+      max_bytes = j.value("max_transfer_bytes", int64_t(0));
+    }
   } catch (const nlohmann::json::exception&) {
   }
   if (port <= 0)
     throw ApiError(502, str_cat(decode_url, " is not a decode instance (GET /v1/disagg/info answered HTTP ",
                                 info->status, "): start it with --role decode"),
                    "", "transfer_refused");
+  if (max_bytes > 0 && int64_t(blob.size()) > max_bytes)
+    throw ApiError(413, str_cat("the prompt's KV transfer is ", blob.size(), " bytes; the decode instance ", decode_url,
+                                " takes at most ", max_bytes),
+                   "", "transfer_too_large");
   const std::string host = url_host(decode_url);
   int attempts = 0;
   std::string last;
@@ -180,10 +193,14 @@ nlohmann::json prefill_and_push(Engine& eng, const std::vector<std::vector<int32
     last = str_cat("status ", r.status, ": ", r.message.substr(0, 400));
     if (r.status != 422) break;  // only a damaged transfer is worth a second try
   }
-  if (!last.empty())
-    throw ApiError(502, str_cat("the decode instance ", decode_url, " refused the KV transfer after ", attempts,
-                                attempts == 1 ? " attempt (" : " attempts (", last, ")"),
-                   "", "transfer_refused");
+  if (!last.empty()) {
+    // Full (503) is the decode instance's back-pressure, passed on as such: retry later.
+    const bool full = last.rfind("status 503", 0) == 0;
+    throw ApiError(full ? 503 : 502,
+                   str_cat("the decode instance ", decode_url, " refused the KV transfer after ", attempts,
+                           attempts == 1 ? " attempt (" : " attempts (", last, ")"),
+                   "", full ? "transfer_store_full" : "transfer_refused");
+  }
   const double t2 = now_s();
   nlohmann::json lens = nlohmann::json::array();
   for (const KvSequence& q : t.seqs) lens.push_back(int64_t(q.tokens.size()));

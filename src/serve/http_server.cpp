@@ -607,6 +607,7 @@ void HttpServer::Impl::routes() {
     ready_engine();
     r.set_content(dump(json{{"role", opt.role},
                             {"transfer_port", listener ? listener->port() : 0},
+                            {"max_transfer_bytes", opt.pending_max_bytes},
                             {"model", layout.model},
                             {"layers", layout.layers},
                             {"row", layout.row},
@@ -659,9 +660,9 @@ HttpServer::HttpServer(HttpOptions o) : impl_(std::make_unique<Impl>(std::move(o
   Impl& m = *impl_;
   const size_t threads = size_t(std::max(1, m.opt.threads));
   m.svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  // A decode instance takes KV transfers (megabytes per thousand prompt tokens); the JSON
-  // endpoints still check max_body_bytes themselves.
-  m.svr.set_payload_max_length(m.opt.role == "decode" ? size_t(m.opt.pending_max_bytes) : m.opt.max_body_bytes);
+  // KV transfers come through the transfer port; POST /v1/disagg/kv (tools, tests) is held to
+  // max_body_bytes like every other body.
+  m.svr.set_payload_max_length(m.opt.max_body_bytes);
   m.svr.set_keep_alive_max_count(1000);
   m.svr.set_tcp_nodelay(true);  // one SSE chunk per token: no Nagle delay between them
   // httplib's default sets SO_REUSEPORT, which lets a second server bind a port in use and

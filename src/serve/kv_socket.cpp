@@ -11,15 +11,18 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/clock.h"
 
 namespace dsv3::serve {
 namespace {
 
 constexpr char kFrameMagic[8] = {'D', 'S', 'V', '3', 'K', 'V', 'P', '1'};
 
-// Every byte of buf, or false (peer closed, error, or silent past the socket's timeout).
-bool read_all(int fd, char* buf, size_t n) {
+// Every byte of buf, or false (peer closed, error, silent past the socket's timeout, or past
+// `deadline` on the steady clock: a peer trickling bytes cannot hold a reader forever).
+bool read_all(int fd, char* buf, size_t n, double deadline = 0) {
   while (n > 0) {
+    if (deadline > 0 && now_s() > deadline) return false;
     const ssize_t r = ::recv(fd, buf, n, 0);
     if (r <= 0) {
       if (r < 0 && errno == EINTR) continue;
@@ -104,19 +107,49 @@ TransferListener::TransferListener(const std::string& host, int port, int64_t ma
   getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len);
   port_ = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
                                    : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  // One worker thread per connection, at most kMaxConnections at once: a slow or silent
+  // sender holds only its own worker, and only until its deadline.
   thread_ = std::thread([this] {
     while (!stop_.load()) {
+      {
+        // At capacity, the next connections wait in the listen backlog (their senders'
+        // timeouts run) until a worker is free.
+        std::lock_guard<std::mutex> lk(mu_);
+        std::erase_if(workers_, [](Worker& w) {
+          if (!w.done->load()) return false;
+          w.t.join();
+          return true;
+        });
+        if (workers_.size() >= kMaxConnections) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(2));
+          continue;
+        }
+      }
       pollfd p{fd_, POLLIN, 0};
       if (::poll(&p, 1, 200) <= 0) continue;
       const int c = ::accept(fd_, nullptr, nullptr);
-      if (c < 0) continue;
-      set_timeouts(c, timeout_s_);
-      try {
-        serve_one(c);
-      } catch (const std::exception& e) {  // the handler's bug: this connection only
-        std::fprintf(stderr, "dsv3 serve: transfer listener: %s\n", e.what());
+      if (c < 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));  // EMFILE and the like
+        continue;
       }
-      ::close(c);
+      set_timeouts(c, timeout_s_);
+      std::lock_guard<std::mutex> lk(mu_);
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      open_.insert(c);
+      workers_.push_back({std::thread([this, c, done] {
+                            try {
+                              serve_one(c);
+                            } catch (const std::exception& e) {  // a handler bug: this connection only
+                              std::fprintf(stderr, "dsv3 serve: transfer listener: %s\n", e.what());
+                            }
+                            {
+                              std::lock_guard<std::mutex> l(mu_);
+                              open_.erase(c);
+                            }
+                            ::close(c);
+                            done->store(true);
+                          }),
+                          done});
     }
   });
 }
@@ -124,6 +157,13 @@ TransferListener::TransferListener(const std::string& host, int port, int64_t ma
 TransferListener::~TransferListener() {
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
+  std::vector<Worker> ws;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (int c : open_) ::shutdown(c, SHUT_RDWR);  // wake the workers' reads
+    ws.swap(workers_);
+  }
+  for (Worker& w : ws) w.t.join();
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -148,16 +188,25 @@ void TransferListener::serve_one(int fd) {
       dropped += size_t(r);
     }
   };
+  // Deadlines: the header within 5 s (a sender writes it on connecting); the body within
+  // timeout_s plus a second per 16 MB (a sender below that rate is dropped).
+  const double t0 = now_s();
   char head[16];
-  if (!read_all(fd, head, 16)) return;
+  if (!read_all(fd, head, 16, t0 + std::min(5.0, timeout_s_))) return;
   if (std::memcmp(head, kFrameMagic, 8) != 0) return refuse(400, "not a dsv3 KV transfer frame");
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= uint64_t(uint8_t(head[8 + i])) << (8 * i);
   if (n > uint64_t(max_bytes_))
     return refuse(413, str_cat("a transfer of ", n, " bytes is over this instance's limit of ", max_bytes_));
+  const double deadline = now_s() + timeout_s_ + double(n) / 16e6;
+  // The buffer grows as bytes arrive: a header alone never makes it allocate n.
   ByteBuffer bytes = buffers_.get();
-  bytes->resize(size_t(n));
-  if (!read_all(fd, bytes->data(), bytes->size())) return;  // the sender went away or stalled
+  for (size_t got = 0; got < n;) {
+    const size_t piece = std::min<size_t>(size_t(n) - got, size_t(64) << 20);
+    bytes->resize(got + piece);
+    if (!read_all(fd, bytes->data() + got, piece, deadline)) return;  // gone, stalled or too slow
+    got += piece;
+  }
   auto [status, msg] = handler_(std::move(bytes));
   reply(status, msg);
 }

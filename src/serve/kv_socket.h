@@ -3,6 +3,12 @@
 // with a poll() before each read, which held a transfer to 33–43 MB/s on loopback
 // (docs/PERF.md); a plain socket moves it at memory speed.
 //
+// At most 8 connections are served at once (more wait in the listen backlog), each on its own
+// thread with a deadline (the header
+// within 5 s, the body within the timeout plus a second per 16 MB), so a silent or
+// trickling peer holds one worker for a bounded time. The port is not authenticated: bind it
+// to a private address (it listens on --host).
+//
 // Framing, one transfer per connection:
 //   sender:   "DSV3KVP1" (8 bytes), u64 length (little-endian), then the transfer's bytes
 //             (serve/kv_transfer.h, checksum included)
@@ -13,10 +19,14 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "serve/kv_transfer.h"
 
@@ -37,8 +47,16 @@ class TransferListener {
   int port() const { return port_; }
 
  private:
+  static constexpr size_t kMaxConnections = 8;
+  struct Worker {
+    std::thread t;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
   void serve_one(int fd);
   int fd_ = -1, port_ = 0;
+  std::mutex mu_;                // guards workers_ and open_
+  std::vector<Worker> workers_;
+  std::set<int> open_;           // connections being served (shut down to stop)
   int64_t max_bytes_;
   double timeout_s_;
   Handler handler_;

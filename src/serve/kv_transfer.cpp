@@ -61,6 +61,8 @@ __attribute__((target("sse4.2"))) uint32_t crc32c_hw(const uint8_t* p, size_t n,
 
 }  // namespace
 
+constexpr size_t kMaxKeptBufferBytes = size_t(256) << 20;
+
 struct BufferPool::State {
   std::mutex mu;
   std::vector<std::unique_ptr<std::string>> free;
@@ -85,7 +87,8 @@ ByteBuffer BufferPool::get() {
     std::unique_ptr<std::string> own(p);
     if (auto st = w.lock()) {
       std::lock_guard<std::mutex> lk(st->mu);
-      if (st->free.size() < st->keep) st->free.push_back(std::move(own));
+      // Kept only while few and not huge: one outsized transfer does not pin its memory.
+      if (st->free.size() < st->keep && own->capacity() <= kMaxKeptBufferBytes) st->free.push_back(std::move(own));
     }
   });
 }
@@ -194,6 +197,7 @@ bool decode_kv_transfer(const ByteBuffer& blob, const KvLayout& expect, KvTransf
   KvTransfer t;
   KvLayout& l = t.layout;
   std::vector<int64_t> positions, cached;
+  int64_t row_bytes = 0;
   try {
     l.model = h.at("model").get<std::string>();
     t.id = h.at("transfer_id").get<std::string>();
@@ -202,8 +206,7 @@ bool decode_kv_transfer(const ByteBuffer& blob, const KvLayout& expect, KvTransf
     l.vocab = h.at("vocab").get<int64_t>();
     const std::string dt = h.at("cache_dtype").get<std::string>();
     if (!parse_cache_dtype(dt, &l.dtype)) return fail(400, str_cat("KV transfer cache_dtype '", dt, "' is unknown"));
-    if (h.at("row_bytes").get<int64_t>() != l.row_bytes())
-      return fail(400, "KV transfer row_bytes does not match its row and cache_dtype");
+    row_bytes = h.at("row_bytes").get<int64_t>();
     positions = h.at("positions").get<std::vector<int64_t>>();
     cached = h.at("cached").get<std::vector<int64_t>>();
   } catch (const nlohmann::json::exception& e) {
@@ -217,6 +220,8 @@ bool decode_kv_transfer(const ByteBuffer& blob, const KvLayout& expect, KvTransf
                              cache_dtype_name(l.dtype), ", vocab ", l.vocab, ") differs from this instance's (",
                              expect.layers, " x ", expect.row, " in ", cache_dtype_name(expect.dtype),
                              ", vocab ", expect.vocab, "): start both with the same --kv-cache"));
+  // The sizes only now, from a layout known to be this instance's (no overflow from a sender's).
+  if (row_bytes != l.row_bytes()) return fail(400, "KV transfer row_bytes does not match its row and cache_dtype");
   if (positions.empty()) return fail(400, "KV transfer holds no sequence");
   if (cached.size() != positions.size()) return fail(400, "KV transfer: cached and positions differ in length");
   size_t off = sizeof kMagic + 8 + hn;

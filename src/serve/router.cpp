@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <deque>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include "core/check.h"
@@ -53,6 +54,18 @@ struct Pipe {
     if (upstream.joinable()) upstream.join();
   }
 };
+
+// 128 random bits from the OS, as 32 hex digits: transfer ids are not guessable.
+std::string transfer_id() {
+  std::random_device rd;
+  static const char* hex = "0123456789abcdef";
+  std::string id = "kv-";
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t v = rd();
+    for (int k = 0; k < 8; ++k) id += hex[(v >> (4 * k)) & 15];
+  }
+  return id;
+}
 
 }  // namespace
 
@@ -111,8 +124,12 @@ struct Router::Impl {
     }
     return best;
   }
-  void mark_down(Instance& i, const std::string& why) {
+  // A request failed at instance i; take_out: choose it no more until /health is 200.
+  void failed_at(Instance& i, bool take_out, const std::string& why) {
     ++i.failures;
+    if (take_out) mark_down(i, why);
+  }
+  void mark_down(Instance& i, const std::string& why) {
     if (i.healthy.exchange(false))
       std::fprintf(stderr, "dsv3 router: %s instance %s taken out: %s\n", i.role, i.url.c_str(), why.c_str());
   }
@@ -170,7 +187,16 @@ void Router::Impl::generate(const httplib::Request& q, httplib::Response& r, con
   if (!P || !D)
     throw ApiError(503, str_cat("no healthy ", !P ? "prefill" : "decode", " instance (the router polls /health every ",
                                 opt.health_interval_s, " s)"), "", "no_instance");
-  const std::string id = "kv-" + new_response_id(Endpoint::Completion).substr(5);
+  // D counts as busy from its choice on, so requests arriving together spread over the
+  // decode instances; the upstream thread releases it (or this guard, on an earlier exit).
+  ++D->in_flight;
+  struct Release {
+    Instance* d;
+    ~Release() {
+      if (d) --d->in_flight;
+    }
+  } release{D};
+  const std::string id = transfer_id();
   const json preq = {{"endpoint", endpoint}, {"request", body}, {"transfer_id", id}, {"decode_url", D->url}};
   httplib::Headers fwd;
   if (q.has_header("Authorization")) fwd.emplace("Authorization", q.get_header_value("Authorization"));
@@ -183,14 +209,27 @@ void Router::Impl::generate(const httplib::Request& q, httplib::Response& r, con
     auto res = c->Post("/v1/disagg/prefill", fwd, dump(preq), "application/json");
     --P->in_flight;
     if (!res) {
-      mark_down(*P, httplib::to_string(res.error()));
+      // Silent past --timeout: a busy instance is not a dead one (its /health decides); any
+      // other failure (refused, reset) takes it out at once.
+      failed_at(*P, res.error() != httplib::Error::Read, httplib::to_string(res.error()));
+      if (res.error() == httplib::Error::Read)
+        throw ApiError(504, str_cat("the prefill instance ", P->url, " did not answer within ", opt.timeout_s,
+                                    " s (--timeout)"), "", "prefill_timeout");
       throw ApiError(502, str_cat("the prefill instance ", P->url, " failed: ", httplib::to_string(res.error())),
                      "", "prefill_failed");
     }
     if (res->status != 200) {
-      // The prefill instance's own error: the client's request (4xx) or the decode side (502).
-      if (res->body.find("decode_unreachable") != std::string::npos) mark_down(*D, "unreachable from prefill");
-      if (res->status >= 500 && res->status != 502 && res->status != 503) mark_down(*P, str_cat("HTTP ", res->status));
+      // The prefill instance's own error: the client's request (4xx) or the decode side
+      // (502/503). Only its own error code, not text a client could put in a message, says
+      // the decode instance is unreachable.
+      std::string code;
+      try {
+        code = json::parse(res->body).at("error").value("code", std::string());
+      } catch (const json::exception&) {
+      }
+      if (res->status == 502 && code == "decode_unreachable") failed_at(*D, true, "unreachable from prefill");
+      if (res->status >= 500 && res->status != 502 && res->status != 503 && res->status != 504)
+        failed_at(*P, true, str_cat("HTTP ", res->status));
       r.status = res->status;
       r.set_content(res->body, "application/json");
       return;
@@ -210,7 +249,6 @@ void Router::Impl::generate(const httplib::Request& q, httplib::Response& r, con
   const std::string path = q.path;
   auto pipe = std::make_shared<Pipe>();
   ++D->requests;
-  ++D->in_flight;
   pipe->client = std::shared_ptr<httplib::Client>(client(*D, opt.timeout_s));
   pipe->upstream = std::thread([this, pipe = pipe.get(), c = pipe->client.get(), D, fwd, path, b = q.body] {
     httplib::Request up;
@@ -238,12 +276,14 @@ void Router::Impl::generate(const httplib::Request& q, httplib::Response& r, con
     httplib::Error err = httplib::Error::Success;
     const bool ok = c->send(up, res, err);
     --D->in_flight;
-    if (!ok && !pipe->cancel.load()) mark_down(*D, httplib::to_string(err));
+    // As for prefill: a read that timed out or broke mid-answer leaves the verdict to /health.
+    if (!ok && !pipe->cancel.load()) failed_at(*D, err != httplib::Error::Read, httplib::to_string(err));
     std::lock_guard<std::mutex> lk(pipe->mu);
     pipe->done = true;
     if (!ok) pipe->error = httplib::to_string(err);
     pipe->cv.notify_all();
   });
+  release.d = nullptr;  // the upstream thread releases D
 
   std::unique_lock<std::mutex> lk(pipe->mu);
   pipe->cv.wait(lk, [&] { return pipe->headers || pipe->done; });
@@ -315,7 +355,7 @@ void Router::Impl::relay(const httplib::Request& q, httplib::Response& r, bool p
   if (q.has_header("Authorization")) h.emplace("Authorization", q.get_header_value("Authorization"));
   auto res = post ? c->Post(q.path.c_str(), h, q.body, "application/json") : c->Get(q.path.c_str(), h);
   if (!res) {
-    mark_down(*D, httplib::to_string(res.error()));
+    failed_at(*D, res.error() != httplib::Error::Read, httplib::to_string(res.error()));
     throw ApiError(502, str_cat("the decode instance ", D->url, " failed: ", httplib::to_string(res.error())));
   }
   r.status = res->status;

@@ -139,6 +139,12 @@ test('client errors pass through the router as the instance answered them', T(30
   assert.equal(bad.status, 400);
   const stream = await post(router.url, '/v1/completions', { prompt: 'x', stream: 'yes' });
   assert.equal(stream.status, 400);
+  // A client's text in an instance's error (here the model name) must not read as the
+  // instance's own verdict: the decode instance stays chosen.
+  const trick = await post(router.url, '/v1/completions', { model: 'decode_unreachable', prompt: 'x' });
+  assert.equal(trick.status, 404, trick.text);
+  assert.equal((await request(`${router.url}/health`)).status, 200);
+  assert.equal((await post(router.url, '/v1/completions', { prompt: 'x', max_tokens: 2 })).status, 200);
 });
 
 // A stand-in decode instance that keeps what a prefill instance sends it: GET
@@ -206,6 +212,14 @@ test('the decode instance refuses damaged, foreign and unknown transfers', T(60)
     const dinfo = JSON.parse((await request(`${decode.url}/v1/disagg/info`)).text);
     assert.ok(dinfo.transfer_port > 0);
     assert.equal(dinfo.cache_dtype, 'bf16');
+    // A connection that never sends holds one worker of the transfer port, not the port.
+    const idle = net.connect(dinfo.transfer_port, '127.0.0.1');
+    await new Promise((r) => idle.once('connect', r));
+    const t0 = Date.now();
+    const through = await post(router.url, '/v1/completions', { prompt: 'while one sits idle', max_tokens: 2 });
+    assert.equal(through.status, 200, through.text);
+    assert.ok(Date.now() - t0 < 3000 * SLOW, `took ${Date.now() - t0} ms`);
+    idle.destroy();
     // Both ways in: the transfer port and POST /v1/disagg/kv.
     const viaHttp = (b, id = 'kv-capture-1') => request(`${decode.url}/v1/disagg/kv`, { method: 'POST', headers: { 'Content-Type': 'application/octet-stream', 'X-Dsv3-Transfer-Id': id }, body: b });
     for (const pos of [20, Math.floor(blob.length / 2), blob.length - 5]) {
