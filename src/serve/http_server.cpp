@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "core/check.h"
+#include "serve/client_socket.h"
 #include "serve/disagg.h"
 #include "serve/engine.h"
 #include "serve/kv_socket.h"
@@ -32,54 +33,7 @@ const char kChatPage[] =
 using Clock = std::chrono::steady_clock;
 constexpr double kAliveCheckS = 0.2;  // how often a waiting handler checks its client
 
-// ---- the client's socket ----------------------------------------------------------------
-// httplib 0.11 gives a handler no way to see that its client hung up, and a generation the
-// client no longer wants holds a batch slot. The connection's socket is found once per
-// request by its address pair (unique while the connection is open, and the handler runs
-// while it is), then polled for the peer's FIN.
 
-std::string numeric_host(const sockaddr_storage& a, socklen_t len, int* port) {
-  char host[NI_MAXHOST], serv[NI_MAXSERV];
-  if (getnameinfo(reinterpret_cast<const sockaddr*>(&a), len, host, sizeof host, serv, sizeof serv,
-                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-    return "";
-  *port = std::atoi(serv);
-  return host;
-}
-
-int connection_fd(const httplib::Request& req) {
-  DIR* d = opendir("/proc/self/fd");
-  if (!d) return -1;
-  int found = -1;
-  while (dirent* ent = readdir(d)) {
-    const int fd = std::atoi(ent->d_name);
-    if (fd <= 2 || fd == dirfd(d)) continue;
-    sockaddr_storage peer{}, self{};
-    socklen_t pl = sizeof peer, sl = sizeof self;
-    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&self), &sl) != 0) continue;
-    int pport = -1, sport = -1;
-    const std::string paddr = numeric_host(peer, pl, &pport);
-    numeric_host(self, sl, &sport);
-    if (pport == req.remote_port && paddr == req.remote_addr &&
-        (req.local_port <= 0 || sport == req.local_port)) {
-      found = fd;
-      break;
-    }
-  }
-  closedir(d);
-  return found;
-}
-
-// The peer closed its side (or the socket failed). A pipelined next request is not a close.
-bool peer_gone(int fd) {
-  if (fd < 0) return false;
-  pollfd p{fd, POLLIN | POLLRDHUP, 0};
-  if (poll(&p, 1, 0) <= 0) return false;
-  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return true;
-  char c;
-  return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
-}
 
 // ---- one generation request -------------------------------------------------------------
 

@@ -14,6 +14,7 @@
 
 #include "core/check.h"
 #include "core/clock.h"
+#include "serve/client_socket.h"
 #include "serve/disagg.h"
 #include "serve/openai_api.h"
 
@@ -285,14 +286,28 @@ void Router::Impl::generate(const httplib::Request& q, httplib::Response& r, con
   });
   release.d = nullptr;  // the upstream thread releases D
 
+  // Waits watching the client: one that leaves cancels the request (the decode instance sees
+  // its connection close and drops it, as for a direct client). A streamed answer is watched
+  // by its writes from the headers on.
+  const int fd = connection_fd(q);
   std::unique_lock<std::mutex> lk(pipe->mu);
-  pipe->cv.wait(lk, [&] { return pipe->headers || pipe->done; });
+  auto wait_for_client = [&](auto ready) {
+    while (!pipe->cv.wait_for(lk, std::chrono::milliseconds(200), ready)) {
+      if (peer_gone(fd) || closed.load()) {
+        pipe->cancel = true;
+        lk.unlock();
+        pipe->client->stop();
+        throw ApiError(503, "the request was cancelled (client gone or router closing)");
+      }
+    }
+  };
+  wait_for_client([&] { return pipe->headers || pipe->done; });
   if (!pipe->headers) {
     ++failed;
     throw ApiError(502, str_cat("the decode instance ", D->url, " failed: ", pipe->error), "", "decode_failed");
   }
   if (!stream || pipe->status != 200) {
-    pipe->cv.wait(lk, [&] { return pipe->done; });
+    wait_for_client([&] { return pipe->done; });
     std::string out;
     for (const std::string& s : pipe->chunks) out += s;
     if (!pipe->error.empty()) {

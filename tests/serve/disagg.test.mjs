@@ -267,6 +267,23 @@ test('the decode instance refuses damaged, foreign and unknown transfers', T(60)
   }
 });
 
+test('a non-streamed client that leaves cancels its request on the decode instance', T(60), async () => {
+  const before = (await metrics(decode.url)).dsv3_requests_cancelled_total ?? 0;
+  const req = http.request(`${router.url}/v1/completions`, { method: 'POST', agent: false, headers: { 'Content-Type': 'application/json' } });
+  req.on('error', () => {});
+  // n = 8 long answers: a few seconds of decoding for the tiny model, cut short.
+  req.end(JSON.stringify({ prompt: 'a long answer nobody reads', max_tokens: 3500, n: 8, temperature: 0, ignore_eos: true }));
+  await sleep(150);
+  req.destroy();
+  const deadline = Date.now() + 10_000 * SLOW;
+  for (;;) {
+    const m = await metrics(decode.url);
+    if ((m.dsv3_requests_cancelled_total ?? 0) > before && m.dsv3_requests_running === 0) break;
+    if (Date.now() > deadline) throw new Error(`the decode instance kept generating: ${JSON.stringify(m)}`);
+    await sleep(100);
+  }
+});
+
 test('a transfer damaged once is resent; damaged twice, the client gets a 502', T(90), async () => {
   const flaky = keep(await startServer([...ONE, '--role', 'prefill', '--fault-corrupt-transfers', '3']));
   const r2 = keep(await startRouter(['--prefill', flaky.url, '--decode', decode.url, '--health-interval', '0.2']));
