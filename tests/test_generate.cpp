@@ -378,7 +378,9 @@ TEST(GenerateCli, KvCacheFlag) {
   std::vector<std::vector<double>> lps;
   for (const char* kv : {"", "f32", "bf16", "fp8"}) {
     ModelOptions mo;
-    if (*kv) ASSERT_TRUE(parse_cache_dtype(kv, &mo.kv_cache));
+    if (*kv) {
+      ASSERT_TRUE(parse_cache_dtype(kv, &mo.kv_cache));
+    }
     Model m(dir, mo);
     const std::string flag = *kv ? std::string(" --kv-cache ") + kv : std::string();
     const auto expect = Generator(m, nullptr).generate(prompt, greedy(12, true)).ids;
