@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <string>
 
+#include "core/check.h"
+
 namespace dsv3::serve {
 namespace {
 
@@ -55,6 +57,27 @@ bool peer_gone(int fd) {
   if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return true;
   char c;
   return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+void configure_server(httplib::Server& svr, size_t threads, size_t max_body_bytes) {
+  svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  svr.set_payload_max_length(max_body_bytes);
+  svr.set_tcp_nodelay(true);
+  svr.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
+}
+
+int bind_server(httplib::Server& svr, const std::string& host, int port, const char* who) {
+  if (port == 0) {
+    port = svr.bind_to_any_port(host);
+    DSV3_CHECK(port > 0, who, ": cannot bind to ", host, " (any port)");
+  } else {
+    DSV3_CHECK(svr.bind_to_port(host, port), who, ": cannot bind to ", host, ":", port,
+               " (in use, or not an address of this machine)");
+  }
+  return port;
 }
 
 }  // namespace dsv3::serve

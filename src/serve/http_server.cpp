@@ -612,19 +612,10 @@ HttpServer::HttpServer(HttpOptions o) : impl_(std::make_unique<Impl>(std::move(o
   // A client that hangs up mid-stream must cost a failed write, not the process.
   std::signal(SIGPIPE, SIG_IGN);
   Impl& m = *impl_;
-  const size_t threads = size_t(std::max(1, m.opt.threads));
-  m.svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   // KV transfers come through the transfer port; POST /v1/disagg/kv (tools, tests) is held to
   // max_body_bytes like every other body.
-  m.svr.set_payload_max_length(m.opt.max_body_bytes);
+  configure_server(m.svr, size_t(std::max(1, m.opt.threads)), m.opt.max_body_bytes);
   m.svr.set_keep_alive_max_count(1000);
-  m.svr.set_tcp_nodelay(true);  // one SSE chunk per token: no Nagle delay between them
-  // httplib's default sets SO_REUSEPORT, which lets a second server bind a port in use and
-  // silently share its connections; SO_REUSEADDR alone only allows a quick restart.
-  m.svr.set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  });
   m.routes();
 }
 
@@ -632,14 +623,7 @@ HttpServer::~HttpServer() { shutdown(); }
 
 int HttpServer::bind() {
   Impl& m = *impl_;
-  int port = m.opt.port;
-  if (port == 0) {
-    port = m.svr.bind_to_any_port(m.opt.host);
-    DSV3_CHECK(port > 0, "serve: cannot bind to ", m.opt.host, " (any port)");
-  } else {
-    DSV3_CHECK(m.svr.bind_to_port(m.opt.host, port), "serve: cannot bind to ", m.opt.host, ":", port,
-               " (in use, or not an address of this machine)");
-  }
+  const int port = bind_server(m.svr, m.opt.host, m.opt.port, "serve");
   m.bound = true;
   return port;
 }

@@ -454,14 +454,7 @@ void Router::Impl::routes() {
 Router::Router(RouterOptions o) : impl_(std::make_unique<Impl>(std::move(o))) {
   std::signal(SIGPIPE, SIG_IGN);
   Impl& m = *impl_;
-  const size_t threads = size_t(std::max(4, m.opt.threads));
-  m.svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  m.svr.set_payload_max_length(m.opt.max_body_bytes);
-  m.svr.set_tcp_nodelay(true);
-  m.svr.set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  });
+  configure_server(m.svr, size_t(std::max(4, m.opt.threads)), m.opt.max_body_bytes);
   m.routes();
 }
 
@@ -469,14 +462,7 @@ Router::~Router() { shutdown(); }
 
 int Router::bind() {
   Impl& m = *impl_;
-  int port = m.opt.port;
-  if (port == 0) {
-    port = m.svr.bind_to_any_port(m.opt.host);
-    DSV3_CHECK(port > 0, "router: cannot bind to ", m.opt.host, " (any port)");
-  } else {
-    DSV3_CHECK(m.svr.bind_to_port(m.opt.host, port), "router: cannot bind to ", m.opt.host, ":", port,
-               " (in use, or not an address of this machine)");
-  }
+  const int port = bind_server(m.svr, m.opt.host, m.opt.port, "router");
   m.bound = true;
   return port;
 }
