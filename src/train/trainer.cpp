@@ -119,8 +119,8 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
                            return st.ps.view(st.params.data(), *p);
                          },
                          wo);
-  for (const fs::path& f : data::tokenizer_files(st.cfg.tokenizer))
-    fs::copy_file(f, tmp / f.filename(), fs::copy_options::overwrite_existing);
+  for (const std::string& f : data::tokenizer_files(st.cfg.tokenizer))
+    fs::copy_file(f, tmp / fs::path(f).filename(), fs::copy_options::overwrite_existing);
   SafetensorsWriter w((tmp / "trainer" / "state.safetensors").string());
   const int64_t n = st.ps.numel();
   w.add("params", TensorView(st.params.data(), DType::F32, {n}));
