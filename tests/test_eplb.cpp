@@ -5,7 +5,9 @@
 // policy's promise (a group and its copies stay on one node); the global policy's rule
 // (groups % nodes != 0 runs as one group on one node); every plan's three maps consistent;
 // bad counts and loads refused with messages naming them. Then `dsv3 eplb` through the CLI
-// ($DSV3_BIN, set by ctest).
+// ($DSV3_BIN, set by ctest). Last, the server's use of a plan (model/expert_placement.h):
+// slots to ranks, the assignment of work to copies against a scalar twin of its rule, and
+// the balance a plan buys on a skewed load.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
@@ -28,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
+#include "model/expert_placement.h"
 #include "parallel/eplb.h"
 
 namespace dsv3::eplb {
@@ -361,6 +364,141 @@ CliRun cli(const std::string& args) {
   r.out = slurp(out);
   r.err = slurp(err);
   return r;
+}
+
+// ---- ExpertPlacement ---------------------------------------------------------------------
+
+TEST(ExpertPlacement, SlotsRanksAndCopies) {
+  // The README example's first layer on 8 ranks (2 slots each).
+  const Plan plan = rebalance_experts(kReadmeWeight, {16, 4, 2, 8});
+  const ExpertPlacement p = ExpertPlacement::from_phy2log(plan.phy2log[0], 12, 8);
+  EXPECT_EQ(p.slots(), 16);
+  EXPECT_EQ(p.n_experts(), 12);
+  EXPECT_FALSE(p.single_copy());
+  for (int64_t e = 0; e < 12; ++e) {
+    EXPECT_EQ(p.copies(e), plan.logcnt[0][size_t(e)]) << "expert " << e;
+    for (int j = 0; j < p.copies(e); ++j) {
+      const int32_t s = p.copy_slot(e, j);
+      EXPECT_EQ(plan.phy2log[0][size_t(s)], e);
+      EXPECT_TRUE(p.holds(int(s / 2), e));
+      if (j > 0) EXPECT_GT(s, p.copy_slot(e, j - 1));
+    }
+    int ranks_holding = 0;
+    for (int r = 0; r < 8; ++r) ranks_holding += p.holds(r, e);
+    EXPECT_LE(ranks_holding, p.copies(e));
+    EXPECT_GE(ranks_holding, 1);
+  }
+  const ExpertPlacement c = ExpertPlacement::contiguous(12, 4);
+  EXPECT_TRUE(c.single_copy());
+  for (int64_t e = 0; e < 12; ++e) EXPECT_EQ(c.rank_of_slot(c.copy_slot(e, 0)), e / 3);
+}
+
+TEST(ExpertPlacement, RefusesBadMaps) {
+  auto msg = [](const std::vector<int>& p2l, int64_t E, int P) {
+    try {
+      ExpertPlacement::from_phy2log(p2l, E, P);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(msg({0, 1, 2}, 3, 2).find("3 slots for 3 experts on 2 ranks"), std::string::npos);
+  EXPECT_NE(msg({0, 1}, 3, 1).find("2 slots for 3 experts"), std::string::npos);
+  EXPECT_NE(msg({0, 1, 3, 0}, 3, 2).find("slot 2 holds expert 3, outside [0, 3)"), std::string::npos);
+  EXPECT_NE(msg({0, 0, 1, 1}, 3, 2).find("expert 2 has no slot"), std::string::npos);
+  EXPECT_NE(msg({-1, 0, 1, 2}, 3, 2).find("holds expert -1"), std::string::npos);
+}
+
+// The rule, written plainly: units by rows descending (stable), each to the copy whose rank
+// has the fewest rows of this call so far, the first such copy on ties.
+std::vector<int32_t> assign_twin(const ExpertPlacement& p, const std::vector<int32_t>& expert,
+                                 const std::vector<int32_t>& rows) {
+  const size_t n = expert.size();
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rows[a] > rows[b]; });
+  std::vector<int64_t> load(size_t(p.ranks()), 0);
+  std::vector<int32_t> out(n, -1);
+  for (const size_t u : order) {
+    int best = -1;
+    for (int64_t s = 0; s < p.slots(); ++s) {  // slots ascending: the first copy wins ties
+      if (p.phy2log()[size_t(s)] != expert[u]) continue;
+      const int r = p.rank_of_slot(s);
+      if (best < 0 || load[size_t(r)] < load[size_t(best)]) best = r;
+    }
+    out[u] = best;
+    load[size_t(best)] += rows[u];
+  }
+  return out;
+}
+
+TEST(ExpertPlacement, AssignMatchesItsTwin) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int P = 1 + int(rng() % 6);
+    const int64_t E = 1 + int64_t(rng() % 20);
+    const int64_t per = (E + P - 1) / P + int64_t(rng() % 3);  // slots per rank
+    std::vector<int> p2l(size_t(per * P));
+    for (size_t s = 0; s < p2l.size(); ++s) p2l[s] = s < size_t(E) ? int(s) : int(rng() % E);
+    std::shuffle(p2l.begin(), p2l.end(), rng);
+    const ExpertPlacement p = ExpertPlacement::from_phy2log(p2l, E, P);
+    const size_t n = rng() % 40;
+    std::vector<int32_t> expert(n), rows(n), got(n);
+    for (size_t u = 0; u < n; ++u) {
+      expert[u] = int32_t(rng() % E);
+      rows[u] = 1 + int32_t(rng() % (trial % 2 ? 16 : 300));
+    }
+    std::vector<int64_t> rank_rows(static_cast<size_t>(P), 5);  // added to, not overwritten
+    ExpertPlacement::Scratch scratch;
+    p.assign(expert.data(), rows.data(), int64_t(n), got.data(), rank_rows.data(), scratch);
+    EXPECT_EQ(got, assign_twin(p, expert, rows)) << "trial " << trial;
+    std::vector<int64_t> want(static_cast<size_t>(P), 5);
+    for (size_t u = 0; u < n; ++u) {
+      EXPECT_TRUE(p.holds(got[u], expert[u])) << "trial " << trial << ": a rank without the expert";
+      want[size_t(got[u])] += rows[u];
+    }
+    EXPECT_EQ(rank_rows, want) << "trial " << trial;
+  }
+}
+
+// On a skewed load the plan eplb makes for it lowers the busiest rank's share, as the
+// expected loads (each expert's load split over its copies) and as the greedy assignment of
+// that load's units actually gives it.
+TEST(ExpertPlacement, EplbPlanBalancesASkewedLoad) {
+  const int64_t E = 16;
+  const int P = 4;
+  std::vector<double> load(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) load[size_t(e)] = e < 2 ? 400 : 20 + 10 * (e % 3);  // two hot experts on rank 0
+  const ExpertPlacement plain = ExpertPlacement::contiguous(E, P);
+  const Plan plan = rebalance_experts(Loads{load}, {int(E + P), 4, 1, P});
+  const ExpertPlacement balanced = ExpertPlacement::from_phy2log(plan.phy2log[0], E, P);
+  std::vector<double> before(static_cast<size_t>(P)), after(static_cast<size_t>(P));
+  expected_rank_load(plain, load.data(), before.data());
+  expected_rank_load(balanced, load.data(), after.data());
+  EXPECT_DOUBLE_EQ(std::accumulate(before.begin(), before.end(), 0.0),
+                   std::accumulate(load.begin(), load.end(), 0.0));
+  EXPECT_NEAR(std::accumulate(after.begin(), after.end(), 0.0), std::accumulate(load.begin(), load.end(), 0.0), 1e-9);
+  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / P;
+  const double imb_before = *std::max_element(before.begin(), before.end()) / mean;
+  const double imb_after = *std::max_element(after.begin(), after.end()) / mean;
+  EXPECT_GT(imb_before, 2.0);
+  EXPECT_LT(imb_after, 1.25);
+  // The same load as units of work, one per (expert, 10 rows): the greedy assignment.
+  std::vector<int32_t> expert, rows;
+  for (int64_t e = 0; e < E; ++e)
+    for (int k = 0; k < int(load[size_t(e)]) / 10; ++k) {
+      expert.push_back(int32_t(e));
+      rows.push_back(10);
+    }
+  std::vector<int32_t> rank(expert.size());
+  ExpertPlacement::Scratch scratch;
+  std::vector<int64_t> r0(static_cast<size_t>(P), 0), r1(static_cast<size_t>(P), 0);
+  plain.assign(expert.data(), rows.data(), int64_t(expert.size()), rank.data(), r0.data(), scratch);
+  balanced.assign(expert.data(), rows.data(), int64_t(expert.size()), rank.data(), r1.data(), scratch);
+  EXPECT_DOUBLE_EQ(rank_imbalance(r0.data(), P), imb_before);  // one copy each: no choice
+  EXPECT_LT(rank_imbalance(r1.data(), P), 1.25);
+  const std::vector<int64_t> none(static_cast<size_t>(P), 0);
+  EXPECT_EQ(rank_imbalance(none.data(), P), 1.0);
 }
 
 TEST(EplbCli, ReadmeExample) {

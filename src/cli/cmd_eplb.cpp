@@ -16,7 +16,6 @@
 #include "commands.h"
 #include "core/check.h"
 #include "io/file_util.h"
-#include "io/json_strict.h"
 #include "parallel/eplb.h"
 
 namespace dsv3::cli {
@@ -27,35 +26,6 @@ struct EplbArgs {
   std::string load, out;
   eplb::Params p;
 };
-
-// {"weight": [[number, ...], ...]}: every layer an array of numbers, the same length. Finite,
-// non-negative values are the library's check (it names the layer and expert too).
-std::vector<std::vector<double>> read_load(const std::string& path) {
-  const nlohmann::json j = parse_json_strict(read_text_file(path), path, "the load file");
-  DSV3_CHECK(j.is_object(), path, ": expected an object {\"weight\": [[load per expert] per layer]}, got a JSON ",
-             j.type_name());
-  // "layers" and "assignments" ride along in what `dsv3 serve` writes (GET /v1/expert_load).
-  for (const auto& [key, value] : j.items())
-    DSV3_CHECK(key == "weight" || key == "layers" || key == "assignments", path, ": unknown key \"", key,
-               "\" (expected \"weight\", and optionally the server's \"layers\" and \"assignments\")");
-  DSV3_CHECK(j.contains("weight"), path, ": no \"weight\" key (expected {\"weight\": [[load per expert] per layer]})");
-  const nlohmann::json& w = j["weight"];
-  DSV3_CHECK(w.is_array() && !w.empty(), path, ": \"weight\" must be a non-empty array of layers, got ",
-             w.is_array() ? "an empty array" : str_cat("a JSON ", w.type_name()));
-  std::vector<std::vector<double>> weight(w.size());
-  for (size_t l = 0; l < w.size(); ++l) {
-    DSV3_CHECK(w[l].is_array(), path, ": weight[", l, "] must be an array of loads, one per expert, got a JSON ",
-               w[l].type_name());
-    DSV3_CHECK(w[l].size() == w[0].size(), path, ": weight[", l, "] has ", w[l].size(), " loads, weight[0] has ",
-               w[0].size(), " (every layer needs one load per expert)");
-    for (size_t e = 0; e < w[l].size(); ++e) {
-      const nlohmann::json& v = w[l][e];
-      DSV3_CHECK(v.is_number(), path, ": weight[", l, "][", e, "] is ", v.dump(), ", expected a number");
-      weight[l].push_back(v.get<double>());
-    }
-  }
-  return weight;
-}
 
 template <class T>
 void append_array(std::string& s, const std::vector<T>& v) {
@@ -118,7 +88,7 @@ std::string summary(const std::vector<std::vector<double>>& weight, const eplb::
 }
 
 void run_eplb(const EplbArgs& a) {
-  const std::vector<std::vector<double>> weight = read_load(a.load);
+  const std::vector<std::vector<double>> weight = eplb::read_load_file(a.load).weight;
   const eplb::Plan plan = eplb::rebalance_experts(weight, a.p);
   const std::string json = plan_json(plan);
   if (a.out.empty())

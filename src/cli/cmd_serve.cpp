@@ -28,6 +28,7 @@
 #include "model/model.h"
 #include "parallel/comm.h"
 #include "serve/ep_step.h"
+#include "serve/rebalance.h"
 #include "serve/engine.h"
 #include "serve/http_server.h"
 #include "serve/openai_api.h"
@@ -45,7 +46,7 @@ struct ServeArgs {
               kv_cache = "bf16", role = "mixed";
   double transfer_timeout = 30;
   int fault_corrupt_transfers = 0, transfer_port = 0;
-  std::string expert_load_out;
+  std::string expert_load_out, expert_load_in;
   int port = 8080, threads = 0, ep = 1;
   int64_t draft = 0, max_body_mb = 8;
   double drain_timeout = 30;
@@ -152,8 +153,25 @@ void check_ep_layout(const ServeArgs& a, SpecMode spec, const dist::Comm& world)
     refuse("--ep ", a.ep, " must equal the number of processes (mpirun -np ", world.size(),
            "): run mpirun -np N dsv3 serve --ep N");
   }
+  const serve::EngineOptions& e = a.engine;
+  if (a.ep == 1 && (e.redundant_experts != 0 || e.rebalance_every != 0 || !a.expert_load_in.empty()))
+    refuse("--redundant-experts, --rebalance-every and --expert-load place experts over the ranks of "
+           "expert-parallel serving: run mpirun -np N dsv3 serve --ep N (N > 1)");
   if (a.ep == 1) return;
   const ModelConfig c = load_model_config((std::filesystem::path(a.model) / "config.json").string());
+  if (e.redundant_experts < 0) refuse("--redundant-experts must be >= 0, got ", e.redundant_experts);
+  if (e.rebalance_every < 0) refuse("--rebalance-every must be >= 0, got ", e.rebalance_every);
+  if ((c.n_routed_experts + e.redundant_experts) % a.ep != 0)
+    refuse("--redundant-experts ", e.redundant_experts, ": the ", c.n_routed_experts, " routed experts plus ",
+           e.redundant_experts, " copies must divide evenly over the ", a.ep, " ranks (every rank holds the same "
+           "number of expert slots)");
+  if (!a.expert_load_in.empty()) {
+    try {
+      serve::model_load_from_file(c, a.expert_load_in);
+    } catch (const Error& ex) {
+      refuse("--expert-load: ", ex.what());
+    }
+  }
   if (c.n_routed_experts <= 0 || c.num_hidden_layers <= c.first_k_dense_replace)
     refuse("--ep ", a.ep, ": the model in '", a.model, "' has no MoE layer to split");
   if (c.n_routed_experts % a.ep != 0)
@@ -272,6 +290,7 @@ void run_serve(ServeArgs& a) {
   eo.speculative_mode = spec_run;
   if (spec_run != SpecMode::Off) eo.speculative_draft = a.draft > 0 ? a.draft : kDefaultDraft;
   if (ep) eo.ep = &world;
+  if (!a.expert_load_in.empty()) eo.initial_load = serve::model_load_from_file(model->config(), a.expert_load_in);
   {
     // Weights resident before /health says ready: the first requests would otherwise pay a
     // page fault per 4 KiB of every expert they touch first.
@@ -418,6 +437,16 @@ void register_serve(CLI::App& app) {
   c->add_option("--expert-load-out", a->expert_load_out,
                 "On shutdown, write the routed-expert load since start ({\"weight\": [[per expert] per "
                 "MoE layer]}, what `dsv3 eplb --load` reads; live: GET /v1/expert_load)");
+  c->add_option("--redundant-experts", e.redundant_experts,
+                "With --ep: R extra expert slots per MoE layer holding copies of hot experts, placed "
+                "by EPLB from the counted load (at start from --expert-load, else uniform; again on "
+                "POST /admin/rebalance and every --rebalance-every steps). (E + R) must divide by --ep. Default 0");
+  c->add_option("--rebalance-every", e.rebalance_every,
+                "With --ep: re-place the experts (EPLB) every N engine steps from the load counted "
+                "since the last placement (default 0: only on POST /admin/rebalance)");
+  c->add_option("--expert-load", a->expert_load_in,
+                "With --ep: the load file to place experts by at start (what --expert-load-out and "
+                "GET /v1/expert_load write)");
   c->add_option("--transfer-port", a->transfer_port,
                 "--role decode: port of the KV transfer listener on --host (default 0: any free "
                 "port; prefill instances ask GET /v1/disagg/info)");

@@ -78,21 +78,27 @@ Model::Model(const std::string& dir, const ModelOptions& o)
     e1_ = ep_first_expert(cfg_.n_routed_experts, P, o.ep->rank() + 1);
     // Another rank's expert: shapes kept (the task layout reads them), data unbound, so its
     // mmapped pages are never touched (and a stray use faults at once).
-    auto unbind = [&](Weight& w) {
-      unbound_bytes_ += weight_bytes(w);
-      w.w.data = nullptr;
-      w.scale.data = nullptr;
-    };
-    auto shard = [&](LayerWeights& lw) {
-      if (!lw.is_moe) return;
-      for (int64_t e = 0; e < cfg_.n_routed_experts; ++e) {
-        if (e >= e0_ && e < e1_) continue;
-        MlpWeights& m = lw.moe.experts[size_t(e)];
-        for (Weight* w : {&m.gate_proj, &m.up_proj, &m.down_proj}) unbind(*w);
+    auto unbind = [&](MlpWeights& m) {
+      for (Weight* w : {&m.gate_proj, &m.up_proj, &m.down_proj}) {
+        unbound_bytes_ += weight_bytes(*w);
+        w->w.data = nullptr;
+        w->scale.data = nullptr;
       }
     };
-    for (LayerWeights& lw : w_.layers) shard(lw);
-    for (MtpWeights& m : w_.mtp) shard(m.block);
+    place_.resize(size_t(cfg_.num_hidden_layers));
+    experts_bound_.resize(size_t(cfg_.num_hidden_layers));
+    for (size_t l = 0; l < w_.layers.size(); ++l) {
+      LayerWeights& lw = w_.layers[l];
+      if (!lw.is_moe) continue;
+      place_[l] = ExpertPlacement::contiguous(cfg_.n_routed_experts, P);
+      experts_bound_[l] = lw.moe.experts;
+      for (int64_t e = 0; e < cfg_.n_routed_experts; ++e)
+        if (!place_[l].holds(o.ep->rank(), e)) unbind(lw.moe.experts[size_t(e)]);
+    }
+    for (MtpWeights& m : w_.mtp)
+      if (m.block.is_moe)
+        for (int64_t e = 0; e < cfg_.n_routed_experts; ++e)
+          if (e < e0_ || e >= e1_) unbind(m.block.moe.experts[size_t(e)]);
   }
 
   auto layer_f32 = [&](const LayerWeights& lw) {
@@ -113,6 +119,55 @@ Model::Model(const std::string& dir, const ModelOptions& o)
   norm_ = weight_to_f32(w_.norm);
   has_yarn_ = yarn_params(cfg_, &yarn_) != nullptr;
   softmax_scale_ = attention_softmax_scale(cfg_.qk_head_dim(), yarn());
+}
+
+void Model::set_expert_placement(const std::vector<ExpertPlacement>& layers) {
+  DSV3_CHECK(ep_, "an expert placement needs expert parallelism (the model was loaded without a group)");
+  const int P = ep_->size(), rank = ep_->rank();
+  const int64_t L = cfg_.num_hidden_layers, E = cfg_.n_routed_experts;
+  DSV3_CHECK(int64_t(layers.size()) == L, "expert placement: ", layers.size(), " layers given, the model has ", L);
+  for (int64_t l = 0; l < L; ++l) {
+    if (!w_.layers[size_t(l)].is_moe) continue;
+    const ExpertPlacement& p = layers[size_t(l)];
+    DSV3_CHECK(p.n_experts() == E && p.ranks() == P, "expert placement: layer ", l, " places ",
+               p.n_experts(), " experts on ", p.ranks(), " ranks; the model has ", E, " on ", P);
+  }
+  uint64_t sink = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    LayerWeights& lw = w_.layers[size_t(l)];
+    if (!lw.is_moe) continue;
+    place_[size_t(l)] = layers[size_t(l)];
+    for (int64_t e = 0; e < E; ++e) {
+      MlpWeights& m = lw.moe.experts[size_t(e)];
+      const MlpWeights& full = experts_bound_[size_t(l)][size_t(e)];
+      const bool held = m.gate_proj.w.data != nullptr, want = place_[size_t(l)].holds(rank, e);
+      if (held == want) continue;
+      for (auto [w, f] : {std::pair{&m.gate_proj, &full.gate_proj}, {&m.up_proj, &full.up_proj},
+                          {&m.down_proj, &full.down_proj}}) {
+        if (want) {
+          *w = *f;
+          unbound_bytes_ -= weight_bytes(*w);
+          // Read a newly held expert now, not in the next step (a page fault per 4 KiB).
+          for (const TensorView* v : {&w->w, &w->scale})
+            if (v->data != nullptr && v->ndim > 0) sink ^= stream_read(v->data, v->nbytes(), 1);
+        } else {
+          unbound_bytes_ += weight_bytes(*w);
+          w->w.data = nullptr;
+          w->scale.data = nullptr;
+        }
+      }
+    }
+  }
+  volatile uint64_t keep = sink;
+  (void)keep;
+}
+
+int64_t Model::held_experts() const {
+  int64_t n = 0;
+  for (const LayerWeights& lw : w_.layers)
+    if (lw.is_moe)
+      for (const MlpWeights& m : lw.moe.experts) n += m.gate_proj.w.data != nullptr;
+  return n;
 }
 
 std::vector<std::pair<const void*, size_t>> Model::held_tensors() const {
@@ -239,9 +294,10 @@ void Model::head(float* logits, const float* h, int64_t T, const Weight& w, Forw
   linear_forward(logits, cfg_.vocab_size, h, cfg_.hidden_size, T, w, s.lin, false, threads_);
 }
 
-void Model::block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs, int n,
+void Model::block(int64_t li, const LayerWeights& lw, const MlaSeq* seqs, int n,
                   const LinearBatch& lb, ForwardScratch& s, const ForwardTrace* trace,
                   const std::string& prefix, ForwardProfile* prof) const {
+  const LayerF32& lf = lf_[size_t(li)];
   double t0 = prof ? now_s() : 0;
   auto lap = [&](double* slot) {
     if (!prof) return;
@@ -283,6 +339,10 @@ void Model::block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs
   moe.w = &lw.moe;
   moe.bias = lf.bias.empty() ? nullptr : lf.bias.data();
   moe.ep = ep_;
+  if (ep_ && li < cfg_.num_hidden_layers) {
+    moe.place = &place_[size_t(li)];
+    moe.rank_rows = s.rank_load ? s.rank_load + li * ep_->size() : nullptr;
+  }
   auto run = [&](float* o, const float* xi, int64_t rows, bool decode_form) {
     if (lw.is_moe && decode_form) moe_forward_decode(o, xi, rows, cfg_, moe, s.ffn_s, threads_);
     else if (lw.is_moe) moe_forward(o, xi, rows, cfg_, moe, s.ffn_s, threads_);
@@ -322,7 +382,7 @@ void Model::forward(KvCache& cache, const ForwardArgs& a, ForwardScratch& s) con
   MlaSeq seq = MlaSeq::single(T, p0, a.form);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     seq.cache = cache.layer(l);
-    block(w_.layers[size_t(l)], lf_[size_t(l)], &seq, 1, lb, s, a.trace,
+    block(l, w_.layers[size_t(l)], &seq, 1, lb, s, a.trace,
           a.trace ? "layer." + std::to_string(l) : std::string(), a.profile);
   }
   cache.len = p0 + T;
@@ -375,7 +435,7 @@ void Model::forward_batch(const KvPoolView& pool, const BatchSeq* seqs, int n, b
       m.form = AttnForm::Auto;
     }
     s.layer_load = s.expert_load ? s.expert_load + l * cfg_.n_routed_experts : nullptr;
-    block(w_.layers[size_t(l)], lf_[size_t(l)], s.mseq.data(), n, lb, s, nullptr, std::string(),
+    block(l, w_.layers[size_t(l)], s.mseq.data(), n, lb, s, nullptr, std::string(),
           prof);
   }
   s.layer_load = nullptr;  // forward() and mtp_forward() on this scratch count nothing
@@ -449,7 +509,7 @@ void Model::mtp_forward(KvCache& cache, const MtpArgs& a, ForwardScratch& s) con
   const LinearBatch lb = LinearBatch::single(off, T, threads_);
   MlaSeq seq = MlaSeq::single(T, p0, a.form);
   seq.cache = cache.layer(L + int64_t(k));
-  block(m.block, lf_[size_t(L) + k], &seq, 1, lb, s, a.trace, prefix);
+  block(L + k, m.block, &seq, 1, lb, s, a.trace, prefix);
   cache.mtp_len[k] = p0 + T;
   float* h = grow(s.xn, T * H);
   rmsnorm_forward(h, H, nullptr, x, H, f.head_norm.data(), T, H, eps, threads_);

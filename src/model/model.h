@@ -15,6 +15,7 @@
 
 #include "io/checkpoint.h"
 #include "model/config.h"
+#include "model/expert_placement.h"
 #include "model/mla.h"
 #include "model/moe.h"
 #include "model/weights.h"
@@ -139,6 +140,9 @@ struct ForwardScratch {
   // load, for EPLB); layer_load is its row of the layer running (internal).
   uint64_t* expert_load = nullptr;
   uint64_t* layer_load = nullptr;
+  // Under expert parallelism, when set: [num_hidden_layers, P] += the routed rows each rank
+  // computed (model/expert_placement.h; what rebalancing evens out).
+  int64_t* rank_load = nullptr;
 };
 
 class Model {
@@ -188,10 +192,20 @@ class Model {
   int64_t held_weight_bytes() const;
   // Under expert parallelism: the bytes of the other ranks' routed experts, not held here.
   int64_t unbound_expert_bytes() const { return unbound_bytes_; }
-  // The expert-parallel group (nullptr: none) and this rank's routed experts [first, last).
+  // The expert-parallel group (nullptr: none) and this rank's routed experts [first, last)
+  // in the contiguous layout it starts with.
   const dist::Comm* ep() const { return ep_; }
   int64_t first_expert() const { return e0_; }
   int64_t last_expert() const { return e1_; }
+  // Under expert parallelism: where each main MoE layer's experts live ([num_hidden_layers],
+  // dense layers empty). set_expert_placement replaces it — every rank of the group with the
+  // same placement, between forwards: this rank binds the weights of the experts with a slot
+  // on it (reading them once, so the next step pays no page faults) and unbinds the others.
+  // Throws dsv3::Error when a layer does not fit the model or the group.
+  const std::vector<ExpertPlacement>& expert_placement() const { return place_; }
+  void set_expert_placement(const std::vector<ExpertPlacement>& layers);
+  // Routed experts of the main layers whose weights this rank holds (all, in one process).
+  int64_t held_experts() const;
 
   // Bytes of weights one decode step reads: every matrix of the attention, the dense layers,
   // the shared experts, the router, num_experts_per_tok routed experts per MoE layer, the
@@ -204,9 +218,10 @@ class Model {
   };
   // One transformer block over the rows of lb (x in s.x): seqs[i] says where sequence i's
   // rows sit and its cache of this layer.
-  void block(const LayerWeights& lw, const LayerF32& lf, const MlaSeq* seqs, int n,
-             const LinearBatch& lb, ForwardScratch& s, const ForwardTrace* trace,
-             const std::string& prefix, ForwardProfile* prof = nullptr) const;
+  // li: the layer's index in lf_ (main layers, then MTP blocks).
+  void block(int64_t li, const LayerWeights& lw, const MlaSeq* seqs, int n, const LinearBatch& lb,
+             ForwardScratch& s, const ForwardTrace* trace, const std::string& prefix,
+             ForwardProfile* prof = nullptr) const;
   void embed(float* x, const Weight& table, const int32_t* ids, int64_t T) const;
   void head(float* logits, const float* h, int64_t T, const Weight& w, ForwardScratch& s) const;
 
@@ -228,8 +243,13 @@ class Model {
   int64_t rope_n_ = 0;
   int threads_ = 0;
   const dist::Comm* ep_ = nullptr;
-  int64_t e0_ = 0, e1_ = 0;  // this rank's routed experts
+  int64_t e0_ = 0, e1_ = 0;  // this rank's routed experts (contiguous layout)
   int64_t unbound_bytes_ = 0;
+  // Expert parallelism: per main layer, the placement and every expert's weights as loaded
+  // (bound), from which set_expert_placement rebinds w_. The MTP blocks keep the contiguous
+  // layout (the server does not draft under EP).
+  std::vector<ExpertPlacement> place_;
+  std::vector<std::vector<MlpWeights>> experts_bound_;
   // Every tensor's data this process uses, each once (held_weight_bytes, prefault).
   std::vector<std::pair<const void*, size_t>> held_tensors() const;
   CacheDtype kv_dtype_ = CacheDtype::BF16;

@@ -52,12 +52,23 @@ void add_dense_tasks(std::vector<FfnTask>& tasks, const MlpWeights* w, int64_t T
   }
 }
 
+// The layer's placement under expert parallelism: its own, or the contiguous blocks.
+const ExpertPlacement& layer_placement(const MoeLayer& L, int64_t E, int P, FfnScratch& s) {
+  if (L.place) {
+    DSV3_ASSERT(L.place->n_experts() == E && L.place->ranks() == P);
+    return *L.place;
+  }
+  if (s.plain.n_experts() != E || s.plain.ranks() != P) s.plain = ExpertPlacement::contiguous(E, P);
+  return s.plain;
+}
+
 }  // namespace
 
 void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const FfnTask* tasks,
                       int n_tasks, FfnScratch& s, int threads, const TaskShard* shard) {
   const bool ep = shard && shard->comm && shard->comm->size() > 1;
   const int P = ep ? shard->comm->size() : 1, rank = ep ? shard->comm->rank() : 0;
+  const int32_t* order = ep ? shard->order : nullptr;
   // This rank computes task i: every task in one process; its own and the shared under EP.
   auto mine = [&](int i) {
     return !ep || i < shard->first[0] || (i >= shard->first[rank] && i < shard->first[rank + 1]);
@@ -95,7 +106,8 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   // rows of out: no reduction, and every token's terms add in the same order).
   auto phase3 = [&](int64_t unit) {
     const int64_t r0 = unit * kBlock, r1 = std::min(H, r0 + kBlock);
-    for (int i = 0; i < n_tasks; ++i) {
+    for (int k = 0; k < n_tasks; ++k) {
+      const int i = order ? order[k] : k;
       const FfnTask& t = tasks[i];
       for (int j = 0; j < t.n; ++j) {
         float* o = out + t.tok[j] * H;
@@ -145,7 +157,7 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   }
   if (!ep) return;
   // The routed tasks' outputs are one run of yd, rank r's tasks a block of it in rank order
-  // (tasks go by expert index, experts by rank): an all-gather in place.
+  // (the caller lists them rank-major): an all-gather in place.
   std::vector<int64_t> counts(static_cast<size_t>(P));
   for (int r = 0; r < P; ++r)
     counts[size_t(r)] = x_off[size_t(shard->first[r + 1])] - x_off[size_t(shard->first[r])];
@@ -305,12 +317,9 @@ void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig
   std::vector<FfnTask>& tasks = s.tasks;
   tasks.clear();
   if (c.n_shared_experts > 0) add_dense_tasks(tasks, &L.w->shared_experts, T);
-  const int P = L.ep ? L.ep->size() : 1;
-  int32_t* first = grow(s.ep_first, P + 1);
-  for (int r = 0; r <= P; ++r) first[r] = -1;
+  const int n_shared = int(tasks.size());
+  s.unit_expert.clear();
   for (int64_t e = 0; e < E; ++e) {
-    for (int r = 0; r < P; ++r)  // rank r's tasks start at its first expert's
-      if (e == ep_first_expert(E, P, r)) first[r] = int32_t(tasks.size());
     FfnTask t;
     t.w = &L.w->experts[size_t(e)];
     for (int64_t i = 0; i < T * K; ++i) {
@@ -319,14 +328,46 @@ void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig
       t.weight[t.n] = wt[i];
       if (++t.n == kGemvMaxM) {
         tasks.push_back(t);
+        s.unit_expert.push_back(int32_t(e));
         t.n = 0;
       }
     }
-    if (t.n > 0) tasks.push_back(t);
+    if (t.n > 0) {
+      tasks.push_back(t);
+      s.unit_expert.push_back(int32_t(e));
+    }
   }
-  first[P] = int32_t(tasks.size());
-  TaskShard shard{L.ep, first};
-  ffn_tasks_decode(out, x, T, H, tasks.data(), int(tasks.size()), s, threads, P > 1 ? &shard : nullptr);
+  const int P = L.ep ? L.ep->size() : 1;
+  if (P == 1) return ffn_tasks_decode(out, x, T, H, tasks.data(), int(tasks.size()), s, threads);
+  // Expert parallelism: each routed task to a rank, then the tasks rank-major (each rank's
+  // outputs one block of the all-gather); add_order puts them back in expert order.
+  const int64_t n_routed = int64_t(tasks.size()) - n_shared;
+  int32_t* rows = grow(s.unit_rows, n_routed);
+  int32_t* rank = grow(s.unit_rank, n_routed);
+  for (int64_t u = 0; u < n_routed; ++u) rows[u] = tasks[size_t(n_shared + u)].n;
+  layer_placement(L, E, P, s).assign(s.unit_expert.data(), rows, n_routed, rank, L.rank_rows, s.assign);
+  int32_t* first = grow(s.ep_first, P + 1);
+  std::fill(first, first + P + 1, 0);
+  for (int64_t u = 0; u < n_routed; ++u) ++first[rank[u] + 1];
+  first[0] = n_shared;
+  for (int r = 0; r < P; ++r) first[r + 1] += first[r];
+  int32_t* order = grow(s.add_order, int64_t(tasks.size()));
+  s.ep_tasks.resize(tasks.size());
+  for (int i = 0; i < n_shared; ++i) {
+    s.ep_tasks[size_t(i)] = tasks[size_t(i)];
+    order[i] = i;
+  }
+  {
+    int32_t* fill = grow(s.fill, P);
+    std::copy(first, first + P, fill);
+    for (int64_t u = 0; u < n_routed; ++u) {
+      const int32_t at = fill[rank[u]]++;
+      s.ep_tasks[size_t(at)] = tasks[size_t(n_shared + u)];
+      order[n_shared + u] = at;
+    }
+  }
+  TaskShard shard{L.ep, first, order};
+  ffn_tasks_decode(out, x, T, H, s.ep_tasks.data(), int(s.ep_tasks.size()), s, threads, &shard);
 }
 
 void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, const MoeLayer& L,
@@ -385,18 +426,37 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
     }
     return;
   }
-  // Expert parallelism: this rank's experts into their rows of ey (expert-major, the layout
-  // of `order`), the other ranks' blocks all-gathered, then every expert added in order.
-  const int rank = L.ep->rank();
-  float* ey = grow(s.ey, T * K * H);
-  for (int64_t e = ep_first_expert(E, P, rank); e < ep_first_expert(E, P, rank + 1); ++e)
-    if (count[e + 1] > count[e]) run(e, ey + int64_t(count[e]) * H);
-  std::vector<int64_t> counts(static_cast<size_t>(P));
-  for (int r = 0; r < P; ++r)
-    counts[size_t(r)] = int64_t(count[ep_first_expert(E, P, r + 1)] - count[ep_first_expert(E, P, r)]) * H;
-  L.ep->allgather(ey, counts);
+  // Expert parallelism: each expert's rows of this sequence to one rank (all of them, so the
+  // GEMM's M is one process's), laid out rank-major in ey; this rank runs its own, the
+  // others' blocks are all-gathered, then every expert is added in index order.
+  int64_t n_units = 0;
+  int32_t* unit_e = grow(s.unit_expert, E);
+  int32_t* rows = grow(s.unit_rows, E);
   for (int64_t e = 0; e < E; ++e)
-    if (count[e + 1] > count[e]) add(e, ey + int64_t(count[e]) * H);
+    if (count[e + 1] > count[e]) {
+      unit_e[n_units] = int32_t(e);
+      rows[n_units++] = count[e + 1] - count[e];
+    }
+  int32_t* rank_of = grow(s.unit_rank, n_units);
+  layer_placement(L, E, P, s).assign(unit_e, rows, n_units, rank_of, L.rank_rows, s.assign);
+  int64_t* off = grow(s.ey_off, E);
+  std::vector<int64_t> counts(static_cast<size_t>(P), 0);
+  int64_t at = 0;
+  for (int r = 0; r < P; ++r) {
+    const int64_t start = at;
+    for (int64_t u = 0; u < n_units; ++u)
+      if (rank_of[u] == r) {
+        off[unit_e[u]] = at;
+        at += rows[u];
+      }
+    counts[size_t(r)] = (at - start) * H;
+  }
+  float* ey = grow(s.ey, T * K * H);
+  const int me = L.ep->rank();
+  for (int64_t u = 0; u < n_units; ++u)
+    if (rank_of[u] == me) run(unit_e[u], ey + off[unit_e[u]] * H);
+  L.ep->allgather(ey, counts);
+  for (int64_t u = 0; u < n_units; ++u) add(unit_e[u], ey + off[unit_e[u]] * H);
 }
 
 }  // namespace dsv3

@@ -7,19 +7,22 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/expert_placement.h"
 #include "kernels/gemv.h"
 #include "model/linear.h"
 
 namespace dsv3 {
 namespace dist { class Comm; }
 
-// Expert parallelism at inference (`dsv3 serve --ep P`, docs/serve.md): rank r of the EP
-// group holds the routed experts [first_expert(r), first_expert(r + 1)) — contiguous blocks,
-// as training's EP layout (parallel/ep_dispatch.h) — and every rank routes every token the
-// same way. A rank runs its own experts' tokens, the outputs of each (token, expert) pair are
-// all-gathered, and every rank adds all of them in the one-process order (shared experts,
-// then the token's experts by index): the sum, so the layer's output, is the one-process
-// result bit for bit. An allreduce of per-rank partial sums would add in another order.
+// Expert parallelism at inference (`dsv3 serve --ep P`, docs/serve.md): by default rank r of
+// the EP group holds the routed experts [first_expert(r), first_expert(r + 1)) — contiguous
+// blocks, as training's EP layout (parallel/ep_dispatch.h); with redundant experts, the
+// experts of its slots (model/expert_placement.h). Every rank routes every token the same
+// way and so assigns the work the same way. A rank runs the work assigned to it, the outputs
+// of each (token, expert) pair are all-gathered, and every rank adds all of them in the
+// one-process order (shared experts, then the token's experts by index): the sum, so the
+// layer's output, is the one-process result bit for bit whatever the placement. An
+// allreduce of per-rank partial sums would add in another order.
 inline int64_t ep_first_expert(int64_t n_experts, int ranks, int rank) {
   return int64_t(rank) * n_experts / ranks;
 }
@@ -75,15 +78,25 @@ struct FfnScratch {
   std::vector<FfnTask> tasks;           // decode: the experts of the step
   std::vector<int64_t> off;             // decode: [3, tasks + 1] offsets into h, xe, units
   std::vector<LinearScratch> per_thread;
-  std::vector<int32_t> ep_first;        // EP decode: [P + 1] first task of each rank's experts
-  std::vector<float> ey;                // EP prefill: [T·K, H] expert outputs, expert-major
+  std::vector<int32_t> ep_first;        // EP decode: [P + 1] first task of each rank's work
+  std::vector<float> ey;                // EP prefill: [T·K, H] expert outputs, rank-major
+  // Expert parallelism: the units of work (an expert's rows of a prefill sequence, or one
+  // decode task), their rank, and the tasks reordered rank-major.
+  std::vector<int32_t> unit_expert, unit_rows, unit_rank, add_order;
+  std::vector<int64_t> ey_off;          // EP prefill: [E] first row of each expert in ey
+  std::vector<FfnTask> ep_tasks;
+  ExpertPlacement::Scratch assign;
+  ExpertPlacement plain;                // the contiguous placement when the layer names none
 };
 
 // Under expert parallelism, ffn_tasks_decode's tasks [first[r], first[r + 1]) are rank r's
-// (its experts'; first [P + 1]) and the tasks before first[0] (shared experts) every rank's.
+// (first [P + 1]) and the tasks before first[0] (shared experts) every rank's. order [tasks]
+// (nullptr: task order) is the order the outputs are added in — the one-process order, which
+// a rank-major task list does not follow once copies of experts sit on other ranks.
 struct TaskShard {
   const dist::Comm* comm = nullptr;
   const int32_t* first = nullptr;
+  const int32_t* order = nullptr;
 };
 
 // out [T, H] += Σ_tasks weight · expert(x[tok]) for decode-sized T (≤ kGemvMaxM), all
@@ -118,6 +131,11 @@ struct MoeLayer {
   // experts [ep_first_expert(E, P, rank), ep_first_expert(E, P, rank + 1)); the others'
   // weights are not loaded. Every rank of ep must call the layer with the same x.
   const dist::Comm* ep = nullptr;
+  // With ep: the layer's slots over the ranks (nullptr: the contiguous blocks above); this
+  // rank must hold the weights of every expert with a slot on it.
+  const ExpertPlacement* place = nullptr;
+  // With ep, when set: [P] += the routed rows each rank computed in this call.
+  int64_t* rank_rows = nullptr;
 };
 
 void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig& c,

@@ -36,6 +36,7 @@
 // docs/serve.md, "Redundant experts (EPLB)"; tests/test_eplb.cpp.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace dsv3::eplb {
@@ -65,6 +66,17 @@ Plan rebalance_experts(const std::vector<std::vector<float>>& weight, const Para
 // hold under either policy: they describe the cluster and the model, although eplb.py's
 // global policy never looks at groups or nodes and so accepts them broken.
 void validate(const Params& p, int num_experts);
+
+// A load file: {"weight": [[load per expert] per layer]}, every layer the same length, every
+// load a number (finite and ≥ 0 is rebalance_experts' check). What `dsv3 serve` writes
+// (GET /v1/expert_load, --expert-load-out) rides along: "layers", the model layer of each row
+// (only the layers that routed tokens are listed), "assignments", "rank_load" and "placement".
+// Throws dsv3::Error naming the file and the key or element that is wrong.
+struct LoadFile {
+  std::vector<std::vector<double>> weight;  // [rows][E]
+  std::vector<int64_t> layers;              // [rows] or empty: row i is the i-th layer given
+};
+LoadFile read_load_file(const std::string& path);
 
 // ---- the building blocks, exposed for tests --------------------------------------------
 

@@ -64,7 +64,7 @@ constexpr int64_t kDefaultPoolCapBytes = int64_t(4) << 30;
 
 }  // namespace
 
-Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const EngineOptions& o)
+Engine::Engine(Model& model, const tok::Tokenizer* tokenizer, const EngineOptions& o)
     : model_(model), tok_(tokenizer), opt_(o), impl_(std::make_unique<Impl>()) {
   const ModelConfig& c = model.config();
   DSV3_CHECK(o.max_running >= 1, "--max-running must be >= 1, got ", o.max_running);
@@ -86,6 +86,27 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
                "runs on rank 0 with the model loaded over the same group");
     impl_->ep = std::make_unique<EpLeader>(*o.ep);
   }
+  DSV3_CHECK(o.redundant_experts >= 0, "--redundant-experts must be >= 0, got ", o.redundant_experts);
+  DSV3_CHECK(o.rebalance_every >= 0, "--rebalance-every must be >= 0, got ", o.rebalance_every);
+  DSV3_CHECK(impl_->ep || (o.redundant_experts == 0 && o.rebalance_every == 0 && o.initial_load.empty()),
+             "redundant experts and rebalancing need expert-parallel serving (mpirun -np N dsv3 serve --ep N)");
+  if (impl_->ep) {
+    const int P = o.ep->size();
+    impl_->m.rank_load.assign(size_t(c.num_hidden_layers), std::vector<int64_t>(size_t(P), 0));
+    impl_->m.rank_rows_total.assign(size_t(P), 0);
+    impl_->step_rank_load.assign(size_t(c.num_hidden_layers * P), 0);
+    // The first placement: planned here (a bad count is refused before serving), applied by
+    // the loop on every rank after its setup.
+    if (o.redundant_experts > 0 || !o.initial_load.empty()) {
+      std::vector<std::vector<double>> load = o.initial_load;
+      if (load.empty())
+        load.assign(size_t(c.num_hidden_layers), std::vector<double>(size_t(c.n_routed_experts), 1.0));
+      PlacementReport r;
+      plan_placement(c, load, P, o.redundant_experts, model.expert_placement(), &r);
+      r.source = o.initial_load.empty() ? "uniform" : "file";
+      impl_->first_placement = std::move(r);
+    }
+  }
   if (impl_->speculate) impl_->policy = SpecPolicy(spec_mode, o.speculative_policy);
   impl_->m.spec_mode = spec_mode;
   if (!impl_->speculate)
@@ -93,7 +114,7 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
   context_ = o.context > 0 ? o.context : std::min<int64_t>(c.max_position_embeddings, 4096);
   DSV3_CHECK(context_ <= c.max_position_embeddings, "--context ", context_,
              " exceeds the model's max_position_embeddings (", c.max_position_embeddings, ")");
-  const_cast<Model&>(model_).reserve_positions(context_);
+  model_.reserve_positions(context_);
   const int64_t layers = c.num_hidden_layers, row = mla_cache_row(c);
   const CacheDtype kv = model.kv_cache_dtype();
   const int64_t per_block = KvPool::bytes_per_block(kBlockRows, layers, row, kv);
@@ -126,6 +147,7 @@ Engine::Engine(const Model& model, const tok::Tokenizer* tokenizer, const Engine
   if (c.n_routed_experts > 0) {
     m.expert_load.assign(size_t(c.num_hidden_layers), std::vector<uint64_t>(size_t(c.n_routed_experts), 0));
     impl_->step_load.assign(size_t(c.num_hidden_layers * c.n_routed_experts), 0);
+    impl_->window_load.assign(size_t(c.num_hidden_layers * c.n_routed_experts), 0);
   }
   m.kv_block_positions = kBlockRows;
   thread_ = std::thread([this] { loop(); });
@@ -219,6 +241,21 @@ bool Engine::drain(double deadline_s) {
   impl_->cv.notify_all();
   if (thread_.joinable()) thread_.join();
   return false;
+}
+
+PlacementReport Engine::rebalance(double timeout_s) {
+  DSV3_CHECK(impl_->ep, "rebalancing needs expert-parallel serving (mpirun -np N dsv3 serve --ep N)");
+  auto call = std::make_shared<Impl::RebalanceCall>();
+  std::unique_lock<std::mutex> lk(impl_->mu);
+  DSV3_CHECK(!impl_->loop_done, "the engine has stopped");
+  impl_->rebalance_calls.push_back(call);
+  impl_->cv.notify_all();
+  impl_->rebalance_cv.wait_for(lk, std::chrono::duration<double>(timeout_s),
+                               [&] { return call->done || impl_->loop_done; });
+  DSV3_CHECK(call->done, impl_->loop_done ? "the engine stopped before the rebalance ran"
+                                          : str_cat("the rebalance did not run within ", timeout_s, " s"));
+  DSV3_CHECK(call->error.empty(), call->error);
+  return call->report;
 }
 
 EngineMetrics Engine::metrics() const {

@@ -27,6 +27,7 @@
 #include "infer/sampler.h"
 #include "infer/spec_policy.h"
 #include "serve/kv_transfer.h"
+#include "serve/rebalance.h"
 
 namespace dsv3 {
 class Model;
@@ -57,6 +58,13 @@ struct EngineOptions {
   // ranks run ep_follow; the loop thread broadcasts each step to them and, at exit, the stop.
   // The model must have been loaded with the same group (ModelOptions::ep). No speculation.
   const dist::Comm* ep = nullptr;
+  // Redundant experts (with ep; serve/rebalance.h): extra expert slots per MoE layer; the
+  // steps between automatic rebalances (0: only when rebalance() asks); the load [L][E] to
+  // place by at start (empty: uniform load, or the contiguous layout when
+  // redundant_experts = 0).
+  int64_t redundant_experts = 0;
+  int64_t rebalance_every = 0;
+  std::vector<std::vector<double>> initial_load;
 };
 
 // One completion request as the engine takes it (the HTTP layer has tokenized the prompt and
@@ -153,12 +161,23 @@ struct EngineMetrics {
   // and the generated tokens' [num_hidden_layers][n_routed_experts] (dense layers: zeros).
   // What EPLB balances (`dsv3 eplb --load`; GET /v1/expert_load).
   std::vector<std::vector<uint64_t>> expert_load;
+  // Expert parallelism: the routed rows each rank computed, per main layer since the current
+  // placement took effect [L][P], and since start over all layers [P]; the placement
+  // (phy2log [L][S], dense layers empty; empty before the loop applies the first) and how it
+  // was made; the placements made after the first.
+  std::vector<std::vector<int64_t>> rank_load;
+  std::vector<int64_t> rank_rows_total;
+  std::vector<std::vector<int>> phy2log;
+  PlacementReport placement;
+  uint64_t rebalances = 0;
   Histogram ttft, tpot;                          // seconds
 };
 
 class Engine {
  public:
-  Engine(const Model& model, const tok::Tokenizer* tokenizer, const EngineOptions& o);
+  // The engine's loop is the only caller of the model's forwards while it runs, and changes
+  // the model (RoPE positions; under expert parallelism its expert placement).
+  Engine(Model& model, const tok::Tokenizer* tokenizer, const EngineOptions& o);
   ~Engine();  // stops the loop; pending streams get an Error event
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -177,6 +196,13 @@ class Engine {
   bool drain(double deadline_s);
 
   EngineMetrics metrics() const;
+
+  // Expert-parallel serving: plans a new expert placement from the load counted since the
+  // last one (EPLB; the load since start when none was counted since), has every rank apply
+  // it between two steps, and returns its report. Throws dsv3::Error when the engine is not
+  // expert-parallel, no token has been routed yet, or the loop did not get to it within
+  // timeout_s (a step runs at a time).
+  PlacementReport rebalance(double timeout_s = 120);
   int64_t context() const { return context_; }
   const EngineOptions& options() const { return opt_; }
   const Model& model() const { return model_; }
@@ -184,8 +210,14 @@ class Engine {
  private:
   struct Impl;
   void loop();
+  // Expert placement, on the loop thread (serve/engine_placement.cpp): apply one on every
+  // rank; plan one from the counted load and apply it; answer the waiting rebalance() calls
+  // (error: fail them with it).
+  void apply_placement_now(PlacementReport r, bool first);
+  PlacementReport replan();
+  void serve_rebalance_calls(const std::string& error = "");
 
-  const Model& model_;
+  Model& model_;
   const tok::Tokenizer* tok_;
   EngineOptions opt_;
   int64_t context_ = 0;

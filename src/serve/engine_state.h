@@ -69,6 +69,21 @@ struct Engine::Impl {
   std::vector<float> mtp_logits;   // [V]
   std::vector<float> p;            // [V] target distribution (speculative sampling)
   std::vector<uint64_t> step_load; // [layers, E] this step's expert load (ForwardScratch)
+  // Expert parallelism (serve/rebalance.h): this step's rows per rank [layers, P]; the
+  // expert load since the last placement [layers, E]; steps since it; the placement the
+  // loop applies first; rebalance() calls waiting for the loop (under mu).
+  std::vector<int64_t> step_rank_load;
+  std::vector<uint64_t> window_load;
+  int64_t steps_since_place = 0;
+  std::optional<PlacementReport> first_placement;
+  struct RebalanceCall {
+    bool done = false;
+    PlacementReport report;
+    std::string error;
+  };
+  std::vector<std::shared_ptr<RebalanceCall>> rebalance_calls;
+  std::condition_variable rebalance_cv;
+  bool loop_done = false;          // under mu: the loop has exited (no call will be served)
   bool speculate = false;          // MTP drafting may run (mtp, or auto with MTP modules)
   std::unique_ptr<EpLeader> ep;    // expert-parallel serving: rank 0's broadcasts
   SpecPolicy policy;               // when to draft: its mode is fixed (submit reads it), the

@@ -8,11 +8,12 @@
 #include "core/check.h"
 #include "parallel/comm.h"
 #include "serve/kv_pool.h"
+#include "serve/rebalance.h"
 
 namespace dsv3::serve {
 namespace {
 
-enum Kind : int64_t { kStop = 0, kSetup = 1, kStep = 2 };
+enum Kind : int64_t { kStop = 0, kSetup = 1, kStep = 2, kPlace = 3 };
 constexpr int kPerSeq = 5;  // T, p0, logits_from, wants_logits, table length
 
 }  // namespace
@@ -40,6 +41,20 @@ void EpLeader::step(const BatchSeq* seqs, int n, bool invariant, int64_t block_r
   comm_.bcast(payload_.data(), int64_t(payload_.size()), 0);
 }
 
+void EpLeader::place(const std::vector<std::vector<int>>& phy2log, int64_t slots) {
+  payload_.assign(phy2log.size() * size_t(slots), -1);
+  for (size_t l = 0; l < phy2log.size(); ++l)
+    for (size_t s = 0; s < phy2log[l].size(); ++s) payload_[l * size_t(slots) + s] = phy2log[l][s];
+  int64_t h[4] = {kPlace, int64_t(phy2log.size()), slots, 0};
+  comm_.bcast(h, 4, 0);
+  comm_.bcast(payload_.data(), int64_t(payload_.size()), 0);
+}
+
+void apply_placement(Model& model, const std::vector<std::vector<int>>& phy2log) {
+  DSV3_ASSERT(model.ep() != nullptr);
+  model.set_expert_placement(placements_from(model.config(), phy2log, model.ep()->size()));
+}
+
 void EpLeader::stop() {
   int64_t h[4] = {kStop, 0, 0, 0};
   comm_.bcast(h, 4, 0);
@@ -62,6 +77,16 @@ int64_t ep_follow(Model& model, const dist::Comm& comm) {
     if (h[0] == kSetup) {
       model.reserve_positions(h[3]);
       pool = std::make_unique<KvPool>(h[1], kBlockRows, h[2], mla_cache_row(c), model.kv_cache_dtype());
+      continue;
+    }
+    if (h[0] == kPlace) {
+      payload.resize(size_t(h[1] * h[2]));
+      comm.bcast(payload.data(), h[1] * h[2], 0);
+      std::vector<std::vector<int>> phy2log(static_cast<size_t>(h[1]));
+      for (int64_t l = 0; l < h[1]; ++l)
+        if (payload[size_t(l * h[2])] >= 0)
+          for (int64_t s = 0; s < h[2]; ++s) phy2log[size_t(l)].push_back(int(payload[size_t(l * h[2] + s)]));
+      apply_placement(model, phy2log);
       continue;
     }
     DSV3_CHECK(h[0] == kStep && pool, "expert-parallel serving: unexpected message ", h[0],

@@ -90,7 +90,8 @@ bool is_known_path(const std::string& p, bool* get, bool* post) {
   *get = p == "/" || p == "/favicon.ico" || p == "/health" || p == "/metrics" || p == "/v1/models" ||
          p.rfind("/v1/models/", 0) == 0 || p == "/v1/disagg/info" || p == "/v1/expert_load";
   *post = p == "/v1/chat/completions" || p == "/v1/completions" || p == "/tokenize" ||
-          p == "/detokenize" || p == "/v1/disagg/prefill" || p == "/v1/disagg/kv";
+          p == "/detokenize" || p == "/v1/disagg/prefill" || p == "/v1/disagg/kv" ||
+          p == "/admin/rebalance";
   return *get || *post;
 }
 
@@ -555,6 +556,42 @@ void HttpServer::Impl::routes() {
   // MoE layer]}, with the layer indices and totals beside.
   svr.Get("/v1/expert_load", guarded([this](const httplib::Request&, httplib::Response& r) {
     r.set_content(dump(expert_load_json(ready_engine().metrics())), "application/json");
+  }));
+  // Redundant experts (serve/rebalance.h): a new placement from the load counted since the
+  // last one, applied on every rank before the next step; answers what it expects to buy.
+  svr.Post("/admin/rebalance", guarded([this](const httplib::Request&, httplib::Response& r) {
+    Engine& e = ready_engine();
+    if (!e.options().ep)
+      throw ApiError(400, "rebalancing needs expert-parallel serving (mpirun -np N dsv3 serve --ep N)", "",
+                     "not_expert_parallel");
+    const EngineMetrics m = e.metrics();
+    uint64_t routed = 0;
+    for (const auto& row : m.expert_load)
+      for (uint64_t v : row) routed += v;
+    if (routed == 0)
+      throw ApiError(409, "no token has been routed to an expert yet: there is no load to balance", "",
+                     "no_expert_load");
+    PlacementReport p;
+    try {
+      p = e.rebalance();
+    } catch (const Error& ex) {
+      throw ApiError(503, ex.what(), "", "rebalance_failed");
+    }
+    json layers = json::array(), p2l = json::array();
+    for (size_t l = 0; l < p.phy2log.size(); ++l)
+      if (!p.phy2log[l].empty()) {
+        layers.push_back(l);
+        p2l.push_back(p.phy2log[l]);
+      }
+    r.set_content(dump(json{{"slots", p.slots},
+                            {"ranks", p.ranks},
+                            {"source", p.source},
+                            {"assignments", p.tokens},
+                            {"expected_imbalance_before", p.before},
+                            {"expected_imbalance_after", p.after},
+                            {"layers", layers},
+                            {"phy2log", p2l}}),
+                  "application/json");
   }));
   svr.Get("/v1/disagg/info", guarded([this](const httplib::Request& q, httplib::Response& r) {
     need_role("decode", q.path);

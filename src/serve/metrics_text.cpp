@@ -72,7 +72,27 @@ json expert_load_json(const EngineMetrics& m) {
     layers.push_back(l);
     totals.push_back(sum);
   }
-  return {{"weight", weight}, {"layers", layers}, {"assignments", totals}};
+  json out = {{"weight", weight}, {"layers", layers}, {"assignments", totals}};
+  if (m.rank_load.empty()) return out;
+  // Expert parallelism: each listed layer's rows per rank since the placement, and the
+  // placement (serve/rebalance.h).
+  json ranks = json::array(), p2l = json::array();
+  for (const json& l : layers) {
+    const size_t i = l.get<size_t>();
+    ranks.push_back(m.rank_load[i]);
+    p2l.push_back(i < m.phy2log.size() && !m.phy2log[i].empty() ? json(m.phy2log[i]) : json(nullptr));
+  }
+  out["rank_load"] = ranks;
+  const PlacementReport& r = m.placement;
+  out["placement"] = {{"phy2log", p2l},
+                      {"contiguous", m.phy2log.empty()},
+                      {"slots", r.slots},
+                      {"source", r.source},
+                      {"expected_imbalance_before", r.before},
+                      {"expected_imbalance_after", r.after},
+                      {"rebalances", m.rebalances},
+                      {"rank_imbalance", mean_rank_imbalance(m.rank_load)}};
+  return out;
 }
 
 std::string metrics_text(const EngineMetrics& m) {
@@ -134,6 +154,17 @@ std::string metrics_text(const EngineMetrics& m) {
         o += "dsv3_expert_load_imbalance{layer=\"" + std::to_string(l) + "\"} " +
              num(double(mx) * double(m.expert_load[l].size()) / double(sum)) + '\n';
     }
+  }
+  if (!m.rank_rows_total.empty()) {
+    header(o, "dsv3_ep_rank_rows_total", "counter",
+           "Routed (token, expert) rows each rank of the expert-parallel group computed, all MoE layers.");
+    for (size_t r = 0; r < m.rank_rows_total.size(); ++r)
+      o += "dsv3_ep_rank_rows_total{rank=\"" + std::to_string(r) + "\"} " + std::to_string(m.rank_rows_total[r]) + '\n';
+    header(o, "dsv3_ep_rank_imbalance", "gauge",
+           "Busiest rank's rows over the mean rank's since the expert placement took effect, mean over MoE layers.");
+    o += "dsv3_ep_rank_imbalance " + num(mean_rank_imbalance(m.rank_load)) + '\n';
+    counter(o, "dsv3_expert_rebalances_total", "Expert placements made after the first (POST /admin/rebalance, "
+            "--rebalance-every).", m.rebalances);
   }
   return o;
 }

@@ -294,6 +294,7 @@ void Engine::loop() {
 
   // Expert-parallel serving: the other ranks allocate the same pool (serve/ep_step.h).
   if (I.ep) I.ep->setup(pool.n_blocks(), pool.n_layers(), context_);
+  if (I.first_placement) apply_placement_now(*I.first_placement, true);
   while (true) {
     {
       std::unique_lock<std::mutex> lk(I.mu);
@@ -303,13 +304,25 @@ void Engine::loop() {
       I.m.waiting = int64_t(I.waiting.size() + I.incoming.size());
       I.m.kv_blocks_used = pool.used();
       if (I.waiting.empty() && I.running.empty())
-        I.cv.wait(lk, [&] { return stop_.load() || !I.incoming.empty(); });
+        I.cv.wait(lk, [&] { return stop_.load() || !I.incoming.empty() || !I.rebalance_calls.empty(); });
       while (!I.incoming.empty()) {
         I.waiting.push_back(std::move(I.incoming.front()));
         I.incoming.pop_front();
       }
     }
     if (stop_.load()) break;
+    // Expert placement changes between steps (serve/rebalance.h): asked for, or due.
+    if (I.ep) {
+      serve_rebalance_calls();
+      if (opt_.rebalance_every > 0 && I.steps_since_place >= opt_.rebalance_every) {
+        try {
+          replan();
+        } catch (const Error& ex) {
+          std::fprintf(stderr, "dsv3 serve: rebalance skipped: %s\n", ex.what());
+          I.steps_since_place = 0;
+        }
+      }
+    }
 
     // Cancelled sequences go first: their blocks serve this step.
     for (auto& s : I.running)
@@ -349,7 +362,7 @@ void Engine::loop() {
         s.computed = s.published = int64_t(s.table.size()) * B;
         if (!s.table.empty()) s.spec = false;
       }
-      if (s.spec && s.mtp.capacity == 0) s.mtp = const_cast<Model&>(model_).new_mtp_cache(context_);
+      if (s.spec && s.mtp.capacity == 0) s.mtp = model_.new_mtp_cache(context_);
       const int64_t need = (len + B - 1) / B - int64_t(s.table.size());
       if (need > pool.available() && !I.running.empty()) {
         release_blocks(s);  // not now: wait for blocks to come back
@@ -477,9 +490,12 @@ void Engine::loop() {
     try {
       if (I.ep) I.ep->step(I.batch.data(), int(n), opt_.batch_invariant, B);
       I.scratch.expert_load = I.step_load.empty() ? nullptr : I.step_load.data();
+      I.scratch.rank_load = I.step_rank_load.empty() ? nullptr : I.step_rank_load.data();
       std::fill(I.step_load.begin(), I.step_load.end(), 0);
+      std::fill(I.step_rank_load.begin(), I.step_rank_load.end(), 0);
       model_.forward_batch(pool.view(), I.batch.data(), int(n), opt_.batch_invariant, I.scratch);
       I.scratch.expert_load = nullptr;
+      I.scratch.rank_load = nullptr;
     } catch (const std::exception& ex) {  // not expected: inputs were checked at submit
       // Under expert parallelism the other ranks may wait in this step's collectives: end
       // the job (parallel/comm.h) rather than leave them hanging.
@@ -535,11 +551,21 @@ void Engine::loop() {
       const uint64_t* add = I.step_load.data() + l * row.size();
       for (size_t e = 0; e < row.size(); ++e) row[e] += add[e];
     }
+    for (size_t i = 0; i < I.window_load.size(); ++i) I.window_load[i] += I.step_load[i];
+    for (size_t l = 0; l < I.m.rank_load.size(); ++l) {
+      std::vector<int64_t>& row = I.m.rank_load[l];
+      for (size_t r = 0; r < row.size(); ++r) {
+        row[r] += I.step_rank_load[l * row.size() + r];
+        I.m.rank_rows_total[r] += I.step_rank_load[l * row.size() + r];
+      }
+    }
+    ++I.steps_since_place;
     ++I.m.steps;
     if (record) I.m.spec = I.policy.reports();
   }
 
   if (I.ep) I.ep->stop();  // the other ranks leave ep_follow and exit
+  serve_rebalance_calls("the server shut down before the rebalance ran");
 
   // Shutting down: whatever is left gets an error event.
   std::lock_guard<std::mutex> lk(I.mu);
@@ -556,6 +582,8 @@ void Engine::loop() {
   I.waiting.clear();
   I.incoming.clear();
   I.running.clear();
+  I.loop_done = true;
+  I.rebalance_cv.notify_all();
   I.m.running = I.m.waiting = 0;
   I.m.kv_blocks_used = pool.used();
 }
