@@ -410,14 +410,13 @@ TEST(ExpertPlacement, RefusesBadMaps) {
 }
 
 // The rule, written plainly: units by rows descending (stable), each to the copy whose rank
-// has the fewest rows of this call so far, the first such copy on ties.
+// has the fewest rows so far (from `load`, updated), the first such copy on ties.
 std::vector<int32_t> assign_twin(const ExpertPlacement& p, const std::vector<int32_t>& expert,
-                                 const std::vector<int32_t>& rows) {
+                                 const std::vector<int32_t>& rows, std::vector<int64_t>& load) {
   const size_t n = expert.size();
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), size_t(0));
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rows[a] > rows[b]; });
-  std::vector<int64_t> load(size_t(p.ranks()), 0);
   std::vector<int32_t> out(n, -1);
   for (const size_t u : order) {
     int best = -1;
@@ -449,9 +448,16 @@ TEST(ExpertPlacement, AssignMatchesItsTwin) {
       rows[u] = 1 + int32_t(rng() % (trial % 2 ? 16 : 300));
     }
     std::vector<int64_t> rank_rows(static_cast<size_t>(P), 5);  // added to, not overwritten
+    // Earlier calls' rows (every third trial none: nullptr).
+    std::vector<int64_t> balance(static_cast<size_t>(P), 0);
+    if (trial % 3 == 0)
+      for (int64_t& b : balance) b = int64_t(rng() % 500);
+    std::vector<int64_t> twin_load = balance;
     ExpertPlacement::Scratch scratch;
-    p.assign(expert.data(), rows.data(), int64_t(n), got.data(), rank_rows.data(), scratch);
-    EXPECT_EQ(got, assign_twin(p, expert, rows)) << "trial " << trial;
+    p.assign(expert.data(), rows.data(), int64_t(n), got.data(), trial % 3 == 1 ? nullptr : balance.data(),
+             rank_rows.data(), scratch);
+    EXPECT_EQ(got, assign_twin(p, expert, rows, twin_load)) << "trial " << trial;
+    if (trial % 3 != 1) EXPECT_EQ(balance, twin_load) << "trial " << trial << ": balance not updated";
     std::vector<int64_t> want(static_cast<size_t>(P), 5);
     for (size_t u = 0; u < n; ++u) {
       EXPECT_TRUE(p.holds(got[u], expert[u])) << "trial " << trial << ": a rank without the expert";
@@ -493,10 +499,22 @@ TEST(ExpertPlacement, EplbPlanBalancesASkewedLoad) {
   std::vector<int32_t> rank(expert.size());
   ExpertPlacement::Scratch scratch;
   std::vector<int64_t> r0(static_cast<size_t>(P), 0), r1(static_cast<size_t>(P), 0);
-  plain.assign(expert.data(), rows.data(), int64_t(expert.size()), rank.data(), r0.data(), scratch);
-  balanced.assign(expert.data(), rows.data(), int64_t(expert.size()), rank.data(), r1.data(), scratch);
+  plain.assign(expert.data(), rows.data(), int64_t(expert.size()), rank.data(), nullptr, r0.data(), scratch);
+  balanced.assign(expert.data(), rows.data(), int64_t(expert.size()), rank.data(), nullptr, r1.data(), scratch);
   EXPECT_DOUBLE_EQ(rank_imbalance(r0.data(), P), imb_before);  // one copy each: no choice
   EXPECT_LT(rank_imbalance(r1.data(), P), 1.25);
+  // The same load one unit per call (as a server's calls: one prefill sequence each, whose
+  // heaviest unit is a hot expert): with the balance carried between calls the copies share
+  // the work as well as in one call; counted from zero each call, the first copy takes it all.
+  std::vector<int64_t> carried(static_cast<size_t>(P), 0), c_rows(static_cast<size_t>(P), 0),
+      fresh_rows(static_cast<size_t>(P), 0);
+  for (size_t u = 0; u < expert.size(); ++u) {
+    int32_t rk = 0;
+    balanced.assign(&expert[u], &rows[u], 1, &rk, carried.data(), c_rows.data(), scratch);
+    balanced.assign(&expert[u], &rows[u], 1, &rk, nullptr, fresh_rows.data(), scratch);
+  }
+  EXPECT_LT(rank_imbalance(c_rows.data(), P), 1.25);
+  EXPECT_GT(rank_imbalance(fresh_rows.data(), P), 1.5);
   const std::vector<int64_t> none(static_cast<size_t>(P), 0);
   EXPECT_EQ(rank_imbalance(none.data(), P), 1.0);
 }

@@ -47,8 +47,9 @@ bool ExpertPlacement::holds(int rank, int64_t e) const {
 }
 
 void ExpertPlacement::assign(const int32_t* expert, const int32_t* rows, int64_t n, int32_t* out_rank,
-                             int64_t* rank_rows, Scratch& s) const {
-  s.load.assign(size_t(ranks_), 0);
+                             int64_t* balance, int64_t* rank_rows, Scratch& s) const {
+  s.load.assign(size_t(ranks_), 0);  // this call's rows per rank
+  auto so_far = [&](int r) { return s.load[size_t(r)] + (balance ? balance[r] : 0); };
   if (single_) {
     for (int64_t u = 0; u < n; ++u) {
       out_rank[u] = rank_of_slot(copy_slot(expert[u], 0));
@@ -63,14 +64,16 @@ void ExpertPlacement::assign(const int32_t* expert, const int32_t* rows, int64_t
       int best = rank_of_slot(copy_slot(e, 0));
       for (int j = 1; j < copies(e); ++j) {
         const int r = rank_of_slot(copy_slot(e, j));
-        if (s.load[size_t(r)] < s.load[size_t(best)]) best = r;
+        if (so_far(r) < so_far(best)) best = r;
       }
       out_rank[u] = best;
       s.load[size_t(best)] += rows[u];
     }
   }
-  if (rank_rows)
-    for (int r = 0; r < ranks_; ++r) rank_rows[r] += s.load[size_t(r)];
+  for (int r = 0; r < ranks_; ++r) {
+    if (balance) balance[r] += s.load[size_t(r)];
+    if (rank_rows) rank_rows[r] += s.load[size_t(r)];
+  }
 }
 
 double rank_imbalance(const int64_t* rank_rows, int ranks) {

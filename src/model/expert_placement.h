@@ -45,14 +45,17 @@ class ExpertPlacement {
 
   // Gives n units to ranks: unit u is rows[u] rows of expert expert[u]; out_rank[u] is the
   // rank that computes it. Greedy, heaviest unit first (ties: the lower unit index), each
-  // to the copy whose rank has the fewest of this call's rows so far (ties: the lower slot)
-  // — the longest-processing-time rule of eplb's packing. rank_rows [P], when given, is
-  // added this call's rows per rank (the figure rebalancing lowers).
+  // to the copy whose rank has the fewest rows so far (ties: the lower slot) — the
+  // longest-processing-time rule of eplb's packing. "So far" starts from balance [P] when
+  // given (the rows each rank took in earlier calls, updated here): a hot expert's copies
+  // then share its work across calls, even when each call's work is one unit — counted from
+  // zero in every call, the first copy would take every call's heaviest unit. rank_rows [P],
+  // when given, is added this call's rows per rank (the figure rebalancing lowers).
   struct Scratch {
     std::vector<int32_t> order;  // [n]
     std::vector<int64_t> load;   // [P]
   };
-  void assign(const int32_t* expert, const int32_t* rows, int64_t n, int32_t* out_rank,
+  void assign(const int32_t* expert, const int32_t* rows, int64_t n, int32_t* out_rank, int64_t* balance,
               int64_t* rank_rows, Scratch& s) const;
 
   bool operator==(const ExpertPlacement& o) const { return ranks_ == o.ranks_ && phy2log_ == o.phy2log_; }

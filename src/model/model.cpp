@@ -133,6 +133,7 @@ void Model::set_expert_placement(const std::vector<ExpertPlacement>& layers) {
                p.n_experts(), " experts on ", p.ranks(), " ranks; the model has ", E, " on ", P);
   }
   uint64_t sink = 0;
+  ++place_gen_;
   for (int64_t l = 0; l < L; ++l) {
     LayerWeights& lw = w_.layers[size_t(l)];
     if (!lw.is_moe) continue;
@@ -340,8 +341,14 @@ void Model::block(int64_t li, const LayerWeights& lw, const MlaSeq* seqs, int n,
   moe.bias = lf.bias.empty() ? nullptr : lf.bias.data();
   moe.ep = ep_;
   if (ep_ && li < cfg_.num_hidden_layers) {
+    const int P = ep_->size();
     moe.place = &place_[size_t(li)];
-    moe.rank_rows = s.rank_load ? s.rank_load + li * ep_->size() : nullptr;
+    moe.rank_rows = s.rank_load ? s.rank_load + li * P : nullptr;
+    if (s.ep_placement != place_gen_) {
+      s.ep_balance.assign(size_t(cfg_.num_hidden_layers * P), 0);
+      s.ep_placement = place_gen_;
+    }
+    moe.balance = s.ep_balance.data() + li * P;
   }
   auto run = [&](float* o, const float* xi, int64_t rows, bool decode_form) {
     if (lw.is_moe && decode_form) moe_forward_decode(o, xi, rows, cfg_, moe, s.ffn_s, threads_);

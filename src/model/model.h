@@ -143,6 +143,11 @@ struct ForwardScratch {
   // Under expert parallelism, when set: [num_hidden_layers, P] += the routed rows each rank
   // computed (model/expert_placement.h; what rebalancing evens out).
   int64_t* rank_load = nullptr;
+  // Under expert parallelism with copies of experts: the rows each rank took per main layer
+  // under the current placement [L, P] (moe.h MoeLayer::balance), reset when the placement
+  // changes. Every rank must run its forwards on one scratch, in the same order.
+  std::vector<int64_t> ep_balance;
+  uint64_t ep_placement = 0;  // the placement ep_balance counts for (Model's generation)
 };
 
 class Model {
@@ -249,6 +254,7 @@ class Model {
   // (bound), from which set_expert_placement rebinds w_. The MTP blocks keep the contiguous
   // layout (the server does not draft under EP).
   std::vector<ExpertPlacement> place_;
+  uint64_t place_gen_ = 1;  // bumped by every set_expert_placement
   std::vector<std::vector<MlpWeights>> experts_bound_;
   // Every tensor's data this process uses, each once (held_weight_bytes, prefault).
   std::vector<std::pair<const void*, size_t>> held_tensors() const;

@@ -345,7 +345,7 @@ void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig
   int32_t* rows = grow(s.unit_rows, n_routed);
   int32_t* rank = grow(s.unit_rank, n_routed);
   for (int64_t u = 0; u < n_routed; ++u) rows[u] = tasks[size_t(n_shared + u)].n;
-  layer_placement(L, E, P, s).assign(s.unit_expert.data(), rows, n_routed, rank, L.rank_rows, s.assign);
+  layer_placement(L, E, P, s).assign(s.unit_expert.data(), rows, n_routed, rank, L.balance, L.rank_rows, s.assign);
   int32_t* first = grow(s.ep_first, P + 1);
   std::fill(first, first + P + 1, 0);
   for (int64_t u = 0; u < n_routed; ++u) ++first[rank[u] + 1];
@@ -438,7 +438,7 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
       rows[n_units++] = count[e + 1] - count[e];
     }
   int32_t* rank_of = grow(s.unit_rank, n_units);
-  layer_placement(L, E, P, s).assign(unit_e, rows, n_units, rank_of, L.rank_rows, s.assign);
+  layer_placement(L, E, P, s).assign(unit_e, rows, n_units, rank_of, L.balance, L.rank_rows, s.assign);
   int64_t* off = grow(s.ey_off, E);
   std::vector<int64_t> counts(static_cast<size_t>(P), 0);
   int64_t at = 0;

@@ -136,6 +136,9 @@ struct MoeLayer {
   const ExpertPlacement* place = nullptr;
   // With ep, when set: [P] += the routed rows each rank computed in this call.
   int64_t* rank_rows = nullptr;
+  // With ep and place: [P] the rows each rank took in this layer's earlier calls under this
+  // placement (ExpertPlacement::assign's balance), updated. Every rank must pass the same.
+  int64_t* balance = nullptr;
 };
 
 void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig& c,
