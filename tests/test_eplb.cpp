@@ -32,6 +32,7 @@
 #include "core/check.h"
 #include "model/expert_placement.h"
 #include "parallel/eplb.h"
+#include "serve/rebalance.h"
 
 namespace dsv3::eplb {
 namespace {
@@ -381,7 +382,9 @@ TEST(ExpertPlacement, SlotsRanksAndCopies) {
       const int32_t s = p.copy_slot(e, j);
       EXPECT_EQ(plan.phy2log[0][size_t(s)], e);
       EXPECT_TRUE(p.holds(int(s / 2), e));
-      if (j > 0) EXPECT_GT(s, p.copy_slot(e, j - 1));
+      if (j > 0) {
+        EXPECT_GT(s, p.copy_slot(e, j - 1));
+      }
     }
     int ranks_holding = 0;
     for (int r = 0; r < 8; ++r) ranks_holding += p.holds(r, e);
@@ -457,7 +460,9 @@ TEST(ExpertPlacement, AssignMatchesItsTwin) {
     p.assign(expert.data(), rows.data(), int64_t(n), got.data(), trial % 3 == 1 ? nullptr : balance.data(),
              rank_rows.data(), scratch);
     EXPECT_EQ(got, assign_twin(p, expert, rows, twin_load)) << "trial " << trial;
-    if (trial % 3 != 1) EXPECT_EQ(balance, twin_load) << "trial " << trial << ": balance not updated";
+    if (trial % 3 != 1) {
+      EXPECT_EQ(balance, twin_load) << "trial " << trial << ": balance not updated";
+    }
     std::vector<int64_t> want(static_cast<size_t>(P), 5);
     for (size_t u = 0; u < n; ++u) {
       EXPECT_TRUE(p.holds(got[u], expert[u])) << "trial " << trial << ": a rank without the expert";
@@ -517,6 +522,104 @@ TEST(ExpertPlacement, EplbPlanBalancesASkewedLoad) {
   EXPECT_GT(rank_imbalance(fresh_rows.data(), P), 1.5);
   const std::vector<int64_t> none(static_cast<size_t>(P), 0);
   EXPECT_EQ(rank_imbalance(none.data(), P), 1.0);
+}
+
+// ---- The server's placement (serve/rebalance.h) ---------------------------------------------
+
+// 5 layers, the first dense; 16 experts in 4 groups.
+ModelConfig server_config() {
+  ModelConfig c;
+  c.num_hidden_layers = 5;
+  c.first_k_dense_replace = 1;
+  c.moe_layer_freq = 1;
+  c.n_routed_experts = 16;
+  c.n_group = 4;
+  c.topk_group = 2;
+  c.num_experts_per_tok = 4;
+  return c;
+}
+
+std::string write_load(const std::string& name, const std::string& text) {
+  const std::string p = (std::filesystem::temp_directory_path() / ("dsv3_eplb_" + name + ".json")).string();
+  std::ofstream(p) << text;
+  return p;
+}
+
+std::string row(int hot, double hot_load) {
+  std::string s = "[";
+  for (int e = 0; e < 16; ++e) s += (e ? ", " : "") + std::to_string(e == hot ? hot_load : 10.0 + e);
+  return s + "]";
+}
+
+// The three layouts of a load file map to the same per-layer load: the server's own ("layers"
+// listed), one row per MoE layer, one row per layer (the dense row ignored).
+TEST(ServerPlacement, LoadFileLayouts) {
+  const ModelConfig c = server_config();
+  const std::string moe_rows = row(0, 500) + ", " + row(5, 400) + ", " + row(9, 300) + ", " + row(15, 200);
+  const auto listed = serve::model_load_from_file(
+      c, write_load("listed", "{\"weight\": [" + row(5, 400) + ", " + row(15, 200) + "], \"layers\": [2, 4], "
+                              "\"assignments\": [1, 2]}"));
+  const auto per_moe = serve::model_load_from_file(c, write_load("per_moe", "{\"weight\": [" + moe_rows + "]}"));
+  const auto per_layer = serve::model_load_from_file(
+      c, write_load("per_layer", "{\"weight\": [" + row(3, 999) + ", " + moe_rows + "]}"));
+  ASSERT_EQ(per_moe.size(), 5u);
+  EXPECT_EQ(per_moe, per_layer);
+  EXPECT_EQ(per_moe[0], std::vector<double>(16, 0.0)) << "the dense layer carries no load";
+  EXPECT_EQ(per_moe[1][0], 500);
+  EXPECT_EQ(listed[2], per_moe[2]);
+  EXPECT_EQ(listed[4], per_moe[4]);
+  EXPECT_EQ(listed[1], std::vector<double>(16, 0.0)) << "a layer the file does not list";
+  auto refused = [&](const std::string& name, const std::string& text) {
+    try {
+      serve::model_load_from_file(c, write_load(name, text));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(refused("neg", "{\"weight\": [[1, 2, -3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]], \"layers\": [1]}")
+                .find("weight[0][2] = -3 is not a load"), std::string::npos);
+  EXPECT_NE(refused("huge", "{\"weight\": [[1e39, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]], \"layers\": [1]}")
+                .find("weight[0][0] = 1e+39 is not a load"), std::string::npos);
+  EXPECT_NE(refused("dense", "{\"weight\": [" + row(0, 1) + "], \"layers\": [0]}").find("row 0 is layer 0, which is not a MoE layer"),
+            std::string::npos);
+  EXPECT_NE(refused("rows", "{\"weight\": [" + row(0, 1) + ", " + row(0, 1) + "]}").find("2 rows of loads and no \"layers\" list"),
+            std::string::npos);
+  EXPECT_NE(refused("width", "{\"weight\": [[1, 2, 3]]}").find("3 loads per layer, the model has 16"), std::string::npos);
+}
+
+// The start placement: none without copies or a file; from a skewed file the hot expert of
+// each layer gets a copy and the expected busiest rank drops against the contiguous layout;
+// counts EPLB cannot place are refused naming the flag.
+TEST(ServerPlacement, StartPlacement) {
+  const ModelConfig c = server_config();
+  serve::PlacementReport r;
+  EXPECT_TRUE(serve::start_placement(c, 4, 0, "", &r).empty());
+  const std::string f = write_load("skew", "{\"weight\": [" + row(0, 500) + ", " + row(5, 400) + ", " + row(9, 300) +
+                                               ", " + row(15, 200) + "]}");
+  const std::vector<ExpertPlacement> pl = serve::start_placement(c, 4, 4, f, &r);
+  ASSERT_EQ(pl.size(), 5u);
+  EXPECT_EQ(pl[0].slots(), 0) << "dense layer";
+  EXPECT_EQ(r.source, "file");
+  EXPECT_EQ(r.slots, 20);
+  EXPECT_EQ(r.phy2log[0].size(), 0u);
+  const int hot[] = {0, 5, 9, 15};
+  for (int l = 1; l < 5; ++l) {
+    EXPECT_EQ(pl[size_t(l)].slots(), 20);
+    EXPECT_GE(pl[size_t(l)].copies(hot[l - 1]), 2) << "layer " << l;
+    EXPECT_EQ(serve::placements_from(c, r.phy2log, 4)[size_t(l)], pl[size_t(l)]);
+  }
+  EXPECT_GT(r.before, 1.5);
+  EXPECT_LT(r.after, 1.2);
+  EXPECT_LT(r.after, r.before);
+  const std::vector<ExpertPlacement> uni = serve::start_placement(c, 4, 4, "", &r);
+  EXPECT_EQ(r.source, "uniform");
+  EXPECT_EQ(uni[1].slots(), 20);
+  EXPECT_THROW(serve::start_placement(c, 4, int64_t(1) << 20, "", &r), Error);
+  EXPECT_THROW(serve::start_placement(c, 3, 4, "", &r), Error);  // 20 slots on 3 ranks
+  std::vector<std::vector<int>> bad = r.phy2log;
+  bad[2][0] = 16;
+  EXPECT_THROW(serve::placements_from(c, bad, 4), Error);
 }
 
 TEST(EplbCli, ReadmeExample) {

@@ -134,13 +134,25 @@ std::string bytes_text(int64_t b) {
 }
 
 // One line per rank: its experts and the weight bytes it holds, beside one process's.
-void log_ep_share(const Model& m, const dist::Comm& world, double seconds) {
+void log_ep_share(const Model& m, const dist::Comm& world, bool placed, double seconds) {
   const int64_t held = m.held_weight_bytes(), all = held + m.unbound_expert_bytes();
-  std::fprintf(stderr, "dsv3 serve: rank %d/%d: routed experts [%lld, %lld) of each MoE layer: "
-               "%s of weights held (one process: %s), resident in %.1f s\n", world.rank(),
-               world.size(), (long long)m.first_expert(), (long long)m.last_expert(),
-               bytes_text(held).c_str(), bytes_text(all).c_str(), seconds);
+  const std::string experts =
+      placed ? str_cat(m.held_experts(), " routed experts over the MoE layers (the start placement)")
+             : str_cat("routed experts [", m.first_expert(), ", ", m.last_expert(), ") of each MoE layer");
+  std::fprintf(stderr, "dsv3 serve: rank %d/%d: %s: %s of weights held (one process: %s), resident in %.1f s\n",
+               world.rank(), world.size(), experts.c_str(), bytes_text(held).c_str(), bytes_text(all).c_str(),
+               seconds);
   std::fflush(stderr);
+}
+
+// Redundant experts: the placement every rank applies before reading its experts' pages
+// (serve/rebalance.h start_placement; checked in check_ep_layout). Returns how it was made.
+serve::PlacementReport place_at_start(Model& m, const ServeArgs& a) {
+  serve::PlacementReport r;
+  const std::vector<ExpertPlacement> pl =
+      serve::start_placement(m.config(), a.ep, a.engine.redundant_experts, a.expert_load_in, &r);
+  if (!pl.empty()) m.set_expert_placement(pl);
+  return r;
 }
 
 void check_ep_layout(const ServeArgs& a, SpecMode spec, const dist::Comm& world) {
@@ -165,12 +177,10 @@ void check_ep_layout(const ServeArgs& a, SpecMode spec, const dist::Comm& world)
     refuse("--redundant-experts ", e.redundant_experts, ": the ", c.n_routed_experts, " routed experts plus ",
            e.redundant_experts, " copies must divide evenly over the ", a.ep, " ranks (every rank holds the same "
            "number of expert slots)");
-  if (!a.expert_load_in.empty()) {
-    try {
-      serve::model_load_from_file(c, a.expert_load_in);
-    } catch (const Error& ex) {
-      refuse("--expert-load: ", ex.what());
-    }
+  try {  // the start placement is computed on every rank from the same inputs: so is its refusal
+    serve::start_placement(c, a.ep, e.redundant_experts, a.expert_load_in, nullptr);
+  } catch (const Error& ex) {
+    refuse(a.expert_load_in.empty() ? "" : "--expert-load: ", ex.what());
   }
   if (c.n_routed_experts <= 0 || c.num_hidden_layers <= c.first_k_dense_replace)
     refuse("--ep ", a.ep, ": the model in '", a.model, "' has no MoE layer to split");
@@ -192,9 +202,10 @@ void check_ep_layout(const ServeArgs& a, SpecMode spec, const dist::Comm& world)
 // step rank 0 broadcasts until its stop message. No HTTP, no tokenizer.
 void run_ep_follower(const ServeArgs& a, const ModelOptions& mo, const dist::Comm& world) {
   Model model(a.model, mo);
+  const bool placed = place_at_start(model, a).slots > 0;
   const double t0 = now_s();
   model.prefault();
-  log_ep_share(model, world, now_s() - t0);
+  log_ep_share(model, world, placed, now_s() - t0);
   const int64_t steps = serve::ep_follow(model, world);
   std::fprintf(stderr, "dsv3 serve: rank %d/%d: stopped after %lld steps\n", world.rank(),
                world.size(), (long long)steps);
@@ -290,14 +301,17 @@ void run_serve(ServeArgs& a) {
   eo.speculative_mode = spec_run;
   if (spec_run != SpecMode::Off) eo.speculative_draft = a.draft > 0 ? a.draft : kDefaultDraft;
   if (ep) eo.ep = &world;
-  if (!a.expert_load_in.empty()) eo.initial_load = serve::model_load_from_file(model->config(), a.expert_load_in);
+  if (ep) {
+    eo.start_placement = place_at_start(*model, a);
+    if (eo.start_placement.slots > 0) serve::log_placement("at start", eo.start_placement);
+  }
   {
     // Weights resident before /health says ready: the first requests would otherwise pay a
     // page fault per 4 KiB of every expert they touch first.
     const double t0 = now_s();
     const uint64_t bytes = model->prefault();
     if (ep)
-      log_ep_share(*model, world, now_s() - t0);
+      log_ep_share(*model, world, eo.start_placement.slots > 0, now_s() - t0);
     else
       std::fprintf(stderr, "dsv3 serve: %.2f GB of weights resident in %.1f s\n",
                    double(bytes) * 1e-9, now_s() - t0);

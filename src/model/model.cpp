@@ -1,5 +1,8 @@
 #include "model/model.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -153,6 +156,9 @@ void Model::set_expert_placement(const std::vector<ExpertPlacement>& layers) {
             if (v->data != nullptr && v->ndim > 0) sink ^= stream_read(v->data, v->nbytes(), 1);
         } else {
           unbound_bytes_ += weight_bytes(*w);
+          // Its pages leave this process (resident weights shrink as the placement says).
+          for (const TensorView* v : {&w->w, &w->scale})
+            if (v->data != nullptr && v->ndim > 0) release_mapped_pages(v->data, v->nbytes());
           w->w.data = nullptr;
           w->scale.data = nullptr;
         }
@@ -161,6 +167,20 @@ void Model::set_expert_placement(const std::vector<ExpertPlacement>& layers) {
   }
   volatile uint64_t keep = sink;
   (void)keep;
+}
+
+void Model::release_mapped_pages(const void* p, size_t n) const {
+  const auto* b = static_cast<const uint8_t*>(p);
+  for (const auto& sh : ckpt_->shards()) {
+    const uint8_t* lo = sh->data();
+    const uint8_t* hi = lo + (sh->file_size() - size_t(sh->header().data_start()));
+    if (b < lo || b + n > hi) continue;
+    // Whole pages only: the first and last may hold a neighbouring tensor still in use.
+    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    const uintptr_t a0 = (uintptr_t(b) + page - 1) / page * page, a1 = (uintptr_t(b) + n) / page * page;
+    if (a1 > a0) ::madvise(reinterpret_cast<void*>(a0), a1 - a0, MADV_DONTNEED);
+    return;
+  }
 }
 
 int64_t Model::held_experts() const {

@@ -256,6 +256,10 @@ class Model {
   std::vector<ExpertPlacement> place_;
   uint64_t place_gen_ = 1;  // bumped by every set_expert_placement
   std::vector<std::vector<MlpWeights>> experts_bound_;
+  // Drops this process's mapping of the whole pages in [p, p + n) when they lie in a mapped
+  // checkpoint file (the page cache keeps them; a later read maps them again). Never on
+  // owned memory, which MADV_DONTNEED would zero.
+  void release_mapped_pages(const void* p, size_t n) const;
   // Every tensor's data this process uses, each once (held_weight_bytes, prefault).
   std::vector<std::pair<const void*, size_t>> held_tensors() const;
   CacheDtype kv_dtype_ = CacheDtype::BF16;

@@ -88,23 +88,16 @@ Engine::Engine(Model& model, const tok::Tokenizer* tokenizer, const EngineOption
   }
   DSV3_CHECK(o.redundant_experts >= 0, "--redundant-experts must be >= 0, got ", o.redundant_experts);
   DSV3_CHECK(o.rebalance_every >= 0, "--rebalance-every must be >= 0, got ", o.rebalance_every);
-  DSV3_CHECK(impl_->ep || (o.redundant_experts == 0 && o.rebalance_every == 0 && o.initial_load.empty()),
+  DSV3_CHECK(impl_->ep || (o.redundant_experts == 0 && o.rebalance_every == 0 && o.start_placement.slots == 0),
              "redundant experts and rebalancing need expert-parallel serving (mpirun -np N dsv3 serve --ep N)");
   if (impl_->ep) {
     const int P = o.ep->size();
     impl_->m.rank_load.assign(size_t(c.num_hidden_layers), std::vector<int64_t>(size_t(P), 0));
     impl_->m.rank_rows_total.assign(size_t(P), 0);
     impl_->step_rank_load.assign(size_t(c.num_hidden_layers * P), 0);
-    // The first placement: planned here (a bad count is refused before serving), applied by
-    // the loop on every rank after its setup.
-    if (o.redundant_experts > 0 || !o.initial_load.empty()) {
-      std::vector<std::vector<double>> load = o.initial_load;
-      if (load.empty())
-        load.assign(size_t(c.num_hidden_layers), std::vector<double>(size_t(c.n_routed_experts), 1.0));
-      PlacementReport r;
-      plan_placement(c, load, P, o.redundant_experts, model.expert_placement(), &r);
-      r.source = o.initial_load.empty() ? "uniform" : "file";
-      impl_->first_placement = std::move(r);
+    if (o.start_placement.slots > 0) {  // every rank applied it before loading its experts
+      impl_->m.phy2log = o.start_placement.phy2log;
+      impl_->m.placement = o.start_placement;
     }
   }
   if (impl_->speculate) impl_->policy = SpecPolicy(spec_mode, o.speculative_policy);
@@ -252,6 +245,10 @@ PlacementReport Engine::rebalance(double timeout_s) {
   impl_->cv.notify_all();
   impl_->rebalance_cv.wait_for(lk, std::chrono::duration<double>(timeout_s),
                                [&] { return call->done || impl_->loop_done; });
+  if (!call->done) {  // withdrawn: a client told it failed must not see it happen later
+    auto& q = impl_->rebalance_calls;
+    q.erase(std::remove(q.begin(), q.end(), call), q.end());
+  }
   DSV3_CHECK(call->done, impl_->loop_done ? "the engine stopped before the rebalance ran"
                                           : str_cat("the rebalance did not run within ", timeout_s, " s"));
   DSV3_CHECK(call->error.empty(), call->error);

@@ -59,12 +59,11 @@ struct EngineOptions {
   // The model must have been loaded with the same group (ModelOptions::ep). No speculation.
   const dist::Comm* ep = nullptr;
   // Redundant experts (with ep; serve/rebalance.h): extra expert slots per MoE layer; the
-  // steps between automatic rebalances (0: only when rebalance() asks); the load [L][E] to
-  // place by at start (empty: uniform load, or the contiguous layout when
-  // redundant_experts = 0).
+  // steps between automatic rebalances (0: only when rebalance() asks); how the placement
+  // the model was given before serving was made (start_placement; slots = 0: contiguous).
   int64_t redundant_experts = 0;
   int64_t rebalance_every = 0;
-  std::vector<std::vector<double>> initial_load;
+  PlacementReport start_placement;
 };
 
 // One completion request as the engine takes it (the HTTP layer has tokenized the prompt and
@@ -210,10 +209,10 @@ class Engine {
  private:
   struct Impl;
   void loop();
-  // Expert placement, on the loop thread (serve/engine_placement.cpp): apply one on every
-  // rank; plan one from the counted load and apply it; answer the waiting rebalance() calls
-  // (error: fail them with it).
-  void apply_placement_now(PlacementReport r, bool first);
+  // Expert placement, on the loop thread (serve/engine_placement.cpp): apply a new one on
+  // every rank; plan one from the counted load and apply it; answer the waiting rebalance()
+  // calls (error: fail them with it).
+  void apply_placement_now(PlacementReport r);
   PlacementReport replan();
   void serve_rebalance_calls(const std::string& error = "");
 

@@ -9,18 +9,18 @@
 
 namespace dsv3::serve {
 
-void Engine::apply_placement_now(PlacementReport r, bool first) {
+void Engine::apply_placement_now(PlacementReport r) {
   Impl& I = *impl_;
+  // Checked before it is sent: past the broadcast every rank must apply it.
+  std::vector<ExpertPlacement> pl = placements_from(model_.config(), r.phy2log, model_.ep()->size());
   I.ep->place(r.phy2log, r.slots);  // the other ranks apply it before the next step's message
-  apply_placement(model_, r.phy2log);
-  std::fprintf(stderr, "dsv3 serve: expert placement %s: %" PRId64 " slots per MoE layer on %d ranks, from the %s "
-               "load (%.0f assignments); busiest rank / mean, expected: %.3f -> %.3f\n",
-               first ? "at start" : "rebalanced", r.slots, r.ranks, r.source.c_str(), r.tokens, r.before, r.after);
+  model_.set_expert_placement(pl);
+  log_placement("rebalanced", r);
   std::lock_guard<std::mutex> lk(I.mu);
   I.m.phy2log = r.phy2log;
   for (auto& row : I.m.rank_load) std::fill(row.begin(), row.end(), 0);
   I.m.placement = std::move(r);
-  if (!first) ++I.m.rebalances;
+  ++I.m.rebalances;
   std::fill(I.window_load.begin(), I.window_load.end(), 0);
   I.steps_since_place = 0;
 }
@@ -47,7 +47,7 @@ PlacementReport Engine::replan() {
   PlacementReport r;
   plan_placement(c, load, model_.ep()->size(), opt_.redundant_experts, model_.expert_placement(), &r);
   r.source = window > 0 ? "window" : "total";
-  apply_placement_now(r, false);
+  apply_placement_now(r);
   return r;
 }
 

@@ -75,7 +75,6 @@ struct Engine::Impl {
   std::vector<int64_t> step_rank_load;
   std::vector<uint64_t> window_load;
   int64_t steps_since_place = 0;
-  std::optional<PlacementReport> first_placement;
   struct RebalanceCall {
     bool done = false;
     PlacementReport report;

@@ -1,6 +1,9 @@
 #include "serve/rebalance.h"
 
 #include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
 
 #include "core/check.h"
 #include "parallel/eplb.h"
@@ -34,6 +37,9 @@ std::vector<ExpertPlacement> plan_placement(const ModelConfig& c, const std::vec
                                             const std::vector<ExpertPlacement>& current, PlacementReport* report) {
   const int64_t L = c.num_hidden_layers, E = c.n_routed_experts;
   DSV3_CHECK(int64_t(load.size()) == L, "expert load: ", load.size(), " layers, the model has ", L);
+  constexpr int64_t kMaxSlots = int64_t(1) << 20;  // eplb.h's bound on slots per layer
+  DSV3_CHECK(redundant >= 0 && redundant <= kMaxSlots - E, "--redundant-experts ", redundant,
+             " must be in [0, ", kMaxSlots - E, "]");
   eplb::Params p;
   p.num_replicas = int(E + redundant);
   p.num_groups = c.n_group > 1 && E % c.n_group == 0 ? int(c.n_group) : 1;
@@ -78,20 +84,54 @@ std::vector<std::vector<double>> model_load_from_file(const ModelConfig& c, cons
   for (int64_t l = 0; l < L; ++l)
     if (c.is_moe_layer(l)) moe.push_back(l);
   std::vector<int64_t> rows = f.layers;
+  bool every_layer = false;  // one row per layer: the dense layers' rows are skipped
   if (rows.empty()) {
-    if (f.weight.size() == moe.size()) rows = moe;
-    else if (int64_t(f.weight.size()) == L) for (int64_t l = 0; l < L; ++l) rows.push_back(l);
-    else
+    if (f.weight.size() == moe.size()) {
+      rows = moe;
+    } else if (int64_t(f.weight.size()) == L) {
+      for (int64_t l = 0; l < L; ++l) rows.push_back(l);
+      every_layer = true;
+    } else {
       DSV3_CHECK(false, path, ": ", f.weight.size(), " rows of loads and no \"layers\" list; the model has ",
                  moe.size(), " MoE layers of ", L);
+    }
   }
   std::vector<std::vector<double>> out(static_cast<size_t>(L), std::vector<double>(static_cast<size_t>(E), 0.0));
   for (size_t i = 0; i < rows.size(); ++i) {
+    if (every_layer && !c.is_moe_layer(rows[i])) continue;
     DSV3_CHECK(rows[i] < L && c.is_moe_layer(rows[i]), path, ": row ", i, " is layer ", rows[i],
                ", which is not a MoE layer of this model");
+    for (size_t e = 0; e < f.weight[i].size(); ++e) {
+      const double v = f.weight[i][e];
+      DSV3_CHECK(std::isfinite(v) && v >= 0 && v <= 3.0e38, path, ": weight[", i, "][", e, "] = ", v,
+                 " is not a load (finite, >= 0)");
+    }
     out[size_t(rows[i])] = f.weight[i];
   }
   return out;
+}
+
+std::vector<ExpertPlacement> start_placement(const ModelConfig& c, int ranks, int64_t redundant,
+                                             const std::string& load_file, PlacementReport* report) {
+  if (redundant == 0 && load_file.empty()) return {};
+  std::vector<std::vector<double>> load;
+  if (!load_file.empty()) load = model_load_from_file(c, load_file);
+  else load.assign(size_t(c.num_hidden_layers), std::vector<double>(size_t(c.n_routed_experts), 1.0));
+  std::vector<ExpertPlacement> plain(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (c.is_moe_layer(l)) plain[size_t(l)] = ExpertPlacement::contiguous(c.n_routed_experts, ranks);
+  PlacementReport r;  // `before`: the contiguous layout's, for the same load
+  std::vector<ExpertPlacement> out = plan_placement(c, load, ranks, redundant, plain, &r);
+  r.source = load_file.empty() ? "uniform" : "file";
+  if (report) *report = std::move(r);
+  return out;
+}
+
+void log_placement(const char* when, const PlacementReport& r) {
+  std::fprintf(stderr, "dsv3 serve: expert placement %s: %" PRId64 " slots per MoE layer on %d ranks, from the %s "
+               "load (%.0f assignments); busiest rank / mean, expected: %.3f -> %.3f\n",
+               when, r.slots, r.ranks, r.source.c_str(), r.tokens, r.before, r.after);
+  std::fflush(stderr);
 }
 
 double mean_rank_imbalance(const std::vector<std::vector<int64_t>>& rank_rows) {

@@ -41,9 +41,21 @@ std::vector<ExpertPlacement> placements_from(const ModelConfig& c, const std::ve
                                              int ranks);
 
 // The per-layer load [L][E] a load file gives this model: rows matched to layers by its
-// "layers" list, else one row per MoE layer in order, else one row per layer. Throws naming
-// the file when the rows or the expert count do not fit.
+// "layers" list, else one row per MoE layer in order, else one row per layer (the dense
+// layers' rows ignored). Throws naming the file when the rows or the expert count do not
+// fit, or a load is negative or not finite.
 std::vector<std::vector<double>> model_load_from_file(const ModelConfig& c, const std::string& path);
+
+// The placement an expert-parallel server starts with: EPLB on the load file's load (else
+// uniform load) with `redundant` extra slots per layer; empty (the contiguous layout) when
+// redundant = 0 and no file is given. A pure function of its inputs: every rank computes it
+// before loading its experts' pages, and a bad count or file is refused on every rank alike.
+std::vector<ExpertPlacement> start_placement(const ModelConfig& c, int ranks, int64_t redundant,
+                                             const std::string& load_file, PlacementReport* report);
+
+// The log line of a placement: "dsv3 serve: expert placement WHEN: S slots per MoE layer on P
+// ranks, from the SOURCE load (N assignments); busiest rank / mean, expected: B -> A".
+void log_placement(const char* when, const PlacementReport& r);
 
 // Mean over the layers with rows (the MoE layers that ran) of the busiest rank's rows over the
 // mean rank's ([L][P]; 1 when no layer has rows).

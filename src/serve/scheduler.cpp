@@ -294,7 +294,6 @@ void Engine::loop() {
 
   // Expert-parallel serving: the other ranks allocate the same pool (serve/ep_step.h).
   if (I.ep) I.ep->setup(pool.n_blocks(), pool.n_layers(), context_);
-  if (I.first_placement) apply_placement_now(*I.first_placement, true);
   while (true) {
     {
       std::unique_lock<std::mutex> lk(I.mu);
@@ -311,18 +310,8 @@ void Engine::loop() {
       }
     }
     if (stop_.load()) break;
-    // Expert placement changes between steps (serve/rebalance.h): asked for, or due.
-    if (I.ep) {
-      serve_rebalance_calls();
-      if (opt_.rebalance_every > 0 && I.steps_since_place >= opt_.rebalance_every) {
-        try {
-          replan();
-        } catch (const Error& ex) {
-          std::fprintf(stderr, "dsv3 serve: rebalance skipped: %s\n", ex.what());
-          I.steps_since_place = 0;
-        }
-      }
-    }
+    // Expert placement changes between steps (serve/rebalance.h), when asked for.
+    if (I.ep) serve_rebalance_calls();
 
     // Cancelled sequences go first: their blocks serve this step.
     for (auto& s : I.running)
@@ -544,7 +533,7 @@ void Engine::loop() {
     if (record) I.policy.record(ps, step_s);
     sweep(I.running);
 
-    std::lock_guard<std::mutex> lk(I.mu);  // the gauges are set at the top of the loop
+    std::unique_lock<std::mutex> lk(I.mu);  // the gauges are set at the top of the loop
     I.m.generation_tokens += new_tokens;
     for (size_t l = 0; l < I.m.expert_load.size(); ++l) {
       std::vector<uint64_t>& row = I.m.expert_load[l];
@@ -562,6 +551,17 @@ void Engine::loop() {
     ++I.steps_since_place;
     ++I.m.steps;
     if (record) I.m.spec = I.policy.reports();
+    lk.unlock();
+    // A rebalance that comes due runs now, not after the next idle wait (it would then add
+    // its rebinding to the next request's first token).
+    if (I.ep && opt_.rebalance_every > 0 && I.steps_since_place >= opt_.rebalance_every) {
+      try {
+        replan();
+      } catch (const Error& ex) {
+        std::fprintf(stderr, "dsv3 serve: rebalance skipped: %s\n", ex.what());
+        I.steps_since_place = 0;
+      }
+    }
   }
 
   if (I.ep) I.ep->stop();  // the other ranks leave ep_follow and exit
