@@ -20,6 +20,7 @@
 #include "io/random_checkpoint.h"
 #include "model/model.h"
 #include "model_test_util.h"
+#include "serve_test_util.h"
 #include "serve/engine.h"
 #include "serve/kv_pool.h"
 #include "serve/kv_transfer.h"
@@ -176,31 +177,8 @@ TEST(KvPoolRows, ReadWriteRoundTrip) {
   }
 }
 
-struct Out {
-  std::vector<int32_t> ids;
-  std::vector<float> logprobs;
-  std::string finish;
-  bool error = false;
-};
-
-Out collect(Stream& s) {
-  Out o;
-  const auto t_end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  Event e;
-  while (std::chrono::steady_clock::now() < t_end) {
-    if (!s.next(&e, 1.0)) continue;
-    if (e.kind == Event::Kind::Token) {
-      o.ids.push_back(e.id);
-      o.logprobs.push_back(e.logprob);
-    } else {
-      o.error = e.kind == Event::Kind::Error;
-      o.finish = e.finish_reason;
-      return o;
-    }
-  }
-  ADD_FAILURE() << "stream did not finish";
-  return o;
-}
+using testing::collect;
+using Out = testing::Outcome;
 
 std::vector<int32_t> prompt_ids(int64_t n, int64_t V, uint32_t seed) {
   auto ids = testing::ids_for(n, V, seed);

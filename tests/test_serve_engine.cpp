@@ -20,6 +20,7 @@
 #include "io/random_checkpoint.h"
 #include "model/model.h"
 #include "model_test_util.h"
+#include "serve_test_util.h"
 #include "serve/engine.h"
 #include "serve/kv_pool.h"
 #include "serve/openai_api.h"
@@ -45,36 +46,8 @@ std::string make_model(CheckpointFormat f, const std::string& name) {
   return p.string();
 }
 
-struct Outcome {
-  std::vector<int32_t> ids;
-  std::vector<float> logprobs;
-  std::string finish;
-  int64_t prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0;
-  bool error = false;
-};
-
-// Reads a stream to its end (bounded: 60 s).
-Outcome collect(serve::Stream& s) {
-  Outcome o;
-  const auto t_end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  Event e;
-  while (std::chrono::steady_clock::now() < t_end) {
-    if (!s.next(&e, 1.0)) continue;
-    if (e.kind == Event::Kind::Token) {
-      o.ids.push_back(e.id);
-      o.logprobs.push_back(e.logprob);
-    } else {
-      o.error = e.kind == Event::Kind::Error;
-      o.finish = e.finish_reason;
-      o.prompt_tokens = e.prompt_tokens;
-      o.cached_tokens = e.cached_tokens;
-      o.completion_tokens = e.completion_tokens;
-      return o;
-    }
-  }
-  ADD_FAILURE() << "stream did not finish";
-  return o;
-}
+using testing::collect;
+using testing::Outcome;
 
 Request greedy(const std::vector<int32_t>& prompt, int64_t max_tokens) {
   Request r;
