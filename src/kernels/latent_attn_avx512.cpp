@@ -27,7 +27,6 @@ namespace {
 constexpr int kMR = 4;  // q rows per register block
 constexpr int kNS = 4;  // positions per score register block
 constexpr int kNV = 4;  // 16-float column vectors per P·V register block
-constexpr int64_t kAhead = 2 * kLatentTile;  // positions between a row's prefetch and its use
 static_assert(kLatentTile % 16 == 0 && kLatentTile <= 32, "softmax step handles ≤ 2 vectors");
 static_assert(kMR == 4 && kNS == 4, "score_block's lane reduction is written for 4 × 4");
 
@@ -111,23 +110,11 @@ void decode_row(float* dst, const uint8_t* src, int64_t R, CacheDtype d) {
   }
 }
 
-// Prefetches the stored row of position s into L1 (all its cache lines).
-inline void prefetch_row(const LatentAttn& a, int64_t s, int64_t rb) {
-  const char* q = reinterpret_cast<const char*>(row_at(a, s, rb));
-  for (int64_t b = 0; b < rb; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
-  _mm_prefetch(q + rb - 1, _MM_HINT_T0);  // a row need not start on a line
-}
-
 // rows[k] = the F32 values of position t0 + k, k < n: the stored row itself for an F32 cache,
-// else its decoded copy in tb [n, R]. Also prefetches the next tile's rows (below s_end):
-// they arrive while this tile's scores, softmax and P·V compute. A tile is a burst of
-// 32 rows then thousands of cycles of arithmetic without a load, too irregular for the
-// hardware prefetcher: without this the first touch of each row waited on memory, ~30% of
-// the time (`dsv3 bench latent`, perf).
-void tile_rows(const LatentAttn& a, int64_t t0, int64_t n, int64_t s_end, float* tb, const float** rows) {
+// else its decoded copy in tb [n, R].
+void tile_rows(const LatentAttn& a, int64_t t0, int64_t n, float* tb, const float** rows) {
   const int64_t rb = cache_row_bytes(a.dtype, a.R);
   for (int64_t k = 0; k < n; ++k) {
-    if (t0 + kAhead + k < s_end) prefetch_row(a, t0 + kAhead + k, rb);
     const uint8_t* src = row_at(a, t0 + k, rb);
     if (a.dtype == CacheDtype::F32) {
       rows[k] = reinterpret_cast<const float*>(src);
@@ -238,9 +225,7 @@ void latent_attn_partial(const LatentAttn& a, int64_t s0, int64_t s1, float* mx,
   for (int64_t j = 0; j < a.M * a.dc; ++j) po[j] = 0;
   for (int64_t t0 = s0; t0 < s1; t0 += kLatentTile) {
     const int64_t n = min64(kLatentTile, s1 - t0);
-    if (t0 == s0)  // the first tile: nothing computes while it arrives, but ask for it all at once
-      for (int64_t k = 0; k < min64(kAhead, s1 - t0); ++k) prefetch_row(a, t0 + k, cache_row_bytes(a.dtype, a.R));
-    tile_rows(a, t0, n, s1, tb, rows);
+    tile_rows(a, t0, n, tb, rows);
     tile_scores(a, rows, n, p);
     for (int64_t m = 0; m < a.M; ++m) tile_softmax(a, m, t0, n, mx, l, po, p + m * kLatentTile);
     tile_pv(a, rows, n, p, po);
