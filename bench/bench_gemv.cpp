@@ -120,6 +120,7 @@ struct GemvOpts {
   int threads = 0;
   int64_t membw_mb = 512;
   int64_t copies = 0;  // 0: enough for 512 MB; 1 with a small W measures in-cache speed
+  int64_t offset = 0;  // bytes W starts past a 64-byte boundary (a mapped file's tensors may)
   double seconds = 3.0;
   bool json = false;
 };
@@ -147,17 +148,17 @@ void run_gemv(const GemvOpts& o) {
 
   std::vector<Buffer> w, s;
   for (size_t c = 0; c < copies; ++c) {
-    w.emplace_back(w_bytes);
-    fill_random(w.back().as<uint8_t>(), w_bytes, 11 + c);
+    w.emplace_back(w_bytes + size_t(o.offset));
+    fill_random(w.back().as<uint8_t>(), w_bytes + size_t(o.offset), 11 + c);
     if (fp8) {
       // Random codes but no NaN (0x7f / 0xff), as in a real checkpoint.
-      uint8_t* q = w.back().as<uint8_t>();
+      uint8_t* q = w.back().as<uint8_t>() + o.offset;
       for (size_t i = 0; i < w_bytes; ++i) if ((q[i] & 0x7f) == 0x7f) q[i] ^= 1;
       s.emplace_back(s_bytes);
       for (int64_t i = 0; i < nb * kb; ++i) s.back().as<float>()[i] = 1e-3f * float(1 + i % 7);
     } else {
       // Random BF16 bit patterns would include inf/NaN; use values in [-1, 1).
-      uint16_t* h = w.back().as<uint16_t>();
+      uint16_t* h = reinterpret_cast<uint16_t*>(w.back().as<uint8_t>() + o.offset);
       for (size_t i = 0; i < w_bytes / 2; ++i) h[i] = f32_to_bf16(float(int(h[i]) - 32768) / 32768.f);
     }
   }
@@ -166,10 +167,11 @@ void run_gemv(const GemvOpts& o) {
 
   auto call = [&](size_t c) {
     if (fp8) {
-      GemvFP8 p{o.m, o.n, o.k, w[c].as<uint8_t>(), o.k, s[c].as<float>(), x.data(), o.k, y.data(), o.n, false, path};
+      GemvFP8 p{o.m, o.n, o.k, w[c].as<uint8_t>() + o.offset, o.k, s[c].as<float>(), x.data(), o.k, y.data(), o.n, false, path};
       gemv_fp8(p, threads);
     } else {
-      GemvBF16 p{o.m, o.n, o.k, w[c].as<uint16_t>(), o.k, x.data(), o.k, y.data(), o.n, false};
+      GemvBF16 p{o.m, o.n, o.k, reinterpret_cast<const uint16_t*>(w[c].as<uint8_t>() + o.offset), o.k, x.data(), o.k,
+                 y.data(), o.n, false};
       gemv_bf16(p, threads);
     }
   };
@@ -238,8 +240,14 @@ void add_gemv(CLI::App& bench) {
   s->add_option("--membw-mb", o->membw_mb, "buffer of the membw reference, MiB")->capture_default_str();
   s->add_option("--copies", o->copies, "copies of W cycled (0 = enough for 512 MB)")->capture_default_str();
   s->add_option("--seconds", o->seconds, "time budget")->capture_default_str();
+  s->add_option("--offset", o->offset, "bytes W starts past a 64-byte boundary (0..63; bf16: even)")
+      ->capture_default_str();
   s->add_flag("--json", o->json, "print one JSON object");
-  s->callback([o] { run_gemv(*o); });
+  s->callback([o] {
+    DSV3_CHECK(o->offset >= 0 && o->offset < 64 && (o->dtype != "bf16" || o->offset % 2 == 0),
+               "--offset must be in [0, 64), even for bf16; got ", o->offset);
+    run_gemv(*o);
+  });
 }
 
 }  // namespace dsv3::bench
