@@ -95,10 +95,7 @@ Engine::Engine(Model& model, const tok::Tokenizer* tokenizer, const EngineOption
     impl_->m.rank_load.assign(size_t(c.num_hidden_layers), std::vector<int64_t>(size_t(P), 0));
     impl_->m.rank_rows_total.assign(size_t(P), 0);
     impl_->step_rank_load.assign(size_t(c.num_hidden_layers * P), 0);
-    if (o.start_placement.slots > 0) {  // every rank applied it before loading its experts
-      impl_->m.phy2log = o.start_placement.phy2log;
-      impl_->m.placement = o.start_placement;
-    }
+    impl_->m.placement = o.start_placement;  // every rank applied it before loading its experts
   }
   if (impl_->speculate) impl_->policy = SpecPolicy(spec_mode, o.speculative_policy);
   impl_->m.spec_mode = spec_mode;

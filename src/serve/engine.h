@@ -161,12 +161,11 @@ struct EngineMetrics {
   // What EPLB balances (`dsv3 eplb --load`; GET /v1/expert_load).
   std::vector<std::vector<uint64_t>> expert_load;
   // Expert parallelism: the routed rows each rank computed, per main layer since the current
-  // placement took effect [L][P], and since start over all layers [P]; the placement
-  // (phy2log [L][S], dense layers empty; empty before the loop applies the first) and how it
-  // was made; the placements made after the first.
+  // placement took effect [L][P], and since start over all layers [P]; the placement and how
+  // it was made (slots = 0, phy2log empty: the contiguous layout); the placements made after
+  // the first.
   std::vector<std::vector<int64_t>> rank_load;
   std::vector<int64_t> rank_rows_total;
-  std::vector<std::vector<int>> phy2log;
   PlacementReport placement;
   uint64_t rebalances = 0;
   Histogram ttft, tpot;                          // seconds

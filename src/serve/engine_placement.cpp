@@ -17,7 +17,6 @@ void Engine::apply_placement_now(PlacementReport r) {
   model_.set_expert_placement(pl);
   log_placement("rebalanced", r);
   std::lock_guard<std::mutex> lk(I.mu);
-  I.m.phy2log = r.phy2log;
   for (auto& row : I.m.rank_load) std::fill(row.begin(), row.end(), 0);
   I.m.placement = std::move(r);
   ++I.m.rebalances;

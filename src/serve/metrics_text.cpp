@@ -76,16 +76,16 @@ json expert_load_json(const EngineMetrics& m) {
   if (m.rank_load.empty()) return out;
   // Expert parallelism: each listed layer's rows per rank since the placement, and the
   // placement (serve/rebalance.h).
+  const PlacementReport& r = m.placement;
   json ranks = json::array(), p2l = json::array();
   for (const json& l : layers) {
     const size_t i = l.get<size_t>();
     ranks.push_back(m.rank_load[i]);
-    p2l.push_back(i < m.phy2log.size() && !m.phy2log[i].empty() ? json(m.phy2log[i]) : json(nullptr));
+    p2l.push_back(i < r.phy2log.size() && !r.phy2log[i].empty() ? json(r.phy2log[i]) : json(nullptr));
   }
   out["rank_load"] = ranks;
-  const PlacementReport& r = m.placement;
   out["placement"] = {{"phy2log", p2l},
-                      {"contiguous", m.phy2log.empty()},
+                      {"contiguous", r.phy2log.empty()},
                       {"slots", r.slots},
                       {"source", r.source},
                       {"expected_imbalance_before", r.before},
