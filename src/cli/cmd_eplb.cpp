@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "core/check.h"
 #include "io/file_util.h"
+#include "model/expert_placement.h"
 #include "parallel/eplb.h"
 
 namespace dsv3::cli {
@@ -63,21 +64,18 @@ std::string plan_json(const eplb::Plan& plan) {
 std::string summary(const std::vector<std::vector<double>>& weight, const eplb::Plan& plan, const eplb::Params& p) {
   const size_t E = weight[0].size(), R = size_t(p.num_replicas), G = size_t(p.num_gpus);
   double before = 0, after = 0;
+  std::vector<double> gpu(G);
+  // The busiest GPU over the mean, for this layer's load under placement q.
+  auto busiest = [&](const ExpertPlacement& q, const std::vector<double>& w, double total) {
+    expected_rank_load(q, w.data(), gpu.data());
+    return *std::max_element(gpu.begin(), gpu.end()) / (total / double(G));
+  };
   for (size_t l = 0; l < weight.size(); ++l) {
     double total = 0;
     for (double v : weight[l]) total += v;
     if (total <= 0) continue;
-    std::vector<double> gpu(G, 0.0);
-    for (size_t s = 0; s < R; ++s) {
-      const int e = plan.phy2log[l][s];
-      gpu[s / (R / G)] += weight[l][size_t(e)] / plan.logcnt[l][size_t(e)];
-    }
-    after = std::max(after, *std::max_element(gpu.begin(), gpu.end()) / (total / double(G)));
-    if (E % G == 0) {
-      std::fill(gpu.begin(), gpu.end(), 0.0);
-      for (size_t e = 0; e < E; ++e) gpu[e / (E / G)] += weight[l][e];
-      before = std::max(before, *std::max_element(gpu.begin(), gpu.end()) / (total / double(G)));
-    }
+    after = std::max(after, busiest(ExpertPlacement::from_phy2log(plan.phy2log[l], int64_t(E), int(G)), weight[l], total));
+    if (E % G == 0) before = std::max(before, busiest(ExpertPlacement::contiguous(int64_t(E), int(G)), weight[l], total));
   }
   std::string s = str_cat("dsv3 eplb: ", plan.hierarchical ? "hierarchical" : "global", " policy, ",
                           weight.size(), " layers, ", E, " experts -> ", R, " slots on ", G, " GPUs");

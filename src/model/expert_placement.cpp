@@ -87,8 +87,10 @@ double rank_imbalance(const int64_t* rank_rows, int ranks) {
 
 void expected_rank_load(const ExpertPlacement& p, const double* load, double* out) {
   std::fill(out, out + p.ranks(), 0.0);
-  for (int64_t e = 0; e < p.n_experts(); ++e)
-    for (int j = 0; j < p.copies(e); ++j) out[p.rank_of_slot(p.copy_slot(e, j))] += load[e] / p.copies(e);
+  for (int64_t s = 0; s < p.slots(); ++s) {
+    const int32_t e = p.phy2log()[size_t(s)];
+    out[p.rank_of_slot(s)] += load[e] / p.copies(e);
+  }
 }
 
 }  // namespace dsv3

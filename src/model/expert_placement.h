@@ -73,7 +73,7 @@ double rank_imbalance(const int64_t* rank_rows, int ranks);
 
 // The rows each rank would compute if each expert's load split evenly over its copies —
 // what a placement promises for a load (the `dsv3 eplb` summary and the server's
-// rebalance answer compare placements by it). load [E]; out [P].
+// rebalance answer compare placements by it). load [E]; out [P], added in slot order.
 void expected_rank_load(const ExpertPlacement& p, const double* load, double* out);
 
 }  // namespace dsv3
