@@ -79,29 +79,24 @@ Model::Model(const std::string& dir, const ModelOptions& o)
     ep_ = o.ep;
     e0_ = ep_first_expert(cfg_.n_routed_experts, P, o.ep->rank());
     e1_ = ep_first_expert(cfg_.n_routed_experts, P, o.ep->rank() + 1);
-    // Another rank's expert: shapes kept (the task layout reads them), data unbound, so its
-    // mmapped pages are never touched (and a stray use faults at once).
-    auto unbind = [&](MlpWeights& m) {
-      for (Weight* w : {&m.gate_proj, &m.up_proj, &m.down_proj}) {
-        unbound_bytes_ += weight_bytes(*w);
-        w->w.data = nullptr;
-        w->scale.data = nullptr;
-      }
-    };
+    // Another rank's expert: unbound (its mmapped pages, never touched, stay unread). The
+    // main layers start in the contiguous layout; the MTP blocks keep it.
+    const ExpertPlacement plain = ExpertPlacement::contiguous(cfg_.n_routed_experts, P);
     place_.resize(size_t(cfg_.num_hidden_layers));
     experts_bound_.resize(size_t(cfg_.num_hidden_layers));
+    auto shard = [&](LayerWeights& lw) {
+      for (int64_t e = 0; e < cfg_.n_routed_experts; ++e)
+        if (!plain.holds(o.ep->rank(), e)) unbind_expert(lw.moe.experts[size_t(e)], false);
+    };
     for (size_t l = 0; l < w_.layers.size(); ++l) {
       LayerWeights& lw = w_.layers[l];
       if (!lw.is_moe) continue;
-      place_[l] = ExpertPlacement::contiguous(cfg_.n_routed_experts, P);
+      place_[l] = plain;
       experts_bound_[l] = lw.moe.experts;
-      for (int64_t e = 0; e < cfg_.n_routed_experts; ++e)
-        if (!place_[l].holds(o.ep->rank(), e)) unbind(lw.moe.experts[size_t(e)]);
+      shard(lw);
     }
     for (MtpWeights& m : w_.mtp)
-      if (m.block.is_moe)
-        for (int64_t e = 0; e < cfg_.n_routed_experts; ++e)
-          if (e < e0_ || e >= e1_) unbind(m.block.moe.experts[size_t(e)]);
+      if (m.block.is_moe) shard(m.block);
   }
 
   auto layer_f32 = [&](const LayerWeights& lw) {
@@ -146,27 +141,32 @@ void Model::set_expert_placement(const std::vector<ExpertPlacement>& layers) {
       const MlpWeights& full = experts_bound_[size_t(l)][size_t(e)];
       const bool held = m.gate_proj.w.data != nullptr, want = place_[size_t(l)].holds(rank, e);
       if (held == want) continue;
-      for (auto [w, f] : {std::pair{&m.gate_proj, &full.gate_proj}, {&m.up_proj, &full.up_proj},
-                          {&m.down_proj, &full.down_proj}}) {
-        if (want) {
-          *w = *f;
-          unbound_bytes_ -= weight_bytes(*w);
-          // Read a newly held expert now, not in the next step (a page fault per 4 KiB).
-          for (const TensorView* v : {&w->w, &w->scale})
-            if (v->data != nullptr && v->ndim > 0) sink ^= stream_read(v->data, v->nbytes(), 1);
-        } else {
-          unbound_bytes_ += weight_bytes(*w);
-          // Its pages leave this process (resident weights shrink as the placement says).
-          for (const TensorView* v : {&w->w, &w->scale})
-            if (v->data != nullptr && v->ndim > 0) release_mapped_pages(v->data, v->nbytes());
-          w->w.data = nullptr;
-          w->scale.data = nullptr;
-        }
+      if (!want) {
+        unbind_expert(m, true);  // its pages leave this process, as the placement says
+        continue;
+      }
+      m = full;
+      for (const Weight* w : {&m.gate_proj, &m.up_proj, &m.down_proj}) {
+        unbound_bytes_ -= weight_bytes(*w);
+        // Read a newly held expert now, not in the next step (a page fault per 4 KiB).
+        for (const TensorView* v : {&w->w, &w->scale})
+          if (v->data != nullptr && v->ndim > 0) sink ^= stream_read(v->data, v->nbytes(), 1);
       }
     }
   }
   volatile uint64_t keep = sink;
   (void)keep;
+}
+
+void Model::unbind_expert(MlpWeights& m, bool release) {
+  for (Weight* w : {&m.gate_proj, &m.up_proj, &m.down_proj}) {
+    unbound_bytes_ += weight_bytes(*w);
+    for (const TensorView* v : {&w->w, &w->scale})
+      if (release && v->data != nullptr && v->ndim > 0) release_mapped_pages(v->data, v->nbytes());
+    // Shapes kept (the task layout reads them); a stray use of the data faults at once.
+    w->w.data = nullptr;
+    w->scale.data = nullptr;
+  }
 }
 
 void Model::release_mapped_pages(const void* p, size_t n) const {

@@ -256,6 +256,9 @@ class Model {
   std::vector<ExpertPlacement> place_;
   uint64_t place_gen_ = 1;  // bumped by every set_expert_placement
   std::vector<std::vector<MlpWeights>> experts_bound_;
+  // Another rank's expert: its weights' data pointers cleared and their bytes counted as
+  // unbound; release: also drop the pages this process read (release_mapped_pages).
+  void unbind_expert(MlpWeights& m, bool release);
   // Drops this process's mapping of the whole pages in [p, p + n) when they lie in a mapped
   // checkpoint file (the page cache keeps them; a later read maps them again). Never on
   // owned memory, which MADV_DONTNEED would zero.
