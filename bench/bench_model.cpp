@@ -49,7 +49,7 @@ namespace fs = std::filesystem;
 
 struct ModelBenchOpts {
   std::string model, config, format = "fp8", contexts = "256,8192", batches, batch_mode = "invariant";
-  std::string activations = "f32", kv_cache = "bf16";
+  std::string activations = "f32", kv_cache = "bf16", weights = "huge";
   int64_t steps = 32, tokens = 512;
   int threads = 0;
   bool json = false, profile = false;
@@ -90,9 +90,9 @@ void prepare(const ModelBenchOpts& o, ModelDir& md) {
 }
 
 // The benchmarked model: --model, or random weights of --config (md holds that directory
-// until the end); no MTP modules, these threads, --activations. Every weight page is made
-// resident before timing (Model::prefault): a short run would otherwise time the first touch
-// of each expert, which a running server has long paid.
+// until the end); no MTP modules, these threads, --activations. The weights are made resident
+// before timing (--weights, Model::make_resident): a short run would otherwise time the first
+// touch of each expert, which a running server has long paid.
 std::unique_ptr<Model> open_model(const ModelBenchOpts& o, int threads, ModelDir& md) {
   prepare(o, md);
   ModelOptions mo;
@@ -101,11 +101,9 @@ std::unique_ptr<Model> open_model(const ModelBenchOpts& o, int threads, ModelDir
   mo.bf16_activations = cli::parse_activations(o.activations);
   // The first of a --kv-cache list (run_decode measures each; --batch and prefill the first).
   mo.kv_cache = CacheDtype(cli::parse_kv_cache(o.kv_cache.substr(0, o.kv_cache.find(','))));
+  const bool huge = cli::parse_weights_memory(o.weights);
   auto m = std::make_unique<Model>(md.dir, mo);
-  const double t0 = now_s();
-  const uint64_t bytes = m->prefault();
-  std::fprintf(stderr, "weights resident: %.2f GB read in %.2f s\n", double(bytes) * 1e-9,
-               now_s() - t0);
+  cli::make_weights_resident(*m, huge, "bench");
   return m;
 }
 
@@ -343,6 +341,7 @@ void add_common(CLI::App* c, ModelBenchOpts& o) {
   c->add_option("--activations", o.activations, cli::kActivationsHelp);
   c->add_option("--kv-cache", o.kv_cache,
                  std::string(cli::kKvCacheHelp) + ". decode: a list measures each, e.g. f32,bf16,fp8");
+  c->add_option("--weights", o.weights, cli::kWeightsHelp);
   c->add_flag("--json", o.json, "One JSON line");
 }
 

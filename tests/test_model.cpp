@@ -240,6 +240,67 @@ TEST(Model, MtpIncrementalMatchesFull) {
   fs::remove_all(dir);
 }
 
+// make_resident(HugePages) moves every weight into its own memory: the logits of a prefill, of
+// decode steps and of the MTP module are bit-identical to the mapped checkpoint's (the same
+// bytes, read from another address), on FP8 sharded and BF16 checkpoints.
+TEST(Model, HugePageCopyGivesTheSameBits) {
+  for (int v = 0; v < 2; ++v) {
+    const bool fp8 = v == 0;
+    const std::string dir = make_checkpoint(fp8 ? "huge_fp8" : "huge_bf16", fp8 ? tiny_v3_config() : tiny_v2_config(),
+                                            fp8 ? CheckpointFormat::FP8 : CheckpointFormat::BF16, fp8 ? 2 : 1);
+    Model mapped(dir), copied(dir);
+    EXPECT_GE(mapped.make_resident(Model::Residency::Mapped), uint64_t(mapped.held_weight_bytes()))
+        << "prefault reads the data sections";
+    EXPECT_EQ(mapped.residency(), Model::Residency::Mapped);
+    std::string why;
+    const uint64_t bytes = copied.make_resident(Model::Residency::HugePages, &why);
+    if (copied.residency() == Model::Residency::Mapped) {
+      EXPECT_FALSE(why.empty()) << "a fallback says why";
+    } else {
+      EXPECT_TRUE(why.empty()) << why;
+      EXPECT_GE(bytes, uint64_t(copied.held_weight_bytes()));
+      EXPECT_LT(bytes, uint64_t(copied.held_weight_bytes()) + 64 * 4096) << "64-byte padding per tensor only";
+      EXPECT_THROW(copied.make_resident(Model::Residency::HugePages), Error) << "twice";
+      EXPECT_EQ(copied.mapped_weight_bytes(), 0) << "every view points at the copy";
+      EXPECT_EQ(mapped.mapped_weight_bytes(), mapped.held_weight_bytes());
+    }
+    const int64_t V = mapped.vocab(), T = 13;
+    const auto ids = ids_for(T, V, 11);
+    std::vector<float> h1, h2;
+    EXPECT_EQ(full_logits(mapped, ids, AttnForm::Absorbed, &h1), full_logits(copied, ids, AttnForm::Absorbed, &h2));
+    EXPECT_EQ(h1, h2);
+    // Decode steps on a prefilled cache.
+    KvCache c1 = mapped.new_cache(T + 4), c2 = copied.new_cache(T + 4);
+    ForwardScratch s1, s2;
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<float> l1(static_cast<size_t>(V)), l2(static_cast<size_t>(V));
+      ForwardArgs a;
+      a.ids = ids.data() + t;
+      a.T = 1;
+      a.logits = l1.data();
+      mapped.forward(c1, a, s1);
+      a.logits = l2.data();
+      copied.forward(c2, a, s2);
+      ASSERT_EQ(l1, l2) << "decode step " << t;
+    }
+    if (fp8) {  // the MTP module's weights moved too
+      ASSERT_EQ(mapped.n_mtp(), 1);
+      KvCache m1 = mapped.new_cache(T + 4), m2 = copied.new_cache(T + 4);
+      std::vector<float> o1(size_t((T - 1) * V)), o2(o1.size());
+      MtpArgs a;
+      a.ids = ids.data() + 1;
+      a.h_prev = h1.data();
+      a.T = T - 1;
+      a.logits = o1.data();
+      mapped.mtp_forward(m1, a, s1);
+      a.logits = o2.data();
+      copied.mtp_forward(m2, a, s2);
+      EXPECT_EQ(o1, o2);
+    }
+    fs::remove_all(dir);
+  }
+}
+
 TEST(Model, BadInputIsRefused) {
   const std::string dir = make_checkpoint("bad", tiny_v2_config(), CheckpointFormat::BF16, 1);
   Model m(dir);

@@ -43,7 +43,7 @@ constexpr int64_t kDefaultDraft = 1;  // the engine drafts one token per step (o
 struct ServeArgs {
   std::string model, host = "127.0.0.1", served_name, api_key, api_key_file, cors;
   std::string batch_mode = "invariant", speculative = "auto", activations = "f32",
-              kv_cache = "bf16", role = "mixed";
+              kv_cache = "bf16", role = "mixed", weights = "huge";
   double transfer_timeout = 30;
   int fault_corrupt_transfers = 0, transfer_port = 0;
   std::string expert_load_out, expert_load_in;
@@ -204,7 +204,7 @@ void run_ep_follower(const ServeArgs& a, const ModelOptions& mo, const dist::Com
   Model model(a.model, mo);
   const bool placed = place_at_start(model, a).slots > 0;
   const double t0 = now_s();
-  model.prefault();
+  model.make_resident(Model::Residency::Mapped);  // EP rebinds experts from the mapping
   log_ep_share(model, world, placed, now_s() - t0);
   const int64_t steps = serve::ep_follow(model, world);
   std::fprintf(stderr, "dsv3 serve: rank %d/%d: stopped after %lld steps\n", world.rank(),
@@ -294,6 +294,7 @@ void run_serve(ServeArgs& a) {
   if (ep) mo.ep = &world;
   mo.bf16_activations = cli::parse_activations(a.activations);
   mo.kv_cache = CacheDtype(cli::parse_kv_cache(a.kv_cache));
+  const bool huge_pages = cli::parse_weights_memory(a.weights);
   model = std::make_unique<Model>(a.model, mo);
   // auto on a model without MTP modules decodes plainly (/metrics and the log say so).
   DSV3_CHECK(spec != SpecMode::Mtp || model->n_mtp() >= 1, "--speculative mtp: the model in '",
@@ -309,12 +310,12 @@ void run_serve(ServeArgs& a) {
     // Weights resident before /health says ready: the first requests would otherwise pay a
     // page fault per 4 KiB of every expert they touch first.
     const double t0 = now_s();
-    const uint64_t bytes = model->prefault();
-    if (ep)
+    if (ep) {
+      model->make_resident(Model::Residency::Mapped);  // EP rebinds experts from the mapping
       log_ep_share(*model, world, eo.start_placement.slots > 0, now_s() - t0);
-    else
-      std::fprintf(stderr, "dsv3 serve: %.2f GB of weights resident in %.1f s\n",
-                   double(bytes) * 1e-9, now_s() - t0);
+    } else {
+      cli::make_weights_resident(*model, huge_pages, "dsv3 serve");
+    }
   }
   if (std::filesystem::exists(std::filesystem::path(a.model) / "tokenizer.json"))
     tokenizer = tok::Tokenizer::from_path(a.model);
@@ -435,6 +436,7 @@ void register_serve(CLI::App& app) {
   c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
   c->add_option("--activations", a->activations, cli::kActivationsHelp);
   c->add_option("--kv-cache", a->kv_cache, cli::kKvCacheHelp);
+  c->add_option("--weights", a->weights, cli::kWeightsHelp);
   c->add_option("--drain-timeout", a->drain_timeout,
                 "Seconds SIGTERM/SIGINT waits for running requests before cancelling them (default 30)");
   c->add_option("--max-body-mb", a->max_body_mb, "Largest request body in MiB; larger: HTTP 413 (default 8)");

@@ -1,10 +1,13 @@
 #include "model_args.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 
 #include "core/check.h"
+#include "core/clock.h"
 #include "model/mla.h"
+#include "model/model.h"
 
 namespace dsv3::cli {
 
@@ -42,6 +45,22 @@ bool parse_activations(const std::string& s) {
   if (s == "f32") return false;
   if (s == "bf16") return true;
   DSV3_FAIL("--activations: expected f32 or bf16, got '", s, "'");
+}
+
+bool parse_weights_memory(const std::string& s) {
+  if (s == "huge") return true;
+  if (s == "mapped") return false;
+  DSV3_FAIL("--weights: expected huge or mapped, got '", s, "'");
+}
+
+void make_weights_resident(Model& m, bool huge, const char* who) {
+  const double t0 = now_s();
+  std::string why;
+  const uint64_t bytes = m.make_resident(huge ? Model::Residency::HugePages : Model::Residency::Mapped, &why);
+  const bool on_huge = m.residency() == Model::Residency::HugePages;
+  std::fprintf(stderr, "%s: %.2f GB of weights %s in %.2f s%s%s%s\n", who, double(bytes) * 1e-9,
+               on_huge ? "copied onto huge pages" : "resident (mapped checkpoint)", now_s() - t0,
+               why.empty() ? "" : " (", why.c_str(), why.empty() ? "" : ")");
 }
 
 int parse_kv_cache(const std::string& s) {

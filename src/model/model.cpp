@@ -1,12 +1,16 @@
 #include "model/model.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 #include "core/clock.h"
 #include "core/check.h"
@@ -169,18 +173,30 @@ void Model::unbind_expert(MlpWeights& m, bool release) {
   }
 }
 
-void Model::release_mapped_pages(const void* p, size_t n) const {
+int Model::mapped_shard(const void* p, size_t n) const {
   const auto* b = static_cast<const uint8_t*>(p);
-  for (const auto& sh : ckpt_->shards()) {
-    const uint8_t* lo = sh->data();
-    const uint8_t* hi = lo + (sh->file_size() - size_t(sh->header().data_start()));
-    if (b < lo || b + n > hi) continue;
-    // Whole pages only: the first and last may hold a neighbouring tensor still in use.
-    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
-    const uintptr_t a0 = (uintptr_t(b) + page - 1) / page * page, a1 = (uintptr_t(b) + n) / page * page;
-    if (a1 > a0) ::madvise(reinterpret_cast<void*>(a0), a1 - a0, MADV_DONTNEED);
-    return;
+  const auto& shards = ckpt_->shards();
+  for (size_t k = 0; k < shards.size(); ++k) {
+    const uint8_t* lo = shards[k]->data();
+    const uint8_t* hi = lo + (shards[k]->file_size() - size_t(shards[k]->header().data_start()));
+    if (b >= lo && b + n <= hi) return int(k);
   }
+  return -1;
+}
+
+void Model::release_mapped_pages(const void* p, size_t n) const {
+  if (mapped_shard(p, n) < 0) return;
+  // Whole pages only: the first and last may hold a neighbouring tensor still in use.
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t a0 = (uintptr_t(p) + page - 1) / page * page, a1 = (uintptr_t(p) + n) / page * page;
+  if (a1 > a0) ::madvise(reinterpret_cast<void*>(a0), a1 - a0, MADV_DONTNEED);
+}
+
+int64_t Model::mapped_weight_bytes() const {
+  int64_t b = 0;
+  for (const auto& [p, n] : held_tensors())
+    if (mapped_shard(p, n) >= 0) b += int64_t(n);
+  return b;
 }
 
 int64_t Model::held_experts() const {
@@ -191,37 +207,43 @@ int64_t Model::held_experts() const {
   return n;
 }
 
-std::vector<std::pair<const void*, size_t>> Model::held_tensors() const {
-  std::vector<std::pair<const void*, size_t>> out;
-  auto take = [&](const Weight& w) {
-    for (const TensorView* v : {&w.w, &w.scale})
-      if (v->data != nullptr && v->ndim > 0) out.emplace_back(v->data, v->nbytes());
+// Calls f on every Weight of w (ModelWeights, const or not) that a forward reads: the layers'
+// projections, norms, routers and experts, the embedding, norm and head, the MTP modules.
+template <class Weights, class F>
+void visit_used_weights(Weights& w, F&& f) {
+  auto mlp = [&](auto& m) {
+    for (auto* x : {&m.gate_proj, &m.up_proj, &m.down_proj}) f(*x);
   };
-  auto mlp = [&](const MlpWeights& m) {
-    for (const Weight* w : {&m.gate_proj, &m.up_proj, &m.down_proj}) take(*w);
-  };
-  auto layer = [&](const LayerWeights& lw) {
-    const AttentionWeights& a = lw.self_attn;
-    for (const Weight* w : {&lw.input_layernorm, &lw.post_attention_layernorm, &a.q_a_proj,
-                            &a.q_a_layernorm, &a.q_b_proj, &a.q_proj, &a.kv_a_proj_with_mqa,
-                            &a.kv_a_layernorm, &a.kv_b_proj, &a.o_proj})
-      take(*w);
+  auto layer = [&](auto& lw) {
+    auto& a = lw.self_attn;
+    for (auto* x : {&lw.input_layernorm, &lw.post_attention_layernorm, &a.q_a_proj,
+                    &a.q_a_layernorm, &a.q_b_proj, &a.q_proj, &a.kv_a_proj_with_mqa,
+                    &a.kv_a_layernorm, &a.kv_b_proj, &a.o_proj})
+      f(*x);
     if (!lw.is_moe) return mlp(lw.mlp);
-    take(lw.moe.gate);
-    take(lw.moe.e_score_correction_bias);
-    for (const MlpWeights& e : lw.moe.experts) mlp(e);
+    f(lw.moe.gate);
+    f(lw.moe.e_score_correction_bias);
+    for (auto& e : lw.moe.experts) mlp(e);
     mlp(lw.moe.shared_experts);
   };
-  take(w_.embed_tokens);
-  for (const LayerWeights& lw : w_.layers) layer(lw);
-  take(w_.norm);
-  take(w_.lm_head);
-  for (const MtpWeights& m : w_.mtp) {
-    for (const Weight* w : {&m.enorm, &m.hnorm, &m.eh_proj, &m.shared_head_norm,
-                            &m.shared_head_head, &m.embed_tokens})
-      take(*w);
+  f(w.embed_tokens);
+  for (auto& lw : w.layers) layer(lw);
+  f(w.norm);
+  f(w.lm_head);
+  for (auto& m : w.mtp) {
+    for (auto* x : {&m.enorm, &m.hnorm, &m.eh_proj, &m.shared_head_norm, &m.shared_head_head,
+                    &m.embed_tokens})
+      f(*x);
     layer(m.block);
   }
+}
+
+std::vector<std::pair<const void*, size_t>> Model::held_tensors() const {
+  std::vector<std::pair<const void*, size_t>> out;
+  visit_used_weights(w_, [&](const Weight& w) {
+    for (const TensorView* v : {&w.w, &w.scale})
+      if (v->data != nullptr && v->ndim > 0) out.emplace_back(v->data, v->nbytes());
+  });
   // A tied head, or an MTP head replaced by the main one, is one tensor.
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end(),
@@ -260,6 +282,105 @@ uint64_t Model::prefault() const {
   volatile uint64_t keep = sink;  // the reads must happen
   (void)keep;
   return bytes;
+}
+
+void Model::FreeArena::operator()(uint8_t* p) const { std::free(p); }
+
+namespace {
+// Whether Linux may back an MADV_HUGEPAGE range with transparent huge pages.
+bool thp_available(std::string* why) {
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string line;
+  if (!f || !std::getline(f, line)) {
+    if (why) *why = "no /sys/kernel/mm/transparent_hugepage/enabled";
+    return false;
+  }
+  if (line.find("[never]") != std::string::npos) {
+    if (why) *why = "transparent huge pages are off (" + line + ")";
+    return false;
+  }
+  return true;
+}
+}  // namespace
+
+uint64_t Model::make_resident(Residency r, std::string* why) {
+  DSV3_CHECK(!arena_, "make_resident: the weights are already copied");
+  if (why) why->clear();
+  if (r == Residency::HugePages && ep_) {
+    if (why) *why = "expert parallelism rebinds experts from the mapped checkpoint";
+    r = Residency::Mapped;
+  }
+  if (r == Residency::HugePages && !thp_available(why)) r = Residency::Mapped;
+  if (r == Residency::Mapped) {
+    residency_ = Residency::Mapped;
+    return prefault();
+  }
+  // Each tensor at a 64-byte boundary of the arena, in address order (as the file has them).
+  const std::vector<std::pair<const void*, size_t>> held = held_tensors();
+  constexpr size_t kAlign = 64, kHuge = size_t(2) << 20;
+  std::vector<size_t> at(held.size());
+  size_t total = 0;
+  for (size_t i = 0; i < held.size(); ++i) {
+    at[i] = total;
+    total += (held[i].second + kAlign - 1) / kAlign * kAlign;
+  }
+  const size_t cap = std::max(kHuge, (total + kHuge - 1) / kHuge * kHuge);
+  void* mem = nullptr;
+  DSV3_CHECK(::posix_memalign(&mem, kHuge, cap) == 0 && mem != nullptr, "make_resident: cannot allocate ",
+             cap, " bytes for the weights (use the mapped checkpoint instead)");
+  std::unique_ptr<uint8_t, FreeArena> arena(static_cast<uint8_t*>(mem));
+  // Before the first touch, so the faults allocate 2 MiB pages. Advisory: without it the
+  // copy still works, on 4 KiB pages.
+  (void)::madvise(arena.get(), cap, MADV_HUGEPAGE);
+  // Read from the files (pread, one thread, no OpenMP region: see prefault) rather than
+  // copied from the mapping: no page fault per 4 KiB of source, and this process never maps
+  // a second copy.
+  {
+    const auto& shards = ckpt_->shards();
+    std::vector<int> fds(shards.size(), -1);
+    struct Close {
+      std::vector<int>& f;
+      ~Close() {
+        for (int fd : f)
+          if (fd >= 0) ::close(fd);
+      }
+    } close_all{fds};
+    for (size_t i = 0; i < held.size(); ++i) {
+      const auto* p = static_cast<const uint8_t*>(held[i].first);
+      const int ks = mapped_shard(p, held[i].second);
+      DSV3_ASSERT(ks >= 0);
+      const size_t k = size_t(ks);
+      const SafetensorsFile& sh = *shards[k];
+      if (fds[k] < 0) {
+        fds[k] = ::open(sh.path().c_str(), O_RDONLY | O_CLOEXEC);
+        DSV3_CHECK(fds[k] >= 0, sh.path(), ": cannot reopen to copy the weights: ", std::strerror(errno));
+      }
+      off_t off = off_t(sh.header().data_start() + size_t(p - sh.data()));
+      uint8_t* dst = arena.get() + at[i];
+      for (size_t left = held[i].second; left > 0;) {
+        const ssize_t got = ::pread(fds[k], dst, left, off);
+        DSV3_CHECK(got > 0, sh.path(), ": reading ", held[i].second, " bytes at offset ", off,
+                   " failed: ", got == 0 ? "unexpected end of file" : std::strerror(errno));
+        dst += got;
+        off += got;
+        left -= size_t(got);
+      }
+    }
+  }
+  // Repoint every view: the copies are in the sorted order of held.
+  auto moved = [&](const void* p) -> void* {
+    auto it = std::lower_bound(held.begin(), held.end(), std::make_pair(p, size_t(0)),
+                               [](const auto& a, const auto& b) { return a.first < b.first; });
+    DSV3_ASSERT(it != held.end() && it->first == p);
+    return arena.get() + at[size_t(it - held.begin())];
+  };
+  visit_used_weights(w_, [&](Weight& w) {
+    for (TensorView* v : {&w.w, &w.scale})
+      if (v->data != nullptr && v->ndim > 0) v->data = moved(v->data);
+  });
+  arena_ = std::move(arena);
+  residency_ = Residency::HugePages;
+  return total;
 }
 
 KvCache Model::new_mtp_cache(int64_t capacity) {

@@ -192,6 +192,26 @@ class Model {
   // serving: a decode step that touches an expert for the first time otherwise pays a page
   // fault per 4 KiB of it. Returns the bytes read.
   uint64_t prefault() const;
+  // Where the weights live once the model is ready to decode (Model::make_resident).
+  enum class Residency {
+    Mapped,     // the checkpoint's mapped pages, each read once (prefault)
+    HugePages,  // copied into one anonymous allocation backed by transparent huge pages
+  };
+  // HugePages: copies every tensor this process uses (held_tensors) into one allocation that
+  // asks Linux for 2 MiB pages (MADV_HUGEPAGE), points the weights at the copies, and drops the
+  // checkpoint's mapped pages as it goes (they are clean: the page cache keeps them, and this
+  // process's resident memory stays about one copy of the weights). A decode step streams
+  // every expert it touches once; on 4 KiB pages each of them costs a TLB miss and a page walk
+  // per 4 KiB, and measured streaming of 128–256 KB tensors runs ~1.4x faster from huge pages
+  // (docs/PERF.md "Weights on huge pages"). Falls back to Mapped (and says why in *why) when
+  // transparent huge pages are off (/sys/kernel/mm/transparent_hugepage/enabled = never) or
+  // under expert parallelism (set_expert_placement rebinds experts from the mapping).
+  // Returns the bytes copied or read; call once, before serving or timing.
+  uint64_t make_resident(Residency r, std::string* why = nullptr);
+  Residency residency() const { return residency_; }
+  // Bytes of the tensors this process uses that still lie in the mapped checkpoint (all of
+  // them until make_resident(HugePages) copies them, none after).
+  int64_t mapped_weight_bytes() const;
   // Bytes of tensor data this process uses (each tensor once): under expert parallelism
   // without the other ranks' routed experts.
   int64_t held_weight_bytes() const;
@@ -263,9 +283,15 @@ class Model {
   // checkpoint file (the page cache keeps them; a later read maps them again). Never on
   // owned memory, which MADV_DONTNEED would zero.
   void release_mapped_pages(const void* p, size_t n) const;
+  // The shard whose mapped data holds [p, p + n), or -1.
+  int mapped_shard(const void* p, size_t n) const;
   // Every tensor's data this process uses, each once (held_weight_bytes, prefault).
   std::vector<std::pair<const void*, size_t>> held_tensors() const;
   CacheDtype kv_dtype_ = CacheDtype::BF16;
+  // make_resident(HugePages): the copies the weights point at.
+  struct FreeArena { void operator()(uint8_t* p) const; };
+  std::unique_ptr<uint8_t, FreeArena> arena_;
+  Residency residency_ = Residency::Mapped;
 };
 
 }  // namespace dsv3
