@@ -37,7 +37,7 @@ struct GenArgs {
   SamplingParams sampling;
   std::vector<std::string> stop;
   int threads = 0;
-  std::string activations = "f32", kv_cache = "bf16";
+  std::string activations = "f32", kv_cache = "bf16", weights = "huge";
 };
 
 void add_sampling_options(CLI::App* c, GenArgs& a) {
@@ -52,6 +52,7 @@ void add_sampling_options(CLI::App* c, GenArgs& a) {
   c->add_option("--threads", a.threads, "Threads (default: all cores)");
   c->add_option("--activations", a.activations, cli::kActivationsHelp);
   c->add_option("--kv-cache", a.kv_cache, cli::kKvCacheHelp);
+  c->add_option("--weights", a.weights, cli::kWeightsHelp);
   c->add_option("--speculative", a.speculative,
                 "MTP speculative decoding: auto (default: draft with the model's MTP modules only "
                 "while it measurably pays on this model and machine; plain without MTP modules), "
@@ -94,10 +95,12 @@ std::unique_ptr<Model> load_model(const GenArgs& a) {
   mo.with_mtp = sm != SpecMode::Off;  // plain decoding does not use the MTP modules
   mo.bf16_activations = cli::parse_activations(a.activations);
   mo.kv_cache = CacheDtype(cli::parse_kv_cache(a.kv_cache));
+  const bool huge = cli::parse_weights_memory(a.weights);
   auto m = std::make_unique<Model>(a.model, mo);
   // auto on a model without them is plain decoding (the stats say so).
   DSV3_CHECK(sm != SpecMode::Mtp || m->n_mtp() >= 1, "--speculative mtp: the model in '", a.model,
              "' has no MTP module (num_nextn_predict_layers = 0)");
+  cli::make_weights_resident(*m, huge, "dsv3", /*quiet=*/true);
   return m;
 }
 

@@ -53,11 +53,12 @@ bool parse_weights_memory(const std::string& s) {
   DSV3_FAIL("--weights: expected huge or mapped, got '", s, "'");
 }
 
-void make_weights_resident(Model& m, bool huge, const char* who) {
+void make_weights_resident(Model& m, bool huge, const char* who, bool quiet) {
   const double t0 = now_s();
   std::string why;
   const uint64_t bytes = m.make_resident(huge ? Model::Residency::HugePages : Model::Residency::Mapped, &why);
   const bool on_huge = m.residency() == Model::Residency::HugePages;
+  if (quiet && why.empty() && now_s() - t0 < 1.0) return;
   std::fprintf(stderr, "%s: %.2f GB of weights %s in %.2f s%s%s%s\n", who, double(bytes) * 1e-9,
                on_huge ? "copied onto huge pages" : "resident (mapped checkpoint)", now_s() - t0,
                why.empty() ? "" : " (", why.c_str(), why.empty() ? "" : ")");

@@ -42,7 +42,7 @@ inline constexpr const char* kWeightsHelp =
     "when the kernel has them off) or mapped (the checkpoint's pages, read once)";
 // Makes m's weights resident as --weights says (value already checked) and prints one line on
 // stderr, prefixed by `who`: the bytes, the time, and where they ended up (and why, after a
-// fallback).
-void make_weights_resident(Model& m, bool huge, const char* who);
+// fallback). quiet: the line only after a fallback, or when it took over a second.
+void make_weights_resident(Model& m, bool huge, const char* who, bool quiet = false);
 
 }  // namespace dsv3::cli
