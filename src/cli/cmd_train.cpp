@@ -36,6 +36,8 @@ void register_train(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   c->add_option("--ranks-per-node", o->ranks_per_node, "Ranks per node (for --max-nodes)")
       ->check(CLI::NonNegativeNumber);
+  c->add_option("--zero-bucket-mb", o->zero_bucket_mb,
+                "ZeRO-1: the gradient exchange's receive buffer in MiB (rounds of this size; default 64)");
   c->callback([o] {
     const int rc = run_training(*o);
     dist::finalize();

@@ -25,6 +25,9 @@ struct ParallelConfig {
   int64_t micro_batches = 1;  // per rank and step (gradient accumulation when pp = 1)
   int64_t max_nodes = 0;      // node-limited routing: a token's experts on ≤ max_nodes nodes (0: off)
   int64_t ranks_per_node = 0; // ranks per node, for max_nodes (0: every rank on one node)
+  // ZeRO-1's gradient exchange runs in rounds whose receive buffer (every rank's piece of a
+  // bucket of this rank's shard) holds at most this many MiB, instead of one arena's worth.
+  double zero_bucket_mb = 64;
   bool dp_given = false;      // dp set by the config or a flag (else mpirun's size is the dp)
 };
 

@@ -138,7 +138,15 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
   grads_.resize(size_t(n));
   units_.resize(size_t(lay.micro_batches - 1));
   for (auto& u : units_) u.resize(size_t(n));
-  if (Z_ > 1) pieces_.resize(size_t(Z_ * (hi_ - lo_)));
+  if (Z_ > 1) {
+    // Rounds of ≤ zero_bucket_mb of pieces received; every rank runs as many rounds as the
+    // largest shard needs.
+    const double floats = cfg.parallel.zero_bucket_mb * double(1 << 20) / 4.0 / double(Z_);
+    int64_t largest = 0;
+    for (int64_t s : shard_) largest = std::max(largest, s);
+    bucket_ = std::max<int64_t>(1, std::min<int64_t>(largest, int64_t(floats)));
+    pieces_.resize(size_t(Z_ * bucket_));
+  }
 }
 
 TrainStep::~TrainStep() = default;
@@ -275,41 +283,49 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
   // stages the pieces of one data-parallel rank's stages are added first (one is non-zero, or
   // DualPipe's two copies: direction 0's micro-batches, the first half, then direction 1's),
   // then the data-parallel ranks in the tree.
+  // In rounds of bucket_ elements per shard (the receive buffer is Z × bucket_, not an arena):
+  // each element's additions are the same, in the same order, whatever the bucket.
   int64_t pieces_sent = 0;
   if (Z_ > 1) {
     const int P = Z_;
-    const int64_t S = hi_ - lo_;
+    const int64_t S = hi_ - lo_, B = bucket_;
+    int64_t largest = 0;
+    for (int64_t s : shard_) largest = std::max(largest, s);
     auto nonzero = [&](int q, int o) { return piece_[size_t(q) * size_t(P) + size_t(o)] != 0; };
     std::vector<int64_t> sc(static_cast<size_t>(P)), sd(sc), rc(sc), rd(sc);
-    int64_t off = 0;
-    for (int q = 0; q < P; ++q) {  // in floats (MPI's int counts: elements, not bytes)
-      sc[size_t(q)] = nonzero(zr_, q) ? shard_[size_t(q)] : 0;
-      if (q != zr_) pieces_sent += sc[size_t(q)] * 4;
-      sd[size_t(q)] = off;
-      off += shard_[size_t(q)];
-      rc[size_t(q)] = nonzero(q, zr_) ? S : 0;
-      rd[size_t(q)] = int64_t(q) * S;
-    }
-    dp_.ialltoallv(grads_.data(), sc, sd, pieces_.data(), rc, rd, sizeof(float)).wait();
     std::vector<float*> v;
-    for (int d = 0; d < lay_.dp; ++d) {
-      float* a = nullptr;  // the first non-zero piece of data-parallel rank d's stages
-      for (int st = 0; st < lay_.pp; ++st) {
-        const int q = st * lay_.dp + d;
-        if (!nonzero(q, zr_)) continue;
-        float* b = pieces_.data() + int64_t(q) * S;
-        if (a == nullptr) {
-          a = b;
-          continue;
-        }
-        for (int64_t k = 0; k < S; ++k) a[k] += b[k];
+    for (int64_t c0 = 0; c0 < largest; c0 += B) {
+      int64_t off = 0;
+      for (int q = 0; q < P; ++q) {  // in floats (MPI's int counts: elements, not bytes)
+        const int64_t sq = shard_[size_t(q)];
+        sc[size_t(q)] = nonzero(zr_, q) ? std::clamp<int64_t>(sq - c0, 0, B) : 0;
+        if (q != zr_) pieces_sent += sc[size_t(q)] * 4;
+        sd[size_t(q)] = off + std::min(c0, sq);
+        off += sq;
+        rc[size_t(q)] = nonzero(q, zr_) ? std::clamp<int64_t>(S - c0, 0, B) : 0;
+        rd[size_t(q)] = int64_t(q) * B;
       }
-      DSV3_ASSERT(a != nullptr || S == 0);
-      if (a != nullptr) v.push_back(a);
-    }
-    if (S > 0) {
-      tree_sum(v, S);
-      std::memcpy(grads_.data() + lo_, v[0], size_t(S) * sizeof(float));
+      dp_.ialltoallv(grads_.data(), sc, sd, pieces_.data(), rc, rd, sizeof(float)).wait();
+      const int64_t len = std::clamp<int64_t>(S - c0, 0, B);
+      if (len == 0) continue;
+      v.clear();
+      for (int d = 0; d < lay_.dp; ++d) {
+        float* a = nullptr;  // the first non-zero piece of data-parallel rank d's stages
+        for (int st = 0; st < lay_.pp; ++st) {
+          const int q = st * lay_.dp + d;
+          if (!nonzero(q, zr_)) continue;
+          float* b = pieces_.data() + int64_t(q) * B;
+          if (a == nullptr) {
+            a = b;
+            continue;
+          }
+          for (int64_t k = 0; k < len; ++k) a[k] += b[k];
+        }
+        DSV3_ASSERT(a != nullptr);
+        v.push_back(a);
+      }
+      tree_sum(v, len);
+      std::memcpy(grads_.data() + lo_ + c0, v[0], size_t(len) * sizeof(float));
     }
   }
   // ‖g‖: per-block partial sums, gathered, added in block order.

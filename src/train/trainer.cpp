@@ -325,6 +325,11 @@ int run_training(const TrainRunOptions& o) {
   if (o.micro_batches > 0) pc.micro_batches = o.micro_batches;
   if (o.max_nodes >= 0) pc.max_nodes = o.max_nodes;
   if (o.ranks_per_node >= 0) pc.ranks_per_node = o.ranks_per_node;
+  if (o.zero_bucket_mb >= 0) {
+    DSV3_CHECK(o.zero_bucket_mb >= 1e-3 && o.zero_bucket_mb <= 1e6, "--zero-bucket-mb must be in [0.001, 1e6], got ",
+               o.zero_bucket_mb);
+    pc.zero_bucket_mb = o.zero_bucket_mb;
+  }
   if (!o.schedule.empty()) pc.schedule = o.schedule;
   // Several copies of a build without MPI would each train alone and race for OUT.
   DSV3_CHECK(!dist::launched_by_mpi() || dist::mpi_built(), "started by mpirun, but this dsv3 was built "
