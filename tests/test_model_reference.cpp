@@ -62,7 +62,8 @@ constexpr double kBf16Max = 0.03, kBf16Mean = 0.012, kFp8Max = 1.5, kFp8Mean = 0
 // Bf16ActivationsLogprobs' bounds: 3x the worst measured with the F32 cache (v3: max 0.496 /
 // mean 0.028 — one position moves by half a nat and the top-1 changes at 1 of 32 positions,
 // as a rounding pushes some near-tie across, which was not traced; v2: 0.015 / 0.0054).
-constexpr double kActBf16Max = 1.5, kActBf16Mean = 0.085;
+constexpr double kActBf16Max = 1.5, kActBf16Mean = 0.085;      // v3
+constexpr double kActBf16MaxV2 = 0.05, kActBf16MeanV2 = 0.02;  // v2 (measured 0.015 / 0.0054)
 
 // The reference keeps its cache in F32.
 ModelOptions f32_cache() {
@@ -351,10 +352,14 @@ TEST_P(Reference, Bf16ActivationsLogprobs) {
   }
   EXPECT_LE(runs[0].max, 1e-3);
   EXPECT_GT(runs[1].max, runs[0].max) << "the BF16 activations are not used";
-  EXPECT_LE(runs[1].max, kActBf16Max) << v;
-  EXPECT_LE(runs[1].mean, kActBf16Mean) << v;
-  EXPECT_LE(runs[2].max, kActBf16Max + kBf16Max) << v;
-  EXPECT_LE(runs[2].mean, kActBf16Mean + kBf16Mean) << v;
+  const bool v2 = v == "v2";
+  const double amax = v2 ? kActBf16MaxV2 : kActBf16Max, amean = v2 ? kActBf16MeanV2 : kActBf16Mean;
+  EXPECT_LE(runs[1].max, amax) << v;
+  EXPECT_LE(runs[1].mean, amean) << v;
+  EXPECT_LE(runs[2].max, amax + kBf16Max) << v;
+  EXPECT_LE(runs[2].mean, amean + kBf16Mean) << v;
+  // The greedy token: the same at ≥ 90% of positions (measured: all on v2, 31 of 32 on v3).
+  for (const Run& r : runs) EXPECT_GE(10 * r.top1_same, 9 * r.top1_n) << v;
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, Reference, ::testing::Values("v3", "v2"));

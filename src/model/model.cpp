@@ -242,7 +242,7 @@ std::vector<std::pair<const void*, size_t>> Model::held_tensors() const {
   std::vector<std::pair<const void*, size_t>> out;
   visit_used_weights(w_, [&](const Weight& w) {
     for (const TensorView* v : {&w.w, &w.scale})
-      if (v->data != nullptr && v->ndim > 0) out.emplace_back(v->data, v->nbytes());
+      if (v->data != nullptr && v->ndim > 0 && v->nbytes() > 0) out.emplace_back(v->data, v->nbytes());
   });
   // A tied head, or an MTP head replaced by the main one, is one tensor.
   std::sort(out.begin(), out.end());
@@ -288,6 +288,15 @@ void Model::FreeArena::operator()(uint8_t* p) const { std::free(p); }
 
 namespace {
 // Whether Linux may back an MADV_HUGEPAGE range with transparent huge pages.
+// MemAvailable from /proc/meminfo in bytes, or -1 when unknown.
+int64_t mem_available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("MemAvailable:", 0) == 0) return std::strtoll(line.c_str() + 13, nullptr, 10) * 1024;
+  return -1;
+}
+
 bool thp_available(std::string* why) {
   std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
   std::string line;
@@ -325,9 +334,17 @@ uint64_t Model::make_resident(Residency r, std::string* why) {
     total += (held[i].second + kAlign - 1) / kAlign * kAlign;
   }
   const size_t cap = std::max(kHuge, (total + kHuge - 1) / kHuge * kHuge);
+  // A model larger than the free memory stays mapped (its pages come and go with the page
+  // cache) rather than being copied into memory it would be swapped or killed for.
+  const int64_t avail = mem_available_bytes();
   void* mem = nullptr;
-  DSV3_CHECK(::posix_memalign(&mem, kHuge, cap) == 0 && mem != nullptr, "make_resident: cannot allocate ",
-             cap, " bytes for the weights (use the mapped checkpoint instead)");
+  if ((avail > 0 && cap > uint64_t(avail) * 9 / 10) || ::posix_memalign(&mem, kHuge, cap) != 0 || mem == nullptr) {
+    if (why)
+      *why = str_cat("the weights (", double(cap) * 1e-9, " GB) do not fit in the available memory (",
+                     double(avail) * 1e-9, " GB)");
+    residency_ = Residency::Mapped;
+    return prefault();
+  }
   std::unique_ptr<uint8_t, FreeArena> arena(static_cast<uint8_t*>(mem));
   // Before the first touch, so the faults allocate 2 MiB pages. Advisory: without it the
   // copy still works, on 4 KiB pages.
@@ -358,7 +375,9 @@ uint64_t Model::make_resident(Residency r, std::string* why) {
       off_t off = off_t(sh.header().data_start() + size_t(p - sh.data()));
       uint8_t* dst = arena.get() + at[i];
       for (size_t left = held[i].second; left > 0;) {
-        const ssize_t got = ::pread(fds[k], dst, left, off);
+        ssize_t got;
+        do got = ::pread(fds[k], dst, left, off);
+        while (got < 0 && errno == EINTR);
         DSV3_CHECK(got > 0, sh.path(), ": reading ", held[i].second, " bytes at offset ", off,
                    " failed: ", got == 0 ? "unexpected end of file" : std::strerror(errno));
         dst += got;
@@ -376,7 +395,7 @@ uint64_t Model::make_resident(Residency r, std::string* why) {
   };
   visit_used_weights(w_, [&](Weight& w) {
     for (TensorView* v : {&w.w, &w.scale})
-      if (v->data != nullptr && v->ndim > 0) v->data = moved(v->data);
+      if (v->data != nullptr && v->ndim > 0 && v->nbytes() > 0) v->data = moved(v->data);
   });
   arena_ = std::move(arena);
   residency_ = Residency::HugePages;

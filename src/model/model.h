@@ -198,14 +198,17 @@ class Model {
     HugePages,  // copied into one anonymous allocation backed by transparent huge pages
   };
   // HugePages: copies every tensor this process uses (held_tensors) into one allocation that
-  // asks Linux for 2 MiB pages (MADV_HUGEPAGE), points the weights at the copies, and drops the
-  // checkpoint's mapped pages as it goes (they are clean: the page cache keeps them, and this
-  // process's resident memory stays about one copy of the weights). A decode step streams
+  // asks Linux for 2 MiB pages (MADV_HUGEPAGE) and points the weights at the copies. It reads
+  // the files with pread, not through the mapping, so the process maps no second copy (pages
+  // the load itself touched, e.g. a head compared against the MTP head, stay mapped; the
+  // page cache keeps a reclaimable copy). A decode step streams
   // every expert it touches once; on 4 KiB pages each of them costs a TLB miss and a page walk
   // per 4 KiB, and measured streaming of 128–256 KB tensors runs ~1.4x faster from huge pages
   // (docs/PERF.md "Weights on huge pages"). Falls back to Mapped (and says why in *why) when
-  // transparent huge pages are off (/sys/kernel/mm/transparent_hugepage/enabled = never) or
-  // under expert parallelism (set_expert_placement rebinds experts from the mapping).
+  // transparent huge pages are off (/sys/kernel/mm/transparent_hugepage/enabled = never), when
+  // the weights exceed the memory Linux reports available (MemAvailable) or cannot be
+  // allocated, or under expert parallelism (set_expert_placement rebinds experts from the
+  // mapping).
   // Returns the bytes copied or read; call once, before serving or timing.
   uint64_t make_resident(Residency r, std::string* why = nullptr);
   Residency residency() const { return residency_; }
