@@ -72,6 +72,46 @@ ModelOptions f32_cache() {
   return mo;
 }
 
+// The half-prefill, half-decode run of CompactCacheLogprobs and Bf16ActivationsLogprobs: the
+// first n/2 ids prefilled in one call (the naive form, the GEMM path), the rest decoded one
+// token per step (the absorbed kernel, the GEMV path). Returns the logits [n, V].
+std::vector<float> half_prefill_then_decode(Model& m, const std::vector<int32_t>& ids) {
+  const int64_t n = int64_t(ids.size()), half = n / 2, V = m.vocab();
+  KvCache cache = m.new_cache(n);
+  ForwardScratch s;
+  std::vector<float> logits(size_t(n * V));
+  ForwardArgs a;
+  a.ids = ids.data();
+  a.T = half;
+  a.logits = logits.data();
+  m.forward(cache, a, s);
+  for (int64_t t = half; t < n; ++t) {
+    ForwardArgs d;
+    d.ids = ids.data() + t;
+    d.T = 1;
+    d.logits = logits.data() + t * V;
+    m.forward(cache, d, s);
+  }
+  return logits;
+}
+
+// |log p − want| of the logits' next-token log-probs: max and mean over positions.
+struct LogprobError {
+  double max = 0, mean = 0;
+};
+LogprobError logprob_error(const std::vector<float>& logits, int64_t V, const std::vector<int32_t>& ids,
+                           const std::vector<double>& want) {
+  const std::vector<int32_t> next(ids.begin() + 1, ids.end());
+  const auto lp = logprobs_of(logits, V, next, int64_t(ids.size()) - 1);
+  EXPECT_EQ(lp.size(), want.size());
+  LogprobError e;
+  for (size_t i = 0; i < lp.size() && i < want.size(); ++i) {
+    e.max = std::max(e.max, std::fabs(lp[i] - want[i]));
+    e.mean += std::fabs(lp[i] - want[i]) / double(lp.size());
+  }
+  return e;
+}
+
 class Reference : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
@@ -253,41 +293,17 @@ TEST_P(Reference, CompactCacheLogprobs) {
   const nlohmann::json e = load_expected(v);
   const std::vector<int32_t> ids = e["prompt_ids"].get<std::vector<int32_t>>();
   const auto want = e["logprobs"].get<std::vector<double>>();
-  const int64_t n = int64_t(ids.size()), half = n / 2;
   double worst[3] = {0, 0, 0}, avg[3] = {0, 0, 0};
   for (CacheDtype dt : {CacheDtype::F32, CacheDtype::BF16, CacheDtype::FP8}) {
     ModelOptions mo;
     mo.kv_cache = dt;
     Model m(ref_dir() + "/" + v, mo);
-    const int64_t V = m.vocab();
-    KvCache cache = m.new_cache(n);
-    EXPECT_EQ(cache.dtype, dt);
-    ForwardScratch s;
-    std::vector<float> logits(size_t(n * V));
-    ForwardArgs a;
-    a.ids = ids.data();
-    a.T = half;
-    a.logits = logits.data();
-    m.forward(cache, a, s);
-    for (int64_t t = half; t < n; ++t) {
-      ForwardArgs d;
-      d.ids = ids.data() + t;
-      d.T = 1;
-      d.logits = logits.data() + t * V;
-      m.forward(cache, d, s);
-    }
-    std::vector<int32_t> next(ids.begin() + 1, ids.end());
-    const auto lp = logprobs_of(logits, V, next, n - 1);
-    ASSERT_EQ(lp.size(), want.size());
-    double mean = 0, mx = 0;
-    for (size_t i = 0; i < lp.size(); ++i) {
-      mx = std::max(mx, std::fabs(lp[i] - want[i]));
-      mean += std::fabs(lp[i] - want[i]) / double(lp.size());
-    }
-    worst[int(dt)] = mx;
-    avg[int(dt)] = mean;
+    EXPECT_EQ(m.new_cache(1).dtype, dt);
+    const LogprobError err = logprob_error(half_prefill_then_decode(m, ids), m.vocab(), ids, want);
+    worst[int(dt)] = err.max;
+    avg[int(dt)] = err.mean;
     std::printf("%s cache %-4s: |log p − reference| max %.3g mean %.3g over %zu positions\n",
-                v.c_str(), cache_dtype_name(dt), mx, mean, lp.size());
+                v.c_str(), cache_dtype_name(dt), err.max, err.mean, want.size());
   }
   EXPECT_LE(worst[int(CacheDtype::F32)], 1e-3);
   EXPECT_LE(worst[int(CacheDtype::BF16)], kBf16Max) << v;
@@ -308,7 +324,7 @@ TEST_P(Reference, Bf16ActivationsLogprobs) {
   const nlohmann::json e = load_expected(v);
   const std::vector<int32_t> ids = e["prompt_ids"].get<std::vector<int32_t>>();
   const auto want = e["logprobs"].get<std::vector<double>>();
-  const int64_t n = int64_t(ids.size()), half = n / 2;
+  const int64_t n = int64_t(ids.size());
   struct Run { bool bf16_act; CacheDtype cache; double max = 0, mean = 0; int64_t top1_same = 0, top1_n = 0; };
   Run runs[3] = {{false, CacheDtype::F32}, {true, CacheDtype::F32}, {true, CacheDtype::BF16}};
   std::vector<float> base;  // the default's logits, for the top-1 comparison
@@ -318,28 +334,10 @@ TEST_P(Reference, Bf16ActivationsLogprobs) {
     mo.bf16_activations = r.bf16_act;
     Model m(ref_dir() + "/" + v, mo);
     const int64_t V = m.vocab();
-    KvCache cache = m.new_cache(n);
-    ForwardScratch s;
-    std::vector<float> logits(size_t(n * V));
-    ForwardArgs a;
-    a.ids = ids.data();
-    a.T = half;
-    a.logits = logits.data();
-    m.forward(cache, a, s);
-    for (int64_t t = half; t < n; ++t) {
-      ForwardArgs d;
-      d.ids = ids.data() + t;
-      d.T = 1;
-      d.logits = logits.data() + t * V;
-      m.forward(cache, d, s);
-    }
-    std::vector<int32_t> next(ids.begin() + 1, ids.end());
-    const auto lp = logprobs_of(logits, V, next, n - 1);
-    ASSERT_EQ(lp.size(), want.size());
-    for (size_t i = 0; i < lp.size(); ++i) {
-      r.max = std::max(r.max, std::fabs(lp[i] - want[i]));
-      r.mean += std::fabs(lp[i] - want[i]) / double(lp.size());
-    }
+    const std::vector<float> logits = half_prefill_then_decode(m, ids);
+    const LogprobError err = logprob_error(logits, V, ids, want);
+    r.max = err.max;
+    r.mean = err.mean;
     if (base.empty()) base = logits;
     for (int64_t t = 0; t < n; ++t) {
       auto argmax = [&](const float* row) { return std::max_element(row, row + V) - row; };

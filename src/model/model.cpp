@@ -207,6 +207,10 @@ int64_t Model::held_experts() const {
   return n;
 }
 
+namespace {
+// A view with data to read or copy (not an absent scale, not an empty tensor).
+bool has_bytes(const TensorView& v) { return v.data != nullptr && v.ndim > 0 && v.nbytes() > 0; }
+
 // Calls f on every Weight of w (ModelWeights, const or not) that a forward reads: the layers'
 // projections, norms, routers and experts, the embedding, norm and head, the MTP modules.
 template <class Weights, class F>
@@ -238,11 +242,13 @@ void visit_used_weights(Weights& w, F&& f) {
   }
 }
 
+}  // namespace
+
 std::vector<std::pair<const void*, size_t>> Model::held_tensors() const {
   std::vector<std::pair<const void*, size_t>> out;
   visit_used_weights(w_, [&](const Weight& w) {
     for (const TensorView* v : {&w.w, &w.scale})
-      if (v->data != nullptr && v->ndim > 0 && v->nbytes() > 0) out.emplace_back(v->data, v->nbytes());
+      if (has_bytes(*v)) out.emplace_back(v->data, v->nbytes());
   });
   // A tied head, or an MTP head replaced by the main one, is one tensor.
   std::sort(out.begin(), out.end());
@@ -287,7 +293,6 @@ uint64_t Model::prefault() const {
 void Model::FreeArena::operator()(uint8_t* p) const { std::free(p); }
 
 namespace {
-// Whether Linux may back an MADV_HUGEPAGE range with transparent huge pages.
 // MemAvailable from /proc/meminfo in bytes, or -1 when unknown.
 int64_t mem_available_bytes() {
   std::ifstream f("/proc/meminfo");
@@ -297,6 +302,7 @@ int64_t mem_available_bytes() {
   return -1;
 }
 
+// Whether Linux may back an MADV_HUGEPAGE range with transparent huge pages.
 bool thp_available(std::string* why) {
   std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
   std::string line;
@@ -315,15 +321,16 @@ bool thp_available(std::string* why) {
 uint64_t Model::make_resident(Residency r, std::string* why) {
   DSV3_CHECK(!arena_, "make_resident: the weights are already copied");
   if (why) why->clear();
-  if (r == Residency::HugePages && ep_) {
-    if (why) *why = "expert parallelism rebinds experts from the mapped checkpoint";
-    r = Residency::Mapped;
-  }
-  if (r == Residency::HugePages && !thp_available(why)) r = Residency::Mapped;
-  if (r == Residency::Mapped) {
+  auto stay_mapped = [&] {
     residency_ = Residency::Mapped;
     return prefault();
+  };
+  if (r == Residency::Mapped) return stay_mapped();
+  if (ep_) {
+    if (why) *why = "expert parallelism rebinds experts from the mapped checkpoint";
+    return stay_mapped();
   }
+  if (!thp_available(why)) return stay_mapped();
   // Each tensor at a 64-byte boundary of the arena, in address order (as the file has them).
   const std::vector<std::pair<const void*, size_t>> held = held_tensors();
   constexpr size_t kAlign = 64, kHuge = size_t(2) << 20;
@@ -337,13 +344,16 @@ uint64_t Model::make_resident(Residency r, std::string* why) {
   // A model larger than the free memory stays mapped (its pages come and go with the page
   // cache) rather than being copied into memory it would be swapped or killed for.
   const int64_t avail = mem_available_bytes();
-  void* mem = nullptr;
-  if ((avail > 0 && cap > uint64_t(avail) * 9 / 10) || ::posix_memalign(&mem, kHuge, cap) != 0 || mem == nullptr) {
+  if (avail > 0 && cap > uint64_t(avail) * 9 / 10) {
     if (why)
       *why = str_cat("the weights (", double(cap) * 1e-9, " GB) do not fit in the available memory (",
                      double(avail) * 1e-9, " GB)");
-    residency_ = Residency::Mapped;
-    return prefault();
+    return stay_mapped();
+  }
+  void* mem = nullptr;
+  if (::posix_memalign(&mem, kHuge, cap) != 0 || mem == nullptr) {
+    if (why) *why = str_cat("cannot allocate ", double(cap) * 1e-9, " GB for the weights");
+    return stay_mapped();
   }
   std::unique_ptr<uint8_t, FreeArena> arena(static_cast<uint8_t*>(mem));
   // Before the first touch, so the faults allocate 2 MiB pages. Advisory: without it the
@@ -395,7 +405,7 @@ uint64_t Model::make_resident(Residency r, std::string* why) {
   };
   visit_used_weights(w_, [&](Weight& w) {
     for (TensorView* v : {&w.w, &w.scale})
-      if (v->data != nullptr && v->ndim > 0 && v->nbytes() > 0) v->data = moved(v->data);
+      if (has_bytes(*v)) v->data = moved(v->data);
   });
   arena_ = std::move(arena);
   residency_ = Residency::HugePages;

@@ -142,9 +142,9 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
     // Rounds of ≤ zero_bucket_mb of pieces received; every rank runs as many rounds as the
     // largest shard needs.
     const double floats = cfg.parallel.zero_bucket_mb * double(1 << 20) / 4.0 / double(Z_);
-    int64_t largest = 0;
-    for (int64_t s : shard_) largest = std::max(largest, s);
+    const int64_t largest = *std::max_element(shard_.begin(), shard_.end());
     bucket_ = std::max<int64_t>(1, std::min<int64_t>(largest, int64_t(floats)));
+    rounds_ = (largest + bucket_ - 1) / bucket_;
     pieces_.resize(size_t(Z_ * bucket_));
   }
 }
@@ -289,12 +289,10 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
   if (Z_ > 1) {
     const int P = Z_;
     const int64_t S = hi_ - lo_, B = bucket_;
-    int64_t largest = 0;
-    for (int64_t s : shard_) largest = std::max(largest, s);
     auto nonzero = [&](int q, int o) { return piece_[size_t(q) * size_t(P) + size_t(o)] != 0; };
     std::vector<int64_t> sc(static_cast<size_t>(P)), sd(sc), rc(sc), rd(sc);
     std::vector<float*> v;
-    for (int64_t c0 = 0; c0 < largest; c0 += B) {
+    for (int64_t round = 0, c0 = 0; round < rounds_; ++round, c0 += B) {
       int64_t off = 0;
       for (int q = 0; q < P; ++q) {  // in floats (MPI's int counts: elements, not bytes)
         const int64_t sq = shard_[size_t(q)];

@@ -97,6 +97,7 @@ class TrainStep {
   std::vector<std::vector<float>> units_;    // [micro_batches − 1][numel] the other micro-batches'
   std::vector<float> pieces_;                // [Z, bucket_] every rank's piece of a bucket of this shard
   int64_t bucket_ = 0;                       // elements of a shard exchanged per round
+  int64_t rounds_ = 0;                       // rounds: the largest shard over bucket_, rounded up
   std::vector<int64_t> shard_, shard_blocks_;  // [dp] shard sizes in elements / in blocks
   std::vector<std::pair<int64_t, int64_t>> trainable_;  // arena ranges AdamW updates
   int64_t lo_ = 0, hi_ = 0, block_lo_ = 0, block_hi_ = 0;
