@@ -16,6 +16,7 @@
 #include "core/check.h"
 #include "kernels/rope.h"
 #include "model/mla.h"
+#include "kernels/quant.h"
 #include "train/mla_train.h"
 
 using namespace dsv3;
@@ -317,6 +318,46 @@ TEST(MlaTrain, ReducedPrecisionNearF32) {
                   (long long)q_lora, precision_name(p), worst);
     }
   }
+}
+
+// FP8 training caches o, the input of o_proj, in E5M6 1x128 tiles with power-of-two scales
+// (train/act_cache.h, report §3.3.3). The forward is unchanged by it (bitwise), and the
+// backward is, bit for bit, the F32-cached FP8 backward run on o rounded through the same
+// tiles; the saved bytes shrink by what the format says.
+TEST(MlaTrain, Fp8CachesAttentionOutputInE5M6) {
+  Attn a;
+  make_attn(a, tiny_config(24), 43, false);
+  const int64_t T = 40, B = 2, M = B * T;
+  Rope rope(a.c, T);
+  std::vector<float> x = randn(size_t(M * a.c.hidden_size), 11), Rw = randn(x.size(), 12);
+  TLinearCtx lc{Precision::FP8, 0}, lr = lc;
+  lr.f32_cache = true;
+  Attn g, gr;
+  make_attn(g, a.c, 0, true);
+  make_attn(gr, a.c, 0, true);
+  MlaTrainSaved sv, svr;
+  MlaTrainScratch s, sr;
+  std::vector<float> out(x.size()), outr(x.size()), dx(x.size()), dxr(x.size());
+  mla_train_forward(out.data(), x.data(), B, T, a.c, a.w, rope.tab, rope.scale, lc, sv, s);
+  mla_train_forward(outr.data(), x.data(), B, T, a.c, a.w, rope.tab, rope.scale, lr, svr, sr);
+  EXPECT_EQ(out, outr);
+  ASSERT_EQ(sv.o.format, ActFormat::E5M6);
+  ASSERT_EQ(svr.o.format, ActFormat::F32);
+  const int64_t K = svr.o.cols;
+  std::vector<uint8_t> code(size_t(e5m6_packed_bytes(M, K)));
+  std::vector<float> sc(size_t(M * fp8_blocks(K))), o(size_t(M * K));
+  encode_e5m6_1x128(svr.o.f32.data(), M, K, code.data(), sc.data(), 1);
+  decode_e5m6_1x128(code.data(), sc.data(), M, K, o.data(), 1);
+  EXPECT_NE(o, std::vector<float>(svr.o.f32.begin(), svr.o.f32.begin() + M * K));
+  std::copy(o.begin(), o.end(), svr.o.f32.begin());
+  mla_train_backward(dx.data(), Rw.data(), x.data(), B, T, a.c, a.w, g.w, rope.tab, rope.scale,
+                     lc, sv, s);
+  mla_train_backward(dxr.data(), Rw.data(), x.data(), B, T, a.c, a.w, gr.w, rope.tab,
+                     rope.scale, lr, svr, sr);
+  EXPECT_EQ(dx, dxr);
+  for (size_t pi = 0; pi < g.list.size(); ++pi) EXPECT_EQ(g.list[pi]->v, gr.list[pi]->v) << g.names[pi];
+  EXPECT_EQ(int64_t(svr.bytes() - sv.bytes()),
+            M * K * 4 - (e5m6_packed_bytes(M, K) + M * fp8_blocks(K) * 4));
 }
 
 TEST(MlaTrain, BadInputThrows) {

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/quant.h"
 #include "model/moe.h"
 #include "train/moe_train.h"
 
@@ -339,6 +340,47 @@ TEST(MoeTrain, LowPrecisionModesNearF32) {
     EXPECT_LT(eg, bound) << precision_name(p);
     std::printf("[%s] rel err out %.2e dx %.2e grads %.2e\n", precision_name(p), eo, ed, eg);
   }
+}
+
+// FP8 training caches the SwiGLU inputs (gate/up outputs, routed and shared) in E4M3 1x128
+// tiles (train/act_cache.h). The forward is unchanged by it (bitwise), and the backward is,
+// bit for bit, the F32-cached FP8 backward run on those values rounded through the same
+// tiles: the cache holds what the report caches and the backward reads nothing else.
+TEST(MoeTrain, Fp8CachesSwigluInputsInE4M3) {
+  const ModelConfig c = tiny_v3();
+  MoeCase m(c, 2, 9, 0.1f, true, 55), ref(c, 2, 9, 0.1f, true, 55);
+  m.lc.prec = ref.lc.prec = Precision::FP8;
+  ref.lc.f32_cache = true;
+  m.loss();
+  ref.loss();
+  EXPECT_EQ(m.out, ref.out);
+  ASSERT_EQ(m.saved.gate.format, ActFormat::E4M3);
+  ASSERT_EQ(m.saved.shared.up.format, ActFormat::E4M3);
+  ASSERT_EQ(ref.saved.gate.format, ActFormat::F32);
+  int64_t f32_bytes = 0, fp8_bytes = 0;
+  for (auto [a, b] : {std::pair{&m.saved.gate, &ref.saved.gate}, {&m.saved.up, &ref.saved.up},
+                      {&m.saved.shared.gate, &ref.saved.shared.gate},
+                      {&m.saved.shared.up, &ref.saved.shared.up}}) {
+    ActCache& r = *b;
+    std::vector<uint8_t> q(size_t(r.rows * r.cols));
+    std::vector<float> sc(size_t(r.rows * fp8_blocks(r.cols))), y(size_t(r.rows * r.cols));
+    quantize_fp8_1x128_ref(r.f32.data(), DType::F32, r.rows, r.cols, r.cols, q.data(), r.cols,
+                           sc.data());
+    dequantize_fp8_1x128_ref(q.data(), r.rows, r.cols, r.cols, sc.data(), y.data(), DType::F32,
+                             r.cols);
+    EXPECT_NE(y, std::vector<float>(r.f32.begin(), r.f32.begin() + r.rows * r.cols));
+    std::copy(y.begin(), y.end(), r.f32.begin());
+    f32_bytes += r.bytes();
+    fp8_bytes += a->bytes();
+    EXPECT_EQ(a->bytes(), r.rows * r.cols + r.rows * fp8_blocks(r.cols) * 4);
+  }
+  std::vector<float> dx, dxr;
+  m.backward(dx);
+  ref.backward(dxr);
+  EXPECT_EQ(dx, dxr);
+  EXPECT_EQ(m.G.data, ref.G.data);
+  std::printf("gate/up cache: %lld bytes F32, %lld bytes E4M3 (%.2fx)\n", (long long)f32_bytes,
+              (long long)fp8_bytes, double(f32_bytes) / double(fp8_bytes));
 }
 
 TEST(MoeTrain, DenseMlpGradients) {

@@ -120,8 +120,8 @@ int64_t mla_train_p_floats(int64_t T) {
 }
 
 size_t MlaTrainSaved::bytes() const {
-  return (qa.size() + rstd_q.size() + kv.size() + rstd_kv.size() + o.size() + P.size()) *
-         sizeof(float);
+  return (qa.size() + rstd_q.size() + kv.size() + rstd_kv.size() + P.size()) * sizeof(float) +
+         size_t(o.bytes());
 }
 
 void mla_train_forward(float* out, const float* x, int64_t B, int64_t T, const ModelConfig& c,
@@ -152,7 +152,7 @@ void mla_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   // Attention per (sequence, head), causal row chunks; P saved chunk by chunk.
   const int64_t np = mla_train_p_floats(T);
   float* P = grow(sv.P, d.B * d.nh * np);
-  float* o = grow(sv.o, d.M * d.nh * d.dv);
+  float* o = sv.o.begin(attention_output_format(lc), d.M, d.nh * d.dv, s.ow);
   const float* q = s.q.data();
   const float* kvb = s.kvb.data();
   const float* kpe = s.kpe.data();
@@ -179,6 +179,7 @@ void mla_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
     }
   }
   tlinear_forward(out, o, wp(w.o_proj), d.M, d.H, d.nh * d.dv, lc, s.lin);
+  sv.o.seal(o, lc.threads);
 }
 
 void mla_train_backward(float* dx, const float* dout, const float* x, int64_t B, int64_t T,
@@ -195,8 +196,8 @@ void mla_train_backward(float* dx, const float* dout, const float* x, int64_t B,
 
   // o_proj: d_o [M, heads·v] = dout · W_o; dW_o += doutᵀ · o.
   float* d_o = grow(s.d_o, d.M * d.nh * d.dv);
-  tlinear_backward(d_o, gp(g.o_proj), dout, sv.o.data(), wp(w.o_proj), d.M, d.H, d.nh * d.dv, lc,
-                   s.lin);
+  tlinear_backward(d_o, gp(g.o_proj), dout, sv.o.read(s.ow, lc.threads), wp(w.o_proj), d.M, d.H,
+                   d.nh * d.dv, lc, s.lin);
 
   // Attention backward per (sequence, head):
   //   dP = dO·Vᵀ, dV += Pᵀ·dO, dS = softmax_backward(dP), dQ = dS·K, dK += dSᵀ·Q.

@@ -16,7 +16,9 @@
 //   qa   [M, q_lora_rank]            q_a_proj output (pre-norm), when q_lora_rank > 0
 //   kv   [M, kv_lora + rope]         kv_a_proj_with_mqa output (pre-norm, k_pe unrotated)
 //   rstd_q, rstd_kv [M]              the two RMSNorms' 1/rms (what rmsnorm_backward reads)
-//   o    [M, heads·v]                attention output, the input of o_proj (its wgrad needs it)
+//   o    [M, heads·v]                attention output, the input of o_proj (its wgrad needs it);
+//                                    under FP8 training in E5M6 1x128 tiles with power-of-two
+//                                    scales, as the report caches it (train/act_cache.h)
 //   P    per (sequence, head) the causal part of the probabilities, in row chunks of
 //        kChunk: chunk k holds rows [k·kChunk, t1) × columns [0, t1) — about
 //        T·(T + kChunk)/2 floats instead of T².
@@ -37,6 +39,7 @@
 #include "kernels/rope.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "train/act_cache.h"
 #include "train/tlinear.h"
 
 namespace dsv3 {
@@ -47,7 +50,7 @@ struct MlaTrainSaved {
   std::vector<float> rstd_q;   // [M]
   std::vector<float> kv;       // [M, kv_lora + rope] pre-norm c, unrotated k_pe
   std::vector<float> rstd_kv;  // [M]
-  std::vector<float> o;        // [M, heads·v]
+  ActCache o;                  // [M, heads·v]; E5M6 under FP8 training (act_cache.h)
   std::vector<float> P;        // [B, heads, mla_train_p_floats(T)] causal chunks
   size_t bytes() const;        // what is held now
 };
@@ -60,6 +63,7 @@ struct MlaTrainScratch {
   std::vector<float> kpe;      // [M, rope]         rotated k_pe
   std::vector<float> kvb;      // [M, heads, nope + v]
   std::vector<float> d_o;      // [M, heads·v]
+  std::vector<float> ow;       // [M, heads·v]      o while encoded / once decoded
   std::vector<float> dq;       // [M, heads, nope + rope]
   std::vector<float> dkvb;     // [M, heads, nope + v]
   std::vector<float> dkpe_h;   // [B, heads, T, rope]  per-head k_pe gradients, summed after

@@ -306,18 +306,21 @@ EpBytes moe_ep_backward_bytes(const MoeTrainSaved& saved, const ModelConfig& c) 
 void mlp_train_forward(float* out, const float* x, int64_t N, int64_t H, const MlpWeights& w,
                        const TLinearCtx& lc, MlpTrainSaved& saved, MlpTrainScratch& s, bool acc) {
   const int64_t I = inter_of(w);
-  float* G = grow(saved.gate, N * I);
-  float* U = grow(saved.up, N * I);
+  const ActFormat f = swiglu_input_format(lc);
+  float* G = saved.gate.begin(f, N, I, s.gw);
+  float* U = saved.up.begin(f, N, I, s.uw);
   expert_forward(out, x, N, H, w, G, U, grow(s.h, N * I), lc, s.lin, acc);
+  saved.gate.seal(G, lc.threads);
+  saved.up.seal(U, lc.threads);
 }
 
 void mlp_train_backward(float* dx, const float* dout, const float* x, int64_t N, int64_t H,
                         const MlpWeights& w, MlpWeights& g, const TLinearCtx& lc,
                         const MlpTrainSaved& saved, MlpTrainScratch& s, bool acc_dx) {
   const int64_t I = inter_of(w);
-  DSV3_ASSERT(int64_t(saved.gate.size()) >= N * I);
-  expert_backward(dx, nullptr, nullptr, dout, x, N, H, w, g, saved.gate.data(), saved.up.data(),
-                  lc, s, acc_dx);
+  DSV3_ASSERT(saved.gate.rows == N && saved.gate.cols == I);
+  expert_backward(dx, nullptr, nullptr, dout, x, N, H, w, g, saved.gate.read(s.gw, lc.threads),
+                  saved.up.read(s.uw, lc.threads), lc, s, acc_dx);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -372,8 +375,9 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
       std::memset(out, 0, size_t(N * H) * sizeof(float));
     if (E == 0) return;
     const int64_t I = inter_of(w.experts[0]);
-    float* Gall = grow(saved.gate, N * K * I);  // [N·K, I]
-    float* Uall = grow(saved.up, N * K * I);
+    const ActFormat f = swiglu_input_format(lc);
+    float* Gall = saved.gate.begin(f, N * K, I, s.gw);  // [N·K, I]
+    float* Uall = saved.up.begin(f, N * K, I, s.uw);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n = start[e + 1] - start[e];
       if (n == 0) continue;
@@ -391,6 +395,8 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
         for (int64_t k = 0; k < H; ++k) o[k] += gw * y[k];
       }
     }
+    saved.gate.seal(Gall, lc.threads);
+    saved.up.seal(Uall, lc.threads);
     return;
   }
 
@@ -423,9 +429,13 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
     dist::Request req = ep_start(comm, plan, EpDirection::ToOwners, send, xin, Sd);
     if (c.n_shared_experts > 0) {
       const int64_t Is = inter_of(w.shared_experts);
-      expert_forward(out, x, N, H, w.shared_experts, grow(saved.shared.gate, N * Is),
-                     grow(saved.shared.up, N * Is), grow(s.mlp.h, N * Is), lc, s.mlp.lin, false,
-                     Poll{&req});
+      const ActFormat f = swiglu_input_format(lc);
+      float* G = saved.shared.gate.begin(f, N, Is, s.mlp.gw);
+      float* U = saved.shared.up.begin(f, N, Is, s.mlp.uw);
+      expert_forward(out, x, N, H, w.shared_experts, G, U, grow(s.mlp.h, N * Is), lc, s.mlp.lin,
+                     false, Poll{&req});
+      saved.shared.gate.seal(G, lc.threads);
+      saved.shared.up.seal(U, lc.threads);
     } else {
       std::memset(out, 0, size_t(N * H) * sizeof(float));
     }
@@ -434,8 +444,9 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
 
   // The owner: each of its experts over the rows of all sources (rank order), outputs encoded
   // back into the source-major layout the rows came in.
-  float* Gall = grow(saved.gate, plan.n_recv * I);  // [n_recv, I] expert-major
-  float* Uall = grow(saved.up, plan.n_recv * I);
+  const ActFormat f = swiglu_input_format(lc);
+  float* Gall = saved.gate.begin(f, plan.n_recv, I, s.gw);  // [n_recv, I] expert-major
+  float* Uall = saved.up.begin(f, plan.n_recv, I, s.uw);
   uint8_t* csend = grow(s.send, plan.n_recv * Sc);  // the dispatch's send buffer is free
   for (int64_t j = 0; j < El; ++j) {
     const int64_t r0 = plan.expert_start[size_t(j)], n = plan.expert_start[size_t(j + 1)] - r0;
@@ -447,6 +458,8 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
                    grow(s.mlp.h, n * I), lc, s.mlp.lin, false);
     for_expert_rows(plan, j, [&](int64_t r, int64_t b) { wire_encode(csend + b * Sc, ye + r * H, H, wc); });
   }
+  saved.gate.seal(Gall, lc.threads);
+  saved.up.seal(Uall, lc.threads);
 
   // Combine (back in this rank's sorted order) while the scores and the balance loss are done.
   uint8_t* crecv = grow(s.recv, N * K * Sc);
@@ -499,6 +512,8 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
     // Routed experts: gather dout rows per expert, backward, scatter-add dx; dweight per slot.
     const int64_t I = inter_of(w.experts[0]);
     float* dwt = grow(s.dweight, N * K);  // [N, K]
+    const float* Gall = saved.gate.read(s.gw, lc.threads);
+    const float* Uall = saved.up.read(s.uw, lc.threads);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n = start[e + 1] - start[e];
       if (n == 0) continue;
@@ -515,8 +530,7 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
         rw[j] = wt[slots[j]];
       }
       expert_backward(dxe, dw, rw, de, xe, n, H, w.experts[size_t(e)], g.experts[size_t(e)],
-                      saved.gate.data() + start[e] * I, saved.up.data() + start[e] * I, lc, s.mlp,
-                      false);
+                      Gall + start[e] * I, Uall + start[e] * I, lc, s.mlp, false);
       for (int64_t j = 0; j < n; ++j) {
         dwt[slots[j]] = dw[j];
         float* o = dx + (slots[j] / K) * H;
@@ -544,7 +558,8 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
       dist::Request req = ep_start(comm, plan, EpDirection::ToOwners, send, recv, Sd);
       if (c.n_shared_experts > 0)
         expert_backward(dx, nullptr, nullptr, dout, x, N, H, w.shared_experts, g.shared_experts,
-                        saved.shared.gate.data(), saved.shared.up.data(), lc, s.mlp, false,
+                        saved.shared.gate.read(s.mlp.gw, lc.threads),
+                        saved.shared.up.read(s.mlp.uw, lc.threads), lc, s.mlp, false,
                         Poll{&req});
       else
         std::memset(dx, 0, size_t(N * H) * sizeof(float));
@@ -553,6 +568,8 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
 
     const uint8_t* xin = saved.ep.x_in.data();
     uint8_t* csend = grow(s.send, plan.n_recv * Sc);
+    const float* Gall = saved.gate.read(s.gw, lc.threads);
+    const float* Uall = saved.up.read(s.uw, lc.threads);
     for (int64_t j = 0; j < El; ++j) {
       const int64_t r0 = plan.expert_start[size_t(j)], n = plan.expert_start[size_t(j + 1)] - r0;
       if (n == 0) continue;
@@ -567,8 +584,8 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
         std::memcpy(&rw[r], recv + b * Sd + Sx, sizeof(float));
       });
       expert_backward(dxe, dw, rw, de, xe, n, H, w.experts[size_t(e0 + j)],
-                      g.experts[size_t(e0 + j)], saved.gate.data() + r0 * I,
-                      saved.up.data() + r0 * I, lc, s.mlp, false);
+                      g.experts[size_t(e0 + j)], Gall + r0 * I, Uall + r0 * I, lc, s.mlp,
+                      false);
       for_expert_rows(plan, j, [&](int64_t r, int64_t b) {
         wire_encode(csend + b * Sc, dxe + r * H, H, wc);
         std::memcpy(csend + b * Sc + Sc - 4, &dw[r], sizeof(float));

@@ -4,7 +4,8 @@
 // Precision; the router matmul, the routing and the balance loss are always F32.
 //
 // Saved vs recomputed (report §3.3 recomputes cheap ops): the gate/up projections' outputs
-// are saved ([rows, inter] each); the SwiGLU output h is recomputed from them in backward (an
+// are saved ([rows, inter] each; under FP8 training in E4M3 1x128 tiles, as the report
+// caches the SwiGLU's inputs — the forward itself uses the exact values); the SwiGLU output h is recomputed from them in backward (an
 // elementwise op), and the down projection's output is never kept: the routing-weight
 // gradient dweight = <dout, down(h)> is taken as <downᵀ·dout, h>, which backward computes
 // anyway. At B·T = 1024, H = 1024, moe_inter 256, 64 experts top-6, 1 shared expert, the
@@ -19,17 +20,20 @@
 #include "model/weights.h"
 #include "parallel/comm.h"
 #include "parallel/ep_dispatch.h"
+#include "train/act_cache.h"
 #include "train/tlinear.h"
 
 namespace dsv3 {
 
 // ---- dense SwiGLU MLP: out [N, H] = down(silu(gate(x)) ⊙ up(x)) ----
 struct MlpTrainSaved {
-  std::vector<float> gate, up;  // [N, I] projection outputs (pre-activation)
+  ActCache gate, up;  // [N, I] projection outputs (pre-activation): the SwiGLU's inputs,
+                      // E4M3 1x128 under FP8 training (act_cache.h), F32 otherwise
 };
 struct MlpTrainScratch {
   TLinearScratch lin;
   std::vector<float> h, dh, dg, du;  // [N, I]
+  std::vector<float> gw, uw;         // [N, I] gate/up values while encoded / once decoded
 };
 // out [N, H] written (or added to with acc). w: F32 views (training parameters).
 void mlp_train_forward(float* out, const float* x, int64_t N, int64_t H, const MlpWeights& w,
@@ -91,8 +95,9 @@ struct MoeTrainSaved {
   std::vector<float> weight;        // [N, K] gate weights (normalised / scaled)
   std::vector<int32_t> order;       // [N·K] (token, slot) indices grouped by expert
   std::vector<int64_t> start;       // [E + 1] expert e owns order[start[e], start[e+1])
-  std::vector<float> gate, up;      // [N·K, I] routed projections, rows in `order` order
-                                    // (under EP: [n_recv, I], the owner's rows expert-major)
+  ActCache gate, up;                // [N·K, I] routed projections, rows in `order` order
+                                    // (under EP: [n_recv, I], the owner's rows expert-major);
+                                    // E4M3 1x128 under FP8 training, F32 otherwise
   std::vector<int32_t> seq_count;   // [B, E] top-k selections per sequence (balance loss f_i)
   MlpTrainSaved shared;             // shared experts (n_shared·moe_inter wide)
   MoeEpSaved ep;
@@ -105,6 +110,7 @@ struct MoeTrainScratch {
   RouteScratch route;
   std::vector<uint8_t> send, recv;             // EP wire buffers (rows × row bytes)
   std::vector<float> rw, dw;                   // [n] gate weights / dweight of one expert's rows
+  std::vector<float> gw, uw;                   // routed gate/up values (MlpTrainScratch's)
 };
 struct MoeStats {
   std::vector<int64_t> load;  // [E] (token, slot) assignments this forward (sums to B·T·K)

@@ -45,6 +45,9 @@ struct TLinearCtx {
   // tlinear_run_deferred (the W op) to add later — the same GEMM on the same operands, so the
   // same bits.
   std::vector<DeferredWGrad>* defer = nullptr;
+  // Tests: the activations a forward keeps for its backward stay F32 under FP8 too (by
+  // default FP8 caches them in E4M3 / E5M6: train/act_cache.h).
+  bool f32_cache = false;
 };
 
 void tlinear_forward(float* y, const float* x, const float* W, int64_t M, int64_t N, int64_t K,
