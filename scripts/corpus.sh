@@ -9,6 +9,8 @@
 #               colour escapes that we strip); kind "text"
 #   code.jsonl  C++: every file under /usr/include/c++/12 (libstdc++-12-dev), one document
 #               each; kind "code"
+#   chat.jsonl  conversations built from the three ({"messages": [user, assistant]}): a
+#               fortune, a Tang poem or a header's first 40 lines asked for and answered
 # One JSON object per line: {"text": ..., "kind": "text"|"code", "source": ...}. Files and
 # entries are read in sorted order, so the output is byte-identical run to run.
 set -euo pipefail
@@ -87,10 +89,43 @@ for root, dirs, files in os.walk(cxx):
 code.sort(key=lambda c: c[2])
 write("code.jsonl", code)
 
+# chat.jsonl: conversations in the OpenAI "messages" form, so that the demo model learns
+# DeepSeek-V3's chat format (dsv3 data prepare renders them with its template) and answers
+# through dsv3 serve: a request for a fortune answered with a short English fortune, one for
+# a Tang poem with a poem of tang300, one for a libstdc++ header with the header's opening.
+# The user turns are fixed phrasings taken in turn, so the file is deterministic too.
+ASK_FORTUNE = ["Tell me a fortune.", "Give me a fortune cookie.", "Say something wise.",
+               "Do you have a quote for me?", "Cheer me up with a fortune.", "Tell me something."]
+ASK_POEM = ["写一首唐诗。", "来一首诗。", "请背一首唐诗。"]
+ASK_HEADER = ["Show me the libstdc++ header {}.", "What does {} look like?", "Print the start of {}."]
+chats = []
+fortune_texts = [d for n in en for d in fortune_docs(os.path.join(fortunes, n))
+                 if len(d.encode("utf-8")) <= 400]
+for i, d in enumerate(fortune_texts):
+    chats.append([ASK_FORTUNE[i % len(ASK_FORTUNE)], d.strip()])
+if "tang300" in names:
+    for i, d in enumerate(fortune_docs(os.path.join(fortunes, "tang300"))):
+        chats.append([ASK_POEM[i % len(ASK_POEM)], d.strip()])
+for i, (text, _, source) in enumerate(code):
+    head = "\n".join(text.split("\n")[:40]).strip()
+    name = source.split("/", 1)[1]
+    chats.append([ASK_HEADER[i % len(ASK_HEADER)].format("<" + name + ">"), head])
+n = b = 0
+with open(os.path.join(out, "chat.jsonl.tmp"), "w", encoding="utf-8", newline="\n") as f:
+    for q, a in chats:
+        f.write(json.dumps({"messages": [{"role": "user", "content": q},
+                                         {"role": "assistant", "content": a}],
+                            "source": "chat"}, ensure_ascii=False) + "\n")
+        n += 1
+        b += len(q.encode("utf-8")) + len(a.encode("utf-8"))
+os.replace(os.path.join(out, "chat.jsonl.tmp"), os.path.join(out, "chat.jsonl"))
+stats["chat.jsonl"] = (n, b)
+
 tot_n = sum(n for n, _ in stats.values())
 tot_b = sum(b for _, b in stats.values())
 for k, (n, b) in stats.items():
     print(f"{os.path.join(out, k)}: {n} docs, {b} bytes ({b / 1e6:.2f} MB)")
 print(f"total: {tot_n} docs, {tot_b} bytes; kind text: "
-      f"{stats['en.jsonl'][1] + stats['zh.jsonl'][1]} bytes, kind code: {stats['code.jsonl'][1]} bytes")
+      f"{stats['en.jsonl'][1] + stats['zh.jsonl'][1]} bytes, kind code: {stats['code.jsonl'][1]} "
+      f"bytes, chat: {stats['chat.jsonl'][1]} bytes")
 EOF

@@ -70,12 +70,15 @@ if [[ $serve == 1 ]]; then
     sleep 0.5
   done
   [[ -n $url ]] || { echo "dsv3 serve did not become ready; see $out/serve.log" >&2; exit 1; }
-  echo "POST $url/v1/chat/completions (stream): \"Write a C++ function that returns the sum of a std::vector<int>.\""
-  echo "--- streamed answer:"
-  curl -sN --max-time 120 "$url/v1/chat/completions" -H 'Content-Type: application/json' -d '{
-      "model": "tiny", "stream": true, "max_tokens": 96, "temperature": 0.7, "seed": 1,
-      "messages": [{"role": "user", "content": "Write a C++ function that returns the sum of a std::vector<int>."}]}' |
-    python3 -c '
+  # The corpus's chat.jsonl taught the model the chat format with three kinds of request
+  # (scripts/corpus.sh): two of them, as a user would send them.
+  chat() {  # QUESTION: one streamed chat completion, printed as it arrives
+    echo "POST $url/v1/chat/completions (stream): \"$1\""
+    echo "--- streamed answer:"
+    python3 -c 'import json, sys; print(json.dumps({"model": "tiny", "stream": True, "max_tokens": 96,
+        "temperature": 0.7, "seed": 1, "messages": [{"role": "user", "content": sys.argv[1]}]}))' "$1" |
+      curl -sN --max-time 120 "$url/v1/chat/completions" -H 'Content-Type: application/json' -d @- |
+      python3 -c '
 import json, sys
 for line in sys.stdin:
     line = line.strip()
@@ -88,6 +91,9 @@ for line in sys.stdin:
         sys.stdout.write(c.get("delta", {}).get("content") or "")
         sys.stdout.flush()
 print()'
+  }
+  chat "Tell me a fortune."
+  chat "What does <vector> look like?"
   echo "---"
   grep "request" "$out/serve.log" | tail -n 1
   kill -TERM $server 2>/dev/null || true

@@ -24,7 +24,9 @@ import json, sys
 with open(sys.argv[1], "w", encoding="utf-8") as out:
     for path in sys.argv[2:]:
         for line in open(path, encoding="utf-8"):
-            out.write(json.loads(line)["text"] + "\n")
+            j = json.loads(line)
+            if "text" in j:  # chat.jsonl's conversations repeat these texts: left out
+                out.write(j["text"] + "\n")
 ' "$text" "$corpus"/*.jsonl
 "$dsv3" tokenizer train --vocab-size "$vocab" --input "$text" --out "$out/tokenizer.json" \
   --special "<｜begin▁of▁sentence｜>" "<｜end▁of▁sentence｜>" \

@@ -20,6 +20,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/prepare.h"
+#include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/trainer.h"
 #include "tokenizer/utf8.h"
@@ -200,6 +201,60 @@ TEST(Data, PrepareRoundTrip) {
     EXPECT_EQ(std::string(std::istreambuf_iterator<char>(a), {}),
               std::string(std::istreambuf_iterator<char>(b), {})) << f;
   }
+}
+
+// Chat documents ({"messages": [...]}, OpenAI form) are rendered with DeepSeek-V3's chat
+// template, as the server renders a request: BOS, the turns with their role tokens, and one
+// EOS after each assistant turn — the last of which the loader's separator supplies.
+TEST(Data, ChatDocuments) {
+  const fs::path d = root() / "chat";
+  const tok::Tokenizer& t = tokenizer(true);
+  const std::string m1 = R"([{"role":"user","content":"Tell me a fortune."},)"
+                         R"({"role":"assistant","content":"You will write many tests."}])";
+  const std::string m2 = R"([{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"},)"
+                         R"({"role":"assistant","content":"Hello."},{"role":"user","content":"Bye"},)"
+                         R"({"role":"assistant","content":"Bye!"}])";
+  write(d / "c.jsonl", jsonl_line("plain text first", "text") + "{\"messages\": " + m1 + "}\n" +
+                           "{\"messages\": " + m2 + ", \"kind\": \"text\"}\n");
+  prepare({(d / "c.jsonl").string()}, d / "out");
+  const DataSet ds = DataSet::open((d / "out").string());
+  ASSERT_EQ(ds.n_docs(), 3);
+  const int32_t bos = t.token_to_id(kBosToken), eos = t.token_to_id(kEosToken);
+  const int32_t user = t.token_to_id("<｜User｜>"), asst = t.token_to_id("<｜Assistant｜>");
+  int k = 1;
+  for (const std::string& m : {m1, m2}) {
+    const auto msgs = tok::parse_chat_messages(nlohmann::json::parse(m));
+    std::vector<int32_t> want =
+        t.encode(tok::render_chat_deepseek_v3(msgs, false, kBosToken), false);
+    ASSERT_EQ(want.back(), eos);
+    want.pop_back();
+    const std::vector<int32_t> got = doc_ids(ds, k++);
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(got.front(), bos);
+  }
+  // The two-turn conversation keeps the EOS between its turns.
+  const std::vector<int32_t> two = doc_ids(ds, 2);
+  EXPECT_EQ(std::count(two.begin(), two.end(), eos), 1);
+  EXPECT_EQ(std::count(two.begin(), two.end(), user), 2);
+  EXPECT_EQ(std::count(two.begin(), two.end(), asst), 2);
+  const std::vector<int32_t> one = doc_ids(ds, 1);
+  EXPECT_EQ(std::count(one.begin(), one.end(), eos), 0);
+  EXPECT_EQ(std::count(one.begin(), one.end(), user), 1);
+  EXPECT_EQ(std::count(one.begin(), one.end(), asst), 1);
+  const std::string text = t.decode(one);
+  EXPECT_LT(text.find("Tell me a fortune."), text.find("You will write many tests."));
+  EXPECT_NE(text.find("You will write many tests."), std::string::npos);
+
+  write(d / "both.jsonl", "{\"text\": \"x\", \"messages\": " + m1 + "}\n");
+  expect_error([&] { prepare({(d / "both.jsonl").string()}, d / "o1"); }, "both.jsonl:1");
+  write(d / "notarray.jsonl", "{\"messages\": \"hello\"}\n");
+  expect_error([&] { prepare({(d / "notarray.jsonl").string()}, d / "o2"); }, "notarray.jsonl:1");
+  write(d / "norole.jsonl", "{\"messages\": [{\"content\": \"hi\"}]}\n");
+  expect_error([&] { prepare({(d / "norole.jsonl").string()}, d / "o3"); }, "role");
+  write(d / "emptymsgs.jsonl", "{\"messages\": []}\n");
+  expect_error([&] { prepare({(d / "emptymsgs.jsonl").string()}, d / "o4"); }, "empty");
+  write(d / "codechat.jsonl", "{\"messages\": " + m1 + ", \"kind\": \"code\"}\n");
+  expect_error([&] { prepare({(d / "codechat.jsonl").string()}, d / "o5"); }, "kind");
 }
 
 // n documents of varying length, every third one code; returns the data set directory.

@@ -19,6 +19,7 @@
 #include "core/parallel.h"
 #include "core/rng.h"
 #include "io/file_util.h"
+#include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 
@@ -48,6 +49,7 @@ FileType file_type(const fs::path& p, bool named) {
 struct Doc {
   std::string text;
   DocKind kind;
+  bool chat = false;  // a rendered conversation: its closing EOS is the packer's (see add)
 };
 
 // tokens.bin and docs.bin of one directory, appended document by document, and the counts
@@ -94,8 +96,8 @@ class DocFiles {
 // Tokenizes documents and appends them to the output files.
 class Writer {
  public:
-  Writer(const fs::path& dir, const tok::Tokenizer& t, int threads)
-      : t_(t), threads_(threads), files_(dir) {}
+  Writer(const fs::path& dir, const tok::Tokenizer& t, int32_t eos, int threads)
+      : t_(t), eos_(eos), threads_(threads), files_(dir) {}
 
   // Tokenizes docs in parallel (one document per task; the order of the output is the
   // input order whatever the threads do) and appends them.
@@ -106,6 +108,9 @@ class Writer {
     for (int64_t i = 0; i < n; ++i) ids[size_t(i)] = t_.encode(docs[size_t(i)].text, false);
     std::vector<uint32_t> buf;
     for (size_t i = 0; i < docs.size(); ++i) {
+      // The template ends a conversation with EOS and the loader puts one after every
+      // document: keep one.
+      if (docs[i].chat && !ids[i].empty() && ids[i].back() == eos_) ids[i].pop_back();
       const bool code = docs[i].kind == DocKind::kCode;
       (code ? st.bytes_code : st.bytes_text) += int64_t(docs[i].text.size());
       if (ids[i].empty()) {
@@ -121,9 +126,11 @@ class Writer {
   }
 
   void close() { files_.close(); }
+  const std::string& bos_token() const { return t_.bos_token(); }
 
  private:
   const tok::Tokenizer& t_;
+  int32_t eos_;
   int threads_;
   DocFiles files_;
 };
@@ -182,8 +189,28 @@ void read_jsonl(const fs::path& p, Writer& w, std::vector<Doc>& docs, size_t& pe
     } catch (const json::exception& e) {
       DSV3_FAIL(where, ": not valid JSON (", e.what(), ")");
     }
-    DSV3_CHECK(j.is_object() && j.contains("text") && j["text"].is_string(), where,
-               ": expected an object with a string \"text\"");
+    DSV3_CHECK(j.is_object() && (j.contains("text") != j.contains("messages")), where,
+               ": expected an object with a string \"text\" or a chat's \"messages\" (one "
+               "of the two)");
+    if (j.contains("messages")) {
+      // A conversation in the OpenAI form, rendered with DeepSeek-V3's chat template, as
+      // the server renders a request (so a model trained on it answers through the API).
+      std::vector<tok::ChatMessage> m;
+      try {
+        m = tok::parse_chat_messages(j["messages"]);
+      } catch (const Error& e) {
+        DSV3_FAIL(where, ": ", e.what());
+      }
+      DSV3_CHECK(!m.empty(), where, ": \"messages\" is empty");
+      DSV3_CHECK(!j.contains("kind") || j["kind"] == "text", where,
+                 ": a chat document's \"kind\" can only be \"text\"");
+      const std::string bos = w.bos_token().empty() ? kBosToken : w.bos_token();
+      docs.push_back({tok::render_chat_deepseek_v3(m, false, bos), DocKind::kText, true});
+      pending += docs.back().text.size();
+      if (pending >= kChunkBytes) w.add(docs, st), pending = 0;
+      continue;
+    }
+    DSV3_CHECK(j["text"].is_string(), where, ": \"text\" must be a string");
     DocKind kind = DocKind::kText;
     if (j.contains("kind")) {
       DSV3_CHECK(j["kind"].is_string(), where, ": \"kind\" must be \"text\" or \"code\"");
@@ -295,7 +322,7 @@ PrepareStats prepare_data(const PrepareOptions& opt) {
   if (split) DSV3_CHECK(fs::create_directories(first, ec), "--out: cannot create '",
                         first.string(), "' (", ec.message(), ")");
   {
-    Writer w(first, t, resolve_threads(opt.threads));
+    Writer w(first, t, m.eos_id, resolve_threads(opt.threads));
     std::vector<Doc> docs;
     size_t pending = 0;
     for (size_t f = 0; f < files.size(); ++f) {
