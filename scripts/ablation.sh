@@ -157,6 +157,24 @@ for v in arms:
         for r in rows:
             win = (win + [sum(r["maxvio"]) / len(r["maxvio"])])[-20:]
             f.write(f"{r['step']}\t{sum(win) / len(win)}\n")
+    # Per MoE layer (20-step moving average), for the per-layer figure.
+    nl = len(rows[0]["maxvio"])
+    main_layers = json.load(open(f"{out}/{v}.json"))["model"]["num_hidden_layers"]
+    with open(f"{out}/{v}.maxvio_titles.txt", "w") as f:
+        for li in rows[0].get("moe_layers", range(1, nl + 1)):
+            f.write(f"layer {li} (MTP module {li - main_layers + 1})\n" if li >= main_layers
+                    else f"layer {li}\n")
+    with open(f"{out}/{v}.maxvio_layers.tsv", "w") as f:
+        wins = [[] for _ in range(nl)]
+        for r in rows:
+            for i in range(nl):
+                wins[i] = (wins[i] + [r["maxvio"][i]])[-20:]
+            f.write(f"{r['step']}\t" + "\t".join(str(sum(w) / len(w)) for w in wins) + "\n")
+    with open(f"{out}/{v}.train.tsv", "w") as f:  # training loss, 50-step moving average
+        win = []
+        for r in rows:
+            win = (win + [r["main_loss"]])[-50:]
+            f.write(f"{r['step']}\t{sum(win) / len(win)}\n")
     load = rows[-1]["load"]
     with open(f"{out}/{v}.load.tsv", "w") as f:
         for li, l in enumerate(load):
@@ -168,10 +186,11 @@ PY
   present=()
   for v in $arms; do [[ -s $out/$v.val.tsv ]] && present+=("$v"); done
   if ((${#present[@]})); then
-    val_plot="" vio_plot=""
+    val_plot="" vio_plot="" train_plot=""
     for v in "${present[@]}"; do
       val_plot+="${val_plot:+, }'$out/$v.val.tsv' u 1:2 w lp lw 2 t '$v'"
       vio_plot+="${vio_plot:+, }'$out/$v.maxvio.tsv' u 1:2 w l lw 2 t '$v'"
+      train_plot+="${train_plot:+, }'$out/$v.train.tsv' u 1:2 w l lw 2 t '$v'"
     done
     gnuplot <<GP
 set terminal pngcairo size 900,520 font ",10" noenhanced
@@ -182,7 +201,27 @@ plot $val_plot
 set output '$out/maxvio.png'
 set title 'MaxVio, mean over MoE layers (20-step moving average)'; set ylabel 'MaxVio'
 plot $vio_plot
+set output '$out/train_loss.png'
+set title 'training loss (main head, 50-step moving average)'; set ylabel 'cross-entropy (nats)'
+plot $train_plot
 GP
+    # MaxVio per MoE layer, the balancing arms (all arms when none of them ran).
+    bal=()
+    for v in "${present[@]}"; do [[ $v == auxfree || $v == auxloss || $v == neither ]] && bal+=("$v"); done
+    ((${#bal[@]})) || bal=("${present[@]}")
+    nl=$(head -n 1 "$out/${bal[0]}.maxvio_layers.tsv" | awk -F'\t' '{print NF - 1}')
+    {
+      echo "set terminal pngcairo size 900,$((200 * nl + 80)) font \",10\" noenhanced"
+      echo "set output '$out/maxvio_layers.png'"
+      echo "set multiplot layout $nl,1 title 'MaxVio per MoE layer (20-step moving average)'"
+      echo "set grid; set key top right; set xlabel 'step'; set ylabel 'MaxVio'; set logscale y"
+      for ((l = 0; l < nl; l++)); do
+        p=""
+        for v in "${bal[@]}"; do p+="${p:+, }'$out/$v.maxvio_layers.tsv' u 1:$((l + 2)) w l lw 2 t '$v'"; done
+        echo "set title '$(sed -n "$((l + 1))p" "$out/${bal[0]}.maxvio_titles.txt")'; plot $p"
+      done
+      echo "unset multiplot"
+    } | gnuplot
     n=${#present[@]}
     {
       echo "set terminal pngcairo size 900,$((160 * n + 80)) font \",10\" noenhanced"
@@ -193,6 +232,6 @@ GP
       for v in "${present[@]}"; do echo "set title '$v'; plot '$out/$v.load.tsv' u 1:2:3 w image"; done
       echo "unset multiplot"
     } | gnuplot
-    echo "wrote $out/val_loss.png $out/maxvio.png $out/load.png"
+    echo "wrote $out/{val_loss,train_loss,maxvio,maxvio_layers,load}.png"
   fi
 fi
