@@ -13,8 +13,8 @@
 #   (its checkpoints are written every STEPS/8 steps) continues with `dsv3 train --resume`,
 #   so the runs can be spread over several sessions. Then it prints the table of
 #   docs/ablation.md and draws OUT_DIR/{val_loss,maxvio,load}.png (gnuplot).
-#   DATA (default data/ablation) is prepared from data/corpus with 2% of the documents held
-#   out when missing (scripts/demo.sh or corpus.sh + tokenizer.sh make data/corpus and
+#   DATA (default data/ablation) is prepared from data/corpus's code, en and zh files (not
+#   chat.jsonl, which repeats them) with 2% of the documents held out when missing (scripts/demo.sh or corpus.sh + tokenizer.sh make data/corpus and
 #   data/tokenizer). DSV3 names the binary (default build/release/dsv3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,10 @@ mkdir -p "$out"
 if [[ ! -f $data/meta.json || ! -d $data/val ]]; then
   [[ -d data/corpus && -f data/tokenizer/tokenizer.json ]] ||
     { echo "ablation.sh: $data is missing and so are data/corpus or data/tokenizer (run scripts/demo.sh --no-serve first)" >&2; exit 1; }
-  "$dsv3" data prepare --tokenizer data/tokenizer --input data/corpus --out "$data" --val-fraction 0.02
+  # The pretraining files only, in the order a directory scan reads them: chat.jsonl repeats
+  # their text and would leak the held-out documents into training (docs/data.md).
+  "$dsv3" data prepare --tokenizer data/tokenizer \
+    --input data/corpus/code.jsonl data/corpus/en.jsonl data/corpus/zh.jsonl --out "$data" --val-fraction 0.02
 fi
 
 variant() {  # name, python statements editing the config dict c

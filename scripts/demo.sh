@@ -5,8 +5,8 @@
 # a dense first layer, one MTP module) with the report's recipe for a few minutes; plot the
 # curves; generate text from the trained checkpoint (plain and MTP-speculative) and score it;
 # then look at the real models' configs and decode speed on a 1B DeepSeek-V3-shaped model.
-# Last, it serves the trained checkpoint (dsv3 serve), sends one chat request through the
-# OpenAI API and prints the streamed answer, then a summary. --no-serve skips the server.
+# Last, it serves the trained checkpoint (dsv3 serve), sends two chat requests through the
+# OpenAI API and prints the streamed answers, then a summary. --no-serve skips the server.
 # Everything lands in runs/demo/ (gitignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,7 +93,7 @@ for line in sys.stdin:
 print()'
   }
   chat "Tell me a fortune."
-  chat "What does <vector> look like?"
+  chat "Write some C++ code."
   echo "---"
   grep "request" "$out/serve.log" | tail -n 1
   kill -TERM $server 2>/dev/null || true

@@ -42,7 +42,7 @@ TEST(E5M6, RoundsToNearestEven) {
   for (int c = 0; c < 2048; ++c)
     if (finite_code(c)) pos.push_back(e5m6_to_f32(uint16_t(c)));  // ascending
   std::mt19937 rng(7);
-  std::uniform_real_distribution<float> lg(-24.0f, 15.99f), sgn(-1.0f, 1.0f);
+  std::uniform_real_distribution<float> lg(-24.0f, std::log2(kE5M6Max)), sgn(-1.0f, 1.0f);
   std::vector<float> xs;
   for (int i = 0; i < 4000; ++i) xs.push_back(std::copysign(std::exp2(lg(rng)), sgn(rng)));
   for (size_t k = 0; k + 1 < pos.size(); k += 37) xs.push_back(0.5f * (pos[k] + pos[k + 1]));  // ties
@@ -62,19 +62,26 @@ TEST(E5M6, RoundsToNearestEven) {
 }
 
 TEST(E5M6, TilesScalePowersOfTwoAndPack) {
-  for (int64_t K : {1, 127, 259}) {  // odd widths: a half-used last byte; partial tiles
-    const int64_t M = 3, nb = fp8_blocks(K);
+  // Odd widths (a half-used last byte) and partial tiles; the last case is large enough
+  // for the OpenMP loop to run on both threads.
+  for (int64_t K : {1, 127, 259, 1025}) {
+    const int64_t M = K == 1025 ? 64 : 3, nb = fp8_blocks(K);
     std::mt19937 rng(static_cast<uint32_t>(K));
     std::normal_distribution<float> nd(0.0f, 1.0f);
     std::vector<float> x(size_t(M * K));
     for (int64_t i = 0; i < M; ++i)
       for (int64_t j = 0; j < K; ++j)  // rows of very different magnitudes
-        x[size_t(i * K + j)] = nd(rng) * std::ldexp(1.0f, int(i) * 40 - 50);
+        x[size_t(i * K + j)] = nd(rng) * std::ldexp(1.0f, int(i % 3) * 40 - 50);
     std::vector<uint8_t> code(size_t(e5m6_packed_bytes(M, K)), 0xAB);
     std::vector<float> scale(size_t(M * nb)), y(x.size());
     encode_e5m6_1x128(x.data(), M, K, code.data(), scale.data(), 2);
     decode_e5m6_1x128(code.data(), scale.data(), M, K, y.data(), 2);
     EXPECT_EQ(e5m6_packed_bytes(M, K), M * ((3 * K + 1) / 2));
+    if (K % 2) {  // the last byte of an odd row holds one value: its high nibble stays zero
+      for (int64_t i = 0; i < M; ++i) {
+        EXPECT_EQ(code[size_t((i + 1) * ((3 * K + 1) / 2) - 1)] >> 4, 0) << "row " << i;
+      }
+    }
     for (int64_t i = 0; i < M; ++i)
       for (int64_t t = 0; t < nb; ++t) {
         const float s = scale[size_t(i * nb + t)];

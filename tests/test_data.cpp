@@ -255,6 +255,18 @@ TEST(Data, ChatDocuments) {
   expect_error([&] { prepare({(d / "emptymsgs.jsonl").string()}, d / "o4"); }, "empty");
   write(d / "codechat.jsonl", "{\"messages\": " + m1 + ", \"kind\": \"code\"}\n");
   expect_error([&] { prepare({(d / "codechat.jsonl").string()}, d / "o5"); }, "kind");
+  write(d / "role.jsonl", jsonl_line("ok", "text") +
+                              R"({"messages": [{"role": "human", "content": "hi"}]})" "\n");
+  expect_error([&] { prepare({(d / "role.jsonl").string()}, d / "o6"); }, "role.jsonl:2");
+  write(d / "unanswered.jsonl", R"({"messages": [{"role": "user", "content": "hi"}]})" "\n");
+  expect_error([&] { prepare({(d / "unanswered.jsonl").string()}, d / "o7"); }, "assistant turn");
+  // A tokenizer without the role markers (the FIM-less test tokenizer has only BOS/EOS).
+  PrepareOptions o;
+  o.tokenizer = make_tokenizer(false);
+  o.inputs = {(d / "c.jsonl").string()};
+  o.out = (d / "o8").string();
+  expect_error([&] { prepare_data(o); }, "<｜User｜>");
+  EXPECT_FALSE(fs::exists(d / "o8"));
 }
 
 // n documents of varying length, every third one code; returns the data set directory.

@@ -312,6 +312,10 @@ void run_serve(ServeArgs& a) {
     const double t0 = now_s();
     if (ep) {
       model->make_resident(Model::Residency::Mapped);  // EP rebinds experts from the mapping
+      if (huge_pages && world.rank() == 0)
+        std::fprintf(stderr, "dsv3 serve: weights stay mapped under --ep (each rank rebinds its "
+                     "experts from the checkpoint's mapping); --weights huge applies to "
+                     "one-process serving\n");
       log_ep_share(*model, world, eo.start_placement.slots > 0, now_s() - t0);
     } else {
       cli::make_weights_resident(*model, huge_pages, "dsv3 serve");

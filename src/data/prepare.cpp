@@ -127,11 +127,26 @@ class Writer {
 
   void close() { files_.close(); }
   const std::string& bos_token() const { return t_.bos_token(); }
+  // The chat template writes DeepSeek-V3's role and EOS markers as text: the tokenizer must
+  // hold each as one special token (the EOS being the data set's), or the conversations
+  // would train on their bytes. Checked at the first conversation.
+  void check_chat_tokens(const std::string& where) {
+    if (chat_checked_) return;
+    const std::string bos = bos_token().empty() ? kBosToken : bos_token();
+    for (const std::string& s : {bos, std::string(kEosToken), std::string("<｜User｜>"),
+                                 std::string("<｜Assistant｜>")})
+      DSV3_CHECK(t_.token_to_id(s) >= 0, where, ": a conversation needs the tokenizer's special "
+                 "token ", s, ", which this tokenizer lacks (DeepSeek-V3's chat format)");
+    DSV3_CHECK(t_.token_to_id(kEosToken) == eos_, where, ": the chat template closes turns with ",
+               kEosToken, " but the tokenizer's EOS is id ", eos_);
+    chat_checked_ = true;
+  }
 
  private:
   const tok::Tokenizer& t_;
   int32_t eos_;
   int threads_;
+  bool chat_checked_ = false;
   DocFiles files_;
 };
 
@@ -202,8 +217,18 @@ void read_jsonl(const fs::path& p, Writer& w, std::vector<Doc>& docs, size_t& pe
         DSV3_FAIL(where, ": ", e.what());
       }
       DSV3_CHECK(!m.empty(), where, ": \"messages\" is empty");
+      bool answered = false;
+      for (size_t i = 0; i < m.size(); ++i) {
+        const std::string& r = m[i].role;
+        DSV3_CHECK(r == "system" || r == "user" || r == "assistant" || r == "tool", where,
+                   ": messages[", i, "].role is '", r,
+                   "'; the chat template knows system, user, assistant and tool");
+        answered |= r == "assistant";
+      }
+      DSV3_CHECK(answered, where, ": a conversation to train on needs an assistant turn");
       DSV3_CHECK(!j.contains("kind") || j["kind"] == "text", where,
                  ": a chat document's \"kind\" can only be \"text\"");
+      w.check_chat_tokens(where);
       const std::string bos = w.bos_token().empty() ? kBosToken : w.bos_token();
       docs.push_back({tok::render_chat_deepseek_v3(m, false, bos), DocKind::kText, true});
       pending += docs.back().text.size();
