@@ -96,8 +96,8 @@ class DocFiles {
 // Tokenizes documents and appends them to the output files.
 class Writer {
  public:
-  Writer(const fs::path& dir, const tok::Tokenizer& t, int32_t eos, int threads)
-      : t_(t), eos_(eos), threads_(threads), files_(dir) {}
+  Writer(const fs::path& dir, const tok::Tokenizer& t, int32_t eos, int32_t bos, int threads)
+      : t_(t), eos_(eos), bos_(bos), threads_(threads), files_(dir) {}
 
   // Tokenizes docs in parallel (one document per task; the order of the output is the
   // input order whatever the threads do) and appends them.
@@ -109,8 +109,12 @@ class Writer {
     std::vector<uint32_t> buf;
     for (size_t i = 0; i < docs.size(); ++i) {
       // The template ends a conversation with EOS and the loader puts one after every
-      // document: keep one.
+      // document: keep one. It also starts it with BOS, which no other document has: kept,
+      // the model would learn that BOS begins a chat, and every plain prompt (the tokenizer
+      // adds BOS to them too) would be continued as one. Dropped, conversations and
+      // documents both follow the previous document's EOS.
       if (docs[i].chat && !ids[i].empty() && ids[i].back() == eos_) ids[i].pop_back();
+      if (docs[i].chat && !ids[i].empty() && ids[i].front() == bos_) ids[i].erase(ids[i].begin());
       const bool code = docs[i].kind == DocKind::kCode;
       (code ? st.bytes_code : st.bytes_text) += int64_t(docs[i].text.size());
       if (ids[i].empty()) {
@@ -144,7 +148,7 @@ class Writer {
 
  private:
   const tok::Tokenizer& t_;
-  int32_t eos_;
+  int32_t eos_, bos_;
   int threads_;
   bool chat_checked_ = false;
   DocFiles files_;
@@ -347,7 +351,7 @@ PrepareStats prepare_data(const PrepareOptions& opt) {
   if (split) DSV3_CHECK(fs::create_directories(first, ec), "--out: cannot create '",
                         first.string(), "' (", ec.message(), ")");
   {
-    Writer w(first, t, m.eos_id, resolve_threads(opt.threads));
+    Writer w(first, t, m.eos_id, m.bos_id, resolve_threads(opt.threads));
     std::vector<Doc> docs;
     size_t pending = 0;
     for (size_t f = 0; f < files.size(); ++f) {
