@@ -45,10 +45,31 @@ for p in "int main(" "The secret of life is" "人生"; do
   "$dsv3" generate --model "$ckpt" --prompt "$p" --max-new-tokens 48 --temperature 0.8 --top-p 0.95 --seed 1
   echo
 done
-echo "--- greedy, MTP speculative decoding beside plain decoding (identical ids; acceptance, speedup):"
-"$dsv3" generate --model "$ckpt" --prompt "#include <vector>" --max-new-tokens 48 --speculative mtp --compare --json
-echo "--- the same under --speculative auto (the default: drafts only where it pays on this machine; stats.speculation says why):"
-"$dsv3" generate --model "$ckpt" --prompt "#include <vector>" --max-new-tokens 48 --compare --json
+echo "--- greedy, MTP speculative decoding (--speculative mtp) beside plain decoding, then --speculative auto (the default):"
+spec_summary() {  # MODE: generate --compare --json on stdin -> the answer and one line on speculation
+  python3 -c '
+import json, sys
+mode, d = sys.argv[1], json.loads(sys.stdin.read())
+s, c = d["stats"]["speculation"], d["stats"]["compare"]
+acc, tpv, chose, why = s["acceptance"], s["tokens_per_verify"], s["chose"], s["reason"]
+sp, pl, x, same = (c["speculative_decode_tokens_per_s"], c["plain_decode_tokens_per_s"],
+                   c["speedup"], c["same_ids"])
+if mode == "mtp":
+    print(d.get("text", ""))
+    print(f"[mtp: acceptance {acc:.2f}, {tpv:.2f} tokens per verify step; {sp:.0f} tok/s vs plain "
+          f"{pl:.0f}: {x:.2f}x; ids identical to plain: {same}]")
+else:
+    print(f"[auto: chose {chose}: {why}; ids identical to plain: {same}]")
+' "$1"
+}
+"$dsv3" generate --model "$ckpt" --prompt "#include <vector>" --max-new-tokens 48 --speculative mtp --compare --json |
+  tee "$out/speculative-mtp.json" | spec_summary mtp
+"$dsv3" generate --model "$ckpt" --prompt "#include <vector>" --max-new-tokens 48 --compare --json |
+  tee "$out/speculative-auto.json" | spec_summary auto
+echo "(On this tiny model the weights of a step fit in the CPU's caches, so a verify step over 1 + d"
+echo " positions costs nearly as much as 1 + d plain steps and the drafts cannot pay: auto decodes"
+echo " plainly. Where a step streams its weights from memory they do: 1.5-1.9x on configs/mtp-bench.json,"
+echo " 120 MB per step, in docs/PERF.md (bench/mtp_speculative.sh).)"
 "$dsv3" score --model "$ckpt" --prompt "The quick brown fox jumps over the lazy dog." --mtp | tail -n 2
 
 echo; echo "== The real models' configs (parameter counts, MLA cache, MoE layout)"
