@@ -10,8 +10,8 @@
 #   code.jsonl  C++: every file under /usr/include/c++/12 (libstdc++-12-dev), one document
 #               each; kind "code"
 #   chat.jsonl  conversations built from the three ({"messages": [user, assistant]}): a
-#               fortune, a Tang poem, a header's first 40 lines after its licence comments or
-#               up to five further 30-line pieces of it, asked for and answered. They repeat the other files' text: leave chat.jsonl
+#               fortune, a Tang poem or a header's first 40 lines after its licence comments,
+#               asked for and answered. They repeat the other files' text: leave chat.jsonl
 #               out of a data set whose held-out split should be unseen (scripts/ablation.sh)
 # One JSON object per line: {"text": ..., "kind": "text"|"code", "source": ...} (chat.jsonl:
 # {"messages": [...], "source": "chat"}). Files and
@@ -101,8 +101,6 @@ ASK_FORTUNE = ["Tell me a fortune.", "Give me a fortune cookie.", "Say something
                "Do you have a quote for me?", "Cheer me up with a fortune.", "Tell me something."]
 ASK_POEM = ["写一首唐诗。", "来一首诗。", "请背一首唐诗。"]
 ASK_HEADER = ["Show me the libstdc++ header {}.", "What does {} look like?", "Print the start of {}."]
-ASK_CODE = ["Write some C++ code.", "Show me some C++.", "Write a C++ template.",
-            "Give me an example of C++ code.", "Write C++ in the style of the standard library."]
 chats = []
 fortune_texts = [d for n in en for d in fortune_docs(os.path.join(fortunes, n))
                  if len(d.encode("utf-8")) <= 400]
@@ -124,7 +122,6 @@ def code_body(text):  # the lines after the leading licence comments
         else:
             break
     return lines[i:]
-k = 0
 for i, (text, _, source) in enumerate(code):
     body = code_body(text)
     head = "\n".join(body[:40]).strip()
@@ -132,12 +129,6 @@ for i, (text, _, source) in enumerate(code):
         continue
     name = source.split("/", 1)[1]
     chats.append([ASK_HEADER[i % len(ASK_HEADER)].format("<" + name + ">"), head])
-    # Up to five more 30-line pieces of the header, each the answer to a request for code.
-    for j in range(40, min(len(body), 40 + 5 * 30), 30):
-        piece = "\n".join(body[j:j + 30]).strip()
-        if len(piece) >= 200:
-            chats.append([ASK_CODE[k % len(ASK_CODE)], piece])
-            k += 1
 n = b = 0
 with open(os.path.join(out, "chat.jsonl.tmp"), "w", encoding="utf-8", newline="\n") as f:
     for q, a in chats:

@@ -114,7 +114,7 @@ for line in sys.stdin:
 print()'
   }
   chat "Tell me a fortune."
-  chat "Write some C++ code."
+  chat "What does <vector> look like?"
   echo "---"
   grep "request" "$out/serve.log" | tail -n 1
   kill -TERM $server 2>/dev/null || true
