@@ -9,7 +9,7 @@
 //   process CPU time per thread are reported: this machine is shared (load often far above
 //   its core count), so wall time mostly measures waiting for a core; CPU time does not.
 #include <CLI/CLI.hpp>
-#include <omp.h>
+#include "core/parallel.h"
 
 #include <algorithm>
 #include <chrono>
@@ -100,18 +100,16 @@ void run_absorb(const AbsorbOpts& o) {
     return p;
   };
   auto kernels = [&](const Layer& L) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t h = 0; h < nh; ++h) {
+    parallel_for(nh, nt, [&](int64_t h) {
       MlaAbsorb p = params(L, h * dkv, dn);
       p.x = q.data() + h * dn; p.ldx = nh * dn; p.y = qlat.data() + h * dc; p.ldy = nh * dc;
       slice_xw(p);
-    }
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t h = 0; h < nh; ++h) {
+    });
+    parallel_for(nh, nt, [&](int64_t h) {
       MlaAbsorb p = params(L, h * dkv + dn, dv);
       p.x = olat.data() + h * dc; p.ldx = nh * dc; p.y = out.data() + h * dv; p.ldy = nh * dv;
       slice_xwt(p);
-    }
+    });
   };
   auto gemm = [&](float* C, int64_t ldc, const float* A, int64_t lda, const float* B, bool tb,
                   int64_t n, int64_t k) {
@@ -121,18 +119,17 @@ void run_absorb(const AbsorbOpts& o) {
     gemm_f32(g, 1);
   };
   auto baseline = [&](const Layer& L) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t h = 0; h < nh; ++h) {
-      float* wb = wbuf[size_t(omp_get_thread_num())].data();
-      dequantize(wb, L, dt, dc, ld_scale, h * dkv, dn);
-      gemm(qlat.data() + h * dc, nh * dc, q.data() + h * dn, nh * dn, wb, false, dc, dn);
-    }
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t h = 0; h < nh; ++h) {
-      float* wb = wbuf[size_t(omp_get_thread_num())].data();
-      dequantize(wb, L, dt, dc, ld_scale, h * dkv + dn, dv);
-      gemm(out.data() + h * dv, nh * dv, olat.data() + h * dc, nh * dc, wb, true, dv, dc);
-    }
+    parallel_region(nt, [&](Team& t) {
+      float* wb = wbuf[size_t(t.tid())].data();
+      t.for_static(nh, [&](int64_t h) {
+        dequantize(wb, L, dt, dc, ld_scale, h * dkv, dn);
+        gemm(qlat.data() + h * dc, nh * dc, q.data() + h * dn, nh * dn, wb, false, dc, dn);
+      });
+      t.for_static(nh, [&](int64_t h) {
+        dequantize(wb, L, dt, dc, ld_scale, h * dkv + dn, dv);
+        gemm(out.data() + h * dv, nh * dv, olat.data() + h * dc, nh * dc, wb, true, dv, dc);
+      });
+    });
   };
   // One run = every copy once; the two forms alternate run by run so that both see the same
   // machine load (this machine is shared and noisy). Returns {wall, CPU/thread} per layer.

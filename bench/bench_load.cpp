@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -76,12 +77,19 @@ uint64_t read_all(const Checkpoint& ck) {
   for (const auto& s : ck.shards()) {
     const uint8_t* p = s->data();
     const int64_t words = int64_t(s->header().data_size / 8);
-    #pragma omp parallel for reduction(+ : sum) schedule(static)
-    for (int64_t i = 0; i < words; ++i) {
-      uint64_t w;
-      std::memcpy(&w, p + 8 * i, 8);
-      sum += w;
-    }
+    std::atomic<uint64_t> total{0};
+    parallel_region(default_threads(), [&](Team& t) {
+      int64_t b, e;
+      split_range(words, t.size(), t.tid(), &b, &e);
+      uint64_t part = 0;
+      for (int64_t i = b; i < e; ++i) {
+        uint64_t w;
+        std::memcpy(&w, p + 8 * i, 8);
+        part += w;
+      }
+      total.fetch_add(part, std::memory_order_relaxed);
+    });
+    sum += total.load();
   }
   return sum;
 }

@@ -10,7 +10,7 @@
 //   in one Model::forward_batch over a paged latent pool (block tables as dsv3 serve keeps
 //   them). Per context and B: the step time (median), aggregate tokens/s and its ratio to
 //   B = 1 — what continuous batching can gain before HTTP, scheduling and prefill.
-// dsv3 bench prefill (--model DIR | --config JSON) [--tokens 512] [--threads T] [--json]
+// dsv3 bench prefill (--model DIR | --config JSON) [--tokens 512] [--reps 3] [--threads T] [--json]
 //   Prefill tokens/s and model GFLOP/s beside the machine's BF16 FLOP limit, measured in the
 //   same run as our BF16 GEMM at 2048³.
 // With --config the benchmark first writes a checkpoint of random weights in the real layout
@@ -50,7 +50,7 @@ namespace fs = std::filesystem;
 struct ModelBenchOpts {
   std::string model, config, format = "fp8", contexts = "256,8192", batches, batch_mode = "invariant";
   std::string activations = "f32", kv_cache = "bf16", weights = "huge";
-  int64_t steps = 32, tokens = 512;
+  int64_t steps = 32, tokens = 512, reps = 3;
   int threads = 0;
   bool json = false, profile = false;
 };
@@ -216,7 +216,9 @@ void run_decode(const ModelBenchOpts& o) {
       std::vector<float> logits(static_cast<size_t>(m.vocab()));
       std::vector<double> step_s;
       ForwardProfile prof;
+      uint64_t regions0 = 0;
       for (int64_t i = 0; i < o.steps; ++i) {
+        if (i == 1) regions0 = parallel_regions_run();
         const int32_t id = int32_t(lcg(seed) % uint32_t(m.vocab()));
         ForwardArgs a;
         a.ids = &id;
@@ -229,8 +231,10 @@ void run_decode(const ModelBenchOpts& o) {
       }
       if (o.profile && prof.calls > 0) {
         const double n = double(prof.calls) * 1e-3;
-        std::fprintf(stderr, "context %d, %s cache, ms per step: attention %.2f, ffn %.2f, norms %.2f, head %.2f\n",
-                     ctx, cache_dtype_name(kv), prof.attn / n, prof.ffn / n, prof.norm / n, prof.head / n);
+        std::fprintf(stderr, "context %d, %s cache, ms per step: attention %.2f, ffn %.2f, norms %.2f, head %.2f; "
+                     "%.0f parallel regions per step\n",
+                     ctx, cache_dtype_name(kv), prof.attn / n, prof.ffn / n, prof.norm / n, prof.head / n,
+                     double(parallel_regions_run() - regions0) / double(o.steps - 1));
       }
       step_s.erase(step_s.begin());  // warm-up step (page faults of the mmapped weights)
       Row r;
@@ -285,6 +289,7 @@ void run_decode(const ModelBenchOpts& o) {
 
 void run_prefill(const ModelBenchOpts& o) {
   DSV3_CHECK(o.tokens >= 1, "--tokens must be ≥ 1");
+  DSV3_CHECK(o.reps >= 1, "--reps must be ≥ 1");
   if (o.threads > 0) set_num_threads(o.threads);
   const int threads = resolve_threads(o.threads);
   ModelDir md;
@@ -299,7 +304,7 @@ void run_prefill(const ModelBenchOpts& o) {
   ForwardScratch s;
   std::vector<float> logits(static_cast<size_t>(m.vocab()));
   std::vector<double> secs;
-  for (int r = 0; r < 4; ++r) {
+  for (int64_t r = 0; r <= o.reps; ++r) {
     KvCache cache = m.new_cache(T);
     ForwardArgs a;
     a.ids = ids.data();
@@ -362,6 +367,7 @@ void add_model(CLI::App& bench) {
   CLI::App* f = bench.add_subcommand("prefill", "Prefill tokens/s vs the BF16 FLOP limit");
   add_common(f, *p);
   f->add_option("--tokens", p->tokens, "Prompt length");
+  f->add_option("--reps", p->reps, "Timed prefills after one untimed (median; default 3)");
   f->callback([p] { run_prefill(*p); });
 }
 

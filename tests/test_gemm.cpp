@@ -12,8 +12,10 @@
 
 #include <cmath>
 #include <cstring>
+#include <mutex>
 
 #include "core/check.h"
+#include "core/parallel.h"
 #include "core/dtype.h"
 #include "gemm_test_util.h"
 #include "kernels/gemm.h"
@@ -176,21 +178,15 @@ TEST(Gemm, BF16BroadcastPath) {
 TEST(Gemm, InsideParallelRegion) {
   std::mt19937 rng(9);
   std::vector<float> out(2, 0.f);
-#pragma omp parallel num_threads(2)
-  {
+  std::mutex one_at_a_time;  // gtest's failure reporting is not raced
+  parallel_region(2, [&](Team&) {
+    std::lock_guard<std::mutex> g(one_at_a_time);
     std::mt19937 local(rng());
-    int failures = 0;
-#pragma omp critical
-    {
-      // Sequential (critical) so that gtest's failure reporting is not raced.
-      for (Shape s : {Shape{60, 100, 80}, Shape{3, 300, 300}, Shape{700, 30, 40}}) {
-        run_case<float>(s, false, true, false, 2, local, id, id);
-        run_case<uint16_t>(s, true, false, true, 3, local, bf16_f, f32_to_bf16);
-      }
-      failures = ::testing::Test::HasFailure();
+    for (Shape s : {Shape{60, 100, 80}, Shape{3, 300, 300}, Shape{700, 30, 40}}) {
+      run_case<float>(s, false, true, false, 2, local, id, id);
+      run_case<uint16_t>(s, true, false, true, 3, local, bf16_f, f32_to_bf16);
     }
-    (void)failures;
-  }
+  });
 }
 
 TEST(Gemm, ZeroSizes) {

@@ -104,8 +104,7 @@ class Writer {
   void add(std::vector<Doc>& docs, PrepareStats& st) {
     std::vector<std::vector<int32_t>> ids(docs.size());
     const int64_t n = int64_t(docs.size());
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-    for (int64_t i = 0; i < n; ++i) ids[size_t(i)] = t_.encode(docs[size_t(i)].text, false);
+    parallel_for_dynamic(n, threads_, [&](int64_t i) { ids[size_t(i)] = t_.encode(docs[size_t(i)].text, false); });
     std::vector<uint32_t> buf;
     for (size_t i = 0; i < docs.size(); ++i) {
       // The template ends a conversation with EOS and the loader puts one after every

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "core/check.h"
+#include "core/parallel.h"
 #include "io/checkpoint.h"
 #include "kernels/quant.h"
 #include "model/weights.h"
@@ -93,8 +94,8 @@ uint64_t write_random_checkpoint(const ModelConfig& c0, const std::string& dir,
     const int64_t n = s.numel();
     if (dt != DType::F8_E4M3) {
       w.add({s.name, dt, dims(s), [key, kind, dt, n](void* dst, size_t) {
-               #pragma omp parallel for schedule(static) if (n > (1 << 18))
-               for (int64_t i = 0; i < n; ++i) store_from_f32(dst, dt, size_t(i), value(key, kind, i));
+               parallel_for(n, n > (1 << 18) ? 0 : 1,
+                            [&](int64_t i) { store_from_f32(dst, dt, size_t(i), value(key, kind, i)); });
              }});
       continue;
     }
@@ -102,8 +103,7 @@ uint64_t write_random_checkpoint(const ModelConfig& c0, const std::string& dir,
     w.add_group(fp8_weight_group(s.name, N, K, [key, kind, N, K](Buffer& scratch) {
       scratch = Buffer(size_t(N * K) * sizeof(float));  // [N, K]
       float* x = scratch.as<float>();
-      #pragma omp parallel for schedule(static) if (N * K > (1 << 18))
-      for (int64_t i = 0; i < N * K; ++i) x[i] = value(key, kind, i);
+      parallel_for(N * K, N * K > (1 << 18) ? 0 : 1, [&](int64_t i) { x[i] = value(key, kind, i); });
       return TensorView(x, DType::F32, {N, K});
     }));
   }

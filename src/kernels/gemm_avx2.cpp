@@ -6,7 +6,7 @@
 // 12 ymm accumulators + 2 B vectors + 1 broadcast = 15 of the 16 ymm registers, 12 FMAs
 // per 2 vector loads + 6 broadcasts; 12 chains cover 2 FMA pipes x 4-cycle latency.
 #include <immintrin.h>
-#include <omp.h>
+#include "core/parallel.h"
 
 #include <cstddef>
 #include <cstdint>

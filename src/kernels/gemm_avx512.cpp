@@ -3,7 +3,7 @@
 // GCC 12 flags _mm512_undefined_ps() inside its own intrinsics as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
-#include <omp.h>
+#include "core/parallel.h"
 
 #include <cstddef>
 #include <cstdint>

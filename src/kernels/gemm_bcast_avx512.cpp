@@ -21,7 +21,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
-#include <omp.h>
+#include "core/parallel.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -230,9 +230,8 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
   uint32_t* ap = (uint32_t*)ws;
   float* sap = (float*)(ws + a_bytes);
 
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int nthr = omp_get_num_threads(), tid = omp_get_thread_num();
+  parallel_region(threads, [&](Team& team) {
+    const int nthr = team.size(), tid = team.tid();
     // Pack A: unit u = (16-row group g, K chunk c), split over the team.
     for (int64_t u = tid; u < units; u += nthr) {
       const int64_t g = u / chunks, c = u % chunks, i0 = g * 16, tg = tile_of(g);
@@ -243,9 +242,7 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
         for (int r = 0; r < 16; ++r)
           sap[(tg * kblocks + kb) * kTW + lane0 + r] = r < rows ? op.a_scale(i0 + r, kb) : 0.f;
     }
-    if (nthr > 1) {
-#pragma omp barrier
-    }
+    team.barrier();
     // Multiply: part t owns a contiguous range of column groups (a smaller team than
     // asked, under nested parallelism, runs the missing parts in turn).
     for (int t = tid; t < threads; t += nthr) {
@@ -284,7 +281,7 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
         }
       }
     }
-  }
+  });
 }
 
 struct OpBf16 {

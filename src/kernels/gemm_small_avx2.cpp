@@ -19,7 +19,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
-#include <omp.h>
+#include "core/parallel.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -161,17 +161,15 @@ void run(const Ctx<W>& c, int threads) {
   const int64_t pairs = (c.N + kNB - 1) / kNB;
   if (2.0 * double(c.M) * double(c.N) * double(c.K) < 262144.0) threads = 1;
   if (threads > pairs) threads = int(pairs);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int nthr = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t base = pairs / nthr, rem = pairs % nthr;
-    const int64_t q0 = tid * base + (tid < rem ? tid : rem), q1 = q0 + base + (tid < rem ? 1 : 0);
+  parallel_region(threads, [&](Team& t) {
+    int64_t q0, q1;
+    split_range(pairs, t.size(), t.tid(), &q0, &q1);
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t j = q * kNB;
       if (j + kNB <= c.N) column_tile<kNB>(c, j);
       else column_tile<1>(c, j);
     }
-  }
+  });
 }
 
 }  // namespace

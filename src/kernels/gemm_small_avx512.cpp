@@ -8,7 +8,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
-#include <omp.h>
+#include "core/parallel.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -35,14 +35,12 @@ void over_columns(int64_t M, int64_t N, int64_t K, int threads, Body body) {
   if (2.0 * double(M) * double(N) * double(K) < 262144.0) threads = 1;
   const int64_t steps = (N + kNB - 1) / kNB;
   if (threads > steps) threads = int(steps);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int nthr = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t base = steps / nthr, rem = steps % nthr;
-    const int64_t s0 = tid * base + (tid < rem ? tid : rem), s1 = s0 + base + (tid < rem ? 1 : 0);
+  parallel_region(threads, [&](Team& t) {
+    int64_t s0, s1;
+    split_range(steps, t.size(), t.tid(), &s0, &s1);
     const int64_t j0 = s0 * kNB, j1 = s1 * kNB < N ? s1 * kNB : N;
     if (j0 < j1) body(j0, j1);
-  }
+  });
 }
 
 template <int M, int NB>

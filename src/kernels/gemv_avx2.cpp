@@ -8,7 +8,7 @@
 // change which outputs are computed together.
 #include <immintrin.h>
 
-#include <omp.h>
+#include "core/parallel.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -164,8 +164,7 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
     for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
     return;
   }
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
+  parallel_for_dynamic(chunks, threads, run_chunk);
 }
 
 void gemv_fp8(const GemvFP8& p, int threads, float* scratch) {
@@ -181,13 +180,11 @@ void gemv_fp8(const GemvFP8& p, int threads, float* scratch) {
     for (int64_t c = 0; c < chunks; ++c) run_chunk(scratch, &prepared, c);
     return;
   }
-#pragma omp parallel num_threads(threads)
-  {
-    float* s = scratch + omp_get_thread_num() * per_thread;
+  parallel_region(threads, [&](Team& team) {
+    float* s = scratch + team.tid() * per_thread;
     int64_t prepared = -1;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) run_chunk(s, &prepared, c);
-  }
+    team.for_dynamic(chunks, [&](int64_t c) { run_chunk(s, &prepared, c); });
+  });
 }
 
 }  // namespace dsv3::avx2

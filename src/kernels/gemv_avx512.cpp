@@ -41,7 +41,7 @@
 #include <type_traits>
 #include <utility>
 
-#include <omp.h>
+#include "core/parallel.h"
 
 #include "kernels/gemv_impl.h"
 
@@ -442,13 +442,11 @@ void gemv_fp8_with(const GemvFP8& p, const Kern& kern, int threads, float* scrat
     for (int64_t c = 0; c < chunks; ++c) run_chunk(s, &prepared, c);
     return;
   }
-#pragma omp parallel num_threads(threads)
-  {
-    auto* s = reinterpret_cast<typename Kern::X*>(scratch + omp_get_thread_num() * per_thread);
+  parallel_region(threads, [&](Team& team) {
+    auto* s = reinterpret_cast<typename Kern::X*>(scratch + team.tid() * per_thread);
     int64_t prepared = -1;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) run_chunk(s, &prepared, c);
-  }
+    team.for_dynamic(chunks, [&](int64_t c) { run_chunk(s, &prepared, c); });
+  });
 }
 
 }  // namespace
@@ -470,8 +468,7 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
       for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
       return;
     }
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) run_chunk(c);
+    parallel_for_dynamic(chunks, threads, run_chunk);
   };
   if (p.x_bf16) {
     for (int64_t m = 0; m < p.M; ++m) prep_x_bf16_hi(p.x + m * p.ldx, p.K, xp + m * xs);
@@ -495,7 +492,7 @@ uint64_t stream_read(const void* p, size_t bytes, int threads) {
   const int64_t chunks = int64_t(bytes / kChunk);
   uint64_t total = 0;
   // Chunks [c0, c1) into one XOR-folded word.
-  auto read = [&](int64_t c0, int64_t c1, bool dynamic) {
+  auto read = [&](int64_t c0, int64_t c1, Team* team) {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     auto chunk = [&](int64_t c) {
       const char* q = base + size_t(c) * kChunk;
@@ -506,9 +503,8 @@ uint64_t stream_read(const void* p, size_t bytes, int threads) {
         a3 = _mm512_xor_si512(a3, _mm512_loadu_si512(q + i + 192));
       }
     };
-    if (dynamic) {
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t c = c0; c < c1; ++c) chunk(c);
+    if (team) {
+      team->for_dynamic(c1 - c0, [&](int64_t i) { chunk(c0 + i); });
     } else {
       for (int64_t c = c0; c < c1; ++c) chunk(c);
     }
@@ -520,10 +516,11 @@ uint64_t stream_read(const void* p, size_t bytes, int threads) {
     return t;
   };
   if (threads == 1) {
-    total = read(0, chunks, false);  // no region (Model::prefault runs on serve's main thread)
+    total = read(0, chunks, nullptr);  // no region (Model::prefault runs on serve's main thread)
   } else {
-#pragma omp parallel num_threads(threads) reduction(^ : total)
-    total ^= read(0, chunks, true);
+    std::atomic<uint64_t> folded{0};
+    parallel_region(threads, [&](Team& team) { folded.fetch_xor(read(0, chunks, &team), std::memory_order_relaxed); });
+    total = folded.load();
   }
   for (size_t i = size_t(chunks) * kChunk; i < bytes; ++i) total ^= uint8_t(base[i]);
   return total;

@@ -2,7 +2,7 @@
 // the log-sum-exp merge of the per-thread partials (kernels/latent_attn.h).
 #include "kernels/latent_attn.h"
 
-#include <omp.h>
+#include "core/parallel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -11,7 +11,6 @@
 
 #include "core/check.h"
 #include "core/cpu.h"
-#include "core/parallel.h"
 
 namespace dsv3 {
 namespace {
@@ -131,15 +130,14 @@ void latent_attention(const LatentAttn& a, int threads) {
     merge_rows(a, 1, sp, p.stride, 0, a.M);
     return;
   }
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), got = omp_get_num_threads();
-    for (int part = t; part < nt; part += got) run_part(a, p, sp, part);  // got < nt if OpenMP gave fewer
-#pragma omp barrier
+  parallel_region(nt, [&](Team& team) {
+    const int t = team.tid(), got = team.size();
+    for (int part = t; part < nt; part += got) run_part(a, p, sp, part);  // got < nt when nested
+    team.barrier();
     int64_t m0, m1;
     split_range(a.M, got, t, &m0, &m1);
     merge_rows(a, nt, sp, p.stride, m0, m1);
-  }
+  });
 }
 
 void latent_attention_batch(const LatentAttn* calls, int n, int threads) {
@@ -177,17 +175,15 @@ void latent_attention_batch(const LatentAttn* calls, int n, int threads) {
   const std::pair<int, int>* it = items.data();
   const int64_t n_items = int64_t(items.size());
   // One region for every call: the partials spread over the threads, then the merges.
-#pragma omp parallel num_threads(nt)
-  {
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t k = 0; k < n_items; ++k) {
+  parallel_region(nt, [&](Team& team) {
+    team.for_dynamic(n_items, [&](int64_t k) {
       const auto [i, part] = it[k];
       run_part(calls[i], pl[i], sp + of[i], part);
-    }
-#pragma omp for schedule(dynamic, 1)
-    for (int i = 0; i < n; ++i)
+    });
+    team.for_dynamic(n, [&](int64_t i) {
       if (pl[i].parts > 0) merge_rows(calls[i], pl[i].parts, sp + of[i], pl[i].stride, 0, calls[i].M);
-  }
+    });
+  });
 }
 
 void latent_attention_ref(const LatentAttn& a) {

@@ -7,7 +7,7 @@
 // small that amax/448 is not a normal float) gets scale FLT_MIN, so x / scale stays finite.
 // Scales are row-major: 1x128 -> [M, ceil(K/128)], 128x128 -> [ceil(N/128), ceil(K/128)].
 // Inputs may be F32 or BF16 (xtype). Each function has a scalar reference (*_ref); the
-// AVX-512 versions are bit-identical to it (tests/test_quant.cpp), OpenMP over rows/tiles.
+// AVX-512 versions are bit-identical to it (tests/test_quant.cpp), threads over rows/tiles.
 // Non-finite input: NaN elements do not count towards amax and encode as the NaN code; an
 // inf makes its tile's scale inf, so the inf encodes as NaN and the tile's finite values
 // as ±0.

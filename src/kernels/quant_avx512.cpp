@@ -10,6 +10,7 @@
 #include <cfloat>
 #include <cstdint>
 
+#include "core/parallel.h"
 #include "kernels/fp8_avx512.h"
 #include "kernels/quant_impl.h"
 
@@ -114,8 +115,7 @@ void store_transposed(const uint8_t (*stage)[16], int64_t rows, int64_t cols, ui
 void quantize_fp8_1x128(const void* x, bool bf16, int64_t M, int64_t K, int64_t ldx,
                         uint8_t* q, int64_t ldq, float* scale, int threads) {
   const int64_t kb = blocks(K);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t m = 0; m < M; ++m)
+  parallel_for(M, threads, [&](int64_t m) {
     for (int64_t b = 0; b < kb; ++b) {
       const int64_t c0 = b * kB, cols = min64(kB, K - c0);
       const void* t = offset(x, bf16, m * ldx + c0);
@@ -123,20 +123,20 @@ void quantize_fp8_1x128(const void* x, bool bf16, int64_t M, int64_t K, int64_t 
       scale[m * kb + b] = s;
       tile_quantize(t, bf16, ldx, 1, cols, s, q + m * ldq + c0, ldq);
     }
+  });
 }
 
 void quantize_fp8_128x128(const void* w, bool bf16, int64_t N, int64_t K, int64_t ldw,
                           uint8_t* q, int64_t ldq, float* scale, int threads) {
   const int64_t nb = blocks(N), kb = blocks(K);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t i = 0; i < nb * kb; ++i) {
+  parallel_for_dynamic(nb * kb, threads, [&](int64_t i) {
     const int64_t r0 = i / kb * kB, c0 = i % kb * kB;
     const int64_t rows = min64(kB, N - r0), cols = min64(kB, K - c0);
     const void* t = offset(w, bf16, r0 * ldw + c0);
     const float s = scale_for(tile_amax(t, bf16, ldw, rows, cols));
     scale[i] = s;
     tile_quantize(t, bf16, ldw, rows, cols, s, q + r0 * ldq + c0, ldq);
-  }
+  });
 }
 
 // Tiles of 128 rows x 16 columns: 16 column-wise amaxes/scales at once, codes staged in a
@@ -145,8 +145,7 @@ void quantize_fp8_128x128(const void* w, bool bf16, int64_t N, int64_t K, int64_
 void quantize_fp8_128x1_t(const void* x, bool bf16, int64_t M, int64_t K, int64_t ldx,
                           uint8_t* q, int64_t ldq, float* scale, int threads) {
   const int64_t mb = blocks(M), kc = (K + 15) / 16;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t i = 0; i < mb * kc; ++i) {
+  parallel_for_dynamic(mb * kc, threads, [&](int64_t i) {
     const int64_t r0 = i / kc * kB, k0 = i % kc * 16;
     const int64_t rows = min64(kB, M - r0), cols = min64(16, K - k0);
     const void* t = offset(x, bf16, r0 * ldx + k0);
@@ -168,30 +167,30 @@ void quantize_fp8_128x1_t(const void* x, bool bf16, int64_t M, int64_t K, int64_
                       f32_to_e4m3(_mm512_div_ps(load16(t, bf16, r * ldx, cols), s)));
     for (; r % 16; ++r) _mm_store_si128(reinterpret_cast<__m128i*>(stage[r]), _mm_setzero_si128());
     store_transposed(stage, rows, cols, q + k0 * ldq + r0, ldq);
-  }
+  });
 }
 
 void dequantize_fp8_1x128(const uint8_t* q, int64_t M, int64_t K, int64_t ldq,
                           const float* scale, void* out, bool bf16, int64_t ldo, int threads) {
   const int64_t kb = blocks(K);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t m = 0; m < M; ++m)
+  parallel_for(M, threads, [&](int64_t m) {
     for (int64_t c = 0; c < K; c += 16) {
       const __m512 v = e4m3_to_f32(_mm_maskz_loadu_epi8(first_lanes(K - c), q + m * ldq + c));
       store16(out, bf16, m * ldo + c, K - c, _mm512_mul_ps(v, _mm512_set1_ps(scale[m * kb + c / kB])));
     }
+  });
 }
 
 void dequantize_fp8_128x128(const uint8_t* q, int64_t N, int64_t K, int64_t ldq,
                             const float* scale, void* out, bool bf16, int64_t ldo, int threads) {
   const int64_t kb = blocks(K);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t n = 0; n < N; ++n)
+  parallel_for(N, threads, [&](int64_t n) {
     for (int64_t c = 0; c < K; c += 16) {
       const __m512 v = e4m3_to_f32(_mm_maskz_loadu_epi8(first_lanes(K - c), q + n * ldq + c));
       store16(out, bf16, n * ldo + c, K - c,
               _mm512_mul_ps(v, _mm512_set1_ps(scale[(n / kB) * kb + c / kB])));
     }
+  });
 }
 
 }  // namespace dsv3::avx512

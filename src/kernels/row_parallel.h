@@ -1,9 +1,7 @@
 // Splitting row-wise kernels over threads (used by the dispatchers of norm, activation,
 // softmax, rope, loss, topk; never by *_avx512.cpp files). Small problems run on the
-// calling thread: an OpenMP fork costs a few microseconds, more than a short row takes.
+// calling thread: waking a worker costs a microsecond or more, more than a short row takes.
 #pragma once
-#include <omp.h>
-
 #include <cstdint>
 
 #include "core/cpu.h"
@@ -32,12 +30,11 @@ void parallel_rows(int64_t n, int64_t work, int threads, const Body& body) {
     if (n > 0) body(int64_t(0), n);
     return;
   }
-#pragma omp parallel num_threads(nt)
-  {
+  parallel_region(nt, [&](Team& t) {
     int64_t b, e;
-    split_range(n, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
+    split_range(n, t.size(), t.tid(), &b, &e);
     if (b < e) body(b, e);
-  }
+  });
 }
 
 }  // namespace dsv3

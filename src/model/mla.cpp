@@ -1,6 +1,6 @@
 #include "model/mla.h"
 
-#include <omp.h>
+#include "core/parallel.h"
 
 #include <algorithm>
 #include <cstring>
@@ -8,7 +8,6 @@
 #include "core/check.h"
 #include "core/scratch.h"
 #include "core/cpu.h"
-#include "core/parallel.h"
 #include "kernels/gemm.h"
 #include "kernels/latent_attn.h"
 #include "kernels/mla_absorb.h"
@@ -135,10 +134,9 @@ void attention_absorbed(float* o, const float* q, int64_t T, int64_t p0, const L
   // place (kernels/mla_absorb.h: decoded in registers, no F32 copy of the slice).
   const bool dequant = T > kAbsorbDequantMinT;
   if (dequant && s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t h = 0; h < nh; ++h) {
+  parallel_region(std::min<int64_t>(nt, nh), [&](Team& team) { team.for_static(nh, [&](int64_t h) {
     if (dequant) {
-      float* wbuf = grow(s.per_thread[size_t(omp_get_thread_num())], std::max(dn, dv) * dc);
+      float* wbuf = grow(s.per_thread[size_t(team.tid())], std::max(dn, dv) * dc);
       dequantize_rows(wbuf, wkv_b, h * dkv, dn);  // W_UK_h [nope, kv_lora]
       matmul(qcat + h * R, nh * R, q + h * dq, nh * dq, wbuf, dc, false, T, dc, dn, false, 1);
     } else {
@@ -150,7 +148,7 @@ void attention_absorbed(float* o, const float* q, int64_t T, int64_t p0, const L
     for (int64_t t = 0; t < T; ++t)
       std::memcpy(qcat + (t * nh + h) * R + dc, q + t * nh * dq + h * dq + dn,
                   size_t(dr) * sizeof(float));
-  }
+  }); });
 
   // Attention over the latent cache. Decode-sized steps: kernels/latent_attn.h reads each
   // cache row once for all T·heads rows; the GEMM form packs the whole cache (the B operand)
@@ -184,10 +182,9 @@ void attention_absorbed(float* o, const float* q, int64_t T, int64_t p0, const L
   }
 
   // o[t,h,:] = o_lat[t,h,:] · W_UV_hᵀ, W_UV_h = kv_b_proj rows [h·(nope+v) + nope, +v).
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t h = 0; h < nh; ++h) {
+  parallel_region(std::min<int64_t>(nt, nh), [&](Team& team) { team.for_static(nh, [&](int64_t h) {
     if (dequant) {
-      float* wbuf = grow(s.per_thread[size_t(omp_get_thread_num())], std::max(dn, dv) * dc);
+      float* wbuf = grow(s.per_thread[size_t(team.tid())], std::max(dn, dv) * dc);
       dequantize_rows(wbuf, wkv_b, h * dkv + dn, dv);  // W_UV_h [v, kv_lora]
       matmul(o + h * dv, nh * dv, olat + h * dc, nh * dc, wbuf, dc, true, T, dv, dc, false, 1);
     } else {
@@ -196,7 +193,7 @@ void attention_absorbed(float* o, const float* q, int64_t T, int64_t p0, const L
       p.y = o + h * dv; p.ldy = nh * dv;     // o of head h      [T, v]
       slice_xwt(p);
     }
-  }
+  }); });
 }
 
 // True when attention_absorbed of this sequence runs the slice kernels and the latent
@@ -241,10 +238,9 @@ void attention_decode_batch(float* o, const float* q, const MlaSeq* seqs, const 
   const int64_t per_chunk = ((rows + chunks - 1) / chunks + kAbsorbRows - 1) / kAbsorbRows * kAbsorbRows;
   const int64_t items = nh * chunks;
 
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t k = 0; k < items; ++k) {
+  parallel_for(items, nt, [&](int64_t k) {
     const int64_t h = k % nh, t0 = (k / nh) * per_chunk, t1 = std::min(rows, t0 + per_chunk);
-    if (t0 >= t1) continue;
+    if (t0 >= t1) return;
     MlaAbsorb p = absorb_params(wkv_b, t1 - t0, h * dkv, dn);
     p.x = qd + t0 * nh * dq + h * dq; p.ldx = nh * dq;   // q_nope of head h
     p.y = qcat + t0 * nh * R + h * R; p.ldy = nh * R;    // q_lat of head h
@@ -252,7 +248,7 @@ void attention_decode_batch(float* o, const float* q, const MlaSeq* seqs, const 
     for (int64_t t = t0; t < t1; ++t)
       std::memcpy(qcat + (t * nh + h) * R + dc, qd + t * nh * dq + h * dq + dn,
                   size_t(dr) * sizeof(float));
-  }
+  });
 
   s.calls.assign(size_t(n), LatentAttn{});
   for (int j = 0; j < n; ++j) {
@@ -269,15 +265,14 @@ void attention_decode_batch(float* o, const float* q, const MlaSeq* seqs, const 
   latent_attention_batch(s.calls.data(), n, ctx.threads);
 
   float* od = qd;  // the gathered q rows are spent: o rows [rows, heads, v]
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t k = 0; k < items; ++k) {
+  parallel_for(items, nt, [&](int64_t k) {
     const int64_t h = k % nh, t0 = (k / nh) * per_chunk, t1 = std::min(rows, t0 + per_chunk);
-    if (t0 >= t1) continue;
+    if (t0 >= t1) return;
     MlaAbsorb p = absorb_params(wkv_b, t1 - t0, h * dkv + dn, dv);
     p.x = olat + t0 * nh * dc + h * dc; p.ldx = nh * dc;  // o_lat of head h
     p.y = od + t0 * nh * dv + h * dv; p.ldy = nh * dv;    // o of head h
     slice_xwt(p);
-  }
+  });
   for (int j = 0; j < n; ++j) {
     const MlaSeq& sq = seqs[idx[j]];
     std::memcpy(o + sq.r0 * nh * dv, od + b0[j] * nh * dv, size_t(sq.T * nh * dv) * sizeof(float));

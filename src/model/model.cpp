@@ -277,11 +277,11 @@ uint64_t Model::prefault() const {
   }
   for (const auto& sh : ckpt_->shards()) {
     const size_t n = sh->file_size() - size_t(sh->header().data_start());
-    // One thread, no OpenMP region: dsv3 serve calls this on its main thread, and a team
-    // made there would park its workers in a second pool beside the engine thread's. libgomp
-    // then counts more threads than cores and throttles every worker's spin wait to a few
-    // hundred iterations, so each of a step's hundreds of regions waits on a futex wake
-    // (measured: a single stream through the server fell from ~52 to ~36 tokens/s).
+    // One thread, no parallel region: dsv3 serve calls this on its main thread while the
+    // engine thread may be running steps, and the pool runs one region at a time, so a
+    // region here would hold up the engine's. (Under OpenMP, a team made here parked a second
+    // set of workers beside the engine thread's and libgomp throttled every spin wait: a
+    // single stream through the server fell from ~52 to ~36 tokens/s.)
     sink ^= stream_read(sh->data(), n, 1);
     bytes += n;
   }
@@ -359,7 +359,7 @@ uint64_t Model::make_resident(Residency r, std::string* why) {
   // Before the first touch, so the faults allocate 2 MiB pages. Advisory: without it the
   // copy still works, on 4 KiB pages.
   (void)::madvise(arena.get(), cap, MADV_HUGEPAGE);
-  // Read from the files (pread, one thread, no OpenMP region: see prefault) rather than
+  // Read from the files (pread, one thread, no parallel region: see prefault) rather than
   // copied from the mapping: no page fault per 4 KiB of source, and this process never maps
   // a second copy.
   {

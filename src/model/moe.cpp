@@ -5,11 +5,10 @@
 #include <cstring>
 #include <limits>
 
-#include <omp.h>
+#include "core/parallel.h"
 
 #include "core/check.h"
 #include "core/scratch.h"
-#include "core/parallel.h"
 #include "kernels/activation.h"
 #include "kernels/gemv.h"
 #include "parallel/comm.h"
@@ -117,18 +116,16 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
       }
     }
   };
-#pragma omp parallel num_threads(nt)
-  {
-    const int tid = omp_get_thread_num();
+  parallel_region(nt, [&](Team& team) {
+    const int tid = team.tid();
     LinearScratch& ls = s.per_thread[size_t(tid)];
     float* g = gu + 2 * tid * kBlock * kGemvMaxM;
     float* u = g + kBlock * kGemvMaxM;
     // Phase 1: h = silu(gate(x)) * up(x), one 128-row block of one expert per unit.
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t unit = 0; unit < units1; ++unit) {
+    team.for_dynamic(units1, [&](int64_t unit) {
       int i = 0;
       while (unit_off[size_t(i) + 1] <= unit) ++i;
-      if (!mine(i)) continue;
+      if (!mine(i)) return;
       const FfnTask& t = tasks[i];
       const int64_t I = linear_out(t.w->gate_proj);
       const int64_t r0 = (unit - unit_off[size_t(i)]) * kBlock, r1 = std::min(I, r0 + kBlock);
@@ -137,24 +134,20 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
       linear_rows(g - r0, kBlock, xi, H, t.n, t.w->gate_proj, r0, r1, ls);
       linear_rows(u - r0, kBlock, xi, H, t.n, t.w->up_proj, r0, r1, ls);
       swiglu_forward(h + h_off[size_t(i)] + r0, I, g, kBlock, u, kBlock, t.n, r1 - r0, 1);
-    }
+    });
     // Phase 2: y_i = down_i(h_i) for every task, kDownRows output rows of one task per unit
     // (a few large weight-streaming calls rather than one small call per task and block).
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t unit = 0; unit < units2; ++unit) {
+    team.for_dynamic(units2, [&](int64_t unit) {
       const int i = int(unit / down_units);
-      if (!mine(i)) continue;
+      if (!mine(i)) return;
       const FfnTask& t = tasks[i];
       const int64_t I = linear_out(t.w->gate_proj);
       const int64_t r0 = (unit % down_units) * kDownRows, r1 = std::min(H, r0 + kDownRows);
       linear_rows(yd + x_off[size_t(i)], H, h + h_off[size_t(i)], I, t.n, t.w->down_proj, r0, r1, ls);
-    }
+    });
     // Phase 3 (here in one process; after the all-gather under EP).
-    if (!ep) {
-#pragma omp for schedule(static)
-      for (int64_t unit = 0; unit < units3; ++unit) phase3(unit);
-    }
-  }
+    if (!ep) team.for_static(units3, phase3);
+  });
   if (!ep) return;
   // The routed tasks' outputs are one run of yd, rank r's tasks a block of it in rank order
   // (the caller lists them rank-major): an all-gather in place.
@@ -162,8 +155,7 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   for (int r = 0; r < P; ++r)
     counts[size_t(r)] = x_off[size_t(shard->first[r + 1])] - x_off[size_t(shard->first[r])];
   shard->comm->allgather(yd + x_off[size_t(shard->first[0])], counts);
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t unit = 0; unit < units3; ++unit) phase3(unit);
+  parallel_for(units3, nt, phase3);
 }
 
 void mlp_forward_decode(float* out, const float* x, int64_t T, int64_t H, const MlpWeights& w,

@@ -5,7 +5,7 @@
 //
 // One thread at a time calls MPI (MPI is initialised MPI_THREAD_SERIALIZED): the main thread
 // in training; in `dsv3 serve --ep` rank 0's engine loop thread (the main thread makes no
-// MPI call between starting that thread and joining it). OpenMP threads never do.
+// MPI call between starting that thread and joining it). Pool workers (core/parallel.h) never do.
 //
 // Failure: a rank that throws, or dies, must not leave the others waiting in a collective.
 // fatal() prints and calls MPI_Abort, which makes mpirun terminate every rank; a rank killed

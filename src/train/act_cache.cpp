@@ -88,8 +88,7 @@ int64_t e5m6_packed_bytes(int64_t M, int64_t K) { return M * ((K * 3 + 1) / 2); 
 void encode_e5m6_1x128(const float* x, int64_t M, int64_t K, uint8_t* code, float* scale,
                        int threads) {
   const int64_t nb = fp8_blocks(K), rb = (K * 3 + 1) / 2;
-#pragma omp parallel for num_threads(resolve_threads(threads)) schedule(static) if (M * K >= (1 << 15))
-  for (int64_t i = 0; i < M; ++i) {
+  parallel_for(M, M * K >= (1 << 15) ? threads : 1, [&](int64_t i) {
     const float* xr = x + i * K;
     uint8_t* row = code + i * rb;
     if (K % 2) row[rb - 1] = 0;  // the unused high nibble of an odd row's last byte
@@ -103,18 +102,17 @@ void encode_e5m6_1x128(const float* x, int64_t M, int64_t K, uint8_t* code, floa
       for (int64_t j = j0; j < j1; ++j)
         put(row, j, std::isfinite(xr[j]) ? f32_to_e5m6(xr[j] / s) : kE5M6NaN);
     }
-  }
+  });
 }
 
 void decode_e5m6_1x128(const uint8_t* code, const float* scale, int64_t M, int64_t K, float* x,
                        int threads) {
   const int64_t nb = fp8_blocks(K), rb = (K * 3 + 1) / 2;
   const float* tab = e5m6_table().v;
-#pragma omp parallel for num_threads(resolve_threads(threads)) schedule(static) if (M * K >= (1 << 15))
-  for (int64_t i = 0; i < M; ++i) {
+  parallel_for(M, M * K >= (1 << 15) ? threads : 1, [&](int64_t i) {
     const uint8_t* row = code + i * rb;
     for (int64_t j = 0; j < K; ++j) x[i * K + j] = tab[get(row, j)] * scale[i * nb + j / kFp8Block];
-  }
+  });
 }
 
 float* ActCache::begin(ActFormat f, int64_t r, int64_t c, std::vector<float>& work) {

@@ -1,13 +1,12 @@
 #include "train/mla_train.h"
 
-#include <omp.h>
+#include "core/parallel.h"
 
 #include <algorithm>
 #include <cstring>
 
 #include "core/check.h"
 #include "core/scratch.h"
-#include "core/parallel.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
 #include "kernels/softmax.h"
@@ -159,8 +158,7 @@ void mla_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   const int32_t* valid = s.valid.data();
   const int nt = resolve_threads(lc.threads);
   const int64_t ldq = d.nh * d.dq, ldkv = d.nh * d.dkv, ldo = d.nh * d.dv;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t bh = 0; bh < d.B * d.nh; ++bh) {
+  parallel_for_dynamic(d.B * d.nh, nt, [&](int64_t bh) {
     const int64_t b = bh / d.nh, h = bh % d.nh, r0 = b * d.T;
     const float* Q = q + r0 * ldq + h * d.dq;        // [T, nope+rope] (ld ldq)
     const float* Kn = kvb + r0 * ldkv + h * d.dkv;   // [T, nope]      (ld ldkv)
@@ -177,7 +175,7 @@ void mla_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
       mm(o + (r0 + t0) * ldo + h * d.dv, ldo, Pc, t1, false, V, ldkv, false, m, d.dv, t1, false);
       Pc += m * t1;
     }
-  }
+  });
   tlinear_forward(out, o, wp(w.o_proj), d.M, d.H, d.nh * d.dv, lc, s.lin);
   sv.o.seal(o, lc.threads);
 }
@@ -213,10 +211,9 @@ void mla_train_backward(float* dx, const float* dout, const float* x, int64_t B,
   const int nt = resolve_threads(lc.threads);
   if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
   for (int i = 0; i < nt; ++i) grow(s.per_thread[size_t(i)], kChunk * d.T);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t bh = 0; bh < d.B * d.nh; ++bh) {
+  parallel_region(nt, [&](Team& team) { team.for_dynamic(d.B * d.nh, [&](int64_t bh) {
     const int64_t b = bh / d.nh, h = bh % d.nh, r0 = b * d.T;
-    float* dP = s.per_thread[size_t(omp_get_thread_num())].data();  // [m, t1]
+    float* dP = s.per_thread[size_t(team.tid())].data();  // [m, t1]
     const float* Q = q + r0 * ldq + h * d.dq;
     const float* Kn = kvb + r0 * ldkv + h * d.dkv;
     const float* V = Kn + d.dn;
@@ -242,7 +239,7 @@ void mla_train_backward(float* dx, const float* dout, const float* x, int64_t B,
       mm(dKp, d.dr, dP, t1, true, Q + t0 * ldq + d.dn, ldq, false, t1, d.dr, m, true);
       Pc += m * t1;
     }
-  }
+  }); });
 
   // k_pe is shared by the heads: its gradient is the sum over heads, then un-rotated into
   // the rope columns of d[c ; k_pe].

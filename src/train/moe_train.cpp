@@ -248,11 +248,10 @@ void for_expert_rows(const EpPlan& p, int64_t j, F&& f) {
 void encode_sorted(uint8_t* dst, int64_t stride, const float* src, const int32_t* order,
                    int64_t n, int64_t K, int64_t H, Wire w, const float* extra, int threads) {
   const int64_t pay = wire_row_bytes(w, H);
-#pragma omp parallel for num_threads(resolve_threads(threads)) schedule(static) if (n * H >= (1 << 16))
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n * H >= (1 << 16) ? threads : 1, [&](int64_t i) {
     wire_encode(dst + i * stride, src + (order[i] / K) * H, H, w);
     if (extra) std::memcpy(dst + i * stride + pay, &extra[order[i]], sizeof(float));
-  }
+  });
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "core/dtype.h"
+#include "core/parallel.h"
 
 namespace dsv3 {
 
@@ -60,8 +61,8 @@ void AdamW::step(float* params, const float* g, double lr) {
   for (const TrainableRange& r : ranges_) {
     const float wd = r.decay ? float(lr * c_.weight_decay) : 0.0f;
     const bool h = c_.bf16_moments;
-#pragma omp parallel for schedule(static) if (r.end - r.begin > (1 << 16))
-    for (int64_t i = r.begin; i < r.end; ++i) {
+    parallel_for(r.end - r.begin, r.end - r.begin > (1 << 16) ? 0 : 1, [&](int64_t j) {
+      const int64_t i = r.begin + j;
       const float gi = g[i];
       const size_t k = size_t(i - lo_);
       const float m0 = h ? bf16_to_f32(m16_[k]) : m_[k];
@@ -77,7 +78,7 @@ void AdamW::step(float* params, const float* g, double lr) {
       }
       // p −= lr·(m̂/(sqrt(v̂)+ε) + wd·p), decoupled decay applied to the pre-update p
       params[i] -= step_size * m / (std::sqrt(v * inv_bc2) + eps) + wd * params[i];
-    }
+    });
   }
 }
 
@@ -86,10 +87,16 @@ double grad_norm(const ParamSet& ps, const float* g) {
   for (const TrainableRange& r : ps.trainable_ranges()) {
     const float* d = g + r.begin;
     const int64_t n = r.end - r.begin;
-    double t = 0;
-#pragma omp parallel for reduction(+ : t) schedule(static) if (n > (1 << 16))
-    for (int64_t i = 0; i < n; ++i) t += double(d[i]) * double(d[i]);
-    s += t;
+    // Blocks of a fixed size summed in order: the same bits whatever the thread count.
+    constexpr int64_t kBlock = 1 << 16;
+    const int64_t nb = (n + kBlock - 1) / kBlock;
+    std::vector<double> part(static_cast<size_t>(nb));
+    parallel_for(nb, n > kBlock ? 0 : 1, [&](int64_t b) {
+      double t = 0;
+      for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) t += double(d[i]) * double(d[i]);
+      part[size_t(b)] = t;
+    });
+    for (const double t : part) s += t;
   }
   return std::sqrt(s);
 }

@@ -4,11 +4,10 @@
 #include <cmath>
 #include <cstring>
 
-#include <omp.h>
+#include "core/parallel.h"
 
 #include "core/check.h"
 #include "core/scratch.h"
-#include "core/parallel.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
 #include "model/mla.h"
@@ -108,16 +107,15 @@ struct TrainModel::Impl {
   void embed_backward(float* dtable, const int32_t* ids, const float* dx, int64_t n) {
     // Rows can repeat an id, so columns are split over threads rather than rows.
     const int nt = resolve_threads(o.threads);
-#pragma omp parallel num_threads(nt)
-    {
+    parallel_region(nt, [&](Team& t) {
       int64_t c0, c1;
-      split_range(H, omp_get_num_threads(), omp_get_thread_num(), &c0, &c1);
+      split_range(H, t.size(), t.tid(), &c0, &c1);
       for (int64_t r = 0; r < n; ++r) {
         float* d = dtable + int64_t(ids[r]) * H;
         const float* s = dx + r * H;
         for (int64_t j = c0; j < c1; ++j) d[j] += s[j];
       }
-    }
+    });
   }
 
   void norm_fwd(float* out, const float* x, const float* w, int64_t n, float* rs = nullptr) {

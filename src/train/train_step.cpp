@@ -22,8 +22,7 @@ void tree_sum(const std::vector<float*>& v, int64_t n) {
     for (size_t i = 0; i + step < v.size(); i += 2 * step) {
       float* a = v[i];
       const float* b = v[i + step];
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-      for (int64_t k = 0; k < n; ++k) a[k] += b[k];
+      parallel_for(n, n > (1 << 16) ? 0 : 1, [&](int64_t k) { a[k] += b[k]; });
     }
 }
 
@@ -156,16 +155,17 @@ TrainStep::~TrainStep() = default;
 void TrainStep::block_sumsq(int64_t b0, int64_t b1, double* out) const {
   const int64_t n = ps_.numel();
   const float* g = grads_.data();
-#pragma omp parallel for schedule(dynamic, 4)
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
-    double s = 0;
-    for (const auto& [r0, r1] : trainable_) {
-      const int64_t x0 = std::max(lo, r0), x1 = std::min(hi, r1);
-      for (int64_t i = x0; i < x1; ++i) s += double(g[i]) * double(g[i]);
+  parallel_for_dynamic((b1 - b0 + 3) / 4, 0, [&](int64_t q) {
+    for (int64_t b = b0 + 4 * q; b < std::min(b1, b0 + 4 * q + 4); ++b) {
+      const int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
+      double s = 0;
+      for (const auto& [r0, r1] : trainable_) {
+        const int64_t x0 = std::max(lo, r0), x1 = std::min(hi, r1);
+        for (int64_t i = x0; i < x1; ++i) s += double(g[i]) * double(g[i]);
+      }
+      out[b - b0] = s;
     }
-    out[b - b0] = s;
-  }
+  });
 }
 
 StepLosses TrainStep::evaluate(const int32_t* batch, const float* params) {
