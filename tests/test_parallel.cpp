@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -15,11 +17,27 @@
 namespace dsv3 {
 namespace {
 
-// Restores the spin setting a test changes.
+// Puts the spin setting a test changes back to unset (the environment's default).
 struct SpinGuard {
-  int saved = spin_us();
   ~SpinGuard() { set_spin_us(-1); }
 };
+
+// Runs f in a forked child with a 20 s alarm, so that a hang fails the test instead of
+// stalling the suite; f returns the child's exit status (0 = pass).
+template <class F>
+void in_child(F f, const char* what) {
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    alarm(20);
+    _exit(f());
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << what << ": child killed by signal "
+                                 << (WIFSIGNALED(status) ? WTERMSIG(status) : 0) << " (14 = a hang)";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << what;
+}
 
 void expect_each_once(const std::vector<std::atomic<int>>& hits, const char* what) {
   for (size_t i = 0; i < hits.size(); ++i) ASSERT_EQ(hits[i].load(), 1) << what << " index " << i;
@@ -127,6 +145,56 @@ TEST(Parallel, ExceptionFromAWorkerReachesTheCaller) {
     parallel_for(100, 2, [&](int64_t i) { sum.fetch_add(i); });
     EXPECT_EQ(sum.load(), 4950);
   }
+}
+
+TEST(Parallel, ExceptionDoesNotLeaveOthersAtABarrier) {
+  // A member that throws never reaches the barrier the others wait at: they must leave the
+  // region too, and the caller get the exception. Each case in a child (a hang = SIGALRM).
+  in_child([] {
+    try {  // a dynamic loop with a closing barrier, the thrower on either member
+      parallel_region(2, [&](Team& t) {
+        t.for_dynamic(64, [&](int64_t i) {
+          if (i == 5) throw std::runtime_error("dyn");
+        });
+        t.barrier();
+      });
+      return 2;
+    } catch (const std::runtime_error& e) {
+      if (std::string(e.what()) != "dyn") return 3;
+    }
+    return 0;
+  }, "for_dynamic");
+  for (int thrower : {0, 1, 2})
+    in_child([thrower] {
+      try {  // the others already waiting at the barrier when the thrower throws
+        parallel_region(3, [&](Team& t) {
+          if (t.tid() == thrower) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            throw std::runtime_error("late");
+          }
+          t.barrier();
+          t.barrier();
+        });
+        return 2;
+      } catch (const std::runtime_error& e) {
+        if (std::string(e.what()) != "late") return 3;
+      }
+      std::atomic<int64_t> sum{0};  // the pool still works
+      parallel_for(100, 3, [&](int64_t i) { sum.fetch_add(i); });
+      return sum.load() == 4950 ? 0 : 4;
+    }, "barrier");
+  in_child([] {
+    try {  // parallel_for_dynamic (no closing barrier, stops handing out indices)
+      std::atomic<int> done{0};
+      parallel_for_dynamic(100000, 2, [&](int64_t i) {
+        if (i == 3) throw std::runtime_error("pfd");
+        done.fetch_add(1);
+      });
+      return 2;
+    } catch (const std::runtime_error&) {
+    }
+    return 0;
+  }, "parallel_for_dynamic");
 }
 
 TEST(Parallel, TwoCallingThreadsTakeTurns) {

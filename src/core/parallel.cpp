@@ -79,16 +79,20 @@ bool contended() {
   constexpr double kContendedPerS = 300;
   constexpr int64_t kHoldNs = 100'000'000;
   static std::atomic<int64_t> window_ns{-1}, until_ns{-1};
-  static std::atomic<long> window_nivcsw{0};
+  static std::mutex sampling;  // one sampler at a time: the window's start and count agree
+  static long window_nivcsw = 0;  // guarded by sampling
   const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
                           std::chrono::steady_clock::now().time_since_epoch()).count();
   int64_t w = window_ns.load(std::memory_order_relaxed);
-  if ((w < 0 || now - w >= kWindowNs) && window_ns.compare_exchange_strong(w, now, std::memory_order_relaxed)) {
+  if ((w < 0 || now - w >= kWindowNs) && sampling.try_lock()) {
+    std::lock_guard<std::mutex> g(sampling, std::adopt_lock);
+    w = window_ns.load(std::memory_order_relaxed);
     rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) == 0) {
-      const long before = window_nivcsw.exchange(ru.ru_nivcsw, std::memory_order_relaxed);
-      if (w >= 0 && double(ru.ru_nivcsw - before) * 1e9 > kContendedPerS * double(now - w))
+    if ((w < 0 || now - w >= kWindowNs) && getrusage(RUSAGE_SELF, &ru) == 0) {
+      if (w >= 0 && double(ru.ru_nivcsw - window_nivcsw) * 1e9 > kContendedPerS * double(now - w))
         until_ns.store(now + kHoldNs, std::memory_order_relaxed);
+      window_nivcsw = ru.ru_nivcsw;
+      window_ns.store(now, std::memory_order_relaxed);
     }
   }
   return now < until_ns.load(std::memory_order_relaxed);
@@ -126,10 +130,14 @@ namespace detail {
 
 inline constexpr int kMaxLoops = 32;  // for_dynamic loops per region
 
+// Thrown out of a barrier once another member has thrown; the region swallows it.
+struct RegionCancelled {};
+
 struct Region {
   void (*call)(void*, Team&) = nullptr;
   void* ctx = nullptr;
   int n = 1;
+  std::atomic<bool> cancelled{false};
   alignas(64) std::atomic<int> arrived{0};
   alignas(64) std::atomic<uint32_t> phase{0};
   alignas(64) std::atomic<int64_t> next[kMaxLoops];
@@ -137,6 +145,16 @@ struct Region {
     for (auto& c : next) c.store(0, std::memory_order_relaxed);
   }
 };
+
+// A member threw: every other member leaves at its next barrier (or wakes from the one it
+// waits at: the phase moves). cancelled is stored before the phase moves, and barrier()
+// reads phase, arrives, then reads cancelled (all seq_cst): a member that reads cancelled
+// false arrived before the phase moved, so its wait sees the move.
+void cancel(Region& r) {
+  r.cancelled.store(true, std::memory_order_seq_cst);
+  r.phase.fetch_add(1, std::memory_order_seq_cst);
+  r.phase.notify_all();
+}
 
 }  // namespace detail
 
@@ -170,8 +188,10 @@ struct Pool {
       Team t(r, tid, r->n);
       try {
         r->call(r->ctx, t);
+      } catch (const detail::RegionCancelled&) {
       } catch (...) {
         record(std::current_exception());
+        detail::cancel(*r);
       }
       --t_depth;
       // The pool outlives every region: notify on it, never on r (the caller may return
@@ -230,15 +250,20 @@ uint64_t parallel_regions_run() { return g_regions.load(std::memory_order_relaxe
 void Team::barrier() {
   if (n_ == 1) return;
   detail::Region& r = *r_;
-  const uint32_t ph = r.phase.load(std::memory_order_acquire);
-  if (r.arrived.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+  if (r.cancelled.load(std::memory_order_seq_cst)) throw detail::RegionCancelled{};
+  const uint32_t ph = r.phase.load(std::memory_order_seq_cst);
+  if (r.arrived.fetch_add(1, std::memory_order_seq_cst) == n_ - 1) {
     r.arrived.store(0, std::memory_order_relaxed);
     r.phase.store(ph + 1, std::memory_order_release);
     r.phase.notify_all();
   } else {
+    if (r.cancelled.load(std::memory_order_seq_cst)) throw detail::RegionCancelled{};
     wait_while_equal(r.phase, ph);
   }
+  if (r.cancelled.load(std::memory_order_seq_cst)) throw detail::RegionCancelled{};
 }
+
+bool Team::cancelled() const { return r_->cancelled.load(std::memory_order_relaxed); }
 
 std::atomic<int64_t>& Team::next_counter() {
   DSV3_CHECK(loops_ < detail::kMaxLoops, "a parallel region ran more than ", detail::kMaxLoops,
@@ -283,8 +308,10 @@ void run_region(int n, void (*call)(void*, Team&), void* ctx) {
   Team t(&r, 0, n);
   try {
     call(ctx, t);
+  } catch (const RegionCancelled&) {
   } catch (...) {
     p.record(std::current_exception());
+    cancel(r);
   }
   --t_depth;
   for (int left = p.pending.load(std::memory_order_acquire); left != 0;)

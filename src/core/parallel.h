@@ -9,10 +9,11 @@
 // sleep at once (passive: a futex wake per region, 25–30% slower decode on an idle VM).
 // The pool's waiting threads — idle workers, and members at a barrier or join — poll while
 // the process runs unhindered and sleep at once while it is being preempted: they poll (with
-// pause) for up to spin_us() (default 5 ms), unless some thread of this process was
-// preempted in the last 50 ms (getrusage's involuntary context switches), and then sleep on
-// a futex until woken. So one binary behaves like libgomp's active policy on an idle
-// machine and like its passive policy on a shared one.
+// pause) for up to spin_us() (default 5 ms) and then sleep on a futex until woken, and skip
+// the polling while this process's threads are preempted more than 300 times a second
+// (getrusage's involuntary context switches over ≥ 10 ms windows, held for 100 ms). So one
+// binary behaves like libgomp's active policy on an idle machine and like its passive
+// policy on a shared one.
 //
 // One region runs at a time: a second OS thread that asks for one waits for it. A region
 // asked for from inside a region (nested) runs on the calling thread alone, team size 1,
@@ -63,14 +64,23 @@ class Team {
   // schedule(dynamic, 1)), then a barrier.
   template <class F>
   void for_dynamic(int64_t n, F&& body) {
+    for_dynamic_nowait(n, body);
+    barrier();
+  }
+  // The same without the closing barrier (when the region ends right after: its join
+  // waits for every member anyway). Stops handing out indices once a member has thrown.
+  template <class F>
+  void for_dynamic_nowait(int64_t n, F&& body) {
     if (n_ == 1) {
       for (int64_t i = 0; i < n; ++i) body(i);
       return;
     }
     std::atomic<int64_t>& next = next_counter();
-    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) body(i);
-    barrier();
+    for (int64_t i; !cancelled() && (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) body(i);
   }
+  // True once a member of this region has thrown: its barriers then throw too (an internal
+  // tag the region swallows), so no member waits for one that will never arrive.
+  bool cancelled() const;
   // Member p takes the p-th of size() contiguous parts of [0, n) (split_range; OpenMP's
   // schedule(static)), then a barrier.
   template <class F>
@@ -95,8 +105,8 @@ void run_region(int n, void (*call)(void*, Team&), void* ctx);
 // Runs f(team) on n threads: the calling thread is member 0, n − 1 pool workers the
 // others; returns when all have. n ≤ 1, or a call from inside a region, runs f on the
 // calling thread with a team of one. An exception thrown by a member is rethrown here
-// (the first one) once every member has returned; a member that throws must not leave
-// others waiting at a barrier.
+// (the first one) once every member has returned; the others leave the region at their
+// next barrier (Team::cancelled).
 template <class F>
 void parallel_region(int n, F&& f) {
   using Fn = std::remove_reference_t<F>;
@@ -123,7 +133,7 @@ void parallel_for_dynamic(int64_t n, int threads, F&& body) {
   if (n <= 0) return;
   int nt = resolve_threads(threads);
   if (nt > n) nt = int(n);
-  parallel_region(nt, [&](Team& t) { t.for_dynamic(n, body); });
+  parallel_region(nt, [&](Team& t) { t.for_dynamic_nowait(n, body); });
 }
 
 // True on a thread that is running a region's member (so a region asked for here would
