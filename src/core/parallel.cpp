@@ -160,6 +160,14 @@ void cancel(Region& r) {
 
 namespace {
 
+// Marks this thread as running a region's member for its lifetime (t_depth), on every exit.
+struct InRegion {
+  InRegion() { ++t_depth; }
+  ~InRegion() { --t_depth; }
+  InRegion(const InRegion&) = delete;
+  InRegion& operator=(const InRegion&) = delete;
+};
+
 struct alignas(64) Worker {
   std::atomic<uint32_t> go{0};  // the sequence number of the last region it was given
   std::thread thread;
@@ -174,26 +182,28 @@ struct Pool {
   std::mutex error_mu;
   std::exception_ptr error;
 
-  void record(std::exception_ptr e) {
-    std::lock_guard<std::mutex> g(error_mu);
-    if (!error) error = e;
+  // Runs member tid of region r: the first exception any member throws is kept for the
+  // caller and cancels the region; the tag the others then throw at a barrier is dropped.
+  void run_member(detail::Region& r, int tid) {
+    InRegion in;
+    Team t(&r, tid, r.n);
+    try {
+      r.call(r.ctx, t);
+    } catch (const detail::RegionCancelled&) {
+    } catch (...) {
+      {
+        std::lock_guard<std::mutex> g(error_mu);
+        if (!error) error = std::current_exception();
+      }
+      detail::cancel(r);
+    }
   }
 
   void worker_loop(Worker* w, int tid) {
     uint32_t seen = 0;
     for (;;) {
       seen = wait_while_equal(w->go, seen);
-      detail::Region* r = current;
-      ++t_depth;
-      Team t(r, tid, r->n);
-      try {
-        r->call(r->ctx, t);
-      } catch (const detail::RegionCancelled&) {
-      } catch (...) {
-        record(std::current_exception());
-        detail::cancel(*r);
-      }
-      --t_depth;
+      run_member(*current, tid);
       // The pool outlives every region: notify on it, never on r (the caller may return
       // and free r as soon as pending reaches 0).
       if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1) pending.notify_one();
@@ -277,14 +287,8 @@ void run_region(int n, void (*call)(void*, Team&), void* ctx) {
   if (n <= 1 || t_depth > 0) {
     Region one;
     Team t(&one, 0, 1);
-    ++t_depth;
-    try {
-      call(ctx, t);
-    } catch (...) {
-      --t_depth;
-      throw;
-    }
-    --t_depth;
+    InRegion in;
+    call(ctx, t);
     return;
   }
   Pool& p = pool();
@@ -304,16 +308,7 @@ void run_region(int n, void (*call)(void*, Team&), void* ctx) {
     wk.go.store(seq, std::memory_order_release);
     wk.go.notify_one();
   }
-  ++t_depth;
-  Team t(&r, 0, n);
-  try {
-    call(ctx, t);
-  } catch (const RegionCancelled&) {
-  } catch (...) {
-    p.record(std::current_exception());
-    cancel(r);
-  }
-  --t_depth;
+  p.run_member(r, 0);
   for (int left = p.pending.load(std::memory_order_acquire); left != 0;)
     left = wait_while_equal(p.pending, left);
   p.current = nullptr;
