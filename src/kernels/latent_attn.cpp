@@ -89,7 +89,7 @@ void merge_rows(const LatentAttn& a, int parts, const float* scratch, int64_t st
 // scratch per part. Depends on the call and the thread count only, never on other calls, so
 // latent_attention_batch computes each call exactly as latent_attention would.
 struct Plan {
-  int64_t smax = 0, stride = 0, tile_at = 0;  // floats per part; where its decoded tile starts
+  int64_t smax = 0, stride = 0;  // floats per part
   int parts = 1;
 };
 
@@ -99,10 +99,8 @@ Plan plan_call(const LatentAttn& a, int threads) {
   const int64_t by_work = p.smax * a.M / kMinWorkPerThread,
                 by_positions = p.smax / kMinPositionsPerThread;
   p.parts = int(std::clamp<int64_t>(std::min(by_work, by_positions), 1, threads));
-  // Per part: mx [M], l [M], po [M, dc], p [M, kLatentTile], and for a stored form other
-  // than F32 the decoded tile [kLatentTile, R]; each padded to 64 bytes.
-  p.tile_at = (2 * a.M + a.M * a.dc + a.M * kLatentTile + 15) / 16 * 16;
-  p.stride = p.tile_at + (a.dtype == CacheDtype::F32 ? 0 : (kLatentTile * a.R + 15) / 16 * 16);
+  // Per part: mx [M], l [M], po [M, dc], p [M, kLatentTile], padded to 64 bytes.
+  p.stride = (2 * a.M + a.M * a.dc + a.M * kLatentTile + 15) / 16 * 16;
   return p;
 }
 
@@ -111,7 +109,7 @@ void run_part(const LatentAttn& a, const Plan& p, float* scratch, int part) {
   int64_t s0, s1;
   split_range(p.smax, p.parts, part, &s0, &s1);
   avx512::latent_attn_partial(a, s0, s1, base, base + a.M, base + 2 * a.M,
-                              base + 2 * a.M + a.M * a.dc, base + p.tile_at);
+                              base + 2 * a.M + a.M * a.dc);
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
 // causal masking is valid_len[m] = p0 + t + 1 for the rows of token t.
 //
 // Fast path (AVX-512): the valid positions [0, max valid_len) are split into one contiguous
-// block per thread; each thread walks its block in tiles of kTile positions keeping, for all M
+// block per thread; each thread walks its block in tiles of kLatentTile positions keeping, for all M
 // rows, a running max, a running sum and an unnormalised partial o (online softmax: a new max
 // rescales sum and o by exp(old − new), so no exp ever overflows). The partials are merged
 // with log-sum-exp weights exp(max_t − max). F32 throughout, ≤ 2 ulp vector exp.
@@ -24,12 +24,19 @@
 // Paged caches (serve/kv_pool.h) pass a block table; the arithmetic is the same as over the
 // same rows stored contiguously (only the address of each row changes).
 //
-// Stored rows may be F32, BF16 or FP8 with a per-row scale (kernels/latent_cache.h). All of
-// the above holds with cache = the decoded F32 values: the fast path decodes each tile of
-// ≤ kLatentTile rows into an F32 block in cache (32·R floats: 40 KB at R 320, 72 KB at R 576;
-// one exact conversion, and for FP8 one product
-// with the row's scale, as cache_decode_row) and runs the F32 arithmetic over it, so only
-// the bytes streamed from memory shrink.
+// Stored rows may be F32, BF16 or FP8 with a per-row scale (kernels/latent_cache.h); cache
+// below means their decoded values (cache_decode_row). F32 rows take the F32 arithmetic above.
+// BF16 and FP8 rows are never widened to F32: the fast path multiplies in BF16 (VDPBF16PS):
+//   - scores against the stored BF16 values (FP8: the E4M3 codes, exact in BF16, the row's
+//     scale applied to the score) with q = q_hi + q_lo, two BF16 parts (2^-16 relative);
+//   - P·V with each weight times the row's scale rounded to BF16 (≤ 2^-8 relative; FlashMLA's
+//     P is BF16 too); the sum l is of the unrounded weights.
+//   |o − o_exact| ≤ (2·scale·(2R + 260)·A + S + 16)·u·2·C_j + 2^-8·C_j
+// (the P rounding moves o by ≤ 2^-8·Σ p·|c| / l ≤ 2^-8·C_j; VDPBF16PS rounds twice per pair;
+// it also treats inputs below 2^-126 as 0, an absolute error far below the bound's units).
+// That is the size of the rounding the BF16 cache already makes to each value (2^-8); the
+// oracle models' log-prob error with a BF16 cache did not change measurably with it
+// (docs/long-context.md, "The latent cache").
 //
 // No allocation per call beyond a thread_local scratch that grows to the largest call.
 #pragma once
@@ -67,10 +74,10 @@ namespace avx512 {
 // latent_attn_avx512.cpp. Partial attention of all M rows over positions [s0, s1):
 //   mx[m]  = max scaled score (−inf when row m has no valid position in the block),
 //   l[m]   = Σ exp(z − mx[m]),  po[m·dc + j] = Σ exp(z − mx[m]) · cache[s, j].
-// p: scratch of M·kLatentTile floats; tb: kLatentTile·R floats (the decoded tile; unused for
-// an F32 cache).
+// p: scratch of M·kLatentTile floats. BF16 and FP8 rows use a thread_local scratch of their
+// own (q's BF16 parts, the tile's pairs, the partial o in lane order).
 void latent_attn_partial(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float* l,
-                         float* po, float* p, float* tb);
+                         float* po, float* p);
 }  // namespace avx512
 
 inline constexpr int64_t kLatentTile = 32;  // positions per online-softmax step (fast path)
