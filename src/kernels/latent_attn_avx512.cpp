@@ -68,9 +68,8 @@ inline __m512 reduce_4x4(const __m512 (&acc)[kMR][kNS]) {
   return v;
 }
 
-// out[i][j] = scale · q_i · c_j over R columns, for kMR rows and kNS positions.
-inline void score_block(const float* const* qp, const float* const* cp, int64_t R, float scale,
-                        float (*out)[kNS]) {
+// Lane 4i + j = scale · q_i · c_j over R columns, for kMR rows and kNS positions.
+inline __m512 score_block(const float* const* qp, const float* const* cp, int64_t R, float scale) {
   __m512 acc[kMR][kNS];
   for (int i = 0; i < kMR; ++i)
     for (int j = 0; j < kNS; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -92,7 +91,16 @@ inline void score_block(const float* const* qp, const float* const* cp, int64_t 
       for (int j = 0; j < kNS; ++j) acc[i][j] = _mm512_fmadd_ps(qv, c[j], acc[i][j]);
     }
   }
-  _mm512_storeu_ps(&out[0][0], _mm512_mul_ps(_mm512_set1_ps(scale), reduce_4x4(acc)));
+  return _mm512_mul_ps(_mm512_set1_ps(scale), reduce_4x4(acc));
+}
+
+// p rows m .. m + live − 1, columns [k, k + kNS): lane 4i + j of v. Columns up to the tile's
+// end (kLatentTile) are in the row; those ≥ n are never read (tile_softmax masks them).
+inline void store_scores(float* p, int64_t m, int64_t k, int live, __m512 v) {
+  _mm_storeu_ps(p + m * kLatentTile + k, _mm512_castps512_ps128(v));
+  if (live > 1) _mm_storeu_ps(p + (m + 1) * kLatentTile + k, _mm512_extractf32x4_ps(v, 1));
+  if (live > 2) _mm_storeu_ps(p + (m + 2) * kLatentTile + k, _mm512_extractf32x4_ps(v, 2));
+  if (live > 3) _mm_storeu_ps(p + (m + 3) * kLatentTile + k, _mm512_extractf32x4_ps(v, 3));
 }
 
 // Address of cache position s's stored row (contiguous or through the block table).
@@ -139,23 +147,21 @@ void tile_scores(const LatentAttn& a, const float* const* rows, int64_t n, float
                  const TilePrefetch& pf) {
   const float* qp[kMR];
   const float* cp[kNS];
-  float out[kMR][kNS];
   for (int64_t m = 0; m < a.M; m += kMR) {
     // Rows past M repeat the last row (computed, not stored): no tail variant needed.
     for (int i = 0; i < kMR; ++i) qp[i] = a.q + min64(m + i, a.M - 1) * a.ldq;
+    const int live = int(min64(kMR, a.M - m));
     for (int64_t k = 0; k < n; k += kNS) {
       pf.at(a, m, k);
       for (int j = 0; j < kNS; ++j) cp[j] = rows[min64(k + j, n - 1)];
-      score_block(qp, cp, a.R, a.scale, out);
-      for (int i = 0; i < kMR && m + i < a.M; ++i)
-        for (int j = 0; j < kNS && k + j < n; ++j) p[(m + i) * kLatentTile + k + j] = out[i][j];
+      store_scores(p, m, k, live, score_block(qp, cp, a.R, a.scale));
     }
   }
 }
 
 // Online softmax step of row m over the tile: p row becomes exp(z − new max) (0 past the
 // valid positions); l and the partial o (orow, olen floats) are rescaled by exp(old − new).
-void tile_softmax(const LatentAttn& a, int64_t m, int64_t t0, int64_t n, float* mx, float* l,
+[[gnu::always_inline]] inline void tile_softmax(const LatentAttn& a, int64_t m, int64_t t0, int64_t n, float* mx, float* l,
                   float* orow, int64_t olen, float* prow) {
   int64_t nv = a.valid_len[m] - t0;
   nv = nv < 0 ? 0 : nv > n ? n : nv;
@@ -289,9 +295,9 @@ struct Bf16Scratch {
   }
 };
 
-// out[i][j] = scl[j] · (qh_i + ql_i) · c_j over R columns (c_j BF16 rows), kMR × kNS.
-inline void score_block_bf16(const uint16_t* const* qh, const uint16_t* const* ql,
-                             const uint8_t* const* cp, int64_t R, __m512 scl, float (*out)[kNS]) {
+// Lane 4i + j = scl[j] · (qh_i + ql_i) · c_j over R columns (c_j BF16 rows), kMR × kNS.
+inline __m512 score_block_bf16(const uint16_t* const* qh, const uint16_t* const* ql,
+                               const uint8_t* const* cp, int64_t R, __m512 scl) {
   __m512 acc[kMR][kNS];
   for (int i = 0; i < kMR; ++i)
     for (int j = 0; j < kNS; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -305,7 +311,7 @@ inline void score_block_bf16(const uint16_t* const* qh, const uint16_t* const* q
       for (int j = 0; j < kNS; ++j) acc[i][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[i][j], lo, c[j]), h, c[j]);
     }
   }
-  _mm512_storeu_ps(&out[0][0], _mm512_mul_ps(scl, reduce_4x4(acc)));
+  return _mm512_mul_ps(scl, reduce_4x4(acc));
 }
 
 // po [M, dcp] (unpack order) += Σ_k p2[m, k] · vt[k], nv 16-lane vectors from column j0.
@@ -375,8 +381,8 @@ void partial_bf16(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float*
       const uint16_t* qhp[kMR];
       const uint16_t* qlp[kMR];
       const uint8_t* cp[kNS];
-      float out[kMR][kNS];
       for (int64_t m = 0; m < M; m += kMR) {
+        const int live = int(min64(kMR, M - m));
         for (int i = 0; i < kMR; ++i) {
           const int64_t mi = min64(m + i, M - 1);
           qhp[i] = qh + mi * Rp;
@@ -391,9 +397,7 @@ void partial_bf16(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float*
           }
           const __m512 scl = _mm512_setr_ps(sj[0], sj[1], sj[2], sj[3], sj[0], sj[1], sj[2], sj[3],
                                             sj[0], sj[1], sj[2], sj[3], sj[0], sj[1], sj[2], sj[3]);
-          score_block_bf16(qhp, qlp, cp, R, scl, out);
-          for (int i = 0; i < kMR && m + i < M; ++i)
-            for (int j = 0; j < kNS && k + j < n; ++j) p[(m + i) * kLatentTile + k + j] = out[i][j];
+          store_scores(p, m, k, live, score_block_bf16(qhp, qlp, cp, R, scl));
         }
       }
     }
@@ -414,8 +418,10 @@ void partial_bf16(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float*
       const uint8_t* rbw = 2 * k + 1 < n ? rows[2 * k + 1] : nullptr;
       for (int64_t j = 0; j < dcp; j += 32) {
         const __mmask32 mk = mask32(dc - j);
-        const __m512i va = _mm512_maskz_loadu_epi16(mk, ra + 2 * j);
-        const __m512i vb = rbw ? _mm512_maskz_loadu_epi16(mk, rbw + 2 * j) : _mm512_setzero_si512();
+        const bool full = mk == 0xFFFFFFFFu;
+        const __m512i va = full ? _mm512_loadu_si512(ra + 2 * j) : _mm512_maskz_loadu_epi16(mk, ra + 2 * j);
+        const __m512i vb = !rbw ? _mm512_setzero_si512()
+                           : full ? _mm512_loadu_si512(rbw + 2 * j) : _mm512_maskz_loadu_epi16(mk, rbw + 2 * j);
         _mm512_storeu_si512(vt + k * dcp + j, _mm512_unpacklo_epi16(va, vb));
         _mm512_storeu_si512(vt + k * dcp + j + 16, _mm512_unpackhi_epi16(va, vb));
       }
