@@ -40,7 +40,7 @@ double process_cpu_s() {
 
 // Wall seconds of f(); *cpu_per_thread gets the process CPU seconds it used divided by
 // `threads`. Other processes share these cores, so wall time includes time our threads
-// sat descheduled; CPU time does not (it does include OpenMP spin-waits, so it is the
+// sat descheduled; CPU time does not (it does include the pool's spin-waits, so it is the
 // conservative side). Both are reported.
 double seconds_of(const std::function<void()>& f, int threads = 1, double* cpu_per_thread = nullptr) {
   const double c0 = cpu_per_thread ? process_cpu_s() : 0.0;
@@ -52,13 +52,6 @@ double seconds_of(const std::function<void()>& f, int threads = 1, double* cpu_p
 }
 
 
-// OMP_WAIT_POLICY as set for this process: on a shared, oversubscribed machine the default
-// (spinning) workers measured up to 3x slower in wall time than "passive" ones, so runs
-// say which they used.
-const char* wait_policy() {
-  const char* e = std::getenv("OMP_WAIT_POLICY");
-  return e ? e : "default";
-}
 
 // Fills with a cheap pseudo-random stream; every page gets written (so reads hit DRAM,
 // not the shared zero page).
@@ -103,14 +96,16 @@ void run_membw(const MembwOpts& o) {
   }
   const double med = median(gbs), best = *std::max_element(gbs.begin(), gbs.end()), cmed = median(cpu_gbs);
   if (o.json)
-    std::printf("{\"bench\":\"membw\",\"mb\":%lld,\"threads\":%d,\"omp_wait_policy\":\"%s\","
+    // spin_us: how long the pool's waiting threads poll before they sleep (core/parallel.h);
+    // on a shared machine it changes wall times, so runs say which they used.
+    std::printf("{\"bench\":\"membw\",\"mb\":%lld,\"threads\":%d,\"spin_us\":%d,"
                 "\"reps\":%zu,\"gbps\":%.2f,\"best_gbps\":%.2f,\"cpu_gbps\":%.2f,\"sink\":%llu}\n",
-                (long long)o.mb, threads, wait_policy(), gbs.size(), med, best, cmed,
+                (long long)o.mb, threads, spin_us(), gbs.size(), med, best, cmed,
                 (unsigned long long)(sink & 1));
   else
-    std::printf("membw %lld MiB threads=%d (OMP_WAIT_POLICY %s): %.1f GB/s median of %zu (best "
+    std::printf("membw %lld MiB threads=%d (pool spin %d us): %.1f GB/s median of %zu (best "
                 "%.1f); by CPU time per thread %.1f GB/s\n",
-                (long long)o.mb, threads, wait_policy(), med, gbs.size(), best, cmed);
+                (long long)o.mb, threads, spin_us(), med, gbs.size(), best, cmed);
 }
 
 struct GemvOpts {
@@ -199,19 +194,19 @@ void run_gemv(const GemvOpts& o) {
                       : path == Fp8Path::BF16LutX8 ? "lut8" : "auto";
   if (o.json)
     std::printf("{\"bench\":\"gemv\",\"dtype\":\"%s\",\"path\":\"%s\",\"m\":%lld,\"n\":%lld,"
-                "\"k\":%lld,\"threads\":%d,\"omp_wait_policy\":\"%s\",\"weight_mb\":%.1f,\"copies\":%zu,\"calls\":%zu,"
+                "\"k\":%lld,\"threads\":%d,\"spin_us\":%d,\"weight_mb\":%.1f,\"copies\":%zu,\"calls\":%zu,"
                 "\"gbps\":%.2f,\"membw_gbps\":%.2f,\"ratio\":%.3f,\"median_ms\":%.4f,"
                 "\"cpu_gbps\":%.2f,\"cpu_membw_gbps\":%.2f,\"cpu_ratio\":%.3f}\n",
                 o.dtype.c_str(), pname, (long long)o.m, (long long)o.n, (long long)o.k, threads,
-                wait_policy(), double(bytes) / 1e6, copies, g_gbs.size(), g, m, g / m,
+                spin_us(), double(bytes) / 1e6, copies, g_gbs.size(), g, m, g / m,
                 double(bytes) / g * 1e-6, gc, mc,
                 gc / mc);
   else
-    std::printf("gemv %s path=%s M=%lld N=%lld K=%lld threads=%d wait=%s (%.1f MB x %zu copies): "
+    std::printf("gemv %s path=%s M=%lld N=%lld K=%lld threads=%d spin_us=%d (%.1f MB x %zu copies): "
                 "%.1f GB/s, membw %.1f GB/s, ratio %.3f (medians of %zu calls / %zu passes); "
                 "by CPU time per thread: %.1f vs %.1f GB/s, ratio %.3f\n",
                 o.dtype.c_str(), pname, (long long)o.m, (long long)o.n, (long long)o.k, threads,
-                wait_policy(), double(bytes) / 1e6, copies, g, m, g / m, g_gbs.size(), m_gbs.size(),
+                spin_us(), double(bytes) / 1e6, copies, g, m, g / m, g_gbs.size(), m_gbs.size(),
                 gc, mc, gc / mc);
   if (sink == 0xdeadbeef) std::printf(" ");
 }

@@ -5,10 +5,13 @@
 #   bench/train_vs_torch.sh [CONFIG] [STEPS] [PRECISIONS] [OUT.jsonl]
 # defaults: configs/tiny.json, 5 timed steps, "bf16 f32", build/train_vs_torch.jsonl.
 # Env: DSV3 (the binary, default build/release/dsv3), REPS (3), THREADS (2),
-#      DSV3_ENV (extra env for dsv3 only), OMP_WAIT_POLICY (both sides; default PASSIVE: with
-#      other processes on the 2 cores, spinning OpenMP threads made both sides 2-5x slower).
+#      DSV3_ENV (extra env for dsv3 only), TORCH_WAIT (OMP_WAIT_POLICY for PyTorch only; default
+#      PASSIVE: PyTorch was no faster spinning, and its spinning threads slow whatever else runs).
+#      dsv3 runs with OMP_WAIT_POLICY unset: its own thread pool spins briefly and backs off by
+#      itself when the process is being preempted (docs/PERF.md "Threads"); PASSIVE would make it
+#      sleep at once, its slowest setting.
 set -euo pipefail
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+TORCH_WAIT=${TORCH_WAIT:-PASSIVE}
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/tiny.json}
 STEPS=${2:-5}
@@ -20,12 +23,12 @@ THREADS=${THREADS:-2}
 [[ -x $DSV3 ]] || { echo "train_vs_torch.sh: $DSV3 not built (cmake --build build/release)" >&2; exit 1; }
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
-echo "# $(date -u +%FT%TZ) $(nproc) CPUs, OMP_WAIT_POLICY=$OMP_WAIT_POLICY; uptime before: $(uptime)"
+echo "# $(date -u +%FT%TZ) $(nproc) CPUs, torch OMP_WAIT_POLICY=$TORCH_WAIT; uptime before: $(uptime)"
 for p in $PRECS; do
   for r in $(seq "$REPS"); do
-    env ${DSV3_ENV:-} "$DSV3" bench train --config "$CONFIG" --steps "$STEPS" --precision "$p" \
+    env -u OMP_WAIT_POLICY ${DSV3_ENV:-} "$DSV3" bench train --config "$CONFIG" --steps "$STEPS" --precision "$p" \
         --threads "$THREADS" --json | tee -a "$OUT"
-    /usr/bin/python3 bench/train_torch.py --config "$CONFIG" --steps "$STEPS" --precision "$p" \
+    OMP_WAIT_POLICY=$TORCH_WAIT /usr/bin/python3 bench/train_torch.py --config "$CONFIG" --steps "$STEPS" --precision "$p" \
         --threads "$THREADS" --json | tee -a "$OUT"
   done
 done

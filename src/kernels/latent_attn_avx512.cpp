@@ -31,7 +31,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/fp8_avx512.h"
+#include "kernels/gemm_internal.h"
 #include "kernels/latent_attn.h"
 #include "kernels/simd_avx512.h"
 
@@ -250,37 +250,8 @@ constexpr int64_t kPairs = kLatentTile / 2;  // position pairs per tile (VDPBF16
 inline int64_t round32(int64_t x) { return (x + 31) / 32 * 32; }
 inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
-// BF16 bits of the 128 E4M3 magnitudes (exact: ≤ 3 mantissa bits, exponents within BF16's),
-// the NaN code 0x7f as a quiet NaN; the sign is added separately. Built by the compiler
-// (a run-time initialiser in this file could execute AVX-512 on a CPU without it).
-struct E4m3Bf16Table {
-  alignas(64) uint16_t w[128] = {};
-  constexpr E4m3Bf16Table() {
-    for (int c = 1; c < 128; ++c) {
-      const int e = c >> 3, f = c & 7;
-      if (e > 0) {
-        w[c] = uint16_t(((e + 120) << 7) | (f << 4));  // (1 + f/8)·2^(e−7)
-      } else {  // f·2^-9 = (f / 2^p)·2^(p−9), p = f's top bit
-        const int p = f >= 4 ? 2 : f >= 2 ? 1 : 0;
-        w[c] = uint16_t(((118 + p) << 7) | ((f - (1 << p)) << (7 - p)));
-      }
-    }
-    w[0x7f] = 0x7fc0;
-  }
-};
-constexpr E4m3Bf16Table kE4m3Bf16;
-
-// 32 E4M3 codes (the first n of them; the rest 0) widened to BF16, in order.
-inline __m512i e4m3_to_bf16_32(const uint8_t* src, __mmask32 k) {
-  const __m512i c = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(k, src));
-  const __m512i t0 = _mm512_load_si512(kE4m3Bf16.w), t1 = _mm512_load_si512(kE4m3Bf16.w + 32);
-  const __m512i t2 = _mm512_load_si512(kE4m3Bf16.w + 64), t3 = _mm512_load_si512(kE4m3Bf16.w + 96);
-  const __m512i lo = _mm512_permutex2var_epi16(t0, c, t1);  // index bits 0–5
-  const __m512i hi = _mm512_permutex2var_epi16(t2, c, t3);
-  const __mmask32 upper = _mm512_test_epi16_mask(c, _mm512_set1_epi16(0x40));
-  const __m512i mag = _mm512_mask_mov_epi16(lo, upper, hi);
-  return _mm512_or_si512(mag, _mm512_slli_epi16(_mm512_and_si512(c, _mm512_set1_epi16(0x80)), 8));
-}
+using detail::e4m3_bf16_table;
+#include "kernels/gemm_e4m3_avx512.inc"  // E4m3Lut, e4m3x32_to_bf16: exact E4M3 -> BF16
 
 // A thread's scratch for the BF16 path (grows to the largest call, never shrinks).
 struct Bf16Scratch {
@@ -360,6 +331,7 @@ void partial_bf16(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float*
   }
   const uint8_t* rows[kLatentTile];
   alignas(64) float rs[kLatentTile];  // each position's row scale (1 for BF16 rows)
+  const E4m3Lut lut;
   for (int64_t t0 = s0; t0 < s1; t0 += kLatentTile) {
     const int64_t n = min64(kLatentTile, s1 - t0);
     for (int64_t k = 0; k < kLatentTile; ++k) rs[k] = 1.0f;
@@ -372,7 +344,7 @@ void partial_bf16(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float*
       __builtin_memcpy(&rs[k], src + R, sizeof(float));
       uint16_t* dst = tile + k * Rp;
       for (int64_t r = 0; r < R; r += 32)
-        _mm512_storeu_si512(dst + r, e4m3_to_bf16_32(src + r, mask32(R - r)));
+        _mm512_storeu_si512(dst + r, e4m3x32_to_bf16(lut, src + r, R - r));
       rows[k] = reinterpret_cast<const uint8_t*>(dst);
     }
     // 1. Scores.
