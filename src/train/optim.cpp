@@ -6,6 +6,7 @@
 #include "core/check.h"
 #include "core/dtype.h"
 #include "core/parallel.h"
+#include "kernels/adamw.h"
 
 namespace dsv3 {
 
@@ -56,28 +57,24 @@ void AdamW::load_moment(int which, const TensorView& v, const std::string& where
 void AdamW::step(float* params, const float* g, double lr) {
   ++t_;
   const double bc1 = 1.0 - std::pow(c_.beta1, double(t_)), bc2 = 1.0 - std::pow(c_.beta2, double(t_));
-  const float b1 = float(c_.beta1), b2 = float(c_.beta2), eps = float(c_.eps);
-  const float step_size = float(lr / bc1), inv_bc2 = float(1.0 / bc2);
+  AdamWCoef k;
+  k.b1 = float(c_.beta1);
+  k.b2 = float(c_.beta2);
+  k.eps = float(c_.eps);
+  k.step_size = float(lr / bc1);
+  k.inv_bc2 = float(1.0 / bc2);
   for (const TrainableRange& r : ranges_) {
-    const float wd = r.decay ? float(lr * c_.weight_decay) : 0.0f;
-    const bool h = c_.bf16_moments;
-    parallel_for(r.end - r.begin, r.end - r.begin > (1 << 16) ? 0 : 1, [&](int64_t j) {
-      const int64_t i = r.begin + j;
-      const float gi = g[i];
-      const size_t k = size_t(i - lo_);
-      const float m0 = h ? bf16_to_f32(m16_[k]) : m_[k];
-      const float v0 = h ? bf16_to_f32(v16_[k]) : v_[k];
-      const float m = b1 * m0 + (1.0f - b1) * gi;
-      const float v = b2 * v0 + (1.0f - b2) * gi * gi;
-      if (h) {
-        m16_[k] = f32_to_bf16(m);
-        v16_[k] = f32_to_bf16(v);
-      } else {
-        m_[k] = m;
-        v_[k] = v;
-      }
-      // p −= lr·(m̂/(sqrt(v̂)+ε) + wd·p), decoupled decay applied to the pre-update p
-      params[i] -= step_size * m / (std::sqrt(v * inv_bc2) + eps) + wd * params[i];
+    k.wd = r.decay ? float(lr * c_.weight_decay) : 0.0f;
+    // Blocks of kernels/adamw.h's update; a range of ≤ 64K elements stays on this thread.
+    constexpr int64_t kBlock = 1 << 14;
+    const int64_t n = r.end - r.begin, nb = (n + kBlock - 1) / kBlock;
+    parallel_for(nb, n > (1 << 16) ? 0 : 1, [&](int64_t b) {
+      const int64_t i = r.begin + b * kBlock, len = std::min(kBlock, r.end - i);
+      const size_t k0 = size_t(i - lo_);
+      if (c_.bf16_moments)
+        adamw_update(params + i, g + i, m16_.data() + k0, v16_.data() + k0, len, k);
+      else
+        adamw_update(params + i, g + i, m_.data() + k0, v_.data() + k0, len, k);
     });
   }
 }
