@@ -177,12 +177,34 @@ TEST(LatentAttn, EveryIsaAndThreadCount) {
 // exp's range (88.7): only the running max keeps the weights finite. The bound stays tight
 // (2·scale·R·A·2u with A ≲ 2000: a few 1e-3 of C_j).
 TEST(LatentAttn, LargeScoresStayFinite) {
-  for (Isa isa : testing::kIsas) {
-    IsaScope scope(isa);
+  for (CacheDtype dt : {CacheDtype::F32, CacheDtype::BF16, CacheDtype::FP8}) {
+    for (Isa isa : testing::kIsas) {
+      IsaScope scope(isa);
+      for (int threads : {1, 2}) {
+        Data d({17, 5000, 40, 24, 4, 100.0f}, 77, dt);
+        latent_attention(d.args(), threads);
+        check(d, fast_bound(dt), active_isa() == Isa::Avx512 ? "large avx512" : "large twin");
+      }
+    }
+  }
+}
+
+// The BF16 path at high precision: with q = 0 every score is 0 and every weight exactly 1
+// (exp(0), and 1 in BF16), so o is the plain mean of the valid rows and the P rounding, which
+// dominates the path's bound, vanishes: o is within the F32 sums' (S + 16)·u·2·C_j. A position
+// dropped, counted twice or paired with the wrong row (odd tiles: 35 and 67 positions end in
+// a half pair after full ones) moves o by ~C_j / S, far beyond that.
+TEST(LatentAttn, Bf16PathIsExactUnderUniformWeights) {
+  const Case cases[] = {{5, 35, 100, 80, 5}, {8, 300, 320, 256, 8}, {3, 67, 72, 72, 3}, {1, 1, 24, 16, 1},
+                        {17, 1000, 576, 512, 17}};
+  uint32_t seed = 4000;
+  for (const Case& c : cases) {
     for (int threads : {1, 2}) {
-      Data d({17, 5000, 40, 24, 4, 100.0f}, 77);
+      SCOPED_TRACE(::testing::Message() << "M " << c.M << " S " << c.S << " threads " << threads);
+      Data d(c, seed += 3, CacheDtype::BF16);
+      std::fill(d.q.data(), d.q.data() + c.M * d.ldq, 0.0f);
       latent_attention(d.args(), threads);
-      check(d, fast_bound(), active_isa() == Isa::Avx512 ? "large avx512" : "large twin");
+      check(d, Bound::Fast, active_isa() == Isa::Avx512 ? "uniform bf16 avx512" : "uniform bf16 twin");
     }
   }
 }

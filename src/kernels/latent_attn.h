@@ -33,7 +33,8 @@
 //     P is BF16 too); the sum l is of the unrounded weights.
 //   |o − o_exact| ≤ (2·scale·(2R + 260)·A + S + 16)·u·2·C_j + 2^-8·C_j
 // (the P rounding moves o by ≤ 2^-8·Σ p·|c| / l ≤ 2^-8·C_j; VDPBF16PS rounds twice per pair;
-// it also treats inputs below 2^-126 as 0, an absolute error far below the bound's units).
+// it also treats inputs below 2^-126 as 0: negligible while the cached values and weights
+// are far above that, |cache| ≫ 2^-118 — a column of values all ≲ 1e-36 could come out 0).
 // That is the size of the rounding the BF16 cache already makes to each value (2^-8); the
 // oracle models' log-prob error with a BF16 cache did not change measurably with it
 // (docs/long-context.md, "The latent cache").

@@ -27,6 +27,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -117,8 +118,10 @@ const uint8_t* row_at(const LatentAttn& a, int64_t s, int64_t rb) {
 // "const" and deletes the calls (the prefetches vanished at -O1 and up).
 [[gnu::always_inline]] inline void prefetch_rows(const LatentAttn& a, int64_t s, int64_t n, int64_t end, int64_t rb) {
   for (int64_t k = s; k < s + n && k < end; ++k) {
-    const char* r = reinterpret_cast<const char*>(row_at(a, k, rb));
-    for (int64_t b = 0; b < rb; b += 64) _mm_prefetch(r + b, _MM_HINT_T1);
+    // Every line the row touches: a row need not start on a line (FP8 rows are R + 4 bytes).
+    const uintptr_t r = reinterpret_cast<uintptr_t>(row_at(a, k, rb));
+    for (uintptr_t b = r & ~uintptr_t(63); b < r + uintptr_t(rb); b += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(b), _MM_HINT_T1);
   }
 }
 
@@ -135,9 +138,11 @@ struct TilePrefetch {
     const int64_t slots = (a.M + kMR - 1) / kMR * kblocks;
     per = (kLatentTile + slots - 1) / slots;
   }
-  // Score block (m, k) of the tile prefetches its share.
+  // Score block (m, k) of the tile prefetches its share; with more blocks than rows (M > 16)
+  // the blocks past the tile's rows prefetch nothing.
   [[gnu::always_inline]] void at(const LatentAttn& a, int64_t m, int64_t k) const {
-    prefetch_rows(a, next + ((m / kMR) * kblocks + k / kNS) * per, per, end, rb);
+    const int64_t off = ((m / kMR) * kblocks + k / kNS) * per;
+    if (off < kLatentTile) prefetch_rows(a, next + off, std::min(per, kLatentTile - off), end, rb);
   }
 };
 // ---- F32 rows ------------------------------------------------------------------------------

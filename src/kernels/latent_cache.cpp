@@ -73,8 +73,8 @@ void cache_decode_row(float* dst, const void* src, int64_t R, CacheDtype d) {
       return;
     }
     case CacheDtype::FP8: {
-      // A table of the 256 codes: e4m3_to_f32 is exact, so the product below is the single
-      // rounding the vector decode (latent_attn_avx512.cpp) also makes.
+      // A table of the 256 codes: e4m3_to_f32 is exact, so the product below is the value's
+      // single rounding.
       static const std::vector<float> lut = [] {
         std::vector<float> t(256);
         for (int c = 0; c < 256; ++c) t[size_t(c)] = e4m3_to_f32(uint8_t(c));
