@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "kernels/adamw.h"
+#include "kernels/fp8_avx512.h"
 #include "kernels/simd_avx512.h"
 
 namespace dsv3::avx512 {
@@ -37,8 +38,6 @@ inline __m512 step16(const Coef& k, __m512 p, __m512 g, __m512& m, __m512& v) {
   return _mm512_sub_ps(p, upd);
 }
 
-inline __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-
 }  // namespace
 
 void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c) {
@@ -57,7 +56,8 @@ void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n,
   const Coef k(c);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 mk = lanes_mask(n - i);
-    __m512 mm = widen(_mm256_maskz_loadu_epi16(mk, m + i)), vv = widen(_mm256_maskz_loadu_epi16(mk, v + i));
+    using avx512_detail::bf16_to_f32;
+    __m512 mm = bf16_to_f32(_mm256_maskz_loadu_epi16(mk, m + i)), vv = bf16_to_f32(_mm256_maskz_loadu_epi16(mk, v + i));
     const __m512 pp = step16(k, load16_m(mk, p + i), load16_m(mk, g + i), mm, vv);
     _mm256_mask_storeu_epi16(m + i, mk, f32_to_bf16_512(mm));
     _mm256_mask_storeu_epi16(v + i, mk, f32_to_bf16_512(vv));

@@ -2,14 +2,13 @@
 // reference and the fallback.
 #include "kernels/convert.h"
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
 #include "core/check.h"
 #include "core/cpu.h"
-#include "core/parallel.h"
 #include "kernels/convert_impl.h"
+#include "kernels/row_parallel.h"
 
 namespace dsv3 {
 
@@ -22,23 +21,17 @@ void check_n(int64_t n, const void* x, const void* y, const char* what) {
   DSV3_CHECK(n == 0 || (x && y), what, ": null pointer");
 }
 
-// Arrays of at least this many elements are converted in blocks over the threads: a BF16
-// training step converts every weight matrix (and its input) before each GEMM, and on the
-// caller alone the other threads waited for it (~6% of a step of configs/moe-150m.json).
-// Inside a parallel region (an expert's GEMMs on one thread) it stays on the caller.
-constexpr int64_t kParallelMin = int64_t(1) << 17, kBlock = int64_t(1) << 15;
-
 }  // namespace
 
 void convert_f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
   check_n(n, x, y, "convert_f32_to_bf16");
-  if (fast() && n >= kParallelMin && !in_parallel_region())
-    return parallel_for((n + kBlock - 1) / kBlock, 0, [&](int64_t b) {
-      const int64_t i = b * kBlock;
-      avx512::convert_f32_to_bf16(x + i, y + i, std::min(kBlock, n - i));
-    });
-  if (fast()) return avx512::convert_f32_to_bf16(x, y, n);
-  for (int64_t i = 0; i < n; ++i) y[i] = f32_to_bf16(x[i]);
+  // Over the threads (kernels/row_parallel.h; inside a parallel region, on the caller): a BF16
+  // training step converts every weight matrix and its input before each GEMM, and on the
+  // caller alone the other threads waited for it (~6% of a step of configs/moe-150m.json).
+  parallel_rows(n, n, 0, [&](int64_t b, int64_t e) {
+    if (fast()) return avx512::convert_f32_to_bf16(x + b, y + b, e - b);
+    for (int64_t i = b; i < e; ++i) y[i] = f32_to_bf16(x[i]);
+  });
 }
 
 void convert_bf16_to_f32(const uint16_t* x, float* y, int64_t n) {

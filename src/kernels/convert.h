@@ -1,9 +1,9 @@
 // Array converters between element types, bit-identical to the scalar conversions of
 // core/dtype.h (round to nearest even; its overflow/NaN policy), with AVX-512 paths
 // (F16 via F16C instructions) chosen by active_isa(). Single-threaded, except
-// convert_f32_to_bf16 of ≥ 128K elements outside a parallel region, which runs in blocks over
-// the default thread count (training converts each weight before its BF16 GEMM). Pointers
-// need no alignment; n may be any length.
+// convert_f32_to_bf16, which splits a large array over the default thread count as the row
+// kernels do (kernels/row_parallel.h; training converts each weight before its BF16 GEMM).
+// Pointers need no alignment; n may be any length.
 #pragma once
 #include <cstdint>
 

@@ -32,6 +32,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/scratch.h"
+#include "kernels/fp8_avx512.h"
 #include "kernels/gemm_internal.h"
 #include "kernels/latent_attn.h"
 #include "kernels/simd_avx512.h"
@@ -265,10 +267,6 @@ struct Bf16Scratch {
   std::vector<uint32_t> vt;      // [kPairs, dcp] BF16 pairs (row 2k, row 2k + 1) per column
   std::vector<uint32_t> p2;      // [M, kPairs] BF16 weight pairs
   std::vector<float> po;         // [M, dcp] partial o, 32-column chunks in unpack lane order
-  template <class T> static T* at_least(std::vector<T>& v, int64_t n) {
-    if (v.size() < size_t(n)) v.resize(size_t(n));
-    return v.data();
-  }
 };
 
 // Lane 4i + j = scl[j] · (qh_i + ql_i) · c_j over R columns (c_j BF16 rows), kMR × kNS.
@@ -315,13 +313,12 @@ void partial_bf16(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float*
   const int64_t M = a.M, R = a.R, dc = a.dc, Rp = round32(R), dcp = round32(dc);
   const bool fp8 = a.dtype == CacheDtype::FP8;
   const int64_t rb = cache_row_bytes(a.dtype, R);
-  uint16_t* qh = Bf16Scratch::at_least(sc.qh, M * Rp);
-  uint16_t* ql = Bf16Scratch::at_least(sc.ql, M * Rp);
-  uint16_t* tile = fp8 ? Bf16Scratch::at_least(sc.tile, kLatentTile * Rp) : nullptr;
-  uint32_t* vt = Bf16Scratch::at_least(sc.vt, kPairs * dcp);
-  uint32_t* p2 = Bf16Scratch::at_least(sc.p2, M * kPairs);
-  float* po = Bf16Scratch::at_least(sc.po, M * dcp);
-  for (int64_t j = 0; j < M * dcp; ++j) po[j] = 0;
+  uint16_t* qh = grow(sc.qh, M * Rp);
+  uint16_t* ql = grow(sc.ql, M * Rp);
+  uint16_t* tile = fp8 ? grow(sc.tile, kLatentTile * Rp) : nullptr;
+  uint32_t* vt = grow(sc.vt, kPairs * dcp);
+  uint32_t* p2 = grow(sc.p2, M * kPairs);
+  float* po = zeros(sc.po, M * dcp);
   // q = q_hi + q_lo to 2^-16 relative (each part rounded to nearest even).
   for (int64_t m = 0; m < M; ++m) {
     const float* q = a.q + m * a.ldq;
@@ -329,17 +326,19 @@ void partial_bf16(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float*
       const __mmask16 k = lanes_mask(R - r > 0 ? R - r : 0);
       const __m512 x = _mm512_maskz_loadu_ps(k, q + r);
       const __m256i h = f32_to_bf16_512(x);
-      const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      const __m512 hf = avx512_detail::bf16_to_f32(h);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(qh + m * Rp + r), h);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(ql + m * Rp + r), f32_to_bf16_512(_mm512_sub_ps(x, hf)));
     }
   }
   const uint8_t* rows[kLatentTile];
-  alignas(64) float rs[kLatentTile];  // each position's row scale (1 for BF16 rows)
+  // Each position's row scale: 1 for BF16 rows; FP8 rows overwrite the first n of a tile
+  // (entries past n keep an earlier tile's finite scale and meet only zero weights).
+  alignas(64) float rs[kLatentTile];
+  for (int64_t k = 0; k < kLatentTile; ++k) rs[k] = 1.0f;
   const E4m3Lut lut;
   for (int64_t t0 = s0; t0 < s1; t0 += kLatentTile) {
     const int64_t n = min64(kLatentTile, s1 - t0);
-    for (int64_t k = 0; k < kLatentTile; ++k) rs[k] = 1.0f;
     for (int64_t k = 0; k < n; ++k) {
       const uint8_t* src = row_at(a, t0 + k, rb);
       if (!fp8) {

@@ -7,6 +7,7 @@
 #include "core/dtype.h"
 #include "core/parallel.h"
 #include "kernels/adamw.h"
+#include "kernels/row_parallel.h"
 
 namespace dsv3 {
 
@@ -65,16 +66,15 @@ void AdamW::step(float* params, const float* g, double lr) {
   k.inv_bc2 = float(1.0 / bc2);
   for (const TrainableRange& r : ranges_) {
     k.wd = r.decay ? float(lr * c_.weight_decay) : 0.0f;
-    // Blocks of kernels/adamw.h's update; a range of ≤ 64K elements stays on this thread.
-    constexpr int64_t kBlock = 1 << 14;
-    const int64_t n = r.end - r.begin, nb = (n + kBlock - 1) / kBlock;
-    parallel_for(nb, n > (1 << 16) ? 0 : 1, [&](int64_t b) {
-      const int64_t i = r.begin + b * kBlock, len = std::min(kBlock, r.end - i);
+    // kernels/adamw.h's update over the threads (a small range stays on this one).
+    const int64_t n = r.end - r.begin;
+    parallel_rows(n, n, 0, [&](int64_t b, int64_t e) {
+      const int64_t i = r.begin + b;
       const size_t k0 = size_t(i - lo_);
       if (c_.bf16_moments)
-        adamw_update(params + i, g + i, m16_.data() + k0, v16_.data() + k0, len, k);
+        adamw_update(params + i, g + i, m16_.data() + k0, v16_.data() + k0, e - b, k);
       else
-        adamw_update(params + i, g + i, m_.data() + k0, v_.data() + k0, len, k);
+        adamw_update(params + i, g + i, m_.data() + k0, v_.data() + k0, e - b, k);
     });
   }
 }
