@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/dist/overlap.sh [BUILD_DIR] [OUT_DIR]   (defaults: build/release, runs/overlap)
-#   env: DELAYS="0 1000 3000 10000 30000" (µs)  STEPS=20  SKIP=3  PASSES=3  NP=2
+#   env: DELAYS="0 1000 3000 10000 30000" (µs)  STEPS=20  SKIP=3  PASSES=3  NP=2  MB=2
 #        REPORT_ONLY=1: no runs, the tables from OUT's earlier ones
 #        QUIET_WAIT=S: before each run wait up to S seconds for 3 s with the cores ≥ 90% idle,
 #        and repeat a run (up to RETRIES=4 times) when other processes used more than
@@ -9,9 +9,12 @@
 # Expert-parallel overlap under an injected network delay (docs/PERF.md, "Distributed
 # training"). Trains bench/dist/moe-overlap.json (hidden 256, 4 MoE layers of 16 routed
 # experts top-2 + 2 shared — half the MoE FLOPs, so the dispatch has computation to hide
-# behind — F32) with `mpirun -np 2 dsv3 train --dp 2 --ep 2 --threads 1` for
-# each DSV3_COMM_DELAY_US in DELAYS, with the EP exchanges overlapped (DSV3_EP_OVERLAP=1, the
-# default) and waited on at once (DSV3_EP_OVERLAP=0), on and off alternating. A step's time is
+# behind — F32) with `mpirun -np 2 dsv3 train --dp 2 --ep 2 --micro-batches MB --threads 1`
+# for each DSV3_COMM_DELAY_US in DELAYS, with the EP exchanges overlapped (DSV3_EP_OVERLAP=1,
+# the default: with MB ≥ 2 the micro-batches run two at a time, each one's exchanges behind
+# the other's compute; with MB=1 only the shared experts and the routing statistics run
+# behind them) and waited on at once (DSV3_EP_OVERLAP=0: micro-batches one after another),
+# on and off alternating. A step's time is
 # batch·seq_len / tokens_per_s from metrics.jsonl (the step's compute and communication; the
 # first SKIP steps left out), the median per run; with PASSES > 1 the table shows the median
 # of the passes' medians. Then rank 0's comm_bytes per step against comm_bytes_predicted and
@@ -34,6 +37,7 @@ steps=${STEPS:-20}
 skip=${SKIP:-3}
 passes=${PASSES:-3}
 np=${NP:-2}
+mb=${MB:-2}
 cfg=bench/dist/moe-overlap.json
 [[ -x $dsv3 ]] || { echo "build dsv3 first: cmake -S . -B $build -DCMAKE_BUILD_TYPE=Release && cmake --build $build --target dsv3" >&2; exit 1; }
 command -v mpirun >/dev/null || { echo "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)" >&2; exit 1; }
@@ -50,7 +54,7 @@ if [[ ! -f $out/data/.done ]]; then
 fi
 
 echo "== $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, AMX: $(grep -qw amx_tile /proc/cpuinfo && echo yes || echo no); load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== $np ranks, dp $np, ep $np, 1 thread each, $steps steps, median step time of steps $((skip + 1))..$steps"
+echo "== $np ranks, dp $np, ep $np, $mb micro-batches, 1 thread each, $steps steps, median step time of steps $((skip + 1))..$steps"
 source bench/dist/quiet.sh
 run1() {  # run1 DELAY OVERLAP DIR
   local dir=$3
@@ -59,7 +63,7 @@ run1() {  # run1 DELAY OVERLAP DIR
   timed_stat "$dir.stat" env DSV3_COMM_DELAY_US="$1" DSV3_EP_OVERLAP="$2" OMP_NUM_THREADS=1 \
     mpirun --allow-run-as-root --oversubscribe --bind-to none -x DSV3_COMM_DELAY_US -x DSV3_EP_OVERLAP \
     -x OMP_NUM_THREADS -np "$np" "$dsv3" train --config "$cfg" --data "$out/data" --out "$dir" \
-    --dp "$np" --ep "$np" --threads 1 --steps "$steps" --quiet 2>"$dir.log" ||
+    --dp "$np" --ep "$np" --micro-batches "$mb" --threads 1 --steps "$steps" --quiet 2>"$dir.log" ||
     { cat "$dir.log" >&2; exit 1; }
 }
 run() {  # run DELAY OVERLAP PASS: the quietest of up to RETRIES tries when QUIET_WAIT is set

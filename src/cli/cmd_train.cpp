@@ -38,6 +38,10 @@ void register_train(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   c->add_option("--zero-bucket-mb", o->zero_bucket_mb,
                 "ZeRO-1: the gradient exchange's receive buffer in MiB (rounds of this size; default 64)");
+  c->add_option("--overlap-micro-batches", o->overlap_micro_batches,
+                "With --ep > 1: run micro-batches two at a time, each one's expert-parallel exchanges "
+                "behind the other's compute (1, the default) or one after another (0)")
+      ->check(CLI::Range(0, 1));
   c->callback([o] {
     const int rc = run_training(*o);
     dist::finalize();

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/fiber.h"
 #include "kernels/convert.h"
 #include "kernels/quant.h"
 
@@ -76,7 +77,11 @@ void ep_plan(EpPlan& p, const dist::Comm& comm, const int64_t* start, int64_t E)
   std::vector<int64_t> cnt(size_t(P), El * 8);
   std::vector<int64_t> displ(static_cast<size_t>(P));
   for (int q = 0; q < P; ++q) displ[size_t(q)] = q * El * 8;
-  comm.ialltoallv(counts.data(), cnt, displ, p.recv_count.data(), cnt, displ).wait();
+  {
+    dist::Request req = comm.ialltoallv(counts.data(), cnt, displ, p.recv_count.data(), cnt, displ);
+    fiber_yield();  // another micro-batch computes while the counts travel (core/fiber.h)
+    req.wait();
+  }
 
   p.n_send = start[E] - start[0];
   p.n_recv = 0;

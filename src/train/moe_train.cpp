@@ -8,12 +8,25 @@
 #include <string_view>
 
 #include "core/check.h"
+#include "core/fiber.h"
 #include "core/parallel.h"
 #include "core/scratch.h"
 #include "kernels/activation.h"
 #include "model/moe.h"
 
 namespace dsv3 {
+
+bool moe_ep_overlap() {
+  static const bool on = [] {
+    const char* s = std::getenv("DSV3_EP_OVERLAP");
+    if (s == nullptr || *s == 0) return true;
+    const std::string_view v(s);
+    DSV3_CHECK(v == "0" || v == "1", "DSV3_EP_OVERLAP='", s, "' must be 0 (off) or 1 (on)");
+    return v == "1";
+  }();
+  return on;
+}
+
 namespace {
 
 const float* wptr(const Weight& w) {
@@ -34,26 +47,21 @@ struct Poll {
   }
 };
 
-// DSV3_EP_OVERLAP=0 waits on each EP exchange right after starting it, with no computation
-// in between: the baseline of the overlap experiment (docs/PERF.md, "Distributed training").
-// Unset or 1: overlapped. The same operations in the same order either way: the same bits.
-bool ep_overlap() {
-  static const bool on = [] {
-    const char* s = std::getenv("DSV3_EP_OVERLAP");
-    if (s == nullptr || *s == 0) return true;
-    const std::string_view v(s);
-    DSV3_CHECK(v == "0" || v == "1", "DSV3_EP_OVERLAP='", s, "' must be 0 (off) or 1 (on)");
-    return v == "1";
-  }();
-  return on;
-}
-
 // ep_exchange, completed at once when overlap is off (then Poll's test() finds it done).
 dist::Request ep_start(const dist::Comm& comm, const EpPlan& plan, EpDirection dir,
                        const uint8_t* send, uint8_t* recv, int64_t row_bytes) {
   dist::Request req = ep_exchange(comm, plan, dir, send, recv, row_bytes);
-  if (!ep_overlap()) req.wait();
+  if (!moe_ep_overlap()) req.wait();
   return req;
+}
+
+// The end of an EP exchange's window: first the other micro-batch's turn when the step
+// runs two at once (core/fiber.h; a no-op otherwise), then the wait. Every exchange yields
+// here unconditionally, so the interleaving — and the order of the collectives — is the
+// same on every rank.
+void ep_wait(dist::Request& req) {
+  fiber_yield();
+  req.wait();
 }
 
 // One SwiGLU expert on n gathered rows: G, U [n, I] (saved) = gate(x), up(x);
@@ -438,7 +446,7 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
     } else {
       std::memset(out, 0, size_t(N * H) * sizeof(float));
     }
-    req.wait();
+    ep_wait(req);
   }
 
   // The owner: each of its experts over the rows of all sources (rank order), outputs encoded
@@ -467,7 +475,7 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
     unbiased_scores(sc, logits, N, E, c);
     req.test();
     if (stats) moe_stats(*stats, sc, cnt, start, B, T, E, K, alpha);
-    req.wait();
+    ep_wait(req);
   }
   // Weighted adds in expert order, each token's in the plain path's order.
   float* y = grow(s.ye, H);
@@ -562,7 +570,7 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
                         Poll{&req});
       else
         std::memset(dx, 0, size_t(N * H) * sizeof(float));
-      req.wait();
+      ep_wait(req);
     }
 
     const uint8_t* xin = saved.ep.x_in.data();
@@ -597,7 +605,7 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
       // The balance term first: each ds entry gets at most one routing term and one balance
       // term, and a + b = b + a in IEEE arithmetic, so the plain path's bits are kept.
       if (balance) add_balance_grad(ds, sc, cnt, B, T, E, K, alpha, bal_scale);
-      req.wait();
+      ep_wait(req);
     }
     float* dwt = grow(s.dweight, N * K);
     float* d = grow(s.ye, H);

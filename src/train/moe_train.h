@@ -71,6 +71,13 @@ struct MoeExpertParallel {
 // and the rest against c: model/moe.h check_node_limit). ep may be nullptr (no limit).
 NodeLimit moe_node_limit(const MoeExpertParallel* ep, const ModelConfig& c);
 
+// DSV3_EP_OVERLAP=0 (read once) turns the EP overlap off: each exchange is waited on right
+// after it starts, with no computation in between, and the training step runs its
+// micro-batches one after another (train/train_step.h) — the baseline of the overlap
+// experiment (docs/PERF.md, "Distributed training"). Unset or 1: overlapped. The same
+// operations in the same order either way: the same bits.
+bool moe_ep_overlap();
+
 // The wire formats by linear precision (report §3.3.2): the dispatch in the GEMMs' input
 // precision (F32 / BF16 / E4M3 1x128), the combine in BF16 (F32 under F32 training). The same
 // two for backward (dout rows to the owners; dx rows back), each row with one F32 extra (the

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/fiber.h"
 #include "core/parallel.h"
 
 namespace dsv3 {
@@ -21,8 +22,9 @@ namespace {
 constexpr int kAct = 0, kGrad = 1, kEmbedRows = 2;  // message kinds (tags)
 }  // namespace
 
-PipelineExec::PipelineExec(TrainModel& model, const pipe::Schedule& s, const dist::Comm& pipe, int64_t layers)
-    : model_(model), s_(s), pipe_(pipe), layers_(layers), me_(pipe.rank()) {
+PipelineExec::PipelineExec(TrainModel& model, const pipe::Schedule& s, const dist::Comm& pipe, int64_t layers,
+                           bool overlap_fb)
+    : model_(model), s_(s), pipe_(pipe), layers_(layers), me_(pipe.rank()), overlap_fb_(overlap_fb) {
   DSV3_ASSERT(pipe.size() == s.pp);
   A_ = model.activation_numel();
   E_ = model.mtp_rows_numel();
@@ -125,8 +127,12 @@ int64_t PipelineExec::run(const int32_t* rows, const float* params, const std::v
       case pipe::OpType::F: forward(op.mb, op.chunk); break;
       case pipe::OpType::B: backward(op.mb, op.chunk, op.split); break;
       case pipe::OpType::FB:
-        forward(op.mb, op.chunk);
-        backward(op.mb2, op.chunk2, op.split2);
+        if (overlap_fb_) {
+          run_fibers({[&] { forward(op.mb, op.chunk); }, [&] { backward(op.mb2, op.chunk2, op.split2); }});
+        } else {
+          forward(op.mb, op.chunk);
+          backward(op.mb2, op.chunk2, op.split2);
+        }
         break;
       case pipe::OpType::W: weight(op.mb, op.chunk); break;
     }
@@ -192,8 +198,10 @@ void PipelineExec::backward(int mb, int chunk, bool split) {
   const int k = key(kGrad, chunk, mb), ke = key(kEmbedRows, 0, mb);
   float* d = buffer(k, A_);  // in: the output gradient (unused on the last stage); out: the input's
   float* de = E_ > 0 && (st == 0 || st == last) ? buffer(ke, E_) : nullptr;
-  sent_ += model_.backward_stage(stage_span(layers_, s_.n_stages, st), slot, rows_ + mb * row_elems_, params_,
-                                 (*g_)[size_t(mb)], d, de, split ? &deferred_[chunk * s_.micro_batches + mb] : nullptr);
+  const int64_t ep_sent = model_.backward_stage(stage_span(layers_, s_.n_stages, st), slot, rows_ + mb * row_elems_,
+                                                params_, (*g_)[size_t(mb)], d, de,
+                                                split ? &deferred_[chunk * s_.micro_batches + mb] : nullptr);
+  sent_ += ep_sent;  // after the call: a forward on the other fiber may add meanwhile
   free_slots_.push_back(slot);
   if (de != nullptr) {
     const int dst = s_.where(0, mb).rank;

@@ -7,8 +7,12 @@
 //              gradient to prev; the last stage also sends the MTP modules' embedding-row
 //              gradients to micro-batch mb's first stage, which adds them before its own rows
 //              (the order of one process).
-//   FB         the F then the B; both inputs were posted before either computes (how far a
-//              transfer advances during compute is up to MPI's progress engine).
+//   FB         the F and the B; both inputs were posted before either computes (how far a
+//              transfer advances during compute is up to MPI's progress engine). With
+//              overlap_fb (expert parallelism inside the stages) they run at once on two
+//              fibers (core/fiber.h), each yielding at its expert-parallel exchanges, so one's
+//              all-to-all travels while the other computes — DualPipe's F&B overlap. Each has
+//              its own work buffers (TrainModel), so the bits are those of F then B.
 //   B split    the same with every tlinear weight-gradient GEMM deferred (attention, experts,
 //              dense MLP, router, MTP eh_proj; their dy and x copied, tlinear.h); the norm
 //              gains and the embedding get theirs in B, the head its own in F.
@@ -35,7 +39,8 @@ StageSpan stage_span(int64_t layers, int n_stages, int s);
 class PipelineExec {
  public:
   // pipe: this data-parallel rank's pipeline group, rank = pipeline rank (the schedule's rank).
-  PipelineExec(TrainModel& model, const pipe::Schedule& s, const dist::Comm& pipe, int64_t layers);
+  PipelineExec(TrainModel& model, const pipe::Schedule& s, const dist::Comm& pipe, int64_t layers,
+               bool overlap_fb = false);
 
   // rows [M·b, T + 1]: this pipeline's micro-batches, mb's rows at mb·b·(T + 1); g[mb]:
   // micro-batch mb's gradient arena (zeroed by the caller; this rank's stages' tensors are
@@ -66,6 +71,7 @@ class PipelineExec {
   const dist::Comm& pipe_;
   int64_t layers_;
   int me_;
+  bool overlap_fb_ = false;
   int64_t A_, E_, row_elems_;  // activation elements, MTP embedding-row elements, ids per micro-batch
   std::vector<std::vector<float>> pool_;        // message buffers, reused across ops and steps
   std::vector<int> free_bufs_;

@@ -150,6 +150,7 @@ TrainConfig parse_train_config(const std::string& text, const std::string& where
     pc.max_nodes = q.i64("max_nodes", pc.max_nodes, 0, 1 << 20);
     pc.ranks_per_node = q.i64("ranks_per_node", pc.ranks_per_node, 0, 1 << 20);
     pc.zero_bucket_mb = q.f64("zero_bucket_mb", pc.zero_bucket_mb, 1e-3, 1e6);
+    pc.overlap_micro_batches = q.boolean("overlap_micro_batches", pc.overlap_micro_batches);
     q.no_unknown();
   }
   DSV3_CHECK(t.seq_len <= t.model.max_position_embeddings, where, ": 'seq_len' (", t.seq_len,

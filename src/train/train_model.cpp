@@ -7,6 +7,7 @@
 #include "core/parallel.h"
 
 #include "core/check.h"
+#include "core/fiber.h"
 #include "core/scratch.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
@@ -31,10 +32,29 @@ struct TrainModel::Impl {
   std::vector<float> rope_cos, rope_sin;
   RopeTable rope;
   float softmax_scale;
-  TLinearCtx lc;
-  TLinearScratch ls;
-  MlaTrainScratch mla_s;
-  MoeTrainScratch moe_s;
+  // The work of one computation: buffers and scratch live only while a forward or backward
+  // runs, but the pipeline's F&B pair runs a forward and a backward at once on two fibers
+  // (core/fiber.h), each with its own (wk() picks by fiber: [0] outside fibers and for the
+  // first fiber, [1] for the second).
+  struct Work {
+    TLinearCtx lc;
+    TLinearScratch ls;
+    MlaTrainScratch mla_s;
+    MoeTrainScratch moe_s;
+    std::vector<float> xn, dxn, a, f, rstd;  // [N, H] / [N]
+    std::vector<float> logits, losses;
+    std::vector<float> xs, ds;        // [N, H] the residual stream and its gradient (step())
+    std::vector<float> dcat_s, dm_s, dprev_s;  // MTP backward: [Nk, 2H], [Nk, H], [Nk, H]
+    std::vector<int32_t> kid_s;       // [Nk] MTP module k's input ids (the first stage's backward)
+    std::vector<float> de_one;        // step(): the MTP embedding-row gradients [Σk Nk, H]
+    int64_t ep_bytes = 0;             // this computation's expert-parallel traffic (predicted)
+  };
+  Work work[2];
+  Work& wk() {
+    const int i = fiber_index();
+    DSV3_ASSERT(i < 2);
+    return work[i > 0 ? 1 : 0];
+  }
 
   struct BlockState {
     std::vector<float> x_in, h;  // [N, H] block input and the residual after attention
@@ -42,13 +62,6 @@ struct TrainModel::Impl {
     MoeTrainSaved moe;
     MlpTrainSaved mlp;
   };
-  std::vector<float> xn, dxn, a, f, dx, dh, rstd;  // work [N, H] / [N]
-  std::vector<float> logits, losses;
-  // Per-step work kept across steps (a step allocates nothing once they have grown).
-  std::vector<float> xs, ds;        // [N, H] the residual stream and its gradient (step())
-  std::vector<float> dcat_s, dm_s, dprev_s;  // MTP backward: [Nk, 2H], [Nk, H], [Nk, H]
-  std::vector<int32_t> kid_s;       // [Nk] MTP module k's input ids (the first stage's backward)
-  std::vector<float> de_one;        // step(): the MTP embedding-row gradients [Σk Nk, H]
 
   struct MtpState {
     int64_t Tk = 0;                 // positions per sequence: T − k (those with a target)
@@ -94,8 +107,10 @@ struct TrainModel::Impl {
     rope_build_table(rope_cos.data(), rope_sin.data(), 0, T, c.qk_rope_head_dim, c.rope_theta, yarn);
     rope = RopeTable{rope_cos.data(), rope_sin.data(), T, c.qk_rope_head_dim};
     softmax_scale = attention_softmax_scale(c.qk_head_dim(), yarn);
-    lc.prec = o.precision;
-    lc.threads = o.threads;
+    for (Work& w : work) {
+      w.lc.prec = o.precision;
+      w.lc.threads = o.threads;
+    }
   }
 
   void embed(float* x, const float* table, const int32_t* ids, int64_t n) {
@@ -127,9 +142,9 @@ struct TrainModel::Impl {
                    BlockState& bs, StepLosses* L, int64_t layer) {
     if (lw.is_moe) {
       MoeStats st;
-      moe_train_forward(out, x, B, Tb, c, lw.moe, bias, float(o.balance_alpha), lc, bs.moe, moe_s, &st,
+      moe_train_forward(out, x, B, Tb, c, lw.moe, bias, float(o.balance_alpha), wk().lc, bs.moe, wk().moe_s, &st,
                         ep());
-      if (o.ep.ep != nullptr) ep_bytes += moe_ep_forward_bytes(bs.moe, c).total();
+      if (o.ep.ep != nullptr) wk().ep_bytes += moe_ep_forward_bytes(bs.moe, c).total();
       if (L) {
         L->balance += st.balance_loss;
         L->balance_layer.push_back(st.balance_loss);
@@ -137,7 +152,7 @@ struct TrainModel::Impl {
         L->moe_layer.push_back(layer);
       }
     } else {
-      mlp_train_forward(out, x, B * Tb, H, lw.mlp, lc, bs.mlp, moe_s.mlp);
+      mlp_train_forward(out, x, B * Tb, H, lw.mlp, wk().lc, bs.mlp, wk().moe_s.mlp);
     }
   }
 
@@ -147,13 +162,13 @@ struct TrainModel::Impl {
     const int64_t n = B * Tb;
     bs.x_in.assign(x, x + n * H);
     bs.h.resize(size_t(n * H));
-    float* xn_ = grow(xn, n * H);
-    float* a_ = grow(a, n * H);
+    float* xn_ = grow(wk().xn, n * H);
+    float* a_ = grow(wk().a, n * H);
     norm_fwd(xn_, x, fp(lw.input_layernorm), n);
-    mla_train_forward(a_, xn_, B, Tb, c, lw.self_attn, rope, softmax_scale, lc, bs.mla, mla_s);
+    mla_train_forward(a_, xn_, B, Tb, c, lw.self_attn, rope, softmax_scale, wk().lc, bs.mla, wk().mla_s);
     for (int64_t i = 0; i < n * H; ++i) bs.h[size_t(i)] = x[i] + a_[i];
     norm_fwd(xn_, bs.h.data(), fp(lw.post_attention_layernorm), n);
-    float* f_ = grow(f, n * H);
+    float* f_ = grow(wk().f, n * H);
     ffn_forward(f_, xn_, Tb, lw, bias, bs, L, layer);
     for (int64_t i = 0; i < n * H; ++i) x[i] = bs.h[size_t(i)] + f_[i];
   }
@@ -161,25 +176,25 @@ struct TrainModel::Impl {
   // d [B·Tb, H] in place: dL/d(block output) -> dL/d(block input). Grads added into g.
   void block_backward(float* d, int64_t Tb, const LayerWeights& lw, LayerWeights& g, BlockState& bs) {
     const int64_t n = B * Tb;
-    float* xn_ = grow(xn, n * H);
-    float* dxn_ = grow(dxn, n * H);
-    float* rs = grow(rstd, n);
+    float* xn_ = grow(wk().xn, n * H);
+    float* dxn_ = grow(wk().dxn, n * H);
+    float* rs = grow(wk().rstd, n);
     // out = h + ffn(norm2(h))
     norm_fwd(xn_, bs.h.data(), fp(lw.post_attention_layernorm), n, rs);  // recompute (§3.3)
     if (lw.is_moe) {
       moe_train_backward(dxn_, d, xn_, c, lw.moe, g.moe, float(o.balance_alpha),
-                         1.0f / float(o.global_batch > 0 ? o.global_batch : B), lc,
-                         bs.moe, moe_s, ep());
-      if (o.ep.ep != nullptr) ep_bytes += moe_ep_backward_bytes(bs.moe, c).total();
+                         1.0f / float(o.global_batch > 0 ? o.global_batch : B), wk().lc,
+                         bs.moe, wk().moe_s, ep());
+      if (o.ep.ep != nullptr) wk().ep_bytes += moe_ep_backward_bytes(bs.moe, c).total();
     } else {
-      mlp_train_backward(dxn_, d, xn_, n, H, lw.mlp, g.mlp, lc, bs.mlp, moe_s.mlp);
+      mlp_train_backward(dxn_, d, xn_, n, H, lw.mlp, g.mlp, wk().lc, bs.mlp, wk().moe_s.mlp);
     }
     rmsnorm_backward(d, H, fp_mut(g.post_attention_layernorm), dxn_, H, bs.h.data(), H,
                      fp(lw.post_attention_layernorm), rs, n, H, true, o.threads);
     // h = x + attn(norm1(x))
     norm_fwd(xn_, bs.x_in.data(), fp(lw.input_layernorm), n, rs);
-    mla_train_backward(dxn_, d, xn_, B, Tb, c, lw.self_attn, g.self_attn, rope, softmax_scale, lc,
-                       bs.mla, mla_s);
+    mla_train_backward(dxn_, d, xn_, B, Tb, c, lw.self_attn, g.self_attn, rope, softmax_scale, wk().lc,
+                       bs.mla, wk().mla_s);
     rmsnorm_backward(d, H, fp_mut(g.input_layernorm), dxn_, H, bs.x_in.data(), H,
                      fp(lw.input_layernorm), rs, n, H, true, o.threads);
   }
@@ -194,16 +209,16 @@ struct TrainModel::Impl {
       return 0.0;
     }
     const int64_t R = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(16) << 20) / V));
-    float* lg = grow(logits, R * V);
-    float* ls_ = grow(losses, R);
+    float* lg = grow(wk().logits, R * V);
+    float* ls_ = grow(wk().losses, R);
     double sum = 0;
     const float scale = float(loss_weight / double(n_valid));
     for (int64_t r0 = 0; r0 < N; r0 += R) {
       const int64_t r = std::min(R, N - r0);
-      tlinear_forward(lg, h + r0 * H, W, r, V, H, lc, ls);
+      tlinear_forward(lg, h + r0 * H, W, r, V, H, wk().lc, wk().ls);
       if (dh) {
         cross_entropy_forward_backward(ls_, lg, V, t + r0, scale, r, V, kIgnore, o.threads);
-        tlinear_backward(dh + r0 * H, dW, lg, h + r0 * H, W, r, V, H, lc, ls);
+        tlinear_backward(dh + r0 * H, dW, lg, h + r0 * H, W, r, V, H, wk().lc, wk().ls);
       } else {
         cross_entropy_forward(ls_, nullptr, lg, V, t + r0, r, V, kIgnore, o.threads);
       }
@@ -214,19 +229,17 @@ struct TrainModel::Impl {
   }
 
   StepLosses step(const int32_t* ids, const float* params, float* grads) {
-    ep_bytes = 0;
+    wk().ep_bytes = 0;
     const StageSpan all{0, c.num_hidden_layers, true, true};
-    float* x = grow(xs, N * H);
+    float* x = grow(wk().xs, N * H);
     StepLosses L = forward_stage(all, 0, ids, params, grads, x);
     if (grads) {
-      float* d = grow(ds, N * H);
-      backward_stage(all, 0, ids, params, grads, d, grow(de_one, mtp_rows() * H));
+      float* d = grow(wk().ds, N * H);
+      backward_stage(all, 0, ids, params, grads, d, grow(wk().de_one, mtp_rows() * H));
     }
-    L.ep_bytes = ep_bytes;
+    L.ep_bytes = wk().ep_bytes;
     return L;
   }
-
-  int64_t ep_bytes = 0;  // this step's expert-parallel traffic, predicted from the routing
 
   int64_t mtp_rows() const {
     int64_t r = 0;
@@ -296,7 +309,7 @@ struct TrainModel::Impl {
       rmsnorm_forward(m.cat.data() + H, 2 * H, nullptr, m.hprev.data(), H, fp(mw.hnorm), Nk, H, eps,
                       o.threads);
       m.x_pre.resize(size_t(Nk * H));
-      tlinear_forward(m.x_pre.data(), m.cat.data(), fp(mw.eh_proj), Nk, H, 2 * H, lc, ls);
+      tlinear_forward(m.x_pre.data(), m.cat.data(), fp(mw.eh_proj), Nk, H, 2 * H, wk().lc, wk().ls);
       block_forward(m.x_pre.data(), Tk, mw.block, sl.blocks[size_t(Lm + k - 1)], &L, Lm + k - 1,
                     router_bias(mw.block));
       m.hk.resize(size_t(Nk * H));
@@ -327,28 +340,28 @@ struct TrainModel::Impl {
         const MtpWeights& mw = pw.mtp[size_t(k - 1)];
         MtpWeights& mg = gw.mtp[size_t(k - 1)];
         const int64_t Tk = m.Tk, Nk = B * Tk, Tp = Tk + 1;
-        float* rs = grow(rstd, Nk);
+        float* rs = grow(wk().rstd, Nk);
         // h^k = shared_head.norm(x_pre)
-        float* dm = zeros(dm_s, Nk * H);
-        norm_fwd(grow(xn, Nk * H), m.x_pre.data(), fp(mw.shared_head_norm), Nk, rs);
+        float* dm = zeros(wk().dm_s, Nk * H);
+        norm_fwd(grow(wk().xn, Nk * H), m.x_pre.data(), fp(mw.shared_head_norm), Nk, rs);
         rmsnorm_backward(dm, H, fp_mut(mg.shared_head_norm), m.dhk.data(), H, m.x_pre.data(), H,
                          fp(mw.shared_head_norm), rs, Nk, H, false, o.threads);
         block_backward(dm, Tk, mw.block, mg.block, sl.blocks[size_t(Lm + k - 1)]);
         // x_pre came out of the block; the block's input was eh_proj(cat): dm is its gradient now.
-        float* dcat = zeros(dcat_s, Nk * 2 * H);
+        float* dcat = zeros(wk().dcat_s, Nk * 2 * H);
         tlinear_backward(dcat, fp_mut(mg.eh_proj), dm, m.cat.data(), fp(mw.eh_proj), Nk, H,
-                         2 * H, lc, ls);
+                         2 * H, wk().lc, wk().ls);
         // enorm(e): the embedding rows' gradient, added into the (shared) table by the first
         // stage, before its own rows — the order of one process.
         de_off -= Nk * H;
         float* de = de_rows + de_off;
         std::memset(de, 0, size_t(Nk * H) * sizeof(float));
-        norm_fwd(grow(xn, Nk * H), m.e.data(), fp(mw.enorm), Nk, rs);
+        norm_fwd(grow(wk().xn, Nk * H), m.e.data(), fp(mw.enorm), Nk, rs);
         rmsnorm_backward(de, H, fp_mut(mg.enorm), dcat, 2 * H, m.e.data(), H, fp(mw.enorm),
                          rs, Nk, H, false, o.threads);
         // hnorm(h^{k-1}): into dhN (k = 1) or the previous module's dh, rows i < Tk.
-        float* dprev_g = zeros(dprev_s, Nk * H);
-        norm_fwd(grow(xn, Nk * H), m.hprev.data(), fp(mw.hnorm), Nk, rs);
+        float* dprev_g = zeros(wk().dprev_s, Nk * H);
+        norm_fwd(grow(wk().xn, Nk * H), m.hprev.data(), fp(mw.hnorm), Nk, rs);
         rmsnorm_backward(dprev_g, H, fp_mut(mg.hnorm), dcat + H, 2 * H, m.hprev.data(), H,
                          fp(mw.hnorm), rs, Nk, H, false, o.threads);
         float* dprev = k == 1 ? sl.dhN.data() : sl.mtp[size_t(k - 2)].dhk.data();
@@ -360,9 +373,9 @@ struct TrainModel::Impl {
           }
       }
       // ---- final norm ----
-      float* rs = grow(rstd, N);
+      float* rs = grow(wk().rstd, N);
       std::memset(d, 0, size_t(N * H) * sizeof(float));
-      norm_fwd(grow(xn, N * H), sl.x_last.data(), fp(pw.norm), N, rs);
+      norm_fwd(grow(wk().xn, N * H), sl.x_last.data(), fp(pw.norm), N, rs);
       rmsnorm_backward(d, H, fp_mut(gw.norm), sl.dhN.data(), H, sl.x_last.data(), H, fp(pw.norm), rs,
                        N, H, false, o.threads);
     }
@@ -374,7 +387,7 @@ struct TrainModel::Impl {
     for (int64_t k = D; k >= 1; --k) {
       const int64_t Tk = T - k, Nk = B * Tk;
       de_off -= Nk * H;
-      int32_t* kid = grow(kid_s, Nk);
+      int32_t* kid = grow(wk().kid_s, Nk);
       for (int64_t b = 0; b < B; ++b)
         for (int64_t i = 0; i < Tk; ++i) kid[b * Tk + i] = ids[b * T1 + i + k];
       embed_backward(fp_mut(gw.mtp[size_t(k - 1)].embed_tokens), kid, de_rows + de_off, Nk);
@@ -435,23 +448,23 @@ StepLosses TrainModel::step(const int32_t* ids, const float* params, float* grad
 
 StepLosses TrainModel::forward_stage(const StageSpan& st, int slot, const int32_t* ids,
                                      const float* params, float* grads, float* x) {
-  impl_->ep_bytes = 0;
+  impl_->wk().ep_bytes = 0;
   StepLosses L = impl_->forward_stage(st, slot, ids, params, grads, x);
-  L.ep_bytes = impl_->ep_bytes;
+  L.ep_bytes = impl_->wk().ep_bytes;
   return L;
 }
 
 int64_t TrainModel::backward_stage(const StageSpan& st, int slot, const int32_t* ids, const float* params,
                                    float* grads, float* d, float* de_rows, std::vector<DeferredWGrad>* defer) {
-  impl_->ep_bytes = 0;
-  impl_->lc.defer = defer;
+  impl_->wk().ep_bytes = 0;
+  impl_->wk().lc.defer = defer;
   impl_->backward_stage(st, slot, ids, params, grads, d, de_rows);
-  impl_->lc.defer = nullptr;
-  return impl_->ep_bytes;
+  impl_->wk().lc.defer = nullptr;
+  return impl_->wk().ep_bytes;
 }
 
 void TrainModel::weight_stage(std::vector<DeferredWGrad>& defer) {
-  tlinear_run_deferred(defer, impl_->lc, impl_->ls);
+  tlinear_run_deferred(defer, impl_->wk().lc, impl_->wk().ls);
 }
 
 int64_t TrainModel::activation_numel() const { return impl_->N * impl_->H; }

@@ -13,6 +13,11 @@
 // produce the same bits — `mpirun -np 4 dsv3 train` and `dsv3 train --micro-batches 4`
 // (tests/test_dist_train.cpp). Against another U the results differ by rounding only.
 //
+// With expert parallelism and ≥ 2 micro-batches (no pipeline), a rank runs its micro-batches
+// two at a time on cooperative fibers (core/fiber.h): each yields at every expert-parallel
+// exchange, so one micro-batch computes while the other's rows travel. Each has its own
+// model state and gradient arena, so the bits are those of running them one after another.
+//
 // With pipeline stages (lay.pp > 1) a rank runs its pipeline's schedule (PipelineExec) on its
 // stages, each micro-batch into its own arena; the other stages' tensors stay exactly zero, so
 // ZeRO-1 over all dp × pp ranks (stage pieces first, then the dp tree) keeps the same sums.
@@ -67,6 +72,7 @@ class TrainStep {
   void gather_params(float* params) const;
 
   AdamW& adam() { return *adam_; }
+  bool overlaps_micro_batches() const { return model2_ != nullptr; }  // two at a time (above)
   const std::vector<float>& grads() const { return grads_; }
   int64_t lo() const { return lo_; }
   int64_t hi() const { return hi_; }
@@ -79,6 +85,9 @@ class TrainStep {
   const dist::Comm& dp_;
   std::unique_ptr<AdamW> adam_;
   std::unique_ptr<TrainModel> model_;
+  // Two-micro-batch overlap (ep > 1, pp = 1, ≥ 2 micro-batches, parallel.overlap_micro_batches):
+  // the second model of a pair, its own activations and scratch; null when not overlapping.
+  std::unique_ptr<TrainModel> model2_;
   const dist::Comm* pipe_ = nullptr;
   std::unique_ptr<pipe::Schedule> sched_;
   std::unique_ptr<PipelineExec> exec_;

@@ -330,6 +330,7 @@ int run_training(const TrainRunOptions& o) {
                o.zero_bucket_mb);
     pc.zero_bucket_mb = o.zero_bucket_mb;
   }
+  if (o.overlap_micro_batches >= 0) pc.overlap_micro_batches = o.overlap_micro_batches != 0;
   if (!o.schedule.empty()) pc.schedule = o.schedule;
   // Several copies of a build without MPI would each train alone and race for OUT.
   DSV3_CHECK(!dist::launched_by_mpi() || dist::mpi_built(), "started by mpirun, but this dsv3 was built "

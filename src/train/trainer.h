@@ -33,6 +33,7 @@ struct TrainRunOptions {
   // Layout flags (override the config's "parallel"; -1 / "": keep the config's).
   int64_t dp = -1, ep = -1, pp = -1, micro_batches = -1, max_nodes = -1, ranks_per_node = -1;
   double zero_bucket_mb = -1;  // < 0: the config's
+  int overlap_micro_batches = -1;  // 0 / 1; < 0: the config's
   std::string schedule;
   int64_t steps = -1;     // overrides the config's steps (the schedule keeps the config's)
   bool resume = false;
