@@ -344,7 +344,9 @@ void run_overlap_bitwise(const Layouts& l, const char* prec) {
   SCOPED_TRACE(std::string(prec) + " dp " + std::to_string(l.dp) + " ep " + std::to_string(l.ep) + " pp " +
                std::to_string(l.pp) + " " + l.schedule + " M " + std::to_string(l.micro));
   dist::Comm& world = dist::Comm::world();
-  TrainConfig on = tiny_config(prec), off = on;
+  // With stages, 4 layers (the first dense): every stage holds MoE layers, so both the F and
+  // the B of a pair exchange rows.
+  TrainConfig on = tiny_config(prec, l.pp > 1 ? 4 : 2), off = on;
   off.parallel.overlap_micro_batches = false;
   ParallelConfig pc;
   pc.dp = l.dp;
@@ -366,6 +368,13 @@ void run_overlap_bitwise(const Layouts& l, const char* prec) {
   if (lay.pp == 1) {
     ASSERT_TRUE(a.overlaps_micro_batches());
     ASSERT_FALSE(b.overlaps_micro_batches());
+  } else {
+    ASSERT_TRUE(a.overlaps_fb_pairs());
+    ASSERT_FALSE(b.overlaps_fb_pairs());
+    const pipe::Schedule sc = pipe::make_schedule(pipe::parse_schedule(l.schedule), int(l.pp), int(l.micro));
+    int fb = 0;
+    for (const pipe::Op& op : sc.ops[size_t(lay.stage)]) fb += op.type == pipe::OpType::FB ? 1 : 0;
+    ASSERT_GT(fb, 0) << "the schedule has no F&B pair on this rank";
   }
   for (int64_t s = 0; s < 8; ++s) {
     const std::vector<int32_t> batch = batch_of(s);
@@ -611,6 +620,23 @@ TEST(DistTrainCli, ExpertParallelRunTrains) {
   ASSERT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.err.find("ep 2"), std::string::npos) << r.err;
   expect_expert_parallel_run(ep, one);
+}
+
+// --ep 2 with 2 micro-batches per rank runs them two at a time on fibers (the default) or
+// one after the other (--overlap-micro-batches 0): the same metrics and the same weights.
+TEST(DistTrainCli, OverlappedMicroBatchesTrainTheSameBits) {
+  NEED_MPIRUN();
+  const std::string cfg = cli_config("ep-overlap");
+  const fs::path on = fresh("ep2-overlap"), off = fresh("ep2-sequential");
+  const CliRun a = mpi_train(2, cfg, on, "--ep 2 --micro-batches 2");
+  ASSERT_EQ(a.rc, 0) << a.err;
+  const CliRun b = mpi_train(2, cfg, off, "--ep 2 --micro-batches 2 --overlap-micro-batches 0");
+  ASSERT_EQ(b.rc, 0) << b.err;
+  const std::vector<json> ma = metrics(on), mb = metrics(off);
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i < ma.size(); ++i) expect_same_metrics(ma[i], mb[i]);
+  EXPECT_TRUE(master_params(on / latest(on)) == master_params(off / latest(off)));
+  EXPECT_NE(cli("train --config " + cfg + " --data x --out y --overlap-micro-batches 2").rc, 0);
 }
 
 // A checkpoint holds the whole arena and whole moments: it resumes into any layout.

@@ -252,6 +252,8 @@ TEST(TrainBadInput, ContradictoryConfigs) {
       {"unknown_nested", [](json& j) { j["optimizer"]["beta_1"] = 0.9; }, "unknown key 'optimizer.beta_1'"},
       {"type", [](json& j) { j["batch"] = "2"; }, "'batch' must be an integer"},
       {"vocab", [](json& j) { j["model"]["vocab_size"] = env().vocab - 10; }, "larger than the model's vocab_size"},
+      {"overlap", [](json& j) { j["parallel"] = {{"overlap_micro_batches", "yes"}}; },
+       "'parallel.overlap_micro_batches' must be true or false"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);

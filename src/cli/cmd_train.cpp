@@ -39,8 +39,9 @@ void register_train(CLI::App& app) {
   c->add_option("--zero-bucket-mb", o->zero_bucket_mb,
                 "ZeRO-1: the gradient exchange's receive buffer in MiB (rounds of this size; default 64)");
   c->add_option("--overlap-micro-batches", o->overlap_micro_batches,
-                "With --ep > 1: run micro-batches two at a time, each one's expert-parallel exchanges "
-                "behind the other's compute (1, the default) or one after another (0)")
+                "With --ep > 1: run two micro-batches at once (without --pp: two at a time; with it: "
+                "the F and B of DualPipe's F&B pairs), each one's expert-parallel exchanges behind the "
+                "other's compute (1, the default), or one after another (0)")
       ->check(CLI::Range(0, 1));
   c->callback([o] {
     const int rc = run_training(*o);

@@ -60,18 +60,26 @@ struct Scheduler {
 
 thread_local Scheduler* t_sched = nullptr;
 
-void fiber_main() {
-  Scheduler& s = *t_sched;
-  Fiber& f = s.fibers[size_t(s.current)];
-  finish_switch(nullptr, &s.main_bottom, &s.main_size);
+// The task, its exception kept for run_fibers. Its own frame, so that nothing of it is live
+// when fiber_main announces its last switch.
+[[gnu::noinline]] void run_task(Fiber& f) {
   try {
     (*f.task)();
   } catch (...) {
     f.error = std::current_exception();
   }
   f.done = true;
-  // Leaving for good: ASan may drop this stack's fake frames (nullptr); uc_link resumes main.
+}
+
+void fiber_main() {
+  Scheduler& s = *t_sched;
+  finish_switch(nullptr, &s.main_bottom, &s.main_size);
+  run_task(s.fibers[size_t(s.current)]);
+  // Leaving for good: ASan may drop this stack's fake frames (nullptr), and the switch follows
+  // at once (no return through uc_link, which would run this frame's epilogue after it).
   start_switch(nullptr, s.main_bottom, s.main_size);
+  setcontext(&s.main);
+  DSV3_ASSERT(false);  // setcontext returns only on failure
 }
 
 // A fiber's stack and context, to start task on its first switch and return to link. Its own
@@ -119,7 +127,7 @@ void run_fibers(const std::vector<std::function<void()>>& tasks, size_t stack_by
   stack_bytes = (stack_bytes + page - 1) / page * page;
   Scheduler s;
   s.fibers.resize(tasks.size());
-  struct Unmap {  // the stacks go whatever happens
+  struct Unmap {  // the stacks go on every path (an abandoned fiber's is kept: map = nullptr)
     Scheduler& s;
     ~Unmap() {
       for (Fiber& f : s.fibers)
@@ -129,7 +137,7 @@ void run_fibers(const std::vector<std::function<void()>>& tasks, size_t stack_by
   } unmap{s};
   for (size_t i = 0; i < tasks.size(); ++i) make_fiber(s.fibers[i], &tasks[i], stack_bytes, page, &s.main);
   t_sched = &s;
-  // Round robin in task order until every fiber has returned.
+  // Round robin in task order until every fiber has returned, or one has thrown.
   for (bool any = true; any;) {
     any = false;
     for (size_t i = 0; i < s.fibers.size(); ++i) {
@@ -141,10 +149,15 @@ void run_fibers(const std::vector<std::function<void()>>& tasks, size_t stack_by
       DSV3_ASSERT(swapcontext(&s.main, &f.ctx) == 0);
       finish_switch(s.main_fake, nullptr, nullptr);
       s.current = -1;
+      if (f.error) {
+        // The others are abandoned mid-way: their stacks stay mapped (their frames are never
+        // unwound, and an MPI operation they started may still refer to their objects).
+        for (Fiber& o : s.fibers)
+          if (!o.done) o.map = nullptr;
+        std::rethrow_exception(f.error);
+      }
     }
   }
-  for (Fiber& f : s.fibers)
-    if (f.error) std::rethrow_exception(f.error);
 }
 
 }  // namespace dsv3

@@ -12,9 +12,13 @@
 //
 // Rules: yield only between pieces of work (never inside a parallel region, a catch block or
 // while a thread-local scratch buffer is in use across the call); every fiber has its own
-// state and scratch. A fiber's exception ends that fiber only; the others run on, and once
-// all have ended run_fibers rethrows the exception of the first task (in task order) that
-// threw.
+// state and scratch.
+//
+// Errors: an exception that leaves a task ends run_fibers at once — it is rethrown there and
+// the other fibers are never resumed. Running them on would be wrong under MPI: a fiber left
+// alone no longer yields, so its collectives would pair with other ranks' collectives of the
+// other fiber. An abandoned fiber's stack is left mapped (a leak on a path that ends the
+// process: under mpirun, main() turns the error into dist::fatal).
 #pragma once
 #include <cstddef>
 #include <functional>
@@ -24,7 +28,8 @@ namespace dsv3 {
 
 // Runs tasks[i] each on a fiber of its own (a stack of stack_bytes, reserved, committed as
 // touched; a guard page below it), starting with tasks[0]. Returns when every task has
-// returned. Not reentrant: calling it from a fiber is an error (dsv3::Error).
+// returned; rethrows the first exception a task throws, at once (above). Not reentrant:
+// calling it from a fiber is an error (dsv3::Error).
 void run_fibers(const std::vector<std::function<void()>>& tasks,
                 size_t stack_bytes = size_t(64) << 20);
 

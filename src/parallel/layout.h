@@ -28,9 +28,11 @@ struct ParallelConfig {
   // ZeRO-1's gradient exchange runs in rounds whose receive buffer (every rank's piece of a
   // bucket of this rank's shard) holds at most this many MiB, instead of one arena's worth.
   double zero_bucket_mb = 64;
-  // With expert parallelism (ep > 1, pp = 1) and ≥ 2 micro-batches: run them two at a time,
-  // each one's expert-parallel exchanges hidden behind the other's computation
-  // (docs/distributed.md). Costs a second micro-batch's activations; the same bits.
+  // With expert parallelism (ep > 1): without pipeline stages and with ≥ 2 micro-batches, run
+  // them two at a time, each one's expert-parallel exchanges hidden behind the other's
+  // computation (costs a second micro-batch's activations); with stages, run the F and the B
+  // of each F&B pair (DualPipe, DualPipeV) at once the same way (docs/distributed.md). The
+  // same bits either way.
   bool overlap_micro_batches = true;
   bool dp_given = false;      // dp set by the config or a flag (else mpirun's size is the dp)
 };

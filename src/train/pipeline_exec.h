@@ -49,6 +49,7 @@ class PipelineExec {
   // backwards (the forwards' are in their losses).
   int64_t run(const int32_t* rows, const float* params, const std::vector<float*>& g,
               std::vector<std::vector<std::pair<int, StepLosses>>>& per_stage);
+  bool overlaps_fb() const { return overlap_fb_; }  // FB pairs on two fibers
 
  private:
   void forward(int mb, int chunk);

@@ -73,6 +73,7 @@ class TrainStep {
 
   AdamW& adam() { return *adam_; }
   bool overlaps_micro_batches() const { return model2_ != nullptr; }  // two at a time (above)
+  bool overlaps_fb_pairs() const { return exec_ && exec_->overlaps_fb(); }  // pipeline F&B on fibers
   const std::vector<float>& grads() const { return grads_; }
   int64_t lo() const { return lo_; }
   int64_t hi() const { return hi_; }
