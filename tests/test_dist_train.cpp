@@ -91,23 +91,36 @@ struct Layouts {
   std::string schedule = "1f1b";
 };
 
+// The layout of l over the world and this rank's groups: data-parallel (its stage's),
+// expert-parallel, and with pipeline stages ZeRO over the whole job and its dp rank's pipeline.
+struct Groups {
+  Layout lay;
+  dist::Comm dpc, epc, zero, pipe;
+  Groups(const Layouts& l, const TrainConfig& cfg) {
+    dist::Comm& world = dist::Comm::world();
+    ParallelConfig pc;
+    pc.dp = l.dp;
+    pc.ep = l.ep;
+    pc.micro_batches = l.micro;
+    pc.max_nodes = l.max_nodes;
+    pc.ranks_per_node = l.ranks_per_node;
+    pc.pp = l.pp;
+    pc.schedule = l.schedule;
+    lay = make_layout(pc, cfg.model, cfg.batch, world.size(), world.rank());
+    dpc = world.split(lay.stage, lay.dp_rank);
+    epc = dpc.split(lay.dp_rank / lay.ep, lay.ep_rank);
+    zero = world.split(0, world.rank());
+    pipe = world.split(lay.dp_rank, lay.stage);
+  }
+  const dist::Comm& zero_group() const { return lay.pp > 1 ? zero : dpc; }
+  const dist::Comm* pipeline() const { return lay.pp > 1 ? &pipe : nullptr; }
+};
+
 void run_equivalence(const Layouts& l) {
-  dist::Comm& world = dist::Comm::world();
   const TrainConfig cfg = tiny_config();
-  ParallelConfig pc;
-  pc.dp = l.dp;
-  pc.ep = l.ep;
-  pc.micro_batches = l.micro;
-  pc.max_nodes = l.max_nodes;
-  pc.ranks_per_node = l.ranks_per_node;
-  pc.pp = l.pp;
-  pc.schedule = l.schedule;
-  const Layout lay = make_layout(pc, cfg.model, cfg.batch, world.size(), world.rank());
-  const dist::Comm dpc = world.split(lay.stage, lay.dp_rank);
-  const dist::Comm epc = dpc.split(lay.dp_rank / lay.ep, lay.ep_rank);
-  // With pipeline stages: ZeRO over the whole job, and this dp rank's pipeline.
-  const dist::Comm zero = world.split(0, world.rank()), pipe = world.split(lay.dp_rank, lay.stage);
-  const dist::Comm& zg = lay.pp > 1 ? zero : dpc;
+  const Groups gr(l, cfg);
+  const Layout& lay = gr.lay;
+  const dist::Comm& zg = gr.zero_group();
   const dist::Comm one_rank;
   Layout lay1 = make_layout(ParallelConfig{}, cfg.model, cfg.batch, 1, 0);
   // Node-limited routing in one process: routed for the same nodes as the EP run.
@@ -123,7 +136,7 @@ void run_equivalence(const Layouts& l) {
   // weights at every step, so the gradients are compared at the same point (on separate
   // trajectories AdamW turns last-bit differences of near-zero gradients into different
   // updates, and gradients a few steps on differ by more than the reduction order).
-  TrainStep dist_step(cfg, ps, lay, zg, epc, 1, lay.pp > 1 ? &pipe : nullptr),
+  TrainStep dist_step(cfg, ps, lay, zg, gr.epc, 1, gr.pipeline()),
       one(cfg, ps, lay1, one_rank, one_rank, 1),
       probe(cfg, ps, lay1, one_rank, one_rank, 1);
   for (int64_t s = 0; s < kSteps; ++s) {
@@ -149,6 +162,26 @@ void run_equivalence(const Layouts& l) {
   }
 }
 
+// Two steps that must have computed the same bits: every loss, the loads, the norm, and the
+// gradient of a's shard (b holds at least that range), tensor by tensor.
+void expect_same_step(const ParamSet& ps, const StepResult& ra, const TrainStep& a, const StepResult& rb,
+                      const TrainStep& b, int64_t s) {
+  EXPECT_EQ(ra.losses.total, rb.losses.total) << "step " << s + 1;
+  EXPECT_EQ(ra.losses.main, rb.losses.main) << "step " << s + 1;
+  EXPECT_EQ(ra.losses.mtp, rb.losses.mtp) << "step " << s + 1;
+  EXPECT_EQ(ra.losses.balance, rb.losses.balance) << "step " << s + 1;
+  EXPECT_EQ(ra.losses.load, rb.losses.load) << "step " << s + 1;
+  EXPECT_EQ(ra.grad_norm, rb.grad_norm) << "step " << s + 1;
+  for (const ParamInfo& p : ps.infos()) {
+    if (p.alias || !p.trainable) continue;
+    const int64_t lo = std::max(a.lo(), p.offset), hi = std::min(a.hi(), p.offset + p.spec.numel());
+    if (lo < hi) {
+      EXPECT_EQ(0, std::memcmp(a.grads().data() + lo, b.grads().data() + lo, size_t(hi - lo) * sizeof(float)))
+          << p.spec.name << " at step " << s + 1;
+    }
+  }
+}
+
 // The canonical sums (train/train_step.h): dp ranks of m micro-batches and one process of
 // dp × m micro-batches compute the same bits — losses, loads, gradient shards, the norm and,
 // step after step, the weights — on their separate trajectories.
@@ -167,14 +200,7 @@ void run_bitwise(int64_t dp, int64_t m) {
   for (int64_t s = 0; s < kSteps; ++s) {
     const std::vector<int32_t> b = batch_of(s);
     const StepResult rd = ds.compute(b.data(), pd.data(), s), r1 = one.compute(b.data(), p1.data(), s);
-    EXPECT_EQ(rd.losses.total, r1.losses.total) << "step " << s + 1;
-    EXPECT_EQ(rd.losses.main, r1.losses.main) << "step " << s + 1;
-    EXPECT_EQ(rd.losses.mtp, r1.losses.mtp) << "step " << s + 1;
-    EXPECT_EQ(rd.losses.balance, r1.losses.balance) << "step " << s + 1;
-    EXPECT_EQ(rd.losses.load, r1.losses.load) << "step " << s + 1;
-    EXPECT_EQ(rd.grad_norm, r1.grad_norm) << "step " << s + 1;
-    EXPECT_EQ(0, std::memcmp(ds.grads().data() + ds.lo(), one.grads().data() + ds.lo(),
-                             size_t(ds.hi() - ds.lo()) * sizeof(float))) << "step " << s + 1;
+    expect_same_step(ps, rd, ds, r1, one, s);
     ds.apply(pd.data(), rd, s);
     one.apply(p1.data(), r1, s);
     ASSERT_EQ(0, std::memcmp(pd.data(), p1.data(), pd.size() * sizeof(float))) << "weights after step " << s + 1;
@@ -205,20 +231,7 @@ void run_pipeline_bitwise(int64_t dp, int64_t pp, const std::string& schedule, i
   for (int64_t s = 0; s < kSteps; ++s) {
     const std::vector<int32_t> b = batch_of(s);
     const StepResult rd = ds.compute(b.data(), pd.data(), s), r1 = one.compute(b.data(), p1.data(), s);
-    EXPECT_EQ(rd.losses.total, r1.losses.total) << "step " << s + 1;
-    EXPECT_EQ(rd.losses.main, r1.losses.main) << "step " << s + 1;
-    EXPECT_EQ(rd.losses.mtp, r1.losses.mtp) << "step " << s + 1;
-    EXPECT_EQ(rd.losses.balance, r1.losses.balance) << "step " << s + 1;
-    EXPECT_EQ(rd.losses.load, r1.losses.load) << "step " << s + 1;
-    EXPECT_EQ(rd.grad_norm, r1.grad_norm) << "step " << s + 1;
-    for (const ParamInfo& p : ps.infos()) {  // every tensor's part in this rank's shard
-      if (p.alias || !p.trainable) continue;
-      const int64_t lo = std::max(ds.lo(), p.offset), hi = std::min(ds.hi(), p.offset + p.spec.numel());
-      if (lo < hi) {
-        EXPECT_EQ(0, std::memcmp(ds.grads().data() + lo, one.grads().data() + lo, size_t(hi - lo) * sizeof(float)))
-            << p.spec.name << " at step " << s + 1;
-      }
-    }
+    expect_same_step(ps, rd, ds, r1, one, s);
     ds.apply(pd.data(), rd, s);
     one.apply(p1.data(), r1, s);
     // A rank's own stages' weights are current (the next step's bits depend on them); the
@@ -343,28 +356,18 @@ TEST(DistTrain, NodeLimitedRoutingMatchesOneProcess) {
 void run_overlap_bitwise(const Layouts& l, const char* prec) {
   SCOPED_TRACE(std::string(prec) + " dp " + std::to_string(l.dp) + " ep " + std::to_string(l.ep) + " pp " +
                std::to_string(l.pp) + " " + l.schedule + " M " + std::to_string(l.micro));
-  dist::Comm& world = dist::Comm::world();
   // With stages, 4 layers (the first dense): every stage holds MoE layers, so both the F and
   // the B of a pair exchange rows.
   TrainConfig on = tiny_config(prec, l.pp > 1 ? 4 : 2), off = on;
   off.parallel.overlap_micro_batches = false;
-  ParallelConfig pc;
-  pc.dp = l.dp;
-  pc.ep = l.ep;
-  pc.pp = l.pp;
-  pc.schedule = l.schedule;
-  pc.micro_batches = l.micro;
-  const Layout lay = make_layout(pc, on.model, on.batch, world.size(), world.rank());
-  const dist::Comm dpc = world.split(lay.stage, lay.dp_rank);
-  const dist::Comm epc = dpc.split(lay.dp_rank / lay.ep, lay.ep_rank);
-  const dist::Comm zero = world.split(0, world.rank()), pipe = world.split(lay.dp_rank, lay.stage);
-  const dist::Comm& zg = lay.pp > 1 ? zero : dpc;
-  const dist::Comm* pp = lay.pp > 1 ? &pipe : nullptr;
+  const Groups gr(l, on);
+  const Layout& lay = gr.lay;
   ParamSet ps(on.model, on.mtp);
   std::vector<float> pa(size_t(ps.numel())), pb;
   ps.init(pa.data(), on.seed);
   pb = pa;
-  TrainStep a(on, ps, lay, zg, epc, 1, pp), b(off, ps, lay, zg, epc, 1, pp);
+  TrainStep a(on, ps, lay, gr.zero_group(), gr.epc, 1, gr.pipeline()),
+      b(off, ps, lay, gr.zero_group(), gr.epc, 1, gr.pipeline());
   if (lay.pp == 1) {
     ASSERT_TRUE(a.overlaps_micro_batches());
     ASSERT_FALSE(b.overlaps_micro_batches());
@@ -379,14 +382,8 @@ void run_overlap_bitwise(const Layouts& l, const char* prec) {
   for (int64_t s = 0; s < 8; ++s) {
     const std::vector<int32_t> batch = batch_of(s);
     const StepResult ra = a.compute(batch.data(), pa.data(), s), rb = b.compute(batch.data(), pb.data(), s);
-    EXPECT_EQ(ra.losses.total, rb.losses.total) << "step " << s + 1;
-    EXPECT_EQ(ra.losses.mtp, rb.losses.mtp) << "step " << s + 1;
-    EXPECT_EQ(ra.losses.balance, rb.losses.balance) << "step " << s + 1;
-    EXPECT_EQ(ra.losses.load, rb.losses.load) << "step " << s + 1;
-    EXPECT_EQ(ra.grad_norm, rb.grad_norm) << "step " << s + 1;
+    expect_same_step(ps, ra, a, rb, b, s);
     EXPECT_EQ(ra.comm_bytes_predicted, rb.comm_bytes_predicted) << "step " << s + 1;
-    EXPECT_EQ(0, std::memcmp(a.grads().data() + a.lo(), b.grads().data() + b.lo(),
-                             size_t(a.hi() - a.lo()) * sizeof(float))) << "step " << s + 1;
     ASSERT_TRUE(ra.finite);
     a.apply(pa.data(), ra, s);
     b.apply(pb.data(), rb, s);
