@@ -298,6 +298,20 @@ void Comm::allreduce(void* data, int64_t n, Elem e, int op) const {
 #endif
 }
 
+Request Comm::iallreduce(void* data, int64_t n, Elem e) const {
+  Request r;
+  if (size_ == 1 || n == 0) return r;
+#ifdef DSV3_HAVE_MPI
+  traffic().bytes_sent += n * elem_bytes(e);  // the payload, as allreduce counts it
+  traffic().messages += 1;
+  r.impl_->ready = Clock::now() + std::chrono::microseconds(comm_delay_us());
+  r.impl_->done = false;
+  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, data, as_count(n, "MPI_Iallreduce"), mpi_type(e), MPI_SUM, impl_->comm,
+                           &r.impl_->req), "MPI_Iallreduce");
+#endif
+  return r;
+}
+
 void Comm::allgatherv(void* buf, const std::vector<int64_t>& counts, int64_t eb) const {
   DSV3_ASSERT(int(counts.size()) == size_);
   if (size_ == 1) return;

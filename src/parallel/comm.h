@@ -99,6 +99,8 @@ class Comm {
   // MPI's, the same on every rank of the group.
   template <class T> void allreduce_sum(T* data, int64_t n) const { allreduce(data, n, elem_of<T>(), 0); }
   template <class T> void allreduce_max(T* data, int64_t n) const { allreduce(data, n, elem_of<T>(), 1); }
+  // allreduce_sum, non-blocking (MPI_Iallreduce): data must live until the request completes.
+  template <class T> Request iallreduce_sum(T* data, int64_t n) const { return iallreduce(data, n, elem_of<T>()); }
   // buf [Σ counts]: block r (at offset Σ_{q<r} counts[q]) comes from rank r; in place.
   template <class T> void allgather(T* buf, const std::vector<int64_t>& counts) const {
     allgatherv(buf, counts, int64_t(sizeof(T)));
@@ -132,6 +134,7 @@ class Comm {
 
  private:
   void allreduce(void* data, int64_t n, Elem e, int op) const;
+  Request iallreduce(void* data, int64_t n, Elem e) const;
   void allgatherv(void* buf, const std::vector<int64_t>& counts, int64_t elem_bytes) const;
   Request ibcast_bytes(void* data, int64_t n, int64_t elem_bytes, int root) const;
   void gatherv(const void* mine, void* buf, const std::vector<int64_t>& counts, int64_t elem_bytes,

@@ -262,42 +262,16 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
     for (int j = 0; j < m; ++j)
       for (const auto& [stage, L] : per_stage[size_t(j)]) record(j, stage == sched_->n_stages - 1, L);
   }
+  // The unit losses and the loads of every rank, summed over the job in one non-blocking
+  // all-reduce that runs while the micro-batches' gradients are added and exchanged. Exact: a
+  // unit's entries are non-zero on the one rank that computed them (x + 0 = x), and the loads
+  // are integers (exact in doubles below 2^53).
+  std::vector<double> red(unit_losses.size() + load.size());
+  std::copy(unit_losses.begin(), unit_losses.end(), red.begin());
+  for (size_t i = 0; i < load.size(); ++i) red[unit_losses.size() + i] = double(load[i]);
+  dist::Request red_req;
+  if (Z_ > 1) red_req = dp_.iallreduce_sum(red.data(), int64_t(red.size()));  // pp > 1: the whole job
   tree_sum(local, n);
-  // The step's losses: the units' means summed in unit order, over the global batch.
-  const dist::Comm& all = dp_;  // pp > 1: the whole job
-  if (lay_.pp > 1) {
-    all.allreduce_sum(unit_losses.data(), int64_t(unit_losses.size()));  // one non-zero per entry
-    all.allreduce_sum(load.data(), int64_t(load.size()));
-  } else if (lay_.dp > 1) {
-    std::vector<int64_t> counts(size_t(lay_.dp), int64_t(m * per));
-    dp_.allgather(unit_losses.data(), counts);
-    dp_.allreduce_sum(load.data(), int64_t(load.size()));
-  }
-  {
-    StepLosses& L = r.losses;
-    std::vector<double> sum(size_t(1 + 1 + D), 0.0);  // main, balance, MTP
-    for (int u = 0; u < U; ++u) {
-      const double* ul = unit_losses.data() + size_t(u * per);
-      double bal = 0;  // the layers' terms in forward order, as TrainModel adds them
-      for (int64_t b = 0; b < nB; ++b) bal += ul[1 + b];
-      sum[0] += ul[0];
-      sum[1] += bal;
-      for (int64_t k = 0; k < D; ++k) sum[size_t(2 + k)] += ul[1 + nB + k];
-    }
-    L.main = sum[0] / double(U);
-    L.balance = sum[1] / double(U);
-    L.total = L.main + L.balance;
-    L.mtp.assign(size_t(D), 0.0);
-    const double lam = D > 0 ? cfg_.mtp_lambda_at(step) / double(D) : 0.0;
-    for (int64_t k = 0; k < D; ++k) {
-      L.mtp[size_t(k)] = sum[size_t(2 + k)] / double(U);
-      L.total += lam * L.mtp[size_t(k)];
-    }
-    L.load.assign(size_t(nB), std::vector<int64_t>(size_t(E)));
-    L.moe_layer = moe_layers_;
-    for (int64_t b = 0; b < nB; ++b)
-      for (int64_t e = 0; e < E; ++e) L.load[size_t(b)][size_t(e)] = load[size_t(b * E + e)];
-  }
   // ZeRO-1: rank q receives every rank's piece of shard q and sums them — the canonical tree
   // continued across ranks (an MPI reduce-scatter would add in its own order). With pipeline
   // stages the pieces of one data-parallel rank's stages are added first (one is non-zero, or
@@ -346,6 +320,35 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
       std::memcpy(grads_.data() + lo_ + c0, v[0], size_t(len) * sizeof(float));
     }
   }
+  // The step's losses: the units' means summed in unit order, over the global batch.
+  red_req.wait();
+  std::copy(red.begin(), red.begin() + std::ptrdiff_t(unit_losses.size()), unit_losses.begin());
+  for (size_t i = 0; i < load.size(); ++i) load[i] = int64_t(red[unit_losses.size() + i]);
+  {
+    StepLosses& L = r.losses;
+    std::vector<double> sum(size_t(1 + 1 + D), 0.0);  // main, balance, MTP
+    for (int u = 0; u < U; ++u) {
+      const double* ul = unit_losses.data() + size_t(u * per);
+      double bal = 0;  // the layers' terms in forward order, as TrainModel adds them
+      for (int64_t b = 0; b < nB; ++b) bal += ul[1 + b];
+      sum[0] += ul[0];
+      sum[1] += bal;
+      for (int64_t k = 0; k < D; ++k) sum[size_t(2 + k)] += ul[1 + nB + k];
+    }
+    L.main = sum[0] / double(U);
+    L.balance = sum[1] / double(U);
+    L.total = L.main + L.balance;
+    L.mtp.assign(size_t(D), 0.0);
+    const double lam = D > 0 ? cfg_.mtp_lambda_at(step) / double(D) : 0.0;
+    for (int64_t k = 0; k < D; ++k) {
+      L.mtp[size_t(k)] = sum[size_t(2 + k)] / double(U);
+      L.total += lam * L.mtp[size_t(k)];
+    }
+    L.load.assign(size_t(nB), std::vector<int64_t>(size_t(E)));
+    L.moe_layer = moe_layers_;
+    for (int64_t b = 0; b < nB; ++b)
+      for (int64_t e = 0; e < E; ++e) L.load[size_t(b)][size_t(e)] = load[size_t(b * E + e)];
+  }
   // ‖g‖: per-block partial sums, gathered, added in block order.
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> part(static_cast<size_t>(blocks));
@@ -360,8 +363,7 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
     // ZeRO-1: the other ranks' pieces of my gradient out, my shard of the weights to each
     // other rank (apply()), and the step's small vectors: unit losses, loads, norm blocks.
     const int64_t others = Z_ - 1;
-    const int64_t small = lay_.pp > 1 ? int64_t(unit_losses.size()) * 8 : int64_t(m * per) * 8 * others;
-    r.comm_bytes_predicted += pieces_sent + weight_bytes() + small + int64_t(load.size()) * 8 +
+    r.comm_bytes_predicted += pieces_sent + weight_bytes() + int64_t(red.size()) * 8 +
                               shard_blocks_[size_t(zr_)] * 8 * others;
   }
   r.finite = std::isfinite(r.losses.total) && std::isfinite(r.grad_norm);
