@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # bench/dist/overlap.sh [BUILD_DIR] [OUT_DIR]   (defaults: build/release, runs/overlap)
 #   env: DELAYS="0 1000 3000 10000 30000" (µs)  STEPS=20  SKIP=3  PASSES=3  NP=2  MB=2
+#        PP=1 (PP=2: NP/PP data-parallel ranks per stage, each stage's its EP group, SCHEDULE
+#        (default dualpipe) with MB micro-batches: the F&B pairs' overlap; MB ≥ 2·PP)
 #        REPORT_ONLY=1: no runs, the tables from OUT's earlier ones
 #        QUIET_WAIT=S: before each run wait up to S seconds for 3 s with the cores ≥ 90% idle,
 #        and repeat a run (up to RETRIES=4 times) when other processes used more than
@@ -38,6 +40,11 @@ skip=${SKIP:-3}
 passes=${PASSES:-3}
 np=${NP:-2}
 mb=${MB:-2}
+pp=${PP:-1}
+schedule=${SCHEDULE:-dualpipe}
+dp=$((np / pp))
+layout="--dp $dp --ep $dp --micro-batches $mb"
+((pp > 1)) && layout+=" --pp $pp --schedule $schedule"
 cfg=bench/dist/moe-overlap.json
 [[ -x $dsv3 ]] || { echo "build dsv3 first: cmake -S . -B $build -DCMAKE_BUILD_TYPE=Release && cmake --build $build --target dsv3" >&2; exit 1; }
 command -v mpirun >/dev/null || { echo "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)" >&2; exit 1; }
@@ -54,7 +61,7 @@ if [[ ! -f $out/data/.done ]]; then
 fi
 
 echo "== $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, AMX: $(grep -qw amx_tile /proc/cpuinfo && echo yes || echo no); load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== $np ranks, dp $np, ep $np, $mb micro-batches, 1 thread each, $steps steps, median step time of steps $((skip + 1))..$steps"
+echo "== $np ranks: $layout, 1 thread each, $steps steps, median step time of steps $((skip + 1))..$steps"
 source bench/dist/quiet.sh
 run1() {  # run1 DELAY OVERLAP DIR
   local dir=$3
@@ -63,7 +70,7 @@ run1() {  # run1 DELAY OVERLAP DIR
   timed_stat "$dir.stat" env DSV3_COMM_DELAY_US="$1" DSV3_EP_OVERLAP="$2" OMP_NUM_THREADS=1 \
     mpirun --allow-run-as-root --oversubscribe --bind-to none -x DSV3_COMM_DELAY_US -x DSV3_EP_OVERLAP \
     -x OMP_NUM_THREADS -np "$np" "$dsv3" train --config "$cfg" --data "$out/data" --out "$dir" \
-    --dp "$np" --ep "$np" --micro-batches "$mb" --threads 1 --steps "$steps" --quiet 2>"$dir.log" ||
+    $layout --threads 1 --steps "$steps" --quiet 2>"$dir.log" ||
     { cat "$dir.log" >&2; exit 1; }
 }
 run() {  # run DELAY OVERLAP PASS: the quietest of up to RETRIES tries when QUIET_WAIT is set
@@ -89,10 +96,11 @@ for p in $(seq 1 "$passes"); do
   done
 done
 
-python3 - "$out" "$cfg" "$skip" "$passes" "$np" $delays <<'EOF'
+python3 - "$out" "$cfg" "$skip" "$passes" "$np" "$pp" $delays <<'EOF'
 import json, statistics, struct, sys
 out, cfg, skip, passes, np = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-delays = [int(d) for d in sys.argv[6:]]
+pp = int(sys.argv[6])
+delays = [int(d) for d in sys.argv[7:]]
 c = json.load(open(cfg))
 tok = c["batch"] * c["seq_len"]
 med = statistics.median
@@ -128,7 +136,10 @@ key = lambda r: [(m["loss"], m["grad_norm"], m["load"], m["comm_bytes"]) for m i
 same = sum(key(r) == key(runs[0]) for r in runs)
 print(f"\nlosses, gradient norms, expert loads and bytes identical to the first run's in {same} of {len(runs)} runs")
 
-# Bytes: rank 0's comm_bytes against the prediction logged beside it and ZeRO-1's share.
+# Bytes: rank 0's comm_bytes against the prediction logged beside it and ZeRO-1's share
+# (the formulas below are those of the layout without stages).
+if pp > 1:
+    sys.exit(0)
 ms = metrics(delays[0], 1, 1)
 f = open(f"{out}/runs/d{delays[0]}-o1-p1/{open(f'{out}/runs/d{delays[0]}-o1-p1/latest').read().strip()}/model.safetensors", "rb")
 n = struct.unpack("<Q", f.read(8))[0]
