@@ -33,9 +33,9 @@ struct TrainModel::Impl {
   RopeTable rope;
   float softmax_scale;
   // The work of one computation: buffers and scratch live only while a forward or backward
-  // runs, but the pipeline's F&B pair runs a forward and a backward at once on two fibers
-  // (core/fiber.h), each with its own (wk() picks by fiber: [0] outside fibers and for the
-  // first fiber, [1] for the second).
+  // runs, but two computations can run at once on two fibers (core/fiber.h): the pipeline's
+  // F&B pair, or two micro-batches' step()s. Each has its own (wk() picks by fiber: [0]
+  // outside fibers and for the first fiber, [1] for the second).
   struct Work {
     TLinearCtx lc;
     TLinearScratch ls;
@@ -228,14 +228,14 @@ struct TrainModel::Impl {
     return sum / double(n_valid);
   }
 
-  StepLosses step(const int32_t* ids, const float* params, float* grads) {
+  StepLosses step(const int32_t* ids, const float* params, float* grads, int si) {
     wk().ep_bytes = 0;
     const StageSpan all{0, c.num_hidden_layers, true, true};
     float* x = grow(wk().xs, N * H);
-    StepLosses L = forward_stage(all, 0, ids, params, grads, x);
+    StepLosses L = forward_stage(all, si, ids, params, grads, x);
     if (grads) {
       float* d = grow(wk().ds, N * H);
-      backward_stage(all, 0, ids, params, grads, d, grow(wk().de_one, mtp_rows() * H));
+      backward_stage(all, si, ids, params, grads, d, grow(wk().de_one, mtp_rows() * H));
     }
     L.ep_bytes = wk().ep_bytes;
     return L;
@@ -442,8 +442,8 @@ void TrainModel::set_mtp_lambda(double lambda) {
   impl_->o.mtp_lambda = lambda;
 }
 
-StepLosses TrainModel::step(const int32_t* ids, const float* params, float* grads) {
-  return impl_->step(ids, params, grads);
+StepLosses TrainModel::step(const int32_t* ids, const float* params, float* grads, int slot) {
+  return impl_->step(ids, params, grads, slot);
 }
 
 StepLosses TrainModel::forward_stage(const StageSpan& st, int slot, const int32_t* ids,

@@ -59,8 +59,10 @@ class TrainModel {
   void set_mtp_lambda(double lambda);  // the report's schedule: 0.3 early, 0.1 late
 
   // ids [B, T + 1]; params/grads are arenas of ps.numel() floats; gradients are ADDED.
-  // Returns the losses; with grads == nullptr only the forward runs (evaluation).
-  StepLosses step(const int32_t* ids, const float* params, float* grads);
+  // Returns the losses; with grads == nullptr only the forward runs (evaluation). `slot`: the
+  // saved state it uses (below); two steps may run at once on two fibers (core/fiber.h) with
+  // different slots, each with its fiber's own work buffers.
+  StepLosses step(const int32_t* ids, const float* params, float* grads, int slot = 0);
 
   // The pipeline's stage API: step() is forward_stage then backward_stage of the whole model
   // (one stage, slot 0), so a pipeline computes the same bits stage by stage. `slot` names the

@@ -82,14 +82,13 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
     mo.ep.nodes = lay.ep > 1 ? 0 : lay.nodes;
   }
   model_ = std::make_unique<TrainModel>(ps, mo);
-  if (lay.pp == 1 && lay.ep > 1 && lay.micro_batches >= 2 && cfg.parallel.overlap_micro_batches &&
-      moe_ep_overlap())
-    model2_ = std::make_unique<TrainModel>(ps, mo);
+  // Two computations at once, each yielding at its EP exchanges (train_step.h, docs/distributed.md).
+  const bool overlap = lay.ep > 1 && cfg.parallel.overlap_micro_batches && moe_ep_overlap();
+  overlap_pairs_ = overlap && lay.pp == 1 && lay.micro_batches >= 2;
   if (lay.pp > 1) {
     sched_ = std::make_unique<pipe::Schedule>(
         pipe::make_schedule(pipe::parse_schedule(lay.schedule), lay.pp, lay.micro_batches));
-    exec_ = std::make_unique<PipelineExec>(*model_, *sched_, *pipeline, cfg.model.num_hidden_layers,
-                                           lay.ep > 1 && cfg.parallel.overlap_micro_batches && moe_ep_overlap());
+    exec_ = std::make_unique<PipelineExec>(*model_, *sched_, *pipeline, cfg.model.num_hidden_layers, overlap);
   }
   {
     const ModelWeights w = ps.bind(nullptr);
@@ -209,7 +208,6 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
   const int m = lay_.micro_batches, U = lay_.dp * m;
   const int64_t nB = int64_t(moe_layers_.size()), E = cfg_.model.n_routed_experts;
   model_->set_mtp_lambda(cfg_.mtp_lambda_at(step));
-  if (model2_) model2_->set_mtp_lambda(cfg_.mtp_lambda_at(step));
   // Each micro-batch's gradient from zero, then their canonical sum (one: the arena itself).
   std::vector<float*> local;
   for (int j = 0; j < m; ++j) {
@@ -241,8 +239,8 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
   };
   const int32_t* rows = batch + lay_.first_row() * row;
   auto rows_of = [&](int j) { return rows + int64_t(j) * lay_.micro_batch * row; };
-  if (lay_.pp == 1 && model2_) {
-    // Two at a time, interleaved at the EP exchanges; an odd last one alone.
+  if (lay_.pp == 1 && overlap_pairs_) {
+    // Two at a time (slots 0 and 1), interleaved at the EP exchanges; an odd last one alone.
     for (int j = 0; j < m; j += 2) {
       if (j + 1 == m) {
         record(j, true, model_->step(rows_of(j), params, local[size_t(j)]));
@@ -250,7 +248,7 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
       }
       StepLosses a, b;
       run_fibers({[&] { a = model_->step(rows_of(j), params, local[size_t(j)]); },
-                  [&] { b = model2_->step(rows_of(j + 1), params, local[size_t(j + 1)]); }});
+                  [&] { b = model_->step(rows_of(j + 1), params, local[size_t(j + 1)], 1); }});
       record(j, true, a);
       record(j + 1, true, b);
     }

@@ -16,7 +16,8 @@
 // With expert parallelism and ≥ 2 micro-batches (no pipeline), a rank runs its micro-batches
 // two at a time on cooperative fibers (core/fiber.h): each yields at every expert-parallel
 // exchange, so one micro-batch computes while the other's rows travel. Each has its own
-// model state and gradient arena, so the bits are those of running them one after another.
+// model slot, work buffers and gradient arena, so the bits are those of running them one
+// after another.
 //
 // With pipeline stages (lay.pp > 1) a rank runs its pipeline's schedule (PipelineExec) on its
 // stages, each micro-batch into its own arena; the other stages' tensors stay exactly zero, so
@@ -72,7 +73,7 @@ class TrainStep {
   void gather_params(float* params) const;
 
   AdamW& adam() { return *adam_; }
-  bool overlaps_micro_batches() const { return model2_ != nullptr; }  // two at a time (above)
+  bool overlaps_micro_batches() const { return overlap_pairs_; }  // two at a time (above)
   bool overlaps_fb_pairs() const { return exec_ && exec_->overlaps_fb(); }  // pipeline F&B on fibers
   const std::vector<float>& grads() const { return grads_; }
   int64_t lo() const { return lo_; }
@@ -87,8 +88,8 @@ class TrainStep {
   std::unique_ptr<AdamW> adam_;
   std::unique_ptr<TrainModel> model_;
   // Two-micro-batch overlap (ep > 1, pp = 1, ≥ 2 micro-batches, parallel.overlap_micro_batches):
-  // the second model of a pair, its own activations and scratch; null when not overlapping.
-  std::unique_ptr<TrainModel> model2_;
+  // a pair runs on model_'s slots 0 and 1.
+  bool overlap_pairs_ = false;
   const dist::Comm* pipe_ = nullptr;
   std::unique_ptr<pipe::Schedule> sched_;
   std::unique_ptr<PipelineExec> exec_;
