@@ -216,14 +216,15 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
     local.push_back(g);
   }
   // Per unit: the main loss, each MoE layer's balance term, the MTP losses; per MoE layer the
-  // loads [nB, E]. With pipeline stages each rank fills what its stages computed (zeros
-  // elsewhere) and a sum over the job assembles them exactly.
+  // loads [nB, E]. Each rank fills what it computed (zeros elsewhere: other ranks' units, other
+  // stages' layers), and one all-reduce over the job assembles them exactly (below).
   const int per = 1 + int(nB) + int(D);
-  std::vector<double> unit_losses(size_t(U * per), 0.0);
-  std::vector<int64_t> load(size_t(nB * E), 0);
+  std::vector<double> red(size_t(U * per + nB * E), 0.0);
+  double* unit_losses = red.data();        // [U, per]
+  double* load = red.data() + U * per;     // [nB, E] integers, exact in doubles below 2^53
   StepResult r;
   auto record = [&](int j, bool last, const StepLosses& L) {
-    double* ul = unit_losses.data() + size_t((lay_.dp_rank * m + j) * per);
+    double* ul = unit_losses + size_t((lay_.dp_rank * m + j) * per);
     if (last) {  // the last stage (or the whole model)
       ul[0] = L.main;
       for (int64_t k = 0; k < int64_t(L.mtp.size()); ++k) ul[1 + nB + k] = L.mtp[size_t(k)];
@@ -233,7 +234,7 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
                         moe_layers_.begin();
       DSV3_ASSERT(b < nB && moe_layers_[size_t(b)] == L.moe_layer[i]);
       ul[1 + b] = L.balance_layer[i];
-      for (int64_t e = 0; e < E; ++e) load[size_t(b * E + e)] += L.load[i][size_t(e)];
+      for (int64_t e = 0; e < E; ++e) load[b * E + e] += double(L.load[i][size_t(e)]);
     }
     r.comm_bytes_predicted += L.ep_bytes;
   };
@@ -263,10 +264,7 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
   // The unit losses and the loads of every rank, summed over the job in one non-blocking
   // all-reduce that runs while the micro-batches' gradients are added and exchanged. Exact: a
   // unit's entries are non-zero on the one rank that computed them (x + 0 = x), and the loads
-  // are integers (exact in doubles below 2^53).
-  std::vector<double> red(unit_losses.size() + load.size());
-  std::copy(unit_losses.begin(), unit_losses.end(), red.begin());
-  for (size_t i = 0; i < load.size(); ++i) red[unit_losses.size() + i] = double(load[i]);
+  // are integers.
   dist::Request red_req;
   if (Z_ > 1) red_req = dp_.iallreduce_sum(red.data(), int64_t(red.size()));  // pp > 1: the whole job
   tree_sum(local, n);
@@ -320,13 +318,11 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
   }
   // The step's losses: the units' means summed in unit order, over the global batch.
   red_req.wait();
-  std::copy(red.begin(), red.begin() + std::ptrdiff_t(unit_losses.size()), unit_losses.begin());
-  for (size_t i = 0; i < load.size(); ++i) load[i] = int64_t(red[unit_losses.size() + i]);
   {
     StepLosses& L = r.losses;
     std::vector<double> sum(size_t(1 + 1 + D), 0.0);  // main, balance, MTP
     for (int u = 0; u < U; ++u) {
-      const double* ul = unit_losses.data() + size_t(u * per);
+      const double* ul = unit_losses + size_t(u * per);
       double bal = 0;  // the layers' terms in forward order, as TrainModel adds them
       for (int64_t b = 0; b < nB; ++b) bal += ul[1 + b];
       sum[0] += ul[0];
@@ -345,7 +341,7 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
     L.load.assign(size_t(nB), std::vector<int64_t>(size_t(E)));
     L.moe_layer = moe_layers_;
     for (int64_t b = 0; b < nB; ++b)
-      for (int64_t e = 0; e < E; ++e) L.load[size_t(b)][size_t(e)] = load[size_t(b * E + e)];
+      for (int64_t e = 0; e < E; ++e) L.load[size_t(b)][size_t(e)] = int64_t(load[b * E + e]);
   }
   // ‖g‖: per-block partial sums, gathered, added in block order.
   const int64_t blocks = (n + kBlock - 1) / kBlock;
