@@ -77,11 +77,8 @@ void ep_plan(EpPlan& p, const dist::Comm& comm, const int64_t* start, int64_t E)
   std::vector<int64_t> cnt(size_t(P), El * 8);
   std::vector<int64_t> displ(static_cast<size_t>(P));
   for (int q = 0; q < P; ++q) displ[size_t(q)] = q * El * 8;
-  {
-    dist::Request req = comm.ialltoallv(counts.data(), cnt, displ, p.recv_count.data(), cnt, displ);
-    fiber_yield();  // another micro-batch computes while the counts travel (core/fiber.h)
-    req.wait();
-  }
+  dist::Request req = comm.ialltoallv(counts.data(), cnt, displ, p.recv_count.data(), cnt, displ);
+  ep_wait(req);  // another micro-batch may compute while the counts travel
 
   p.n_send = start[E] - start[0];
   p.n_recv = 0;
@@ -96,6 +93,11 @@ void ep_plan(EpPlan& p, const dist::Comm& comm, const int64_t* start, int64_t E)
     for (int s = 0; s < P; ++s) n += p.recv_count[size_t(s * El + j)];
     p.expert_start[size_t(j + 1)] = p.expert_start[size_t(j)] + n;
   }
+}
+
+void ep_wait(dist::Request& req) {
+  fiber_yield();
+  req.wait();
 }
 
 dist::Request ep_exchange(const dist::Comm& comm, const EpPlan& p, EpDirection dir,

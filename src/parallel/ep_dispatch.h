@@ -62,6 +62,12 @@ enum class EpDirection { ToOwners, ToSources };
 dist::Request ep_exchange(const dist::Comm& comm, const EpPlan& p, EpDirection dir,
                           const uint8_t* send, uint8_t* recv, int64_t row_bytes);
 
+// The end of an exchange's window: first the other computation's turn when two run at once
+// on fibers (core/fiber.h: the training step's micro-batch pairs and F&B pairs; a no-op
+// otherwise), then the wait. Every exchange yields here unconditionally, so the interleaving —
+// and the order of the collectives — is the same on every rank.
+void ep_wait(dist::Request& req);
+
 // ---- bytes ------------------------------------------------------------------------------
 // Bytes this rank sends to other ranks (what dist::traffic() counts; the block to itself is a
 // local copy). counts: the plan's count exchange; dispatch: rows to owners; combine: rows

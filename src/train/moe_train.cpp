@@ -8,7 +8,6 @@
 #include <string_view>
 
 #include "core/check.h"
-#include "core/fiber.h"
 #include "core/parallel.h"
 #include "core/scratch.h"
 #include "kernels/activation.h"
@@ -53,15 +52,6 @@ dist::Request ep_start(const dist::Comm& comm, const EpPlan& plan, EpDirection d
   dist::Request req = ep_exchange(comm, plan, dir, send, recv, row_bytes);
   if (!moe_ep_overlap()) req.wait();
   return req;
-}
-
-// The end of an EP exchange's window: first the other micro-batch's turn when the step
-// runs two at once (core/fiber.h; a no-op otherwise), then the wait. Every exchange yields
-// here unconditionally, so the interleaving — and the order of the collectives — is the
-// same on every rank.
-void ep_wait(dist::Request& req) {
-  fiber_yield();
-  req.wait();
 }
 
 // One SwiGLU expert on n gathered rows: G, U [n, I] (saved) = gate(x), up(x);
