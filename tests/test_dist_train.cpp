@@ -27,7 +27,9 @@
 #include "core/check.h"
 #include "parallel/comm.h"
 #include "parallel/layout.h"
+#include "core/dtype.h"
 #include "train/train_step.h"
+#include "train/train_weights.h"
 #include "train_test_util.h"
 
 namespace dsv3 {
@@ -58,6 +60,50 @@ std::vector<int32_t> batch_of(int64_t step) {
 }
 
 double rel(double a, double b) { return std::abs(a - b) / std::max(1e-30, std::max(std::abs(a), std::abs(b))); }
+
+void copy_weights(TrainWeights& to, const TrainWeights& from) {
+  ASSERT_EQ(to.size(), from.size());
+  std::memcpy(to.mutable_data(), from.data(), size_t(from.size()) * sizeof(float));
+}
+
+// A sharded master (train/train_weights.h) against the whole one of `whole`, at the same
+// weights: the shard [lo, hi) and every non-GEMM tensor hold the same bits, the BF16 copy is
+// the rounding of every GEMM weight, and every whole page of the master that holds only GEMM
+// weights outside the shard is out of memory (at least a fifth of the arena here).
+void expect_sharded_master(const ParamSet& ps, const TrainWeights& w, int64_t lo, int64_t hi,
+                           const TrainWeights& whole) {
+  std::vector<std::pair<int64_t, int64_t>> gemm;  // merged
+  for (const ParamInfo& p : ps.infos()) {
+    if (p.alias) continue;
+    const int64_t b = p.offset, e = p.offset + p.spec.numel();
+    const int64_t x0 = p.gemm ? std::max(b, lo) : b, x1 = p.gemm ? std::min(e, hi) : e;
+    if (x0 < x1) {
+      EXPECT_EQ(0, std::memcmp(w.data() + x0, whole.data() + x0, size_t(x1 - x0) * sizeof(float))) << p.spec.name;
+    }
+    if (!p.gemm) continue;
+    if (!gemm.empty() && gemm.back().second == b)
+      gemm.back().second = e;
+    else
+      gemm.push_back({b, e});
+    for (int64_t i = b; i < e; ++i) {
+      const uint16_t r = f32_to_bf16(whole.data()[i]);
+      if (w.bf16()[i] != r) {
+        ADD_FAILURE() << p.spec.name << "[" << i - b << "]: BF16 copy " << w.bf16()[i] << ", expected " << r;
+        break;
+      }
+    }
+  }
+  const int64_t page = int64_t(sysconf(_SC_PAGESIZE)), fpp = page / 4;  // floats per page
+  int64_t out = 0;  // pages that hold only GEMM weights outside the shard
+  auto count = [&](int64_t b, int64_t e) { out += std::max<int64_t>(0, e / fpp - (b + fpp - 1) / fpp); };
+  for (const auto& [b, e] : gemm) {
+    if (b < lo) count(b, std::min(e, lo));
+    if (e > hi) count(std::max(b, hi), e);
+  }
+  const int64_t pages = (w.size() + fpp - 1) / fpp;
+  EXPECT_GE(5 * out, pages) << "only " << out << " of " << pages << " pages to release";
+  EXPECT_LE(w.master_resident_bytes(), (pages - out) * page);
+}
 
 // Compares the distributed step (this rank's shard of the gradient) with the one-process
 // step (the whole gradient) tensor by tensor; the three sums are reduced over the group.
@@ -129,9 +175,9 @@ void run_equivalence(const Layouts& l) {
   lay1.nodes = lay.nodes;
 
   ParamSet ps(cfg.model, cfg.mtp);
-  std::vector<float> pd(size_t(ps.numel())), p1(size_t(ps.numel()));
-  ps.init(pd.data(), cfg.seed);
-  p1 = pd;
+  TrainWeights pd(ps, false), p1(ps, false);
+  ps.init(pd.mutable_data(), cfg.seed);
+  copy_weights(p1, pd);
   // `one` trains on its own (its losses are compared); `probe` takes the distributed run's
   // weights at every step, so the gradients are compared at the same point (on separate
   // trajectories AdamW turns last-bit differences of near-zero gradients into different
@@ -141,9 +187,9 @@ void run_equivalence(const Layouts& l) {
       probe(cfg, ps, lay1, one_rank, one_rank, 1);
   for (int64_t s = 0; s < kSteps; ++s) {
     const std::vector<int32_t> b = batch_of(s);
-    const StepResult rd = dist_step.compute(b.data(), pd.data(), s);
-    const StepResult r1 = one.compute(b.data(), p1.data(), s);
-    const StepResult rp = probe.compute(b.data(), pd.data(), s);
+    const StepResult rd = dist_step.compute(b.data(), pd, s);
+    const StepResult r1 = one.compute(b.data(), p1, s);
+    const StepResult rp = probe.compute(b.data(), pd, s);
     // F32 gradients summed in another order differ by ~1e-7 relative per element.
     EXPECT_LT(rel(rd.grad_norm, rp.grad_norm), 1e-6) << "step " << s + 1;
     EXPECT_EQ(rd.losses.load, rp.losses.load) << "step " << s + 1;
@@ -156,9 +202,9 @@ void run_equivalence(const Layouts& l) {
     for (size_t k = 0; k < rd.losses.mtp.size(); ++k)
       EXPECT_LT(rel(rd.losses.mtp[k], r1.losses.mtp[k]), 1e-6) << "step " << s + 1;
     EXPECT_EQ(rd.losses.load, r1.losses.load) << "step " << s + 1;
-    dist_step.apply(pd.data(), rd, s);
-    dist_step.gather_params(pd.data());  // the probe runs the whole model on these weights
-    one.apply(p1.data(), r1, s);
+    dist_step.apply(pd, rd, s);
+    dist_step.gather_params(pd);  // the probe runs the whole model on these weights
+    one.apply(p1, r1, s);
   }
 }
 
@@ -192,25 +238,37 @@ void expect_same_step(const ParamSet& ps, const StepResult& ra, const TrainStep&
 // The canonical sums (train/train_step.h): dp ranks of m micro-batches and one process of
 // dp × m micro-batches compute the same bits — losses, loads, gradient shards, the norm and,
 // step after step, the weights — on their separate trajectories.
-void run_bitwise(int64_t dp, int64_t m) {
+void run_bitwise(int64_t dp, int64_t m, const char* precision = "f32") {
+  SCOPED_TRACE(std::string(precision) + " dp " + std::to_string(dp) + " M " + std::to_string(m));
   dist::Comm& world = dist::Comm::world();
-  const TrainConfig cfg = tiny_config();
+  const TrainConfig cfg = tiny_config(precision);
   const Layout lay = make_layout({.dp = dp, .micro_batches = m}, cfg.model, cfg.batch, world.size(), world.rank());
   const dist::Comm dpc = world.split(lay.stage, lay.dp_rank), epc;
   const dist::Comm one_rank;
   const Layout lay1 = make_layout({.micro_batches = dp * m}, cfg.model, cfg.batch, 1, 0);
   ParamSet ps(cfg.model, cfg.mtp);
-  std::vector<float> pd(size_t(ps.numel())), p1;
-  ps.init(pd.data(), cfg.seed);
-  p1 = pd;
+  const bool bf16 = cfg.precision == Precision::BF16;
+  TrainWeights pd(ps, bf16), p1(ps, bf16);
+  ps.init(pd.mutable_data(), cfg.seed);
+  copy_weights(p1, pd);
   TrainStep ds(cfg, ps, lay, dpc, epc, 1), one(cfg, ps, lay1, one_rank, one_rank, 1);
+  EXPECT_EQ(ds.sharded_master(), bf16 && dp > 1);
   for (int64_t s = 0; s < kSteps; ++s) {
     const std::vector<int32_t> b = batch_of(s);
-    const StepResult rd = ds.compute(b.data(), pd.data(), s), r1 = one.compute(b.data(), p1.data(), s);
+    const StepResult rd = ds.compute(b.data(), pd, s), r1 = one.compute(b.data(), p1, s);
     expect_same_step(ps, rd, ds, r1, one, s, true);
-    ds.apply(pd.data(), rd, s);
-    one.apply(p1.data(), r1, s);
-    ASSERT_EQ(0, std::memcmp(pd.data(), p1.data(), pd.size() * sizeof(float))) << "weights after step " << s + 1;
+    ds.apply(pd, rd, s);
+    one.apply(p1, r1, s);
+    ASSERT_EQ(pd.sharded(), ds.sharded_master());
+    if (pd.sharded()) expect_sharded_master(ps, pd, ds.lo(), ds.hi(), p1);
+    // Every few steps the whole master gathered (as before a checkpoint), and sharded again
+    // by the next step.
+    if (s % 5 == 4 || s + 1 == kSteps) {
+      ds.gather_params(pd);
+      ASSERT_FALSE(pd.sharded());
+      ASSERT_EQ(0, std::memcmp(pd.data(), p1.data(), size_t(pd.size()) * sizeof(float)))
+          << "weights after step " << s + 1;
+    }
   }
 }
 
@@ -231,21 +289,23 @@ void run_pipeline_bitwise(int64_t dp, int64_t pp, const std::string& schedule, i
   const dist::Comm one_rank;
   const Layout lay1 = make_layout({.micro_batches = dp * m}, cfg.model, cfg.batch, 1, 0);
   ParamSet ps(cfg.model, cfg.mtp);
-  std::vector<float> pd(size_t(ps.numel())), p1;
-  ps.init(pd.data(), cfg.seed);
-  p1 = pd;
+  const bool bf16 = cfg.precision == Precision::BF16;
+  TrainWeights pd(ps, bf16), p1(ps, bf16);
+  ps.init(pd.mutable_data(), cfg.seed);
+  copy_weights(p1, pd);
   TrainStep ds(cfg, ps, lay, zero, epc, 1, &pipe), one(cfg, ps, lay1, one_rank, one_rank, 1);
   for (int64_t s = 0; s < kSteps; ++s) {
     const std::vector<int32_t> b = batch_of(s);
-    const StepResult rd = ds.compute(b.data(), pd.data(), s), r1 = one.compute(b.data(), p1.data(), s);
+    const StepResult rd = ds.compute(b.data(), pd, s), r1 = one.compute(b.data(), p1, s);
     expect_same_step(ps, rd, ds, r1, one, s);
-    ds.apply(pd.data(), rd, s);
-    one.apply(p1.data(), r1, s);
+    ds.apply(pd, rd, s);
+    one.apply(p1, r1, s);
     // A rank's own stages' weights are current (the next step's bits depend on them); the
     // rest of its arena only after gather_params, checked every few steps.
     if (s % 5 == 4 || s + 1 == kSteps) {
-      ds.gather_params(pd.data());
-      ASSERT_EQ(0, std::memcmp(pd.data(), p1.data(), pd.size() * sizeof(float))) << "weights after step " << s + 1;
+      ds.gather_params(pd);
+      ASSERT_EQ(0, std::memcmp(pd.data(), p1.data(), size_t(pd.size()) * sizeof(float)))
+          << "weights after step " << s + 1;
     }
   }
 }
@@ -324,6 +384,10 @@ TEST(DistTrain, BitwiseEqualToOneProcessWithTheSameUnits) {
   const int64_t n = dist::Comm::world().size();
   run_bitwise(n, 1);
   if (kBatch % (2 * n) == 0) run_bitwise(n, 2);
+  // BF16: with more than one rank the master weights are sharded too (train_weights.h), with
+  // two micro-batches the BF16 copy read by both.
+  run_bitwise(n, 1, "bf16");
+  if (kBatch % (2 * n) == 0) run_bitwise(n, 2, "bf16");
 }
 
 TEST(DistTrain, DataParallelZero1MatchesOneProcess) {
@@ -370,9 +434,10 @@ void run_overlap_bitwise(const Layouts& l, const char* prec) {
   const Groups gr(l, on);
   const Layout& lay = gr.lay;
   ParamSet ps(on.model, on.mtp);
-  std::vector<float> pa(size_t(ps.numel())), pb;
-  ps.init(pa.data(), on.seed);
-  pb = pa;
+  const bool bf16 = on.precision == Precision::BF16;
+  TrainWeights pa(ps, bf16), pb(ps, bf16);
+  ps.init(pa.mutable_data(), on.seed);
+  copy_weights(pb, pa);
   TrainStep a(on, ps, lay, gr.zero_group(), gr.epc, 1, gr.pipeline()),
       b(off, ps, lay, gr.zero_group(), gr.epc, 1, gr.pipeline());
   if (lay.pp == 1) {
@@ -388,17 +453,16 @@ void run_overlap_bitwise(const Layouts& l, const char* prec) {
   }
   for (int64_t s = 0; s < 8; ++s) {
     const std::vector<int32_t> batch = batch_of(s);
-    const StepResult ra = a.compute(batch.data(), pa.data(), s), rb = b.compute(batch.data(), pb.data(), s);
+    const StepResult ra = a.compute(batch.data(), pa, s), rb = b.compute(batch.data(), pb, s);
     expect_same_step(ps, ra, a, rb, b, s, lay.pp == 1);
     EXPECT_EQ(ra.comm_bytes_predicted, rb.comm_bytes_predicted) << "step " << s + 1;
     ASSERT_TRUE(ra.finite);
-    a.apply(pa.data(), ra, s);
-    b.apply(pb.data(), rb, s);
-    if (lay.pp > 1) {
-      a.gather_params(pa.data());
-      b.gather_params(pb.data());
-    }
-    ASSERT_EQ(0, std::memcmp(pa.data(), pb.data(), pa.size() * sizeof(float))) << "weights after step " << s + 1;
+    a.apply(pa, ra, s);
+    b.apply(pb, rb, s);
+    a.gather_params(pa);  // pipeline stages, or a sharded master (bf16)
+    b.gather_params(pb);
+    ASSERT_EQ(0, std::memcmp(pa.data(), pb.data(), size_t(pa.size()) * sizeof(float)))
+        << "weights after step " << s + 1;
   }
 }
 
@@ -535,6 +599,35 @@ TEST(DistTrainCli, RanksComputeTheBitsOfOneProcess) {
   const std::vector<json> m1 = metrics(t1), m2 = metrics(t2);
   ASSERT_EQ(m1.size(), m2.size());
   for (size_t i = 0; i < m1.size(); ++i) expect_same_metrics(m2[i], m1[i]);
+}
+
+// BF16 training shards the master weights as well (train/train_weights.h): the ranks still
+// compute the bits of one process — metrics, every checkpoint's master weights (gathered for
+// the mid-run ones, then sharded again) — and send what the layout predicts (the weights'
+// all-gather in BF16, the F32 tensors' pieces in F32).
+TEST(DistTrainCli, ShardedMasterWeightsComputeTheBitsOfOneProcess) {
+  NEED_MPIRUN();
+  json j = train_json("bf16");
+  j["steps"] = kSteps;
+  j["batch"] = 4;
+  j["checkpoint_every"] = 7;
+  j["keep_checkpoints"] = 3;
+  const std::string cfg = write_config("bf16", j);
+  const fs::path one = fresh("bf16-mb2"), many = fresh("bf16-np2");
+  const CliRun a = cli(train_args(cfg, one) + " --micro-batches 2");
+  ASSERT_EQ(a.rc, 0) << a.err;
+  const CliRun b = mpi_train(2, cfg, many);
+  ASSERT_EQ(b.rc, 0) << b.err;
+  EXPECT_NE(b.err.find("master weights sharded"), std::string::npos) << b.err;
+  const std::vector<json> ma = metrics(one), mb = metrics(many);
+  ASSERT_EQ(ma.size(), size_t(kSteps));
+  ASSERT_EQ(mb.size(), ma.size());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    expect_same_metrics(mb[i], ma[i]);
+    EXPECT_EQ(mb[i].at("comm_bytes"), mb[i].at("comm_bytes_predicted")) << mb[i].at("step");
+  }
+  for (const char* ck : {"step-000007", "step-000014", "step-000020"})
+    EXPECT_TRUE(master_params(many / ck) == master_params(one / ck)) << ck;
 }
 
 // Two pipeline stages under DualPipe (and 1F1B) through the CLI: the metrics and weights of

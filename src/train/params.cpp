@@ -56,6 +56,7 @@ ParamSet::ParamSet(const ModelConfig& c, bool with_mtp) : cfg_(c), with_mtp_(wit
     }
     p.trainable = s.kind != WeightKind::RouterBias;
     p.decay = s.ndim == 2 && s.kind != WeightKind::Embedding;
+    p.gemm = !p.alias && (s.kind == WeightKind::Linear || s.kind == WeightKind::Head);
     infos_.push_back(p);
   });
 }

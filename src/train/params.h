@@ -23,6 +23,9 @@ struct ParamInfo {
   bool alias = false;     // storage belongs to another tensor (MTP embedding / head copies)
   bool trainable = true;  // false: e_score_correction_bias (updated by the balancing rule)
   bool decay = true;      // AdamW weight decay (not for 1-D tensors or the embedding)
+  // Read only by the training GEMMs (the linear projections and the head; not an alias): in
+  // BF16 training read from the BF16 copy, and its master sharded (train/train_weights.h).
+  bool gemm = false;
 };
 
 // Elements [begin, end) of the parameter storage: one trainable tensor, or its part inside a

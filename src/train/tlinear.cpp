@@ -21,6 +21,15 @@ uint16_t* to_bf16(std::vector<uint16_t>& buf, const float* x, int64_t n) {
   return p;
 }
 
+// W [n] in BF16: its place in the context's copy of the arena, or rounded into buf.
+const uint16_t* weight_bf16(const TLinearCtx& c, std::vector<uint16_t>& buf, const float* W, int64_t n) {
+  if (c.w_bf16 != nullptr && W >= c.w_base && W < c.w_base + c.w_n) {
+    DSV3_ASSERT(W + n <= c.w_base + c.w_n);
+    return c.w_bf16 + (W - c.w_base);
+  }
+  return to_bf16(buf, W, n);
+}
+
 }  // namespace
 
 const char* precision_name(Precision p) {
@@ -52,7 +61,7 @@ void tlinear_forward(float* y, const float* x, const float* W, int64_t M, int64_
       GemmBF16 g;
       g.M = M; g.N = N; g.K = K;
       g.A = to_bf16(s.a16, x, M * K); g.lda = K;
-      g.B = to_bf16(s.b16, W, N * K); g.ldb = K; g.trans_b = true;
+      g.B = weight_bf16(c, s.b16, W, N * K); g.ldb = K; g.trans_b = true;
       g.C = y; g.ldc = N; g.accumulate = acc;
       gemm_bf16(g, c.threads);
       return;
@@ -119,7 +128,7 @@ void tlinear_backward(float* dx, float* dW, const float* dy, const float* x, con
         GemmBF16 g;
         g.M = M; g.N = K; g.K = N;
         g.A = dy16; g.lda = N;
-        g.B = to_bf16(s.b16, W, N * K); g.ldb = K;
+        g.B = weight_bf16(c, s.b16, W, N * K); g.ldb = K;
         g.C = dx; g.ldc = K; g.accumulate = acc_dx;
         gemm_bf16(g, c.threads);
       }

@@ -48,6 +48,12 @@ struct TLinearCtx {
   // Tests: the activations a forward keeps for its backward stay F32 under FP8 too (by
   // default FP8 caches them in E4M3 / E5M6: train/act_cache.h).
   bool f32_cache = false;
+  // BF16: the weight arena [w_base, w_base + w_n) has a BF16 copy w_bf16 in the same layout
+  // (train/train_weights.h): a W inside it is read from the copy instead of rounded here —
+  // the same values, so the same bits.
+  const float* w_base = nullptr;
+  const uint16_t* w_bf16 = nullptr;
+  int64_t w_n = 0;
 };
 
 void tlinear_forward(float* y, const float* x, const float* W, int64_t M, int64_t N, int64_t K,

@@ -442,6 +442,14 @@ void TrainModel::set_mtp_lambda(double lambda) {
   impl_->o.mtp_lambda = lambda;
 }
 
+void TrainModel::set_weight_copy(const float* params, const uint16_t* bf16) {
+  for (auto& w : impl_->work) {
+    w.lc.w_base = bf16 ? params : nullptr;
+    w.lc.w_bf16 = bf16;
+    w.lc.w_n = bf16 ? impl_->ps.numel() : 0;
+  }
+}
+
 StepLosses TrainModel::step(const int32_t* ids, const float* params, float* grads, int slot) {
   return impl_->step(ids, params, grads, slot);
 }

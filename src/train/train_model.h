@@ -57,6 +57,10 @@ class TrainModel {
   ~TrainModel();
   const TrainModelOptions& options() const { return o_; }
   void set_mtp_lambda(double lambda);  // the report's schedule: 0.3 early, 0.1 late
+  // BF16: the GEMMs read their weights from bf16, a BF16 copy of the arena params (the one
+  // the steps are given) in the same layout, instead of rounding them on every call
+  // (train/train_weights.h). Null: no copy.
+  void set_weight_copy(const float* params, const uint16_t* bf16);
 
   // ids [B, T + 1]; params/grads are arenas of ps.numel() floats; gradients are ADDED.
   // Returns the losses; with grads == nullptr only the forward runs (evaluation). `slot`: the

@@ -65,6 +65,39 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
       trainable_.push_back({r.begin, r.end});
   }
   std::sort(trainable_.begin(), trainable_.end());
+  // The master weights sharded with the moments (train/train_weights.h): the tensors read in
+  // F32 (not GEMM weights) are exchanged in F32, per rank its pieces of them.
+  sharded_master_ = cfg.precision == Precision::BF16 && lay.pp == 1 && Z_ > 1;
+  if (sharded_master_) {
+    std::vector<std::pair<int64_t, int64_t>> gemm;
+    for (const ParamInfo& p : ps.infos())
+      if (p.gemm) gemm.push_back({p.offset, p.offset + p.spec.numel()});
+    std::sort(gemm.begin(), gemm.end());
+    std::vector<std::pair<int64_t, int64_t>> rest;  // the complement in [0, n)
+    int64_t at = 0;
+    for (const auto& [b, e] : gemm) {
+      if (b > at) rest.push_back({at, b});
+      at = std::max(at, e);
+    }
+    if (at < n) rest.push_back({at, n});
+    rest_.resize(size_t(Z_));
+    rest_counts_.assign(size_t(Z_), 0);
+    for (int q = 0; q < Z_; ++q) {
+      int64_t b, e;
+      split_range(blocks, Z_, q, &b, &e);
+      const int64_t lo = std::min(b * kBlock, n), hi = std::min(e * kBlock, n);
+      for (const auto& [rb, re] : rest) {
+        const int64_t x0 = std::max(lo, rb), x1 = std::min(hi, re);
+        if (x0 < x1) {
+          rest_[size_t(q)].push_back({x0, x1});
+          rest_counts_[size_t(q)] += x1 - x0;
+        }
+      }
+    }
+    int64_t total = 0;
+    for (int64_t c : rest_counts_) total += c;
+    rest_buf_.resize(size_t(total));
+  }
   adam_ = std::make_unique<AdamW>(ps, cfg.adam, lo_, hi_);
   TrainModelOptions mo;
   mo.batch = lay.micro_batch;
@@ -172,8 +205,17 @@ void TrainStep::block_sumsq(int64_t b0, int64_t b1, double* out) const {
   });
 }
 
-StepLosses TrainStep::evaluate(const int32_t* batch, const float* params) {
+// The model reads w: its master arena, and the BF16 copy (made current) where w keeps one.
+void TrainStep::use_weights(TrainWeights& w) {
+  DSV3_ASSERT(w.size() == ps_.numel());
+  if (w.bf16() != nullptr && !w.copy_current()) w.sync_copy();
+  model_->set_weight_copy(w.data(), w.bf16());
+}
+
+StepLosses TrainStep::evaluate(const int32_t* batch, TrainWeights& w) {
   DSV3_CHECK(lay_.pp == 1, "validation loss with pipeline stages (pp = ", lay_.pp, ") is not supported yet");
+  use_weights(w);
+  const float* params = w.data();
   const int64_t row = cfg_.seq_len + 1;
   const int64_t D = cfg_.mtp ? cfg_.model.num_nextn_predict_layers : 0;
   const int m = lay_.micro_batches, U = lay_.dp * m, per = 1 + int(D);
@@ -202,7 +244,9 @@ StepLosses TrainStep::evaluate(const int32_t* batch, const float* params) {
   return L;
 }
 
-StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t step) {
+StepResult TrainStep::compute(const int32_t* batch, TrainWeights& w, int64_t step) {
+  use_weights(w);
+  const float* params = w.data();
   const int64_t row = cfg_.seq_len + 1, n = ps_.numel();
   const int64_t D = cfg_.mtp ? cfg_.model.num_nextn_predict_layers : 0;
   const int m = lay_.micro_batches, U = lay_.dp * m;
@@ -357,22 +401,57 @@ StepResult TrainStep::compute(const int32_t* batch, const float* params, int64_t
     // ZeRO-1: the other ranks' pieces of my gradient out, my shard of the weights to each
     // other rank (apply()), and the step's small vectors: unit losses, loads, norm blocks.
     const int64_t others = Z_ - 1;
-    r.comm_bytes_predicted += pieces_sent + weight_bytes() + int64_t(red.size()) * 8 +
+    r.comm_bytes_predicted += pieces_sent + weight_bytes(w) + int64_t(red.size()) * 8 +
                               shard_blocks_[size_t(zr_)] * 8 * others;
   }
   r.finite = std::isfinite(r.losses.total) && std::isfinite(r.grad_norm);
   return r;
 }
 
-std::vector<double> TrainStep::apply(float* params, const StepResult& r, int64_t step) {
+std::vector<double> TrainStep::apply(TrainWeights& w, const StepResult& r, int64_t step) {
+  DSV3_ASSERT(w.size() == ps_.numel());
+  float* params = w.master();
   const float clip = clip_factor(r.grad_norm, cfg_.grad_clip);
   if (clip != 1.0f) scale_grads(ps_, grads_.data(), clip, lo_, hi_);
   adam_->step(params, grads_.data(), cfg_.lr.at(step));
-  if (Z_ > 1 && lay_.pp == 1) dp_.allgather(params, shard_);
-  if (lay_.pp > 1) send_weights(params);
+  const bool shard = sharded_master_ && w.bf16() != nullptr;
+  if (shard) {
+    // My shard's BF16 copy to every rank (the GEMMs read that), the F32 tensors' pieces in
+    // F32; the other ranks' GEMM masters are not kept here.
+    w.sync_copy(lo_, hi_);
+    dp_.allgather(w.bf16_mut(), shard_);
+    gather_sharded(w);
+    w.shard(lo_, hi_);
+  } else {
+    if (Z_ > 1 && lay_.pp == 1) dp_.allgather(params, shard_);
+    if (lay_.pp > 1) send_weights(params);
+    w.sync_copy();
+  }
   // Aux-loss-free balancing (report §2.1.2): b_i += γ·sign(mean_load − load_i), from the
   // loads of the whole global batch (every rank applies the same update).
   return update_router_bias(ps_.bind(params), cfg_.model, r.losses, cfg_.gamma_at(step));
+}
+
+// The non-GEMM tensors' pieces of every shard, in F32, into every rank's master.
+void TrainStep::gather_sharded(TrainWeights& w) {
+  float* p = w.master();
+  float* buf = rest_buf_.data();
+  std::vector<int64_t> at(size_t(Z_) + 1, 0);
+  for (int q = 0; q < Z_; ++q) at[size_t(q + 1)] = at[size_t(q)] + rest_counts_[size_t(q)];
+  float* mine = buf + at[size_t(zr_)];
+  for (const auto& [b, e] : rest_[size_t(zr_)]) {
+    std::memcpy(mine, p + b, size_t(e - b) * sizeof(float));
+    mine += e - b;
+  }
+  dp_.allgather(buf, rest_counts_);
+  for (int q = 0; q < Z_; ++q) {
+    if (q == zr_) continue;
+    const float* src = buf + at[size_t(q)];
+    for (const auto& [b, e] : rest_[size_t(q)]) {
+      std::memcpy(p + b, src, size_t(e - b) * sizeof(float));
+      src += e - b;
+    }
+  }
 }
 
 // With pipeline stages a rank needs the weights of its own stages only: the owner of shard o
@@ -395,8 +474,10 @@ void TrainStep::send_weights(float* params) {
   dp_.ialltoallv(shard_out_.data(), sc, sd, params, rc, rd, sizeof(float)).wait();
 }
 
-int64_t TrainStep::weight_bytes() const {
+int64_t TrainStep::weight_bytes(const TrainWeights& w) const {
   if (Z_ == 1) return 0;
+  if (sharded_master_ && w.bf16() != nullptr)  // BF16 of the shard, F32 of its non-GEMM pieces
+    return ((hi_ - lo_) * 2 + rest_counts_[size_t(zr_)] * 4) * (Z_ - 1);
   if (lay_.pp == 1) return (hi_ - lo_) * 4 * (Z_ - 1);
   int64_t b = 0;
   for (int q = 0; q < Z_; ++q)
@@ -404,8 +485,13 @@ int64_t TrainStep::weight_bytes() const {
   return b;
 }
 
-void TrainStep::gather_params(float* params) const {
-  if (lay_.pp > 1) dp_.allgather(params, shard_);
+void TrainStep::gather_params(TrainWeights& w) const {
+  if (lay_.pp > 1) {
+    dp_.allgather(w.master(), shard_);
+  } else if (w.sharded()) {
+    w.unshard();
+    dp_.allgather(w.master(), shard_);
+  }
 }
 
 }  // namespace dsv3

@@ -35,6 +35,7 @@
 #include "train/train_config.h"
 #include "train/pipeline_exec.h"
 #include "train/train_model.h"
+#include "train/train_weights.h"
 
 namespace dsv3 {
 
@@ -58,19 +59,25 @@ class TrainStep {
 
   // Forward and backward of this rank's rows of batch [global_batch, T + 1] (every rank
   // passes the whole batch), the gradient reduce-scattered and its global norm. After it,
-  // grads()[lo(), hi()) holds the summed, unclipped gradient of this rank's shard.
-  StepResult compute(const int32_t* batch, const float* params, int64_t step);
-  // Clipping, AdamW on the shard, the all-gather of params, the router-bias update. Returns
-  // MaxVio per MoE layer. Call only when compute() was finite. With pipeline stages the shards
-  // go only to the ranks whose stages use them: the rest of a rank's arena is stale until
-  // gather_params() (collective; before a checkpoint or reading the whole arena).
-  std::vector<double> apply(float* params, const StepResult& r, int64_t step);
+  // grads()[lo(), hi()) holds the summed, unclipped gradient of this rank's shard. The
+  // weights' BF16 copy, where they keep one, is brought up to date first if it is not.
+  StepResult compute(const int32_t* batch, TrainWeights& w, int64_t step);
+  // Clipping, AdamW on the shard, the all-gather of the weights, the router-bias update.
+  // Returns MaxVio per MoE layer. Call only when compute() was finite. Afterwards part of a
+  // rank's master arena may be stale until gather_params() (collective; before a checkpoint
+  // or reading the whole arena): with pipeline stages the shards go only to the ranks whose
+  // stages use them; with a sharded master (sharded_master()) the GEMM tensors' master stays
+  // on its shard's rank (w.sharded()), the rest of the job holding their BF16 copy.
+  std::vector<double> apply(TrainWeights& w, const StepResult& r, int64_t step);
   // Forward only (validation): the main and MTP losses of batch [global_batch, T + 1] (every
   // rank passes the whole batch; each computes its rows as in compute()), means over the
   // global batch summed in unit order; no gradient, no state changed. Collective over the
   // data- and expert-parallel groups. Without pipeline stages only (dsv3::Error otherwise).
-  StepLosses evaluate(const int32_t* batch, const float* params);
-  void gather_params(float* params) const;
+  StepLosses evaluate(const int32_t* batch, TrainWeights& w);
+  void gather_params(TrainWeights& w) const;
+  // ZeRO-1 shards the master weights too: BF16 training, data parallel, no pipeline stages,
+  // weights with a BF16 copy (train/train_weights.h).
+  bool sharded_master() const { return sharded_master_; }
 
   AdamW& adam() { return *adam_; }
   bool overlaps_micro_batches() const { return overlap_pairs_; }  // two at a time (above)
@@ -100,9 +107,17 @@ class TrainStep {
   std::vector<char> piece_;
   std::vector<char> need_;        // [Z, Z] rank q reads weights of shard o (apply() sends them)
   std::vector<float> shard_out_;  // [hi − lo] this rank's updated weights, sent by apply()
+  // Sharded master: every rank's ranges of the non-GEMM tensors inside its shard [Z], their
+  // sizes, and the buffer they are all-gathered in (F32; the GEMM tensors go in BF16).
+  bool sharded_master_ = false;
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> rest_;
+  std::vector<int64_t> rest_counts_;
+  std::vector<float> rest_buf_;
   void block_sumsq(int64_t b0, int64_t b1, double* out) const;
   void send_weights(float* params);
-  int64_t weight_bytes() const;  // the weights apply() sends
+  void gather_sharded(TrainWeights& w);
+  void use_weights(TrainWeights& w);
+  int64_t weight_bytes(const TrainWeights& w) const;  // the weights apply() sends
 
   std::vector<float> grads_;                 // [numel] the step's gradient (this rank's micro-batch 0 first)
   std::vector<std::vector<float>> units_;    // [micro_batches − 1][numel] the other micro-batches'

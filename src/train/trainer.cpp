@@ -29,6 +29,7 @@
 #include "parallel/layout.h"
 #include "train/optim.h"
 #include "train/params.h"
+#include "train/train_weights.h"
 #include "train/train_model.h"
 #include "train/train_step.h"
 
@@ -70,7 +71,7 @@ struct Dist {
 struct State {
   const TrainConfig& cfg;
   const ParamSet& ps;
-  std::vector<float>& params;
+  TrainWeights& params;  // whole when saved (TrainStep::gather_params)
   TrainStep& ts;
   const Dist& d;
   std::string init_dir;  // --init's checkpoint (recorded in trainer_state.json), or ""
@@ -123,7 +124,7 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
     fs::copy_file(f, tmp / fs::path(f).filename(), fs::copy_options::overwrite_existing);
   SafetensorsWriter w((tmp / "trainer" / "state.safetensors").string());
   const int64_t n = st.ps.numel();
-  w.add("params", TensorView(st.params.data(), DType::F32, {n}));
+  w.add("params", TensorView(const_cast<float*>(st.params.data()), DType::F32, {n}));
   w.add("adam_m", m);
   w.add("adam_v", v);
   w.finish();
@@ -152,9 +153,10 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
     if (all[i] != name) fs::remove_all(fs::path(out) / all[i]);
 }
 
-bool all_finite(const std::vector<float>& v) {
-  for (float x : v)
-    if (!std::isfinite(x)) return false;
+bool all_finite(const TrainWeights& w) {
+  const float* v = w.data();
+  for (int64_t i = 0; i < w.size(); ++i)
+    if (!std::isfinite(v[i])) return false;
   return true;
 }
 
@@ -250,15 +252,15 @@ std::string resume_mismatch(const TrainConfig& saved, const TrainConfig& now) {
 // DIR/trainer/state.safetensors. The file holds the whole arena and whole moments whatever the
 // layout that wrote it, and every rank reads it: each takes its shard (resharding is just a
 // different [lo, hi)). Shared by --resume (weights and moments) and --init (weights only).
-void load_trainer_state(const fs::path& dir, std::vector<float>& params, AdamW* adam) {
+void load_trainer_state(const fs::path& dir, TrainWeights& params, AdamW* adam) {
   SafetensorsFile f((dir / "trainer" / "state.safetensors").string());
   const SafetensorsEntry* pe = f.find("params");
   DSV3_CHECK(pe != nullptr, f.path(), ": no tensor 'params'");
   const TensorView pv = f.view(*pe);
-  DSV3_CHECK(pv.dtype == DType::F32 && pv.numel() == int64_t(params.size()), f.path(),
+  DSV3_CHECK(pv.dtype == DType::F32 && pv.numel() == params.size(), f.path(),
              ": tensor 'params' does not match this model (", pv.numel(), " values, expected ",
              params.size(), ")");
-  std::memcpy(params.data(), pv.data, params.size() * sizeof(float));
+  std::memcpy(params.mutable_data(), pv.data, size_t(params.size()) * sizeof(float));
   if (!adam) return;
   for (int which = 0; which < 2; ++which) {
     const char* nm = which == 0 ? "adam_m" : "adam_v";
@@ -399,7 +401,7 @@ int run_training(const TrainRunOptions& o) {
   d.world->barrier();  // the others start once OUT is checked (rank 0 ends the job if not)
 
   ParamSet ps(cfg.model, cfg.mtp);
-  std::vector<float> params(size_t(ps.numel()));
+  TrainWeights params(ps, cfg.precision == Precision::BF16);
   TrainStep ts(cfg, ps, d.lay, d.zero_group(), d.ep, threads, d.lay.pp > 1 ? &d.pipe : nullptr);
   AdamW& adam = ts.adam();
   data::LoaderOptions lo_opt;
@@ -442,14 +444,16 @@ int run_training(const TrainRunOptions& o) {
                    "%lld, rope_scaling %s)\n", o.init_dir.c_str(), (long long)cfg.seq_len,
                    cfg.model.rope_scaling.type.empty() ? "none" : cfg.model.rope_scaling.type.c_str());
   } else {
-    ps.init(params.data(), cfg.seed);
+    ps.init(params.mutable_data(), cfg.seed);
   }
   if (lead && d.lay.world > 1)
     std::fprintf(stderr, "dsv3 train: %d ranks, dp %d × pp %d%s%s, ep %d, %d micro-batch%s of %lld sequences per "
-                 "rank, ZeRO-1 shards of %lld parameters, %d threads per rank\n", d.lay.world, d.lay.dp,
+                 "rank, ZeRO-1 shards of %lld parameters%s, %d threads per rank\n", d.lay.world, d.lay.dp,
                  d.lay.pp, d.lay.pp > 1 ? " " : "", d.lay.pp > 1 ? d.lay.schedule.c_str() : "", d.lay.ep,
                  d.lay.micro_batches, d.lay.micro_batches == 1 ? "" : "es",
-                 (long long)d.lay.micro_batch, (long long)(ts.hi() - ts.lo()), resolve_threads(threads));
+                 (long long)d.lay.micro_batch, (long long)(ts.hi() - ts.lo()),
+                 ts.sharded_master() ? " (master weights sharded, a whole BF16 copy per rank)" : "",
+                 resolve_threads(threads));
 
   const State st{cfg, ps, params, ts, d, init_from};
 
@@ -485,7 +489,7 @@ int run_training(const TrainRunOptions& o) {
     const int64_t per_batch = cfg.batch * (cfg.seq_len + 1), nb = int64_t(val_batches.size()) / per_batch;
     StepLosses v;
     for (int64_t b = 0; b < nb; ++b) {
-      const StepLosses L = ts.evaluate(val_batches.data() + b * per_batch, params.data());
+      const StepLosses L = ts.evaluate(val_batches.data() + b * per_batch, params);
       v.main += L.main / double(nb);
       if (v.mtp.empty()) v.mtp.assign(L.mtp.size(), 0.0);
       for (size_t k = 0; k < L.mtp.size(); ++k) v.mtp[k] += L.mtp[k] / double(nb);
@@ -518,7 +522,7 @@ int run_training(const TrainRunOptions& o) {
     const double t0 = now_s();
     const dist::Traffic traffic0 = dist::traffic();
     loader.next(batch);
-    const StepResult r = ts.compute(batch.data(), params.data(), step);
+    const StepResult r = ts.compute(batch.data(), params, step);
     const StepLosses& L = r.losses;
     const double gnorm = r.grad_norm;
     if (!r.finite) {
@@ -534,7 +538,7 @@ int run_training(const TrainRunOptions& o) {
       break;
     }
     const double lr = cfg.lr.at(step);
-    const std::vector<double> maxvio = ts.apply(params.data(), r, step);
+    const std::vector<double> maxvio = ts.apply(params, r, step);
     tokens += tok_per_step;
     const double dt = now_s() - t0;
     const double tps = tok_per_step / dt;
@@ -600,7 +604,7 @@ int run_training(const TrainRunOptions& o) {
       break;
     }
     if (ckpt_due && step + 1 < steps) {
-      ts.gather_params(params.data());  // pipeline stages: every rank's arena whole again
+      ts.gather_params(params);  // every rank's arena whole again (pipeline stages, sharded master)
       if (!all_finite(params)) {
         bad_params_at = step + 1;
         exit_code = 3;
@@ -611,7 +615,7 @@ int run_training(const TrainRunOptions& o) {
   }
   if (metrics) std::fclose(metrics);
   if (tty && !quiet) std::fprintf(stderr, "\n");
-  ts.gather_params(params.data());
+  ts.gather_params(params);
   if (exit_code != 3 && !all_finite(params)) {
     bad_params_at = step;
     exit_code = 3;
