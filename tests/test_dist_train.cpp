@@ -619,6 +619,7 @@ TEST(DistTrainCli, ShardedMasterWeightsComputeTheBitsOfOneProcess) {
   const CliRun b = mpi_train(2, cfg, many);
   ASSERT_EQ(b.rc, 0) << b.err;
   EXPECT_NE(b.err.find("master weights sharded"), std::string::npos) << b.err;
+  EXPECT_NE(b.err.find("peak resident memory per rank (MiB): "), std::string::npos) << b.err;
   const std::vector<json> ma = metrics(one), mb = metrics(many);
   ASSERT_EQ(ma.size(), size_t(kSteps));
   ASSERT_EQ(mb.size(), ma.size());

@@ -171,9 +171,8 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
         }
     }
   }
-  grads_.resize(size_t(n));
-  units_.resize(size_t(lay.micro_batches - 1));
-  for (auto& u : units_) u.resize(size_t(n));
+  // The gradient arenas are allocated by the first compute(), after a sharded master has
+  // given back its pages (so the two do not add up in the peak).
   if (Z_ > 1) {
     // Rounds of ≤ zero_bucket_mb of pieces received; every rank runs as many rounds as the
     // largest shard needs.
@@ -206,9 +205,11 @@ void TrainStep::block_sumsq(int64_t b0, int64_t b1, double* out) const {
 }
 
 // The model reads w: its master arena, and the BF16 copy (made current) where w keeps one.
+// A sharded master is sharded from the first step on: the copy made, the rest released.
 void TrainStep::use_weights(TrainWeights& w) {
   DSV3_ASSERT(w.size() == ps_.numel());
   if (w.bf16() != nullptr && !w.copy_current()) w.sync_copy();
+  if (sharded_master_ && w.bf16() != nullptr) w.shard(lo_, hi_);
   model_->set_weight_copy(w.data(), w.bf16());
 }
 
@@ -252,6 +253,11 @@ StepResult TrainStep::compute(const int32_t* batch, TrainWeights& w, int64_t ste
   const int m = lay_.micro_batches, U = lay_.dp * m;
   const int64_t nB = int64_t(moe_layers_.size()), E = cfg_.model.n_routed_experts;
   model_->set_mtp_lambda(cfg_.mtp_lambda_at(step));
+  if (grads_.empty()) {
+    grads_.resize(size_t(n));
+    units_.resize(size_t(m - 1));
+    for (auto& u : units_) u.resize(size_t(n));
+  }
   // Each micro-batch's gradient from zero, then their canonical sum (one: the arena itself).
   std::vector<float*> local;
   for (int j = 0; j < m; ++j) {
@@ -485,9 +491,13 @@ int64_t TrainStep::weight_bytes(const TrainWeights& w) const {
   return b;
 }
 
-void TrainStep::gather_params(TrainWeights& w) const {
+void TrainStep::gather_params(TrainWeights& w, bool lead_only) const {
   if (lay_.pp > 1) {
     dp_.allgather(w.master(), shard_);
+  } else if (sharded_master_ && w.bf16() != nullptr && lead_only) {
+    // The masters' shards to rank 0 of the group (the checkpoint writer); the others stay sharded.
+    if (zr_ == 0) w.unshard();
+    dp_.gather(w.master() + lo_, zr_ == 0 ? w.master() : nullptr, shard_, 0);
   } else if (w.sharded()) {
     w.unshard();
     dp_.allgather(w.master(), shard_);

@@ -74,7 +74,9 @@ class TrainStep {
   // global batch summed in unit order; no gradient, no state changed. Collective over the
   // data- and expert-parallel groups. Without pipeline stages only (dsv3::Error otherwise).
   StepLosses evaluate(const int32_t* batch, TrainWeights& w);
-  void gather_params(TrainWeights& w) const;
+  // The whole master arena on every rank (collective) — or, with lead_only, on the group's
+  // rank 0 at least (a sharded master stays sharded on the others).
+  void gather_params(TrainWeights& w, bool lead_only = false) const;
   // ZeRO-1 shards the master weights too: BF16 training, data parallel, no pipeline stages,
   // weights with a BF16 copy (train/train_weights.h).
   bool sharded_master() const { return sharded_master_; }

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,6 +77,18 @@ struct State {
   const Dist& d;
   std::string init_dir;  // --init's checkpoint (recorded in trainer_state.json), or ""
 };
+
+// Every weight finite, decided by the lead rank (which holds the whole arena after
+// gather_params(…, true)) for all.
+bool weights_finite(const State& st) {
+  int32_t ok = 1;
+  if (st.d.lead()) {
+    const float* v = st.params.data();
+    for (int64_t i = 0; i < st.params.size() && ok; ++i) ok = std::isfinite(v[i]) ? 1 : 0;
+  }
+  st.d.world->bcast(&ok, 1, 0);
+  return ok != 0;
+}
 
 // A moment of the whole arena on the lead rank, gathered from the ZeRO shards (every rank
 // calls this; one process: the moment itself).
@@ -153,12 +166,7 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
     if (all[i] != name) fs::remove_all(fs::path(out) / all[i]);
 }
 
-bool all_finite(const TrainWeights& w) {
-  const float* v = w.data();
-  for (int64_t i = 0; i < w.size(); ++i)
-    if (!std::isfinite(v[i])) return false;
-  return true;
-}
+
 
 std::string trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
@@ -604,8 +612,8 @@ int run_training(const TrainRunOptions& o) {
       break;
     }
     if (ckpt_due && step + 1 < steps) {
-      ts.gather_params(params);  // every rank's arena whole again (pipeline stages, sharded master)
-      if (!all_finite(params)) {
+      ts.gather_params(params, true);  // rank 0's arena whole again (pipeline stages, sharded master)
+      if (!weights_finite(st)) {
         bad_params_at = step + 1;
         exit_code = 3;
         break;
@@ -615,8 +623,8 @@ int run_training(const TrainRunOptions& o) {
   }
   if (metrics) std::fclose(metrics);
   if (tty && !quiet) std::fprintf(stderr, "\n");
-  ts.gather_params(params);
-  if (exit_code != 3 && !all_finite(params)) {
+  ts.gather_params(params, true);
+  if (exit_code != 3 && !weights_finite(st)) {
     bad_params_at = step;
     exit_code = 3;
   }
@@ -629,7 +637,19 @@ int run_training(const TrainRunOptions& o) {
   if (exit_code == 3) return exit_code;
   save_checkpoint(st, loader.state(), step, tokens, o.out_dir);
   const std::string where = (fs::path(o.out_dir) / step_name(step)).string();
+  // Each rank's peak resident memory (what a layout costs per process).
+  std::vector<double> rss(size_t(d.lay.world), 0.0);
+  {
+    struct rusage ru {};
+    if (getrusage(RUSAGE_SELF, &ru) == 0) rss[size_t(d.lay.rank)] = double(ru.ru_maxrss) / 1024.0;  // KiB -> MiB
+    d.world->allgather(rss.data(), std::vector<int64_t>(size_t(d.lay.world), 1));
+  }
   if (!lead) return exit_code;
+  if (d.lay.world > 1) {
+    std::string per;
+    for (double r : rss) per += (per.empty() ? "" : " ") + std::to_string(int64_t(std::lround(r)));
+    std::fprintf(stderr, "dsv3 train: peak resident memory per rank (MiB): %s\n", per.c_str());
+  }
   if (!stopped.empty())
     std::fprintf(stderr, "dsv3 train: %s received; saved %s (resume with --resume)\n", stopped.c_str(),
                  where.c_str());
