@@ -187,9 +187,11 @@ void run_equivalence(const Layouts& l) {
       probe(cfg, ps, lay1, one_rank, one_rank, 1);
   for (int64_t s = 0; s < kSteps; ++s) {
     const std::vector<int32_t> b = batch_of(s);
+    // The probe first: the distributed step keeps only its stages' weights of pd (with
+    // pipeline stages) until they are gathered again.
+    const StepResult rp = probe.compute(b.data(), pd, s);
     const StepResult rd = dist_step.compute(b.data(), pd, s);
     const StepResult r1 = one.compute(b.data(), p1, s);
-    const StepResult rp = probe.compute(b.data(), pd, s);
     // F32 gradients summed in another order differ by ~1e-7 relative per element.
     EXPECT_LT(rel(rd.grad_norm, rp.grad_norm), 1e-6) << "step " << s + 1;
     EXPECT_EQ(rd.losses.load, rp.losses.load) << "step " << s + 1;
@@ -294,12 +296,50 @@ void run_pipeline_bitwise(int64_t dp, int64_t pp, const std::string& schedule, i
   ps.init(pd.mutable_data(), cfg.seed);
   copy_weights(p1, pd);
   TrainStep ds(cfg, ps, lay, zero, epc, 1, &pipe), one(cfg, ps, lay1, one_rank, one_rank, 1);
+  const bool sched1 = pipe::make_schedule(pipe::parse_schedule(schedule), int(pp), int(m)).chunks == 1;
   for (int64_t s = 0; s < kSteps; ++s) {
     const std::vector<int32_t> b = batch_of(s);
     const StepResult rd = ds.compute(b.data(), pd, s), r1 = one.compute(b.data(), p1, s);
     expect_same_step(ps, rd, ds, r1, one, s);
     ds.apply(pd, rd, s);
     one.apply(p1, r1, s);
+    if (s == 0 && sched1) {
+      // One stage per rank: its gradient arenas hold that stage's tensors (the embedding on
+      // the first, a main layer on its own, the rest on the last) and arena 0 its shard; the
+      // other pages are never written. Bound: those bytes, plus a page at each end of each
+      // range per arena.
+      const int64_t Lm = cfg.model.num_hidden_layers;
+      const StageSpan sp = stage_span(Lm, int(pp), lay.stage);
+      const int64_t fpp = int64_t(sysconf(_SC_PAGESIZE)) / 4;  // floats per page
+      std::vector<char> mine(size_t((pd.size() + fpp - 1) / fpp), 0);  // pages of the stage's tensors
+      for (const ParamInfo& p : ps.infos()) {
+        if (p.alias) continue;
+        const std::string& nm = p.spec.name;
+        int st = int(pp) - 1;
+        if (nm.rfind("model.embed_tokens.", 0) == 0) {
+          st = 0;
+        } else if (nm.rfind("model.layers.", 0) == 0 && std::stoll(nm.substr(13)) < Lm) {
+          const int64_t l = std::stoll(nm.substr(13));
+          st = l >= sp.l0 && l < sp.l1 ? lay.stage : -1;
+        }
+        if (st != lay.stage) continue;
+        for (int64_t q = p.offset / fpp; q * fpp < p.offset + p.spec.numel(); ++q) mine[size_t(q)] = 1;
+      }
+      // Arena 0: also the shard (the exchange writes the sums there) and whatever the exchange
+      // reads to send: the shards that meet the stage's tensors (mincore counts a page that was
+      // only read, mapped to the kernel's zero page, though it costs no memory).
+      std::vector<char> first = mine;
+      for (int64_t q = ds.lo() / fpp; q * fpp < ds.hi(); ++q) first[size_t(q)] = 1;
+      for (int64_t o = 0, at = 0; o < int64_t(ds.shard_sizes().size()); at += ds.shard_sizes()[size_t(o)], ++o) {
+        const int64_t e = at + ds.shard_sizes()[size_t(o)];
+        bool meets = false;
+        for (int64_t q = at / fpp; q * fpp < e && !meets; ++q) meets = mine[size_t(q)] != 0;
+        if (meets)
+          for (int64_t q = at / fpp; q * fpp < e; ++q) first[size_t(q)] = 1;
+      }
+      const int64_t pages = (m - 1) * std::count(mine.begin(), mine.end(), 1) + std::count(first.begin(), first.end(), 1);
+      EXPECT_LE(ds.gradient_resident_bytes(), pages * fpp * 4) << "rank " << world.rank() << " stage " << lay.stage;
+    }
     // A rank's own stages' weights are current (the next step's bits depend on them); the
     // rest of its arena only after gather_params, checked every few steps.
     if (s % 5 == 4 || s + 1 == kSteps) {

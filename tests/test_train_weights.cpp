@@ -30,14 +30,14 @@ TEST(TrainWeights, TheCopyIsTheRoundingOfTheMaster) {
   ps.init(w.mutable_data(), 7);
   EXPECT_FALSE(w.copy_current());
   w.sync_copy();
-  ASSERT_TRUE(w.copy_current());
+  w.set_copy_current();
   for (int64_t i = 0; i < w.size(); ++i) ASSERT_EQ(w.bf16()[i], f32_to_bf16(w.data()[i])) << i;
-  // A write through mutable_data() makes the copy stale; a range sync only refreshes its range
-  // when the rest is current.
+  // A write through mutable_data() marks the copy stale; a range sync converts that range.
   w.mutable_data()[5] = 3.0f;
   EXPECT_FALSE(w.copy_current());
-  w.sync_copy(0, 1);  // stale: the whole copy is rebuilt
+  w.sync_copy(5, 6);
   EXPECT_EQ(w.bf16()[5], f32_to_bf16(3.0f));
+  EXPECT_EQ(w.bf16()[6], f32_to_bf16(w.data()[6]));
   TrainWeights none(ps, false);
   EXPECT_EQ(none.bf16(), nullptr);
 }
@@ -51,7 +51,7 @@ TEST(TrainWeights, AShardKeepsItsRangeAndTheNonGemmTensors) {
   const int64_t n = w.size(), lo = n / 3, hi = 2 * n / 3;
   const int64_t whole = w.master_resident_bytes();
   EXPECT_GE(whole, n * 4);  // init touched every page
-  w.shard(lo, hi);
+  w.shard({{lo, hi}});
   ASSERT_TRUE(w.sharded());
   const int64_t page = int64_t(sysconf(_SC_PAGESIZE)), fpp = page / 4;
   int64_t gone = 0;  // whole pages of GEMM weights outside [lo, hi)

@@ -18,13 +18,40 @@ constexpr int64_t kBlock = int64_t(1) << 14;
 // v[0] = the sum of v[0..n) in the canonical order: consecutive pairs, then pairs of pairs
 // (((v0 + v1) + (v2 + v3)) + ...; an odd last one joins at the next level). Float addition is
 // commutative, so the result does not depend on which process computes a pair.
-void tree_sum(const std::vector<float*>& v, int64_t n) {
+// Over elements [b, e) of the arrays.
+void tree_sum(const std::vector<float*>& v, int64_t b, int64_t e) {
+  const int64_t n = e - b;
   for (size_t step = 1; step < v.size(); step *= 2)
     for (size_t i = 0; i + step < v.size(); i += 2 * step) {
-      float* a = v[i];
-      const float* b = v[i + step];
-      parallel_for(n, n > (1 << 16) ? 0 : 1, [&](int64_t k) { a[k] += b[k]; });
+      float* x = v[i] + b;
+      const float* y = v[i + step] + b;
+      parallel_for(n, n > (1 << 16) ? 0 : 1, [&](int64_t k) { x[k] += y[k]; });
     }
+}
+
+// Sorted ranges with the touching ones joined.
+std::vector<std::pair<int64_t, int64_t>> merged(std::vector<std::pair<int64_t, int64_t>> v) {
+  std::sort(v.begin(), v.end());
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const auto& r : v) {
+    if (r.second <= r.first) continue;
+    if (!out.empty() && r.first <= out.back().second)
+      out.back().second = std::max(out.back().second, r.second);
+    else
+      out.push_back(r);
+  }
+  return out;
+}
+
+// dst[k] = 0 over the ranges, over the threads for large ones.
+void zero_ranges(float* dst, const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  for (const auto& [b, e] : ranges) {
+    const int64_t n = e - b, chunk = int64_t(1) << 16;
+    parallel_for((n + chunk - 1) / chunk, n > 4 * chunk ? 0 : 1, [&](int64_t c) {
+      const int64_t x0 = b + c * chunk, x1 = std::min(e, x0 + chunk);
+      std::memset(dst + x0, 0, size_t(x1 - x0) * sizeof(float));
+    });
+  }
 }
 
 }  // namespace
@@ -139,8 +166,8 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
   if (lay.pp > 1) {
     const int64_t Lm = cfg.model.num_hidden_layers;
     const int ns = sched_->n_stages;
-    std::vector<int64_t> shard_lo(size_t(Z_ + 1), 0);
-    for (int q = 0; q < Z_; ++q) shard_lo[size_t(q + 1)] = shard_lo[size_t(q)] + shard_[size_t(q)];
+    std::vector<int64_t> slo(size_t(Z_ + 1), 0);
+    for (int q = 0; q < Z_; ++q) slo[size_t(q + 1)] = slo[size_t(q)] + shard_[size_t(q)];
     for (const ParamInfo& p : ps.infos()) {
       if (p.alias) continue;
       int st = ns - 1;
@@ -158,19 +185,40 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
       // stage 0, so only stage 0's pieces carry it).
       const bool mtp_reads = st == 0 && cfg.mtp && ps.with_mtp() && cfg.model.num_nextn_predict_layers > 0;
       const int64_t b = p.offset, e = p.offset + p.spec.numel();
+      for (int c = 0; c < sched_->chunks; ++c)
+        if (sched_->chunk_stage(lay.stage, c) == st) mine_.push_back({b, e});
       for (int r = 0; r < lay.pp; ++r)
         for (int c = 0; c < sched_->chunks; ++c) {
           const int cs = sched_->chunk_stage(r, c);
           if (cs != st && !(mtp_reads && cs == ns - 1)) continue;
           for (int d = 0; d < lay.dp; ++d)
             for (int o = 0; o < Z_; ++o)
-              if (b < shard_lo[size_t(o + 1)] && shard_lo[size_t(o)] < e) {
+              if (b < slo[size_t(o + 1)] && slo[size_t(o)] < e) {
                 need_[size_t((r * lay.dp + d) * Z_ + o)] = 1;
                 if (cs == st) piece_[size_t((r * lay.dp + d) * Z_ + o)] = 1;
               }
         }
     }
   }
+  // What this rank's arenas hold (train_step.h): the gradients it writes, the master weights
+  // it keeps.
+  std::vector<int64_t> shard_lo(size_t(Z_ + 1), 0);
+  for (int q = 0; q < Z_; ++q) shard_lo[size_t(q + 1)] = shard_lo[size_t(q)] + shard_[size_t(q)];
+  if (lay.pp == 1) {
+    mine_ = {{0, n}};
+    if (sharded_master_) keep_ = {{lo_, hi_}};
+  } else {
+    mine_ = merged(mine_);
+    for (int o = 0; o < Z_; ++o)
+      if (o == zr_ || need_[size_t(zr_) * size_t(Z_) + size_t(o)])
+        keep_.push_back({shard_lo[size_t(o)], shard_lo[size_t(o + 1)]});
+    keep_ = merged(keep_);
+  }
+  zero0_ = merged([&] {
+    auto v = mine_;
+    v.push_back({lo_, hi_});
+    return v;
+  }());
   // The gradient arenas are allocated by the first compute(), after a sharded master has
   // given back its pages (so the two do not add up in the peak).
   if (Z_ > 1) {
@@ -208,9 +256,23 @@ void TrainStep::block_sumsq(int64_t b0, int64_t b1, double* out) const {
 // A sharded master is sharded from the first step on: the copy made, the rest released.
 void TrainStep::use_weights(TrainWeights& w) {
   DSV3_ASSERT(w.size() == ps_.numel());
-  if (w.bf16() != nullptr && !w.copy_current()) w.sync_copy();
-  if (sharded_master_ && w.bf16() != nullptr) w.shard(lo_, hi_);
+  if (w.bf16() != nullptr && !w.copy_current()) {
+    DSV3_ASSERT(!w.sharded());
+    sync_copy(w);
+    w.set_copy_current();
+  }
+  if (shards_weights(w)) w.shard(keep_);
   model_->set_weight_copy(w.data(), w.bf16());
+}
+
+// The BF16 copy of what the model reads: all of it, or with pipeline stages what the rank keeps.
+void TrainStep::sync_copy(TrainWeights& w) const {
+  if (lay_.pp == 1) return w.sync_copy();
+  for (const auto& [b, e] : keep_) w.sync_copy(b, e);
+}
+
+bool TrainStep::shards_weights(const TrainWeights& w) const {
+  return lay_.pp > 1 || (sharded_master_ && w.bf16() != nullptr);
 }
 
 StepLosses TrainStep::evaluate(const int32_t* batch, TrainWeights& w) {
@@ -254,15 +316,17 @@ StepResult TrainStep::compute(const int32_t* batch, TrainWeights& w, int64_t ste
   const int64_t nB = int64_t(moe_layers_.size()), E = cfg_.model.n_routed_experts;
   model_->set_mtp_lambda(cfg_.mtp_lambda_at(step));
   if (grads_.empty()) {
-    grads_.resize(size_t(n));
-    units_.resize(size_t(m - 1));
-    for (auto& u : units_) u.resize(size_t(n));
+    grads_ = MappedArray<float>(n, "gradient");
+    units_.clear();
+    for (int j = 1; j < m; ++j) units_.emplace_back(n, "gradient of a micro-batch");
   }
   // Each micro-batch's gradient from zero, then their canonical sum (one: the arena itself).
+  // Only what this rank writes is zeroed (the rest is never written: zero pages, no memory);
+  // the shard of arena 0 too, which the exchange below overwrites.
   std::vector<float*> local;
   for (int j = 0; j < m; ++j) {
     float* g = j == 0 ? grads_.data() : units_[size_t(j - 1)].data();
-    std::fill(g, g + n, 0.0f);
+    zero_ranges(g, j == 0 ? zero0_ : mine_);
     local.push_back(g);
   }
   // Per unit: the main loss, each MoE layer's balance term, the MTP losses; per MoE layer the
@@ -317,7 +381,7 @@ StepResult TrainStep::compute(const int32_t* batch, TrainWeights& w, int64_t ste
   // are integers.
   dist::Request red_req;
   if (Z_ > 1) red_req = dp_.iallreduce_sum(red.data(), int64_t(red.size()));  // pp > 1: the whole job
-  tree_sum(local, n);
+  for (const auto& [b, e] : mine_) tree_sum(local, b, e);
   // ZeRO-1: rank q receives every rank's piece of shard q and sums them — the canonical tree
   // continued across ranks (an MPI reduce-scatter would add in its own order). With pipeline
   // stages the pieces of one data-parallel rank's stages are added first (one is non-zero, or
@@ -362,7 +426,7 @@ StepResult TrainStep::compute(const int32_t* batch, TrainWeights& w, int64_t ste
         DSV3_ASSERT(a != nullptr);
         v.push_back(a);
       }
-      tree_sum(v, len);
+      tree_sum(v, 0, len);
       std::memcpy(grads_.data() + lo_ + c0, v[0], size_t(len) * sizeof(float));
     }
   }
@@ -427,11 +491,11 @@ std::vector<double> TrainStep::apply(TrainWeights& w, const StepResult& r, int64
     w.sync_copy(lo_, hi_);
     dp_.allgather(w.bf16_mut(), shard_);
     gather_sharded(w);
-    w.shard(lo_, hi_);
+    w.shard(keep_);
   } else {
     if (Z_ > 1 && lay_.pp == 1) dp_.allgather(params, shard_);
     if (lay_.pp > 1) send_weights(params);
-    w.sync_copy();
+    sync_copy(w);
   }
   // Aux-loss-free balancing (report §2.1.2): b_i += γ·sign(mean_load − load_i), from the
   // loads of the whole global batch (every rank applies the same update).
@@ -492,13 +556,12 @@ int64_t TrainStep::weight_bytes(const TrainWeights& w) const {
 }
 
 void TrainStep::gather_params(TrainWeights& w, bool lead_only) const {
-  if (lay_.pp > 1) {
-    dp_.allgather(w.master(), shard_);
-  } else if (sharded_master_ && w.bf16() != nullptr && lead_only) {
-    // The masters' shards to rank 0 of the group (the checkpoint writer); the others stay sharded.
+  if (Z_ == 1 || !(lay_.pp > 1 || w.sharded())) return;
+  if (lead_only) {
+    // The shards to rank 0 of the group (the checkpoint writer); the others stay as they are.
     if (zr_ == 0) w.unshard();
     dp_.gather(w.master() + lo_, zr_ == 0 ? w.master() : nullptr, shard_, 0);
-  } else if (w.sharded()) {
+  } else {
     w.unshard();
     dp_.allgather(w.master(), shard_);
   }

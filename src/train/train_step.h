@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/mapped.h"
 #include "parallel/comm.h"
 #include "parallel/layout.h"
 #include "train/optim.h"
@@ -84,7 +85,13 @@ class TrainStep {
   AdamW& adam() { return *adam_; }
   bool overlaps_micro_batches() const { return overlap_pairs_; }  // two at a time (above)
   bool overlaps_fb_pairs() const { return exec_ && exec_->overlaps_fb(); }  // pipeline F&B on fibers
-  const std::vector<float>& grads() const { return grads_; }
+  const MappedArray<float>& grads() const { return grads_; }
+  // Bytes of the gradient arenas in memory (with pipeline stages, about the rank's stages).
+  int64_t gradient_resident_bytes() const {
+    int64_t r = int64_t(grads_.resident_bytes());
+    for (const auto& u : units_) r += int64_t(u.resident_bytes());
+    return r;
+  }
   int64_t lo() const { return lo_; }
   int64_t hi() const { return hi_; }
   const std::vector<int64_t>& shard_sizes() const { return shard_; }  // [ZeRO group size]
@@ -121,8 +128,16 @@ class TrainStep {
   void use_weights(TrainWeights& w);
   int64_t weight_bytes(const TrainWeights& w) const;  // the weights apply() sends
 
-  std::vector<float> grads_;                 // [numel] the step's gradient (this rank's micro-batch 0 first)
-  std::vector<std::vector<float>> units_;    // [micro_batches − 1][numel] the other micro-batches'
+  // [numel] the step's gradient (this rank's micro-batch 0 first), and the other micro-batches':
+  // mappings of which only mine_ (and the shard, in grads_) is ever written.
+  MappedArray<float> grads_;
+  std::vector<MappedArray<float>> units_;    // [micro_batches − 1]
+  // The arena ranges this rank's stages write gradients to (without pipeline stages: all);
+  // those and the shard [lo, hi) (zeroed in grads_ each step); the master ranges it keeps
+  // when its weights are sharded: the shard, and with pipeline stages the shards it receives.
+  std::vector<std::pair<int64_t, int64_t>> mine_, zero0_, keep_;
+  void sync_copy(TrainWeights& w) const;
+  bool shards_weights(const TrainWeights& w) const;
   std::vector<float> pieces_;                // [Z, bucket_] every rank's piece of a bucket of this shard
   int64_t bucket_ = 0;                       // elements of a shard exchanged per round
   int64_t rounds_ = 0;                       // rounds: the largest shard over bucket_, rounded up

@@ -10,64 +10,66 @@
 // other tensors (norm gains, the router and its bias, the embedding: read in F32) whole.
 // Per rank that is 2 bytes per parameter plus 4 per parameter of the shard, instead of 4.
 //
-// Memory: both arenas are anonymous mappings, committed as touched; the master's pages that
-// hold only stale values are returned to the kernel and made inaccessible (release()), so a
-// read of a weight this rank does not hold faults at once instead of computing with zeros.
+// Memory: both arenas are anonymous mappings (core/mapped.h), committed as written; the
+// master's pages that hold only weights this rank does not keep are returned to the kernel
+// and made inaccessible (shard()), so a read of one faults at once instead of computing with
+// stale values. With pipeline stages a rank keeps only what its stages read (TrainStep).
 #pragma once
 #include <cstdint>
 #include <utility>
 #include <vector>
 
+#include "core/mapped.h"
 #include "train/params.h"
 
 namespace dsv3 {
 
 class TrainWeights {
  public:
+  using Ranges = std::vector<std::pair<int64_t, int64_t>>;  // [begin, end) of the arena, sorted
+
   // bf16_copy: keep the BF16 copy (BF16 training); otherwise the GEMMs read the master.
   TrainWeights(const ParamSet& ps, bool bf16_copy);
-  ~TrainWeights();
   TrainWeights(const TrainWeights&) = delete;
   TrainWeights& operator=(const TrainWeights&) = delete;
 
   int64_t size() const { return n_; }
   // The master arena for reading. While sharded() only part of it is current (below).
-  const float* data() const { return f32_; }
+  const float* data() const { return reinterpret_cast<const float*>(f32_.data()); }
   // The master arena for writing all of it (initialisation, loading a checkpoint, tests):
-  // the BF16 copy is rebuilt from it before the next use (sync_copy). Not while sharded().
+  // marks the BF16 copy out of date. Not while sharded().
   float* mutable_data();
-  const uint16_t* bf16() const { return bf16_; }  // null without the copy
+  const uint16_t* bf16() const { return reinterpret_cast<const uint16_t*>(bf16_.data()); }  // null without
 
-  // Sharded: only the non-GEMM tensors and the ranges of keep() are current in the master;
-  // TrainStep sets it after an update and clears it when it gathers the master again.
+  // Sharded: the master holds only the non-GEMM tensors and the ranges given to shard();
+  // TrainStep shards it and gathers it whole again (TrainStep::gather_params).
   bool sharded() const { return sharded_; }
 
   // --- for TrainStep ---
-  float* master() { return f32_; }  // write access without the checks of mutable_data()
-  uint16_t* bf16_mut() { return bf16_; }
-  // The copy from the master over [lo, hi) (whole when it is out of date); copy_current():
-  // the copy matches the master wherever the master is current.
+  float* master() { return reinterpret_cast<float*>(f32_.data()); }  // without mutable_data()'s checks
+  uint16_t* bf16_mut() { return reinterpret_cast<uint16_t*>(bf16_.data()); }
+  // copy[lo, hi) = BF16(master[lo, hi)) (hi < 0: the end).
   void sync_copy(int64_t lo = 0, int64_t hi = -1);
+  // Whether the copy matches the master wherever the model reads it: cleared by
+  // mutable_data(), set by TrainStep once it has synced what it reads.
   bool copy_current() const { return copy_current_; }
   void set_copy_current() { copy_current_ = true; }
-  // Keeps [lo, hi) and the non-GEMM tensors of the master; the rest (the GEMM tensors outside
-  // [lo, hi)) is released: its whole pages returned to the kernel and made inaccessible.
-  void shard(int64_t lo, int64_t hi);
+  // Keeps `keep` and the non-GEMM tensors of the master; the GEMM tensors' whole pages
+  // outside them are given back to the kernel and made inaccessible. No-op when sharded().
+  void shard(const Ranges& keep);
   // The whole master accessible again (released pages read as zero until written).
   void unshard();
-  // Bytes of the master arena resident in memory (mincore).
-  int64_t master_resident_bytes() const;
+  int64_t master_resident_bytes() const { return int64_t(f32_.resident()); }
+  int64_t copy_resident_bytes() const { return int64_t(bf16_.resident()); }
 
-  // GEMM weight storage ranges [begin, end) of the arena, merged and sorted (ParamInfo::gemm).
-  const std::vector<std::pair<int64_t, int64_t>>& gemm_ranges() const { return gemm_; }
+  // The GEMM tensors' storage, merged and sorted (ParamInfo::gemm).
+  const Ranges& gemm_ranges() const { return gemm_; }
 
  private:
   int64_t n_ = 0;
-  float* f32_ = nullptr;
-  uint16_t* bf16_ = nullptr;
-  size_t f32_bytes_ = 0, bf16_bytes_ = 0;  // mapped sizes (whole pages)
+  MappedBytes f32_, bf16_;
   bool sharded_ = false, copy_current_ = false;
-  std::vector<std::pair<int64_t, int64_t>> gemm_;
+  Ranges gemm_;
   std::vector<std::pair<size_t, size_t>> released_;  // byte ranges of f32_ made inaccessible
 };
 
