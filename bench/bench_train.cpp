@@ -21,7 +21,6 @@
 #include "kernels/gemm.h"
 #include "train/optim.h"
 #include "train/params.h"
-#include "train/train_weights.h"
 #include "train/train_config.h"
 #include "train/train_model.h"
 
@@ -87,13 +86,8 @@ void run_train_bench(const TrainBenchOpts& o) {
   const ModelConfig& c = cfg.model;
 
   ParamSet ps(c, cfg.mtp);
-  // The weights as dsv3 train keeps them (train/train_weights.h): BF16 training's GEMMs read a
-  // BF16 copy, rebuilt after each update.
-  TrainWeights w(ps, prec == Precision::BF16);
-  std::vector<float> grads(size_t(ps.numel()));
-  ps.init(w.mutable_data(), cfg.seed);
-  w.sync_copy();
-  float* params = w.master();
+  std::vector<float> params(size_t(ps.numel())), grads(size_t(ps.numel()));
+  ps.init(params.data(), cfg.seed);
   AdamW adam(ps, cfg.adam);
   TrainModelOptions mo;
   mo.batch = cfg.batch;
@@ -104,8 +98,7 @@ void run_train_bench(const TrainBenchOpts& o) {
   mo.balance_alpha = cfg.balance_alpha;
   mo.threads = o.threads;
   TrainModel model(ps, mo);
-  model.set_weight_copy(w.data(), w.bf16());
-  const ModelWeights pw = ps.bind(params);
+  const ModelWeights pw = ps.bind(params.data());
 
   const int64_t B = cfg.batch, T = cfg.seq_len;
   std::vector<int32_t> ids(size_t(B * (T + 1)));  // [B, T + 1]
@@ -117,10 +110,9 @@ void run_train_bench(const TrainBenchOpts& o) {
     for (auto& id : ids) id = int32_t(lcg(seed) % uint32_t(c.vocab_size));
     const double t0 = now_s(), c0 = double(std::clock()) / CLOCKS_PER_SEC;
     std::fill(grads.begin(), grads.end(), 0.0f);
-    const StepLosses L = model.step(ids.data(), params, grads.data());
+    const StepLosses L = model.step(ids.data(), params.data(), grads.data());
     clip_grad_norm(ps, grads.data(), cfg.grad_clip);
-    adam.step(params, grads.data(), cfg.lr.lr);
-    w.sync_copy();
+    adam.step(params.data(), grads.data(), cfg.lr.lr);
     update_router_bias(pw, c, L, cfg.bias_update_speed);
     if (s >= warmup) {
       secs.push_back(now_s() - t0);

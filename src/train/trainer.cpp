@@ -409,8 +409,10 @@ int run_training(const TrainRunOptions& o) {
   d.world->barrier();  // the others start once OUT is checked (rank 0 ends the job if not)
 
   ParamSet ps(cfg.model, cfg.mtp);
-  TrainWeights params(ps, cfg.precision == Precision::BF16);
   TrainStep ts(cfg, ps, d.lay, d.zero_group(), d.ep, threads, d.lay.pp > 1 ? &d.pipe : nullptr);
+  // The BF16 copy only where the master is sharded: elsewhere it would cost 2 bytes per
+  // parameter and more memory traffic than rounding each weight at its GEMM (docs/PERF.md).
+  TrainWeights params(ps, ts.sharded_master());
   AdamW& adam = ts.adam();
   data::LoaderOptions lo_opt;
   lo_opt.seq_len = cfg.seq_len;
