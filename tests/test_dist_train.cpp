@@ -28,6 +28,7 @@
 #include "parallel/comm.h"
 #include "parallel/layout.h"
 #include "core/dtype.h"
+#include "data/prepare.h"
 #include "train/train_step.h"
 #include "train/train_weights.h"
 #include "train_test_util.h"
@@ -346,6 +347,12 @@ void run_pipeline_bitwise(int64_t dp, int64_t pp, const std::string& schedule, i
       ds.gather_params(pd);
       ASSERT_EQ(0, std::memcmp(pd.data(), p1.data(), size_t(pd.size()) * sizeof(float)))
           << "weights after step " << s + 1;
+      // Validation: each micro-batch forward along its stages gives one process's losses.
+      const std::vector<int32_t> v = batch_of(1000 + s);
+      const StepLosses ld = ds.evaluate(v.data(), pd), l1 = one.evaluate(v.data(), p1);
+      EXPECT_EQ(ld.main, l1.main) << "validation after step " << s + 1;
+      EXPECT_EQ(ld.mtp, l1.mtp) << "validation after step " << s + 1;
+      EXPECT_GT(ld.main, 0.0);
     }
   }
 }
@@ -673,24 +680,53 @@ TEST(DistTrainCli, ShardedMasterWeightsComputeTheBitsOfOneProcess) {
 
 // Two pipeline stages under DualPipe (and 1F1B) through the CLI: the metrics and weights of
 // one process with the same micro-batches, byte for byte, and comm_bytes as predicted.
+// The data with a held-out split (validation every 5 steps).
+const std::string& val_data() {
+  static const std::string dir = [] {
+    data::PrepareOptions o;
+    o.tokenizer = env().tokenizer;
+    o.inputs = {(root() / "corpus.jsonl").string()};
+    o.out = (root() / "data-val").string();
+    o.threads = 1;
+    o.val_fraction = 0.25;
+    data::prepare_data(o);
+    return o.out;
+  }();
+  return dir;
+}
+
 TEST(DistTrainCli, PipelineRunComputesTheBitsOfOneProcess) {
   NEED_MPIRUN();
-  const std::string cfg = cli_config("pp");
+  json j = train_json("f32");
+  j["steps"] = kSteps;
+  j["batch"] = 4;
+  j["checkpoint_every"] = 0;
+  j["eval_every"] = 5;
+  const std::string cfg = write_config("pp", j);
   const fs::path one = fresh("pp-ref");
-  const CliRun a = cli(train_args(cfg, one) + " --micro-batches 4");
+  const CliRun a = cli(train_args(cfg, one, val_data()) + " --micro-batches 4");
   ASSERT_EQ(a.rc, 0) << a.err;
   // np 2: one pipeline of 4 micro-batches; np 4: dp 2 (the ranks the pipeline leaves) × pp 2
   // of 2 micro-batches each — 4 units either way.
   for (const auto& [np, sch] : {std::pair{2, "dualpipe"}, std::pair{2, "1f1b"}, std::pair{4, "zb1p"}}) {
     const fs::path many = fresh("pp2-" + std::to_string(np) + sch);
-    const CliRun b = mpi_train(np, cfg, many, std::string("--pp 2 --schedule ") + sch + " --micro-batches " +
-                                                  (np == 2 ? "4" : "2"));
+    const CliRun b = run_shell(mpirun(np) + std::getenv("DSV3_BIN") + " " + train_args(cfg, many, val_data()) +
+                               " --pp 2 --schedule " + sch + " --micro-batches " + (np == 2 ? "4" : "2"));
     ASSERT_EQ(b.rc, 0) << b.err;
     EXPECT_NE(b.err.find(np == 2 ? "2 ranks, dp 1 × pp 2 " : "4 ranks, dp 2 × pp 2 "), std::string::npos) << b.err;
     const std::vector<json> ma = metrics(one), mb = metrics(many);
     ASSERT_EQ(ma.size(), size_t(kSteps));
     ASSERT_EQ(mb.size(), ma.size());
-    for (size_t i = 0; i < ma.size(); ++i) expect_same_metrics(mb[i], ma[i]);
+    int evals = 0;
+    for (size_t i = 0; i < ma.size(); ++i) {
+      expect_same_metrics(mb[i], ma[i]);
+      ASSERT_EQ(mb[i].contains("val_loss"), ma[i].contains("val_loss")) << "step " << i + 1;
+      if (!ma[i].contains("val_loss")) continue;
+      ++evals;
+      EXPECT_EQ(mb[i].at("val_loss").dump(), ma[i].at("val_loss").dump()) << "step " << i + 1;
+      EXPECT_EQ(mb[i].at("val_mtp_loss").dump(), ma[i].at("val_mtp_loss").dump()) << "step " << i + 1;
+    }
+    EXPECT_EQ(evals, kSteps / 5);
     for (const json& m : mb) EXPECT_EQ(m.at("comm_bytes"), m.at("comm_bytes_predicted")) << m.at("step");
     ASSERT_EQ(latest(many), latest(one));
     EXPECT_TRUE(master_params(many / latest(many)) == master_params(one / latest(one)));

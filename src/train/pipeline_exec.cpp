@@ -19,7 +19,7 @@ StageSpan stage_span(int64_t layers, int n_stages, int s) {
 }
 
 namespace {
-constexpr int kAct = 0, kGrad = 1, kEmbedRows = 2;  // message kinds (tags)
+constexpr int kAct = 0, kGrad = 1, kEmbedRows = 2, kEval = 3;  // message kinds (tags)
 }  // namespace
 
 PipelineExec::PipelineExec(TrainModel& model, const pipe::Schedule& s, const dist::Comm& pipe, int64_t layers,
@@ -141,6 +141,29 @@ int64_t PipelineExec::run(const int32_t* rows, const float* params, const std::v
   reap_sends(true);
   DSV3_ASSERT(recv_.empty() && deferred_.empty() && buf_of_.empty());
   return sent_;
+}
+
+void PipelineExec::evaluate(const int32_t* rows, const float* params,
+                            std::vector<std::vector<std::pair<int, StepLosses>>>& per_stage) {
+  per_stage.assign(size_t(s_.micro_batches), {});
+  const int last = s_.n_stages - 1;
+  std::vector<float> x(static_cast<size_t>(A_));
+  for (int mb = 0; mb < s_.micro_batches; ++mb)
+    for (int st = 0; st <= last; ++st) {
+      const pipe::Loc at = s_.where(st, mb);
+      if (at.rank != me_) continue;
+      if (st > 0) {
+        const int from = s_.where(st - 1, mb).rank;
+        if (from != me_) pipe_.recv(x.data(), A_ * 4, from, tag(kEval, st, mb));
+      }
+      per_stage[size_t(mb)].emplace_back(st, model_.forward_stage(stage_span(layers_, s_.n_stages, st), 0,
+                                                                  rows + mb * row_elems_, params, nullptr,
+                                                                  x.data()));
+      if (st < last) {
+        const int to = s_.where(st + 1, mb).rank;
+        if (to != me_) pipe_.send(x.data(), A_ * 4, to, tag(kEval, st + 1, mb));
+      }
+    }
 }
 
 // Completes the receive posted for tag t, if any (none: the sender is this rank, or nothing

@@ -50,6 +50,12 @@ class PipelineExec {
   int64_t run(const int32_t* rows, const float* params, const std::vector<float*>& g,
               std::vector<std::vector<std::pair<int, StepLosses>>>& per_stage);
   bool overlaps_fb() const { return overlap_fb_; }  // FB pairs on two fibers
+  // Forward only (validation), no schedule: each micro-batch in turn along its path, a stage's
+  // output handed to the next stage's rank; per_stage as run() fills it (the last stage's
+  // main and MTP losses). Every rank of the pipeline calls it; the order is (mb, stage), so a
+  // blocking transfer only ever waits for work earlier in that order.
+  void evaluate(const int32_t* rows, const float* params,
+                std::vector<std::vector<std::pair<int, StepLosses>>>& per_stage);
 
  private:
   void forward(int mb, int chunk);

@@ -276,7 +276,6 @@ bool TrainStep::shards_weights(const TrainWeights& w) const {
 }
 
 StepLosses TrainStep::evaluate(const int32_t* batch, TrainWeights& w) {
-  DSV3_CHECK(lay_.pp == 1, "validation loss with pipeline stages (pp = ", lay_.pp, ") is not supported yet");
   use_weights(w);
   const float* params = w.data();
   const int64_t row = cfg_.seq_len + 1;
@@ -284,15 +283,26 @@ StepLosses TrainStep::evaluate(const int32_t* batch, TrainWeights& w) {
   const int m = lay_.micro_batches, U = lay_.dp * m, per = 1 + int(D);
   std::vector<double> unit_losses(size_t(U * per), 0.0);
   const int32_t* rows = batch + lay_.first_row() * row;
-  for (int j = 0; j < m; ++j) {
-    const StepLosses L = model_->step(rows + int64_t(j) * lay_.micro_batch * row, params, nullptr);
+  auto record = [&](int j, const StepLosses& L) {
     double* ul = unit_losses.data() + size_t((lay_.dp_rank * m + j) * per);
     ul[0] = L.main;
     for (int64_t k = 0; k < int64_t(L.mtp.size()) && k < D; ++k) ul[1 + k] = L.mtp[size_t(k)];
-  }
-  if (lay_.dp > 1) {
-    std::vector<int64_t> counts(size_t(lay_.dp), int64_t(m * per));
-    dp_.allgather(unit_losses.data(), counts);
+  };
+  if (lay_.pp == 1) {
+    for (int j = 0; j < m; ++j) record(j, model_->step(rows + int64_t(j) * lay_.micro_batch * row, params, nullptr));
+    if (lay_.dp > 1) {
+      std::vector<int64_t> counts(size_t(lay_.dp), int64_t(m * per));
+      dp_.allgather(unit_losses.data(), counts);
+    }
+  } else {
+    // The last stage's rank of each pipeline fills its units; summed over the job (one
+    // non-zero per entry: exact).
+    std::vector<std::vector<std::pair<int, StepLosses>>> per_stage;
+    exec_->evaluate(rows, params, per_stage);
+    for (int j = 0; j < m; ++j)
+      for (const auto& [stage, L] : per_stage[size_t(j)])
+        if (stage == sched_->n_stages - 1) record(j, L);
+    dp_.allreduce_sum(unit_losses.data(), int64_t(unit_losses.size()));
   }
   StepLosses L;
   L.mtp.assign(size_t(D), 0.0);

@@ -73,7 +73,8 @@ class TrainStep {
   // Forward only (validation): the main and MTP losses of batch [global_batch, T + 1] (every
   // rank passes the whole batch; each computes its rows as in compute()), means over the
   // global batch summed in unit order; no gradient, no state changed. Collective over the
-  // data- and expert-parallel groups. Without pipeline stages only (dsv3::Error otherwise).
+  // data- and expert-parallel groups, and with pipeline stages over the job (each
+  // micro-batch passed forward along its stages, PipelineExec::evaluate).
   StepLosses evaluate(const int32_t* batch, TrainWeights& w);
   // The whole master arena on every rank (collective) — or, with lead_only, on the group's
   // rank 0 at least (a sharded master stays sharded on the others).

@@ -476,10 +476,6 @@ int run_training(const TrainRunOptions& o) {
     DSV3_CHECK(eval_every <= 0 || has_val, o.data_dir, " has no val/ split, but eval_every is ", eval_every,
                ": prepare the data with `dsv3 data prepare --val-fraction F`, or set eval_every to 0");
     if (eval_every < 0) eval_every = has_val ? std::max<int64_t>(1, steps / 20) : 0;
-    if (eval_every > 0 && d.lay.pp > 1) {
-      if (lead) std::fprintf(stderr, "dsv3 train: no validation loss with pipeline stages (pp %d) yet\n", d.lay.pp);
-      eval_every = 0;
-    }
     if (eval_every > 0) {
       const eval::HeldOut val = eval::open_held_out(o.data_dir, data_hash);
       const int64_t row = cfg.seq_len + 1, nb = (cfg.eval_windows + cfg.batch - 1) / cfg.batch;
@@ -549,6 +545,7 @@ int run_training(const TrainRunOptions& o) {
     }
     const double lr = cfg.lr.at(step);
     const std::vector<double> maxvio = ts.apply(params, r, step);
+    const int64_t step_bytes = dist::traffic().bytes_sent - traffic0.bytes_sent;  // not validation's
     tokens += tok_per_step;
     const double dt = now_s() - t0;
     const double tps = tok_per_step / dt;
@@ -580,7 +577,7 @@ int run_training(const TrainRunOptions& o) {
       m["time_s"] = now_s() - t_start;
       if (d.lay.world > 1) {
         m["ranks"] = d.lay.world;
-        m["comm_bytes"] = dist::traffic().bytes_sent - traffic0.bytes_sent;  // rank 0's, this step
+        m["comm_bytes"] = step_bytes;  // rank 0's, this step
         m["comm_bytes_predicted"] = r.comm_bytes_predicted;
       }
       std::fprintf(metrics, "%s\n", m.dump().c_str());
