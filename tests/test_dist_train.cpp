@@ -251,11 +251,13 @@ void run_bitwise(int64_t dp, int64_t m, const char* precision = "f32") {
   const Layout lay1 = make_layout({.micro_batches = dp * m}, cfg.model, cfg.batch, 1, 0);
   ParamSet ps(cfg.model, cfg.mtp);
   const bool bf16 = cfg.precision == Precision::BF16;
-  TrainWeights pd(ps, bf16), p1(ps, bf16);
-  ps.init(pd.mutable_data(), cfg.seed);
-  copy_weights(p1, pd);
+  // The ranks keep a BF16 copy where they shard the master (as dsv3 train does); one process
+  // rounds each weight at its GEMM.
   TrainStep ds(cfg, ps, lay, dpc, epc, 1), one(cfg, ps, lay1, one_rank, one_rank, 1);
   EXPECT_EQ(ds.sharded_master(), bf16 && dp > 1);
+  TrainWeights pd(ps, ds.sharded_master()), p1(ps, false);
+  ps.init(pd.mutable_data(), cfg.seed);
+  copy_weights(p1, pd);
   for (int64_t s = 0; s < kSteps; ++s) {
     const std::vector<int32_t> b = batch_of(s);
     const StepResult rd = ds.compute(b.data(), pd, s), r1 = one.compute(b.data(), p1, s);
@@ -267,6 +269,11 @@ void run_bitwise(int64_t dp, int64_t m, const char* precision = "f32") {
     // Every few steps the whole master gathered (as before a checkpoint), and sharded again
     // by the next step.
     if (s % 5 == 4 || s + 1 == kSteps) {
+      // Validation on the sharded master (the copy and the F32 tensors) first.
+      const std::vector<int32_t> v = batch_of(1000 + s);
+      const StepLosses ld = ds.evaluate(v.data(), pd), l1 = one.evaluate(v.data(), p1);
+      EXPECT_EQ(ld.main, l1.main) << "validation after step " << s + 1;
+      EXPECT_EQ(ld.mtp, l1.mtp) << "validation after step " << s + 1;
       ds.gather_params(pd);
       ASSERT_FALSE(pd.sharded());
       ASSERT_EQ(0, std::memcmp(pd.data(), p1.data(), size_t(pd.size()) * sizeof(float)))
@@ -340,6 +347,9 @@ void run_pipeline_bitwise(int64_t dp, int64_t pp, const std::string& schedule, i
       }
       const int64_t pages = (m - 1) * std::count(mine.begin(), mine.end(), 1) + std::count(first.begin(), first.end(), 1);
       EXPECT_LE(ds.gradient_resident_bytes(), pages * fpp * 4) << "rank " << world.rank() << " stage " << lay.stage;
+      // ... and at least the pages every micro-batch's arena writes.
+      EXPECT_GE(ds.gradient_resident_bytes(), m * std::count(mine.begin(), mine.end(), 1) * fpp * 4)
+          << "rank " << world.rank() << " stage " << lay.stage;
     }
     // A rank's own stages' weights are current (the next step's bits depend on them); the
     // rest of its arena only after gather_params, checked every few steps.

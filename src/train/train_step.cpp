@@ -566,7 +566,9 @@ int64_t TrainStep::weight_bytes(const TrainWeights& w) const {
 }
 
 void TrainStep::gather_params(TrainWeights& w, bool lead_only) const {
-  if (Z_ == 1 || !(lay_.pp > 1 || w.sharded())) return;
+  // Decided by the layout, the same on every rank (a rank's own sharded() state is not: after
+  // a lead-only gather rank 0 holds the whole arena and the others do not).
+  if (Z_ == 1 || !shards_weights(w)) return;
   if (lead_only) {
     // The shards to rank 0 of the group (the checkpoint writer); the others stay as they are.
     if (zr_ == 0) w.unshard();
