@@ -832,8 +832,10 @@ TEST(DistTrainCli, ResumesIntoAnotherLayout) {
   const fs::path a = fresh("resume-2to1"), b = fresh("resume-1to4");
   ASSERT_EQ(cli(train_args(cfg, ref2) + " --micro-batches 2").rc, 0);
   ASSERT_EQ(cli(train_args(cfg, ref4) + " --micro-batches 4").rc, 0);
-  // 2 ranks for 10 steps, then one process with the same 2 units per step.
-  const CliRun a1 = mpi_train(2, cfg, a, "--steps 10");
+  // 2 ranks for 10 steps, then one process with the same 2 units per step. The moments stream
+  // to rank 0's writer in pieces of 1000 bytes (many per shard, not whole elements).
+  const CliRun a1 = run_shell(mpirun(2) + "-x DSV3_CHECKPOINT_PIECE_BYTES=1000 " + std::getenv("DSV3_BIN") + " " +
+                              train_args(cfg, a) + " --steps 10");
   ASSERT_EQ(a1.rc, 0) << a1.err;
   const CliRun a2 = cli(train_args(cfg, a) + " --resume --micro-batches 2");
   ASSERT_EQ(a2.rc, 0) << a2.err;

@@ -123,6 +123,38 @@ TEST(Safetensors, RoundTripBitIdentical) {
   EXPECT_EQ(slurp(dir + "/x.safetensors"), slurp(dir + "/y.safetensors"));
 }
 
+// A chunked tensor larger than one chunk: its fill sees consecutive pieces of whole elements
+// (increasing offsets, none larger than kChunkBytes), and the file holds the same bytes as a
+// whole-tensor add of the same data.
+TEST(Safetensors, ChunkedTensorsStreamInIncreasingPieces) {
+  const std::string dir = temp_dir("chunked");
+  const int64_t n = int64_t(SafetensorsWriter::kChunkBytes / 4) * 2 + 7;  // F32: 2 chunks and 7 floats
+  std::vector<float> data(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) data[size_t(i)] = float(i) * 0.5f - 3.0f;
+  std::vector<std::pair<uint64_t, size_t>> calls;
+  SafetensorsWriter w(dir + "/c.safetensors");
+  w.add_chunked("big", DType::F32, {n}, [&](void* dst, uint64_t off, size_t len) {
+    calls.push_back({off, len});
+    std::memcpy(dst, reinterpret_cast<const char*>(data.data()) + off, len);
+  });
+  w.add("small", TensorView(data.data(), DType::F32, {5}));
+  w.finish();
+  ASSERT_EQ(calls.size(), 3u);
+  uint64_t at = 0;
+  for (const auto& [off, len] : calls) {
+    EXPECT_EQ(off, at);
+    EXPECT_LE(len, SafetensorsWriter::kChunkBytes);
+    EXPECT_EQ(len % 4, 0u);
+    at += len;
+  }
+  EXPECT_EQ(at, uint64_t(n) * 4);
+  SafetensorsWriter w2(dir + "/w.safetensors");
+  w2.add("big", TensorView(data.data(), DType::F32, {n}));
+  w2.add("small", TensorView(data.data(), DType::F32, {5}));
+  w2.finish();
+  EXPECT_TRUE(slurp(dir + "/c.safetensors") == slurp(dir + "/w.safetensors"));
+}
+
 TEST(Safetensors, EmptyFileOfTensorsIsValid) {
   EXPECT_EQ(open_error(image("{}      ", 0)), "");
   EXPECT_EQ(open_error(image(R"({"__metadata__":{"a":"b"}})", 0)), "");

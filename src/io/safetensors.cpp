@@ -61,7 +61,12 @@ void SafetensorsWriter::add(std::string name, DType dtype, std::vector<int64_t> 
   for (int64_t s : shape) DSV3_CHECK(s >= 0, path_, ": tensor '", name, "' has a negative dimension");
   for (const Item& it : items_)
     DSV3_CHECK(it.name != name, path_, ": tensor '", name, "' added twice");
-  items_.push_back({std::move(name), dtype, std::move(shape), std::move(fill)});
+  items_.push_back({std::move(name), dtype, std::move(shape), std::move(fill), nullptr});
+}
+
+void SafetensorsWriter::add_chunked(std::string name, DType dtype, std::vector<int64_t> shape, ChunkFill fill) {
+  add(std::move(name), dtype, std::move(shape), Fill());
+  items_.back().chunks = std::move(fill);
 }
 
 void SafetensorsWriter::add(std::string name, const TensorView& v) {
@@ -121,17 +126,25 @@ uint64_t SafetensorsWriter::finish() {
   // One tensor at a time through a reused buffer: memory stays at the largest tensor.
   Buffer buf;
   for (size_t i : order) {
+    const Item& it = items_[i];
     const size_t n = size_t(sizes[i]);
     if (n == 0) continue;
-    if (buf.size() < n) buf = Buffer(n);
-    try {
-      items_[i].fill(buf.data(), n);
-    } catch (...) {
-      std::fclose(f);
-      std::remove(tmp.c_str());
-      throw;
+    // Whole, or in chunks of whole elements.
+    const size_t es = dtype_size(it.dtype);
+    const size_t step = it.chunks ? std::max(es, kChunkBytes / es * es) : n;
+    for (size_t at = 0; at < n; at += step) {
+      const size_t len = std::min(step, n - at);
+      if (buf.size() < len) buf = Buffer(len);
+      try {
+        if (it.chunks) it.chunks(buf.data(), at, len);
+        else it.fill(buf.data(), len);
+      } catch (...) {
+        std::fclose(f);
+        std::remove(tmp.c_str());
+        throw;
+      }
+      if (std::fwrite(buf.data(), 1, len, f) != len) fail("write");
     }
-    if (std::fwrite(buf.data(), 1, n, f) != n) fail("write");
   }
   // Data reaches the disk before the rename publishes the file: after a crash the path
   // holds either the old file or the complete new one, never a torn one.

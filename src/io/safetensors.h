@@ -89,6 +89,13 @@ class SafetensorsWriter {
 
   void add(std::string name, DType dtype, std::vector<int64_t> shape, Fill fill);
   void add(std::string name, const TensorView& v);  // v must be contiguous and outlive finish()
+  // A tensor written in pieces of at most kChunkBytes (whole elements): fill(dst, offset,
+  // nbytes) supplies bytes [offset, offset + nbytes) of its data, in increasing offsets — so
+  // a tensor larger than memory, or gathered from other processes, streams through one
+  // buffer of that size.
+  using ChunkFill = std::function<void(void* dst, uint64_t offset, size_t nbytes)>;
+  static constexpr size_t kChunkBytes = size_t(64) << 20;
+  void add_chunked(std::string name, DType dtype, std::vector<int64_t> shape, ChunkFill fill);
   void set_metadata(std::string key, std::string value) { metadata_[std::move(key)] = std::move(value); }
   // Writes path.tmp.<pid> then renames it onto path. Returns the bytes of tensor data.
   uint64_t finish();
@@ -101,6 +108,7 @@ class SafetensorsWriter {
     DType dtype;
     std::vector<int64_t> shape;
     Fill fill;
+    ChunkFill chunks;  // instead of fill
   };
   std::string path_;
   std::vector<Item> items_;

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -90,35 +91,93 @@ bool weights_finite(const State& st) {
   return ok != 0;
 }
 
-// A moment of the whole arena on the lead rank, gathered from the ZeRO shards (every rank
-// calls this; one process: the moment itself).
-TensorView full_moment(const State& st, int which, std::vector<uint8_t>& buf) {
-  const TensorView mine = st.ts.adam().moment(which);
-  if (st.d.zero_group().size() == 1) return mine;
-  const std::vector<int64_t>& counts = st.ts.shard_sizes();
-  if (mine.dtype == DType::BF16) {
-    uint16_t* all = nullptr;
-    if (st.d.lead()) {
-      buf.resize(size_t(st.ps.numel()) * 2);
-      all = reinterpret_cast<uint16_t*>(buf.data());
-    }
-    st.d.zero_group().gather(mine.ptr<uint16_t>(), all, counts, 0);
-  } else {
-    float* all = nullptr;
-    if (st.d.lead()) {
-      buf.resize(size_t(st.ps.numel()) * 4);
-      all = reinterpret_cast<float*>(buf.data());
-    }
-    st.d.zero_group().gather(mine.ptr<float>(), all, counts, 0);
-  }
-  return TensorView(buf.data(), mine.dtype, {st.ps.numel()});
+// The AdamW moments of the whole arena (the ZeRO shards in rank order) streamed into the lead
+// rank's checkpoint writer: the other ranks send their shards in pieces of piece_bytes()
+// (send_moment_shards), and the lead takes them as the writer asks for the bytes (one sender's
+// messages with one tag arrive in order), holding one piece at a time instead of whole moments.
+// Piece size: 64 MiB; DSV3_CHECKPOINT_PIECE_BYTES (the same on every rank) sets another, so
+// tests stream many pieces through a tiny model.
+int64_t piece_bytes() {
+  static const int64_t b = [] {
+    const char* e = std::getenv("DSV3_CHECKPOINT_PIECE_BYTES");
+    if (e == nullptr || *e == 0) return int64_t(64) << 20;
+    char* end = nullptr;
+    const long long v = std::strtoll(e, &end, 10);
+    DSV3_CHECK(end != nullptr && *end == 0 && v > 0 && v <= (int64_t(1) << 30),
+               "DSV3_CHECKPOINT_PIECE_BYTES must be a byte count in [1, 2^30], got '", e, "'");
+    return int64_t(v);
+  }();
+  return b;
 }
+constexpr int kMomentTag[2] = {7001, 7002};
+
+void send_moment_shards(const dist::Comm& zg, AdamW& adam) {
+  std::vector<dist::Request> reqs;
+  for (int which = 0; which < 2; ++which) {
+    const TensorView v = adam.moment(which);
+    const int64_t bytes = v.numel() * int64_t(dtype_size(v.dtype));
+    for (int64_t at = 0; at < bytes; at += piece_bytes())
+      reqs.push_back(zg.isend(static_cast<const char*>(v.data) + at, std::min(piece_bytes(), bytes - at), 0,
+                              kMomentTag[which]));
+  }
+  for (dist::Request& r : reqs) r.wait();
+}
+
+class MomentStream {
+ public:
+  MomentStream(const dist::Comm& zg, const std::vector<int64_t>& counts, const TensorView& mine, int which)
+      : zg_(zg), counts_(counts), mine_(mine), es_(dtype_size(mine.dtype)), tag_(kMomentTag[which]) {}
+  // Bytes [off, off + len) of the whole moment into dst; offsets only increase.
+  void fill(void* dst, uint64_t off, size_t len) {
+    char* out = static_cast<char*>(dst);
+    while (len > 0) {
+      while (off >= start_ + bytes(q_)) {  // the shard holding off (empty shards skipped)
+        start_ += bytes(q_);
+        ++q_;
+        piece_at_ = piece_len_ = 0;
+        DSV3_ASSERT(q_ < int(counts_.size()));
+      }
+      const uint64_t within = off - start_;
+      size_t n = 0;
+      if (q_ == zg_.rank()) {
+        n = size_t(std::min<uint64_t>(len, bytes(q_) - within));
+        std::memcpy(out, static_cast<const char*>(mine_.data) + within, n);
+      } else {
+        while (within >= piece_at_ + piece_len_) {  // the next piece of shard q_
+          piece_at_ += piece_len_;
+          piece_len_ = uint64_t(std::min<int64_t>(piece_bytes(), int64_t(bytes(q_) - piece_at_)));
+          piece_.resize(size_t(piece_len_));
+          zg_.recv(piece_.data(), int64_t(piece_len_), q_, tag_);
+        }
+        n = size_t(std::min<uint64_t>(len, piece_at_ + piece_len_ - within));
+        std::memcpy(out, piece_.data() + (within - piece_at_), n);
+      }
+      out += n;
+      off += n;
+      len -= n;
+    }
+  }
+
+ private:
+  uint64_t bytes(int q) const { return uint64_t(counts_[size_t(q)]) * es_; }
+  const dist::Comm& zg_;
+  const std::vector<int64_t>& counts_;
+  TensorView mine_;
+  uint64_t es_;
+  int tag_;
+  int q_ = 0;
+  uint64_t start_ = 0, piece_at_ = 0, piece_len_ = 0;
+  std::vector<char> piece_;
+};
 
 void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step, double tokens,
                      const std::string& out) {
-  std::vector<uint8_t> m_buf, v_buf;
-  const TensorView m = full_moment(st, 0, m_buf), v = full_moment(st, 1, v_buf);
-  if (!st.d.lead()) return;
+  const dist::Comm& zg = st.d.zero_group();
+  AdamW& adam = st.ts.adam();
+  if (!st.d.lead()) {
+    if (zg.size() > 1) send_moment_shards(zg, adam);
+    return;
+  }
   const std::string name = step_name(step);
   const fs::path tmp = fs::path(out) / (".tmp-" + name);
   fs::remove_all(tmp);
@@ -137,9 +196,22 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
     fs::copy_file(f, tmp / fs::path(f).filename(), fs::copy_options::overwrite_existing);
   SafetensorsWriter w((tmp / "trainer" / "state.safetensors").string());
   const int64_t n = st.ps.numel();
-  w.add("params", TensorView(const_cast<float*>(st.params.data()), DType::F32, {n}));
-  w.add("adam_m", m);
-  w.add("adam_v", v);
+  const float* params = st.params.data();
+  w.add_chunked("params", DType::F32, {n}, [params](void* dst, uint64_t off, size_t len) {
+    std::memcpy(dst, reinterpret_cast<const char*>(params) + off, len);
+  });
+  std::vector<std::unique_ptr<MomentStream>> ms;
+  for (int which = 0; which < 2; ++which) {
+    const TensorView mine = adam.moment(which);
+    if (zg.size() == 1) {
+      w.add(which == 0 ? "adam_m" : "adam_v", mine);
+      continue;
+    }
+    ms.push_back(std::make_unique<MomentStream>(zg, st.ts.shard_sizes(), mine, which));
+    MomentStream* m = ms.back().get();
+    w.add_chunked(which == 0 ? "adam_m" : "adam_v", mine.dtype, {n},
+                  [m](void* dst, uint64_t off, size_t len) { m->fill(dst, off, len); });
+  }
   w.finish();
   json j;
   j["step"] = step;
