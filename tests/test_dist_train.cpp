@@ -733,6 +733,7 @@ TEST(DistTrainCli, PipelineRunComputesTheBitsOfOneProcess) {
       ASSERT_EQ(mb[i].contains("val_loss"), ma[i].contains("val_loss")) << "step " << i + 1;
       if (!ma[i].contains("val_loss")) continue;
       ++evals;
+      EXPECT_TRUE(ma[i].at("val_loss").is_number_float()) << ma[i].at("val_loss");  // not NaN (null)
       EXPECT_EQ(mb[i].at("val_loss").dump(), ma[i].at("val_loss").dump()) << "step " << i + 1;
       EXPECT_EQ(mb[i].at("val_mtp_loss").dump(), ma[i].at("val_mtp_loss").dump()) << "step " << i + 1;
     }
@@ -833,8 +834,8 @@ TEST(DistTrainCli, ResumesIntoAnotherLayout) {
   ASSERT_EQ(cli(train_args(cfg, ref2) + " --micro-batches 2").rc, 0);
   ASSERT_EQ(cli(train_args(cfg, ref4) + " --micro-batches 4").rc, 0);
   // 2 ranks for 10 steps, then one process with the same 2 units per step. The moments stream
-  // to rank 0's writer in pieces of 1000 bytes (many per shard, not whole elements).
-  const CliRun a1 = run_shell(mpirun(2) + "-x DSV3_CHECKPOINT_PIECE_BYTES=1000 " + std::getenv("DSV3_BIN") + " " +
+  // to rank 0's writer in pieces of 1001 bytes (many per shard, cutting elements).
+  const CliRun a1 = run_shell(mpirun(2) + "-x DSV3_CHECKPOINT_PIECE_BYTES=1001 " + std::getenv("DSV3_BIN") + " " +
                               train_args(cfg, a) + " --steps 10");
   ASSERT_EQ(a1.rc, 0) << a1.err;
   const CliRun a2 = cli(train_args(cfg, a) + " --resume --micro-batches 2");

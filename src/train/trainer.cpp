@@ -111,13 +111,13 @@ int64_t piece_bytes() {
 }
 constexpr int kMomentTag[2] = {7001, 7002};
 
-void send_moment_shards(const dist::Comm& zg, AdamW& adam) {
+void send_moment_shards(const dist::Comm& zg, AdamW& adam, int64_t piece) {
   std::vector<dist::Request> reqs;
   for (int which = 0; which < 2; ++which) {
     const TensorView v = adam.moment(which);
     const int64_t bytes = v.numel() * int64_t(dtype_size(v.dtype));
-    for (int64_t at = 0; at < bytes; at += piece_bytes())
-      reqs.push_back(zg.isend(static_cast<const char*>(v.data) + at, std::min(piece_bytes(), bytes - at), 0,
+    for (int64_t at = 0; at < bytes; at += piece)
+      reqs.push_back(zg.isend(static_cast<const char*>(v.data) + at, std::min(piece, bytes - at), 0,
                               kMomentTag[which]));
   }
   for (dist::Request& r : reqs) r.wait();
@@ -125,8 +125,9 @@ void send_moment_shards(const dist::Comm& zg, AdamW& adam) {
 
 class MomentStream {
  public:
-  MomentStream(const dist::Comm& zg, const std::vector<int64_t>& counts, const TensorView& mine, int which)
-      : zg_(zg), counts_(counts), mine_(mine), es_(dtype_size(mine.dtype)), tag_(kMomentTag[which]) {}
+  MomentStream(const dist::Comm& zg, const std::vector<int64_t>& counts, const TensorView& mine, int which,
+               int64_t piece)
+      : zg_(zg), counts_(counts), mine_(mine), es_(dtype_size(mine.dtype)), tag_(kMomentTag[which]), piece_size_(piece) {}
   // Bytes [off, off + len) of the whole moment into dst; offsets only increase.
   void fill(void* dst, uint64_t off, size_t len) {
     char* out = static_cast<char*>(dst);
@@ -145,7 +146,7 @@ class MomentStream {
       } else {
         while (within >= piece_at_ + piece_len_) {  // the next piece of shard q_
           piece_at_ += piece_len_;
-          piece_len_ = uint64_t(std::min<int64_t>(piece_bytes(), int64_t(bytes(q_) - piece_at_)));
+          piece_len_ = uint64_t(std::min<int64_t>(piece_size_, int64_t(bytes(q_) - piece_at_)));
           piece_.resize(size_t(piece_len_));
           zg_.recv(piece_.data(), int64_t(piece_len_), q_, tag_);
         }
@@ -165,6 +166,7 @@ class MomentStream {
   TensorView mine_;
   uint64_t es_;
   int tag_;
+  int64_t piece_size_;
   int q_ = 0;
   uint64_t start_ = 0, piece_at_ = 0, piece_len_ = 0;
   std::vector<char> piece_;
@@ -174,8 +176,11 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
                      const std::string& out) {
   const dist::Comm& zg = st.d.zero_group();
   AdamW& adam = st.ts.adam();
+  // Rank 0's piece size for every rank (the environment can differ between machines).
+  int64_t piece = piece_bytes();
+  if (zg.size() > 1) zg.bcast(&piece, 1, 0);
   if (!st.d.lead()) {
-    if (zg.size() > 1) send_moment_shards(zg, adam);
+    if (zg.size() > 1) send_moment_shards(zg, adam, piece);
     return;
   }
   const std::string name = step_name(step);
@@ -207,7 +212,7 @@ void save_checkpoint(const State& st, const data::LoaderState& ls, int64_t step,
       w.add(which == 0 ? "adam_m" : "adam_v", mine);
       continue;
     }
-    ms.push_back(std::make_unique<MomentStream>(zg, st.ts.shard_sizes(), mine, which));
+    ms.push_back(std::make_unique<MomentStream>(zg, st.ts.shard_sizes(), mine, which, piece));
     MomentStream* m = ms.back().get();
     w.add_chunked(which == 0 ? "adam_m" : "adam_v", mine.dtype, {n},
                   [m](void* dst, uint64_t off, size_t len) { m->fill(dst, off, len); });
@@ -395,6 +400,7 @@ void check_init_checkpoint(const std::string& init, const TrainRunOptions& o, co
 }  // namespace
 
 int run_training(const TrainRunOptions& o) {
+  piece_bytes();  // a bad DSV3_CHECKPOINT_PIECE_BYTES is refused now, not at the first checkpoint
   DSV3_CHECK(!o.config_path.empty() && !o.data_dir.empty() && !o.out_dir.empty(),
              "dsv3 train needs --config, --data and --out");
   DSV3_CHECK(!(o.resume && !o.init_dir.empty()), "dsv3 train: --init and --resume exclude each other: --init "
