@@ -28,7 +28,6 @@
 #include "parallel/comm.h"
 #include "parallel/layout.h"
 #include "core/dtype.h"
-#include "data/prepare.h"
 #include "train/train_step.h"
 #include "train/train_weights.h"
 #include "train_test_util.h"
@@ -593,12 +592,17 @@ std::string mpirun(int np) {
 // The training config of the CLI tests: the tiny model on the prepared corpus, 20 steps
 // (train_json's schedule, lr 1e-2). The CLI runs are compared bit for bit with one process of
 // as many micro-batches; against other unit counts only in process (run_equivalence).
-std::string cli_config(const std::string& name, int64_t checkpoint_every = 0, bool bf16_moments = false) {
-  json j = train_json("f32");
-  if (bf16_moments) j["optimizer"]["moments"] = "bf16";
+json cli_json(const char* precision = "f32", int64_t checkpoint_every = 0) {
+  json j = train_json(precision);
   j["steps"] = kSteps;
   j["batch"] = 4;
   j["checkpoint_every"] = checkpoint_every;
+  return j;
+}
+
+std::string cli_config(const std::string& name, int64_t checkpoint_every = 0, bool bf16_moments = false) {
+  json j = cli_json("f32", checkpoint_every);
+  if (bf16_moments) j["optimizer"]["moments"] = "bf16";
   return write_config(name, j);
 }
 
@@ -664,10 +668,7 @@ TEST(DistTrainCli, RanksComputeTheBitsOfOneProcess) {
 // all-gather in BF16, the F32 tensors' pieces in F32).
 TEST(DistTrainCli, ShardedMasterWeightsComputeTheBitsOfOneProcess) {
   NEED_MPIRUN();
-  json j = train_json("bf16");
-  j["steps"] = kSteps;
-  j["batch"] = 4;
-  j["checkpoint_every"] = 7;
+  json j = cli_json("bf16", 7);
   j["keep_checkpoints"] = 3;
   const std::string cfg = write_config("bf16", j);
   const fs::path one = fresh("bf16-mb2"), many = fresh("bf16-np2");
@@ -688,29 +689,18 @@ TEST(DistTrainCli, ShardedMasterWeightsComputeTheBitsOfOneProcess) {
     EXPECT_TRUE(master_params(many / ck) == master_params(one / ck)) << ck;
 }
 
-// Two pipeline stages under DualPipe (and 1F1B) through the CLI: the metrics and weights of
-// one process with the same micro-batches, byte for byte, and comm_bytes as predicted.
 // The data with a held-out split (validation every 5 steps).
 const std::string& val_data() {
-  static const std::string dir = [] {
-    data::PrepareOptions o;
-    o.tokenizer = env().tokenizer;
-    o.inputs = {(root() / "corpus.jsonl").string()};
-    o.out = (root() / "data-val").string();
-    o.threads = 1;
-    o.val_fraction = 0.25;
-    data::prepare_data(o);
-    return o.out;
-  }();
+  static const std::string dir = prepare_split_data("data-val", 0.25, 0);
   return dir;
 }
 
+// Two pipeline stages under DualPipe (and 1F1B) through the CLI: the metrics, validation
+// losses and weights of one process with the same micro-batches, byte for byte, and
+// comm_bytes as predicted.
 TEST(DistTrainCli, PipelineRunComputesTheBitsOfOneProcess) {
   NEED_MPIRUN();
-  json j = train_json("f32");
-  j["steps"] = kSteps;
-  j["batch"] = 4;
-  j["checkpoint_every"] = 0;
+  json j = cli_json();
   j["eval_every"] = 5;
   const std::string cfg = write_config("pp", j);
   const fs::path one = fresh("pp-ref");

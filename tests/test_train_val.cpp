@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "data/prepare.h"
 #include "eval/held_out.h"
 #include "train_test_util.h"
 
@@ -23,17 +22,7 @@ using namespace train_test;
 
 // DATA with a val/ split of the same corpus and tokenizer as env().
 const std::string& split_data() {
-  static const std::string dir = [] {
-    data::PrepareOptions o;
-    o.tokenizer = env().tokenizer;
-    o.inputs = {(root() / "corpus.jsonl").string()};
-    o.out = (root() / "data_val").string();
-    o.threads = 1;
-    o.val_fraction = 0.3;
-    o.seed = 3;
-    data::prepare_data(o);
-    return o.out;
-  }();
+  static const std::string dir = prepare_split_data("data_val", 0.3, 3);
   return dir;
 }
 

@@ -177,6 +177,20 @@ inline CliRun run_shell(const std::string& cmd) {
 // Runs `dsv3 ARGS`.
 inline CliRun cli(const std::string& args) { return run_shell(std::string(std::getenv("DSV3_BIN")) + " " + args); }
 
+// DATA/ of env()'s corpus and tokenizer with a held-out split (data prepare --val-fraction) in
+// ROOT/dir.
+inline std::string prepare_split_data(const std::string& dir, double val_fraction, uint64_t seed) {
+  data::PrepareOptions o;
+  o.tokenizer = env().tokenizer;
+  o.inputs = {(root() / "corpus.jsonl").string()};
+  o.out = (root() / dir).string();
+  o.threads = 1;
+  o.val_fraction = val_fraction;
+  o.seed = seed;
+  data::prepare_data(o);
+  return o.out;
+}
+
 inline std::string train_args(const std::string& config, const fs::path& out, const std::string& data = "") {
   return "train --config " + config + " --data " + (data.empty() ? env().data : data) + " --out " +
          out.string() + " --threads 1 --quiet";

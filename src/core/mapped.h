@@ -25,7 +25,6 @@ class MappedBytes {
   MappedBytes& operator=(const MappedBytes&) = delete;
 
   char* data() const { return p_; }
-  size_t mapped() const { return n_; }
   // The whole pages inside [b, e) (bytes) back to the kernel: they read as zeros again;
   // with protect, any access to them faults until unprotect(). Returns the page range freed.
   std::pair<size_t, size_t> release(size_t b, size_t e, bool protect = false);
@@ -55,7 +54,6 @@ class MappedArray {
   T& operator[](size_t i) { return data()[i]; }
   const T& operator[](size_t i) const { return data()[i]; }
   size_t resident_bytes() const { return m_.resident(); }
-  MappedBytes& bytes() { return m_; }
 
  private:
   MappedBytes m_;

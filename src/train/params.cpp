@@ -67,6 +67,20 @@ const ParamInfo* ParamSet::find(const std::string& name) const {
   return nullptr;
 }
 
+std::vector<std::pair<int64_t, int64_t>> ParamSet::gemm_ranges() const {
+  std::vector<std::pair<int64_t, int64_t>> v, out;
+  for (const ParamInfo& p : infos_)
+    if (p.gemm) v.push_back({p.offset, p.offset + p.spec.numel()});
+  std::sort(v.begin(), v.end());
+  for (const auto& r : v) {
+    if (!out.empty() && out.back().second == r.first)
+      out.back().second = r.second;
+    else
+      out.push_back(r);
+  }
+  return out;
+}
+
 std::vector<TrainableRange> ParamSet::trainable_ranges(int64_t lo, int64_t hi) const {
   if (hi < 0) hi = numel_;
   std::vector<TrainableRange> out;

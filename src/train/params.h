@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
@@ -47,6 +48,8 @@ class ParamSet {
   // range per tensor: what AdamW updates, clipping scales and the gradient
   // norm sums, in infos() order. hi < 0: numel().
   std::vector<TrainableRange> trainable_ranges(int64_t lo = 0, int64_t hi = -1) const;
+  // The storage of the GEMM tensors (ParamInfo::gemm), sorted, adjacent ones joined.
+  std::vector<std::pair<int64_t, int64_t>> gemm_ranges() const;
 
   // Views of every tensor into base [numel()] (F32).
   ModelWeights bind(float* base) const;

@@ -84,6 +84,8 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
     split_range(blocks, Z_, q, &b, &e);
     shard_blocks_.push_back(e - b);
   }
+  std::vector<int64_t> shard_lo(size_t(Z_ + 1), 0);  // shard q: [shard_lo[q], shard_lo[q + 1])
+  for (int q = 0; q < Z_; ++q) shard_lo[size_t(q + 1)] = shard_lo[size_t(q)] + shard_[size_t(q)];
   // The trainable storage (not the MTP aliases, not the router bias), merged into ranges.
   for (const TrainableRange& r : ps.trainable_ranges()) {
     if (!trainable_.empty() && trainable_.back().second == r.begin)
@@ -96,13 +98,9 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
   // F32 (not GEMM weights) are exchanged in F32, per rank its pieces of them.
   sharded_master_ = cfg.precision == Precision::BF16 && lay.pp == 1 && Z_ > 1;
   if (sharded_master_) {
-    std::vector<std::pair<int64_t, int64_t>> gemm;
-    for (const ParamInfo& p : ps.infos())
-      if (p.gemm) gemm.push_back({p.offset, p.offset + p.spec.numel()});
-    std::sort(gemm.begin(), gemm.end());
-    std::vector<std::pair<int64_t, int64_t>> rest;  // the complement in [0, n)
+    std::vector<std::pair<int64_t, int64_t>> rest;  // the complement of the GEMM tensors in [0, n)
     int64_t at = 0;
-    for (const auto& [b, e] : gemm) {
+    for (const auto& [b, e] : ps.gemm_ranges()) {
       if (b > at) rest.push_back({at, b});
       at = std::max(at, e);
     }
@@ -110,9 +108,7 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
     rest_.resize(size_t(Z_));
     rest_counts_.assign(size_t(Z_), 0);
     for (int q = 0; q < Z_; ++q) {
-      int64_t b, e;
-      split_range(blocks, Z_, q, &b, &e);
-      const int64_t lo = std::min(b * kBlock, n), hi = std::min(e * kBlock, n);
+      const int64_t lo = shard_lo[size_t(q)], hi = shard_lo[size_t(q + 1)];
       for (const auto& [rb, re] : rest) {
         const int64_t x0 = std::max(lo, rb), x1 = std::min(hi, re);
         if (x0 < x1) {
@@ -166,8 +162,6 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
   if (lay.pp > 1) {
     const int64_t Lm = cfg.model.num_hidden_layers;
     const int ns = sched_->n_stages;
-    std::vector<int64_t> slo(size_t(Z_ + 1), 0);
-    for (int q = 0; q < Z_; ++q) slo[size_t(q + 1)] = slo[size_t(q)] + shard_[size_t(q)];
     for (const ParamInfo& p : ps.infos()) {
       if (p.alias) continue;
       int st = ns - 1;
@@ -193,7 +187,7 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
           if (cs != st && !(mtp_reads && cs == ns - 1)) continue;
           for (int d = 0; d < lay.dp; ++d)
             for (int o = 0; o < Z_; ++o)
-              if (b < slo[size_t(o + 1)] && slo[size_t(o)] < e) {
+              if (b < shard_lo[size_t(o + 1)] && shard_lo[size_t(o)] < e) {
                 need_[size_t((r * lay.dp + d) * Z_ + o)] = 1;
                 if (cs == st) piece_[size_t((r * lay.dp + d) * Z_ + o)] = 1;
               }
@@ -202,8 +196,6 @@ TrainStep::TrainStep(const TrainConfig& cfg, const ParamSet& ps, const Layout& l
   }
   // What this rank's arenas hold (train_step.h): the gradients it writes, the master weights
   // it keeps.
-  std::vector<int64_t> shard_lo(size_t(Z_ + 1), 0);
-  for (int q = 0; q < Z_; ++q) shard_lo[size_t(q + 1)] = shard_lo[size_t(q)] + shard_[size_t(q)];
   if (lay.pp == 1) {
     mine_ = {{0, n}};
     if (sharded_master_) keep_ = {{lo_, hi_}};
@@ -271,9 +263,9 @@ void TrainStep::sync_copy(TrainWeights& w) const {
   for (const auto& [b, e] : keep_) w.sync_copy(b, e);
 }
 
-bool TrainStep::shards_weights(const TrainWeights& w) const {
-  return lay_.pp > 1 || (sharded_master_ && w.bf16() != nullptr);
-}
+bool TrainStep::shards_master(const TrainWeights& w) const { return sharded_master_ && w.bf16() != nullptr; }
+
+bool TrainStep::shards_weights(const TrainWeights& w) const { return lay_.pp > 1 || shards_master(w); }
 
 StepLosses TrainStep::evaluate(const int32_t* batch, TrainWeights& w) {
   use_weights(w);
@@ -494,14 +486,12 @@ std::vector<double> TrainStep::apply(TrainWeights& w, const StepResult& r, int64
   const float clip = clip_factor(r.grad_norm, cfg_.grad_clip);
   if (clip != 1.0f) scale_grads(ps_, grads_.data(), clip, lo_, hi_);
   adam_->step(params, grads_.data(), cfg_.lr.at(step));
-  const bool shard = sharded_master_ && w.bf16() != nullptr;
-  if (shard) {
+  if (shards_master(w)) {
     // My shard's BF16 copy to every rank (the GEMMs read that), the F32 tensors' pieces in
-    // F32; the other ranks' GEMM masters are not kept here.
+    // F32; the other ranks' GEMM masters are not kept here (w was sharded by compute()).
     w.sync_copy(lo_, hi_);
     dp_.allgather(w.bf16_mut(), shard_);
     gather_sharded(w);
-    w.shard(keep_);
   } else {
     if (Z_ > 1 && lay_.pp == 1) dp_.allgather(params, shard_);
     if (lay_.pp > 1) send_weights(params);
@@ -556,7 +546,7 @@ void TrainStep::send_weights(float* params) {
 
 int64_t TrainStep::weight_bytes(const TrainWeights& w) const {
   if (Z_ == 1) return 0;
-  if (sharded_master_ && w.bf16() != nullptr)  // BF16 of the shard, F32 of its non-GEMM pieces
+  if (shards_master(w))  // BF16 of the shard, F32 of its non-GEMM pieces
     return ((hi_ - lo_) * 2 + rest_counts_[size_t(zr_)] * 4) * (Z_ - 1);
   if (lay_.pp == 1) return (hi_ - lo_) * 4 * (Z_ - 1);
   int64_t b = 0;

@@ -138,7 +138,8 @@ class TrainStep {
   // when its weights are sharded: the shard, and with pipeline stages the shards it receives.
   std::vector<std::pair<int64_t, int64_t>> mine_, zero0_, keep_;
   void sync_copy(TrainWeights& w) const;
-  bool shards_weights(const TrainWeights& w) const;
+  bool shards_master(const TrainWeights& w) const;   // sharded_master_, and w has the copy
+  bool shards_weights(const TrainWeights& w) const;  // that, or pipeline stages
   std::vector<float> pieces_;                // [Z, bucket_] every rank's piece of a bucket of this shard
   int64_t bucket_ = 0;                       // elements of a shard exchanged per round
   int64_t rounds_ = 0;                       // rounds: the largest shard over bucket_, rounded up

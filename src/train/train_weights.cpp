@@ -8,19 +8,8 @@
 namespace dsv3 {
 
 TrainWeights::TrainWeights(const ParamSet& ps, bool bf16_copy)
-    : n_(ps.numel()), f32_(size_t(ps.numel()) * sizeof(float), "master weights") {
+    : n_(ps.numel()), f32_(size_t(ps.numel()) * sizeof(float), "master weights"), gemm_(ps.gemm_ranges()) {
   if (bf16_copy) bf16_ = MappedBytes(size_t(n_) * sizeof(uint16_t), "BF16 weight copy");
-  for (const ParamInfo& p : ps.infos())
-    if (p.gemm) gemm_.push_back({p.offset, p.offset + p.spec.numel()});
-  std::sort(gemm_.begin(), gemm_.end());
-  Ranges merged;
-  for (const auto& r : gemm_) {
-    if (!merged.empty() && merged.back().second == r.first)
-      merged.back().second = r.second;
-    else
-      merged.push_back(r);
-  }
-  gemm_ = merged;
 }
 
 float* TrainWeights::mutable_data() {

@@ -1,6 +1,7 @@
 // The weights a training run holds (docs/distributed.md, "Master weights"): the F32 master
-// arena in ParamSet's layout and, for BF16 training, a BF16 copy of the same layout that the
-// training GEMMs read (train/tlinear.h) instead of rounding the F32 weight on every call.
+// arena in ParamSet's layout and, where ZeRO-1 shards the master (BF16 training, data
+// parallel), a BF16 copy of the same layout that the training GEMMs read (train/tlinear.h)
+// instead of rounding the F32 weight at each call.
 //
 // BF16 training rounds every GEMM weight to BF16 (round to nearest even) before its GEMM, so
 // a copy that holds exactly those roundings gives the same bits as converting on the fly.
@@ -60,9 +61,8 @@ class TrainWeights {
   // The whole master accessible again (released pages read as zero until written).
   void unshard();
   int64_t master_resident_bytes() const { return int64_t(f32_.resident()); }
-  int64_t copy_resident_bytes() const { return int64_t(bf16_.resident()); }
 
-  // The GEMM tensors' storage, merged and sorted (ParamInfo::gemm).
+  // The GEMM tensors' storage, merged and sorted (ParamSet::gemm_ranges).
   const Ranges& gemm_ranges() const { return gemm_; }
 
  private:
