@@ -1,8 +1,9 @@
 // `dsv3 bench train`: training-step throughput on random weights and random token batches
-// (no data set needed): TrainModel::step + global-norm clipping + AdamW, as `dsv3 train` runs
-// them (src/train/trainer.cpp), timed per step; median after 2 warm-up steps. Reports tokens/s,
-// the model FLOPs per token (formula in train_flops_per_token) and the achieved fraction of the
-// machine's GEMM peak measured in the same run (bench/train_vs_torch.sh compares with PyTorch).
+// (no data set needed): the step `dsv3 train` runs in one process (TrainStep: forward and
+// backward, global-norm clipping, AdamW, the router-bias update), timed per step; median
+// after 2 warm-up steps. Reports tokens/s, the model FLOPs per token (formula in
+// train_flops_per_token) and the achieved fraction of the machine's GEMM peak measured in
+// the same run (bench/train_vs_torch.sh compares with PyTorch).
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -23,6 +24,10 @@
 #include "train/params.h"
 #include "train/train_config.h"
 #include "train/train_model.h"
+#include "train/train_step.h"
+#include "train/train_weights.h"
+#include "parallel/comm.h"
+#include "parallel/layout.h"
 
 namespace dsv3::bench {
 namespace {
@@ -85,22 +90,18 @@ void run_train_bench(const TrainBenchOpts& o) {
   const Precision prec = o.precision.empty() ? cfg.precision : parse_precision(o.precision.c_str());
   const ModelConfig& c = cfg.model;
 
-  ParamSet ps(c, cfg.mtp);
-  std::vector<float> params(size_t(ps.numel())), grads(size_t(ps.numel()));
-  ps.init(params.data(), cfg.seed);
-  AdamW adam(ps, cfg.adam);
-  TrainModelOptions mo;
-  mo.batch = cfg.batch;
-  mo.seq_len = cfg.seq_len;
-  mo.precision = prec;
-  mo.mtp = cfg.mtp;
-  mo.mtp_lambda = cfg.mtp_lambda;
-  mo.balance_alpha = cfg.balance_alpha;
-  mo.threads = o.threads;
-  TrainModel model(ps, mo);
-  const ModelWeights pw = ps.bind(params.data());
+  // The trainer's own step (train/train_step.h) in one process: gradient arena zeroed,
+  // forward and backward, global norm, clipping, AdamW, router-bias update.
+  TrainConfig run = cfg;
+  run.precision = prec;
+  ParamSet ps(c, run.mtp);
+  TrainWeights params(ps, false);
+  ps.init(params.mutable_data(), run.seed);
+  const dist::Comm one_rank;
+  const Layout lay = make_layout(ParallelConfig{}, c, run.batch, 1, 0);
+  TrainStep step(run, ps, lay, one_rank, one_rank, o.threads);
 
-  const int64_t B = cfg.batch, T = cfg.seq_len;
+  const int64_t B = run.batch, T = run.seq_len;
   std::vector<int32_t> ids(size_t(B * (T + 1)));  // [B, T + 1]
   uint32_t seed = 12345;
   const int warmup = 2;
@@ -109,16 +110,14 @@ void run_train_bench(const TrainBenchOpts& o) {
   for (int64_t s = 0; s < warmup + o.steps; ++s) {
     for (auto& id : ids) id = int32_t(lcg(seed) % uint32_t(c.vocab_size));
     const double t0 = now_s(), c0 = double(std::clock()) / CLOCKS_PER_SEC;
-    std::fill(grads.begin(), grads.end(), 0.0f);
-    const StepLosses L = model.step(ids.data(), params.data(), grads.data());
-    clip_grad_norm(ps, grads.data(), cfg.grad_clip);
-    adam.step(params.data(), grads.data(), cfg.lr.lr);
-    update_router_bias(pw, c, L, cfg.bias_update_speed);
+    const StepResult r = step.compute(ids.data(), params, s);
+    DSV3_CHECK(r.finite, "dsv3 bench train: step ", s + 1, " gave a non-finite loss or gradient");
+    step.apply(params, r, s);
     if (s >= warmup) {
       secs.push_back(now_s() - t0);
       cpu.push_back(double(std::clock()) / CLOCKS_PER_SEC - c0);
     }
-    loss = L.total;
+    loss = r.losses.total;
   }
   const double sec = median(secs), cpu_s = median(cpu);
   const double tok = double(B * T), tps = tok / sec;

@@ -1,7 +1,9 @@
-// AdamW's elementwise update (kernels/adamw.h): the scalar twin against the update computed
-// in double from the same inputs (each F32 result within a few roundings of it), and the
-// AVX-512 path against the twin bit for bit (F32 and BF16 moments, lengths around the 16-lane
-// tail, misaligned arrays, magnitudes from 1e-30 to 1e3, zeros, with and without decay).
+// The optimizer's kernels (kernels/adamw.h). AdamW's update: the scalar twin against the
+// update computed in double from the same inputs (each F32 result within a few roundings of
+// it), and the AVX-512 path against the twin bit for bit (F32 and BF16 moments, lengths
+// around the 16-lane tail, misaligned arrays, magnitudes from 1e-30 to 1e3, zeros, with and
+// without decay). The sum of squares: the twin against a long-double sum, the AVX-512 path
+// against the twin bit for bit (lengths around its 32-lane step, misaligned starts).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -119,6 +121,41 @@ TEST(AdamW, DispatchFollowsTheActiveIsa) {
     adamw_update(a.p.data(), a.g.data(), a.m.data(), a.v.data(), n, c);
     adamw_update_ref(b.p.data(), b.g.data(), b.m.data(), b.v.data(), n, c);
     EXPECT_EQ(std::memcmp(a.p.data(), b.p.data(), size_t(n) * 4), 0) << isa_name(active_isa());
+  }
+}
+
+TEST(SumSquares, TwinIsTheSumWithinItsRoundings) {
+  for (int64_t n : {0, 1, 31, 32, 33, 1000, 70001}) {
+    Floats x(n, 9);
+    fill_wide(x.data(), n, uint32_t(n) + 3, -20, 3);
+    long double want = 0, abs_sum = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      want += (long double)x[i] * x[i];
+      abs_sum += (long double)x[i] * x[i];
+    }
+    // Each lane adds n/32 terms, then 5 pairwise steps: ≤ (n/32 + 5) double roundings of
+    // partial sums no larger than the whole (every term is ≥ 0).
+    const double tol = (double(n) / 32 + 6) * 0x1p-53 * double(abs_sum);
+    EXPECT_LE(std::fabs(double(sum_squares_ref(x.data(), n) - want)), tol) << "n " << n;
+  }
+}
+
+TEST(SumSquares, Avx512GivesTheTwinsBits) {
+  if (best_isa() != Isa::Avx512) GTEST_SKIP() << "this CPU has no AVX-512 (BF16): only the twin runs here";
+  for (int64_t n : {0, 1, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 1000, 16385}) {
+    for (int64_t off : {0, 1, 3}) {
+      Floats x(n + off, 4);
+      fill_wide(x.data(), n + off, uint32_t(7 * n + off), -30, 4);
+      const double a = sum_squares_ref(x.data() + off, n), b = avx512::sum_squares(x.data() + off, n);
+      ASSERT_EQ(std::memcmp(&a, &b, sizeof a), 0) << "n " << n << " offset " << off << ": " << a << " vs " << b;
+    }
+  }
+  for (Isa isa : testing::kIsas) {  // the dispatching entry point follows the active ISA
+    testing::IsaScope scope(isa);
+    Floats x(777, 2);
+    fill_wide(x.data(), 777, 5, -10, 2);
+    const double a = sum_squares(x.data(), 777), b = sum_squares_ref(x.data(), 777);
+    EXPECT_EQ(std::memcmp(&a, &b, sizeof a), 0) << isa_name(active_isa());
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -312,6 +313,33 @@ TEST(MoeTrain, GradientsAccumulate) {
   // g2 = g1 + g1 up to one rounding per element of the add (and GEMM accumulation order).
   for (size_t i = 0; i < g1.size(); ++i)
     EXPECT_NEAR(m.G.data[i], 2 * g1[i], 1e-5 * std::fabs(g1[i]) + 1e-12) << i;
+}
+
+// The routed experts run one per thread (moe_train.cpp, for_routed_experts) and one after
+// another on all threads with one thread or deferred weight gradients; each token's outputs
+// and input gradients are added in expert order either way. So the bits must not depend on
+// the thread count, in any precision.
+TEST(MoeTrain, ThreadCountDoesNotChangeTheBits) {
+  for (Precision p : {Precision::F32, Precision::BF16, Precision::FP8}) {
+    MoeCase one(tiny_v3(), 2, 64, 0.1f, true, 61);
+    one.lc.prec = p;
+    one.lc.threads = 1;
+    one.loss();
+    std::vector<float> dx1;
+    one.backward(dx1);
+    for (int threads : {2, 3}) {
+      SCOPED_TRACE(::testing::Message() << precision_name(p) << ", " << threads << " threads");
+      MoeCase m(tiny_v3(), 2, 64, 0.1f, true, 61);
+      m.lc.prec = p;
+      m.lc.threads = threads;
+      m.loss();
+      std::vector<float> dx;
+      m.backward(dx);
+      EXPECT_EQ(0, std::memcmp(m.out.data(), one.out.data(), one.out.size() * 4)) << "out";
+      EXPECT_EQ(0, std::memcmp(dx.data(), dx1.data(), dx1.size() * 4)) << "dx";
+      EXPECT_EQ(0, std::memcmp(m.G.data.data(), one.G.data.data(), one.G.data.size() * 4)) << "grads";
+    }
+  }
 }
 
 // BF16 / FP8 against F32 with the same weights and routing (the router is F32 in every

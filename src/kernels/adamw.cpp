@@ -1,4 +1,4 @@
-// AdamW's elementwise update: the scalar twin and the dispatch (kernels/adamw.h).
+// The optimizer's elementwise kernels: the scalar twins and the dispatch (kernels/adamw.h).
 #include "kernels/adamw.h"
 
 // No multiply-add contraction (GCC contracts a * b + c, intrinsics included, under its
@@ -36,6 +36,19 @@ void adamw_update_ref(float* p, const float* g, uint16_t* m, uint16_t* v, int64_
     m[i] = f32_to_bf16(mi);
     v[i] = f32_to_bf16(vi);
   }
+}
+
+double sum_squares_ref(const float* x, int64_t n) {
+  double lane[32] = {};
+  for (int64_t i = 0; i < n; ++i) lane[i % 32] += double(x[i]) * double(x[i]);
+  for (int w = 16; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) lane[j] += lane[j + w];
+  return lane[0];
+}
+
+double sum_squares(const float* x, int64_t n) {
+  if (active_isa() == Isa::Avx512) return avx512::sum_squares(x, n);
+  return sum_squares_ref(x, n);
 }
 
 void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c) {

@@ -1,4 +1,6 @@
-// AdamW's elementwise update (train/optim.cpp drives it over each trainable range):
+// The optimizer's elementwise kernels: AdamW's update and the gradient norm's sum of squares.
+//
+// AdamW's update (train/optim.cpp drives it over each trainable range):
 //   m ← b1·m + (1 − b1)·g
 //   v ← b2·v + ((1 − b2)·g)·g
 //   p ← p − ( (step_size·m) / (sqrt(v·inv_bc2) + eps) + wd·p )
@@ -23,7 +25,15 @@ void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n,
 void adamw_update_ref(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c);
 void adamw_update_ref(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c);
 
+// Σ x_i² in double (the global gradient norm, per block of the arena). The order is fixed:
+// 32 lanes, lane j adding x_i² for i ≡ j (mod 32) in increasing i, then the lanes added
+// pairwise (j + 16, then + 8, + 4, + 2, + 1). A float's square is exact in double, so a fused
+// multiply-add and a multiply then add round alike, and the AVX-512 path gives the twin's bits.
+double sum_squares(const float* x, int64_t n);
+double sum_squares_ref(const float* x, int64_t n);
+
 namespace avx512 {
+double sum_squares(const float* x, int64_t n);
 void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c);
 void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c);
 }  // namespace avx512

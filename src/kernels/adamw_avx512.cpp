@@ -40,6 +40,28 @@ inline __m512 step16(const Coef& k, __m512 p, __m512 g, __m512& m, __m512& v) {
 
 }  // namespace
 
+// Four accumulators of 8 doubles: lanes 0–7, 8–15, 16–23, 24–31 of the twin's 32. A masked
+// tail loads zeros, and adding +0 leaves a lane (a sum of squares, never −0) unchanged.
+double sum_squares(const float* x, int64_t n) {
+  __m512d acc[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+  for (int64_t i = 0; i < n; i += 32) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t left = n - i - 16 * h;
+      const __m512 v = load16_m(left > 0 ? lanes_mask(left) : __mmask16(0), x + i + 16 * h);
+      const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+      const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+      acc[2 * h] = _mm512_fmadd_pd(lo, lo, acc[2 * h]);
+      acc[2 * h + 1] = _mm512_fmadd_pd(hi, hi, acc[2 * h + 1]);
+    }
+  }
+  const __m512d a = _mm512_add_pd(_mm512_add_pd(acc[0], acc[2]), _mm512_add_pd(acc[1], acc[3]));
+  alignas(64) double lane[8];
+  _mm512_store_pd(lane, a);
+  for (int w = 4; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) lane[j] += lane[j + w];
+  return lane[0];
+}
+
 void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c) {
   const Coef k(c);
   for (int64_t i = 0; i < n; i += 16) {

@@ -252,6 +252,53 @@ void encode_sorted(uint8_t* dst, int64_t stride, const float* src, const int32_t
   });
 }
 
+// Each token's K rows of the sorted order, ascending: rows [N, K]. `order` groups the
+// (token, slot) pairs by expert in increasing expert id, so a token's rows ascending are its
+// experts ascending: the order in which a loop over the experts adds their outputs.
+const int32_t* token_rows(const int32_t* order, int64_t N, int64_t K, MoeTrainScratch& s) {
+  int32_t* rows = grow(s.tok_rows, N * K);
+  int32_t* fill = grow(s.tok_fill, N);
+  std::fill(fill, fill + N, 0);
+  for (int64_t i = 0; i < N * K; ++i) {
+    const int64_t t = order[i] / K;
+    rows[t * K + fill[t]++] = int32_t(i);
+  }
+  return rows;
+}
+
+// body(e, ctx, scratch) for every routed expert with rows. The experts are handed out to the
+// threads, largest first, and each runs on one thread (ctx.threads = 1) with that thread's
+// scratch: an expert has N·K/E rows on average, too few for GEMMs split over threads, which
+// would pack each A block once per thread and join after every GEMM, with the gathers and
+// scatters between them serial. A GEMM's result does not depend on its thread count, so
+// the bits are those of one expert at a time on all threads — which is what runs when the
+// weight gradients are deferred (ZB's W op records them in call order) or with one thread.
+template <class F>
+void for_routed_experts(const int64_t* start, int64_t E, const TLinearCtx& lc, MoeTrainScratch& s,
+                        F&& body) {
+  const int nt = resolve_threads(lc.threads);
+  if (lc.defer != nullptr || nt == 1 || in_parallel_region()) {
+    for (int64_t e = 0; e < E; ++e)
+      if (start[e + 1] > start[e]) body(e, lc, s.mlp);
+    return;
+  }
+  std::vector<int32_t> todo;
+  todo.reserve(size_t(E));
+  for (int64_t e = 0; e < E; ++e)
+    if (start[e + 1] > start[e]) todo.push_back(int32_t(e));
+  std::stable_sort(todo.begin(), todo.end(), [&](int32_t a, int32_t b) {
+    return start[a + 1] - start[a] > start[b + 1] - start[b];
+  });
+  if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
+  TLinearCtx one = lc;
+  one.threads = 1;
+  parallel_region(nt, [&](Team& team) {
+    team.for_dynamic_nowait(int64_t(todo.size()), [&](int64_t i) {
+      body(int64_t(todo[size_t(i)]), one, s.per_thread[size_t(team.tid())]);
+    });
+  });
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -371,27 +418,33 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
     else
       std::memset(out, 0, size_t(N * H) * sizeof(float));
     if (E == 0) return;
-    const int64_t I = inter_of(w.experts[0]);
+    const int64_t I = inter_of(w.experts[0]), NK = N * K;
     const ActFormat f = swiglu_input_format(lc);
-    float* Gall = saved.gate.begin(f, N * K, I, s.gw);  // [N·K, I]
-    float* Uall = saved.up.begin(f, N * K, I, s.uw);
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = start[e + 1] - start[e];
-      if (n == 0) continue;
-      const int32_t* slots = order + start[e];
-      float* xe = grow(s.xe, n * H);  // [n, H]
-      for (int64_t j = 0; j < n; ++j)
-        std::memcpy(xe + j * H, x + (slots[j] / K) * H, size_t(H) * sizeof(float));
-      float* ye = grow(s.ye, n * H);
-      expert_forward(ye, xe, n, H, w.experts[size_t(e)], Gall + start[e] * I,
-                     Uall + start[e] * I, grow(s.mlp.h, n * I), lc, s.mlp.lin, false);
-      for (int64_t j = 0; j < n; ++j) {
-        const float gw = wt[slots[j]];
-        float* o = out + (slots[j] / K) * H;
-        const float* y = ye + j * H;
+    float* Gall = saved.gate.begin(f, NK, I, s.gw);  // [N·K, I]
+    float* Uall = saved.up.begin(f, NK, I, s.uw);
+    // The routed rows gathered in sorted order, every expert's outputs beside them, then
+    // each token's K outputs weighted and added in expert order.
+    float* X = grow(s.xe, NK * H);
+    float* Y = grow(s.ye, NK * H);
+    const int rt = NK * H >= (1 << 16) ? lc.threads : 1;
+    parallel_for(NK, rt, [&](int64_t i) {
+      std::memcpy(X + i * H, x + (order[i] / K) * H, size_t(H) * sizeof(float));
+    });
+    for_routed_experts(start, E, lc, s, [&](int64_t e, const TLinearCtx& l, MlpTrainScratch& ms) {
+      const int64_t r0 = start[e], n = start[e + 1] - r0;
+      expert_forward(Y + r0 * H, X + r0 * H, n, H, w.experts[size_t(e)], Gall + r0 * I,
+                     Uall + r0 * I, grow(ms.h, n * I), l, ms.lin, false);
+    });
+    const int32_t* rows = token_rows(order, N, K, s);
+    parallel_for(N, rt, [&](int64_t t) {
+      float* o = out + t * H;
+      for (int64_t j = 0; j < K; ++j) {
+        const int64_t r = rows[t * K + j];
+        const float gw = wt[order[r]];
+        const float* y = Y + r * H;
         for (int64_t k = 0; k < H; ++k) o[k] += gw * y[k];
       }
-    }
+    });
     saved.gate.seal(Gall, lc.threads);
     saved.up.seal(Uall, lc.threads);
     return;
@@ -506,35 +559,39 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
       std::memset(dx, 0, size_t(N * H) * sizeof(float));
     if (E == 0) return;
 
-    // Routed experts: gather dout rows per expert, backward, scatter-add dx; dweight per slot.
-    const int64_t I = inter_of(w.experts[0]);
-    float* dwt = grow(s.dweight, N * K);  // [N, K]
+    // Routed experts: the inputs, dout rows and gate weights gathered in sorted order, every
+    // expert's backward, then dweight per slot and each token's K dx rows added in expert order.
+    const int64_t I = inter_of(w.experts[0]), NK = N * K;
+    float* dwt = grow(s.dweight, NK);  // [N, K]
     const float* Gall = saved.gate.read(s.gw, lc.threads);
     const float* Uall = saved.up.read(s.uw, lc.threads);
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = start[e + 1] - start[e];
-      if (n == 0) continue;
-      const int32_t* slots = order + start[e];
-      float* xe = grow(s.xe, 2 * n * H);  // [n, H] inputs, then [n, H] their gradient
-      float* dxe = xe + n * H;
-      float* de = grow(s.ye, n * H);      // [n, H] dout rows
-      float* rw = grow(s.rw, n);
-      float* dw = grow(s.dw, n);
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t t = slots[j] / K;
-        std::memcpy(xe + j * H, x + t * H, size_t(H) * sizeof(float));
-        std::memcpy(de + j * H, dout + t * H, size_t(H) * sizeof(float));
-        rw[j] = wt[slots[j]];
-      }
-      expert_backward(dxe, dw, rw, de, xe, n, H, w.experts[size_t(e)], g.experts[size_t(e)],
-                      Gall + start[e] * I, Uall + start[e] * I, lc, s.mlp, false);
-      for (int64_t j = 0; j < n; ++j) {
-        dwt[slots[j]] = dw[j];
-        float* o = dx + (slots[j] / K) * H;
-        const float* d = dxe + j * H;
+    float* X = grow(s.xe, 2 * NK * H);  // [N·K, H] inputs, then [N·K, H] their gradient
+    float* dX = X + NK * H;
+    float* D = grow(s.ye, NK * H);      // [N·K, H] dout rows
+    float* rw = grow(s.rw, NK);
+    float* dw = grow(s.dw, NK);
+    const int rt = NK * H >= (1 << 16) ? lc.threads : 1;
+    parallel_for(NK, rt, [&](int64_t i) {
+      const int64_t t = order[i] / K;
+      std::memcpy(X + i * H, x + t * H, size_t(H) * sizeof(float));
+      std::memcpy(D + i * H, dout + t * H, size_t(H) * sizeof(float));
+      rw[i] = wt[order[i]];
+    });
+    for_routed_experts(start, E, lc, s, [&](int64_t e, const TLinearCtx& l, MlpTrainScratch& ms) {
+      const int64_t r0 = start[e], n = start[e + 1] - r0;
+      expert_backward(dX + r0 * H, dw + r0, rw + r0, D + r0 * H, X + r0 * H, n, H,
+                      w.experts[size_t(e)], g.experts[size_t(e)], Gall + r0 * I, Uall + r0 * I, l,
+                      ms, false);
+    });
+    for (int64_t i = 0; i < NK; ++i) dwt[order[i]] = dw[i];
+    const int32_t* rows = token_rows(order, N, K, s);
+    parallel_for(N, rt, [&](int64_t t) {
+      float* o = dx + t * H;
+      for (int64_t j = 0; j < K; ++j) {
+        const float* d = dX + int64_t(rows[t * K + j]) * H;
         for (int64_t k = 0; k < H; ++k) o[k] += d[k];
       }
-    }
+    });
     // dweight -> the chosen unbiased scores, then the balance loss's share.
     add_routing_grad(ds, dwt, idx, sc, N, E, K, c);
     if (balance) add_balance_grad(ds, sc, cnt, B, T, E, K, alpha, bal_scale);

@@ -89,9 +89,7 @@ double grad_norm(const ParamSet& ps, const float* g) {
     const int64_t nb = (n + kBlock - 1) / kBlock;
     std::vector<double> part(static_cast<size_t>(nb));
     parallel_for(nb, n > kBlock ? 0 : 1, [&](int64_t b) {
-      double t = 0;
-      for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) t += double(d[i]) * double(d[i]);
-      part[size_t(b)] = t;
+      part[size_t(b)] = sum_squares(d + b * kBlock, std::min(n, (b + 1) * kBlock) - b * kBlock);
     });
     for (const double t : part) s += t;
   }
@@ -99,8 +97,15 @@ double grad_norm(const ParamSet& ps, const float* g) {
 }
 
 void scale_grads(const ParamSet& ps, float* g, float f, int64_t lo, int64_t hi) {
-  for (const TrainableRange& r : ps.trainable_ranges(lo, hi))
-    for (int64_t i = r.begin; i < r.end; ++i) g[i] *= f;
+  constexpr int64_t kBlock = 1 << 16;  // elementwise: the bits do not depend on the split
+  for (const TrainableRange& r : ps.trainable_ranges(lo, hi)) {
+    const int64_t n = r.end - r.begin, nb = (n + kBlock - 1) / kBlock;
+    parallel_for(nb, n > kBlock ? 0 : 1, [&](int64_t b) {
+      float* d = g + r.begin + b * kBlock;
+      const int64_t m = std::min(kBlock, n - b * kBlock);
+      for (int64_t i = 0; i < m; ++i) d[i] *= f;
+    });
+  }
 }
 
 float clip_factor(double norm, double max_norm) {

@@ -7,6 +7,7 @@
 #include "core/check.h"
 #include "core/fiber.h"
 #include "core/parallel.h"
+#include "kernels/adamw.h"
 
 namespace dsv3 {
 namespace {
@@ -237,7 +238,7 @@ void TrainStep::block_sumsq(int64_t b0, int64_t b1, double* out) const {
       double s = 0;
       for (const auto& [r0, r1] : trainable_) {
         const int64_t x0 = std::max(lo, r0), x1 = std::min(hi, r1);
-        for (int64_t i = x0; i < x1; ++i) s += double(g[i]) * double(g[i]);
+        if (x0 < x1) s += sum_squares(g + x0, x1 - x0);
       }
       out[b - b0] = s;
     }
