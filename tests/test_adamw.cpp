@@ -111,6 +111,26 @@ TEST(AdamW, Avx512GivesTheTwinsBits) {
   }
 }
 
+// Clipping inside the update (gscale) gives the bits of scaling the gradient first, in the
+// twin and in the AVX-512 path; gscale = 1 leaves the gradient as it is.
+TEST(AdamW, ClipFactorGivesTheBitsOfScalingFirst) {
+  const int64_t n = 1001;
+  for (float f : {0.37f, 1.0f}) {
+    for (Isa isa : testing::kIsas) {
+      testing::IsaScope scope(isa);
+      AdamWCoef c = coef(4, 1e-3f, 0.1f);
+      Arrays a(n, 13), b(n, 13);
+      for (int64_t i = 0; i < n; ++i) b.g[i] *= f;
+      c.gscale = f;
+      adamw_update(a.p.data(), a.g.data(), a.m.data(), a.v.data(), n, c);
+      c.gscale = 1.0f;
+      adamw_update(b.p.data(), b.g.data(), b.m.data(), b.v.data(), n, c);
+      EXPECT_EQ(std::memcmp(a.p.data(), b.p.data(), size_t(n) * 4), 0) << isa_name(active_isa()) << " f " << f;
+      EXPECT_EQ(std::memcmp(a.v.data(), b.v.data(), size_t(n) * 4), 0) << isa_name(active_isa()) << " f " << f;
+    }
+  }
+}
+
 // The dispatching entry point takes the active ISA's path: the twin when lowered.
 TEST(AdamW, DispatchFollowsTheActiveIsa) {
   const int64_t n = 333;

@@ -284,9 +284,11 @@ double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
 
 // Reduced-precision modes against F32, per gradient tensor (relative L2). Each linear layer
 // rounds its operands (tlinear.h): BF16 ≤ 2^-8 relative per GEMM product, FP8 E4M3 ≤ 2^-4
-// per operand worst case; along the longest chain (o_proj dgrad → attention → kv_b dgrad →
-// norm → kv_a dgrad, 3 rounded GEMMs) the errors add roughly in quadrature, as random
-// roundings: BF16 ≲ 3·2^-8/√3 ≈ 7e-3 → bound 2e-2; FP8 ≲ 3·0.06/√3 ≈ 0.1 → bound 0.25.
+// per operand worst case; the attention GEMMs round theirs to BF16 in both modes
+// (mla_train.h). Along the longest chain (o_proj dgrad → dP = dO·Vᵀ → dQ = dS·K → q_b dgrad
+// → norm → q_a dgrad, 4 rounded GEMMs, 2 of them FP8 in FP8 mode) the errors add roughly in
+// quadrature, as random roundings: BF16 ≲ √4·2^-8 ≈ 8e-3 → bound 2e-2; FP8 ≲ √2·0.06 ≈
+// 0.09 → bound 0.25.
 TEST(MlaTrain, ReducedPrecisionNearF32) {
   for (int64_t q_lora : {24, 0}) {
     Attn a;

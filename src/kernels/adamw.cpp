@@ -16,7 +16,8 @@ namespace {
 
 // One element; m and v in and out as F32. Written so that no two operations fuse: this file
 // is built for the baseline ISA (no FMA), and every step is its own rounding.
-inline float step_one(float& p, float g, float& m, float& v, const AdamWCoef& c) {
+inline float step_one(float& p, float g_in, float& m, float& v, const AdamWCoef& c) {
+  const float g = g_in * c.gscale;
   m = c.b1 * m + (1.0f - c.b1) * g;
   v = c.b2 * v + (1.0f - c.b2) * g * g;
   p -= c.step_size * m / (std::sqrt(v * c.inv_bc2) + c.eps) + c.wd * p;

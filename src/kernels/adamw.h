@@ -1,6 +1,7 @@
 // The optimizer's elementwise kernels: AdamW's update and the gradient norm's sum of squares.
 //
-// AdamW's update (train/optim.cpp drives it over each trainable range):
+// AdamW's update (train/optim.cpp drives it over each trainable range), on the clipped
+// gradient g = g_in·gscale (gradient clipping's factor, 1 when none is due; g·1 = g exactly):
 //   m ← b1·m + (1 − b1)·g
 //   v ← b2·v + ((1 − b2)·g)·g
 //   p ← p − ( (step_size·m) / (sqrt(v·inv_bc2) + eps) + wd·p )
@@ -15,7 +16,7 @@
 namespace dsv3 {
 
 struct AdamWCoef {
-  float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, step_size = 0, inv_bc2 = 1, wd = 0;
+  float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, step_size = 0, inv_bc2 = 1, wd = 0, gscale = 1;
 };
 
 // n elements of p, g, m, v (no aliasing); AVX-512 when active_isa() is Avx512, else the twin.

@@ -22,15 +22,16 @@ namespace dsv3::avx512 {
 namespace {
 
 struct Coef {
-  __m512 b1, omb1, b2, omb2, eps, ss, ibc2, wd;
+  __m512 b1, omb1, b2, omb2, eps, ss, ibc2, wd, gs;
   explicit Coef(const AdamWCoef& c)
       : b1(_mm512_set1_ps(c.b1)), omb1(_mm512_set1_ps(1.0f - c.b1)), b2(_mm512_set1_ps(c.b2)),
         omb2(_mm512_set1_ps(1.0f - c.b2)), eps(_mm512_set1_ps(c.eps)), ss(_mm512_set1_ps(c.step_size)),
-        ibc2(_mm512_set1_ps(c.inv_bc2)), wd(_mm512_set1_ps(c.wd)) {}
+        ibc2(_mm512_set1_ps(c.inv_bc2)), wd(_mm512_set1_ps(c.wd)), gs(_mm512_set1_ps(c.gscale)) {}
 };
 
 // m, v updated in place (F32 registers); returns the new p.
-inline __m512 step16(const Coef& k, __m512 p, __m512 g, __m512& m, __m512& v) {
+inline __m512 step16(const Coef& k, __m512 p, __m512 g_in, __m512& m, __m512& v) {
+  const __m512 g = _mm512_mul_ps(g_in, k.gs);
   m = _mm512_add_ps(_mm512_mul_ps(k.b1, m), _mm512_mul_ps(k.omb1, g));
   v = _mm512_add_ps(_mm512_mul_ps(k.b2, v), _mm512_mul_ps(_mm512_mul_ps(k.omb2, g), g));
   const __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_mul_ps(v, k.ibc2)), k.eps);

@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "core/scratch.h"
+#include "kernels/convert.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
 #include "kernels/softmax.h"
@@ -27,6 +28,33 @@ void mm(float* C, int64_t ldc, const float* A, int64_t lda, bool ta, const float
   g.B = B; g.ldb = ldb; g.trans_b = tb;
   g.C = C; g.ldc = ldc; g.accumulate = acc;
   gemm_f32(g, 1);
+}
+
+// The same with BF16 operands (F32 accumulation and output).
+void mm16(float* C, int64_t ldc, const uint16_t* A, int64_t lda, bool ta, const uint16_t* B,
+          int64_t ldb, bool tb, int64_t M, int64_t N, int64_t K, bool acc) {
+  GemmBF16 g;
+  g.M = M; g.N = N; g.K = K;
+  g.A = A; g.lda = lda; g.trans_a = ta;
+  g.B = B; g.ldb = ldb; g.trans_b = tb;
+  g.C = C; g.ldc = ldc; g.accumulate = acc;
+  gemm_bf16(g, 1);
+}
+
+// Whether the attention GEMMs take BF16 operands (mla_train.h).
+bool bf16_attention(const TLinearCtx& lc) { return lc.prec != Precision::F32; }
+
+// x [n] rounded to BF16 into buf, over the threads.
+const uint16_t* rounded(std::vector<uint16_t>& buf, const float* x, int64_t n) {
+  uint16_t* p = grow(buf, n);
+  convert_f32_to_bf16(x, p, n);
+  return p;
+}
+
+// A chunk x [m, cols] (contiguous) rounded into dst (inside a region: on the calling thread).
+uint16_t* rounded_rows(uint16_t* dst, const float* x, int64_t m, int64_t cols) {
+  convert_f32_to_bf16(x, dst, m * cols);
+  return dst;
 }
 
 const float* wp(const Weight& w) { return w.w.ptr<float>(); }
@@ -158,24 +186,42 @@ void mla_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   const int32_t* valid = s.valid.data();
   const int nt = resolve_threads(lc.threads);
   const int64_t ldq = d.nh * d.dq, ldkv = d.nh * d.dkv, ldo = d.nh * d.dv;
-  parallel_for_dynamic(d.B * d.nh, nt, [&](int64_t bh) {
+  const bool b16 = bf16_attention(lc);
+  const uint16_t* q16 = b16 ? rounded(s.q16, q, d.M * ldq) : nullptr;
+  const uint16_t* kvb16 = b16 ? rounded(s.kvb16, kvb, d.M * ldkv) : nullptr;
+  const uint16_t* kpe16 = b16 ? rounded(s.kpe16, kpe, d.M * d.dr) : nullptr;
+  if (b16) {
+    if (s.per_thread16.size() < size_t(nt)) s.per_thread16.resize(size_t(nt));
+    for (int i = 0; i < nt; ++i) grow(s.per_thread16[size_t(i)], kChunk * d.T);
+  }
+  parallel_region(nt, [&](Team& team) { team.for_dynamic_nowait(d.B * d.nh, [&](int64_t bh) {
     const int64_t b = bh / d.nh, h = bh % d.nh, r0 = b * d.T;
-    const float* Q = q + r0 * ldq + h * d.dq;        // [T, nope+rope] (ld ldq)
-    const float* Kn = kvb + r0 * ldkv + h * d.dkv;   // [T, nope]      (ld ldkv)
-    const float* V = Kn + d.dn;                      // [T, v]         (ld ldkv)
-    const float* Kp = kpe + r0 * d.dr;               // [T, rope]      (ld dr)
+    const int64_t oq = r0 * ldq + h * d.dq;          // Q [T, nope+rope] (ld ldq)
+    const int64_t okv = r0 * ldkv + h * d.dkv;       // K_nope [T, nope], then V [T, v] (ld ldkv)
+    const int64_t okp = r0 * d.dr;                   // K_pe [T, rope] (ld dr)
     float* Pc = P + bh * np;
     for (int64_t t0 = 0; t0 < d.T; t0 += kChunk) {
       const int64_t t1 = std::min(d.T, t0 + kChunk), m = t1 - t0;
-      // scores [m, t1] = q_nope·k_nopeᵀ + q_pe·k_peᵀ, then the causal softmax in place.
-      mm(Pc, t1, Q + t0 * ldq, ldq, false, Kn, ldkv, true, m, t1, d.dn, false);
-      mm(Pc, t1, Q + t0 * ldq + d.dn, ldq, false, Kp, d.dr, true, m, t1, d.dr, true);
-      softmax_forward(Pc, Pc, m, t1, softmax_scale, valid + t0, 1);
-      // o [m, v] = P · V
-      mm(o + (r0 + t0) * ldo + h * d.dv, ldo, Pc, t1, false, V, ldkv, false, m, d.dv, t1, false);
+      float* oc = o + (r0 + t0) * ldo + h * d.dv;
+      // scores [m, t1] = q_nope·k_nopeᵀ + q_pe·k_peᵀ, then the causal softmax in place;
+      // o [m, v] = P · V.
+      if (b16) {
+        const uint16_t* Q = q16 + oq + t0 * ldq;
+        mm16(Pc, t1, Q, ldq, false, kvb16 + okv, ldkv, true, m, t1, d.dn, false);
+        mm16(Pc, t1, Q + d.dn, ldq, false, kpe16 + okp, d.dr, true, m, t1, d.dr, true);
+        softmax_forward(Pc, Pc, m, t1, softmax_scale, valid + t0, 1);
+        const uint16_t* P16 = rounded_rows(s.per_thread16[size_t(team.tid())].data(), Pc, m, t1);
+        mm16(oc, ldo, P16, t1, false, kvb16 + okv + d.dn, ldkv, false, m, d.dv, t1, false);
+      } else {
+        const float* Q = q + oq + t0 * ldq;
+        mm(Pc, t1, Q, ldq, false, kvb + okv, ldkv, true, m, t1, d.dn, false);
+        mm(Pc, t1, Q + d.dn, ldq, false, kpe + okp, d.dr, true, m, t1, d.dr, true);
+        softmax_forward(Pc, Pc, m, t1, softmax_scale, valid + t0, 1);
+        mm(oc, ldo, Pc, t1, false, kvb + okv + d.dn, ldkv, false, m, d.dv, t1, false);
+      }
       Pc += m * t1;
     }
-  });
+  }); });
   tlinear_forward(out, o, wp(w.o_proj), d.M, d.H, d.nh * d.dv, lc, s.lin);
   sv.o.seal(o, lc.threads);
 }
@@ -211,14 +257,26 @@ void mla_train_backward(float* dx, const float* dout, const float* x, int64_t B,
   const int nt = resolve_threads(lc.threads);
   if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
   for (int i = 0; i < nt; ++i) grow(s.per_thread[size_t(i)], kChunk * d.T);
+  const bool b16 = bf16_attention(lc);
+  const uint16_t* q16 = b16 ? rounded(s.q16, q, d.M * ldq) : nullptr;
+  const uint16_t* kvb16 = b16 ? rounded(s.kvb16, kvb, d.M * ldkv) : nullptr;
+  const uint16_t* kpe16 = b16 ? rounded(s.kpe16, kpe, d.M * d.dr) : nullptr;
+  const uint16_t* do16 = b16 ? rounded(s.do16, d_o, d.M * ldo) : nullptr;
+  if (b16) {
+    if (s.per_thread16.size() < size_t(nt)) s.per_thread16.resize(size_t(nt));
+    for (int i = 0; i < nt; ++i) grow(s.per_thread16[size_t(i)], kChunk * d.T);
+  }
   parallel_region(nt, [&](Team& team) { team.for_dynamic(d.B * d.nh, [&](int64_t bh) {
     const int64_t b = bh / d.nh, h = bh % d.nh, r0 = b * d.T;
     float* dP = s.per_thread[size_t(team.tid())].data();  // [m, t1]
-    const float* Q = q + r0 * ldq + h * d.dq;
-    const float* Kn = kvb + r0 * ldkv + h * d.dkv;
+    uint16_t* c16 = b16 ? s.per_thread16[size_t(team.tid())].data() : nullptr;  // P, then dS
+    const int64_t oq = r0 * ldq + h * d.dq, okv = r0 * ldkv + h * d.dkv, okp = r0 * d.dr;
+    const int64_t oo = r0 * ldo + h * d.dv;
+    const float* Q = q + oq;
+    const float* Kn = kvb + okv;
     const float* V = Kn + d.dn;
-    const float* Kp = kpe + r0 * d.dr;
-    const float* dO = d_o + r0 * ldo + h * d.dv;
+    const float* Kp = kpe + okp;
+    const float* dO = d_o + oo;
     float* dQ = dq + r0 * ldq + h * d.dq;
     float* dKn = dkvb + r0 * ldkv + h * d.dkv;
     float* dV = dKn + d.dn;
@@ -230,6 +288,21 @@ void mla_train_backward(float* dx, const float* dout, const float* x, int64_t B,
     const float* Pc = P + bh * np;
     for (int64_t t0 = 0; t0 < d.T; t0 += kChunk) {
       const int64_t t1 = std::min(d.T, t0 + kChunk), m = t1 - t0;
+      if (b16) {
+        const uint16_t* dO16 = do16 + oo + t0 * ldo;
+        const uint16_t* Q16 = q16 + oq + t0 * ldq;
+        mm16(dP, t1, dO16, ldo, false, kvb16 + okv + d.dn, ldkv, true, m, t1, d.dv, false);
+        rounded_rows(c16, Pc, m, t1);
+        mm16(dV, ldkv, c16, t1, true, dO16, ldo, false, t1, d.dv, m, true);
+        softmax_backward(dP, dP, Pc, m, t1, softmax_scale, 1);
+        rounded_rows(c16, dP, m, t1);
+        mm16(dQ + t0 * ldq, ldq, c16, t1, false, kvb16 + okv, ldkv, false, m, d.dn, t1, false);
+        mm16(dQ + t0 * ldq + d.dn, ldq, c16, t1, false, kpe16 + okp, d.dr, false, m, d.dr, t1, false);
+        mm16(dKn, ldkv, c16, t1, true, Q16, ldq, false, t1, d.dn, m, true);
+        mm16(dKp, d.dr, c16, t1, true, Q16 + d.dn, ldq, false, t1, d.dr, m, true);
+        Pc += m * t1;
+        continue;
+      }
       mm(dP, t1, dO + t0 * ldo, ldo, false, V, ldkv, true, m, t1, d.dv, false);
       mm(dV, ldkv, Pc, t1, true, dO + t0 * ldo, ldo, false, t1, d.dv, m, true);
       softmax_backward(dP, dP, Pc, m, t1, softmax_scale, 1);

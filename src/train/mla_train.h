@@ -31,7 +31,11 @@
 // layer for T = 1024 (P 17 MiB, o 4 MiB, qa 1.5 MiB, kv 1.25 MiB), 11.8 MiB for T = 256.
 //
 // Memory is sized from (config, B, T) on first use and only grows; a step allocates nothing.
-// Linear layers run in lc.prec (tlinear.h); norms, RoPE, scores, softmax and P·V in F32.
+// Linear layers run in lc.prec (tlinear.h); norms, RoPE and the softmax in F32. The
+// attention's own GEMMs (scores, P·V and their backward) run in F32 under F32 training and
+// with BF16 operands and F32 accumulation under BF16 and FP8 training: q, k, v, dO and each
+// chunk of P and dS rounded to BF16 — what PyTorch's bf16 autocast does to the same matmuls,
+// and the report's BF16 for attention in FP8 training (§3.3.1). P is saved in F32.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -71,6 +75,9 @@ struct MlaTrainScratch {
   std::vector<float> dqa;      // [M, q_lora_rank]
   std::vector<int32_t> pos, valid;             // [T]
   std::vector<std::vector<float>> per_thread;  // dP chunk [kChunk, T]
+  // BF16 / FP8 training: the attention GEMMs' operands in BF16 (below).
+  std::vector<uint16_t> q16, kvb16, kpe16, do16;  // s.q, s.kvb, s.kpe, s.d_o rounded
+  std::vector<std::vector<uint16_t>> per_thread16;  // a P or dS chunk [kChunk, T] rounded
 };
 
 // Floats of P per (sequence, head) for T tokens.

@@ -55,7 +55,7 @@ void AdamW::load_moment(int which, const TensorView& v, const std::string& where
   }
 }
 
-void AdamW::step(float* params, const float* g, double lr) {
+void AdamW::step(float* params, const float* g, double lr, float clip) {
   ++t_;
   const double bc1 = 1.0 - std::pow(c_.beta1, double(t_)), bc2 = 1.0 - std::pow(c_.beta2, double(t_));
   AdamWCoef k;
@@ -64,6 +64,7 @@ void AdamW::step(float* params, const float* g, double lr) {
   k.eps = float(c_.eps);
   k.step_size = float(lr / bc1);
   k.inv_bc2 = float(1.0 / bc2);
+  k.gscale = clip;
   for (const TrainableRange& r : ranges_) {
     k.wd = r.decay ? float(lr * c_.weight_decay) : 0.0f;
     // kernels/adamw.h's update over the threads (a small range stays on this one).

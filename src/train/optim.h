@@ -36,9 +36,10 @@ class AdamW {
   int64_t lo() const { return lo_; }
   int64_t hi() const { return lo_ + n_; }
   // One update with learning rate lr of params[lo, hi); params and g are whole arenas
-  // [numel] of which only the shard is read (g: the already clipped gradient). step_count
-  // increments first (bias correction uses t = 1 on the first call).
-  void step(float* params, const float* g, double lr);
+  // [numel] of which only the shard is read. The update uses g·clip (clip_factor's; the
+  // bits of scaling g first, which is left as it is). step_count increments first (bias
+  // correction uses t = 1 on the first call).
+  void step(float* params, const float* g, double lr, float clip = 1.0f);
   int64_t step_count() const { return t_; }
   void set_step_count(int64_t t) { t_ = t; }
   // Moment 0 (m) or 1 (v) of the shard as stored: F32 or BF16 [hi − lo] (for checkpoints).

@@ -484,9 +484,8 @@ StepResult TrainStep::compute(const int32_t* batch, TrainWeights& w, int64_t ste
 std::vector<double> TrainStep::apply(TrainWeights& w, const StepResult& r, int64_t step) {
   DSV3_ASSERT(w.size() == ps_.numel());
   float* params = w.master();
-  const float clip = clip_factor(r.grad_norm, cfg_.grad_clip);
-  if (clip != 1.0f) scale_grads(ps_, grads_.data(), clip, lo_, hi_);
-  adam_->step(params, grads_.data(), cfg_.lr.at(step));
+  // Clipping inside the update: no pass of its own over the gradient.
+  adam_->step(params, grads_.data(), cfg_.lr.at(step), clip_factor(r.grad_norm, cfg_.grad_clip));
   if (shards_master(w)) {
     // My shard's BF16 copy to every rank (the GEMMs read that), the F32 tensors' pieces in
     // F32; the other ranks' GEMM masters are not kept here (w was sharded by compute()).
