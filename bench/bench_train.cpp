@@ -95,11 +95,11 @@ void run_train_bench(const TrainBenchOpts& o) {
   TrainConfig run = cfg;
   run.precision = prec;
   ParamSet ps(c, run.mtp);
-  TrainWeights params(ps, false);
-  ps.init(params.mutable_data(), run.seed);
   const dist::Comm one_rank;
   const Layout lay = make_layout(ParallelConfig{}, c, run.batch, 1, 0);
   TrainStep step(run, ps, lay, one_rank, one_rank, o.threads);
+  TrainWeights params(ps, false);
+  ps.init(params.mutable_data(), run.seed);
 
   const int64_t B = run.batch, T = run.seq_len;
   std::vector<int32_t> ids(size_t(B * (T + 1)));  // [B, T + 1]

@@ -131,6 +131,26 @@ TEST(AdamW, ClipFactorGivesTheBitsOfScalingFirst) {
   }
 }
 
+// The BF16 copy written with the update is the updated p rounded to nearest even, with F32
+// and BF16 moments, in the twin and the AVX-512 path; p itself is as without it.
+TEST(AdamW, WritesTheUpdatedWeightsInBf16) {
+  const int64_t n = 1003;
+  const AdamWCoef c = coef(3, 1e-3f, 0.1f);
+  for (Isa isa : testing::kIsas) {
+    testing::IsaScope scope(isa);
+    Arrays a(n, 17), b(n, 17);
+    std::vector<uint16_t> p16(size_t(n), 0xffff), q16(size_t(n), 0xffff);
+    adamw_update(a.p.data(), a.g.data(), a.m.data(), a.v.data(), n, c, p16.data());
+    adamw_update(b.p.data(), b.g.data(), b.m.data(), b.v.data(), n, c);
+    ASSERT_EQ(std::memcmp(a.p.data(), b.p.data(), size_t(n) * 4), 0) << isa_name(active_isa());
+    adamw_update(a.p.data(), a.g.data(), a.m16.data(), a.v16.data(), n, c, q16.data());
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(p16[size_t(i)], f32_to_bf16(b.p[i])) << isa_name(active_isa()) << " " << i;
+      ASSERT_EQ(q16[size_t(i)], f32_to_bf16(a.p[i])) << isa_name(active_isa()) << " " << i;
+    }
+  }
+}
+
 // The dispatching entry point takes the active ISA's path: the twin when lowered.
 TEST(AdamW, DispatchFollowsTheActiveIsa) {
   const int64_t n = 333;

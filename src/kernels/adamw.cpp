@@ -26,16 +26,21 @@ inline float step_one(float& p, float g_in, float& m, float& v, const AdamWCoef&
 
 }  // namespace
 
-void adamw_update_ref(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c) {
+void adamw_update_ref(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16) {
   for (int64_t i = 0; i < n; ++i) step_one(p[i], g[i], m[i], v[i], c);
+  if (p16)
+    for (int64_t i = 0; i < n; ++i) p16[i] = f32_to_bf16(p[i]);
 }
 
-void adamw_update_ref(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c) {
+void adamw_update_ref(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16) {
   for (int64_t i = 0; i < n; ++i) {
     float mi = bf16_to_f32(m[i]), vi = bf16_to_f32(v[i]);
     step_one(p[i], g[i], mi, vi, c);
     m[i] = f32_to_bf16(mi);
     v[i] = f32_to_bf16(vi);
+    if (p16) p16[i] = f32_to_bf16(p[i]);
   }
 }
 
@@ -52,14 +57,16 @@ double sum_squares(const float* x, int64_t n) {
   return sum_squares_ref(x, n);
 }
 
-void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c) {
-  if (active_isa() == Isa::Avx512) return avx512::adamw_update(p, g, m, v, n, c);
-  adamw_update_ref(p, g, m, v, n, c);
+void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16) {
+  if (active_isa() == Isa::Avx512) return avx512::adamw_update(p, g, m, v, n, c, p16);
+  adamw_update_ref(p, g, m, v, n, c, p16);
 }
 
-void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c) {
-  if (active_isa() == Isa::Avx512) return avx512::adamw_update(p, g, m, v, n, c);
-  adamw_update_ref(p, g, m, v, n, c);
+void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16) {
+  if (active_isa() == Isa::Avx512) return avx512::adamw_update(p, g, m, v, n, c, p16);
+  adamw_update_ref(p, g, m, v, n, c, p16);
 }
 
 }  // namespace dsv3

@@ -9,7 +9,9 @@
 // without decay): decoupled decay on the pre-update p. Every operation is one F32 rounding in
 // exactly this order, with no fused multiply-add, so the AVX-512 path gives the scalar twin's
 // bits. The moments are F32, or BF16: widened before the update, rounded to nearest even
-// after it (the update of p uses the unrounded m and v).
+// after it (the update of p uses the unrounded m and v). p16, when given, receives the new p
+// rounded to BF16 (nearest even): the weight copy BF16 training's GEMMs read
+// (train/train_weights.h), written in the same pass.
 #pragma once
 #include <cstdint>
 
@@ -20,11 +22,15 @@ struct AdamWCoef {
 };
 
 // n elements of p, g, m, v (no aliasing); AVX-512 when active_isa() is Avx512, else the twin.
-void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c);
-void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c);
+void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16 = nullptr);
+void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16 = nullptr);
 // The scalar twins.
-void adamw_update_ref(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c);
-void adamw_update_ref(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c);
+void adamw_update_ref(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16 = nullptr);
+void adamw_update_ref(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16 = nullptr);
 
 // Σ x_i² in double (the global gradient norm, per block of the arena). The order is fixed:
 // 32 lanes, lane j adding x_i² for i ≡ j (mod 32) in increasing i, then the lanes added
@@ -35,8 +41,10 @@ double sum_squares_ref(const float* x, int64_t n);
 
 namespace avx512 {
 double sum_squares(const float* x, int64_t n);
-void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c);
-void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c);
+void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16 = nullptr);
+void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16 = nullptr);
 }  // namespace avx512
 
 }  // namespace dsv3

@@ -63,7 +63,8 @@ double sum_squares(const float* x, int64_t n) {
   return lane[0];
 }
 
-void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c) {
+void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16) {
   const Coef k(c);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 mk = lanes_mask(n - i);
@@ -72,10 +73,12 @@ void adamw_update(float* p, const float* g, float* m, float* v, int64_t n, const
     store16(m + i, mk, mm);
     store16(v + i, mk, vv);
     store16(p + i, mk, pp);
+    if (p16) _mm256_mask_storeu_epi16(p16 + i, mk, f32_to_bf16_512(pp));
   }
 }
 
-void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c) {
+void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n, const AdamWCoef& c,
+                  uint16_t* p16) {
   const Coef k(c);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 mk = lanes_mask(n - i);
@@ -85,6 +88,7 @@ void adamw_update(float* p, const float* g, uint16_t* m, uint16_t* v, int64_t n,
     _mm256_mask_storeu_epi16(m + i, mk, f32_to_bf16_512(mm));
     _mm256_mask_storeu_epi16(v + i, mk, f32_to_bf16_512(vv));
     store16(p + i, mk, pp);
+    if (p16) _mm256_mask_storeu_epi16(p16 + i, mk, f32_to_bf16_512(pp));
   }
 }
 

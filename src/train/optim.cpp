@@ -55,7 +55,7 @@ void AdamW::load_moment(int which, const TensorView& v, const std::string& where
   }
 }
 
-void AdamW::step(float* params, const float* g, double lr, float clip) {
+void AdamW::step(float* params, const float* g, double lr, float clip, uint16_t* p16) {
   ++t_;
   const double bc1 = 1.0 - std::pow(c_.beta1, double(t_)), bc2 = 1.0 - std::pow(c_.beta2, double(t_));
   AdamWCoef k;
@@ -72,10 +72,11 @@ void AdamW::step(float* params, const float* g, double lr, float clip) {
     parallel_rows(n, n, 0, [&](int64_t b, int64_t e) {
       const int64_t i = r.begin + b;
       const size_t k0 = size_t(i - lo_);
+      uint16_t* q = p16 ? p16 + i : nullptr;
       if (c_.bf16_moments)
-        adamw_update(params + i, g + i, m16_.data() + k0, v16_.data() + k0, e - b, k);
+        adamw_update(params + i, g + i, m16_.data() + k0, v16_.data() + k0, e - b, k, q);
       else
-        adamw_update(params + i, g + i, m_.data() + k0, v_.data() + k0, e - b, k);
+        adamw_update(params + i, g + i, m_.data() + k0, v_.data() + k0, e - b, k, q);
     });
   }
 }

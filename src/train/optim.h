@@ -39,7 +39,8 @@ class AdamW {
   // [numel] of which only the shard is read. The update uses g·clip (clip_factor's; the
   // bits of scaling g first, which is left as it is). step_count increments first (bias
   // correction uses t = 1 on the first call).
-  void step(float* params, const float* g, double lr, float clip = 1.0f);
+  // p16, when given (an arena like params), receives the updated params rounded to BF16.
+  void step(float* params, const float* g, double lr, float clip = 1.0f, uint16_t* p16 = nullptr);
   int64_t step_count() const { return t_; }
   void set_step_count(int64_t t) { t_ = t; }
   // Moment 0 (m) or 1 (v) of the shard as stored: F32 or BF16 [hi − lo] (for checkpoints).
