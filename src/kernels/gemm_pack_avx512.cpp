@@ -96,18 +96,27 @@ void pack_b_f32_avx512(const float* B, int64_t ldb, bool trans, int64_t j0, int 
   }
 }
 
+namespace {
+
+// Two rows of mr (<= 16) BF16 values as 16 items (lo = row a, hi = row b), the A panel of
+// a transposed A: item r = (A[k][i0+r], A[k+1][i0+r]).
+inline void store_pairs(uint32_t* dst, __m256i a, __m256i b) {
+  const __m512i v = _mm512_or_si512(_mm512_cvtepu16_epi32(a), _mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+  _mm512_mask_storeu_epi32(dst, mask16(MR), v);
+}
+
+}  // namespace
+
 void pack_a_bf16_avx512(const uint16_t* A, int64_t lda, bool trans, int64_t i0, int mr,
                         int64_t k0, int64_t kc, uint32_t* dst) {
   const int64_t ks = (kc + 1) / 2;
   if (trans) {  // A stored [K,M]: interleave rows k and k+1
-    uint16_t* d16 = (uint16_t*)dst;
+    const __mmask16 m = mask16(mr);
     for (int64_t s = 0; s < ks; ++s) {
       const uint16_t* r0 = A + (k0 + 2 * s) * lda + i0;
-      const bool has1 = 2 * s + 1 < kc;
-      for (int r = 0; r < MR; ++r) {
-        d16[(s * MR + r) * 2] = r < mr ? r0[r] : 0;
-        d16[(s * MR + r) * 2 + 1] = (r < mr && has1) ? r0[lda + r] : 0;
-      }
+      const __m256i a = _mm256_maskz_loadu_epi16(m, r0);
+      const __m256i b = 2 * s + 1 < kc ? _mm256_maskz_loadu_epi16(m, r0 + lda) : _mm256_setzero_si256();
+      store_pairs(dst + s * MR, a, b);
     }
     return;
   }
