@@ -315,6 +315,28 @@ TEST(MoeTrain, GradientsAccumulate) {
     EXPECT_NEAR(m.G.data[i], 2 * g1[i], 1e-5 * std::fabs(g1[i]) + 1e-12) << i;
 }
 
+// Inference prefill (model/moe.cpp moe_forward) likewise runs the routed experts one per
+// thread with several threads and one after another with one; each token adds its experts'
+// outputs in expert order either way, so the bits must not depend on the thread count.
+TEST(MoeTrain, InferencePrefillThreadCountDoesNotChangeTheBits) {
+  for (const ModelConfig& c : {tiny_v3(), tiny_v2()}) {
+    MoeCase m(c, 2, 64, 0.0f, c.model_type == "deepseek_v3", 71);
+    const int64_t N = m.B * m.T, H = c.hidden_size;
+    MoeLayer L;
+    L.w = &m.P.moe;
+    L.bias = m.bias_ptr();
+    std::vector<float> one(size_t(N * H));
+    FfnScratch f1;
+    moe_forward(one.data(), m.x.data(), N, c, L, f1, 1);
+    for (int threads : {2, 3}) {
+      FfnScratch fs;
+      std::vector<float> out(size_t(N * H));
+      moe_forward(out.data(), m.x.data(), N, c, L, fs, threads);
+      EXPECT_EQ(0, std::memcmp(out.data(), one.data(), one.size() * 4)) << c.model_type << ", " << threads << " threads";
+    }
+  }
+}
+
 // The routed experts run one per thread (moe_train.cpp, for_routed_experts) and one after
 // another on all threads with one thread or deferred weight gradients; each token's outputs
 // and input gradients are added in expert order either way. So the bits must not depend on

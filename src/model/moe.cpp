@@ -408,7 +408,8 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
     mlp_forward(y, xe, n, H, L.w->experts[size_t(e)], s, false, threads);
   };
   const int P = L.ep ? L.ep->size() : 1;
-  if (P == 1) {
+  const int nt = resolve_threads(threads);
+  if (P == 1 && (nt == 1 || in_parallel_region())) {
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n = count[e + 1] - count[e];
       if (n == 0) continue;
@@ -416,6 +417,48 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
       run(e, y);
       add(e, y);
     }
+    return;
+  }
+  if (P == 1) {
+    // The experts handed to the threads, largest first, each on one thread with its own
+    // scratch (an expert's rows of a prefill chunk are few: T·K/E): its outputs at its rows of
+    // ey in sorted order. Then each token adds its K outputs in expert order, as the loop
+    // above does, so the bits are the same (a GEMM's do not depend on its thread count).
+    float* ey = grow(s.ey, T * K * H);
+    std::vector<int32_t> todo;
+    for (int64_t e = 0; e < E; ++e)
+      if (count[e + 1] > count[e]) todo.push_back(int32_t(e));
+    std::stable_sort(todo.begin(), todo.end(), [&](int32_t a, int32_t b) {
+      return count[a + 1] - count[a] > count[b + 1] - count[b];
+    });
+    if (s.per_expert_thread.size() < size_t(nt)) s.per_expert_thread.resize(size_t(nt));
+    parallel_region(nt, [&](Team& team) {
+      team.for_dynamic_nowait(int64_t(todo.size()), [&](int64_t i) {
+        const int64_t e = todo[size_t(i)], n = count[e + 1] - count[e];
+        const int32_t* slots = order + count[e];
+        FfnScratch& ts = s.per_expert_thread[size_t(team.tid())];
+        float* xe = grow(ts.xe, n * H);
+        for (int64_t j = 0; j < n; ++j)
+          std::memcpy(xe + j * H, x + (slots[j] / K) * H, size_t(H) * sizeof(float));
+        mlp_forward(ey + count[e] * H, xe, n, H, L.w->experts[size_t(e)], ts, false, 1);
+      });
+    });
+    int32_t* rows = grow(s.tok_rows, T * K);
+    int32_t* fill = grow(s.fill, std::max<int64_t>(E, T));
+    std::fill(fill, fill + T, 0);
+    for (int64_t i = 0; i < T * K; ++i) {
+      const int64_t t = order[i] / K;
+      rows[t * K + fill[t]++] = int32_t(i);
+    }
+    parallel_for(T, T * H >= (1 << 15) ? nt : 1, [&](int64_t t) {
+      float* o = out + t * H;
+      for (int64_t j = 0; j < K; ++j) {
+        const int64_t r = rows[t * K + j];
+        const float g = wt[order[r]];
+        const float* yj = ey + r * H;
+        for (int64_t h = 0; h < H; ++h) o[h] += g * yj[h];
+      }
+    });
     return;
   }
   // Expert parallelism: each expert's rows of this sequence to one rank (all of them, so the

@@ -87,6 +87,10 @@ struct FfnScratch {
   std::vector<FfnTask> ep_tasks;
   ExpertPlacement::Scratch assign;
   ExpertPlacement plain;                // the contiguous placement when the layer names none
+  // Prefill in one process: the routed experts one per thread, each with its own scratch;
+  // each token's K rows of the expert-sorted outputs (ey), ascending.
+  std::vector<FfnScratch> per_expert_thread;
+  std::vector<int32_t> tok_rows;        // [T, K]
 };
 
 // Under expert parallelism, ffn_tasks_decode's tasks [first[r], first[r + 1]) are rank r's
