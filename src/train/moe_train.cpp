@@ -266,7 +266,8 @@ const int32_t* token_rows(const int32_t* order, int64_t N, int64_t K, MoeTrainSc
   return rows;
 }
 
-// body(e, ctx, scratch) for every routed expert with rows. The experts are handed out to the
+// body(e, ctx, scratch) for every expert e < E with rows (rows [start[e], start[e+1]): of
+// the sorted order, or under EP of this rank's experts). The experts are handed out to the
 // threads, largest first, and each runs on one thread (ctx.threads = 1) with that thread's
 // scratch: an expert has N·K/E rows on average, too few for GEMMs split over threads, which
 // would pack each A block once per thread and join after every GEMM, with the gathers and
@@ -277,9 +278,10 @@ template <class F>
 void for_routed_experts(const int64_t* start, int64_t E, const TLinearCtx& lc, MoeTrainScratch& s,
                         F&& body) {
   const int nt = resolve_threads(lc.threads);
+  if (s.per_thread.empty()) s.per_thread.resize(1);
   if (lc.defer != nullptr || nt == 1 || in_parallel_region()) {
     for (int64_t e = 0; e < E; ++e)
-      if (start[e + 1] > start[e]) body(e, lc, s.mlp);
+      if (start[e + 1] > start[e]) body(e, lc, s.per_thread[0]);
     return;
   }
   std::vector<int32_t> todo;
@@ -430,10 +432,10 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
     parallel_for(NK, rt, [&](int64_t i) {
       std::memcpy(X + i * H, x + (order[i] / K) * H, size_t(H) * sizeof(float));
     });
-    for_routed_experts(start, E, lc, s, [&](int64_t e, const TLinearCtx& l, MlpTrainScratch& ms) {
+    for_routed_experts(start, E, lc, s, [&](int64_t e, const TLinearCtx& l, ExpertThreadScratch& ts) {
       const int64_t r0 = start[e], n = start[e + 1] - r0;
       expert_forward(Y + r0 * H, X + r0 * H, n, H, w.experts[size_t(e)], Gall + r0 * I,
-                     Uall + r0 * I, grow(ms.h, n * I), l, ms.lin, false);
+                     Uall + r0 * I, grow(ts.mlp.h, n * I), l, ts.mlp.lin, false);
     });
     const int32_t* rows = token_rows(order, N, K, s);
     parallel_for(N, rt, [&](int64_t t) {
@@ -498,16 +500,16 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   float* Gall = saved.gate.begin(f, plan.n_recv, I, s.gw);  // [n_recv, I] expert-major
   float* Uall = saved.up.begin(f, plan.n_recv, I, s.uw);
   uint8_t* csend = grow(s.send, plan.n_recv * Sc);  // the dispatch's send buffer is free
-  for (int64_t j = 0; j < El; ++j) {
+  for_routed_experts(plan.expert_start.data(), El, lc, s, [&](int64_t j, const TLinearCtx& l,
+                                                              ExpertThreadScratch& ts) {
     const int64_t r0 = plan.expert_start[size_t(j)], n = plan.expert_start[size_t(j + 1)] - r0;
-    if (n == 0) continue;
-    float* xe = grow(s.xe, n * H);  // [n, H]
+    float* xe = grow(ts.xe, n * H);  // [n, H]
     for_expert_rows(plan, j, [&](int64_t r, int64_t b) { wire_decode(xe + r * H, xin + b * Sd, H, wd); });
-    float* ye = grow(s.ye, n * H);
+    float* ye = grow(ts.ye, n * H);
     expert_forward(ye, xe, n, H, w.experts[size_t(e0 + j)], Gall + r0 * I, Uall + r0 * I,
-                   grow(s.mlp.h, n * I), lc, s.mlp.lin, false);
+                   grow(ts.mlp.h, n * I), l, ts.mlp.lin, false);
     for_expert_rows(plan, j, [&](int64_t r, int64_t b) { wire_encode(csend + b * Sc, ye + r * H, H, wc); });
-  }
+  });
   saved.gate.seal(Gall, lc.threads);
   saved.up.seal(Uall, lc.threads);
 
@@ -577,11 +579,11 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
       std::memcpy(D + i * H, dout + t * H, size_t(H) * sizeof(float));
       rw[i] = wt[order[i]];
     });
-    for_routed_experts(start, E, lc, s, [&](int64_t e, const TLinearCtx& l, MlpTrainScratch& ms) {
+    for_routed_experts(start, E, lc, s, [&](int64_t e, const TLinearCtx& l, ExpertThreadScratch& ts) {
       const int64_t r0 = start[e], n = start[e + 1] - r0;
       expert_backward(dX + r0 * H, dw + r0, rw + r0, D + r0 * H, X + r0 * H, n, H,
                       w.experts[size_t(e)], g.experts[size_t(e)], Gall + r0 * I, Uall + r0 * I, l,
-                      ms, false);
+                      ts.mlp, false);
     });
     for (int64_t i = 0; i < NK; ++i) dwt[order[i]] = dw[i];
     const int32_t* rows = token_rows(order, N, K, s);
@@ -624,27 +626,26 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
     uint8_t* csend = grow(s.send, plan.n_recv * Sc);
     const float* Gall = saved.gate.read(s.gw, lc.threads);
     const float* Uall = saved.up.read(s.uw, lc.threads);
-    for (int64_t j = 0; j < El; ++j) {
+    for_routed_experts(plan.expert_start.data(), El, lc, s, [&](int64_t j, const TLinearCtx& l,
+                                                                ExpertThreadScratch& ts) {
       const int64_t r0 = plan.expert_start[size_t(j)], n = plan.expert_start[size_t(j + 1)] - r0;
-      if (n == 0) continue;
-      float* xe = grow(s.xe, 2 * n * H);  // [n, H] inputs, then [n, H] their gradient
+      float* xe = grow(ts.xe, 2 * n * H);  // [n, H] inputs, then [n, H] their gradient
       float* dxe = xe + n * H;
-      float* de = grow(s.ye, n * H);      // [n, H] dout rows
-      float* rw = grow(s.rw, n);
-      float* dw = grow(s.dw, n);
+      float* de = grow(ts.ye, n * H);      // [n, H] dout rows
+      float* rw = grow(ts.rw, n);
+      float* dw = grow(ts.dw, n);
       for_expert_rows(plan, j, [&](int64_t r, int64_t b) {
         wire_decode(xe + r * H, xin + b * Sx, H, wd);
         wire_decode(de + r * H, recv + b * Sd, H, wd);
         std::memcpy(&rw[r], recv + b * Sd + Sx, sizeof(float));
       });
       expert_backward(dxe, dw, rw, de, xe, n, H, w.experts[size_t(e0 + j)],
-                      g.experts[size_t(e0 + j)], Gall + r0 * I, Uall + r0 * I, lc, s.mlp,
-                      false);
+                      g.experts[size_t(e0 + j)], Gall + r0 * I, Uall + r0 * I, l, ts.mlp, false);
       for_expert_rows(plan, j, [&](int64_t r, int64_t b) {
         wire_encode(csend + b * Sc, dxe + r * H, H, wc);
         std::memcpy(csend + b * Sc + Sc - 4, &dw[r], sizeof(float));
       });
-    }
+    });
 
     uint8_t* crecv = grow(s.recv, N * K * Sc);  // the dout rows are consumed
     {

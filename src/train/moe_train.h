@@ -109,20 +109,24 @@ struct MoeTrainSaved {
   MlpTrainSaved shared;             // shared experts (n_shared·moe_inter wide)
   MoeEpSaved ep;
 };
+// One thread's scratch while it runs routed experts (moe_train.cpp): the expert's own, and
+// under EP its rows decoded, their gradients, gate weights and dweights.
+struct ExpertThreadScratch {
+  MlpTrainScratch mlp;
+  std::vector<float> xe, ye, rw, dw;
+};
 struct MoeTrainScratch {
   MlpTrainScratch mlp;
   std::vector<float> logits, dlogits, dscore;  // [N, E]
   std::vector<float> xe, ye;                   // [N·K, H] the routed rows in sorted order
-                                               // (under EP: [n, H], one expert's)
   std::vector<float> dweight;                  // [N, K]
   RouteScratch route;
   std::vector<uint8_t> send, recv;             // EP wire buffers (rows × row bytes)
   std::vector<float> rw, dw;                   // [N·K] gate weights / dweight of the sorted rows
-                                               // (under EP: [n], one expert's)
   std::vector<float> gw, uw;                   // routed gate/up values (MlpTrainScratch's)
   // Routed experts over the threads (one expert per thread at a time): each thread's own
   // expert scratch, and each token's K rows in the sorted order, ascending (= expert order).
-  std::vector<MlpTrainScratch> per_thread;
+  std::vector<ExpertThreadScratch> per_thread;
   std::vector<int32_t> tok_rows, tok_fill;     // [N, K], [N]
 };
 struct MoeStats {
