@@ -419,15 +419,11 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
     }
     return;
   }
-  if (P == 1) {
-    // The experts handed to the threads, largest first, each on one thread with its own
-    // scratch (an expert's rows of a prefill chunk are few: T·K/E): its outputs at its rows of
-    // ey in sorted order. Then each token adds its K outputs in expert order, as the loop
-    // above does, so the bits are the same (a GEMM's do not depend on its thread count).
-    float* ey = grow(s.ey, T * K * H);
-    std::vector<int32_t> todo;
-    for (int64_t e = 0; e < E; ++e)
-      if (count[e + 1] > count[e]) todo.push_back(int32_t(e));
+  // Experts `todo` handed to the threads, largest first, each on one thread with its own
+  // scratch (an expert's rows of a prefill chunk are few: T·K/E), expert e's outputs at rows
+  // [at[e], at[e] + n) of ey. A GEMM's bits do not depend on its thread count, so these are
+  // the bits of `run`.
+  auto run_parallel = [&](std::vector<int32_t>& todo, const int64_t* at, float* ey) {
     std::stable_sort(todo.begin(), todo.end(), [&](int32_t a, int32_t b) {
       return count[a + 1] - count[a] > count[b + 1] - count[b];
     });
@@ -440,9 +436,21 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
         float* xe = grow(ts.xe, n * H);
         for (int64_t j = 0; j < n; ++j)
           std::memcpy(xe + j * H, x + (slots[j] / K) * H, size_t(H) * sizeof(float));
-        mlp_forward(ey + count[e] * H, xe, n, H, L.w->experts[size_t(e)], ts, false, 1);
+        mlp_forward(ey + at[e] * H, xe, n, H, L.w->experts[size_t(e)], ts, false, 1);
       });
     });
+  };
+  if (P == 1) {
+    // Every expert over the threads into ey in sorted order, then each token adds its K
+    // outputs in expert order, as the loop above does: the same bits.
+    float* ey = grow(s.ey, T * K * H);
+    std::vector<int32_t> todo;
+    std::vector<int64_t> at(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) {
+      at[size_t(e)] = count[e];
+      if (count[e + 1] > count[e]) todo.push_back(int32_t(e));
+    }
+    run_parallel(todo, at.data(), ey);
     int32_t* rows = grow(s.tok_rows, T * K);
     int32_t* fill = grow(s.fill, std::max<int64_t>(E, T));
     std::fill(fill, fill + T, 0);
@@ -488,8 +496,15 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
   }
   float* ey = grow(s.ey, T * K * H);
   const int me = L.ep->rank();
-  for (int64_t u = 0; u < n_units; ++u)
-    if (rank_of[u] == me) run(unit_e[u], ey + off[unit_e[u]] * H);
+  if (nt == 1 || in_parallel_region()) {
+    for (int64_t u = 0; u < n_units; ++u)
+      if (rank_of[u] == me) run(unit_e[u], ey + off[unit_e[u]] * H);
+  } else {
+    std::vector<int32_t> mine;
+    for (int64_t u = 0; u < n_units; ++u)
+      if (rank_of[u] == me) mine.push_back(unit_e[u]);
+    run_parallel(mine, off, ey);
+  }
   L.ep->allgather(ey, counts);
   for (int64_t u = 0; u < n_units; ++u) add(unit_e[u], ey + off[unit_e[u]] * H);
 }
