@@ -11,6 +11,7 @@
 #include "core/parallel.h"
 #include "core/scratch.h"
 #include "kernels/activation.h"
+#include "kernels/row_parallel.h"
 #include "model/moe.h"
 
 namespace dsv3 {
@@ -147,20 +148,23 @@ bool ep_active(const MoeExpertParallel* ep, const ModelConfig& c) {
 }
 
 // The unbiased scores sc [N, E] over all experts, the same formulas as moe_route.
-void unbiased_scores(float* sc, const float* logits, int64_t N, int64_t E, const ModelConfig& c) {
-  for (int64_t t = 0; t < N; ++t) {
-    const float* l = logits + t * E;
-    float* p = sc + t * E;
-    if (c.scoring_func == "sigmoid") {
-      for (int64_t e = 0; e < E; ++e) p[e] = 1.0f / (1.0f + std::exp(-l[e]));
-    } else {
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t e = 0; e < E; ++e) mx = std::max(mx, l[e]);
-      float sum = 0;
-      for (int64_t e = 0; e < E; ++e) sum += p[e] = std::exp(l[e] - mx);
-      for (int64_t e = 0; e < E; ++e) p[e] /= sum;
+void unbiased_scores(float* sc, const float* logits, int64_t N, int64_t E, const ModelConfig& c,
+                     int threads) {
+  parallel_rows(N, N * E * 8, threads, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* l = logits + t * E;
+      float* p = sc + t * E;
+      if (c.scoring_func == "sigmoid") {
+        for (int64_t e = 0; e < E; ++e) p[e] = 1.0f / (1.0f + std::exp(-l[e]));
+      } else {
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t e = 0; e < E; ++e) mx = std::max(mx, l[e]);
+        float sum = 0;
+        for (int64_t e = 0; e < E; ++e) sum += p[e] = std::exp(l[e] - mx);
+        for (int64_t e = 0; e < E; ++e) p[e] /= sum;
+      }
     }
-  }
+  });
 }
 
 // Loads and the balance loss of this call's B sequences (sc: unbiased scores, cnt [B, E]).
@@ -191,43 +195,47 @@ void moe_stats(MoeStats& st, const float* sc, const int32_t* cnt, const int64_t*
 
 // ds [N, E] += dweight [N, K] through the gate weights' normalisation and scaling.
 void add_routing_grad(float* ds, const float* dwt, const int32_t* idx, const float* sc,
-                      int64_t N, int64_t E, int64_t K, const ModelConfig& c) {
+                      int64_t N, int64_t E, int64_t K, const ModelConfig& c, int threads) {
   const bool norm = normalises(c);
   const float rsf = scales(c) ? float(c.routed_scaling_factor) : 1.0f;
-  for (int64_t t = 0; t < N; ++t) {
-    const int32_t* ti = idx + t * K;
-    const float* dw_t = dwt + t * K;
-    float* d = ds + t * E;
-    if (norm) {  // w_i = rsf · s_i / (S + 1e-20), S = Σ_chosen s
-      float S = 0, dot = 0;
-      for (int64_t k = 0; k < K; ++k) S += sc[t * E + ti[k]];
-      const float inv = 1.0f / (S + 1e-20f);
-      for (int64_t k = 0; k < K; ++k) dot += dw_t[k] * sc[t * E + ti[k]];
-      for (int64_t k = 0; k < K; ++k) d[ti[k]] += rsf * (dw_t[k] - dot * inv) * inv;
-    } else {
-      for (int64_t k = 0; k < K; ++k) d[ti[k]] += rsf * dw_t[k];
+  parallel_rows(N, N * K * 4, threads, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int32_t* ti = idx + t * K;
+      const float* dw_t = dwt + t * K;
+      float* d = ds + t * E;
+      if (norm) {  // w_i = rsf · s_i / (S + 1e-20), S = Σ_chosen s
+        float S = 0, dot = 0;
+        for (int64_t k = 0; k < K; ++k) S += sc[t * E + ti[k]];
+        const float inv = 1.0f / (S + 1e-20f);
+        for (int64_t k = 0; k < K; ++k) dot += dw_t[k] * sc[t * E + ti[k]];
+        for (int64_t k = 0; k < K; ++k) d[ti[k]] += rsf * (dw_t[k] - dot * inv) * inv;
+      } else {
+        for (int64_t k = 0; k < K; ++k) d[ti[k]] += rsf * dw_t[k];
+      }
     }
-  }
+  });
 }
 
 // Balance loss: ds += dL/ds'_i,t = bal_scale · α · f_i / T, through s' = s / Σ_j s_j.
 void add_balance_grad(float* ds, const float* sc, const int32_t* cnt, int64_t B, int64_t T,
-                      int64_t E, int64_t K, float alpha, float bal_scale) {
-  std::vector<float> gp(static_cast<size_t>(E));
-  for (int64_t b = 0; b < B; ++b) {
+                      int64_t E, int64_t K, float alpha, float bal_scale, int threads) {
+  std::vector<float> gp(static_cast<size_t>(B * E));  // [B, E]
+  for (int64_t b = 0; b < B; ++b)
     for (int64_t e = 0; e < E; ++e)
-      gp[size_t(e)] = float(double(bal_scale) * alpha * double(E) / double(K * T) *
-                            cnt[b * E + e] / double(T));
-    for (int64_t t = b * T; t < (b + 1) * T; ++t) {
+      gp[size_t(b * E + e)] = float(double(bal_scale) * alpha * double(E) / double(K * T) *
+                                    cnt[b * E + e] / double(T));
+  parallel_rows(B * T, B * T * E * 3, threads, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* g = gp.data() + (t / T) * E;
       const float* p = sc + t * E;
       float sum = 0, dot = 0;
       for (int64_t e = 0; e < E; ++e) sum += p[e];
       const float inv = 1.0f / sum;
-      for (int64_t e = 0; e < E; ++e) dot += gp[size_t(e)] * p[e];
+      for (int64_t e = 0; e < E; ++e) dot += g[e] * p[e];
       dot *= inv;
-      for (int64_t e = 0; e < E; ++e) ds[t * E + e] += (gp[size_t(e)] - dot) * inv;
+      for (int64_t e = 0; e < E; ++e) ds[t * E + e] += (g[e] - dot) * inv;
     }
-  }
+  });
 }
 
 // f(r, b) for each row of local expert j: r its index among the expert's rows (expert-major,
@@ -392,7 +400,17 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   }
   int32_t* idx = grow(saved.idx, N * K);
   float* wt = grow(saved.weight, N * K);
-  moe_route(idx, wt, logits, N, c, bias, s.route, nl);
+  {  // token by token, so in parts over the threads (each part its own scratch)
+    const int nt = std::max(1, std::min(resolve_threads(lc.threads), int(N * E >= (1 << 15) ? N : 1)));
+    if (s.routes.size() < size_t(nt)) s.routes.resize(size_t(nt));
+    parallel_region(nt, [&](Team& team) {
+      int64_t t0, t1;
+      split_range(N, team.size(), team.tid(), &t0, &t1);
+      if (t0 < t1)
+        moe_route(idx + t0 * K, wt + t0 * K, logits + t0 * E, t1 - t0, c, bias,
+                  s.routes[size_t(team.tid())], nl);
+    });
+  }
   float* sc = grow(saved.scores, N * E);  // [N, E]
 
   // Group (token, slot) pairs by expert: counting sort, stable in token order.
@@ -412,7 +430,7 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   }
 
   if (!dist) {
-    unbiased_scores(sc, logits, N, E, c);
+    unbiased_scores(sc, logits, N, E, c, lc.threads);
     if (stats) moe_stats(*stats, sc, cnt, start, B, T, E, K, alpha);
     // Shared experts on every token (they write out), then the routed ones added.
     if (c.n_shared_experts > 0)
@@ -517,7 +535,7 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   uint8_t* crecv = grow(s.recv, N * K * Sc);
   {
     dist::Request req = ep_start(comm, plan, EpDirection::ToSources, csend, crecv, Sc);
-    unbiased_scores(sc, logits, N, E, c);
+    unbiased_scores(sc, logits, N, E, c, lc.threads);
     req.test();
     if (stats) moe_stats(*stats, sc, cnt, start, B, T, E, K, alpha);
     ep_wait(req);
@@ -595,8 +613,8 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
       }
     });
     // dweight -> the chosen unbiased scores, then the balance loss's share.
-    add_routing_grad(ds, dwt, idx, sc, N, E, K, c);
-    if (balance) add_balance_grad(ds, sc, cnt, B, T, E, K, alpha, bal_scale);
+    add_routing_grad(ds, dwt, idx, sc, N, E, K, c, lc.threads);
+    if (balance) add_balance_grad(ds, sc, cnt, B, T, E, K, alpha, bal_scale, lc.threads);
   } else {
     // ---- Expert parallel: dout rows (+ gate weight) to the owners while the shared experts'
     // backward runs; the owners' dx rows (+ dweight) back while the balance-loss gradient is
@@ -652,7 +670,7 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
       dist::Request req = ep_start(comm, plan, EpDirection::ToSources, csend, crecv, Sc);
       // The balance term first: each ds entry gets at most one routing term and one balance
       // term, and a + b = b + a in IEEE arithmetic, so the plain path's bits are kept.
-      if (balance) add_balance_grad(ds, sc, cnt, B, T, E, K, alpha, bal_scale);
+      if (balance) add_balance_grad(ds, sc, cnt, B, T, E, K, alpha, bal_scale, lc.threads);
       ep_wait(req);
     }
     float* dwt = grow(s.dweight, N * K);
@@ -663,23 +681,26 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
       float* o = dx + (order[i] / K) * H;
       for (int64_t k = 0; k < H; ++k) o[k] += d[k];
     }
-    add_routing_grad(ds, dwt, idx, sc, N, E, K, c);
+    add_routing_grad(ds, dwt, idx, sc, N, E, K, c, lc.threads);
   }
 
   // Scores -> router logits (the bias is outside the graph: no gradient).
   float* dl = grow(s.dlogits, N * E);
-  for (int64_t t = 0; t < N; ++t) {
-    const float* p = sc + t * E;
-    const float* d = ds + t * E;
-    float* o = dl + t * E;
-    if (c.scoring_func == "sigmoid") {
-      for (int64_t e = 0; e < E; ++e) o[e] = d[e] * p[e] * (1.0f - p[e]);
-    } else {
-      float dot = 0;
-      for (int64_t e = 0; e < E; ++e) dot += d[e] * p[e];
-      for (int64_t e = 0; e < E; ++e) o[e] = p[e] * (d[e] - dot);
+  const bool sigmoid = c.scoring_func == "sigmoid";
+  parallel_rows(N, N * E, lc.threads, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* p = sc + t * E;
+      const float* d = ds + t * E;
+      float* o = dl + t * E;
+      if (sigmoid) {
+        for (int64_t e = 0; e < E; ++e) o[e] = d[e] * p[e] * (1.0f - p[e]);
+      } else {
+        float dot = 0;
+        for (int64_t e = 0; e < E; ++e) dot += d[e] * p[e];
+        for (int64_t e = 0; e < E; ++e) o[e] = p[e] * (d[e] - dot);
+      }
     }
-  }
+  });
   tlinear_backward(dx, gptr(g.gate), dl, x, wptr(w.gate), N, E, H, router_ctx(lc), s.mlp.lin,
                    true);
 }

@@ -120,7 +120,7 @@ struct MoeTrainScratch {
   std::vector<float> logits, dlogits, dscore;  // [N, E]
   std::vector<float> xe, ye;                   // [N·K, H] the routed rows in sorted order
   std::vector<float> dweight;                  // [N, K]
-  RouteScratch route;
+  std::vector<RouteScratch> routes;           // per thread
   std::vector<uint8_t> send, recv;             // EP wire buffers (rows × row bytes)
   std::vector<float> rw, dw;                   // [N·K] gate weights / dweight of the sorted rows
   std::vector<float> gw, uw;                   // routed gate/up values (MlpTrainScratch's)

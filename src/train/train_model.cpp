@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/parallel.h"
+#include "kernels/row_parallel.h"
 
 #include "core/check.h"
 #include "core/fiber.h"
@@ -160,17 +161,26 @@ struct TrainModel::Impl {
   void block_forward(float* x, int64_t Tb, const LayerWeights& lw, BlockState& bs, StepLosses* L,
                      int64_t layer, const float* bias) {
     const int64_t n = B * Tb;
-    bs.x_in.assign(x, x + n * H);
+    bs.x_in.resize(size_t(n * H));
     bs.h.resize(size_t(n * H));
+    float* xin = bs.x_in.data();
+    parallel_rows(n * H, n * H, o.threads, [&](int64_t b, int64_t e) {
+      std::memcpy(xin + b, x + b, size_t(e - b) * sizeof(float));
+    });
     float* xn_ = grow(wk().xn, n * H);
     float* a_ = grow(wk().a, n * H);
     norm_fwd(xn_, x, fp(lw.input_layernorm), n);
     mla_train_forward(a_, xn_, B, Tb, c, lw.self_attn, rope, softmax_scale, wk().lc, bs.mla, wk().mla_s);
-    for (int64_t i = 0; i < n * H; ++i) bs.h[size_t(i)] = x[i] + a_[i];
+    float* h_ = bs.h.data();
+    parallel_rows(n * H, n * H, o.threads, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) h_[i] = x[i] + a_[i];
+    });
     norm_fwd(xn_, bs.h.data(), fp(lw.post_attention_layernorm), n);
     float* f_ = grow(wk().f, n * H);
     ffn_forward(f_, xn_, Tb, lw, bias, bs, L, layer);
-    for (int64_t i = 0; i < n * H; ++i) x[i] = bs.h[size_t(i)] + f_[i];
+    parallel_rows(n * H, n * H, o.threads, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) x[i] = h_[i] + f_[i];
+    });
   }
 
   // d [B·Tb, H] in place: dL/d(block output) -> dL/d(block input). Grads added into g.
