@@ -28,7 +28,7 @@ constexpr int64_t kDefaultDraft = 3;
 
 struct GenArgs {
   std::string model, prompt, ids, system;
-  bool prompt_given = false, ids_given = false, json = false, compare = false;
+  bool prompt_given = false, ids_given = false, json = false, compare = false, ignore_eos = false;
   std::string speculative = "auto";  // "auto" | "mtp" | "off" ("none" = "off")
   int64_t draft = 0;                 // drafts per step; 0: the default (kDefaultDraft)
   double draft_min_p = 0.2;          // adaptive draft length; 0: always `draft`
@@ -48,6 +48,9 @@ void add_sampling_options(CLI::App* c, GenArgs& a) {
   c->add_option("--top-p", a.sampling.top_p, "Nucleus sampling mass in (0, 1] (1 = off)");
   c->add_option("--seed", a.sampling.seed, "Random seed (default 0)");
   c->add_option("--stop", a.stop, "Stop string (repeatable); not included in the output");
+  c->add_flag("--ignore-eos", a.ignore_eos,
+              "Go on past end-of-sequence tokens up to --max-new-tokens (the server's ignore_eos; "
+              "for measuring and testing decode)");
   c->add_option("--context", a.context, "Context positions (default: min(max_position_embeddings, 4096))");
   c->add_option("--threads", a.threads, "Threads (default: all cores)");
   c->add_option("--activations", a.activations, cli::kActivationsHelp);
@@ -109,6 +112,7 @@ GenerateOptions generate_options(const GenArgs& a, const Model& m) {
   o.max_new_tokens = a.max_new_tokens;
   o.sampling = a.sampling;
   o.stop = a.stop;
+  o.stop_at_eos = !a.ignore_eos;
   o.speculative_mode = spec_mode(a);
   if (o.speculative_mode != SpecMode::Off) {
     // Defaults measured on configs/mtp-bench.json (docs/PERF.md): up to 3 drafts with the
