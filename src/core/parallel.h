@@ -19,9 +19,11 @@
 // asked for from inside a region (nested) runs on the calling thread alone, team size 1,
 // as OpenMP does with nesting off.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 namespace dsv3 {
 
@@ -134,6 +136,19 @@ void parallel_for_dynamic(int64_t n, int threads, F&& body) {
   int nt = resolve_threads(threads);
   if (nt > n) nt = int(n);
   parallel_region(nt, [&](Team& t) { t.for_dynamic_nowait(n, body); });
+}
+
+// body(item, tid) for every item of `items` (reordered: a stable sort by size(item),
+// largest first), handed out one at a time to resolve_threads(threads) threads; tid is the
+// member's index in the region (< threads), for per-thread scratch. Uneven work items such
+// as a MoE layer's experts: the big ones start first, the small ones fill the tail.
+template <class Size, class Body>
+void for_each_largest_first(std::vector<int32_t>& items, int threads, Size size, Body&& body) {
+  std::stable_sort(items.begin(), items.end(), [&](int32_t a, int32_t b) { return size(a) > size(b); });
+  parallel_region(resolve_threads(threads), [&](Team& team) {
+    team.for_dynamic_nowait(int64_t(items.size()),
+                            [&](int64_t i) { body(items[size_t(i)], team.tid()); });
+  });
 }
 
 // True on a thread that is running a region's member (so a region asked for here would

@@ -362,6 +362,35 @@ void moe_forward_decode(float* out, const float* x, int64_t T, const ModelConfig
   ffn_tasks_decode(out, x, T, H, s.ep_tasks.data(), int(s.ep_tasks.size()), s, threads, &shard);
 }
 
+const int32_t* moe_token_rows(const int32_t* order, int64_t T, int64_t K,
+                              std::vector<int32_t>& rows, std::vector<int32_t>& fill) {
+  int32_t* r = grow(rows, T * K);
+  int32_t* f = grow(fill, T);
+  std::fill(f, f + T, 0);
+  for (int64_t i = 0; i < T * K; ++i) {
+    const int64_t t = order[i] / K;
+    r[t * K + f[t]++] = int32_t(i);
+  }
+  return r;
+}
+
+void moe_add_token_rows(float* out, const float* y, const int32_t* rows, const int32_t* order,
+                        const float* wt, int64_t T, int64_t K, int64_t H, int threads) {
+  parallel_for(T, T * K * H >= (1 << 16) ? threads : 1, [&](int64_t t) {
+    float* o = out + t * H;
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t r = rows[t * K + j];
+      const float* yr = y + r * H;
+      if (wt) {
+        const float g = wt[order[r]];
+        for (int64_t h = 0; h < H; ++h) o[h] += g * yr[h];
+      } else {
+        for (int64_t h = 0; h < H; ++h) o[h] += yr[h];
+      }
+    }
+  });
+}
+
 void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, const MoeLayer& L,
                  FfnScratch& s, int threads) {
   if (T <= kLinearGemvMaxM) return moe_forward_decode(out, x, T, c, L, s, threads);
@@ -424,20 +453,16 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
   // [at[e], at[e] + n) of ey. A GEMM's bits do not depend on its thread count, so these are
   // the bits of `run`.
   auto run_parallel = [&](std::vector<int32_t>& todo, const int64_t* at, float* ey) {
-    std::stable_sort(todo.begin(), todo.end(), [&](int32_t a, int32_t b) {
-      return count[a + 1] - count[a] > count[b + 1] - count[b];
-    });
     if (s.per_expert_thread.size() < size_t(nt)) s.per_expert_thread.resize(size_t(nt));
-    parallel_region(nt, [&](Team& team) {
-      team.for_dynamic_nowait(int64_t(todo.size()), [&](int64_t i) {
-        const int64_t e = todo[size_t(i)], n = count[e + 1] - count[e];
-        const int32_t* slots = order + count[e];
-        FfnScratch& ts = s.per_expert_thread[size_t(team.tid())];
-        float* xe = grow(ts.xe, n * H);
-        for (int64_t j = 0; j < n; ++j)
-          std::memcpy(xe + j * H, x + (slots[j] / K) * H, size_t(H) * sizeof(float));
-        mlp_forward(ey + at[e] * H, xe, n, H, L.w->experts[size_t(e)], ts, false, 1);
-      });
+    for_each_largest_first(todo, nt, [&](int32_t e) { return count[e + 1] - count[e]; },
+                           [&](int64_t e, int tid) {
+      const int64_t n = count[e + 1] - count[e];
+      const int32_t* slots = order + count[e];
+      FfnScratch& ts = s.per_expert_thread[size_t(tid)];
+      float* xe = grow(ts.xe, n * H);
+      for (int64_t j = 0; j < n; ++j)
+        std::memcpy(xe + j * H, x + (slots[j] / K) * H, size_t(H) * sizeof(float));
+      mlp_forward(ey + at[e] * H, xe, n, H, L.w->experts[size_t(e)], ts, false, 1);
     });
   };
   if (P == 1) {
@@ -451,22 +476,8 @@ void moe_forward(float* out, const float* x, int64_t T, const ModelConfig& c, co
       if (count[e + 1] > count[e]) todo.push_back(int32_t(e));
     }
     run_parallel(todo, at.data(), ey);
-    int32_t* rows = grow(s.tok_rows, T * K);
-    int32_t* fill = grow(s.fill, std::max<int64_t>(E, T));
-    std::fill(fill, fill + T, 0);
-    for (int64_t i = 0; i < T * K; ++i) {
-      const int64_t t = order[i] / K;
-      rows[t * K + fill[t]++] = int32_t(i);
-    }
-    parallel_for(T, T * H >= (1 << 15) ? nt : 1, [&](int64_t t) {
-      float* o = out + t * H;
-      for (int64_t j = 0; j < K; ++j) {
-        const int64_t r = rows[t * K + j];
-        const float g = wt[order[r]];
-        const float* yj = ey + r * H;
-        for (int64_t h = 0; h < H; ++h) o[h] += g * yj[h];
-      }
-    });
+    moe_add_token_rows(out, ey, moe_token_rows(order, T, K, s.tok_rows, s.fill), order, wt, T, K,
+                       H, nt);
     return;
   }
   // Expert parallelism: each expert's rows of this sequence to one rank (all of them, so the

@@ -93,6 +93,18 @@ struct FfnScratch {
   std::vector<int32_t> tok_rows;        // [T, K]
 };
 
+// An expert-sorted order of a MoE layer's (token, slot) pairs (order [T·K], the counting sort
+// of moe_forward / moe_train_forward: experts ascending, tokens ascending within an expert)
+// and each expert's outputs y [T·K, H] in that order. moe_token_rows: each token's K rows of
+// it, ascending (rows [T, K]; fill [T] scratch), which are its experts in index order.
+// moe_add_token_rows: out [T, H] += each token's rows in that order, weighted by
+// wt[order[r]] (wt null: added as they are) — the order and arithmetic of a loop over the
+// experts adding their rows, so the same bits, over the threads.
+const int32_t* moe_token_rows(const int32_t* order, int64_t T, int64_t K,
+                              std::vector<int32_t>& rows, std::vector<int32_t>& fill);
+void moe_add_token_rows(float* out, const float* y, const int32_t* rows, const int32_t* order,
+                        const float* wt, int64_t T, int64_t K, int64_t H, int threads);
+
 // Under expert parallelism, ffn_tasks_decode's tasks [first[r], first[r + 1]) are rank r's
 // (first [P + 1]) and the tasks before first[0] (shared experts) every rank's. order [tasks]
 // (nullptr: task order) is the order the outputs are added in — the one-process order, which

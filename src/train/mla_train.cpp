@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "core/check.h"
 #include "core/scratch.h"
@@ -19,26 +20,18 @@ namespace {
 // the attention GEMMs do ~T²/2 work instead of T²; 64 rows keep the GEMMs' M large enough.
 constexpr int64_t kChunk = 64;
 
-// C [M,N] (ldc) (+)= op(A) · op(B) on the calling thread (we parallelise over heads).
-void mm(float* C, int64_t ldc, const float* A, int64_t lda, bool ta, const float* B, int64_t ldb,
-        bool tb, int64_t M, int64_t N, int64_t K, bool acc) {
-  GemmF32 g;
+// C [M,N] (ldc) (+)= op(A) · op(B) on the calling thread (we parallelise over heads); F32
+// operands, or BF16 ones (uint16_t) with F32 accumulation.
+template <class T>
+void mm(float* C, int64_t ldc, const T* A, int64_t lda, bool ta, const T* B, int64_t ldb, bool tb,
+        int64_t M, int64_t N, int64_t K, bool acc) {
+  std::conditional_t<std::is_same_v<T, float>, GemmF32, GemmBF16> g;
   g.M = M; g.N = N; g.K = K;
   g.A = A; g.lda = lda; g.trans_a = ta;
   g.B = B; g.ldb = ldb; g.trans_b = tb;
   g.C = C; g.ldc = ldc; g.accumulate = acc;
-  gemm_f32(g, 1);
-}
-
-// The same with BF16 operands (F32 accumulation and output).
-void mm16(float* C, int64_t ldc, const uint16_t* A, int64_t lda, bool ta, const uint16_t* B,
-          int64_t ldb, bool tb, int64_t M, int64_t N, int64_t K, bool acc) {
-  GemmBF16 g;
-  g.M = M; g.N = N; g.K = K;
-  g.A = A; g.lda = lda; g.trans_a = ta;
-  g.B = B; g.ldb = ldb; g.trans_b = tb;
-  g.C = C; g.ldc = ldc; g.accumulate = acc;
-  gemm_bf16(g, 1);
+  if constexpr (std::is_same_v<T, float>) gemm_f32(g, 1);
+  else gemm_bf16(g, 1);
 }
 
 // Whether the attention GEMMs take BF16 operands (mla_train.h).
@@ -207,11 +200,11 @@ void mla_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
       // o [m, v] = P · V.
       if (b16) {
         const uint16_t* Q = q16 + oq + t0 * ldq;
-        mm16(Pc, t1, Q, ldq, false, kvb16 + okv, ldkv, true, m, t1, d.dn, false);
-        mm16(Pc, t1, Q + d.dn, ldq, false, kpe16 + okp, d.dr, true, m, t1, d.dr, true);
+        mm(Pc, t1, Q, ldq, false, kvb16 + okv, ldkv, true, m, t1, d.dn, false);
+        mm(Pc, t1, Q + d.dn, ldq, false, kpe16 + okp, d.dr, true, m, t1, d.dr, true);
         softmax_forward(Pc, Pc, m, t1, softmax_scale, valid + t0, 1);
         const uint16_t* P16 = rounded_rows(s.per_thread16[size_t(team.tid())].data(), Pc, m, t1);
-        mm16(oc, ldo, P16, t1, false, kvb16 + okv + d.dn, ldkv, false, m, d.dv, t1, false);
+        mm(oc, ldo, P16, t1, false, kvb16 + okv + d.dn, ldkv, false, m, d.dv, t1, false);
       } else {
         const float* Q = q + oq + t0 * ldq;
         mm(Pc, t1, Q, ldq, false, kvb + okv, ldkv, true, m, t1, d.dn, false);
@@ -291,15 +284,15 @@ void mla_train_backward(float* dx, const float* dout, const float* x, int64_t B,
       if (b16) {
         const uint16_t* dO16 = do16 + oo + t0 * ldo;
         const uint16_t* Q16 = q16 + oq + t0 * ldq;
-        mm16(dP, t1, dO16, ldo, false, kvb16 + okv + d.dn, ldkv, true, m, t1, d.dv, false);
+        mm(dP, t1, dO16, ldo, false, kvb16 + okv + d.dn, ldkv, true, m, t1, d.dv, false);
         rounded_rows(c16, Pc, m, t1);
-        mm16(dV, ldkv, c16, t1, true, dO16, ldo, false, t1, d.dv, m, true);
+        mm(dV, ldkv, c16, t1, true, dO16, ldo, false, t1, d.dv, m, true);
         softmax_backward(dP, dP, Pc, m, t1, softmax_scale, 1);
         rounded_rows(c16, dP, m, t1);
-        mm16(dQ + t0 * ldq, ldq, c16, t1, false, kvb16 + okv, ldkv, false, m, d.dn, t1, false);
-        mm16(dQ + t0 * ldq + d.dn, ldq, c16, t1, false, kpe16 + okp, d.dr, false, m, d.dr, t1, false);
-        mm16(dKn, ldkv, c16, t1, true, Q16, ldq, false, t1, d.dn, m, true);
-        mm16(dKp, d.dr, c16, t1, true, Q16 + d.dn, ldq, false, t1, d.dr, m, true);
+        mm(dQ + t0 * ldq, ldq, c16, t1, false, kvb16 + okv, ldkv, false, m, d.dn, t1, false);
+        mm(dQ + t0 * ldq + d.dn, ldq, c16, t1, false, kpe16 + okp, d.dr, false, m, d.dr, t1, false);
+        mm(dKn, ldkv, c16, t1, true, Q16, ldq, false, t1, d.dn, m, true);
+        mm(dKp, d.dr, c16, t1, true, Q16 + d.dn, ldq, false, t1, d.dr, m, true);
         Pc += m * t1;
         continue;
       }

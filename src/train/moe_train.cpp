@@ -260,20 +260,6 @@ void encode_sorted(uint8_t* dst, int64_t stride, const float* src, const int32_t
   });
 }
 
-// Each token's K rows of the sorted order, ascending: rows [N, K]. `order` groups the
-// (token, slot) pairs by expert in increasing expert id, so a token's rows ascending are its
-// experts ascending: the order in which a loop over the experts adds their outputs.
-const int32_t* token_rows(const int32_t* order, int64_t N, int64_t K, MoeTrainScratch& s) {
-  int32_t* rows = grow(s.tok_rows, N * K);
-  int32_t* fill = grow(s.tok_fill, N);
-  std::fill(fill, fill + N, 0);
-  for (int64_t i = 0; i < N * K; ++i) {
-    const int64_t t = order[i] / K;
-    rows[t * K + fill[t]++] = int32_t(i);
-  }
-  return rows;
-}
-
 // body(e, ctx, scratch) for every expert e < E with rows (rows [start[e], start[e+1]): of
 // the sorted order, or under EP of this rank's experts). The experts are handed out to the
 // threads, largest first, and each runs on one thread (ctx.threads = 1) with that thread's
@@ -296,17 +282,11 @@ void for_routed_experts(const int64_t* start, int64_t E, const TLinearCtx& lc, M
   todo.reserve(size_t(E));
   for (int64_t e = 0; e < E; ++e)
     if (start[e + 1] > start[e]) todo.push_back(int32_t(e));
-  std::stable_sort(todo.begin(), todo.end(), [&](int32_t a, int32_t b) {
-    return start[a + 1] - start[a] > start[b + 1] - start[b];
-  });
   if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
   TLinearCtx one = lc;
   one.threads = 1;
-  parallel_region(nt, [&](Team& team) {
-    team.for_dynamic_nowait(int64_t(todo.size()), [&](int64_t i) {
-      body(int64_t(todo[size_t(i)]), one, s.per_thread[size_t(team.tid())]);
-    });
-  });
+  for_each_largest_first(todo, nt, [&](int32_t e) { return start[e + 1] - start[e]; },
+                         [&](int64_t e, int tid) { body(e, one, s.per_thread[size_t(tid)]); });
 }
 
 }  // namespace
@@ -455,16 +435,8 @@ void moe_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
       expert_forward(Y + r0 * H, X + r0 * H, n, H, w.experts[size_t(e)], Gall + r0 * I,
                      Uall + r0 * I, grow(ts.mlp.h, n * I), l, ts.mlp.lin, false);
     });
-    const int32_t* rows = token_rows(order, N, K, s);
-    parallel_for(N, rt, [&](int64_t t) {
-      float* o = out + t * H;
-      for (int64_t j = 0; j < K; ++j) {
-        const int64_t r = rows[t * K + j];
-        const float gw = wt[order[r]];
-        const float* y = Y + r * H;
-        for (int64_t k = 0; k < H; ++k) o[k] += gw * y[k];
-      }
-    });
+    moe_add_token_rows(out, Y, moe_token_rows(order, N, K, s.tok_rows, s.tok_fill), order, wt, N,
+                       K, H, lc.threads);
     saved.gate.seal(Gall, lc.threads);
     saved.up.seal(Uall, lc.threads);
     return;
@@ -604,14 +576,8 @@ void moe_train_backward(float* dx, const float* dout, const float* x, const Mode
                       ts.mlp, false);
     });
     for (int64_t i = 0; i < NK; ++i) dwt[order[i]] = dw[i];
-    const int32_t* rows = token_rows(order, N, K, s);
-    parallel_for(N, rt, [&](int64_t t) {
-      float* o = dx + t * H;
-      for (int64_t j = 0; j < K; ++j) {
-        const float* d = dX + int64_t(rows[t * K + j]) * H;
-        for (int64_t k = 0; k < H; ++k) o[k] += d[k];
-      }
-    });
+    moe_add_token_rows(dx, dX, moe_token_rows(order, N, K, s.tok_rows, s.tok_fill), order,
+                       nullptr, N, K, H, lc.threads);
     // dweight -> the chosen unbiased scores, then the balance loss's share.
     add_routing_grad(ds, dwt, idx, sc, N, E, K, c, lc.threads);
     if (balance) add_balance_grad(ds, sc, cnt, B, T, E, K, alpha, bal_scale, lc.threads);

@@ -99,15 +99,8 @@ double grad_norm(const ParamSet& ps, const float* g) {
 }
 
 void scale_grads(const ParamSet& ps, float* g, float f, int64_t lo, int64_t hi) {
-  constexpr int64_t kBlock = 1 << 16;  // elementwise: the bits do not depend on the split
-  for (const TrainableRange& r : ps.trainable_ranges(lo, hi)) {
-    const int64_t n = r.end - r.begin, nb = (n + kBlock - 1) / kBlock;
-    parallel_for(nb, n > kBlock ? 0 : 1, [&](int64_t b) {
-      float* d = g + r.begin + b * kBlock;
-      const int64_t m = std::min(kBlock, n - b * kBlock);
-      for (int64_t i = 0; i < m; ++i) d[i] *= f;
-    });
-  }
+  for (const TrainableRange& r : ps.trainable_ranges(lo, hi))
+    for (int64_t i = r.begin; i < r.end; ++i) g[i] *= f;
 }
 
 float clip_factor(double norm, double max_norm) {

@@ -484,13 +484,13 @@ StepResult TrainStep::compute(const int32_t* batch, TrainWeights& w, int64_t ste
 std::vector<double> TrainStep::apply(TrainWeights& w, const StepResult& r, int64_t step) {
   DSV3_ASSERT(w.size() == ps_.numel());
   float* params = w.master();
-  // Clipping inside the update: no pass of its own over the gradient. Where the weights
-  // keep a BF16 copy and nothing else changes the shard's GEMM weights, the update writes the
-  // shard's copy too (all GEMM tensors are trainable): no pass to round them either.
-  const bool copy_here = w.bf16() != nullptr && lay_.pp == 1;
+  // Clipping inside the update: no pass of its own over the gradient. With a sharded master
+  // the update also writes the shard's BF16 copy (every GEMM tensor is trainable): no pass to
+  // round it either.
+  const bool sharded = shards_master(w);
   adam_->step(params, grads_.data(), cfg_.lr.at(step), clip_factor(r.grad_norm, cfg_.grad_clip),
-              copy_here ? w.bf16_mut() : nullptr);
-  if (shards_master(w)) {
+              sharded ? w.bf16_mut() : nullptr);
+  if (sharded) {
     // My shard's BF16 copy to every rank (the GEMMs read that), the F32 tensors' pieces in
     // F32; the other ranks' GEMM masters are not kept here (w was sharded by compute()).
     dp_.allgather(w.bf16_mut(), shard_);
@@ -498,7 +498,7 @@ std::vector<double> TrainStep::apply(TrainWeights& w, const StepResult& r, int64
   } else {
     if (Z_ > 1 && lay_.pp == 1) dp_.allgather(params, shard_);
     if (lay_.pp > 1) send_weights(params);
-    if (!copy_here || Z_ > 1) sync_copy(w);
+    sync_copy(w);
   }
   // Aux-loss-free balancing (report §2.1.2): b_i += γ·sign(mean_load − load_i), from the
   // loads of the whole global batch (every rank applies the same update).
