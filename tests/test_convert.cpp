@@ -113,6 +113,31 @@ TEST(Convert, NarrowingMatchesScalarOnMidpointsAndRandomBits) {
   check_all(x, w8, convert_f32_to_e4m3, "f32->e4m3");
 }
 
+// The hi + lo pair of the F32-activation GEMMs (model/linear.cpp): each part bit for bit
+// the scalar bf16(x) and bf16(x − hi), through the same odd addresses and masked tails,
+// neither part written past its end; and the pair carries x to 2^-16 relative.
+TEST(Convert, SplitIntoBf16PairMatchesScalar) {
+  const std::vector<float> x = narrowing_inputs();
+  std::vector<uint32_t> want(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const uint16_t h = f32_to_bf16(x[i]);
+    want[i] = h | uint32_t(f32_to_bf16(x[i] - bf16_to_f32(h))) << 16;
+  }
+  check_all(x, want, [](const float* src, uint32_t* d, int64_t n) {
+    std::vector<uint16_t> hi(size_t(n) + 1, 0x5a5a), lo(size_t(n) + 1, 0x5a5a);
+    split_f32_to_bf16_pair(src, hi.data(), lo.data(), n);
+    ASSERT_EQ(hi[size_t(n)], 0x5a5a) << "hi written past its end";
+    ASSERT_EQ(lo[size_t(n)], 0x5a5a) << "lo written past its end";
+    for (int64_t i = 0; i < n; ++i) d[i] = hi[size_t(i)] | uint32_t(lo[size_t(i)]) << 16;
+  }, "f32->bf16 pair");
+  for (float v : x) {
+    if (!std::isfinite(v) || std::fabs(v) > 1e37f || std::fabs(v) < 1e-30f) continue;
+    uint16_t h, l;
+    split_f32_to_bf16_pair(&v, &h, &l, 1);
+    ASSERT_LE(std::fabs(double(bf16_to_f32(h)) + bf16_to_f32(l) - v), std::ldexp(std::fabs(double(v)), -16)) << v;
+  }
+}
+
 TEST(Convert, GenericDispatchAndErrors) {
   const float x[3] = {1.5f, -2.f, 0.25f};
   uint16_t h[3];

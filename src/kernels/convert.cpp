@@ -34,6 +34,16 @@ void convert_f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
   });
 }
 
+void split_f32_to_bf16_pair(const float* x, uint16_t* hi, uint16_t* lo, int64_t n) {
+  check_n(n, x, hi, "split_f32_to_bf16_pair");
+  DSV3_CHECK(n == 0 || lo, "split_f32_to_bf16_pair: null pointer");
+  if (fast()) return avx512::split_f32_to_bf16_pair(x, hi, lo, n);
+  for (int64_t i = 0; i < n; ++i) {
+    hi[i] = f32_to_bf16(x[i]);
+    lo[i] = f32_to_bf16(x[i] - bf16_to_f32(hi[i]));
+  }
+}
+
 void convert_bf16_to_f32(const uint16_t* x, float* y, int64_t n) {
   check_n(n, x, y, "convert_bf16_to_f32");
   if (fast()) return avx512::convert_bf16_to_f32(x, y, n);

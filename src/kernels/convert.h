@@ -12,6 +12,9 @@
 namespace dsv3 {
 
 void convert_f32_to_bf16(const float* x, uint16_t* y, int64_t n);
+// x as a pair of BF16 numbers, hi = bf16(x) and lo = bf16(x − hi) (≈16 significant bits:
+// the forward's F32-activation contract, docs/numerics.md). Single-threaded.
+void split_f32_to_bf16_pair(const float* x, uint16_t* hi, uint16_t* lo, int64_t n);
 void convert_bf16_to_f32(const uint16_t* x, float* y, int64_t n);
 void convert_f32_to_f16(const float* x, uint16_t* y, int64_t n);
 void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n);

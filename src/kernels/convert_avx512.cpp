@@ -20,6 +20,16 @@ void convert_f32_to_bf16(const float* x, uint16_t* y, int64_t n) {
   }
 }
 
+void split_f32_to_bf16_pair(const float* x, uint16_t* hi, uint16_t* lo, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first_lanes(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    const __m256i h = f32_to_bf16(v);
+    _mm256_mask_storeu_epi16(hi + i, m, h);
+    _mm256_mask_storeu_epi16(lo + i, m, f32_to_bf16(_mm512_sub_ps(v, bf16_to_f32(h))));
+  }
+}
+
 void convert_bf16_to_f32(const uint16_t* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = first_lanes(n - i);

@@ -9,6 +9,7 @@
 #include "kernels/convert.h"
 #include "kernels/gemm.h"
 #include "kernels/gemv.h"
+#include "kernels/row_parallel.h"
 
 namespace dsv3 {
 
@@ -30,6 +31,19 @@ void linear_f16(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, c
       y[m * ldy + n] = accumulate ? y[m * ldy + n] + acc : acc;
     }
   }
+}
+
+// Outputs of the one-GEMM hi/lo form (2·M·N floats) above which linear_forward runs two GEMMs
+// instead (16 MB: every projection and expert of a prefill chunk fits; a vocabulary head
+// over a chunk's every position does not).
+constexpr int64_t kLinearPairMaxOut = int64_t(1) << 22;
+
+// y[n] (+)= h[n] + l[n]: the two parts' products first, then the sum they add to.
+void add_pair_row(float* y, const float* h, const float* l, int64_t n, bool accumulate) {
+  if (accumulate)
+    for (int64_t i = 0; i < n; ++i) y[i] += h[i] + l[i];
+  else
+    for (int64_t i = 0; i < n; ++i) y[i] = h[i] + l[i];
 }
 
 }  // namespace
@@ -56,38 +70,54 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   if (dt == DType::F16) return linear_f16(y, ldy, x, ldx, M, w, s, accumulate);
   DSV3_ASSERT(dt == DType::BF16 || dt == DType::F8_E4M3);
   if (M <= kLinearGemvMaxM) return linear_gemv(y, ldy, x, ldx, M, w, s, accumulate, threads);
-  // x = hi + lo with hi = bf16(x), lo = bf16(x − hi): two BF16 GEMMs give x·Wᵀ to ~2^-16
+  // x = hi + lo with hi = bf16(x), lo = bf16(x − hi): hi·Wᵀ + lo·Wᵀ gives x·Wᵀ to ~2^-16
   // relative per product (docs/numerics.md: activations are not rounded to BF16) — unless
-  // the weight asks for BF16 activations (Weight::x_bf16): then hi alone, one GEMM.
+  // the weight asks for BF16 activations (Weight::x_bf16): then hi alone.
+  // Both parts go through ONE GEMM as 2M rows [hi ; lo], so W is read, decoded (FP8) and
+  // packed once per call for both, and the small per-expert M's get twice the rows per W
+  // pass; the two halves are summed afterwards. Where that output would be large (a prefill's
+  // vocabulary head), two GEMMs instead, the second accumulating. Either way a row's result
+  // depends only on the call's shape, never on the other rows (docs/serve.md).
   uint16_t* hi = grow(s.x_bf16, 2 * M * K);
   uint16_t* lo = hi + M * K;
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * ldx;
-    convert_f32_to_bf16(xr, hi + m * K, K);
-    if (!w.x_bf16)
-      for (int64_t k = 0; k < K; ++k) lo[m * K + k] = f32_to_bf16(xr[k] - bf16_to_f32(hi[m * K + k]));
+    if (w.x_bf16)
+      convert_f32_to_bf16(xr, hi + m * K, K);
+    else
+      split_f32_to_bf16_pair(xr, hi + m * K, lo + m * K, K);
   }
-  for (int pass = 0; pass < (w.x_bf16 ? 1 : 2); ++pass) {
-    const uint16_t* A = pass == 0 ? hi : lo;
-    const bool acc = pass == 1 || accumulate;
+  auto gemm = [&](const uint16_t* A, int64_t rows, float* C, int64_t ldc, bool acc) {
     if (dt == DType::BF16) {
       GemmBF16 g;
-      g.M = M; g.N = N; g.K = K;
+      g.M = rows; g.N = N; g.K = K;
       g.A = A; g.lda = K;
       g.B = w.w.ptr<uint16_t>(); g.ldb = K; g.trans_b = true;
-      g.C = y; g.ldc = ldy; g.accumulate = acc;
+      g.C = C; g.ldc = ldc; g.accumulate = acc;
       gemm_bf16(g, threads);
     } else {
       GemmFP8 g;
-      g.M = M; g.N = N; g.K = K;
+      g.M = rows; g.N = N; g.K = K;
       g.A_bf16 = A; g.lda = K;
       g.B = w.w.ptr<uint8_t>(); g.ldb = K; g.trans_b = true;
       g.b_layout = Fp8BLayout::Block128;
       g.b_scale = w.scale.ptr<float>(); g.ldb_scale = w.scale.shape[1];
-      g.C = y; g.ldc = ldy; g.accumulate = acc;
+      g.C = C; g.ldc = ldc; g.accumulate = acc;
       gemm_fp8(g, threads);
     }
+  };
+  if (w.x_bf16) return gemm(hi, M, y, ldy, accumulate);
+  if (2 * M * N > kLinearPairMaxOut) {
+    gemm(hi, M, y, ldy, accumulate);
+    gemm(lo, M, y, ldy, true);
+    return;
   }
+  float* y2 = grow(s.y2, 2 * M * N);
+  gemm(hi, 2 * M, y2, N, false);
+  parallel_rows(M, M * N, threads, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      add_pair_row(y + m * ldy, y2 + m * N, y2 + (M + m) * N, N, accumulate);
+  });
 }
 
 void linear_gemv(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
