@@ -312,6 +312,32 @@ TEST(LatentAttn, StoredRowsContiguousAndPaged) {
   }
 }
 
+// A row's output does not depend on how many rows share the call: up to 8 rows the BF16
+// path's P·V interleaves the row pairs in registers, beyond 8 through a buffer (latent_attn_
+// avx512.cpp) — the same products in the same order, so the same bits. M = 1, 4, 8 against
+// the first rows of an M = 9 call, BF16 and FP8 rows, an odd S (a lone last row), 1 and 2
+// threads, with dc a multiple of 32 and not. (S is long enough that every M splits its
+// positions over both threads alike: the split itself depends on M·S, latent_attn.cpp.)
+TEST(LatentAttn, StoredRowsSameBitsWhateverM) {
+  for (CacheDtype dt : {CacheDtype::BF16, CacheDtype::FP8})
+    for (const auto& [R, dc] : {std::pair<int64_t, int64_t>{320, 256}, {100, 80}})
+      for (int threads : {1, 2}) {
+        SCOPED_TRACE(::testing::Message() << cache_dtype_name(dt) << " R " << R << " threads " << threads);
+        Data big({9, 4001, R, dc, 9}, 77, dt);
+        latent_attention(big.args(), threads);
+        for (int64_t M : {1, 4, 8}) {
+          Data d({9, 4001, R, dc, 9}, 77, dt);  // same inputs
+          LatentAttn a = d.args();
+          a.M = M;
+          latent_attention(a, threads);
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t j = 0; j < dc; ++j)
+              ASSERT_EQ(std::bit_cast<uint32_t>(d.o[m * d.ldo + j]), std::bit_cast<uint32_t>(big.o[m * big.ldo + j]))
+                  << "M " << M << " m " << m << " j " << j;
+        }
+      }
+}
+
 // The stored forms' rounding: BF16 (8 significant bits) within 2^-8 relative of each value;
 // FP8 (E4M3: 3 mantissa
 // bits, half an ulp = 2^-4 relative; below 2^-6 in units of the scale max|row|/448, steps of
