@@ -2,9 +2,8 @@
 // registers; x is re-laid once per call (BF16) or once per 128-row block of W (FP8, where
 // the block scale is folded into x so the inner loop has no per-block work).
 //
-// Tiles (see "Tiles" below): R rows of W by up to 8 rows of x, one accumulator per (row of
-// W, row of x) pair, R·M ≤ 16 accumulators; M > 8 runs each tile's rows of W over two groups
-// of x rows. Every output is computed by the same sequence of operations in every tile
+// Tiles (see "Tiles" below): R rows of W by up to 4 rows of x (more rows of x: groups of 4
+// through each tile of W), one accumulator per (row of W, row of x) pair, R·M ≤ 16. Every output is computed by the same sequence of operations in every tile
 // shape, which is what makes rows of y independent of M (gemv.h, row invariance): that is
 // why there is one accumulator per pair at every M (an M = 1 tile with two accumulators
 // per row would sum K in a different order than an M = 4 tile with one) and why K tails
@@ -179,29 +178,43 @@ constexpr int tile_rows(int G) {
   return G <= 2 ? 8 : 16 / G < Kern::kMaxRowsX ? 16 / G : Kern::kMaxRowsX;
 }
 
-// Rows [n0, n1) of W: full tiles, then single rows. M ≤ 8: one tile covers all rows of x.
-// M > 8: 16 accumulators leave one row of W per tile, which made every VDPBF16PS / FMA
-// load its x words from L2 (16 rows of x at K = 2048 are 128 KiB) and ran at half the
-// rate of M = 8; instead each pair of rows of W goes through x rows 0..7, then 8..M-1
-// (the pair is read again from L1, not from memory).
+// x rows [0, M) in groups of at most GS: calls f.template operator()<G0, G>() for each
+// group (first row G0, G rows), in order.
+template <int M, int GS, class F>
+DSV3_INLINE inline void for_x_groups(F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    (f.template operator()<I * GS, (M - I * GS < GS ? M - I * GS : GS)>(), ...);
+  }(std::make_integer_sequence<int, (M + GS - 1) / GS>{});
+}
+
+// Rows [n0, n1) of W: full tiles, then single rows. M ≤ 4: one tile covers all rows of x.
+// M > 4: the rows of x go in groups of kXGroup through each tile of R = tile_rows(4) rows of
+// W (its rows read again from L1 for each further group). One tile of up to 8 rows of x
+// allows only 2 rows of W, and ran far below the VDPBF16PS rate; before that, at M > 8,
+// 16 accumulators had left one row of W per tile. Measured, `dsv3 bench gemv --dtype bf16
+// --n 129280 --k 1024` (the vocabulary head's shape; Zen 5, 2 threads), GB/s of W, one tile
+// of ≤ 8 rows (two above 8) → groups of 4: M = 8 13.6 → 22.6, 12 10.5 → 16.1, 16 8.2 → 12.0
+// (16 rows with the hi+lo pair: 83% of the VDPBF16PS rate); M = 6 even. FP8 at 32768 x 2048
+// (the LUT decode is repeated per group): M = 6..8 1.1–1.6x, 12 and 16 1.05–1.1x.
+constexpr int kXGroup = 4;
 template <class Kern, int M>
 void tile_range(const Kern& kern, const typename Kern::W* w, int64_t ldw, int64_t K, int64_t n0,
                 int64_t n1, const typename Kern::X* xs, int64_t xstride, float* y, int64_t ldy,
                 bool accumulate, int64_t pf_min) {
-  constexpr int G0 = M <= 8 ? M : 8, G1 = M - G0;  // rows of x in the first, second group
-  constexpr int R = tile_rows<Kern>(G0);
+  constexpr int GS = M <= kXGroup ? M : kXGroup;
+  constexpr int R = tile_rows<Kern>(GS);
   const int64_t pf = prefetch_bytes(R, ldw * int64_t(sizeof(typename Kern::W)), pf_min);
   int64_t n = n0;
-  for (; n + R <= n1; n += R) {
-    tile<Kern, R, G0>(kern, w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
-    if constexpr (G1 > 0)
-      tile<Kern, R, G1>(kern, w + n * ldw, ldw, K, xs + G0 * xstride, xstride, y + G0 * ldy + n, ldy, accumulate, pf);
-  }
-  for (; n < n1; ++n) {
-    tile<Kern, 1, G0>(kern, w + n * ldw, ldw, K, xs, xstride, y + n, ldy, accumulate, pf);
-    if constexpr (G1 > 0)
-      tile<Kern, 1, G1>(kern, w + n * ldw, ldw, K, xs + G0 * xstride, xstride, y + G0 * ldy + n, ldy, accumulate, pf);
-  }
+  for (; n + R <= n1; n += R)
+    for_x_groups<M, GS>([&]<int G0, int G>() {
+      tile<Kern, R, G>(kern, w + n * ldw, ldw, K, xs + G0 * xstride, xstride, y + G0 * ldy + n, ldy,
+                       accumulate, pf);
+    });
+  for (; n < n1; ++n)
+    for_x_groups<M, GS>([&]<int G0, int G>() {
+      tile<Kern, 1, G>(kern, w + n * ldw, ldw, K, xs + G0 * xstride, xstride, y + G0 * ldy + n, ldy,
+                       accumulate, pf);
+    });
 }
 
 // Calls f.template operator()<M>() with the compile-time value of M in 1..kGemvMaxM.
