@@ -1,14 +1,18 @@
 // linear_forward (model/linear.h) on BF16 and FP8 weights over the GEMM paths (M > 4 rows),
 // against a double-precision product of the decoded weights.
 //
-// Default contract (docs/numerics.md): x carried as hi + lo BF16 parts (|x − hi − lo| ≤
-// 2^-17·|x|), both parts through one GEMM of 2M rows — or, when that output would pass 16 MB,
-// two GEMMs — so per output element
-//   |y − Σ_k x_k·w_k| ≤ (2^-17 + (K + 8)·2^-24) · Σ_k |x_k·w_k|
-// (the F32 sums of the GEMM and FP8's per-128-K promotion: ≤ K + 8 roundings of partial sums
-// bounded by Σ|x·w|). With Weight::x_bf16 the product is of bf16(x), bound (K + 8)·2^-24·Σ.
-// Shapes cover the skinny paths (2M ≤ 10, 16-row multiples with K ≥ 1024), the packed one,
-// accumulate, a row stride, 1 and 2 threads, and the two-GEMM form (2·M·N > 2^22).
+// Default contract (docs/numerics.md): x carried as hi + lo BF16 parts (8 significant bits
+// each: |x − hi| ≤ 2^-8·|x|, |x − hi − lo| ≤ 2^-8·|x − hi| ≤ 2^-16·|x|), both parts through
+// one GEMM of 2M rows (in blocks of columns where its output would pass 16 MB; two GEMMs
+// past 16384 rows), so per output element, with u = 2^-24,
+//   |y − y0 − Σ_k x_k·w_k| ≤ (2^-16 + (K + K/16 + 2⌈K/128⌉ + 6)·u) · Σ_k |x_k·w_k| + 2u·|y0 + Σ|
+// — kernels/gemm.h's (K + K/16 + 2)·u for the GEMM's F32 sums, two roundings per 128-K
+// block for FP8's promotion, and the adds of the two parts and of y0 (accumulate). With
+// Weight::x_bf16 the product is of bf16(x) and the 2^-16 term goes.
+// Shapes cover the three GEMM paths (2M ≤ 10: the unpacked dot kernel; 2M = 32 with K ≥
+// 1024 and a large W: the broadcast-W kernel; the packed one), the add pass over both
+// threads, accumulate, row strides, 1 and 2 threads, the column blocks (2·M·N > 2^22) with a
+// partial last block, and the two-GEMM form (M > 16384).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -78,7 +82,8 @@ void run(const Case& c) {
   LinearScratch s;
   linear_forward(y.data(), ldy, x.data(), ldx, M, w, s, c.accumulate, c.threads);
   const double u = std::ldexp(1.0, -24);
-  const double rel = (c.x_bf16 ? 0.0 : std::ldexp(1.0, -17)) + double(K + 8) * u;
+  const double rel = (c.x_bf16 ? 0.0 : std::ldexp(1.0, -16)) +
+                     double(K + K / 16 + 2 * ((K + 127) / 128) + 6) * u;
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t n = 0; n < N; ++n) {
       double ref = 0, mag = 0;
@@ -101,15 +106,20 @@ TEST(Linear, GemmPathsWithinTheContract) {
   for (DType dt : {DType::F8_E4M3, DType::BF16})
     for (int threads : {1, 2})
       for (const auto& [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{5, 200, 256}, {16, 160, 1088},
-                                    {37, 130, 384}})
+                                    {37, 130, 384}, {16, 2048, 1088}, {40, 1024, 256}})
         for (bool acc : {false, true})
           for (bool xb : {false, true}) run({dt, M, N, K, acc, xb, threads});
 }
 
-// 2·M·N = 4,198,400 floats > 2^22: the two-GEMM form, the second accumulating.
-TEST(Linear, LargeOutputTakesTwoGemmsWithinTheContract) {
+// 2·M·N = 4,198,400 floats > 2^22: columns in blocks of 32,768 and a last one of 32.
+TEST(Linear, LargeOutputInColumnBlocksWithinTheContract) {
   for (DType dt : {DType::F8_E4M3, DType::BF16})
     for (bool acc : {false, true}) run({dt, 64, 32800, 128, acc, false, 2});
+}
+
+// M = 16,400: not even 128 columns fit 2^22 floats, so two GEMMs, the second accumulating.
+TEST(Linear, ManyRowsTakeTwoGemmsWithinTheContract) {
+  for (DType dt : {DType::F8_E4M3, DType::BF16}) run({dt, 16400, 130, 40, true, false, 2});
 }
 
 }  // namespace

@@ -2,8 +2,9 @@
 // registers; x is re-laid once per call (BF16) or once per 128-row block of W (FP8, where
 // the block scale is folded into x so the inner loop has no per-block work).
 //
-// Tiles (see "Tiles" below): R rows of W by up to 4 rows of x (more rows of x: groups of 4
-// through each tile of W), one accumulator per (row of W, row of x) pair, R·M ≤ 16. Every output is computed by the same sequence of operations in every tile
+// Tiles (see "Tiles" below): R rows of W by a group of G ≤ 4 rows of x (more rows of x:
+// further groups through each tile of W), one accumulator per (row of W, row of x) pair,
+// R·G ≤ 16. Every output is computed by the same sequence of operations in every tile
 // shape, which is what makes rows of y independent of M (gemv.h, row invariance): that is
 // why there is one accumulator per pair at every M (an M = 1 tile with two accumulators
 // per row would sum K in a different order than an M = 4 tile with one) and why K tails
@@ -79,9 +80,11 @@ int64_t chunk_rows(int64_t N, int threads, int64_t max_rows) {
 }
 
 // ---- Tiles ------------------------------------------------------------------------------
-// A tile is R rows of W by M rows of x, one accumulator per (row of W, row of x) pair,
-// R·M ≤ 16. Each step loads and converts a vector's worth of columns of each of the R rows
-// once and feeds it to all M rows of x, so the weights are streamed once whatever M is;
+// A tile is R rows of W by M rows of x (a group of at most 4 of the call's rows: tile_range),
+// one accumulator per (row of W, row of x) pair, R·M ≤ 16. Each step loads and converts a
+// vector's worth of columns of each of the R rows once and feeds it to the tile's M rows of
+// x, so the weights are streamed from memory once whatever the call's rows (further groups
+// re-read the tile's rows from L1, and FP8 converts them again);
 // more pairs per tile also mean more independent chains (FMA / VDPBF16PS latency 4-6
 // cycles) and, at small M, fewer re-reads of x per weight byte (8 rows at M = 1 measured
 // +7-9% over 4).
@@ -170,8 +173,8 @@ void tile(const Kern& kern, const typename Kern::W* w, int64_t ldw, int64_t K,
 #undef DSV3_STORE
 }
 
-// Rows of W per tile at G ≤ 8 rows of x: as many as 16 accumulators allow, at most 8, and
-// at G ≥ 3 at most Kern::kMaxRowsX (the x-major order holds R converted rows in registers:
+// Rows of W per tile at G rows of x (G ≤ 4: tile_range's groups): as many as 16 accumulators
+// allow, at most 8, and at G ≥ 3 at most Kern::kMaxRowsX (the x-major order holds R converted rows in registers:
 // 5 LUT rows at G = 3 spilled, and F16 rows take 4 registers each).
 template <class Kern>
 constexpr int tile_rows(int G) {
@@ -235,8 +238,10 @@ void with_m(int64_t M, F&& f) {
 // VDPBF16PS (2-core EPYC, `dsv3 bench gemv`); M = 1 stays at bandwidth. VDPBF16PS treats
 // subnormal BF16 inputs as zero (|w| < 2^-126 weights contribute nothing).
 // At M = 16, or M = 8 with K = 2048, the M rows of hi+lo x (4 bytes per column and row)
-// outgrow L1 and the tiles are bound by x streaming from L2, so VDPBF16PS gains little
-// there (7168x2048 M = 8: 18.7 -> 19.5 GB/s; M = 16: ≈10 -> ≈11 GB/s on both shapes).
+// outgrow L1 and the tiles are bound by x streaming from L2, so VDPBF16PS gained little
+// there (7168x2048 M = 8: 18.7 -> 19.5 GB/s; M = 16: ≈10 -> ≈11 GB/s on both shapes) —
+// figures from before tile_range's groups of 4 rows of x, which took 129280x1024 at M = 8
+// from 13.6 to 22.6 GB/s and at M = 16 from 8.2 to 12.0 (docs/PERF.md).
 void prep_x_bf16(const float* x, int64_t K, uint16_t* xp) {
   for (int64_t k = 0; k < K; k += 32) {
     const __m512 a = _mm512_maskz_loadu_ps(tail_mask16(K - k), x + k);

@@ -309,16 +309,18 @@ inline void pv_block_bf16(const uint32_t* const* pr, float* const* orow, int liv
 
 // Few rows (M ≤ kFuseRows: a decode token's heads of a small model): po [M, dcp] += Σ_k
 // p2[m, k] · (rows 2k, 2k + 1 interleaved), the interleave done in registers per 32-column
-// chunk for all M rows at once instead of through vt — with 4-row blocks the vt pass and
-// its reloads were a tenth of the call. Each lane sees the same products in the same order
-// as pv_block_bf16 over vt: the same bits.
+// chunk for all M rows at once (a block of NR = 4 or 8 rows) instead of through vt — with
+// 4-row blocks the vt pass and its reloads were a tenth of the call. Each lane sees the same
+// products in the same order as pv_block_bf16 over vt: the same bits.
 constexpr int kFuseRows = 8;
+template <int NR>
 inline void pv_fused_bf16(const uint32_t* p2, float* po, int64_t M, const uint8_t* const* rows, int64_t n,
                           int64_t dc, int64_t dcp) {
+  static_assert(NR <= kFuseRows, "16 accumulators at most");
   const int64_t np = (n + 1) / 2;
-  const uint32_t* pr[kFuseRows];
-  float* orow[kFuseRows];
-  for (int i = 0; i < kFuseRows; ++i) {
+  const uint32_t* pr[NR];
+  float* orow[NR];
+  for (int i = 0; i < NR; ++i) {
     const int64_t mi = min64(i, M - 1);  // rows past M repeat the last (computed, not stored)
     pr[i] = p2 + mi * kPairs;
     orow[i] = po + mi * dcp;
@@ -326,8 +328,8 @@ inline void pv_fused_bf16(const uint32_t* p2, float* po, int64_t M, const uint8_
   for (int64_t j = 0; j < dcp; j += 32) {
     const __mmask32 mk = mask32(dc - j);
     const bool full = mk == 0xFFFFFFFFu;
-    __m512 acc[kFuseRows][2];
-    for (int i = 0; i < kFuseRows; ++i) {
+    __m512 acc[NR][2];
+    for (int i = 0; i < NR; ++i) {
       acc[i][0] = _mm512_loadu_ps(orow[i] + j);
       acc[i][1] = _mm512_loadu_ps(orow[i] + j + 16);
     }
@@ -338,13 +340,13 @@ inline void pv_fused_bf16(const uint32_t* p2, float* po, int64_t M, const uint8_
       const __m512i vb = !rbw ? _mm512_setzero_si512()
                          : full ? _mm512_loadu_si512(rbw + 2 * j) : _mm512_maskz_loadu_epi16(mk, rbw + 2 * j);
       const __m512bh c0 = as_bh(_mm512_unpacklo_epi16(va, vb)), c1 = as_bh(_mm512_unpackhi_epi16(va, vb));
-      for (int i = 0; i < kFuseRows; ++i) {
+      for (int i = 0; i < NR; ++i) {
         const __m512bh pb = as_bh(_mm512_set1_epi32(int(pr[i][k])));
         acc[i][0] = _mm512_dpbf16_ps(acc[i][0], pb, c0);
         acc[i][1] = _mm512_dpbf16_ps(acc[i][1], pb, c1);
       }
     }
-    for (int i = 0; i < kFuseRows && i < M; ++i) {
+    for (int i = 0; i < NR && i < M; ++i) {
       _mm512_storeu_ps(orow[i] + j, acc[i][0]);
       _mm512_storeu_ps(orow[i] + j + 16, acc[i][1]);
     }
@@ -433,7 +435,10 @@ void partial_bf16(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float*
     // 3. Rows 2k and 2k + 1 interleaved (a missing odd row as zeros: its weight is 0, and
     // 0 · garbage could be NaN), then P·V.
     if (M <= kFuseRows) {
-      pv_fused_bf16(p2, po, M, rows, n, dc, dcp);
+      if (M <= 4)
+        pv_fused_bf16<4>(p2, po, M, rows, n, dc, dcp);
+      else
+        pv_fused_bf16<8>(p2, po, M, rows, n, dc, dcp);
       continue;
     }
     const int64_t np = (n + 1) / 2;

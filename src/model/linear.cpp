@@ -33,9 +33,9 @@ void linear_f16(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, c
   }
 }
 
-// Outputs of the one-GEMM hi/lo form (2·M·N floats) above which linear_forward runs two GEMMs
-// instead (16 MB: every projection and expert of a prefill chunk fits; a vocabulary head
-// over a chunk's every position does not).
+// Floats of the one-GEMM hi/lo form's output (2·M rows by a block of columns): 16 MB. Wider
+// outputs go in blocks of columns (multiples of 128, the FP8 scale block); only beyond
+// M = 16384 rows, where even 128 columns pass it, do the parts take two GEMMs.
 constexpr int64_t kLinearPairMaxOut = int64_t(1) << 22;
 
 // y[n] (+)= h[n] + l[n]: the two parts' products first, then the sum they add to.
@@ -75,8 +75,9 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   // the weight asks for BF16 activations (Weight::x_bf16): then hi alone.
   // Both parts go through ONE GEMM as 2M rows [hi ; lo], so W is read, decoded (FP8) and
   // packed once per call for both, and the small per-expert M's get twice the rows per W
-  // pass; the two halves are summed afterwards. Where that output would be large (a prefill's
-  // vocabulary head), two GEMMs instead, the second accumulating. Either way a row's result
+  // pass; the two halves are summed afterwards, in blocks of columns where the output would
+  // pass kLinearPairMaxOut (a vocabulary head, a full-size model's kv_b_proj over the whole
+  // context). Past 16384 rows, two GEMMs, the second accumulating. Either way a row's result
   // depends only on the call's shape, never on the other rows (docs/serve.md).
   uint16_t* hi = grow(s.x_bf16, 2 * M * K);
   uint16_t* lo = hi + M * K;
@@ -87,37 +88,43 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
     else
       split_f32_to_bf16_pair(xr, hi + m * K, lo + m * K, K);
   }
-  auto gemm = [&](const uint16_t* A, int64_t rows, float* C, int64_t ldc, bool acc) {
+  // Columns [n0, n0 + nb) of x·Wᵀ for `rows` rows of A into C.
+  auto gemm = [&](const uint16_t* A, int64_t rows, int64_t n0, int64_t nb, float* C, int64_t ldc, bool acc) {
     if (dt == DType::BF16) {
       GemmBF16 g;
-      g.M = rows; g.N = N; g.K = K;
+      g.M = rows; g.N = nb; g.K = K;
       g.A = A; g.lda = K;
-      g.B = w.w.ptr<uint16_t>(); g.ldb = K; g.trans_b = true;
+      g.B = w.w.ptr<uint16_t>() + n0 * K; g.ldb = K; g.trans_b = true;
       g.C = C; g.ldc = ldc; g.accumulate = acc;
       gemm_bf16(g, threads);
     } else {
       GemmFP8 g;
-      g.M = rows; g.N = N; g.K = K;
+      g.M = rows; g.N = nb; g.K = K;
       g.A_bf16 = A; g.lda = K;
-      g.B = w.w.ptr<uint8_t>(); g.ldb = K; g.trans_b = true;
+      g.B = w.w.ptr<uint8_t>() + n0 * K; g.ldb = K; g.trans_b = true;
       g.b_layout = Fp8BLayout::Block128;
-      g.b_scale = w.scale.ptr<float>(); g.ldb_scale = w.scale.shape[1];
+      g.ldb_scale = w.scale.shape[1];
+      g.b_scale = w.scale.ptr<float>() + n0 / 128 * g.ldb_scale;
       g.C = C; g.ldc = ldc; g.accumulate = acc;
       gemm_fp8(g, threads);
     }
   };
-  if (w.x_bf16) return gemm(hi, M, y, ldy, accumulate);
-  if (2 * M * N > kLinearPairMaxOut) {
-    gemm(hi, M, y, ldy, accumulate);
-    gemm(lo, M, y, ldy, true);
+  if (w.x_bf16) return gemm(hi, M, 0, N, y, ldy, accumulate);
+  const int64_t nb = std::min(N, kLinearPairMaxOut / (2 * M) / 128 * 128);
+  if (nb < 128 && nb < N) {
+    gemm(hi, M, 0, N, y, ldy, accumulate);
+    gemm(lo, M, 0, N, y, ldy, true);
     return;
   }
-  float* y2 = grow(s.y2, 2 * M * N);
-  gemm(hi, 2 * M, y2, N, false);
-  parallel_rows(M, M * N, threads, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
-      add_pair_row(y + m * ldy, y2 + m * N, y2 + (M + m) * N, N, accumulate);
-  });
+  float* y2 = grow(s.y2, 2 * M * nb);
+  for (int64_t n0 = 0; n0 < N; n0 += nb) {
+    const int64_t nc = std::min(nb, N - n0);
+    gemm(hi, 2 * M, n0, nc, y2, nc, false);
+    parallel_rows(M, M * nc, threads, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        add_pair_row(y + m * ldy + n0, y2 + m * nc, y2 + (M + m) * nc, nc, accumulate);
+    });
+  }
 }
 
 void linear_gemv(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
