@@ -75,10 +75,10 @@ void run(const Case& c) {
   std::vector<float> x(size_t(M * ldx), NAN);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t k = 0; k < K; ++k) x[size_t(m * ldx + k)] = nd(rng) * (1.f + float(k % 7));
-  std::vector<float> y(size_t(M * ldy), -7.f), y0 = y;
+  std::vector<float> y(size_t(M * ldy), -7.f);
   if (c.accumulate)
     for (float& v : y) v = nd(rng);
-  y0 = y;
+  const std::vector<float> y0 = y;
   LinearScratch s;
   linear_forward(y.data(), ldy, x.data(), ldx, M, w, s, c.accumulate, c.threads);
   const double u = std::ldexp(1.0, -24);

@@ -174,8 +174,9 @@ void tile(const Kern& kern, const typename Kern::W* w, int64_t ldw, int64_t K,
 }
 
 // Rows of W per tile at G rows of x (G ≤ 4: tile_range's groups): as many as 16 accumulators
-// allow, at most 8, and at G ≥ 3 at most Kern::kMaxRowsX (the x-major order holds R converted rows in registers:
-// 5 LUT rows at G = 3 spilled, and F16 rows take 4 registers each).
+// allow, at most 8, and at G ≥ 3 at most Kern::kMaxRowsX (the x-major order holds R
+// converted rows in registers: 5 LUT rows at G = 3 spilled, and F16 rows take 4 registers
+// each).
 template <class Kern>
 constexpr int tile_rows(int G) {
   return G <= 2 ? 8 : 16 / G < Kern::kMaxRowsX ? 16 / G : Kern::kMaxRowsX;

@@ -307,6 +307,25 @@ inline void pv_block_bf16(const uint32_t* const* pr, float* const* orow, int liv
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(orow[i] + j0 + 16 * v, acc[i][v]);
 }
 
+// Columns [j, j + 32) of the tile's rows 2k and 2k + 1 (of n) interleaved into BF16 pairs,
+// in unpack lane order (lo: the even 4-column groups, hi: the odd ones, within each 128-bit
+// lane); columns ≥ dc and a missing odd row read as zeros (its weight is 0, and 0 · garbage
+// could be NaN).
+struct PairChunk {
+  __m512i lo, hi;
+};
+[[gnu::always_inline]] inline PairChunk pair_chunk(const uint8_t* const* rows, int64_t n, int64_t k,
+                                                   int64_t j, int64_t dc) {
+  const __mmask32 mk = mask32(dc - j);
+  const bool full = mk == 0xFFFFFFFFu;
+  const uint8_t* ra = rows[2 * k];
+  const uint8_t* rbw = 2 * k + 1 < n ? rows[2 * k + 1] : nullptr;
+  const __m512i va = full ? _mm512_loadu_si512(ra + 2 * j) : _mm512_maskz_loadu_epi16(mk, ra + 2 * j);
+  const __m512i vb = !rbw ? _mm512_setzero_si512()
+                     : full ? _mm512_loadu_si512(rbw + 2 * j) : _mm512_maskz_loadu_epi16(mk, rbw + 2 * j);
+  return {_mm512_unpacklo_epi16(va, vb), _mm512_unpackhi_epi16(va, vb)};
+}
+
 // Few rows (M ≤ kFuseRows: a decode token's heads of a small model): po [M, dcp] += Σ_k
 // p2[m, k] · (rows 2k, 2k + 1 interleaved), the interleave done in registers per 32-column
 // chunk for all M rows at once (a block of NR = 4 or 8 rows) instead of through vt — with
@@ -326,20 +345,14 @@ inline void pv_fused_bf16(const uint32_t* p2, float* po, int64_t M, const uint8_
     orow[i] = po + mi * dcp;
   }
   for (int64_t j = 0; j < dcp; j += 32) {
-    const __mmask32 mk = mask32(dc - j);
-    const bool full = mk == 0xFFFFFFFFu;
     __m512 acc[NR][2];
     for (int i = 0; i < NR; ++i) {
       acc[i][0] = _mm512_loadu_ps(orow[i] + j);
       acc[i][1] = _mm512_loadu_ps(orow[i] + j + 16);
     }
     for (int64_t k = 0; k < np; ++k) {
-      const uint8_t* ra = rows[2 * k];
-      const uint8_t* rbw = 2 * k + 1 < n ? rows[2 * k + 1] : nullptr;
-      const __m512i va = full ? _mm512_loadu_si512(ra + 2 * j) : _mm512_maskz_loadu_epi16(mk, ra + 2 * j);
-      const __m512i vb = !rbw ? _mm512_setzero_si512()
-                         : full ? _mm512_loadu_si512(rbw + 2 * j) : _mm512_maskz_loadu_epi16(mk, rbw + 2 * j);
-      const __m512bh c0 = as_bh(_mm512_unpacklo_epi16(va, vb)), c1 = as_bh(_mm512_unpackhi_epi16(va, vb));
+      const PairChunk c = pair_chunk(rows, n, k, j, dc);
+      const __m512bh c0 = as_bh(c.lo), c1 = as_bh(c.hi);
       for (int i = 0; i < NR; ++i) {
         const __m512bh pb = as_bh(_mm512_set1_epi32(int(pr[i][k])));
         acc[i][0] = _mm512_dpbf16_ps(acc[i][0], pb, c0);
@@ -442,19 +455,12 @@ void partial_bf16(const LatentAttn& a, int64_t s0, int64_t s1, float* mx, float*
       continue;
     }
     const int64_t np = (n + 1) / 2;
-    for (int64_t k = 0; k < np; ++k) {
-      const uint8_t* ra = rows[2 * k];
-      const uint8_t* rbw = 2 * k + 1 < n ? rows[2 * k + 1] : nullptr;
+    for (int64_t k = 0; k < np; ++k)
       for (int64_t j = 0; j < dcp; j += 32) {
-        const __mmask32 mk = mask32(dc - j);
-        const bool full = mk == 0xFFFFFFFFu;
-        const __m512i va = full ? _mm512_loadu_si512(ra + 2 * j) : _mm512_maskz_loadu_epi16(mk, ra + 2 * j);
-        const __m512i vb = !rbw ? _mm512_setzero_si512()
-                           : full ? _mm512_loadu_si512(rbw + 2 * j) : _mm512_maskz_loadu_epi16(mk, rbw + 2 * j);
-        _mm512_storeu_si512(vt + k * dcp + j, _mm512_unpacklo_epi16(va, vb));
-        _mm512_storeu_si512(vt + k * dcp + j + 16, _mm512_unpackhi_epi16(va, vb));
+        const PairChunk c = pair_chunk(rows, n, k, j, dc);
+        _mm512_storeu_si512(vt + k * dcp + j, c.lo);
+        _mm512_storeu_si512(vt + k * dcp + j + 16, c.hi);
       }
-    }
     for (int64_t m = 0; m < M; m += kMR) {
       const uint32_t* pr[kMR];
       float* orow[kMR];

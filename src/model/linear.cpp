@@ -38,6 +38,21 @@ void linear_f16(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, c
 // M = 16384 rows, where even 128 columns pass it, do the parts take two GEMMs.
 constexpr int64_t kLinearPairMaxOut = int64_t(1) << 22;
 
+// Rows [n0, n1) of w as a weight of their own (FP8: n0 on a 128-row scale block).
+Weight weight_rows(const Weight& w, int64_t n0, int64_t n1) {
+  const int64_t K = linear_in(w);
+  DSV3_ASSERT(n0 >= 0 && n0 <= n1 && n1 <= linear_out(w));
+  Weight sub = w;
+  sub.w.shape[0] = n1 - n0;
+  sub.w.data = static_cast<uint8_t*>(w.w.data) + size_t(n0 * K) * dtype_size(w.w.dtype);
+  if (w.fp8()) {
+    DSV3_ASSERT(n0 % 128 == 0);
+    sub.scale.data = w.scale.ptr<float>() + (n0 / 128) * w.scale.shape[1];
+    sub.scale.shape[0] = (n1 - n0 + 127) / 128;
+  }
+  return sub;
+}
+
 // y[n] (+)= h[n] + l[n]: the two parts' products first, then the sum they add to.
 void add_pair_row(float* y, const float* h, const float* l, int64_t n, bool accumulate) {
   if (accumulate)
@@ -88,38 +103,37 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
     else
       split_f32_to_bf16_pair(xr, hi + m * K, lo + m * K, K);
   }
-  // Columns [n0, n0 + nb) of x·Wᵀ for `rows` rows of A into C.
-  auto gemm = [&](const uint16_t* A, int64_t rows, int64_t n0, int64_t nb, float* C, int64_t ldc, bool acc) {
+  // x·wbᵀ for `rows` rows of A into C (wb: w or a block of its rows).
+  auto gemm = [&](const uint16_t* A, int64_t rows, const Weight& wb, float* C, int64_t ldc, bool acc) {
     if (dt == DType::BF16) {
       GemmBF16 g;
-      g.M = rows; g.N = nb; g.K = K;
+      g.M = rows; g.N = linear_out(wb); g.K = K;
       g.A = A; g.lda = K;
-      g.B = w.w.ptr<uint16_t>() + n0 * K; g.ldb = K; g.trans_b = true;
+      g.B = wb.w.ptr<uint16_t>(); g.ldb = K; g.trans_b = true;
       g.C = C; g.ldc = ldc; g.accumulate = acc;
       gemm_bf16(g, threads);
     } else {
       GemmFP8 g;
-      g.M = rows; g.N = nb; g.K = K;
+      g.M = rows; g.N = linear_out(wb); g.K = K;
       g.A_bf16 = A; g.lda = K;
-      g.B = w.w.ptr<uint8_t>() + n0 * K; g.ldb = K; g.trans_b = true;
+      g.B = wb.w.ptr<uint8_t>(); g.ldb = K; g.trans_b = true;
       g.b_layout = Fp8BLayout::Block128;
-      g.ldb_scale = w.scale.shape[1];
-      g.b_scale = w.scale.ptr<float>() + n0 / 128 * g.ldb_scale;
+      g.b_scale = wb.scale.ptr<float>(); g.ldb_scale = wb.scale.shape[1];
       g.C = C; g.ldc = ldc; g.accumulate = acc;
       gemm_fp8(g, threads);
     }
   };
-  if (w.x_bf16) return gemm(hi, M, 0, N, y, ldy, accumulate);
+  if (w.x_bf16) return gemm(hi, M, w, y, ldy, accumulate);
   const int64_t nb = std::min(N, kLinearPairMaxOut / (2 * M) / 128 * 128);
   if (nb < 128 && nb < N) {
-    gemm(hi, M, 0, N, y, ldy, accumulate);
-    gemm(lo, M, 0, N, y, ldy, true);
+    gemm(hi, M, w, y, ldy, accumulate);
+    gemm(lo, M, w, y, ldy, true);
     return;
   }
   float* y2 = grow(s.y2, 2 * M * nb);
   for (int64_t n0 = 0; n0 < N; n0 += nb) {
     const int64_t nc = std::min(nb, N - n0);
-    gemm(hi, 2 * M, n0, nc, y2, nc, false);
+    gemm(hi, 2 * M, weight_rows(w, n0, n0 + nc), y2, nc, false);
     parallel_rows(M, M * nc, threads, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m)
         add_pair_row(y + m * ldy + n0, y2 + m * nc, y2 + (M + m) * nc, nc, accumulate);
@@ -171,19 +185,9 @@ void LinearBatch::run(float* y, int64_t ldy, const float* x, int64_t ldx, const 
 
 void linear_rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
                  int64_t n0, int64_t n1, LinearScratch& s, bool accumulate) {
-  const int64_t K = linear_in(w);
   DSV3_ASSERT(n0 >= 0 && n0 <= n1 && n1 <= linear_out(w) && M <= kGemvMaxM);
   if (n0 == n1 || M == 0) return;
-  Weight sub = w;  // rows [n0, n1) as a weight of their own
-  sub.w.shape[0] = n1 - n0;
-  const size_t esz = dtype_size(w.w.dtype);
-  sub.w.data = static_cast<uint8_t*>(w.w.data) + size_t(n0 * K) * esz;
-  if (w.fp8()) {
-    DSV3_ASSERT(n0 % 128 == 0);
-    sub.scale.data = w.scale.ptr<float>() + (n0 / 128) * w.scale.shape[1];
-    sub.scale.shape[0] = (n1 - n0 + 127) / 128;
-  }
-  linear_gemv(y + n0, ldy, x, ldx, M, sub, s, accumulate, 1);
+  linear_gemv(y + n0, ldy, x, ldx, M, weight_rows(w, n0, n1), s, accumulate, 1);
 }
 
 void dequantize_rows(float* out, const Weight& w, int64_t r0, int64_t n) {

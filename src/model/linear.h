@@ -17,7 +17,7 @@ namespace dsv3 {
 // Scratch a caller keeps across calls so that steady-state decoding does not allocate.
 struct LinearScratch {
   std::vector<uint16_t> x_bf16;  // [2, M, K] x as BF16 hi and lo parts (GEMM paths)
-  std::vector<float> y2;         // [2, M, N] hi·Wᵀ and lo·Wᵀ (one GEMM over both parts)
+  std::vector<float> y2;         // [2, M, block] hi·Wᵀ and lo·Wᵀ (one GEMM over both parts)
   std::vector<float> w_row;      // [K] one dequantised row (F16 path)
 };
 
