@@ -38,6 +38,8 @@ constexpr int64_t kNc = 4096;            // B block 8 MB (F32) in L3
 constexpr int64_t kFp8Blk = 128;         // DeepSeek-V3's promotion interval N_C (report §3.3)
 static_assert(kKcFp8 % kFp8Blk == 0, "FP8 K blocks must not straddle a scale block");
 static_assert(kKcBf16 % 2 == 0 && kKcF32 % 16 == 0, "KC must keep panels 64-byte aligned");
+static_assert(kKcF32 % 16 == 0 && kKcBf16 % 32 == 0 && kKcFp8 % 32 == 0,
+              "a blocked A panel holds whole blocks of 16 items");
 
 inline size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 
@@ -62,8 +64,35 @@ inline void store_row(float* c, __m512 v0, __m512 v1, int nr, bool add) {
   _mm512_mask_storeu_ps(c + 16, m1, v1);
 }
 
-// F32: c[M x 32] (+)= a[ks][MR] . b[ks][NR].
-template <int M>
+// The A panel layouts (gemm_internal.h): row 0's item k is at a + a_off<Blocked>(k), and
+// row i's k-th item kRowStep<Blocked> · i items further.
+template <bool Blocked>
+inline int64_t a_off(int64_t k) {
+  return Blocked ? (k >> 4) * (16 * MR) + (k & 15) : k * MR;
+}
+template <bool Blocked>
+inline constexpr int kRowStep = Blocked ? 16 : 1;
+
+// The k steps [k0, k1) of a microkernel, step(ak, k) with ak = a + a_off(k). Blocked (k0 a
+// multiple of 16): whole blocks in groups of 4 steps, so that a group's broadcasts are
+// displacements from one pointer that moves 4 items per group and to the next block after 4
+// (computing a_off per group instead cost ~4% at 2048^3).
+template <bool Blocked, class T, class Step>
+[[gnu::always_inline]] inline void k_steps(const T* a, int64_t k0, int64_t k1, Step&& step) {
+  int64_t k = k0;
+  if constexpr (Blocked) {
+    for (const T* ab = a + a_off<true>(k0); k + 16 <= k1; k += 16, ab += 16 * MR) {
+      for (int q = 0; q < 16; q += 4) {
+#pragma GCC unroll 4
+        for (int kk = 0; kk < 4; ++kk) step(ab + q + kk, k + q + kk);
+      }
+    }
+  }
+  for (; k < k1; ++k) step(a + a_off<Blocked>(k), k);
+}
+
+// F32: c[M x 32] (+)= a . b[ks][NR], a in either layout.
+template <int M, bool Blocked>
 void ukr_f32(int64_t ks, const float* a, const float* b, float* c, int64_t ldc, int nr, bool add) {
   __m512 c0[M], c1[M];
 #pragma GCC unroll 14
@@ -73,42 +102,62 @@ void ukr_f32(int64_t ks, const float* a, const float* b, float* c, int64_t ldc, 
     _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
     _mm_prefetch((const char*)(c + i * ldc + 31), _MM_HINT_T0);
   }
-  for (int64_t k = 0; k < ks; ++k) {
+  k_steps<Blocked>(a, 0, ks, [&](const float* ak, int64_t k) {
     const __m512 b0 = _mm512_load_ps(b + k * NR), b1 = _mm512_load_ps(b + k * NR + 16);
 #pragma GCC unroll 14
     for (int i = 0; i < M; ++i) {
-      const __m512 ai = _mm512_set1_ps(a[k * MR + i]);
+      const __m512 ai = _mm512_set1_ps(ak[i * kRowStep<Blocked>]);
       c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
       c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
     }
-  }
+  });
 #pragma GCC unroll 14
   for (int i = 0; i < M; ++i) store_row(c + i * ldc, c0[i], c1[i], nr, add);
 }
 
 // BF16: items are K pairs; vdpbf16ps adds both products of a pair into an FP32 lane.
-template <int M>
+template <int M, bool Blocked>
 void ukr_bf16(int64_t ks, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, int nr,
               bool add) {
   __m512 c0[M], c1[M];
 #pragma GCC unroll 14
   for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < ks; ++k) {
+  k_steps<Blocked>(a, 0, ks, [&](const uint32_t* ak, int64_t k) {
     const __m512bh b0 = (__m512bh)_mm512_load_si512(b + k * NR);
     const __m512bh b1 = (__m512bh)_mm512_load_si512(b + k * NR + 16);
 #pragma GCC unroll 14
     for (int i = 0; i < M; ++i) {
-      const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(a[k * MR + i]));
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(ak[i * kRowStep<Blocked>]));
       c0[i] = _mm512_dpbf16_ps(c0[i], ai, b0);
       c1[i] = _mm512_dpbf16_ps(c1[i], ai, b1);
     }
-  }
+  });
 #pragma GCC unroll 14
   for (int i = 0; i < M; ++i) store_row(c + i * ldc, c0[i], c1[i], nr, add);
 }
 
-// FP8 (decoded to BF16 by packing): each 128-K block starts from fresh accumulators and
-// is promoted as partial * (sa * sb) (report §3.3) into an FP32 tile sum that stays in a
+// DSV3_DISPATCH_MR instantiates a kernel template of one parameter.
+template <int M>
+void ukr_f32_blocked(int64_t ks, const float* a, const float* b, float* c, int64_t ldc, int nr, bool add) {
+  ukr_f32<M, true>(ks, a, b, c, ldc, nr, add);
+}
+template <int M>
+void ukr_f32_kmajor(int64_t ks, const float* a, const float* b, float* c, int64_t ldc, int nr, bool add) {
+  ukr_f32<M, false>(ks, a, b, c, ldc, nr, add);
+}
+template <int M>
+void ukr_bf16_blocked(int64_t ks, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, int nr,
+                      bool add) {
+  ukr_bf16<M, true>(ks, a, b, c, ldc, nr, add);
+}
+template <int M>
+void ukr_bf16_kmajor(int64_t ks, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, int nr,
+                     bool add) {
+  ukr_bf16<M, false>(ks, a, b, c, ldc, nr, add);
+}
+
+// FP8 (decoded to BF16 by packing, A blocked): each 128-K block starts from fresh accumulators
+// and is promoted as partial * (sa * sb) (report §3.3) into an FP32 tile sum that stays in a
 // small contiguous buffer (C rows a multiple of 4 KB apart would all fight for one L1 set
 // at every block), added to C once per call. Relative to the reference's C += ... per
 // block this only reassociates the FP32 sum of block results (gemm.h tolerance).
@@ -122,16 +171,16 @@ void ukr_fp8(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, 
 #pragma GCC unroll 14
     for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
     const int64_t k1 = min64(ks, (blk + 1) * kSteps);
-    for (int64_t k = blk * kSteps; k < k1; ++k) {
+    k_steps<true>(a, blk * kSteps, k1, [&](const uint32_t* ak, int64_t k) {
       const __m512bh b0 = (__m512bh)_mm512_load_si512(b + k * NR);
       const __m512bh b1 = (__m512bh)_mm512_load_si512(b + k * NR + 16);
 #pragma GCC unroll 14
       for (int i = 0; i < M; ++i) {
-        const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(a[k * MR + i]));
+        const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(ak[i * kRowStep<true>]));
         c0[i] = _mm512_dpbf16_ps(c0[i], ai, b0);
         c1[i] = _mm512_dpbf16_ps(c1[i], ai, b1);
       }
-    }
+    });
     const __m512 s0 = _mm512_load_ps(sb + blk * NR), s1 = _mm512_load_ps(sb + blk * NR + 16);
 #pragma GCC unroll 14
     for (int i = 0; i < M; ++i) {
@@ -187,7 +236,11 @@ struct OpF32 {
               int64_t j, bool first) const {
     float* c = p->C + i * p->ldc + j;
     const bool add = !first || p->accumulate;
-    DSV3_DISPATCH_MR(mr, ukr_f32, kc, (const float*)a, (const float*)b, c, p->ldc, nr, add)
+    if (p->trans_a) {
+      DSV3_DISPATCH_MR(mr, ukr_f32_kmajor, kc, (const float*)a, (const float*)b, c, p->ldc, nr, add)
+    } else {
+      DSV3_DISPATCH_MR(mr, ukr_f32_blocked, kc, (const float*)a, (const float*)b, c, p->ldc, nr, add)
+    }
   }
 };
 
@@ -207,8 +260,13 @@ struct OpBF16 {
               int64_t j, bool first) const {
     float* c = p->C + i * p->ldc + j;
     const bool add = !first || p->accumulate;
-    DSV3_DISPATCH_MR(mr, ukr_bf16, (kc + 1) / 2, (const uint32_t*)a, (const uint32_t*)b, c,
-                     p->ldc, nr, add)
+    if (p->trans_a) {
+      DSV3_DISPATCH_MR(mr, ukr_bf16_kmajor, (kc + 1) / 2, (const uint32_t*)a, (const uint32_t*)b, c,
+                       p->ldc, nr, add)
+    } else {
+      DSV3_DISPATCH_MR(mr, ukr_bf16_blocked, (kc + 1) / 2, (const uint32_t*)a, (const uint32_t*)b, c,
+                       p->ldc, nr, add)
+    }
   }
 };
 

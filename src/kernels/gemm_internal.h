@@ -52,13 +52,23 @@ void gemm_small_bf16_avx2(const GemmBF16& p, int threads);
 void gemm_small_fp8_avx2(const GemmFP8& p, int threads);
 
 // Packing (gemm_pack_avx512.cpp). A micro-panel: mr <= kMR512 rows of op(A) over kc
-// elements of K, as dst[kstep][kMR512] 32-bit items (an F32, or a BF16 pair k, k+1);
-// B micro-panel: nr <= kNR512 columns of op(B), as dst[kstep][kNR512]. Padding rows,
-// columns and the odd K tail of a BF16 pair are zero.
+// elements of K, as 32-bit items (an F32, or a BF16 pair k, k+1), in one of two layouts:
+//   k-major  dst[s * kMR512 + r] (item s of row r): what a transposed A (stored [K,M])
+//            packs into cheaply. Padding rows are zero.
+//   blocked  dst[(s / 16) * 16 * kMR512 + r * 16 + s % 16]: A stored K-contiguous (F32,
+//            BF16 or E4M3); each row's run is copied 16 items (one vector) at a time, with
+//            no transpose, and a block of 16 items of all rows is contiguous, so the
+//            microkernel reads the panel in the same order as the k-major one (its
+//            broadcasts are displacements from one pointer per 4 items). Rows >= mr are not
+//            written; the last block's items past kc are zero.
+// B micro-panel: nr <= kNR512 columns of op(B), as dst[kstep][kNR512]. Padding columns and
+// the odd K tail of a BF16 pair are zero.
+// trans: the k-major layout; !trans: the blocked layout.
 void pack_a_f32_avx512(const float* A, int64_t lda, bool trans, int64_t i0, int mr,
                        int64_t k0, int64_t kc, float* dst);
 void pack_b_f32_avx512(const float* B, int64_t ldb, bool trans, int64_t j0, int nr,
                        int64_t k0, int64_t kc, float* dst);
+// trans: the k-major layout; !trans: the blocked layout.
 void pack_a_bf16_avx512(const uint16_t* A, int64_t lda, bool trans, int64_t i0, int mr,
                         int64_t k0, int64_t kc, uint32_t* dst);
 void pack_b_bf16_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
@@ -73,7 +83,7 @@ void pack_rows16_bf16_avx512(const uint16_t* A, int64_t lda, int64_t i0, int row
 // The same from E4M3 codes, decoded to BF16, always in the perm64 order.
 void pack_rows16_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int rows, int64_t k0,
                              int64_t kc, uint32_t* dst, int64_t stride);
-// E4M3 codes, converted to BF16 on the way (via e4m3_bf16_table()).
+// E4M3 codes, converted to BF16 on the way (via e4m3_bf16_table()); the blocked layout.
 void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
                         int64_t kc, uint32_t* dst);
 void pack_b_e4m3_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, int nr,

@@ -21,8 +21,9 @@ constexpr int MR = kMR512, NR = kNR512;
 
 inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
 
-// The transposing pack shared by every operand stored with K contiguous (A not
-// transposed, B transposed): `rows` source runs of 32-bit items (row i, items t0..t0+15
+// The transposing pack of the K-contiguous operands whose panel is k-major (B transposed,
+// the broadcast path's rows of A; a K-contiguous A of the packed path is blocked instead,
+// gemm_internal.h): `rows` source runs of 32-bit items (row i, items t0..t0+15
 // come from load(i, t0)) become dst[item * stride + lane], lane < W = the panel width
 // (MR, NR or 16), lanes past `rows` zero; stride defaults to W. 16x16 blocks go through
 // registers.
@@ -79,7 +80,13 @@ void pack_a_f32_avx512(const float* A, int64_t lda, bool trans, int64_t i0, int 
     }
     return;
   }
-  pack_runs<MR>((const char*)(A + i0 * lda + k0), lda * 4, mr, kc, 4, (uint32_t*)dst);
+  for (int r = 0; r < mr; ++r) {  // blocked layout: 16 items per vector, the tail zero-filled
+    const float* src = A + (i0 + r) * lda + k0;
+    float* d = dst + r * 16;
+    int64_t k = 0;
+    for (; k + 16 <= kc; k += 16) _mm512_store_ps(d + k * MR, _mm512_loadu_ps(src + k));
+    if (k < kc) _mm512_store_ps(d + k * MR, _mm512_maskz_loadu_ps(mask16(kc - k), src + k));
+  }
 }
 
 void pack_b_f32_avx512(const float* B, int64_t ldb, bool trans, int64_t j0, int nr,
@@ -120,7 +127,15 @@ void pack_a_bf16_avx512(const uint16_t* A, int64_t lda, bool trans, int64_t i0, 
     }
     return;
   }
-  pack_runs<MR>((const char*)(A + i0 * lda + k0), lda * 2, mr, kc, 2, dst);
+  // Blocked layout: 32 BF16 (16 items) per vector; the last, masked load zero-fills the
+  // rest of its block (the odd K tail's second half included).
+  for (int r = 0; r < mr; ++r) {
+    const uint16_t* src = A + (i0 + r) * lda + k0;
+    uint32_t* d = dst + r * 16;
+    int64_t k = 0;
+    for (; k + 32 <= kc; k += 32) _mm512_store_si512(d + k / 2 * MR, _mm512_loadu_si512(src + k));
+    if (k < kc) _mm512_store_si512(d + k / 2 * MR, _mm512_maskz_loadu_epi16(mask32(kc - k), src + k));
+  }
 }
 
 void pack_b_bf16_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
@@ -180,10 +195,12 @@ void pack_rows16_bf16_avx512(const uint16_t* A, int64_t lda, int64_t i0, int row
 // becomes one register of BF16 pairs).
 void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
                         int64_t kc, uint32_t* dst) {
-  const E4m3Lut lut;
-  pack_t32<MR>([&](int i, int64_t t0) {
-        return _mm512_castsi512_ps(e4m3x32_to_bf16(lut, A + (i0 + i) * lda + k0 + 2 * t0, kc - 2 * t0));
-      }, mr, (kc + 1) / 2, dst);
+  const E4m3Lut lut;  // blocked layout: each 32-code load decodes to one block of the row
+  for (int r = 0; r < mr; ++r) {
+    const uint8_t* src = A + (i0 + r) * lda + k0;
+    uint32_t* d = dst + r * 16;
+    for (int64_t k = 0; k < kc; k += 32) _mm512_store_si512(d + k / 2 * MR, e4m3x32_to_bf16(lut, src + k, kc - k));
+  }
 }
 
 void pack_rows16_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int rows, int64_t k0,
