@@ -157,15 +157,16 @@ void mla_train_forward(float* out, const float* x, int64_t B, int64_t T, const M
   sv.T = T;
   fill_positions(s, T);
 
-  // The saved pre-norm activations and rstd.
+  // The saved pre-norm activations and rstd (BF16: x rounded once for both projections).
+  const uint16_t* x16 = c.has_q_lora() ? tlinear_input_bf16(x, d.M, d.H, lc, s.lin) : nullptr;
   if (c.has_q_lora()) {
     grow(sv.qa, d.M * d.r);
     grow(sv.rstd_q, d.M);
-    tlinear_forward(sv.qa.data(), x, wp(w.q_a_proj), d.M, d.r, d.H, lc, s.lin);
+    tlinear_forward(sv.qa.data(), x, wp(w.q_a_proj), d.M, d.r, d.H, lc, s.lin, false, x16);
   }
   grow(sv.kv, d.M * d.R);
   grow(sv.rstd_kv, d.M);
-  tlinear_forward(sv.kv.data(), x, wp(w.kv_a_proj_with_mqa), d.M, d.R, d.H, lc, s.lin);
+  tlinear_forward(sv.kv.data(), x, wp(w.kv_a_proj_with_mqa), d.M, d.R, d.H, lc, s.lin, false, x16);
   project_up(x, d, c, w, rope, lc, sv, s, c.has_q_lora() ? sv.rstd_q.data() : nullptr,
              sv.rstd_kv.data());
 
@@ -332,8 +333,11 @@ void mla_train_backward(float* dx, const float* dout, const float* x, int64_t B,
                    d.dc, lc, s.lin);
   rmsnorm_backward(dkv, d.R, gp(g.kv_a_layernorm), dkvn, d.dc, sv.kv.data(), d.R,
                    wp(w.kv_a_layernorm), sv.rstd_kv.data(), d.M, d.dc, false, lc.threads);
+  // BF16: x rounded once for the weight gradients of kv_a and q_a / q_proj (deferred ones
+  // round it when they run).
+  const uint16_t* x16 = lc.defer ? nullptr : tlinear_input_bf16(x, d.M, d.H, lc, s.lin);
   tlinear_backward(dx, gp(g.kv_a_proj_with_mqa), dkv, x, wp(w.kv_a_proj_with_mqa), d.M, d.R, d.H,
-                   lc, s.lin);
+                   lc, s.lin, false, x16);
 
   // q path, added into dx.
   if (c.has_q_lora()) {
@@ -342,10 +346,10 @@ void mla_train_backward(float* dx, const float* dout, const float* x, int64_t B,
                      lc, s.lin);
     rmsnorm_backward(dqn, d.r, gp(g.q_a_layernorm), dqn, d.r, sv.qa.data(), d.r,
                      wp(w.q_a_layernorm), sv.rstd_q.data(), d.M, d.r, false, lc.threads);
-    tlinear_backward(dx, gp(g.q_a_proj), dqn, x, wp(w.q_a_proj), d.M, d.r, d.H, lc, s.lin, true);
+    tlinear_backward(dx, gp(g.q_a_proj), dqn, x, wp(w.q_a_proj), d.M, d.r, d.H, lc, s.lin, true, x16);
   } else {
     tlinear_backward(dx, gp(g.q_proj), dq, x, wp(w.q_proj), d.M, d.nh * d.dq, d.H, lc, s.lin,
-                     true);
+                     true, x16);
   }
 }
 

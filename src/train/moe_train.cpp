@@ -61,9 +61,10 @@ void expert_forward(float* y, const float* x, int64_t n, int64_t H, const MlpWei
                     float* G, float* U, float* h, const TLinearCtx& lc, TLinearScratch& ls,
                     bool acc, Poll poll = {}) {
   const int64_t I = inter_of(w);
-  tlinear_forward(G, x, wptr(w.gate_proj), n, I, H, lc, ls);
+  const uint16_t* x16 = tlinear_input_bf16(x, n, H, lc, ls);  // BF16: x rounded once for both
+  tlinear_forward(G, x, wptr(w.gate_proj), n, I, H, lc, ls, false, x16);
   poll();
-  tlinear_forward(U, x, wptr(w.up_proj), n, I, H, lc, ls);
+  tlinear_forward(U, x, wptr(w.up_proj), n, I, H, lc, ls, false, x16);
   poll();
   swiglu_forward(h, I, G, I, U, I, n, I, lc.threads);
   tlinear_forward(y, h, wptr(w.down_proj), n, H, I, lc, ls, acc);
@@ -74,11 +75,12 @@ void expert_forward(float* y, const float* x, int64_t n, int64_t H, const MlpWei
 // (the two GEMMs are independent: the same bits either way).
 void tlinear_backward_polled(float* dx, float* dW, const float* dy, const float* x,
                              const float* W, int64_t M, int64_t N, int64_t K,
-                             const TLinearCtx& c, TLinearScratch& s, bool acc_dx, Poll poll) {
-  if (!poll.req) return tlinear_backward(dx, dW, dy, x, W, M, N, K, c, s, acc_dx);
+                             const TLinearCtx& c, TLinearScratch& s, bool acc_dx, Poll poll,
+                             const uint16_t* x16 = nullptr) {
+  if (!poll.req) return tlinear_backward(dx, dW, dy, x, W, M, N, K, c, s, acc_dx, x16);
   if (dx) tlinear_backward(dx, nullptr, dy, x, W, M, N, K, c, s, acc_dx);
   poll();
-  tlinear_backward(nullptr, dW, dy, x, W, M, N, K, c, s);
+  tlinear_backward(nullptr, dW, dy, x, W, M, N, K, c, s, false, x16);
   poll();
 }
 
@@ -126,10 +128,12 @@ void expert_backward(float* dx, float* dweight, const float* rw, const float* do
     }
   }
   swiglu_backward(dg, I, du, I, dh, I, G, I, U, I, n, I, lc.threads);
+  // BF16: x rounded once for both weight gradients (deferred ones round it when they run).
+  const uint16_t* x16 = lc.defer ? nullptr : tlinear_input_bf16(x, n, H, lc, s.lin);
   tlinear_backward_polled(dx, gptr(g.gate_proj), dg, x, wptr(w.gate_proj), n, I, H, lc, s.lin,
-                          acc_dx, poll);
+                          acc_dx, poll, x16);
   tlinear_backward_polled(dx, gptr(g.up_proj), du, x, wptr(w.up_proj), n, I, H, lc, s.lin, true,
-                          poll);
+                          poll, x16);
 }
 
 bool normalises(const ModelConfig& c) {  // as moe_route (docs/numerics.md)

@@ -44,8 +44,13 @@ Precision parse_precision(const char* s) {
   DSV3_FAIL("precision must be f32, bf16 or fp8, got '", v, "'");
 }
 
+const uint16_t* tlinear_input_bf16(const float* x, int64_t M, int64_t K, const TLinearCtx& c,
+                                   TLinearScratch& s) {
+  return c.prec == Precision::BF16 && M * K > 0 ? to_bf16(s.x16, x, M * K) : nullptr;
+}
+
 void tlinear_forward(float* y, const float* x, const float* W, int64_t M, int64_t N, int64_t K,
-                     const TLinearCtx& c, TLinearScratch& s, bool acc) {
+                     const TLinearCtx& c, TLinearScratch& s, bool acc, const uint16_t* x16) {
   if (M == 0 || N == 0) return;
   switch (c.prec) {
     case Precision::F32: {
@@ -60,7 +65,7 @@ void tlinear_forward(float* y, const float* x, const float* W, int64_t M, int64_
     case Precision::BF16: {
       GemmBF16 g;
       g.M = M; g.N = N; g.K = K;
-      g.A = to_bf16(s.a16, x, M * K); g.lda = K;
+      g.A = x16 ? x16 : to_bf16(s.a16, x, M * K); g.lda = K;
       g.B = weight_bf16(c, s.b16, W, N * K); g.ldb = K; g.trans_b = true;
       g.C = y; g.ldc = N; g.accumulate = acc;
       gemm_bf16(g, c.threads);
@@ -87,7 +92,7 @@ void tlinear_forward(float* y, const float* x, const float* W, int64_t M, int64_
 
 void tlinear_backward(float* dx, float* dW, const float* dy, const float* x, const float* W,
                       int64_t M, int64_t N, int64_t K, const TLinearCtx& c, TLinearScratch& s,
-                      bool acc_dx) {
+                      bool acc_dx, const uint16_t* x16) {
   if (M == 0) return;
   if (c.defer != nullptr && dW != nullptr) {
     DeferredWGrad& d = c.defer->emplace_back();
@@ -136,7 +141,7 @@ void tlinear_backward(float* dx, float* dW, const float* dy, const float* x, con
         GemmBF16 g;
         g.M = N; g.N = K; g.K = M;
         g.A = dy16; g.lda = N; g.trans_a = true;
-        g.B = to_bf16(s.b16, x, M * K); g.ldb = K;
+        g.B = x16 ? x16 : to_bf16(s.b16, x, M * K); g.ldb = K;
         g.C = dW; g.ldc = K; g.accumulate = true;
         gemm_bf16(g, c.threads);
       }

@@ -22,6 +22,7 @@ Precision parse_precision(const char* s);  // "f32" | "bf16" | "fp8"; throws oth
 
 struct TLinearScratch {
   std::vector<uint16_t> a16, b16;     // BF16 copies of operands
+  std::vector<uint16_t> x16;          // the caller's: an input rounded once for two linears
   std::vector<uint8_t> a8, b8;        // E4M3 codes
   std::vector<float> sa, sb;          // their scales
   std::vector<float> t;               // transposes
@@ -56,11 +57,20 @@ struct TLinearCtx {
   int64_t w_n = 0;
 };
 
+//
+// x16 (optional): x already rounded to BF16 (convert_f32_to_bf16(x), the same bits), which
+// BF16 mode then uses instead of rounding x again — for two linears that read one input
+// (gate and up, forward and weight gradient). Other modes ignore it; x must be given too.
 void tlinear_forward(float* y, const float* x, const float* W, int64_t M, int64_t N, int64_t K,
-                     const TLinearCtx& c, TLinearScratch& s, bool acc = false);
+                     const TLinearCtx& c, TLinearScratch& s, bool acc = false,
+                     const uint16_t* x16 = nullptr);
 void tlinear_backward(float* dx, float* dW, const float* dy, const float* x, const float* W,
                       int64_t M, int64_t N, int64_t K, const TLinearCtx& c, TLinearScratch& s,
-                      bool acc_dx = false);
+                      bool acc_dx = false, const uint16_t* x16 = nullptr);
+// x [M, K] rounded to BF16 into s.x16 when c's mode is BF16 (the x16 argument above), else
+// nullptr.
+const uint16_t* tlinear_input_bf16(const float* x, int64_t M, int64_t K, const TLinearCtx& c,
+                                   TLinearScratch& s);
 // The deferred weight gradients in recorded order (c.defer ignored); empties d.
 void tlinear_run_deferred(std::vector<DeferredWGrad>& d, const TLinearCtx& c, TLinearScratch& s);
 
