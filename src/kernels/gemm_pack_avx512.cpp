@@ -3,8 +3,10 @@
 // transposes, the edge tiles (zero padding) and, for FP8, the E4M3 -> BF16 decode.
 // The BF16 kernels consume K in pairs (vdpbf16ps), so a 32-bit "item" is one F32 or one
 // pair of BF16 values adjacent in K; both dtypes share the 32-bit transposes below.
-// GCC 12 flags _mm512_undefined_ps() inside its own intrinsics as maybe-uninitialized.
+// GCC 12 flags _mm512_undefined_ps() inside its own intrinsics as maybe-uninitialized (and,
+// in the ASan build, the "__Y = __Y" idiom of _mm512_unpacklo_ps as uninitialized).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <cstdint>
