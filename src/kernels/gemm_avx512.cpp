@@ -38,7 +38,7 @@ constexpr int64_t kNc = 4096;            // B block 8 MB (F32) in L3
 constexpr int64_t kFp8Blk = 128;         // DeepSeek-V3's promotion interval N_C (report §3.3)
 static_assert(kKcFp8 % kFp8Blk == 0, "FP8 K blocks must not straddle a scale block");
 static_assert(kKcBf16 % 2 == 0 && kKcF32 % 16 == 0, "KC must keep panels 64-byte aligned");
-static_assert(kKcF32 % 16 == 0 && kKcBf16 % 32 == 0 && kKcFp8 % 32 == 0,
+static_assert(kKcBf16 % 32 == 0 && kKcFp8 % 32 == 0,  // F32: kKcF32 % 16 above
               "a blocked A panel holds whole blocks of 16 items");
 
 inline size_t round64(size_t n) { return (n + 63) / 64 * 64; }

@@ -47,17 +47,31 @@ void pack_t32(Load load, int rows, int64_t items, uint32_t* dst, int64_t stride 
   }
 }
 
-// Runs of F32 (elem_bytes 4) or BF16 (2, two per item) at src + i*ld_bytes, kc elements.
-template <int W>
+// The blocked A panel (gemm_internal.h) of `rows` source runs loaded as pack_t32's: each
+// vector of 16 items stored as it is, no transpose. A load past the run's end must be zeros
+// (the last block's items past kc).
+template <class Load>
+void pack_blocked(Load load, int rows, int64_t items, uint32_t* dst) {
+  for (int r = 0; r < rows; ++r)
+    for (int64_t t0 = 0; t0 < items; t0 += 16) _mm512_store_ps((float*)(dst + t0 * MR + r * 16), load(r, t0));
+}
+
+// Runs of F32 (elem_bytes 4) or BF16 (2, two per item) at src + i*ld_bytes, kc elements,
+// into a k-major panel of width W, or (Blocked) the blocked A panel.
+template <int W, bool Blocked = false>
 void pack_runs(const char* src, int64_t ld_bytes, int rows, int64_t kc, int elem_bytes, uint32_t* dst) {
   const int per_item = 4 / elem_bytes;
   const int64_t items = (kc + per_item - 1) / per_item;
-  pack_t32<W>([&](int i, int64_t t0) {
-        const char* p = src + i * ld_bytes + t0 * 4;
-        const int64_t left = kc - t0 * per_item;  // source elements left in the run
-        return elem_bytes == 4 ? _mm512_maskz_loadu_ps(mask16(left), p)
-                               : _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask32(left), p));
-      }, rows, items, dst);
+  const auto load = [&](int i, int64_t t0) {
+    const char* p = src + i * ld_bytes + t0 * 4;
+    const int64_t left = kc - t0 * per_item;  // source elements left in the run
+    return elem_bytes == 4 ? _mm512_maskz_loadu_ps(mask16(left), p)
+                           : _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask32(left), p));
+  };
+  if constexpr (Blocked)
+    pack_blocked(load, rows, items, dst);
+  else
+    pack_t32<W>(load, rows, items, dst);
 }
 
 // Word indices that interleave two registers of 32 BF16 (rows k and k+1) into pairs:
@@ -82,13 +96,7 @@ void pack_a_f32_avx512(const float* A, int64_t lda, bool trans, int64_t i0, int 
     }
     return;
   }
-  for (int r = 0; r < mr; ++r) {  // blocked layout: 16 items per vector, the tail zero-filled
-    const float* src = A + (i0 + r) * lda + k0;
-    float* d = dst + r * 16;
-    int64_t k = 0;
-    for (; k + 16 <= kc; k += 16) _mm512_store_ps(d + k * MR, _mm512_loadu_ps(src + k));
-    if (k < kc) _mm512_store_ps(d + k * MR, _mm512_maskz_loadu_ps(mask16(kc - k), src + k));
-  }
+  pack_runs<MR, true>((const char*)(A + i0 * lda + k0), lda * 4, mr, kc, 4, (uint32_t*)dst);
 }
 
 void pack_b_f32_avx512(const float* B, int64_t ldb, bool trans, int64_t j0, int nr,
@@ -129,15 +137,7 @@ void pack_a_bf16_avx512(const uint16_t* A, int64_t lda, bool trans, int64_t i0, 
     }
     return;
   }
-  // Blocked layout: 32 BF16 (16 items) per vector; the last, masked load zero-fills the
-  // rest of its block (the odd K tail's second half included).
-  for (int r = 0; r < mr; ++r) {
-    const uint16_t* src = A + (i0 + r) * lda + k0;
-    uint32_t* d = dst + r * 16;
-    int64_t k = 0;
-    for (; k + 32 <= kc; k += 32) _mm512_store_si512(d + k / 2 * MR, _mm512_loadu_si512(src + k));
-    if (k < kc) _mm512_store_si512(d + k / 2 * MR, _mm512_maskz_loadu_epi16(mask32(kc - k), src + k));
-  }
+  pack_runs<MR, true>((const char*)(A + i0 * lda + k0), lda * 2, mr, kc, 2, dst);
 }
 
 void pack_b_bf16_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
@@ -197,12 +197,10 @@ void pack_rows16_bf16_avx512(const uint16_t* A, int64_t lda, int64_t i0, int row
 // becomes one register of BF16 pairs).
 void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
                         int64_t kc, uint32_t* dst) {
-  const E4m3Lut lut;  // blocked layout: each 32-code load decodes to one block of the row
-  for (int r = 0; r < mr; ++r) {
-    const uint8_t* src = A + (i0 + r) * lda + k0;
-    uint32_t* d = dst + r * 16;
-    for (int64_t k = 0; k < kc; k += 32) _mm512_store_si512(d + k / 2 * MR, e4m3x32_to_bf16(lut, src + k, kc - k));
-  }
+  const E4m3Lut lut;
+  pack_blocked([&](int i, int64_t t0) {
+        return _mm512_castsi512_ps(e4m3x32_to_bf16(lut, A + (i0 + i) * lda + k0 + 2 * t0, kc - 2 * t0));
+      }, mr, (kc + 1) / 2, dst);
 }
 
 void pack_rows16_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int rows, int64_t k0,

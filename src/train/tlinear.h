@@ -57,7 +57,6 @@ struct TLinearCtx {
   int64_t w_n = 0;
 };
 
-//
 // x16 (optional): x already rounded to BF16 (convert_f32_to_bf16(x), the same bits), which
 // BF16 mode then uses instead of rounding x again — for two linears that read one input
 // (gate and up, forward and weight gradient). Other modes ignore it; x must be given too.
