@@ -16,6 +16,9 @@
 namespace dsv3 {
 namespace {
 
+// ffn_tasks_decode takes whole matrices as its units from this many tasks per thread on.
+constexpr int kWholeUnitTasks = 4;
+
 // Indices of the k largest of v[0..n) (skipping entries where allowed[i] is false), largest
 // first, ties to the lower index (the order of a stable descending sort). Returns the value
 // of the last chosen entry.
@@ -72,9 +75,19 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   auto mine = [&](int i) {
     return !ep || i < shard->first[0] || (i >= shard->first[rank] && i < shard->first[rank + 1]);
   };
-  constexpr int64_t kBlock = 128;  // rows per unit: the FP8 scale block
+  constexpr int64_t kBlock = 128;  // the FP8 scale block
   const int nt = resolve_threads(threads);
   if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
+  // Rows of W per unit of work. With many tasks (a batched step: ~50 experts a layer), whole
+  // matrices, so each thread streams longer runs of weights and pays a stream's start (its
+  // prefetch not yet ahead) less often: the FFN of a 16-sequence step ran 1.07x faster than
+  // with 128-row units (docs/PERF.md). With few tasks (a single sequence: the shared expert and
+  // 6 routed), 128-row blocks and 512-row down units, so that the threads share the work
+  // evenly. A row's result does not depend on the units (the GEMV's rows are split-invariant).
+  int64_t I_max = 0;
+  for (int i = 0; i < n_tasks; ++i) I_max = std::max(I_max, linear_out(tasks[i].w->gate_proj));
+  const bool whole = n_tasks >= kWholeUnitTasks * nt;
+  const int64_t rows1 = whole ? (I_max + kBlock - 1) / kBlock * kBlock : kBlock;
   // Gathered inputs [task][≤4][H] and SwiGLU outputs [task][≤4][I].
   const int64_t nt1 = int64_t(n_tasks) + 1;
   int64_t* h_off = grow(s.off, 3 * nt1);
@@ -85,17 +98,17 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
     const int64_t I = linear_out(tasks[i].w->gate_proj);
     h_off[size_t(i) + 1] = h_off[size_t(i)] + tasks[i].n * I;
     x_off[size_t(i) + 1] = x_off[size_t(i)] + tasks[i].n * H;
-    unit_off[size_t(i) + 1] = unit_off[size_t(i)] + (I + kBlock - 1) / kBlock;
+    unit_off[size_t(i) + 1] = unit_off[size_t(i)] + (I + rows1 - 1) / rows1;
   }
   float* xe = grow(s.xe, x_off[size_t(n_tasks)]);
   float* h = grow(s.h, h_off[size_t(n_tasks)]);
-  float* gu = grow(s.gate, 2 * nt * kBlock * kGemvMaxM);  // per thread: gate, up of one block
+  float* gu = grow(s.gate, 2 * nt * rows1 * kGemvMaxM);  // per thread: gate, up of one unit
   for (int i = 0; i < n_tasks; ++i)
     for (int j = 0; j < tasks[i].n && mine(i); ++j)
       std::memcpy(xe + x_off[size_t(i)] + j * H, x + tasks[i].tok[j] * H, size_t(H) * sizeof(float));
-  // Down projections: kDownRows output rows per unit (a multiple of the FP8 block).
-  constexpr int64_t kDownRows = 4 * kBlock;
-  const int64_t down_units = (H + kDownRows - 1) / kDownRows;
+  // Down projections: down_rows output rows per unit (a multiple of the FP8 block), or all.
+  const int64_t down_rows = whole ? (H + kBlock - 1) / kBlock * kBlock : 4 * kBlock;
+  const int64_t down_units = (H + down_rows - 1) / down_rows;
   // Not s.y: moe_forward passes s.y as `out` to the decode form for experts with few tokens.
   float* yd = grow(s.down, x_off[size_t(n_tasks)]);  // [task][≤16][H] down outputs
   const int64_t units1 = unit_off[size_t(n_tasks)], units2 = int64_t(n_tasks) * down_units,
@@ -119,30 +132,30 @@ void ffn_tasks_decode(float* out, const float* x, int64_t T, int64_t H, const Ff
   parallel_region(nt, [&](Team& team) {
     const int tid = team.tid();
     LinearScratch& ls = s.per_thread[size_t(tid)];
-    float* g = gu + 2 * tid * kBlock * kGemvMaxM;
-    float* u = g + kBlock * kGemvMaxM;
-    // Phase 1: h = silu(gate(x)) * up(x), one 128-row block of one expert per unit.
+    float* g = gu + 2 * tid * rows1 * kGemvMaxM;
+    float* u = g + rows1 * kGemvMaxM;
+    // Phase 1: h = silu(gate(x)) * up(x), rows1 rows of one expert per unit.
     team.for_dynamic(units1, [&](int64_t unit) {
       int i = 0;
       while (unit_off[size_t(i) + 1] <= unit) ++i;
       if (!mine(i)) return;
       const FfnTask& t = tasks[i];
       const int64_t I = linear_out(t.w->gate_proj);
-      const int64_t r0 = (unit - unit_off[size_t(i)]) * kBlock, r1 = std::min(I, r0 + kBlock);
+      const int64_t r0 = (unit - unit_off[size_t(i)]) * rows1, r1 = std::min(I, r0 + rows1);
       const float* xi = xe + x_off[size_t(i)];
       // linear_rows writes columns [r0, r1) of its output rows; offset so they land at 0.
-      linear_rows(g - r0, kBlock, xi, H, t.n, t.w->gate_proj, r0, r1, ls);
-      linear_rows(u - r0, kBlock, xi, H, t.n, t.w->up_proj, r0, r1, ls);
-      swiglu_forward(h + h_off[size_t(i)] + r0, I, g, kBlock, u, kBlock, t.n, r1 - r0, 1);
+      linear_rows(g - r0, rows1, xi, H, t.n, t.w->gate_proj, r0, r1, ls);
+      linear_rows(u - r0, rows1, xi, H, t.n, t.w->up_proj, r0, r1, ls);
+      swiglu_forward(h + h_off[size_t(i)] + r0, I, g, rows1, u, rows1, t.n, r1 - r0, 1);
     });
-    // Phase 2: y_i = down_i(h_i) for every task, kDownRows output rows of one task per unit
+    // Phase 2: y_i = down_i(h_i) for every task, down_rows output rows of one task per unit
     // (a few large weight-streaming calls rather than one small call per task and block).
     team.for_dynamic(units2, [&](int64_t unit) {
       const int i = int(unit / down_units);
       if (!mine(i)) return;
       const FfnTask& t = tasks[i];
       const int64_t I = linear_out(t.w->gate_proj);
-      const int64_t r0 = (unit % down_units) * kDownRows, r1 = std::min(H, r0 + kDownRows);
+      const int64_t r0 = (unit % down_units) * down_rows, r1 = std::min(H, r0 + down_rows);
       linear_rows(yd + x_off[size_t(i)], H, h + h_off[size_t(i)], I, t.n, t.w->down_proj, r0, r1, ls);
     });
     // Phase 3 (here in one process; after the all-gather under EP).
