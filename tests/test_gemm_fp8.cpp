@@ -220,14 +220,18 @@ TEST(GemmFp8, AllPathsMatchReference) {
 
 // The AVX-512 broadcast-W kernel (gemm_bcast_avx512.cpp) called directly on every shape
 // above and every form it serves (W [N,K]: fprop with E4M3 or BF16 A, wgrad's Col128
-// scales), whatever gemm_fp8 would route there; then one shape that gemm_fp8 itself routes
-// to it (16 rows, K >= 1024, N·K >= 2^21: gemm_avx512.cpp).
+// scales), whatever gemm_fp8 would route there; then shapes that gemm_fp8 itself routes
+// to it (gemm_avx512.cpp): 16 rows, K >= 1024, N·K >= 2^21 on two threads; on one, 6..64
+// rows of a W of >= 2^20 codes, or rows filling >= 90% of their half vectors.
 TEST(GemmFp8, BroadcastPath) {
   if (best_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
   std::mt19937 rng(13);
   int n = 0;
   std::vector<Shape> all = shapes();
   all.push_back({47, 20, 4200});  // two K blocks of 4096, the second 104 long
+  // A last vector of <= 8 rows (256-bit operations) alone, after one full vector, and
+  // after two in a 3-vector tile.
+  all.insert(all.end(), {{8, 9, 256}, {24, 20, 300}, {40, 19, 1100}});
   for (const Shape& s : all) {
     for (Form f : {Form::Fprop, Form::Wgrad, Form::FpropBf16A}) {
       const Fp8Case c(f, s.M, s.N, s.K, rng);
@@ -238,6 +242,10 @@ TEST(GemmFp8, BroadcastPath) {
   set_isa(Isa::Avx512);
   const Fp8Case c(Form::FpropBf16A, 16, 2048, 1024, rng);
   compare_with_ref(c, Form::FpropBf16A, Expected(c), "routed", [](const GemmFP8& p) { gemm_fp8(p, 2); });
+  for (Shape s : {Shape{7, 1024, 1024}, Shape{24, 768, 300}, Shape{22, 520, 260}}) {
+    const Fp8Case c1(Form::FpropBf16A, s.M, s.N, s.K, rng);
+    compare_with_ref(c1, Form::FpropBf16A, Expected(c1), "routed, 1 thread", [](const GemmFP8& p) { gemm_fp8(p, 1); });
+  }
 }
 
 // Every one of the 256 E4M3 codes through every path, exactly: C[0,j] = 1.0 · code j (the

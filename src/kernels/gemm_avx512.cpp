@@ -339,8 +339,29 @@ bool bcast_bf16(int64_t M, int64_t N, int64_t K) { return bcast_rows(M) && K >= 
 // 342, 128x512x1024 398 -> 389 (2 threads). On 2 threads this VM has spells of ~30 s in
 // which the broadcast FP8 kernel alone loses ~15% (64x2048x1408: 323-334 against packed
 // 365-379, 384-392 outside them; docs/PERF.md), so it takes only M <= 64, where it gains most.
+// Since then (half vectors, 2026-12-07) it also takes the routed experts of a prefill (~T·K/E
+// rows each, spread from 0 to 4x that, one expert per thread), down to small W and short
+// K, counting A's rows in half vectors: a last vector of <= 8 rows runs as 256-bit
+// operations, at half the cost on Zen 4 (gemm_bcast_avx512.cpp). Zen 4, 1 thread, GFLOP/s
+// packed -> broadcast with W in cache (`bench gemm`): 16x768x2048 134 -> 172, 16x2048x768
+// 135 -> 168, 16x2048x512 111 -> 162, 16x512x256 134 -> 153, 64x768x2048 172 -> 201,
+// 24x768x2048 159 -> 181, 40x768x2048 176 -> 196, 8x2048x768 81-105 -> 108-109; but where
+// < 90% of those lanes are used it loses or ties (18x768x2048 145 -> 136, 35x2048x768 174
+// -> 158, 28x2048x768 165 -> 165). A W past a core's L2 (>= 2^20 codes) is streamed from
+// L3 or DRAM, and there the broadcast kernel, which reads it once and fetches its next
+// column group ahead, wins at every M from 6: compare-1b's routed experts (768x2048 and
+// 2048x768) timed inside `bench prefill`, GFLOP/s by rows before -> after: 6 56 -> 57
+// (dot), 7 58 -> 68, 9 62 -> 78, 10 67 -> 85, 11-13 74-81 -> 94-109, 14 87 -> 118, 17-21
+// 92-111 -> 101-127, 25-28 117-118 -> 133-141 (packed); whole prefills 1.11-1.26x
+// (docs/PERF.md). The rule ignores the thread count, so that a GEMM's bits do not depend on
+// it (the MoE runs an expert on one thread or on all and relies on the same bits).
+bool bcast_half_rows(int64_t M) {
+  const int64_t r = M % 16, lanes = M - r + (r == 0 ? 0 : r <= 8 ? 8 : 16);
+  return M >= 8 && M <= 64 && M * 10 >= lanes * 9;
+}
 bool bcast_fp8(int64_t M, int64_t N, int64_t K) {
-  return bcast_rows(M) && M <= 64 && K >= 1024 && N * K >= (int64_t(1) << 21);
+  if (K < 256 || N * K < (int64_t(1) << 17)) return false;
+  return N * K >= (int64_t(1) << 20) ? M >= 6 && M <= 64 : bcast_half_rows(M);
 }
 
 // DSV3_GEMM_PATH=packed|dot|bcast forces one path wherever the call's form allows it (the

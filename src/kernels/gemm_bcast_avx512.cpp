@@ -82,8 +82,24 @@ inline __m512i bcast_pair(const uint16_t* p) {
   return _mm512_set1_epi32(int(x));
 }
 
-// acc[n][h] += W pairs s0..s1-1 of row n x A vectors h; kPrefetch: also fetch t.pf.
-template <int NB, int H, bool kPrefetch>
+// acc[n][h] += a · w, 16 lanes of A, or the low 8 when `half` (the upper 8 stay zero).
+// On Zen 4 a 256-bit VDPBF16PS costs half a 512-bit one, so a last vector of A with <= 8
+// valid rows runs at the cost of 8 (lane-wise the same operation: the same bits).
+template <bool half>
+inline __m512 dp(__m512 acc, __m512bh w, const uint32_t* a) {
+  if constexpr (half) {
+    const __m256 r = _mm256_dpbf16_ps(_mm512_castps512_ps256(acc),
+                                      (__m256bh)_mm512_castsi512_si256((__m512i)w),
+                                      (__m256bh)_mm256_load_si256((const __m256i*)a));
+    return _mm512_zextps256_ps512(r);
+  } else {
+    return _mm512_dpbf16_ps(acc, w, (__m512bh)_mm512_load_si512(a));
+  }
+}
+
+// acc[n][h] += W pairs s0..s1-1 of row n x A vectors h (the last one the low 8 lanes only
+// when kHalf); kPrefetch: also fetch t.pf.
+template <int NB, int H, bool kHalf, bool kPrefetch>
 inline void steps(__m512 (&acc)[NB][H], const Tile& t, int64_t s0, int64_t s1) {
   const uint16_t* w = t.w + 2 * s0;
   const uint32_t* a = t.a + s0 * kTW;
@@ -101,14 +117,12 @@ inline void steps(__m512 (&acc)[NB][H], const Tile& t, int64_t s0, int64_t s1) {
         pf_off += 64;
       }
     }
-    __m512bh av[H];
-#pragma GCC unroll 4
-    for (int h = 0; h < H; ++h) av[h] = (__m512bh)_mm512_load_si512(a + 16 * h);
 #pragma GCC unroll 14
     for (int n = 0; n < NB; ++n) {
       const __m512bh wv = (__m512bh)bcast_pair(w + n * t.ldw);
 #pragma GCC unroll 4
-      for (int h = 0; h < H; ++h) acc[n][h] = _mm512_dpbf16_ps(acc[n][h], wv, av[h]);
+      for (int h = 0; h < H; ++h)
+        acc[n][h] = kHalf && h == H - 1 ? dp<true>(acc[n][h], wv, a + 16 * h) : dp<false>(acc[n][h], wv, a + 16 * h);
     }
   }
 }
@@ -132,30 +146,28 @@ inline void store_tile(__m512 (&acc)[NB][H], const Tile& t) {
   }
 }
 
-template <int NB, int H>
+template <int NB, int H, bool kHalf>
 void ukr_bf16(const Tile& t) {
   __m512 acc[NB][H];
 #pragma GCC unroll 14
   for (int n = 0; n < NB; ++n)
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) acc[n][h] = _mm512_setzero_ps();
-  steps<NB, H, false>(acc, t, 0, t.ks);
+  steps<NB, H, kHalf, false>(acc, t, 0, t.ks);
   if (t.tail) {  // odd K: the pair (W[.., K-1], 0) against A's zero-padded last pair
     const uint32_t* a = t.a + t.ks * kTW;
-    __m512bh av[H];
-#pragma GCC unroll 4
-    for (int h = 0; h < H; ++h) av[h] = (__m512bh)_mm512_load_si512(a + 16 * h);
 #pragma GCC unroll 14
     for (int n = 0; n < NB; ++n) {
       const __m512bh wv = (__m512bh)_mm512_set1_epi32(int(t.w[n * t.ldw + 2 * t.ks]));
 #pragma GCC unroll 4
-      for (int h = 0; h < H; ++h) acc[n][h] = _mm512_dpbf16_ps(acc[n][h], wv, av[h]);
+      for (int h = 0; h < H; ++h)
+        acc[n][h] = kHalf && h == H - 1 ? dp<true>(acc[n][h], wv, a + 16 * h) : dp<false>(acc[n][h], wv, a + 16 * h);
     }
   }
   store_tile(acc, t);
 }
 
-template <int NB, int H>
+template <int NB, int H, bool kHalf>
 void ukr_fp8(const Tile& t) {
   constexpr int64_t kSteps = kFp8Blk / 2;
   alignas(64) float tot[NB][H][16];  // promoted block sums
@@ -165,7 +177,7 @@ void ukr_fp8(const Tile& t) {
     for (int n = 0; n < NB; ++n)
 #pragma GCC unroll 4
       for (int h = 0; h < H; ++h) acc[n][h] = _mm512_setzero_ps();
-    steps<NB, H, true>(acc, t, blk * kSteps, t.ks < (blk + 1) * kSteps ? t.ks : (blk + 1) * kSteps);
+    steps<NB, H, kHalf, true>(acc, t, blk * kSteps, t.ks < (blk + 1) * kSteps ? t.ks : (blk + 1) * kSteps);
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) {
       const __m512 sa = _mm512_load_ps(t.sa + blk * kTW + 16 * h);
@@ -184,16 +196,16 @@ void ukr_fp8(const Tile& t) {
   store_tile(acc, t);
 }
 
-// Calls KERNEL<nb, H> for a group of nb <= NBW columns.
-template <template <int, int> class Kernel, int NBW, int H>
+// Calls KERNEL<nb, H, kHalf> for a group of nb <= NBW columns.
+template <template <int, int, bool> class Kernel, int NBW, int H, bool kHalf>
 void by_width(int nb, const Tile& t) {
   if constexpr (NBW > 1) {
-    if (nb < NBW) return by_width<Kernel, NBW - 1, H>(nb, t);
+    if (nb < NBW) return by_width<Kernel, NBW - 1, H, kHalf>(nb, t);
   }
-  Kernel<NBW, H>::run(t);
+  Kernel<NBW, H, kHalf>::run(t);
 }
-template <int NB, int H> struct Bf16Kernel { static void run(const Tile& t) { ukr_bf16<NB, H>(t); } };
-template <int NB, int H> struct Fp8Kernel { static void run(const Tile& t) { ukr_fp8<NB, H>(t); } };
+template <int NB, int H, bool kHalf> struct Bf16Kernel { static void run(const Tile& t) { ukr_bf16<NB, H, kHalf>(t); } };
+template <int NB, int H, bool kHalf> struct Fp8Kernel { static void run(const Tile& t) { ukr_fp8<NB, H, kHalf>(t); } };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -204,7 +216,7 @@ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 //   pack_a(i0, rows, k0, kc, dst, stride): 16 rows of A as pairs (pack_rows16_*);
 //   a_scale(i, kb): A's scale of row i in 128-K block kb;
 //   prepare_w(j, nb, k0, kc, buf, tile): point tile.w / ldw / tail / sb at W's group.
-template <template <int, int> class Kernel, class Op>
+template <template <int, int, bool> class Kernel, class Op>
 void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t ldc,
                 bool accumulate, int threads) {
   // Row tiles: the 16-row vectors of A dealt as evenly as possible over the fewest tiles
@@ -271,10 +283,15 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
               tile.sa = sap + (tm * kblocks + k0 / kFp8Blk) * kTW;
               tile.c = C + i0 * ldc + j;
               if (tm > tb) tile.pf = nullptr;  // the first row tile has fetched it
-              switch (ceil_div(tile.rows, 16)) {  // vectors of A in this row tile
-                case 1: by_width<Kernel, kNB, 1>(nb, tile); break;
-                case 2: by_width<Kernel, kNB, 2>(nb, tile); break;
-                default: by_width<Kernel, kNB, 3>(nb, tile); break;
+              // Vectors of A in this row tile, the last one half when it holds <= 8 rows.
+              const bool half = tile.rows % 16 != 0 && tile.rows % 16 <= 8;
+              switch (ceil_div(tile.rows, 16) * 2 + (half ? 1 : 0)) {
+                case 2: by_width<Kernel, kNB, 1, false>(nb, tile); break;
+                case 3: by_width<Kernel, kNB, 1, true>(nb, tile); break;
+                case 4: by_width<Kernel, kNB, 2, false>(nb, tile); break;
+                case 5: by_width<Kernel, kNB, 2, true>(nb, tile); break;
+                case 7: by_width<Kernel, kNB, 3, true>(nb, tile); break;
+                default: by_width<Kernel, kNB, 3, false>(nb, tile); break;
               }
             }
           }
