@@ -76,6 +76,9 @@ struct GemmFP8 {
   const float* b_scale = nullptr; int64_t ldb_scale = 0;
   float* C = nullptr; int64_t ldc = 0;
   bool accumulate = false;
+  // W is streamed from memory, read once per call (a served model's weights, far larger
+  // than the caches): a hint for the choice of kernel, never for the result's meaning.
+  bool w_streamed = false;
 };
 
 void gemm_f32(const GemmF32& p, int threads = 0);

@@ -353,15 +353,18 @@ bool bcast_bf16(int64_t M, int64_t N, int64_t K) { return bcast_rows(M) && K >= 
 // 2048x768) timed inside `bench prefill`, GFLOP/s by rows before -> after: 6 56 -> 57
 // (dot), 7 58 -> 68, 9 62 -> 78, 10 67 -> 85, 11-13 74-81 -> 94-109, 14 87 -> 118, 17-21
 // 92-111 -> 101-127, 25-28 117-118 -> 133-141 (packed); whole prefills 1.11-1.26x
-// (docs/PERF.md). The rule ignores the thread count, so that a GEMM's bits do not depend on
+// (docs/PERF.md). A smaller W that the caller says is streamed (GemmFP8::w_streamed: a
+// model's weights in inference) is as cold: bench-v3-1b's routed experts (256x1024 and
+// 1024x256, 1 thread) inside `bench prefill`, packed -> broadcast, 11-14 rows 64-78 ->
+// 85-105, 18-27 86-106 -> 94-134, 33-57 111-128 -> 132-149. The rule ignores the thread count, so that a GEMM's bits do not depend on
 // it (the MoE runs an expert on one thread or on all and relies on the same bits).
 bool bcast_half_rows(int64_t M) {
   const int64_t r = M % 16, lanes = M - r + (r == 0 ? 0 : r <= 8 ? 8 : 16);
   return M >= 8 && M <= 64 && M * 10 >= lanes * 9;
 }
-bool bcast_fp8(int64_t M, int64_t N, int64_t K) {
+bool bcast_fp8(int64_t M, int64_t N, int64_t K, bool w_streamed) {
   if (K < 256 || N * K < (int64_t(1) << 17)) return false;
-  return N * K >= (int64_t(1) << 20) ? M >= 6 && M <= 64 : bcast_half_rows(M);
+  return w_streamed || N * K >= (int64_t(1) << 20) ? M >= 6 && M <= 64 : bcast_half_rows(M);
 }
 
 // DSV3_GEMM_PATH=packed|dot|bcast forces one path wherever the call's form allows it (the
@@ -404,7 +407,7 @@ void gemm_bf16_avx512(const GemmBF16& p, int threads) {
 
 void gemm_fp8_avx512(const GemmFP8& p, int threads) {
   const Path f = forced_path();
-  if (p.trans_b && (f == Path::Bcast || (f == Path::Auto && bcast_fp8(p.M, p.N, p.K))))
+  if (p.trans_b && (f == Path::Bcast || (f == Path::Auto && bcast_fp8(p.M, p.N, p.K, p.w_streamed))))
     return gemm_bcast_fp8_avx512(p, threads);
   if (p.trans_b && (f == Path::Dot || (f == Path::Auto && p.M <= kSmallMFp8)))
     return gemm_small_fp8_avx512(p, threads);

@@ -120,6 +120,7 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
       g.b_layout = Fp8BLayout::Block128;
       g.b_scale = wb.scale.ptr<float>(); g.ldb_scale = wb.scale.shape[1];
       g.C = C; g.ldc = ldc; g.accumulate = acc;
+      g.w_streamed = true;
       gemm_fp8(g, threads);
     }
   };
