@@ -154,7 +154,7 @@ TEST(Gemm, LargeShapesBothGrids) {
 // of 48 / 32 / 16 and fewer rows, column groups of 9 and their edges, odd K (the tail
 // pair), K past one 4096 block (C updated between blocks), 1..3 threads, accumulate on and
 // off; then shapes gemm_bf16 itself routes there (16..512 rows mostly filling vectors of
-// 16, K >= 512, N·K >= 2^19: gemm_avx512.cpp).
+// 16, K >= 512, N·K >= 2^19; or 6..64 rows of a streamed W: gemm_avx512.cpp).
 TEST(Gemm, BF16BroadcastPath) {
   if (best_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
   IsaGuard guard;
@@ -171,6 +171,14 @@ TEST(Gemm, BF16BroadcastPath) {
                          detail::gemm_bcast_bf16_avx512);
   for (Shape sh : {Shape{16, 1030, 512}, Shape{29, 520, 1027}})
     run_case<uint16_t>(sh, false, true, true, 2, rng, bf16_f, f32_to_bf16);
+  // A weight marked streamed goes there from 6 rows (a last half vector: 7 = 8 lanes, 20 =
+  // 16 + 8).
+  for (Shape sh : {Shape{7, 520, 300}, Shape{20, 300, 260}})
+    run_case<uint16_t>(sh, false, true, false, 2, rng, bf16_f, f32_to_bf16, +[](const GemmBF16& p, int t) {
+      GemmBF16 q = p;
+      q.w_streamed = true;
+      gemm_bf16(q, t);
+    });
 }
 
 // Called from inside a parallel region (a layer already split over threads), the GEMM

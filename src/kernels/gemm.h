@@ -44,6 +44,7 @@ struct GemmBF16 {
   const uint16_t* B = nullptr; int64_t ldb = 0; bool trans_b = false;
   float* C = nullptr; int64_t ldc = 0;
   bool accumulate = false;
+  bool w_streamed = false;  // as GemmFP8::w_streamed (B is the weight)
 };
 
 // FP8 block-scaled GEMM as DeepSeek-V3 trains with it (report §3.3, SPEC §3): operands are

@@ -331,7 +331,15 @@ constexpr int64_t kSmallMFp8 = 10;
 // 426; but M = 24 (75%) 349 -> 331, M = 20 356 -> 278, 2048^3 424 -> 369, 64x2048x64 347
 // -> 286, 256x256x256 365-398 -> 240-364.
 bool bcast_rows(int64_t M) { return M >= 16 && M <= 512 && M * 100 >= (M + 15) / 16 * 16 * 85; }
-bool bcast_bf16(int64_t M, int64_t N, int64_t K) { return bcast_rows(M) && K >= 512 && N * K >= (int64_t(1) << 19); }
+// A weight the caller marks streamed (GemmBF16::w_streamed: a model's weights in inference)
+// is read from DRAM once per call, and there the broadcast kernel wins from 6 rows up as it
+// does for FP8 (below): compare-1b in BF16, `bench prefill --tokens 128 --activations bf16`,
+// Zen 4, the default rule 401 / 560 / 546 tokens/s against the broadcast kernel forced 609 /
+// 570 / 599 (docs/PERF.md).
+bool bcast_bf16(int64_t M, int64_t N, int64_t K, bool w_streamed) {
+  if (w_streamed && M >= 6 && M <= 64 && K >= 256 && N * K >= (int64_t(1) << 17)) return true;
+  return bcast_rows(M) && K >= 512 && N * K >= (int64_t(1) << 19);
+}
 // FP8 also decodes each W group once per K block, which pays off against the packed path
 // when W is big and the rows few. Per core (1 thread, median of 3, GFLOP/s) packed ->
 // broadcast at M x 1408 x 2048: M = 16 135 -> 173, 32 171 -> 194, 64 191 -> 205, 128 202
@@ -396,7 +404,7 @@ void gemm_f32_avx512(const GemmF32& p, int threads) {
 void gemm_bf16_avx512(const GemmBF16& p, int threads) {
   const Path f = forced_path();
   const bool fprop = !p.trans_a && p.trans_b;  // A [M,K] and W [N,K]: what both skinny paths take
-  if (fprop && (f == Path::Bcast || (f == Path::Auto && bcast_bf16(p.M, p.N, p.K))))
+  if (fprop && (f == Path::Bcast || (f == Path::Auto && bcast_bf16(p.M, p.N, p.K, p.w_streamed))))
     return gemm_bcast_bf16_avx512(p, threads);
   if (fprop && (f == Path::Dot || (f == Path::Auto && small_bf16(p.M, p.N, p.K))))
     return gemm_small_bf16_avx512(p, threads);

@@ -111,6 +111,7 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
       g.A = A; g.lda = K;
       g.B = wb.w.ptr<uint16_t>(); g.ldb = K; g.trans_b = true;
       g.C = C; g.ldc = ldc; g.accumulate = acc;
+      g.w_streamed = true;
       gemm_bf16(g, threads);
     } else {
       GemmFP8 g;
