@@ -154,7 +154,7 @@ TEST(Gemm, LargeShapesBothGrids) {
 // of 48 / 32 / 16 and fewer rows, column groups of 9 and their edges, odd K (the tail
 // pair), K past one 4096 block (C updated between blocks), 1..3 threads, accumulate on and
 // off; then shapes gemm_bf16 itself routes there (16..512 rows mostly filling vectors of
-// 16, K >= 512, N·K >= 2^19; or 6..64 rows of a streamed W: gemm_avx512.cpp).
+// 16, K >= 512, N·K >= 2^19; or 6..128 rows of a streamed W: gemm_avx512.cpp).
 TEST(Gemm, BF16BroadcastPath) {
   if (best_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
   IsaGuard guard;

@@ -221,8 +221,8 @@ TEST(GemmFp8, AllPathsMatchReference) {
 // The AVX-512 broadcast-W kernel (gemm_bcast_avx512.cpp) called directly on every shape
 // above and every form it serves (W [N,K]: fprop with E4M3 or BF16 A, wgrad's Col128
 // scales), whatever gemm_fp8 would route there; then shapes that gemm_fp8 itself routes
-// to it (gemm_avx512.cpp): 6..64 rows of a W of >= 2^20 codes or marked streamed, or
-// rows filling >= 90% of their half vectors.
+// to it (gemm_avx512.cpp): 6..64 rows of a W of >= 2^20 codes, 6..128 of one marked
+// streamed, or rows filling >= 90% of their half vectors.
 TEST(GemmFp8, BroadcastPath) {
   if (best_isa() != Isa::Avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
   std::mt19937 rng(13);
@@ -246,14 +246,16 @@ TEST(GemmFp8, BroadcastPath) {
     const Fp8Case c1(Form::FpropBf16A, s.M, s.N, s.K, rng);
     compare_with_ref(c1, Form::FpropBf16A, Expected(c1), "routed, 1 thread", [](const GemmFP8& p) { gemm_fp8(p, 1); });
   }
-  // A small W marked streamed (an inference weight) at a row count the in-cache rule leaves
-  // packed (12 rows: 75% of a vector).
-  const Fp8Case cs(Form::FpropBf16A, 12, 520, 300, rng);
-  compare_with_ref(cs, Form::FpropBf16A, Expected(cs), "streamed W", [](const GemmFP8& p) {
-    GemmFP8 q = p;
-    q.w_streamed = true;
-    gemm_fp8(q, 2);
-  });
+  // A small W marked streamed (an inference weight) at row counts the in-cache rule leaves
+  // packed (12 rows: 75% of a vector; 100: three row tiles, the last vector half).
+  for (int64_t m : {12, 100}) {
+    const Fp8Case cs(Form::FpropBf16A, m, 520, 300, rng);
+    compare_with_ref(cs, Form::FpropBf16A, Expected(cs), "streamed W", [](const GemmFP8& p) {
+      GemmFP8 q = p;
+      q.w_streamed = true;
+      gemm_fp8(q, 2);
+    });
+  }
 }
 
 // Every one of the 256 E4M3 codes through every path, exactly: C[0,j] = 1.0 · code j (the

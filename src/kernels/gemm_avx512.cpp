@@ -333,11 +333,11 @@ constexpr int64_t kSmallMFp8 = 10;
 bool bcast_rows(int64_t M) { return M >= 16 && M <= 512 && M * 100 >= (M + 15) / 16 * 16 * 85; }
 // A weight the caller marks streamed (GemmBF16::w_streamed: a model's weights in inference)
 // is read from DRAM once per call, and there the broadcast kernel wins from 6 rows up as it
-// does for FP8 (below): compare-1b in BF16, `bench prefill --tokens 128 --activations bf16`,
-// Zen 4, the default rule 401 / 560 / 546 tokens/s against the broadcast kernel forced 609 /
-// 570 / 599 (docs/PERF.md).
+// does for FP8 (below), up to 128 rows: compare-1b in BF16, `bench prefill --tokens 128
+// --activations bf16`, Zen 4, the default rule 401 / 560 / 546 tokens/s against the
+// broadcast kernel forced 609 / 570 / 599 (docs/PERF.md).
 bool bcast_bf16(int64_t M, int64_t N, int64_t K, bool w_streamed) {
-  if (w_streamed && M >= 6 && M <= 64 && K >= 256 && N * K >= (int64_t(1) << 17)) return true;
+  if (w_streamed && M >= 6 && M <= 128 && K >= 256 && N * K >= (int64_t(1) << 17)) return true;
   return bcast_rows(M) && K >= 512 && N * K >= (int64_t(1) << 19);
 }
 // FP8 also decodes each W group once per K block, which pays off against the packed path
@@ -364,7 +364,12 @@ bool bcast_bf16(int64_t M, int64_t N, int64_t K, bool w_streamed) {
 // (docs/PERF.md). A smaller W that the caller says is streamed (GemmFP8::w_streamed: a
 // model's weights in inference) is as cold: bench-v3-1b's routed experts (256x1024 and
 // 1024x256, 1 thread) inside `bench prefill`, packed -> broadcast, 11-14 rows 64-78 ->
-// 85-105, 18-27 86-106 -> 94-134, 33-57 111-128 -> 132-149. The rule ignores the thread count, so that a GEMM's bits do not depend on
+// 85-105, 18-27 86-106 -> 94-134, 33-57 111-128 -> 132-149. A streamed W goes there up to
+// 128 rows (a 128-token prefill's attention, shared experts and dense layer, 2 threads):
+// compare-1b's 128-row GEMMs 245-329 -> 313-392 GFLOP/s inside the prefill, whole prefills
+// 1.05-1.07x (docs/PERF.md). Past that, and for a W not marked streamed (training's per-
+// expert weight gradients: 256-512 rows of a small warm W ran 5-15% slower there), the
+// packed kernel stays. The rule ignores the thread count, so that a GEMM's bits do not depend on
 // it (the MoE runs an expert on one thread or on all and relies on the same bits).
 bool bcast_half_rows(int64_t M) {
   const int64_t r = M % 16, lanes = M - r + (r == 0 ? 0 : r <= 8 ? 8 : 16);
@@ -372,7 +377,8 @@ bool bcast_half_rows(int64_t M) {
 }
 bool bcast_fp8(int64_t M, int64_t N, int64_t K, bool w_streamed) {
   if (K < 256 || N * K < (int64_t(1) << 17)) return false;
-  return w_streamed || N * K >= (int64_t(1) << 20) ? M >= 6 && M <= 64 : bcast_half_rows(M);
+  if (w_streamed) return M >= 6 && M <= 128;
+  return N * K >= (int64_t(1) << 20) ? M >= 6 && M <= 64 : bcast_half_rows(M);
 }
 
 // DSV3_GEMM_PATH=packed|dot|bcast forces one path wherever the call's form allows it (the
