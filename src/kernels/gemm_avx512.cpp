@@ -331,13 +331,16 @@ constexpr int64_t kSmallMFp8 = 10;
 // 426; but M = 24 (75%) 349 -> 331, M = 20 356 -> 278, 2048^3 424 -> 369, 64x2048x64 347
 // -> 286, 256x256x256 365-398 -> 240-364.
 bool bcast_rows(int64_t M) { return M >= 16 && M <= 512 && M * 100 >= (M + 15) / 16 * 16 * 85; }
-// A weight the caller marks streamed (GemmBF16::w_streamed: a model's weights in inference)
-// is read from DRAM once per call, and there the broadcast kernel wins from 6 rows up as it
-// does for FP8 (below), up to 128 rows: compare-1b in BF16, `bench prefill --tokens 128
-// --activations bf16`, Zen 4, the default rule 401 / 560 / 546 tokens/s against the
-// broadcast kernel forced 609 / 570 / 599 (docs/PERF.md).
+// A weight the caller marks streamed (GemmBF16 / GemmFP8::w_streamed: a model's weights in
+// inference) is read from DRAM once per call, and there the broadcast kernel wins from 6 up
+// to 128 rows, for FP8 (measured below) and BF16 alike: compare-1b in BF16, `bench prefill
+// --tokens 128 --activations bf16`, Zen 4, the default rule 401 / 560 / 546 tokens/s against
+// the broadcast kernel forced 609 / 570 / 599 (docs/PERF.md).
+bool bcast_streamed(int64_t M, int64_t N, int64_t K) {
+  return M >= 6 && M <= 128 && K >= 256 && N * K >= (int64_t(1) << 17);
+}
 bool bcast_bf16(int64_t M, int64_t N, int64_t K, bool w_streamed) {
-  if (w_streamed && M >= 6 && M <= 128 && K >= 256 && N * K >= (int64_t(1) << 17)) return true;
+  if (w_streamed && bcast_streamed(M, N, K)) return true;
   return bcast_rows(M) && K >= 512 && N * K >= (int64_t(1) << 19);
 }
 // FP8 also decodes each W group once per K block, which pays off against the packed path
@@ -376,8 +379,8 @@ bool bcast_half_rows(int64_t M) {
   return M >= 8 && M <= 64 && M * 10 >= lanes * 9;
 }
 bool bcast_fp8(int64_t M, int64_t N, int64_t K, bool w_streamed) {
+  if (w_streamed) return bcast_streamed(M, N, K);
   if (K < 256 || N * K < (int64_t(1) << 17)) return false;
-  if (w_streamed) return M >= 6 && M <= 128;
   return N * K >= (int64_t(1) << 20) ? M >= 6 && M <= 64 : bcast_half_rows(M);
 }
 
