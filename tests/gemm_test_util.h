@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/cpu.h"
@@ -52,8 +53,38 @@ inline std::vector<Isa> isas() {
   return v;
 }
 
+// A kernel variant: an ISA level and, at AVX-512, how BF16 is multiplied (core/cpu.h
+// Bf16Mode: both run on any AVX-512 CPU, whichever is this CPU's default).
+struct Variant {
+  Isa isa;
+  Bf16Mode mode;
+  std::string name() const {
+    return std::string(isa_name(isa)) + (isa == Isa::Avx512 ? std::string("/") + bf16_mode_name(mode) : "");
+  }
+  void set() const {
+    set_isa(isa);
+    set_bf16_mode(mode);
+  }
+};
+
+inline std::vector<Variant> variants() {
+  std::vector<Variant> v;
+  for (Isa i : isas()) {
+    if (i == Isa::Avx512) {
+      v.push_back({i, Bf16Mode::Dot});
+      v.push_back({i, Bf16Mode::Fma});
+    } else {
+      v.push_back({i, best_bf16_mode()});
+    }
+  }
+  return v;
+}
+
 struct IsaGuard {
-  ~IsaGuard() { set_isa(best_isa()); }
+  ~IsaGuard() {
+    set_isa(best_isa());
+    set_bf16_mode(best_bf16_mode());
+  }
 };
 
 }  // namespace dsv3::testing

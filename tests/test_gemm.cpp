@@ -97,7 +97,7 @@ void run_case(Shape s, bool ta, bool tb, bool acc, int threads, std::mt19937& rn
       if (!(err <= tol) && bad++ < 5)
         ADD_FAILURE() << "M=" << s.M << " N=" << s.N << " K=" << s.K << " ta=" << ta
                       << " tb=" << tb << " acc=" << acc << " threads=" << threads << " isa="
-                      << isa_name(active_isa()) << " at (" << i << "," << j << "): got "
+                      << isa_name(active_isa()) << " bf16=" << bf16_mode_name(bf16_mode()) << " at (" << i << "," << j << "): got "
                       << C.at(i, j) << " want " << R.at(i, j) << " tol " << tol;
     }
     ASSERT_EQ(C.at(i, s.N), 12345.f) << "wrote past N in row " << i;
@@ -112,8 +112,9 @@ template <class T, class ToF>
 void run_all(ToF to_f, T (*from_f)(float)) {
   IsaGuard guard;
   std::mt19937 rng(7);
-  for (Isa isa : testing::isas()) {
-    set_isa(isa);
+  for (const testing::Variant& v : testing::variants()) {
+    const Isa isa = v.isa;
+    v.set();
     int n = 0;
     for (const Shape& s : shapes()) {
       // The scalar path is the reference itself: one pass over the shapes is enough.

@@ -29,7 +29,7 @@ using testing::IsaGuard;
 using testing::kU;
 using testing::Mat;
 
-enum class Form { Fprop, Dgrad, Wgrad, FpropBf16A };
+enum class Form { Fprop, Dgrad, Wgrad, FpropBf16A, FpropF32A };
 
 // A copy of m (whose rows are stored densely from m.p) with row stride cols + pad.
 Mat<float> padded(const Mat<float>& m, int64_t pad) {
@@ -44,11 +44,12 @@ struct Fp8Case {
   Mat<uint8_t> a, b;       // A [M,K]; B [N,K] (trans) or [K,N]
   Mat<float> sa, sb;       // scale grids
   Mat<uint16_t> a16;       // BF16 A (FpropBf16A)
+  Mat<float> a32;          // F32 A (FpropF32A)
   Mat<float> xa, xb;       // original F32 operands, as op(A) [M,K] and op(B) [K,N]
   GemmFP8 p;
   Fp8Case(Form f, int64_t M, int64_t N, int64_t K, std::mt19937& rng)
       : a(M, K, 3), b(f == Form::Dgrad ? K : N, f == Form::Dgrad ? N : K, 5),
-        sa(M, fp8_blocks(K), 1), sb(1, 1, 0), a16(M, K, 2), xa(M, K, 0), xb(K, N, 0) {
+        sa(M, fp8_blocks(K), 1), sb(1, 1, 0), a16(M, K, 2), a32(M, K, 3), xa(M, K, 0), xb(K, N, 0) {
     std::normal_distribution<float> g(0.f, 1.f);
     // Rows of very different magnitude exercise the per-tile scales.
     for (int64_t i = 0; i < M; ++i)
@@ -99,9 +100,15 @@ struct Fp8Case {
         for (int64_t k = 0; k < K; ++k) a16.at(i, k) = f32_to_bf16(xa.at(i, k));
       p.A_bf16 = a16.p; p.lda = a16.ld;
     }
+    if (f == Form::FpropF32A) {
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t k = 0; k < K; ++k) a32.at(i, k) = xa.at(i, k);
+      p.A_f32 = a32.p; p.lda = a32.ld;
+    }
   }
   // Decoded, scaled operand values as the GEMM defines them.
   double av(int64_t i, int64_t k) const {
+    if (p.A_f32) return p.A_f32[i * p.lda + k];
     if (p.A_bf16) return bf16_to_f32(p.A_bf16[i * p.lda + k]);
     return double(e4m3_to_f32(p.A[i * p.lda + k])) * p.a_scale[i * p.lda_scale + k / 128];
   }
@@ -132,7 +139,8 @@ std::vector<Shape> shapes() {
 }
 
 const char* form_name(Form f) {
-  return f == Form::Fprop ? "fprop" : f == Form::Dgrad ? "dgrad" : f == Form::Wgrad ? "wgrad" : "fprop-bf16A";
+  return f == Form::Fprop ? "fprop" : f == Form::Dgrad ? "dgrad" : f == Form::Wgrad ? "wgrad"
+       : f == Form::FpropBf16A ? "fprop-bf16A" : "fprop-f32A";
 }
 
 // Σ_k |a·sa||b·sb| per element, from the decoded operands.
@@ -204,14 +212,14 @@ TEST(GemmFp8, AllPathsMatchReference) {
   std::mt19937 rng(11);
   int n = 0;
   for (const Shape& s : shapes()) {
-    for (Form f : {Form::Fprop, Form::Dgrad, Form::Wgrad, Form::FpropBf16A}) {
+    for (Form f : {Form::Fprop, Form::Dgrad, Form::Wgrad, Form::FpropBf16A, Form::FpropF32A}) {
       const Fp8Case c(f, s.M, s.N, s.K, rng);
       const Expected e(c);
-      for (Isa isa : testing::isas()) {
+      for (const testing::Variant& v : testing::variants()) {
         // The scalar path is gemm_fp8_ref itself: small shapes are enough to check the dispatch.
-        if (isa == Isa::Scalar && s.M * s.N * s.K > 100000) continue;
-        set_isa(isa);
-        compare_with_ref(c, f, e, isa_name(isa), [&](const GemmFP8& p) { gemm_fp8(p, 1 + (n++ % 2)); });
+        if (v.isa == Isa::Scalar && s.M * s.N * s.K > 100000) continue;
+        v.set();
+        compare_with_ref(c, f, e, v.name().c_str(), [&](const GemmFP8& p) { gemm_fp8(p, 1 + (n++ % 2)); });
         if (::testing::Test::HasFatalFailure()) return;
       }
     }
@@ -261,33 +269,54 @@ TEST(GemmFp8, BroadcastPath) {
 // Every one of the 256 E4M3 codes through every path, exactly: C[0,j] = 1.0 · code j (the
 // other K terms are 0 · code j = 0, or NaN for the NaN codes, which must give NaN anyway),
 // with B stored [N,K] and [K,N], N = 256 columns, so that the vector decoders (16 codes per
-// row for [K,N], 8x8 transposed blocks for [N,K]) see every code. Scales 1: the result is
-// the decoded value, which e4m3_to_f32 defines (core/dtype.h).
+// row for [K,N], 8x8 transposed blocks for [N,K]) see every code; with 1 row (the skinny
+// kernels) and 12 (the packed one). Then the codes as A: C[i,0] = code i · 1.0, 256 rows.
+// Scales 1: the result is the decoded value, which e4m3_to_f32 defines (core/dtype.h).
 TEST(GemmFp8, EveryCodeDecodesExactly) {
   IsaGuard guard;
   const int64_t N = 256, K = 8;
-  std::vector<uint8_t> a(K, 0), bt(N * K), bn(K * N);
-  a[0] = f32_to_e4m3(1.f);
+  std::vector<uint8_t> bt(N * K), bn(K * N);
   for (int64_t j = 0; j < N; ++j)
     for (int64_t k = 0; k < K; ++k) bt[size_t(j * K + k)] = bn[size_t(k * N + j)] = uint8_t(j);
-  const float one[2] = {1.f, 1.f};
-  for (bool trans_b : {true, false}) {
-    GemmFP8 p;
-    p.M = 1; p.N = N; p.K = K;
-    p.A = a.data(); p.lda = K; p.a_scale = one; p.lda_scale = 1;
-    p.B = trans_b ? bt.data() : bn.data(); p.ldb = trans_b ? K : N; p.trans_b = trans_b;
-    p.b_scale = one; p.ldb_scale = trans_b ? 1 : 2;  // blocks(K) = 1; blocks(N) = 2
-    for (Isa isa : testing::isas()) {
-      set_isa(isa);
-      std::vector<float> C(N, 5.f);
-      p.C = C.data(); p.ldc = N;
-      gemm_fp8(p, 1);
-      for (int64_t j = 0; j < N; ++j) {
-        const float want = e4m3_to_f32(uint8_t(j));
-        if (std::isnan(want)) EXPECT_TRUE(std::isnan(C[size_t(j)])) << isa_name(isa) << " code " << j;
-        else EXPECT_EQ(C[size_t(j)], want) << isa_name(isa) << " trans_b=" << trans_b << " code " << j;
+  const std::vector<float> one(N, 1.f);
+  auto check = [](float got, int64_t code, const std::string& what) {
+    const float want = e4m3_to_f32(uint8_t(code));
+    if (std::isnan(want)) EXPECT_TRUE(std::isnan(got)) << what << " code " << code;
+    else EXPECT_EQ(got, want) << what << " code " << code;
+  };
+  for (int64_t M : {1, 12}) {
+    std::vector<uint8_t> a(size_t(M * K), 0);
+    a[0] = f32_to_e4m3(1.f);
+    for (bool trans_b : {true, false}) {
+      GemmFP8 p;
+      p.M = M; p.N = N; p.K = K;
+      p.A = a.data(); p.lda = K; p.a_scale = one.data(); p.lda_scale = 1;
+      p.B = trans_b ? bt.data() : bn.data(); p.ldb = trans_b ? K : N; p.trans_b = trans_b;
+      p.b_scale = one.data(); p.ldb_scale = trans_b ? 1 : 2;  // blocks(K) = 1; blocks(N) = 2
+      for (const testing::Variant& v : testing::variants()) {
+        v.set();
+        std::vector<float> C(size_t(M * N), 5.f);
+        p.C = C.data(); p.ldc = N;
+        gemm_fp8(p, 1);
+        for (int64_t j = 0; j < N; ++j)
+          check(C[size_t(j)], j, v.name() + " M=" + std::to_string(M) + " trans_b=" + std::to_string(trans_b));
       }
     }
+  }
+  std::vector<uint8_t> a(size_t(N * K), 0), b(size_t(K), 0);
+  for (int64_t i = 0; i < N; ++i) a[size_t(i * K)] = uint8_t(i);
+  b[0] = f32_to_e4m3(1.f);
+  GemmFP8 p;
+  p.M = N; p.N = 1; p.K = K;
+  p.A = a.data(); p.lda = K; p.a_scale = one.data(); p.lda_scale = 1;
+  p.B = b.data(); p.ldb = K; p.trans_b = true;
+  p.b_scale = one.data(); p.ldb_scale = 1;
+  for (const testing::Variant& v : testing::variants()) {
+    v.set();
+    std::vector<float> C(size_t(N), 5.f);
+    p.C = C.data(); p.ldc = 1;
+    gemm_fp8(p, 1);
+    for (int64_t i = 0; i < N; ++i) check(C[size_t(i)], i, v.name() + " as A");
   }
 }
 

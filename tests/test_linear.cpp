@@ -9,6 +9,9 @@
 // — kernels/gemm.h's (K + K/16 + 2)·u for the GEMM's F32 sums, two roundings per 128-K
 // block for FP8's promotion, and the adds of the two parts and of y0 (accumulate). With
 // Weight::x_bf16 the product is of bf16(x) and the 2^-16 term goes.
+// Where BF16 is multiplied as FP32 FMAs (core/cpu.h Bf16Mode::Fma, Intel's default; both
+// modes run here on any AVX-512 CPU), an FP8 weight takes x as F32, unsplit: the 2^-16 term
+// goes too.
 // Shapes cover the three GEMM paths (2M ≤ 10: the unpacked dot kernel; 2M = 32 with K ≥
 // 1024 and a large W: the broadcast-W kernel; the packed one), the add pass over both
 // threads, accumulate, row strides, 1 and 2 threads, the column blocks (2·M·N > 2^22) with a
@@ -19,6 +22,7 @@
 #include <random>
 #include <vector>
 
+#include "core/cpu.h"
 #include "core/dtype.h"
 #include "core/tensor.h"
 #include "model/linear.h"
@@ -31,12 +35,17 @@ struct Case {
   int64_t M, N, K;
   bool accumulate, x_bf16;
   int threads;
+  Bf16Mode mode = best_bf16_mode();
+};
+
+struct ModeGuard {
+  ~ModeGuard() { set_bf16_mode(best_bf16_mode()); }
 };
 
 std::string name(const Case& c) {
   return std::string(dtype_name(c.dt)) + " M" + std::to_string(c.M) + " N" + std::to_string(c.N) + " K" +
          std::to_string(c.K) + (c.accumulate ? " acc" : "") + (c.x_bf16 ? " x_bf16" : "") + " t" +
-         std::to_string(c.threads);
+         std::to_string(c.threads) + " " + bf16_mode_name(c.mode);
 }
 
 void run(const Case& c) {
@@ -80,9 +89,12 @@ void run(const Case& c) {
     for (float& v : y) v = nd(rng);
   const std::vector<float> y0 = y;
   LinearScratch s;
+  ModeGuard guard;
+  set_bf16_mode(c.mode);
   linear_forward(y.data(), ldy, x.data(), ldx, M, w, s, c.accumulate, c.threads);
   const double u = std::ldexp(1.0, -24);
-  const double rel = (c.x_bf16 ? 0.0 : std::ldexp(1.0, -16)) +
+  const bool x_f32 = c.dt == DType::F8_E4M3 && c.mode == Bf16Mode::Fma;
+  const double rel = (c.x_bf16 || x_f32 ? 0.0 : std::ldexp(1.0, -16)) +
                      double(K + K / 16 + 2 * ((K + 127) / 128) + 6) * u;
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t n = 0; n < N; ++n) {
@@ -108,7 +120,8 @@ TEST(Linear, GemmPathsWithinTheContract) {
       for (const auto& [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{5, 200, 256}, {16, 160, 1088},
                                     {37, 130, 384}, {16, 2048, 1088}, {40, 1024, 256}})
         for (bool acc : {false, true})
-          for (bool xb : {false, true}) run({dt, M, N, K, acc, xb, threads});
+          for (bool xb : {false, true})
+            for (Bf16Mode mode : {Bf16Mode::Dot, Bf16Mode::Fma}) run({dt, M, N, K, acc, xb, threads, mode});
 }
 
 // 2·M·N = 4,198,400 floats > 2^22: columns in blocks of 32,768 and a last one of 32.

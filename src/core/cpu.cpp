@@ -13,6 +13,8 @@ namespace {
 CpuFeatures detect() {
   CpuFeatures f;
   unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
+  f.intel = b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;  // "GenuineIntel"
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
   const bool osxsave = c & (1u << 27);
   f.fma = c & (1u << 12);
@@ -57,6 +59,16 @@ Isa detect_best() {
 }
 
 std::atomic<int> g_active{-1};
+std::atomic<int> g_bf16_mode{-1};
+
+Bf16Mode detect_bf16_mode() {
+  Bf16Mode m = cpu_features().intel ? Bf16Mode::Fma : Bf16Mode::Dot;
+  if (const char* env = std::getenv("DSV3_BF16_GEMM")) {
+    if (!std::strcmp(env, "dot")) m = Bf16Mode::Dot;
+    else if (!std::strcmp(env, "fma")) m = Bf16Mode::Fma;
+  }
+  return m;
+}
 
 }  // namespace
 
@@ -88,5 +100,19 @@ const char* isa_name(Isa isa) {
   }
   return "?";
 }
+
+Bf16Mode best_bf16_mode() {
+  static const Bf16Mode m = detect_bf16_mode();
+  return m;
+}
+
+Bf16Mode bf16_mode() {
+  const int m = g_bf16_mode.load(std::memory_order_relaxed);
+  return m < 0 ? best_bf16_mode() : Bf16Mode(m);
+}
+
+void set_bf16_mode(Bf16Mode m) { g_bf16_mode.store(int(m), std::memory_order_relaxed); }
+
+const char* bf16_mode_name(Bf16Mode m) { return m == Bf16Mode::Fma ? "fma" : "dot"; }
 
 }  // namespace dsv3

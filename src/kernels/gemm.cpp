@@ -102,9 +102,10 @@ void check_fp8_args(const GemmFP8& p) {
   DSV3_CHECK(p.C, "gemm_fp8: C is null");
   if (p.K == 0) return;
   DSV3_CHECK(p.B && p.b_scale, "gemm_fp8: B or b_scale is null");
-  DSV3_CHECK(p.A_bf16 || (p.A && p.a_scale), "gemm_fp8: A (with a_scale) or A_bf16 is null");
+  DSV3_CHECK(p.A_f32 || p.A_bf16 || (p.A && p.a_scale),
+             "gemm_fp8: A (with a_scale), A_bf16 and A_f32 are all null");
   const int64_t kb = fp8_blocks(p.K), nb = (p.N + 127) / 128;
-  if (!p.A_bf16) DSV3_CHECK(p.lda_scale >= kb, "gemm_fp8: lda_scale ", p.lda_scale, " < blocks(K) ", kb);
+  if (!p.A_bf16 && !p.A_f32) DSV3_CHECK(p.lda_scale >= kb, "gemm_fp8: lda_scale ", p.lda_scale, " < blocks(K) ", kb);
   if (p.b_layout == Fp8BLayout::Col128 || p.trans_b)
     DSV3_CHECK(p.ldb_scale >= kb, "gemm_fp8: ldb_scale ", p.ldb_scale, " < blocks(K) ", kb);
   else

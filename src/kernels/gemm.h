@@ -55,7 +55,9 @@ struct GemmBF16 {
 //   A  op(A) = A, stored [M,K] (row stride lda), always K-contiguous. Either
 //        E4M3 codes `A` with a_scale [M, blocks(K)] (row stride lda_scale): one scale per
 //        row per 128 columns of K, the layout of quantize_fp8_1x128 (quant.h); or
-//        BF16 `A_bf16` (high-precision activations; scale 1), when A_bf16 != nullptr.
+//        BF16 `A_bf16` (high-precision activations; scale 1), when A_bf16 != nullptr; or
+//        F32 `A_f32` (activations as they are; scale 1), when A_f32 != nullptr. The AVX-512
+//        kernels take it in their FMA form only (core/cpu.h Bf16Mode), whatever the mode.
 //   B  E4M3 codes. b_layout says how its scales are laid out:
 //        Block128: weights, one scale per 128x128 block of the *stored* matrix, the layout
 //          of quantize_fp8_128x128. trans_b: B stored [N,K] (fprop x·Wᵀ), b_scale
@@ -72,6 +74,7 @@ struct GemmFP8 {
   const uint8_t* A = nullptr; int64_t lda = 0;
   const float* a_scale = nullptr; int64_t lda_scale = 0;
   const uint16_t* A_bf16 = nullptr;  // used instead of A / a_scale when set
+  const float* A_f32 = nullptr;      // F32 activations (scale 1), instead of all of the above
   const uint8_t* B = nullptr; int64_t ldb = 0; bool trans_b = true;
   Fp8BLayout b_layout = Fp8BLayout::Block128;
   const float* b_scale = nullptr; int64_t ldb_scale = 0;

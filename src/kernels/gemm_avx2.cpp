@@ -237,7 +237,11 @@ struct OpFP8Avx2 {
         continue;
       }
       const int64_t i = i0 + r;
-      if (p->A_bf16) {
+      if (p->A_f32) {
+        const float* s = p->A_f32 + i * p->lda + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = s[k];
+        for (int64_t b = 0; b < nblk; ++b) sa[b * MR + r] = 1.f;
+      } else if (p->A_bf16) {
         const uint16_t* s = p->A_bf16 + i * p->lda + k0;
         for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = widen(s[k]);
         for (int64_t b = 0; b < nblk; ++b) sa[b * MR + r] = 1.f;

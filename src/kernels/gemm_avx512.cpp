@@ -3,6 +3,7 @@
 // GCC 12 flags _mm512_undefined_ps() inside its own intrinsics as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#include "core/cpu.h"
 #include "core/parallel.h"
 
 #include <cstddef>
@@ -156,15 +157,16 @@ void ukr_bf16_kmajor(int64_t ks, const uint32_t* a, const uint32_t* b, float* c,
   ukr_bf16<M, false>(ks, a, b, c, ldc, nr, add);
 }
 
-// FP8 (decoded to BF16 by packing, A blocked): each 128-K block starts from fresh accumulators
-// and is promoted as partial * (sa * sb) (report §3.3) into an FP32 tile sum that stays in a
-// small contiguous buffer (C rows a multiple of 4 KB apart would all fight for one L1 set
-// at every block), added to C once per call. Relative to the reference's C += ... per
-// block this only reassociates the FP32 sum of block results (gemm.h tolerance).
-template <int M>
+// FP8 (A blocked): each 128-K block starts from fresh accumulators and is promoted as
+// partial * (sa * sb) (report §3.3) into an FP32 tile sum that stays in a small contiguous
+// buffer (C rows a multiple of 4 KB apart would all fight for one L1 set at every block),
+// added to C once per call. Relative to the reference's C += ... per block this only
+// reassociates the FP32 sum of block results (gemm.h tolerance). Fma = false: items are
+// BF16 pairs (vdpbf16ps, 64 per block); Fma = true: F32 items (vfmadd231ps, 128 per block).
+template <int M, bool Fma>
 void ukr_fp8(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, const float* sb,
              float* c, int64_t ldc, int nr, bool add) {
-  constexpr int64_t kSteps = kFp8Blk / 2;
+  constexpr int64_t kSteps = Fma ? kFp8Blk : kFp8Blk / 2;
   alignas(64) float t[M * NR];  // [M, NR] sum of promoted block results
   for (int64_t blk = 0; blk * kSteps < ks; ++blk) {
     __m512 c0[M], c1[M];
@@ -172,13 +174,24 @@ void ukr_fp8(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, 
     for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
     const int64_t k1 = min64(ks, (blk + 1) * kSteps);
     k_steps<true>(a, blk * kSteps, k1, [&](const uint32_t* ak, int64_t k) {
-      const __m512bh b0 = (__m512bh)_mm512_load_si512(b + k * NR);
-      const __m512bh b1 = (__m512bh)_mm512_load_si512(b + k * NR + 16);
+      if constexpr (Fma) {
+        const __m512 b0 = _mm512_load_ps((const float*)b + k * NR);
+        const __m512 b1 = _mm512_load_ps((const float*)b + k * NR + 16);
 #pragma GCC unroll 14
-      for (int i = 0; i < M; ++i) {
-        const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(ak[i * kRowStep<true>]));
-        c0[i] = _mm512_dpbf16_ps(c0[i], ai, b0);
-        c1[i] = _mm512_dpbf16_ps(c1[i], ai, b1);
+        for (int i = 0; i < M; ++i) {
+          const __m512 ai = _mm512_set1_ps(((const float*)ak)[i * kRowStep<true>]);
+          c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+          c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+        }
+      } else {
+        const __m512bh b0 = (__m512bh)_mm512_load_si512(b + k * NR);
+        const __m512bh b1 = (__m512bh)_mm512_load_si512(b + k * NR + 16);
+#pragma GCC unroll 14
+        for (int i = 0; i < M; ++i) {
+          const __m512bh ai = (__m512bh)_mm512_set1_epi32(int(ak[i * kRowStep<true>]));
+          c0[i] = _mm512_dpbf16_ps(c0[i], ai, b0);
+          c1[i] = _mm512_dpbf16_ps(c1[i], ai, b1);
+        }
       }
     });
     const __m512 s0 = _mm512_load_ps(sb + blk * NR), s1 = _mm512_load_ps(sb + blk * NR + 16);
@@ -198,6 +211,16 @@ void ukr_fp8(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, 
 #pragma GCC unroll 14
   for (int i = 0; i < M; ++i)
     store_row(c + i * ldc, _mm512_load_ps(t + i * NR), _mm512_load_ps(t + i * NR + 16), nr, add);
+}
+template <int M>
+void ukr_fp8_dot(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, const float* sb,
+                 float* c, int64_t ldc, int nr, bool add) {
+  ukr_fp8<M, false>(ks, a, b, sa, sb, c, ldc, nr, add);
+}
+template <int M>
+void ukr_fp8_fma(int64_t ks, const uint32_t* a, const uint32_t* b, const float* sa, const float* sb,
+                 float* c, int64_t ldc, int nr, bool add) {
+  ukr_fp8<M, true>(ks, a, b, sa, sb, c, ldc, nr, add);
 }
 
 // Calls KERNEL<mr>(args...) for the tile height mr in 1..14.
@@ -270,41 +293,88 @@ struct OpBF16 {
   }
 };
 
-// FP8 panels: the BF16-decoded items, then the per-block scales at a fixed offset.
+// BF16 widened to F32 while packing, then the F32 kernel (Bf16Mode::Fma, core/cpu.h).
+struct OpBF16F {
+  static constexpr int MR = kMR512, NR = kNR512;
+  int64_t KC = kKcF32, MC = kMcF32, NC = kNc;
+  size_t a_panel_bytes = round64(size_t(kKcF32) * MR * 4);
+  size_t b_panel_bytes = round64(size_t(kKcF32) * NR * 4);
+  const GemmBF16* p;
+  void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* dst) const {
+    pack_a_bf16_f32_avx512(p->A, p->lda, p->trans_a, i0, mr, k0, kc, (float*)dst);
+  }
+  void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* dst) const {
+    pack_b_bf16_f32_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (float*)dst);
+  }
+  void kernel(int mr, int nr, int64_t, int64_t kc, const char* a, const char* b, int64_t i,
+              int64_t j, bool first) const {
+    float* c = p->C + i * p->ldc + j;
+    const bool add = !first || p->accumulate;
+    if (p->trans_a) {
+      DSV3_DISPATCH_MR(mr, ukr_f32_kmajor, kc, (const float*)a, (const float*)b, c, p->ldc, nr, add)
+    } else {
+      DSV3_DISPATCH_MR(mr, ukr_f32_blocked, kc, (const float*)a, (const float*)b, c, p->ldc, nr, add)
+    }
+  }
+};
+
+// FP8 panels: the decoded items, then the per-block scales at a fixed offset. Fma = false:
+// BF16 pairs (E4M3 decoded to BF16); Fma = true: F32 items (E4M3 as 2^-8 x its value, the
+// 256 folded into the scales; BF16 or F32 activations widened exactly), KC halved so that
+// the panels keep their size.
+template <bool Fma>
 struct OpFP8 {
   static constexpr int MR = kMR512, NR = kNR512;
-  static constexpr int64_t kBlocks = kKcFp8 / kFp8Blk;
-  static constexpr size_t kAScaleOff = size_t(kKcFp8 / 2) * MR * 4;
-  static constexpr size_t kBScaleOff = size_t(kKcFp8 / 2) * NR * 4;
-  int64_t KC = kKcFp8, MC = kMcBf16, NC = kNc;
+  static constexpr int64_t kKc = Fma ? kKcFp8 / 2 : kKcFp8;
+  static constexpr int64_t kItems = Fma ? kKc : kKc / 2;  // 32-bit items per row per K block
+  static constexpr int64_t kBlocks = kKc / kFp8Blk;
+  static constexpr size_t kAScaleOff = size_t(kItems) * MR * 4;
+  static constexpr size_t kBScaleOff = size_t(kItems) * NR * 4;
+  static_assert(kKc % kFp8Blk == 0, "FP8 K blocks must not straddle a scale block");
+  int64_t KC = kKc, MC = kMcBf16, NC = kNc;
   size_t a_panel_bytes = round64(kAScaleOff + size_t(kBlocks) * MR * 4);
   size_t b_panel_bytes = round64(kBScaleOff + size_t(kBlocks) * NR * 4);
   const GemmFP8* p;
   void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* dst) const {
     float* sa = (float*)(dst + kAScaleOff);  // [kBlocks][MR]
     const int64_t nblk = ceil_div(kc, kFp8Blk), kb0 = k0 / kFp8Blk;
-    if (p->A_bf16) {
-      pack_a_bf16_avx512(p->A_bf16, p->lda, false, i0, mr, k0, kc, (uint32_t*)dst);
+    if (p->A_bf16 || p->A_f32) {
+      if (p->A_f32) pack_a_f32_avx512(p->A_f32, p->lda, false, i0, mr, k0, kc, (float*)dst);
+      else if (Fma) pack_a_bf16_f32_avx512(p->A_bf16, p->lda, false, i0, mr, k0, kc, (float*)dst);
+      else pack_a_bf16_avx512(p->A_bf16, p->lda, false, i0, mr, k0, kc, (uint32_t*)dst);
       for (int64_t b = 0; b < nblk; ++b)
         for (int r = 0; r < MR; ++r) sa[b * MR + r] = r < mr ? 1.f : 0.f;
       return;
     }
-    pack_a_e4m3_avx512(p->A, p->lda, i0, mr, k0, kc, (uint32_t*)dst);
+    if (Fma) pack_a_e4m3_f32_avx512(p->A, p->lda, i0, mr, k0, kc, (float*)dst);
+    else pack_a_e4m3_avx512(p->A, p->lda, i0, mr, k0, kc, (uint32_t*)dst);
+    const float bias = Fma ? kE4m3F32Bias : 1.f;
     for (int64_t b = 0; b < nblk; ++b)
       for (int r = 0; r < MR; ++r)
-        sa[b * MR + r] = r < mr ? p->a_scale[(i0 + r) * p->lda_scale + kb0 + b] : 0.f;
+        sa[b * MR + r] = r < mr ? p->a_scale[(i0 + r) * p->lda_scale + kb0 + b] * bias : 0.f;
   }
   void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* dst) const {
-    pack_b_e4m3_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (uint32_t*)dst);
-    pack_fp8_b_scales(*p, j0, nr, NR, k0, kc, (float*)(dst + kBScaleOff));  // [kBlocks][NR]
+    float* sb = (float*)(dst + kBScaleOff);  // [kBlocks][NR]
+    if (Fma) pack_b_e4m3_f32_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (float*)dst);
+    else pack_b_e4m3_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (uint32_t*)dst);
+    pack_fp8_b_scales(*p, j0, nr, NR, k0, kc, sb);
+    if (Fma)
+      for (int64_t q = 0; q < ceil_div(kc, kFp8Blk) * NR; ++q) sb[q] *= kE4m3F32Bias;
   }
   void kernel(int mr, int nr, int64_t, int64_t kc, const char* a, const char* b, int64_t i,
               int64_t j, bool first) const {
     float* c = p->C + i * p->ldc + j;
     const bool add = !first || p->accumulate;
-    DSV3_DISPATCH_MR(mr, ukr_fp8, (kc + 1) / 2, (const uint32_t*)a, (const uint32_t*)b,
-                     (const float*)(a + kAScaleOff), (const float*)(b + kBScaleOff), c, p->ldc,
-                     nr, add)
+    const int64_t ks = Fma ? kc : (kc + 1) / 2;
+    if (Fma) {
+      DSV3_DISPATCH_MR(mr, ukr_fp8_fma, ks, (const uint32_t*)a, (const uint32_t*)b,
+                       (const float*)(a + kAScaleOff), (const float*)(b + kBScaleOff), c, p->ldc,
+                       nr, add)
+    } else {
+      DSV3_DISPATCH_MR(mr, ukr_fp8_dot, ks, (const uint32_t*)a, (const uint32_t*)b,
+                       (const float*)(a + kAScaleOff), (const float*)(b + kBScaleOff), c, p->ldc,
+                       nr, add)
+    }
   }
 };
 
@@ -413,10 +483,16 @@ void gemm_f32_avx512(const GemmF32& p, int threads) {
 void gemm_bf16_avx512(const GemmBF16& p, int threads) {
   const Path f = forced_path();
   const bool fprop = !p.trans_a && p.trans_b;  // A [M,K] and W [N,K]: what both skinny paths take
-  if (fprop && (f == Path::Bcast || (f == Path::Auto && bcast_bf16(p.M, p.N, p.K, p.w_streamed))))
+  const bool fma = bf16_mode() == Bf16Mode::Fma;
+  if (fprop && !fma && (f == Path::Bcast || (f == Path::Auto && bcast_bf16(p.M, p.N, p.K, p.w_streamed))))
     return gemm_bcast_bf16_avx512(p, threads);
   if (fprop && (f == Path::Dot || (f == Path::Auto && small_bf16(p.M, p.N, p.K))))
     return gemm_small_bf16_avx512(p, threads);
+  if (fma) {
+    OpBF16F op;
+    op.p = &p;
+    return gemm_blocked(op, p.M, p.N, p.K, threads);
+  }
   OpBF16 op;
   op.p = &p;
   gemm_blocked(op, p.M, p.N, p.K, threads);
@@ -424,11 +500,19 @@ void gemm_bf16_avx512(const GemmBF16& p, int threads) {
 
 void gemm_fp8_avx512(const GemmFP8& p, int threads) {
   const Path f = forced_path();
-  if (p.trans_b && (f == Path::Bcast || (f == Path::Auto && bcast_fp8(p.M, p.N, p.K, p.w_streamed))))
+  // F32 activations only the widened kernel takes (the BF16-pair kernels would need x split
+  // into two BF16 parts, as model/linear.cpp does for them).
+  const bool fma = bf16_mode() == Bf16Mode::Fma || p.A_f32;
+  if (p.trans_b && !fma && (f == Path::Bcast || (f == Path::Auto && bcast_fp8(p.M, p.N, p.K, p.w_streamed))))
     return gemm_bcast_fp8_avx512(p, threads);
-  if (p.trans_b && (f == Path::Dot || (f == Path::Auto && p.M <= kSmallMFp8)))
+  if (p.trans_b && !p.A_f32 && (f == Path::Dot || (f == Path::Auto && p.M <= kSmallMFp8)))
     return gemm_small_fp8_avx512(p, threads);
-  OpFP8 op;
+  if (fma) {
+    OpFP8<true> op;
+    op.p = &p;
+    return gemm_blocked(op, p.M, p.N, p.K, threads);
+  }
+  OpFP8<false> op;
   op.p = &p;
   gemm_blocked(op, p.M, p.N, p.K, threads);
 }

@@ -89,4 +89,17 @@ void pack_a_e4m3_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64
 void pack_b_e4m3_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
                         int64_t k0, int64_t kc, uint32_t* dst);
 
+// Widened to F32 for Bf16Mode::Fma (core/cpu.h): the F32 panel layouts above (one item per
+// element of K) from BF16, or from E4M3 codes as 2^-8 x their value: the scales of such a
+// panel are multiplied by kE4m3F32Bias.
+inline constexpr float kE4m3F32Bias = 256.f;
+void pack_a_bf16_f32_avx512(const uint16_t* A, int64_t lda, bool trans, int64_t i0, int mr,
+                            int64_t k0, int64_t kc, float* dst);
+void pack_b_bf16_f32_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
+                            int64_t k0, int64_t kc, float* dst);
+void pack_a_e4m3_f32_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
+                            int64_t kc, float* dst);
+void pack_b_e4m3_f32_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
+                            int64_t k0, int64_t kc, float* dst);
+
 }  // namespace dsv3::detail

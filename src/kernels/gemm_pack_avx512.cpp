@@ -238,4 +238,85 @@ void pack_b_e4m3_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, i
   }
 }
 
+// ---- Widened to F32 (Bf16Mode::Fma, core/cpu.h) ----------------------------------------
+// The same panels as pack_{a,b}_f32_avx512 (one F32 item per element of K), from BF16
+// (exact: the BF16 bits are the F32's top half) or E4M3 codes. E4M3 goes through FP16:
+// S.EEEE.MMM shifted into FP16's S.EEEEE.MMMMMMMMMM fields is the FP16 value 2^-8 times
+// the code's (the exponent bias is 15 instead of 7; E4M3 subnormals land on FP16
+// subnormals, exactly), and VCVTPH2PS widens it exactly. So these panels hold 2^-8 · the
+// E4M3 value; the FP8 kernel folds 256 into each side's block scale, an exact power-of-two
+// rescaling of every product and partial sum (kE4m3F32Bias, gemm_internal.h).
+// S.1111.111 (NaN) becomes an FP16 NaN.
+
+namespace {
+
+inline __m512 widen_bf16x16(const uint16_t* p, int64_t n) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask16(n), p)), 16));
+}
+
+// 16 codes as FP16 bits (the mapping above): x = code << 7 puts the magnitude in bits
+// 7..13 and the sign in bit 14; adding bit 14 to itself moves the sign to bit 15.
+inline __m256i e4m3x16_to_f16(__m128i c) {
+  const __m256i x = _mm256_slli_epi16(_mm256_cvtepu8_epi16(c), 7);
+  const __m256i r = _mm256_add_epi16(x, _mm256_and_si256(x, _mm256_set1_epi16(0x4000)));
+  const __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(x, _mm256_set1_epi16(0x3F80)), _mm256_set1_epi16(0x3F80));
+  return _mm256_mask_mov_epi16(r, nan, _mm256_set1_epi16(0x7E00));
+}
+
+inline __m512 e4m3x16_to_f32_div256(const uint8_t* p, int64_t n) {
+  return _mm512_cvtph_ps(e4m3x16_to_f16(_mm_maskz_loadu_epi8(mask16(n), p)));
+}
+
+// Rows of mr <= 16 widened values, one per k: the k-major A panel of a transposed A.
+template <class Load>
+void pack_kmajor_a(Load load, int64_t kc, float* dst) {
+  for (int64_t k = 0; k < kc; ++k) _mm512_mask_storeu_ps(dst + k * MR, mask16(MR), load(k));
+}
+
+}  // namespace
+
+void pack_a_bf16_f32_avx512(const uint16_t* A, int64_t lda, bool trans, int64_t i0, int mr,
+                            int64_t k0, int64_t kc, float* dst) {
+  if (trans) {
+    pack_kmajor_a([&](int64_t k) { return widen_bf16x16(A + (k0 + k) * lda + i0, mr); }, kc, dst);
+    return;
+  }
+  pack_blocked([&](int i, int64_t t0) { return widen_bf16x16(A + (i0 + i) * lda + k0 + t0, kc - t0); },
+               mr, kc, (uint32_t*)dst);
+}
+
+void pack_b_bf16_f32_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
+                            int64_t k0, int64_t kc, float* dst) {
+  if (trans) {
+    pack_t32<NR>([&](int c, int64_t t0) { return widen_bf16x16(B + (j0 + c) * ldb + k0 + t0, kc - t0); },
+                 nr, kc, (uint32_t*)dst);
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const uint16_t* s = B + (k0 + k) * ldb + j0;
+    _mm512_store_ps(dst + k * NR, widen_bf16x16(s, nr));
+    _mm512_store_ps(dst + k * NR + 16, widen_bf16x16(s + 16, nr - 16));
+  }
+}
+
+void pack_a_e4m3_f32_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
+                            int64_t kc, float* dst) {
+  pack_blocked([&](int i, int64_t t0) { return e4m3x16_to_f32_div256(A + (i0 + i) * lda + k0 + t0, kc - t0); },
+               mr, kc, (uint32_t*)dst);
+}
+
+void pack_b_e4m3_f32_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
+                            int64_t k0, int64_t kc, float* dst) {
+  if (trans) {
+    pack_t32<NR>([&](int c, int64_t t0) { return e4m3x16_to_f32_div256(B + (j0 + c) * ldb + k0 + t0, kc - t0); },
+                 nr, kc, (uint32_t*)dst);
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const uint8_t* s = B + (k0 + k) * ldb + j0;
+    _mm512_store_ps(dst + k * NR, e4m3x16_to_f32_div256(s, nr));
+    _mm512_store_ps(dst + k * NR + 16, e4m3x16_to_f32_div256(s + 16, nr - 16));
+  }
+}
+
 }  // namespace dsv3::detail

@@ -53,11 +53,13 @@ void gemm_fp8_ref(const GemmFP8& p) {
         const int64_t k0 = kb * kFp8Block, k1 = std::min<int64_t>(p.K, k0 + kFp8Block);
         float partial = 0.f;
         for (int64_t k = k0; k < k1; ++k) {
-          const float a = p.A_bf16 ? bf16_to_f32(p.A_bf16[i * p.lda + k]) : e4m3[p.A[i * p.lda + k]];
+          const float a = p.A_f32    ? p.A_f32[i * p.lda + k]
+                          : p.A_bf16 ? bf16_to_f32(p.A_bf16[i * p.lda + k])
+                                     : e4m3[p.A[i * p.lda + k]];
           const float b = e4m3[p.trans_b ? p.B[j * p.ldb + k] : p.B[k * p.ldb + j]];
           partial += a * b;
         }
-        const float sa = p.A_bf16 ? 1.f : p.a_scale[i * p.lda_scale + kb];
+        const float sa = p.A_bf16 || p.A_f32 ? 1.f : p.a_scale[i * p.lda_scale + kb];
         float sb;
         if (p.b_layout == Fp8BLayout::Col128) sb = p.b_scale[j * p.ldb_scale + kb];
         else if (p.trans_b) sb = p.b_scale[(j / kFp8Block) * p.ldb_scale + kb];

@@ -54,7 +54,7 @@ struct WFp8 {
   const GemmFP8* p;
   static __m256 load8(const T* w) { return load8_e4m3_scaled(w); }
   float scale(int64_t i, int64_t j, int64_t kb) const {
-    const float sa = p->A_bf16 ? 1.f : p->a_scale[i * p->lda_scale + kb];
+    const float sa = p->A_bf16 || p->A_f32 ? 1.f : p->a_scale[i * p->lda_scale + kb];
     return sa * (b_scale(*p, j, kb) * 256.f);  // the decode's 2^-8
   }
 };
@@ -178,6 +178,7 @@ void gemm_small_fp8_avx2(const GemmFP8& p, int threads) {
   const int64_t kp = (p.K + 7) / 8 * 8;
   const uint16_t* tab = e4m3_bf16_table();
   const float* af = widen_a(p.M, p.K, kp, [&](int64_t m, int64_t k) {
+    if (p.A_f32) return p.A_f32[m * p.lda + k];
     return bf16_bits_to_f32(p.A_bf16 ? p.A_bf16[m * p.lda + k] : tab[p.A[m * p.lda + k]]);
   });
   run(Ctx<WFp8>{WFp8{&p}, p.B, p.ldb, p.C, p.ldc, p.accumulate, p.M, p.N, p.K, af, kp}, threads);

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/cpu.h"
 #include "core/scratch.h"
 #include "core/dtype.h"
 #include "kernels/convert.h"
@@ -85,6 +86,20 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   if (dt == DType::F16) return linear_f16(y, ldy, x, ldx, M, w, s, accumulate);
   DSV3_ASSERT(dt == DType::BF16 || dt == DType::F8_E4M3);
   if (M <= kLinearGemvMaxM) return linear_gemv(y, ldy, x, ldx, M, w, s, accumulate, threads);
+  // Where BF16 is multiplied as FP32 FMAs anyway (core/cpu.h Bf16Mode::Fma), an FP8 weight
+  // takes x as it is, F32: one GEMM, no split, and the exact F32 products.
+  if (dt == DType::F8_E4M3 && !w.x_bf16 && bf16_mode() == Bf16Mode::Fma) {
+    GemmFP8 g;
+    g.M = M; g.N = N; g.K = K;
+    g.A_f32 = x; g.lda = ldx;
+    g.B = w.w.ptr<uint8_t>(); g.ldb = K; g.trans_b = true;
+    g.b_layout = Fp8BLayout::Block128;
+    g.b_scale = w.scale.ptr<float>(); g.ldb_scale = w.scale.shape[1];
+    g.C = y; g.ldc = ldy; g.accumulate = accumulate;
+    g.w_streamed = true;
+    gemm_fp8(g, threads);
+    return;
+  }
   // x = hi + lo with hi = bf16(x), lo = bf16(x − hi): hi·Wᵀ + lo·Wᵀ gives x·Wᵀ to ~2^-16
   // relative per product (docs/numerics.md: activations are not rounded to BF16) — unless
   // the weight asks for BF16 activations (Weight::x_bf16): then hi alone.
