@@ -240,13 +240,20 @@ TEST(GemmFp8, BroadcastPath) {
   // A last vector of <= 8 rows (256-bit operations) alone, after one full vector, and
   // after two in a 3-vector tile.
   all.insert(all.end(), {{8, 9, 256}, {24, 20, 300}, {40, 19, 1100}});
-  for (const Shape& s : all) {
-    for (Form f : {Form::Fprop, Form::Wgrad, Form::FpropBf16A}) {
-      const Fp8Case c(f, s.M, s.N, s.K, rng);
-      compare_with_ref(c, f, Expected(c), "bcast", [&](const GemmFP8& p) { detail::gemm_bcast_fp8_avx512(p, 1 + (n++ % 3)); });
+  IsaGuard guard;
+  // Both forms of the kernel (core/cpu.h Bf16Mode); F32 activations take the FMA form in
+  // either mode.
+  for (Bf16Mode mode : {Bf16Mode::Dot, Bf16Mode::Fma}) {
+    set_bf16_mode(mode);
+    for (const Shape& s : all) {
+      for (Form f : {Form::Fprop, Form::Wgrad, Form::FpropBf16A, Form::FpropF32A}) {
+        const Fp8Case c(f, s.M, s.N, s.K, rng);
+        compare_with_ref(c, f, Expected(c), mode == Bf16Mode::Dot ? "bcast/dot" : "bcast/fma",
+                         [&](const GemmFP8& p) { detail::gemm_bcast_fp8_avx512(p, 1 + (n++ % 3)); });
+      }
     }
   }
-  IsaGuard guard;
+  set_bf16_mode(best_bf16_mode());
   set_isa(Isa::Avx512);
   const Fp8Case c(Form::FpropBf16A, 16, 2048, 1024, rng);
   compare_with_ref(c, Form::FpropBf16A, Expected(c), "routed", [](const GemmFP8& p) { gemm_fp8(p, 2); });

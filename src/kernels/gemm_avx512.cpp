@@ -503,7 +503,7 @@ void gemm_fp8_avx512(const GemmFP8& p, int threads) {
   // F32 activations only the widened kernel takes (the BF16-pair kernels would need x split
   // into two BF16 parts, as model/linear.cpp does for them).
   const bool fma = bf16_mode() == Bf16Mode::Fma || p.A_f32;
-  if (p.trans_b && !fma && (f == Path::Bcast || (f == Path::Auto && bcast_fp8(p.M, p.N, p.K, p.w_streamed))))
+  if (p.trans_b && (f == Path::Bcast || (f == Path::Auto && bcast_fp8(p.M, p.N, p.K, p.w_streamed))))
     return gemm_bcast_fp8_avx512(p, threads);
   if (p.trans_b && !p.A_f32 && (f == Path::Dot || (f == Path::Auto && p.M <= kSmallMFp8)))
     return gemm_small_fp8_avx512(p, threads);

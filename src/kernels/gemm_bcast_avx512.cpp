@@ -21,6 +21,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
+#include "core/cpu.h"
 #include "core/parallel.h"
 
 #include <cstddef>
@@ -61,6 +62,7 @@ struct Tile {
   int64_t ks = 0;               // K pairs
   bool tail = false;            // plus one odd K element (BF16; FP8 buffers are zero padded)
   const uint16_t* w = nullptr;  // W row j at element k0 (BF16), or the decoded buffer
+  const float* wf = nullptr;    // FMA form: W's group decoded to F32 (/ 256)
   int64_t ldw = 0;
   const uint32_t* a = nullptr;  // packed A: [pair][kTW] items of this row tile from k0
   const float* sa = nullptr;    // FP8: A scales [128-K block][kTW] of this tile from k0
@@ -127,6 +129,37 @@ inline void steps(__m512 (&acc)[NB][H], const Tile& t, int64_t s0, int64_t s1) {
   }
 }
 
+// The FMA form (core/cpu.h Bf16Mode::Fma): F32 items, one element of K per step, NB
+// broadcasts of a decoded W value (plain loads) and H vector loads of A per NB·H FMAs. Half
+// vectors run whole here (Intel's 256-bit FMAs cost what 512-bit ones do; the lanes past
+// the rows are zero either way).
+template <int NB, int H, bool kPrefetch>
+inline void steps_f32(__m512 (&acc)[NB][H], const Tile& t, int64_t s0, int64_t s1) {
+  const float* w = t.wf + s0;
+  const float* a = (const float*)t.a + s0 * kTW;
+  // Prefetch cursor: line q = s / 4 of the next group is row q mod rows, byte 64·(q / rows).
+  int64_t pf_row = 0, pf_off = 0;
+  if (kPrefetch && t.pf) {
+    pf_row = (s0 >> 2) % t.pf_rows;
+    pf_off = (s0 >> 2) / t.pf_rows * 64;
+  }
+  for (int64_t s = s0; s < s1; ++s, a += kTW, ++w) {
+    if (kPrefetch && t.pf && (s & 3) == 0 && pf_off < t.pf_len) {
+      _mm_prefetch((const char*)(t.pf + pf_row * t.pf_ld + pf_off), _MM_HINT_T1);
+      if (++pf_row == t.pf_rows) {
+        pf_row = 0;
+        pf_off += 64;
+      }
+    }
+#pragma GCC unroll 14
+    for (int n = 0; n < NB; ++n) {
+      const __m512 wv = _mm512_set1_ps(w[n * t.ldw]);
+#pragma GCC unroll 4
+      for (int h = 0; h < H; ++h) acc[n][h] = _mm512_fmadd_ps(wv, _mm512_load_ps(a + 16 * h), acc[n][h]);
+    }
+  }
+}
+
 // Writes (or adds) the transposed tile: acc[n][h] lane l is C[16h + l][n].
 template <int NB, int H>
 inline void store_tile(__m512 (&acc)[NB][H], const Tile& t) {
@@ -167,9 +200,9 @@ void ukr_bf16(const Tile& t) {
   store_tile(acc, t);
 }
 
-template <int NB, int H, bool kHalf>
+template <int NB, int H, bool kHalf, bool kFma>
 void ukr_fp8(const Tile& t) {
-  constexpr int64_t kSteps = kFp8Blk / 2;
+  constexpr int64_t kSteps = kFma ? kFp8Blk : kFp8Blk / 2;
   alignas(64) float tot[NB][H][16];  // promoted block sums
   __m512 acc[NB][H];
   for (int64_t blk = 0; blk * kSteps < t.ks; ++blk) {
@@ -177,7 +210,9 @@ void ukr_fp8(const Tile& t) {
     for (int n = 0; n < NB; ++n)
 #pragma GCC unroll 4
       for (int h = 0; h < H; ++h) acc[n][h] = _mm512_setzero_ps();
-    steps<NB, H, kHalf, true>(acc, t, blk * kSteps, t.ks < (blk + 1) * kSteps ? t.ks : (blk + 1) * kSteps);
+    const int64_t s1 = t.ks < (blk + 1) * kSteps ? t.ks : (blk + 1) * kSteps;
+    if constexpr (kFma) steps_f32<NB, H, true>(acc, t, blk * kSteps, s1);
+    else steps<NB, H, kHalf, true>(acc, t, blk * kSteps, s1);
 #pragma GCC unroll 4
     for (int h = 0; h < H; ++h) {
       const __m512 sa = _mm512_load_ps(t.sa + blk * kTW + 16 * h);
@@ -205,13 +240,15 @@ void by_width(int nb, const Tile& t) {
   Kernel<NBW, H, kHalf>::run(t);
 }
 template <int NB, int H, bool kHalf> struct Bf16Kernel { static void run(const Tile& t) { ukr_bf16<NB, H, kHalf>(t); } };
-template <int NB, int H, bool kHalf> struct Fp8Kernel { static void run(const Tile& t) { ukr_fp8<NB, H, kHalf>(t); } };
+template <int NB, int H, bool kHalf> struct Fp8Kernel { static void run(const Tile& t) { ukr_fp8<NB, H, kHalf, false>(t); } };
+template <int NB, int H, bool kHalf> struct Fp8FmaKernel { static void run(const Tile& t) { ukr_fp8<NB, H, false, true>(t); } };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // The loop nest shared by both types. Op provides:
 //   kFp8 (bool: per-row A scales per 128-K block, K packed in whole 64-element chunks),
+//   kPer (elements of K per 32-bit item of packed A: 2 for BF16 pairs, 1 for F32),
 //   w_buf_bytes (per thread);
 //   pack_a(i0, rows, k0, kc, dst, stride): 16 rows of A as pairs (pack_rows16_*);
 //   a_scale(i, kb): A's scale of row i in 128-K block kb;
@@ -228,7 +265,7 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
   auto first_vec = [&](int64_t t) { return t * vq + min64(t, vr); };
   auto tile_of = [&](int64_t v) { return v < vr * (vq + 1) ? v / (vq + 1) : vr + (v - vr * (vq + 1)) / vq; };
   // Pairs of K packed per row: whole 64-element chunks (FP8's decode order works on them).
-  const int64_t ks_all = ceil_div(K, 64) * 32, groups = ceil_div(N, kNB);
+  const int64_t ks_all = ceil_div(K, 64) * 64 / Op::kPer, groups = ceil_div(N, kNB);
   const int64_t tile_items = ks_all * kTW;  // packed A: [tile][pair][kTW]
   const int64_t kblocks = op.kFp8 ? ceil_div(K, kFp8Blk) : 0;
   const int64_t chunks = ceil_div(K, kChunk), units = vecs * chunks;
@@ -249,7 +286,7 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
       const int64_t g = u / chunks, c = u % chunks, i0 = g * 16, tg = tile_of(g);
       const int64_t k0 = c * kChunk, kc = min64(kChunk, K - k0), lane0 = (g - first_vec(tg)) * 16;
       const int rows = int(min64(16, M - i0));
-      op.pack_a(i0, rows, k0, kc, ap + tg * tile_items + (k0 / 2) * kTW + lane0, kTW);
+      op.pack_a(i0, rows, k0, kc, ap + tg * tile_items + (k0 / Op::kPer) * kTW + lane0, kTW);
       for (int64_t kb = k0 / kFp8Blk; op.kFp8 && kb < ceil_div(k0 + kc, kFp8Blk); ++kb)
         for (int r = 0; r < 16; ++r)
           sap[(tg * kblocks + kb) * kTW + lane0 + r] = r < rows ? op.a_scale(i0 + r, kb) : 0.f;
@@ -263,7 +300,7 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
       for (int64_t k0 = 0; k0 < K; k0 += kKC) {
         const int64_t kc = min64(kKC, K - k0);
         Tile tile;
-        tile.ks = op.kFp8 ? ceil_div(kc, 64) * 32 : kc / 2;
+        tile.ks = op.kFp8 ? ceil_div(kc, 64) * 64 / Op::kPer : kc / 2;
         tile.ldc = ldc;
         tile.add = k0 > 0 || accumulate;
         // Row tiles per block of A kept in L2 while the thread's W columns stream past
@@ -279,7 +316,7 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
             for (int64_t tm = tb; tm < te; ++tm) {
               const int64_t v0 = first_vec(tm), i0 = v0 * 16;
               tile.rows = int(min64(16 * (first_vec(tm + 1) - v0), M - i0));
-              tile.a = ap + tm * tile_items + (k0 / 2) * kTW;
+              tile.a = ap + tm * tile_items + (k0 / Op::kPer) * kTW;
               tile.sa = sap + (tm * kblocks + k0 / kFp8Blk) * kTW;
               tile.c = C + i0 * ldc + j;
               if (tm > tb) tile.pf = nullptr;  // the first row tile has fetched it
@@ -303,6 +340,7 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
 
 struct OpBf16 {
   static constexpr bool kFp8 = false;
+  static constexpr int kPer = 2;
   size_t w_buf_bytes = 0;
   const GemmBF16* p;
   void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
@@ -318,6 +356,7 @@ struct OpBf16 {
 
 struct OpFp8 {
   static constexpr bool kFp8 = true;
+  static constexpr int kPer = 2;
   size_t w_buf_bytes = size_t(kNB) * kWStride * 2 + size_t(kKC / kFp8Blk) * kNB * 4;
   const GemmFP8* p;
   void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
@@ -359,6 +398,39 @@ struct OpFp8 {
   }
 };
 
+// The FMA form: A packed as F32 (16-row vectors per element of K), W's group decoded to F32
+// once per K block; E4M3 values come / 256 (gemm_pack_avx512.cpp), so their scales * 256.
+struct OpFp8Fma {
+  static constexpr bool kFp8 = true;
+  static constexpr int kPer = 1;
+  size_t w_buf_bytes = size_t(kNB) * kWStride * 4 + size_t(kKC / kFp8Blk) * kNB * 4;
+  const GemmFP8* p;
+  void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
+    pack_rows16_fp8a_f32_avx512(*p, i0, rows, k0, kc, (float*)dst, stride);
+  }
+  float a_scale(int64_t i, int64_t kb) const {
+    return p->A_bf16 || p->A_f32 ? 1.f : p->a_scale[i * p->lda_scale + kb] * kE4m3F32Bias;
+  }
+  void prepare_w(int64_t j, int nb, int64_t k0, int64_t kc, char* buf, Tile* t) const {
+    float* w = (float*)buf;
+    decode_e4m3_rows_f32_avx512(p->B + j * p->ldb + k0, p->ldb, nb, kc, w, kWStride);
+    float* sb = (float*)(buf + size_t(kNB) * kWStride * 4);
+    pack_fp8_b_scales(*p, j, nb, kNB, k0, kc, sb);
+    for (int64_t q = 0; q < ceil_div(kc, kFp8Blk) * kNB; ++q) sb[q] *= kE4m3F32Bias;
+    t->pf = nullptr;  // as OpFp8
+    if (j + nb < p->N) {
+      t->pf = p->B + (j + nb) * p->ldb + k0;
+      t->pf_ld = p->ldb;
+      t->pf_len = kc;
+      t->pf_rows = int(min64(kNB, p->N - j - nb));
+    }
+    t->wf = w;
+    t->ldw = kWStride;
+    t->tail = false;
+    t->sb = sb;
+  }
+};
+
 }  // namespace
 
 void gemm_bcast_bf16_avx512(const GemmBF16& p, int threads) {
@@ -368,6 +440,11 @@ void gemm_bcast_bf16_avx512(const GemmBF16& p, int threads) {
 }
 
 void gemm_bcast_fp8_avx512(const GemmFP8& p, int threads) {
+  if (p.A_f32 || bf16_mode() == Bf16Mode::Fma) {
+    OpFp8Fma op;
+    op.p = &p;
+    return bcast_gemm<Fp8FmaKernel>(op, p.M, p.N, p.K, p.C, p.ldc, p.accumulate, threads);
+  }
   OpFp8 op;
   op.p = &p;
   bcast_gemm<Fp8Kernel>(op, p.M, p.N, p.K, p.C, p.ldc, p.accumulate, threads);

@@ -102,4 +102,13 @@ void pack_a_e4m3_f32_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, i
 void pack_b_e4m3_f32_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
                             int64_t k0, int64_t kc, float* dst);
 
+// The broadcast-W kernel's FMA form: rows i0 .. i0+rows-1 (rows <= 16) of the FP8 GEMM's A
+// (F32, BF16 or E4M3 / 256) as F32, dst[k * stride + r], k zero-padded to a multiple of 64;
+// and W's E4M3 rows decoded (/ 256) to dst[r * ld_dst + k], zero-padded the same way
+// (dst 64-byte aligned, ld_dst a multiple of 16).
+void pack_rows16_fp8a_f32_avx512(const GemmFP8& p, int64_t i0, int rows, int64_t k0, int64_t kc,
+                                 float* dst, int64_t stride);
+void decode_e4m3_rows_f32_avx512(const uint8_t* W, int64_t ldw, int rows, int64_t kc, float* dst,
+                                 int64_t ld_dst);
+
 }  // namespace dsv3::detail

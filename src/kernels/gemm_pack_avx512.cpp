@@ -319,4 +319,27 @@ void pack_b_e4m3_f32_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j
   }
 }
 
+void pack_rows16_fp8a_f32_avx512(const GemmFP8& p, int64_t i0, int rows, int64_t k0, int64_t kc,
+                                 float* dst, int64_t stride) {
+  const int64_t items = (kc + 63) / 64 * 64;
+  if (p.A_f32) {
+    pack_t32<16>([&](int i, int64_t t0) { return _mm512_maskz_loadu_ps(mask16(kc - t0), p.A_f32 + (i0 + i) * p.lda + k0 + t0); },
+                 rows, items, (uint32_t*)dst, stride);
+  } else if (p.A_bf16) {
+    pack_t32<16>([&](int i, int64_t t0) { return widen_bf16x16(p.A_bf16 + (i0 + i) * p.lda + k0 + t0, kc - t0); },
+                 rows, items, (uint32_t*)dst, stride);
+  } else {
+    pack_t32<16>([&](int i, int64_t t0) { return e4m3x16_to_f32_div256(p.A + (i0 + i) * p.lda + k0 + t0, kc - t0); },
+                 rows, items, (uint32_t*)dst, stride);
+  }
+}
+
+void decode_e4m3_rows_f32_avx512(const uint8_t* W, int64_t ldw, int rows, int64_t kc, float* dst,
+                                 int64_t ld_dst) {
+  const int64_t items = (kc + 63) / 64 * 64;
+  for (int r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < items; k += 16)
+      _mm512_store_ps(dst + r * ld_dst + k, e4m3x16_to_f32_div256(W + r * ldw + k, kc - k));
+}
+
 }  // namespace dsv3::detail
