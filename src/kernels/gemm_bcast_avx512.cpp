@@ -31,6 +31,8 @@
 #include "kernels/gemm_internal.h"
 #include "kernels/simd_avx512.h"
 
+
+
 namespace dsv3::detail {
 
 namespace {
@@ -56,6 +58,9 @@ constexpr int64_t kABlockBytes = 512 * 1024;
 constexpr int64_t kChunk = 256;  // K elements per packing unit of A
 constexpr int64_t kFp8Blk = 128;  // DeepSeek-V3's promotion interval
 constexpr int64_t kWStride = kKC + 64;  // decoded W rows: not 4 KB apart (L1 sets)
+// The FMA form's decoded F32 W rows, likewise; a constant, so that the kernel's broadcasts
+// address them as one pointer plus displacements.
+constexpr int64_t kWStrideF32 = kKC + 16;
 static_assert(kKC % kChunk == 0 && kChunk % kFp8Blk == 0, "K blocks hold whole packing chunks");
 
 struct Tile {
@@ -153,7 +158,7 @@ inline void steps_f32(__m512 (&acc)[NB][H], const Tile& t, int64_t s0, int64_t s
     }
 #pragma GCC unroll 14
     for (int n = 0; n < NB; ++n) {
-      const __m512 wv = _mm512_set1_ps(w[n * t.ldw]);
+      const __m512 wv = _mm512_set1_ps(w[n * kWStrideF32]);
 #pragma GCC unroll 4
       for (int h = 0; h < H; ++h) acc[n][h] = _mm512_fmadd_ps(wv, _mm512_load_ps(a + 16 * h), acc[n][h]);
     }
@@ -249,6 +254,7 @@ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 // The loop nest shared by both types. Op provides:
 //   kFp8 (bool: per-row A scales per 128-K block, K packed in whole 64-element chunks),
 //   kPer (elements of K per 32-bit item of packed A: 2 for BF16 pairs, 1 for F32),
+//   kKc (the K block),
 //   w_buf_bytes (per thread);
 //   pack_a(i0, rows, k0, kc, dst, stride): 16 rows of A as pairs (pack_rows16_*);
 //   a_scale(i, kb): A's scale of row i in 128-K block kb;
@@ -297,8 +303,8 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
     for (int t = tid; t < threads; t += nthr) {
       const int64_t g0 = groups * t / threads, g1 = groups * (t + 1) / threads;
       char* wbuf = ws + a_bytes + sa_bytes + size_t(t) * w_bytes;
-      for (int64_t k0 = 0; k0 < K; k0 += kKC) {
-        const int64_t kc = min64(kKC, K - k0);
+      for (int64_t k0 = 0; k0 < K; k0 += Op::kKc) {
+        const int64_t kc = min64(Op::kKc, K - k0);
         Tile tile;
         tile.ks = op.kFp8 ? ceil_div(kc, 64) * 64 / Op::kPer : kc / 2;
         tile.ldc = ldc;
@@ -341,6 +347,7 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
 struct OpBf16 {
   static constexpr bool kFp8 = false;
   static constexpr int kPer = 2;
+  static constexpr int64_t kKc = kKC;
   size_t w_buf_bytes = 0;
   const GemmBF16* p;
   void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
@@ -357,6 +364,7 @@ struct OpBf16 {
 struct OpFp8 {
   static constexpr bool kFp8 = true;
   static constexpr int kPer = 2;
+  static constexpr int64_t kKc = kKC;
   size_t w_buf_bytes = size_t(kNB) * kWStride * 2 + size_t(kKC / kFp8Blk) * kNB * 4;
   const GemmFP8* p;
   void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
@@ -403,7 +411,9 @@ struct OpFp8 {
 struct OpFp8Fma {
   static constexpr bool kFp8 = true;
   static constexpr int kPer = 1;
-  size_t w_buf_bytes = size_t(kNB) * kWStride * 4 + size_t(kKC / kFp8Blk) * kNB * 4;
+  static constexpr int64_t kKc = kKC;
+  static constexpr int64_t kWStrideF = kWStrideF32;
+  size_t w_buf_bytes = size_t(kNB) * kWStrideF * 4 + size_t(kKc / kFp8Blk) * kNB * 4;
   const GemmFP8* p;
   void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
     pack_rows16_fp8a_f32_avx512(*p, i0, rows, k0, kc, (float*)dst, stride);
@@ -413,8 +423,8 @@ struct OpFp8Fma {
   }
   void prepare_w(int64_t j, int nb, int64_t k0, int64_t kc, char* buf, Tile* t) const {
     float* w = (float*)buf;
-    decode_e4m3_rows_f32_avx512(p->B + j * p->ldb + k0, p->ldb, nb, kc, w, kWStride);
-    float* sb = (float*)(buf + size_t(kNB) * kWStride * 4);
+    decode_e4m3_rows_f32_avx512(p->B + j * p->ldb + k0, p->ldb, nb, kc, w, kWStrideF);
+    float* sb = (float*)(buf + size_t(kNB) * kWStrideF * 4);
     pack_fp8_b_scales(*p, j, nb, kNB, k0, kc, sb);
     for (int64_t q = 0; q < ceil_div(kc, kFp8Blk) * kNB; ++q) sb[q] *= kE4m3F32Bias;
     t->pf = nullptr;  // as OpFp8
@@ -425,7 +435,7 @@ struct OpFp8Fma {
       t->pf_rows = int(min64(kNB, p->N - j - nb));
     }
     t->wf = w;
-    t->ldw = kWStride;
+    t->ldw = kWStrideF;
     t->tail = false;
     t->sb = sb;
   }

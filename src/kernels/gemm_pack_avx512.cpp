@@ -267,6 +267,17 @@ inline __m512 e4m3x16_to_f32_div256(const uint8_t* p, int64_t n) {
   return _mm512_cvtph_ps(e4m3x16_to_f16(_mm_maskz_loadu_epi8(mask16(n), p)));
 }
 
+// The same for 32 codes in 512-bit registers (fewer instructions per code where a run is
+// decoded whole): out0 = codes 0..15, out1 = 16..31.
+inline void e4m3x32_to_f32_div256(const uint8_t* p, int64_t n, __m512* out0, __m512* out1) {
+  const __m512i x = _mm512_slli_epi16(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask32(n), p)), 7);
+  const __m512i mag = _mm512_and_si512(x, _mm512_set1_epi16(0x3F80));
+  __m512i r = _mm512_add_epi16(x, _mm512_and_si512(x, _mm512_set1_epi16(0x4000)));
+  r = _mm512_mask_mov_epi16(r, _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x3F80)), _mm512_set1_epi16(0x7E00));
+  *out0 = _mm512_cvtph_ps(_mm512_castsi512_si256(r));
+  *out1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(r, 1));
+}
+
 // Rows of mr <= 16 widened values, one per k: the k-major A panel of a transposed A.
 template <class Load>
 void pack_kmajor_a(Load load, int64_t kc, float* dst) {
@@ -338,8 +349,12 @@ void decode_e4m3_rows_f32_avx512(const uint8_t* W, int64_t ldw, int rows, int64_
                                  int64_t ld_dst) {
   const int64_t items = (kc + 63) / 64 * 64;
   for (int r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < items; k += 16)
-      _mm512_store_ps(dst + r * ld_dst + k, e4m3x16_to_f32_div256(W + r * ldw + k, kc - k));
+    for (int64_t k = 0; k < items; k += 32) {
+      __m512 v0, v1;
+      e4m3x32_to_f32_div256(W + r * ldw + k, kc - k, &v0, &v1);
+      _mm512_store_ps(dst + r * ld_dst + k, v0);
+      _mm512_store_ps(dst + r * ld_dst + k + 16, v1);
+    }
 }
 
 }  // namespace dsv3::detail
