@@ -51,8 +51,8 @@ struct GemvBF16 {
 };
 
 // How the FP8 path turns codes into numbers in registers (gemv_avx512.cpp explains them;
-// `dsv3 bench gemv --path` compares them). On AVX-512, Auto = BF16Lut, the faster of the
-// two that meet the contract above; the AVX2 path always converts through F16. BF16LutX8 skips the low half of x·s — x·s is rounded to BF16
+// `dsv3 bench gemv --path` compares them). On AVX-512, Auto = BF16Lut (F16 in
+// Bf16Mode::Fma, core/cpu.h), the faster of the two that meet the contract above; the AVX2 path always converts through F16. BF16LutX8 skips the low half of x·s — x·s is rounded to BF16
 // as DeepSeek-V3's BF16 inference does with activations — for about 2/3 of the work per
 // byte; its contract is looser: |y - y_exact| ≤ (2^-8 + 2·K·2^-24)·S.
 enum class Fp8Path { Auto, F16, BF16Lut, BF16LutX8 };
