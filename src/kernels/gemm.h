@@ -14,7 +14,8 @@
 //
 // threads = 0 uses default_threads() (core/parallel.h). Each entry point dispatches on
 // active_isa() (core/cpu.h) and has a scalar reference twin, gemm_*_ref, kept for tests
-// and as the portable fallback. Paths: AVX-512 (F32 FMA, BF16/FP8 vdpbf16ps; packed 14x32
+// and as the portable fallback. Paths: AVX-512 (F32 FMA, BF16/FP8 vdpbf16ps — or, in
+// core/cpu.h's Bf16Mode::Fma (Intel), BF16/FP8 widened to F32 while packing and FMAs; packed 14x32
 // register tiles; for skinny fprop an unpacked dot-product kernel (a few rows) or, BF16
 // and FP8 with 16..512 rows, W broadcast in place against packed A), AVX2 (F32, BF16 and
 // FP8 widened to F32 while packing, 6x16 tiles), scalar (the references). Any thread
