@@ -182,6 +182,76 @@ TEST(Gemm, BF16BroadcastPath) {
     });
 }
 
+// BF16 W with F32 activations (GemmBF16::A_f32, what linear_forward passes in Bf16Mode::Fma):
+// the reference first against a double product of the same values, then every variant
+// against the reference, fprop and dgrad forms, with the products of full F32 values (not
+// exact in F32: each FMA rounds once, within the same bound).
+TEST(Gemm, BF16WithF32Activations) {
+  IsaGuard guard;
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<Shape> list = {{1, 5, 7}, {5, 33, 100}, {17, 64, 513}, {40, 300, 260}, {150, 70, 129}};
+  if (testing::kFull) list.push_back({600, 90, 1030});
+  int n = 0;
+  for (const Shape& s : list) {
+    for (bool tb : {true, false}) {
+      Mat<float> A(s.M, s.K, 3), S(s.M, s.N, 0), Aabs(s.M, s.K, 0), Babs(tb ? s.N : s.K, tb ? s.K : s.N, 0);
+      Mat<uint16_t> B(tb ? s.N : s.K, tb ? s.K : s.N, 5);
+      for (int64_t i = 0; i < s.M; ++i)
+        for (int64_t k = 0; k < s.K; ++k) Aabs.at(i, k) = std::fabs(A.at(i, k) = u(rng) * (1.f + float(k % 5)));
+      for (int64_t i = 0; i < B.rows; ++i)
+        for (int64_t j = 0; j < B.cols; ++j) Babs.at(i, j) = std::fabs(bf16_to_f32(B.at(i, j) = f32_to_bf16(u(rng))));
+      gemm_f32_ref({s.M, s.N, s.K, Aabs.p, Aabs.ld, false, Babs.p, Babs.ld, tb, S.p, S.ld, false});
+      for (bool acc : {false, true}) {
+        Mat<float> R(s.M, s.N, 0), C(s.M, s.N, 2);
+        for (int64_t i = 0; i < s.M; ++i)
+          for (int64_t j = 0; j < s.N; ++j) R.at(i, j) = C.at(i, j) = u(rng);
+        for (int64_t i = 0; i < s.M; ++i) C.at(i, s.N) = C.at(i, s.N + 1) = 12345.f;
+        GemmBF16 p;
+        p.M = s.M; p.N = s.N; p.K = s.K;
+        p.A_f32 = A.p; p.lda = A.ld;
+        p.B = B.p; p.ldb = B.ld; p.trans_b = tb;
+        p.accumulate = acc;
+        GemmBF16 r = p;
+        r.C = R.p; r.ldc = R.ld;
+        std::vector<double> want(size_t(s.M * s.N));
+        for (int64_t i = 0; i < s.M; ++i)
+          for (int64_t j = 0; j < s.N; ++j) {
+            double d = acc ? double(R.at(i, j)) : 0.0;
+            for (int64_t k = 0; k < s.K; ++k)
+              d += double(A.at(i, k)) * double(bf16_to_f32(tb ? B.at(j, k) : B.at(k, j)));
+            want[size_t(i * s.N + j)] = d;
+          }
+        gemm_bf16_ref(r);
+        for (int64_t i = 0; i < s.M; ++i)
+          for (int64_t j = 0; j < s.N; ++j)
+            ASSERT_NEAR(R.at(i, j), want[size_t(i * s.N + j)], 1e-6 * (S.at(i, j) + 1.0)) << "reference";
+        for (const testing::Variant& v : testing::variants()) {
+          v.set();
+          Mat<float> D(s.M, s.N, 2);
+          for (int64_t i = 0; i < s.M; ++i)
+            for (int64_t j = 0; j < s.N + 2; ++j) D.at(i, j) = C.at(i, j);
+          GemmBF16 q = p;
+          q.C = D.p; q.ldc = D.ld;
+          gemm_bf16(q, 1 + n++ % 3);
+          int bad = 0;
+          for (int64_t i = 0; i < s.M; ++i) {
+            for (int64_t j = 0; j < s.N; ++j) {
+              const double tol = 2.0 * double(s.K + 8) * kU * (S.at(i, j) + 1.0);
+              const double err = std::fabs(double(D.at(i, j)) - double(R.at(i, j)));
+              if (!(err <= tol) && bad++ < 5)
+                ADD_FAILURE() << v.name() << " M=" << s.M << " N=" << s.N << " K=" << s.K << " tb=" << tb
+                              << " acc=" << acc << " at (" << i << "," << j << "): got " << D.at(i, j)
+                              << " want " << R.at(i, j) << " tol " << tol;
+            }
+            ASSERT_EQ(D.at(i, s.N), 12345.f) << v.name() << " wrote past N";
+          }
+        }
+      }
+    }
+  }
+}
+
 // Called from inside a parallel region (a layer already split over threads), the GEMM
 // gets a team of one and must still cover every part of C.
 TEST(Gemm, InsideParallelRegion) {

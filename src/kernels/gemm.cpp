@@ -124,7 +124,14 @@ void gemm_f32(const GemmF32& p, int threads) {
 }
 
 void gemm_bf16(const GemmBF16& p, int threads) {
-  check_args(p, "gemm_bf16");
+  if (p.A_f32) {
+    DSV3_CHECK(!p.trans_a, "gemm_bf16: A_f32 needs trans_a = false");
+    GemmBF16 q = p;  // the checks below then see an A
+    q.A = reinterpret_cast<const uint16_t*>(p.A_f32);
+    check_args(q, "gemm_bf16");
+  } else {
+    check_args(p, "gemm_bf16");
+  }
   if (trivial(p)) return;
   threads = resolve_threads(threads);
   if (active_isa() >= Isa::Avx512) return detail::gemm_bf16_avx512(p, threads);

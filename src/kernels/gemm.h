@@ -46,6 +46,10 @@ struct GemmBF16 {
   float* C = nullptr; int64_t ldc = 0;
   bool accumulate = false;
   bool w_streamed = false;  // as GemmFP8::w_streamed (B is the weight)
+  // F32 activations as A instead of BF16 (trans_a false; A then unused): the products are
+  // of the F32 values. The AVX-512 kernels take it in their FMA form only (core/cpu.h
+  // Bf16Mode), whatever the mode.
+  const float* A_f32 = nullptr;
 };
 
 // FP8 block-scaled GEMM as DeepSeek-V3 trains with it (report §3.3, SPEC §3): operands are

@@ -68,6 +68,9 @@ inline float widen(uint16_t v) {  // BF16 bits -> F32
   return f;
 }
 
+inline const float* a_f32(const GemmF32&) { return nullptr; }
+inline const float* a_f32(const GemmBF16& p) { return p.A_f32; }
+
 template <class P>
 struct OpAvx2 {
   static constexpr int MR = 6, NR = 16;
@@ -78,6 +81,11 @@ struct OpAvx2 {
   // dst[k][MR]; rows past mr are zero.
   void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* d) const {
     float* dst = (float*)d;
+    if (const float* af = a_f32(*p)) {  // F32 activations, [M,K]
+      for (int64_t k = 0; k < kc; ++k)
+        for (int r = 0; r < MR; ++r) dst[k * MR + r] = r >= mr ? 0.f : af[(i0 + r) * p->lda + k0 + k];
+      return;
+    }
     for (int64_t k = 0; k < kc; ++k)
       for (int r = 0; r < MR; ++r) {
         const int64_t i = i0 + r, kk = k0 + k;

@@ -301,7 +301,8 @@ struct OpBF16F {
   size_t b_panel_bytes = round64(size_t(kKcF32) * NR * 4);
   const GemmBF16* p;
   void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* dst) const {
-    pack_a_bf16_f32_avx512(p->A, p->lda, p->trans_a, i0, mr, k0, kc, (float*)dst);
+    if (p->A_f32) pack_a_f32_avx512(p->A_f32, p->lda, false, i0, mr, k0, kc, (float*)dst);
+    else pack_a_bf16_f32_avx512(p->A, p->lda, p->trans_a, i0, mr, k0, kc, (float*)dst);
   }
   void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* dst) const {
     pack_b_bf16_f32_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (float*)dst);
@@ -483,10 +484,11 @@ void gemm_f32_avx512(const GemmF32& p, int threads) {
 void gemm_bf16_avx512(const GemmBF16& p, int threads) {
   const Path f = forced_path();
   const bool fprop = !p.trans_a && p.trans_b;  // A [M,K] and W [N,K]: what both skinny paths take
-  const bool fma = bf16_mode() == Bf16Mode::Fma;
+  // F32 activations only the widened kernel takes (as gemm_fp8_avx512).
+  const bool fma = bf16_mode() == Bf16Mode::Fma || p.A_f32;
   if (fprop && !fma && (f == Path::Bcast || (f == Path::Auto && bcast_bf16(p.M, p.N, p.K, p.w_streamed))))
     return gemm_bcast_bf16_avx512(p, threads);
-  if (fprop && (f == Path::Dot || (f == Path::Auto && small_bf16(p.M, p.N, p.K))))
+  if (fprop && !p.A_f32 && (f == Path::Dot || (f == Path::Auto && small_bf16(p.M, p.N, p.K))))
     return gemm_small_bf16_avx512(p, threads);
   if (fma) {
     OpBF16F op;

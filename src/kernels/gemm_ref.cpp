@@ -36,7 +36,18 @@ void gemm_f32_ref(const GemmF32& p) {
 }
 
 void gemm_bf16_ref(const GemmBF16& p) {
-  gemm_ref_impl(p, [](uint16_t v) { return bf16_to_f32(v); });
+  if (!p.A_f32) return gemm_ref_impl(p, [](uint16_t v) { return bf16_to_f32(v); });
+  for (int64_t i = 0; i < p.M; ++i) {
+    for (int64_t j = 0; j < p.N; ++j) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < p.K; ++k) {
+        const uint16_t b = p.trans_b ? p.B[j * p.ldb + k] : p.B[k * p.ldb + j];
+        acc += double(p.A_f32[i * p.lda + k]) * double(bf16_to_f32(b));
+      }
+      float& c = p.C[i * p.ldc + j];
+      c = p.accumulate ? float(double(c) + acc) : float(acc);
+    }
+  }
 }
 
 // The FP8 definition (gemm.h): per 128-K block, a sequential FP32 sum of FP32 products of

@@ -186,7 +186,9 @@ void gemm_small_fp8_avx2(const GemmFP8& p, int threads) {
 
 void gemm_small_bf16_avx2(const GemmBF16& p, int threads) {
   const int64_t kp = (p.K + 7) / 8 * 8;
-  const float* af = widen_a(p.M, p.K, kp, [&](int64_t m, int64_t k) { return bf16_bits_to_f32(p.A[m * p.lda + k]); });
+  const float* af = widen_a(p.M, p.K, kp, [&](int64_t m, int64_t k) {
+    return p.A_f32 ? p.A_f32[m * p.lda + k] : bf16_bits_to_f32(p.A[m * p.lda + k]);
+  });
   run(Ctx<WBf16>{WBf16{}, p.B, p.ldb, p.C, p.ldc, p.accumulate, p.M, p.N, p.K, af, kp}, threads);
 }
 

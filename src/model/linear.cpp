@@ -86,8 +86,18 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   if (dt == DType::F16) return linear_f16(y, ldy, x, ldx, M, w, s, accumulate);
   DSV3_ASSERT(dt == DType::BF16 || dt == DType::F8_E4M3);
   if (M <= kLinearGemvMaxM) return linear_gemv(y, ldy, x, ldx, M, w, s, accumulate, threads);
-  // Where BF16 is multiplied as FP32 FMAs anyway (core/cpu.h Bf16Mode::Fma), an FP8 weight
+  // Where BF16 is multiplied as FP32 FMAs anyway (core/cpu.h Bf16Mode::Fma), the weight
   // takes x as it is, F32: one GEMM, no split, and the exact F32 products.
+  if (dt == DType::BF16 && !w.x_bf16 && bf16_mode() == Bf16Mode::Fma) {
+    GemmBF16 g;
+    g.M = M; g.N = N; g.K = K;
+    g.A_f32 = x; g.lda = ldx;
+    g.B = w.w.ptr<uint16_t>(); g.ldb = K; g.trans_b = true;
+    g.C = y; g.ldc = ldy; g.accumulate = accumulate;
+    g.w_streamed = true;
+    gemm_bf16(g, threads);
+    return;
+  }
   if (dt == DType::F8_E4M3 && !w.x_bf16 && bf16_mode() == Bf16Mode::Fma) {
     GemmFP8 g;
     g.M = M; g.N = N; g.K = K;
