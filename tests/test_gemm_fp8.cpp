@@ -13,6 +13,7 @@
 //     amax/448·2^-9), tolerance (2·2^-4 + 2^-8)·Σ|x||w| + 2^-9-scale slack.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/check.h"
@@ -307,6 +308,12 @@ TEST(GemmFp8, EveryCodeDecodesExactly) {
         gemm_fp8(p, 1);
         for (int64_t j = 0; j < N; ++j)
           check(C[size_t(j)], j, v.name() + " M=" + std::to_string(M) + " trans_b=" + std::to_string(trans_b));
+        // The broadcast-W kernel decodes W rows its own way (both forms), called directly.
+        if (v.isa == Isa::Avx512 && trans_b) {
+          std::fill(C.begin(), C.end(), 5.f);
+          detail::gemm_bcast_fp8_avx512(p, 1);
+          for (int64_t j = 0; j < N; ++j) check(C[size_t(j)], j, v.name() + " bcast M=" + std::to_string(M));
+        }
       }
     }
   }
