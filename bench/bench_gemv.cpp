@@ -1,7 +1,7 @@
 // dsv3 bench membw [--mb 1024] [--threads T] [--json]
 //   Streaming-read bandwidth with the widest loads (kernels/gemv.h stream_read) over a
 //   buffer far larger than L3: "the measured memory bandwidth" GEMV is judged by.
-// dsv3 bench gemv --n N --k K --dtype bf16|fp8 [--m 1..16] [--path auto|f16|lut|lut8]
+// dsv3 bench gemv --n N --k K --dtype bf16|fp8 [--m 1..16] [--path auto|f16|lut|lut8|lut32]
 //                 [--threads T] [--json]
 //   Decode GEMV in GB/s of weight bytes streamed (codes + scales), measured back to back
 //   with membw in the same run, and their ratio. Several copies of W (≥ 512 MB together)
@@ -131,7 +131,8 @@ void run_gemv(const GemvOpts& o) {
   if (o.path == "f16") path = Fp8Path::F16;
   else if (o.path == "lut") path = Fp8Path::BF16Lut;
   else if (o.path == "lut8") path = Fp8Path::BF16LutX8;
-  else DSV3_CHECK(o.path == "auto", "--path must be auto, f16, lut or lut8, got '", o.path, "'");
+  else if (o.path == "lut32") path = Fp8Path::F32Lut;
+  else DSV3_CHECK(o.path == "auto", "--path must be auto, f16, lut, lut8 or lut32, got '", o.path, "'");
   const int threads = resolve_threads(o.threads);
   const bool fp8 = o.dtype == "fp8";
   const int64_t nb = fp8_blocks(o.n), kb = fp8_blocks(o.k);
@@ -191,7 +192,8 @@ void run_gemv(const GemvOpts& o) {
   }
   const double g = median(g_gbs), m = median(m_gbs), gc = median(gc_gbs), mc = median(mc_gbs);
   const char* pname = !fp8 ? "-" : path == Fp8Path::F16 ? "f16" : path == Fp8Path::BF16Lut ? "lut"
-                      : path == Fp8Path::BF16LutX8 ? "lut8" : "auto";
+                      : path == Fp8Path::BF16LutX8 ? "lut8"
+                      : path == Fp8Path::F32Lut    ? "lut32" : "auto";
   if (o.json)
     std::printf("{\"bench\":\"gemv\",\"dtype\":\"%s\",\"path\":\"%s\",\"m\":%lld,\"n\":%lld,"
                 "\"k\":%lld,\"threads\":%d,\"spin_us\":%d,\"weight_mb\":%.1f,\"copies\":%zu,\"calls\":%zu,"
@@ -230,7 +232,7 @@ void add_gemv(CLI::App& bench) {
   s->add_option("--k", o->k, "columns of W (input features)")->capture_default_str();
   s->add_option("--m", o->m, "rows of x (tokens, 1..kGemvMaxM = 16)")->capture_default_str();
   s->add_option("--dtype", o->dtype, "bf16 | fp8")->capture_default_str();
-  s->add_option("--path", o->path, "FP8 conversion: auto | f16 | lut | lut8")->capture_default_str();
+  s->add_option("--path", o->path, "FP8 conversion: auto | f16 | lut | lut8 | lut32")->capture_default_str();
   s->add_option("--threads", o->threads, "threads (0 = all cores)")->capture_default_str();
   s->add_option("--membw-mb", o->membw_mb, "buffer of the membw reference, MiB")->capture_default_str();
   s->add_option("--copies", o->copies, "copies of W cycled (0 = enough for 512 MB)")->capture_default_str();

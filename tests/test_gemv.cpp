@@ -93,7 +93,7 @@ TEST(Gemv, Fp8MatchesExactOnEveryPath) {
         expect_close(y, ldy, want, wmag, M, N, K, "fp8 ref");
         for (Isa isa : isas()) {
           set_isa(isa);
-          for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8})
+          for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8, Fp8Path::F32Lut})
             for (int threads : {1, 2, 3}) {
               if (isa != Isa::Avx512 && path != Fp8Path::Auto) continue;  // one FP8 path below AVX-512
               y = y0;
@@ -271,7 +271,7 @@ TEST(Gemv, RowsAreBitIdenticalForEveryBatchSize) {
               [&](int64_t M, const float* x, float* y, int64_t ldy, bool acc) {
                 gemv_bf16(GemvBF16{M, N, K, w16buf.data() + 1, ldw, x, ldx, y, ldy, acc, x_bf16}, threads);
               }, x_bf16 ? "bf16 x_bf16" : "bf16");
-        for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8}) {
+        for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8, Fp8Path::F32Lut}) {
           if (isa != Isa::Avx512 && path != Fp8Path::Auto) continue;  // one FP8 path below AVX-512
           SCOPED_TRACE(testing::Message() << "fp8 path " << int(path));
           check_row_invariance(N, K, pool, ldx, P, y0,
@@ -292,7 +292,7 @@ TEST(Gemv, NonFiniteInputsGiveNonFiniteOutputs) {
   std::vector<float> s(fp8_blocks(N) * fp8_blocks(K), 0.5f), x(K, 1.f), y(N);
   for (Isa isa : isas()) {
     set_isa(isa);
-    for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8}) {
+    for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8, Fp8Path::F32Lut}) {
       GemvFP8 p{1, N, K, w.data(), K, s.data(), x.data(), K, y.data(), N, false, path};
       gemv_fp8(p, 2);
       for (int64_t n = 0; n < N; ++n)

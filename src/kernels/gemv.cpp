@@ -63,10 +63,10 @@ void gemv_fp8(const GemvFP8& p, int threads) {
     float* s = scratch_floats(size_t(t) * size_t(gemv_scratch_floats(p.M, p.K)));
     // The LUT path handles NaN codes exactly and measured faster on Zen 4 (docs in
     // gemv_avx512.cpp); where VDPBF16PS runs at half the FMA rate (core/cpu.h Bf16Mode::Fma:
-    // Intel) the F16 path's FMAs are: 25.8 against 21.4 GB/s at 7168x18432, 2 threads, on
-    // an Emerald Rapids VM (`dsv3 bench gemv --path f16|lut`; membw 31 GB/s).
+    // Intel) FMAs on the LUT's values widened to F32 are faster (docs/PERF.md "On an Intel
+    // Xeon").
     const Fp8Path path = p.path != Fp8Path::Auto             ? p.path
-                         : bf16_mode() == Bf16Mode::Fma ? Fp8Path::F16
+                         : bf16_mode() == Bf16Mode::Fma ? Fp8Path::F32Lut
                                                         : Fp8Path::BF16Lut;
     avx512::gemv_fp8(p, path, t, s);
     return;

@@ -51,11 +51,13 @@ struct GemvBF16 {
 };
 
 // How the FP8 path turns codes into numbers in registers (gemv_avx512.cpp explains them;
-// `dsv3 bench gemv --path` compares them). On AVX-512, Auto = BF16Lut (F16 in
-// Bf16Mode::Fma, core/cpu.h), the faster of the two that meet the contract above; the AVX2 path always converts through F16. BF16LutX8 skips the low half of x·s — x·s is rounded to BF16
+// `dsv3 bench gemv --path` compares them). On AVX-512, Auto = BF16Lut (F32Lut in
+// Bf16Mode::Fma, core/cpu.h), the fastest that meets the contract above; the AVX2 path always converts through F16. BF16LutX8 skips the low half of x·s — x·s is rounded to BF16
 // as DeepSeek-V3's BF16 inference does with activations — for about 2/3 of the work per
 // byte; its contract is looser: |y - y_exact| ≤ (2^-8 + 2·K·2^-24)·S.
-enum class Fp8Path { Auto, F16, BF16Lut, BF16LutX8 };
+// F32Lut: the LUT's BF16 values widened to F32 and FMAs with x·s in F32 (exact x, as F16);
+// Auto in Bf16Mode::Fma (core/cpu.h). The AVX2 path ignores the choice.
+enum class Fp8Path { Auto, F16, BF16Lut, BF16LutX8, F32Lut };
 
 struct GemvFP8 {
   int64_t M = 1, N = 0, K = 0;

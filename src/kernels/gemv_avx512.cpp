@@ -421,6 +421,58 @@ struct KernLut {
   }
 };
 
+// F32Lut: the LUT's BF16 values widened to F32 in registers (VPUNPCK[LH]WD with zero puts
+// each word in the top half of a dword: exact) and multiplied by x·s in F32 with FMAs — the
+// F16 path's exact F32 x at about half its instructions per code (no VCVTPH2PS, no NaN
+// compare: the table maps NaN codes to NaN), for CPUs whose VDPBF16PS runs at half the FMA
+// rate (core/cpu.h Bf16Mode::Fma). Vector j of a 64-column step holds, in 128-bit lane L,
+// columns 16L + 4j .. 16L + 4j + 3 (VPUNPCKLBW then VPUNPCK[LH]WD, all within lanes).
+// xs = x·s per 64-column chunk in that order: xs[16j + 4L + d] = x[16L + 4j + d]·s, a
+// 4x4 transpose of 128-bit blocks.
+void prep_x_lut32(const float* x, int64_t K, const float* s, float* xs) {
+  for (int64_t k = 0; k < K; k += 64) {
+    __m512 v[4];
+    for (int l = 0; l < 4; ++l) {
+      const int64_t kk = k + 16 * l;
+      v[l] = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask16(K - kk), x + kk), _mm512_set1_ps(s[kk / kBlock]));
+    }
+    const __m512 t0 = _mm512_shuffle_f32x4(v[0], v[1], 0x44), t1 = _mm512_shuffle_f32x4(v[0], v[1], 0xEE);
+    const __m512 t2 = _mm512_shuffle_f32x4(v[2], v[3], 0x44), t3 = _mm512_shuffle_f32x4(v[2], v[3], 0xEE);
+    _mm512_store_ps(xs + k, _mm512_shuffle_f32x4(t0, t2, 0x88));
+    _mm512_store_ps(xs + k + 16, _mm512_shuffle_f32x4(t0, t2, 0xDD));
+    _mm512_store_ps(xs + k + 32, _mm512_shuffle_f32x4(t1, t3, 0x88));
+    _mm512_store_ps(xs + k + 48, _mm512_shuffle_f32x4(t1, t3, 0xDD));
+  }
+}
+
+struct KernLut32 {
+  using W = uint8_t;
+  using X = float;
+  static constexpr int64_t kCols = 64;
+  static constexpr int kMaxRowsX = 2;  // 4 registers per converted row, as F16
+  static constexpr bool kNanCheck = false;  // the table maps NaN codes to NaN
+  static int64_t xoff(int64_t k) { return k; }
+  struct V { __m512 f[4]; };
+  Fp8Lut t = lut();
+  __m512i sign = _mm512_set1_epi8(int8_t(0x80));
+  DSV3_INLINE V load(const uint8_t* w, __mmask64 mask, __mmask64*) const {
+    const __m512i c = _mm512_maskz_loadu_epi8(mask, w);
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.hi0, c, t.hi1), c, sign, 0xF8);
+    const __m512i lo = _mm512_permutex2var_epi8(t.lo0, c, t.lo1);
+    const __m512i a = _mm512_unpacklo_epi8(lo, hi), b = _mm512_unpackhi_epi8(lo, hi);
+    const __m512i z = _mm512_setzero_si512();
+    return {{_mm512_castsi512_ps(_mm512_unpacklo_epi16(z, a)), _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, a)),
+             _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, b)), _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, b))}};
+  }
+  // One chain through the four vectors of a step (the same for every tile, see above).
+  DSV3_INLINE void dot(__m512& a, const V& v, const float* x) const {
+    a = _mm512_fmadd_ps(v.f[0], _mm512_load_ps(x), a);
+    a = _mm512_fmadd_ps(v.f[1], _mm512_load_ps(x + 16), a);
+    a = _mm512_fmadd_ps(v.f[2], _mm512_load_ps(x + 32), a);
+    a = _mm512_fmadd_ps(v.f[3], _mm512_load_ps(x + 48), a);
+  }
+};
+
 // Rows [n0, n1) of W against M rows of x: x is re-prepared whenever the rows enter a new
 // 128-row scale block, then the block's rows go through the tiles.
 // *prepared is the row block whose x·s the scratch holds (-1: none).
@@ -433,6 +485,7 @@ void range_fp8(const GemvFP8& p, const Kern& kern, int64_t n0, int64_t n1, typen
     const float* s = p.w_scale + blk * kb;
     for (int m = 0; m < M && *prepared != blk; ++m) {
       if constexpr (std::is_same_v<Kern, KernF16>) prep_x_f16(p.x + m * p.ldx, p.K, s, xs + m * xstride);
+      else if constexpr (std::is_same_v<Kern, KernLut32>) prep_x_lut32(p.x + m * p.ldx, p.K, s, xs + m * xstride);
       else prep_x_lut(p.x + m * p.ldx, p.K, s, xs + m * xstride);
     }
     *prepared = blk;
@@ -500,6 +553,7 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
 
 void gemv_fp8(const GemvFP8& p, Fp8Path path, int threads, float* scratch) {
   if (path == Fp8Path::F16) gemv_fp8_with(p, KernF16{}, threads, scratch);
+  else if (path == Fp8Path::F32Lut) gemv_fp8_with(p, KernLut32{}, threads, scratch);
   else if (path == Fp8Path::BF16LutX8) gemv_fp8_with(p, KernLut<false>{}, threads, scratch);
   else gemv_fp8_with(p, KernLut<true>{}, threads, scratch);
 }
