@@ -23,8 +23,15 @@ namespace dsv3 {
 namespace {
 
 struct IsaGuard {
-  ~IsaGuard() { set_isa(best_isa()); }
+  ~IsaGuard() {
+    set_isa(best_isa());
+    set_bf16_mode(best_bf16_mode());
+  }
 };
+
+// The BF16 GEMV has two AVX-512 forms (core/cpu.h Bf16Mode: VDPBF16PS on the hi+lo pair, or
+// W widened for FMAs with F32 x); both run on any AVX-512 CPU.
+constexpr Bf16Mode kModes[] = {Bf16Mode::Dot, Bf16Mode::Fma};
 
 std::vector<Isa> isas() {
   std::vector<Isa> v{Isa::Scalar};
@@ -142,8 +149,10 @@ TEST(Gemv, Bf16MatchesExactOnEveryPath) {
       GemvBF16 ref{M, N, K, w, ldw, x, ldx, y.data(), ldy, false};
       gemv_bf16_ref(ref);
       expect_close(y, ldy, exact, mag, M, N, K, "bf16 ref");
-      for (Isa isa : isas()) {
+      for (Isa isa : isas())
+      for (Bf16Mode mode : kModes) {
         set_isa(isa);
+        set_bf16_mode(mode);
         for (int threads : {1, 2, 3})
           for (bool x_bf16 : {false, true}) {
             std::vector<float> y2(M * ldy, 5.f);
@@ -152,7 +161,8 @@ TEST(Gemv, Bf16MatchesExactOnEveryPath) {
             std::vector<double> want = exact, wmag = mag;
             for (auto& v : want) v += 5.0;
             for (auto& v : wmag) v += 5.0;
-            SCOPED_TRACE(testing::Message() << "x_bf16 " << x_bf16 << " threads " << threads);
+            SCOPED_TRACE(testing::Message() << "x_bf16 " << x_bf16 << " threads " << threads << " mode "
+                                            << bf16_mode_name(mode));
             expect_close(y2, ldy, want, wmag, M, N, K, isa_name(isa), x_bf16 ? 8 : 16);
           }
       }
@@ -162,11 +172,14 @@ TEST(Gemv, Bf16MatchesExactOnEveryPath) {
 
 // x_bf16 means exactly "x rounded to BF16 once": on AVX-512 its y is bit-identical to the
 // hi+lo path given x already rounded (lo is then 0, and VDPBF16PS adds the zero products
-// without changing the sum), and it differs from the hi+lo path on the unrounded x.
+// without changing the sum), and it differs from the hi+lo path on the unrounded x. (In
+// Bf16Mode::Fma the path without x_bf16 is F32 FMAs, another summation: Bf16Paths above
+// holds both modes to the contract.)
 TEST(Gemv, Bf16XRoundsActivationsOnce) {
   if (best_isa() < Isa::Avx512) GTEST_SKIP() << "x_bf16 is an AVX-512 path";
   IsaGuard guard;
   set_isa(Isa::Avx512);
+  set_bf16_mode(Bf16Mode::Dot);
   std::mt19937 rng(99);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   const int64_t N = 300, K = 1000;
@@ -266,11 +279,15 @@ TEST(Gemv, RowsAreBitIdenticalForEveryBatchSize) {
       set_isa(isa);
       for (int threads : {1, 3}) {
         SCOPED_TRACE(testing::Message() << isa_name(isa) << " threads " << threads);
-        for (bool x_bf16 : {false, true})
-          check_row_invariance(N, K, pool, ldx, P, y0,
-              [&](int64_t M, const float* x, float* y, int64_t ldy, bool acc) {
-                gemv_bf16(GemvBF16{M, N, K, w16buf.data() + 1, ldw, x, ldx, y, ldy, acc, x_bf16}, threads);
-              }, x_bf16 ? "bf16 x_bf16" : "bf16");
+        for (Bf16Mode mode : kModes) {
+          set_bf16_mode(mode);
+          for (bool x_bf16 : {false, true})
+            check_row_invariance(N, K, pool, ldx, P, y0,
+                [&](int64_t M, const float* x, float* y, int64_t ldy, bool acc) {
+                  gemv_bf16(GemvBF16{M, N, K, w16buf.data() + 1, ldw, x, ldx, y, ldy, acc, x_bf16}, threads);
+                }, x_bf16 ? "bf16 x_bf16" : mode == Bf16Mode::Dot ? "bf16 dot" : "bf16 fma");
+        }
+        set_bf16_mode(best_bf16_mode());
         for (Fp8Path path : {Fp8Path::Auto, Fp8Path::F16, Fp8Path::BF16Lut, Fp8Path::BF16LutX8, Fp8Path::F32Lut}) {
           if (isa != Isa::Avx512 && path != Fp8Path::Auto) continue;  // one FP8 path below AVX-512
           SCOPED_TRACE(testing::Message() << "fp8 path " << int(path));

@@ -41,6 +41,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "core/cpu.h"
 #include "core/parallel.h"
 
 #include "kernels/gemv_impl.h"
@@ -289,6 +290,37 @@ struct KernBf16X8 : KernBf16 {
   }
 };
 
+// F32 x, W widened to F32 in registers (VPUNPCK[LH]WD with zero: exact) and FMAs: where
+// VDPBF16PS runs at half the FMA rate (core/cpu.h Bf16Mode::Fma) this beats the hi + lo
+// pair's two VDPBF16PS per pair, and x is exact. Vector j of a 32-column step holds, in
+// 128-bit lane L, columns 8L + 4j .. 8L + 4j + 3; xs[16j + 4L + d] = x[8L + 4j + d].
+void prep_x_bf16_f32(const float* x, int64_t K, float* xs) {
+  for (int64_t k = 0; k < K; k += 32) {
+    const __m512 a = _mm512_maskz_loadu_ps(tail_mask16(K - k), x + k);
+    const __m512 b = _mm512_maskz_loadu_ps(tail_mask16(K - k - 16), x + k + 16);
+    _mm512_store_ps(xs + k, _mm512_shuffle_f32x4(a, b, 0x88));
+    _mm512_store_ps(xs + k + 16, _mm512_shuffle_f32x4(a, b, 0xDD));
+  }
+}
+
+struct KernBf16F32 {
+  using W = uint16_t;
+  using X = float;
+  static constexpr int64_t kCols = 32;
+  static constexpr int kMaxRowsX = 4;
+  static constexpr bool kNanCheck = false;
+  static int64_t xoff(int64_t k) { return k; }
+  struct V { __m512 f[2]; };
+  DSV3_INLINE V load(const uint16_t* w, __mmask64 mask, __mmask64*) const {
+    const __m512i v = _mm512_maskz_loadu_epi16(__mmask32(mask), w), z = _mm512_setzero_si512();
+    return {{_mm512_castsi512_ps(_mm512_unpacklo_epi16(z, v)), _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, v))}};
+  }
+  DSV3_INLINE void dot(__m512& a, const V& v, const float* x) const {
+    a = _mm512_fmadd_ps(v.f[0], _mm512_load_ps(x), a);
+    a = _mm512_fmadd_ps(v.f[1], _mm512_load_ps(x + 16), a);
+  }
+};
+
 // ---- FP8 via F16 ------------------------------------------------------------------------
 // Four F32 vectors of e4m3·2^-8 from 64 codes, in memory order.
 inline void fp8x64_to_f32(__m512i b, __m512 f[4]) {
@@ -533,7 +565,10 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
     auto run_chunk = [&](int64_t c) {
       const int64_t n0 = c * chunk, n1 = n0 + chunk < p.N ? n0 + chunk : p.N;
       with_m(p.M, [&]<int M>() {
-        tile_range<Kern, M>(kern, p.w, p.ldw, p.K, n0, n1, xp, xs, p.y, p.ldy, p.accumulate, kPrefetchMinBF16);
+        if constexpr (std::is_same_v<typename Kern::X, float>)  // the same bytes as F32
+          tile_range<Kern, M>(kern, p.w, p.ldw, p.K, n0, n1, scratch, xs / 2, p.y, p.ldy, p.accumulate, kPrefetchMinBF16);
+        else
+          tile_range<Kern, M>(kern, p.w, p.ldw, p.K, n0, n1, xp, xs, p.y, p.ldy, p.accumulate, kPrefetchMinBF16);
       });
     };
     if (threads == 1) {  // no region (see gemv_fp8_with)
@@ -545,6 +580,9 @@ void gemv_bf16(const GemvBF16& p, int threads, float* scratch) {
   if (p.x_bf16) {
     for (int64_t m = 0; m < p.M; ++m) prep_x_bf16_hi(p.x + m * p.ldx, p.K, xp + m * xs);
     run(KernBf16X8{});
+  } else if (bf16_mode() == Bf16Mode::Fma) {
+    for (int64_t m = 0; m < p.M; ++m) prep_x_bf16_f32(p.x + m * p.ldx, p.K, scratch + m * (xs / 2));
+    run(KernBf16F32{});
   } else {
     for (int64_t m = 0; m < p.M; ++m) prep_x_bf16(p.x + m * p.ldx, p.K, xp + m * xs);
     run(KernBf16{});
