@@ -10,8 +10,8 @@
 // block for FP8's promotion, and the adds of the two parts and of y0 (accumulate). With
 // Weight::x_bf16 the product is of bf16(x) and the 2^-16 term goes.
 // Where BF16 is multiplied as FP32 FMAs (core/cpu.h Bf16Mode::Fma, Intel's default; both
-// modes run here on any AVX-512 CPU), the weight takes x as F32, unsplit: the 2^-16 term
-// goes too.
+// modes run here on any AVX-512 CPU) and below AVX-512, the weight takes x as F32, unsplit:
+// the 2^-16 term goes too. DSV3_ISA=avx2 runs this file on the AVX2 paths.
 // Shapes cover the three GEMM paths (2M ≤ 10: the unpacked dot kernel; 2M = 32 with K ≥
 // 1024 and a large W: the broadcast-W kernel; the packed one), the add pass over both
 // threads, accumulate, row strides, 1 and 2 threads, the column blocks (2·M·N > 2^22) with a
@@ -93,7 +93,7 @@ void run(const Case& c) {
   set_bf16_mode(c.mode);
   linear_forward(y.data(), ldy, x.data(), ldx, M, w, s, c.accumulate, c.threads);
   const double u = std::ldexp(1.0, -24);
-  const bool x_f32 = c.mode == Bf16Mode::Fma;  // FP8 and BF16 weights alike
+  const bool x_f32 = c.mode == Bf16Mode::Fma || active_isa() < Isa::Avx512;  // FP8 and BF16 alike
   const double rel = (c.x_bf16 || x_f32 ? 0.0 : std::ldexp(1.0, -16)) +
                      double(K + K / 16 + 2 * ((K + 127) / 128) + 6) * u;
   for (int64_t m = 0; m < M; ++m) {

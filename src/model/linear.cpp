@@ -86,9 +86,11 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   if (dt == DType::F16) return linear_f16(y, ldy, x, ldx, M, w, s, accumulate);
   DSV3_ASSERT(dt == DType::BF16 || dt == DType::F8_E4M3);
   if (M <= kLinearGemvMaxM) return linear_gemv(y, ldy, x, ldx, M, w, s, accumulate, threads);
-  // Where BF16 is multiplied as FP32 FMAs anyway (core/cpu.h Bf16Mode::Fma), the weight
-  // takes x as it is, F32: one GEMM, no split, and the exact F32 products.
-  if (dt == DType::BF16 && !w.x_bf16 && bf16_mode() == Bf16Mode::Fma) {
+  // Where BF16 is multiplied as FP32 FMAs anyway (core/cpu.h Bf16Mode::Fma; and below
+  // AVX-512, whose kernels widen every operand to F32), the weight takes x as it is, F32:
+  // one GEMM, no split, and the exact F32 products.
+  const bool x_f32 = bf16_mode() == Bf16Mode::Fma || active_isa() < Isa::Avx512;
+  if (dt == DType::BF16 && !w.x_bf16 && x_f32) {
     GemmBF16 g;
     g.M = M; g.N = N; g.K = K;
     g.A_f32 = x; g.lda = ldx;
@@ -98,7 +100,7 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
     gemm_bf16(g, threads);
     return;
   }
-  if (dt == DType::F8_E4M3 && !w.x_bf16 && bf16_mode() == Bf16Mode::Fma) {
+  if (dt == DType::F8_E4M3 && !w.x_bf16 && x_f32) {
     GemmFP8 g;
     g.M = M; g.N = N; g.K = K;
     g.A_f32 = x; g.lda = ldx;
