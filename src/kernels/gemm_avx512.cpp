@@ -243,18 +243,15 @@ void ukr_fp8_fma(int64_t ks, const uint32_t* a, const uint32_t* b, const float* 
   }
 static_assert(MR == 14, "DSV3_DISPATCH_MR lists the heights 1..14");
 
-struct OpF32 {
+// F32 panels and the F32 kernel, for every operand type packed into F32 items (P: GemmF32,
+// or GemmBF16 widened); the derived Op supplies pack_a / pack_b.
+template <class P>
+struct OpF32Items {
   static constexpr int MR = kMR512, NR = kNR512;
   int64_t KC = kKcF32, MC = kMcF32, NC = kNc;
   size_t a_panel_bytes = round64(size_t(kKcF32) * MR * 4);
   size_t b_panel_bytes = round64(size_t(kKcF32) * NR * 4);
-  const GemmF32* p;
-  void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* dst) const {
-    pack_a_f32_avx512(p->A, p->lda, p->trans_a, i0, mr, k0, kc, (float*)dst);
-  }
-  void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* dst) const {
-    pack_b_f32_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (float*)dst);
-  }
+  const P* p;
   void kernel(int mr, int nr, int64_t, int64_t kc, const char* a, const char* b, int64_t i,
               int64_t j, bool first) const {
     float* c = p->C + i * p->ldc + j;
@@ -264,6 +261,15 @@ struct OpF32 {
     } else {
       DSV3_DISPATCH_MR(mr, ukr_f32_blocked, kc, (const float*)a, (const float*)b, c, p->ldc, nr, add)
     }
+  }
+};
+
+struct OpF32 : OpF32Items<GemmF32> {
+  void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* dst) const {
+    pack_a_f32_avx512(p->A, p->lda, p->trans_a, i0, mr, k0, kc, (float*)dst);
+  }
+  void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* dst) const {
+    pack_b_f32_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (float*)dst);
   }
 };
 
@@ -294,28 +300,13 @@ struct OpBF16 {
 };
 
 // BF16 widened to F32 while packing, then the F32 kernel (Bf16Mode::Fma, core/cpu.h).
-struct OpBF16F {
-  static constexpr int MR = kMR512, NR = kNR512;
-  int64_t KC = kKcF32, MC = kMcF32, NC = kNc;
-  size_t a_panel_bytes = round64(size_t(kKcF32) * MR * 4);
-  size_t b_panel_bytes = round64(size_t(kKcF32) * NR * 4);
-  const GemmBF16* p;
+struct OpBF16F : OpF32Items<GemmBF16> {
   void pack_a(int64_t i0, int mr, int64_t k0, int64_t kc, char* dst) const {
     if (p->A_f32) pack_a_f32_avx512(p->A_f32, p->lda, false, i0, mr, k0, kc, (float*)dst);
     else pack_a_bf16_f32_avx512(p->A, p->lda, p->trans_a, i0, mr, k0, kc, (float*)dst);
   }
   void pack_b(int64_t j0, int nr, int64_t k0, int64_t kc, char* dst) const {
     pack_b_bf16_f32_avx512(p->B, p->ldb, p->trans_b, j0, nr, k0, kc, (float*)dst);
-  }
-  void kernel(int mr, int nr, int64_t, int64_t kc, const char* a, const char* b, int64_t i,
-              int64_t j, bool first) const {
-    float* c = p->C + i * p->ldc + j;
-    const bool add = !first || p->accumulate;
-    if (p->trans_a) {
-      DSV3_DISPATCH_MR(mr, ukr_f32_kmajor, kc, (const float*)a, (const float*)b, c, p->ldc, nr, add)
-    } else {
-      DSV3_DISPATCH_MR(mr, ukr_f32_blocked, kc, (const float*)a, (const float*)b, c, p->ldc, nr, add)
-    }
   }
 };
 

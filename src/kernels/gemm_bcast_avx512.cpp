@@ -31,8 +31,6 @@
 #include "kernels/gemm_internal.h"
 #include "kernels/simd_avx512.h"
 
-
-
 namespace dsv3::detail {
 
 namespace {
@@ -67,8 +65,8 @@ struct Tile {
   int64_t ks = 0;               // K pairs
   bool tail = false;            // plus one odd K element (BF16; FP8 buffers are zero padded)
   const uint16_t* w = nullptr;  // W row j at element k0 (BF16), or the decoded buffer
-  const float* wf = nullptr;    // FMA form: W's group decoded to F32 (/ 256)
   int64_t ldw = 0;
+  const float* wf = nullptr;    // FMA form: W's group decoded to F32 (/ 256), rows kWStrideF32 apart
   const uint32_t* a = nullptr;  // packed A: [pair][kTW] items of this row tile from k0
   const float* sa = nullptr;    // FP8: A scales [128-K block][kTW] of this tile from k0
   const float* sb = nullptr;    // FP8: W scales [128-K block][kNB] of this group from k0
@@ -254,7 +252,6 @@ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 // The loop nest shared by both types. Op provides:
 //   kFp8 (bool: per-row A scales per 128-K block, K packed in whole 64-element chunks),
 //   kPer (elements of K per 32-bit item of packed A: 2 for BF16 pairs, 1 for F32),
-//   kKc (the K block),
 //   w_buf_bytes (per thread);
 //   pack_a(i0, rows, k0, kc, dst, stride): 16 rows of A as pairs (pack_rows16_*);
 //   a_scale(i, kb): A's scale of row i in 128-K block kb;
@@ -303,8 +300,8 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
     for (int t = tid; t < threads; t += nthr) {
       const int64_t g0 = groups * t / threads, g1 = groups * (t + 1) / threads;
       char* wbuf = ws + a_bytes + sa_bytes + size_t(t) * w_bytes;
-      for (int64_t k0 = 0; k0 < K; k0 += Op::kKc) {
-        const int64_t kc = min64(Op::kKc, K - k0);
+      for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+        const int64_t kc = min64(kKC, K - k0);
         Tile tile;
         tile.ks = op.kFp8 ? ceil_div(kc, 64) * 64 / Op::kPer : kc / 2;
         tile.ldc = ldc;
@@ -347,7 +344,6 @@ void bcast_gemm(const Op& op, int64_t M, int64_t N, int64_t K, float* C, int64_t
 struct OpBf16 {
   static constexpr bool kFp8 = false;
   static constexpr int kPer = 2;
-  static constexpr int64_t kKc = kKC;
   size_t w_buf_bytes = 0;
   const GemmBF16* p;
   void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
@@ -361,10 +357,25 @@ struct OpBf16 {
   }
 };
 
+// The decode of an FP8 W group (prepare_w) is a phase of its own: W streamed from DRAM
+// would stall it at every group, so the next group is fetched into L2 during this one's
+// tiles (2 threads, GFLOP/s without -> with, median of 5: 64x16384x2048 (32 MB of codes)
+// 338 -> 390, 16x16384x2048 232 -> 279, 32x7168x2048 314 -> 369; cached W: 64x2048x1408
+// 391 -> 392, 48x2048x2048 387 -> 389, 16x1408x2048 320 -> 306). Points t->pf at the group
+// after columns j..j+nb-1 over [k0, k0+kc), or null when there is none.
+void fetch_next_group(const GemmFP8& p, int64_t j, int nb, int64_t k0, int64_t kc, Tile* t) {
+  t->pf = nullptr;
+  if (j + nb < p.N) {
+    t->pf = p.B + (j + nb) * p.ldb + k0;
+    t->pf_ld = p.ldb;
+    t->pf_len = kc;
+    t->pf_rows = int(min64(kNB, p.N - j - nb));
+  }
+}
+
 struct OpFp8 {
   static constexpr bool kFp8 = true;
   static constexpr int kPer = 2;
-  static constexpr int64_t kKc = kKC;
   size_t w_buf_bytes = size_t(kNB) * kWStride * 2 + size_t(kKC / kFp8Blk) * kNB * 4;
   const GemmFP8* p;
   void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
@@ -387,18 +398,7 @@ struct OpFp8 {
       }
     float* sb = (float*)(buf + size_t(kNB) * kWStride * 2);
     pack_fp8_b_scales(*p, j, nb, kNB, k0, kc, sb);
-    // The decode above is a phase of its own: W streamed from DRAM would stall it at
-    // every group, so the next group is fetched into L2 during this one's tiles (2
-    // threads, GFLOP/s without -> with, median of 5: 64x16384x2048 (32 MB of codes) 338
-    // -> 390, 16x16384x2048 232 -> 279, 32x7168x2048 314 -> 369; cached W: 64x2048x1408
-    // 391 -> 392, 48x2048x2048 387 -> 389, 16x1408x2048 320 -> 306).
-    t->pf = nullptr;
-    if (j + nb < p->N) {
-      t->pf = p->B + (j + nb) * p->ldb + k0;
-      t->pf_ld = p->ldb;
-      t->pf_len = kc;
-      t->pf_rows = int(min64(kNB, p->N - j - nb));
-    }
+    fetch_next_group(*p, j, nb, k0, kc, t);
     t->w = w;
     t->ldw = kWStride;
     t->tail = false;
@@ -411,9 +411,7 @@ struct OpFp8 {
 struct OpFp8Fma {
   static constexpr bool kFp8 = true;
   static constexpr int kPer = 1;
-  static constexpr int64_t kKc = kKC;
-  static constexpr int64_t kWStrideF = kWStrideF32;
-  size_t w_buf_bytes = size_t(kNB) * kWStrideF * 4 + size_t(kKc / kFp8Blk) * kNB * 4;
+  size_t w_buf_bytes = size_t(kNB) * kWStrideF32 * 4 + size_t(kKC / kFp8Blk) * kNB * 4;
   const GemmFP8* p;
   void pack_a(int64_t i0, int rows, int64_t k0, int64_t kc, uint32_t* dst, int64_t stride) const {
     pack_rows16_fp8a_f32_avx512(*p, i0, rows, k0, kc, (float*)dst, stride);
@@ -423,19 +421,12 @@ struct OpFp8Fma {
   }
   void prepare_w(int64_t j, int nb, int64_t k0, int64_t kc, char* buf, Tile* t) const {
     float* w = (float*)buf;
-    decode_e4m3_rows_f32_avx512(p->B + j * p->ldb + k0, p->ldb, nb, kc, w, kWStrideF);
-    float* sb = (float*)(buf + size_t(kNB) * kWStrideF * 4);
+    decode_e4m3_rows_f32_avx512(p->B + j * p->ldb + k0, p->ldb, nb, kc, w, kWStrideF32);
+    float* sb = (float*)(buf + size_t(kNB) * kWStrideF32 * 4);
     pack_fp8_b_scales(*p, j, nb, kNB, k0, kc, sb);
     for (int64_t q = 0; q < ceil_div(kc, kFp8Blk) * kNB; ++q) sb[q] *= kE4m3F32Bias;
-    t->pf = nullptr;  // as OpFp8
-    if (j + nb < p->N) {
-      t->pf = p->B + (j + nb) * p->ldb + k0;
-      t->pf_ld = p->ldb;
-      t->pf_len = kc;
-      t->pf_rows = int(min64(kNB, p->N - j - nb));
-    }
+    fetch_next_group(*p, j, nb, k0, kc, t);
     t->wf = w;
-    t->ldw = kWStrideF;
     t->tail = false;
     t->sb = sb;
   }

@@ -250,7 +250,9 @@ void pack_b_e4m3_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, i
 
 namespace {
 
-inline __m512 widen_bf16x16(const uint16_t* p, int64_t n) {
+// widen16(p, n): 16 elements from p (the first n; zeros past them) as F32, for BF16, E4M3
+// (/ 256, as above) and F32 sources alike: what the widened packings below share.
+inline __m512 widen16(const uint16_t* p, int64_t n) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask16(n), p)), 16));
 }
 
@@ -263,9 +265,11 @@ inline __m256i e4m3x16_to_f16(__m128i c) {
   return _mm256_mask_mov_epi16(r, nan, _mm256_set1_epi16(0x7E00));
 }
 
-inline __m512 e4m3x16_to_f32_div256(const uint8_t* p, int64_t n) {
+inline __m512 widen16(const uint8_t* p, int64_t n) {
   return _mm512_cvtph_ps(e4m3x16_to_f16(_mm_maskz_loadu_epi8(mask16(n), p)));
 }
+
+inline __m512 widen16(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(mask16(n), p); }
 
 // The same for 32 codes in 512-bit registers (fewer instructions per code where a run is
 // decoded whole): out0 = codes 0..15, out1 = 16..31.
@@ -284,65 +288,64 @@ void pack_kmajor_a(Load load, int64_t kc, float* dst) {
   for (int64_t k = 0; k < kc; ++k) _mm512_mask_storeu_ps(dst + k * MR, mask16(MR), load(k));
 }
 
+// The blocked A panel (gemm_internal.h) of K-contiguous rows, widened.
+template <class T>
+void pack_a_blocked_wide(const T* A, int64_t lda, int64_t i0, int mr, int64_t k0, int64_t kc, float* dst) {
+  pack_blocked([&](int i, int64_t t0) { return widen16(A + (i0 + i) * lda + k0 + t0, kc - t0); }, mr, kc,
+               (uint32_t*)dst);
+}
+
+// The B panel, widened: transposed from B [N,K], or row by row from B [K,N].
+template <class T>
+void pack_b_wide(const T* B, int64_t ldb, bool trans, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst) {
+  if (trans) {
+    pack_t32<NR>([&](int c, int64_t t0) { return widen16(B + (j0 + c) * ldb + k0 + t0, kc - t0); }, nr, kc,
+                 (uint32_t*)dst);
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* s = B + (k0 + k) * ldb + j0;
+    _mm512_store_ps(dst + k * NR, widen16(s, nr));
+    _mm512_store_ps(dst + k * NR + 16, widen16(s + 16, nr - 16));
+  }
+}
+
 }  // namespace
 
 void pack_a_bf16_f32_avx512(const uint16_t* A, int64_t lda, bool trans, int64_t i0, int mr,
                             int64_t k0, int64_t kc, float* dst) {
   if (trans) {
-    pack_kmajor_a([&](int64_t k) { return widen_bf16x16(A + (k0 + k) * lda + i0, mr); }, kc, dst);
+    pack_kmajor_a([&](int64_t k) { return widen16(A + (k0 + k) * lda + i0, mr); }, kc, dst);
     return;
   }
-  pack_blocked([&](int i, int64_t t0) { return widen_bf16x16(A + (i0 + i) * lda + k0 + t0, kc - t0); },
-               mr, kc, (uint32_t*)dst);
+  pack_a_blocked_wide(A, lda, i0, mr, k0, kc, dst);
 }
 
 void pack_b_bf16_f32_avx512(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
                             int64_t k0, int64_t kc, float* dst) {
-  if (trans) {
-    pack_t32<NR>([&](int c, int64_t t0) { return widen_bf16x16(B + (j0 + c) * ldb + k0 + t0, kc - t0); },
-                 nr, kc, (uint32_t*)dst);
-    return;
-  }
-  for (int64_t k = 0; k < kc; ++k) {
-    const uint16_t* s = B + (k0 + k) * ldb + j0;
-    _mm512_store_ps(dst + k * NR, widen_bf16x16(s, nr));
-    _mm512_store_ps(dst + k * NR + 16, widen_bf16x16(s + 16, nr - 16));
-  }
+  pack_b_wide(B, ldb, trans, j0, nr, k0, kc, dst);
 }
 
 void pack_a_e4m3_f32_avx512(const uint8_t* A, int64_t lda, int64_t i0, int mr, int64_t k0,
                             int64_t kc, float* dst) {
-  pack_blocked([&](int i, int64_t t0) { return e4m3x16_to_f32_div256(A + (i0 + i) * lda + k0 + t0, kc - t0); },
-               mr, kc, (uint32_t*)dst);
+  pack_a_blocked_wide(A, lda, i0, mr, k0, kc, dst);
 }
 
 void pack_b_e4m3_f32_avx512(const uint8_t* B, int64_t ldb, bool trans, int64_t j0, int nr,
                             int64_t k0, int64_t kc, float* dst) {
-  if (trans) {
-    pack_t32<NR>([&](int c, int64_t t0) { return e4m3x16_to_f32_div256(B + (j0 + c) * ldb + k0 + t0, kc - t0); },
-                 nr, kc, (uint32_t*)dst);
-    return;
-  }
-  for (int64_t k = 0; k < kc; ++k) {
-    const uint8_t* s = B + (k0 + k) * ldb + j0;
-    _mm512_store_ps(dst + k * NR, e4m3x16_to_f32_div256(s, nr));
-    _mm512_store_ps(dst + k * NR + 16, e4m3x16_to_f32_div256(s + 16, nr - 16));
-  }
+  pack_b_wide(B, ldb, trans, j0, nr, k0, kc, dst);
 }
 
 void pack_rows16_fp8a_f32_avx512(const GemmFP8& p, int64_t i0, int rows, int64_t k0, int64_t kc,
                                  float* dst, int64_t stride) {
   const int64_t items = (kc + 63) / 64 * 64;
-  if (p.A_f32) {
-    pack_t32<16>([&](int i, int64_t t0) { return _mm512_maskz_loadu_ps(mask16(kc - t0), p.A_f32 + (i0 + i) * p.lda + k0 + t0); },
-                 rows, items, (uint32_t*)dst, stride);
-  } else if (p.A_bf16) {
-    pack_t32<16>([&](int i, int64_t t0) { return widen_bf16x16(p.A_bf16 + (i0 + i) * p.lda + k0 + t0, kc - t0); },
-                 rows, items, (uint32_t*)dst, stride);
-  } else {
-    pack_t32<16>([&](int i, int64_t t0) { return e4m3x16_to_f32_div256(p.A + (i0 + i) * p.lda + k0 + t0, kc - t0); },
-                 rows, items, (uint32_t*)dst, stride);
-  }
+  auto pack = [&](const auto* A) {
+    pack_t32<16>([&](int i, int64_t t0) { return widen16(A + (i0 + i) * p.lda + k0 + t0, kc - t0); }, rows,
+                 items, (uint32_t*)dst, stride);
+  };
+  if (p.A_f32) pack(p.A_f32);
+  else if (p.A_bf16) pack(p.A_bf16);
+  else pack(p.A);
 }
 
 void decode_e4m3_rows_f32_avx512(const uint8_t* W, int64_t ldw, int rows, int64_t kc, float* dst,

@@ -341,6 +341,15 @@ void prep_x_f16(const float* x, int64_t K, const float* s, float* xs) {
   }
 }
 
+// One chain through the four F32 vectors of a 64-column step (the same for every tile, see
+// above): the F16 and F32Lut paths.
+DSV3_INLINE inline void fma_chain4(__m512& a, const __m512 f[4], const float* x) {
+  a = _mm512_fmadd_ps(f[0], _mm512_load_ps(x), a);
+  a = _mm512_fmadd_ps(f[1], _mm512_load_ps(x + 16), a);
+  a = _mm512_fmadd_ps(f[2], _mm512_load_ps(x + 32), a);
+  a = _mm512_fmadd_ps(f[3], _mm512_load_ps(x + 48), a);
+}
+
 struct KernF16 {
   using W = uint8_t;
   using X = float;
@@ -357,13 +366,7 @@ struct KernF16 {
     fp8x64_to_f32(c, v.f);
     return v;
   }
-  // One chain through the four vectors of a step (the same for every tile, see above).
-  DSV3_INLINE void dot(__m512& a, const V& v, const float* x) const {
-    a = _mm512_fmadd_ps(v.f[0], _mm512_load_ps(x), a);
-    a = _mm512_fmadd_ps(v.f[1], _mm512_load_ps(x + 16), a);
-    a = _mm512_fmadd_ps(v.f[2], _mm512_load_ps(x + 32), a);
-    a = _mm512_fmadd_ps(v.f[3], _mm512_load_ps(x + 48), a);
-  }
+  DSV3_INLINE void dot(__m512& a, const V& v, const float* x) const { fma_chain4(a, v.f, x); }
 };
 
 // ---- FP8 via BF16 LUT -------------------------------------------------------------------
@@ -418,6 +421,15 @@ void prep_x_lut(const float* x, int64_t K, const float* s, uint16_t* xs) {
   }
 }
 
+// 64 codes -> their BF16 values as two registers of words, in the in-lane order of
+// VPUNPCK[LH]BW: a = codes 16L+0..7, b = codes 16L+8..15 of each 128-bit lane L.
+DSV3_INLINE inline void lut_bf16x64(const Fp8Lut& t, __m512i sign, __m512i c, __m512i* a, __m512i* b) {
+  const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.hi0, c, t.hi1), c, sign, 0xF8);
+  const __m512i lo = _mm512_permutex2var_epi8(t.lo0, c, t.lo1);
+  *a = _mm512_unpacklo_epi8(lo, hi);
+  *b = _mm512_unpackhi_epi8(lo, hi);
+}
+
 // kLo: also multiply by the low BF16 part of x·s (Fp8Path::BF16Lut, ≈16-bit x); without
 // it x·s is used rounded to BF16 (BF16LutX8).
 // Built once (a kernel object is made per GEMV call, and the decode FFN makes thousands).
@@ -438,10 +450,9 @@ struct KernLut {
   Fp8Lut t = lut();
   __m512i sign = _mm512_set1_epi8(int8_t(0x80));
   DSV3_INLINE V load(const uint8_t* w, __mmask64 mask, __mmask64*) const {
-    const __m512i c = _mm512_maskz_loadu_epi8(mask, w);
-    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.hi0, c, t.hi1), c, sign, 0xF8);
-    const __m512i lo = _mm512_permutex2var_epi8(t.lo0, c, t.lo1);
-    return {(__m512bh)_mm512_unpacklo_epi8(lo, hi), (__m512bh)_mm512_unpackhi_epi8(lo, hi)};
+    __m512i a, b;
+    lut_bf16x64(t, sign, _mm512_maskz_loadu_epi8(mask, w), &a, &b);
+    return {(__m512bh)a, (__m512bh)b};
   }
   DSV3_INLINE void dot(__m512& a, const V& v, const uint16_t* x) const {
     a = _mm512_dpbf16_ps(a, v.a, (__m512bh)_mm512_load_si512(x));
@@ -488,21 +499,13 @@ struct KernLut32 {
   Fp8Lut t = lut();
   __m512i sign = _mm512_set1_epi8(int8_t(0x80));
   DSV3_INLINE V load(const uint8_t* w, __mmask64 mask, __mmask64*) const {
-    const __m512i c = _mm512_maskz_loadu_epi8(mask, w);
-    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t.hi0, c, t.hi1), c, sign, 0xF8);
-    const __m512i lo = _mm512_permutex2var_epi8(t.lo0, c, t.lo1);
-    const __m512i a = _mm512_unpacklo_epi8(lo, hi), b = _mm512_unpackhi_epi8(lo, hi);
+    __m512i a, b;
+    lut_bf16x64(t, sign, _mm512_maskz_loadu_epi8(mask, w), &a, &b);
     const __m512i z = _mm512_setzero_si512();
     return {{_mm512_castsi512_ps(_mm512_unpacklo_epi16(z, a)), _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, a)),
              _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, b)), _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, b))}};
   }
-  // One chain through the four vectors of a step (the same for every tile, see above).
-  DSV3_INLINE void dot(__m512& a, const V& v, const float* x) const {
-    a = _mm512_fmadd_ps(v.f[0], _mm512_load_ps(x), a);
-    a = _mm512_fmadd_ps(v.f[1], _mm512_load_ps(x + 16), a);
-    a = _mm512_fmadd_ps(v.f[2], _mm512_load_ps(x + 32), a);
-    a = _mm512_fmadd_ps(v.f[3], _mm512_load_ps(x + 48), a);
-  }
+  DSV3_INLINE void dot(__m512& a, const V& v, const float* x) const { fma_chain4(a, v.f, x); }
 };
 
 // Rows [n0, n1) of W against M rows of x: x is re-prepared whenever the rows enter a new

@@ -62,6 +62,31 @@ void add_pair_row(float* y, const float* h, const float* l, int64_t n, bool accu
     for (int64_t i = 0; i < n; ++i) y[i] = h[i] + l[i];
 }
 
+// x·wᵀ into C for `rows` rows of activations lda apart, F32 (a32) or BF16 (a16; the other
+// null): the GEMM of w's dtype, BF16 or FP8, its weight marked streamed.
+void weight_gemm(const float* a32, const uint16_t* a16, int64_t rows, int64_t lda, const Weight& w,
+                 float* C, int64_t ldc, bool acc, int threads) {
+  if (w.w.dtype == DType::BF16) {
+    GemmBF16 g;
+    g.M = rows; g.N = linear_out(w); g.K = linear_in(w);
+    g.A = a16; g.A_f32 = a32; g.lda = lda;
+    g.B = w.w.ptr<uint16_t>(); g.ldb = g.K; g.trans_b = true;
+    g.C = C; g.ldc = ldc; g.accumulate = acc;
+    g.w_streamed = true;
+    gemm_bf16(g, threads);
+  } else {
+    GemmFP8 g;
+    g.M = rows; g.N = linear_out(w); g.K = linear_in(w);
+    g.A_bf16 = a16; g.A_f32 = a32; g.lda = lda;
+    g.B = w.w.ptr<uint8_t>(); g.ldb = g.K; g.trans_b = true;
+    g.b_layout = Fp8BLayout::Block128;
+    g.b_scale = w.scale.ptr<float>(); g.ldb_scale = w.scale.shape[1];
+    g.C = C; g.ldc = ldc; g.accumulate = acc;
+    g.w_streamed = true;
+    gemm_fp8(g, threads);
+  }
+}
+
 }  // namespace
 
 void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const Weight& w,
@@ -90,28 +115,7 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   // AVX-512, whose kernels widen every operand to F32), the weight takes x as it is, F32:
   // one GEMM, no split, and the exact F32 products.
   const bool x_f32 = bf16_mode() == Bf16Mode::Fma || active_isa() < Isa::Avx512;
-  if (dt == DType::BF16 && !w.x_bf16 && x_f32) {
-    GemmBF16 g;
-    g.M = M; g.N = N; g.K = K;
-    g.A_f32 = x; g.lda = ldx;
-    g.B = w.w.ptr<uint16_t>(); g.ldb = K; g.trans_b = true;
-    g.C = y; g.ldc = ldy; g.accumulate = accumulate;
-    g.w_streamed = true;
-    gemm_bf16(g, threads);
-    return;
-  }
-  if (dt == DType::F8_E4M3 && !w.x_bf16 && x_f32) {
-    GemmFP8 g;
-    g.M = M; g.N = N; g.K = K;
-    g.A_f32 = x; g.lda = ldx;
-    g.B = w.w.ptr<uint8_t>(); g.ldb = K; g.trans_b = true;
-    g.b_layout = Fp8BLayout::Block128;
-    g.b_scale = w.scale.ptr<float>(); g.ldb_scale = w.scale.shape[1];
-    g.C = y; g.ldc = ldy; g.accumulate = accumulate;
-    g.w_streamed = true;
-    gemm_fp8(g, threads);
-    return;
-  }
+  if (!w.x_bf16 && x_f32) return weight_gemm(x, nullptr, M, ldx, w, y, ldy, accumulate, threads);
   // x = hi + lo with hi = bf16(x), lo = bf16(x − hi): hi·Wᵀ + lo·Wᵀ gives x·Wᵀ to ~2^-16
   // relative per product (docs/numerics.md: activations are not rounded to BF16) — unless
   // the weight asks for BF16 activations (Weight::x_bf16): then hi alone.
@@ -132,25 +136,7 @@ void linear_forward(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t 
   }
   // x·wbᵀ for `rows` rows of A into C (wb: w or a block of its rows).
   auto gemm = [&](const uint16_t* A, int64_t rows, const Weight& wb, float* C, int64_t ldc, bool acc) {
-    if (dt == DType::BF16) {
-      GemmBF16 g;
-      g.M = rows; g.N = linear_out(wb); g.K = K;
-      g.A = A; g.lda = K;
-      g.B = wb.w.ptr<uint16_t>(); g.ldb = K; g.trans_b = true;
-      g.C = C; g.ldc = ldc; g.accumulate = acc;
-      g.w_streamed = true;
-      gemm_bf16(g, threads);
-    } else {
-      GemmFP8 g;
-      g.M = rows; g.N = linear_out(wb); g.K = K;
-      g.A_bf16 = A; g.lda = K;
-      g.B = wb.w.ptr<uint8_t>(); g.ldb = K; g.trans_b = true;
-      g.b_layout = Fp8BLayout::Block128;
-      g.b_scale = wb.scale.ptr<float>(); g.ldb_scale = wb.scale.shape[1];
-      g.C = C; g.ldc = ldc; g.accumulate = acc;
-      g.w_streamed = true;
-      gemm_fp8(g, threads);
-    }
+    weight_gemm(nullptr, A, rows, K, wb, C, ldc, acc, threads);
   };
   if (w.x_bf16) return gemm(hi, M, w, y, ldy, accumulate);
   const int64_t nb = std::min(N, kLinearPairMaxOut / (2 * M) / 128 * 128);
